@@ -1,0 +1,79 @@
+//! [`Core`]: the handle through which a bridge pushes events to the Jabbridge core, and
+//! [`Shutdown`], how the core tells a bridge to stop.
+
+use std::sync::Arc;
+
+use crate::IncomingMessage;
+
+/// Why the core did not accept an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The core is shutting down; the bridge should stop and let the foreign network
+    /// redeliver later.
+    #[error("the core is shutting down")]
+    ShuttingDown,
+    /// The event was refused (unknown user, store unavailable…). Do not tell the foreign
+    /// network the message was accepted.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the core implements to receive a bridge's events. Bridge authors use [`Core`]; the
+/// test kit implements this to record events.
+#[crate::async_trait]
+pub trait CoreSink: Send + Sync + 'static {
+    /// See [`Core::deliver`].
+    async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError>;
+}
+
+/// The bridge's handle on the core. Cheap to clone; given to [`crate::BuildFn`].
+#[derive(Clone)]
+pub struct Core {
+    sink: Arc<dyn CoreSink>,
+    domain: String,
+}
+
+impl Core {
+    /// Wraps a sink. Used by the core and the test kit, not by bridges.
+    pub fn new(domain: impl Into<String>, sink: Arc<dyn CoreSink>) -> Self {
+        Self {
+            sink,
+            domain: domain.into(),
+        }
+    }
+
+    /// The bridge's XMPP domain, e.g. `sms.example.org`, for building URLs and texts.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Hands a message from the foreign network to the core. When this returns `Ok`, the
+    /// core has taken responsibility for the message: only then acknowledge it to the
+    /// foreign network. The core delivers each `foreign_id` once.
+    pub async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
+        self.sink.deliver(message).await
+    }
+}
+
+/// Fires once when Jabbridge is shutting down. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
+
+impl Shutdown {
+    /// A signal and the sender that fires it (`send(true)`).
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        (sender, Self(receiver))
+    }
+
+    /// Resolves once shutdown has begun (at once if it already has, or if the sender is gone).
+    pub async fn wait(mut self) {
+        // An error means the sender was dropped, which also means: stop.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+}

@@ -1,0 +1,167 @@
+//! The Jabbridge SDK: everything a bridge author implements and nothing more.
+//!
+//! A bridge connects Jabbridge to one foreign network (SMS, IRC, webhooks…). It sees typed
+//! events and opaque ids, never XML stanzas and never SQL: the core turns stanzas into
+//! [`OutgoingMessage`]s, turns [`IncomingMessage`]s into stanzas, answers XMPP protocol
+//! requests (disco, ping, registration forms) from [`BridgeInfo`], and keeps every message in
+//! its database.
+//!
+//! Layout:
+//! - [`Bridge`]: the trait a bridge implements, and [`BuildFn`], how the core makes one.
+//! - [`ids`]: opaque newtypes for users, foreign addresses and message ids.
+//! - [`message`]: the typed messages that flow in each direction, and delivery errors.
+//! - [`form`]: registration forms (rendered by the core as XEP-0004 data forms).
+//! - [`core`]: [`Core`], the handle a bridge uses to push events to the core.
+//! - [`settings`]: the bridge's own config keys, parsed with errors that name the key.
+//! - [`testkit`]: run a bridge without an XMPP server, in a unit test.
+
+pub mod core;
+pub mod form;
+pub mod ids;
+pub mod message;
+pub mod settings;
+pub mod testkit;
+
+use std::sync::Arc;
+
+pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
+pub use crate::form::{Field, FieldKind, Form, FormValues};
+pub use crate::ids::{ForeignId, MessageId, UserJid};
+pub use crate::message::{IncomingMessage, OutgoingMessage, SendError, SendOutcome};
+pub use crate::settings::{Settings, SettingsError};
+pub use async_trait::async_trait;
+pub use serde_json;
+
+/// An HTTP request routed to a bridge: `/bridges/{domain}/{path}` on Jabbridge's HTTP
+/// listener. `uri().path()` is the part after `/bridges/{domain}`. The core has already
+/// applied the body size limit and timeout.
+pub type HttpRequest = http::Request<bytes::Bytes>;
+/// The bridge's answer to an [`HttpRequest`].
+pub type HttpResponse = http::Response<bytes::Bytes>;
+
+/// What a bridge tells the core about itself. Rendered into XEP-0030 disco#info and
+/// XEP-0077 registration by the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeInfo {
+    /// The XEP-0030 gateway identity type, from the XMPP registrar where one fits:
+    /// `sms`, `irc`, `smtp`, … (`echo` for the reference bridge).
+    pub gateway_type: String,
+    /// Human-readable name shown by clients, e.g. "SMS gateway".
+    pub name: String,
+    /// Optional features the bridge supports. The core answers `feature-not-implemented`
+    /// for the rest.
+    pub capabilities: Capabilities,
+    /// The registration form; `None` when users need not register.
+    pub registration: Option<Form>,
+}
+
+/// Optional features, declared up front so the core can answer for what a bridge lacks.
+/// Every flag defaults to `false`: a bridge claims only what it implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The bridge can report delivery to the foreign recipient (XEP-0184 receipts).
+    pub receipts: bool,
+    /// The bridge can carry message corrections (XEP-0308).
+    pub corrections: bool,
+    /// The bridge can carry typing notifications (XEP-0085).
+    pub chat_states: bool,
+}
+
+/// Why a bridge could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The bridge's config section is wrong; the message names the key.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The bridge failed while running; the core logs it and restarts `run` with backoff.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why a foreign address could not be parsed from a JID localpart. The core answers the
+/// user with `jid-malformed` and this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddressError(pub String);
+
+/// Why a registration was refused. The core answers the user with `not-acceptable` and this
+/// text, and stores nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistrationError {
+    /// The form's values are wrong (bad credentials, missing field…): the text says which.
+    #[error("{0}")]
+    Rejected(String),
+    /// The foreign network could not be reached to check the values; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The data a bridge keeps per registered user (credentials, settings). Stored by the core
+/// as JSON and handed back with every [`OutgoingMessage`] of that user.
+pub type RegistrationData = serde_json::Value;
+
+/// Constructs a bridge from its config section. One per bridge kind, listed in the core's
+/// registry (`src/bridges.rs`): adding a kind is one line there.
+///
+/// Called at start-up and by `jabbridge check-config`: it must validate `settings` and do no
+/// I/O (no connections, no files); connect in [`Bridge::run`].
+pub type BuildFn = fn(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError>;
+
+/// A bridge between XMPP users and one foreign network.
+///
+/// The core holds one instance per `[[bridge]]` section and calls its methods concurrently
+/// from several tasks: keep state behind `Mutex`es or channels. Methods never see XML or SQL.
+#[async_trait]
+pub trait Bridge: Send + Sync + 'static {
+    /// Describes the bridge. Called at start-up and when answering disco queries: it must
+    /// return at once, with no I/O.
+    fn info(&self) -> BridgeInfo;
+
+    /// The bridge's long-running work: connect to the foreign network, listen, push incoming
+    /// messages through [`Core`]. Called once after start-up; must return soon after
+    /// `shutdown` fires. Connection trouble is not an error to return: retry inside, and
+    /// return `Err` only for what a restart might cure. The default does nothing until
+    /// shutdown, for bridges that only react to calls.
+    async fn run(&self, shutdown: Shutdown) -> Result<(), BridgeError> {
+        shutdown.wait().await;
+        Ok(())
+    }
+
+    /// Turns the (already XEP-0106-unescaped) localpart of a contact's JID into the foreign
+    /// address it stands for, e.g. `+15551234567`. Called for every stanza to a contact;
+    /// no I/O. An error reaches the user as `jid-malformed`.
+    fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError>;
+
+    /// Turns a foreign address into the JID localpart it appears under; the core escapes it
+    /// (XEP-0106). Must be the inverse of [`Bridge::parse_address`]. No I/O.
+    fn format_address(&self, contact: &ForeignId) -> String {
+        contact.as_str().to_owned()
+    }
+
+    /// Checks a registration form a user submitted and returns what to store for them.
+    /// Called when a user registers or re-registers; may do I/O to check credentials, but
+    /// must not keep them anywhere: the core stores what this returns. The default accepts
+    /// the form's values as they are.
+    async fn register(
+        &self,
+        _user: &UserJid,
+        form: &FormValues,
+    ) -> Result<RegistrationData, RegistrationError> {
+        Ok(form.to_json())
+    }
+
+    /// Delivers one message from an XMPP user to the foreign network. Called in order per
+    /// conversation, after the message is accepted. Return a transient error for what a retry
+    /// may cure (the core retries with backoff) and a permanent one for what it cannot (the
+    /// user gets an error message with the reason).
+    async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError>;
+
+    /// Answers an HTTP request under `/bridges/{domain}/`, e.g. a provider's webhook. Verify
+    /// signatures before trusting anything in the request. The default answers 404.
+    async fn handle_http(&self, _request: HttpRequest) -> HttpResponse {
+        let mut response = HttpResponse::new(bytes::Bytes::from_static(b"not found\n"));
+        *response.status_mut() = http::StatusCode::NOT_FOUND;
+        response
+    }
+}

@@ -1,0 +1,66 @@
+//! Typed messages in both directions and the errors of delivering one.
+
+use std::time::{Duration, SystemTime};
+
+use crate::{ForeignId, MessageId, RegistrationData, UserJid};
+
+/// A message from an XMPP user to a foreign contact, handed to [`crate::Bridge::send_message`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingMessage {
+    /// The id the XMPP side gave the message (origin-id or stanza id). Stable across retries:
+    /// use it as an idempotency key where the foreign network has one.
+    pub id: MessageId,
+    /// Who sent it.
+    pub user: UserJid,
+    /// To whom, as [`crate::Bridge::parse_address`] returned it.
+    pub contact: ForeignId,
+    /// The text. Never empty.
+    pub text: String,
+    /// What the bridge stored for this user at registration, if they registered.
+    pub registration: Option<RegistrationData>,
+}
+
+/// What a successful [`crate::Bridge::send_message`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The foreign network's id for the message, when it gives one; the core maps it to the
+    /// XMPP id so that receipts and replies can refer to it.
+    pub foreign_id: Option<MessageId>,
+}
+
+/// Why a message could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// A retry may cure it (timeout, rate limit, outage). The core retries with capped
+    /// exponential backoff, no sooner than `retry_after` when given.
+    #[error("temporary failure: {reason}")]
+    Transient {
+        /// Why, for the log.
+        reason: String,
+        /// The foreign network's own wish (`Retry-After`), if it said one.
+        retry_after: Option<Duration>,
+    },
+    /// A retry will not cure it. The user gets an error message carrying `reason`.
+    #[error("{reason}")]
+    Permanent {
+        /// Why, in words the user understands.
+        reason: String,
+    },
+}
+
+/// A message from a foreign contact to an XMPP user, pushed by the bridge through
+/// [`crate::Core::deliver`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingMessage {
+    /// The foreign network's id for the message. The core delivers each id once, so a bridge
+    /// may push the same message again after a crash without the user seeing it twice.
+    pub foreign_id: MessageId,
+    /// Who sent it on the foreign network.
+    pub contact: ForeignId,
+    /// The XMPP user it is for.
+    pub user: UserJid,
+    /// The text.
+    pub text: String,
+    /// When the foreign network received it, if known; late deliveries carry it as a delay.
+    pub timestamp: Option<SystemTime>,
+}

@@ -1,0 +1,80 @@
+//! Test a bridge without an XMPP server: [`TestCore`] builds the bridge with a [`Core`] whose
+//! events land in a queue the test reads.
+//!
+//! ```
+//! # use jabbridge_sdk::{testkit::TestCore, *};
+//! # fn build(_: &Settings, _: Core) -> Result<std::sync::Arc<dyn Bridge>, BridgeError> { unimplemented!() }
+//! let kit = TestCore::new("echo.test");
+//! // let bridge = kit.build(build, serde_json::json!({})).unwrap();
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc};
+
+use crate::{
+    Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, IncomingMessage, Settings,
+    SettingsError,
+};
+
+/// A stand-in for the Jabbridge core that records what a bridge pushes.
+pub struct TestCore {
+    domain: String,
+    sender: mpsc::UnboundedSender<IncomingMessage>,
+    receiver: Mutex<mpsc::UnboundedReceiver<IncomingMessage>>,
+}
+
+struct RecordingSink(mpsc::UnboundedSender<IncomingMessage>);
+
+#[crate::async_trait]
+impl CoreSink for RecordingSink {
+    async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
+        self.0.send(message).map_err(|_| CoreError::ShuttingDown)
+    }
+}
+
+impl TestCore {
+    /// A test core for a bridge on `domain`.
+    pub fn new(domain: &str) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            domain: domain.to_owned(),
+            sender,
+            receiver: Mutex::new(receiver),
+        }
+    }
+
+    /// The [`Core`] handle to give a bridge.
+    pub fn core(&self) -> Core {
+        Core::new(
+            self.domain.clone(),
+            Arc::new(RecordingSink(self.sender.clone())),
+        )
+    }
+
+    /// Builds a bridge with `settings` (a JSON object of its config keys), as the core would.
+    pub fn build(
+        &self,
+        build: BuildFn,
+        settings: serde_json::Value,
+    ) -> Result<Arc<dyn Bridge>, BridgeError> {
+        let serde_json::Value::Object(keys) = settings else {
+            return Err(SettingsError {
+                key: String::new(),
+                message: "settings must be a JSON object".into(),
+            }
+            .into());
+        };
+        build(&Settings::new(keys), self.core())
+    }
+
+    /// The next message the bridge delivered, waiting up to `timeout`.
+    pub async fn next_delivered(&self, timeout: Duration) -> Option<IncomingMessage> {
+        let mut receiver = self.receiver.lock().await;
+        tokio::time::timeout(timeout, receiver.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+}

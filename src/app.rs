@@ -1,0 +1,197 @@
+//! Start-up and shutdown: builds every bridge with its link and router, serves HTTP, and on
+//! shutdown stops taking work, flushes the links, closes the streams and the database.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jabbridge_sdk::{
+    Bridge, BridgeError, Core, CoreError, CoreSink, IncomingMessage, Shutdown, async_trait,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::bridges;
+use crate::config::Config;
+use crate::http::{self, HttpBridge, HttpState};
+use crate::metrics;
+use crate::router::{Router, RouterSink};
+use crate::store::{Store, StoreError};
+use crate::xmpp::session::{self, LinkConfig, backoff};
+
+/// Why Jabbridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bridge refused its config section.
+    #[error("bridge[{index}] ({domain}): {error}")]
+    Bridge {
+        /// Its index in the file.
+        index: usize,
+        /// Its domain.
+        domain: String,
+        /// What it said.
+        error: BridgeError,
+    },
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on http.listen = {address}: {error}")]
+    Listen {
+        /// Where.
+        address: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// How long shutdown may take before the remaining tasks are abandoned.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// A core sink for builds that never run (`check-config`): it refuses every event.
+struct Unwired;
+
+#[async_trait]
+impl CoreSink for Unwired {
+    async fn deliver(&self, _message: IncomingMessage) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+}
+
+/// Builds every bridge without running anything, so that `check-config` reports each
+/// bridge's own config errors.
+pub fn check_bridges(config: &Config) -> Result<(), StartError> {
+    for (index, section) in config.bridge.iter().enumerate() {
+        build_bridge(
+            index,
+            section,
+            Core::new(section.domain.clone(), Arc::new(Unwired)),
+        )?;
+    }
+    Ok(())
+}
+
+fn build_bridge(
+    index: usize,
+    section: &crate::config::BridgeConfig,
+    core: Core,
+) -> Result<Arc<dyn Bridge>, StartError> {
+    let error = |error| StartError::Bridge {
+        index,
+        domain: section.domain.clone(),
+        error,
+    };
+    // Config validation has already checked that the kind exists.
+    let build = bridges::find(&section.kind).ok_or_else(|| {
+        error(BridgeError::Failed(format!(
+            "unknown kind {}",
+            section.kind
+        )))
+    })?;
+    build(&section.settings(), core).map_err(error)
+}
+
+/// Runs Jabbridge until `shutdown` resolves, then stops cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    check_bridges(&config)?;
+    let prometheus = metrics::install();
+    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    store.migrate().await?;
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|error| StartError::Listen {
+            address: config.http.listen,
+            error,
+        })?;
+
+    let (stop, stopping) = Shutdown::new();
+    let mut tasks = JoinSet::new();
+    let mut http_bridges = BTreeMap::new();
+    for (index, section) in config.bridge.iter().enumerate() {
+        let domain = section.domain.clone();
+        let (incoming, incoming_receiver) = mpsc::channel(1024);
+        let (link, link_task) = session::spawn(
+            LinkConfig {
+                server: config.xmpp.server.clone(),
+                domain: domain.clone(),
+                secret: section.secret.clone(),
+                index,
+                keepalive: config.xmpp.keepalive,
+                keepalive_timeout: config.xmpp.keepalive_timeout,
+                reconnect_max: config.xmpp.reconnect_max,
+            },
+            config.xmpp.queue,
+            incoming,
+            stopping.clone(),
+        );
+        tasks.spawn(async move {
+            let _ = link_task.await;
+        });
+        let sink = Arc::new(RouterSink::new(domain.clone(), link.clone()));
+        let bridge = build_bridge(index, section, Core::new(domain.clone(), sink.clone()))?;
+        sink.attach(&bridge);
+        let info = bridge.info();
+        tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %info.gateway_type, "bridge configured");
+        let router = Router {
+            domain: domain.clone(),
+            bridge: bridge.clone(),
+            info,
+            link: link.clone(),
+            store: store.clone(),
+        };
+        tasks.spawn(router.run(incoming_receiver, stopping.clone()));
+        tasks.spawn(run_bridge(domain.clone(), bridge.clone(), stopping.clone()));
+        http_bridges.insert(domain, HttpBridge { bridge, link });
+    }
+
+    let state = Arc::new(HttpState {
+        store: store.clone(),
+        bridges: http_bridges,
+        metrics: prometheus,
+    });
+    let app = http::app(state, &config.http);
+    let http_stopping = stopping.clone();
+    tracing::info!(listen = %config.http.listen, "HTTP listening");
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(http_stopping.wait())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down: flushing queues and closing links");
+    let _ = stop.send(true);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("some tasks did not stop in time; abandoning them");
+        tasks.abort_all();
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs a bridge's `run`, restarting it with backoff if it fails, until shutdown.
+async fn run_bridge(domain: String, bridge: Arc<dyn Bridge>, stopping: Shutdown) {
+    let mut failures = 0;
+    loop {
+        match bridge.run(stopping.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(bridge = %domain, %error, "bridge stopped with an error; restarting");
+                failures += 1;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff(failures, Duration::from_secs(60))) => {}
+            () = stopping.clone().wait() => return,
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The configuration file: its typed shape, `JABBRIDGE_SECTION__KEY` environment overrides,
+//! and errors that name the file and the key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jabbridge_sdk::Settings;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "JABBRIDGE_";
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach the XMPP server.
+    pub xmpp: XmppConfig,
+    /// Where Jabbridge keeps its state.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The HTTP listener for health, metrics and webhooks.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// One section per bridge, each its own XMPP component.
+    #[serde(default)]
+    pub bridge: Vec<BridgeConfig>,
+}
+
+/// `[xmpp]`: the XMPP server's component port and how to keep the link up.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XmppConfig {
+    /// `host:port` of the server's component listener (XEP-0114), e.g. `127.0.0.1:5347`.
+    pub server: String,
+    /// Silence on the link after which Jabbridge pings the server.
+    #[serde(default = "defaults::keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// How long a ping may go unanswered before the link is declared dead and reconnected.
+    #[serde(default = "defaults::keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// The longest wait between two reconnection attempts (backoff doubles up to this).
+    #[serde(default = "defaults::reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// How many stanzas may wait per bridge while its link is down; producers wait beyond.
+    #[serde(default = "defaults::queue", deserialize_with = "number_or_string")]
+    pub queue: usize,
+}
+
+/// `[database]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
+    #[serde(default = "defaults::database_url")]
+    pub url: SecretString,
+    /// Connections in the pool.
+    #[serde(
+        default = "defaults::max_connections",
+        deserialize_with = "number_or_string"
+    )]
+    pub max_connections: u32,
+}
+
+/// `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to listen, e.g. `127.0.0.1:8080`.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// The URL the outside world reaches `listen` at (behind a reverse proxy), used by
+    /// bridges to build webhook URLs and check signatures.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// The largest request body accepted, in bytes.
+    #[serde(
+        default = "defaults::body_limit",
+        deserialize_with = "number_or_string"
+    )]
+    pub body_limit: usize,
+    /// How long one request may take before it is answered 408.
+    #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level (`info`) or a filter (`info,jabbridge::xmpp=debug`); `RUST_LOG` wins.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    /// `text` for people, `json` for log collectors.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// One `[[bridge]]` section. Keys the core does not own are the bridge's own, parsed (and
+/// checked for typos) by the bridge.
+#[derive(Debug, Deserialize)]
+pub struct BridgeConfig {
+    /// Which bridge: `echo`, …
+    pub kind: String,
+    /// The component's domain, e.g. `sms.example.org`.
+    pub domain: String,
+    /// The component secret shared with the XMPP server.
+    pub secret: SecretString,
+    /// The bridge's own keys.
+    #[serde(flatten)]
+    pub rest: BTreeMap<String, serde_json::Value>,
+}
+
+impl BridgeConfig {
+    /// The bridge's own keys, for its build function.
+    pub fn settings(&self) -> Settings {
+        Settings::new(self.rest.clone().into_iter().collect())
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn keepalive() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn keepalive_timeout() -> Duration {
+        Duration::from_secs(20)
+    }
+    pub fn reconnect_max() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn queue() -> usize {
+        10_000
+    }
+    pub fn database_url() -> SecretString {
+        SecretString::from("sqlite://jabbridge.db")
+    }
+    pub fn max_connections() -> u32 {
+        8
+    }
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn body_limit() -> usize {
+        1024 * 1024
+    }
+    pub fn request_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: defaults::database_url(),
+            max_connections: defaults::max_connections(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::listen(),
+            public_url: None,
+            body_limit: defaults::body_limit(),
+            request_timeout: defaults::request_timeout(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: defaults::log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+/// Environment variables hold strings; numbers are accepted as either.
+fn number_or_string<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<i64>,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrString {
+        Number(i64),
+        String(String),
+    }
+    match NumberOrString::deserialize(deserializer)? {
+        NumberOrString::Number(number) => T::try_from(number)
+            .map_err(|_| serde::de::Error::custom(format!("{number} is out of range"))),
+        NumberOrString::String(text) => text.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// A config file that cannot be used, saying where and why.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// The key, e.g. `bridge[0].secret`, when the fault is in one key.
+    pub key: Option<String>,
+    /// The environment variable that set the key, when one did.
+    pub env: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        if let Some(env) = &self.env {
+            write!(f, " (set by ${env})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies overrides from the process environment, and checks the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let error = |key: Option<String>, env: Option<String>, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            env,
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|io| error(None, None, format!("cannot read: {io}")))?;
+        let mut document: toml::Table = toml::from_str(&text)
+            .map_err(|parse| error(None, None, parse.to_string().trim_end().to_owned()))?;
+        let mut overridden = BTreeMap::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            apply_override(&mut document, &path, value)
+                .map_err(|message| error(Some(path.join(".")), Some(name.clone()), message))?;
+            overridden.insert(display_key(&path), name);
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(document))
+            .map_err(|failure| {
+                let key = failure.path().to_string();
+                let env = overridden.get(&key).cloned();
+                error(Some(key), env, failure.into_inner().to_string())
+            })?;
+        config
+            .validate()
+            .map_err(|(key, message)| error(Some(key), None, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let positive = |key: &str, duration: Duration| {
+            // Also rejects durations so long that deadlines would overflow.
+            if duration.is_zero() || duration > Duration::from_secs(86_400 * 365) {
+                Err((key.to_owned(), "must be between 1ms and a year".to_owned()))
+            } else {
+                Ok(())
+            }
+        };
+        positive("xmpp.keepalive", self.xmpp.keepalive)?;
+        positive("xmpp.keepalive_timeout", self.xmpp.keepalive_timeout)?;
+        positive("xmpp.reconnect_max", self.xmpp.reconnect_max)?;
+        positive("http.request_timeout", self.http.request_timeout)?;
+        if self.xmpp.queue == 0 {
+            return Err(("xmpp.queue".into(), "must be at least 1".into()));
+        }
+        if !self.xmpp.server.contains(':') {
+            return Err((
+                "xmpp.server".into(),
+                "must be host:port of the server's component listener, e.g. 127.0.0.1:5347".into(),
+            ));
+        }
+        for (index, bridge) in self.bridge.iter().enumerate() {
+            if let Err(reason) = crate::xmpp::jid::check_domain(&bridge.domain) {
+                return Err((format!("bridge[{index}].domain"), reason));
+            }
+            if let Some(first) = self.bridge[..index]
+                .iter()
+                .position(|other| other.domain == bridge.domain)
+            {
+                return Err((
+                    format!("bridge[{index}].domain"),
+                    format!(
+                        "{} is already the domain of bridge[{first}]: each bridge needs its own",
+                        bridge.domain
+                    ),
+                ));
+            }
+            if crate::bridges::find(&bridge.kind).is_none() {
+                return Err((
+                    format!("bridge[{index}].kind"),
+                    format!(
+                        "unknown bridge kind '{}'; known: {}",
+                        bridge.kind,
+                        crate::bridges::kinds().join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn display_key(path: &[String]) -> String {
+    let mut key = String::new();
+    for segment in path {
+        if segment.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    key
+}
+
+/// Sets `path` in the document to `value`, creating tables on the way. A numeric segment
+/// indexes an array of tables (`JABBRIDGE_BRIDGE__0__SECRET`). The value keeps the type of
+/// the key it replaces, so that `JABBRIDGE_HTTP__BODY_LIMIT=5` stays a number.
+fn apply_override(
+    document: &mut toml::Table,
+    path: &[String],
+    value: String,
+) -> Result<(), String> {
+    if path.is_empty() || path.iter().any(String::is_empty) {
+        return Err("empty key segment (use exactly two underscores between keys)".into());
+    }
+    set_in_table(document, path, value)
+}
+
+fn set_in_table(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
+    let (segment, rest) = match path.split_first() {
+        Some(split) => split,
+        None => return Err("empty key".into()),
+    };
+    if rest.is_empty() {
+        let typed = match table.get(segment) {
+            Some(toml::Value::Integer(_)) => value
+                .parse()
+                .map(toml::Value::Integer)
+                .map_err(|_| format!("expected a whole number, got '{value}'"))?,
+            Some(toml::Value::Boolean(_)) => value
+                .parse()
+                .map(toml::Value::Boolean)
+                .map_err(|_| format!("expected true or false, got '{value}'"))?,
+            _ => toml::Value::String(value),
+        };
+        table.insert(segment.clone(), typed);
+        return Ok(());
+    }
+    let entry = table
+        .entry(segment.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match entry {
+        toml::Value::Table(inner) => set_in_table(inner, rest, value),
+        toml::Value::Array(array) => {
+            let (index, rest) = rest.split_first().ok_or("missing index")?;
+            let index: usize = index
+                .parse()
+                .map_err(|_| format!("`{segment}` is a list: the next key must be its index"))?;
+            match array.get_mut(index) {
+                Some(toml::Value::Table(item)) if !rest.is_empty() => {
+                    set_in_table(item, rest, value)
+                }
+                _ => Err(format!(
+                    "there is no [[{segment}]] number {index} in the file to override"
+                )),
+            }
+        }
+        _ => Err(format!("`{segment}` is not a section")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    const MINIMAL: &str = r#"
+[xmpp]
+server = "127.0.0.1:5347"
+[[bridge]]
+kind = "echo"
+domain = "echo.localhost"
+secret = "s3cret"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let file = write(MINIMAL);
+        let config = Config::load_with_env(file.path(), env(&[])).unwrap();
+        assert_eq!(config.xmpp.keepalive, Duration::from_secs(60));
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database.url.expose_secret(), "sqlite://jabbridge.db");
+        assert_eq!(config.bridge[0].secret.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn environment_overrides_any_key_and_keeps_types() {
+        let file = write(MINIMAL);
+        let config = Config::load_with_env(
+            file.path(),
+            env(&[
+                ("JABBRIDGE_XMPP__SERVER", "10.0.0.1:5275"),
+                ("JABBRIDGE_XMPP__KEEPALIVE", "5s"),
+                ("JABBRIDGE_HTTP__BODY_LIMIT", "2048"),
+                ("JABBRIDGE_BRIDGE__0__SECRET", "from-env"),
+                ("JABBRIDGE_BRIDGE__0__PREFIX", "+15551234567"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.xmpp.server, "10.0.0.1:5275");
+        assert_eq!(config.xmpp.keepalive, Duration::from_secs(5));
+        assert_eq!(config.http.body_limit, 2048);
+        assert_eq!(config.bridge[0].secret.expose_secret(), "from-env");
+        // A phone number stays a string.
+        assert_eq!(
+            config.bridge[0].rest.get("prefix"),
+            Some(&serde_json::Value::String("+15551234567".into()))
+        );
+    }
+
+    #[test]
+    fn errors_name_file_key_and_variable() {
+        let file = write(&MINIMAL.replace("[xmpp]", "[xmpp]\nkeepalive = \"soon\""));
+        let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("xmpp.keepalive"));
+        assert!(
+            error
+                .to_string()
+                .starts_with(&file.path().display().to_string())
+        );
+
+        let file = write(&MINIMAL.replace("[xmpp]", "[xmpp]\nsevrer = \"x\""));
+        let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
+        assert!(error.message.contains("unknown field `sevrer`"), "{error}");
+
+        let file = write(MINIMAL);
+        let error = Config::load_with_env(file.path(), env(&[("JABBRIDGE_XMPP__QUEUE", "many")]))
+            .unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("xmpp.queue"));
+        assert_eq!(error.env.as_deref(), Some("JABBRIDGE_XMPP__QUEUE"));
+
+        let file = write(&format!(
+            "{MINIMAL}{}",
+            MINIMAL.replace("[xmpp]\nserver = \"127.0.0.1:5347\"", "")
+        ));
+        let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("bridge[1].domain"));
+
+        let file = write(&MINIMAL.replace("\"echo\"", "\"carrier-pigeon\""));
+        let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
+        assert_eq!(error.key.as_deref(), Some("bridge[0].kind"));
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let file = write(MINIMAL);
+        let config = Config::load_with_env(file.path(), env(&[])).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The `jabbridge` command: run the gateway, check a config, migrate, administer users.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use jabbridge::{app, config::Config, logging, store::Store};
+
+/// Jabbridge: an XMPP gateway to SMS, IRC, webhooks and more.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// The configuration file. Every key can be overridden by JABBRIDGE_SECTION__KEY
+    /// environment variables (e.g. JABBRIDGE_XMPP__SERVER, JABBRIDGE_BRIDGE__0__SECRET).
+    #[arg(
+        long,
+        short,
+        env = "JABBRIDGE_CONFIG",
+        default_value = "jabbridge.toml",
+        global = true
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Run,
+    /// Check the configuration file, each bridge's section included, and exit.
+    CheckConfig,
+    /// Apply pending database migrations and exit (`run` also does this at start).
+    Migrate,
+    /// List or remove users registered with a bridge.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Show or set which XMPP user owns a foreign identity (phone number, nick…).
+    #[command(subcommand)]
+    Identities(IdentitiesCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// List the JIDs registered with a bridge.
+    List {
+        /// The bridge's domain.
+        domain: String,
+    },
+    /// Remove a user's registration and identities from a bridge.
+    Remove {
+        /// The bridge's domain.
+        domain: String,
+        /// The user's bare JID.
+        jid: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentitiesCommand {
+    /// Print the owner of a foreign identity.
+    Show {
+        /// The bridge's domain.
+        domain: String,
+        /// The foreign identity, e.g. +15551234567.
+        foreign_id: String,
+    },
+    /// Make an XMPP user the owner of a foreign identity.
+    Set {
+        /// The bridge's domain.
+        domain: String,
+        /// The foreign identity, e.g. +15551234567.
+        foreign_id: String,
+        /// The owner's bare JID.
+        jid: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run => app::run(config, shutdown_signal()).await?,
+        Command::CheckConfig => {
+            app::check_bridges(&config)?;
+            let kinds: Vec<String> = config
+                .bridge
+                .iter()
+                .map(|bridge| format!("{} ({})", bridge.domain, bridge.kind))
+                .collect();
+            println!("config OK: {} bridge(s): {}", kinds.len(), kinds.join(", "));
+        }
+        Command::Migrate => {
+            open_store(&config).await?;
+            println!("database migrated");
+        }
+        Command::Users(UsersCommand::List { domain }) => {
+            for jid in open_store(&config).await?.registered_jids(&domain).await? {
+                println!("{jid}");
+            }
+        }
+        Command::Users(UsersCommand::Remove { domain, jid }) => {
+            if !open_store(&config)
+                .await?
+                .delete_registration(&domain, &jid)
+                .await?
+            {
+                anyhow::bail!("{jid} is not registered with {domain}");
+            }
+            println!("removed {jid} from {domain}");
+        }
+        Command::Identities(IdentitiesCommand::Show { domain, foreign_id }) => {
+            match open_store(&config)
+                .await?
+                .identity_owner(&domain, &foreign_id)
+                .await?
+            {
+                Some(jid) => println!("{jid}"),
+                None => anyhow::bail!("nobody owns {foreign_id} on {domain}"),
+            }
+        }
+        Command::Identities(IdentitiesCommand::Set {
+            domain,
+            foreign_id,
+            jid,
+        }) => {
+            open_store(&config)
+                .await?
+                .put_identity(&domain, &foreign_id, &jid)
+                .await?;
+            println!("{foreign_id} on {domain} now belongs to {jid}");
+        }
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database.url, config.database.max_connections)
+        .await
+        .context("cannot open database.url")?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

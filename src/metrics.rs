@@ -1,0 +1,63 @@
+//! Every metric Jabbridge exports, named once here, and the Prometheus recorder.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed, in which case ours stays unused
+            // and /metrics shows what ours saw: nothing. Tests run one daemon per process.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A stanza arrived from the XMPP server for a bridge.
+pub fn stanza_in(bridge: &str) {
+    metrics::counter!("jabbridge_stanzas_in_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
+/// A stanza was written to the XMPP server for a bridge.
+pub fn stanza_out(bridge: &str) {
+    metrics::counter!("jabbridge_stanzas_out_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
+/// A stanza was refused with an error (or could not be read), by condition.
+pub fn stanza_error(bridge: &str, condition: &'static str) {
+    metrics::counter!("jabbridge_stanza_errors_total", "bridge" => bridge.to_owned(), "condition" => condition)
+        .increment(1);
+}
+
+/// The component link of a bridge went down and is being re-established.
+pub fn reconnect(bridge: &str) {
+    metrics::counter!("jabbridge_reconnects_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
+/// The component link of a bridge is up (1) or down (0).
+pub fn link_up(bridge: &str, up: bool) {
+    metrics::gauge!("jabbridge_component_connected", "bridge" => bridge.to_owned()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Stanzas waiting to go out to the XMPP server, per bridge.
+pub fn queue_depth(bridge: &str, depth: usize) {
+    metrics::gauge!("jabbridge_outgoing_queue_depth", "bridge" => bridge.to_owned())
+        .set(depth as f64);
+}
+
+/// A message was handed to a bridge (`ok`), or failed transiently or permanently.
+pub fn delivery(bridge: &str, outcome: &'static str) {
+    metrics::counter!("jabbridge_bridge_deliveries_total", "bridge" => bridge.to_owned(), "outcome" => outcome)
+        .increment(1);
+}

@@ -1,0 +1,453 @@
+//! The database: registrations, identities, message id mappings and the durable
+//! outbox/inbox, on SQLite (the default) or PostgreSQL, with one set of queries.
+//!
+//! Queries go through sqlx's `Any` driver with basic types only (TEXT, BIGINT): times are
+//! Unix milliseconds and structured data is JSON text. Migrations differ per engine and live
+//! in `migrations/sqlite` and `migrations/postgres`.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
+
+// Table names in format!() below come only from `Queue::table`, never from input.
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no engine we support.
+    #[error("database.url must start with sqlite:// or postgres://")]
+    UnsupportedUrl,
+    /// The database refused or failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// Stored JSON does not parse (the row was written by something else).
+    #[error("stored data is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+/// The two durable queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// XMPP → foreign network.
+    Outbox,
+    /// Foreign network → XMPP.
+    Inbox,
+}
+
+impl Queue {
+    fn table(self) -> &'static str {
+        match self {
+            Queue::Outbox => "outbox",
+            Queue::Inbox => "inbox",
+        }
+    }
+}
+
+/// A queued message claimed by one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Row id, to complete or reschedule it.
+    pub id: i64,
+    /// The conversation it belongs to; order is kept within one.
+    pub conversation: String,
+    /// The id that makes it unique.
+    pub dedupe_key: String,
+    /// The message, as JSON.
+    pub payload: String,
+    /// How many times it has been claimed, this time included.
+    pub attempts: i64,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Now, in Unix milliseconds.
+pub fn now_millis() -> i64 {
+    millis(SystemTime::now())
+}
+
+/// A time in Unix milliseconds.
+pub fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connects to `url` (creating an SQLite file if missing, in WAL mode). Does not migrate.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = url.expose_secret();
+        let engine = if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let url = match engine {
+            Engine::Sqlite if !url.contains("mode=") && !url.contains(":memory:") => {
+                let separator = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{separator}mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        // Statements are logged at debug only: they carry no secrets, but they are noisy.
+        let options = AnyConnectOptions::from_str(&url)?
+            .log_statements(tracing::log::LevelFilter::Debug)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // WAL lets readers proceed while one writer writes; busy_timeout makes
+                        // writers queue instead of failing with SQLITE_BUSY.
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *connection)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Store { pool, engine })
+    }
+
+    /// Applies the pending migrations of this engine.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.engine {
+            Engine::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Engine::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers (for `/ready`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Registers `jid` with `bridge`, or updates the registration.
+    pub async fn put_registration(
+        &self,
+        bridge: &str,
+        jid: &str,
+        data: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        sqlx::query(
+            "INSERT INTO registrations (bridge, jid, data, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (bridge, jid) DO UPDATE SET data = excluded.data, updated_at = excluded.updated_at",
+        )
+        .bind(bridge)
+        .bind(jid)
+        .bind(serde_json::to_string(data)?)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What the bridge stored for `jid`, if registered.
+    pub async fn registration(
+        &self,
+        bridge: &str,
+        jid: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query("SELECT data FROM registrations WHERE bridge = $1 AND jid = $2")
+            .bind(bridge)
+            .bind(jid)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes a registration and the identities owned by that user; whether one existed.
+    pub async fn delete_registration(&self, bridge: &str, jid: &str) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM registrations WHERE bridge = $1 AND jid = $2")
+            .bind(bridge)
+            .bind(jid)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM identities WHERE bridge = $1 AND jid = $2")
+            .bind(bridge)
+            .bind(jid)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// Every registered JID of a bridge, sorted.
+    pub async fn registered_jids(&self, bridge: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT jid FROM registrations WHERE bridge = $1 ORDER BY jid")
+            .bind(bridge)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Records that `foreign_id` on `bridge` belongs to `jid` (replacing any owner).
+    pub async fn put_identity(
+        &self,
+        bridge: &str,
+        foreign_id: &str,
+        jid: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO identities (bridge, foreign_id, jid, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (bridge, foreign_id) DO UPDATE SET jid = excluded.jid",
+        )
+        .bind(bridge)
+        .bind(foreign_id)
+        .bind(jid)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The JID that owns a foreign identity.
+    pub async fn identity_owner(
+        &self,
+        bridge: &str,
+        foreign_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT jid FROM identities WHERE bridge = $1 AND foreign_id = $2")
+            .bind(bridge)
+            .bind(foreign_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get::<String, _>(0)).transpose()?)
+    }
+
+    /// Maps an XMPP message id to the foreign network's id for the same message.
+    pub async fn map_message_id(
+        &self,
+        bridge: &str,
+        jid: &str,
+        xmpp_id: &str,
+        foreign_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id",
+        )
+        .bind(bridge)
+        .bind(jid)
+        .bind(xmpp_id)
+        .bind(foreign_id)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The foreign id of a message `jid` sent or received with `xmpp_id`.
+    pub async fn foreign_message_id(
+        &self,
+        bridge: &str,
+        jid: &str,
+        xmpp_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT foreign_id FROM message_ids WHERE bridge = $1 AND jid = $2 AND xmpp_id = $3",
+        )
+        .bind(bridge)
+        .bind(jid)
+        .bind(xmpp_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.try_get::<String, _>(0)).transpose()?)
+    }
+
+    /// The `(jid, xmpp_id)` a foreign message id maps to.
+    pub async fn xmpp_message_id(
+        &self,
+        bridge: &str,
+        foreign_id: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT jid, xmpp_id FROM message_ids WHERE bridge = $1 AND foreign_id = $2 \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(bridge)
+        .bind(foreign_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a message to a queue. Returns `false`, changing nothing, when a message with the
+    /// same `dedupe_key` was queued before (delivered or not).
+    pub async fn enqueue(
+        &self,
+        queue: Queue,
+        bridge: &str,
+        conversation: &str,
+        dedupe_key: &str,
+        payload: &str,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (bridge, conversation, dedupe_key, payload, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (bridge, dedupe_key) DO NOTHING",
+            queue.table()
+        )))
+        .bind(bridge)
+        .bind(conversation)
+        .bind(dedupe_key)
+        .bind(payload)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    /// Claims the next due message of `bridge` for `owner` for `lease`: the oldest message
+    /// of a conversation with nothing older undelivered, not leased by another worker.
+    /// Several Jabbridge instances may claim from one PostgreSQL: each row goes to one.
+    pub async fn claim(
+        &self,
+        queue: Queue,
+        bridge: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<Claimed>, StoreError> {
+        let now = now_millis();
+        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let lock = match self.engine {
+            Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let table = queue.table();
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
+             WHERE id = (SELECT candidate.id FROM {table} candidate \
+                 WHERE candidate.bridge = $3 AND candidate.delivered_at IS NULL \
+                 AND candidate.next_attempt_at <= $4 \
+                 AND (candidate.lease_until IS NULL OR candidate.lease_until < $4) \
+                 AND NOT EXISTS (SELECT 1 FROM {table} earlier \
+                     WHERE earlier.bridge = candidate.bridge \
+                     AND earlier.conversation = candidate.conversation \
+                     AND earlier.delivered_at IS NULL AND earlier.id < candidate.id) \
+                 ORDER BY candidate.id LIMIT 1 {lock}) \
+             RETURNING id, conversation, dedupe_key, payload, attempts"
+        )))
+        .bind(owner)
+        .bind(lease_until)
+        .bind(bridge)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(Claimed {
+                id: row.try_get(0)?,
+                conversation: row.try_get(1)?,
+                dedupe_key: row.try_get(2)?,
+                payload: row.try_get(3)?,
+                attempts: row.try_get(4)?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks a claimed message delivered. Returns `false` if `owner` no longer held the
+    /// lease (it expired and another worker took the row).
+    pub async fn complete(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET delivered_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
+            queue.table()
+        )))
+        .bind(now_millis())
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// Releases a claimed message to be tried again no sooner than `delay` from now.
+    pub async fn retry_later(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        let at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET next_attempt_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
+            queue.table()
+        )))
+        .bind(at)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// Messages not yet delivered, per queue and bridge (for metrics and tests).
+    pub async fn pending(&self, queue: Queue, bridge: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {} WHERE bridge = $1 AND delivered_at IS NULL",
+            queue.table()
+        )))
+        .bind(bridge)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+}

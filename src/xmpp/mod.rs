@@ -1,0 +1,7 @@
+//! Everything that speaks XMPP: the component link, stanza errors, JID escaping, and the
+//! answers to protocol requests (disco, version, ping). Bridges never see this module's types.
+
+pub mod jid;
+pub mod service;
+pub mod session;
+pub mod stanza;

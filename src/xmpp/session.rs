@@ -1,0 +1,499 @@
+//! One XEP-0114 component link to the XMPP server, kept up whatever happens.
+//!
+//! Built on tokio-xmpp's `xmlstream` layer rather than its `Component` wrapper, because that
+//! wrapper ends its stream on the first stanza it cannot parse, on 60 s of silence, and never
+//! reconnects. Here:
+//! - stanzas are read as plain [`Element`]s, so a stanza that does not parse as a message,
+//!   presence or iq still reaches the router, which answers it with a stanza error;
+//! - silence for `keepalive` sends a XEP-0199 ping (to our own domain, through the server);
+//!   no answer within `keepalive_timeout` declares the link dead;
+//! - any disconnect reconnects with capped exponential backoff and jitter;
+//! - stanzas queued while the link is down wait in a bounded queue and go out after the
+//!   handshake; a stanza whose write failed is sent again first.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use jabbridge_sdk::Shutdown;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::io::BufStream;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, initiate_stream};
+use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns, ping::Ping};
+
+use crate::metrics;
+
+type Stream = XmlStream<BufStream<TcpStream>, Element>;
+
+/// What a link needs to know; one per `[[bridge]]`.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `host:port` of the component listener.
+    pub server: String,
+    /// The component domain.
+    pub domain: String,
+    /// The shared secret.
+    pub secret: SecretString,
+    /// The bridge's index in the config file, to name the keys to fix in errors.
+    pub index: usize,
+    /// Silence before a ping.
+    pub keepalive: Duration,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+/// The link's state as others see it (readiness, status).
+#[derive(Debug, Default)]
+pub struct LinkState {
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl LinkState {
+    /// Whether the handshake has completed and the link is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Why the link last went down or failed to come up.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .map(|error| error.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn set_error(&self, error: Option<String>) {
+        match self.last_error.lock() {
+            Ok(mut slot) => *slot = error,
+            Err(poisoned) => *poisoned.into_inner() = error,
+        }
+    }
+}
+
+/// Why a link could not be set up or went down.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// TCP or stream-level I/O failed.
+    #[error("cannot reach the XMPP server at {server} (check xmpp.server): {source}")]
+    Unreachable {
+        /// Where we tried.
+        server: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The server refused the handshake; the message says which key to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// The link was up and broke.
+    #[error("link lost: {0}")]
+    Lost(String),
+    /// The server closed the stream.
+    #[error("the server closed the stream{0}")]
+    Closed(String),
+}
+
+/// The running link of one bridge: send stanzas with [`LinkHandle::send`].
+#[derive(Clone)]
+pub struct LinkHandle {
+    outgoing: mpsc::Sender<Element>,
+    /// The link's state.
+    pub state: Arc<LinkState>,
+}
+
+impl LinkHandle {
+    /// Queues a stanza for the server. Waits while the queue is full (the link has been
+    /// down for a while); fails only once the link has stopped for good.
+    pub async fn send(&self, stanza: Element) -> Result<(), Element> {
+        self.outgoing.send(stanza).await.map_err(|error| error.0)
+    }
+
+    /// Stanzas waiting to go out.
+    pub fn queue_depth(&self) -> usize {
+        self.outgoing.max_capacity() - self.outgoing.capacity()
+    }
+}
+
+/// Starts a link task. Incoming stanzas go to `incoming`; the task ends after `shutdown`,
+/// once the queue is flushed (for up to `flush_deadline`) and the stream closed.
+pub fn spawn(
+    config: LinkConfig,
+    queue: usize,
+    incoming: mpsc::Sender<Element>,
+    shutdown: Shutdown,
+) -> (LinkHandle, tokio::task::JoinHandle<()>) {
+    let (outgoing, outgoing_receiver) = mpsc::channel(queue);
+    let state = Arc::new(LinkState::default());
+    let handle = LinkHandle {
+        outgoing,
+        state: state.clone(),
+    };
+    let task = tokio::spawn(run(config, state, outgoing_receiver, incoming, shutdown));
+    (handle, task)
+}
+
+const FLUSH_DEADLINE: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(250);
+
+async fn run(
+    config: LinkConfig,
+    state: Arc<LinkState>,
+    mut outgoing: mpsc::Receiver<Element>,
+    incoming: mpsc::Sender<Element>,
+    shutdown: Shutdown,
+) {
+    let domain = config.domain.as_str();
+    // A stanza whose write failed: it goes out first on the next link.
+    let mut unsent: Option<Element> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if shutdown.is_stopping() {
+            break;
+        }
+        let connected = tokio::select! {
+            connected = connect(&config) => connected,
+            () = shutdown.clone().wait() => break,
+        };
+        match connected {
+            Ok(mut stream) => {
+                failures = 0;
+                state.connected.store(true, Ordering::Release);
+                state.set_error(None);
+                metrics::link_up(domain, true);
+                tracing::info!(bridge = domain, server = %config.server, "component connected");
+                let ended = serve(
+                    &config,
+                    &mut stream,
+                    &mut unsent,
+                    &mut outgoing,
+                    &incoming,
+                    shutdown.clone(),
+                )
+                .await;
+                state.connected.store(false, Ordering::Release);
+                metrics::link_up(domain, false);
+                match ended {
+                    Ok(()) => {
+                        close(&mut stream).await;
+                        tracing::info!(bridge = domain, "component disconnected for shutdown");
+                        break;
+                    }
+                    Err(error) => {
+                        tracing::warn!(bridge = domain, %error, "component link down, reconnecting");
+                        state.set_error(Some(error.to_string()));
+                    }
+                }
+            }
+            Err(error) => {
+                match &error {
+                    LinkError::Refused(_) => {
+                        tracing::error!(bridge = domain, %error, "component handshake refused")
+                    }
+                    _ => tracing::warn!(bridge = domain, %error, "cannot connect component"),
+                }
+                state.set_error(Some(error.to_string()));
+            }
+        }
+        state.reconnects.fetch_add(1, Ordering::Relaxed);
+        metrics::reconnect(domain);
+        let delay = backoff(failures, config.reconnect_max);
+        failures = failures.saturating_add(1);
+        tracing::debug!(
+            bridge = domain,
+            delay_ms = delay.as_millis() as u64,
+            "waiting before reconnecting"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.clone().wait() => break,
+        }
+    }
+    state.connected.store(false, Ordering::Release);
+}
+
+/// Capped exponential backoff with "equal jitter": between half and all of the step, so
+/// that a fleet of gateways does not reconnect in lockstep, and never zero.
+pub fn backoff(failures: u32, cap: Duration) -> Duration {
+    let step = BACKOFF_START
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(cap);
+    let half = step / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
+    let unreachable = |source: std::io::Error| LinkError::Unreachable {
+        server: config.server.clone(),
+        source,
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&config.server))
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+    // Servers leave Nagle on; without this, back-to-back stanzas stall on delayed ACKs.
+    tcp.set_nodelay(true).map_err(unreachable)?;
+    let timeouts = Timeouts {
+        read_timeout: config.keepalive,
+        response_timeout: config.keepalive_timeout,
+    };
+    let header = StreamHeader {
+        to: Some(Cow::Borrowed(config.domain.as_str())),
+        from: None,
+        id: None,
+    };
+    let mut pending = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        initiate_stream(BufStream::new(tcp), ns::COMPONENT, header, timeouts),
+    )
+    .await
+    .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+    .map_err(unreachable)?;
+    let stream_id = pending.take_header().id;
+    let mut stream: Stream = pending.skip_features();
+    let Some(stream_id) = stream_id else {
+        // No id: the server is refusing us; its stream error says why.
+        return Err(read_refusal(config, &mut stream).await);
+    };
+    let handshake = Handshake::from_stream_id_and_password(
+        stream_id.into_owned(),
+        config.secret.expose_secret(),
+    );
+    if stream.send(&handshake).await.is_err() {
+        return Err(read_refusal(config, &mut stream).await);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(element))) if element.is("handshake", ns::COMPONENT) => Ok(stream),
+        Ok(Some(Ok(element))) if element.is("error", ns::STREAM) => Err(refusal(config, &element)),
+        Ok(Some(Ok(element))) => Err(LinkError::Refused(format!(
+            "unexpected <{}/> instead of the handshake reply",
+            element.name()
+        ))),
+        Ok(Some(Err(error))) => Err(LinkError::Lost(error.to_string())),
+        Ok(None) => Err(LinkError::Closed(" during the handshake".into())),
+        Err(_) => Err(LinkError::Lost("no handshake reply".into())),
+    }
+}
+
+async fn read_refusal(config: &LinkConfig, stream: &mut Stream) -> LinkError {
+    match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+        Ok(Some(Ok(element))) if element.is("error", ns::STREAM) => refusal(config, &element),
+        _ => LinkError::Closed(" before the handshake".into()),
+    }
+}
+
+/// Turns a stream error received during the handshake into advice naming the key to fix.
+fn refusal(config: &LinkConfig, error: &Element) -> LinkError {
+    let condition = error
+        .children()
+        .find(|child| child.ns() == ns::XMPP_STREAMS && child.name() != "text")
+        .map(|child| child.name().to_owned())
+        .unwrap_or_else(|| "undefined-condition".into());
+    let text = error
+        .get_child("text", ns::XMPP_STREAMS)
+        .map(|text| format!(" ({})", text.text()))
+        .unwrap_or_default();
+    let index = config.index;
+    let domain = &config.domain;
+    LinkError::Refused(match condition.as_str() {
+        "not-authorized" => format!(
+            "the XMPP server refused the secret for {domain}{text}: bridge[{index}].secret must \
+             equal the component secret in the server's config"
+        ),
+        "host-unknown" | "improper-addressing" | "host-gone" | "item-not-found" => format!(
+            "the XMPP server has no component {domain}{text}: check bridge[{index}].domain and \
+             the server's Component / ejabberd_service section"
+        ),
+        "conflict" => format!(
+            "the XMPP server already has a connection for {domain}{text}: is another Jabbridge \
+             using bridge[{index}].domain?"
+        ),
+        other => format!("the XMPP server refused {domain}: {other}{text}"),
+    })
+}
+
+/// Runs an established link until it breaks (`Err`) or shutdown has flushed it (`Ok`).
+async fn serve(
+    config: &LinkConfig,
+    stream: &mut Stream,
+    unsent: &mut Option<Element>,
+    outgoing: &mut mpsc::Receiver<Element>,
+    incoming: &mpsc::Sender<Element>,
+    shutdown: Shutdown,
+) -> Result<(), LinkError> {
+    let domain = config.domain.as_str();
+    if let Some(stanza) = unsent.take() {
+        write(domain, stream, unsent, stanza).await?;
+    }
+    // A stanza read but not yet taken by the router: while it waits, we stop reading (so
+    // the server feels backpressure) but keep writing (so the router never deadlocks on us).
+    let mut received: Option<Element> = None;
+    let mut pings: u64 = 0;
+    let stopping = shutdown.wait();
+    tokio::pin!(stopping);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stopping => {
+                return flush(domain, stream, unsent, outgoing).await;
+            }
+            permit = incoming.reserve(), if received.is_some() => {
+                let Ok(permit) = permit else {
+                    return Err(LinkError::Lost("router stopped".into()));
+                };
+                if let Some(stanza) = received.take() {
+                    permit.send(stanza);
+                }
+            }
+            stanza = outgoing.recv() => {
+                let Some(stanza) = stanza else {
+                    // Every sender is gone: the core is stopping.
+                    return Ok(());
+                };
+                write(domain, stream, unsent, stanza).await?;
+            }
+            item = stream.next(), if received.is_none() => match item {
+                Some(Ok(element)) => {
+                    if element.is("error", ns::STREAM) {
+                        return Err(LinkError::Closed(format!(": {}", describe_stream_error(&element))));
+                    }
+                    metrics::stanza_in(domain);
+                    received = Some(element);
+                }
+                Some(Err(ReadError::SoftTimeout)) => {
+                    pings += 1;
+                    let ping = keepalive_ping(domain, pings);
+                    tracing::debug!(bridge = domain, "link idle, pinging the server");
+                    write(domain, stream, unsent, ping).await?;
+                }
+                Some(Err(ReadError::ParseError(error))) => {
+                    // Not well-formed enough to be an element at all; the stream goes on.
+                    tracing::warn!(bridge = domain, %error, "skipped an unreadable element");
+                    metrics::stanza_error(domain, "unreadable");
+                }
+                Some(Err(ReadError::HardError(error))) => {
+                    return Err(LinkError::Lost(error.to_string()));
+                }
+                Some(Err(ReadError::StreamFooterReceived)) | None => {
+                    return Err(LinkError::Closed(String::new()));
+                }
+            },
+        }
+    }
+}
+
+async fn write(
+    domain: &str,
+    stream: &mut Stream,
+    unsent: &mut Option<Element>,
+    stanza: Element,
+) -> Result<(), LinkError> {
+    match stream.send(&stanza).await {
+        Ok(()) => {
+            metrics::stanza_out(domain);
+            Ok(())
+        }
+        Err(error) => {
+            *unsent = Some(stanza);
+            Err(LinkError::Lost(error.to_string()))
+        }
+    }
+}
+
+/// Sends what is queued, for up to [`FLUSH_DEADLINE`], then returns.
+async fn flush(
+    domain: &str,
+    stream: &mut Stream,
+    unsent: &mut Option<Element>,
+    outgoing: &mut mpsc::Receiver<Element>,
+) -> Result<(), LinkError> {
+    let flushing = async {
+        while let Ok(stanza) = outgoing.try_recv() {
+            write(domain, stream, unsent, stanza).await?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(FLUSH_DEADLINE, flushing)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// Sends the stream footer and waits briefly for the server's.
+async fn close(stream: &mut Stream) {
+    let closing = async {
+        if stream.shutdown().await.is_ok() {
+            while let Some(Ok(_)) = stream.next().await {}
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+}
+
+fn keepalive_ping(domain: &str, sequence: u64) -> Element {
+    let ours: Option<Jid> = domain.parse().ok();
+    let mut ping = Iq::from_get(format!("jabbridge-keepalive-{sequence}"), Ping);
+    *ping.from_mut() = ours.clone();
+    *ping.to_mut() = ours;
+    ping.into()
+}
+
+/// Whether an iq result is the answer to one of our keepalive pings.
+pub fn is_keepalive_id(id: &str) -> bool {
+    id.starts_with("jabbridge-keepalive-")
+}
+
+fn describe_stream_error(error: &Element) -> String {
+    error
+        .children()
+        .map(|child| {
+            if child.name() == "text" {
+                child.text()
+            } else {
+                child.name().to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_never_zero() {
+        let cap = Duration::from_secs(30);
+        for failures in 0..40 {
+            let delay = backoff(failures, cap);
+            assert!(delay >= Duration::from_millis(125), "{delay:?}");
+            assert!(delay <= cap, "{delay:?}");
+        }
+        assert!(backoff(0, cap) <= BACKOFF_START);
+        assert!(backoff(20, cap) >= cap / 2);
+    }
+
+    #[test]
+    fn refusals_name_the_key_to_fix() {
+        let config = LinkConfig {
+            server: "127.0.0.1:1".into(),
+            domain: "gw.example".into(),
+            secret: SecretString::from("x"),
+            index: 2,
+            keepalive: Duration::from_secs(1),
+            keepalive_timeout: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(1),
+        };
+        let error: Element = "<stream:error xmlns:stream='http://etherx.jabber.org/streams'>\
+            <not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+            .parse()
+            .unwrap();
+        let message = refusal(&config, &error).to_string();
+        assert!(message.contains("bridge[2].secret"), "{message}");
+    }
+}

@@ -1,0 +1,222 @@
+//! Stanza errors: the one place where a typed [`StanzaFailure`] becomes an XMPP error
+//! stanza, for typed and for unparseable stanzas alike.
+
+use xmpp_parsers::{
+    iq::Iq,
+    jid::Jid,
+    message::{Id, Message, MessageType},
+    minidom::Element,
+    presence::Presence,
+    stanza_error::{DefinedCondition, ErrorType, StanzaError},
+};
+
+/// Why a stanza was refused, in the core's terms. Each becomes one RFC 6120 condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StanzaFailure {
+    /// The stanza does not parse or breaks the protocol.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Nothing here answers this request (unknown iq payload, RFC 6120 §8.4).
+    #[error("service unavailable")]
+    ServiceUnavailable,
+    /// The request is understood but this gateway or bridge does not implement it.
+    #[error("not implemented: {0}")]
+    FeatureNotImplemented(String),
+    /// The address does not name anything on the foreign network.
+    #[error("malformed address: {0}")]
+    JidMalformed(String),
+    /// The message could not be delivered to the foreign network.
+    #[error("undeliverable: {0}")]
+    Undeliverable(String),
+    /// Jabbridge itself failed (database unavailable…); the sender may retry later.
+    #[error("internal error")]
+    Internal,
+}
+
+impl StanzaFailure {
+    fn to_stanza_error(&self) -> StanzaError {
+        let (type_, condition, text) = match self {
+            Self::BadRequest(text) => (
+                ErrorType::Modify,
+                DefinedCondition::BadRequest,
+                text.as_str(),
+            ),
+            Self::ServiceUnavailable => {
+                (ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "")
+            }
+            Self::FeatureNotImplemented(text) => (
+                ErrorType::Cancel,
+                DefinedCondition::FeatureNotImplemented,
+                text.as_str(),
+            ),
+            Self::JidMalformed(text) => (
+                ErrorType::Modify,
+                DefinedCondition::JidMalformed,
+                text.as_str(),
+            ),
+            Self::Undeliverable(text) => (
+                ErrorType::Cancel,
+                DefinedCondition::ServiceUnavailable,
+                text.as_str(),
+            ),
+            Self::Internal => (
+                ErrorType::Wait,
+                DefinedCondition::InternalServerError,
+                "the gateway failed; try again later",
+            ),
+        };
+        StanzaError::new(type_, condition, "en", text)
+    }
+
+    /// The condition's name, for metrics labels.
+    pub fn condition(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::ServiceUnavailable | Self::Undeliverable(_) => "service-unavailable",
+            Self::FeatureNotImplemented(_) => "feature-not-implemented",
+            Self::JidMalformed(_) => "jid-malformed",
+            Self::Internal => "internal-server-error",
+        }
+    }
+}
+
+/// Which of the three stanzas an element is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StanzaKind {
+    /// `<message/>`
+    Message,
+    /// `<presence/>`
+    Presence,
+    /// `<iq/>`
+    Iq,
+}
+
+/// The routing attributes of a stanza, read without parsing the rest, so that even a stanza
+/// that does not parse can be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StanzaHeader {
+    /// Which stanza.
+    pub kind: StanzaKind,
+    /// The sender, as written.
+    pub from: Option<String>,
+    /// The recipient, as written.
+    pub to: Option<String>,
+    /// The stanza id.
+    pub id: Option<String>,
+    /// The `type` attribute.
+    pub type_: Option<String>,
+}
+
+impl StanzaHeader {
+    /// Reads the header of a stanza; `None` for anything that is not one.
+    pub fn of(element: &Element) -> Option<StanzaHeader> {
+        let kind = match element.name() {
+            "message" => StanzaKind::Message,
+            "presence" => StanzaKind::Presence,
+            "iq" => StanzaKind::Iq,
+            _ => return None,
+        };
+        let attribute = |name: &str| element.attr(name).map(str::to_owned);
+        Some(StanzaHeader {
+            kind,
+            from: attribute("from"),
+            to: attribute("to"),
+            id: attribute("id"),
+            type_: attribute("type"),
+        })
+    }
+}
+
+/// The error reply to a stanza, or `None` where RFC 6120 forbids one: to an error, to an iq
+/// result, or to a stanza with no usable sender.
+pub fn error_reply(header: &StanzaHeader, failure: &StanzaFailure) -> Option<Element> {
+    let type_ = header.type_.as_deref();
+    if type_ == Some("error") || (header.kind == StanzaKind::Iq && type_ == Some("result")) {
+        return None;
+    }
+    let to: Jid = header.from.as_deref()?.parse().ok()?;
+    let from: Option<Jid> = header.to.as_deref().and_then(|to| to.parse().ok());
+    let error = failure.to_stanza_error();
+    Some(match header.kind {
+        StanzaKind::Iq => Iq::Error {
+            from,
+            to: Some(to),
+            // RFC 6120 §8.1.3: an iq without an id cannot be answered meaningfully, but an
+            // empty id still tells the sender what went wrong.
+            id: header.id.clone().unwrap_or_default(),
+            error,
+            payload: None,
+        }
+        .into(),
+        StanzaKind::Message => {
+            let mut message = Message::new_with_type(MessageType::Error, Some(to));
+            message.from = from;
+            message.id = header.id.clone().map(Id);
+            message.with_payload(error).into()
+        }
+        StanzaKind::Presence => {
+            let mut presence = Presence::error().with_to(to).with_payload(error);
+            presence.from = from;
+            presence.id = header.id.clone();
+            presence.into()
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    const NS: &str = "xmlns='jabber:component:accept'";
+
+    #[test]
+    fn answers_an_unparseable_message_with_bad_request() {
+        let element = parse(&format!(
+            "<message {NS} type='bogus' from='a@b/c' to='x@gw' id='m1'><body>hi</body></message>"
+        ));
+        let header = StanzaHeader::of(&element).unwrap();
+        let reply = error_reply(&header, &StanzaFailure::BadRequest("no".into())).unwrap();
+        assert_eq!(reply.attr("type"), Some("error"));
+        assert_eq!(reply.attr("to"), Some("a@b/c"));
+        assert_eq!(reply.attr("from"), Some("x@gw"));
+        assert_eq!(reply.attr("id"), Some("m1"));
+        let error = reply.get_child("error", NSChoiceAny).unwrap();
+        assert_eq!(error.attr("type"), Some("modify"));
+        assert!(error.children().any(|child| child.name() == "bad-request"));
+    }
+
+    #[test]
+    fn never_answers_errors_or_results() {
+        for xml in [
+            format!("<message {NS} type='error' from='a@b'/>"),
+            format!("<iq {NS} type='result' from='a@b' id='1'/>"),
+            format!("<iq {NS} type='error' from='a@b' id='1'/>"),
+            format!("<presence {NS} to='gw'/>"),
+        ] {
+            let header = StanzaHeader::of(&parse(&xml)).unwrap();
+            assert_eq!(
+                error_reply(&header, &StanzaFailure::ServiceUnavailable),
+                None,
+                "{xml}"
+            );
+        }
+    }
+
+    #[test]
+    fn iq_error_keeps_the_id() {
+        let element = parse(&format!(
+            "<iq {NS} type='get' from='a@b/r' to='gw' id='q7'/>"
+        ));
+        let header = StanzaHeader::of(&element).unwrap();
+        let reply = error_reply(&header, &StanzaFailure::ServiceUnavailable).unwrap();
+        assert_eq!(reply.name(), "iq");
+        assert_eq!(reply.attr("id"), Some("q7"));
+        assert_eq!(reply.attr("type"), Some("error"));
+    }
+
+    use xmpp_parsers::minidom::NSChoice::Any as NSChoiceAny;
+}
