@@ -1,1 +1,74 @@
-//! Integration tests against real servers.
+//! Integration tests against real servers: Prosody and ejabberd, a slixmpp client, SQLite and
+//! PostgreSQL, and the `jabbridge` binary itself. Run them with `scripts/test`, which
+//! installs and starts what they need.
+
+mod cli;
+mod gateway;
+mod harness;
+mod link;
+mod store;
+
+use std::path::Path;
+
+use harness::{Jabbridge, ServerKind, XmppServer};
+
+/// Runs each listed test body against Prosody and against ejabberd.
+macro_rules! on_both_servers {
+    ($($name:ident),* $(,)?) => {
+        mod prosody {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::harness::ServerKind::Prosody).await;
+                }
+            )*
+        }
+        mod ejabberd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::harness::ServerKind::Ejabberd).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_servers;
+
+/// A Jabbridge config for `server` with one echo bridge per domain, SQLite in `dir`, short
+/// keepalive and reconnect times so that tests see them happen.
+pub fn config_for(server: &XmppServer, dir: &Path, domains: &[&str]) -> String {
+    let mut config = format!(
+        r#"
+[xmpp]
+server = "127.0.0.1:{component}"
+keepalive = "2s"
+keepalive_timeout = "3s"
+reconnect_max = "1s"
+
+[database]
+url = "sqlite://{dir}/jabbridge.db"
+
+[http]
+listen = "127.0.0.1:{{http}}"
+"#,
+        component = server.component_port,
+        dir = dir.display(),
+    );
+    for domain in domains {
+        config.push_str(&format!(
+            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nprefix = \"{domain} says: \"\n",
+            harness::SECRET
+        ));
+    }
+    config
+}
+
+/// A server with the echo component and user alice, and Jabbridge attached and ready.
+pub async fn echo_setup(kind: ServerKind) -> (XmppServer, Jabbridge, tempfile::TempDir) {
+    let server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &["echo.localhost"])).await;
+    jabbridge.wait_ready(std::time::Duration::from_secs(20)).await;
+    (server, jabbridge, dir)
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/python3
+"""A real XMPP client (slixmpp) driven by the integration tests over stdin/stdout.
+
+It logs in, announces presence, then:
+- prints every stanza it receives as one JSON line: {"event": "stanza", "xml": "..."};
+- sends every line read on stdin, a JSON object {"send": "<xml/>"}, as raw XML, so that
+  tests can send exactly the (possibly malformed) stanza they mean to.
+It prints {"event": "ready"} once logged in and {"event": "disconnected"} if the stream ends.
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+import slixmpp
+from slixmpp.xmlstream import tostring
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+class Driven(slixmpp.ClientXMPP):
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        # Test servers listen on loopback without TLS.
+        self["feature_mechanisms"].unencrypted_plain = True
+        # Stanzas of the login itself (bind, roster) are not the test's business.
+        self.started = False
+        self.add_event_handler("session_start", self.on_start)
+        self.add_event_handler("disconnected", lambda _: emit("disconnected"))
+        for name in ("message", "presence", "iq"):
+            self.register_handler(
+                Callback(
+                    "dump " + name,
+                    MatchXPath("{%s}%s" % (self.default_ns, name)),
+                    self.on_stanza,
+                )
+            )
+
+    def on_stanza(self, stanza):
+        if self.started:
+            # top_level keeps the stanza's own xmlns, so that it parses on its own.
+            emit("stanza", xml=tostring(stanza.xml, top_level=True))
+
+    async def on_start(self, _event):
+        self.started = True
+        self.send_presence()
+        self.loop.add_reader(sys.stdin.fileno(), self.on_stdin)
+        emit("ready", jid=str(self.boundjid))
+
+    def on_stdin(self):
+        line = sys.stdin.readline()
+        if not line:
+            self.loop.remove_reader(sys.stdin.fileno())
+            self.disconnect()
+            return
+        command = json.loads(line)
+        if "send" in command:
+            self.send_raw(command["send"])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jid", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    client = Driven(arguments.jid, arguments.password)
+    client.connect(("127.0.0.1", arguments.port), force_starttls=False, disable_starttls=True)
+    client.loop.run_until_complete(client.disconnected)
+
+
+if __name__ == "__main__":
+    main()

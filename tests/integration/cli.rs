@@ -1,0 +1,89 @@
+//! The `jabbridge` command line: check-config on every example config, error messages that
+//! name the file and the key, and --help documenting every subcommand.
+
+use std::path::Path;
+use std::process::Command;
+
+fn jabbridge(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_jabbridge"))
+        .args(args)
+        .env_remove("JABBRIDGE_CONFIG")
+        .output()
+        .expect("run jabbridge");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn every_example_config_passes_check_config() {
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&config_dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|extension| extension.to_str()) != Some("toml") {
+            continue;
+        }
+        let (ok, output) = jabbridge(&["check-config", "--config", path.to_str().expect("utf-8 path")]);
+        assert!(ok, "{}: {output}", path.display());
+        assert!(output.contains("config OK"), "{output}");
+        checked += 1;
+    }
+    assert!(checked >= 1, "no example configs found");
+}
+
+#[test]
+fn check_config_names_the_file_and_the_bridge_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[xmpp]\nserver = \"127.0.0.1:5347\"\n[[bridge]]\nkind = \"echo\"\ndomain = \"e.x\"\nsecret = \"hunter2\"\nprefx = \"oops\"\n",
+    )
+    .unwrap();
+    let (ok, output) = jabbridge(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("bridge[0]"), "{output}");
+    assert!(output.contains("prefx"), "{output}");
+    assert!(!output.contains("hunter2"), "the secret was printed: {output}");
+
+    std::fs::write(&path, "[xmpp]\nserver = 5347\n").unwrap();
+    let (ok, output) = jabbridge(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(output.contains("bad.toml") && output.contains("xmpp.server"), "{output}");
+}
+
+#[test]
+fn help_documents_every_subcommand() {
+    let (ok, output) = jabbridge(&["--help"]);
+    assert!(ok, "{output}");
+    for command in ["run", "check-config", "migrate", "users", "identities"] {
+        assert!(output.contains(command), "{command} missing from:\n{output}");
+    }
+}
+
+#[test]
+fn admin_commands_manage_identities_and_users() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("j.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\nserver = \"127.0.0.1:5347\"\n[database]\nurl = \"sqlite://{}/j.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    let (ok, output) = jabbridge(&["--config", config, "migrate"]);
+    assert!(ok, "{output}");
+    let (ok, output) = jabbridge(&["--config", config, "identities", "set", "sms.x", "+15551234567", "alice@x"]);
+    assert!(ok, "{output}");
+    let (ok, output) = jabbridge(&["--config", config, "identities", "show", "sms.x", "+15551234567"]);
+    assert!(ok && output.trim() == "alice@x", "{output}");
+    let (ok, output) = jabbridge(&["--config", config, "users", "remove", "sms.x", "nobody@x"]);
+    assert!(!ok && output.contains("not registered"), "{output}");
+}

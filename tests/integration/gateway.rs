@@ -1,0 +1,179 @@
+//! What a user of the gateway sees: disco, version, ping, echo round trips, errors for
+//! malformed stanzas (with the stream staying up), two bridges in one process.
+
+use std::time::Duration;
+
+use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
+use crate::{config_for, echo_setup, on_both_servers};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+on_both_servers!(
+    disco_shows_a_gateway,
+    echo_round_trip,
+    malformed_stanzas_are_answered_and_the_link_stays_up,
+    two_bridges_in_one_process,
+);
+
+async fn disco_shows_a_gateway(kind: ServerKind) {
+    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    let info = alice
+        .iq(
+            "d1",
+            "<iq type='get' to='echo.localhost' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    let query = info.children().next().expect("disco query");
+    let identity = query.children().find(|child| child.name() == "identity").expect("identity");
+    assert_eq!(identity.attr("category"), Some("gateway"));
+    assert_eq!(identity.attr("type"), Some("echo"));
+    let features: Vec<&str> = query
+        .children()
+        .filter(|child| child.name() == "feature")
+        .filter_map(|feature| feature.attr("var"))
+        .collect();
+    for feature in ["urn:xmpp:ping", "jabber:iq:version", "http://jabber.org/protocol/disco#items"] {
+        assert!(features.contains(&feature), "{feature} missing from {features:?}");
+    }
+
+    let items = alice
+        .iq(
+            "d2",
+            "<iq type='get' to='echo.localhost' id='d2'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+        )
+        .await;
+    assert_eq!(items.attr("type"), Some("result"));
+
+    let version = alice
+        .iq("v1", "<iq type='get' to='echo.localhost' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+        .await;
+    let name = version.children().next().and_then(|query| query.children().find(|child| child.name() == "name"));
+    assert_eq!(name.map(|name| name.text()).as_deref(), Some("Jabbridge"));
+
+    let pong = alice
+        .iq("p1", "<iq type='get' to='echo.localhost' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert_eq!(pong.attr("type"), Some("result"));
+
+    let unknown = alice
+        .iq("u1", "<iq type='get' to='echo.localhost' id='u1'><query xmlns='urn:example:nope'/></iq>")
+        .await;
+    assert_eq!(unknown.attr("type"), Some("error"));
+    assert_eq!(error_condition(&unknown).as_deref(), Some("service-unavailable"));
+}
+
+async fn echo_round_trip(kind: ServerKind) {
+    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    alice
+        .send("<message type='chat' to='bob@echo.localhost' id='e1'><body>hello there</body></message>")
+        .await;
+    let reply = alice
+        .expect(WAIT, |stanza| stanza.name() == "message" && body(stanza).is_some())
+        .await;
+    assert_eq!(reply.attr("from"), Some("bob@echo.localhost"));
+    assert_eq!(body(&reply).as_deref(), Some("echo.localhost says: hello there"));
+    assert!(
+        reply.children().any(|child| child.name() == "origin-id" && child.attr("id").is_some()),
+        "replies carry a XEP-0359 origin-id: {reply:?}"
+    );
+
+    // An escaped localpart (XEP-0106) reaches the bridge unescaped and comes back escaped.
+    alice
+        .send("<message type='chat' to='bob\\20smith@echo.localhost' id='e2'><body>spaces</body></message>")
+        .await;
+    let reply = alice
+        .expect(WAIT, |stanza| stanza.name() == "message" && body(stanza).is_some())
+        .await;
+    assert_eq!(reply.attr("from"), Some("bob\\20smith@echo.localhost"));
+
+    // The bare domain answers with help rather than silence.
+    alice
+        .send("<message type='chat' to='echo.localhost' id='e3'><body>help</body></message>")
+        .await;
+    let help = alice
+        .expect(WAIT, |stanza| stanza.name() == "message" && stanza.attr("from") == Some("echo.localhost"))
+        .await;
+    assert!(body(&help).unwrap_or_default().contains("NAME@echo.localhost"), "{help:?}");
+}
+
+async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) {
+    let (server, jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+
+    // Each of these ended tokio-xmpp's own Component stream (FACTS.md).
+    alice
+        .send("<message type='bogus' to='bob@echo.localhost' id='bad1'><body>x</body></message>")
+        .await;
+    if kind == ServerKind::Prosody {
+        // Prosody passes the bogus type through; we must answer it.
+        let error = alice
+            .expect(WAIT, |stanza| stanza.attr("id") == Some("bad1"))
+            .await;
+        assert_eq!(error.attr("type"), Some("error"));
+        assert_eq!(error_condition(&error).as_deref(), Some("bad-request"));
+    } else {
+        // ejabberd rewrites an unknown type to `normal`: the message is simply delivered.
+        alice
+            .expect(WAIT, |stanza| body(stanza).as_deref() == Some("echo.localhost says: x"))
+            .await;
+    }
+
+    alice
+        .send("<presence to='bob@echo.localhost' id='bad2'><priority>abc</priority></presence>")
+        .await;
+    if kind == ServerKind::Prosody {
+        let error = alice
+            .expect(WAIT, |stanza| stanza.attr("id") == Some("bad2"))
+            .await;
+        assert_eq!(error.name(), "presence");
+        assert_eq!(error_condition(&error).as_deref(), Some("bad-request"));
+    }
+
+    let error = alice.iq("bad3", "<iq type='get' to='echo.localhost' id='bad3'/>").await;
+    assert_eq!(error.attr("type"), Some("error"));
+    let condition = error_condition(&error);
+    assert!(
+        matches!(condition.as_deref(), Some("bad-request") | Some("service-unavailable")),
+        "{error:?}"
+    );
+
+    // The link is still up and still works.
+    alice
+        .send("<message type='chat' to='carol@echo.localhost' id='ok1'><body>still here</body></message>")
+        .await;
+    alice
+        .expect(WAIT, |stanza| body(stanza).as_deref() == Some("echo.localhost says: still here"))
+        .await;
+    let log = jabbridge.log();
+    assert!(!log.contains("link down"), "the link went down:\n{log}");
+    let (_, metrics) = jabbridge.get("/metrics").await;
+    assert!(metrics.contains("jabbridge_stanza_errors_total"), "{metrics}");
+}
+
+async fn two_bridges_in_one_process(kind: ServerKind) {
+    let server = XmppServer::start(kind, &["one.localhost", "two.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(
+        dir.path(),
+        &config_for(&server, dir.path(), &["one.localhost", "two.localhost"]),
+    )
+    .await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = server.client("alice").await;
+    for domain in ["one.localhost", "two.localhost"] {
+        alice
+            .send(&format!("<message type='chat' to='x@{domain}'><body>hi</body></message>"))
+            .await;
+        let reply = alice
+            .expect(WAIT, |stanza| body(stanza).is_some())
+            .await;
+        assert_eq!(reply.attr("from"), Some(format!("x@{domain}").as_str()));
+        assert_eq!(body(&reply), Some(format!("{domain} says: hi")));
+    }
+    let (status, ready) = jabbridge.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready.contains("one.localhost") && ready.contains("two.localhost"), "{ready}");
+}

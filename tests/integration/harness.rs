@@ -1,0 +1,545 @@
+//! Real servers for the integration tests: Prosody, ejabberd, PostgreSQL (started by
+//! `scripts/test`, one database per test), a slixmpp client, and the `jabbridge` binary.
+//! Every server runs as its own unprivileged user, on loopback, on free ports, in a temp dir,
+//! and is stopped when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use xmpp_parsers::minidom::Element;
+
+pub const SECRET: &str = "component-secret";
+pub const PASSWORD: &str = "password";
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn chown(path: &Path, user: &str) {
+    let status = std::process::Command::new("chown")
+        .args(["-R", user])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(status.success(), "chown {user} {}", path.display());
+}
+
+fn signal(child: &Child, name: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status();
+    }
+}
+
+/// Which XMPP server a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Prosody,
+    Ejabberd,
+}
+
+/// A running XMPP server with one host `localhost`, users, and component domains.
+pub struct XmppServer {
+    pub kind: ServerKind,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    pub dir: tempfile::TempDir,
+    process: Option<Child>,
+}
+
+impl XmppServer {
+    /// Starts a server with `components` (each with [`SECRET`]) and `users` (each with
+    /// [`PASSWORD`]) on host `localhost`.
+    pub async fn start(kind: ServerKind, components: &[&str], users: &[&str]) -> XmppServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = XmppServer {
+            kind,
+            c2s_port: free_port(),
+            component_port: free_port(),
+            dir,
+            process: None,
+        };
+        match kind {
+            ServerKind::Prosody => server.configure_prosody(components, users),
+            ServerKind::Ejabberd => server.configure_ejabberd(components),
+        }
+        server.launch().await;
+        if kind == ServerKind::Ejabberd {
+            for user in users {
+                server.ejabberdctl(&["register", user, "localhost", PASSWORD]).await;
+            }
+        }
+        server
+    }
+
+    fn configure_prosody(&self, components: &[&str], users: &[&str]) {
+        let dir = self.dir.path();
+        let mut config = format!(
+            r#"
+pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+component_ports = {{ {component} }}
+component_interfaces = {{ "127.0.0.1" }}
+s2s_ports = {{ }}
+c2s_direct_tls_ports = {{ }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; }}
+modules_disabled = {{ "s2s"; "s2s_auth_certs"; "offline"; }}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+VirtualHost "localhost"
+"#,
+            dir = dir.display(),
+            c2s = self.c2s_port,
+            component = self.component_port,
+        );
+        for component in components {
+            config.push_str(&format!(
+                "Component \"{component}\"\n    component_secret = \"{SECRET}\"\n"
+            ));
+        }
+        std::fs::write(dir.join("prosody.cfg.lua"), config).expect("write prosody config");
+        let accounts = dir.join("data/localhost/accounts");
+        std::fs::create_dir_all(&accounts).expect("accounts dir");
+        for user in users {
+            std::fs::write(
+                accounts.join(format!("{user}.dat")),
+                format!("return {{\n\t[\"password\"] = \"{PASSWORD}\";\n}};\n"),
+            )
+            .expect("write account");
+        }
+        chown(dir, "prosody:prosody");
+    }
+
+    fn configure_ejabberd(&self, components: &[&str]) {
+        let dir = self.dir.path();
+        let node = format!("jabbridge{}@localhost", self.c2s_port);
+        let hosts: String = components
+            .iter()
+            .map(|component| format!("        \"{component}\":\n          password: \"{SECRET}\"\n"))
+            .collect();
+        let config = format!(
+            r#"
+hosts:
+  - localhost
+loglevel: info
+log_rotate_count: 0
+certfiles: []
+listen:
+  -
+    port: {c2s}
+    ip: "127.0.0.1"
+    module: ejabberd_c2s
+    starttls: false
+  -
+    port: {component}
+    ip: "127.0.0.1"
+    module: ejabberd_service
+    hosts:
+{hosts}
+auth_method: internal
+auth_password_format: plain
+acl:
+  local:
+    user_regexp: ""
+access_rules:
+  local:
+    allow: local
+  c2s:
+    allow: all
+modules:
+  mod_disco: {{}}
+  mod_ping: {{}}
+  mod_roster: {{}}
+  mod_privilege:
+    roster:
+      both: all
+    message:
+      outgoing: all
+    presence:
+      managed_entity: all
+      roster: all
+"#,
+            c2s = self.c2s_port,
+            component = self.component_port,
+        );
+        std::fs::write(dir.join("ejabberd.yml"), config).expect("write ejabberd config");
+        std::fs::write(
+            dir.join("ejabberdctl.cfg"),
+            format!(
+                "ERLANG_NODE={node}\nERL_EPMD_ADDRESS=127.0.0.1\nINET_DIST_INTERFACE=127.0.0.1\n\
+                 ERL_OPTIONS=\"-setcookie jabbridge-test\"\n"
+            ),
+        )
+        .expect("write ejabberdctl.cfg");
+        for sub in ["logs", "spool"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("ejabberd dirs");
+        }
+        chown(dir, "ejabberd:ejabberd");
+    }
+
+    fn ejabberd_args(&self) -> Vec<String> {
+        let dir = self.dir.path().display().to_string();
+        vec![
+            "--config-dir".into(),
+            dir.clone(),
+            "--config".into(),
+            format!("{dir}/ejabberd.yml"),
+            "--ctl-config".into(),
+            format!("{dir}/ejabberdctl.cfg"),
+            "--logs".into(),
+            format!("{dir}/logs"),
+            "--spool".into(),
+            format!("{dir}/spool"),
+        ]
+    }
+
+    async fn ejabberdctl(&self, args: &[&str]) {
+        let output = Command::new("ejabberdctl")
+            .args(self.ejabberd_args())
+            .args(args)
+            .env("HOME", self.dir.path())
+            .output()
+            .await
+            .expect("run ejabberdctl");
+        assert!(
+            output.status.success(),
+            "ejabberdctl {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    async fn launch(&mut self) {
+        let dir = self.dir.path();
+        let child = match self.kind {
+            ServerKind::Prosody => Command::new("setpriv")
+                .args(["--reuid=prosody", "--regid=prosody", "--init-groups", "prosody", "--config"])
+                .arg(dir.join("prosody.cfg.lua"))
+                .arg("-F")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start prosody"),
+            ServerKind::Ejabberd => Command::new("ejabberdctl")
+                .args(self.ejabberd_args())
+                .arg("foreground")
+                .env("HOME", dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start ejabberd"),
+        };
+        self.process = Some(child);
+        wait_for_port(self.component_port, Duration::from_secs(30)).await;
+        wait_for_port(self.c2s_port, Duration::from_secs(30)).await;
+    }
+
+    /// Stops the server (as an operator would: SIGTERM) and waits for it to exit.
+    pub async fn stop(&mut self) {
+        if self.kind == ServerKind::Ejabberd {
+            let _ = Command::new("ejabberdctl")
+                .args(self.ejabberd_args())
+                .arg("stop")
+                .env("HOME", self.dir.path())
+                .output()
+                .await;
+        }
+        if let Some(mut child) = self.process.take() {
+            signal(&child, "TERM");
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        // Wait until the port is free so that a restart can take it again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.component_port)).await.is_ok()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the server again on the same ports with the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+
+    /// The server's log, for assertion messages.
+    pub fn log(&self) -> String {
+        let path = match self.kind {
+            ServerKind::Prosody => self.dir.path().join("prosody.log"),
+            ServerKind::Ejabberd => self.dir.path().join("logs/ejabberd.log"),
+        };
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// A client logged in as `user@localhost`.
+    pub async fn client(&self, user: &str) -> Client {
+        Client::connect(&format!("{user}@localhost"), self.c2s_port).await
+    }
+}
+
+impl Drop for XmppServer {
+    fn drop(&mut self) {
+        if self.kind == ServerKind::Ejabberd && self.process.is_some() {
+            // The Erlang VM outlives a killed ejabberdctl script: stop the node itself.
+            let _ = std::process::Command::new("ejabberdctl")
+                .args(self.ejabberd_args())
+                .arg("stop")
+                .env("HOME", self.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A slixmpp client driven through `tests/client/xmpp_client.py`.
+pub struct Client {
+    pub jid: String,
+    input: ChildStdin,
+    output: tokio::io::Lines<BufReader<ChildStdout>>,
+    _process: Child,
+}
+
+impl Client {
+    async fn connect(jid: &str, port: u16) -> Client {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/xmpp_client.py");
+        let mut process = Command::new("/usr/bin/python3")
+            .arg(script)
+            .args(["--jid", jid, "--password", PASSWORD, "--port", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the slixmpp client");
+        let input = process.stdin.take().expect("client stdin");
+        let output = BufReader::new(process.stdout.take().expect("client stdout")).lines();
+        let mut client = Client {
+            jid: String::new(),
+            input,
+            output,
+            _process: process,
+        };
+        let ready = client.next_event(Duration::from_secs(20)).await;
+        assert_eq!(ready["event"], "ready", "client did not log in: {ready}");
+        client.jid = ready["jid"].as_str().unwrap_or_default().to_owned();
+        client
+    }
+
+    async fn next_event(&mut self, timeout: Duration) -> serde_json::Value {
+        let line = tokio::time::timeout(timeout, self.output.next_line())
+            .await
+            .expect("timed out waiting for the client")
+            .expect("read client output")
+            .expect("client exited");
+        serde_json::from_str(&line).expect("client printed JSON")
+    }
+
+    /// Sends raw XML exactly as given.
+    pub async fn send(&mut self, xml: &str) {
+        let line = serde_json::json!({ "send": xml }).to_string() + "\n";
+        self.input.write_all(line.as_bytes()).await.expect("write to client");
+        self.input.flush().await.expect("flush client");
+    }
+
+    /// The next received stanza for which `wanted` holds, skipping others; panics after
+    /// `timeout`, listing what was skipped.
+    pub async fn expect(&mut self, timeout: Duration, wanted: impl Fn(&Element) -> bool) -> Element {
+        let deadline = Instant::now() + timeout;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match tokio::time::timeout(left, self.output.next_line()).await {
+                Ok(Ok(Some(line))) => serde_json::from_str::<serde_json::Value>(&line).expect("JSON"),
+                _ => panic!("no matching stanza within {timeout:?}; received: {skipped:#?}"),
+            };
+            if event["event"] != "stanza" {
+                panic!("client event {event} while waiting; received: {skipped:#?}");
+            }
+            let xml = event["xml"].as_str().unwrap_or_default().to_owned();
+            let element: Element = xml.parse().unwrap_or_else(|error| panic!("unparseable {xml}: {error}"));
+            if wanted(&element) {
+                return element;
+            }
+            skipped.push(xml);
+        }
+    }
+
+    /// Sends an iq and returns the reply with the same id.
+    pub async fn iq(&mut self, id: &str, xml: &str) -> Element {
+        self.send(xml).await;
+        self.expect(Duration::from_secs(10), |stanza| stanza.name() == "iq" && stanza.attr("id") == Some(id))
+            .await
+    }
+
+    /// Asserts that nothing matching `unwanted` arrives for `quiet`.
+    pub async fn expect_none(&mut self, quiet: Duration, unwanted: impl Fn(&Element) -> bool) {
+        let deadline = Instant::now() + quiet;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.output.next_line()).await {
+                Err(_) => return,
+                Ok(Ok(Some(line))) => {
+                    let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+                    if let Some(xml) = event["xml"].as_str()
+                        && let Ok(element) = xml.parse::<Element>()
+                    {
+                        assert!(!unwanted(&element), "unexpected stanza: {xml}");
+                    }
+                }
+                Ok(_) => panic!("client exited"),
+            }
+        }
+    }
+}
+
+/// The body text of a message stanza.
+pub fn body(stanza: &Element) -> Option<String> {
+    stanza
+        .children()
+        .find(|child| child.name() == "body")
+        .map(Element::text)
+}
+
+/// The defined condition of an error stanza, e.g. `bad-request`.
+pub fn error_condition(stanza: &Element) -> Option<String> {
+    let error = stanza.children().find(|child| child.name() == "error")?;
+    error
+        .children()
+        .find(|child| child.name() != "text")
+        .map(|child| child.name().to_owned())
+}
+
+/// A running `jabbridge run`.
+pub struct Jabbridge {
+    pub http_port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    process: Option<Child>,
+}
+
+impl Jabbridge {
+    /// Writes `config` (with `{http}` replaced by a free port) to `dir` and starts Jabbridge.
+    pub async fn start(dir: &Path, config: &str) -> Jabbridge {
+        let http_port = free_port();
+        let config_path = dir.join("jabbridge.toml");
+        std::fs::write(&config_path, config.replace("{http}", &http_port.to_string()))
+            .expect("write jabbridge config");
+        let mut jabbridge = Jabbridge {
+            http_port,
+            config_path,
+            log_path: dir.join("jabbridge.log"),
+            process: None,
+        };
+        jabbridge.launch().await;
+        jabbridge
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open jabbridge log");
+        let child = Command::new(env!("CARGO_BIN_EXE_jabbridge"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info,jabbridge=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start jabbridge");
+        self.process = Some(child);
+        wait_for_port(self.http_port, Duration::from_secs(20)).await;
+    }
+
+    /// `GET path` on the HTTP listener: status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.http_port))
+            .await
+            .expect("HTTP request");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Waits until `/ready` says 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get("/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready after {timeout:?}: {body}\n--- log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit code and how long the exit took.
+    pub async fn terminate(&mut self) -> (Option<i32>, Duration) {
+        let mut child = self.process.take().expect("jabbridge runs");
+        let started = Instant::now();
+        signal(&child, "TERM");
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("jabbridge exits after SIGTERM")
+            .expect("wait for jabbridge");
+        (status.code(), started.elapsed())
+    }
+
+    /// Jabbridge's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// A fresh PostgreSQL database on the server `scripts/test` started, or `None` with a
+/// message when `JABBRIDGE_TEST_POSTGRES` is not set. Under CI its absence is a failure.
+pub async fn postgres_database() -> Option<String> {
+    let Ok(base) = std::env::var("JABBRIDGE_TEST_POSTGRES") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "JABBRIDGE_TEST_POSTGRES is not set: run the tests through scripts/test"
+        );
+        eprintln!("JABBRIDGE_TEST_POSTGRES is not set: skipping the PostgreSQL half (run scripts/test)");
+        return None;
+    };
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let output = Command::new("psql")
+        .arg(format!("{base}/postgres"))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .await
+        .expect("run psql");
+    assert!(output.status.success(), "create database: {}", String::from_utf8_lossy(&output.stderr));
+    Some(format!("{base}/{name}"))
+}

@@ -1,0 +1,94 @@
+//! The component link survives what real deployments do to it: long silences, server
+//! restarts, a server that is not up yet, a wrong secret, and an orderly shutdown.
+
+use std::time::Duration;
+
+use crate::harness::{Jabbridge, ServerKind, XmppServer, body};
+use crate::{config_for, echo_setup, on_both_servers};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+on_both_servers!(
+    an_idle_link_outlives_the_read_timeout,
+    reconnects_after_the_server_restarts,
+    starts_before_the_server_and_connects_when_it_comes_up,
+    a_wrong_secret_is_reported_with_the_key_to_fix,
+    sigterm_flushes_and_exits_cleanly,
+);
+
+async fn round_trip(client: &mut crate::harness::Client, text: &str) {
+    client
+        .send(&format!("<message type='chat' to='bob@echo.localhost'><body>{text}</body></message>"))
+        .await;
+    let expected = format!("echo.localhost says: {text}");
+    client
+        .expect(WAIT, |stanza| body(stanza).as_deref() == Some(expected.as_str()))
+        .await;
+}
+
+async fn an_idle_link_outlives_the_read_timeout(kind: ServerKind) {
+    let (server, jabbridge, _dir) = echo_setup(kind).await;
+    // keepalive = 2s and keepalive_timeout = 3s: 8 s of silence is several read timeouts.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut alice = server.client("alice").await;
+    round_trip(&mut alice, "after a nap").await;
+    let log = jabbridge.log();
+    assert!(log.contains("pinging the server"), "no keepalive ping was sent:\n{log}");
+    assert!(!log.contains("link down"), "the idle link was dropped:\n{log}");
+}
+
+async fn reconnects_after_the_server_restarts(kind: ServerKind) {
+    let (mut server, jabbridge, _dir) = echo_setup(kind).await;
+    server.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    let mut alice = server.client("alice").await;
+    round_trip(&mut alice, "back again").await;
+    let (_, metrics) = jabbridge.get("/metrics").await;
+    assert!(metrics.contains("jabbridge_reconnects_total"), "{metrics}");
+}
+
+async fn starts_before_the_server_and_connects_when_it_comes_up(kind: ServerKind) {
+    let mut server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
+    server.stop().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &["echo.localhost"])).await;
+    let (status, ready) = jabbridge.get("/ready").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("cannot reach the XMPP server"), "{ready}");
+    let (status, _) = jabbridge.get("/health").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    let mut alice = server.client("alice").await;
+    round_trip(&mut alice, "good morning").await;
+}
+
+async fn a_wrong_secret_is_reported_with_the_key_to_fix(kind: ServerKind) {
+    let server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"])
+        .replace(crate::harness::SECRET, "not-the-secret");
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, ready) = jabbridge.get("/ready").await;
+        assert_eq!(status, 503);
+        if ready.contains("bridge[0].secret") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{ready}\n{}", jabbridge.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!jabbridge.log().contains("not-the-secret"), "the secret reached the log");
+}
+
+async fn sigterm_flushes_and_exits_cleanly(kind: ServerKind) {
+    let (server, mut jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    round_trip(&mut alice, "before the end").await;
+    let (code, took) = jabbridge.terminate().await;
+    assert_eq!(code, Some(0), "{}", jabbridge.log());
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert!(jabbridge.log().contains("stopped"), "{}", jabbridge.log());
+}
