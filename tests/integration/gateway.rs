@@ -177,3 +177,4 @@ async fn two_bridges_in_one_process(kind: ServerKind) {
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("one.localhost") && ready.contains("two.localhost"), "{ready}");
 }
+
