@@ -27,7 +27,11 @@ fn every_example_config_passes_check_config() {
         if path.extension().and_then(|extension| extension.to_str()) != Some("toml") {
             continue;
         }
-        let (ok, output) = jabbridge(&["check-config", "--config", path.to_str().expect("utf-8 path")]);
+        let (ok, output) = jabbridge(&[
+            "check-config",
+            "--config",
+            path.to_str().expect("utf-8 path"),
+        ]);
         assert!(ok, "{}: {output}", path.display());
         assert!(output.contains("config OK"), "{output}");
         checked += 1;
@@ -48,12 +52,18 @@ fn check_config_names_the_file_and_the_bridge_key() {
     assert!(!ok, "{output}");
     assert!(output.contains("bridge[0]"), "{output}");
     assert!(output.contains("prefx"), "{output}");
-    assert!(!output.contains("hunter2"), "the secret was printed: {output}");
+    assert!(
+        !output.contains("hunter2"),
+        "the secret was printed: {output}"
+    );
 
     std::fs::write(&path, "[xmpp]\nserver = 5347\n").unwrap();
     let (ok, output) = jabbridge(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(output.contains("bad.toml") && output.contains("xmpp.server"), "{output}");
+    assert!(
+        output.contains("bad.toml") && output.contains("xmpp.server"),
+        "{output}"
+    );
 }
 
 #[test]
@@ -61,7 +71,10 @@ fn help_documents_every_subcommand() {
     let (ok, output) = jabbridge(&["--help"]);
     assert!(ok, "{output}");
     for command in ["run", "check-config", "migrate", "users", "identities"] {
-        assert!(output.contains(command), "{command} missing from:\n{output}");
+        assert!(
+            output.contains(command),
+            "{command} missing from:\n{output}"
+        );
     }
 }
 
@@ -80,9 +93,24 @@ fn admin_commands_manage_identities_and_users() {
     let config = path.to_str().unwrap();
     let (ok, output) = jabbridge(&["--config", config, "migrate"]);
     assert!(ok, "{output}");
-    let (ok, output) = jabbridge(&["--config", config, "identities", "set", "sms.x", "+15551234567", "alice@x"]);
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "set",
+        "sms.x",
+        "+15551234567",
+        "alice@x",
+    ]);
     assert!(ok, "{output}");
-    let (ok, output) = jabbridge(&["--config", config, "identities", "show", "sms.x", "+15551234567"]);
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "show",
+        "sms.x",
+        "+15551234567",
+    ]);
     assert!(ok && output.trim() == "alice@x", "{output}");
     let (ok, output) = jabbridge(&["--config", config, "users", "remove", "sms.x", "nobody@x"]);
     assert!(!ok && output.contains("not registered"), "{output}");

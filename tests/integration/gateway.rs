@@ -26,7 +26,10 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
         .await;
     assert_eq!(info.attr("type"), Some("result"), "{info:?}");
     let query = info.children().next().expect("disco query");
-    let identity = query.children().find(|child| child.name() == "identity").expect("identity");
+    let identity = query
+        .children()
+        .find(|child| child.name() == "identity")
+        .expect("identity");
     assert_eq!(identity.attr("category"), Some("gateway"));
     assert_eq!(identity.attr("type"), Some("echo"));
     let features: Vec<&str> = query
@@ -34,8 +37,15 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
         .filter(|child| child.name() == "feature")
         .filter_map(|feature| feature.attr("var"))
         .collect();
-    for feature in ["urn:xmpp:ping", "jabber:iq:version", "http://jabber.org/protocol/disco#items"] {
-        assert!(features.contains(&feature), "{feature} missing from {features:?}");
+    for feature in [
+        "urn:xmpp:ping",
+        "jabber:iq:version",
+        "http://jabber.org/protocol/disco#items",
+    ] {
+        assert!(
+            features.contains(&feature),
+            "{feature} missing from {features:?}"
+        );
     }
 
     let items = alice
@@ -47,21 +57,36 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
     assert_eq!(items.attr("type"), Some("result"));
 
     let version = alice
-        .iq("v1", "<iq type='get' to='echo.localhost' id='v1'><query xmlns='jabber:iq:version'/></iq>")
+        .iq(
+            "v1",
+            "<iq type='get' to='echo.localhost' id='v1'><query xmlns='jabber:iq:version'/></iq>",
+        )
         .await;
-    let name = version.children().next().and_then(|query| query.children().find(|child| child.name() == "name"));
+    let name = version
+        .children()
+        .next()
+        .and_then(|query| query.children().find(|child| child.name() == "name"));
     assert_eq!(name.map(|name| name.text()).as_deref(), Some("Jabbridge"));
 
     let pong = alice
-        .iq("p1", "<iq type='get' to='echo.localhost' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .iq(
+            "p1",
+            "<iq type='get' to='echo.localhost' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>",
+        )
         .await;
     assert_eq!(pong.attr("type"), Some("result"));
 
     let unknown = alice
-        .iq("u1", "<iq type='get' to='echo.localhost' id='u1'><query xmlns='urn:example:nope'/></iq>")
+        .iq(
+            "u1",
+            "<iq type='get' to='echo.localhost' id='u1'><query xmlns='urn:example:nope'/></iq>",
+        )
         .await;
     assert_eq!(unknown.attr("type"), Some("error"));
-    assert_eq!(error_condition(&unknown).as_deref(), Some("service-unavailable"));
+    assert_eq!(
+        error_condition(&unknown).as_deref(),
+        Some("service-unavailable")
+    );
 }
 
 async fn echo_round_trip(kind: ServerKind) {
@@ -71,12 +96,19 @@ async fn echo_round_trip(kind: ServerKind) {
         .send("<message type='chat' to='bob@echo.localhost' id='e1'><body>hello there</body></message>")
         .await;
     let reply = alice
-        .expect(WAIT, |stanza| stanza.name() == "message" && body(stanza).is_some())
+        .expect(WAIT, |stanza| {
+            stanza.name() == "message" && body(stanza).is_some()
+        })
         .await;
     assert_eq!(reply.attr("from"), Some("bob@echo.localhost"));
-    assert_eq!(body(&reply).as_deref(), Some("echo.localhost says: hello there"));
+    assert_eq!(
+        body(&reply).as_deref(),
+        Some("echo.localhost says: hello there")
+    );
     assert!(
-        reply.children().any(|child| child.name() == "origin-id" && child.attr("id").is_some()),
+        reply
+            .children()
+            .any(|child| child.name() == "origin-id" && child.attr("id").is_some()),
         "replies carry a XEP-0359 origin-id: {reply:?}"
     );
 
@@ -85,7 +117,9 @@ async fn echo_round_trip(kind: ServerKind) {
         .send("<message type='chat' to='bob\\20smith@echo.localhost' id='e2'><body>spaces</body></message>")
         .await;
     let reply = alice
-        .expect(WAIT, |stanza| stanza.name() == "message" && body(stanza).is_some())
+        .expect(WAIT, |stanza| {
+            stanza.name() == "message" && body(stanza).is_some()
+        })
         .await;
     assert_eq!(reply.attr("from"), Some("bob\\20smith@echo.localhost"));
 
@@ -94,9 +128,16 @@ async fn echo_round_trip(kind: ServerKind) {
         .send("<message type='chat' to='echo.localhost' id='e3'><body>help</body></message>")
         .await;
     let help = alice
-        .expect(WAIT, |stanza| stanza.name() == "message" && stanza.attr("from") == Some("echo.localhost"))
+        .expect(WAIT, |stanza| {
+            stanza.name() == "message" && stanza.attr("from") == Some("echo.localhost")
+        })
         .await;
-    assert!(body(&help).unwrap_or_default().contains("NAME@echo.localhost"), "{help:?}");
+    assert!(
+        body(&help)
+            .unwrap_or_default()
+            .contains("NAME@echo.localhost"),
+        "{help:?}"
+    );
 }
 
 async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) {
@@ -117,7 +158,9 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
     } else {
         // ejabberd rewrites an unknown type to `normal`: the message is simply delivered.
         alice
-            .expect(WAIT, |stanza| body(stanza).as_deref() == Some("echo.localhost says: x"))
+            .expect(WAIT, |stanza| {
+                body(stanza).as_deref() == Some("echo.localhost says: x")
+            })
             .await;
     }
 
@@ -132,11 +175,16 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
         assert_eq!(error_condition(&error).as_deref(), Some("bad-request"));
     }
 
-    let error = alice.iq("bad3", "<iq type='get' to='echo.localhost' id='bad3'/>").await;
+    let error = alice
+        .iq("bad3", "<iq type='get' to='echo.localhost' id='bad3'/>")
+        .await;
     assert_eq!(error.attr("type"), Some("error"));
     let condition = error_condition(&error);
     assert!(
-        matches!(condition.as_deref(), Some("bad-request") | Some("service-unavailable")),
+        matches!(
+            condition.as_deref(),
+            Some("bad-request") | Some("service-unavailable")
+        ),
         "{error:?}"
     );
 
@@ -145,12 +193,17 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
         .send("<message type='chat' to='carol@echo.localhost' id='ok1'><body>still here</body></message>")
         .await;
     alice
-        .expect(WAIT, |stanza| body(stanza).as_deref() == Some("echo.localhost says: still here"))
+        .expect(WAIT, |stanza| {
+            body(stanza).as_deref() == Some("echo.localhost says: still here")
+        })
         .await;
     let log = jabbridge.log();
     assert!(!log.contains("link down"), "the link went down:\n{log}");
     let (_, metrics) = jabbridge.get("/metrics").await;
-    assert!(metrics.contains("jabbridge_stanza_errors_total"), "{metrics}");
+    assert!(
+        metrics.contains("jabbridge_stanza_errors_total"),
+        "{metrics}"
+    );
 }
 
 async fn two_bridges_in_one_process(kind: ServerKind) {
@@ -165,16 +218,18 @@ async fn two_bridges_in_one_process(kind: ServerKind) {
     let mut alice = server.client("alice").await;
     for domain in ["one.localhost", "two.localhost"] {
         alice
-            .send(&format!("<message type='chat' to='x@{domain}'><body>hi</body></message>"))
+            .send(&format!(
+                "<message type='chat' to='x@{domain}'><body>hi</body></message>"
+            ))
             .await;
-        let reply = alice
-            .expect(WAIT, |stanza| body(stanza).is_some())
-            .await;
+        let reply = alice.expect(WAIT, |stanza| body(stanza).is_some()).await;
         assert_eq!(reply.attr("from"), Some(format!("x@{domain}").as_str()));
         assert_eq!(body(&reply), Some(format!("{domain} says: hi")));
     }
     let (status, ready) = jabbridge.get("/ready").await;
     assert_eq!(status, 200, "{ready}");
-    assert!(ready.contains("one.localhost") && ready.contains("two.localhost"), "{ready}");
+    assert!(
+        ready.contains("one.localhost") && ready.contains("two.localhost"),
+        "{ready}"
+    );
 }
-

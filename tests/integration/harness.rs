@@ -23,7 +23,10 @@ pub fn free_port() -> u16 {
 /// Waits until something accepts connections on `port`.
 pub async fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -81,7 +84,9 @@ impl XmppServer {
         server.launch().await;
         if kind == ServerKind::Ejabberd {
             for user in users {
-                server.ejabberdctl(&["register", user, "localhost", PASSWORD]).await;
+                server
+                    .ejabberdctl(&["register", user, "localhost", PASSWORD])
+                    .await;
             }
         }
         server
@@ -135,7 +140,9 @@ VirtualHost "localhost"
         let node = format!("jabbridge{}@localhost", self.c2s_port);
         let hosts: String = components
             .iter()
-            .map(|component| format!("        \"{component}\":\n          password: \"{SECRET}\"\n"))
+            .map(|component| {
+                format!("        \"{component}\":\n          password: \"{SECRET}\"\n")
+            })
             .collect();
         let config = format!(
             r#"
@@ -233,7 +240,13 @@ modules:
         let dir = self.dir.path();
         let child = match self.kind {
             ServerKind::Prosody => Command::new("setpriv")
-                .args(["--reuid=prosody", "--regid=prosody", "--init-groups", "prosody", "--config"])
+                .args([
+                    "--reuid=prosody",
+                    "--regid=prosody",
+                    "--init-groups",
+                    "prosody",
+                    "--config",
+                ])
                 .arg(dir.join("prosody.cfg.lua"))
                 .arg("-F")
                 .stdout(Stdio::null())
@@ -274,12 +287,17 @@ modules:
                     .await;
             }
         }
-        if tokio::time::timeout(Duration::from_secs(15), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
         // Wait until the port is free so that a restart can take it again.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.component_port)).await.is_ok()
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.component_port))
+            .await
+            .is_ok()
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -349,7 +367,14 @@ impl Client {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client/xmpp_client.py");
         let mut process = Command::new("/usr/bin/python3")
             .arg(script)
-            .args(["--jid", jid, "--password", PASSWORD, "--port", &port.to_string()])
+            .args([
+                "--jid",
+                jid,
+                "--password",
+                PASSWORD,
+                "--port",
+                &port.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -383,26 +408,37 @@ impl Client {
     /// Sends raw XML exactly as given.
     pub async fn send(&mut self, xml: &str) {
         let line = serde_json::json!({ "send": xml }).to_string() + "\n";
-        self.input.write_all(line.as_bytes()).await.expect("write to client");
+        self.input
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to client");
         self.input.flush().await.expect("flush client");
     }
 
     /// The next received stanza for which `wanted` holds, skipping others; panics after
     /// `timeout`, listing what was skipped.
-    pub async fn expect(&mut self, timeout: Duration, wanted: impl Fn(&Element) -> bool) -> Element {
+    pub async fn expect(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Element) -> bool,
+    ) -> Element {
         let deadline = Instant::now() + timeout;
         let mut skipped = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let event = match tokio::time::timeout(left, self.output.next_line()).await {
-                Ok(Ok(Some(line))) => serde_json::from_str::<serde_json::Value>(&line).expect("JSON"),
+                Ok(Ok(Some(line))) => {
+                    serde_json::from_str::<serde_json::Value>(&line).expect("JSON")
+                }
                 _ => panic!("no matching stanza within {timeout:?}; received: {skipped:#?}"),
             };
             if event["event"] != "stanza" {
                 panic!("client event {event} while waiting; received: {skipped:#?}");
             }
             let xml = event["xml"].as_str().unwrap_or_default().to_owned();
-            let element: Element = xml.parse().unwrap_or_else(|error| panic!("unparseable {xml}: {error}"));
+            let element: Element = xml
+                .parse()
+                .unwrap_or_else(|error| panic!("unparseable {xml}: {error}"));
             if wanted(&element) {
                 return element;
             }
@@ -413,8 +449,10 @@ impl Client {
     /// Sends an iq and returns the reply with the same id.
     pub async fn iq(&mut self, id: &str, xml: &str) -> Element {
         self.send(xml).await;
-        self.expect(Duration::from_secs(10), |stanza| stanza.name() == "iq" && stanza.attr("id") == Some(id))
-            .await
+        self.expect(Duration::from_secs(10), |stanza| {
+            stanza.name() == "iq" && stanza.attr("id") == Some(id)
+        })
+        .await
     }
 
     /// Asserts that nothing matching `unwanted` arrives for `quiet`.
@@ -468,8 +506,11 @@ impl Jabbridge {
     pub async fn start(dir: &Path, config: &str) -> Jabbridge {
         let http_port = free_port();
         let config_path = dir.join("jabbridge.toml");
-        std::fs::write(&config_path, config.replace("{http}", &http_port.to_string()))
-            .expect("write jabbridge config");
+        std::fs::write(
+            &config_path,
+            config.replace("{http}", &http_port.to_string()),
+        )
+        .expect("write jabbridge config");
         let mut jabbridge = Jabbridge {
             http_port,
             config_path,
@@ -551,7 +592,9 @@ pub async fn postgres_database() -> Option<String> {
             std::env::var("CI").is_err(),
             "JABBRIDGE_TEST_POSTGRES is not set: run the tests through scripts/test"
         );
-        eprintln!("JABBRIDGE_TEST_POSTGRES is not set: skipping the PostgreSQL half (run scripts/test)");
+        eprintln!(
+            "JABBRIDGE_TEST_POSTGRES is not set: skipping the PostgreSQL half (run scripts/test)"
+        );
         return None;
     };
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
@@ -561,6 +604,10 @@ pub async fn postgres_database() -> Option<String> {
         .output()
         .await
         .expect("run psql");
-    assert!(output.status.success(), "create database: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "create database: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Some(format!("{base}/{name}"))
 }

@@ -18,11 +18,15 @@ on_both_servers!(
 
 async fn round_trip(client: &mut crate::harness::Client, text: &str) {
     client
-        .send(&format!("<message type='chat' to='bob@echo.localhost'><body>{text}</body></message>"))
+        .send(&format!(
+            "<message type='chat' to='bob@echo.localhost'><body>{text}</body></message>"
+        ))
         .await;
     let expected = format!("echo.localhost says: {text}");
     client
-        .expect(WAIT, |stanza| body(stanza).as_deref() == Some(expected.as_str()))
+        .expect(WAIT, |stanza| {
+            body(stanza).as_deref() == Some(expected.as_str())
+        })
         .await;
 }
 
@@ -33,8 +37,14 @@ async fn an_idle_link_outlives_the_read_timeout(kind: ServerKind) {
     let mut alice = server.client("alice").await;
     round_trip(&mut alice, "after a nap").await;
     let log = jabbridge.log();
-    assert!(log.contains("pinging the server"), "no keepalive ping was sent:\n{log}");
-    assert!(!log.contains("link down"), "the idle link was dropped:\n{log}");
+    assert!(
+        log.contains("pinging the server"),
+        "no keepalive ping was sent:\n{log}"
+    );
+    assert!(
+        !log.contains("link down"),
+        "the idle link was dropped:\n{log}"
+    );
 }
 
 async fn reconnects_after_the_server_restarts(kind: ServerKind) {
@@ -51,7 +61,11 @@ async fn starts_before_the_server_and_connects_when_it_comes_up(kind: ServerKind
     let mut server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
     server.stop().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &["echo.localhost"])).await;
+    let jabbridge = Jabbridge::start(
+        dir.path(),
+        &config_for(&server, dir.path(), &["echo.localhost"]),
+    )
+    .await;
     let (status, ready) = jabbridge.get("/ready").await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("cannot reach the XMPP server"), "{ready}");
@@ -77,10 +91,17 @@ async fn a_wrong_secret_is_reported_with_the_key_to_fix(kind: ServerKind) {
         if ready.contains("bridge[0].secret") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{ready}\n{}", jabbridge.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{ready}\n{}",
+            jabbridge.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!jabbridge.log().contains("not-the-secret"), "the secret reached the log");
+    assert!(
+        !jabbridge.log().contains("not-the-secret"),
+        "the secret reached the log"
+    );
 }
 
 async fn sigterm_flushes_and_exits_cleanly(kind: ServerKind) {

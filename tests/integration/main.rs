@@ -68,7 +68,13 @@ listen = "127.0.0.1:{{http}}"
 pub async fn echo_setup(kind: ServerKind) -> (XmppServer, Jabbridge, tempfile::TempDir) {
     let server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &["echo.localhost"])).await;
-    jabbridge.wait_ready(std::time::Duration::from_secs(20)).await;
+    let jabbridge = Jabbridge::start(
+        dir.path(),
+        &config_for(&server, dir.path(), &["echo.localhost"]),
+    )
+    .await;
+    jabbridge
+        .wait_ready(std::time::Duration::from_secs(20))
+        .await;
     (server, jabbridge, dir)
 }
