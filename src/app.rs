@@ -113,7 +113,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let (incoming, incoming_receiver) = mpsc::channel(1024);
         let (link, link_task) = session::spawn(
             LinkConfig {
-                server: config.xmpp.server.clone(),
+                server: section
+                    .server
+                    .clone()
+                    .unwrap_or_else(|| config.xmpp.server.clone()),
                 domain: domain.clone(),
                 secret: section.secret.clone(),
                 index,

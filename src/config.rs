@@ -124,6 +124,11 @@ pub struct BridgeConfig {
     pub domain: String,
     /// The component secret shared with the XMPP server.
     pub secret: SecretString,
+    /// This bridge's own component port, when it is not `[xmpp] server`. ejabberd routes
+    /// every host of one `ejabberd_service` listener to each connection on it, so there each
+    /// bridge needs a listener of its own.
+    #[serde(default)]
+    pub server: Option<String>,
     /// The bridge's own keys.
     #[serde(flatten)]
     pub rest: BTreeMap<String, serde_json::Value>,
@@ -272,6 +277,10 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            // JABBRIDGE_CONFIG names the file itself; it is not a key in it.
+            if rest == "CONFIG" {
+                continue;
+            }
             let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
             apply_override(&mut document, &path, value)
                 .map_err(|message| error(Some(path.join(".")), Some(name.clone()), message))?;
@@ -463,6 +472,7 @@ secret = "s3cret"
                 ("JABBRIDGE_BRIDGE__0__SECRET", "from-env"),
                 ("JABBRIDGE_BRIDGE__0__PREFIX", "+15551234567"),
                 ("UNRELATED", "x"),
+                ("JABBRIDGE_CONFIG", "/elsewhere.toml"),
             ]),
         )
         .unwrap();

@@ -71,6 +71,26 @@ impl Router {
             tracing::debug!(bridge = %self.domain, name = element.name(), "ignored a non-stanza element");
             return;
         };
+        let addressed_to_us = header
+            .to
+            .as_deref()
+            .and_then(|to| to.parse::<Jid>().ok())
+            .is_some_and(|to| to.domain().as_str() == self.domain);
+        if !addressed_to_us {
+            // The server routed another domain's stanza over our link: answer it rather
+            // than act for a domain that is not ours.
+            tracing::warn!(
+                bridge = %self.domain,
+                to = header.to.as_deref().unwrap_or(""),
+                "the XMPP server sent a stanza for another domain over this link; give each \
+                 bridge its own component listener (ejabberd: bridge.server)"
+            );
+            metrics::stanza_error(&self.domain, "service-unavailable");
+            if let Some(reply) = error_reply(&header, &StanzaFailure::ServiceUnavailable) {
+                self.send(reply).await;
+            }
+            return;
+        }
         let outcome = match element.name() {
             "iq" => self.on_iq(element),
             "message" => self.on_message(element, deliveries).await,

@@ -145,6 +145,19 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
     let mut alice = server.client("alice").await;
 
     // Each of these ended tokio-xmpp's own Component stream (FACTS.md).
+    let error = alice
+        .iq("bad3", "<iq type='get' to='echo.localhost' id='bad3'/>")
+        .await;
+    assert_eq!(error.attr("type"), Some("error"));
+    let condition = error_condition(&error);
+    assert!(
+        matches!(
+            condition.as_deref(),
+            Some("bad-request") | Some("service-unavailable")
+        ),
+        "{error:?}"
+    );
+
     alice
         .send("<message type='bogus' to='bob@echo.localhost' id='bad1'><body>x</body></message>")
         .await;
@@ -174,19 +187,6 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
         assert_eq!(error.name(), "presence");
         assert_eq!(error_condition(&error).as_deref(), Some("bad-request"));
     }
-
-    let error = alice
-        .iq("bad3", "<iq type='get' to='echo.localhost' id='bad3'/>")
-        .await;
-    assert_eq!(error.attr("type"), Some("error"));
-    let condition = error_condition(&error);
-    assert!(
-        matches!(
-            condition.as_deref(),
-            Some("bad-request") | Some("service-unavailable")
-        ),
-        "{error:?}"
-    );
 
     // The link is still up and still works.
     alice

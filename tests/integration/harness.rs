@@ -20,16 +20,27 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// Waits until something accepts connections on `port`.
-pub async fn wait_for_port(port: u16, timeout: Duration) {
+/// Waits until something accepts connections on `port`; false after `timeout`.
+pub async fn port_opens(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    true
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_for_port(port: u16, timeout: Duration) {
+    assert!(
+        port_opens(port, timeout).await,
+        "nothing listens on port {port}"
+    );
 }
 
 fn chown(path: &Path, user: &str) {
@@ -61,6 +72,8 @@ pub struct XmppServer {
     pub kind: ServerKind,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// ejabberd: one `ejabberd_service` listener per component (see `bridge.server`).
+    pub component_ports: Vec<(String, u16)>,
     pub dir: tempfile::TempDir,
     process: Option<Child>,
 }
@@ -74,12 +87,24 @@ impl XmppServer {
             kind,
             c2s_port: free_port(),
             component_port: free_port(),
+            component_ports: Vec::new(),
             dir,
             process: None,
         };
+        server.component_ports = components
+            .iter()
+            .enumerate()
+            .map(|(index, domain)| {
+                let port = match (kind, index) {
+                    (ServerKind::Ejabberd, 1..) => free_port(),
+                    _ => server.component_port,
+                };
+                (domain.to_string(), port)
+            })
+            .collect();
         match kind {
             ServerKind::Prosody => server.configure_prosody(components, users),
-            ServerKind::Ejabberd => server.configure_ejabberd(components),
+            ServerKind::Ejabberd => server.configure_ejabberd(),
         }
         server.launch().await;
         if kind == ServerKind::Ejabberd {
@@ -135,13 +160,17 @@ VirtualHost "localhost"
         chown(dir, "prosody:prosody");
     }
 
-    fn configure_ejabberd(&self, components: &[&str]) {
+    fn configure_ejabberd(&self) {
         let dir = self.dir.path();
         let node = format!("jabbridge{}@localhost", self.c2s_port);
-        let hosts: String = components
+        let services: String = self
+            .component_ports
             .iter()
-            .map(|component| {
-                format!("        \"{component}\":\n          password: \"{SECRET}\"\n")
+            .map(|(domain, port)| {
+                format!(
+                    "  -\n    port: {port}\n    ip: \"127.0.0.1\"\n    module: ejabberd_service\n    \
+                     hosts:\n      \"{domain}\":\n        password: \"{SECRET}\"\n"
+                )
             })
             .collect();
         let config = format!(
@@ -157,13 +186,7 @@ listen:
     ip: "127.0.0.1"
     module: ejabberd_c2s
     starttls: false
-  -
-    port: {component}
-    ip: "127.0.0.1"
-    module: ejabberd_service
-    hosts:
-{hosts}
-auth_method: internal
+{services}auth_method: internal
 auth_password_format: plain
 acl:
   local:
@@ -187,7 +210,6 @@ modules:
       roster: all
 "#,
             c2s = self.c2s_port,
-            component = self.component_port,
         );
         std::fs::write(dir.join("ejabberd.yml"), config).expect("write ejabberd config");
         std::fs::write(
@@ -265,8 +287,16 @@ modules:
                 .expect("start ejabberd"),
         };
         self.process = Some(child);
-        wait_for_port(self.component_port, Duration::from_secs(30)).await;
-        wait_for_port(self.c2s_port, Duration::from_secs(30)).await;
+        for port in [self.component_port, self.c2s_port] {
+            assert!(
+                port_opens(port, Duration::from_secs(30)).await,
+                "{:?} did not open port {port}; its log:\n{}\n{}",
+                self.kind,
+                self.log(),
+                std::fs::read_to_string(self.dir.path().join("logs/erlang.log"))
+                    .unwrap_or_default()
+            );
+        }
     }
 
     /// Stops the server (as an operator would) and waits for it to exit.
@@ -585,16 +615,14 @@ impl Jabbridge {
 }
 
 /// A fresh PostgreSQL database on the server `scripts/test` started, or `None` with a
-/// message when `JABBRIDGE_TEST_POSTGRES` is not set. Under CI its absence is a failure.
+/// message when `JB_TEST_POSTGRES` is not set. Under CI its absence is a failure.
 pub async fn postgres_database() -> Option<String> {
-    let Ok(base) = std::env::var("JABBRIDGE_TEST_POSTGRES") else {
+    let Ok(base) = std::env::var("JB_TEST_POSTGRES") else {
         assert!(
             std::env::var("CI").is_err(),
-            "JABBRIDGE_TEST_POSTGRES is not set: run the tests through scripts/test"
+            "JB_TEST_POSTGRES is not set: run the tests through scripts/test"
         );
-        eprintln!(
-            "JABBRIDGE_TEST_POSTGRES is not set: skipping the PostgreSQL half (run scripts/test)"
-        );
+        eprintln!("JB_TEST_POSTGRES is not set: skipping the PostgreSQL half (run scripts/test)");
         return None;
     };
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());

@@ -56,8 +56,13 @@ listen = "127.0.0.1:{{http}}"
         dir = dir.display(),
     );
     for domain in domains {
+        let port = server
+            .component_ports
+            .iter()
+            .find(|(name, _)| name == domain)
+            .map_or(server.component_port, |(_, port)| *port);
         config.push_str(&format!(
-            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nprefix = \"{domain} says: \"\n",
+            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nprefix = \"{domain} says: \"\n",
             harness::SECRET
         ));
     }
