@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -52,7 +52,6 @@ pub struct LinkConfig {
 #[derive(Debug, Default)]
 pub struct LinkState {
     connected: AtomicBool,
-    reconnects: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -202,7 +201,6 @@ async fn run(
                 state.set_error(Some(error.to_string()));
             }
         }
-        state.reconnects.fetch_add(1, Ordering::Relaxed);
         metrics::reconnect(domain);
         let delay = backoff(failures, config.reconnect_max);
         failures = failures.saturating_add(1);
