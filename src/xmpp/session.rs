@@ -301,9 +301,11 @@ fn refusal(config: &LinkConfig, error: &Element) -> LinkError {
     let index = config.index;
     let domain = &config.domain;
     LinkError::Refused(match condition.as_str() {
+        // ejabberd also answers an unknown domain with not-authorized: name both keys.
         "not-authorized" => format!(
-            "the XMPP server refused the secret for {domain}{text}: bridge[{index}].secret must \
-             equal the component secret in the server's config"
+            "the XMPP server refused {domain}{text}: bridge[{index}].secret must equal the \
+             component secret in the server's config, and bridge[{index}].domain must be a \
+             component the server knows"
         ),
         "host-unknown" | "improper-addressing" | "host-gone" | "item-not-found" => format!(
             "the XMPP server has no component {domain}{text}: check bridge[{index}].domain and \

@@ -13,6 +13,7 @@ on_both_servers!(
     reconnects_after_the_server_restarts,
     starts_before_the_server_and_connects_when_it_comes_up,
     a_wrong_secret_is_reported_with_the_key_to_fix,
+    an_unknown_domain_is_reported_with_the_key_to_fix,
     sigterm_flushes_and_exits_cleanly,
 );
 
@@ -84,12 +85,32 @@ async fn a_wrong_secret_is_reported_with_the_key_to_fix(kind: ServerKind) {
     let config = config_for(&server, dir.path(), &["echo.localhost"])
         .replace(crate::harness::SECRET, "not-the-secret");
     let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    wait_for_refusal(&jabbridge, "bridge[0].secret").await;
+    assert!(
+        !jabbridge.log().contains("not-the-secret"),
+        "the secret reached the log"
+    );
+}
+
+async fn an_unknown_domain_is_reported_with_the_key_to_fix(kind: ServerKind) {
+    let server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"]).replace(
+        "domain = \"echo.localhost\"",
+        "domain = \"elsewhere.localhost\"",
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    wait_for_refusal(&jabbridge, "bridge[0].domain").await;
+}
+
+/// Waits until `/ready` says 503 with an error naming `key`.
+async fn wait_for_refusal(jabbridge: &Jabbridge, key: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let (status, ready) = jabbridge.get("/ready").await;
         assert_eq!(status, 503);
-        if ready.contains("bridge[0].secret") {
-            break;
+        if ready.contains(key) {
+            return;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -98,10 +119,6 @@ async fn a_wrong_secret_is_reported_with_the_key_to_fix(kind: ServerKind) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        !jabbridge.log().contains("not-the-secret"),
-        "the secret reached the log"
-    );
 }
 
 async fn sigterm_flushes_and_exits_cleanly(kind: ServerKind) {
