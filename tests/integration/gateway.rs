@@ -236,3 +236,45 @@ async fn two_bridges_in_one_process(kind: ServerKind) {
         "{ready}"
     );
 }
+
+/// Bridge routes live under /bridges/{domain}/, behind the body limit; unknown bridges and
+/// routes a bridge does not serve are 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_have_limits_and_clear_answers() {
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"])
+        .replace("[http]\n", "[http]\nbody_limit = 1024\n");
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", jabbridge.http_port);
+    let status = |response: reqwest::Response| response.status().as_u16();
+
+    let small = client
+        .post(url("/bridges/echo.localhost/anything"))
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(small), 404, "echo serves no routes");
+    let large = client
+        .post(url("/bridges/echo.localhost/anything"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(large), 413);
+    let unknown = client
+        .post(url("/bridges/nope.localhost/anything"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(status(unknown), 404);
+    let (code, metrics) = jabbridge.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("jabbridge_component_connected{bridge=\"echo.localhost\"} 1"),
+        "{metrics}"
+    );
+}

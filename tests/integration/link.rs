@@ -130,3 +130,19 @@ async fn sigterm_flushes_and_exits_cleanly(kind: ServerKind) {
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     assert!(jabbridge.log().contains("stopped"), "{}", jabbridge.log());
 }
+
+/// Prosody refuses a second connection for a component domain (ejabberd load-balances
+/// instead, see README): the second Jabbridge must say so, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_connection_is_reported_on_prosody() {
+    let (server, _first, _first_dir) = echo_setup(ServerKind::Prosody).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let second = Jabbridge::start(
+        dir.path(),
+        &config_for(&server, dir.path(), &["echo.localhost"]),
+    )
+    .await;
+    wait_for_refusal(&second, "already has a connection").await;
+    let (_, ready) = second.get("/ready").await;
+    assert!(ready.contains("bridge[0].domain"), "{ready}");
+}
