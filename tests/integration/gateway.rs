@@ -278,3 +278,28 @@ async fn http_routes_have_limits_and_clear_answers() {
         "{metrics}"
     );
 }
+
+/// `[log] format = "json"` writes one JSON object per line, with structured fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"]).replacen(
+        "[[bridge]]",
+        "[log]\nformat = \"json\"\n\n[[bridge]]",
+        1,
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let log = jabbridge.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let connected = lines
+        .iter()
+        .find(|line| line["message"] == "component connected")
+        .unwrap_or_else(|| panic!("no connection event in {log}"));
+    assert_eq!(connected["bridge"], "echo.localhost");
+    assert_eq!(connected["level"], "INFO");
+}

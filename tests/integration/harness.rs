@@ -132,7 +132,7 @@ component_interfaces = {{ "127.0.0.1" }}
 s2s_ports = {{ }}
 c2s_direct_tls_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; }}
-modules_disabled = {{ "s2s"; "s2s_auth_certs"; "offline"; }}
+modules_disabled = {{ "s2s"; "s2s_auth_certs"; }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
@@ -198,6 +198,7 @@ access_rules:
     allow: all
 modules:
   mod_disco: {{}}
+  mod_offline: {{}}
   mod_ping: {{}}
   mod_roster: {{}}
   mod_privilege:

@@ -15,6 +15,7 @@ on_both_servers!(
     a_wrong_secret_is_reported_with_the_key_to_fix,
     an_unknown_domain_is_reported_with_the_key_to_fix,
     sigterm_flushes_and_exits_cleanly,
+    stanzas_produced_while_down_go_out_after_reconnecting,
 );
 
 async fn round_trip(client: &mut crate::harness::Client, text: &str) {
@@ -145,4 +146,65 @@ async fn a_duplicate_connection_is_reported_on_prosody() {
     wait_for_refusal(&second, "already has a connection").await;
     let (_, ready) = second.get("/ready").await;
     assert!(ready.contains("bridge[0].domain"), "{ready}");
+}
+
+async fn say(jabbridge: &Jabbridge, token: &str, text: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/bridges/echo.localhost/say",
+            jabbridge.http_port
+        ))
+        .header("Authorization", format!("Bearer {token}"))
+        .body(
+            serde_json::json!({"user": "alice@localhost", "contact": "bob", "text": text})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("POST /say")
+        .status()
+        .as_u16()
+}
+
+/// What a bridge produces while the XMPP server is down waits and goes out once the link is
+/// back (the server then stores it offline for alice, who is logged out meanwhile).
+async fn stanzas_produced_while_down_go_out_after_reconnecting(kind: ServerKind) {
+    let (mut server, jabbridge, _dir) = echo_setup(kind).await;
+    server.stop().await;
+    let (status, _) = jabbridge.get("/ready").await;
+    assert_eq!(status, 503, "the link should be down");
+    assert_eq!(say(&jabbridge, "wrong", "forged").await, 401);
+    for number in 1..=3 {
+        assert_eq!(
+            say(
+                &jabbridge,
+                crate::SAY_TOKEN,
+                &format!("while down {number}")
+            )
+            .await,
+            202
+        );
+    }
+    let (_, metrics) = jabbridge.get("/metrics").await;
+    assert!(
+        metrics.contains("jabbridge_outgoing_queue_depth{bridge=\"echo.localhost\"} 3"),
+        "{metrics}"
+    );
+    server.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    let mut alice = server.client("alice").await;
+    for number in 1..=3 {
+        let expected = format!("while down {number}");
+        let message = alice
+            .expect(WAIT, |stanza| {
+                body(stanza).as_deref() == Some(expected.as_str())
+            })
+            .await;
+        assert_eq!(message.attr("from"), Some("bob@echo.localhost"));
+    }
+    alice
+        .expect_none(Duration::from_secs(1), |stanza| {
+            body(stanza).as_deref() == Some("forged")
+        })
+        .await;
 }

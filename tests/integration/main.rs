@@ -35,6 +35,9 @@ macro_rules! on_both_servers {
 }
 pub(crate) use on_both_servers;
 
+/// The bearer token of the echo bridge's `/say` webhook in test configs.
+pub const SAY_TOKEN: &str = "say-token";
+
 /// A Jabbridge config for `server` with one echo bridge per domain, SQLite in `dir`, short
 /// keepalive and reconnect times so that tests see them happen.
 pub fn config_for(server: &XmppServer, dir: &Path, domains: &[&str]) -> String {
@@ -62,7 +65,7 @@ listen = "127.0.0.1:{{http}}"
             .find(|(name, _)| name == domain)
             .map_or(server.component_port, |(_, port)| *port);
         config.push_str(&format!(
-            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nprefix = \"{domain} says: \"\n",
+            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
             harness::SECRET
         ));
     }

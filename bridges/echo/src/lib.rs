@@ -1,15 +1,23 @@
 //! The echo bridge (`kind = "echo"`): every contact replies to each message with its text.
 //!
 //! It is the template to copy when writing a bridge: a config struct, [`build`], and the
-//! [`Bridge`] methods a real network needs (address parsing, registration, sending), each
-//! as short as it can be. The core's tests use it as their foreign network.
+//! [`Bridge`] methods a real network needs (address parsing, registration, sending, an
+//! authenticated webhook), each as short as it can be. The core's tests use it as their
+//! foreign network.
+//!
+//! Its webhook, `POST /bridges/{domain}/say` with `Authorization: Bearer {say_token}` and
+//! `{"user": JID, "contact": NAME, "text": TEXT}`, makes a contact speak first: it exists only
+//! when `say_token` is set.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use jabbridge_sdk::http::{Method, StatusCode, header};
+use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
-    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, Field, FieldKind, ForeignId,
-    Form, IncomingMessage, MessageId, OutgoingMessage, SendError, SendOutcome, Settings,
-    async_trait,
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
+    ForeignId, Form, HttpRequest, HttpResponse, IncomingMessage, MessageId, OutgoingMessage,
+    SendError, SendOutcome, Settings, UserJid, async_trait, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -19,18 +27,35 @@ struct EchoConfig {
     /// Put before every reply, unless the user registered a prefix of their own.
     #[serde(default)]
     prefix: String,
+    /// The bearer token of the `/say` webhook; without it there is no webhook.
+    #[serde(default)]
+    say_token: Option<SecretString>,
+}
+
+/// The body of a `/say` request.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Say {
+    user: String,
+    contact: String,
+    text: String,
 }
 
 /// The echo bridge.
 pub struct Echo {
     core: Core,
     config: EchoConfig,
+    said: AtomicU64,
 }
 
 /// Builds the echo bridge from its config section. Registered as `echo` in the core.
 pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
     let config: EchoConfig = settings.parse()?;
-    Ok(Arc::new(Echo { core, config }))
+    Ok(Arc::new(Echo {
+        core,
+        config,
+        said: AtomicU64::new(0),
+    }))
 }
 
 #[async_trait]
@@ -86,6 +111,65 @@ impl Bridge for Echo {
             foreign_id: Some(reply_id),
         })
     }
+
+    async fn handle_http(&self, request: HttpRequest) -> HttpResponse {
+        let Some(token) = &self.config.say_token else {
+            return respond(StatusCode::NOT_FOUND, "not found\n");
+        };
+        if request.method() != Method::POST || request.uri().path() != "/say" {
+            return respond(StatusCode::NOT_FOUND, "not found\n");
+        }
+        // Check who is asking before reading anything they sent.
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if !presented.is_some_and(|presented| same(presented, token.expose_secret())) {
+            return respond(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
+        }
+        let say: Say = match jabbridge_sdk::serde_json::from_slice(request.body()) {
+            Ok(say) => say,
+            Err(error) => return respond(StatusCode::BAD_REQUEST, format!("bad JSON: {error}\n")),
+        };
+        if say.text.trim().is_empty() || say.contact.is_empty() {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                "contact and text must not be empty\n",
+            );
+        }
+        let number = self.said.fetch_add(1, Ordering::Relaxed);
+        let delivered = self
+            .core
+            .deliver(IncomingMessage {
+                foreign_id: MessageId::new(format!("say-{number}")),
+                contact: ForeignId::new(say.contact),
+                user: UserJid::new(say.user),
+                text: say.text,
+                timestamp: None,
+            })
+            .await;
+        match delivered {
+            // Accepted: the core has the message and will deliver it.
+            Ok(()) => respond(StatusCode::ACCEPTED, "accepted\n"),
+            Err(CoreError::Refused(reason)) => {
+                respond(StatusCode::BAD_REQUEST, format!("{reason}\n"))
+            }
+            Err(CoreError::ShuttingDown) => {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+        }
+    }
+}
+
+/// Compares two tokens in time that does not depend on where they differ.
+fn same(presented: &str, expected: &str) -> bool {
+    presented.len() == expected.len()
+        && presented
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]
@@ -135,6 +219,64 @@ mod tests {
             .unwrap();
         let reply = kit.next_delivered(Duration::from_secs(1)).await.unwrap();
         assert_eq!(reply.text, "echo: hi");
+    }
+
+    fn say(token: Option<&str>, body: &str) -> HttpRequest {
+        let mut request = HttpRequest::new(body.to_owned().into());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = "/say".parse().unwrap();
+        if let Some(token) = token {
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn say_needs_the_token_and_delivers() {
+        let kit = TestCore::new("echo.test");
+        let bridge = kit
+            .build(
+                build,
+                jabbridge_sdk::serde_json::json!({"say_token": "t0k"}),
+            )
+            .unwrap();
+        let body = r#"{"user": "alice@example.org", "contact": "bob", "text": "hi"}"#;
+        assert_eq!(bridge.handle_http(say(None, body)).await.status(), 401);
+        assert_eq!(
+            bridge.handle_http(say(Some("t0x"), body)).await.status(),
+            401
+        );
+        assert!(
+            kit.next_delivered(Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(
+            bridge.handle_http(say(Some("t0k"), "{")).await.status(),
+            400
+        );
+        assert_eq!(
+            bridge.handle_http(say(Some("t0k"), body)).await.status(),
+            202
+        );
+        let message = kit.next_delivered(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            (message.contact.as_str(), message.text.as_str()),
+            ("bob", "hi")
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_token_there_is_no_webhook() {
+        let kit = TestCore::new("echo.test");
+        let bridge = kit
+            .build(build, jabbridge_sdk::serde_json::json!({}))
+            .unwrap();
+        let body = r#"{"user": "a@x", "contact": "b", "text": "hi"}"#;
+        assert_eq!(bridge.handle_http(say(Some(""), body)).await.status(), 404);
     }
 
     #[test]

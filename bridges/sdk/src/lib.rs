@@ -30,6 +30,8 @@ pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{IncomingMessage, OutgoingMessage, SendError, SendOutcome};
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
+pub use http;
+pub use secrecy;
 pub use serde_json;
 
 /// An HTTP request routed to a bridge: `/bridges/{domain}/{path}` on Jabbridge's HTTP
@@ -38,6 +40,13 @@ pub use serde_json;
 pub type HttpRequest = http::Request<bytes::Bytes>;
 /// The bridge's answer to an [`HttpRequest`].
 pub type HttpResponse = http::Response<bytes::Bytes>;
+
+/// An [`HttpResponse`] with `status` and a plain-text or JSON `body`.
+pub fn respond(status: http::StatusCode, body: impl Into<bytes::Bytes>) -> HttpResponse {
+    let mut response = HttpResponse::new(body.into());
+    *response.status_mut() = status;
+    response
+}
 
 /// What a bridge tells the core about itself. Rendered into XEP-0030 disco#info and
 /// XEP-0077 registration by the core.
@@ -160,8 +169,6 @@ pub trait Bridge: Send + Sync + 'static {
     /// Answers an HTTP request under `/bridges/{domain}/`, e.g. a provider's webhook. Verify
     /// signatures before trusting anything in the request. The default answers 404.
     async fn handle_http(&self, _request: HttpRequest) -> HttpResponse {
-        let mut response = HttpResponse::new(bytes::Bytes::from_static(b"not found\n"));
-        *response.status_mut() = http::StatusCode::NOT_FOUND;
-        response
+        respond(http::StatusCode::NOT_FOUND, "not found\n")
     }
 }
