@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jabbridge_sdk::{
     Bridge, BridgeInfo, CoreError, CoreSink, IncomingMessage, MessageId, OutgoingMessage,
-    SendError, Shutdown, UserJid, async_trait,
+    RegistrationError, SendError, Shutdown, UserJid, async_trait,
 };
 use tokio::sync::mpsc;
 use xmpp_parsers::{
@@ -17,6 +17,7 @@ use xmpp_parsers::{
     jid::{BareJid, Jid},
     message::{Lang, Message, MessageType},
     minidom::Element,
+    ns,
     presence::Presence,
     stanza_id::OriginId,
 };
@@ -24,6 +25,7 @@ use xmpp_parsers::{
 use crate::metrics;
 use crate::store::Store;
 use crate::xmpp::jid::{escape, unescape};
+use crate::xmpp::register::{self, Submission};
 use crate::xmpp::service::{self, Target};
 use crate::xmpp::session::{LinkHandle, backoff, is_keepalive_id};
 use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, error_reply};
@@ -92,7 +94,7 @@ impl Router {
             return;
         }
         let outcome = match element.name() {
-            "iq" => self.on_iq(element),
+            "iq" => self.on_iq(element).await,
             "message" => self.on_message(element, deliveries).await,
             _ => self.on_presence(element),
         };
@@ -133,12 +135,30 @@ impl Router {
         }
     }
 
-    fn on_iq(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
+    async fn on_iq(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
+        let is_set = element.attr("type") == Some("set");
         let iq = Iq::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this iq does not parse: {error}"))
         })?;
         let mut localpart = String::new();
         match iq {
+            Iq::Get {
+                from: Some(from),
+                to,
+                id,
+                payload,
+            }
+            | Iq::Set {
+                from: Some(from),
+                to,
+                id,
+                payload,
+            } if payload.is("query", ns::REGISTER)
+                && to.as_ref().is_some_and(|to| to.node().is_none()) =>
+            {
+                let answer = self.on_register(&from, is_set, &payload).await;
+                service::reply(from, to, id, answer).map(Some)
+            }
             Iq::Get {
                 from: Some(from),
                 to,
@@ -167,6 +187,62 @@ impl Router {
                 Ok(None)
             }
         }
+    }
+
+    /// XEP-0077 on the gateway's domain: the form, registering, re-registering, removing.
+    async fn on_register(&self, from: &Jid, is_set: bool, payload: &Element) -> service::IqAnswer {
+        let Some(form) = &self.info.registration else {
+            return Err(StanzaFailure::ServiceUnavailable);
+        };
+        let user = from.to_bare().to_string();
+        let internal = |error: crate::store::StoreError| {
+            tracing::error!(bridge = %self.domain, %error, "registration storage failed");
+            StanzaFailure::Internal
+        };
+        if !is_set {
+            let registered = self
+                .store
+                .registration(&self.domain, &user)
+                .await
+                .map_err(internal)?;
+            return Ok(Some(register::form_query(form, registered.is_some())));
+        }
+        match register::parse_submission(payload, form)? {
+            Submission::Remove => {
+                if !self
+                    .store
+                    .delete_registration(&self.domain, &user)
+                    .await
+                    .map_err(internal)?
+                {
+                    return Err(StanzaFailure::ItemNotFound(format!(
+                        "{user} is not registered with {}",
+                        self.domain
+                    )));
+                }
+                tracing::info!(bridge = %self.domain, user, "user unregistered");
+            }
+            Submission::Register(values) => {
+                form.validate(&values)
+                    .map_err(StanzaFailure::NotAcceptable)?;
+                let data = self
+                    .bridge
+                    .register(&UserJid::new(user.clone()), &values)
+                    .await
+                    .map_err(|error| match error {
+                        RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
+                        RegistrationError::Unavailable(reason) => {
+                            StanzaFailure::Unavailable(reason)
+                        }
+                    })?;
+                self.store
+                    .put_registration(&self.domain, &user, &data)
+                    .await
+                    .map_err(internal)?;
+                tracing::info!(bridge = %self.domain, user, "user registered");
+            }
+        }
+        Ok(None)
     }
 
     fn on_presence(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
@@ -320,7 +396,7 @@ impl Router {
             id: Some(delivery.message.id.to_string()),
             type_: Some("chat".into()),
         };
-        if let Some(reply) = error_reply(&header, &StanzaFailure::Undeliverable(reason)) {
+        if let Some(reply) = error_reply(&header, &StanzaFailure::Unavailable(reason)) {
             self.send(reply).await;
         }
     }

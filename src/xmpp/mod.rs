@@ -1,7 +1,8 @@
 //! Everything that speaks XMPP: the component link, stanza errors, JID escaping, and the
-//! answers to protocol requests (disco, version, ping). Bridges never see this module's types.
+//! answers to protocol requests (disco, version, ping, registration). Bridges never see this module's types.
 
 pub mod jid;
+pub mod register;
 pub mod service;
 pub mod session;
 pub mod stanza;

@@ -73,6 +73,9 @@ fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
     let identity = match target {
         Target::Gateway => {
             features.push(ns::VERSION);
+            if info.registration.is_some() {
+                features.push(ns::REGISTER);
+            }
             Identity::new(
                 "gateway",
                 info.gateway_type.as_str(),

@@ -25,9 +25,16 @@ pub enum StanzaFailure {
     /// The address does not name anything on the foreign network.
     #[error("malformed address: {0}")]
     JidMalformed(String),
-    /// The message could not be delivered to the foreign network.
-    #[error("undeliverable: {0}")]
-    Undeliverable(String),
+    /// The bridge or the foreign network cannot do it (now): undeliverable message,
+    /// registration check that could not reach the network.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The submitted values are refused; the text says why.
+    #[error("not acceptable: {0}")]
+    NotAcceptable(String),
+    /// What the request refers to does not exist (e.g. removing a registration that isn't).
+    #[error("not found: {0}")]
+    ItemNotFound(String),
     /// Jabbridge itself failed (database unavailable…); the sender may retry later.
     #[error("internal error")]
     Internal,
@@ -54,9 +61,19 @@ impl StanzaFailure {
                 DefinedCondition::JidMalformed,
                 text.as_str(),
             ),
-            Self::Undeliverable(text) => (
+            Self::Unavailable(text) => (
                 ErrorType::Cancel,
                 DefinedCondition::ServiceUnavailable,
+                text.as_str(),
+            ),
+            Self::NotAcceptable(text) => (
+                ErrorType::Modify,
+                DefinedCondition::NotAcceptable,
+                text.as_str(),
+            ),
+            Self::ItemNotFound(text) => (
+                ErrorType::Cancel,
+                DefinedCondition::ItemNotFound,
                 text.as_str(),
             ),
             Self::Internal => (
@@ -72,7 +89,9 @@ impl StanzaFailure {
     pub fn condition(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad-request",
-            Self::ServiceUnavailable | Self::Undeliverable(_) => "service-unavailable",
+            Self::ServiceUnavailable | Self::Unavailable(_) => "service-unavailable",
+            Self::NotAcceptable(_) => "not-acceptable",
+            Self::ItemNotFound(_) => "item-not-found",
             Self::FeatureNotImplemented(_) => "feature-not-implemented",
             Self::JidMalformed(_) => "jid-malformed",
             Self::Internal => "internal-server-error",

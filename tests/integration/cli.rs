@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-fn jabbridge(args: &[&str]) -> (bool, String) {
+/// Runs the `jabbridge` binary; whether it succeeded, and what it printed.
+pub fn jabbridge(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_jabbridge"))
         .args(args)
         .env_remove("JABBRIDGE_CONFIG")

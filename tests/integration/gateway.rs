@@ -13,6 +13,7 @@ on_both_servers!(
     echo_round_trip,
     malformed_stanzas_are_answered_and_the_link_stays_up,
     two_bridges_in_one_process,
+    register_reregister_and_unregister_with_the_form,
 );
 
 async fn disco_shows_a_gateway(kind: ServerKind) {
@@ -302,4 +303,95 @@ async fn json_logs_are_one_object_per_line() {
         .unwrap_or_else(|| panic!("no connection event in {log}"));
     assert_eq!(connected["bridge"], "echo.localhost");
     assert_eq!(connected["level"], "INFO");
+}
+
+fn register_set(id: &str, prefix: &str) -> String {
+    format!(
+        "<iq type='set' to='echo.localhost' id='{id}'><query xmlns='jabber:iq:register'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
+         <field var='prefix'><value>{prefix}</value></field></x></query></iq>"
+    )
+}
+
+async fn echo_text(alice: &mut crate::harness::Client, text: &str) -> String {
+    alice
+        .send(&format!(
+            "<message type='chat' to='bob@echo.localhost'><body>{text}</body></message>"
+        ))
+        .await;
+    let reply = alice
+        .expect(WAIT, |stanza| {
+            body(stanza).is_some_and(|body| body.ends_with(text))
+        })
+        .await;
+    body(&reply).unwrap_or_default()
+}
+
+async fn register_reregister_and_unregister_with_the_form(kind: ServerKind) {
+    let (server, jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    let get = "<iq type='get' to='echo.localhost' id='r1'><query xmlns='jabber:iq:register'/></iq>";
+
+    let form = alice.iq("r1", get).await;
+    assert_eq!(form.attr("type"), Some("result"), "{form:?}");
+    let query = form.children().next().expect("query");
+    assert!(query.children().all(|child| child.name() != "registered"));
+    let x = query
+        .children()
+        .find(|child| child.name() == "x")
+        .expect("data form");
+    assert_eq!(x.attr("type"), Some("form"));
+    let field = x
+        .children()
+        .find(|child| child.attr("var") == Some("prefix"))
+        .expect("prefix field");
+    assert!(field.children().any(|child| child.name() == "required"));
+
+    // A refused form changes nothing and says why.
+    let refused = alice.iq("r2", &register_set("r2", " ")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-acceptable"));
+    assert!(
+        format!("{refused:?}").contains("Reply prefix"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        echo_text(&mut alice, "one").await,
+        "echo.localhost says: one"
+    );
+
+    let registered = alice.iq("r3", &register_set("r3", "first: ")).await;
+    assert_eq!(registered.attr("type"), Some("result"), "{registered:?}");
+    assert_eq!(echo_text(&mut alice, "two").await, "first: two");
+    let form = alice.iq("r1", get).await;
+    assert!(
+        form.children()
+            .next()
+            .expect("query")
+            .children()
+            .any(|child| child.name() == "registered")
+    );
+
+    // Re-registering updates.
+    let updated = alice.iq("r4", &register_set("r4", "second: ")).await;
+    assert_eq!(updated.attr("type"), Some("result"));
+    assert_eq!(echo_text(&mut alice, "three").await, "second: three");
+    let (ok, users) = crate::cli::jabbridge(&[
+        "--config",
+        jabbridge.config_path.to_str().expect("path"),
+        "users",
+        "list",
+        "echo.localhost",
+    ]);
+    assert!(ok && users.contains("alice@localhost"), "{users}");
+
+    // Removing unregisters: back to the configured prefix, and a second removal is an error.
+    let remove = "<iq type='set' to='echo.localhost' id='r5'><query xmlns='jabber:iq:register'><remove/></query></iq>";
+    assert_eq!(alice.iq("r5", remove).await.attr("type"), Some("result"));
+    assert_eq!(
+        echo_text(&mut alice, "four").await,
+        "echo.localhost says: four"
+    );
+    let again = alice.iq("r5", remove).await;
+    assert_eq!(error_condition(&again).as_deref(), Some("item-not-found"));
 }
