@@ -335,6 +335,14 @@ modules:
         }
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the server: its sockets stay open but it answers
+    /// nothing, like a host that hangs. Prosody only (ejabberd runs under a wrapper script).
+    pub fn freeze(&self, frozen: bool) {
+        assert_eq!(self.kind, ServerKind::Prosody, "freeze is for Prosody");
+        let child = self.process.as_ref().expect("server runs");
+        signal(child, if frozen { "STOP" } else { "CONT" });
+    }
+
     /// Starts the server again on the same ports with the same data.
     pub async fn restart(&mut self) {
         self.stop().await;

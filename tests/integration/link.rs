@@ -208,3 +208,30 @@ async fn stanzas_produced_while_down_go_out_after_reconnecting(kind: ServerKind)
         })
         .await;
 }
+
+/// A server that hangs (socket open, nothing answered) is detected by the keepalive within
+/// keepalive + keepalive_timeout, and the link comes back once the server does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_is_detected_by_the_keepalive() {
+    let (server, jabbridge, _dir) = echo_setup(ServerKind::Prosody).await;
+    server.freeze(true);
+    // keepalive = 2s, keepalive_timeout = 3s: the link must be declared dead well within 15s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, ready) = jabbridge.get("/ready").await;
+        if status == 503 {
+            assert!(ready.contains("timeouts elapsed"), "{ready}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hung server not detected:\n{}",
+            jabbridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.freeze(false);
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    let mut alice = server.client("alice").await;
+    round_trip(&mut alice, "awake").await;
+}
