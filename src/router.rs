@@ -136,7 +136,6 @@ impl Router {
     }
 
     async fn on_iq(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
-        let is_set = element.attr("type") == Some("set");
         let iq = Iq::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this iq does not parse: {error}"))
         })?;
@@ -147,16 +146,17 @@ impl Router {
                 to,
                 id,
                 payload,
+            } if is_registration(to.as_ref(), &payload) => {
+                let answer = self.registration_form(&from).await;
+                service::reply(from, to, id, answer).map(Some)
             }
-            | Iq::Set {
+            Iq::Set {
                 from: Some(from),
                 to,
                 id,
                 payload,
-            } if payload.is("query", ns::REGISTER)
-                && to.as_ref().is_some_and(|to| to.node().is_none()) =>
-            {
-                let answer = self.on_register(&from, is_set, &payload).await;
+            } if is_registration(to.as_ref(), &payload) => {
+                let answer = self.registration_submitted(&from, &payload).await;
                 service::reply(from, to, id, answer).map(Some)
             }
             Iq::Get {
@@ -189,24 +189,36 @@ impl Router {
         }
     }
 
-    /// XEP-0077 on the gateway's domain: the form, registering, re-registering, removing.
-    async fn on_register(&self, from: &Jid, is_set: bool, payload: &Element) -> service::IqAnswer {
-        let Some(form) = &self.info.registration else {
-            return Err(StanzaFailure::ServiceUnavailable);
-        };
+    /// XEP-0077 `get`: the bridge's form, saying whether the user is registered.
+    async fn registration_form(&self, from: &Jid) -> service::IqAnswer {
+        let form = self
+            .info
+            .registration
+            .as_ref()
+            .ok_or(StanzaFailure::ServiceUnavailable)?;
         let user = from.to_bare().to_string();
-        let internal = |error: crate::store::StoreError| {
-            tracing::error!(bridge = %self.domain, %error, "registration storage failed");
-            StanzaFailure::Internal
-        };
-        if !is_set {
-            let registered = self
-                .store
-                .registration(&self.domain, &user)
-                .await
-                .map_err(internal)?;
-            return Ok(Some(register::form_query(form, registered.is_some())));
-        }
+        let registered = self
+            .store
+            .registration(&self.domain, &user)
+            .await
+            .map_err(|error| self.storage_failed(error))?;
+        Ok(Some(register::form_query(form, registered.is_some())))
+    }
+
+    fn storage_failed(&self, error: crate::store::StoreError) -> StanzaFailure {
+        tracing::error!(bridge = %self.domain, %error, "registration storage failed");
+        StanzaFailure::Internal
+    }
+
+    /// XEP-0077 `set`: register, re-register (update) or remove.
+    async fn registration_submitted(&self, from: &Jid, payload: &Element) -> service::IqAnswer {
+        let form = self
+            .info
+            .registration
+            .as_ref()
+            .ok_or(StanzaFailure::ServiceUnavailable)?;
+        let user = from.to_bare().to_string();
+        let internal = |error| self.storage_failed(error);
         match register::parse_submission(payload, form)? {
             Submission::Remove => {
                 if !self
@@ -400,6 +412,11 @@ impl Router {
             self.send(reply).await;
         }
     }
+}
+
+/// Whether an iq payload is XEP-0077 registration with the gateway itself.
+fn is_registration(to: Option<&Jid>, payload: &Element) -> bool {
+    payload.is("query", ns::REGISTER) && to.is_some_and(|to| to.node().is_none())
 }
 
 /// The core side of [`jabbridge_sdk::Core`] for one bridge: turns its events into stanzas.
