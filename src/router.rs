@@ -139,54 +139,46 @@ impl Router {
         let iq = Iq::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this iq does not parse: {error}"))
         })?;
-        let mut localpart = String::new();
-        match iq {
+        let (is_set, from, to, id, payload) = match iq {
             Iq::Get {
-                from: Some(from),
+                from,
                 to,
                 id,
                 payload,
-            } if is_registration(to.as_ref(), &payload) => {
-                let answer = self.registration_form(&from).await;
-                service::reply(from, to, id, answer).map(Some)
-            }
+            } => (false, from, to, id, payload),
             Iq::Set {
-                from: Some(from),
+                from,
                 to,
                 id,
                 payload,
-            } if is_registration(to.as_ref(), &payload) => {
-                let answer = self.registration_submitted(&from, &payload).await;
-                service::reply(from, to, id, answer).map(Some)
-            }
-            Iq::Get {
-                from: Some(from),
-                to,
-                id,
-                payload,
-            } => {
-                let target = self.target(to.as_ref(), &mut localpart)?;
-                let answer = service::answer_get(&self.info, target, &payload);
-                service::reply(from, to, id, answer).map(Some)
-            }
-            Iq::Set {
-                from: Some(from),
-                to,
-                id,
-                payload,
-            } => {
-                let target = self.target(to.as_ref(), &mut localpart)?;
-                let answer = service::answer_set(&self.info, target, &payload);
-                service::reply(from, to, id, answer).map(Some)
-            }
-            Iq::Get { from: None, .. } | Iq::Set { from: None, .. } => Ok(None),
+            } => (true, from, to, id, payload),
             Iq::Result { id, .. } | Iq::Error { id, .. } => {
                 if !is_keepalive_id(&id) {
                     tracing::debug!(bridge = %self.domain, id, "ignored an unsolicited iq response");
                 }
-                Ok(None)
+                return Ok(None);
             }
-        }
+        };
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let answer = if is_registration(to.as_ref(), &payload) {
+            if is_set {
+                self.registration_submitted(&from, &payload).await
+            } else {
+                self.registration_form(&from).await
+            }
+        } else {
+            let mut localpart = String::new();
+            let target = self.target(to.as_ref(), &mut localpart)?;
+            if is_set {
+                // No other iq set is served (yet): RFC 6120 §8.4.
+                Err(StanzaFailure::ServiceUnavailable)
+            } else {
+                service::answer_get(&self.info, target, &payload)
+            }
+        };
+        service::reply(from, to, id, answer).map(Some)
     }
 
     /// XEP-0077 `get`: the bridge's form, saying whether the user is registered.

@@ -1,4 +1,4 @@
-//! Answers to iq requests on a bridge's domain and contacts: XEP-0030 disco, XEP-0092
+//! Answers to iq get requests on a bridge's domain and contacts: XEP-0030 disco, XEP-0092
 //! version, XEP-0199 ping; `service-unavailable` for everything else, never silence.
 
 use jabbridge_sdk::BridgeInfo;
@@ -60,11 +60,6 @@ pub fn answer_get(info: &BridgeInfo, target: Target<'_>, payload: &Element) -> I
             .into(),
         ));
     }
-    Err(StanzaFailure::ServiceUnavailable)
-}
-
-/// Answers an `<iq type='set'/>` payload.
-pub fn answer_set(_info: &BridgeInfo, _target: Target<'_>, _payload: &Element) -> IqAnswer {
     Err(StanzaFailure::ServiceUnavailable)
 }
 
@@ -159,7 +154,7 @@ mod tests {
             Err(StanzaFailure::ServiceUnavailable)
         );
         assert_eq!(
-            answer_set(&info(), Target::Contact("x"), &payload),
+            answer_get(&info(), Target::Contact("x"), &payload),
             Err(StanzaFailure::ServiceUnavailable)
         );
     }

@@ -72,8 +72,11 @@ fn help_documents_every_subcommand() {
     let (ok, output) = jabbridge(&["--help"]);
     assert!(ok, "{output}");
     for command in ["run", "check-config", "migrate", "users", "identities"] {
+        // Each subcommand is listed on a line of its own, with its description.
         assert!(
-            output.contains(command),
+            output
+                .lines()
+                .any(|line| line.trim_start().starts_with(&format!("{command} "))),
             "{command} missing from:\n{output}"
         );
     }

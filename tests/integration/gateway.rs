@@ -88,6 +88,16 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
         error_condition(&unknown).as_deref(),
         Some("service-unavailable")
     );
+    let unknown_set = alice
+        .iq(
+            "u2",
+            "<iq type='set' to='bob@echo.localhost' id='u2'><query xmlns='urn:example:nope'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        error_condition(&unknown_set).as_deref(),
+        Some("service-unavailable")
+    );
 }
 
 async fn echo_round_trip(kind: ServerKind) {
