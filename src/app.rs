@@ -7,16 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jabbridge_sdk::{
-    Bridge, BridgeError, Core, CoreError, CoreSink, IncomingMessage, Shutdown, async_trait,
+    Bridge, BridgeError, Core, CoreError, CoreSink, IncomingMessage, Shutdown, UserJid, UserStatus,
+    async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::access::Access;
 use crate::bridges;
 use crate::config::Config;
+use crate::delivery::DeliverySettings;
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
-use crate::router::{Router, RouterSink};
+use crate::router::{Gateway, Router, RouterSink};
 use crate::store::{Store, StoreError};
 use crate::xmpp::session::{self, LinkConfig, backoff};
 
@@ -55,6 +58,10 @@ struct Unwired;
 #[async_trait]
 impl CoreSink for Unwired {
     async fn deliver(&self, _message: IncomingMessage) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn set_status(&self, _user: UserJid, _status: UserStatus) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
 }
@@ -105,6 +112,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             error,
         })?;
 
+    let delivery = DeliverySettings {
+        lease: config.delivery.lease,
+        max_attempts: config.delivery.max_attempts,
+        retry_max: config.delivery.retry_max,
+        workers: config.delivery.workers,
+        keep_delivered: config.delivery.keep_delivered,
+    };
     let (stop, stopping) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut http_bridges = BTreeMap::new();
@@ -131,19 +145,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(async move {
             let _ = link_task.await;
         });
-        let sink = Arc::new(RouterSink::new(domain.clone(), link.clone()));
+        let sink = Arc::new(RouterSink::new());
         let bridge = build_bridge(index, section, Core::new(domain.clone(), sink.clone()))?;
-        sink.attach(&bridge);
-        let info = bridge.info();
-        tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %info.gateway_type, "bridge configured");
-        let router = Router {
-            domain: domain.clone(),
-            bridge: bridge.clone(),
-            info,
-            link: link.clone(),
-            store: store.clone(),
-        };
-        tasks.spawn(router.run(incoming_receiver, stopping.clone()));
+        let gateway = Arc::new(Gateway::new(
+            domain.clone(),
+            bridge.clone(),
+            link.clone(),
+            store.clone(),
+            Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
+            delivery.clone(),
+        ));
+        sink.attach(&gateway);
+        if section.allow.is_empty() {
+            tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
+        }
+        tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
+        gateway.spawn_workers(&mut tasks, &stopping);
+        tasks.spawn(Router::run(gateway, incoming_receiver));
         tasks.spawn(run_bridge(domain.clone(), bridge.clone(), stopping.clone()));
         http_bridges.insert(domain, HttpBridge { bridge, link });
     }

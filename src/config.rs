@@ -29,6 +29,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// How queued messages are delivered.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     /// One section per bridge, each its own XMPP component.
     #[serde(default)]
     pub bridge: Vec<BridgeConfig>,
@@ -52,6 +55,32 @@ pub struct XmppConfig {
     /// How many stanzas may wait per bridge while its link is down; producers wait beyond.
     #[serde(default = "defaults::queue", deserialize_with = "number_or_string")]
     pub queue: usize,
+}
+
+/// `[delivery]`: the durable outbox and inbox workers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How long a worker holds a claimed message before another instance may take it over.
+    /// A live worker renews its lease; this only bounds how long a crashed one delays others.
+    #[serde(default = "defaults::lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Attempts of a message to the foreign network before the user is told it failed.
+    #[serde(
+        default = "defaults::max_attempts",
+        deserialize_with = "number_or_string"
+    )]
+    pub max_attempts: u32,
+    /// The longest wait between two attempts (backoff doubles up to this).
+    #[serde(default = "defaults::retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Messages delivered concurrently per bridge and direction (order is kept per
+    /// conversation regardless).
+    #[serde(default = "defaults::workers", deserialize_with = "number_or_string")]
+    pub workers: usize,
+    /// How long delivered messages are kept so that a repeat of one is recognised.
+    #[serde(default = "defaults::keep_delivered", with = "humantime_serde")]
+    pub keep_delivered: Duration,
 }
 
 /// `[database]`.
@@ -129,6 +158,17 @@ pub struct BridgeConfig {
     /// bridge needs a listener of its own.
     #[serde(default)]
     pub server: Option<String>,
+    /// Who may use the bridge: bare JIDs (`alice@example.org`) and domains (`example.org`).
+    /// Empty means nobody but the admins.
+    #[serde(default, deserialize_with = "list_or_string")]
+    pub allow: Vec<String>,
+    /// Bare JIDs that may use the admin commands (and the bridge).
+    #[serde(default, deserialize_with = "list_or_string")]
+    pub admins: Vec<String>,
+    /// Messages per user and period, e.g. `30/min`; beyond it messages are refused with
+    /// `resource-constraint`. Absent: no limit.
+    #[serde(default, deserialize_with = "rate_limit")]
+    pub rate_limit: Option<RateLimit>,
     /// The bridge's own keys.
     #[serde(flatten)]
     pub rest: BTreeMap<String, serde_json::Value>,
@@ -141,8 +181,86 @@ impl BridgeConfig {
     }
 }
 
+/// A number of events per period: `30/min`, `5/s`, `1000/hour`, `10/day`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Events allowed per period (and the burst).
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let wrong = || format!("'{text}' is not a rate such as 30/min (per s, min, hour or day)");
+        let (count, unit) = text.trim().split_once('/').ok_or_else(wrong)?;
+        let count: u32 = count.trim().parse().map_err(|_| wrong())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(wrong()),
+        };
+        if count == 0 {
+            return Err(format!(
+                "'{text}' allows nothing; remove the bridge instead"
+            ));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+fn rate_limit<'de, D>(deserializer: D) -> Result<Option<RateLimit>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A list from TOML, or a comma-separated string from an environment variable.
+fn list_or_string<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(list) => list,
+        ListOrString::String(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
 mod defaults {
     use super::*;
+
+    pub fn lease() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn max_attempts() -> u32 {
+        10
+    }
+    pub fn retry_max() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn workers() -> usize {
+        4
+    }
+    pub fn keep_delivered() -> Duration {
+        Duration::from_secs(7 * 86_400)
+    }
 
     pub fn keepalive() -> Duration {
         Duration::from_secs(60)
@@ -173,6 +291,18 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".into()
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            lease: defaults::lease(),
+            max_attempts: defaults::max_attempts(),
+            retry_max: defaults::retry_max(),
+            workers: defaults::workers(),
+            keep_delivered: defaults::keep_delivered(),
+        }
     }
 }
 
@@ -311,6 +441,15 @@ impl Config {
         positive("xmpp.keepalive_timeout", self.xmpp.keepalive_timeout)?;
         positive("xmpp.reconnect_max", self.xmpp.reconnect_max)?;
         positive("http.request_timeout", self.http.request_timeout)?;
+        positive("delivery.lease", self.delivery.lease)?;
+        positive("delivery.retry_max", self.delivery.retry_max)?;
+        positive("delivery.keep_delivered", self.delivery.keep_delivered)?;
+        if self.delivery.max_attempts == 0 {
+            return Err(("delivery.max_attempts".into(), "must be at least 1".into()));
+        }
+        if !(1..=64).contains(&self.delivery.workers) {
+            return Err(("delivery.workers".into(), "must be between 1 and 64".into()));
+        }
         if self.xmpp.queue == 0 {
             return Err(("xmpp.queue".into(), "must be at least 1".into()));
         }
@@ -335,6 +474,13 @@ impl Config {
                         bridge.domain
                     ),
                 ));
+            }
+            for (key, entries) in [("allow", &bridge.allow), ("admins", &bridge.admins)] {
+                for (position, entry) in entries.iter().enumerate() {
+                    if let Err(reason) = crate::access::check_entry(entry, key == "admins") {
+                        return Err((format!("bridge[{index}].{key}[{position}]"), reason));
+                    }
+                }
             }
             if crate::bridges::find(&bridge.kind).is_none() {
                 return Err((

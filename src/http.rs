@@ -18,6 +18,7 @@ use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 
 use crate::config::HttpConfig;
 use crate::metrics;
+use crate::store::Queue;
 use crate::store::Store;
 use crate::xmpp::session::LinkHandle;
 
@@ -91,6 +92,12 @@ async fn ready(State(state): State<Arc<HttpState>>) -> Response {
 async fn render_metrics(State(state): State<Arc<HttpState>>) -> Response {
     for (domain, bridge) in &state.bridges {
         metrics::queue_depth(domain, bridge.link.queue_depth());
+        for (queue, name) in [(Queue::Outbox, "outbox"), (Queue::Inbox, "inbox")] {
+            // A database that does not answer shows in /ready; the gauge keeps its value.
+            if let Ok(pending) = state.store.pending(queue, domain).await {
+                metrics::pending(domain, name, pending);
+            }
+        }
     }
     (
         [(

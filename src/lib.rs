@@ -4,17 +4,24 @@
 //!
 //! Layout (see ARCHITECTURE.md for the path of one message):
 //! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`access`]: who may use a bridge, who administers it, how fast they may send.
 //! - [`app`]: start-up and orderly shutdown of everything below.
 //! - [`xmpp`]: the component links (`session`), stanza errors, JID escaping, protocol answers.
-//! - [`router`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas.
+//! - [`router`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas;
+//!   presence and registration as XEP-0100 describes.
+//! - [`delivery`]: the durable outbox and inbox, and the workers that empty them.
+//! - [`commands`]: the gateway's commands (ad-hoc and by chat).
 //! - [`store`]: the database (SQLite or PostgreSQL): registrations, identities, ids, queues.
 //! - [`http`]: `/health`, `/ready`, `/metrics` and the bridges' webhook routes.
 //! - [`bridges`]: the registry of bridge kinds.
 //! - [`metrics`], [`logging`]: what Jabbridge tells its operator.
 
+pub mod access;
 pub mod app;
 pub mod bridges;
+pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod logging;
 pub mod metrics;

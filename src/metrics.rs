@@ -56,6 +56,12 @@ pub fn queue_depth(bridge: &str, depth: usize) {
         .set(depth as f64);
 }
 
+/// Messages stored and not yet delivered, per bridge and queue (`outbox`, `inbox`).
+pub fn pending(bridge: &str, queue: &'static str, pending: i64) {
+    metrics::gauge!("jabbridge_pending_messages", "bridge" => bridge.to_owned(), "queue" => queue)
+        .set(pending as f64);
+}
+
 /// A message was handed to a bridge (`ok`), or failed transiently or permanently.
 pub fn delivery(bridge: &str, outcome: &'static str) {
     metrics::counter!("jabbridge_bridge_deliveries_total", "bridge" => bridge.to_owned(), "outcome" => outcome)

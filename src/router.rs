@@ -1,42 +1,46 @@
-//! Between one bridge's component link and the bridge: stanzas in → typed calls on the
-//! bridge (or protocol answers); bridge events → stanzas out. One router per `[[bridge]]`.
+//! Between one bridge's component link and the bridge: every stanza that arrives is checked
+//! (domain, access, registration, rate) and becomes a protocol answer, a stored message or a
+//! typed call on the bridge. One [`Gateway`] per `[[bridge]]`; [`Router::run`] drives it.
 //!
-//! Messages to contacts go through a delivery worker, one per bridge, which calls
-//! [`Bridge::send_message`] in arrival order and retries transient failures with backoff.
+//! Presence follows XEP-0100: after registering, the gateway asks to subscribe to the user;
+//! its presence tells the user the state of their link to the foreign network; contacts are
+//! approved as the bridge decides. Messages go through the durable queues of
+//! [`crate::delivery`]; commands through [`crate::commands`].
 
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use jabbridge_sdk::{
-    Bridge, BridgeInfo, CoreError, CoreSink, IncomingMessage, MessageId, OutgoingMessage,
-    RegistrationError, SendError, Shutdown, UserJid, async_trait,
+    Bridge, BridgeInfo, ChatState, CoreError, CoreSink, ForeignId, FormValues, IncomingMessage,
+    RegistrationError, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use xmpp_parsers::{
+    chatstates,
     iq::Iq,
     jid::{BareJid, Jid},
     message::{Lang, Message, MessageType},
+    message_correct::Replace,
     minidom::Element,
+    nick::Nick,
     ns,
-    presence::Presence,
+    presence::{Presence, Type as PresenceType},
     stanza_id::OriginId,
 };
 
+use crate::access::Access;
+use crate::delivery::{DeliverySettings, MAX_TEXT, OutboxEntry, Wakers};
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+use crate::xmpp::adhoc;
 use crate::xmpp::jid::{escape, unescape};
 use crate::xmpp::register::{self, Submission};
 use crate::xmpp::service::{self, Target};
-use crate::xmpp::session::{LinkHandle, backoff, is_keepalive_id};
-use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, error_reply};
+use crate::xmpp::session::{LinkHandle, is_keepalive_id};
+use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, error_presence, error_reply};
 
-/// How often a transient failure is retried before the user is told the message failed.
-/// The durable outbox (issue #3) replaces this in-memory retry.
-const MAX_ATTEMPTS: u32 = 8;
-const RETRY_CAP: Duration = Duration::from_secs(60);
-
-/// What a router needs.
-pub struct Router {
+/// One bridge as the core sees it: its link, its store, its policy, its queues.
+pub struct Gateway {
     /// The bridge's domain.
     pub domain: String,
     /// The bridge.
@@ -47,28 +51,57 @@ pub struct Router {
     pub link: LinkHandle,
     /// The database.
     pub store: Store,
+    /// Who may use the bridge.
+    pub access: Access,
+    /// How queued messages are delivered.
+    pub delivery: DeliverySettings,
+    /// This process's name on the leases it takes.
+    pub(crate) owner: String,
+    pub(crate) wakers: Wakers,
+    /// Registered users' online resources, to tell the bridge who is online.
+    online: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
-struct Delivery {
-    message: OutgoingMessage,
-    user: Jid,
-    contact: Jid,
-}
+/// Drives one gateway: reads stanzas from the link until shutdown.
+pub struct Router;
 
 impl Router {
-    /// Runs until the link stops handing stanzas over (at shutdown).
-    pub async fn run(self, mut incoming: mpsc::Receiver<Element>, shutdown: Shutdown) {
-        let (deliveries, queue) = mpsc::channel(1024);
-        let router = Arc::new(self);
-        let worker = tokio::spawn(router.clone().deliver_in_order(queue, shutdown));
+    /// Handles stanzas until the link stops handing them over (at shutdown).
+    pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Element>) {
         while let Some(element) = incoming.recv().await {
-            router.handle(element, &deliveries).await;
+            gateway.handle(element).await;
         }
-        drop(deliveries);
-        let _ = worker.await;
+    }
+}
+
+type Answer = Result<Option<Element>, StanzaFailure>;
+
+impl Gateway {
+    /// A gateway for a built bridge.
+    pub fn new(
+        domain: String,
+        bridge: Arc<dyn Bridge>,
+        link: LinkHandle,
+        store: Store,
+        access: Access,
+        delivery: DeliverySettings,
+    ) -> Self {
+        let info = bridge.info();
+        Self {
+            domain,
+            bridge,
+            info,
+            link,
+            store,
+            access,
+            delivery,
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
+            wakers: Wakers::default(),
+            online: Mutex::new(HashMap::new()),
+        }
     }
 
-    async fn handle(&self, element: Element, deliveries: &mpsc::Sender<Delivery>) {
+    async fn handle(&self, element: Element) {
         let Some(header) = StanzaHeader::of(&element) else {
             tracing::debug!(bridge = %self.domain, name = element.name(), "ignored a non-stanza element");
             return;
@@ -78,7 +111,13 @@ impl Router {
             .as_deref()
             .and_then(|to| to.parse::<Jid>().ok())
             .is_some_and(|to| to.domain().as_str() == self.domain);
-        if !addressed_to_us {
+        let outcome = if addressed_to_us {
+            match element.name() {
+                "iq" => self.on_iq(element).await,
+                "message" => self.on_message(element).await,
+                _ => self.on_presence(element).await,
+            }
+        } else {
             // The server routed another domain's stanza over our link: answer it rather
             // than act for a domain that is not ours.
             tracing::warn!(
@@ -87,16 +126,7 @@ impl Router {
                 "the XMPP server sent a stanza for another domain over this link; give each \
                  bridge its own component listener (ejabberd: bridge.server)"
             );
-            metrics::stanza_error(&self.domain, "service-unavailable");
-            if let Some(reply) = error_reply(&header, &StanzaFailure::ServiceUnavailable) {
-                self.send(reply).await;
-            }
-            return;
-        }
-        let outcome = match element.name() {
-            "iq" => self.on_iq(element).await,
-            "message" => self.on_message(element, deliveries).await,
-            _ => self.on_presence(element),
+            Err(StanzaFailure::ServiceUnavailable)
         };
         let reply = match outcome {
             Ok(reply) => reply,
@@ -111,31 +141,56 @@ impl Router {
         }
     }
 
-    async fn send(&self, stanza: Element) {
+    /// Queues a stanza on the link.
+    pub async fn send(&self, stanza: Element) {
         if self.link.send(stanza).await.is_err() {
-            tracing::warn!(bridge = %self.domain, "link stopped; a reply was dropped at shutdown");
+            tracing::warn!(bridge = %self.domain, "link stopped; a stanza was dropped at shutdown");
         }
     }
 
-    /// Resolves the localpart of a JID on our domain to what it addresses.
-    fn target<'a>(
-        &self,
-        to: Option<&Jid>,
-        localpart: &'a mut String,
-    ) -> Result<Target<'a>, StanzaFailure> {
-        match to.and_then(|to| to.node()) {
-            None => Ok(Target::Gateway),
-            Some(node) => {
-                *localpart = unescape(node.as_str());
-                self.bridge
-                    .parse_address(localpart)
-                    .map_err(|error| StanzaFailure::JidMalformed(error.0))?;
-                Ok(Target::Contact(localpart.as_str()))
-            }
+    fn storage_failed(&self, error: StoreError) -> StanzaFailure {
+        tracing::error!(bridge = %self.domain, %error, "storage failed");
+        StanzaFailure::Internal
+    }
+
+    /// The localpart of a JID on our domain, parsed by the bridge.
+    fn contact_of(&self, to: &Jid) -> Result<Option<ForeignId>, StanzaFailure> {
+        match to.node() {
+            None => Ok(None),
+            Some(node) => self
+                .bridge
+                .parse_address(&unescape(node.as_str()))
+                .map(Some)
+                .map_err(|error| StanzaFailure::JidMalformed(error.0)),
         }
     }
 
-    async fn on_iq(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
+    /// The JID a foreign contact appears under: the bridge's name for it, XEP-0106-escaped.
+    pub fn contact_jid(&self, contact: &ForeignId) -> Result<Jid, String> {
+        let localpart = escape(&self.bridge.format_address(contact));
+        format!("{localpart}@{}", self.domain)
+            .parse()
+            .map_err(|error| format!("'{contact}' makes no valid JID: {error}"))
+    }
+
+    fn gateway_jid(&self) -> Option<Jid> {
+        self.domain.parse().ok()
+    }
+
+    /// Whether `user` is registered (always `true` for bridges without registration).
+    pub async fn is_registered(&self, user: &str) -> Result<bool, StanzaFailure> {
+        if self.info.registration.is_none() {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .registration(&self.domain, user)
+            .await
+            .map_err(|error| self.storage_failed(error))?
+            .is_some())
+    }
+
+    async fn on_iq(&self, element: Element) -> Answer {
         let iq = Iq::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this iq does not parse: {error}"))
         })?;
@@ -162,107 +217,356 @@ impl Router {
         let Some(from) = from else {
             return Ok(None);
         };
-        let answer = if is_registration(to.as_ref(), &payload) {
-            if is_set {
-                self.registration_submitted(&from, &payload).await
-            } else {
-                self.registration_form(&from).await
-            }
-        } else {
-            let mut localpart = String::new();
-            let target = self.target(to.as_ref(), &mut localpart)?;
-            if is_set {
-                // No other iq set is served (yet): RFC 6120 §8.4.
-                Err(StanzaFailure::ServiceUnavailable)
-            } else {
-                service::answer_get(&self.info, target, &payload)
-            }
-        };
+        let answer = self.answer_iq(is_set, &from, to.as_ref(), &payload).await;
         service::reply(from, to, id, answer).map(Some)
     }
 
+    async fn answer_iq(
+        &self,
+        is_set: bool,
+        from: &Jid,
+        to: Option<&Jid>,
+        payload: &Element,
+    ) -> service::IqAnswer {
+        let user = from.to_bare().to_string();
+        let to_gateway = to.is_none_or(|to| to.node().is_none());
+        let namespace = payload.ns();
+        let protocol = (payload.name(), namespace.as_str());
+        match (to_gateway, is_set, protocol) {
+            (true, false, ("query", ns::REGISTER)) => {
+                self.access.check(&user)?;
+                self.registration_form(&user).await
+            }
+            (true, true, ("query", ns::REGISTER)) => {
+                self.access.check(&user)?;
+                self.registration_submitted(&user, payload).await
+            }
+            (true, false, ("query", service::GATEWAY)) => {
+                self.access.check(&user)?;
+                Ok(Some(service::prompt_query(&self.info.prompt)))
+            }
+            (true, true, ("query", service::GATEWAY)) => {
+                self.access.check(&user)?;
+                let typed = service::read_prompt(payload)?;
+                let contact = self
+                    .bridge
+                    .parse_address(typed.trim())
+                    .map_err(|error| StanzaFailure::NotAcceptable(error.0))?;
+                let jid = self
+                    .contact_jid(&contact)
+                    .map_err(StanzaFailure::NotAcceptable)?;
+                Ok(Some(service::prompt_answer(&jid)))
+            }
+            (true, true, ("command", adhoc::NS)) => {
+                let role = self.access.check(&user)?;
+                let request = adhoc::Request::parse(payload)?;
+                let outcome = if request.cancelled {
+                    None
+                } else {
+                    Some(
+                        self.run_command(&user, role, &request.node, request.values)
+                            .await?,
+                    )
+                };
+                Ok(Some(adhoc::response(
+                    &request.node,
+                    &request.session,
+                    outcome,
+                )))
+            }
+            (true, false, ("query", ns::DISCO_ITEMS))
+                if payload.attr("node") == Some(adhoc::NS) =>
+            {
+                let role = self.access.role(&user);
+                Ok(Some(adhoc::command_list(&self.domain, role).into()))
+            }
+            (true, false, ("query", ns::DISCO_INFO)) if payload.attr("node").is_some() => {
+                adhoc::node_info(payload.attr("node").unwrap_or_default()).map(Some)
+            }
+            (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
+            (true, false, _) => service::answer_get(&self.info, Target::Gateway, payload),
+            (false, false, _) => {
+                let contact = to
+                    .map(|to| self.contact_of(to))
+                    .transpose()?
+                    .flatten()
+                    .map(|contact| self.bridge.format_address(&contact))
+                    .unwrap_or_default();
+                service::answer_get(&self.info, Target::Contact(&contact), payload)
+            }
+        }
+    }
+
     /// XEP-0077 `get`: the bridge's form, saying whether the user is registered.
-    async fn registration_form(&self, from: &Jid) -> service::IqAnswer {
+    async fn registration_form(&self, user: &str) -> service::IqAnswer {
         let form = self
             .info
             .registration
             .as_ref()
             .ok_or(StanzaFailure::ServiceUnavailable)?;
-        let user = from.to_bare().to_string();
-        let registered = self
-            .store
-            .registration(&self.domain, &user)
-            .await
-            .map_err(|error| self.storage_failed(error))?;
-        Ok(Some(register::form_query(form, registered.is_some())))
-    }
-
-    fn storage_failed(&self, error: crate::store::StoreError) -> StanzaFailure {
-        tracing::error!(bridge = %self.domain, %error, "registration storage failed");
-        StanzaFailure::Internal
+        let registered = self.is_registered(user).await?;
+        Ok(Some(register::form_query(form, registered)))
     }
 
     /// XEP-0077 `set`: register, re-register (update) or remove.
-    async fn registration_submitted(&self, from: &Jid, payload: &Element) -> service::IqAnswer {
+    async fn registration_submitted(&self, user: &str, payload: &Element) -> service::IqAnswer {
         let form = self
             .info
             .registration
             .as_ref()
             .ok_or(StanzaFailure::ServiceUnavailable)?;
-        let user = from.to_bare().to_string();
-        let internal = |error| self.storage_failed(error);
         match register::parse_submission(payload, form)? {
-            Submission::Remove => {
-                if !self
-                    .store
-                    .delete_registration(&self.domain, &user)
-                    .await
-                    .map_err(internal)?
-                {
-                    return Err(StanzaFailure::ItemNotFound(format!(
-                        "{user} is not registered with {}",
-                        self.domain
-                    )));
-                }
-                tracing::info!(bridge = %self.domain, user, "user unregistered");
-            }
+            Submission::Remove => self.unregister_user(user).await?,
             Submission::Register(values) => {
-                form.validate(&values)
-                    .map_err(StanzaFailure::NotAcceptable)?;
-                let data = self
-                    .bridge
-                    .register(&UserJid::new(user.clone()), &values)
-                    .await
-                    .map_err(|error| match error {
-                        RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
-                        RegistrationError::Unavailable(reason) => {
-                            StanzaFailure::Unavailable(reason)
-                        }
-                    })?;
-                self.store
-                    .put_registration(&self.domain, &user, &data)
-                    .await
-                    .map_err(internal)?;
-                tracing::info!(bridge = %self.domain, user, "user registered");
+                self.register_user(user, &values).await?;
             }
         }
         Ok(None)
     }
 
-    fn on_presence(&self, element: Element) -> Result<Option<Element>, StanzaFailure> {
-        // Presence handling (subscriptions, probes, user state) belongs to the gateway
-        // protocol; for now a presence is only checked, so that a malformed one is answered.
-        Presence::try_from(element).map_err(|error| {
-            StanzaFailure::BadRequest(format!("this presence does not parse: {error}"))
+    /// Registers `user` with `values` (checked by the form, then by the bridge) or updates
+    /// their registration. A new registration asks to subscribe to the user's presence, so
+    /// that the gateway appears in their roster. Returns whether it was new.
+    pub async fn register_user(
+        &self,
+        user: &str,
+        values: &FormValues,
+    ) -> Result<bool, StanzaFailure> {
+        let form = self.info.registration.as_ref().ok_or_else(|| {
+            StanzaFailure::FeatureNotImplemented(format!("{} needs no registration", self.domain))
         })?;
-        Ok(None)
+        form.validate(values)
+            .map_err(StanzaFailure::NotAcceptable)?;
+        let data = self
+            .bridge
+            .register(&UserJid::new(user), values)
+            .await
+            .map_err(|error| match error {
+                RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
+                RegistrationError::Unavailable(reason) => StanzaFailure::Unavailable(reason),
+            })?;
+        let new = !self.is_registered(user).await?;
+        self.store
+            .put_registration(&self.domain, user, &data)
+            .await
+            .map_err(|error| self.storage_failed(error))?;
+        tracing::info!(bridge = %self.domain, user, new, "user registered");
+        if new && let Ok(to) = user.parse::<BareJid>() {
+            let mut subscribe = Presence::new(PresenceType::Subscribe)
+                .with_to(to)
+                .with_payloads(vec![Nick(self.info.name.clone()).into()]);
+            subscribe.from = self.gateway_jid();
+            self.send(subscribe.into()).await;
+        }
+        Ok(new)
     }
 
-    async fn on_message(
+    /// Unregisters `user`: deletes what was stored for them and ends the gateway's presence
+    /// subscription both ways (XEP-0100 §4.3).
+    pub async fn unregister_user(&self, user: &str) -> Result<(), StanzaFailure> {
+        let removed = self
+            .store
+            .delete_registration(&self.domain, user)
+            .await
+            .map_err(|error| self.storage_failed(error))?;
+        if !removed {
+            return Err(StanzaFailure::ItemNotFound(format!(
+                "{user} is not registered with {}",
+                self.domain
+            )));
+        }
+        tracing::info!(bridge = %self.domain, user, "user unregistered");
+        if let Ok(to) = user.parse::<BareJid>() {
+            for type_ in [
+                PresenceType::Unsubscribe,
+                PresenceType::Unsubscribed,
+                PresenceType::Unavailable,
+            ] {
+                let mut presence = Presence::new(type_).with_to(to.clone());
+                presence.from = self.gateway_jid();
+                self.send(presence.into()).await;
+            }
+        }
+        self.went_offline(user, None).await;
+        Ok(())
+    }
+
+    /// The gateway's presence for `user`, from the bridge's state of their link.
+    fn gateway_presence(&self, user: &BareJid, status: UserStatus) -> Option<Element> {
+        let from = self.gateway_jid()?;
+        let to = Jid::from(user.clone());
+        Some(match status {
+            UserStatus::Connected(text) => {
+                let mut presence = Presence::available().with_to(to);
+                presence.from = Some(from);
+                if let Some(text) = text {
+                    presence.set_status(Lang::default(), text);
+                }
+                presence.into()
+            }
+            UserStatus::Unavailable(text) => {
+                let mut presence = Presence::new(PresenceType::Unavailable).with_to(to);
+                presence.from = Some(from);
+                presence.set_status(Lang::default(), text);
+                presence.into()
+            }
+            UserStatus::BadCredentials(text) => {
+                error_presence(from, to, &StanzaFailure::NotAuthorized(text))
+            }
+        })
+    }
+
+    /// A presence of `type_` from a contact to `user`, with the contact's nick if known.
+    fn contact_presence(
         &self,
-        element: Element,
-        deliveries: &mpsc::Sender<Delivery>,
-    ) -> Result<Option<Element>, StanzaFailure> {
+        contact: &ForeignId,
+        to: &Jid,
+        type_: PresenceType,
+    ) -> Option<Element> {
+        let from = self.contact_jid(contact).ok()?;
+        let mut presence = Presence::new(type_).with_to(Jid::from(to.to_bare()));
+        presence.from = Some(from);
+        if let Some(name) = self.bridge.contact_name(contact) {
+            presence = presence.with_payloads(vec![Nick(name).into()]);
+        }
+        Some(presence.into())
+    }
+
+    async fn on_presence(&self, element: Element) -> Answer {
+        let presence = Presence::try_from(element).map_err(|error| {
+            StanzaFailure::BadRequest(format!("this presence does not parse: {error}"))
+        })?;
+        let (Some(from), Some(to)) = (presence.from.clone(), presence.to.clone()) else {
+            return Ok(None);
+        };
+        if presence.type_ == PresenceType::Error {
+            return Ok(None);
+        }
+        let user = from.to_bare();
+        if self.access.role(user.as_str()).is_none() {
+            // Strangers get an answer only when they ask for something.
+            if presence.type_ == PresenceType::Subscribe {
+                self.access.check(user.as_str())?;
+            }
+            return Ok(None);
+        }
+        let contact = self.contact_of(&to)?;
+        let registered = self.is_registered(user.as_str()).await?;
+        let reply = |type_: PresenceType| {
+            let mut presence = Presence::new(type_).with_to(Jid::from(user.clone()));
+            presence.from = Some(Jid::from(to.to_bare()));
+            presence.into()
+        };
+        match presence.type_ {
+            PresenceType::Subscribe if !registered => Ok(Some(reply(PresenceType::Unsubscribed))),
+            PresenceType::Subscribe => match contact {
+                None => {
+                    self.send(reply(PresenceType::Subscribed)).await;
+                    let status = self.bridge.user_status(&UserJid::new(user.as_str()));
+                    Ok(self.gateway_presence(&user, status))
+                }
+                Some(contact) => {
+                    let approved = self
+                        .bridge
+                        .subscription_requested(&UserJid::new(user.as_str()), &contact)
+                        .await;
+                    if !approved {
+                        return Ok(Some(reply(PresenceType::Unsubscribed)));
+                    }
+                    let to_user = Jid::from(user.clone());
+                    for type_ in [PresenceType::Subscribed, PresenceType::None] {
+                        if let Some(presence) = self.contact_presence(&contact, &to_user, type_) {
+                            self.send(presence).await;
+                        }
+                    }
+                    Ok(None)
+                }
+            },
+            PresenceType::Subscribed => match contact {
+                None => {
+                    let status = self.bridge.user_status(&UserJid::new(user.as_str()));
+                    Ok(self.gateway_presence(&user, status))
+                }
+                Some(_) => Ok(None),
+            },
+            PresenceType::Unsubscribe => Ok(Some(reply(PresenceType::Unsubscribed))),
+            PresenceType::Unsubscribed => Ok(None),
+            PresenceType::Probe if !registered => Ok(Some(reply(PresenceType::Unsubscribed))),
+            PresenceType::Probe => Ok(match contact {
+                None => {
+                    let status = self.bridge.user_status(&UserJid::new(user.as_str()));
+                    self.gateway_presence(&user, status)
+                }
+                Some(contact) => {
+                    self.contact_presence(&contact, &Jid::from(user.clone()), PresenceType::None)
+                }
+            }),
+            PresenceType::None if registered => {
+                if self.came_online(&from).await && contact.is_none() {
+                    let status = self.bridge.user_status(&UserJid::new(user.as_str()));
+                    return Ok(self.gateway_presence(&user, status));
+                }
+                Ok(None)
+            }
+            PresenceType::Unavailable if registered => {
+                self.went_offline(user.as_str(), from.resource().map(|r| r.as_str()))
+                    .await;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Records an online resource; tells the bridge when it is the user's first. Returns
+    /// whether the resource is new.
+    async fn came_online(&self, from: &Jid) -> bool {
+        let user = from.to_bare().to_string();
+        let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
+        let (new_resource, first) = match self.online.lock() {
+            Ok(mut online) => {
+                let resources = online.entry(user.clone()).or_default();
+                let first = resources.is_empty();
+                (resources.insert(resource), first)
+            }
+            Err(_) => (false, false),
+        };
+        if first && new_resource {
+            tracing::debug!(bridge = %self.domain, user, "user online");
+            self.bridge.user_presence(&UserJid::new(user), true).await;
+        }
+        new_resource
+    }
+
+    /// Forgets one resource (or all with `None`); tells the bridge when none is left.
+    async fn went_offline(&self, user: &str, resource: Option<&str>) {
+        let last = match self.online.lock() {
+            Ok(mut online) => {
+                let emptied = match (online.get_mut(user), resource) {
+                    (Some(resources), Some(resource)) => {
+                        resources.remove(resource) && resources.is_empty()
+                    }
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if emptied {
+                    online.remove(user);
+                }
+                emptied
+            }
+            Err(_) => false,
+        };
+        if last {
+            tracing::debug!(bridge = %self.domain, user, "user offline");
+            self.bridge.user_presence(&UserJid::new(user), false).await;
+        }
+    }
+
+    /// How many registered users have a resource online.
+    pub fn online_users(&self) -> usize {
+        self.online.lock().map(|online| online.len()).unwrap_or(0)
+    }
+
+    async fn on_message(&self, element: Element) -> Answer {
         let message = Message::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
         })?;
@@ -273,200 +577,163 @@ impl Router {
         let (Some(from), Some(to)) = (message.from.clone(), message.to.clone()) else {
             return Ok(None);
         };
+        let user = from.to_bare().to_string();
         // Bodies come keyed by language (servers stamp xml:lang); take the first non-empty.
-        let Some(text) = message
+        let text = message
             .bodies
             .values()
             .find(|body| !body.trim().is_empty())
-            .cloned()
-        else {
-            // Chat states, receipts and markers without a body: nothing to deliver.
-            return Ok(None);
+            .cloned();
+        let contact = self.contact_of(&to)?;
+        let role = match (&text, &contact) {
+            // Typing notifications, receipts and markers from strangers: drop quietly.
+            (None, _) => match self.access.role(&user) {
+                Some(role) => role,
+                None => return Ok(None),
+            },
+            _ => self.access.check(&user)?,
         };
-        let mut localpart = String::new();
-        let Target::Contact(contact) = self.target(Some(&to), &mut localpart)? else {
-            return Ok(Some(self.help(from, to)));
+        let Some(contact) = contact else {
+            let Some(text) = text else { return Ok(None) };
+            let reply = self.chat_command(&user, role, &text).await;
+            let mut answer = Message::chat(Some(from)).with_body(Lang::default(), reply);
+            answer.from = Some(to);
+            return Ok(Some(answer.into()));
         };
         if message.type_ == MessageType::Groupchat {
             return Err(StanzaFailure::FeatureNotImplemented(
                 "this bridge does not carry group chat messages".into(),
             ));
         }
-        let user = from.to_bare().to_string();
-        let registration = self
-            .store
-            .registration(&self.domain, &user)
-            .await
-            .map_err(|error| {
-                tracing::error!(bridge = %self.domain, %error, "cannot read the registration");
-                StanzaFailure::Internal
-            })?;
+        let Some(text) = text else {
+            self.pass_chat_state(&message, &user, contact).await;
+            return Ok(None);
+        };
+        let replaces = message
+            .payloads
+            .iter()
+            .find_map(|payload| Replace::try_from(payload.clone()).ok())
+            .map(|replace| replace.id.0);
+        if replaces.is_some() && !self.info.capabilities.corrections {
+            return Err(StanzaFailure::FeatureNotImplemented(format!(
+                "{} cannot carry corrections: the correction was not sent; send a new message",
+                self.info.name
+            )));
+        }
+        if !self.is_registered(&user).await? {
+            return Err(StanzaFailure::RegistrationRequired(format!(
+                "register with {} first (service discovery, or send 'help' to {})",
+                self.domain, self.domain
+            )));
+        }
+        if text.len() > MAX_TEXT {
+            return Err(StanzaFailure::NotAcceptable(format!(
+                "the message is {} bytes; at most {MAX_TEXT} are carried",
+                text.len()
+            )));
+        }
+        self.access.take(&user)?;
+        let stanza_id = message.id.clone().map(|id| id.0);
         let id = message
             .payloads
             .iter()
             .find_map(|payload| OriginId::try_from(payload.clone()).ok())
             .map(|origin| origin.id)
-            .or_else(|| message.id.clone().map(|id| id.0))
+            .or_else(|| stanza_id.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let delivery = Delivery {
-            message: OutgoingMessage {
-                id: MessageId::new(id),
-                user: UserJid::new(user),
-                contact: jabbridge_sdk::ForeignId::new(contact),
-                text,
-                registration,
-            },
-            user: from,
-            contact: to,
+        let entry = OutboxEntry {
+            id,
+            stanza_id,
+            from: from.to_string(),
+            to: to.to_string(),
+            contact: contact.to_string(),
+            text,
+            receipt: message
+                .payloads
+                .iter()
+                .any(|payload| payload.is("request", ns::RECEIPTS)),
+            replaces,
         };
-        if deliveries.send(delivery).await.is_err() {
-            return Err(StanzaFailure::Internal);
-        }
+        self.accept_outgoing(&entry).await?;
         Ok(None)
     }
 
-    /// What the bare domain says when a user writes to it.
-    fn help(&self, user: Jid, gateway: Jid) -> Element {
-        let text = format!(
-            "This is {} (Jabbridge {}). Write to a contact as NAME@{}.",
-            self.info.name,
-            env!("CARGO_PKG_VERSION"),
-            self.domain
-        );
-        let mut reply = Message::chat(Some(user)).with_body(Lang::default(), text);
-        reply.from = Some(gateway);
-        reply.into()
-    }
-
-    async fn deliver_in_order(
-        self: Arc<Self>,
-        mut queue: mpsc::Receiver<Delivery>,
-        shutdown: Shutdown,
-    ) {
-        while let Some(delivery) = queue.recv().await {
-            self.deliver(delivery, &shutdown).await;
+    /// Passes a typing notification to a bridge that declared it; drops it otherwise.
+    async fn pass_chat_state(&self, message: &Message, user: &str, contact: ForeignId) {
+        if !self.info.capabilities.chat_states {
+            return;
         }
-    }
-
-    async fn deliver(&self, delivery: Delivery, shutdown: &Shutdown) {
-        let mut failures = 0;
-        let reason = loop {
-            match self.bridge.send_message(delivery.message.clone()).await {
-                Ok(outcome) => {
-                    metrics::delivery(&self.domain, "ok");
-                    if let Some(foreign_id) = outcome.foreign_id {
-                        let mapped = self
-                            .store
-                            .map_message_id(
-                                &self.domain,
-                                delivery.message.user.as_str(),
-                                delivery.message.id.as_str(),
-                                foreign_id.as_str(),
-                            )
-                            .await;
-                        if let Err(error) = mapped {
-                            tracing::warn!(bridge = %self.domain, %error, "cannot record the message id mapping");
-                        }
-                    }
-                    return;
-                }
-                Err(SendError::Permanent { reason }) => {
-                    metrics::delivery(&self.domain, "permanent");
-                    break reason;
-                }
-                Err(SendError::Transient {
-                    reason,
-                    retry_after,
-                }) => {
-                    metrics::delivery(&self.domain, "transient");
-                    failures += 1;
-                    if failures >= MAX_ATTEMPTS || shutdown.is_stopping() {
-                        break format!("gave up after {failures} attempts: {reason}");
-                    }
-                    let delay = backoff(failures, RETRY_CAP).max(retry_after.unwrap_or_default());
-                    tracing::warn!(bridge = %self.domain, %reason, attempt = failures, "delivery failed, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.clone().wait() => {}
-                    }
-                }
-            }
+        let Some(state) = message
+            .payloads
+            .iter()
+            .find_map(|payload| chatstates::ChatState::try_from(payload.clone()).ok())
+        else {
+            return;
         };
-        tracing::info!(bridge = %self.domain, %reason, "message not delivered");
-        let header = StanzaHeader {
-            kind: crate::xmpp::stanza::StanzaKind::Message,
-            from: Some(delivery.user.to_string()),
-            to: Some(delivery.contact.to_string()),
-            id: Some(delivery.message.id.to_string()),
-            type_: Some("chat".into()),
+        let state = match state {
+            chatstates::ChatState::Active => ChatState::Active,
+            chatstates::ChatState::Composing => ChatState::Composing,
+            chatstates::ChatState::Gone => ChatState::Gone,
+            chatstates::ChatState::Inactive => ChatState::Inactive,
+            chatstates::ChatState::Paused => ChatState::Paused,
         };
-        if let Some(reply) = error_reply(&header, &StanzaFailure::Unavailable(reason)) {
-            self.send(reply).await;
+        if matches!(self.is_registered(user).await, Ok(true)) {
+            self.bridge
+                .send_chat_state(&UserJid::new(user), &contact, state)
+                .await;
         }
     }
 }
 
-/// Whether an iq payload is XEP-0077 registration with the gateway itself.
-fn is_registration(to: Option<&Jid>, payload: &Element) -> bool {
-    payload.is("query", ns::REGISTER) && to.is_some_and(|to| to.node().is_none())
-}
-
-/// The core side of [`jabbridge_sdk::Core`] for one bridge: turns its events into stanzas.
+/// The core side of [`jabbridge_sdk::Core`] for one bridge: stores its messages in the
+/// inbox and turns its status changes into presence.
 pub struct RouterSink {
-    domain: String,
-    link: LinkHandle,
-    bridge: OnceLock<Weak<dyn Bridge>>,
+    gateway: OnceLock<Weak<Gateway>>,
 }
 
 impl RouterSink {
-    /// A sink for the bridge on `domain`; call [`RouterSink::attach`] once it is built.
-    pub fn new(domain: String, link: LinkHandle) -> Self {
+    /// A sink to [`RouterSink::attach`] once the gateway exists (the bridge, built first,
+    /// holds the sink; the gateway holds the bridge: hence the weak reference).
+    pub fn new() -> Self {
         Self {
-            domain,
-            link,
-            bridge: OnceLock::new(),
+            gateway: OnceLock::new(),
         }
     }
 
-    /// Connects the sink to its bridge (which holds the sink, hence the weak reference).
-    pub fn attach(&self, bridge: &Arc<dyn Bridge>) {
-        let _ = self.bridge.set(Arc::downgrade(bridge));
+    /// Connects the sink to its gateway.
+    pub fn attach(&self, gateway: &Arc<Gateway>) {
+        let _ = self.gateway.set(Arc::downgrade(gateway));
     }
 
-    /// The JID a foreign contact appears under.
-    fn contact_jid(
-        &self,
-        bridge: &dyn Bridge,
-        contact: &jabbridge_sdk::ForeignId,
-    ) -> Result<Jid, CoreError> {
-        let localpart = escape(&bridge.format_address(contact));
-        format!("{localpart}@{}", self.domain)
-            .parse()
-            .map_err(|error| CoreError::Refused(format!("'{contact}' makes no valid JID: {error}")))
+    fn gateway(&self) -> Result<Arc<Gateway>, CoreError> {
+        self.gateway
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(CoreError::ShuttingDown)
+    }
+}
+
+impl Default for RouterSink {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 #[async_trait]
 impl CoreSink for RouterSink {
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
-        let bridge = self
-            .bridge
-            .get()
-            .and_then(Weak::upgrade)
-            .ok_or(CoreError::ShuttingDown)?;
-        let from = self.contact_jid(bridge.as_ref(), &message.contact)?;
-        let to: BareJid = message.user.as_str().parse().map_err(|error| {
-            CoreError::Refused(format!("'{}' is not a JID: {error}", message.user))
-        })?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut stanza = Message::chat(Some(Jid::from(to)))
-            .with_body(Lang::default(), message.text)
-            .with_payload(OriginId { id: id.clone() });
-        stanza.from = Some(from);
-        stanza.id = Some(xmpp_parsers::message::Id(id));
-        self.link
-            .send(stanza.into())
-            .await
-            .map_err(|_| CoreError::ShuttingDown)
+        self.gateway()?.accept_incoming(message).await
+    }
+
+    async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
+        let gateway = self.gateway()?;
+        let to: BareJid = user
+            .as_str()
+            .parse()
+            .map_err(|error| CoreError::Refused(format!("'{user}' is not a JID: {error}")))?;
+        if let Some(presence) = gateway.gateway_presence(&to, status) {
+            gateway.send(presence).await;
+        }
+        Ok(())
     }
 }

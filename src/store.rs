@@ -439,6 +439,88 @@ impl Store {
         Ok(updated > 0)
     }
 
+    /// Extends the lease of a message a live worker is still delivering. Returns `false` if
+    /// `owner` no longer holds it.
+    pub async fn renew(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let until =
+            now_millis().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
+            queue.table()
+        )))
+        .bind(until)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// Gives up on a claimed message, recording why. Like [`Store::complete`], the row stays
+    /// so that a repeat of the message is still recognised.
+    pub async fn fail(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL, lease_until = NULL \
+             WHERE id = $3 AND lease_owner = $4 AND delivered_at IS NULL",
+            queue.table()
+        )))
+        .bind(now_millis())
+        .bind(reason)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(updated > 0)
+    }
+
+    /// Deletes messages delivered (or given up on) before `before` (Unix ms); how many.
+    pub async fn forget_delivered(&self, queue: Queue, before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {} WHERE delivered_at IS NOT NULL AND delivered_at < $1",
+            queue.table()
+        )))
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    /// How many messages of a queue were delivered (`true`) or given up on (`false`).
+    pub async fn finished(
+        &self,
+        queue: Queue,
+        bridge: &str,
+        delivered: bool,
+    ) -> Result<i64, StoreError> {
+        let condition = if delivered {
+            "failure IS NULL"
+        } else {
+            "failure IS NOT NULL"
+        };
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM {} WHERE bridge = $1 AND delivered_at IS NOT NULL AND {condition}",
+            queue.table()
+        )))
+        .bind(bridge)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Messages not yet delivered, per queue and bridge (for metrics and tests).
     pub async fn pending(&self, queue: Queue, bridge: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(

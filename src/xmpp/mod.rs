@@ -1,6 +1,8 @@
 //! Everything that speaks XMPP: the component link, stanza errors, JID escaping, and the
-//! answers to protocol requests (disco, version, ping, registration). Bridges never see this module's types.
+//! answers to protocol requests (disco, version, ping, registration, ad-hoc commands,
+//! jabber:iq:gateway). Bridges never see this module's types.
 
+pub mod adhoc;
 pub mod jid;
 pub mod register;
 pub mod service;

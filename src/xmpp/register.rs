@@ -20,9 +20,9 @@ pub enum Submission {
     Register(FormValues),
 }
 
-/// The answer to a registration `get`: instructions, `<registered/>` when the user already
-/// is, and the form as a XEP-0004 data form.
-pub fn form_query(form: &Form, registered: bool) -> Element {
+/// A bridge's form as a XEP-0004 data form of `form_type`, with `current` values filled in
+/// (secrets never are: they are not sent back).
+pub fn data_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> DataForm {
     let fields = form
         .fields
         .iter()
@@ -45,12 +45,38 @@ pub fn form_query(form: &Form, registered: bool) -> Element {
                     })
                     .collect();
             }
+            if field.kind != FieldKind::Secret
+                && let Some(value) = current.and_then(|values| values.get(&field.var))
+            {
+                rendered.values = vec![value.to_owned()];
+            }
             rendered
         })
         .collect();
-    let mut data_form = DataForm::new(DataFormType::Form, ns::REGISTER, fields);
+    let mut data_form = DataForm::new(DataFormType::Form, form_type, fields);
     data_form.title = Some(form.title.clone());
     data_form.instructions = Some(form.instructions.clone());
+    data_form
+}
+
+/// The values of a submitted XEP-0004 form (`FORM_TYPE` left out).
+pub fn read_data_form(x: &Element) -> Result<FormValues, StanzaFailure> {
+    let submitted = DataForm::try_from(x.clone())
+        .map_err(|error| StanzaFailure::BadRequest(format!("bad data form: {error}")))?;
+    let mut values = FormValues::default();
+    for field in submitted.fields {
+        let Some(var) = field.var else { continue };
+        if var != "FORM_TYPE" {
+            values.0.insert(var, field.values.join("\n"));
+        }
+    }
+    Ok(values)
+}
+
+/// The answer to a registration `get`: instructions, `<registered/>` when the user already
+/// is, and the form as a XEP-0004 data form.
+pub fn form_query(form: &Form, registered: bool) -> Element {
+    let data_form = data_form(form, ns::REGISTER, None);
     let mut query = Element::builder("query", ns::REGISTER)
         .append(Element::builder("instructions", ns::REGISTER).append(form.instructions.as_str()))
         .build();
@@ -69,15 +95,7 @@ pub fn parse_submission(payload: &Element, form: &Form) -> Result<Submission, St
     }
     let mut values = FormValues::default();
     if let Some(x) = payload.get_child("x", ns::DATA_FORMS) {
-        let submitted = DataForm::try_from(x.clone())
-            .map_err(|error| StanzaFailure::BadRequest(format!("bad data form: {error}")))?;
-        for field in submitted.fields {
-            let Some(var) = field.var else { continue };
-            if var == "FORM_TYPE" {
-                continue;
-            }
-            values.0.insert(var, field.values.join("\n"));
-        }
+        values = read_data_form(x)?;
     } else {
         // Legacy XEP-0077 fields: children named like the form's fields.
         for child in payload.children() {

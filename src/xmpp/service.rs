@@ -1,7 +1,8 @@
 //! Answers to iq get requests on a bridge's domain and contacts: XEP-0030 disco, XEP-0092
-//! version, XEP-0199 ping; `service-unavailable` for everything else, never silence.
+//! version, XEP-0199 ping; XEP-0100's `jabber:iq:gateway` prompt; `service-unavailable` for
+//! everything else, never silence.
 
-use jabbridge_sdk::BridgeInfo;
+use jabbridge_sdk::{BridgeInfo, Prompt};
 use xmpp_parsers::{
     disco::{DiscoInfoQuery, DiscoInfoResult, DiscoItemsQuery, DiscoItemsResult, Identity},
     iq::Iq,
@@ -12,6 +13,33 @@ use xmpp_parsers::{
 };
 
 use crate::xmpp::stanza::StanzaFailure;
+
+/// XEP-0100 `jabber:iq:gateway`: what to type to add a contact, and the JID it makes.
+pub const GATEWAY: &str = "jabber:iq:gateway";
+
+/// The answer to a `jabber:iq:gateway` get: the bridge's description and prompt.
+pub fn prompt_query(prompt: &Prompt) -> Element {
+    Element::builder("query", GATEWAY)
+        .append(Element::builder("desc", GATEWAY).append(prompt.description.as_str()))
+        .append(Element::builder("prompt", GATEWAY).append(prompt.prompt.as_str()))
+        .build()
+}
+
+/// What the user typed, from a `jabber:iq:gateway` set.
+pub fn read_prompt(payload: &Element) -> Result<String, StanzaFailure> {
+    payload
+        .get_child("prompt", GATEWAY)
+        .map(Element::text)
+        .filter(|typed| !typed.trim().is_empty())
+        .ok_or_else(|| StanzaFailure::BadRequest("a <prompt/> with the address is needed".into()))
+}
+
+/// The answer to a `jabber:iq:gateway` set: the contact's JID.
+pub fn prompt_answer(jid: &Jid) -> Element {
+    Element::builder("query", GATEWAY)
+        .append(Element::builder("jid", GATEWAY).append(jid.to_string()))
+        .build()
+}
 
 /// The outcome of an iq request: a result payload (possibly empty) or a failure.
 pub type IqAnswer = Result<Option<Element>, StanzaFailure>;
@@ -67,7 +95,7 @@ fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
     let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
     let identity = match target {
         Target::Gateway => {
-            features.push(ns::VERSION);
+            features.extend([ns::VERSION, GATEWAY, crate::xmpp::adhoc::NS]);
             if info.registration.is_some() {
                 features.push(ns::REGISTER);
             }
@@ -80,9 +108,7 @@ fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
         }
         Target::Contact(name) => {
             let capabilities = info.capabilities;
-            if capabilities.receipts {
-                features.push(ns::RECEIPTS);
-            }
+            features.push(ns::RECEIPTS);
             if capabilities.corrections {
                 features.push(ns::MESSAGE_CORRECT);
             }
@@ -128,6 +154,7 @@ mod tests {
             name: "SMS".into(),
             capabilities: Capabilities::default(),
             registration: None,
+            prompt: Default::default(),
         }
     }
 

@@ -21,7 +21,7 @@ use jabbridge_sdk::Shutdown;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, initiate_stream};
 use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns, ping::Ping};
 
@@ -52,6 +52,7 @@ pub struct LinkConfig {
 #[derive(Debug, Default)]
 pub struct LinkState {
     connected: AtomicBool,
+    up: Notify,
     last_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -59,6 +60,24 @@ impl LinkState {
     /// Whether the handshake has completed and the link is up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the link is up (at once if it is).
+    pub async fn wait_connected(&self) {
+        loop {
+            let notified = self.up.notified();
+            if self.is_connected() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Release);
+        if connected {
+            self.up.notify_waiters();
+        }
     }
 
     /// Why the link last went down or failed to come up.
@@ -99,10 +118,26 @@ pub enum LinkError {
     Closed(String),
 }
 
+/// A stanza waiting to go out, and who wants to know once it was written.
+#[derive(Debug)]
+pub struct Outgoing {
+    stanza: Element,
+    written: Option<oneshot::Sender<()>>,
+}
+
+impl Outgoing {
+    fn plain(stanza: Element) -> Self {
+        Self {
+            stanza,
+            written: None,
+        }
+    }
+}
+
 /// The running link of one bridge: send stanzas with [`LinkHandle::send`].
 #[derive(Clone)]
 pub struct LinkHandle {
-    outgoing: mpsc::Sender<Element>,
+    outgoing: mpsc::Sender<Outgoing>,
     /// The link's state.
     pub state: Arc<LinkState>,
 }
@@ -111,7 +146,25 @@ impl LinkHandle {
     /// Queues a stanza for the server. Waits while the queue is full (the link has been
     /// down for a while); fails only once the link has stopped for good.
     pub async fn send(&self, stanza: Element) -> Result<(), Element> {
-        self.outgoing.send(stanza).await.map_err(|error| error.0)
+        self.outgoing
+            .send(Outgoing::plain(stanza))
+            .await
+            .map_err(|error| error.0.stanza)
+    }
+
+    /// Queues a stanza and resolves once it has been written to the server's socket: what the
+    /// durable inbox waits for before it marks a message delivered. Resolves to `Err` if the
+    /// link stopped first (the message stays queued in the database).
+    pub async fn send_and_confirm(&self, stanza: Element) -> Result<(), ()> {
+        let (written, confirmed) = oneshot::channel();
+        self.outgoing
+            .send(Outgoing {
+                stanza,
+                written: Some(written),
+            })
+            .await
+            .map_err(|_| ())?;
+        confirmed.await.map_err(|_| ())
     }
 
     /// Stanzas waiting to go out.
@@ -128,7 +181,7 @@ pub fn spawn(
     incoming: mpsc::Sender<Element>,
     shutdown: Shutdown,
 ) -> (LinkHandle, tokio::task::JoinHandle<()>) {
-    let (outgoing, outgoing_receiver) = mpsc::channel(queue);
+    let (outgoing, outgoing_receiver) = mpsc::channel::<Outgoing>(queue);
     let state = Arc::new(LinkState::default());
     let handle = LinkHandle {
         outgoing,
@@ -145,13 +198,13 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 async fn run(
     config: LinkConfig,
     state: Arc<LinkState>,
-    mut outgoing: mpsc::Receiver<Element>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     incoming: mpsc::Sender<Element>,
     shutdown: Shutdown,
 ) {
     let domain = config.domain.as_str();
     // A stanza whose write failed: it goes out first on the next link.
-    let mut unsent: Option<Element> = None;
+    let mut unsent: Option<Outgoing> = None;
     let mut failures: u32 = 0;
     loop {
         if shutdown.is_stopping() {
@@ -164,12 +217,14 @@ async fn run(
         match connected {
             Ok(mut stream) => {
                 failures = 0;
-                state.connected.store(true, Ordering::Release);
                 state.set_error(None);
                 metrics::link_up(domain, true);
                 tracing::info!(bridge = domain, server = %config.server, "component connected");
+                // Marked up only after the unsent stanza went out, so that confirmed writes
+                // keep their order.
                 let ended = serve(
                     &config,
+                    &state,
                     &mut stream,
                     &mut unsent,
                     &mut outgoing,
@@ -177,7 +232,7 @@ async fn run(
                     shutdown.clone(),
                 )
                 .await;
-                state.connected.store(false, Ordering::Release);
+                state.set_connected(false);
                 metrics::link_up(domain, false);
                 match ended {
                     Ok(()) => {
@@ -214,7 +269,7 @@ async fn run(
             () = shutdown.clone().wait() => break,
         }
     }
-    state.connected.store(false, Ordering::Release);
+    state.set_connected(false);
 }
 
 /// Capped exponential backoff with "equal jitter": between half and all of the step, so
@@ -322,9 +377,10 @@ fn refusal(config: &LinkConfig, error: &Element) -> LinkError {
 /// Runs an established link until it breaks (`Err`) or shutdown has flushed it (`Ok`).
 async fn serve(
     config: &LinkConfig,
+    state: &LinkState,
     stream: &mut Stream,
-    unsent: &mut Option<Element>,
-    outgoing: &mut mpsc::Receiver<Element>,
+    unsent: &mut Option<Outgoing>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
     incoming: &mpsc::Sender<Element>,
     shutdown: Shutdown,
 ) -> Result<(), LinkError> {
@@ -332,6 +388,7 @@ async fn serve(
     if let Some(stanza) = unsent.take() {
         write(domain, stream, unsent, stanza).await?;
     }
+    state.set_connected(true);
     // A stanza read but not yet taken by the router: while it waits, we stop reading (so
     // the server feels backpressure) but keep writing (so the router never deadlocks on us).
     let mut received: Option<Element> = None;
@@ -371,7 +428,7 @@ async fn serve(
                     pings += 1;
                     let ping = keepalive_ping(domain, pings);
                     tracing::debug!(bridge = domain, "link idle, pinging the server");
-                    write(domain, stream, unsent, ping).await?;
+                    write(domain, stream, unsent, Outgoing::plain(ping)).await?;
                 }
                 Some(Err(ReadError::ParseError(error))) => {
                     // Not well-formed enough to be an element at all; the stream goes on.
@@ -392,16 +449,19 @@ async fn serve(
 async fn write(
     domain: &str,
     stream: &mut Stream,
-    unsent: &mut Option<Element>,
-    stanza: Element,
+    unsent: &mut Option<Outgoing>,
+    outgoing: Outgoing,
 ) -> Result<(), LinkError> {
-    match stream.send(&stanza).await {
+    match stream.send(&outgoing.stanza).await {
         Ok(()) => {
             metrics::stanza_out(domain);
+            if let Some(written) = outgoing.written {
+                let _ = written.send(());
+            }
             Ok(())
         }
         Err(error) => {
-            *unsent = Some(stanza);
+            *unsent = Some(outgoing);
             Err(LinkError::Lost(error.to_string()))
         }
     }
@@ -411,8 +471,8 @@ async fn write(
 async fn flush(
     domain: &str,
     stream: &mut Stream,
-    unsent: &mut Option<Element>,
-    outgoing: &mut mpsc::Receiver<Element>,
+    unsent: &mut Option<Outgoing>,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), LinkError> {
     let flushing = async {
         while let Ok(stanza) = outgoing.try_recv() {

@@ -35,6 +35,19 @@ pub enum StanzaFailure {
     /// What the request refers to does not exist (e.g. removing a registration that isn't).
     #[error("not found: {0}")]
     ItemNotFound(String),
+    /// The sender may not use this bridge (not in `allow`), or this command (not an admin).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The sender must register with the gateway first (XEP-0077).
+    #[error("registration required: {0}")]
+    RegistrationRequired(String),
+    /// The foreign network refused the user's stored credentials (an error presence from the
+    /// gateway, XEP-0100 §6).
+    #[error("not authorized: {0}")]
+    NotAuthorized(String),
+    /// The sender exceeded the bridge's `rate_limit`; they may retry later.
+    #[error("rate limited: {0}")]
+    ResourceConstraint(String),
     /// Jabbridge itself failed (database unavailable…); the sender may retry later.
     #[error("internal error")]
     Internal,
@@ -76,6 +89,22 @@ impl StanzaFailure {
                 DefinedCondition::ItemNotFound,
                 text.as_str(),
             ),
+            Self::Forbidden(text) => (ErrorType::Auth, DefinedCondition::Forbidden, text.as_str()),
+            Self::NotAuthorized(text) => (
+                ErrorType::Auth,
+                DefinedCondition::NotAuthorized,
+                text.as_str(),
+            ),
+            Self::RegistrationRequired(text) => (
+                ErrorType::Auth,
+                DefinedCondition::RegistrationRequired,
+                text.as_str(),
+            ),
+            Self::ResourceConstraint(text) => (
+                ErrorType::Wait,
+                DefinedCondition::ResourceConstraint,
+                text.as_str(),
+            ),
             Self::Internal => (
                 ErrorType::Wait,
                 DefinedCondition::InternalServerError,
@@ -94,6 +123,10 @@ impl StanzaFailure {
             Self::ItemNotFound(_) => "item-not-found",
             Self::FeatureNotImplemented(_) => "feature-not-implemented",
             Self::JidMalformed(_) => "jid-malformed",
+            Self::Forbidden(_) => "forbidden",
+            Self::RegistrationRequired(_) => "registration-required",
+            Self::NotAuthorized(_) => "not-authorized",
+            Self::ResourceConstraint(_) => "resource-constraint",
             Self::Internal => "internal-server-error",
         }
     }
@@ -180,6 +213,16 @@ pub fn error_reply(header: &StanzaHeader, failure: &StanzaFailure) -> Option<Ele
             presence.into()
         }
     })
+}
+
+/// An error presence that answers nothing: the gateway telling a user that its link for
+/// them failed (XEP-0100 §6).
+pub fn error_presence(from: Jid, to: Jid, failure: &StanzaFailure) -> Element {
+    let mut presence = Presence::error()
+        .with_to(to)
+        .with_payload(failure.to_stanza_error());
+    presence.from = Some(from);
+    presence.into()
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ class Driven(slixmpp.ClientXMPP):
             emit("stanza", xml=tostring(stanza.xml, top_level=True))
 
     async def on_start(self, _event):
+        # Requesting the roster makes this an "interested resource" (RFC 6121 §2.1.6), to which
+        # servers deliver subscription requests; slixmpp then approves them and subscribes
+        # back (auto_authorize, auto_subscribe), as a user accepting the gateway would.
+        await self.get_roster()
         self.started = True
         self.send_presence()
         self.loop.add_reader(sys.stdin.fileno(), self.on_stdin)

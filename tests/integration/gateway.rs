@@ -102,7 +102,7 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
 
 async fn echo_round_trip(kind: ServerKind) {
     let (server, _jabbridge, _dir) = echo_setup(kind).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     alice
         .send("<message type='chat' to='bob@echo.localhost' id='e1'><body>hello there</body></message>")
         .await;
@@ -146,14 +146,14 @@ async fn echo_round_trip(kind: ServerKind) {
     assert!(
         body(&help)
             .unwrap_or_default()
-            .contains("NAME@echo.localhost"),
+            .contains("ADDRESS@echo.localhost"),
         "{help:?}"
     );
 }
 
 async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) {
     let (server, jabbridge, _dir) = echo_setup(kind).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
 
     // Each of these ended tokio-xmpp's own Component stream (FACTS.md).
     let error = alice
@@ -229,7 +229,7 @@ async fn two_bridges_in_one_process(kind: ServerKind) {
     )
     .await;
     jabbridge.wait_ready(Duration::from_secs(20)).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["one.localhost", "two.localhost"]).await;
     for domain in ["one.localhost", "two.localhost"] {
         alice
             .send(&format!(
@@ -316,12 +316,7 @@ async fn json_logs_are_one_object_per_line() {
 }
 
 fn register_set(id: &str, prefix: &str) -> String {
-    format!(
-        "<iq type='set' to='echo.localhost' id='{id}'><query xmlns='jabber:iq:register'>\
-         <x xmlns='jabber:x:data' type='submit'>\
-         <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
-         <field var='prefix'><value>{prefix}</value></field></x></query></iq>"
-    )
+    crate::register_set("echo.localhost", id, prefix)
 }
 
 async fn echo_text(alice: &mut crate::harness::Client, text: &str) -> String {
@@ -356,19 +351,25 @@ async fn register_reregister_and_unregister_with_the_form(kind: ServerKind) {
         .children()
         .find(|child| child.attr("var") == Some("prefix"))
         .expect("prefix field");
-    assert!(field.children().any(|child| child.name() == "required"));
+    assert_eq!(field.attr("label"), Some("Reply prefix"));
 
-    // A refused form changes nothing and says why.
-    let refused = alice.iq("r2", &register_set("r2", " ")).await;
-    assert_eq!(error_condition(&refused).as_deref(), Some("not-acceptable"));
-    assert!(
-        format!("{refused:?}").contains("Reply prefix"),
-        "{refused:?}"
-    );
+    // Unregistered users' messages are refused, saying what to do.
+    alice
+        .send("<message type='chat' to='bob@echo.localhost' id='u1'><body>one</body></message>")
+        .await;
+    let refused = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("u1"))
+        .await;
     assert_eq!(
-        echo_text(&mut alice, "one").await,
-        "echo.localhost says: one"
+        error_condition(&refused).as_deref(),
+        Some("registration-required")
     );
+
+    // A form the bridge refuses changes nothing and says why.
+    let long = "x".repeat(40);
+    let refused = alice.iq("r2", &register_set("r2", &long)).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-acceptable"));
+    assert!(format!("{refused:?}").contains("at most 32"), "{refused:?}");
 
     let registered = alice.iq("r3", &register_set("r3", "first: ")).await;
     assert_eq!(registered.attr("type"), Some("result"), "{registered:?}");
@@ -395,12 +396,30 @@ async fn register_reregister_and_unregister_with_the_form(kind: ServerKind) {
     ]);
     assert!(ok && users.contains("alice@localhost"), "{users}");
 
-    // Removing unregisters: back to the configured prefix, and a second removal is an error.
+    // Removing unregisters: the gateway unsubscribes, messages are refused again, and a
+    // second removal is an error.
     let remove = "<iq type='set' to='echo.localhost' id='r5'><query xmlns='jabber:iq:register'><remove/></query></iq>";
-    assert_eq!(alice.iq("r5", remove).await.attr("type"), Some("result"));
+    alice.send(remove).await;
+    alice
+        .expect(WAIT, |stanza| {
+            stanza.name() == "presence"
+                && stanza.attr("from") == Some("echo.localhost")
+                && stanza.attr("type") == Some("unsubscribe")
+        })
+        .await;
+    let removed = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("r5"))
+        .await;
+    assert_eq!(removed.attr("type"), Some("result"));
+    alice
+        .send("<message type='chat' to='bob@echo.localhost' id='u2'><body>four</body></message>")
+        .await;
+    let refused = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("u2"))
+        .await;
     assert_eq!(
-        echo_text(&mut alice, "four").await,
-        "echo.localhost says: four"
+        error_condition(&refused).as_deref(),
+        Some("registration-required")
     );
     let again = alice.iq("r5", remove).await;
     assert_eq!(error_condition(&again).as_deref(), Some("item-not-found"));

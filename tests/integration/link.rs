@@ -36,7 +36,7 @@ async fn an_idle_link_outlives_the_read_timeout(kind: ServerKind) {
     let (server, jabbridge, _dir) = echo_setup(kind).await;
     // keepalive = 2s and keepalive_timeout = 3s: 8 s of silence is several read timeouts.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "after a nap").await;
     let log = jabbridge.log();
     assert!(
@@ -53,7 +53,7 @@ async fn reconnects_after_the_server_restarts(kind: ServerKind) {
     let (mut server, jabbridge, _dir) = echo_setup(kind).await;
     server.restart().await;
     jabbridge.wait_ready(Duration::from_secs(30)).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "back again").await;
     let (_, metrics) = jabbridge.get("/metrics").await;
     assert!(metrics.contains("jabbridge_reconnects_total"), "{metrics}");
@@ -76,7 +76,7 @@ async fn starts_before_the_server_and_connects_when_it_comes_up(kind: ServerKind
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart().await;
     jabbridge.wait_ready(Duration::from_secs(30)).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "good morning").await;
 }
 
@@ -124,7 +124,7 @@ async fn wait_for_refusal(jabbridge: &Jabbridge, key: &str) {
 
 async fn sigterm_flushes_and_exits_cleanly(kind: ServerKind) {
     let (server, mut jabbridge, _dir) = echo_setup(kind).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "before the end").await;
     let (code, took) = jabbridge.terminate().await;
     assert_eq!(code, Some(0), "{}", jabbridge.log());
@@ -187,11 +187,12 @@ async fn stanzas_produced_while_down_go_out_after_reconnecting(kind: ServerKind)
     }
     let (_, metrics) = jabbridge.get("/metrics").await;
     assert!(
-        metrics.contains("jabbridge_outgoing_queue_depth{bridge=\"echo.localhost\"} 3"),
+        metrics.contains("jabbridge_pending_messages{bridge=\"echo.localhost\",queue=\"inbox\"} 3"),
         "{metrics}"
     );
     server.restart().await;
     jabbridge.wait_ready(Duration::from_secs(30)).await;
+    // Messages from the network need no registration, only `allow`.
     let mut alice = server.client("alice").await;
     for number in 1..=3 {
         let expected = format!("while down {number}");
@@ -232,6 +233,6 @@ async fn a_hung_server_is_detected_by_the_keepalive() {
     }
     server.freeze(false);
     jabbridge.wait_ready(Duration::from_secs(30)).await;
-    let mut alice = server.client("alice").await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "awake").await;
 }

@@ -10,7 +10,7 @@ mod store;
 
 use std::path::Path;
 
-use harness::{Jabbridge, ServerKind, XmppServer};
+use harness::{Client, Jabbridge, ServerKind, XmppServer};
 
 /// Runs each listed test body against Prosody and against ejabberd.
 macro_rules! on_both_servers {
@@ -34,6 +34,9 @@ macro_rules! on_both_servers {
     };
 }
 pub(crate) use on_both_servers;
+
+/// The admin of every bridge in test configs (`allow` admits all of `localhost`).
+pub const ADMIN: &str = "admin@localhost";
 
 /// The bearer token of the echo bridge's `/say` webhook in test configs.
 pub const SAY_TOKEN: &str = "say-token";
@@ -65,7 +68,7 @@ listen = "127.0.0.1:{{http}}"
             .find(|(name, _)| name == domain)
             .map_or(server.component_port, |(_, port)| *port);
         config.push_str(&format!(
-            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
+            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\nadmins = [\"{ADMIN}\"]\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
             harness::SECRET
         ));
     }
@@ -85,4 +88,26 @@ pub async fn echo_setup(kind: ServerKind) -> (XmppServer, Jabbridge, tempfile::T
         .wait_ready(std::time::Duration::from_secs(20))
         .await;
     (server, jabbridge, dir)
+}
+
+/// A XEP-0077 registration with an echo bridge, as a data form.
+pub fn register_set(domain: &str, id: &str, prefix: &str) -> String {
+    format!(
+        "<iq type='set' to='{domain}' id='{id}'><query xmlns='jabber:iq:register'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
+         <field var='prefix'><value>{prefix}</value></field></x></query></iq>"
+    )
+}
+
+/// A client of `user`, registered (with the configured prefix) with each of `domains`.
+pub async fn registered(server: &XmppServer, user: &str, domains: &[&str]) -> Client {
+    let mut client = server.client(user).await;
+    for domain in domains {
+        let reply = client
+            .iq("registering", &register_set(domain, "registering", ""))
+            .await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    }
+    client
 }

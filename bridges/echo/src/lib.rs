@@ -6,8 +6,8 @@
 //! foreign network.
 //!
 //! Its webhook, `POST /bridges/{domain}/say` with `Authorization: Bearer {say_token}` and
-//! `{"user": JID, "contact": NAME, "text": TEXT}`, makes a contact speak first: it exists only
-//! when `say_token` is set.
+//! `{"user": JID, "contact": NAME, "text": TEXT, "id": OPTIONAL}`, makes a contact speak
+//! first: it exists only when `say_token` is set. A repeated `id` is delivered once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +16,9 @@ use jabbridge_sdk::http::{Method, StatusCode, header};
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
-    ForeignId, Form, HttpRequest, HttpResponse, IncomingMessage, MessageId, OutgoingMessage,
-    SendError, SendOutcome, Settings, UserJid, async_trait, respond,
+    ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, MessageId,
+    OutgoingMessage, Prompt, RegistrationData, RegistrationError, SendError, SendOutcome, Settings,
+    UserJid, async_trait, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -36,6 +37,9 @@ struct EchoConfig {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Say {
+    /// The message's id on the "network": a repeated id is delivered once. Optional.
+    #[serde(default)]
+    id: Option<String>,
     user: String,
     contact: String,
     text: String,
@@ -45,6 +49,8 @@ struct Say {
 pub struct Echo {
     core: Core,
     config: EchoConfig,
+    /// When this run started (ns since the epoch), so that generated ids never repeat.
+    started: u128,
     said: AtomicU64,
 }
 
@@ -54,6 +60,10 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
     Ok(Arc::new(Echo {
         core,
         config,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default(),
         said: AtomicU64::new(0),
     }))
 }
@@ -67,14 +77,20 @@ impl Bridge for Echo {
             capabilities: Capabilities::default(),
             registration: Some(Form {
                 title: "Register with the echo gateway".into(),
-                instructions: "Choose the prefix your contacts put before their replies.".into(),
+                instructions: "Choose the prefix your contacts put before their replies \
+                               (empty: the gateway's own)."
+                    .into(),
                 fields: vec![Field {
                     var: "prefix".into(),
                     label: "Reply prefix".into(),
                     kind: FieldKind::Text,
-                    required: true,
+                    required: false,
                 }],
             }),
+            prompt: Prompt {
+                description: "Enter any name: that contact will echo what you write".into(),
+                prompt: "Name".into(),
+            },
         }
     }
 
@@ -86,12 +102,28 @@ impl Bridge for Echo {
         Ok(ForeignId::new(localpart))
     }
 
+    /// Accepts a prefix of up to 32 characters (to show how a bridge refuses a form).
+    async fn register(
+        &self,
+        _user: &UserJid,
+        form: &FormValues,
+    ) -> Result<RegistrationData, RegistrationError> {
+        let prefix = form.get("prefix").unwrap_or_default();
+        if prefix.chars().count() > 32 {
+            return Err(RegistrationError::Rejected(
+                "the reply prefix may be at most 32 characters".into(),
+            ));
+        }
+        Ok(form.to_json())
+    }
+
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
         let prefix = message
             .registration
             .as_ref()
             .and_then(|data| data.get("prefix"))
             .and_then(|prefix| prefix.as_str())
+            .filter(|prefix| !prefix.is_empty())
             .unwrap_or(&self.config.prefix);
         let reply_id = MessageId::new(format!("echo-{}", message.id));
         self.core
@@ -138,11 +170,11 @@ impl Bridge for Echo {
                 "contact and text must not be empty\n",
             );
         }
-        let number = self.said.fetch_add(1, Ordering::Relaxed);
+        let id = say.id.unwrap_or_else(|| self.fresh_id());
         let delivered = self
             .core
             .deliver(IncomingMessage {
-                foreign_id: MessageId::new(format!("say-{number}")),
+                foreign_id: MessageId::new(format!("say-{id}")),
                 contact: ForeignId::new(say.contact),
                 user: UserJid::new(say.user),
                 text: say.text,
@@ -159,6 +191,14 @@ impl Bridge for Echo {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
         }
+    }
+}
+
+impl Echo {
+    /// An id no earlier run used: start time and a counter.
+    fn fresh_id(&self) -> String {
+        let number = self.said.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{number}", self.started)
     }
 }
 
@@ -190,6 +230,7 @@ mod tests {
             contact: ForeignId::new("bob"),
             text: text.into(),
             registration,
+            replaces: None,
         }
     }
 

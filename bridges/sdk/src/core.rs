@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::IncomingMessage;
+use crate::{IncomingMessage, UserJid, UserStatus};
 
 /// Why the core did not accept an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum CoreError {
 pub trait CoreSink: Send + Sync + 'static {
     /// See [`Core::deliver`].
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError>;
+
+    /// See [`Core::set_status`].
+    async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError>;
 }
 
 /// The bridge's handle on the core. Cheap to clone; given to [`crate::BuildFn`].
@@ -52,6 +55,12 @@ impl Core {
     /// foreign network. The core delivers each `foreign_id` once.
     pub async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
         self.sink.deliver(message).await
+    }
+
+    /// Tells the core that a user's link to the foreign network changed (connected, network
+    /// down, credentials refused). The core shows it to the user as the gateway's presence.
+    pub async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
+        self.sink.set_status(user, status).await
     }
 }
 

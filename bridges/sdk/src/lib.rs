@@ -27,7 +27,9 @@ use std::sync::Arc;
 pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
-pub use crate::message::{IncomingMessage, OutgoingMessage, SendError, SendOutcome};
+pub use crate::message::{
+    ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome, UserStatus,
+};
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
 pub use http;
@@ -62,15 +64,38 @@ pub struct BridgeInfo {
     pub capabilities: Capabilities,
     /// The registration form; `None` when users need not register.
     pub registration: Option<Form>,
+    /// What XEP-0100's `jabber:iq:gateway` asks for when a user adds a contact.
+    pub prompt: Prompt,
+}
+
+/// The question a client shows when a user adds a contact through the gateway (XEP-0100
+/// `jabber:iq:gateway`). The answer goes through [`Bridge::parse_address`], so a bridge can
+/// accept what people type, e.g. `(555) 123-4567`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// A sentence explaining what to enter, e.g. "Enter the phone number of the contact".
+    pub description: String,
+    /// A short label for the field, e.g. "Phone number".
+    pub prompt: String,
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Self {
+            description: "Enter the address of the contact on the other network".into(),
+            prompt: "Address".into(),
+        }
+    }
 }
 
 /// Optional features, declared up front so the core can answer for what a bridge lacks.
 /// Every flag defaults to `false`: a bridge claims only what it implements.
+///
+/// XEP-0184 receipts need no flag: the core sends one, when asked, as soon as
+/// [`Bridge::send_message`] succeeds (the foreign network accepted the message).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// The bridge can report delivery to the foreign recipient (XEP-0184 receipts).
-    pub receipts: bool,
     /// The bridge can carry message corrections (XEP-0308).
     pub corrections: bool,
     /// The bridge can carry typing notifications (XEP-0085).
@@ -165,6 +190,34 @@ pub trait Bridge: Send + Sync + 'static {
     /// may cure (the core retries with backoff) and a permanent one for what it cannot (the
     /// user gets an error message with the reason).
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError>;
+
+    /// Decides whether a user may add a contact (a presence subscription to the contact's JID).
+    /// The default approves every request; a network with its own approval (friend requests)
+    /// would ask there. May do I/O.
+    async fn subscription_requested(&self, _user: &UserJid, _contact: &ForeignId) -> bool {
+        true
+    }
+
+    /// The display name of a contact, sent with presence as a XEP-0172 nick when known.
+    /// No I/O.
+    fn contact_name(&self, _contact: &ForeignId) -> Option<String> {
+        None
+    }
+
+    /// The state of a user's link to the foreign network, answered to presence probes. The
+    /// default says connected; bridges that keep a connection per user report its state here
+    /// and push changes with [`Core::set_status`]. No I/O.
+    fn user_status(&self, _user: &UserJid) -> UserStatus {
+        UserStatus::Connected(None)
+    }
+
+    /// Tells the bridge that a registered user came online (first resource) or went offline
+    /// (last resource), e.g. to connect or disconnect them. The default ignores it.
+    async fn user_presence(&self, _user: &UserJid, _online: bool) {}
+
+    /// Passes a typing notification on. Called only when the bridge declares
+    /// [`Capabilities::chat_states`]; never retried. The default drops it.
+    async fn send_chat_state(&self, _user: &UserJid, _contact: &ForeignId, _state: ChatState) {}
 
     /// Answers an HTTP request under `/bridges/{domain}/`, e.g. a provider's webhook. Verify
     /// signatures before trusting anything in the request. The default answers 404.

@@ -18,6 +18,49 @@ pub struct OutgoingMessage {
     pub text: String,
     /// What the bridge stored for this user at registration, if they registered.
     pub registration: Option<RegistrationData>,
+    /// Set when this message corrects an earlier one (XEP-0308). Only bridges that declare
+    /// [`crate::Capabilities::corrections`] see corrections; the core refuses them for the
+    /// others, so that the user does not believe the correction reached anyone.
+    pub replaces: Option<Correction>,
+}
+
+/// Which earlier message a correction replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correction {
+    /// The XMPP id of the message being corrected.
+    pub xmpp_id: MessageId,
+    /// The foreign network's id for it, when the bridge returned one in [`SendOutcome`].
+    pub foreign_id: Option<MessageId>,
+}
+
+/// A typing notification (XEP-0085), passed only to bridges that declare
+/// [`crate::Capabilities::chat_states`]; dropped quietly for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatState {
+    /// The user is typing.
+    Composing,
+    /// The user stopped typing.
+    Paused,
+    /// The user is paying attention to the conversation.
+    Active,
+    /// The user is not paying attention.
+    Inactive,
+    /// The user closed the conversation.
+    Gone,
+}
+
+/// The state of a user's link to the foreign network, shown to them as the gateway's
+/// presence (XEP-0100 §6): what a bridge returns from [`crate::Bridge::user_status`] and
+/// pushes with [`crate::Core::set_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserStatus {
+    /// Connected; the optional text becomes the presence status.
+    Connected(Option<String>),
+    /// The foreign network cannot be reached for now; shown as unavailable with this text.
+    Unavailable(String),
+    /// The stored credentials were refused; shown as an error presence (`not-authorized`)
+    /// with this text, telling the user to register again.
+    BadCredentials(String),
 }
 
 /// What a successful [`crate::Bridge::send_message`] returns.

@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::{
     Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, IncomingMessage, Settings,
-    SettingsError,
+    SettingsError, UserJid, UserStatus,
 };
 
 /// A stand-in for the Jabbridge core that records what a bridge pushes.
@@ -23,14 +23,27 @@ pub struct TestCore {
     domain: String,
     sender: mpsc::UnboundedSender<IncomingMessage>,
     receiver: Mutex<mpsc::UnboundedReceiver<IncomingMessage>>,
+    statuses: Arc<std::sync::Mutex<Vec<(UserJid, UserStatus)>>>,
 }
 
-struct RecordingSink(mpsc::UnboundedSender<IncomingMessage>);
+struct RecordingSink {
+    messages: mpsc::UnboundedSender<IncomingMessage>,
+    statuses: Arc<std::sync::Mutex<Vec<(UserJid, UserStatus)>>>,
+}
 
 #[crate::async_trait]
 impl CoreSink for RecordingSink {
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
-        self.0.send(message).map_err(|_| CoreError::ShuttingDown)
+        self.messages
+            .send(message)
+            .map_err(|_| CoreError::ShuttingDown)
+    }
+
+    async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
+        if let Ok(mut statuses) = self.statuses.lock() {
+            statuses.push((user, status));
+        }
+        Ok(())
     }
 }
 
@@ -42,6 +55,7 @@ impl TestCore {
             domain: domain.to_owned(),
             sender,
             receiver: Mutex::new(receiver),
+            statuses: Arc::default(),
         }
     }
 
@@ -49,7 +63,10 @@ impl TestCore {
     pub fn core(&self) -> Core {
         Core::new(
             self.domain.clone(),
-            Arc::new(RecordingSink(self.sender.clone())),
+            Arc::new(RecordingSink {
+                messages: self.sender.clone(),
+                statuses: self.statuses.clone(),
+            }),
         )
     }
 
@@ -76,5 +93,13 @@ impl TestCore {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Every status the bridge pushed with [`Core::set_status`], oldest first.
+    pub fn statuses(&self) -> Vec<(UserJid, UserStatus)> {
+        self.statuses
+            .lock()
+            .map(|statuses| statuses.clone())
+            .unwrap_or_default()
     }
 }

@@ -1,0 +1,352 @@
+//! The gateway's commands: one catalog, reachable as XEP-0050 ad-hoc commands (rendered by
+//! [`crate::xmpp::adhoc`]) and as a chat bot on the bare bridge domain (`help` lists them),
+//! because many clients have no ad-hoc UI.
+//!
+//! User commands: `register`, `unregister`, `status`. Admin commands (for the bridge's
+//! `admins`): `stats`, `users`, `remove-user`.
+
+use jabbridge_sdk::{Field, FieldKind, Form, FormValues, UserJid, UserStatus};
+
+use crate::access::Role;
+use crate::router::Gateway;
+use crate::store::Queue;
+use crate::xmpp::stanza::StanzaFailure;
+
+/// One command of the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    /// Its XEP-0050 node, and its word in chat.
+    pub node: &'static str,
+    /// What it does, as shown in clients and in `help`.
+    pub name: &'static str,
+    /// Whether only admins see and run it.
+    pub admin: bool,
+    /// How to say it in chat, after the word.
+    pub usage: &'static str,
+}
+
+/// Every command, in the order `help` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        node: "register",
+        name: "Register or change your settings",
+        admin: false,
+        usage: "field=value …",
+    },
+    Command {
+        node: "unregister",
+        name: "Unregister and delete your settings",
+        admin: false,
+        usage: "",
+    },
+    Command {
+        node: "status",
+        name: "Your registration and connection",
+        admin: false,
+        usage: "",
+    },
+    Command {
+        node: "stats",
+        name: "Gateway statistics",
+        admin: true,
+        usage: "",
+    },
+    Command {
+        node: "users",
+        name: "List registered users",
+        admin: true,
+        usage: "",
+    },
+    Command {
+        node: "remove-user",
+        name: "Unregister a user",
+        admin: true,
+        usage: "jid=USER@DOMAIN",
+    },
+];
+
+/// The commands a role may run.
+pub fn available(role: Option<Role>) -> impl Iterator<Item = &'static Command> {
+    COMMANDS.iter().filter(move |command| match role {
+        Some(Role::Admin) => true,
+        Some(Role::User) => !command.admin,
+        None => false,
+    })
+}
+
+/// What running a command step produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The command needs this form filled in (with current values) before it can finish.
+    Form(Form, FormValues),
+    /// The command finished; this is what it says.
+    Done(String),
+}
+
+fn remove_user_form() -> Form {
+    Form {
+        title: "Unregister a user".into(),
+        instructions: "Give the bare JID of the user to unregister.".into(),
+        fields: vec![Field {
+            var: "jid".into(),
+            label: "User JID".into(),
+            kind: FieldKind::Text,
+            required: true,
+        }],
+    }
+}
+
+impl Gateway {
+    /// Runs one step of command `node` for `user`: without `input` the first step (which
+    /// may ask for a form), with `input` the submission of that form.
+    pub async fn run_command(
+        &self,
+        user: &str,
+        role: Role,
+        node: &str,
+        input: Option<FormValues>,
+    ) -> Result<Outcome, StanzaFailure> {
+        let command = available(Some(role))
+            .find(|command| command.node == node)
+            .ok_or_else(|| {
+                if COMMANDS.iter().any(|command| command.node == node) {
+                    StanzaFailure::Forbidden(format!(
+                        "'{node}' is for the admins of {}",
+                        self.domain
+                    ))
+                } else {
+                    StanzaFailure::ItemNotFound(format!("no command '{node}'"))
+                }
+            })?;
+        match (command.node, input) {
+            ("register", None) => {
+                let form = self.info.registration.clone().ok_or_else(|| {
+                    StanzaFailure::FeatureNotImplemented(format!(
+                        "{} needs no registration",
+                        self.domain
+                    ))
+                })?;
+                Ok(Outcome::Form(form, self.current_values(user).await?))
+            }
+            ("register", Some(values)) => {
+                let new = self.register_user(user, &values).await?;
+                Ok(Outcome::Done(if new {
+                    format!("You are registered with {}.", self.domain)
+                } else {
+                    "Your registration is updated.".into()
+                }))
+            }
+            ("unregister", _) => {
+                self.unregister_user(user).await?;
+                Ok(Outcome::Done(format!(
+                    "You are unregistered from {}; your settings are deleted.",
+                    self.domain
+                )))
+            }
+            ("status", _) => self.status_text(user).await.map(Outcome::Done),
+            ("stats", _) => self.stats_text().await.map(Outcome::Done),
+            ("users", _) => {
+                let users = self
+                    .store
+                    .registered_jids(&self.domain)
+                    .await
+                    .map_err(|_| StanzaFailure::Internal)?;
+                Ok(Outcome::Done(if users.is_empty() {
+                    "No registered users.".into()
+                } else {
+                    format!("{} registered:\n{}", users.len(), users.join("\n"))
+                }))
+            }
+            ("remove-user", None) => Ok(Outcome::Form(remove_user_form(), FormValues::default())),
+            ("remove-user", Some(values)) => {
+                remove_user_form()
+                    .validate(&values)
+                    .map_err(StanzaFailure::NotAcceptable)?;
+                let jid = values.get("jid").unwrap_or_default().trim().to_owned();
+                self.unregister_user(&jid).await?;
+                tracing::info!(bridge = %self.domain, admin = user, removed = jid, "admin removed a user");
+                Ok(Outcome::Done(format!("{jid} is unregistered.")))
+            }
+            _ => Err(StanzaFailure::ItemNotFound(format!("no command '{node}'"))),
+        }
+    }
+
+    /// The user's registration as form values (secrets are never shown back).
+    async fn current_values(&self, user: &str) -> Result<FormValues, StanzaFailure> {
+        let stored = self
+            .store
+            .registration(&self.domain, user)
+            .await
+            .map_err(|_| StanzaFailure::Internal)?;
+        let mut values = FormValues::default();
+        if let Some(serde_json::Value::Object(fields)) = stored {
+            for (key, value) in fields {
+                if let serde_json::Value::String(text) = value {
+                    values.0.insert(key, text);
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    async fn status_text(&self, user: &str) -> Result<String, StanzaFailure> {
+        if !self.is_registered(user).await? {
+            return Ok(format!(
+                "You are not registered with {}. Say 'register' to start.",
+                self.domain
+            ));
+        }
+        let link = match self.bridge.user_status(&UserJid::new(user)) {
+            UserStatus::Connected(None) => "connected".to_owned(),
+            UserStatus::Connected(Some(text)) => format!("connected ({text})"),
+            UserStatus::Unavailable(text) => format!("unavailable: {text}"),
+            UserStatus::BadCredentials(text) => {
+                format!("credentials refused: {text}. Say 'register' to change them.")
+            }
+        };
+        Ok(format!(
+            "You are registered with {} ({}).\nYour link to the network: {link}.",
+            self.domain, self.info.name
+        ))
+    }
+
+    async fn stats_text(&self) -> Result<String, StanzaFailure> {
+        let internal = |_| StanzaFailure::Internal;
+        let store = &self.store;
+        let domain = self.domain.as_str();
+        let users = store.registered_jids(domain).await.map_err(internal)?.len();
+        let mut lines = vec![
+            format!(
+                "{domain}: link {}",
+                if self.link.state.is_connected() {
+                    "up"
+                } else {
+                    "down"
+                }
+            ),
+            format!("Registered users: {users}; online: {}", self.online_users()),
+        ];
+        for (queue, label) in [(Queue::Outbox, "To the network"), (Queue::Inbox, "To XMPP")] {
+            lines.push(format!(
+                "{label}: {} waiting, {} delivered, {} failed",
+                store.pending(queue, domain).await.map_err(internal)?,
+                store
+                    .finished(queue, domain, true)
+                    .await
+                    .map_err(internal)?,
+                store
+                    .finished(queue, domain, false)
+                    .await
+                    .map_err(internal)?,
+            ));
+        }
+        Ok(lines.join("\n"))
+    }
+
+    /// Answers a chat message to the bare domain: `help`, or a command with its values as
+    /// `field=value` words.
+    pub async fn chat_command(&self, user: &str, role: Role, text: &str) -> String {
+        let text = text.trim();
+        let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        let word = word.to_lowercase();
+        if matches!(word.as_str(), "help" | "?" | "commands") {
+            return self.help(role);
+        }
+        let Some(command) = COMMANDS.iter().find(|command| command.node == word) else {
+            return format!("I don't know '{word}'. Say 'help' for the commands.");
+        };
+        let values = parse_values(rest);
+        let input = match (command.node, values.0.is_empty()) {
+            ("register" | "remove-user", true) => None,
+            ("register" | "remove-user", false) => Some(values),
+            _ => None,
+        };
+        match self.run_command(user, role, command.node, input).await {
+            Ok(Outcome::Done(text)) => text,
+            Ok(Outcome::Form(form, _)) => {
+                let fields: Vec<String> = form
+                    .fields
+                    .iter()
+                    .map(|field| {
+                        format!(
+                            "  {}=…  {}{}",
+                            field.var,
+                            field.label,
+                            if field.required { " (required)" } else { "" }
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}\n{}\nSay: {} {}\n{}",
+                    form.title,
+                    form.instructions,
+                    command.node,
+                    command.usage,
+                    fields.join("\n")
+                )
+            }
+            Err(failure) => format!("{}: {failure}", command.node),
+        }
+    }
+
+    fn help(&self, role: Role) -> String {
+        let mut lines = vec![format!(
+            "This is {} (Jabbridge {}). Write to a contact as ADDRESS@{}. Commands (also as ad-hoc commands):",
+            self.info.name,
+            env!("CARGO_PKG_VERSION"),
+            self.domain
+        )];
+        for command in available(Some(role)) {
+            let usage = if command.usage.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", command.usage)
+            };
+            lines.push(format!("  {}{usage}: {}", command.node, command.name));
+        }
+        lines.join("\n")
+    }
+}
+
+/// `a=1 b=two words` → `{a: "1", b: "two words"}`: a word with `=` starts a field; words
+/// without continue the previous value.
+fn parse_values(text: &str) -> FormValues {
+    let mut values = FormValues::default();
+    let mut current: Option<String> = None;
+    for word in text.split_whitespace() {
+        match word.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                values.0.insert(key.to_owned(), value.to_owned());
+                current = Some(key.to_owned());
+            }
+            _ => {
+                if let Some(value) = current.as_ref().and_then(|key| values.0.get_mut(key)) {
+                    value.push(' ');
+                    value.push_str(word);
+                }
+            }
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_in_chat() {
+        let values = parse_values("prefix=Bob says: name=x");
+        assert_eq!(values.get("prefix"), Some("Bob says:"));
+        assert_eq!(values.get("name"), Some("x"));
+        assert!(parse_values("").0.is_empty());
+        assert!(parse_values("=x stray").0.is_empty());
+    }
+
+    #[test]
+    fn users_do_not_see_admin_commands() {
+        assert!(available(Some(Role::User)).all(|command| !command.admin));
+        assert!(available(Some(Role::Admin)).any(|command| command.node == "stats"));
+        assert_eq!(available(None).count(), 0);
+    }
+}

@@ -1,0 +1,570 @@
+//! The durable message flow of one bridge. A message accepted from either side is a row in
+//! the store before anyone is told it was accepted; workers claim rows with leases, deliver
+//! them, and mark them delivered, so that a crash (or a second instance sharing the
+//! database) loses nothing and delivers nothing twice.
+//!
+//! - Outbox (XMPP → foreign network): [`Gateway::accept_outgoing`] stores, the outbox
+//!   workers call [`jabbridge_sdk::Bridge::send_message`], retry transient failures with
+//!   capped exponential backoff, and answer with a receipt or an error message.
+//! - Inbox (foreign network → XMPP): [`Gateway::accept_incoming`] stores (de-duplicated by
+//!   the foreign id), the inbox workers write the stanza to the component link once it is up
+//!   and mark the row delivered once the stanza is on the server's socket.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jabbridge_sdk::{
+    CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage, SendError,
+    Shutdown, UserJid,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use xmpp_parsers::{
+    date::DateTime,
+    delay::Delay,
+    jid::{BareJid, Jid},
+    message::{Id, Lang, Message},
+    receipts::Received,
+    stanza_id::OriginId,
+};
+
+use crate::metrics;
+use crate::router::Gateway;
+use crate::store::{Claimed, Queue, millis, now_millis};
+use crate::xmpp::session::backoff;
+use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, StanzaKind, error_reply};
+
+/// The longest text carried either way, in bytes. Prosody drops a component that sends a
+/// stanza over 512 KiB; no chat message needs more than this.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// How often idle workers look for messages that became due (retries, other instances).
+const POLL: Duration = Duration::from_secs(1);
+/// A late delivery (this long after the message was accepted) carries a XEP-0203 delay.
+const LATE: Duration = Duration::from_secs(5);
+/// How often delivered rows older than `delivery.keep_delivered` are deleted.
+const SWEEP: Duration = Duration::from_secs(3600);
+
+/// A user's message waiting in the outbox, as stored (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The XMPP id of the message: origin-id, else the stanza id, else one we made.
+    pub id: String,
+    /// The stanza's `id` attribute, which receipts and errors refer to.
+    pub stanza_id: Option<String>,
+    /// The sender's full JID (errors and receipts go back to that resource).
+    pub from: String,
+    /// The contact's JID as the user addressed it.
+    pub to: String,
+    /// The contact's foreign address.
+    pub contact: String,
+    /// The text.
+    pub text: String,
+    /// Whether the sender asked for a XEP-0184 receipt.
+    pub receipt: bool,
+    /// The XMPP id of the message this one corrects (XEP-0308).
+    pub replaces: Option<String>,
+}
+
+/// A bridge's message waiting in the inbox, as stored (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InboxEntry {
+    /// The id the stanza carries (and its origin-id): fixed at acceptance, so that a
+    /// redelivery after a crash carries the same id.
+    id: String,
+    foreign_id: String,
+    user: String,
+    /// The contact's JID on our domain.
+    from: String,
+    text: String,
+    /// When the foreign network received it, Unix ms.
+    sent_at: Option<i64>,
+    /// When we accepted it, Unix ms.
+    accepted_at: i64,
+}
+
+/// What the workers of one bridge need from the config.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// See `delivery.lease`.
+    pub lease: Duration,
+    /// See `delivery.max_attempts`.
+    pub max_attempts: u32,
+    /// See `delivery.retry_max`.
+    pub retry_max: Duration,
+    /// See `delivery.workers`.
+    pub workers: usize,
+    /// See `delivery.keep_delivered`.
+    pub keep_delivered: Duration,
+}
+
+/// Wakes the workers of one queue when a message arrives.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    outbox: Notify,
+    inbox: Notify,
+}
+
+fn conversation(user: &str, contact: &str) -> String {
+    format!("{user}\n{contact}")
+}
+
+impl Gateway {
+    /// Stores a user's message in the outbox. `Ok(false)` when the same message (same sender
+    /// and id) was accepted before: it is not sent again.
+    pub async fn accept_outgoing(&self, entry: &OutboxEntry) -> Result<bool, StanzaFailure> {
+        let user = bare(&entry.from);
+        let payload = serde_json::to_string(entry).map_err(|_| StanzaFailure::Internal)?;
+        let accepted = self
+            .store
+            .enqueue(
+                Queue::Outbox,
+                &self.domain,
+                &conversation(&user, &entry.contact),
+                &format!("{user}\n{}", entry.id),
+                &payload,
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(bridge = %self.domain, %error, "cannot store a message in the outbox");
+                StanzaFailure::Internal
+            })?;
+        if accepted {
+            self.wakers.outbox.notify_one();
+        } else {
+            tracing::debug!(bridge = %self.domain, id = entry.id, "a repeated message was not queued again");
+        }
+        Ok(accepted)
+    }
+
+    /// Stores a bridge's message in the inbox. `Ok` means the core has it for good.
+    pub async fn accept_incoming(&self, message: IncomingMessage) -> Result<(), CoreError> {
+        let user: BareJid = message.user.as_str().parse().map_err(|error| {
+            CoreError::Refused(format!("'{}' is not a JID: {error}", message.user))
+        })?;
+        if self.access.role(user.as_str()).is_none() {
+            return Err(CoreError::Refused(format!(
+                "{user} may not use {}: not in its allow list",
+                self.domain
+            )));
+        }
+        if message.text.len() > MAX_TEXT {
+            return Err(CoreError::Refused(format!(
+                "the text is {} bytes; at most {MAX_TEXT} are carried",
+                message.text.len()
+            )));
+        }
+        let from = self
+            .contact_jid(&message.contact)
+            .map_err(CoreError::Refused)?;
+        let entry = InboxEntry {
+            id: uuid::Uuid::new_v4().to_string(),
+            foreign_id: message.foreign_id.to_string(),
+            user: user.to_string(),
+            from: from.to_string(),
+            text: message.text,
+            sent_at: message.timestamp.map(millis),
+            accepted_at: now_millis(),
+        };
+        let payload =
+            serde_json::to_string(&entry).map_err(|error| CoreError::Refused(error.to_string()))?;
+        let accepted = self
+            .store
+            .enqueue(
+                Queue::Inbox,
+                &self.domain,
+                &conversation(&entry.user, message.contact.as_str()),
+                &format!("{}\n{}", entry.user, entry.foreign_id),
+                &payload,
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(bridge = %self.domain, %error, "cannot store a message in the inbox");
+                CoreError::Refused("the gateway cannot store messages right now".into())
+            })?;
+        if accepted {
+            self.wakers.inbox.notify_one();
+        } else {
+            tracing::debug!(bridge = %self.domain, foreign_id = entry.foreign_id, "a repeated foreign message was not queued again");
+        }
+        Ok(())
+    }
+
+    /// Starts the outbox and inbox workers and the sweeper of old rows.
+    pub fn spawn_workers(self: &Arc<Self>, tasks: &mut JoinSet<()>, shutdown: &Shutdown) {
+        for _ in 0..self.delivery.workers {
+            tasks.spawn(self.clone().outbox_worker(shutdown.clone()));
+            tasks.spawn(self.clone().inbox_worker(shutdown.clone()));
+        }
+        tasks.spawn(self.clone().sweeper(shutdown.clone()));
+    }
+
+    async fn idle(&self, queue: Queue, shutdown: &Shutdown) {
+        let notify = match queue {
+            Queue::Outbox => &self.wakers.outbox,
+            Queue::Inbox => &self.wakers.inbox,
+        };
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+            () = shutdown.clone().wait() => {}
+        }
+    }
+
+    async fn claim(&self, queue: Queue) -> Option<Claimed> {
+        match self
+            .store
+            .claim(queue, &self.domain, &self.owner, self.delivery.lease)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(bridge = %self.domain, ?queue, %error, "cannot claim queued messages");
+                None
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the lease on row `id`, so that a slow delivery is not
+    /// taken over by another worker.
+    async fn leased<F: Future>(&self, queue: Queue, id: i64, work: F) -> F::Output {
+        tokio::pin!(work);
+        let mut renewal = tokio::time::interval(self.delivery.lease / 3);
+        renewal.tick().await;
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = renewal.tick() => {
+                    if let Err(error) = self.store.renew(queue, id, &self.owner, self.delivery.lease).await {
+                        tracing::warn!(bridge = %self.domain, %error, "cannot renew a lease");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn outbox_worker(self: Arc<Self>, shutdown: Shutdown) {
+        while !shutdown.is_stopping() {
+            match self.claim(Queue::Outbox).await {
+                Some(claimed) => self.send_out(claimed).await,
+                None => self.idle(Queue::Outbox, &shutdown).await,
+            }
+        }
+    }
+
+    async fn send_out(&self, claimed: Claimed) {
+        let entry: OutboxEntry = match serde_json::from_str(&claimed.payload) {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::error!(bridge = %self.domain, row = claimed.id, %error, "an outbox row does not parse; dropping it");
+                self.finish(Queue::Outbox, &claimed, Some("unreadable row"))
+                    .await;
+                return;
+            }
+        };
+        let user = bare(&entry.from);
+        let registration = match self.store.registration(&self.domain, &user).await {
+            Ok(registration) => registration,
+            Err(error) => {
+                tracing::warn!(bridge = %self.domain, %error, "cannot read a registration; retrying");
+                self.retry(Queue::Outbox, &claimed, Duration::from_secs(1))
+                    .await;
+                return;
+            }
+        };
+        if self.info.registration.is_some() && registration.is_none() {
+            let reason = format!("you are no longer registered with {}", self.domain);
+            self.give_up(&claimed, &entry, &reason).await;
+            return;
+        }
+        let replaces = match &entry.replaces {
+            Some(xmpp_id) => Some(Correction {
+                xmpp_id: MessageId::new(xmpp_id.as_str()),
+                foreign_id: self
+                    .store
+                    .foreign_message_id(&self.domain, &user, xmpp_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(MessageId::new),
+            }),
+            None => None,
+        };
+        let message = OutgoingMessage {
+            id: MessageId::new(entry.id.as_str()),
+            user: UserJid::new(user.as_str()),
+            contact: ForeignId::new(entry.contact.as_str()),
+            text: entry.text.clone(),
+            registration,
+            replaces,
+        };
+        let sent = self
+            .leased(Queue::Outbox, claimed.id, self.bridge.send_message(message))
+            .await;
+        match sent {
+            Ok(outcome) => {
+                metrics::delivery(&self.domain, "ok");
+                self.finish(Queue::Outbox, &claimed, None).await;
+                if let Some(foreign_id) = outcome.foreign_id {
+                    let mapped = self
+                        .store
+                        .map_message_id(&self.domain, &user, &entry.id, foreign_id.as_str())
+                        .await;
+                    if let Err(error) = mapped {
+                        tracing::warn!(bridge = %self.domain, %error, "cannot record a message id mapping");
+                    }
+                }
+                if let (true, Some(stanza_id)) = (entry.receipt, &entry.stanza_id) {
+                    self.send_receipt(&entry, stanza_id).await;
+                }
+            }
+            Err(SendError::Permanent { reason }) => {
+                metrics::delivery(&self.domain, "permanent");
+                self.give_up(&claimed, &entry, &reason).await;
+            }
+            Err(SendError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                metrics::delivery(&self.domain, "transient");
+                let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
+                if attempts >= self.delivery.max_attempts {
+                    let reason = format!("gave up after {attempts} attempts: {reason}");
+                    self.give_up(&claimed, &entry, &reason).await;
+                } else {
+                    let delay = backoff(attempts, self.delivery.retry_max)
+                        .max(retry_after.unwrap_or_default());
+                    tracing::warn!(bridge = %self.domain, %reason, attempts, delay_ms = delay.as_millis() as u64, "delivery failed; will retry");
+                    self.retry(Queue::Outbox, &claimed, delay).await;
+                }
+            }
+        }
+    }
+
+    /// Marks a row delivered (`failure` = `None`) or given up on.
+    async fn finish(&self, queue: Queue, claimed: &Claimed, failure: Option<&str>) {
+        let finished = match failure {
+            None => self.store.complete(queue, claimed.id, &self.owner).await,
+            Some(reason) => {
+                self.store
+                    .fail(queue, claimed.id, &self.owner, reason)
+                    .await
+            }
+        };
+        match finished {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                bridge = %self.domain, row = claimed.id,
+                "a lease expired during delivery; another worker may deliver this message again \
+                 (raise delivery.lease?)"
+            ),
+            Err(error) => {
+                tracing::error!(bridge = %self.domain, %error, "cannot mark a message delivered; it will be delivered again")
+            }
+        }
+    }
+
+    async fn retry(&self, queue: Queue, claimed: &Claimed, delay: Duration) {
+        if let Err(error) = self
+            .store
+            .retry_later(queue, claimed.id, &self.owner, delay)
+            .await
+        {
+            tracing::warn!(bridge = %self.domain, %error, "cannot reschedule a message; its lease will expire instead");
+        }
+    }
+
+    /// Gives up on a user's message and tells them why, as an error from the contact.
+    async fn give_up(&self, claimed: &Claimed, entry: &OutboxEntry, reason: &str) {
+        tracing::info!(bridge = %self.domain, %reason, "message not delivered");
+        self.finish(Queue::Outbox, claimed, Some(reason)).await;
+        let header = StanzaHeader {
+            kind: StanzaKind::Message,
+            from: Some(entry.from.clone()),
+            to: Some(entry.to.clone()),
+            id: entry.stanza_id.clone().or_else(|| Some(entry.id.clone())),
+            type_: Some("chat".into()),
+        };
+        let failure = StanzaFailure::Unavailable(reason.to_owned());
+        if let Some(error) = error_reply(&header, &failure) {
+            self.send(error).await;
+        }
+    }
+
+    async fn send_receipt(&self, entry: &OutboxEntry, stanza_id: &str) {
+        let (Ok(to), Ok(from)) = (entry.from.parse::<Jid>(), entry.to.parse::<Jid>()) else {
+            return;
+        };
+        let mut receipt = Message::new(Some(to)).with_payload(Received {
+            id: stanza_id.to_owned(),
+        });
+        receipt.from = Some(from);
+        receipt.id = Some(Id(uuid::Uuid::new_v4().to_string()));
+        self.send(receipt.into()).await;
+    }
+
+    async fn inbox_worker(self: Arc<Self>, shutdown: Shutdown) {
+        while !shutdown.is_stopping() {
+            tokio::select! {
+                () = self.link.state.wait_connected() => {}
+                () = shutdown.clone().wait() => return,
+            }
+            match self.claim(Queue::Inbox).await {
+                Some(claimed) => self.deliver_in(claimed).await,
+                None => self.idle(Queue::Inbox, &shutdown).await,
+            }
+        }
+    }
+
+    async fn deliver_in(&self, claimed: Claimed) {
+        let entry: InboxEntry = match serde_json::from_str(&claimed.payload) {
+            Ok(entry) => entry,
+            Err(error) => {
+                tracing::error!(bridge = %self.domain, row = claimed.id, %error, "an inbox row does not parse; dropping it");
+                self.finish(Queue::Inbox, &claimed, Some("unreadable row"))
+                    .await;
+                return;
+            }
+        };
+        let stanza = match inbox_stanza(&self.domain, &entry) {
+            Ok(stanza) => stanza,
+            Err(reason) => {
+                tracing::error!(bridge = %self.domain, %reason, "an inbox message cannot become a stanza; dropping it");
+                self.finish(Queue::Inbox, &claimed, Some(&reason)).await;
+                return;
+            }
+        };
+        let written = tokio::time::timeout(
+            self.delivery.lease / 2,
+            self.link.send_and_confirm(stanza.into()),
+        )
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            // The link went down before the stanza was written: it stays queued.
+            self.retry(Queue::Inbox, &claimed, Duration::from_millis(200))
+                .await;
+            return;
+        }
+        self.finish(Queue::Inbox, &claimed, None).await;
+        if let Err(error) = self
+            .store
+            .map_message_id(&self.domain, &entry.user, &entry.id, &entry.foreign_id)
+            .await
+        {
+            tracing::warn!(bridge = %self.domain, %error, "cannot record a message id mapping");
+        }
+    }
+
+    async fn sweeper(self: Arc<Self>, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(SWEEP) => {}
+                () = shutdown.clone().wait() => return,
+            }
+            let keep = i64::try_from(self.delivery.keep_delivered.as_millis()).unwrap_or(i64::MAX);
+            let before = now_millis().saturating_sub(keep);
+            for queue in [Queue::Outbox, Queue::Inbox] {
+                match self.store.forget_delivered(queue, before).await {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        tracing::info!(bridge = %self.domain, ?queue, count, "forgot old delivered messages")
+                    }
+                    Err(error) => {
+                        tracing::warn!(bridge = %self.domain, %error, "cannot delete old messages")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The bare form of a full JID string (what we stored was parsed before).
+fn bare(full: &str) -> String {
+    full.parse::<Jid>()
+        .map(|jid| jid.to_bare().to_string())
+        .unwrap_or_else(|_| full.to_owned())
+}
+
+/// The chat message an inbox entry becomes: its fixed id as stanza id and origin-id
+/// (XEP-0359), and a XEP-0203 delay when it is late.
+fn inbox_stanza(domain: &str, entry: &InboxEntry) -> Result<Message, String> {
+    let to: BareJid = entry.user.parse().map_err(|error| format!("{error}"))?;
+    let from: Jid = entry.from.parse().map_err(|error| format!("{error}"))?;
+    let mut stanza = Message::chat(Some(Jid::from(to)))
+        .with_body(Lang::default(), entry.text.clone())
+        .with_payload(OriginId {
+            id: entry.id.clone(),
+        });
+    let now = now_millis();
+    let late = i64::try_from(LATE.as_millis()).unwrap_or(i64::MAX);
+    let sent = entry.sent_at.unwrap_or(entry.accepted_at);
+    let is_late = now.saturating_sub(entry.accepted_at) > late || now.saturating_sub(sent) > late;
+    if is_late && let Some(stamp) = stamp(sent) {
+        stanza = stanza.with_payload(Delay {
+            from: domain.parse().ok(),
+            stamp,
+            data: None,
+        });
+    }
+    stanza.from = Some(from);
+    stanza.id = Some(Id(entry.id.clone()));
+    Ok(stanza)
+}
+
+fn stamp(unix_millis: i64) -> Option<DateTime> {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_millis).ok()?);
+    let time = time.min(SystemTime::now());
+    humantime::format_rfc3339_millis(time)
+        .to_string()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(accepted_ago: i64, sent_ago: Option<i64>) -> InboxEntry {
+        let now = now_millis();
+        InboxEntry {
+            id: "m1".into(),
+            foreign_id: "f1".into(),
+            user: "alice@example.org".into(),
+            from: "bob@gw.example".into(),
+            text: "hi".into(),
+            sent_at: sent_ago.map(|ago| now - ago),
+            accepted_at: now - accepted_ago,
+        }
+    }
+
+    #[test]
+    fn a_prompt_delivery_has_no_delay_and_carries_its_ids() {
+        let stanza = inbox_stanza("gw.example", &entry(0, None)).unwrap();
+        assert_eq!(stanza.id, Some(Id("m1".into())));
+        let element: xmpp_parsers::minidom::Element = stanza.into();
+        assert!(element.get_child("origin-id", "urn:xmpp:sid:0").is_some());
+        assert!(element.get_child("delay", "urn:xmpp:delay").is_none());
+    }
+
+    #[test]
+    fn a_late_delivery_carries_when_it_was_sent() {
+        for (accepted_ago, sent_ago) in [(60_000, None), (0, Some(3_600_000))] {
+            let element: xmpp_parsers::minidom::Element =
+                inbox_stanza("gw.example", &entry(accepted_ago, sent_ago))
+                    .unwrap()
+                    .into();
+            let delay = element.get_child("delay", "urn:xmpp:delay").unwrap();
+            assert_eq!(delay.attr("from"), Some("gw.example"));
+            let stamp: DateTime = delay.attr("stamp").unwrap().parse().unwrap();
+            let age = chrono_age(&stamp);
+            let expected = sent_ago.unwrap_or(accepted_ago) / 1000;
+            assert!((age - expected).abs() <= 2, "{age} vs {expected}");
+        }
+    }
+
+    fn chrono_age(stamp: &DateTime) -> i64 {
+        let unix = stamp.0.timestamp();
+        now_millis() / 1000 - unix
+    }
+}

@@ -1,0 +1,171 @@
+//! XEP-0050 ad-hoc commands on the wire: the command list (disco#items on the commands
+//! node), reading a `<command/>` request, and rendering a step's outcome. What the commands
+//! do lives in [`crate::commands`].
+//!
+//! Sessions carry no server-side state: every submission holds the whole form, so a
+//! multi-step command works even when ejabberd hands the second step to another instance.
+
+use jabbridge_sdk::FormValues;
+use xmpp_parsers::{
+    disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item},
+    jid::Jid,
+    minidom::{Element, ElementBuilder, rxml::NcName},
+    ns,
+};
+
+use crate::access::Role;
+use crate::commands::{self, COMMANDS, Outcome};
+use crate::xmpp::register;
+use crate::xmpp::stanza::StanzaFailure;
+
+/// The XEP-0050 namespace, also the disco node that lists the commands.
+pub const NS: &str = "http://jabber.org/protocol/commands";
+
+/// The commands `role` may run, as disco#items of the commands node.
+pub fn command_list(domain: &str, role: Option<Role>) -> DiscoItemsResult {
+    let jid: Option<Jid> = domain.parse().ok();
+    DiscoItemsResult {
+        node: Some(NS.into()),
+        items: commands::available(role)
+            .filter_map(|command| {
+                Some(Item {
+                    jid: jid.clone()?,
+                    node: Some(command.node.into()),
+                    name: Some(command.name.into()),
+                })
+            })
+            .collect(),
+        rsm: None,
+    }
+}
+
+/// disco#info of the commands node or of one command's node.
+pub fn node_info(node: &str) -> Result<Element, StanzaFailure> {
+    let (type_, name) = if node == NS {
+        ("command-list", "Commands")
+    } else {
+        let command = COMMANDS
+            .iter()
+            .find(|command| command.node == node)
+            .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no node '{node}'")))?;
+        ("command-node", command.name)
+    };
+    Ok(DiscoInfoResult {
+        node: Some(node.into()),
+        identities: vec![Identity::new("automation", type_, "en", name)],
+        features: [NS.to_owned(), ns::DATA_FORMS.to_owned()].into(),
+        extensions: Vec::new(),
+    }
+    .into())
+}
+
+/// One `<command/>` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Which command.
+    pub node: String,
+    /// The session id, given or new.
+    pub session: String,
+    /// `action='cancel'`.
+    pub cancelled: bool,
+    /// The submitted form, if any.
+    pub values: Option<FormValues>,
+}
+
+impl Request {
+    /// Reads a `<command xmlns='http://jabber.org/protocol/commands'/>` payload.
+    pub fn parse(payload: &Element) -> Result<Request, StanzaFailure> {
+        let node = payload
+            .attr("node")
+            .filter(|node| !node.is_empty())
+            .ok_or_else(|| StanzaFailure::BadRequest("a command needs a node".into()))?;
+        let action = payload.attr("action").unwrap_or("execute");
+        if !matches!(action, "execute" | "next" | "complete" | "cancel" | "prev") {
+            return Err(StanzaFailure::BadRequest(format!(
+                "unknown action '{action}'"
+            )));
+        }
+        let values = match payload.get_child("x", ns::DATA_FORMS) {
+            Some(x) if x.attr("type") == Some("submit") => Some(register::read_data_form(x)?),
+            _ => None,
+        };
+        Ok(Request {
+            node: node.to_owned(),
+            session: payload
+                .attr("sessionid")
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            cancelled: action == "cancel",
+            values,
+        })
+    }
+}
+
+/// Sets an attribute on a builder; `name` is one of our constants, always a valid name.
+fn attr(builder: ElementBuilder, name: &'static str, value: &str) -> ElementBuilder {
+    match NcName::try_from(name) {
+        Ok(name) => builder.attr(name, value),
+        Err(_) => builder,
+    }
+}
+
+/// The `<command/>` answering a step: `None` for a cancelled command.
+pub fn response(node: &str, session: &str, outcome: Option<Outcome>) -> Element {
+    let command = attr(
+        attr(Element::builder("command", NS), "node", node),
+        "sessionid",
+        session,
+    );
+    match outcome {
+        None => attr(command, "status", "canceled").build(),
+        Some(Outcome::Done(text)) => attr(command, "status", "completed")
+            .append(attr(Element::builder("note", NS), "type", "info").append(text))
+            .build(),
+        Some(Outcome::Form(form, current)) => {
+            let x: Element = register::data_form(&form, NS, Some(&current)).into();
+            attr(command, "status", "executing")
+                .append(
+                    attr(Element::builder("actions", NS), "execute", "complete")
+                        .append(Element::bare("complete", NS)),
+                )
+                .append(x)
+                .build()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_submission_and_a_cancel() {
+        let submit: Element =
+            "<command xmlns='http://jabber.org/protocol/commands' node='register' \
+             sessionid='s1' action='complete'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='prefix'><value>hi</value></field></x></command>"
+                .parse()
+                .unwrap();
+        let request = Request::parse(&submit).unwrap();
+        assert_eq!(request.node, "register");
+        assert_eq!(request.session, "s1");
+        assert_eq!(request.values.unwrap().get("prefix"), Some("hi"));
+        let cancel: Element =
+            "<command xmlns='http://jabber.org/protocol/commands' node='x' action='cancel'/>"
+                .parse()
+                .unwrap();
+        assert!(Request::parse(&cancel).unwrap().cancelled);
+        let bad: Element = "<command xmlns='http://jabber.org/protocol/commands'/>"
+            .parse()
+            .unwrap();
+        assert!(Request::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn admins_see_more_commands() {
+        let user = command_list("gw.example", Some(Role::User)).items.len();
+        let admin = command_list("gw.example", Some(Role::Admin)).items.len();
+        assert!(admin > user && user > 0);
+        assert!(command_list("gw.example", None).items.is_empty());
+    }
+}
