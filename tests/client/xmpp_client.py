@@ -11,6 +11,7 @@ It prints {"event": "ready"} once logged in and {"event": "disconnected"} if the
 import argparse
 import json
 import logging
+import os
 import sys
 
 import slixmpp
@@ -32,6 +33,7 @@ class Driven(slixmpp.ClientXMPP):
         self["feature_mechanisms"].unencrypted_plain = True
         # Stanzas of the login itself (bind, roster) are not the test's business.
         self.started = False
+        self.pending = b""
         self.add_event_handler("session_start", self.on_start)
         self.add_event_handler("disconnected", lambda _: emit("disconnected"))
         for name in ("message", "presence", "iq"):
@@ -59,14 +61,20 @@ class Driven(slixmpp.ClientXMPP):
         emit("ready", jid=str(self.boundjid))
 
     def on_stdin(self):
-        line = sys.stdin.readline()
-        if not line:
+        # Read what is there, not a line: sys.stdin's buffer would swallow the lines after
+        # the first, and the reader would not fire again until more data came.
+        data = os.read(sys.stdin.fileno(), 1 << 16)
+        if not data:
             self.loop.remove_reader(sys.stdin.fileno())
             self.disconnect()
             return
-        command = json.loads(line)
-        if "send" in command:
-            self.send_raw(command["send"])
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                command = json.loads(line)
+                if "send" in command:
+                    self.send_raw(command["send"])
 
 
 def main():

@@ -617,6 +617,27 @@ impl Jabbridge {
         (status.code(), started.elapsed())
     }
 
+    /// Kills Jabbridge with SIGKILL: no flushing, no clean close, leases left held.
+    pub async fn kill(&mut self) {
+        let mut child = self.process.take().expect("jabbridge runs");
+        signal(&child, "KILL");
+        let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    }
+
+    /// Starts Jabbridge again with the same config, database and log.
+    pub async fn restart(&mut self) {
+        assert!(self.process.is_none(), "stop jabbridge first");
+        self.launch().await;
+    }
+
+    /// `/metrics` value of the sample that starts with `series` (e.g. a name with labels).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Jabbridge's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

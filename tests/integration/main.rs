@@ -6,6 +6,7 @@ mod cli;
 mod gateway;
 mod harness;
 mod link;
+mod protocol;
 mod store;
 
 use std::path::Path;

@@ -31,6 +31,9 @@ struct EchoConfig {
     /// The bearer token of the `/say` webhook; without it there is no webhook.
     #[serde(default)]
     say_token: Option<SecretString>,
+    /// Milliseconds each reply takes, to play a slow network (demos, crash tests).
+    #[serde(default)]
+    delay_ms: u64,
 }
 
 /// The body of a `/say` request.
@@ -125,6 +128,9 @@ impl Bridge for Echo {
             .and_then(|prefix| prefix.as_str())
             .filter(|prefix| !prefix.is_empty())
             .unwrap_or(&self.config.prefix);
+        if self.config.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.config.delay_ms)).await;
+        }
         let reply_id = MessageId::new(format!("echo-{}", message.id));
         self.core
             .deliver(IncomingMessage {

@@ -1,0 +1,553 @@
+//! The gateway protocol as users meet it: the gateway in the roster (XEP-0100), adding a
+//! contact with `jabber:iq:gateway`, commands (ad-hoc and by chat), strangers and floods
+//! refused, receipts and corrections; and the durable flow: kill -9 with messages in both
+//! queues (SQLite and PostgreSQL), two instances sharing PostgreSQL behind ejabberd.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use xmpp_parsers::minidom::Element;
+
+use crate::harness::{Client, Jabbridge, ServerKind, XmppServer, body, error_condition};
+use crate::{ADMIN, SAY_TOKEN, config_for, echo_setup, on_both_servers, register_set, registered};
+
+const WAIT: Duration = Duration::from_secs(10);
+const ECHO: &str = "echo.localhost";
+
+on_both_servers!(
+    the_gateway_joins_the_roster_after_registering,
+    jabber_iq_gateway_turns_what_users_type_into_a_jid,
+    commands_work_ad_hoc_and_by_chat,
+    strangers_and_floods_are_refused,
+    receipts_corrections_and_chat_states,
+);
+
+/// Waits until every predicate has matched some stanza, in any order.
+async fn expect_each(client: &mut Client, wanted: &[&dyn Fn(&Element) -> bool]) {
+    let mut seen = vec![false; wanted.len()];
+    while seen.iter().any(|seen| !seen) {
+        let stanza = client
+            .expect(WAIT, |stanza| {
+                wanted
+                    .iter()
+                    .zip(&seen)
+                    .any(|(wanted, seen)| !seen && wanted(stanza))
+            })
+            .await;
+        for (index, wanted) in wanted.iter().enumerate() {
+            if wanted(&stanza) {
+                seen[index] = true;
+            }
+        }
+    }
+}
+
+fn child<'a>(stanza: &'a Element, name: &str) -> Option<&'a Element> {
+    stanza.children().find(|child| child.name() == name)
+}
+
+async fn the_gateway_joins_the_roster_after_registering(kind: ServerKind) {
+    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    alice.send(&register_set(ECHO, "r1", "")).await;
+    // The gateway asks to subscribe; the client approves and subscribes back; the gateway
+    // approves and says it is available.
+    let both = |stanza: &Element| {
+        stanza.name() == "iq"
+            && child(stanza, "query")
+                .and_then(|query| child(query, "item"))
+                .is_some_and(|item| {
+                    item.attr("jid") == Some(ECHO) && item.attr("subscription") == Some("both")
+                })
+    };
+    let available = |stanza: &Element| {
+        stanza.name() == "presence"
+            && stanza.attr("from") == Some(ECHO)
+            && stanza.attr("type").is_none()
+    };
+    expect_each(&mut alice, &[&both, &available]).await;
+    let roster = alice
+        .iq(
+            "ro1",
+            "<iq type='get' id='ro1'><query xmlns='jabber:iq:roster'/></iq>",
+        )
+        .await;
+    let item = child(&roster, "query")
+        .and_then(|query| query.children().find(|item| item.attr("jid") == Some(ECHO)))
+        .expect("the gateway is in the roster");
+    assert_eq!(item.attr("subscription"), Some("both"));
+
+    // Adding a contact is approved (the echo bridge approves everyone), with presence.
+    alice
+        .send("<presence type='subscribe' to='carol@echo.localhost'/>")
+        .await;
+    let carol_both = |stanza: &Element| {
+        stanza.name() == "iq"
+            && child(stanza, "query")
+                .and_then(|query| child(query, "item"))
+                .is_some_and(|item| {
+                    item.attr("jid") == Some("carol@echo.localhost")
+                        && matches!(item.attr("subscription"), Some("to" | "both"))
+                })
+    };
+    let carol_available = |stanza: &Element| {
+        stanza.name() == "presence"
+            && stanza.attr("from") == Some("carol@echo.localhost")
+            && stanza.attr("type").is_none()
+    };
+    expect_each(&mut alice, &[&carol_both, &carol_available]).await;
+}
+
+async fn jabber_iq_gateway_turns_what_users_type_into_a_jid(kind: ServerKind) {
+    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = server.client("alice").await;
+    let prompt = alice
+        .iq(
+            "g1",
+            "<iq type='get' to='echo.localhost' id='g1'><query xmlns='jabber:iq:gateway'/></iq>",
+        )
+        .await;
+    let query = child(&prompt, "query").expect("query");
+    assert_eq!(
+        child(query, "prompt").map(Element::text).as_deref(),
+        Some("Name")
+    );
+    assert!(child(query, "desc").is_some());
+
+    let answer = alice
+        .iq(
+            "g2",
+            "<iq type='set' to='echo.localhost' id='g2'><query xmlns='jabber:iq:gateway'>\
+             <prompt>John Doe@home</prompt></query></iq>",
+        )
+        .await;
+    let jid = child(&answer, "query")
+        .and_then(|query| child(query, "jid"))
+        .map(Element::text);
+    // XEP-0106: the space and the @ are escaped; nodeprep folds the case.
+    assert_eq!(jid.as_deref(), Some("john\\20doe\\40home@echo.localhost"));
+
+    let empty = alice
+        .iq(
+            "g3",
+            "<iq type='set' to='echo.localhost' id='g3'><query xmlns='jabber:iq:gateway'><prompt/></query></iq>",
+        )
+        .await;
+    assert_eq!(error_condition(&empty).as_deref(), Some("bad-request"));
+}
+
+fn command(id: &str, node: &str, inner: &str) -> String {
+    format!(
+        "<iq type='set' to='echo.localhost' id='{id}'>\
+         <command xmlns='http://jabber.org/protocol/commands' node='{node}' {inner}</iq>"
+    )
+}
+
+async fn chat(client: &mut Client, text: &str) -> String {
+    client
+        .send(&format!(
+            "<message type='chat' to='echo.localhost'><body>{text}</body></message>"
+        ))
+        .await;
+    let reply = client
+        .expect(WAIT, |stanza| {
+            stanza.name() == "message"
+                && stanza.attr("from") == Some(ECHO)
+                && body(stanza).is_some()
+        })
+        .await;
+    body(&reply).unwrap_or_default()
+}
+
+async fn commands_work_ad_hoc_and_by_chat(kind: ServerKind) {
+    let server = XmppServer::start(kind, &[ECHO], &["alice", "admin"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &[ECHO])).await;
+    jabbridge.wait_ready(WAIT).await;
+    let mut alice = server.client("alice").await;
+
+    let list = alice
+        .iq(
+            "l1",
+            "<iq type='get' to='echo.localhost' id='l1'>\
+             <query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>",
+        )
+        .await;
+    let nodes: Vec<String> = child(&list, "query")
+        .map(|query| {
+            query
+                .children()
+                .filter_map(|item| item.attr("node").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(nodes.contains(&"register".to_owned()), "{nodes:?}");
+    assert!(!nodes.contains(&"stats".to_owned()), "{nodes:?}");
+
+    // Two steps: the form, then the submission.
+    let step = alice
+        .iq("c1", &command("c1", "register", "action='execute'/>"))
+        .await;
+    let first = child(&step, "command").expect("command");
+    assert_eq!(first.attr("status"), Some("executing"), "{step:?}");
+    let session = first.attr("sessionid").expect("session id").to_owned();
+    assert!(child(first, "x").is_some_and(|x| {
+        x.children()
+            .any(|field| field.attr("var") == Some("prefix"))
+    }));
+    let done = alice
+        .iq(
+            "c2",
+            &command(
+                "c2",
+                "register",
+                &format!(
+                    "sessionid='{session}' action='complete'><x xmlns='jabber:x:data' type='submit'>\
+                     <field var='prefix'><value>cmd: </value></field></x></command>"
+                ),
+            ),
+        )
+        .await;
+    let completed = child(&done, "command").expect("command");
+    assert_eq!(completed.attr("status"), Some("completed"), "{done:?}");
+    alice
+        .send("<message type='chat' to='bob@echo.localhost'><body>hi</body></message>")
+        .await;
+    alice
+        .expect(WAIT, |stanza| body(stanza).as_deref() == Some("cmd: hi"))
+        .await;
+
+    // The same commands by chat.
+    let help = chat(&mut alice, "help").await;
+    assert!(
+        help.contains("register") && help.contains("status"),
+        "{help}"
+    );
+    assert!(!help.contains("remove-user"), "{help}");
+    let status = chat(&mut alice, "status").await;
+    assert!(status.contains("You are registered"), "{status}");
+    let refused = chat(&mut alice, "stats").await;
+    assert!(refused.contains("for the admins"), "{refused}");
+    let updated = chat(&mut alice, "register prefix=chat:").await;
+    assert!(updated.contains("updated"), "{updated}");
+    alice
+        .send("<message type='chat' to='bob@echo.localhost'><body>yo</body></message>")
+        .await;
+    alice
+        .expect(WAIT, |stanza| body(stanza).as_deref() == Some("chat:yo"))
+        .await;
+
+    // Admin commands, for the admin only.
+    let mut admin = server.client("admin").await;
+    let stats = chat(&mut admin, "stats").await;
+    assert!(stats.contains("Registered users: 1"), "{stats}");
+    let users = admin
+        .iq("c3", &command("c3", "users", "action='execute'/>"))
+        .await;
+    assert!(
+        format!("{users:?}").contains("alice@localhost"),
+        "{users:?}"
+    );
+    let removed = chat(&mut admin, "remove-user jid=alice@localhost").await;
+    assert!(removed.contains("unregistered"), "{removed}");
+    let status = chat(&mut alice, "status").await;
+    assert!(status.contains("not registered"), "{status}");
+    assert_eq!(ADMIN, "admin@localhost");
+}
+
+async fn strangers_and_floods_are_refused(kind: ServerKind) {
+    let server = XmppServer::start(kind, &[ECHO], &["alice", "eve"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &[ECHO])
+        .replace("allow = [\"localhost\"]", "allow = [\"alice@localhost\"]")
+        .replace(
+            &format!("say_token = \"{SAY_TOKEN}\"\n"),
+            &format!("say_token = \"{SAY_TOKEN}\"\nrate_limit = \"3/min\"\n"),
+        );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+
+    let mut eve = server.client("eve").await;
+    eve.send("<message type='chat' to='bob@echo.localhost' id='s1'><body>hi</body></message>")
+        .await;
+    let refused = eve
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("s1"))
+        .await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    let refused = eve.iq("s2", &register_set(ECHO, "s2", "")).await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    let refused = eve
+        .iq(
+            "s3",
+            "<iq type='get' to='echo.localhost' id='s3'><query xmlns='jabber:iq:gateway'/></iq>",
+        )
+        .await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
+    // Nor can the network write to a stranger.
+    let status = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/bridges/{ECHO}/say",
+            jabbridge.http_port
+        ))
+        .bearer_auth(SAY_TOKEN)
+        .body(r#"{"user": "eve@localhost", "contact": "bob", "text": "spam"}"#)
+        .send()
+        .await
+        .expect("HTTP")
+        .status();
+    assert_eq!(status, 400);
+
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    for number in 1..=4 {
+        alice
+            .send(&format!(
+                "<message type='chat' to='bob@echo.localhost' id='f{number}'><body>flood {number}</body></message>"
+            ))
+            .await;
+    }
+    let limited = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("f4"))
+        .await;
+    assert_eq!(
+        error_condition(&limited).as_deref(),
+        Some("resource-constraint"),
+        "{limited:?}"
+    );
+    for number in 1..=3 {
+        let expected = format!("{ECHO} says: flood {number}");
+        alice
+            .expect(WAIT, |stanza| {
+                body(stanza).as_deref() == Some(expected.as_str())
+            })
+            .await;
+    }
+}
+
+async fn receipts_corrections_and_chat_states(kind: ServerKind) {
+    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    alice
+        .send(
+            "<message type='chat' to='bob@echo.localhost' id='rc1'><body>with receipt</body>\
+             <request xmlns='urn:xmpp:receipts'/></message>",
+        )
+        .await;
+    let receipt = alice
+        .expect(WAIT, |stanza| child(stanza, "received").is_some())
+        .await;
+    assert_eq!(receipt.attr("from"), Some("bob@echo.localhost"));
+    assert_eq!(
+        child(&receipt, "received").and_then(|received| received.attr("id")),
+        Some("rc1")
+    );
+
+    // The echo bridge cannot carry corrections: the user is told, not left believing.
+    alice
+        .send(
+            "<message type='chat' to='bob@echo.localhost' id='rc2'><body>with receipt!</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='rc1'/></message>",
+        )
+        .await;
+    let refused = alice
+        .expect(WAIT, |stanza| {
+            stanza.attr("id") == Some("rc2") && stanza.attr("type") == Some("error")
+        })
+        .await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("feature-not-implemented")
+    );
+
+    // Typing notifications are dropped quietly.
+    alice
+        .send(
+            "<message type='chat' to='bob@echo.localhost' id='rc3'>\
+             <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+        )
+        .await;
+    alice
+        .expect_none(Duration::from_secs(1), |stanza| {
+            stanza.attr("id") == Some("rc3")
+        })
+        .await;
+}
+
+/// POSTs a message with a fixed id to the echo bridge's webhook.
+async fn say(jabbridge: &Jabbridge, id: &str, text: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/bridges/{ECHO}/say",
+            jabbridge.http_port
+        ))
+        .bearer_auth(SAY_TOKEN)
+        .body(
+            serde_json::json!({"id": id, "user": "alice@localhost", "contact": "bob", "text": text})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("HTTP")
+        .status()
+        .as_u16()
+}
+
+/// Receives message bodies until every one of `expected` arrived, failing on any body seen
+/// twice; then checks that nothing more comes.
+async fn receive_each_once(client: &mut Client, expected: &BTreeSet<String>) {
+    let mut received = BTreeSet::new();
+    while received.len() < expected.len() {
+        let message = client
+            .expect(Duration::from_secs(30), |stanza| {
+                stanza.name() == "message" && body(stanza).is_some()
+            })
+            .await;
+        let text = body(&message).unwrap_or_default();
+        assert!(expected.contains(&text), "unexpected message {text:?}");
+        assert!(received.insert(text.clone()), "{text:?} arrived twice");
+    }
+    client
+        .expect_none(Duration::from_secs(3), |stanza| body(stanza).is_some())
+        .await;
+}
+
+const PENDING_OUTBOX: &str =
+    "jabbridge_pending_messages{bridge=\"echo.localhost\",queue=\"outbox\"}";
+const PENDING_INBOX: &str = "jabbridge_pending_messages{bridge=\"echo.localhost\",queue=\"inbox\"}";
+
+/// kill -9 with messages in the outbox (the bridge is slow) and in the inbox (the XMPP server
+/// is down): after a restart every message arrives, none twice, and webhooks the network
+/// retries after the crash are not delivered again.
+async fn kill_9_loses_and_doubles_nothing(database_url: Option<String>) {
+    let mut server = XmppServer::start(ServerKind::Prosody, &[ECHO], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(&server, dir.path(), &[ECHO]).replace(
+        &format!("say_token = \"{SAY_TOKEN}\"\n"),
+        &format!("say_token = \"{SAY_TOKEN}\"\ndelay_ms = 300\n"),
+    ) + "\n[delivery]\nlease = \"2s\"\nworkers = 1\n";
+    if let Some(url) = database_url {
+        let sqlite = format!("url = \"sqlite://{}/jabbridge.db\"", dir.path().display());
+        config = config.replace(&sqlite, &format!("url = \"{url}\""));
+    }
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+
+    const SENT: usize = 12;
+    let mut expected = BTreeSet::new();
+    for number in 0..SENT {
+        alice
+            .send(&format!(
+                "<message type='chat' to='bob@echo.localhost' id='k{number}'><body>msg {number}</body></message>"
+            ))
+            .await;
+        expected.insert(format!("{ECHO} says: msg {number}"));
+    }
+    let mut early = BTreeSet::new();
+    for _ in 0..2 {
+        let echo = alice
+            .expect(WAIT, |stanza| {
+                body(stanza).is_some_and(|text| text.contains("msg"))
+            })
+            .await;
+        early.insert(body(&echo).unwrap_or_default());
+    }
+    drop(alice);
+    server.stop().await;
+    for number in 0..3 {
+        assert_eq!(
+            say(
+                &jabbridge,
+                &format!("w{number}"),
+                &format!("webhook {number}")
+            )
+            .await,
+            202
+        );
+        expected.insert(format!("webhook {number}"));
+    }
+    let outbox = jabbridge.metric(PENDING_OUTBOX).await;
+    let inbox = jabbridge.metric(PENDING_INBOX).await;
+    assert!(
+        outbox >= 1.0 && inbox >= 3.0,
+        "outbox {outbox}, inbox {inbox}"
+    );
+    jabbridge.kill().await;
+
+    server.restart().await;
+    jabbridge.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    // The network retries webhooks it did not see acknowledged: still one delivery each.
+    for number in 0..3 {
+        assert_eq!(
+            say(
+                &jabbridge,
+                &format!("w{number}"),
+                &format!("webhook {number}")
+            )
+            .await,
+            202
+        );
+    }
+    let mut alice = server.client("alice").await;
+    let rest: BTreeSet<String> = expected.difference(&early).cloned().collect();
+    receive_each_once(&mut alice, &rest).await;
+    assert_eq!(jabbridge.metric(PENDING_OUTBOX).await, 0.0);
+    assert_eq!(jabbridge.metric(PENDING_INBOX).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_and_doubles_nothing_on_sqlite() {
+    kill_9_loses_and_doubles_nothing(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_and_doubles_nothing_on_postgres() {
+    if let Some(url) = crate::harness::postgres_database().await {
+        kill_9_loses_and_doubles_nothing(Some(url)).await;
+    }
+}
+
+/// ejabberd load-balances one component domain over two Jabbridge instances sharing one
+/// PostgreSQL: each message reaches the bridge exactly once, and each echo the user once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_postgres_behind_ejabberd() {
+    let Some(url) = crate::harness::postgres_database().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Ejabberd, &[ECHO], &["alice"]).await;
+    let mut instances = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sqlite = format!("url = \"sqlite://{}/jabbridge.db\"", dir.path().display());
+        let config =
+            config_for(&server, dir.path(), &[ECHO]).replace(&sqlite, &format!("url = \"{url}\""));
+        let jabbridge = Jabbridge::start(dir.path(), &config).await;
+        jabbridge.wait_ready(WAIT).await;
+        instances.push(jabbridge);
+        dirs.push(dir);
+    }
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    const SENT: usize = 40;
+    let mut expected = BTreeSet::new();
+    for number in 0..SENT {
+        alice
+            .send(&format!(
+                "<message type='chat' to='bob{}@echo.localhost' id='t{number}'><body>two {number}</body></message>",
+                number % 4
+            ))
+            .await;
+        expected.insert(format!("{ECHO} says: two {number}"));
+    }
+    receive_each_once(&mut alice, &expected).await;
+    let delivered = "jabbridge_bridge_deliveries_total{bridge=\"echo.localhost\",outcome=\"ok\"}";
+    let mut per_instance = Vec::new();
+    for jabbridge in &instances {
+        per_instance.push(jabbridge.metric(delivered).await);
+    }
+    assert_eq!(
+        per_instance.iter().sum::<f64>(),
+        SENT as f64,
+        "deliveries per instance: {per_instance:?}"
+    );
+}
