@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+import xml.etree.ElementTree as ET
+
 import slixmpp
 
 
@@ -19,6 +21,10 @@ class Bench(slixmpp.ClientXMPP):
 
     async def on_start(self, _event):
         self.send_presence()
+        # The gateway serves registered users only: register (legacy XEP-0077 fields).
+        register = self.Iq(stype="set", sto=self.target.split("@", 1)[1])
+        register.append(ET.fromstring("<query xmlns='jabber:iq:register'><prefix/></query>"))
+        await register.send()
         self.started = time.monotonic()
         for number in range(self.count):
             self.send_message(mto=self.target, mbody="message %d" % number, mtype="chat")
