@@ -595,6 +595,8 @@ impl Gateway {
         };
         let Some(contact) = contact else {
             let Some(text) = text else { return Ok(None) };
+            // Commands cost database work: they count against the rate limit too.
+            self.access.take(&user)?;
             let reply = self.chat_command(&user, role, &text).await;
             let mut answer = Message::chat(Some(from)).with_body(Lang::default(), reply);
             answer.from = Some(to);
