@@ -16,10 +16,9 @@ use tokio::task::JoinSet;
 use crate::access::Access;
 use crate::bridges;
 use crate::config::Config;
-use crate::delivery::DeliverySettings;
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
-use crate::router::{Gateway, Router, RouterSink};
+use crate::router::{Gateway, RouterSink};
 use crate::store::{Store, StoreError};
 use crate::xmpp::session::{self, LinkConfig, backoff};
 
@@ -112,13 +111,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             error,
         })?;
 
-    let delivery = DeliverySettings {
-        lease: config.delivery.lease,
-        max_attempts: config.delivery.max_attempts,
-        retry_max: config.delivery.retry_max,
-        workers: config.delivery.workers,
-        keep_delivered: config.delivery.keep_delivered,
-    };
     let (stop, stopping) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut http_bridges = BTreeMap::new();
@@ -153,7 +145,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             link.clone(),
             store.clone(),
             Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
-            delivery.clone(),
+            config.delivery.clone(),
         ));
         sink.attach(&gateway);
         if section.allow.is_empty() {
@@ -161,7 +153,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
         gateway.spawn_workers(&mut tasks, &stopping);
-        tasks.spawn(Router::run(gateway, incoming_receiver));
+        tasks.spawn(gateway.run(incoming_receiver));
         tasks.spawn(run_bridge(domain.clone(), bridge.clone(), stopping.clone()));
         http_bridges.insert(domain, HttpBridge { bridge, link });
     }

@@ -58,7 +58,7 @@ pub struct XmppConfig {
 }
 
 /// `[delivery]`: the durable outbox and inbox workers.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// How long a worker holds a claimed message before another instance may take it over.

@@ -84,22 +84,7 @@ struct InboxEntry {
     accepted_at: i64,
 }
 
-/// What the workers of one bridge need from the config.
-#[derive(Debug, Clone)]
-pub struct DeliverySettings {
-    /// See `delivery.lease`.
-    pub lease: Duration,
-    /// See `delivery.max_attempts`.
-    pub max_attempts: u32,
-    /// See `delivery.retry_max`.
-    pub retry_max: Duration,
-    /// See `delivery.workers`.
-    pub workers: usize,
-    /// See `delivery.keep_delivered`.
-    pub keep_delivered: Duration,
-}
-
-/// Wakes the workers of one queue when a message arrives.
+/// Wakes the outbox or the inbox workers when a message arrives.
 #[derive(Debug, Default)]
 pub struct Wakers {
     outbox: Notify,
@@ -244,6 +229,23 @@ impl Gateway {
         }
     }
 
+    /// The entry a claimed row holds; a row that does not parse (written by something else)
+    /// is marked failed, so that it does not block its conversation.
+    async fn read_row<T: serde::de::DeserializeOwned>(
+        &self,
+        queue: Queue,
+        claimed: &Claimed,
+    ) -> Option<T> {
+        match serde_json::from_str(&claimed.payload) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                tracing::error!(bridge = %self.domain, ?queue, row = claimed.id, %error, "a queued row does not parse; dropping it");
+                self.finish(queue, claimed, Some("unreadable row")).await;
+                None
+            }
+        }
+    }
+
     async fn outbox_worker(self: Arc<Self>, shutdown: Shutdown) {
         while !shutdown.is_stopping() {
             match self.claim(Queue::Outbox).await {
@@ -254,14 +256,8 @@ impl Gateway {
     }
 
     async fn send_out(&self, claimed: Claimed) {
-        let entry: OutboxEntry = match serde_json::from_str(&claimed.payload) {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::error!(bridge = %self.domain, row = claimed.id, %error, "an outbox row does not parse; dropping it");
-                self.finish(Queue::Outbox, &claimed, Some("unreadable row"))
-                    .await;
-                return;
-            }
+        let Some(entry) = self.read_row::<OutboxEntry>(Queue::Outbox, &claimed).await else {
+            return;
         };
         let user = bare(&entry.from);
         let registration = match self.store.registration(&self.domain, &user).await {
@@ -418,14 +414,8 @@ impl Gateway {
     }
 
     async fn deliver_in(&self, claimed: Claimed) {
-        let entry: InboxEntry = match serde_json::from_str(&claimed.payload) {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::error!(bridge = %self.domain, row = claimed.id, %error, "an inbox row does not parse; dropping it");
-                self.finish(Queue::Inbox, &claimed, Some("unreadable row"))
-                    .await;
-                return;
-            }
+        let Some(entry) = self.read_row::<InboxEntry>(Queue::Inbox, &claimed).await else {
+            return;
         };
         let stanza = match inbox_stanza(&self.domain, &entry) {
             Ok(stanza) => stanza,

@@ -1,6 +1,6 @@
 //! Between one bridge's component link and the bridge: every stanza that arrives is checked
 //! (domain, access, registration, rate) and becomes a protocol answer, a stored message or a
-//! typed call on the bridge. One [`Gateway`] per `[[bridge]]`; [`Router::run`] drives it.
+//! typed call on the bridge. One [`Gateway`] per `[[bridge]]`; [`Gateway::run`] drives it.
 //!
 //! Presence follows XEP-0100: after registering, the gateway asks to subscribe to the user;
 //! its presence tells the user the state of their link to the foreign network; contacts are
@@ -29,7 +29,8 @@ use xmpp_parsers::{
 };
 
 use crate::access::Access;
-use crate::delivery::{DeliverySettings, MAX_TEXT, OutboxEntry, Wakers};
+use crate::config::DeliveryConfig;
+use crate::delivery::{MAX_TEXT, OutboxEntry, Wakers};
 use crate::metrics;
 use crate::store::{Store, StoreError};
 use crate::xmpp::adhoc;
@@ -54,24 +55,12 @@ pub struct Gateway {
     /// Who may use the bridge.
     pub access: Access,
     /// How queued messages are delivered.
-    pub delivery: DeliverySettings,
+    pub delivery: DeliveryConfig,
     /// This process's name on the leases it takes.
     pub(crate) owner: String,
     pub(crate) wakers: Wakers,
     /// Registered users' online resources, to tell the bridge who is online.
     online: Mutex<HashMap<String, BTreeSet<String>>>,
-}
-
-/// Drives one gateway: reads stanzas from the link until shutdown.
-pub struct Router;
-
-impl Router {
-    /// Handles stanzas until the link stops handing them over (at shutdown).
-    pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Element>) {
-        while let Some(element) = incoming.recv().await {
-            gateway.handle(element).await;
-        }
-    }
 }
 
 type Answer = Result<Option<Element>, StanzaFailure>;
@@ -84,7 +73,7 @@ impl Gateway {
         link: LinkHandle,
         store: Store,
         access: Access,
-        delivery: DeliverySettings,
+        delivery: DeliveryConfig,
     ) -> Self {
         let info = bridge.info();
         Self {
@@ -98,6 +87,13 @@ impl Gateway {
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
             wakers: Wakers::default(),
             online: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Handles stanzas from the link until it stops handing them over (at shutdown).
+    pub async fn run(self: Arc<Self>, mut incoming: mpsc::Receiver<Element>) {
+        while let Some(element) = incoming.recv().await {
+            self.handle(element).await;
         }
     }
 

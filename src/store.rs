@@ -12,7 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
 
-// Table names in format!() below come only from `Queue::table`, never from input.
+// Table names in format!() below come only from `Queue::table`, and SET clauses only from
+// string literals, never from input.
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,11 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// Now, in Unix milliseconds.
 pub fn now_millis() -> i64 {
     millis(SystemTime::now())
+}
+
+/// Now plus `duration`, in Unix milliseconds.
+fn from_now(duration: Duration) -> i64 {
+    now_millis().saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A time in Unix milliseconds.
@@ -362,7 +368,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<Claimed>, StoreError> {
         let now = now_millis();
-        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let lease_until = from_now(lease);
         let lock = match self.engine {
             Engine::Postgres => "FOR UPDATE SKIP LOCKED",
             Engine::Sqlite => "",
@@ -402,18 +408,14 @@ impl Store {
     /// Marks a claimed message delivered. Returns `false` if `owner` no longer held the
     /// lease (it expired and another worker took the row).
     pub async fn complete(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
-        let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET delivered_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
-            queue.table()
-        )))
-        .bind(now_millis())
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated > 0)
+        self.update_held(
+            queue,
+            id,
+            owner,
+            "delivered_at = $1, lease_owner = NULL, lease_until = NULL",
+            now_millis(),
+        )
+        .await
     }
 
     /// Releases a claimed message to be tried again no sooner than `delay` from now.
@@ -424,19 +426,14 @@ impl Store {
         owner: &str,
         delay: Duration,
     ) -> Result<bool, StoreError> {
-        let at = now_millis().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-        let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET next_attempt_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
-            queue.table()
-        )))
-        .bind(at)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated > 0)
+        self.update_held(
+            queue,
+            id,
+            owner,
+            "next_attempt_at = $1, lease_owner = NULL, lease_until = NULL",
+            from_now(delay),
+        )
+        .await
     }
 
     /// Extends the lease of a message a live worker is still delivering. Returns `false` if
@@ -448,13 +445,25 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<bool, StoreError> {
-        let until =
-            now_millis().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        self.update_held(queue, id, owner, "lease_until = $1", from_now(lease))
+            .await
+    }
+
+    /// `UPDATE queue SET {set} ...` (with `$1` = `value`) on row `id` if `owner` still holds
+    /// it undelivered; whether it did.
+    async fn update_held(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        set: &'static str,
+        value: i64,
+    ) -> Result<bool, StoreError> {
         let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
+            "UPDATE {} SET {set} WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
             queue.table()
         )))
-        .bind(until)
+        .bind(value)
         .bind(id)
         .bind(owner)
         .execute(&self.pool)

@@ -149,21 +149,8 @@ async fn a_duplicate_connection_is_reported_on_prosody() {
 }
 
 async fn say(jabbridge: &Jabbridge, token: &str, text: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/bridges/echo.localhost/say",
-            jabbridge.http_port
-        ))
-        .header("Authorization", format!("Bearer {token}"))
-        .body(
-            serde_json::json!({"user": "alice@localhost", "contact": "bob", "text": text})
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("POST /say")
-        .status()
-        .as_u16()
+    let body = serde_json::json!({"user": "alice@localhost", "contact": "bob", "text": text});
+    crate::say(jabbridge, token, body).await
 }
 
 /// What a bridge produces while the XMPP server is down waits and goes out once the link is

@@ -112,3 +112,26 @@ pub async fn registered(server: &XmppServer, user: &str, domains: &[&str]) -> Cl
     }
     client
 }
+
+/// POSTs `body` (JSON) to the echo bridge's `/say` webhook with `token`; the HTTP status.
+pub async fn say(jabbridge: &Jabbridge, token: &str, body: serde_json::Value) -> u16 {
+    reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/bridges/echo.localhost/say",
+            jabbridge.http_port
+        ))
+        .bearer_auth(token)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("POST /say")
+        .status()
+        .as_u16()
+}
+
+/// `config` (from [`config_for`] with SQLite in `dir`) on the database at `url` instead.
+pub fn on_database(config: &str, dir: &Path, url: &str) -> String {
+    let sqlite = format!("url = \"sqlite://{}/jabbridge.db\"", dir.display());
+    assert!(config.contains(&sqlite), "not a config_for config");
+    config.replace(&sqlite, &format!("url = \"{url}\""))
+}

@@ -160,7 +160,8 @@ async fn chat(client: &mut Client, text: &str) -> String {
 }
 
 async fn commands_work_ad_hoc_and_by_chat(kind: ServerKind) {
-    let server = XmppServer::start(kind, &[ECHO], &["alice", "admin"]).await;
+    let admin_user = ADMIN.split('@').next().unwrap_or_default();
+    let server = XmppServer::start(kind, &[ECHO], &["alice", admin_user]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &[ECHO])).await;
     jabbridge.wait_ready(WAIT).await;
@@ -238,7 +239,7 @@ async fn commands_work_ad_hoc_and_by_chat(kind: ServerKind) {
         .await;
 
     // Admin commands, for the admin only.
-    let mut admin = server.client("admin").await;
+    let mut admin = server.client(admin_user).await;
     let stats = chat(&mut admin, "stats").await;
     assert!(stats.contains("Registered users: 1"), "{stats}");
     let users = admin
@@ -252,7 +253,6 @@ async fn commands_work_ad_hoc_and_by_chat(kind: ServerKind) {
     assert!(removed.contains("unregistered"), "{removed}");
     let status = chat(&mut alice, "status").await;
     assert!(status.contains("not registered"), "{status}");
-    assert_eq!(ADMIN, "admin@localhost");
 }
 
 async fn strangers_and_floods_are_refused(kind: ServerKind) {
@@ -284,17 +284,8 @@ async fn strangers_and_floods_are_refused(kind: ServerKind) {
         .await;
     assert_eq!(error_condition(&refused).as_deref(), Some("forbidden"));
     // Nor can the network write to a stranger.
-    let status = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/bridges/{ECHO}/say",
-            jabbridge.http_port
-        ))
-        .bearer_auth(SAY_TOKEN)
-        .body(r#"{"user": "eve@localhost", "contact": "bob", "text": "spam"}"#)
-        .send()
-        .await
-        .expect("HTTP")
-        .status();
+    let spam = serde_json::json!({"user": "eve@localhost", "contact": "bob", "text": "spam"});
+    let status = crate::say(&jabbridge, SAY_TOKEN, spam).await;
     assert_eq!(status, 400);
 
     let mut alice = registered(&server, "alice", &[ECHO]).await;
@@ -370,23 +361,18 @@ async fn receipts_corrections_and_chat_states(kind: ServerKind) {
         .await;
 }
 
-/// POSTs a message with a fixed id to the echo bridge's webhook.
-async fn say(jabbridge: &Jabbridge, id: &str, text: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{}/bridges/{ECHO}/say",
-            jabbridge.http_port
-        ))
-        .bearer_auth(SAY_TOKEN)
-        .body(
-            serde_json::json!({"id": id, "user": "alice@localhost", "contact": "bob", "text": text})
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("HTTP")
-        .status()
-        .as_u16()
+/// The webhook messages `w0`…`w2` ("webhook 0"…), each accepted.
+async fn say_webhooks(jabbridge: &Jabbridge) -> BTreeSet<String> {
+    let mut texts = BTreeSet::new();
+    for number in 0..3 {
+        let text = format!("webhook {number}");
+        let body = serde_json::json!({
+            "id": format!("w{number}"), "user": "alice@localhost", "contact": "bob", "text": text,
+        });
+        assert_eq!(crate::say(jabbridge, SAY_TOKEN, body).await, 202);
+        texts.insert(text);
+    }
+    texts
 }
 
 /// Receives message bodies until every one of `expected` arrived, failing on any body seen
@@ -423,8 +409,7 @@ async fn kill_9_loses_and_doubles_nothing(database_url: Option<String>) {
         &format!("say_token = \"{SAY_TOKEN}\"\ndelay_ms = 300\n"),
     ) + "\n[delivery]\nlease = \"2s\"\nworkers = 1\n";
     if let Some(url) = database_url {
-        let sqlite = format!("url = \"sqlite://{}/jabbridge.db\"", dir.path().display());
-        config = config.replace(&sqlite, &format!("url = \"{url}\""));
+        config = crate::on_database(&config, dir.path(), &url);
     }
     let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
     jabbridge.wait_ready(WAIT).await;
@@ -451,18 +436,7 @@ async fn kill_9_loses_and_doubles_nothing(database_url: Option<String>) {
     }
     drop(alice);
     server.stop().await;
-    for number in 0..3 {
-        assert_eq!(
-            say(
-                &jabbridge,
-                &format!("w{number}"),
-                &format!("webhook {number}")
-            )
-            .await,
-            202
-        );
-        expected.insert(format!("webhook {number}"));
-    }
+    expected.extend(say_webhooks(&jabbridge).await);
     let outbox = jabbridge.metric(PENDING_OUTBOX).await;
     let inbox = jabbridge.metric(PENDING_INBOX).await;
     assert!(
@@ -475,17 +449,7 @@ async fn kill_9_loses_and_doubles_nothing(database_url: Option<String>) {
     jabbridge.restart().await;
     jabbridge.wait_ready(Duration::from_secs(30)).await;
     // The network retries webhooks it did not see acknowledged: still one delivery each.
-    for number in 0..3 {
-        assert_eq!(
-            say(
-                &jabbridge,
-                &format!("w{number}"),
-                &format!("webhook {number}")
-            )
-            .await,
-            202
-        );
-    }
+    say_webhooks(&jabbridge).await;
     let mut alice = server.client("alice").await;
     let rest: BTreeSet<String> = expected.difference(&early).cloned().collect();
     receive_each_once(&mut alice, &rest).await;
@@ -517,9 +481,8 @@ async fn two_instances_share_postgres_behind_ejabberd() {
     let mut dirs = Vec::new();
     for _ in 0..2 {
         let dir = tempfile::tempdir().expect("temp dir");
-        let sqlite = format!("url = \"sqlite://{}/jabbridge.db\"", dir.path().display());
         let config =
-            config_for(&server, dir.path(), &[ECHO]).replace(&sqlite, &format!("url = \"{url}\""));
+            crate::on_database(&config_for(&server, dir.path(), &[ECHO]), dir.path(), &url);
         let jabbridge = Jabbridge::start(dir.path(), &config).await;
         jabbridge.wait_ready(WAIT).await;
         instances.push(jabbridge);
