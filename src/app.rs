@@ -63,6 +63,14 @@ impl CoreSink for Unwired {
     async fn set_status(&self, _user: UserJid, _status: UserStatus) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
+
+    async fn load(&self, _key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn save(&self, _key: &str, _value: Option<serde_json::Value>) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
 }
 
 /// Builds every bridge without running anything, so that `check-config` reports each

@@ -3,9 +3,10 @@
 //! because many clients have no ad-hoc UI.
 //!
 //! User commands: `register`, `unregister`, `status`. Admin commands (for the bridge's
-//! `admins`): `stats`, `users`, `remove-user`.
+//! `admins`): `stats`, `users`, `remove-user`. A bridge adds its own
+//! ([`jabbridge_sdk::Bridge::commands`]); the catalog is [`Gateway::catalog`].
 
-use jabbridge_sdk::{Field, FieldKind, Form, FormValues, UserJid, UserStatus};
+use jabbridge_sdk::{CommandError, Field, FieldKind, Form, FormValues, UserJid, UserStatus};
 
 use crate::access::Role;
 use crate::router::Gateway;
@@ -65,13 +66,38 @@ pub const COMMANDS: &[Command] = &[
     },
 ];
 
-/// The commands a role may run.
-pub fn available(role: Option<Role>) -> impl Iterator<Item = &'static Command> {
-    COMMANDS.iter().filter(move |command| match role {
-        Some(Role::Admin) => true,
-        Some(Role::User) => !command.admin,
-        None => false,
-    })
+/// One entry of a gateway's catalog: a core command or one its bridge added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// Its XEP-0050 node, and its word in chat.
+    pub node: String,
+    /// What it does.
+    pub name: String,
+    /// Whether only admins see and run it.
+    pub admin: bool,
+    /// How to say it in chat, after the word.
+    pub usage: String,
+    /// The bridge's form, for a bridge command (`None` for the core's own).
+    bridge_form: Option<Option<Form>>,
+}
+
+impl Listed {
+    /// Whether chat words after the command are its form's values.
+    fn takes_values(&self) -> bool {
+        match &self.bridge_form {
+            Some(form) => form.is_some(),
+            None => matches!(self.node.as_str(), "register" | "remove-user"),
+        }
+    }
+
+    /// Whether `role` may run it.
+    fn allowed(&self, role: Option<Role>) -> bool {
+        match role {
+            Some(Role::Admin) => true,
+            Some(Role::User) => !self.admin,
+            None => false,
+        }
+    }
 }
 
 /// What running a command step produced.
@@ -97,6 +123,39 @@ fn remove_user_form() -> Form {
 }
 
 impl Gateway {
+    /// Every command `role` may run: the core's, then the bridge's (a bridge command named
+    /// like a core one is left out). `None` lists every command.
+    pub fn catalog(&self, role: Option<Role>) -> Vec<Listed> {
+        let core = COMMANDS.iter().map(|command| Listed {
+            node: command.node.into(),
+            name: command.name.into(),
+            admin: command.admin,
+            usage: command.usage.into(),
+            bridge_form: None,
+        });
+        let bridge = self
+            .bridge
+            .commands()
+            .into_iter()
+            .filter(|command| COMMANDS.iter().all(|core| core.node != command.node))
+            .map(|command| Listed {
+                usage: command
+                    .form
+                    .iter()
+                    .flat_map(|form| &form.fields)
+                    .map(|field| format!("{}=…", field.var))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                node: command.node,
+                name: command.name,
+                admin: command.admin,
+                bridge_form: Some(command.form),
+            });
+        core.chain(bridge)
+            .filter(|command| role.is_none() || command.allowed(role))
+            .collect()
+    }
+
     /// Runs one step of command `node` for `user`: without `input` the first step (which
     /// may ask for a form), with `input` the submission of that form.
     pub async fn run_command(
@@ -106,19 +165,21 @@ impl Gateway {
         node: &str,
         input: Option<FormValues>,
     ) -> Result<Outcome, StanzaFailure> {
-        let command = available(Some(role))
+        let command = self
+            .catalog(None)
+            .into_iter()
             .find(|command| command.node == node)
-            .ok_or_else(|| {
-                if COMMANDS.iter().any(|command| command.node == node) {
-                    StanzaFailure::Forbidden(format!(
-                        "'{node}' is for the admins of {}",
-                        self.domain
-                    ))
-                } else {
-                    StanzaFailure::ItemNotFound(format!("no command '{node}'"))
-                }
-            })?;
-        match (command.node, input) {
+            .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no command '{node}'")))?;
+        if !command.allowed(Some(role)) {
+            return Err(StanzaFailure::Forbidden(format!(
+                "'{node}' is for the admins of {}",
+                self.domain
+            )));
+        }
+        if let Some(form) = command.bridge_form {
+            return self.run_bridge_command(user, node, form, input).await;
+        }
+        match (command.node.as_str(), input) {
             ("register", None) => {
                 let form = self.info.registration.clone().ok_or_else(|| {
                     StanzaFailure::FeatureNotImplemented(format!(
@@ -168,6 +229,37 @@ impl Gateway {
                 Ok(Outcome::Done(format!("{jid} is unregistered.")))
             }
             _ => Err(StanzaFailure::ItemNotFound(format!("no command '{node}'"))),
+        }
+    }
+
+    /// A bridge command: its form first (when it has one), then the bridge runs it.
+    async fn run_bridge_command(
+        &self,
+        user: &str,
+        node: &str,
+        form: Option<Form>,
+        input: Option<FormValues>,
+    ) -> Result<Outcome, StanzaFailure> {
+        let values = match (form, input) {
+            (Some(form), None) => return Ok(Outcome::Form(form, FormValues::default())),
+            (Some(form), Some(values)) => {
+                form.validate(&values)
+                    .map_err(StanzaFailure::NotAcceptable)?;
+                values
+            }
+            (None, _) => FormValues::default(),
+        };
+        match self
+            .bridge
+            .run_command(&UserJid::new(user), node, &values)
+            .await
+        {
+            Ok(text) => {
+                tracing::info!(bridge = %self.domain, user, command = node, "ran a bridge command");
+                Ok(Outcome::Done(text))
+            }
+            Err(CommandError::Rejected(reason)) => Err(StanzaFailure::NotAcceptable(reason)),
+            Err(CommandError::Failed(reason)) => Err(StanzaFailure::Unavailable(reason)),
         }
     }
 
@@ -249,19 +341,19 @@ impl Gateway {
         let text = text.trim();
         let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
         let word = word.to_lowercase();
-        if matches!(word.as_str(), "help" | "?" | "commands") {
-            return self.help(role);
+        if matches!(word.as_str(), "help" | "?" | "commands" | "") {
+            return self.help(user, role);
         }
-        let Some(command) = COMMANDS.iter().find(|command| command.node == word) else {
-            return format!("I don't know '{word}'. Say 'help' for the commands.");
+        let Some(command) = self
+            .catalog(None)
+            .into_iter()
+            .find(|command| command.node == word)
+        else {
+            return format!("I don't know '{word}'.\n{}", self.help(user, role));
         };
         let values = parse_values(rest);
-        let input = match (command.node, values.0.is_empty()) {
-            ("register" | "remove-user", true) => None,
-            ("register" | "remove-user", false) => Some(values),
-            _ => None,
-        };
-        match self.run_command(user, role, command.node, input).await {
+        let input = (command.takes_values() && !values.0.is_empty()).then_some(values);
+        match self.run_command(user, role, &command.node, input).await {
             Ok(Outcome::Done(text)) => text,
             Ok(Outcome::Form(form, _)) => {
                 let fields: Vec<String> = form
@@ -289,14 +381,16 @@ impl Gateway {
         }
     }
 
-    fn help(&self, role: Role) -> String {
+    fn help(&self, user: &str, role: Role) -> String {
         let mut lines = vec![format!(
-            "This is {} (Jabbridge {}). Write to a contact as ADDRESS@{}. Commands (also as ad-hoc commands):",
+            "This is {} (Jabbridge {}). Write to a contact as ADDRESS@{}.",
             self.info.name,
             env!("CARGO_PKG_VERSION"),
             self.domain
         )];
-        for command in available(Some(role)) {
+        lines.extend(self.bridge.describe(&UserJid::new(user)));
+        lines.push("Commands (also as ad-hoc commands):".into());
+        for command in self.catalog(Some(role)) {
             let usage = if command.usage.is_empty() {
                 String::new()
             } else {
@@ -345,8 +439,17 @@ mod tests {
 
     #[test]
     fn users_do_not_see_admin_commands() {
-        assert!(available(Some(Role::User)).all(|command| !command.admin));
-        assert!(available(Some(Role::Admin)).any(|command| command.node == "stats"));
-        assert_eq!(available(None).count(), 0);
+        let listed = |admin| Listed {
+            node: "x".into(),
+            name: "x".into(),
+            admin,
+            usage: String::new(),
+            bridge_form: Some(None),
+        };
+        assert!(listed(false).allowed(Some(Role::User)));
+        assert!(!listed(true).allowed(Some(Role::User)));
+        assert!(listed(true).allowed(Some(Role::Admin)));
+        assert!(!listed(false).allowed(None));
     }
+
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::{
-    CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage, SendError,
+    Attachment, CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage, SendError,
     Shutdown, UserJid,
 };
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,7 @@ use xmpp_parsers::{
     delay::Delay,
     jid::{BareJid, Jid},
     message::{Id, Lang, Message},
+    oob::Oob,
     receipts::Received,
     stanza_id::OriginId,
 };
@@ -65,6 +66,12 @@ pub struct OutboxEntry {
     pub receipt: bool,
     /// The XMPP id of the message this one corrects (XEP-0308).
     pub replaces: Option<String>,
+    /// XEP-0066 out-of-band URLs the message carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// When we accepted it, Unix ms (absent in rows queued before this field existed).
+    #[serde(default)]
+    pub accepted_at: Option<i64>,
 }
 
 /// A bridge's message waiting in the inbox, as stored (JSON).
@@ -78,6 +85,8 @@ struct InboxEntry {
     /// The contact's JID on our domain.
     from: String,
     text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<Attachment>,
     /// When the foreign network received it, Unix ms.
     sent_at: Option<i64>,
     /// When we accepted it, Unix ms.
@@ -148,7 +157,8 @@ impl Gateway {
             foreign_id: message.foreign_id.to_string(),
             user: user.to_string(),
             from: from.to_string(),
-            text: message.text,
+            text: with_fallback(message.text, &message.attachments),
+            attachments: message.attachments,
             sent_at: message.timestamp.map(millis),
             accepted_at: now_millis(),
         };
@@ -292,6 +302,11 @@ impl Gateway {
             user: UserJid::new(user.as_str()),
             contact: ForeignId::new(entry.contact.as_str()),
             text: entry.text.clone(),
+            attachments: entry.attachments.clone(),
+            accepted_at: entry
+                .accepted_at
+                .and_then(|at| u64::try_from(at).ok())
+                .map_or_else(SystemTime::now, |at| UNIX_EPOCH + Duration::from_millis(at)),
             registration,
             replaces,
         };
@@ -476,6 +491,26 @@ fn bare(full: &str) -> String {
         .unwrap_or_else(|_| full.to_owned())
 }
 
+/// The text with every attachment URL it does not already contain appended, one per line,
+/// so that clients without XEP-0066 still show them (and clients with it, which show a
+/// body that is exactly the URL as the file, do too).
+fn with_fallback(text: String, attachments: &[Attachment]) -> String {
+    let missing: Vec<&str> = attachments
+        .iter()
+        .map(|attachment| attachment.url.as_str())
+        .filter(|url| !text.contains(url))
+        .collect();
+    if missing.is_empty() {
+        return text;
+    }
+    let mut lines: Vec<&str> = Vec::new();
+    if !text.trim().is_empty() {
+        lines.push(&text);
+    }
+    lines.extend(missing);
+    lines.join("\n")
+}
+
 /// The chat message an inbox entry becomes: its fixed id as stanza id and origin-id
 /// (XEP-0359), and a XEP-0203 delay when it is late.
 fn inbox_stanza(domain: &str, entry: &InboxEntry) -> Result<Message, String> {
@@ -486,6 +521,12 @@ fn inbox_stanza(domain: &str, entry: &InboxEntry) -> Result<Message, String> {
         .with_payload(OriginId {
             id: entry.id.clone(),
         });
+    for attachment in &entry.attachments {
+        stanza = stanza.with_payload(Oob {
+            url: attachment.url.clone(),
+            desc: attachment.description.clone(),
+        });
+    }
     let now = now_millis();
     let late = i64::try_from(LATE.as_millis()).unwrap_or(i64::MAX);
     let sent = entry.sent_at.unwrap_or(entry.accepted_at);
@@ -523,6 +564,7 @@ mod tests {
             user: "alice@example.org".into(),
             from: "bob@gw.example".into(),
             text: "hi".into(),
+            attachments: Vec::new(),
             sent_at: sent_ago.map(|ago| now - ago),
             accepted_at: now - accepted_ago,
         }
@@ -551,6 +593,33 @@ mod tests {
             let expected = sent_ago.unwrap_or(accepted_ago) / 1000;
             assert!((age - expected).abs() <= 2, "{age} vs {expected}");
         }
+    }
+
+    #[test]
+    fn attachments_become_oob_with_the_url_in_the_text() {
+        let picture = Attachment {
+            url: "https://media.example/cat.jpg".into(),
+            description: Some("a cat".into()),
+        };
+        assert_eq!(
+            with_fallback("look".into(), std::slice::from_ref(&picture)),
+            "look\nhttps://media.example/cat.jpg"
+        );
+        assert_eq!(
+            with_fallback(String::new(), std::slice::from_ref(&picture)),
+            "https://media.example/cat.jpg"
+        );
+        let text = "see https://media.example/cat.jpg".to_owned();
+        assert_eq!(with_fallback(text.clone(), std::slice::from_ref(&picture)), text);
+        let mut with_picture = entry(0, None);
+        with_picture.attachments = vec![picture];
+        let element: xmpp_parsers::minidom::Element =
+            inbox_stanza("gw.example", &with_picture).unwrap().into();
+        let oob = element.get_child("x", "jabber:x:oob").unwrap();
+        assert_eq!(
+            oob.get_child("url", "jabber:x:oob").map(|url| url.text()),
+            Some("https://media.example/cat.jpg".into())
+        );
     }
 
     fn chrono_age(stamp: &DateTime) -> i64 {

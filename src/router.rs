@@ -11,7 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use jabbridge_sdk::{
-    Bridge, BridgeInfo, ChatState, CoreError, CoreSink, ForeignId, FormValues, IncomingMessage,
+    Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, ForeignId, FormValues,
+    IncomingMessage,
     RegistrationError, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use xmpp_parsers::{
     message_correct::Replace,
     minidom::Element,
     nick::Nick,
+    oob::Oob,
     ns,
     presence::{Presence, Type as PresenceType},
     stanza_id::OriginId,
@@ -273,11 +275,15 @@ impl Gateway {
             (true, false, ("query", ns::DISCO_ITEMS))
                 if payload.attr("node") == Some(adhoc::NS) =>
             {
-                let role = self.access.role(&user);
-                Ok(Some(adhoc::command_list(&self.domain, role).into()))
+                let commands = match self.access.role(&user) {
+                    Some(role) => self.catalog(Some(role)),
+                    None => Vec::new(),
+                };
+                Ok(Some(adhoc::command_list(&self.domain, &commands).into()))
             }
             (true, false, ("query", ns::DISCO_INFO)) if payload.attr("node").is_some() => {
-                adhoc::node_info(payload.attr("node").unwrap_or_default()).map(Some)
+                let node = payload.attr("node").unwrap_or_default();
+                adhoc::node_info(node, &self.catalog(None)).map(Some)
             }
             (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
             (true, false, _) => service::answer_get(&self.info, Target::Gateway, payload),
@@ -651,6 +657,16 @@ impl Gateway {
                 .iter()
                 .any(|payload| payload.is("request", ns::RECEIPTS)),
             replaces,
+            attachments: message
+                .payloads
+                .iter()
+                .filter_map(|payload| Oob::try_from(payload.clone()).ok())
+                .map(|oob| Attachment {
+                    url: oob.url,
+                    description: oob.desc.filter(|desc| !desc.is_empty()),
+                })
+                .collect(),
+            accepted_at: Some(crate::store::now_millis()),
         };
         self.accept_outgoing(&entry).await?;
         Ok(None)
@@ -734,4 +750,27 @@ impl CoreSink for RouterSink {
         }
         Ok(())
     }
+
+    async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        let gateway = self.gateway()?;
+        gateway
+            .store
+            .state(&gateway.domain, key)
+            .await
+            .map_err(|error| state_unavailable(&gateway.domain, &error))
+    }
+
+    async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
+        let gateway = self.gateway()?;
+        gateway
+            .store
+            .put_state(&gateway.domain, key, value.as_ref())
+            .await
+            .map_err(|error| state_unavailable(&gateway.domain, &error))
+    }
+}
+
+fn state_unavailable(domain: &str, error: &StoreError) -> CoreError {
+    tracing::error!(bridge = %domain, %error, "cannot read or write a bridge's state");
+    CoreError::Refused("the gateway cannot reach its database right now".into())
 }

@@ -224,6 +224,47 @@ impl Store {
         Ok(deleted > 0)
     }
 
+    /// A bridge's saved value under `key` (see [`jabbridge_sdk::Core::load`]).
+    pub async fn state(
+        &self,
+        bridge: &str,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query("SELECT value FROM bridge_state WHERE bridge = $1 AND key = $2")
+            .bind(bridge)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves (or with `None` deletes) a bridge's value under `key`.
+    pub async fn put_state(
+        &self,
+        bridge: &str,
+        key: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let query = match value {
+            Some(value) => sqlx::query(
+                "INSERT INTO bridge_state (bridge, key, value, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (bridge, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(bridge)
+            .bind(key)
+            .bind(serde_json::to_string(value)?)
+            .bind(now_millis()),
+            None => sqlx::query("DELETE FROM bridge_state WHERE bridge = $1 AND key = $2")
+                .bind(bridge)
+                .bind(key),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Every registered JID of a bridge, sorted.
     pub async fn registered_jids(&self, bridge: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query("SELECT jid FROM registrations WHERE bridge = $1 ORDER BY jid")

@@ -138,6 +138,7 @@ impl Bridge for Echo {
                 contact: message.contact,
                 user: message.user,
                 text: format!("{prefix}{}", message.text),
+                attachments: message.attachments,
                 timestamp: None,
             })
             .await
@@ -184,6 +185,7 @@ impl Bridge for Echo {
                 contact: ForeignId::new(say.contact),
                 user: UserJid::new(say.user),
                 text: say.text,
+                attachments: Vec::new(),
                 timestamp: None,
             })
             .await;
@@ -235,6 +237,8 @@ mod tests {
             user: UserJid::new("alice@example.org"),
             contact: ForeignId::new("bob"),
             text: text.into(),
+            attachments: Vec::new(),
+            accepted_at: std::time::SystemTime::now(),
             registration,
             replaces: None,
         }

@@ -1,5 +1,5 @@
-//! [`Core`]: the handle through which a bridge pushes events to the Jabbridge core, and
-//! [`Shutdown`], how the core tells a bridge to stop.
+//! [`Core`]: the handle through which a bridge pushes events to the Jabbridge core and keeps
+//! a little durable state, and [`Shutdown`], how the core tells a bridge to stop.
 
 use std::sync::Arc;
 
@@ -27,6 +27,12 @@ pub trait CoreSink: Send + Sync + 'static {
 
     /// See [`Core::set_status`].
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError>;
+
+    /// See [`Core::load`].
+    async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError>;
+
+    /// See [`Core::save`].
+    async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError>;
 }
 
 /// The bridge's handle on the core. Cheap to clone; given to [`crate::BuildFn`].
@@ -61,6 +67,18 @@ impl Core {
     /// down, credentials refused). The core shows it to the user as the gateway's presence.
     pub async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
         self.sink.set_status(user, status).await
+    }
+
+    /// Reads a value the bridge saved under `key` with [`Core::save`]: the bridge's own
+    /// durable state (a disabled endpoint, a cursor), kept in the core's database and shared
+    /// by every instance. Keys are the bridge's to choose; each bridge sees only its own.
+    pub async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        self.sink.load(key).await
+    }
+
+    /// Saves `value` under `key` (`None` deletes it), durably, before returning `Ok`.
+    pub async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
+        self.sink.save(key, value).await
     }
 }
 

@@ -11,10 +11,13 @@
 //! - [`ids`]: opaque newtypes for users, foreign addresses and message ids.
 //! - [`message`]: the typed messages that flow in each direction, and delivery errors.
 //! - [`form`]: registration forms (rendered by the core as XEP-0004 data forms).
-//! - [`core`]: [`Core`], the handle a bridge uses to push events to the core.
+//! - [`core`]: [`Core`], the handle a bridge uses to push events to the core and keep a
+//!   little state of its own.
+//! - [`command`]: commands a bridge adds to the gateway's ad-hoc and chat commands.
 //! - [`settings`]: the bridge's own config keys, parsed with errors that name the key.
 //! - [`testkit`]: run a bridge without an XMPP server, in a unit test.
 
+pub mod command;
 pub mod core;
 pub mod form;
 pub mod ids;
@@ -24,11 +27,12 @@ pub mod testkit;
 
 use std::sync::Arc;
 
+pub use crate::command::{Command, CommandError};
 pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{
-    ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome, UserStatus,
+    Attachment, ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome, UserStatus,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
@@ -218,6 +222,31 @@ pub trait Bridge: Send + Sync + 'static {
     /// Passes a typing notification on. Called only when the bridge declares
     /// [`Capabilities::chat_states`]; never retried. The default drops it.
     async fn send_chat_state(&self, _user: &UserJid, _contact: &ForeignId, _state: ChatState) {}
+
+    /// What the bridge tells a user who writes to the gateway itself, shown above the
+    /// commands in the `help` reply: e.g. the contacts they may write to. No I/O.
+    fn describe(&self, _user: &UserJid) -> Option<String> {
+        None
+    }
+
+    /// Commands the bridge adds to the gateway's own (`register`, `status`…), offered as
+    /// XEP-0050 ad-hoc commands and by chat. Called whenever the list is shown, so it may
+    /// change (e.g. a choice of what is disabled now). No I/O.
+    fn commands(&self) -> Vec<Command> {
+        Vec::new()
+    }
+
+    /// Runs one of [`Bridge::commands`] for `user` with the values of its form (already
+    /// checked against it; empty when it has none) and returns what to say. The core has
+    /// checked that `user` may run it (admin commands: an admin of the bridge).
+    async fn run_command(
+        &self,
+        _user: &UserJid,
+        node: &str,
+        _values: &FormValues,
+    ) -> Result<String, CommandError> {
+        Err(CommandError::Rejected(format!("no command '{node}'")))
+    }
 
     /// Answers an HTTP request under `/bridges/{domain}/`, e.g. a provider's webhook. Verify
     /// signatures before trusting anything in the request. The default answers 404.

@@ -14,14 +14,30 @@ pub struct OutgoingMessage {
     pub user: UserJid,
     /// To whom, as [`crate::Bridge::parse_address`] returned it.
     pub contact: ForeignId,
-    /// The text. Never empty.
+    /// The text. Never empty: clients put a file's URL in the text too.
     pub text: String,
+    /// Files linked to the message (XEP-0066 out-of-band data), e.g. a picture shared
+    /// through HTTP upload; sent by MMS-like networks as media.
+    pub attachments: Vec<Attachment>,
+    /// When the core accepted the message from the user (it may be sent much later, after
+    /// retries).
+    pub accepted_at: SystemTime,
     /// What the bridge stored for this user at registration, if they registered.
     pub registration: Option<RegistrationData>,
     /// Set when this message corrects an earlier one (XEP-0308). Only bridges that declare
     /// [`crate::Capabilities::corrections`] see corrections; the core refuses them for the
     /// others, so that the user does not believe the correction reached anyone.
     pub replaces: Option<Correction>,
+}
+
+/// A file linked to a message by URL (XEP-0066 out-of-band data).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    /// Where the file is, usually `https://…`.
+    pub url: String,
+    /// What it is, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// Which earlier message a correction replaces.
@@ -102,8 +118,11 @@ pub struct IncomingMessage {
     pub contact: ForeignId,
     /// The XMPP user it is for.
     pub user: UserJid,
-    /// The text.
+    /// The text. When there are attachments, clients without XEP-0066 show only this: the
+    /// core appends any attachment URL the text does not already contain.
     pub text: String,
+    /// Files linked to the message (pictures of an MMS…), sent as XEP-0066 out-of-band data.
+    pub attachments: Vec<Attachment>,
     /// When the foreign network received it, if known; late deliveries carry it as a delay.
     pub timestamp: Option<SystemTime>,
 }

@@ -8,6 +8,7 @@
 //! // let bridge = kit.build(build, serde_json::json!({})).unwrap();
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +25,17 @@ pub struct TestCore {
     sender: mpsc::UnboundedSender<IncomingMessage>,
     receiver: Mutex<mpsc::UnboundedReceiver<IncomingMessage>>,
     statuses: Arc<std::sync::Mutex<Vec<(UserJid, UserStatus)>>>,
+    state: State,
 }
 
 struct RecordingSink {
     messages: mpsc::UnboundedSender<IncomingMessage>,
     statuses: Arc<std::sync::Mutex<Vec<(UserJid, UserStatus)>>>,
+    state: State,
 }
+
+/// The bridge's saved state, in memory.
+type State = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
 
 #[crate::async_trait]
 impl CoreSink for RecordingSink {
@@ -45,6 +51,26 @@ impl CoreSink for RecordingSink {
         }
         Ok(())
     }
+
+    async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError> {
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| CoreError::Refused("poisoned".into()))?;
+        Ok(state.get(key).cloned())
+    }
+
+    async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| CoreError::Refused("poisoned".into()))?;
+        match value {
+            Some(value) => state.insert(key.to_owned(), value),
+            None => state.remove(key),
+        };
+        Ok(())
+    }
 }
 
 impl TestCore {
@@ -56,6 +82,7 @@ impl TestCore {
             sender,
             receiver: Mutex::new(receiver),
             statuses: Arc::default(),
+            state: Arc::default(),
         }
     }
 
@@ -66,6 +93,7 @@ impl TestCore {
             Arc::new(RecordingSink {
                 messages: self.sender.clone(),
                 statuses: self.statuses.clone(),
+                state: self.state.clone(),
             }),
         )
     }
