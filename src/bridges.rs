@@ -3,7 +3,10 @@
 use jabbridge_sdk::BuildFn;
 
 /// Every bridge kind this build knows, by the `kind` key of `[[bridge]]`.
-const KINDS: &[(&str, BuildFn)] = &[("echo", jabbridge_bridge_echo::build)];
+const KINDS: &[(&str, BuildFn)] = &[
+    ("echo", jabbridge_bridge_echo::build),
+    ("webhook", jabbridge_bridge_webhook::build),
+];
 
 /// The build function of a kind.
 pub fn find(kind: &str) -> Option<BuildFn> {

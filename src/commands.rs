@@ -451,5 +451,4 @@ mod tests {
         assert!(listed(true).allowed(Some(Role::Admin)));
         assert!(!listed(false).allowed(None));
     }
-
 }

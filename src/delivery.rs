@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::{
-    Attachment, CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage, SendError,
-    Shutdown, UserJid,
+    Attachment, CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage,
+    SendError, Shutdown, UserJid,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -610,7 +610,10 @@ mod tests {
             "https://media.example/cat.jpg"
         );
         let text = "see https://media.example/cat.jpg".to_owned();
-        assert_eq!(with_fallback(text.clone(), std::slice::from_ref(&picture)), text);
+        assert_eq!(
+            with_fallback(text.clone(), std::slice::from_ref(&picture)),
+            text
+        );
         let mut with_picture = entry(0, None);
         with_picture.attachments = vec![picture];
         let element: xmpp_parsers::minidom::Element =

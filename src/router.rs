@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use jabbridge_sdk::{
     Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, ForeignId, FormValues,
-    IncomingMessage,
-    RegistrationError, UserJid, UserStatus, async_trait,
+    IncomingMessage, RegistrationError, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use xmpp_parsers::{
@@ -24,8 +23,8 @@ use xmpp_parsers::{
     message_correct::Replace,
     minidom::Element,
     nick::Nick,
-    oob::Oob,
     ns,
+    oob::Oob,
     presence::{Presence, Type as PresenceType},
     stanza_id::OriginId,
 };

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use jabbridge_sdk::http::{Method, StatusCode, header};
-use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
+use jabbridge_sdk::http::{Method, StatusCode};
+use jabbridge_sdk::secrecy::SecretString;
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
     ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, MessageId,
     OutgoingMessage, Prompt, RegistrationData, RegistrationError, SendError, SendOutcome, Settings,
-    UserJid, async_trait, respond,
+    UserJid, async_trait, auth, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -159,12 +159,8 @@ impl Bridge for Echo {
             return respond(StatusCode::NOT_FOUND, "not found\n");
         }
         // Check who is asking before reading anything they sent.
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if !presented.is_some_and(|presented| same(presented, token.expose_secret())) {
+        let presented = auth::bearer_token(request.headers());
+        if !presented.is_some_and(|presented| auth::secret_matches(presented, token)) {
             return respond(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
         }
         let say: Say = match jabbridge_sdk::serde_json::from_slice(request.body()) {
@@ -210,20 +206,11 @@ impl Echo {
     }
 }
 
-/// Compares two tokens in time that does not depend on where they differ.
-fn same(presented: &str, expected: &str) -> bool {
-    presented.len() == expected.len()
-        && presented
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use jabbridge_sdk::http::header;
     use jabbridge_sdk::{UserJid, testkit::TestCore};
 
     use super::*;

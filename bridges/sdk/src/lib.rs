@@ -14,9 +14,11 @@
 //! - [`core`]: [`Core`], the handle a bridge uses to push events to the core and keep a
 //!   little state of its own.
 //! - [`command`]: commands a bridge adds to the gateway's ad-hoc and chat commands.
+//! - [`auth`]: checking bearer tokens of incoming webhooks.
 //! - [`settings`]: the bridge's own config keys, parsed with errors that name the key.
 //! - [`testkit`]: run a bridge without an XMPP server, in a unit test.
 
+pub mod auth;
 pub mod command;
 pub mod core;
 pub mod form;
@@ -32,7 +34,8 @@ pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{
-    Attachment, ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome, UserStatus,
+    Attachment, ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome,
+    UserStatus,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
