@@ -532,6 +532,16 @@ pub fn error_condition(stanza: &Element) -> Option<String> {
         .map(|child| child.name().to_owned())
 }
 
+/// The human-readable text of an error stanza.
+pub fn error_text(stanza: &Element) -> String {
+    stanza
+        .children()
+        .find(|child| child.name() == "error")
+        .and_then(|error| error.children().find(|child| child.name() == "text"))
+        .map(Element::text)
+        .unwrap_or_default()
+}
+
 /// A running `jabbridge run`.
 pub struct Jabbridge {
     pub http_port: u16,

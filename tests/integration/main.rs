@@ -8,6 +8,7 @@ mod harness;
 mod link;
 mod protocol;
 mod store;
+mod webhook;
 
 use std::path::Path;
 

@@ -167,7 +167,7 @@ pub async fn handle(bridge: &Webhooks, request: HttpRequest) -> HttpResponse {
     }
     let recipients = match recipients(endpoint, inbound.recipients()) {
         Ok(recipients) => recipients,
-        Err(response) => return response,
+        Err((status, reason)) => return error(status, reason),
     };
     // A signed request's id is its webhook-id; else the sender's `id`; else a fresh one.
     let id = match (&signed, inbound.id) {
@@ -290,12 +290,12 @@ fn read_body(headers: &HeaderMap, body: &[u8]) -> Result<Inbound, String> {
 fn recipients(
     endpoint: &Endpoint,
     requested: Option<Vec<String>>,
-) -> Result<Vec<String>, HttpResponse> {
+) -> Result<Vec<String>, (StatusCode, String)> {
     let Some(requested) = requested else {
         return Ok(endpoint.deliver_to.clone());
     };
     if requested.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "'to' is an empty list"));
+        return Err((StatusCode::BAD_REQUEST, "'to' is an empty list".into()));
     }
     let mut chosen = Vec::new();
     for jid in requested {
@@ -304,7 +304,7 @@ fn recipients(
             .iter()
             .find(|known| known.eq_ignore_ascii_case(jid.trim()))
         else {
-            return Err(error(
+            return Err((
                 StatusCode::FORBIDDEN,
                 format!("'{jid}' is not among this endpoint's recipients (deliver_to)"),
             ));

@@ -270,9 +270,6 @@ impl Webhooks {
         if let Some(client) = self.client.get() {
             return Ok(client);
         }
-        // reqwest is built without a default crypto provider; ring is ours. Installing twice
-        // (another bridge did it) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(concat!("Jabbridge/", env!("CARGO_PKG_VERSION")))
             // A receiver that moved must be reconfigured, not followed: a redirect would
