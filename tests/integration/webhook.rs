@@ -439,17 +439,47 @@ async fn gone_disables_the_endpoint_until_an_admin_enables_it() {
             .contains("for the admins"),
         "{refused:?}"
     );
+    // The admin re-enables it with the ad-hoc command: a form to choose the endpoint, then done.
     let mut admin = server.client("admin").await;
-    admin
-        .send(&chat(HOOKS, "h3", "enable-endpoint endpoint=alerts"))
+    let commands = "http://jabber.org/protocol/commands";
+    let form = admin
+        .iq(
+            "a1",
+            &format!(
+                "<iq type='set' to='{HOOKS}' id='a1'><command xmlns='{commands}' \
+                 node='enable-endpoint' action='execute'/></iq>"
+            ),
+        )
         .await;
-    let done = admin
-        .expect(WAIT, |stanza| {
-            from_is(stanza, HOOKS) && body(stanza).is_some()
+    let command = form.get_child("command", commands).expect("a command");
+    assert_eq!(command.attr("status"), Some("executing"), "{form:?}");
+    let field = command
+        .get_child("x", "jabber:x:data")
+        .and_then(|x| {
+            x.children()
+                .find(|field| field.attr("var") == Some("endpoint"))
         })
+        .expect("an endpoint field");
+    assert_eq!(field.attr("type"), Some("list-single"));
+    let session = command.attr("sessionid").unwrap_or_default();
+    let done = admin
+        .iq(
+            "a2",
+            &format!(
+                "<iq type='set' to='{HOOKS}' id='a2'><command xmlns='{commands}' \
+                 node='enable-endpoint' sessionid='{session}' action='complete'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='endpoint'><value>alerts</value></field>\
+                 </x></command></iq>"
+            ),
+        )
         .await;
+    let command = done.get_child("command", commands).expect("a command");
+    assert_eq!(command.attr("status"), Some("completed"), "{done:?}");
     assert_eq!(
-        body(&done).as_deref(),
+        command
+            .get_child("note", commands)
+            .map(Element::text)
+            .as_deref(),
         Some("alerts@hooks.localhost is enabled again.")
     );
     alice.send(&chat(&alerts, "g3", "third")).await;
