@@ -1,5 +1,5 @@
 //! The store on SQLite and on a real PostgreSQL: migrations, registrations, identities, id
-//! mappings, and the durable queues' claim/lease/dedupe rules.
+//! mappings, bridges' state, and the durable queues' claim/lease/dedupe rules.
 
 use std::time::Duration;
 
@@ -78,6 +78,43 @@ async fn registrations_survive_reopening_and_update() {
                 .identity_owner("echo.test", "+15551234567")
                 .await
                 .unwrap(),
+            None
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bridge_state_is_kept_per_bridge_replaced_and_deleted() {
+    each_backend(async |store: Store| {
+        let disabled = serde_json::json!({"reason": "410", "since": "2026-11-21T10:00:00Z"});
+        store
+            .put_state("hooks.test", "disabled/alerts", Some(&disabled))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.state("hooks.test", "disabled/alerts").await.unwrap(),
+            Some(disabled)
+        );
+        assert_eq!(
+            store.state("other.test", "disabled/alerts").await.unwrap(),
+            None
+        );
+        let again = serde_json::json!({"reason": "admin", "since": "later"});
+        store
+            .put_state("hooks.test", "disabled/alerts", Some(&again))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.state("hooks.test", "disabled/alerts").await.unwrap(),
+            Some(again)
+        );
+        store
+            .put_state("hooks.test", "disabled/alerts", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.state("hooks.test", "disabled/alerts").await.unwrap(),
             None
         );
     })
