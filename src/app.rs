@@ -80,7 +80,8 @@ pub fn check_bridges(config: &Config) -> Result<(), StartError> {
         build_bridge(
             index,
             section,
-            Core::new(section.domain.clone(), Arc::new(Unwired)),
+            Core::new(section.domain.clone(), Arc::new(Unwired))
+                .with_public_url(config.http.public_url.clone()),
         )?;
     }
     Ok(())
@@ -146,7 +147,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = link_task.await;
         });
         let sink = Arc::new(RouterSink::new());
-        let bridge = build_bridge(index, section, Core::new(domain.clone(), sink.clone()))?;
+        let core =
+            Core::new(domain.clone(), sink.clone()).with_public_url(config.http.public_url.clone());
+        let bridge = build_bridge(index, section, core)?;
         let gateway = Arc::new(Gateway::new(
             domain.clone(),
             bridge.clone(),

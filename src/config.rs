@@ -450,6 +450,20 @@ impl Config {
         if !(1..=64).contains(&self.delivery.workers) {
             return Err(("delivery.workers".into(), "must be between 1 and 64".into()));
         }
+        if let Some(url) = &self.http.public_url {
+            let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+            let host = url
+                .split_once("://")
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            if !matches!(scheme, Some("http" | "https")) || host.is_empty() || host.starts_with('/')
+            {
+                return Err((
+                    "http.public_url".into(),
+                    format!("'{url}' is not an http(s) URL such as https://gw.example.org"),
+                ));
+            }
+        }
         if self.xmpp.queue == 0 {
             return Err(("xmpp.queue".into(), "must be at least 1".into()));
         }
@@ -660,6 +674,16 @@ secret = "s3cret"
         ));
         let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
         assert_eq!(error.key.as_deref(), Some("bridge[1].domain"));
+
+        for url in ["gw.example.org", "ftp://gw.example.org", "https://"] {
+            let file = write(&format!("{MINIMAL}[http]\npublic_url = \"{url}\"\n"));
+            let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();
+            assert_eq!(error.key.as_deref(), Some("http.public_url"), "{url}");
+        }
+        let file = write(&format!(
+            "{MINIMAL}[http]\npublic_url = \"https://gw.example.org/\"\n"
+        ));
+        assert!(Config::load_with_env(file.path(), env(&[])).is_ok());
 
         let file = write(&MINIMAL.replace("\"echo\"", "\"carrier-pigeon\""));
         let error = Config::load_with_env(file.path(), env(&[])).unwrap_err();

@@ -40,6 +40,7 @@ pub trait CoreSink: Send + Sync + 'static {
 pub struct Core {
     sink: Arc<dyn CoreSink>,
     domain: String,
+    public_url: Option<String>,
 }
 
 impl Core {
@@ -48,7 +49,30 @@ impl Core {
         Self {
             sink,
             domain: domain.into(),
+            public_url: None,
         }
+    }
+
+    /// Sets the URL the outside world reaches Jabbridge's HTTP listener at (`http.public_url`).
+    /// Used by the core and the test kit, not by bridges.
+    pub fn with_public_url(mut self, url: Option<String>) -> Self {
+        self.public_url = url.map(|url| url.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The URL the outside world reaches Jabbridge's HTTP listener at, without a trailing
+    /// `/` (`http.public_url`), if the admin configured one.
+    pub fn public_url(&self) -> Option<&str> {
+        self.public_url.as_deref()
+    }
+
+    /// The public URL of one of the bridge's own HTTP routes, e.g. `route_url("/status")` is
+    /// `https://gw.example.org/bridges/{domain}/status`: what to give a provider as a callback
+    /// URL, and what its signature covers. `None` without `http.public_url`.
+    pub fn route_url(&self, path: &str) -> Option<String> {
+        let path = path.trim_start_matches('/');
+        self.public_url()
+            .map(|base| format!("{base}/bridges/{}/{path}", self.domain))
     }
 
     /// The bridge's XMPP domain, e.g. `sms.example.org`, for building URLs and texts.

@@ -22,6 +22,7 @@ use crate::{
 /// A stand-in for the Jabbridge core that records what a bridge pushes.
 pub struct TestCore {
     domain: String,
+    public_url: Option<String>,
     sender: mpsc::UnboundedSender<IncomingMessage>,
     receiver: Mutex<mpsc::UnboundedReceiver<IncomingMessage>>,
     statuses: Arc<std::sync::Mutex<Vec<(UserJid, UserStatus)>>>,
@@ -79,11 +80,18 @@ impl TestCore {
         let (sender, receiver) = mpsc::unbounded_channel();
         Self {
             domain: domain.to_owned(),
+            public_url: None,
             sender,
             receiver: Mutex::new(receiver),
             statuses: Arc::default(),
             state: Arc::default(),
         }
+    }
+
+    /// Sets `http.public_url` as bridges built from now on see it ([`Core::public_url`]).
+    pub fn with_public_url(mut self, url: &str) -> Self {
+        self.public_url = Some(url.to_owned());
+        self
     }
 
     /// The [`Core`] handle to give a bridge.
@@ -96,6 +104,7 @@ impl TestCore {
                 state: self.state.clone(),
             }),
         )
+        .with_public_url(self.public_url.clone())
     }
 
     /// Builds a bridge with `settings` (a JSON object of its config keys), as the core would.

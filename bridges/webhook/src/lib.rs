@@ -504,7 +504,15 @@ impl Bridge for Webhooks {
             .endpoints
             .values()
             .filter(|endpoint| endpoint.deliver_to_has(user))
-            .map(|endpoint| format!("  {}", self.contact(&endpoint.name)))
+            .map(|endpoint| {
+                let route = format!("/endpoints/{}", endpoint.name);
+                match self.core.route_url(&route) {
+                    Some(url) => {
+                        format!("  {} (senders POST to {url})", self.contact(&endpoint.name))
+                    }
+                    None => format!("  {}", self.contact(&endpoint.name)),
+                }
+            })
             .collect();
         if !receiving.is_empty() {
             lines.push("Endpoints that write to you:".into());
