@@ -105,6 +105,13 @@ impl Endpoint {
     fn receives(&self) -> bool {
         self.inbound_token.is_some() || self.inbound_signer.is_some()
     }
+
+    /// Whether `user` is one of the recipients of incoming messages.
+    fn deliver_to_has(&self, user: &UserJid) -> bool {
+        self.deliver_to
+            .iter()
+            .any(|jid| jid.eq_ignore_ascii_case(user.as_str()))
+    }
 }
 
 /// Whether `entry` (`*`, a domain or a bare JID) covers `jid`; case-insensitive.
@@ -594,14 +601,6 @@ impl Bridge for Webhooks {
 
     async fn handle_http(&self, request: HttpRequest) -> HttpResponse {
         incoming::handle(self, request).await
-    }
-}
-
-impl Endpoint {
-    fn deliver_to_has(&self, user: &UserJid) -> bool {
-        self.deliver_to
-            .iter()
-            .any(|jid| jid.eq_ignore_ascii_case(user.as_str()))
     }
 }
 
