@@ -77,16 +77,25 @@ pub struct Listed {
     pub admin: bool,
     /// How to say it in chat, after the word.
     pub usage: String,
-    /// The bridge's form, for a bridge command (`None` for the core's own).
-    bridge_form: Option<Option<Form>>,
+    /// Who runs it.
+    source: Source,
+}
+
+/// Who runs a listed command.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// The core, in [`Gateway::run_command`].
+    Core,
+    /// The bridge, after the user filled in this form (if any).
+    Bridge(Option<Form>),
 }
 
 impl Listed {
     /// Whether chat words after the command are its form's values.
     fn takes_values(&self) -> bool {
-        match &self.bridge_form {
-            Some(form) => form.is_some(),
-            None => matches!(self.node.as_str(), "register" | "remove-user"),
+        match &self.source {
+            Source::Bridge(form) => form.is_some(),
+            Source::Core => matches!(self.node.as_str(), "register" | "remove-user"),
         }
     }
 
@@ -131,7 +140,7 @@ impl Gateway {
             name: command.name.into(),
             admin: command.admin,
             usage: command.usage.into(),
-            bridge_form: None,
+            source: Source::Core,
         });
         let bridge = self
             .bridge
@@ -149,7 +158,7 @@ impl Gateway {
                 node: command.node,
                 name: command.name,
                 admin: command.admin,
-                bridge_form: Some(command.form),
+                source: Source::Bridge(command.form),
             });
         core.chain(bridge)
             .filter(|command| role.is_none() || command.allowed(role))
@@ -176,7 +185,7 @@ impl Gateway {
                 self.domain
             )));
         }
-        if let Some(form) = command.bridge_form {
+        if let Source::Bridge(form) = command.source {
             return self.run_bridge_command(user, node, form, input).await;
         }
         match (command.node.as_str(), input) {
@@ -444,7 +453,7 @@ mod tests {
             name: "x".into(),
             admin,
             usage: String::new(),
-            bridge_form: Some(None),
+            source: Source::Bridge(None),
         };
         assert!(listed(false).allowed(Some(Role::User)));
         assert!(!listed(true).allowed(Some(Role::User)));

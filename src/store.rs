@@ -195,9 +195,24 @@ impl Store {
         bridge: &str,
         jid: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query("SELECT data FROM registrations WHERE bridge = $1 AND jid = $2")
-            .bind(bridge)
-            .bind(jid)
+        self.json_value(
+            "SELECT data FROM registrations WHERE bridge = $1 AND jid = $2",
+            bridge,
+            jid,
+        )
+        .await
+    }
+
+    /// The JSON text in the first column of the row `sql` selects with two parameters, parsed.
+    async fn json_value(
+        &self,
+        sql: &'static str,
+        first: &str,
+        second: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(first)
+            .bind(second)
             .fetch_optional(&self.pool)
             .await?;
         match row {
@@ -230,15 +245,12 @@ impl Store {
         bridge: &str,
         key: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query("SELECT value FROM bridge_state WHERE bridge = $1 AND key = $2")
-            .bind(bridge)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
-            None => Ok(None),
-        }
+        self.json_value(
+            "SELECT value FROM bridge_state WHERE bridge = $1 AND key = $2",
+            bridge,
+            key,
+        )
+        .await
     }
 
     /// Saves (or with `None` deletes) a bridge's value under `key`.

@@ -14,10 +14,37 @@ use xmpp_parsers::minidom::Element;
 pub const SECRET: &str = "component-secret";
 pub const PASSWORD: &str = "password";
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and that no other test process was given in the
+/// last ten minutes.
+///
+/// Ports come from below the kernel's ephemeral range (32768+), so that no outgoing
+/// connection takes one between this call and the server binding it. Each one is reserved
+/// with a file created exclusively in a directory shared by every test process (nextest
+/// runs each test in its own process): a port the kernel handed to two processes for `bind(0)`
+/// let one test's Jabbridge reach another test's Prosody.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
+    const RESERVED_FOR: Duration = Duration::from_secs(600);
+    let dir = std::env::temp_dir().join("jabbridge-test-ports");
+    std::fs::create_dir_all(&dir).expect("port reservation dir");
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000u16);
+        let marker = dir.join(port.to_string());
+        let stale = std::fs::metadata(&marker)
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|at| at.elapsed().unwrap_or_default() > RESERVED_FOR);
+        if stale {
+            let _ = std::fs::remove_file(&marker);
+        }
+        let reserved = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok();
+        if reserved && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port among 1000 tries");
 }
 
 /// Waits until something accepts connections on `port`; false after `timeout`.
@@ -301,6 +328,14 @@ modules:
     }
 
     /// Stops the server (as an operator would) and waits for it to exit.
+    /// The component port a bridge on `domain` connects to (ejabberd: its own listener).
+    pub fn component_port_for(&self, domain: &str) -> u16 {
+        self.component_ports
+            .iter()
+            .find(|(name, _)| name == domain)
+            .map_or(self.component_port, |(_, port)| *port)
+    }
+
     pub async fn stop(&mut self) {
         let Some(mut child) = self.process.take() else {
             return;

@@ -64,11 +64,7 @@ listen = "127.0.0.1:{{http}}"
         dir = dir.display(),
     );
     for domain in domains {
-        let port = server
-            .component_ports
-            .iter()
-            .find(|(name, _)| name == domain)
-            .map_or(server.component_port, |(_, port)| *port);
+        let port = server.component_port_for(domain);
         config.push_str(&format!(
             "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\nadmins = [\"{ADMIN}\"]\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
             harness::SECRET

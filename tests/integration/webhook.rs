@@ -184,11 +184,7 @@ impl Receiver {
 /// A config with the webhook bridge: `alerts` (both ways, to the receiver) and `signed`
 /// (incoming only, Standard Webhooks), fast retries.
 fn hooks_config(server: &XmppServer, dir: &std::path::Path, receiver: &Receiver) -> String {
-    let port = server
-        .component_ports
-        .iter()
-        .find(|(name, _)| name == HOOKS)
-        .map_or(server.component_port, |(_, port)| *port);
+    let port = server.component_port_for(HOOKS);
     config_for(server, dir, &[])
         + &format!(
             r#"
