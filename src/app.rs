@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jabbridge_sdk::{
-    Bridge, BridgeError, Core, CoreError, CoreSink, IncomingMessage, Shutdown, UserJid, UserStatus,
-    async_trait,
+    Bridge, BridgeError, Core, CoreError, CoreSink, DeliveryReport, ForeignId, IncomingMessage,
+    MessageId, RegistrationData, Shutdown, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -48,6 +48,27 @@ pub enum StartError {
     },
 }
 
+/// Why `jabbridge identities` cannot name a foreign identity.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// No bridge has that domain.
+    #[error("no [[bridge]] has domain = \"{0}\"")]
+    UnknownDomain(String),
+    /// The bridge's section does not build.
+    #[error(transparent)]
+    Bridge(#[from] StartError),
+    /// The bridge does not accept the address.
+    #[error("'{address}' is not an address on {domain}: {reason}")]
+    Invalid {
+        /// What was given.
+        address: String,
+        /// The bridge.
+        domain: String,
+        /// The bridge's reason.
+        reason: String,
+    },
+}
+
 /// How long shutdown may take before the remaining tasks are abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -71,6 +92,30 @@ impl CoreSink for Unwired {
     async fn save(&self, _key: &str, _value: Option<serde_json::Value>) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
+
+    async fn report(&self, _message: MessageId, _report: DeliveryReport) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn owner(&self, _identity: ForeignId) -> Result<Option<UserJid>, CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn set_owner(
+        &self,
+        _identity: ForeignId,
+        _owner: Option<UserJid>,
+    ) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn identities(&self, _user: UserJid) -> Result<Vec<ForeignId>, CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn registration(&self, _user: UserJid) -> Result<Option<RegistrationData>, CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
 }
 
 /// Builds every bridge without running anything, so that `check-config` reports each
@@ -85,6 +130,37 @@ pub fn check_bridges(config: &Config) -> Result<(), StartError> {
         )?;
     }
     Ok(())
+}
+
+/// The foreign identity `address` names on the bridge at `domain`, as that bridge writes it
+/// (e.g. `(555) 123-4567` → `+15551234567` on an SMS bridge): what `jabbridge identities`
+/// stores, so that the CLI and the bridge agree.
+pub fn normalize_identity(
+    config: &Config,
+    domain: &str,
+    address: &str,
+) -> Result<String, IdentityError> {
+    let Some((index, section)) = config
+        .bridge
+        .iter()
+        .enumerate()
+        .find(|(_, section)| section.domain == domain)
+    else {
+        return Err(IdentityError::UnknownDomain(domain.to_owned()));
+    };
+    let bridge = build_bridge(
+        index,
+        section,
+        Core::new(section.domain.clone(), Arc::new(Unwired)),
+    )?;
+    let parsed = bridge
+        .parse_address(address)
+        .map_err(|error| IdentityError::Invalid {
+            address: address.to_owned(),
+            domain: domain.to_owned(),
+            reason: error.to_string(),
+        })?;
+    Ok(parsed.as_str().to_owned())
 }
 
 fn build_bridge(

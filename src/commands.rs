@@ -291,7 +291,7 @@ impl Gateway {
     }
 
     async fn status_text(&self, user: &str) -> Result<String, StanzaFailure> {
-        if !self.is_registered(user).await? {
+        if !self.is_member(user).await? {
             return Ok(format!(
                 "You are not registered with {}. Say 'register' to start.",
                 self.domain

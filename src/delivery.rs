@@ -5,7 +5,8 @@
 //!
 //! - Outbox (XMPP → foreign network): [`Gateway::accept_outgoing`] stores, the outbox
 //!   workers call [`jabbridge_sdk::Bridge::send_message`], retry transient failures with
-//!   capped exponential backoff, and answer with a receipt or an error message.
+//!   capped exponential backoff, and answer with a receipt or an error message: at once, or
+//!   when the bridge passes on the network's delivery report ([`Gateway::delivery_report`]).
 //! - Inbox (foreign network → XMPP): [`Gateway::accept_incoming`] stores (de-duplicated by
 //!   the foreign id), the inbox workers write the stanza to the component link once it is up
 //!   and mark the row delivered once the stanza is on the server's socket.
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::{
-    Attachment, CoreError, Correction, ForeignId, IncomingMessage, MessageId, OutgoingMessage,
-    SendError, Shutdown, UserJid,
+    Attachment, CoreError, Correction, DeliveryReport, ForeignId, IncomingMessage, MessageId,
+    OutgoingMessage, SendError, Shutdown, UserJid,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -92,6 +93,23 @@ struct InboxEntry {
     /// When we accepted it, Unix ms.
     accepted_at: i64,
 }
+
+/// What answering a later delivery report needs, kept with the message id mapping (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingReport {
+    /// The sender's full JID.
+    from: String,
+    /// The contact's JID.
+    to: String,
+    /// The id the receipt or error refers to.
+    stanza_id: String,
+    /// Whether the sender asked for a receipt.
+    receipt: bool,
+}
+
+/// How long a delivery report waits for the message it is about to be recorded: a network
+/// may report before the core has written down what the bridge's send returned.
+const REPORT_WAIT: Duration = Duration::from_secs(3);
 
 /// Wakes the outbox or the inbox workers when a message arrives.
 #[derive(Debug, Default)]
@@ -279,7 +297,9 @@ impl Gateway {
                 return;
             }
         };
-        if self.info.registration.is_some() && registration.is_none() {
+        let member = registration.is_some()
+            || !matches!(self.store.identities_of(&self.domain, &user).await, Ok(ids) if ids.is_empty());
+        if self.info.registration.is_some() && !member {
             let reason = format!("you are no longer registered with {}", self.domain);
             self.give_up(&claimed, &entry, &reason).await;
             return;
@@ -317,17 +337,38 @@ impl Gateway {
             Ok(outcome) => {
                 metrics::delivery(&self.domain, "ok");
                 self.finish(Queue::Outbox, &claimed, None).await;
+                let report_follows = outcome.report_follows && outcome.foreign_id.is_some();
                 if let Some(foreign_id) = outcome.foreign_id {
-                    let mapped = self
-                        .store
-                        .map_message_id(&self.domain, &user, &entry.id, foreign_id.as_str())
-                        .await;
+                    let mapped = if report_follows {
+                        let pending = PendingReport {
+                            from: entry.from.clone(),
+                            to: entry.to.clone(),
+                            stanza_id: entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone()),
+                            receipt: entry.receipt && entry.stanza_id.is_some(),
+                        };
+                        let pending = serde_json::to_string(&pending).unwrap_or_default();
+                        self.store
+                            .await_report(
+                                &self.domain,
+                                &user,
+                                &entry.id,
+                                foreign_id.as_str(),
+                                &pending,
+                            )
+                            .await
+                    } else {
+                        self.store
+                            .map_message_id(&self.domain, &user, &entry.id, foreign_id.as_str())
+                            .await
+                    };
                     if let Err(error) = mapped {
                         tracing::warn!(bridge = %self.domain, %error, "cannot record a message id mapping");
                     }
                 }
-                if let (true, Some(stanza_id)) = (entry.receipt, &entry.stanza_id) {
-                    self.send_receipt(&entry, stanza_id).await;
+                if let (false, true, Some(stanza_id)) =
+                    (report_follows, entry.receipt, &entry.stanza_id)
+                {
+                    self.send_receipt(&entry.from, &entry.to, stanza_id).await;
                 }
             }
             Err(SendError::Permanent { reason }) => {
@@ -390,11 +431,17 @@ impl Gateway {
     async fn give_up(&self, claimed: &Claimed, entry: &OutboxEntry, reason: &str) {
         tracing::info!(bridge = %self.domain, %reason, "message not delivered");
         self.finish(Queue::Outbox, claimed, Some(reason)).await;
+        let id = entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone());
+        self.send_error(&entry.from, &entry.to, id, reason).await;
+    }
+
+    /// Tells the sender of message `id` that it was not delivered, as an error from `to`.
+    async fn send_error(&self, from: &str, to: &str, id: String, reason: &str) {
         let header = StanzaHeader {
             kind: StanzaKind::Message,
-            from: Some(entry.from.clone()),
-            to: Some(entry.to.clone()),
-            id: entry.stanza_id.clone().or_else(|| Some(entry.id.clone())),
+            from: Some(from.to_owned()),
+            to: Some(to.to_owned()),
+            id: Some(id),
             type_: Some("chat".into()),
         };
         let failure = StanzaFailure::Unavailable(reason.to_owned());
@@ -403,8 +450,8 @@ impl Gateway {
         }
     }
 
-    async fn send_receipt(&self, entry: &OutboxEntry, stanza_id: &str) {
-        let (Ok(to), Ok(from)) = (entry.from.parse::<Jid>(), entry.to.parse::<Jid>()) else {
+    async fn send_receipt(&self, from: &str, to: &str, stanza_id: &str) {
+        let (Ok(to), Ok(from)) = (from.parse::<Jid>(), to.parse::<Jid>()) else {
             return;
         };
         let mut receipt = Message::new(Some(to)).with_payload(Received {
@@ -413,6 +460,56 @@ impl Gateway {
         receipt.from = Some(from);
         receipt.id = Some(Id(uuid::Uuid::new_v4().to_string()));
         self.send(receipt.into()).await;
+    }
+
+    /// Acts on a bridge's delivery report about the message the network knows as
+    /// `foreign_id`: a receipt (if asked) or an error message to its sender, once. Unknown
+    /// messages and repeated reports are ignored.
+    pub async fn delivery_report(
+        &self,
+        foreign_id: &str,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError> {
+        let deadline = tokio::time::Instant::now() + REPORT_WAIT;
+        let pending = loop {
+            match self.store.take_pending_report(&self.domain, foreign_id).await {
+                Ok(Some(pending)) => break pending,
+                Ok(None) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(None) => {
+                    tracing::debug!(bridge = %self.domain, foreign_id, "a delivery report about no message awaiting one");
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::error!(bridge = %self.domain, %error, "cannot read a message awaiting a delivery report");
+                    return Err(CoreError::Refused(
+                        "the gateway cannot reach its database right now".into(),
+                    ));
+                }
+            }
+        };
+        let Ok(pending) = serde_json::from_str::<PendingReport>(&pending) else {
+            tracing::error!(bridge = %self.domain, foreign_id, "a stored delivery report record does not parse");
+            return Ok(());
+        };
+        match report {
+            DeliveryReport::Delivered => {
+                metrics::delivery(&self.domain, "reported-delivered");
+                if pending.receipt {
+                    self.send_receipt(&pending.from, &pending.to, &pending.stanza_id)
+                        .await;
+                }
+            }
+            DeliveryReport::Failed(reason) => {
+                metrics::delivery(&self.domain, "reported-failed");
+                tracing::info!(bridge = %self.domain, %reason, "the network reported a message undelivered");
+                let reason = format!("not delivered: {reason}");
+                self.send_error(&pending.from, &pending.to, pending.stanza_id, &reason)
+                    .await;
+            }
+        }
+        Ok(())
     }
 
     async fn inbox_worker(self: Arc<Self>, shutdown: Shutdown) {

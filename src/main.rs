@@ -67,6 +67,13 @@ enum IdentitiesCommand {
         /// The foreign identity, e.g. +15551234567.
         foreign_id: String,
     },
+    /// Remove the owner of a foreign identity.
+    Remove {
+        /// The bridge's domain.
+        domain: String,
+        /// The foreign identity, e.g. +15551234567.
+        foreign_id: String,
+    },
     /// Make an XMPP user the owner of a foreign identity.
     Set {
         /// The bridge's domain.
@@ -136,6 +143,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             println!("removed {jid} from {domain}");
         }
         Command::Identities(IdentitiesCommand::Show { domain, foreign_id }) => {
+            let foreign_id = app::normalize_identity(&config, &domain, &foreign_id)?;
             match open_store(&config)
                 .await?
                 .identity_owner(&domain, &foreign_id)
@@ -145,11 +153,23 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                 None => anyhow::bail!("nobody owns {foreign_id} on {domain}"),
             }
         }
+        Command::Identities(IdentitiesCommand::Remove { domain, foreign_id }) => {
+            let foreign_id = app::normalize_identity(&config, &domain, &foreign_id)?;
+            if !open_store(&config)
+                .await?
+                .delete_identity(&domain, &foreign_id)
+                .await?
+            {
+                anyhow::bail!("nobody owns {foreign_id} on {domain}");
+            }
+            println!("{foreign_id} on {domain} now belongs to nobody");
+        }
         Command::Identities(IdentitiesCommand::Set {
             domain,
             foreign_id,
             jid,
         }) => {
+            let foreign_id = app::normalize_identity(&config, &domain, &foreign_id)?;
             open_store(&config)
                 .await?
                 .put_identity(&domain, &foreign_id, &jid)

@@ -11,8 +11,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use jabbridge_sdk::{
-    Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, ForeignId, FormValues,
-    IncomingMessage, RegistrationError, UserJid, UserStatus, async_trait,
+    Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, DeliveryReport, ForeignId,
+    FormValues, IncomingMessage, MessageId, RegistrationData, RegistrationError, UserJid,
+    UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use xmpp_parsers::{
@@ -185,6 +186,20 @@ impl Gateway {
             .await
             .map_err(|error| self.storage_failed(error))?
             .is_some())
+    }
+
+    /// Whether `user` may use the bridge: registered, or the owner of one of its identities
+    /// (a phone number an admin assigned them).
+    pub async fn is_member(&self, user: &str) -> Result<bool, StanzaFailure> {
+        if self.is_registered(user).await? {
+            return Ok(true);
+        }
+        Ok(!self
+            .store
+            .identities_of(&self.domain, user)
+            .await
+            .map_err(|error| self.storage_failed(error))?
+            .is_empty())
     }
 
     async fn on_iq(&self, element: Element) -> Answer {
@@ -452,7 +467,7 @@ impl Gateway {
             return Ok(None);
         }
         let contact = self.contact_of(&to)?;
-        let registered = self.is_registered(user.as_str()).await?;
+        let registered = self.is_member(user.as_str()).await?;
         let reply = |type_: PresenceType| {
             let mut presence = Presence::new(type_).with_to(Jid::from(user.clone()));
             presence.from = Some(Jid::from(to.to_bare()));
@@ -623,7 +638,7 @@ impl Gateway {
                 self.info.name
             )));
         }
-        if !self.is_registered(&user).await? {
+        if !self.is_member(&user).await? {
             return Err(StanzaFailure::RegistrationRequired(format!(
                 "register with {} first (service discovery, or send 'help' to {})",
                 self.domain, self.domain
@@ -690,7 +705,7 @@ impl Gateway {
             chatstates::ChatState::Inactive => ChatState::Inactive,
             chatstates::ChatState::Paused => ChatState::Paused,
         };
-        if matches!(self.is_registered(user).await, Ok(true)) {
+        if matches!(self.is_member(user).await, Ok(true)) {
             self.bridge
                 .send_chat_state(&UserJid::new(user), &contact, state)
                 .await;
@@ -764,6 +779,68 @@ impl CoreSink for RouterSink {
         gateway
             .store
             .put_state(&gateway.domain, key, value.as_ref())
+            .await
+            .map_err(|error| state_unavailable(&gateway.domain, &error))
+    }
+
+    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError> {
+        self.gateway()?
+            .delivery_report(message.as_str(), report)
+            .await
+    }
+
+    async fn owner(&self, identity: ForeignId) -> Result<Option<UserJid>, CoreError> {
+        let gateway = self.gateway()?;
+        Ok(gateway
+            .store
+            .identity_owner(&gateway.domain, identity.as_str())
+            .await
+            .map_err(|error| state_unavailable(&gateway.domain, &error))?
+            .map(UserJid::new))
+    }
+
+    async fn set_owner(
+        &self,
+        identity: ForeignId,
+        owner: Option<UserJid>,
+    ) -> Result<(), CoreError> {
+        let gateway = self.gateway()?;
+        let done = match owner {
+            Some(owner) => {
+                let owner: BareJid = owner.as_str().parse().map_err(|error| {
+                    CoreError::Refused(format!("'{owner}' is not a bare JID: {error}"))
+                })?;
+                gateway
+                    .store
+                    .put_identity(&gateway.domain, identity.as_str(), owner.as_str())
+                    .await
+            }
+            None => gateway
+                .store
+                .delete_identity(&gateway.domain, identity.as_str())
+                .await
+                .map(|_| ()),
+        };
+        done.map_err(|error| state_unavailable(&gateway.domain, &error))
+    }
+
+    async fn identities(&self, user: UserJid) -> Result<Vec<ForeignId>, CoreError> {
+        let gateway = self.gateway()?;
+        Ok(gateway
+            .store
+            .identities_of(&gateway.domain, user.as_str())
+            .await
+            .map_err(|error| state_unavailable(&gateway.domain, &error))?
+            .into_iter()
+            .map(ForeignId::new)
+            .collect())
+    }
+
+    async fn registration(&self, user: UserJid) -> Result<Option<RegistrationData>, CoreError> {
+        let gateway = self.gateway()?;
+        gateway
+            .store
+            .registration(&gateway.domain, user.as_str())
             .await
             .map_err(|error| state_unavailable(&gateway.domain, &error))
     }

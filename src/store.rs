@@ -322,6 +322,89 @@ impl Store {
         Ok(row.map(|row| row.try_get::<String, _>(0)).transpose()?)
     }
 
+    /// The foreign identities `jid` owns on `bridge`, sorted.
+    pub async fn identities_of(&self, bridge: &str, jid: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT foreign_id FROM identities WHERE bridge = $1 AND jid = $2 ORDER BY foreign_id",
+        )
+        .bind(bridge)
+        .bind(jid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Removes the owner of a foreign identity; whether it had one.
+    pub async fn delete_identity(&self, bridge: &str, foreign_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM identities WHERE bridge = $1 AND foreign_id = $2")
+            .bind(bridge)
+            .bind(foreign_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records what a later delivery report about `foreign_id` needs (JSON), next to the id
+    /// mapping of the message `jid` sent as `xmpp_id`.
+    pub async fn await_report(
+        &self,
+        bridge: &str,
+        jid: &str,
+        xmpp_id: &str,
+        foreign_id: &str,
+        pending: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at, pending_report) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id, \
+             pending_report = excluded.pending_report",
+        )
+        .bind(bridge)
+        .bind(jid)
+        .bind(xmpp_id)
+        .bind(foreign_id)
+        .bind(now_millis())
+        .bind(pending)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes what a delivery report about `foreign_id` needs, clearing it so that the report
+    /// is acted on once: `Ok(None)` when no message awaits one (unknown, or already reported).
+    pub async fn take_pending_report(
+        &self,
+        bridge: &str,
+        foreign_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT jid, xmpp_id, pending_report FROM message_ids \
+             WHERE bridge = $1 AND foreign_id = $2 AND pending_report IS NOT NULL \
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(bridge)
+        .bind(foreign_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let (jid, xmpp_id, pending): (String, String, String) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        // Only the caller whose update clears it acts on it (two instances, a repeated report).
+        let cleared = sqlx::query(
+            "UPDATE message_ids SET pending_report = NULL \
+             WHERE bridge = $1 AND jid = $2 AND xmpp_id = $3 AND pending_report IS NOT NULL",
+        )
+        .bind(bridge)
+        .bind(&jid)
+        .bind(&xmpp_id)
+        .execute(&self.pool)
+        .await?;
+        Ok((cleared.rows_affected() == 1).then_some(pending))
+    }
+
     /// Maps an XMPP message id to the foreign network's id for the same message.
     pub async fn map_message_id(
         &self,

@@ -148,6 +148,7 @@ impl Bridge for Echo {
             })?;
         Ok(SendOutcome {
             foreign_id: Some(reply_id),
+            report_follows: false,
         })
     }
 

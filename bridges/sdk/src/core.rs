@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::{IncomingMessage, UserJid, UserStatus};
+use crate::{
+    DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, UserJid, UserStatus,
+};
 
 /// Why the core did not accept an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +35,22 @@ pub trait CoreSink: Send + Sync + 'static {
 
     /// See [`Core::save`].
     async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError>;
+
+    /// See [`Core::report`].
+    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError>;
+
+    /// See [`Core::owner`].
+    async fn owner(&self, identity: ForeignId) -> Result<Option<UserJid>, CoreError>;
+
+    /// See [`Core::set_owner`].
+    async fn set_owner(&self, identity: ForeignId, owner: Option<UserJid>)
+    -> Result<(), CoreError>;
+
+    /// See [`Core::identities`].
+    async fn identities(&self, user: UserJid) -> Result<Vec<ForeignId>, CoreError>;
+
+    /// See [`Core::registration`].
+    async fn registration(&self, user: UserJid) -> Result<Option<RegistrationData>, CoreError>;
 }
 
 /// The bridge's handle on the core. Cheap to clone; given to [`crate::BuildFn`].
@@ -103,6 +121,43 @@ impl Core {
     /// Saves `value` under `key` (`None` deletes it), durably, before returning `Ok`.
     pub async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
         self.sink.save(key, value).await
+    }
+
+    /// Passes on what the foreign network reported about a message the bridge sent with
+    /// [`crate::SendOutcome::report_follows`]: a receipt or an error message for its sender.
+    /// Reports about unknown messages, and repeated reports, are ignored (`Ok`).
+    pub async fn report(&self, message: &MessageId, report: DeliveryReport) -> Result<(), CoreError> {
+        self.sink.report(message.clone(), report).await
+    }
+
+    /// The XMPP user who owns one of the bridge's foreign identities (a phone number, a nick):
+    /// messages to it are theirs. Owners are set by admins (`jabbridge identities set`) or by
+    /// the bridge ([`Core::set_owner`]); an owner may use the bridge without registering.
+    pub async fn owner(&self, identity: &ForeignId) -> Result<Option<UserJid>, CoreError> {
+        self.sink.owner(identity.clone()).await
+    }
+
+    /// Makes `owner` the owner of `identity` (`None`: nobody), durably.
+    pub async fn set_owner(
+        &self,
+        identity: &ForeignId,
+        owner: Option<&UserJid>,
+    ) -> Result<(), CoreError> {
+        self.sink.set_owner(identity.clone(), owner.cloned()).await
+    }
+
+    /// The foreign identities `user` owns, sorted.
+    pub async fn identities(&self, user: &UserJid) -> Result<Vec<ForeignId>, CoreError> {
+        self.sink.identities(user.clone()).await
+    }
+
+    /// What the bridge stored for `user` when they registered ([`crate::Bridge::register`]),
+    /// e.g. to check a webhook with the user's own credentials.
+    pub async fn registration(
+        &self,
+        user: &UserJid,
+    ) -> Result<Option<RegistrationData>, CoreError> {
+        self.sink.registration(user.clone()).await
     }
 }
 

@@ -34,7 +34,7 @@ pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{
-    Attachment, ChatState, Correction, IncomingMessage, OutgoingMessage, SendError, SendOutcome,
+    Attachment, ChatState, Correction, DeliveryReport, IncomingMessage, OutgoingMessage, SendError, SendOutcome,
     UserStatus,
 };
 pub use crate::settings::{Settings, SettingsError};

@@ -49,6 +49,17 @@ pub struct Correction {
     pub foreign_id: Option<MessageId>,
 }
 
+/// What a foreign network said, after the fact, about a message a bridge sent: passed to
+/// [`crate::Core::report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryReport {
+    /// It reached the recipient: the sender gets their XEP-0184 receipt, if they asked.
+    Delivered,
+    /// It will not reach the recipient: the sender gets an error message with this reason
+    /// (the network's error code and text).
+    Failed(String),
+}
+
 /// A typing notification (XEP-0085), passed only to bridges that declare
 /// [`crate::Capabilities::chat_states`]; dropped quietly for the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +96,10 @@ pub struct SendOutcome {
     /// The foreign network's id for the message, when it gives one; the core maps it to the
     /// XMPP id so that receipts and replies can refer to it.
     pub foreign_id: Option<MessageId>,
+    /// The network will report the delivery later (an SMS status callback): the core then
+    /// waits for [`crate::Core::report`] about `foreign_id` before sending the XEP-0184
+    /// receipt, and turns a failure report into an error message. Needs `foreign_id`.
+    pub report_follows: bool,
 }
 
 /// Why a message could not be delivered.

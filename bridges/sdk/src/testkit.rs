@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc};
 
 use crate::{
-    Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, IncomingMessage, Settings,
-    SettingsError, UserJid, UserStatus,
+    Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, DeliveryReport, ForeignId,
+    IncomingMessage, MessageId, RegistrationData, Settings, SettingsError, UserJid, UserStatus,
 };
 
 /// A stand-in for the Jabbridge core that records what a bridge pushes.
@@ -35,8 +35,23 @@ struct RecordingSink {
     state: State,
 }
 
-/// The bridge's saved state, in memory.
-type State = Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>;
+/// What the core would keep for the bridge, in memory: its own state (`Core::save`), who
+/// owns which identity, registrations, and the delivery reports it received.
+#[derive(Default)]
+struct Memory {
+    values: BTreeMap<String, serde_json::Value>,
+    owners: BTreeMap<ForeignId, UserJid>,
+    registrations: BTreeMap<UserJid, RegistrationData>,
+    reports: Vec<(MessageId, DeliveryReport)>,
+}
+
+type State = Arc<std::sync::Mutex<Memory>>;
+
+fn memory(state: &State) -> Result<std::sync::MutexGuard<'_, Memory>, CoreError> {
+    state
+        .lock()
+        .map_err(|_| CoreError::Refused("poisoned".into()))
+}
 
 #[crate::async_trait]
 impl CoreSink for RecordingSink {
@@ -54,23 +69,51 @@ impl CoreSink for RecordingSink {
     }
 
     async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError> {
-        let state = self
-            .state
-            .lock()
-            .map_err(|_| CoreError::Refused("poisoned".into()))?;
-        Ok(state.get(key).cloned())
+        Ok(memory(&self.state)?.values.get(key).cloned())
     }
 
     async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| CoreError::Refused("poisoned".into()))?;
+        let mut state = memory(&self.state)?;
         match value {
-            Some(value) => state.insert(key.to_owned(), value),
-            None => state.remove(key),
+            Some(value) => state.values.insert(key.to_owned(), value),
+            None => state.values.remove(key),
         };
         Ok(())
+    }
+
+    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError> {
+        memory(&self.state)?.reports.push((message, report));
+        Ok(())
+    }
+
+    async fn owner(&self, identity: ForeignId) -> Result<Option<UserJid>, CoreError> {
+        Ok(memory(&self.state)?.owners.get(&identity).cloned())
+    }
+
+    async fn set_owner(
+        &self,
+        identity: ForeignId,
+        owner: Option<UserJid>,
+    ) -> Result<(), CoreError> {
+        let mut state = memory(&self.state)?;
+        match owner {
+            Some(owner) => state.owners.insert(identity, owner),
+            None => state.owners.remove(&identity),
+        };
+        Ok(())
+    }
+
+    async fn identities(&self, user: UserJid) -> Result<Vec<ForeignId>, CoreError> {
+        Ok(memory(&self.state)?
+            .owners
+            .iter()
+            .filter(|(_, owner)| **owner == user)
+            .map(|(identity, _)| identity.clone())
+            .collect())
+    }
+
+    async fn registration(&self, user: UserJid) -> Result<Option<RegistrationData>, CoreError> {
+        Ok(memory(&self.state)?.registrations.get(&user).cloned())
     }
 }
 
@@ -130,6 +173,22 @@ impl TestCore {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Stores `data` as `user`'s registration, as the core does with what
+    /// [`Bridge::register`] returned.
+    pub fn set_registration(&self, user: &str, data: RegistrationData) {
+        if let Ok(mut state) = self.state.lock() {
+            state.registrations.insert(UserJid::new(user), data);
+        }
+    }
+
+    /// Every delivery report the bridge passed with [`Core::report`], oldest first.
+    pub fn reports(&self) -> Vec<(MessageId, DeliveryReport)> {
+        self.state
+            .lock()
+            .map(|state| state.reports.clone())
+            .unwrap_or_default()
     }
 
     /// Every status the bridge pushed with [`Core::set_status`], oldest first.

@@ -443,6 +443,7 @@ impl Bridge for Webhooks {
         match request.send(self.client()?, url, endpoint).await {
             outgoing::Verdict::Delivered => Ok(SendOutcome {
                 foreign_id: Some(request.webhook_id().into()),
+                report_follows: false,
             }),
             outgoing::Verdict::Retry(reason, retry_after) => Err(SendError::Transient {
                 reason,
