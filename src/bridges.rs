@@ -6,6 +6,7 @@ use jabbridge_sdk::BuildFn;
 const KINDS: &[(&str, BuildFn)] = &[
     ("echo", jabbridge_bridge_echo::build),
     ("webhook", jabbridge_bridge_webhook::build),
+    ("sms", jabbridge_bridge_sms::build),
 ];
 
 /// The build function of a kind.

@@ -472,7 +472,11 @@ impl Gateway {
     ) -> Result<(), CoreError> {
         let deadline = tokio::time::Instant::now() + REPORT_WAIT;
         let pending = loop {
-            match self.store.take_pending_report(&self.domain, foreign_id).await {
+            match self
+                .store
+                .take_pending_report(&self.domain, foreign_id)
+                .await
+            {
                 Ok(Some(pending)) => break pending,
                 Ok(None) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;

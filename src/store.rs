@@ -337,7 +337,11 @@ impl Store {
     }
 
     /// Removes the owner of a foreign identity; whether it had one.
-    pub async fn delete_identity(&self, bridge: &str, foreign_id: &str) -> Result<bool, StoreError> {
+    pub async fn delete_identity(
+        &self,
+        bridge: &str,
+        foreign_id: &str,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM identities WHERE bridge = $1 AND foreign_id = $2")
             .bind(bridge)
             .bind(foreign_id)

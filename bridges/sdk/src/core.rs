@@ -126,7 +126,11 @@ impl Core {
     /// Passes on what the foreign network reported about a message the bridge sent with
     /// [`crate::SendOutcome::report_follows`]: a receipt or an error message for its sender.
     /// Reports about unknown messages, and repeated reports, are ignored (`Ok`).
-    pub async fn report(&self, message: &MessageId, report: DeliveryReport) -> Result<(), CoreError> {
+    pub async fn report(
+        &self,
+        message: &MessageId,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError> {
         self.sink.report(message.clone(), report).await
     }
 

@@ -34,8 +34,8 @@ pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{
-    Attachment, ChatState, Correction, DeliveryReport, IncomingMessage, OutgoingMessage, SendError, SendOutcome,
-    UserStatus,
+    Attachment, ChatState, Correction, DeliveryReport, IncomingMessage, OutgoingMessage, SendError,
+    SendOutcome, UserStatus,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;

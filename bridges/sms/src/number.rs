@@ -1,0 +1,108 @@
+//! Phone numbers: what people type (`(555) 123-4567`, `+44 20 7946 0958`) to E.164
+//! (`+15551234567`), the form every JID, provider request and database row uses.
+
+use std::fmt;
+
+use phonenumber::{Mode, country};
+
+/// A phone number in E.164 form: `+` and 8 to 15 digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(String);
+
+impl E164 {
+    /// The number, e.g. `+15551234567`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Reads phone numbers written the way people of one region write them.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbers {
+    region: country::Id,
+}
+
+impl Numbers {
+    /// A reader for `region`, an ISO 3166 code such as `US` or `FR` (`default_region`).
+    pub fn new(region: &str) -> Result<Self, String> {
+        let region = region
+            .trim()
+            .to_ascii_uppercase()
+            .parse::<country::Id>()
+            .map_err(|_| format!("'{region}' is not an ISO 3166 region code such as US or GB"))?;
+        Ok(Self { region })
+    }
+
+    /// The E.164 form of `text`: an international number (`+44…`, `0044…` where that is how
+    /// the region dials abroad) or a national one of the default region. Refuses what is not
+    /// a phone number, with a reason a user understands.
+    ///
+    /// Validity follows libphonenumber's metadata, with one exception: any 10-digit number
+    /// of the North American plan (+1) is accepted, so that the fictional 555 numbers and
+    /// providers' test numbers (Twilio's +1500555…) work.
+    pub fn parse(&self, text: &str) -> Result<E164, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("a phone number is needed".into());
+        }
+        if text.chars().any(|c| c.is_alphabetic()) {
+            return Err(format!("'{text}' is not a phone number (it has letters)"));
+        }
+        let number = phonenumber::parse(Some(self.region), text)
+            .map_err(|error| format!("'{text}' is not a phone number: {error}"))?;
+        let e164 = number.format().mode(Mode::E164).to_string();
+        let digits = e164.trim_start_matches('+');
+        let nanp = number.code().value() == 1 && digits.len() == 11;
+        if !(phonenumber::is_valid(&number) || nanp) {
+            return Err(format!("'{text}' is not a valid phone number ({e164}?)"));
+        }
+        if !(8..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("'{text}' is not a valid phone number"));
+        }
+        Ok(E164(e164))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn national_and_international_forms_become_e164() {
+        let us = Numbers::new("US").unwrap();
+        for typed in [
+            "(555) 123-4567",
+            "555-123-4567",
+            "+1 555 123 4567",
+            "15551234567",
+        ] {
+            assert_eq!(us.parse(typed).unwrap().as_str(), "+15551234567", "{typed}");
+        }
+        assert_eq!(
+            us.parse("+44 20 7946 0958").unwrap().as_str(),
+            "+442079460958"
+        );
+        let gb = Numbers::new("gb").unwrap();
+        assert_eq!(gb.parse("020 7946 0958").unwrap().as_str(), "+442079460958");
+        assert_eq!(
+            us.parse("+1 500 555 0006").unwrap().as_str(),
+            "+15005550006"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_number_is_refused_with_a_reason() {
+        let us = Numbers::new("US").unwrap();
+        for typed in ["", "alice", "12", "+999 1234 5678", "555-CALL-NOW", "+44 1"] {
+            let error = us.parse(typed).unwrap_err();
+            assert!(!error.is_empty(), "{typed}");
+        }
+        assert!(Numbers::new("Narnia").is_err());
+    }
+}

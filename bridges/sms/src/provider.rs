@@ -1,0 +1,222 @@
+//! The provider trait: what one SMS provider (Twilio, Telnyx; Vonage, Plivo or SMPP next)
+//! implements — send a message, check that an account holds a number, read and verify its
+//! webhooks — and the types shared by every provider.
+
+use std::time::Duration;
+
+use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
+use jabbridge_sdk::{
+    Attachment, DeliveryReport, HttpRequest, HttpResponse, RegistrationError, SendError,
+    async_trait, http,
+};
+
+use crate::number::E164;
+
+/// Which provider: a route a user's messages take.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Twilio Programmable Messaging.
+    Twilio,
+    /// Telnyx Messaging.
+    Telnyx,
+}
+
+impl Kind {
+    /// Every provider, in the order they are offered.
+    pub const ALL: [Kind; 2] = [Kind::Twilio, Kind::Telnyx];
+
+    /// The name used in config, forms and state: `twilio`, `telnyx`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Twilio => "twilio",
+            Kind::Telnyx => "telnyx",
+        }
+    }
+
+    /// The name shown to people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::Twilio => "Twilio",
+            Kind::Telnyx => "Telnyx",
+        }
+    }
+
+    /// The provider named `name` (as [`Kind::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// An account at a provider: the gateway's own (from config) or a user's (from their
+/// registration).
+#[derive(Clone)]
+pub struct Credentials {
+    /// Twilio: the account SID (`AC…`). Telnyx: empty.
+    pub account: String,
+    /// Twilio: the auth token (also the webhook signing key). Telnyx: the API key.
+    pub secret: SecretString,
+    /// Telnyx: the account's base64 Ed25519 public key, which checks its webhooks.
+    pub public_key: Option<String>,
+    /// Telnyx: the messaging profile to send with, if any.
+    pub profile: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("account", &self.account)
+            .field("secret", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The secret, for an `Authorization` header or a signature key; never logged.
+    pub fn secret(&self) -> &str {
+        self.secret.expose_secret()
+    }
+}
+
+/// One text or MMS to send.
+#[derive(Debug, Clone)]
+pub struct Sms<'a> {
+    /// The user's number.
+    pub from: &'a E164,
+    /// The contact's number (or short code).
+    pub to: &'a str,
+    /// The text; may be empty when `media` is not.
+    pub text: &'a str,
+    /// Media URLs (MMS).
+    pub media: &'a [String],
+    /// Stable for every attempt at this message: the provider's idempotency key, where it
+    /// has one.
+    pub key: &'a str,
+    /// Where the provider should report delivery, if Jabbridge has a public URL.
+    pub status_url: Option<String>,
+}
+
+/// What a provider's webhook says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A message to one of our numbers.
+    Message {
+        /// The provider's id for it.
+        id: String,
+        /// The sender's number.
+        from: String,
+        /// Our number it was sent to.
+        to: String,
+        /// The text.
+        text: String,
+        /// Pictures and other media.
+        media: Vec<Attachment>,
+    },
+    /// News about a message we sent.
+    Status {
+        /// The provider's id for it (what `send` returned).
+        id: String,
+        /// A final outcome, or `None` for a step on the way (`queued`, `sent`).
+        report: Option<DeliveryReport>,
+    },
+}
+
+/// A webhook request read but not yet verified.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    /// Our number the request is about, whose owner's credentials may sign it.
+    pub line: Option<String>,
+    /// What it says; act on it only once [`Provider::verify`] has passed.
+    pub events: Vec<Event>,
+    /// The request, for the provider's own checks.
+    pub request: HttpRequest,
+}
+
+/// Why a send attempt failed, before it is a [`SendError`].
+pub fn transient(reason: String, retry_after: Option<Duration>) -> SendError {
+    SendError::Transient {
+        reason,
+        retry_after,
+    }
+}
+
+/// One SMS provider.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Which provider this is.
+    fn kind(&self) -> Kind;
+
+    /// Refuses a message the provider would refuse (too long, too many media), saying why.
+    fn check(&self, sms: &Sms<'_>) -> Result<(), String>;
+
+    /// Sends one message with `account`; returns the provider's id for it. Transient errors
+    /// (outage, 429, 5xx, timeout) are retried by the core; permanent ones reach the user.
+    async fn send(&self, account: &Credentials, sms: &Sms<'_>) -> Result<String, SendError>;
+
+    /// Checks that `account` is valid and holds `number` (self-service registration).
+    async fn check_number(
+        &self,
+        account: &Credentials,
+        number: &E164,
+    ) -> Result<(), RegistrationError>;
+
+    /// Reads a webhook at `path` (after `/bridges/{domain}`) without trusting it: an error
+    /// is the answer to give (unknown path, malformed request, missing signature).
+    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, HttpResponse>;
+
+    /// Whether `account` signed `webhook`, which arrived at the public `url`.
+    fn verify(&self, webhook: &Webhook, url: &str, account: &Credentials) -> bool;
+
+    /// The answer to a webhook that was handled.
+    fn accepted(&self) -> HttpResponse;
+
+    /// The answer to a webhook that no account signed.
+    fn forged(&self) -> HttpResponse;
+}
+
+/// A plain-text answer.
+pub fn text_response(status: http::StatusCode, text: &str) -> HttpResponse {
+    let mut response = jabbridge_sdk::respond(status, format!("{text}\n"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The `Retry-After` of a response in seconds, capped at an hour.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
+}
+
+/// The first `limit` characters of a provider's answer, for an error message.
+pub fn excerpt(body: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// Classifies a failed request to a provider's API: connection trouble and timeouts are
+/// transient.
+pub fn unreachable(provider: Kind, error: &reqwest::Error) -> SendError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot be reached"
+    } else {
+        "failed"
+    };
+    transient(format!("{} {what}: {error}", provider.title()), None)
+}
