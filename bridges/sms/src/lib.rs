@@ -989,7 +989,7 @@ impl Bridge for SmsBridge {
         };
         let webhook = match provider.read(&path, request) {
             Ok(webhook) => webhook,
-            Err(answer) => return answer,
+            Err(answer) => return *answer,
         };
         // Twilio signs the URL it was configured with: the public one.
         let url = self.core.route_url(&path).unwrap_or_default();

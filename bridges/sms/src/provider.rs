@@ -164,7 +164,7 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Reads a webhook at `path` (after `/bridges/{domain}`) without trusting it: an error
     /// is the answer to give (unknown path, malformed request, missing signature).
-    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, HttpResponse>;
+    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, Box<HttpResponse>>;
 
     /// Whether `account` signed `webhook`, which arrived at the public `url`.
     fn verify(&self, webhook: &Webhook, url: &str, account: &Credentials) -> bool;

@@ -307,29 +307,32 @@ impl Provider for Telnyx {
         }
     }
 
-    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, HttpResponse> {
+    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, Box<HttpResponse>> {
         if path != "/telnyx/webhook" {
-            return Err(text_response(http::StatusCode::NOT_FOUND, "not found"));
+            return Err(Box::new(text_response(
+                http::StatusCode::NOT_FOUND,
+                "not found",
+            )));
         }
         if request.method() != http::Method::POST {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::METHOD_NOT_ALLOWED,
                 "Telnyx webhooks are POSTs",
-            ));
+            )));
         }
         if header(&request, SIGNATURE_HEADER).is_none()
             || header(&request, TIMESTAMP_HEADER).is_none()
         {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::UNAUTHORIZED,
                 "no telnyx-signature-ed25519 and telnyx-timestamp",
-            ));
+            )));
         }
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(request.body()) else {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::BAD_REQUEST,
                 "the body is not JSON",
-            ));
+            )));
         };
         let payload = json.pointer("/data/payload").cloned().unwrap_or_default();
         let id = str_at(&payload, "/id").to_owned();
@@ -383,10 +386,10 @@ impl Provider for Telnyx {
             _ => (String::new(), None),
         };
         if event.is_some() && id.is_empty() {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::BAD_REQUEST,
                 "no data.payload.id",
-            ));
+            )));
         }
         Ok(Webhook {
             line: Some(line).filter(|line| !line.is_empty()),

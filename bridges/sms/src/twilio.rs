@@ -267,23 +267,28 @@ impl Provider for Twilio {
         }
     }
 
-    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, HttpResponse> {
+    fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, Box<HttpResponse>> {
         let message = match path {
             "/twilio/message" => true,
             "/twilio/status" => false,
-            _ => return Err(text_response(http::StatusCode::NOT_FOUND, "not found")),
+            _ => {
+                return Err(Box::new(text_response(
+                    http::StatusCode::NOT_FOUND,
+                    "not found",
+                )));
+            }
         };
         if request.method() != http::Method::POST {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::METHOD_NOT_ALLOWED,
                 "Twilio webhooks are POSTs",
-            ));
+            )));
         }
         if !request.headers().contains_key(SIGNATURE_HEADER) {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::FORBIDDEN,
                 "no X-Twilio-Signature",
-            ));
+            )));
         }
         let params = form(request.body());
         let get = |name| param(&params, name).unwrap_or_default().to_owned();
@@ -328,10 +333,10 @@ impl Provider for Twilio {
             Event::Message { id, .. } | Event::Status { id, .. } => id.is_empty(),
         };
         if id_missing {
-            return Err(text_response(
+            return Err(Box::new(text_response(
                 http::StatusCode::BAD_REQUEST,
                 "no MessageSid in the form",
-            ));
+            )));
         }
         Ok(Webhook {
             line: Some(line).filter(|line| !line.is_empty()),
