@@ -89,7 +89,9 @@ fn admin_commands_manage_identities_and_users() {
     std::fs::write(
         &path,
         format!(
-            "[xmpp]\nserver = \"127.0.0.1:5347\"\n[database]\nurl = \"sqlite://{}/j.db\"\n",
+            "[xmpp]\nserver = \"127.0.0.1:5347\"\n[database]\nurl = \"sqlite://{}/j.db\"\n\
+             [[bridge]]\nkind = \"sms\"\ndomain = \"sms.x\"\nsecret = \"s\"\nallow = [\"x\"]\n\
+             provider = \"twilio\"\n",
             dir.path().display()
         ),
     )
@@ -97,14 +99,59 @@ fn admin_commands_manage_identities_and_users() {
     let config = path.to_str().unwrap();
     let (ok, output) = jabbridge(&["--config", config, "migrate"]);
     assert!(ok, "{output}");
+    // The bridge reads the number as its users would type it, and stores it in E.164.
     let (ok, output) = jabbridge(&[
         "--config",
         config,
         "identities",
         "set",
         "sms.x",
+        "(555) 123-4567",
+        "alice@x",
+    ]);
+    assert!(ok && output.contains("+15551234567"), "{output}");
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "show",
+        "sms.x",
+        "+1 555 123 4567",
+    ]);
+    assert!(ok && output.trim() == "alice@x", "{output}");
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "set",
+        "sms.x",
+        "pizza",
+        "alice@x",
+    ]);
+    assert!(
+        !ok && output.contains("not an address on sms.x"),
+        "{output}"
+    );
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "set",
+        "irc.x",
         "+15551234567",
         "alice@x",
+    ]);
+    assert!(
+        !ok && output.contains("no [[bridge]] has domain"),
+        "{output}"
+    );
+    let (ok, output) = jabbridge(&[
+        "--config",
+        config,
+        "identities",
+        "remove",
+        "sms.x",
+        "5551234567",
     ]);
     assert!(ok, "{output}");
     let (ok, output) = jabbridge(&[
@@ -115,7 +162,7 @@ fn admin_commands_manage_identities_and_users() {
         "sms.x",
         "+15551234567",
     ]);
-    assert!(ok && output.trim() == "alice@x", "{output}");
+    assert!(!ok && output.contains("nobody owns"), "{output}");
     let (ok, output) = jabbridge(&["--config", config, "users", "remove", "sms.x", "nobody@x"]);
     assert!(!ok && output.contains("not registered"), "{output}");
 }
