@@ -702,6 +702,25 @@ async fn texts_go_out_through_twilio_and_delivery_reports_come_back() {
 async fn inbound_texts_reach_the_owner_and_forged_webhooks_change_nothing(kind: ServerKind) {
     let (server, jabbridge, _fake, _dir) = sms_setup(kind, &["alice"]).await;
     let mut alice = server.client("alice").await;
+    // jabber:iq:gateway: what people type becomes the contact's JID; a non-number is refused.
+    let gateway = |id: &str, typed: &str| {
+        format!(
+            "<iq type='set' to='{SMS}' id='{id}'><query xmlns='jabber:iq:gateway'>\
+             <prompt>{typed}</prompt></query></iq>"
+        )
+    };
+    let answer = alice.iq("g1", &gateway("g1", "(555) 765-4321")).await;
+    let jid = answer
+        .get_child("query", "jabber:iq:gateway")
+        .and_then(|query| query.get_child("jid", "jabber:iq:gateway"))
+        .map(Element::text);
+    assert_eq!(jid, Some(friend_jid()), "{answer:?}");
+    let refused = alice.iq("g2", &gateway("g2", "pizza")).await;
+    assert_eq!(refused.attr("type"), Some("error"), "{refused:?}");
+    assert!(
+        error_text(&refused).contains("not a phone number"),
+        "{refused:?}"
+    );
     let inbound = [
         ("MessageSid", "SMin0000000000000000000000000001"),
         ("SmsSid", "SMin0000000000000000000000000001"),

@@ -220,3 +220,58 @@ pub fn unreachable(provider: Kind, error: &reqwest::Error) -> SendError {
     };
     transient(format!("{} {what}: {error}", provider.title()), None)
 }
+
+/// A provider API's answer, read whole.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// Its `Retry-After`, capped at an hour.
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The body as JSON (`Null` when it is not).
+    pub json: serde_json::Value,
+}
+
+/// Reads the answer to a request to `provider`'s API; a request that got none (timeout,
+/// connection refused) is a transient error.
+pub async fn read_answer(
+    provider: Kind,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Answer, SendError> {
+    let response = sent.map_err(|error| unreachable(provider, &error))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| unreachable(provider, &error))?
+        .to_vec();
+    let json = serde_json::from_slice(&body).unwrap_or_default();
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+        json,
+    })
+}
+
+impl Answer {
+    /// The error a non-2xx answer to a send is: 429 and 5xx are retried; refused credentials
+    /// and every other refusal reach the sender with the provider's `detail`.
+    pub fn failure(&self, provider: Kind, detail: &str) -> SendError {
+        let (status, name) = (self.status, provider.title());
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            return transient(
+                format!("{name} answered {status}: {detail}"),
+                self.retry_after,
+            );
+        }
+        let reason = if matches!(status.as_u16(), 401 | 403) {
+            format!("{name} refused the account's credentials ({status}: {detail})")
+        } else {
+            format!("{name} refused the message ({status}): {detail}")
+        };
+        SendError::Permanent { reason }
+    }
+}

@@ -15,8 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::number::E164;
 use crate::provider::{
-    Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, retry_after, text_response,
-    transient, unreachable,
+    Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, read_answer, text_response,
 };
 
 /// Telnyx splits a text into at most this many parts.
@@ -217,45 +216,26 @@ impl Provider for Telnyx {
             .header("Idempotency-Key", key)
             .body(body.to_string())
             .send()
-            .await
-            .map_err(|error| unreachable(Kind::Telnyx, &error))?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| unreachable(Kind::Telnyx, &error))?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        if status.is_success() {
+            .await;
+        let answer = read_answer(Kind::Telnyx, response).await?;
+        let (json, bytes) = (&answer.json, &answer.body);
+        if answer.status.is_success() {
             return match json.pointer("/data/id").and_then(|id| id.as_str()) {
                 Some(id) => Ok(id.to_owned()),
                 None => Err(SendError::Permanent {
                     reason: format!(
                         "Telnyx accepted the message but gave no id: {}",
-                        excerpt(&bytes, 200)
+                        excerpt(bytes, 200)
                     ),
                 }),
             };
         }
         let detail = if json.get("errors").is_some() {
-            failure(status.as_str(), &json)
+            failure(answer.status.as_str(), json)
         } else {
-            excerpt(&bytes, 200)
+            excerpt(bytes, 200)
         };
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(transient(
-                format!("Telnyx answered {status}: {detail}"),
-                wait,
-            ));
-        }
-        if matches!(status.as_u16(), 401 | 403) {
-            return Err(SendError::Permanent {
-                reason: format!("Telnyx refused the account's API key ({status}: {detail})"),
-            });
-        }
-        Err(SendError::Permanent {
-            reason: format!("Telnyx refused the message ({status}): {detail}"),
-        })
+        Err(answer.failure(Kind::Telnyx, &detail))
     }
 
     async fn check_number(
@@ -272,14 +252,11 @@ impl Provider for Telnyx {
             .bearer_auth(account.secret())
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
+            .await;
+        let answer = read_answer(Kind::Telnyx, response)
             .await
-            .map_err(|error| {
-                RegistrationError::Unavailable(format!("Telnyx cannot be reached: {error}"))
-            })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| {
-            RegistrationError::Unavailable(format!("Telnyx cannot be reached: {error}"))
-        })?;
+            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
+        let status = answer.status;
         if matches!(status.as_u16(), 401 | 403) {
             return Err(RegistrationError::Rejected(
                 "Telnyx refused this API key".into(),
@@ -290,7 +267,7 @@ impl Provider for Telnyx {
                 "Telnyx answered {status}; try again later"
             )));
         }
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let json = &answer.json;
         let holds = json
             .get("data")
             .and_then(|list| list.as_array())

@@ -13,8 +13,7 @@ use sha1::Sha1;
 
 use crate::number::E164;
 use crate::provider::{
-    Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, retry_after, text_response,
-    transient, unreachable,
+    Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, read_answer, text_response,
 };
 
 /// Twilio's limit on `Body`, in characters.
@@ -171,22 +170,16 @@ impl Provider for Twilio {
             .header(reqwest::header::ACCEPT, "application/json")
             .body(body)
             .send()
-            .await
-            .map_err(|error| unreachable(Kind::Twilio, &error))?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|error| unreachable(Kind::Twilio, &error))?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        if status.is_success() {
+            .await;
+        let answer = read_answer(Kind::Twilio, response).await?;
+        let (json, bytes) = (&answer.json, &answer.body);
+        if answer.status.is_success() {
             return match json.get("sid").and_then(|sid| sid.as_str()) {
                 Some(sid) => Ok(sid.to_owned()),
                 None => Err(SendError::Permanent {
                     reason: format!(
                         "Twilio accepted the message but gave no sid: {}",
-                        excerpt(&bytes, 200)
+                        excerpt(bytes, 200)
                     ),
                 }),
             };
@@ -196,22 +189,9 @@ impl Provider for Twilio {
             json.get("message").and_then(|m| m.as_str()),
         ) {
             (Some(code), Some(message)) => format!("{code} {message}"),
-            _ => excerpt(&bytes, 200),
+            _ => excerpt(bytes, 200),
         };
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return Err(transient(
-                format!("Twilio answered {status}: {detail}"),
-                wait,
-            ));
-        }
-        if matches!(status.as_u16(), 401 | 403) {
-            return Err(SendError::Permanent {
-                reason: format!("Twilio refused the account's credentials ({status}: {detail})"),
-            });
-        }
-        Err(SendError::Permanent {
-            reason: format!("Twilio refused the message ({status}): {detail}"),
-        })
+        Err(answer.failure(Kind::Twilio, &detail))
     }
 
     async fn check_number(
@@ -231,14 +211,11 @@ impl Provider for Twilio {
             .get(&url)
             .basic_auth(&account.account, Some(account.secret()))
             .send()
+            .await;
+        let answer = read_answer(Kind::Twilio, response)
             .await
-            .map_err(|error| {
-                RegistrationError::Unavailable(format!("Twilio cannot be reached: {error}"))
-            })?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|error| {
-            RegistrationError::Unavailable(format!("Twilio cannot be reached: {error}"))
-        })?;
+            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
+        let status = answer.status;
         if matches!(status.as_u16(), 401 | 403 | 404) {
             return Err(RegistrationError::Rejected(
                 "Twilio refused this account SID and auth token".into(),
@@ -249,7 +226,7 @@ impl Provider for Twilio {
                 "Twilio answered {status}; try again later"
             )));
         }
-        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let json = &answer.json;
         let holds = json
             .get("incoming_phone_numbers")
             .and_then(|list| list.as_array())
