@@ -20,8 +20,6 @@
 pub mod number;
 pub mod provider;
 pub mod telnyx;
-#[cfg(test)]
-mod tests;
 pub mod twilio;
 
 use std::collections::BTreeMap;
