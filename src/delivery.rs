@@ -297,9 +297,12 @@ impl Gateway {
                 return;
             }
         };
-        let member = registration.is_some()
-            || !matches!(self.store.identities_of(&self.domain, &user).await, Ok(ids) if ids.is_empty());
-        if self.info.registration.is_some() && !member {
+        // Only a bridge with registration asks, and only about a user without one. A store
+        // error counts as a member: the bridge's own lookup will fail transiently instead.
+        if self.info.registration.is_some()
+            && registration.is_none()
+            && !self.owns_identity(&user).await.unwrap_or(true)
+        {
             let reason = format!("you are no longer registered with {}", self.domain);
             self.give_up(&claimed, &entry, &reason).await;
             return;

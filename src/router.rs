@@ -194,11 +194,18 @@ impl Gateway {
         if self.is_registered(user).await? {
             return Ok(true);
         }
+        self.owns_identity(user)
+            .await
+            .map_err(|error| self.storage_failed(error))
+    }
+
+    /// Whether `user` owns one of the bridge's foreign identities (which lets them use it
+    /// without registering).
+    pub async fn owns_identity(&self, user: &str) -> Result<bool, StoreError> {
         Ok(!self
             .store
             .identities_of(&self.domain, user)
-            .await
-            .map_err(|error| self.storage_failed(error))?
+            .await?
             .is_empty())
     }
 

@@ -134,14 +134,6 @@ pub struct Webhook {
     pub request: HttpRequest,
 }
 
-/// Why a send attempt failed, before it is a [`SendError`].
-pub fn transient(reason: String, retry_after: Option<Duration>) -> SendError {
-    SendError::Transient {
-        reason,
-        retry_after,
-    }
-}
-
 /// One SMS provider.
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
@@ -176,14 +168,23 @@ pub trait Provider: Send + Sync + 'static {
     fn forged(&self) -> HttpResponse;
 }
 
-/// A plain-text answer.
-pub fn text_response(status: http::StatusCode, text: &str) -> HttpResponse {
-    let mut response = jabbridge_sdk::respond(status, format!("{text}\n"));
+/// An answer with `status`, a `content_type` and a `body`.
+pub fn typed_response(
+    status: http::StatusCode,
+    content_type: &'static str,
+    body: impl Into<String>,
+) -> HttpResponse {
+    let mut response = jabbridge_sdk::respond(status, body.into());
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+/// A plain-text answer.
+pub fn text_response(status: http::StatusCode, text: &str) -> HttpResponse {
+    typed_response(status, "text/plain; charset=utf-8", format!("{text}\n"))
 }
 
 /// The `Retry-After` of a response in seconds, capped at an hour.
@@ -218,7 +219,10 @@ pub fn unreachable(provider: Kind, error: &reqwest::Error) -> SendError {
     } else {
         "failed"
     };
-    transient(format!("{} {what}: {error}", provider.title()), None)
+    SendError::Transient {
+        reason: format!("{} {what}: {error}", provider.title()),
+        retry_after: None,
+    }
 }
 
 /// A provider API's answer, read whole.
@@ -262,10 +266,10 @@ impl Answer {
     pub fn failure(&self, provider: Kind, detail: &str) -> SendError {
         let (status, name) = (self.status, provider.title());
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            return transient(
-                format!("{name} answered {status}: {detail}"),
-                self.retry_after,
-            );
+            return SendError::Transient {
+                reason: format!("{name} answered {status}: {detail}"),
+                retry_after: self.retry_after,
+            };
         }
         let reason = if matches!(status.as_u16(), 401 | 403) {
             format!("{name} refused the account's credentials ({status}: {detail})")

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::number::E164;
 use crate::provider::{
     Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, read_answer, text_response,
+    typed_response,
 };
 
 /// Telnyx splits a text into at most this many parts.
@@ -389,12 +390,7 @@ impl Provider for Telnyx {
     }
 
     fn accepted(&self) -> HttpResponse {
-        let mut response = jabbridge_sdk::respond(http::StatusCode::OK, "{}");
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        response
+        typed_response(http::StatusCode::OK, "application/json", "{}")
     }
 
     fn forged(&self) -> HttpResponse {

@@ -14,6 +14,7 @@ use sha1::Sha1;
 use crate::number::E164;
 use crate::provider::{
     Credentials, Event, Kind, Provider, Sms, Webhook, excerpt, read_answer, text_response,
+    typed_response,
 };
 
 /// Twilio's limit on `Body`, in characters.
@@ -340,15 +341,11 @@ impl Provider for Twilio {
 
     fn accepted(&self) -> HttpResponse {
         // TwiML that does nothing: no automatic reply.
-        let mut response = jabbridge_sdk::respond(
+        typed_response(
             http::StatusCode::OK,
+            "text/xml",
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>",
-        );
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/xml"),
-        );
-        response
+        )
     }
 
     fn forged(&self) -> HttpResponse {

@@ -1,0 +1,142 @@
+//! The bridge's webhook handling through the SDK's test kit: which account's signature is
+//! accepted, whom a text reaches, and what a status callback reports.
+
+use std::time::Duration;
+
+use jabbridge_sdk::testkit::TestCore;
+use jabbridge_sdk::{
+    Bridge, DeliveryReport, FormValues, HttpRequest, MessageId, UserJid, http, serde_json,
+};
+
+const PUBLIC: &str = "https://gw.example.org";
+
+fn bridge(kit: &TestCore) -> std::sync::Arc<dyn Bridge> {
+    kit.build(
+        crate::build,
+        serde_json::json!({
+            "provider": "twilio",
+            "twilio": {"account_sid": "ACgateway", "auth_token": "gateway-token"},
+        }),
+    )
+    .expect("a valid config")
+}
+
+fn signed(path: &str, params: &[(&str, &str)], token: &str) -> HttpRequest {
+    let owned: Vec<(String, String)> = params
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let url = format!("{PUBLIC}/bridges/sms.test{path}");
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params.iter())
+        .finish();
+    http::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "x-twilio-signature",
+            crate::twilio::signature(token, &url, &owned),
+        )
+        .body(body.into_bytes().into())
+        .expect("a request")
+}
+
+fn values(pairs: &[(&str, &str)]) -> FormValues {
+    FormValues(
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
+    )
+}
+
+#[tokio::test]
+async fn a_self_service_number_is_verified_with_its_owners_account() {
+    let kit = TestCore::new("sms.test").with_public_url(PUBLIC);
+    let bridge = bridge(&kit);
+    let admin = UserJid::new("admin@x");
+    let said = bridge
+        .run_command(
+            &admin,
+            "assign-number",
+            &values(&[("number", "555 000 2222"), ("owner", "Bob@x")]),
+        )
+        .await
+        .expect("assigned");
+    assert_eq!(said, "+15550002222 now belongs to bob@x.");
+    kit.set_registration(
+        "bob@x",
+        serde_json::json!({
+            "number": "+15550002222",
+            "provider": "twilio",
+            "twilio": {"account_sid": "ACbob", "auth_token": "bob-token"},
+        }),
+    );
+    let text = [
+        ("MessageSid", "SM1"),
+        ("AccountSid", "ACbob"),
+        ("From", "+15557654321"),
+        ("To", "+15550002222"),
+        ("Body", "hi bob"),
+        ("NumMedia", "0"),
+    ];
+    let forged = bridge
+        .handle_http(signed("/twilio/message", &text, "guess"))
+        .await;
+    assert_eq!(forged.status(), http::StatusCode::FORBIDDEN);
+    assert!(
+        kit.next_delivered(Duration::from_millis(50))
+            .await
+            .is_none(),
+        "a forged text is not delivered"
+    );
+    let answer = bridge
+        .handle_http(signed("/twilio/message", &text, "bob-token"))
+        .await;
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    let delivered = kit
+        .next_delivered(Duration::from_secs(1))
+        .await
+        .expect("delivered to the owner");
+    assert_eq!(delivered.user.as_str(), "bob@x");
+    assert_eq!(delivered.contact.as_str(), "+15557654321");
+    assert_eq!(delivered.text, "hi bob");
+    assert_eq!(delivered.foreign_id.as_str(), "SM1");
+}
+
+#[tokio::test]
+async fn status_callbacks_become_reports_and_steps_on_the_way_do_not() {
+    let kit = TestCore::new("sms.test").with_public_url(PUBLIC);
+    let bridge = bridge(&kit);
+    let status = |status: &'static str| {
+        [
+            ("MessageSid", "SM9"),
+            ("AccountSid", "ACgateway"),
+            ("From", "+15550001111"),
+            ("To", "+15557654321"),
+            ("MessageStatus", status),
+            ("ErrorCode", "30003"),
+        ]
+    };
+    for step in ["queued", "sent"] {
+        let answer = bridge
+            .handle_http(signed("/twilio/status", &status(step), "gateway-token"))
+            .await;
+        assert_eq!(answer.status(), http::StatusCode::OK);
+    }
+    assert!(kit.reports().is_empty());
+    bridge
+        .handle_http(signed("/twilio/status", &status("failed"), "gateway-token"))
+        .await;
+    let reports = kit.reports();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].0, MessageId::new("SM9"));
+    let DeliveryReport::Failed(reason) = &reports[0].1 else {
+        panic!("not a failure: {reports:?}");
+    };
+    assert!(
+        reason.contains("30003") && reason.contains("unreachable destination handset"),
+        "{reason}"
+    );
+}
