@@ -35,7 +35,7 @@ use xmpp_parsers::{
 use crate::metrics;
 use crate::router::Gateway;
 use crate::store::{Claimed, Queue, millis, now_millis};
-use crate::xmpp::session::backoff;
+use crate::xmpp::session::{NotWritten, backoff};
 use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, StanzaKind, error_reply};
 
 /// The longest text carried either way, in bytes. Prosody drops a component that sends a
@@ -549,11 +549,20 @@ impl Gateway {
             self.link.send_and_confirm(stanza.into()),
         )
         .await;
-        if !matches!(written, Ok(Ok(()))) {
-            // The link went down before the stanza was written: it stays queued.
-            self.retry(Queue::Inbox, &claimed, Duration::from_millis(200))
-                .await;
-            return;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(NotWritten::Unwritable(unwritable))) => {
+                // Sending it again would fail the same way and hold up the queue behind it.
+                self.finish(Queue::Inbox, &claimed, Some(&unwritable.to_string()))
+                    .await;
+                return;
+            }
+            Ok(Err(NotWritten::LinkStopped)) | Err(_) => {
+                // The link went down before the stanza was written: it stays queued.
+                self.retry(Queue::Inbox, &claimed, Duration::from_millis(200))
+                    .await;
+                return;
+            }
         }
         self.finish(Queue::Inbox, &claimed, None).await;
         if let Err(error) = self

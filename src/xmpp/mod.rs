@@ -3,8 +3,11 @@
 //! jabber:iq:gateway). Bridges never see this module's types.
 
 pub mod adhoc;
+pub mod bounded;
+pub mod depth_guard;
 pub mod jid;
 pub mod register;
 pub mod service;
 pub mod session;
 pub mod stanza;
+pub mod xml_safe;

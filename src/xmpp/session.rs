@@ -9,7 +9,12 @@
 //!   no answer within `keepalive_timeout` declares the link dead;
 //! - any disconnect reconnects with capped exponential backoff and jitter;
 //! - stanzas queued while the link is down wait in a bounded queue and go out after the
-//!   handshake; a stanza whose write failed is sent again first.
+//!   handshake; a stanza whose write failed is sent again first;
+//! - stanzas are read with bounds on their shape ([`super::bounded`]); one over a bound is
+//!   answered `policy-violation` here and goes no further;
+//! - every stanza is made XML-safe ([`super::xml_safe`]) just before it is written; one that
+//!   still cannot be written is dropped with an error, never retried, so it cannot end the
+//!   link or block the queue behind it.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -25,9 +30,17 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, initiate_stream};
 use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns, ping::Ping};
 
+use super::bounded::{Inbound, MAX_DEPTH};
+use super::depth_guard::DepthGuard;
+use super::stanza::{StanzaFailure, StanzaHeader, error_reply};
+use super::xml_safe::{Unwritable, make_writable};
 use crate::metrics;
 
-type Stream = XmlStream<BufStream<TcpStream>, Element>;
+type Stream = XmlStream<BufStream<DepthGuard<TcpStream>>, Inbound>;
+
+/// Elements the depth guard lets be open at once: the stream's root, then a stanza one level
+/// deeper than [`MAX_DEPTH`], so that the stanza's own bound is what refuses it.
+const GUARD_DEPTH: usize = MAX_DEPTH + 2;
 
 /// What a link needs to know; one per `[[bridge]]`.
 #[derive(Debug, Clone)]
@@ -118,11 +131,23 @@ pub enum LinkError {
     Closed(String),
 }
 
-/// A stanza waiting to go out, and who wants to know once it was written.
+/// A stanza waiting to go out, and who wants to know once it was written (or found
+/// unwritable).
 #[derive(Debug)]
 pub struct Outgoing {
     stanza: Element,
-    written: Option<oneshot::Sender<()>>,
+    written: Option<oneshot::Sender<Result<(), Unwritable>>>,
+}
+
+/// Why [`LinkHandle::send_and_confirm`] did not write a stanza.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotWritten {
+    /// The link stopped first; the stanza may be sent again later.
+    #[error("the link stopped before the stanza was written")]
+    LinkStopped,
+    /// The stanza can never be written; sending it again would fail the same way.
+    #[error(transparent)]
+    Unwritable(#[from] Unwritable),
 }
 
 impl Outgoing {
@@ -153,9 +178,10 @@ impl LinkHandle {
     }
 
     /// Queues a stanza and resolves once it has been written to the server's socket: what the
-    /// durable inbox waits for before it marks a message delivered. Resolves to `Err` if the
-    /// link stopped first (the message stays queued in the database).
-    pub async fn send_and_confirm(&self, stanza: Element) -> Result<(), ()> {
+    /// durable inbox waits for before it marks a message delivered. Resolves to
+    /// [`NotWritten::LinkStopped`] if the link stopped first (the message stays queued in the
+    /// database), and to [`NotWritten::Unwritable`] if it can never be written.
+    pub async fn send_and_confirm(&self, stanza: Element) -> Result<(), NotWritten> {
         let (written, confirmed) = oneshot::channel();
         self.outgoing
             .send(Outgoing {
@@ -163,8 +189,8 @@ impl LinkHandle {
                 written: Some(written),
             })
             .await
-            .map_err(|_| ())?;
-        confirmed.await.map_err(|_| ())
+            .map_err(|_| NotWritten::LinkStopped)?;
+        Ok(confirmed.await.map_err(|_| NotWritten::LinkStopped)??)
     }
 
     /// Stanzas waiting to go out.
@@ -304,7 +330,12 @@ async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
     };
     let mut pending = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        initiate_stream(BufStream::new(tcp), ns::COMPONENT, header, timeouts),
+        initiate_stream(
+            BufStream::new(DepthGuard::new(tcp, GUARD_DEPTH)),
+            ns::COMPONENT,
+            header,
+            timeouts,
+        ),
     )
     .await
     .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
@@ -323,9 +354,18 @@ async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
         return Err(read_refusal(config, &mut stream).await);
     }
     match tokio::time::timeout(CONNECT_TIMEOUT, stream.next()).await {
-        Ok(Some(Ok(element))) if element.is("handshake", ns::COMPONENT) => Ok(stream),
-        Ok(Some(Ok(element))) if element.is("error", ns::STREAM) => Err(refusal(config, &element)),
-        Ok(Some(Ok(element))) => Err(LinkError::Refused(format!(
+        Ok(Some(Ok(Inbound::Element(element)))) if element.is("handshake", ns::COMPONENT) => {
+            Ok(stream)
+        }
+        Ok(Some(Ok(Inbound::Element(element)))) if element.is("error", ns::STREAM) => {
+            Err(refusal(config, &element))
+        }
+        Ok(Some(Ok(
+            Inbound::Element(element)
+            | Inbound::Refused {
+                header: element, ..
+            },
+        ))) => Err(LinkError::Refused(format!(
             "unexpected <{}/> instead of the handshake reply",
             element.name()
         ))),
@@ -337,7 +377,9 @@ async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
 
 async fn read_refusal(config: &LinkConfig, stream: &mut Stream) -> LinkError {
     match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
-        Ok(Some(Ok(element))) if element.is("error", ns::STREAM) => refusal(config, &element),
+        Ok(Some(Ok(Inbound::Element(element)))) if element.is("error", ns::STREAM) => {
+            refusal(config, &element)
+        }
         _ => LinkError::Closed(" before the handshake".into()),
     }
 }
@@ -417,12 +459,22 @@ async fn serve(
                 write(domain, stream, unsent, stanza).await?;
             }
             item = stream.next(), if received.is_none() => match item {
-                Some(Ok(element)) => {
+                Some(Ok(Inbound::Element(element))) => {
                     if element.is("error", ns::STREAM) {
                         return Err(LinkError::Closed(format!(": {}", describe_stream_error(&element))));
                     }
                     metrics::stanza_in(domain);
                     received = Some(element);
+                }
+                Some(Ok(Inbound::Refused { header, limit })) => {
+                    metrics::stanza_in(domain);
+                    let failure = StanzaFailure::PolicyViolation(limit.describe());
+                    metrics::stanza_error(domain, failure.condition());
+                    tracing::debug!(bridge = domain, from = header.attr("from").unwrap_or(""), %failure, "refused an oversized stanza");
+                    let answer = StanzaHeader::of(&header).and_then(|header| error_reply(&header, &failure));
+                    if let Some(answer) = answer {
+                        write(domain, stream, unsent, Outgoing::plain(answer)).await?;
+                    }
                 }
                 Some(Err(ReadError::SoftTimeout)) => {
                     pings += 1;
@@ -446,17 +498,38 @@ async fn serve(
     }
 }
 
+/// Writes one stanza. A stanza that cannot be written as XML is dropped (its sender is told
+/// through `written`) and the link goes on; only an I/O failure ends it, and then the stanza
+/// is kept to go out first on the next link.
 async fn write(
     domain: &str,
     stream: &mut Stream,
     unsent: &mut Option<Outgoing>,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
 ) -> Result<(), LinkError> {
+    match make_writable(&mut outgoing.stanza) {
+        Ok(0) => {}
+        Ok(dropped) => {
+            tracing::debug!(
+                bridge = domain,
+                dropped,
+                "dropped characters XML forbids from a stanza"
+            );
+        }
+        Err(unwritable) => {
+            tracing::error!(bridge = domain, error = %unwritable, "dropped a stanza that cannot be written");
+            metrics::stanza_error(domain, "unwritable");
+            if let Some(written) = outgoing.written {
+                let _ = written.send(Err(unwritable));
+            }
+            return Ok(());
+        }
+    }
     match stream.send(&outgoing.stanza).await {
         Ok(()) => {
             metrics::stanza_out(domain);
             if let Some(written) = outgoing.written {
-                let _ = written.send(());
+                let _ = written.send(Ok(()));
             }
             Ok(())
         }

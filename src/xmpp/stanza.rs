@@ -48,6 +48,9 @@ pub enum StanzaFailure {
     /// The sender exceeded the bridge's `rate_limit`; they may retry later.
     #[error("rate limited: {0}")]
     ResourceConstraint(String),
+    /// The stanza breaks a bound on its shape (nesting, size…); the text says which.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
     /// Jabbridge itself failed (database unavailable…); the sender may retry later.
     #[error("internal error")]
     Internal,
@@ -105,6 +108,11 @@ impl StanzaFailure {
                 DefinedCondition::ResourceConstraint,
                 text.as_str(),
             ),
+            Self::PolicyViolation(text) => (
+                ErrorType::Modify,
+                DefinedCondition::PolicyViolation,
+                text.as_str(),
+            ),
             Self::Internal => (
                 ErrorType::Wait,
                 DefinedCondition::InternalServerError,
@@ -127,6 +135,7 @@ impl StanzaFailure {
             Self::RegistrationRequired(_) => "registration-required",
             Self::NotAuthorized(_) => "not-authorized",
             Self::ResourceConstraint(_) => "resource-constraint",
+            Self::PolicyViolation(_) => "policy-violation",
             Self::Internal => "internal-server-error",
         }
     }

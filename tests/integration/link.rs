@@ -1,10 +1,11 @@
 //! The component link survives what real deployments do to it: long silences, server
-//! restarts, a server that is not up yet, a wrong secret, and an orderly shutdown.
+//! restarts, a server that is not up yet, a wrong secret, an orderly shutdown, text that XML
+//! forbids and stanzas nested thousands deep.
 
 use std::time::Duration;
 
-use crate::harness::{Jabbridge, ServerKind, XmppServer, body};
-use crate::{config_for, echo_setup, on_both_servers};
+use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition, error_text};
+use crate::{SAY_TOKEN, config_for, echo_setup, on_both_servers};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -16,6 +17,7 @@ on_both_servers!(
     an_unknown_domain_is_reported_with_the_key_to_fix,
     sigterm_flushes_and_exits_cleanly,
     stanzas_produced_while_down_go_out_after_reconnecting,
+    text_that_xml_forbids_is_cleaned_and_the_link_stays_up,
 );
 
 async fn round_trip(client: &mut crate::harness::Client, text: &str) {
@@ -222,4 +224,65 @@ async fn a_hung_server_is_detected_by_the_keepalive() {
     jabbridge.wait_ready(Duration::from_secs(30)).await;
     let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     round_trip(&mut alice, "awake").await;
+}
+
+/// ANSI colour codes (ESC is forbidden in XML 1.0) in a webhook's text used to make the
+/// stanza unwritable: the link dropped, and the same stanza went first on every reconnect,
+/// for good.
+async fn text_that_xml_forbids_is_cleaned_and_the_link_stays_up(kind: ServerKind) {
+    let (server, jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    for (id, text) in [
+        ("c1", "colour \u{1b}[31mred\u{1b}[0m"),
+        ("c2", "nul\u{0} bell\u{7} and \u{fffe}"),
+    ] {
+        let say = serde_json::json!({
+            "id": id, "user": "alice@localhost", "contact": "ci", "text": text,
+        });
+        assert_eq!(crate::say(&jabbridge, SAY_TOKEN, say).await, 202);
+    }
+    for expected in ["colour [31mred[0m", "nul bell and "] {
+        alice
+            .expect(WAIT, |stanza| body(stanza).as_deref() == Some(expected))
+            .await;
+    }
+    round_trip(&mut alice, "still here").await;
+    let (status, ready) = jabbridge.get("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    let log = jabbridge.log();
+    assert!(!log.contains("link down"), "the link dropped:\n{log}");
+}
+
+/// 5,000 nested elements from any user used to overflow a worker's stack and abort the
+/// daemon. Now the stanza is answered policy-violation and everything else goes on.
+/// Prosody only: ejabberd itself disconnects a client that sends this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deeply_nested_stanza_is_refused_and_the_link_stays_up() {
+    let (server, jabbridge, _dir) = echo_setup(ServerKind::Prosody).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let depth = 5_000;
+    alice
+        .send(&format!(
+            "<message type='chat' to='bob@echo.localhost' id='deep'><body>deep</body>{}{}</message>",
+            "<a xmlns='urn:example:nest'>".repeat(depth),
+            "</a>".repeat(depth)
+        ))
+        .await;
+    let refused = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("deep"))
+        .await;
+    assert_eq!(refused.attr("type"), Some("error"), "{refused:?}");
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("policy-violation")
+    );
+    assert!(
+        error_text(&refused).contains("nested deeper than 64"),
+        "{}",
+        error_text(&refused)
+    );
+    round_trip(&mut alice, "after the deep one").await;
+    let log = jabbridge.log();
+    assert!(!log.contains("overflowed its stack"), "{log}");
+    assert!(!log.contains("link down"), "the link dropped:\n{log}");
 }
