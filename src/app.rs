@@ -233,6 +233,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             store.clone(),
             Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
             config.delivery.clone(),
+            section.call_limits(),
         ));
         sink.attach(&gateway);
         if section.allow.is_empty() {

@@ -258,11 +258,9 @@ impl Gateway {
             }
             (None, _) => FormValues::default(),
         };
-        match self
-            .bridge
-            .run_command(&UserJid::new(user), node, &values)
-            .await
-        {
+        let caller = UserJid::new(user);
+        let call = self.bridge.run_command(&caller, node, &values);
+        match self.call("the command", call).await? {
             Ok(text) => {
                 tracing::info!(bridge = %self.domain, user, command = node, "ran a bridge command");
                 Ok(Outcome::Done(text))

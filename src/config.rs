@@ -169,15 +169,53 @@ pub struct BridgeConfig {
     /// `resource-constraint`. Absent: no limit.
     #[serde(default, deserialize_with = "rate_limit")]
     pub rate_limit: Option<RateLimit>,
+    /// Calls into the bridge (registrations, commands, presence hooks, sends) that may run at
+    /// once, for all users together (1 to 1024). Each user's stanzas are handled in order,
+    /// and different users' at the same time, up to this limit.
+    #[serde(
+        default = "defaults::concurrency",
+        deserialize_with = "number_or_string"
+    )]
+    pub concurrency: usize,
+    /// How long one call into the bridge may take. Past it the user is told
+    /// (`remote-server-timeout`), and a message send counts as a temporary failure, retried.
+    #[serde(default = "defaults::call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
     /// The bridge's own keys.
     #[serde(flatten)]
     pub rest: BTreeMap<String, serde_json::Value>,
 }
 
 impl BridgeConfig {
+    /// How the core calls into this bridge.
+    pub fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            concurrency: self.concurrency,
+            timeout: self.call_timeout,
+        }
+    }
+
     /// The bridge's own keys, for its build function.
     pub fn settings(&self) -> Settings {
         Settings::new(self.rest.clone().into_iter().collect())
+    }
+}
+
+/// How the core calls into one bridge: `[[bridge]] concurrency` and `call_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Calls that may run at once.
+    pub concurrency: usize,
+    /// How long one call may take.
+    pub timeout: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            concurrency: defaults::concurrency(),
+            timeout: defaults::call_timeout(),
+        }
     }
 }
 
@@ -260,6 +298,12 @@ mod defaults {
     }
     pub fn keep_delivered() -> Duration {
         Duration::from_secs(7 * 86_400)
+    }
+    pub fn concurrency() -> usize {
+        64
+    }
+    pub fn call_timeout() -> Duration {
+        Duration::from_secs(30)
     }
 
     pub fn keepalive() -> Duration {
@@ -495,6 +539,16 @@ impl Config {
                         return Err((format!("bridge[{index}].{key}[{position}]"), reason));
                     }
                 }
+            }
+            positive(
+                &format!("bridge[{index}].call_timeout"),
+                bridge.call_timeout,
+            )?;
+            if !(1..=1024).contains(&bridge.concurrency) {
+                return Err((
+                    format!("bridge[{index}].concurrency"),
+                    "must be between 1 and 1024".into(),
+                ));
             }
             if crate::bridges::find(&bridge.kind).is_none() {
                 return Err((

@@ -333,9 +333,16 @@ impl Gateway {
             registration,
             replaces,
         };
+        let sending = self.call("the message", self.bridge.send_message(message));
         let sent = self
-            .leased(Queue::Outbox, claimed.id, self.bridge.send_message(message))
-            .await;
+            .leased(Queue::Outbox, claimed.id, sending)
+            .await
+            .unwrap_or_else(|timeout| {
+                Err(SendError::Transient {
+                    reason: timeout.to_string(),
+                    retry_after: None,
+                })
+            });
         match sent {
             Ok(outcome) => {
                 metrics::delivery(&self.domain, "ok");

@@ -8,7 +8,8 @@
 //! - [`app`]: start-up and orderly shutdown of everything below.
 //! - [`xmpp`]: the component links (`session`), stanza errors, JID escaping, protocol answers.
 //! - [`router`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas;
-//!   presence and registration as XEP-0100 describes.
+//!   presence and registration as XEP-0100 describes; each sender's stanzas in a [`lanes`]
+//!   lane of their own.
 //! - [`delivery`]: the durable outbox and inbox, and the workers that empty them.
 //! - [`commands`]: the gateway's commands (ad-hoc and by chat).
 //! - [`store`]: the database (SQLite or PostgreSQL): registrations, identities, ids, queues.
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod delivery;
 pub mod http;
+pub mod lanes;
 pub mod logging;
 pub mod metrics;
 pub mod router;

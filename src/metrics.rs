@@ -36,6 +36,12 @@ pub fn stanza_error(bridge: &str, condition: &'static str) {
         .increment(1);
 }
 
+/// A call into the bridge ran past `call_timeout`.
+pub fn bridge_timeout(bridge: &str) {
+    metrics::counter!("jabbridge_bridge_timeouts_total", "bridge" => bridge.to_owned())
+        .increment(1);
+}
+
 /// The component link of a bridge went down and is being re-established.
 pub fn reconnect(bridge: &str) {
     metrics::counter!("jabbridge_reconnects_total", "bridge" => bridge.to_owned()).increment(1);

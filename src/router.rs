@@ -8,14 +8,17 @@
 //! [`crate::delivery`]; commands through [`crate::commands`].
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use jabbridge_sdk::{
     Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, DeliveryReport, ForeignId,
     FormValues, IncomingMessage, MessageId, RegistrationData, RegistrationError, UserJid,
     UserStatus, async_trait,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use xmpp_parsers::{
     chatstates,
     iq::Iq,
@@ -31,8 +34,9 @@ use xmpp_parsers::{
 };
 
 use crate::access::Access;
-use crate::config::DeliveryConfig;
+use crate::config::{CallLimits, DeliveryConfig};
 use crate::delivery::{MAX_TEXT, OutboxEntry, Wakers};
+use crate::lanes::{Lanes, Pushed};
 use crate::metrics;
 use crate::store::{Store, StoreError};
 use crate::xmpp::adhoc;
@@ -63,7 +67,21 @@ pub struct Gateway {
     pub(crate) wakers: Wakers,
     /// Registered users' online resources, to tell the bridge who is online.
     online: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Stanzas waiting or being handled, per sender, in order.
+    lanes: Lanes<(Element, OwnedSemaphorePermit)>,
+    /// Stanzas taken from the link and not yet handled, for all senders: when none is left,
+    /// the router stops taking more and the link feels the backpressure.
+    in_flight: Arc<Semaphore>,
+    /// Calls into the bridge running now (`[[bridge]] concurrency`).
+    calls: Semaphore,
+    /// How long one call into the bridge may take (`[[bridge]] call_timeout`).
+    call_timeout: Duration,
 }
+
+/// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
+const LANE_DEPTH: usize = 256;
+/// Stanzas taken from the link and not yet handled, all senders together.
+const IN_FLIGHT: usize = 4096;
 
 type Answer = Result<Option<Element>, StanzaFailure>;
 
@@ -76,6 +94,7 @@ impl Gateway {
         store: Store,
         access: Access,
         delivery: DeliveryConfig,
+        calls: CallLimits,
     ) -> Self {
         let info = bridge.info();
         Self {
@@ -89,13 +108,80 @@ impl Gateway {
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
             wakers: Wakers::default(),
             online: Mutex::new(HashMap::new()),
+            lanes: Lanes::new(LANE_DEPTH),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            calls: Semaphore::new(calls.concurrency),
+            call_timeout: calls.timeout,
         }
     }
 
-    /// Handles stanzas from the link until it stops handing them over (at shutdown).
+    /// Takes stanzas from the link until it stops handing them over (at shutdown), and puts
+    /// each in its sender's lane: a sender's stanzas are handled in order, different senders'
+    /// at the same time. This loop itself never waits on the store or the bridge.
     pub async fn run(self: Arc<Self>, mut incoming: mpsc::Receiver<Element>) {
+        let mut lanes = JoinSet::new();
         while let Some(element) = incoming.recv().await {
-            self.handle(element).await;
+            while lanes.try_join_next().is_some() {}
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let sender = element
+                .attr("from")
+                .map(|from| from.split('/').next().unwrap_or(from).to_owned())
+                .unwrap_or_default();
+            match self.lanes.push(&sender, (element, permit)) {
+                Pushed::Opened => {
+                    let gateway = self.clone();
+                    lanes.spawn(async move {
+                        while let Some((element, _permit)) = gateway.lanes.next(&sender) {
+                            gateway.handle(element).await;
+                        }
+                    });
+                }
+                Pushed::Queued => {}
+                Pushed::Full((element, _permit)) => {
+                    if let Some(header) = StanzaHeader::of(&element) {
+                        let failure = StanzaFailure::ResourceConstraint(format!(
+                            "{LANE_DEPTH} of your requests are still waiting; try again shortly"
+                        ));
+                        self.refuse(&header, &failure).await;
+                    }
+                }
+            }
+        }
+        // Every call has a timeout, so this ends.
+        lanes.join_all().await;
+    }
+
+    /// Runs a call into the bridge under its concurrency limit and call timeout (waiting for
+    /// a turn counts against the timeout). `what` says what the user was waiting for.
+    pub async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = T>,
+    ) -> Result<T, StanzaFailure> {
+        let limited = async {
+            let _turn = self.calls.acquire().await;
+            call.await
+        };
+        tokio::time::timeout(self.call_timeout, limited)
+            .await
+            .map_err(|_| {
+                metrics::bridge_timeout(&self.domain);
+                StanzaFailure::Timeout(format!(
+                    "{} did not answer {what} within {}",
+                    self.info.name,
+                    humantime::format_duration(self.call_timeout)
+                ))
+            })
+    }
+
+    /// Answers a stanza with `failure` (where RFC 6120 allows an answer).
+    async fn refuse(&self, header: &StanzaHeader, failure: &StanzaFailure) {
+        tracing::info!(bridge = %self.domain, from = header.from.as_deref().unwrap_or(""), %failure, "refused a stanza");
+        metrics::stanza_error(&self.domain, failure.condition());
+        if let Some(reply) = error_reply(header, failure) {
+            self.send(reply).await;
         }
     }
 
@@ -126,16 +212,10 @@ impl Gateway {
             );
             Err(StanzaFailure::ServiceUnavailable)
         };
-        let reply = match outcome {
-            Ok(reply) => reply,
-            Err(failure) => {
-                tracing::info!(bridge = %self.domain, from = header.from.as_deref().unwrap_or(""), %failure, "refused a stanza");
-                metrics::stanza_error(&self.domain, failure.condition());
-                error_reply(&header, &failure)
-            }
-        };
-        if let Some(reply) = reply {
-            self.send(reply).await;
+        match outcome {
+            Ok(Some(reply)) => self.send(reply).await,
+            Ok(None) => {}
+            Err(failure) => self.refuse(&header, &failure).await,
         }
     }
 
@@ -361,9 +441,11 @@ impl Gateway {
         form.validate(values)
             .map_err(StanzaFailure::NotAcceptable)?;
         let data = self
-            .bridge
-            .register(&UserJid::new(user), values)
-            .await
+            .call(
+                "the registration",
+                self.bridge.register(&UserJid::new(user), values),
+            )
+            .await?
             .map_err(|error| match error {
                 RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
                 RegistrationError::Unavailable(reason) => StanzaFailure::Unavailable(reason),
@@ -490,9 +572,12 @@ impl Gateway {
                 }
                 Some(contact) => {
                     let approved = self
-                        .bridge
-                        .subscription_requested(&UserJid::new(user.as_str()), &contact)
-                        .await;
+                        .call(
+                            "the subscription request",
+                            self.bridge
+                                .subscription_requested(&UserJid::new(user.as_str()), &contact),
+                        )
+                        .await?;
                     if !approved {
                         return Ok(Some(reply(PresenceType::Unsubscribed)));
                     }
@@ -555,7 +640,7 @@ impl Gateway {
         };
         if first && new_resource {
             tracing::debug!(bridge = %self.domain, user, "user online");
-            self.bridge.user_presence(&UserJid::new(user), true).await;
+            self.presence_hook(&user, true).await;
         }
         new_resource
     }
@@ -580,7 +665,16 @@ impl Gateway {
         };
         if last {
             tracing::debug!(bridge = %self.domain, user, "user offline");
-            self.bridge.user_presence(&UserJid::new(user), false).await;
+            self.presence_hook(user, false).await;
+        }
+    }
+
+    /// Tells the bridge a user came online or went offline.
+    async fn presence_hook(&self, user: &str, online: bool) {
+        let user = UserJid::new(user);
+        let hook = self.bridge.user_presence(&user, online);
+        if let Err(failure) = self.call("a presence change", hook).await {
+            tracing::warn!(bridge = %self.domain, %user, %failure, "a presence hook timed out");
         }
     }
 
@@ -713,9 +807,11 @@ impl Gateway {
             chatstates::ChatState::Paused => ChatState::Paused,
         };
         if matches!(self.is_member(user).await, Ok(true)) {
-            self.bridge
-                .send_chat_state(&UserJid::new(user), &contact, state)
-                .await;
+            let user = UserJid::new(user);
+            let call = self.bridge.send_chat_state(&user, &contact, state);
+            if let Err(failure) = self.call("a chat state", call).await {
+                tracing::debug!(bridge = %self.domain, %user, %failure, "a chat state was not passed on");
+            }
         }
     }
 }

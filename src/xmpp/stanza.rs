@@ -48,6 +48,9 @@ pub enum StanzaFailure {
     /// The sender exceeded the bridge's `rate_limit`; they may retry later.
     #[error("rate limited: {0}")]
     ResourceConstraint(String),
+    /// The bridge did not answer in time (`call_timeout`); the sender may try again.
+    #[error("timed out: {0}")]
+    Timeout(String),
     /// The stanza breaks a bound on its shape (nesting, size…); the text says which.
     #[error("policy violation: {0}")]
     PolicyViolation(String),
@@ -108,6 +111,11 @@ impl StanzaFailure {
                 DefinedCondition::ResourceConstraint,
                 text.as_str(),
             ),
+            Self::Timeout(text) => (
+                ErrorType::Wait,
+                DefinedCondition::RemoteServerTimeout,
+                text.as_str(),
+            ),
             Self::PolicyViolation(text) => (
                 ErrorType::Modify,
                 DefinedCondition::PolicyViolation,
@@ -135,6 +143,7 @@ impl StanzaFailure {
             Self::RegistrationRequired(_) => "registration-required",
             Self::NotAuthorized(_) => "not-authorized",
             Self::ResourceConstraint(_) => "resource-constraint",
+            Self::Timeout(_) => "remote-server-timeout",
             Self::PolicyViolation(_) => "policy-violation",
             Self::Internal => "internal-server-error",
         }

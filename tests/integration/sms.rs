@@ -36,6 +36,8 @@ const TOKEN: &str = "twilio-gateway-token";
 /// Bob's own Twilio account (self-service).
 const BOB_SID: &str = "AC0000000000000000000000000000bob";
 const BOB_TOKEN: &str = "twilio-bob-token";
+/// A Twilio account whose API never answers (the fake holds every request of it open).
+const HUNG_SID: &str = "AC000000000000000000000000000hung";
 const TELNYX_KEY: &str = "KEY-telnyx-gateway";
 /// RFC 8032 test 1's secret key: the fake Telnyx signs its webhooks with it.
 const TELNYX_SECRET: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
@@ -185,6 +187,9 @@ async fn fake_api(
     let path = uri.path().to_owned();
     let query = uri.query().unwrap_or_default().to_owned();
     let twilio = path.starts_with("/2010-04-01/");
+    if path.starts_with(&format!("/2010-04-01/Accounts/{HUNG_SID}/")) {
+        std::future::pending::<()>().await;
+    }
     let auth = header("authorization");
     let (authorized, account) = if twilio {
         // Basic auth: the account SID and its auth token.
@@ -1178,5 +1183,95 @@ async fn users_register_their_own_number_and_strangers_are_refused() {
     assert_eq!(
         sent[1].path,
         format!("/2010-04-01/Accounts/{SID}/Messages.json")
+    );
+}
+
+/// One user's self-service registration against a provider that never answers: every other
+/// user's disco, message and command are answered meanwhile, and the stuck registration ends
+/// after `call_timeout` with a clear error. Before lanes, the router waited on the bridge and
+/// everyone waited for the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_never_answers_holds_up_only_its_user() {
+    let server = XmppServer::start(ServerKind::Prosody, &[SMS], &["alice", "bob"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut fake = Fake::new();
+    fake.up().await;
+    // The bridge would wait a minute for the provider; the core gives it 12 s.
+    let config = sms_config(&server, dir.path(), &fake).replace(
+        "\ntimeout = \"3s\"\n",
+        "\ntimeout = \"60s\"\ncall_timeout = \"12s\"\n",
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+    wait_owner(&jabbridge, ALICE_NUMBER).await;
+
+    let mut bob = server.client("bob").await;
+    bob.send(&format!(
+        "<iq type='set' to='{SMS}' id='hung'><query xmlns='jabber:iq:register'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
+         <field var='provider'><value>twilio</value></field>\
+         <field var='number'><value>{BOB_NUMBER}</value></field>\
+         <field var='account_sid'><value>{HUNG_SID}</value></field>\
+         <field var='auth_token'><value>whatever</value></field></x></query></iq>"
+    ))
+    .await;
+    // Wait until the bridge is stuck on the provider (the fake holds the request open and
+    // records nothing, so wait for the router instead: a second copy of bob's request in
+    // his lane would only queue).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut alice = server.client("alice").await;
+    let info = alice
+        .iq(
+            "disco",
+            &format!("<iq type='get' to='{SMS}' id='disco'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+        )
+        .await;
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    alice
+        .send(&chat(&friend_jid(), "m1", "while bob waits"))
+        .await;
+    let sends = fake.wait_sends(1).await;
+    assert_eq!(sends[0].field("Body"), Some("while bob waits"));
+    let help = command(&mut alice, "help").await;
+    assert!(help.contains("register"), "{help}");
+    // All of that happened while bob's registration was still waiting on the provider.
+    bob.expect_none(Duration::from_millis(10), |stanza| {
+        stanza.attr("id") == Some("hung")
+    })
+    .await;
+
+    let stuck = bob
+        .expect(Duration::from_secs(30), |stanza| {
+            stanza.attr("id") == Some("hung")
+        })
+        .await;
+    assert_eq!(stuck.attr("type"), Some("error"), "{stuck:?}");
+    assert_eq!(
+        error_condition(&stuck).as_deref(),
+        Some("remote-server-timeout"),
+        "{stuck:?}"
+    );
+    assert!(
+        error_text(&stuck).contains("did not answer the registration within 12s"),
+        "{}",
+        error_text(&stuck)
+    );
+    let timeouts = format!("jabbridge_bridge_timeouts_total{{bridge=\"{SMS}\"}}");
+    assert_eq!(jabbridge.metric(&timeouts).await, 1.0);
+    // Bob is not registered, and his lane is free again: his next request is answered.
+    let form = bob
+        .iq(
+            "form",
+            &format!(
+                "<iq type='get' to='{SMS}' id='form'><query xmlns='jabber:iq:register'/></iq>"
+            ),
+        )
+        .await;
+    assert_eq!(form.attr("type"), Some("result"), "{form:?}");
+    assert!(
+        form.get_child("registered", "jabber:iq:register").is_none(),
+        "{form:?}"
     );
 }
