@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 
 use crate::access::Access;
 use crate::bridges;
+use crate::commit::Committer;
 use crate::config::Config;
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
-use crate::router::{Gateway, RouterSink};
+use crate::router::{Gateway, RouterSink, Wiring};
 use crate::store::{Store, StoreError};
 use crate::xmpp::session::{self, LinkConfig, backoff};
 
@@ -189,6 +190,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let prometheus = metrics::install();
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
+    // This process's name on the rows it holds; alive while its heartbeat is recent.
+    let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());
+    store.heartbeat(&owner).await?;
+    let (committer, committer_task) = Committer::spawn(store.clone(), owner.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|error| StartError::Listen {
@@ -229,22 +234,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let gateway = Arc::new(Gateway::new(
             domain.clone(),
             bridge.clone(),
-            link.clone(),
-            store.clone(),
+            Wiring {
+                link: link.clone(),
+                store: store.clone(),
+                committer: committer.clone(),
+                shutdown: stopping.clone(),
+            },
             Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
             config.delivery.clone(),
             section.call_limits(),
         ));
         sink.attach(&gateway);
+        // Before anything new is accepted, so that old messages reach their lanes first.
+        gateway.recover(true).await;
         if section.allow.is_empty() {
             tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
         }
         tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
-        gateway.spawn_workers(&mut tasks, &stopping);
+        gateway.spawn_workers(&mut tasks);
         tasks.spawn(gateway.run(incoming_receiver));
         tasks.spawn(run_bridge(domain.clone(), bridge.clone(), stopping.clone()));
         http_bridges.insert(domain, HttpBridge { bridge, link });
     }
+
+    drop(committer);
+    tasks.spawn(heartbeat(
+        store.clone(),
+        owner.clone(),
+        config.delivery.lease,
+        stopping.clone(),
+    ));
 
     let state = Arc::new(HttpState {
         store: store.clone(),
@@ -274,9 +293,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!("some tasks did not stop in time; abandoning them");
         tasks.abort_all();
     }
+    // The committer ends once the last gateway is gone and what was submitted is written.
+    if tokio::time::timeout(SHUTDOWN_GRACE, committer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some writes were not committed in time; their messages are sent again");
+    }
+    if let Err(error) = store.forget_instances(Some(&owner), 0).await {
+        tracing::warn!(%error, "cannot remove this instance's heartbeat");
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps this instance's heartbeat fresh, so that no other instance takes over its messages.
+async fn heartbeat(store: Store, owner: String, lease: Duration, stopping: Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(lease / 3) => {}
+            () = stopping.clone().wait() => return,
+        }
+        if let Err(error) = store.heartbeat(&owner).await {
+            tracing::warn!(%error, "cannot record this instance's heartbeat; after delivery.lease another instance may take over its messages");
+        }
+    }
 }
 
 /// Runs a bridge's `run`, restarting it with backoff if it fails, until shutdown.

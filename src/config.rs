@@ -57,12 +57,13 @@ pub struct XmppConfig {
     pub queue: usize,
 }
 
-/// `[delivery]`: the durable outbox and inbox workers.
+/// `[delivery]`: the durable outbox and inbox.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
-    /// How long a worker holds a claimed message before another instance may take it over.
-    /// A live worker renews its lease; this only bounds how long a crashed one delays others.
+    /// How long an instance may go without a heartbeat before another instance (or itself,
+    /// restarted, on PostgreSQL) takes over the messages it held. A live instance renews its
+    /// heartbeat every third of this.
     #[serde(default = "defaults::lease", with = "humantime_serde")]
     pub lease: Duration,
     /// Attempts of a message to the foreign network before the user is told it failed.
@@ -74,8 +75,8 @@ pub struct DeliveryConfig {
     /// The longest wait between two attempts (backoff doubles up to this).
     #[serde(default = "defaults::retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
-    /// Messages delivered concurrently per bridge and direction (order is kept per
-    /// conversation regardless).
+    /// No longer used, accepted so that older configs still load: every conversation is
+    /// delivered side by side now, up to `[[bridge]] concurrency` calls into the bridge.
     #[serde(default = "defaults::workers", deserialize_with = "number_or_string")]
     pub workers: usize,
     /// How long delivered messages are kept so that a repeat of one is recognised.

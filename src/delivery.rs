@@ -1,26 +1,29 @@
-//! The durable message flow of one bridge. A message accepted from either side is a row in
-//! the store before anyone is told it was accepted; workers claim rows with leases, deliver
-//! them, and mark them delivered, so that a crash (or a second instance sharing the
-//! database) loses nothing and delivers nothing twice.
+//! The durable message flow of one bridge. A message accepted from either side is committed
+//! (with others, [`crate::commit`]) before anyone is told it was accepted; the commit hands it
+//! to its conversation's lane in memory, which delivers it and records the outcome (again in
+//! batches). The database is read back only at start, when another instance's messages are
+//! taken over, and after a shutdown released them: a crash loses nothing, and an instance
+//! delivers only the rows it holds.
 //!
-//! - Outbox (XMPP → foreign network): [`Gateway::accept_outgoing`] stores, the outbox
-//!   workers call [`jabbridge_sdk::Bridge::send_message`], retry transient failures with
-//!   capped exponential backoff, and answer with a receipt or an error message: at once, or
-//!   when the bridge passes on the network's delivery report ([`Gateway::delivery_report`]).
-//! - Inbox (foreign network → XMPP): [`Gateway::accept_incoming`] stores (de-duplicated by
-//!   the foreign id), the inbox workers write the stanza to the component link once it is up
-//!   and mark the row delivered once the stanza is on the server's socket.
+//! - Outbox (XMPP → foreign network): [`Gateway::accept_outgoing`] queues; the lane calls
+//!   [`jabbridge_sdk::Bridge::send_message`], retries transient failures with capped
+//!   exponential backoff (holding the conversation's later messages back), and answers with
+//!   a receipt or an error message: at once, or when the bridge passes on the network's
+//!   delivery report ([`Gateway::delivery_report`]).
+//! - Inbox (foreign network → XMPP): [`Gateway::accept_incoming`] queues (de-duplicated by
+//!   the foreign id) and returns once committed; the lane writes the stanza to the component
+//!   link once it is up and marks the row delivered once the stanza is on the server's socket.
 
-use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::{
     Attachment, CoreError, Correction, DeliveryReport, ForeignId, IncomingMessage, MessageId,
-    OutgoingMessage, SendError, Shutdown, UserJid,
+    OutgoingMessage, SendError, UserJid,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 use xmpp_parsers::{
     date::DateTime,
@@ -32,17 +35,17 @@ use xmpp_parsers::{
     stanza_id::OriginId,
 };
 
+use crate::commit::{CommitError, Committed, Done};
+use crate::lanes::{Lanes, Pushed};
 use crate::metrics;
 use crate::router::Gateway;
-use crate::store::{Claimed, Queue, millis, now_millis};
+use crate::store::{NewRow, Queue, Recovered, Write, from_now, millis, now_millis};
 use crate::xmpp::session::{NotWritten, backoff};
 use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, StanzaKind, error_reply};
 
 /// The longest text carried either way, in bytes. Prosody drops a component that sends a
 /// stanza over 512 KiB; no chat message needs more than this.
 pub const MAX_TEXT: usize = 64 * 1024;
-/// How often idle workers look for messages that became due (retries, other instances).
-const POLL: Duration = Duration::from_secs(1);
 /// A late delivery (this long after the message was accepted) carries a XEP-0203 delay.
 const LATE: Duration = Duration::from_secs(5);
 /// How often delivered rows older than `delivery.keep_delivered` are deleted.
@@ -77,7 +80,7 @@ pub struct OutboxEntry {
 
 /// A bridge's message waiting in the inbox, as stored (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct InboxEntry {
+pub struct InboxEntry {
     /// The id the stanza carries (and its origin-id): fixed at acceptance, so that a
     /// redelivery after a crash carries the same id.
     id: String,
@@ -111,47 +114,139 @@ struct PendingReport {
 /// may report before the core has written down what the bridge's send returned.
 const REPORT_WAIT: Duration = Duration::from_secs(3);
 
-/// Wakes the outbox or the inbox workers when a message arrives.
-#[derive(Debug, Default)]
-pub struct Wakers {
-    outbox: Notify,
-    inbox: Notify,
+/// A queued user's message in its conversation's lane.
+#[derive(Debug)]
+pub struct OutboxItem {
+    row: i64,
+    entry: OutboxEntry,
+    /// Failed attempts so far.
+    attempts: u32,
+    /// Not to be tried before this (Unix ms), after a failure.
+    due: i64,
+}
+
+/// A queued bridge's message in its conversation's lane.
+#[derive(Debug)]
+pub struct InboxItem {
+    row: i64,
+    entry: InboxEntry,
+}
+
+/// The messages of one bridge in hand: per conversation, in order.
+#[derive(Debug)]
+pub struct Pipeline {
+    outbox: Lanes<OutboxItem>,
+    inbox: Lanes<InboxItem>,
+    /// Lane tasks running, so that shutdown can wait for sends in progress.
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self {
+            // Every committed message must reach its lane: lanes here never refuse.
+            outbox: Lanes::new(usize::MAX),
+            inbox: Lanes::new(usize::MAX),
+            running: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Messages in hand (waiting or being delivered), for `stats`.
+    pub fn lanes_open(&self) -> usize {
+        self.outbox.open() + self.inbox.open()
+    }
+}
+
+/// Counts a running lane task for as long as it lives.
+struct Running<'a>(&'a Pipeline);
+
+impl<'a> Running<'a> {
+    fn start(pipeline: &'a Pipeline) -> Self {
+        pipeline.running.fetch_add(1, Ordering::AcqRel);
+        Self(pipeline)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 fn conversation(user: &str, contact: &str) -> String {
     format!("{user}\n{contact}")
 }
 
+fn unix_millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Gateway {
-    /// Stores a user's message in the outbox. `Ok(false)` when the same message (same sender
-    /// and id) was accepted before: it is not sent again.
-    pub async fn accept_outgoing(&self, entry: &OutboxEntry) -> Result<bool, StanzaFailure> {
+    /// Queues a user's message for the outbox. Returns once it is submitted, not committed:
+    /// XMPP has no acknowledgement to hold back, and the sender's next stanza should not
+    /// wait for this one's commit. The commit hands it to its lane (in submission order); if
+    /// it fails the sender gets an error. A repeat of a message accepted before (same
+    /// sender and id) is dropped.
+    pub async fn accept_outgoing(
+        self: &Arc<Self>,
+        entry: OutboxEntry,
+    ) -> Result<(), StanzaFailure> {
         let user = bare(&entry.from);
-        let payload = serde_json::to_string(entry).map_err(|_| StanzaFailure::Internal)?;
-        let accepted = self
-            .store
-            .enqueue(
-                Queue::Outbox,
-                &self.domain,
-                &conversation(&user, &entry.contact),
-                &format!("{user}\n{}", entry.id),
-                &payload,
-            )
-            .await
-            .map_err(|error| {
-                tracing::error!(bridge = %self.domain, %error, "cannot store a message in the outbox");
-                StanzaFailure::Internal
-            })?;
-        if accepted {
-            self.wakers.outbox.notify_one();
-        } else {
-            tracing::debug!(bridge = %self.domain, id = entry.id, "a repeated message was not queued again");
-        }
-        Ok(accepted)
+        let payload = serde_json::to_string(&entry).map_err(|_| StanzaFailure::Internal)?;
+        let lane = conversation(&user, &entry.contact);
+        let write = Write::Enqueue(NewRow {
+            queue: Queue::Outbox,
+            bridge: self.domain.clone(),
+            conversation: lane.clone(),
+            dedupe_key: format!("{user}\n{}", entry.id),
+            payload,
+        });
+        let gateway = self.clone();
+        let done: Done = Box::new(move |committed| match committed {
+            Ok(Some(row)) => gateway.dispatch_outgoing(
+                lane,
+                OutboxItem {
+                    row,
+                    entry,
+                    attempts: 0,
+                    due: 0,
+                },
+            ),
+            Ok(None) => {
+                tracing::debug!(bridge = %gateway.domain, id = entry.id, "a repeated message was not queued again");
+            }
+            Err(error) => {
+                tracing::error!(bridge = %gateway.domain, %error, "cannot store a message in the outbox");
+                tokio::spawn(async move {
+                    let id = entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone());
+                    let header = StanzaHeader {
+                        kind: StanzaKind::Message,
+                        from: Some(entry.from.clone()),
+                        to: Some(entry.to.clone()),
+                        id: Some(id),
+                        type_: Some("chat".into()),
+                    };
+                    if let Some(reply) = error_reply(&header, &StanzaFailure::Internal) {
+                        gateway.send(reply).await;
+                    }
+                });
+            }
+        });
+        self.committer.submit(write, Some(done)).await;
+        Ok(())
     }
 
     /// Stores a bridge's message in the inbox. `Ok` means the core has it for good.
-    pub async fn accept_incoming(&self, message: IncomingMessage) -> Result<(), CoreError> {
+    pub async fn accept_incoming(
+        self: &Arc<Self>,
+        message: IncomingMessage,
+    ) -> Result<(), CoreError> {
         let user: BareJid = message.user.as_str().parse().map_err(|error| {
             CoreError::Refused(format!("'{}' is not a JID: {error}", message.user))
         })?;
@@ -182,119 +277,230 @@ impl Gateway {
         };
         let payload =
             serde_json::to_string(&entry).map_err(|error| CoreError::Refused(error.to_string()))?;
-        let accepted = self
-            .store
-            .enqueue(
-                Queue::Inbox,
-                &self.domain,
-                &conversation(&entry.user, message.contact.as_str()),
-                &format!("{}\n{}", entry.user, entry.foreign_id),
-                &payload,
-            )
-            .await
-            .map_err(|error| {
-                tracing::error!(bridge = %self.domain, %error, "cannot store a message in the inbox");
-                CoreError::Refused("the gateway cannot store messages right now".into())
-            })?;
-        if accepted {
-            self.wakers.inbox.notify_one();
-        } else {
-            tracing::debug!(bridge = %self.domain, foreign_id = entry.foreign_id, "a repeated foreign message was not queued again");
-        }
-        Ok(())
-    }
-
-    /// Starts the outbox and inbox workers and the sweeper of old rows.
-    pub fn spawn_workers(self: &Arc<Self>, tasks: &mut JoinSet<()>, shutdown: &Shutdown) {
-        for _ in 0..self.delivery.workers {
-            tasks.spawn(self.clone().outbox_worker(shutdown.clone()));
-            tasks.spawn(self.clone().inbox_worker(shutdown.clone()));
-        }
-        tasks.spawn(self.clone().sweeper(shutdown.clone()));
-    }
-
-    async fn idle(&self, queue: Queue, shutdown: &Shutdown) {
-        let notify = match queue {
-            Queue::Outbox => &self.wakers.outbox,
-            Queue::Inbox => &self.wakers.inbox,
-        };
-        tokio::select! {
-            () = notify.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
-            () = shutdown.clone().wait() => {}
-        }
-    }
-
-    async fn claim(&self, queue: Queue) -> Option<Claimed> {
-        match self
-            .store
-            .claim(queue, &self.domain, &self.owner, self.delivery.lease)
-            .await
-        {
-            Ok(claimed) => claimed,
+        let lane = conversation(&entry.user, message.contact.as_str());
+        let write = Write::Enqueue(NewRow {
+            queue: Queue::Inbox,
+            bridge: self.domain.clone(),
+            conversation: lane.clone(),
+            dedupe_key: format!("{}\n{}", entry.user, entry.foreign_id),
+            payload,
+        });
+        let (committed, outcome) = oneshot::channel::<Committed>();
+        let gateway = self.clone();
+        let done: Done = Box::new(move |result| {
+            match &result {
+                Ok(Some(row)) => gateway.dispatch_incoming(lane, InboxItem { row: *row, entry }),
+                Ok(None) => {
+                    tracing::debug!(bridge = %gateway.domain, foreign_id = entry.foreign_id, "a repeated foreign message was not queued again");
+                }
+                Err(_) => {}
+            }
+            let _ = committed.send(result);
+        });
+        self.committer.submit(write, Some(done)).await;
+        match outcome.await.unwrap_or(Err(CommitError::Stopped)) {
+            Ok(_) => Ok(()),
             Err(error) => {
-                tracing::warn!(bridge = %self.domain, ?queue, %error, "cannot claim queued messages");
-                None
+                tracing::error!(bridge = %self.domain, %error, "cannot store a message in the inbox");
+                Err(CoreError::Refused(
+                    "the gateway cannot store messages right now".into(),
+                ))
             }
         }
     }
 
-    /// Runs `work` while renewing the lease on row `id`, so that a slow delivery is not
-    /// taken over by another worker.
-    async fn leased<F: Future>(&self, queue: Queue, id: i64, work: F) -> F::Output {
-        tokio::pin!(work);
-        let mut renewal = tokio::time::interval(self.delivery.lease / 3);
-        renewal.tick().await;
+    /// Hands a committed user's message to its conversation's lane, starting the lane's task
+    /// if it had none. Called on the committer's task: it must not block.
+    fn dispatch_outgoing(self: &Arc<Self>, lane: String, item: OutboxItem) {
+        if let Pushed::Opened = self.pipeline.outbox.push(&lane, item) {
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let _running = Running::start(&gateway.pipeline);
+                while let Some(item) = gateway.pipeline.outbox.next(&lane) {
+                    if !gateway.shutdown.is_stopping() {
+                        // At shutdown the rest stays queued: the rows are released for the
+                        // next start.
+                        gateway.send_out(item).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Hands a committed bridge's message to its conversation's lane (see
+    /// [`Gateway::dispatch_outgoing`]).
+    fn dispatch_incoming(self: &Arc<Self>, lane: String, item: InboxItem) {
+        if let Pushed::Opened = self.pipeline.inbox.push(&lane, item) {
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let _running = Running::start(&gateway.pipeline);
+                while let Some(item) = gateway.pipeline.inbox.next(&lane) {
+                    if !gateway.shutdown.is_stopping() {
+                        gateway.deliver_in(item).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Takes over the rows no live instance holds (see [`crate::store::Store::take_over`]) and
+    /// hands them to their lanes, oldest first. At start on SQLite, where only one instance
+    /// runs, that is every undelivered row of this bridge.
+    pub async fn recover(self: &Arc<Self>, at_start: bool) {
+        let stale_before = if at_start && self.store.is_sqlite() {
+            None
+        } else {
+            Some(now_millis().saturating_sub(unix_millis(self.delivery.lease)))
+        };
+        let owner = self.committer.owner();
+        for queue in [Queue::Outbox, Queue::Inbox] {
+            let rows = match self
+                .store
+                .take_over(queue, &self.domain, owner, stale_before)
+                .await
+            {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(bridge = %self.domain, ?queue, %error, "cannot take over queued messages");
+                    continue;
+                }
+            };
+            if !rows.is_empty() {
+                tracing::info!(bridge = %self.domain, ?queue, count = rows.len(), "took over queued messages");
+            }
+            for row in rows {
+                self.dispatch_recovered(queue, row).await;
+            }
+        }
+    }
+
+    async fn dispatch_recovered(self: &Arc<Self>, queue: Queue, row: Recovered) {
+        let unreadable = |error: serde_json::Error| {
+            tracing::error!(bridge = %self.domain, row = row.id, %error, "a queued message does not parse; giving up on it");
+            Write::Fail {
+                queue,
+                id: row.id,
+                reason: format!("unreadable: {error}"),
+            }
+        };
+        match queue {
+            Queue::Outbox => match serde_json::from_str::<OutboxEntry>(&row.payload) {
+                Ok(entry) => self.dispatch_outgoing(
+                    row.conversation,
+                    OutboxItem {
+                        row: row.id,
+                        entry,
+                        attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+                        due: row.next_attempt_at,
+                    },
+                ),
+                Err(error) => self.committer.submit(unreadable(error), None).await,
+            },
+            Queue::Inbox => match serde_json::from_str::<InboxEntry>(&row.payload) {
+                Ok(entry) => {
+                    self.dispatch_incoming(row.conversation, InboxItem { row: row.id, entry })
+                }
+                Err(error) => self.committer.submit(unreadable(error), None).await,
+            },
+        }
+    }
+
+    /// Starts the task that takes over other instances' messages and releases this one's at
+    /// shutdown, and the sweeper of old rows. The first takeover ([`Gateway::recover`] with
+    /// `at_start`) must have run before the gateway accepts anything, so that old messages
+    /// reach their lanes before new ones.
+    pub fn spawn_workers(self: &Arc<Self>, tasks: &mut JoinSet<()>) {
+        tasks.spawn(self.clone().keeper());
+        tasks.spawn(self.clone().sweeper());
+    }
+
+    async fn keeper(self: Arc<Self>) {
         loop {
             tokio::select! {
-                output = &mut work => return output,
-                _ = renewal.tick() => {
-                    if let Err(error) = self.store.renew(queue, id, &self.owner, self.delivery.lease).await {
-                        tracing::warn!(bridge = %self.domain, %error, "cannot renew a lease");
-                    }
+                () = tokio::time::sleep(self.delivery.lease / 2) => {}
+                () = self.shutdown.clone().wait() => break,
+            }
+            self.recover(false).await;
+        }
+        // Let sends in progress finish, then hand back what is left.
+        let settled = async {
+            loop {
+                let idle = self.pipeline.idle.notified();
+                if self.pipeline.running.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.delivery.lease.min(SETTLE), settled).await;
+        for queue in [Queue::Outbox, Queue::Inbox] {
+            match self.store.release(queue, self.committer.owner()).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(bridge = %self.domain, ?queue, count, "released queued messages for the next start")
+                }
+                Err(error) => {
+                    tracing::warn!(bridge = %self.domain, %error, "cannot release queued messages; another instance takes them after delivery.lease")
                 }
             }
         }
     }
 
-    /// The entry a claimed row holds; a row that does not parse (written by something else)
-    /// is marked failed, so that it does not block its conversation.
-    async fn read_row<T: serde::de::DeserializeOwned>(
-        &self,
-        queue: Queue,
-        claimed: &Claimed,
-    ) -> Option<T> {
-        match serde_json::from_str(&claimed.payload) {
-            Ok(entry) => Some(entry),
-            Err(error) => {
-                tracing::error!(bridge = %self.domain, ?queue, row = claimed.id, %error, "a queued row does not parse; dropping it");
-                self.finish(queue, claimed, Some("unreadable row")).await;
-                None
+    /// Sends one user's message, retrying transient failures in place (the conversation's
+    /// later messages wait), until it is delivered, refused, or given up on.
+    async fn send_out(self: &Arc<Self>, mut item: OutboxItem) {
+        loop {
+            let wait = item.due.saturating_sub(now_millis());
+            if wait > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())) => {}
+                    () = self.shutdown.clone().wait() => return,
+                }
+            }
+            let delay = match self.try_send(&item).await {
+                Attempt::Done => return,
+                Attempt::Again(delay) => delay,
+                Attempt::Failed(reason) => {
+                    item.attempts = item.attempts.saturating_add(1);
+                    if item.attempts >= self.delivery.max_attempts {
+                        let reason = format!("gave up after {} attempts: {reason}", item.attempts);
+                        self.give_up(&item, &reason).await;
+                        return;
+                    }
+                    backoff(item.attempts - 1, self.delivery.retry_max)
+                }
+                Attempt::FailedAfter(reason, retry_after) => {
+                    item.attempts = item.attempts.saturating_add(1);
+                    if item.attempts >= self.delivery.max_attempts {
+                        let reason = format!("gave up after {} attempts: {reason}", item.attempts);
+                        self.give_up(&item, &reason).await;
+                        return;
+                    }
+                    backoff(item.attempts - 1, self.delivery.retry_max).max(retry_after)
+                }
+            };
+            item.due = from_now(delay);
+            if delay > Duration::from_secs(1) {
+                // Recorded, so that a restart waits too (and counts the attempt).
+                let retry = Write::Retry {
+                    queue: Queue::Outbox,
+                    id: item.row,
+                    at: item.due,
+                };
+                self.committer.submit(retry, None).await;
             }
         }
     }
 
-    async fn outbox_worker(self: Arc<Self>, shutdown: Shutdown) {
-        while !shutdown.is_stopping() {
-            match self.claim(Queue::Outbox).await {
-                Some(claimed) => self.send_out(claimed).await,
-                None => self.idle(Queue::Outbox, &shutdown).await,
-            }
-        }
-    }
-
-    async fn send_out(&self, claimed: Claimed) {
-        let Some(entry) = self.read_row::<OutboxEntry>(Queue::Outbox, &claimed).await else {
-            return;
-        };
+    /// One attempt at sending.
+    async fn try_send(self: &Arc<Self>, item: &OutboxItem) -> Attempt {
+        let entry = &item.entry;
         let user = bare(&entry.from);
         let registration = match self.store.registration(&self.domain, &user).await {
             Ok(registration) => registration,
             Err(error) => {
                 tracing::warn!(bridge = %self.domain, %error, "cannot read a registration; retrying");
-                self.retry(Queue::Outbox, &claimed, Duration::from_secs(1))
-                    .await;
-                return;
+                return Attempt::Again(Duration::from_secs(1));
             }
         };
         // Only a bridge with registration asks, and only about a user without one. A store
@@ -304,8 +510,8 @@ impl Gateway {
             && !self.owns_identity(&user).await.unwrap_or(true)
         {
             let reason = format!("you are no longer registered with {}", self.domain);
-            self.give_up(&claimed, &entry, &reason).await;
-            return;
+            self.give_up(item, &reason).await;
+            return Attempt::Done;
         }
         let replaces = match &entry.replaces {
             Some(xmpp_id) => Some(Correction {
@@ -333,9 +539,8 @@ impl Gateway {
             registration,
             replaces,
         };
-        let sending = self.call("the message", self.bridge.send_message(message));
         let sent = self
-            .leased(Queue::Outbox, claimed.id, sending)
+            .call("the message", self.bridge.send_message(message))
             .await
             .unwrap_or_else(|timeout| {
                 Err(SendError::Transient {
@@ -346,10 +551,14 @@ impl Gateway {
         match sent {
             Ok(outcome) => {
                 metrics::delivery(&self.domain, "ok");
-                self.finish(Queue::Outbox, &claimed, None).await;
+                let complete = Write::Complete {
+                    queue: Queue::Outbox,
+                    id: item.row,
+                };
+                self.committer.submit(complete, None).await;
                 let report_follows = outcome.report_follows && outcome.foreign_id.is_some();
                 if let Some(foreign_id) = outcome.foreign_id {
-                    let mapped = if report_follows {
+                    if report_follows {
                         let pending = PendingReport {
                             from: entry.from.clone(),
                             to: entry.to.clone(),
@@ -357,7 +566,8 @@ impl Gateway {
                             receipt: entry.receipt && entry.stanza_id.is_some(),
                         };
                         let pending = serde_json::to_string(&pending).unwrap_or_default();
-                        self.store
+                        if let Err(error) = self
+                            .store
                             .await_report(
                                 &self.domain,
                                 &user,
@@ -366,13 +576,17 @@ impl Gateway {
                                 &pending,
                             )
                             .await
+                        {
+                            tracing::warn!(bridge = %self.domain, %error, "cannot record a message awaiting a delivery report");
+                        }
                     } else {
-                        self.store
-                            .map_message_id(&self.domain, &user, &entry.id, foreign_id.as_str())
-                            .await
-                    };
-                    if let Err(error) = mapped {
-                        tracing::warn!(bridge = %self.domain, %error, "cannot record a message id mapping");
+                        let mapping = Write::MapId {
+                            bridge: self.domain.clone(),
+                            jid: user.clone(),
+                            xmpp_id: entry.id.clone(),
+                            foreign_id: foreign_id.to_string(),
+                        };
+                        self.committer.submit(mapping, None).await;
                     }
                 }
                 if let (false, true, Some(stanza_id)) =
@@ -380,67 +594,37 @@ impl Gateway {
                 {
                     self.send_receipt(&entry.from, &entry.to, stanza_id).await;
                 }
+                Attempt::Done
             }
             Err(SendError::Permanent { reason }) => {
                 metrics::delivery(&self.domain, "permanent");
-                self.give_up(&claimed, &entry, &reason).await;
+                self.give_up(item, &reason).await;
+                Attempt::Done
             }
             Err(SendError::Transient {
                 reason,
                 retry_after,
             }) => {
                 metrics::delivery(&self.domain, "transient");
-                let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
-                if attempts >= self.delivery.max_attempts {
-                    let reason = format!("gave up after {attempts} attempts: {reason}");
-                    self.give_up(&claimed, &entry, &reason).await;
-                } else {
-                    let delay = backoff(attempts, self.delivery.retry_max)
-                        .max(retry_after.unwrap_or_default());
-                    tracing::warn!(bridge = %self.domain, %reason, attempts, delay_ms = delay.as_millis() as u64, "delivery failed; will retry");
-                    self.retry(Queue::Outbox, &claimed, delay).await;
+                tracing::warn!(bridge = %self.domain, %reason, attempts = item.attempts + 1, "delivery failed; will retry");
+                match retry_after {
+                    Some(retry_after) => Attempt::FailedAfter(reason, retry_after),
+                    None => Attempt::Failed(reason),
                 }
             }
         }
     }
 
-    /// Marks a row delivered (`failure` = `None`) or given up on.
-    async fn finish(&self, queue: Queue, claimed: &Claimed, failure: Option<&str>) {
-        let finished = match failure {
-            None => self.store.complete(queue, claimed.id, &self.owner).await,
-            Some(reason) => {
-                self.store
-                    .fail(queue, claimed.id, &self.owner, reason)
-                    .await
-            }
-        };
-        match finished {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                bridge = %self.domain, row = claimed.id,
-                "a lease expired during delivery; another worker may deliver this message again \
-                 (raise delivery.lease?)"
-            ),
-            Err(error) => {
-                tracing::error!(bridge = %self.domain, %error, "cannot mark a message delivered; it will be delivered again")
-            }
-        }
-    }
-
-    async fn retry(&self, queue: Queue, claimed: &Claimed, delay: Duration) {
-        if let Err(error) = self
-            .store
-            .retry_later(queue, claimed.id, &self.owner, delay)
-            .await
-        {
-            tracing::warn!(bridge = %self.domain, %error, "cannot reschedule a message; its lease will expire instead");
-        }
-    }
-
     /// Gives up on a user's message and tells them why, as an error from the contact.
-    async fn give_up(&self, claimed: &Claimed, entry: &OutboxEntry, reason: &str) {
+    async fn give_up(&self, item: &OutboxItem, reason: &str) {
         tracing::info!(bridge = %self.domain, %reason, "message not delivered");
-        self.finish(Queue::Outbox, claimed, Some(reason)).await;
+        let fail = Write::Fail {
+            queue: Queue::Outbox,
+            id: item.row,
+            reason: reason.to_owned(),
+        };
+        self.committer.submit(fail, None).await;
+        let entry = &item.entry;
         let id = entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone());
         self.send_error(&entry.from, &entry.to, id, reason).await;
     }
@@ -526,69 +710,82 @@ impl Gateway {
         Ok(())
     }
 
-    async fn inbox_worker(self: Arc<Self>, shutdown: Shutdown) {
-        while !shutdown.is_stopping() {
-            tokio::select! {
-                () = self.link.state.wait_connected() => {}
-                () = shutdown.clone().wait() => return,
-            }
-            match self.claim(Queue::Inbox).await {
-                Some(claimed) => self.deliver_in(claimed).await,
-                None => self.idle(Queue::Inbox, &shutdown).await,
-            }
-        }
-    }
-
-    async fn deliver_in(&self, claimed: Claimed) {
-        let Some(entry) = self.read_row::<InboxEntry>(Queue::Inbox, &claimed).await else {
-            return;
-        };
-        let stanza = match inbox_stanza(&self.domain, &entry) {
+    /// Writes one bridge's message to the link once it is up, until the server has it (or it
+    /// can never be written).
+    async fn deliver_in(self: &Arc<Self>, item: InboxItem) {
+        let entry = &item.entry;
+        let finish = |write: Write| self.committer.submit(write, None);
+        let stanza = match inbox_stanza(&self.domain, entry) {
             Ok(stanza) => stanza,
             Err(reason) => {
                 tracing::error!(bridge = %self.domain, %reason, "an inbox message cannot become a stanza; dropping it");
-                self.finish(Queue::Inbox, &claimed, Some(&reason)).await;
+                finish(Write::Fail {
+                    queue: Queue::Inbox,
+                    id: item.row,
+                    reason,
+                })
+                .await;
                 return;
             }
         };
-        let written = tokio::time::timeout(
-            self.delivery.lease / 2,
-            self.link.send_and_confirm(stanza.into()),
-        )
+        let stanza: xmpp_parsers::minidom::Element = stanza.into();
+        loop {
+            tokio::select! {
+                () = self.link.state.wait_connected() => {}
+                () = self.shutdown.clone().wait() => return,
+            }
+            let written = tokio::time::timeout(
+                self.delivery.lease / 2,
+                self.link.send_and_confirm(stanza.clone()),
+            )
+            .await;
+            match written {
+                Ok(Ok(())) => break,
+                Ok(Err(NotWritten::Unwritable(unwritable))) => {
+                    // Sending it again would fail the same way and hold up the lane.
+                    finish(Write::Fail {
+                        queue: Queue::Inbox,
+                        id: item.row,
+                        reason: unwritable.to_string(),
+                    })
+                    .await;
+                    return;
+                }
+                Ok(Err(NotWritten::LinkStopped)) | Err(_) => {
+                    // The link went down before the stanza was written: try again once up.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        finish(Write::Complete {
+            queue: Queue::Inbox,
+            id: item.row,
+        })
         .await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(NotWritten::Unwritable(unwritable))) => {
-                // Sending it again would fail the same way and hold up the queue behind it.
-                self.finish(Queue::Inbox, &claimed, Some(&unwritable.to_string()))
-                    .await;
-                return;
-            }
-            Ok(Err(NotWritten::LinkStopped)) | Err(_) => {
-                // The link went down before the stanza was written: it stays queued.
-                self.retry(Queue::Inbox, &claimed, Duration::from_millis(200))
-                    .await;
-                return;
-            }
-        }
-        self.finish(Queue::Inbox, &claimed, None).await;
-        if let Err(error) = self
-            .store
-            .map_message_id(&self.domain, &entry.user, &entry.id, &entry.foreign_id)
-            .await
-        {
-            tracing::warn!(bridge = %self.domain, %error, "cannot record a message id mapping");
-        }
+        finish(Write::MapId {
+            bridge: self.domain.clone(),
+            jid: entry.user.clone(),
+            xmpp_id: entry.id.clone(),
+            foreign_id: entry.foreign_id.clone(),
+        })
+        .await;
     }
 
-    async fn sweeper(self: Arc<Self>, shutdown: Shutdown) {
+    async fn sweeper(self: Arc<Self>) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(SWEEP) => {}
-                () = shutdown.clone().wait() => return,
+                () = self.shutdown.clone().wait() => return,
             }
             let keep = i64::try_from(self.delivery.keep_delivered.as_millis()).unwrap_or(i64::MAX);
             let before = now_millis().saturating_sub(keep);
+            if let Err(error) = self.store.forget_message_ids(before).await {
+                tracing::warn!(bridge = %self.domain, %error, "cannot delete old message ids");
+            }
+            let day_ago = now_millis().saturating_sub(86_400_000);
+            if let Err(error) = self.store.forget_instances(None, day_ago).await {
+                tracing::warn!(bridge = %self.domain, %error, "cannot forget old instances");
+            }
             for queue in [Queue::Outbox, Queue::Inbox] {
                 match self.store.forget_delivered(queue, before).await {
                     Ok(0) => {}
@@ -603,6 +800,21 @@ impl Gateway {
         }
     }
 }
+
+/// What one attempt at sending came to.
+enum Attempt {
+    /// Delivered, refused or given up on: the lane moves on.
+    Done,
+    /// Not tried (the database did not answer); again after this long, not counted.
+    Again(Duration),
+    /// A temporary failure: counted, and tried again after the backoff.
+    Failed(String),
+    /// A temporary failure the network asked to wait this long after.
+    FailedAfter(String, Duration),
+}
+
+/// How long shutdown waits for sends in progress before releasing the rows.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// The bare form of a full JID string (what we stored was parsed before).
 fn bare(full: &str) -> String {

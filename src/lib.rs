@@ -10,7 +10,9 @@
 //! - [`router`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas;
 //!   presence and registration as XEP-0100 describes; each sender's stanzas in a [`lanes`]
 //!   lane of their own.
-//! - [`delivery`]: the durable outbox and inbox, and the workers that empty them.
+//! - [`delivery`]: the durable outbox and inbox: accepting, per-conversation lanes in
+//!   memory, retries, takeover of other instances' messages.
+//! - [`commit`]: group commit of every write to the queues, one transaction per batch.
 //! - [`commands`]: the gateway's commands (ad-hoc and by chat).
 //! - [`store`]: the database (SQLite or PostgreSQL): registrations, identities, ids, queues.
 //! - [`http`]: `/health`, `/ready`, `/metrics` and the bridges' webhook routes.
@@ -21,6 +23,7 @@ pub mod access;
 pub mod app;
 pub mod bridges;
 pub mod commands;
+pub mod commit;
 pub mod config;
 pub mod delivery;
 pub mod http;

@@ -36,6 +36,12 @@ pub fn stanza_error(bridge: &str, condition: &'static str) {
         .increment(1);
 }
 
+/// A batch of writes was committed (or failed) in one transaction.
+pub fn commit(writes: usize, took: std::time::Duration) {
+    metrics::histogram!("jabbridge_commit_writes").record(writes as f64);
+    metrics::histogram!("jabbridge_commit_seconds").record(took.as_secs_f64());
+}
+
 /// A call into the bridge ran past `call_timeout`.
 pub fn bridge_timeout(bridge: &str) {
     metrics::counter!("jabbridge_bridge_timeouts_total", "bridge" => bridge.to_owned())

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jabbridge_sdk::{
     Attachment, Bridge, BridgeInfo, ChatState, CoreError, CoreSink, DeliveryReport, ForeignId,
-    FormValues, IncomingMessage, MessageId, RegistrationData, RegistrationError, UserJid,
+    FormValues, IncomingMessage, MessageId, RegistrationData, RegistrationError, Shutdown, UserJid,
     UserStatus, async_trait,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -34,8 +34,9 @@ use xmpp_parsers::{
 };
 
 use crate::access::Access;
+use crate::commit::Committer;
 use crate::config::{CallLimits, DeliveryConfig};
-use crate::delivery::{MAX_TEXT, OutboxEntry, Wakers};
+use crate::delivery::{MAX_TEXT, OutboxEntry, Pipeline};
 use crate::lanes::{Lanes, Pushed};
 use crate::metrics;
 use crate::store::{Store, StoreError};
@@ -62,9 +63,12 @@ pub struct Gateway {
     pub access: Access,
     /// How queued messages are delivered.
     pub delivery: DeliveryConfig,
-    /// This process's name on the leases it takes.
-    pub(crate) owner: String,
-    pub(crate) wakers: Wakers,
+    /// Where writes to the durable queues go, to be committed in batches.
+    pub(crate) committer: Committer,
+    /// The messages in hand, per conversation.
+    pub(crate) pipeline: Pipeline,
+    /// Tells lanes and workers to stop.
+    pub(crate) shutdown: Shutdown,
     /// Registered users' online resources, to tell the bridge who is online.
     online: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Stanzas waiting or being handled, per sender, in order.
@@ -85,18 +89,35 @@ const IN_FLIGHT: usize = 4096;
 
 type Answer = Result<Option<Element>, StanzaFailure>;
 
+/// What a gateway shares with the rest of the process.
+pub struct Wiring {
+    /// Its component link.
+    pub link: LinkHandle,
+    /// The database.
+    pub store: Store,
+    /// Where writes to the durable queues go.
+    pub committer: Committer,
+    /// Tells everything to stop.
+    pub shutdown: Shutdown,
+}
+
 impl Gateway {
     /// A gateway for a built bridge.
     pub fn new(
         domain: String,
         bridge: Arc<dyn Bridge>,
-        link: LinkHandle,
-        store: Store,
+        wiring: Wiring,
         access: Access,
         delivery: DeliveryConfig,
         calls: CallLimits,
     ) -> Self {
         let info = bridge.info();
+        let Wiring {
+            link,
+            store,
+            committer,
+            shutdown,
+        } = wiring;
         Self {
             domain,
             bridge,
@@ -105,8 +126,9 @@ impl Gateway {
             store,
             access,
             delivery,
-            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4()),
-            wakers: Wakers::default(),
+            committer,
+            pipeline: Pipeline::default(),
+            shutdown,
             online: Mutex::new(HashMap::new()),
             lanes: Lanes::new(LANE_DEPTH),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
@@ -185,7 +207,7 @@ impl Gateway {
         }
     }
 
-    async fn handle(&self, element: Element) {
+    async fn handle(self: &Arc<Self>, element: Element) {
         let Some(header) = StanzaHeader::of(&element) else {
             tracing::debug!(bridge = %self.domain, name = element.name(), "ignored a non-stanza element");
             return;
@@ -683,7 +705,7 @@ impl Gateway {
         self.online.lock().map(|online| online.len()).unwrap_or(0)
     }
 
-    async fn on_message(&self, element: Element) -> Answer {
+    async fn on_message(self: &Arc<Self>, element: Element) -> Answer {
         let message = Message::try_from(element).map_err(|error| {
             StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
         })?;
@@ -783,7 +805,7 @@ impl Gateway {
                 .collect(),
             accepted_at: Some(crate::store::now_millis()),
         };
-        self.accept_outgoing(&entry).await?;
+        self.accept_outgoing(entry).await?;
         Ok(None)
     }
 

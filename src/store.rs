@@ -63,20 +63,86 @@ impl Queue {
     }
 }
 
-/// A queued message claimed by one worker.
+/// A write that [`Store::commit_batch`] commits with others.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claimed {
-    /// Row id, to complete or reschedule it.
-    pub id: i64,
+pub enum Write {
+    /// Queue a message (unless its `dedupe_key` was queued before).
+    Enqueue(NewRow),
+    /// A queued message was delivered.
+    Complete {
+        /// Its queue.
+        queue: Queue,
+        /// Its row.
+        id: i64,
+    },
+    /// A queued message was given up on; the row stays, so a repeat is still recognised.
+    Fail {
+        /// Its queue.
+        queue: Queue,
+        /// Its row.
+        id: i64,
+        /// Why.
+        reason: String,
+    },
+    /// A queued message failed for now; it is due again at `at` (Unix ms).
+    Retry {
+        /// Its queue.
+        queue: Queue,
+        /// Its row.
+        id: i64,
+        /// When it is due.
+        at: i64,
+    },
+    /// The XMPP id and the foreign network's id of the same message.
+    MapId {
+        /// The bridge's domain.
+        bridge: String,
+        /// The user's bare JID.
+        jid: String,
+        /// The XMPP id.
+        xmpp_id: String,
+        /// The foreign id.
+        foreign_id: String,
+    },
+}
+
+/// A message to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRow {
+    /// Which queue.
+    pub queue: Queue,
+    /// The bridge's domain.
+    pub bridge: String,
     /// The conversation it belongs to; order is kept within one.
     pub conversation: String,
     /// The id that makes it unique.
     pub dedupe_key: String,
     /// The message, as JSON.
     pub payload: String,
-    /// How many times it has been claimed, this time included.
-    pub attempts: i64,
 }
+
+/// An undelivered row taken over from a stopped or dead instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Row id.
+    pub id: i64,
+    /// The conversation it belongs to.
+    pub conversation: String,
+    /// The message, as JSON.
+    pub payload: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// When it is due, Unix ms.
+    pub next_attempt_at: i64,
+}
+
+/// Rows per multi-row `INSERT` (and ids per `IN (…)`): few statements per batch, well under
+/// every engine's limit on bound parameters.
+const ROWS_PER_INSERT: usize = 128;
+
+const MAP_MESSAGE_ID: &str = "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -87,7 +153,7 @@ pub fn now_millis() -> i64 {
 }
 
 /// Now plus `duration`, in Unix milliseconds.
-fn from_now(duration: Duration) -> i64 {
+pub fn from_now(duration: Duration) -> i64 {
     now_millis().saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
 }
 
@@ -135,7 +201,10 @@ impl Store {
                         sqlx::query("PRAGMA busy_timeout = 5000")
                             .execute(&mut *connection)
                             .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
+                        // FULL: a transaction acknowledged is on disk, power cut or not.
+                        // Commits are batched (crate::commit), so this costs one fsync per
+                        // batch, not per message.
+                        sqlx::query("PRAGMA synchronous = FULL")
                             .execute(&mut *connection)
                             .await?;
                     }
@@ -145,6 +214,11 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store { pool, engine })
+    }
+
+    /// Whether this is SQLite, where one instance runs at a time.
+    pub fn is_sqlite(&self) -> bool {
+        self.engine == Engine::Sqlite
     }
 
     /// Applies the pending migrations of this engine.
@@ -417,18 +491,14 @@ impl Store {
         xmpp_id: &str,
         foreign_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id",
-        )
-        .bind(bridge)
-        .bind(jid)
-        .bind(xmpp_id)
-        .bind(foreign_id)
-        .bind(now_millis())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(MAP_MESSAGE_ID)
+            .bind(bridge)
+            .bind(jid)
+            .bind(xmpp_id)
+            .bind(foreign_id)
+            .bind(now_millis())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -470,170 +540,238 @@ impl Store {
         }
     }
 
-    /// Adds a message to a queue. Returns `false`, changing nothing, when a message with the
-    /// same `dedupe_key` was queued before (delivered or not).
-    pub async fn enqueue(
+    /// Commits `writes` in one transaction, so that a batch costs one commit however many
+    /// messages it holds (see [`crate::commit`]). Queued rows belong to `owner` (this
+    /// instance) until delivered. For each write, in order: the new row's id for an
+    /// [`Write::Enqueue`] that was queued, `None` for one whose `dedupe_key` was queued
+    /// before (delivered or not), and `None` for every other kind.
+    pub async fn commit_batch(
         &self,
-        queue: Queue,
-        bridge: &str,
-        conversation: &str,
-        dedupe_key: &str,
-        payload: &str,
-    ) -> Result<bool, StoreError> {
-        let now = now_millis();
-        let inserted = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (bridge, conversation, dedupe_key, payload, next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (bridge, dedupe_key) DO NOTHING",
-            queue.table()
-        )))
-        .bind(bridge)
-        .bind(conversation)
-        .bind(dedupe_key)
-        .bind(payload)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted > 0)
-    }
-
-    /// Claims the next due message of `bridge` for `owner` for `lease`: the oldest message
-    /// of a conversation with nothing older undelivered, not leased by another worker.
-    /// Several Jabbridge instances may claim from one PostgreSQL: each row goes to one.
-    pub async fn claim(
-        &self,
-        queue: Queue,
-        bridge: &str,
         owner: &str,
-        lease: Duration,
-    ) -> Result<Option<Claimed>, StoreError> {
+        writes: &[Write],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let now = now_millis();
-        let lease_until = from_now(lease);
-        let lock = match self.engine {
-            Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-            Engine::Sqlite => "",
-        };
-        let table = queue.table();
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {table} SET lease_owner = $1, lease_until = $2, attempts = attempts + 1 \
-             WHERE id = (SELECT candidate.id FROM {table} candidate \
-                 WHERE candidate.bridge = $3 AND candidate.delivered_at IS NULL \
-                 AND candidate.next_attempt_at <= $4 \
-                 AND (candidate.lease_until IS NULL OR candidate.lease_until < $4) \
-                 AND NOT EXISTS (SELECT 1 FROM {table} earlier \
-                     WHERE earlier.bridge = candidate.bridge \
-                     AND earlier.conversation = candidate.conversation \
-                     AND earlier.delivered_at IS NULL AND earlier.id < candidate.id) \
-                 ORDER BY candidate.id LIMIT 1 {lock}) \
-             RETURNING id, conversation, dedupe_key, payload, attempts"
-        )))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(bridge)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(Claimed {
-                id: row.try_get(0)?,
-                conversation: row.try_get(1)?,
-                dedupe_key: row.try_get(2)?,
-                payload: row.try_get(3)?,
-                attempts: row.try_get(4)?,
-            })),
-            None => Ok(None),
+        let mut results = vec![None; writes.len()];
+        let mut transaction = self.pool.begin().await?;
+        for queue in [Queue::Outbox, Queue::Inbox] {
+            let rows: Vec<(usize, &NewRow)> = writes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, write)| match write {
+                    Write::Enqueue(row) if row.queue == queue => Some((index, row)),
+                    _ => None,
+                })
+                .collect();
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                // $1 = now, $2 = owner; then four per row.
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|row| {
+                        let first = 3 + row * 4;
+                        format!(
+                            "(${}, ${}, ${}, ${}, $1, $1, $2)",
+                            first,
+                            first + 1,
+                            first + 2,
+                            first + 3
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {} (bridge, conversation, dedupe_key, payload, next_attempt_at, \
+                     created_at, lease_owner) VALUES {} \
+                     ON CONFLICT (bridge, dedupe_key) DO NOTHING RETURNING id, bridge, dedupe_key",
+                    queue.table(),
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner);
+                for (_, row) in chunk {
+                    query = query
+                        .bind(row.bridge.as_str())
+                        .bind(row.conversation.as_str())
+                        .bind(row.dedupe_key.as_str())
+                        .bind(row.payload.as_str());
+                }
+                let inserted = query.fetch_all(&mut *transaction).await?;
+                for row in inserted {
+                    let (id, bridge, dedupe_key): (i64, String, String) =
+                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                    // The first of the chunk's rows with this key is the one inserted.
+                    if let Some((index, _)) = chunk.iter().find(|(index, candidate)| {
+                        results[*index].is_none()
+                            && candidate.bridge == bridge
+                            && candidate.dedupe_key == dedupe_key
+                    }) {
+                        results[*index] = Some(id);
+                    }
+                }
+            }
+            let delivered: Vec<i64> = writes
+                .iter()
+                .filter_map(|write| match write {
+                    Write::Complete { queue: of, id } if *of == queue => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            for chunk in delivered.chunks(ROWS_PER_INSERT) {
+                let ids: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
+                let sql = format!(
+                    "UPDATE {} SET delivered_at = $1, lease_owner = NULL \
+                     WHERE delivered_at IS NULL AND id IN ({})",
+                    queue.table(),
+                    ids.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *transaction).await?;
+            }
         }
+        for write in writes {
+            match write {
+                Write::Enqueue(_) | Write::Complete { .. } => {}
+                Write::Fail { queue, id, reason } => {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL \
+                         WHERE id = $3 AND delivered_at IS NULL",
+                        queue.table()
+                    )))
+                    .bind(now)
+                    .bind(reason.as_str())
+                    .bind(*id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                Write::Retry { queue, id, at } => {
+                    sqlx::query(AssertSqlSafe(format!(
+                        "UPDATE {} SET next_attempt_at = $1, attempts = attempts + 1 \
+                         WHERE id = $2 AND delivered_at IS NULL",
+                        queue.table()
+                    )))
+                    .bind(*at)
+                    .bind(*id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                Write::MapId {
+                    bridge,
+                    jid,
+                    xmpp_id,
+                    foreign_id,
+                } => {
+                    sqlx::query(MAP_MESSAGE_ID)
+                        .bind(bridge.as_str())
+                        .bind(jid.as_str())
+                        .bind(xmpp_id.as_str())
+                        .bind(foreign_id.as_str())
+                        .bind(now)
+                        .execute(&mut *transaction)
+                        .await?;
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(results)
     }
 
-    /// Marks a claimed message delivered. Returns `false` if `owner` no longer held the
-    /// lease (it expired and another worker took the row).
-    pub async fn complete(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
-        self.update_held(
-            queue,
-            id,
-            owner,
-            "delivered_at = $1, lease_owner = NULL, lease_until = NULL",
-            now_millis(),
-        )
-        .await
-    }
-
-    /// Releases a claimed message to be tried again no sooner than `delay` from now.
-    pub async fn retry_later(
+    /// Takes the undelivered rows of `bridge` that no live instance holds, for `owner`:
+    /// rows released at an orderly shutdown, and rows of instances whose last heartbeat is
+    /// older than `stale_before` (Unix ms; `None` takes the rows of every other instance, for
+    /// SQLite, where only one instance runs). Several instances may call this at once on
+    /// PostgreSQL: each row goes to one. Returns the rows taken, oldest first.
+    pub async fn take_over(
         &self,
         queue: Queue,
-        id: i64,
+        bridge: &str,
         owner: &str,
-        delay: Duration,
-    ) -> Result<bool, StoreError> {
-        self.update_held(
-            queue,
-            id,
-            owner,
-            "next_attempt_at = $1, lease_owner = NULL, lease_until = NULL",
-            from_now(delay),
-        )
-        .await
-    }
-
-    /// Extends the lease of a message a live worker is still delivering. Returns `false` if
-    /// `owner` no longer holds it.
-    pub async fn renew(
-        &self,
-        queue: Queue,
-        id: i64,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<bool, StoreError> {
-        self.update_held(queue, id, owner, "lease_until = $1", from_now(lease))
-            .await
-    }
-
-    /// `UPDATE queue SET {set} ...` (with `$1` = `value`) on row `id` if `owner` still holds
-    /// it undelivered; whether it did.
-    async fn update_held(
-        &self,
-        queue: Queue,
-        id: i64,
-        owner: &str,
-        set: &'static str,
-        value: i64,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET {set} WHERE id = $2 AND lease_owner = $3 AND delivered_at IS NULL",
+        stale_before: Option<i64>,
+    ) -> Result<Vec<Recovered>, StoreError> {
+        let others = match stale_before {
+            Some(_) => {
+                "(lease_owner IS NULL OR (lease_owner <> $1 AND lease_owner NOT IN \
+                 (SELECT id FROM instances WHERE heartbeat_at >= $3)))"
+            }
+            None => "$3 = 0 AND (lease_owner IS NULL OR lease_owner <> $1)",
+        };
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET lease_owner = $1 \
+             WHERE bridge = $2 AND delivered_at IS NULL AND {others} \
+             RETURNING id, conversation, payload, attempts, next_attempt_at",
             queue.table()
         )))
-        .bind(value)
-        .bind(id)
+        .bind(owner)
+        .bind(bridge)
+        .bind(stale_before.unwrap_or(0))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut recovered = rows
+            .iter()
+            .map(|row| {
+                Ok(Recovered {
+                    id: row.try_get(0)?,
+                    conversation: row.try_get(1)?,
+                    payload: row.try_get(2)?,
+                    attempts: row.try_get(3)?,
+                    next_attempt_at: row.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        recovered.sort_by_key(|row| row.id);
+        Ok(recovered)
+    }
+
+    /// Hands back the undelivered rows `owner` holds, so that the next instance to start, or
+    /// another running one, takes them at once (orderly shutdown).
+    pub async fn release(&self, queue: Queue, owner: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET lease_owner = NULL WHERE lease_owner = $1 AND delivered_at IS NULL",
+            queue.table()
+        )))
         .bind(owner)
         .execute(&self.pool)
         .await?
-        .rows_affected();
-        Ok(updated > 0)
+        .rows_affected())
     }
 
-    /// Gives up on a claimed message, recording why. Like [`Store::complete`], the row stays
-    /// so that a repeat of the message is still recognised.
-    pub async fn fail(
-        &self,
-        queue: Queue,
-        id: i64,
-        owner: &str,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE id = $3 AND lease_owner = $4 AND delivered_at IS NULL",
-            queue.table()
-        )))
+    /// Records that instance `owner` is alive now.
+    pub async fn heartbeat(&self, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, heartbeat_at, started_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(owner)
         .bind(now_millis())
-        .bind(reason)
-        .bind(id)
-        .bind(owner)
         .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(updated > 0)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets instance `owner` (orderly shutdown), or with `None` every instance silent
+    /// since `before` (Unix ms).
+    pub async fn forget_instances(
+        &self,
+        owner: Option<&str>,
+        before: i64,
+    ) -> Result<(), StoreError> {
+        match owner {
+            Some(owner) => sqlx::query("DELETE FROM instances WHERE id = $1").bind(owner),
+            None => sqlx::query("DELETE FROM instances WHERE heartbeat_at < $1").bind(before),
+        }
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes message id mappings older than `before` (Unix ms) that no delivery report
+    /// still waits for; how many.
+    pub async fn forget_message_ids(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM message_ids WHERE created_at < $1 AND pending_report IS NULL")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Deletes messages delivered (or given up on) before `before` (Unix ms); how many.

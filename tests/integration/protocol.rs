@@ -407,7 +407,7 @@ async fn kill_9_loses_and_doubles_nothing(database_url: Option<String>) {
     let mut config = config_for(&server, dir.path(), &[ECHO]).replace(
         &format!("say_token = \"{SAY_TOKEN}\"\n"),
         &format!("say_token = \"{SAY_TOKEN}\"\ndelay_ms = 300\n"),
-    ) + "\n[delivery]\nlease = \"2s\"\nworkers = 1\n";
+    ) + "\n[delivery]\nlease = \"2s\"\n";
     if let Some(url) = database_url {
         config = crate::on_database(&config, dir.path(), &url);
     }

@@ -1,9 +1,7 @@
 //! The store on SQLite and on a real PostgreSQL: migrations, registrations, identities, id
-//! mappings, bridges' state, and the durable queues' claim/lease/dedupe rules.
+//! mappings, bridges' state, and the durable queues' batches, de-duplication and takeover rules.
 
-use std::time::Duration;
-
-use jabbridge::store::{Queue, Store};
+use jabbridge::store::{NewRow, Queue, Store, Write, now_millis};
 use secrecy::SecretString;
 
 async fn each_backend(test: impl AsyncFn(Store)) {
@@ -152,107 +150,170 @@ async fn message_ids_map_both_ways() {
 }
 
 #[tokio::test]
-async fn queues_dedupe_keep_order_per_conversation_and_lease() {
+async fn batches_dedupe_record_outcomes_and_rows_move_only_from_dead_instances() {
     each_backend(async |store: Store| {
-        let lease = Duration::from_secs(60);
+        let row = |queue: Queue, conversation: &str, key: &str| {
+            Write::Enqueue(NewRow {
+                queue,
+                bridge: "b".into(),
+                conversation: conversation.into(),
+                dedupe_key: key.into(),
+                payload: format!("{{\"k\":\"{key}\"}}"),
+            })
+        };
         for queue in [Queue::Outbox, Queue::Inbox] {
-            assert!(
-                store
-                    .enqueue(queue, "b", "alice|bob", "m1", "{\"n\":1}")
-                    .await
-                    .unwrap()
-            );
-            assert!(
-                !store
-                    .enqueue(queue, "b", "alice|bob", "m1", "{\"n\":1}")
-                    .await
-                    .unwrap(),
-                "dedupe"
-            );
-            assert!(
-                store
-                    .enqueue(queue, "b", "alice|bob", "m2", "{\"n\":2}")
-                    .await
-                    .unwrap()
-            );
-            assert!(
-                store
-                    .enqueue(queue, "b", "alice|carol", "m3", "{\"n\":3}")
-                    .await
-                    .unwrap()
-            );
-
-            let first = store
-                .claim(queue, "b", "worker-a", lease)
+            // One batch: m1, a repeat of m1 in the same batch, m2, m3.
+            let ids = store
+                .commit_batch(
+                    "a",
+                    &[
+                        row(queue, "alice|bob", "m1"),
+                        row(queue, "alice|bob", "m1"),
+                        row(queue, "alice|bob", "m2"),
+                        row(queue, "alice|carol", "m3"),
+                    ],
+                )
                 .await
-                .unwrap()
-                .expect("m1");
-            assert_eq!(first.dedupe_key, "m1");
-            assert_eq!(first.attempts, 1);
-            // m2 waits behind m1 (same conversation); carol's conversation goes ahead.
-            let second = store
-                .claim(queue, "b", "worker-b", lease)
-                .await
-                .unwrap()
-                .expect("m3");
-            assert_eq!(second.dedupe_key, "m3");
-            assert_eq!(
-                store.claim(queue, "b", "worker-b", lease).await.unwrap(),
-                None
-            );
-
-            // Only the lease holder completes.
-            assert!(!store.complete(queue, first.id, "worker-b").await.unwrap());
-            assert!(store.complete(queue, first.id, "worker-a").await.unwrap());
-            let next = store
-                .claim(queue, "b", "worker-a", lease)
-                .await
-                .unwrap()
-                .expect("m2");
-            assert_eq!(next.dedupe_key, "m2");
-
-            // A retry releases the row until its time comes.
+                .unwrap();
+            let (m1, m2, m3) = (ids[0].unwrap(), ids[2].unwrap(), ids[3].unwrap());
+            assert_eq!(ids[1], None, "the repeat inside the batch");
             assert!(
-                store
-                    .retry_later(queue, next.id, "worker-a", Duration::from_secs(3600))
-                    .await
-                    .unwrap()
+                m1 < m2 && m2 < m3,
+                "ids follow the order of the batch: {ids:?}"
             );
-            assert_eq!(
-                store.claim(queue, "b", "worker-a", lease).await.unwrap(),
-                None
-            );
-            assert_eq!(store.pending(queue, "b").await.unwrap(), 2);
+            // A repeat in a later batch is recognised too.
+            let again = store
+                .commit_batch("a", &[row(queue, "alice|bob", "m1")])
+                .await
+                .unwrap();
+            assert_eq!(again, vec![None]);
+            assert_eq!(store.pending(queue, "b").await.unwrap(), 3);
 
+            // Outcomes, in one batch.
+            let outcomes = store
+                .commit_batch(
+                    "a",
+                    &[
+                        Write::Complete { queue, id: m1 },
+                        Write::Fail {
+                            queue,
+                            id: m3,
+                            reason: "refused".into(),
+                        },
+                        Write::Retry {
+                            queue,
+                            id: m2,
+                            at: 1234,
+                        },
+                    ],
+                )
+                .await
+                .unwrap();
+            assert_eq!(outcomes, vec![None, None, None]);
+            assert_eq!(store.pending(queue, "b").await.unwrap(), 1);
+            assert_eq!(store.finished(queue, "b", true).await.unwrap(), 1);
+            assert_eq!(store.finished(queue, "b", false).await.unwrap(), 1);
             // A delivered message stays deduplicated.
+            let delivered = store
+                .commit_batch("a", &[row(queue, "alice|bob", "m1")])
+                .await
+                .unwrap();
+            assert_eq!(delivered, vec![None]);
+
+            // Instance a is alive: nobody takes its row.
+            store.heartbeat("a").await.unwrap();
+            let now = now_millis();
+            let recent = Some(now - 60_000);
             assert!(
-                !store
-                    .enqueue(queue, "b", "alice|bob", "m1", "{}")
+                store
+                    .take_over(queue, "b", "z", recent)
                     .await
                     .unwrap()
+                    .is_empty()
             );
-        }
-        // An expired lease lets another worker take the row.
-        assert!(
+            // Once its heartbeat is older than the cutoff, the row moves, once, with its
+            // attempts and due time.
+            let stale = Some(now + 60_000);
+            let taken = store.take_over(queue, "b", "z", stale).await.unwrap();
+            assert_eq!(taken.len(), 1, "{taken:?}");
+            assert_eq!(taken[0].id, m2);
+            assert_eq!(taken[0].conversation, "alice|bob");
+            assert_eq!(taken[0].payload, "{\"k\":\"m2\"}");
+            assert_eq!(taken[0].attempts, 1);
+            assert_eq!(taken[0].next_attempt_at, 1234);
+            // An instance never takes its own rows back, alive or not.
+            assert!(
+                store
+                    .take_over(queue, "b", "z", stale)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // Released at shutdown, they go to the next instance at once.
+            assert_eq!(store.release(queue, "z").await.unwrap(), 1);
+            store.heartbeat("y").await.unwrap();
+            let released = store.take_over(queue, "b", "y", recent).await.unwrap();
+            assert_eq!(released.len(), 1);
+            // At start on SQLite (no cutoff) every other instance's rows move.
+            let everything = store.take_over(queue, "b", "x", None).await.unwrap();
+            assert_eq!(everything.len(), 1);
+            assert!(
+                store
+                    .take_over(queue, "b", "x", None)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // Another bridge's rows are not touched.
+            assert!(
+                store
+                    .take_over(queue, "other", "w", None)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // Finish it, for the next queue's counts.
             store
-                .enqueue(Queue::Outbox, "c", "x", "k", "{}")
+                .commit_batch("x", &[Write::Complete { queue, id: m2 }])
                 .await
-                .unwrap()
+                .unwrap();
+        }
+        store.forget_instances(Some("a"), 0).await.unwrap();
+        store
+            .forget_instances(None, now_millis() + 1)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn old_message_ids_are_swept_unless_a_report_waits() {
+    each_backend(async |store: Store| {
+        store
+            .map_message_id("b", "alice@x", "x1", "f1")
+            .await
+            .unwrap();
+        store
+            .await_report("b", "alice@x", "x2", "f2", "{}")
+            .await
+            .unwrap();
+        let future = now_millis() + 60_000;
+        assert_eq!(store.forget_message_ids(future).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .foreign_message_id("b", "alice@x", "x1")
+                .await
+                .unwrap(),
+            None
         );
-        let taken = store
-            .claim(Queue::Outbox, "c", "w1", Duration::from_millis(1))
-            .await
-            .unwrap()
-            .expect("k");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let retaken = store
-            .claim(Queue::Outbox, "c", "w2", lease)
-            .await
-            .unwrap()
-            .expect("k again");
-        assert_eq!(retaken.id, taken.id);
-        assert_eq!(retaken.attempts, 2);
-        assert!(!store.complete(Queue::Outbox, taken.id, "w1").await.unwrap());
+        assert_eq!(
+            store
+                .foreign_message_id("b", "alice@x", "x2")
+                .await
+                .unwrap(),
+            Some("f2".into())
+        );
     })
     .await;
 }

@@ -1,0 +1,118 @@
+//! Group commit: every write to the durable queues goes through one task per process, which
+//! commits whatever arrived while the previous commit was in flight as one transaction.
+//!
+//! At low rates a write waits one commit; under load a commit carries hundreds of writes,
+//! so each costs a share of one (one fsync on SQLite with `synchronous = FULL`). Each write
+//! may carry a callback, called in submission order right after its batch committed (or
+//! failed): that is where a committed message is handed to its delivery lane, so messages
+//! reach their lanes in the order they were accepted, without reading the database again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::metrics;
+use crate::store::{Store, Write};
+
+/// The most writes one transaction carries.
+const MAX_BATCH: usize = 1024;
+/// Writes waiting for a commit before submitters wait for room.
+const QUEUE: usize = 8192;
+
+/// Why a write was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// The database refused or failed; nothing of the batch was written.
+    #[error("the database failed: {0}")]
+    Failed(String),
+    /// The committer stopped (shutdown).
+    #[error("the gateway is stopping")]
+    Stopped,
+}
+
+/// What a write's callback is told: for a queued message, its row id, or `None` when it
+/// was a repeat of one queued before; `None` for every other write.
+pub type Committed = Result<Option<i64>, CommitError>;
+
+/// Called once the write's batch committed or failed, on the committer's task: it must not
+/// block (hand work to a task instead).
+pub type Done = Box<dyn FnOnce(Committed) + Send>;
+
+struct Request {
+    write: Write,
+    done: Option<Done>,
+}
+
+/// A handle on the committer; cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    requests: mpsc::Sender<Request>,
+    owner: Arc<str>,
+}
+
+impl Committer {
+    /// Starts the committer of `store` for instance `owner`. It ends once every handle is
+    /// dropped and what was submitted is committed.
+    pub fn spawn(store: Store, owner: String) -> (Committer, JoinHandle<()>) {
+        let (requests, receiver) = mpsc::channel(QUEUE);
+        let owner: Arc<str> = owner.into();
+        let task = tokio::spawn(run(store, owner.clone(), receiver));
+        (Committer { requests, owner }, task)
+    }
+
+    /// This instance's id, which the rows it holds carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Submits a write; `done` is called once it committed or failed. Waits only while the
+    /// committer is this far behind ([`QUEUE`] writes).
+    pub async fn submit(&self, write: Write, done: Option<Done>) {
+        if let Err(refused) = self.requests.send(Request { write, done }).await
+            && let Some(done) = refused.0.done
+        {
+            done(Err(CommitError::Stopped));
+        }
+    }
+
+    /// Submits a write and waits until it is committed.
+    pub async fn commit(&self, write: Write) -> Committed {
+        let (sender, receiver) = oneshot::channel();
+        let done: Done = Box::new(move |committed| {
+            let _ = sender.send(committed);
+        });
+        self.submit(write, Some(done)).await;
+        receiver.await.unwrap_or(Err(CommitError::Stopped))
+    }
+}
+
+async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request>) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (writes, callbacks): (Vec<Write>, Vec<Option<Done>>) = batch
+            .drain(..)
+            .map(|request| (request.write, request.done))
+            .unzip();
+        let started = Instant::now();
+        let committed = store.commit_batch(&owner, &writes).await;
+        metrics::commit(writes.len(), started.elapsed());
+        match committed {
+            Ok(ids) => {
+                for (done, id) in callbacks.into_iter().zip(ids) {
+                    if let Some(done) = done {
+                        done(Ok(id));
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, writes = writes.len(), "cannot commit to the database");
+                let error = CommitError::Failed(error.to_string());
+                for done in callbacks.into_iter().flatten() {
+                    done(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
