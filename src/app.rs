@@ -258,6 +258,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
 
     drop(committer);
+    let watched = store.clone();
+    let watching = stopping.clone();
+    tasks.spawn(async move {
+        watched.watch_directory(DIRECTORY_WATCH, watching).await;
+    });
     tasks.spawn(heartbeat(
         store.clone(),
         owner.clone(),
@@ -307,6 +312,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often the cached registrations and identities are checked against the database's
+/// `directory_version` (changes by the CLI or another instance).
+const DIRECTORY_WATCH: Duration = Duration::from_millis(100);
 
 /// Keeps this instance's heartbeat fresh, so that no other instance takes over its messages.
 async fn heartbeat(store: Store, owner: String, lease: Duration, stopping: Shutdown) {

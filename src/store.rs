@@ -4,8 +4,16 @@
 //! Queries go through sqlx's `Any` driver with basic types only (TEXT, BIGINT): times are
 //! Unix milliseconds and structured data is JSON text. Migrations differ per engine and live
 //! in `migrations/sqlite` and `migrations/postgres`.
+//!
+//! Registrations and the identities a user owns are read on every message, so they are
+//! cached in memory ([`DirectoryCache`]). Every change to them bumps `directory_version` in
+//! the same transaction: this process forgets the entry at once, and every process (other
+//! instances, the CLI's changes) forgets everything when [`Store::watch_directory`] sees the
+//! version move.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -43,6 +51,55 @@ enum Engine {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    directory: Arc<DirectoryCache>,
+}
+
+/// Registrations and owned identities per (bridge, JID), as last read.
+#[derive(Debug, Default)]
+pub struct DirectoryCache {
+    state: Mutex<DirectoryState>,
+}
+
+#[derive(Debug, Default)]
+struct DirectoryState {
+    registrations: HashMap<(String, String), Option<serde_json::Value>>,
+    identities: HashMap<(String, String), Vec<String>>,
+    /// Bumped by every invalidation: a read that started before one is not cached.
+    generation: u64,
+    /// The last `directory_version` seen.
+    version: Option<i64>,
+}
+
+/// Entries kept before the cache starts over (a bound, not a working-set size).
+const DIRECTORY_ENTRIES: usize = 100_000;
+
+impl DirectoryCache {
+    fn state(&self) -> std::sync::MutexGuard<'_, DirectoryState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn forget(&self, bridge: &str, jid: Option<&str>) {
+        let mut state = self.state();
+        state.generation += 1;
+        match jid {
+            Some(jid) => {
+                let key = (bridge.to_owned(), jid.to_owned());
+                state.registrations.remove(&key);
+                state.identities.remove(&key);
+            }
+            // An identity changed owner: whose lists it was in is not known here.
+            None => state.identities.clear(),
+        }
+    }
+
+    fn forget_all(&self) {
+        let mut state = self.state();
+        state.generation += 1;
+        state.registrations.clear();
+        state.identities.clear();
+    }
 }
 
 /// The two durable queues.
@@ -213,7 +270,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            directory: Arc::default(),
+        })
     }
 
     /// Whether this is SQLite, where one instance runs at a time.
@@ -249,6 +310,7 @@ impl Store {
         data: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let now = now_millis();
+        let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO registrations (bridge, jid, data, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) \
@@ -258,23 +320,91 @@ impl Store {
         .bind(jid)
         .bind(serde_json::to_string(data)?)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
+        Self::directory_changed(&mut transaction).await?;
+        transaction.commit().await?;
+        self.directory.forget(bridge, Some(jid));
         Ok(())
     }
 
-    /// What the bridge stored for `jid`, if registered.
+    /// Bumps `directory_version`, in the transaction that changes a registration or identity.
+    async fn directory_changed(
+        transaction: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE directory_version SET version = version + 1 WHERE id = 1")
+            .execute(&mut **transaction)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets every cached registration and identity if another process (or connection)
+    /// changed any since the last look. Returns whether it did.
+    pub async fn refresh_directory(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT version FROM directory_version WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let version: i64 = match row {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        let changed = {
+            let mut state = self.directory.state();
+            let changed = state.version.is_some_and(|seen| seen != version);
+            state.version = Some(version);
+            changed
+        };
+        if changed {
+            self.directory.forget_all();
+        }
+        Ok(changed)
+    }
+
+    /// Keeps the directory cache true to the database until `stopping`: looks at
+    /// `directory_version` every `period`.
+    pub async fn watch_directory(&self, period: Duration, stopping: jabbridge_sdk::Shutdown) {
+        loop {
+            if let Err(error) = self.refresh_directory().await {
+                // Not knowing, forget: reads go to the database until it answers again.
+                self.directory.forget_all();
+                tracing::debug!(%error, "cannot read directory_version");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stopping.clone().wait() => return,
+            }
+        }
+    }
+
+    /// What the bridge stored for `jid`, if registered (cached).
     pub async fn registration(
         &self,
         bridge: &str,
         jid: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
-        self.json_value(
-            "SELECT data FROM registrations WHERE bridge = $1 AND jid = $2",
-            bridge,
-            jid,
-        )
-        .await
+        let key = (bridge.to_owned(), jid.to_owned());
+        let generation = {
+            let state = self.directory.state();
+            if let Some(cached) = state.registrations.get(&key) {
+                return Ok(cached.clone());
+            }
+            state.generation
+        };
+        let registration = self
+            .json_value(
+                "SELECT data FROM registrations WHERE bridge = $1 AND jid = $2",
+                bridge,
+                jid,
+            )
+            .await?;
+        let mut state = self.directory.state();
+        if state.generation == generation {
+            if state.registrations.len() >= DIRECTORY_ENTRIES {
+                state.registrations.clear();
+            }
+            state.registrations.insert(key, registration.clone());
+        }
+        Ok(registration)
     }
 
     /// The JSON text in the first column of the row `sql` selects with two parameters, parsed.
@@ -309,7 +439,9 @@ impl Store {
             .bind(jid)
             .execute(&mut *transaction)
             .await?;
+        Self::directory_changed(&mut transaction).await?;
         transaction.commit().await?;
+        self.directory.forget(bridge, Some(jid));
         Ok(deleted > 0)
     }
 
@@ -369,6 +501,7 @@ impl Store {
         foreign_id: &str,
         jid: &str,
     ) -> Result<(), StoreError> {
+        let mut transaction = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO identities (bridge, foreign_id, jid, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (bridge, foreign_id) DO UPDATE SET jid = excluded.jid",
@@ -377,8 +510,11 @@ impl Store {
         .bind(foreign_id)
         .bind(jid)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(&mut *transaction)
         .await?;
+        Self::directory_changed(&mut transaction).await?;
+        transaction.commit().await?;
+        self.directory.forget(bridge, None);
         Ok(())
     }
 
@@ -396,8 +532,16 @@ impl Store {
         Ok(row.map(|row| row.try_get::<String, _>(0)).transpose()?)
     }
 
-    /// The foreign identities `jid` owns on `bridge`, sorted.
+    /// The foreign identities `jid` owns on `bridge`, sorted (cached).
     pub async fn identities_of(&self, bridge: &str, jid: &str) -> Result<Vec<String>, StoreError> {
+        let key = (bridge.to_owned(), jid.to_owned());
+        let generation = {
+            let state = self.directory.state();
+            if let Some(cached) = state.identities.get(&key) {
+                return Ok(cached.clone());
+            }
+            state.generation
+        };
         let rows = sqlx::query(
             "SELECT foreign_id FROM identities WHERE bridge = $1 AND jid = $2 ORDER BY foreign_id",
         )
@@ -405,9 +549,18 @@ impl Store {
         .bind(jid)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        let identities = rows
+            .iter()
             .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut state = self.directory.state();
+        if state.generation == generation {
+            if state.identities.len() >= DIRECTORY_ENTRIES {
+                state.identities.clear();
+            }
+            state.identities.insert(key, identities.clone());
+        }
+        Ok(identities)
     }
 
     /// Removes the owner of a foreign identity; whether it had one.
@@ -416,11 +569,15 @@ impl Store {
         bridge: &str,
         foreign_id: &str,
     ) -> Result<bool, StoreError> {
+        let mut transaction = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM identities WHERE bridge = $1 AND foreign_id = $2")
             .bind(bridge)
             .bind(foreign_id)
-            .execute(&self.pool)
+            .execute(&mut *transaction)
             .await?;
+        Self::directory_changed(&mut transaction).await?;
+        transaction.commit().await?;
+        self.directory.forget(bridge, None);
         Ok(done.rows_affected() > 0)
     }
 

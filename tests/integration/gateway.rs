@@ -424,3 +424,38 @@ async fn register_reregister_and_unregister_with_the_form(kind: ServerKind) {
     let again = alice.iq("r5", remove).await;
     assert_eq!(error_condition(&again).as_deref(), Some("item-not-found"));
 }
+
+/// Registrations are cached in memory: a user the CLI removes while Jabbridge runs (another
+/// process, so no in-process invalidation) must still be refused within moments, as must a
+/// user it registers be let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_cli_removes_while_running_is_refused() {
+    let (server, jabbridge, _dir) = echo_setup(ServerKind::Prosody).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    // Cached now: the router and the outbox both read her registration.
+    assert!(echo_text(&mut alice, "cached").await.ends_with("cached"));
+    let (ok, output) = crate::cli::jabbridge(&[
+        "--config",
+        jabbridge.config_path.to_str().expect("path"),
+        "users",
+        "remove",
+        "echo.localhost",
+        "alice@localhost",
+    ]);
+    assert!(ok, "{output}");
+    // The cache looks at the database's directory version every 0.1 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice
+        .send(
+            "<message type='chat' to='bob@echo.localhost' id='gone'><body>still?</body></message>",
+        )
+        .await;
+    let refused = alice
+        .expect(WAIT, |stanza| stanza.attr("id") == Some("gone"))
+        .await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("registration-required"),
+        "{refused:?}"
+    );
+}
