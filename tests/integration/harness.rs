@@ -520,6 +520,24 @@ impl Client {
         }
     }
 
+    /// The next received stanza, or `None` if none comes within `wait`.
+    pub async fn next_stanza(&mut self, wait: Duration) -> Option<Element> {
+        loop {
+            let line = match tokio::time::timeout(wait, self.output.next_line()).await {
+                Err(_) => return None,
+                Ok(line) => line.expect("read client output").expect("client exited"),
+            };
+            let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            if let Some(xml) = event["xml"].as_str() {
+                return Some(xml.parse().unwrap_or_else(|error| panic!("{xml}: {error}")));
+            }
+            assert_ne!(
+                event["event"], "disconnected",
+                "the client was disconnected"
+            );
+        }
+    }
+
     /// Sends an iq and returns the reply with the same id.
     pub async fn iq(&mut self, id: &str, xml: &str) -> Element {
         self.send(xml).await;

@@ -3,8 +3,8 @@
 //! refused, receipts and corrections; and the durable flow: kill -9 with messages in both
 //! queues (SQLite and PostgreSQL), two instances sharing PostgreSQL behind ejabberd.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use xmpp_parsers::minidom::Element;
 
@@ -466,6 +466,167 @@ async fn kill_9_loses_and_doubles_nothing_on_sqlite() {
 async fn kill_9_loses_and_doubles_nothing_on_postgres() {
     if let Some(url) = crate::harness::postgres_database().await {
         kill_9_loses_and_doubles_nothing(Some(url)).await;
+    }
+}
+
+/// kill -9 under load: a client sends as fast as it can with receipts requested while a
+/// webhook sender posts (retrying until it sees a 2xx, as networks do); Jabbridge is killed
+/// mid-stream and restarted. Every message that got a receipt has its echo delivered, every
+/// webhook that got a 2xx is delivered, and nothing arrives under two different ids.
+async fn kill_9_under_load(database_url: Option<String>) {
+    let server = XmppServer::start(ServerKind::Prosody, &[ECHO], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = config_for(&server, dir.path(), &[ECHO]) + "\n[delivery]\nlease = \"2s\"\n";
+    if let Some(url) = database_url {
+        config = crate::on_database(&config, dir.path(), &url);
+    }
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+
+    const MESSAGES: usize = 1500;
+    const WEBHOOKS: usize = 300;
+    // Killed a third of the way through sending, once this many receipts came back.
+    const KILL_AFTER: usize = 50;
+    let http_port = jabbridge.http_port;
+    let mut restarted = Some(jabbridge);
+    let mut restarting = None;
+    let webhooks = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut accepted = BTreeSet::new();
+        for number in 0..WEBHOOKS {
+            let body = serde_json::json!({
+                "id": format!("h{number}"), "user": "alice@localhost", "contact": "hook",
+                "text": format!("hook {number}"),
+            });
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let posted = client
+                    .post(format!("http://127.0.0.1:{http_port}/bridges/{ECHO}/say"))
+                    .bearer_auth(SAY_TOKEN)
+                    .body(body.to_string())
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                if posted.is_ok_and(|answer| answer.status().as_u16() == 202) {
+                    accepted.insert(format!("hook {number}"));
+                    break;
+                }
+                assert!(Instant::now() < deadline, "hook {number} never accepted");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        accepted
+    });
+
+    let mut receipts = BTreeSet::new();
+    // Body -> the ids it arrived under.
+    let mut bodies: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sent = 0;
+    let mut killed = false;
+    let record = |stanza: &Element,
+                  receipts: &mut BTreeSet<String>,
+                  bodies: &mut BTreeMap<String, BTreeSet<String>>| {
+        if let Some(received) = stanza.get_child("received", "urn:xmpp:receipts")
+            && let Some(id) = received.attr("id")
+        {
+            receipts.insert(id.to_owned());
+        }
+        if stanza.attr("type") != Some("error")
+            && let Some(text) = body(stanza)
+        {
+            let id = stanza.attr("id").unwrap_or_default().to_owned();
+            bodies.entry(text).or_default().insert(id);
+        }
+    };
+    while sent < MESSAGES {
+        for _ in 0..25 {
+            alice
+                .send(&format!(
+                    "<message type='chat' to='bob@{ECHO}' id='L{sent}'><body>load {sent}</body>\
+                     <request xmlns='urn:xmpp:receipts'/></message>"
+                ))
+                .await;
+            sent += 1;
+        }
+        while let Some(stanza) = alice.next_stanza(Duration::from_millis(5)).await {
+            record(&stanza, &mut receipts, &mut bodies);
+        }
+        if !killed && sent >= MESSAGES / 3 {
+            while receipts.len() < KILL_AFTER {
+                let stanza = alice.next_stanza(WAIT).await.expect("receipts");
+                record(&stanza, &mut receipts, &mut bodies);
+            }
+            eprintln!("killed after {sent} sent and {} receipts", receipts.len());
+            // The client goes on sending while Jabbridge is down and coming back.
+            let mut killed_one = restarted.take().expect("killed once");
+            restarting = Some(tokio::spawn(async move {
+                killed_one.kill().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                killed_one.restart().await;
+                killed_one
+            }));
+            killed = true;
+        }
+    }
+    let jabbridge = restarting.expect("killed").await.expect("restarted");
+    jabbridge.wait_ready(Duration::from_secs(30)).await;
+    let accepted = webhooks.await.expect("webhook sender");
+    // Everything owed arrives; then nothing more for a while.
+    let owed = |receipts: &BTreeSet<String>| -> BTreeSet<String> {
+        receipts
+            .iter()
+            .filter_map(|id| id.strip_prefix('L'))
+            .map(|number| format!("{ECHO} says: load {number}"))
+            .chain(accepted.iter().cloned())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !owed(&receipts).iter().all(|text| bodies.contains_key(text)) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for what was acknowledged"
+        );
+        if let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await {
+            record(&stanza, &mut receipts, &mut bodies);
+        }
+    }
+    while let Some(stanza) = alice.next_stanza(Duration::from_secs(3)).await {
+        record(&stanza, &mut receipts, &mut bodies);
+    }
+    let owed = owed(&receipts);
+    let missing: Vec<&String> = owed
+        .iter()
+        .filter(|text| !bodies.contains_key(*text))
+        .collect();
+    let twice: Vec<(&String, &BTreeSet<String>)> =
+        bodies.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    eprintln!(
+        "kill -9 under load: {sent} sent, {} receipts, {} webhooks accepted, {} bodies received, \
+         {} owed, {} missing, {} under two ids",
+        receipts.len(),
+        accepted.len(),
+        bodies.len(),
+        owed.len(),
+        missing.len(),
+        twice.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
+    assert!(twice.is_empty(), "delivered under two ids: {twice:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_on_sqlite() {
+    kill_9_under_load(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_on_postgres() {
+    if let Some(url) = crate::harness::postgres_database().await {
+        kill_9_under_load(Some(url)).await;
     }
 }
 
