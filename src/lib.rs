@@ -26,10 +26,14 @@ pub mod commands;
 pub mod commit;
 pub mod config;
 pub mod delivery;
+#[cfg(test)]
+mod gateway_tests;
 pub mod http;
 pub mod lanes;
 pub mod logging;
 pub mod metrics;
 pub mod router;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
 pub mod xmpp;

@@ -157,6 +157,15 @@ impl Outgoing {
             written: None,
         }
     }
+
+    /// Takes the stanza as a link does, telling whoever waits that it was written (for a link
+    /// that is not a TCP stream: the in-process test harness).
+    pub fn written(self) -> Element {
+        if let Some(written) = self.written {
+            let _ = written.send(Ok(()));
+        }
+        self.stanza
+    }
 }
 
 /// The running link of one bridge: send stanzas with [`LinkHandle::send`].
@@ -197,6 +206,15 @@ impl LinkHandle {
     pub fn queue_depth(&self) -> usize {
         self.outgoing.max_capacity() - self.outgoing.capacity()
     }
+}
+
+/// A link handle with no link task behind it, always up: what is sent comes out of the
+/// receiver (the in-process test harness reads it there).
+pub fn detached(queue: usize) -> (LinkHandle, mpsc::Receiver<Outgoing>) {
+    let (outgoing, receiver) = mpsc::channel(queue);
+    let state = Arc::new(LinkState::default());
+    state.set_connected(true);
+    (LinkHandle { outgoing, state }, receiver)
 }
 
 /// Starts a link task. Incoming stanzas go to `incoming`; the task ends after `shutdown`,

@@ -1,0 +1,286 @@
+//! The gateway's decisions, asserted as the exact stanzas that come back, in-process
+//! ([`crate::testing::Harness`]): access, registration, size, rate, capabilities, commands,
+//! presence, and a bridge call that never returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jabbridge_sdk::{
+    AddressError, Bridge, BridgeInfo, Field, FieldKind, ForeignId, Form, FormValues,
+    OutgoingMessage, RegistrationData, RegistrationError, SendError, SendOutcome, UserJid,
+    async_trait,
+};
+
+use crate::config::{CallLimits, RateLimit};
+use crate::testing::{DOMAIN, Harness, Options, body, condition, error_type};
+
+#[tokio::test]
+async fn a_stranger_is_forbidden_and_nothing_else_happens() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness
+        .receive("<message type='chat' from='eve@elsewhere/x' to='bob@echo.test' id='e1'><body>hi</body></message>")
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.name(), "message");
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(refused.attr("id"), Some("e1"));
+    assert_eq!(refused.attr("to"), Some("eve@elsewhere/x"));
+    assert_eq!(refused.attr("from"), Some("bob@echo.test"));
+    assert_eq!(condition(&refused).as_deref(), Some("forbidden"));
+    assert_eq!(error_type(&refused).as_deref(), Some("auth"));
+    harness.nothing_for(Duration::from_millis(200)).await;
+    assert_eq!(
+        harness
+            .gateway
+            .store
+            .pending(crate::store::Queue::Outbox, DOMAIN)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_unregistered_user_is_told_to_register() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness
+        .receive("<message type='chat' from='alice@test/r' to='bob@echo.test' id='u1'><body>hi</body></message>")
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(
+        condition(&refused).as_deref(),
+        Some("registration-required")
+    );
+}
+
+#[tokio::test]
+async fn a_registered_user_gets_the_echo_and_a_receipt() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    harness
+        .receive(
+            "<message type='chat' from='alice@test/r' to='bob@echo.test' id='m1'><body>hi</body>\
+             <request xmlns='urn:xmpp:receipts'/></message>",
+        )
+        .await;
+    let (mut receipt, mut echo) = (None, None);
+    for _ in 0..2 {
+        let stanza = harness.next().await;
+        if stanza.has_child("received", "urn:xmpp:receipts") {
+            receipt = Some(stanza);
+        } else {
+            echo = Some(stanza);
+        }
+    }
+    let receipt = receipt.expect("a receipt");
+    let received = receipt
+        .get_child("received", "urn:xmpp:receipts")
+        .expect("received");
+    assert_eq!(received.attr("id"), Some("m1"));
+    assert_eq!(receipt.attr("to"), Some("alice@test/r"));
+    assert_eq!(receipt.attr("from"), Some("bob@echo.test"));
+    let echo = echo.expect("the echo");
+    assert_eq!(echo.attr("type"), Some("chat"));
+    assert_eq!(echo.attr("to"), Some("alice@test"));
+    assert_eq!(echo.attr("from"), Some("bob@echo.test"));
+    assert_eq!(body(&echo).as_deref(), Some("> hi"));
+    let origin = echo
+        .get_child("origin-id", "urn:xmpp:sid:0")
+        .expect("origin-id");
+    assert_eq!(origin.attr("id"), echo.attr("id"));
+    // The same message again (same id) is not sent again.
+    harness
+        .receive("<message type='chat' from='alice@test/r' to='bob@echo.test' id='m1'><body>hi</body></message>")
+        .await;
+    harness.nothing_for(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn oversized_texts_groupchat_and_corrections_are_refused_precisely() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    let big = "x".repeat(crate::delivery::MAX_TEXT + 1);
+    harness
+        .receive(&format!(
+            "<message type='chat' from='alice@test/r' to='bob@echo.test' id='big'><body>{big}</body></message>"
+        ))
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+    assert_eq!(refused.attr("id"), Some("big"));
+
+    harness
+        .receive("<message type='groupchat' from='alice@test/r' to='room@echo.test' id='g'><body>hi</body></message>")
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(
+        condition(&refused).as_deref(),
+        Some("feature-not-implemented")
+    );
+
+    harness
+        .receive(
+            "<message type='chat' from='alice@test/r' to='bob@echo.test' id='c'><body>fixed</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='m0'/></message>",
+        )
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(
+        condition(&refused).as_deref(),
+        Some("feature-not-implemented")
+    );
+    assert_eq!(error_type(&refused).as_deref(), Some("cancel"));
+}
+
+#[tokio::test]
+async fn the_rate_limit_answers_resource_constraint() {
+    let mut harness = Harness::start(Options {
+        rate_limit: Some(RateLimit {
+            count: 2,
+            per: Duration::from_secs(60),
+        }),
+        ..Options::default()
+    })
+    .await;
+    harness.register("alice@test").await;
+    for number in 0..3 {
+        harness
+            .receive(&format!(
+                "<message type='chat' from='alice@test/r' to='bob@echo.test' id='f{number}'><body>{number}</body></message>"
+            ))
+            .await;
+    }
+    let mut refused = None;
+    let mut echoes = 0;
+    for _ in 0..3 {
+        let stanza = harness.next().await;
+        if stanza.attr("type") == Some("error") {
+            refused = Some(stanza);
+        } else {
+            echoes += 1;
+        }
+    }
+    let refused = refused.expect("the third is refused");
+    assert_eq!(refused.attr("id"), Some("f2"));
+    assert_eq!(condition(&refused).as_deref(), Some("resource-constraint"));
+    assert_eq!(error_type(&refused).as_deref(), Some("wait"));
+    assert_eq!(echoes, 2);
+}
+
+#[tokio::test]
+async fn help_lists_what_each_role_may_run() {
+    let mut harness = Harness::start(Options {
+        allow: vec!["test".into()],
+        ..Options::default()
+    })
+    .await;
+    harness
+        .receive("<message type='chat' from='alice@test/r' to='echo.test' id='h'><body>help</body></message>")
+        .await;
+    let user_help = body(&harness.next().await).expect("help");
+    assert!(user_help.contains("register"), "{user_help}");
+    assert!(!user_help.contains("remove-user"), "{user_help}");
+    harness
+        .receive("<message type='chat' from='admin@test/r' to='echo.test' id='h'><body>help</body></message>")
+        .await;
+    let admin_help = body(&harness.next().await).expect("help");
+    assert!(admin_help.contains("remove-user"), "{admin_help}");
+}
+
+#[tokio::test]
+async fn a_registered_user_subscribing_to_the_gateway_is_approved_with_its_presence() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    harness
+        .receive("<presence type='subscribe' from='alice@test' to='echo.test'/>")
+        .await;
+    let subscribed = harness.next().await;
+    assert_eq!(subscribed.attr("type"), Some("subscribed"));
+    assert_eq!(subscribed.attr("to"), Some("alice@test"));
+    let presence = harness.next().await;
+    assert_eq!(presence.name(), "presence");
+    assert_eq!(presence.attr("type"), None, "available: {presence:?}");
+    assert_eq!(presence.attr("from"), Some("echo.test"));
+    // A stranger's subscription is refused.
+    harness
+        .receive("<presence type='subscribe' from='eve@elsewhere' to='echo.test'/>")
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(condition(&refused).as_deref(), Some("forbidden"));
+}
+
+/// A bridge whose registration never returns.
+struct Stuck;
+
+#[async_trait]
+impl Bridge for Stuck {
+    fn info(&self) -> BridgeInfo {
+        BridgeInfo {
+            gateway_type: "stuck".into(),
+            name: "Stuck gateway".into(),
+            capabilities: Default::default(),
+            registration: Some(Form {
+                title: "Register".into(),
+                instructions: String::new(),
+                fields: vec![Field {
+                    var: "token".into(),
+                    label: "Token".into(),
+                    kind: FieldKind::Text,
+                    required: false,
+                }],
+            }),
+            prompt: Default::default(),
+        }
+    }
+
+    fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {
+        Ok(ForeignId::new(localpart))
+    }
+
+    async fn register(
+        &self,
+        _user: &UserJid,
+        _form: &FormValues,
+    ) -> Result<RegistrationData, RegistrationError> {
+        std::future::pending().await
+    }
+
+    async fn send_message(&self, _message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        Ok(SendOutcome::default())
+    }
+}
+
+#[tokio::test]
+async fn a_stuck_registration_times_out_and_holds_up_no_one_else() {
+    let mut harness = Harness::start(Options {
+        calls: CallLimits {
+            concurrency: 4,
+            timeout: Duration::from_millis(1500),
+        },
+        bridge: Some(Arc::new(Stuck)),
+        ..Options::default()
+    })
+    .await;
+    harness
+        .receive(&format!(
+            "<iq type='set' from='alice@test/r' to='{DOMAIN}' id='stuck'>\
+             <query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
+             <field var='token'><value>t</value></field></x></query></iq>"
+        ))
+        .await;
+    // Bob is answered while alice's registration waits on the bridge.
+    harness
+        .receive(&format!(
+            "<iq type='get' from='bob@test/r' to='{DOMAIN}' id='disco'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+        ))
+        .await;
+    let first = harness.next().await;
+    assert_eq!(first.attr("id"), Some("disco"), "{first:?}");
+    assert_eq!(first.attr("type"), Some("result"));
+    let stuck = harness.next().await;
+    assert_eq!(stuck.attr("id"), Some("stuck"));
+    assert_eq!(condition(&stuck).as_deref(), Some("remote-server-timeout"));
+    assert_eq!(error_type(&stuck).as_deref(), Some("wait"));
+}

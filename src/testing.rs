@@ -1,0 +1,181 @@
+//! An in-process harness for the gateway's own decisions: a [`Gateway`] wired as `app.rs`
+//! wires it (router lanes, committer, durable queues, a real bridge) but with a link over a
+//! channel and SQLite in memory, so that tests hand it stanzas and assert the exact stanzas
+//! that come back, in milliseconds. Interop with real servers stays in `tests/integration`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jabbridge_sdk::{Bridge, Core, Settings, Shutdown};
+use secrecy::SecretString;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use xmpp_parsers::minidom::Element;
+
+use crate::access::Access;
+use crate::commit::Committer;
+use crate::config::{CallLimits, DeliveryConfig, RateLimit};
+use crate::router::{Gateway, RouterSink, Wiring};
+use crate::store::Store;
+use crate::xmpp::session::{self, Outgoing};
+
+/// The component's namespace, which every stanza handed in gets.
+pub const NS: &str = "jabber:component:accept";
+/// The bridge's domain in the harness.
+pub const DOMAIN: &str = "echo.test";
+
+/// How the harness's gateway is set up.
+pub struct Options {
+    /// `allow`.
+    pub allow: Vec<String>,
+    /// `admins`.
+    pub admins: Vec<String>,
+    /// `rate_limit`.
+    pub rate_limit: Option<RateLimit>,
+    /// `concurrency` and `call_timeout`.
+    pub calls: CallLimits,
+    /// The bridge; the echo bridge (prefix `> `) when `None`.
+    pub bridge: Option<Arc<dyn Bridge>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            allow: vec!["test".into()],
+            admins: vec!["admin@test".into()],
+            rate_limit: None,
+            calls: CallLimits::default(),
+            bridge: None,
+        }
+    }
+}
+
+/// A running gateway with a channel for a link.
+pub struct Harness {
+    /// The gateway under test.
+    pub gateway: Arc<Gateway>,
+    incoming: mpsc::Sender<Element>,
+    outgoing: mpsc::Receiver<Outgoing>,
+    _stop: watch::Sender<bool>,
+    router: JoinHandle<()>,
+}
+
+impl Harness {
+    /// A gateway on a fresh in-memory database.
+    pub async fn start(options: Options) -> Harness {
+        // One connection: an in-memory SQLite database lives as long as its connection.
+        let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
+            .await
+            .expect("in-memory SQLite");
+        store.migrate().await.expect("migrations");
+        let (committer, _committing) = Committer::spawn(store.clone(), "harness".into());
+        let (stop, stopping) = Shutdown::new();
+        let (link, outgoing) = session::detached(1024);
+        let sink = Arc::new(RouterSink::new());
+        let bridge = match options.bridge {
+            Some(bridge) => bridge,
+            None => {
+                let build = crate::bridges::find("echo").expect("the echo bridge");
+                let mut keys = serde_json::Map::new();
+                keys.insert("prefix".into(), "> ".into());
+                build(&Settings::new(keys), Core::new(DOMAIN, sink.clone())).expect("echo")
+            }
+        };
+        let gateway = Arc::new(Gateway::new(
+            DOMAIN.into(),
+            bridge,
+            Wiring {
+                link,
+                store,
+                committer,
+                shutdown: stopping,
+            },
+            Access::new(DOMAIN, &options.allow, &options.admins, options.rate_limit),
+            DeliveryConfig::default(),
+            options.calls,
+        ));
+        sink.attach(&gateway);
+        let (incoming, receiver) = mpsc::channel(64);
+        let router = tokio::spawn(gateway.clone().run(receiver));
+        Harness {
+            gateway,
+            incoming,
+            outgoing,
+            _stop: stop,
+            router,
+        }
+    }
+
+    /// Hands the router `xml` as if the server had sent it (the component namespace is
+    /// added to its top element).
+    pub async fn receive(&self, xml: &str) {
+        let name_end = xml.find([' ', '>', '/']).expect("an element");
+        let namespaced = format!("{} xmlns='{NS}'{}", &xml[..name_end], &xml[name_end..]);
+        let element: Element = namespaced
+            .parse()
+            .unwrap_or_else(|error| panic!("{namespaced}: {error}"));
+        self.incoming.send(element).await.expect("the router runs");
+    }
+
+    /// The next stanza the gateway sends, marked written as a link would; fails after 5 s.
+    pub async fn next(&mut self) -> Element {
+        let outgoing = tokio::time::timeout(Duration::from_secs(5), self.outgoing.recv())
+            .await
+            .expect("a stanza within 5 s")
+            .expect("the link handle is alive");
+        outgoing.written()
+    }
+
+    /// Asserts that the gateway sends nothing for `wait`.
+    pub async fn nothing_for(&mut self, wait: Duration) {
+        if let Ok(Some(outgoing)) = tokio::time::timeout(wait, self.outgoing.recv()).await {
+            panic!("unexpected stanza: {}", String::from(&outgoing.written()));
+        }
+    }
+
+    /// Registers `user` (a bare JID) with the XEP-0077 form, and takes the answers: the
+    /// gateway's subscription request and the iq result.
+    pub async fn register(&mut self, user: &str) {
+        self.receive(&format!(
+            "<iq type='set' from='{user}/r' to='{DOMAIN}' id='reg'>\
+             <query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>jabber:iq:register</value></field>\
+             <field var='prefix'><value/></field></x></query></iq>"
+        ))
+        .await;
+        // The subscription request goes out before the iq result.
+        let subscribe = self.next().await;
+        assert_eq!(subscribe.attr("type"), Some("subscribe"), "{subscribe:?}");
+        let result = self.next().await;
+        assert_eq!(result.attr("type"), Some("result"), "{result:?}");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.router.abort();
+    }
+}
+
+/// The defined condition of an error stanza, e.g. `forbidden`.
+pub fn condition(stanza: &Element) -> Option<String> {
+    let error = stanza.children().find(|child| child.name() == "error")?;
+    error
+        .children()
+        .find(|child| child.name() != "text")
+        .map(|child| child.name().to_owned())
+}
+
+/// The `type` of an error stanza's `<error/>`, e.g. `auth`.
+pub fn error_type(stanza: &Element) -> Option<String> {
+    let error = stanza.children().find(|child| child.name() == "error")?;
+    error.attr("type").map(str::to_owned)
+}
+
+/// The body of a message.
+pub fn body(stanza: &Element) -> Option<String> {
+    stanza
+        .children()
+        .find(|child| child.name() == "body")
+        .map(Element::text)
+}
