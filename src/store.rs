@@ -80,6 +80,37 @@ impl DirectoryCache {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The cached value under `key` in the map `pick` chooses, or the generation to pass to
+    /// [`DirectoryCache::remember`] after reading it from the database.
+    fn lookup<T: Clone>(
+        &self,
+        pick: fn(&mut DirectoryState) -> &mut HashMap<(String, String), T>,
+        key: &(String, String),
+    ) -> Result<T, u64> {
+        let mut state = self.state();
+        let generation = state.generation;
+        pick(&mut state).get(key).cloned().ok_or(generation)
+    }
+
+    /// Caches `value`, unless something was invalidated since `generation` (the read may
+    /// have raced a change).
+    fn remember<T>(
+        &self,
+        pick: fn(&mut DirectoryState) -> &mut HashMap<(String, String), T>,
+        key: (String, String),
+        value: T,
+        generation: u64,
+    ) {
+        let mut state = self.state();
+        if state.generation == generation {
+            let map = pick(&mut state);
+            if map.len() >= DIRECTORY_ENTRIES {
+                map.clear();
+            }
+            map.insert(key, value);
+        }
+    }
+
     fn forget(&self, bridge: &str, jid: Option<&str>) {
         let mut state = self.state();
         state.generation += 1;
@@ -383,12 +414,10 @@ impl Store {
         jid: &str,
     ) -> Result<Option<serde_json::Value>, StoreError> {
         let key = (bridge.to_owned(), jid.to_owned());
-        let generation = {
-            let state = self.directory.state();
-            if let Some(cached) = state.registrations.get(&key) {
-                return Ok(cached.clone());
-            }
-            state.generation
+        let pick: fn(&mut DirectoryState) -> &mut _ = |state| &mut state.registrations;
+        let generation = match self.directory.lookup(pick, &key) {
+            Ok(cached) => return Ok(cached),
+            Err(generation) => generation,
         };
         let registration = self
             .json_value(
@@ -397,13 +426,8 @@ impl Store {
                 jid,
             )
             .await?;
-        let mut state = self.directory.state();
-        if state.generation == generation {
-            if state.registrations.len() >= DIRECTORY_ENTRIES {
-                state.registrations.clear();
-            }
-            state.registrations.insert(key, registration.clone());
-        }
+        self.directory
+            .remember(pick, key, registration.clone(), generation);
         Ok(registration)
     }
 
@@ -535,12 +559,10 @@ impl Store {
     /// The foreign identities `jid` owns on `bridge`, sorted (cached).
     pub async fn identities_of(&self, bridge: &str, jid: &str) -> Result<Vec<String>, StoreError> {
         let key = (bridge.to_owned(), jid.to_owned());
-        let generation = {
-            let state = self.directory.state();
-            if let Some(cached) = state.identities.get(&key) {
-                return Ok(cached.clone());
-            }
-            state.generation
+        let pick: fn(&mut DirectoryState) -> &mut _ = |state| &mut state.identities;
+        let generation = match self.directory.lookup(pick, &key) {
+            Ok(cached) => return Ok(cached),
+            Err(generation) => generation,
         };
         let rows = sqlx::query(
             "SELECT foreign_id FROM identities WHERE bridge = $1 AND jid = $2 ORDER BY foreign_id",
@@ -553,13 +575,8 @@ impl Store {
             .iter()
             .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut state = self.directory.state();
-        if state.generation == generation {
-            if state.identities.len() >= DIRECTORY_ENTRIES {
-                state.identities.clear();
-            }
-            state.identities.insert(key, identities.clone());
-        }
+        self.directory
+            .remember(pick, key, identities.clone(), generation);
         Ok(identities)
     }
 
