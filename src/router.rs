@@ -83,9 +83,9 @@ pub struct Gateway {
 }
 
 /// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
-const LANE_DEPTH: usize = 256;
+const LANE_DEPTH: usize = 2048;
 /// Stanzas taken from the link and not yet handled, all senders together.
-const IN_FLIGHT: usize = 4096;
+const IN_FLIGHT: usize = 8192;
 
 type Answer = Result<Option<Element>, StanzaFailure>;
 

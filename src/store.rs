@@ -827,22 +827,52 @@ impl Store {
                     .execute(&mut *transaction)
                     .await?;
                 }
-                Write::MapId {
-                    bridge,
-                    jid,
-                    xmpp_id,
-                    foreign_id,
-                } => {
-                    sqlx::query(MAP_MESSAGE_ID)
-                        .bind(bridge.as_str())
-                        .bind(jid.as_str())
-                        .bind(xmpp_id.as_str())
-                        .bind(foreign_id.as_str())
-                        .bind(now)
-                        .execute(&mut *transaction)
-                        .await?;
-                }
+                Write::MapId { .. } => {}
             }
+        }
+        // Id mappings, several per statement. The last mapping of a key wins, as it would
+        // one statement at a time (and PostgreSQL refuses one upsert touching a row twice).
+        let mut mappings: HashMap<(&str, &str, &str), &str> = HashMap::new();
+        for write in writes {
+            if let Write::MapId {
+                bridge,
+                jid,
+                xmpp_id,
+                foreign_id,
+            } = write
+            {
+                mappings.insert((bridge, jid, xmpp_id), foreign_id);
+            }
+        }
+        let mappings: Vec<_> = mappings.into_iter().collect();
+        for chunk in mappings.chunks(ROWS_PER_INSERT) {
+            // $1 = now; then four per row.
+            let values: Vec<String> = (0..chunk.len())
+                .map(|row| {
+                    let first = 2 + row * 4;
+                    format!(
+                        "(${}, ${}, ${}, ${}, $1)",
+                        first,
+                        first + 1,
+                        first + 2,
+                        first + 3
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) VALUES {} \
+                 ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+            for ((bridge, jid, xmpp_id), foreign_id) in chunk {
+                query = query
+                    .bind(*bridge)
+                    .bind(*jid)
+                    .bind(*xmpp_id)
+                    .bind(*foreign_id);
+            }
+            query.execute(&mut *transaction).await?;
         }
         transaction.commit().await?;
         Ok(results)

@@ -336,3 +336,31 @@ async fn the_sqlite_file_is_created_in_wal_mode() {
     assert!(path.exists());
     assert!(dir.path().join("new.db-wal").exists(), "no WAL file");
 }
+
+#[tokio::test]
+async fn id_mappings_commit_in_batches_and_the_last_of_a_key_wins() {
+    each_backend(async |store: Store| {
+        let map = |xmpp_id: &str, foreign_id: &str| Write::MapId {
+            bridge: "b".into(),
+            jid: "alice@x".into(),
+            xmpp_id: xmpp_id.into(),
+            foreign_id: foreign_id.into(),
+        };
+        store
+            .commit_batch("a", &[map("x1", "f1"), map("x2", "f2"), map("x1", "f3")])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .foreign_message_id("b", "alice@x", "x1")
+                .await
+                .unwrap(),
+            Some("f3".into())
+        );
+        assert_eq!(
+            store.xmpp_message_id("b", "f2").await.unwrap(),
+            Some(("alice@x".into(), "x2".into()))
+        );
+    })
+    .await;
+}
