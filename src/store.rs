@@ -228,6 +228,19 @@ pub struct Recovered {
 /// every engine's limit on bound parameters.
 const ROWS_PER_INSERT: usize = 128;
 
+/// The `VALUES` of a multi-row insert: `($f, $f+1, $f+2, $f+3, {shared}), …` for `rows` rows
+/// of four bound values each, the first at `$first`, each row ending with the same `shared`
+/// parameters (e.g. `$1, $2`).
+fn four_per_row(rows: usize, first: usize, shared: &str) -> String {
+    (0..rows)
+        .map(|row| {
+            let at = first + row * 4;
+            format!("(${at}, ${}, ${}, ${}, {shared})", at + 1, at + 2, at + 3)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const MAP_MESSAGE_ID: &str = "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) \
      VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id";
@@ -738,24 +751,12 @@ impl Store {
                 .collect();
             for chunk in rows.chunks(ROWS_PER_INSERT) {
                 // $1 = now, $2 = owner; then four per row.
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|row| {
-                        let first = 3 + row * 4;
-                        format!(
-                            "(${}, ${}, ${}, ${}, $1, $1, $2)",
-                            first,
-                            first + 1,
-                            first + 2,
-                            first + 3
-                        )
-                    })
-                    .collect();
                 let sql = format!(
                     "INSERT INTO {} (bridge, conversation, dedupe_key, payload, next_attempt_at, \
                      created_at, lease_owner) VALUES {} \
                      ON CONFLICT (bridge, dedupe_key) DO NOTHING RETURNING id, bridge, dedupe_key",
                     queue.table(),
-                    values.join(", ")
+                    four_per_row(chunk.len(), 3, "$1, $1, $2")
                 );
                 let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner);
                 for (_, row) in chunk {
@@ -847,22 +848,10 @@ impl Store {
         let mappings: Vec<_> = mappings.into_iter().collect();
         for chunk in mappings.chunks(ROWS_PER_INSERT) {
             // $1 = now; then four per row.
-            let values: Vec<String> = (0..chunk.len())
-                .map(|row| {
-                    let first = 2 + row * 4;
-                    format!(
-                        "(${}, ${}, ${}, ${}, $1)",
-                        first,
-                        first + 1,
-                        first + 2,
-                        first + 3
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) VALUES {} \
                  ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id",
-                values.join(", ")
+                four_per_row(chunk.len(), 2, "$1")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
             for ((bridge, jid, xmpp_id), foreign_id) in chunk {
