@@ -207,7 +207,7 @@ impl Gateway {
                 }))
             }
             ("unregister", _) => {
-                self.unregister_user(user).await?;
+                self.unregister_user(user, false).await?;
                 Ok(Outcome::Done(format!(
                     "You are unregistered from {}; your settings are deleted.",
                     self.domain
@@ -233,7 +233,7 @@ impl Gateway {
                     .validate(&values)
                     .map_err(StanzaFailure::NotAcceptable)?;
                 let jid = values.get("jid").unwrap_or_default().trim().to_owned();
-                self.unregister_user(&jid).await?;
+                self.unregister_user(&jid, true).await?;
                 tracing::info!(bridge = %self.domain, admin = user, removed = jid, "admin removed a user");
                 Ok(Outcome::Done(format!("{jid} is unregistered.")))
             }

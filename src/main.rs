@@ -135,7 +135,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Users(UsersCommand::Remove { domain, jid }) => {
             if !open_store(&config)
                 .await?
-                .delete_registration(&domain, &jid)
+                .delete_registration(&domain, &jid, true)
                 .await?
             {
                 anyhow::bail!("{jid} is not registered with {domain}");

@@ -441,7 +441,7 @@ impl Gateway {
             .as_ref()
             .ok_or(StanzaFailure::ServiceUnavailable)?;
         match register::parse_submission(payload, form)? {
-            Submission::Remove => self.unregister_user(user).await?,
+            Submission::Remove => self.unregister_user(user, false).await?,
             Submission::Register(values) => {
                 self.register_user(user, &values).await?;
             }
@@ -488,12 +488,13 @@ impl Gateway {
         Ok(new)
     }
 
-    /// Unregisters `user`: deletes what was stored for them and ends the gateway's presence
-    /// subscription both ways (XEP-0100 §4.3).
-    pub async fn unregister_user(&self, user: &str) -> Result<(), StanzaFailure> {
+    /// Unregisters `user`: deletes their registration (and, when an admin removes them, the
+    /// identities an admin gave them) and ends the gateway's presence subscription both ways
+    /// (XEP-0100 §4.3). A user unregistering keeps what an admin gave them.
+    pub async fn unregister_user(&self, user: &str, by_admin: bool) -> Result<(), StanzaFailure> {
         let removed = self
             .store
-            .delete_registration(&self.domain, user)
+            .delete_registration(&self.domain, user, by_admin)
             .await
             .map_err(|error| self.storage_failed(error))?;
         if !removed {

@@ -462,20 +462,30 @@ impl Store {
         }
     }
 
-    /// Removes a registration and the identities owned by that user; whether one existed.
-    pub async fn delete_registration(&self, bridge: &str, jid: &str) -> Result<bool, StoreError> {
+    /// Removes a registration; with `identities`, also the foreign identities an admin gave
+    /// that user (what an admin removing a user does; a user unregistering keeps them, since
+    /// only an admin gives or takes them). Whether anything was removed.
+    pub async fn delete_registration(
+        &self,
+        bridge: &str,
+        jid: &str,
+        identities: bool,
+    ) -> Result<bool, StoreError> {
         let mut transaction = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM registrations WHERE bridge = $1 AND jid = $2")
+        let mut deleted = sqlx::query("DELETE FROM registrations WHERE bridge = $1 AND jid = $2")
             .bind(bridge)
             .bind(jid)
             .execute(&mut *transaction)
             .await?
             .rows_affected();
-        sqlx::query("DELETE FROM identities WHERE bridge = $1 AND jid = $2")
-            .bind(bridge)
-            .bind(jid)
-            .execute(&mut *transaction)
-            .await?;
+        if identities {
+            deleted += sqlx::query("DELETE FROM identities WHERE bridge = $1 AND jid = $2")
+                .bind(bridge)
+                .bind(jid)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+        }
         Self::directory_changed(&mut transaction).await?;
         transaction.commit().await?;
         self.directory.forget(bridge, Some(jid));

@@ -1184,6 +1184,14 @@ async fn users_register_their_own_number_and_strangers_are_refused() {
         sent[1].path,
         format!("/2010-04-01/Accounts/{SID}/Messages.json")
     );
+    // Carol unregistering (she never registered) is told so and keeps the number the admin
+    // gave her: only an admin takes it back.
+    let answer = command(&mut carol, "unregister").await;
+    assert!(answer.contains("not registered"), "{answer}");
+    carol.send(&chat(&friend_jid(), "s3", "still mine")).await;
+    let sent = fake.wait_sends(3).await;
+    assert_eq!(sent[2].field("From"), Some("+15550004444"));
+    assert_eq!(sent[2].field("Body"), Some("still mine"));
 }
 
 /// One user's self-service registration against a provider that never answers: every other

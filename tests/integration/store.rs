@@ -59,15 +59,31 @@ async fn registrations_survive_reopening_and_update() {
                 .as_deref(),
             Some("alice@example.org")
         );
+        // The user unregistering keeps the identity an admin gave them.
         assert!(
             store
-                .delete_registration("echo.test", "alice@example.org")
+                .delete_registration("echo.test", "alice@example.org", false)
                 .await
                 .unwrap()
         );
         assert!(
             !store
-                .delete_registration("echo.test", "alice@example.org")
+                .delete_registration("echo.test", "alice@example.org", false)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store
+                .identity_owner("echo.test", "+15551234567")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("alice@example.org")
+        );
+        // An admin removing the user takes it too.
+        assert!(
+            store
+                .delete_registration("echo.test", "alice@example.org", true)
                 .await
                 .unwrap()
         );
