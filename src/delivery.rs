@@ -154,13 +154,6 @@ impl Default for Pipeline {
     }
 }
 
-impl Pipeline {
-    /// Messages in hand (waiting or being delivered), for `stats`.
-    pub fn lanes_open(&self) -> usize {
-        self.outbox.open() + self.inbox.open()
-    }
-}
-
 /// Counts a running lane task for as long as it lives.
 struct Running<'a>(&'a Pipeline);
 
