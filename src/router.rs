@@ -200,7 +200,14 @@ impl Gateway {
 
     /// Answers a stanza with `failure` (where RFC 6120 allows an answer).
     async fn refuse(&self, header: &StanzaHeader, failure: &StanzaFailure) {
-        tracing::info!(bridge = %self.domain, from = header.from.as_deref().unwrap_or(""), %failure, "refused a stanza");
+        let from = header.from.as_deref().unwrap_or("");
+        if matches!(failure, StanzaFailure::Forbidden(_)) {
+            // Anyone on the federation can send these: counted in the metric, logged at
+            // debug only, so that strangers cannot fill the log.
+            tracing::debug!(bridge = %self.domain, from, %failure, "refused a stanza");
+        } else {
+            tracing::info!(bridge = %self.domain, from, %failure, "refused a stanza");
+        }
         metrics::stanza_error(&self.domain, failure.condition());
         if let Some(reply) = error_reply(header, failure) {
             self.send(reply).await;
