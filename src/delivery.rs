@@ -80,7 +80,7 @@ pub struct OutboxEntry {
 
 /// A bridge's message waiting in the inbox, as stored (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InboxEntry {
+struct InboxEntry {
     /// The id the stanza carries (and its origin-id): fixed at acceptance, so that a
     /// redelivery after a crash carries the same id.
     id: String,

@@ -242,10 +242,6 @@ fn four_per_row(rows: usize, first: usize, shared: &str) -> String {
         .join(", ")
 }
 
-const MAP_MESSAGE_ID: &str = "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) \
-     VALUES ($1, $2, $3, $4, $5) \
-     ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id";
-
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -685,25 +681,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok((cleared.rows_affected() == 1).then_some(pending))
-    }
-
-    /// Maps an XMPP message id to the foreign network's id for the same message.
-    pub async fn map_message_id(
-        &self,
-        bridge: &str,
-        jid: &str,
-        xmpp_id: &str,
-        foreign_id: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(MAP_MESSAGE_ID)
-            .bind(bridge)
-            .bind(jid)
-            .bind(xmpp_id)
-            .bind(foreign_id)
-            .bind(now_millis())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     /// The foreign id of a message `jid` sent or received with `xmpp_id`.

@@ -135,11 +135,21 @@ async fn bridge_state_is_kept_per_bridge_replaced_and_deleted() {
     .await;
 }
 
+/// An id mapping of alice@x's message on bridge `b`.
+fn map_id(xmpp_id: &str, foreign_id: &str) -> Write {
+    Write::MapId {
+        bridge: "b".into(),
+        jid: "alice@x".into(),
+        xmpp_id: xmpp_id.into(),
+        foreign_id: foreign_id.into(),
+    }
+}
+
 #[tokio::test]
 async fn message_ids_map_both_ways() {
     each_backend(async |store: Store| {
         store
-            .map_message_id("b", "alice@x", "xmpp-1", "sms-9")
+            .commit_batch("a", &[map_id("xmpp-1", "sms-9")])
             .await
             .unwrap();
         assert_eq!(
@@ -307,7 +317,7 @@ async fn batches_dedupe_record_outcomes_and_rows_move_only_from_dead_instances()
 async fn old_message_ids_are_swept_unless_a_report_waits() {
     each_backend(async |store: Store| {
         store
-            .map_message_id("b", "alice@x", "x1", "f1")
+            .commit_batch("a", &[map_id("x1", "f1")])
             .await
             .unwrap();
         store
@@ -356,14 +366,11 @@ async fn the_sqlite_file_is_created_in_wal_mode() {
 #[tokio::test]
 async fn id_mappings_commit_in_batches_and_the_last_of_a_key_wins() {
     each_backend(async |store: Store| {
-        let map = |xmpp_id: &str, foreign_id: &str| Write::MapId {
-            bridge: "b".into(),
-            jid: "alice@x".into(),
-            xmpp_id: xmpp_id.into(),
-            foreign_id: foreign_id.into(),
-        };
         store
-            .commit_batch("a", &[map("x1", "f1"), map("x2", "f2"), map("x1", "f3")])
+            .commit_batch(
+                "a",
+                &[map_id("x1", "f1"), map_id("x2", "f2"), map_id("x1", "f3")],
+            )
             .await
             .unwrap();
         assert_eq!(
