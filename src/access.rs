@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use crate::config::RateLimit;
 use crate::xmpp::stanza::StanzaFailure;

@@ -1,4 +1,4 @@
-//! Start-up and shutdown: builds every bridge with its link and router, serves HTTP, and on
+//! Start-up and shutdown: builds every bridge with its link and gateway, serves HTTP, and on
 //! shutdown stops taking work, flushes the links, closes the streams and the database.
 
 use std::collections::BTreeMap;
@@ -12,14 +12,17 @@ use jabbridge_sdk::{
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::access::Access;
 use crate::bridges;
-use crate::commit::Committer;
 use crate::config::Config;
+use crate::delivery::commit::Committer;
+use crate::delivery::recovery;
+use crate::gateway::core_link::CoreLink;
+use crate::gateway::{Gateway, Wiring};
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
-use crate::router::{Gateway, RouterSink, Wiring};
 use crate::store::{Store, StoreError};
 use crate::xmpp::session::{self, LinkConfig, backoff};
 
@@ -227,9 +230,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(async move {
             let _ = link_task.await;
         });
-        let sink = Arc::new(RouterSink::new());
-        let core =
-            Core::new(domain.clone(), sink.clone()).with_public_url(config.http.public_url.clone());
+        let (core_link, core_requests) = CoreLink::new(&domain, store.clone());
+        let core = Core::new(domain.clone(), Arc::new(core_link))
+            .with_public_url(config.http.public_url.clone());
         let bridge = build_bridge(index, section, core)?;
         let gateway = Arc::new(Gateway::new(
             domain.clone(),
@@ -244,16 +247,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             config.delivery.clone(),
             section.call_limits(),
         ));
-        sink.attach(&gateway);
+        let span = gateway.span();
         // Before anything new is accepted, so that old messages reach their lanes first.
-        gateway.recover(true).await;
+        recovery::recover(&gateway.delivery, true)
+            .instrument(span.clone())
+            .await;
         if section.allow.is_empty() {
             tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
         }
         tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
-        gateway.spawn_workers(&mut tasks);
-        tasks.spawn(gateway.run(incoming_receiver));
-        tasks.spawn(run_bridge(domain.clone(), bridge.clone(), stopping.clone()));
+        recovery::spawn_workers(&gateway.delivery, &mut tasks);
+        tasks.spawn(gateway.run(incoming_receiver, core_requests));
+        tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
         http_bridges.insert(domain, HttpBridge { bridge, link });
     }
 
@@ -331,13 +336,13 @@ async fn heartbeat(store: Store, owner: String, lease: Duration, stopping: Shutd
 }
 
 /// Runs a bridge's `run`, restarting it with backoff if it fails, until shutdown.
-async fn run_bridge(domain: String, bridge: Arc<dyn Bridge>, stopping: Shutdown) {
+async fn run_bridge(bridge: Arc<dyn Bridge>, stopping: Shutdown) {
     let mut failures = 0;
     loop {
         match bridge.run(stopping.clone()).await {
             Ok(()) => return,
             Err(error) => {
-                tracing::error!(bridge = %domain, %error, "bridge stopped with an error; restarting");
+                tracing::error!(%error, "bridge stopped with an error; restarting");
                 failures += 1;
             }
         }

@@ -1,6 +1,7 @@
 //! The gateway's decisions, asserted as the exact stanzas that come back, in-process
 //! ([`crate::testing::Harness`]): access, registration, size, rate, capabilities, commands,
-//! presence, and a bridge call that never returns.
+//! presence, and a bridge call that never returns. Time is tokio's paused clock, moved by
+//! the tests ([`Harness::advance`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use jabbridge_sdk::{
 use crate::config::{CallLimits, RateLimit};
 use crate::testing::{DOMAIN, Harness, Options, body, condition, error_type};
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stranger_is_forbidden_and_nothing_else_happens() {
     let mut harness = Harness::start(Options::default()).await;
     harness
@@ -40,7 +41,7 @@ async fn a_stranger_is_forbidden_and_nothing_else_happens() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unregistered_user_is_told_to_register() {
     let mut harness = Harness::start(Options::default()).await;
     harness
@@ -53,7 +54,7 @@ async fn an_unregistered_user_is_told_to_register() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_registered_user_gets_the_echo_and_a_receipt() {
     let mut harness = Harness::start(Options::default()).await;
     harness.register("alice@test").await;
@@ -95,7 +96,7 @@ async fn a_registered_user_gets_the_echo_and_a_receipt() {
     harness.nothing_for(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn oversized_texts_groupchat_and_corrections_are_refused_precisely() {
     let mut harness = Harness::start(Options::default()).await;
     harness.register("alice@test").await;
@@ -132,7 +133,7 @@ async fn oversized_texts_groupchat_and_corrections_are_refused_precisely() {
     assert_eq!(error_type(&refused).as_deref(), Some("cancel"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn the_rate_limit_answers_resource_constraint() {
     let mut harness = Harness::start(Options {
         rate_limit: Some(RateLimit {
@@ -165,9 +166,22 @@ async fn the_rate_limit_answers_resource_constraint() {
     assert_eq!(condition(&refused).as_deref(), Some("resource-constraint"));
     assert_eq!(error_type(&refused).as_deref(), Some("wait"));
     assert_eq!(echoes, 2);
+    // Two per minute: one more a half minute later, and not before.
+    harness.advance(Duration::from_secs(29)).await;
+    let early = "<message type='chat' from='alice@test/r' to='bob@echo.test' id='f3'><body>3</body></message>";
+    harness.receive(early).await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("id"), Some("f3"));
+    assert_eq!(condition(&refused).as_deref(), Some("resource-constraint"));
+    harness.advance(Duration::from_secs(2)).await;
+    harness
+        .receive("<message type='chat' from='alice@test/r' to='bob@echo.test' id='f4'><body>4</body></message>")
+        .await;
+    let echo = harness.next().await;
+    assert_eq!(body(&echo).as_deref(), Some("> 4"), "{echo:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn help_lists_what_each_role_may_run() {
     let mut harness = Harness::start(Options {
         allow: vec!["test".into()],
@@ -187,7 +201,7 @@ async fn help_lists_what_each_role_may_run() {
     assert!(admin_help.contains("remove-user"), "{admin_help}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_registered_user_subscribing_to_the_gateway_is_approved_with_its_presence() {
     let mut harness = Harness::start(Options::default()).await;
     harness.register("alice@test").await;
@@ -250,12 +264,12 @@ impl Bridge for Stuck {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stuck_registration_times_out_and_holds_up_no_one_else() {
     let mut harness = Harness::start(Options {
         calls: CallLimits {
             concurrency: 4,
-            timeout: Duration::from_millis(1500),
+            timeout: Duration::from_secs(30),
         },
         bridge: Some(Arc::new(Stuck)),
         ..Options::default()
@@ -279,6 +293,9 @@ async fn a_stuck_registration_times_out_and_holds_up_no_one_else() {
     let first = harness.next().await;
     assert_eq!(first.attr("id"), Some("disco"), "{first:?}");
     assert_eq!(first.attr("type"), Some("result"));
+    // Alice waits the whole call timeout, and no longer.
+    harness.nothing_for(Duration::from_secs(29)).await;
+    harness.advance(Duration::from_secs(1)).await;
     let stuck = harness.next().await;
     assert_eq!(stuck.attr("id"), Some("stuck"));
     assert_eq!(condition(&stuck).as_deref(), Some("remote-server-timeout"));

@@ -2,13 +2,13 @@
 //! they came; items of different keys are handled at the same time. A lane exists only while
 //! it has work, so idle users cost nothing.
 //!
-//! The router puts every stanza in its sender's lane, so one user's slow bridge call holds up
+//! The gateway puts every stanza in its sender's lane, so one user's slow bridge call holds up
 //! that user's later stanzas and no one else's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// The lanes of one router.
+/// Lanes of one kind of work.
 #[derive(Debug)]
 pub struct Lanes<T> {
     queues: Mutex<HashMap<String, VecDeque<T>>>,

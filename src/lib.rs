@@ -7,13 +7,12 @@
 //! - [`access`]: who may use a bridge, who administers it, how fast they may send.
 //! - [`app`]: start-up and orderly shutdown of everything below.
 //! - [`xmpp`]: the component links (`session`), stanza errors, JID escaping, protocol answers.
-//! - [`router`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas;
-//!   presence and registration as XEP-0100 describes; each sender's stanzas in a [`lanes`]
-//!   lane of their own.
-//! - [`delivery`]: the durable outbox and inbox: accepting, per-conversation lanes in
-//!   memory, retries, takeover of other instances' messages.
-//! - [`commit`]: group commit of every write to the queues, one transaction per batch.
-//! - [`commands`]: the gateway's commands (ad-hoc and by chat).
+//! - [`gateway`]: per bridge, stanzas to typed bridge calls and bridge events to stanzas;
+//!   its parts (iq, presence, message, registration, commands, the bridge's requests) in
+//!   modules of their own; each sender's stanzas in a [`lanes`] lane of their own; calls
+//!   into the bridge bounded by [`calls`].
+//! - [`delivery`]: the durable outbox and inbox: accepting, group commit, dispatch to
+//!   per-conversation lanes in memory, outcomes and retries, recovery and takeover.
 //! - [`store`]: the database (SQLite or PostgreSQL): registrations, identities, ids, queues.
 //! - [`http`]: `/health`, `/ready`, `/metrics` and the bridges' webhook routes.
 //! - [`bridges`]: the registry of bridge kinds.
@@ -22,17 +21,16 @@
 pub mod access;
 pub mod app;
 pub mod bridges;
-pub mod commands;
-pub mod commit;
+pub mod calls;
 pub mod config;
 pub mod delivery;
+pub mod gateway;
 #[cfg(test)]
 mod gateway_tests;
 pub mod http;
 pub mod lanes;
 pub mod logging;
 pub mod metrics;
-pub mod router;
 pub mod store;
 #[cfg(test)]
 pub mod testing;

@@ -1,7 +1,12 @@
 //! An in-process harness for the gateway's own decisions: a [`Gateway`] wired as `app.rs`
-//! wires it (router lanes, committer, durable queues, a real bridge) but with a link over a
+//! wires it (sender lanes, committer, durable queues, a real bridge) but with a link over a
 //! channel and SQLite in memory, so that tests hand it stanzas and assert the exact stanzas
 //! that come back, in milliseconds. Interop with real servers stays in `tests/integration`.
+//!
+//! Timers run on tokio's paused clock (`#[tokio::test(start_paused = true)]`), held still
+//! while the harness lives: time moves only when a test calls [`Harness::advance`], so a
+//! 30 s call timeout or a rate limit's refill is tested in no time and never races the
+//! database thread. Waiting for a stanza is bounded in real time instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +18,10 @@ use tokio::task::JoinHandle;
 use xmpp_parsers::minidom::Element;
 
 use crate::access::Access;
-use crate::commit::Committer;
 use crate::config::{CallLimits, DeliveryConfig, RateLimit};
-use crate::router::{Gateway, RouterSink, Wiring};
+use crate::delivery::commit::Committer;
+use crate::gateway::core_link::CoreLink;
+use crate::gateway::{Gateway, Wiring};
 use crate::store::Store;
 use crate::xmpp::session::{self, Outgoing};
 
@@ -57,12 +63,36 @@ pub struct Harness {
     incoming: mpsc::Sender<Element>,
     outgoing: mpsc::Receiver<Outgoing>,
     _stop: watch::Sender<bool>,
-    router: JoinHandle<()>,
+    gateway_task: JoinHandle<()>,
+    /// Dropped to let go of the clock (see [`hold_the_clock`]).
+    _clock: std::sync::mpsc::Sender<()>,
 }
+
+/// Keeps tokio's paused clock from advancing by itself while the returned sender lives: a
+/// running blocking task stops the current-thread runtime from auto-advancing, so only
+/// [`Harness::advance`] moves time.
+fn hold_the_clock() -> std::sync::mpsc::Sender<()> {
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        // Returns once the sender is dropped.
+        let _ = held.recv();
+    });
+    hold
+}
+
+/// Sleeps in real time (on the blocking pool, which the paused clock does not touch).
+async fn real_sleep(wait: Duration) {
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+}
+
+/// How long [`Harness::next`] waits for a stanza, in real time, in steps.
+const STEP: Duration = Duration::from_millis(10);
+const STEPS: usize = 500;
 
 impl Harness {
     /// A gateway on a fresh in-memory database.
     pub async fn start(options: Options) -> Harness {
+        let clock = hold_the_clock();
         // One connection: an in-memory SQLite database lives as long as its connection.
         let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
             .await
@@ -71,14 +101,15 @@ impl Harness {
         let (committer, _committing) = Committer::spawn(store.clone(), "harness".into());
         let (stop, stopping) = Shutdown::new();
         let (link, outgoing) = session::detached(1024);
-        let sink = Arc::new(RouterSink::new());
+        let (core_link, core_requests) = CoreLink::new(DOMAIN, store.clone());
+        let core = Core::new(DOMAIN, Arc::new(core_link));
         let bridge = match options.bridge {
             Some(bridge) => bridge,
             None => {
                 let build = crate::bridges::find("echo").expect("the echo bridge");
                 let mut keys = serde_json::Map::new();
                 keys.insert("prefix".into(), "> ".into());
-                build(&Settings::new(keys), Core::new(DOMAIN, sink.clone())).expect("echo")
+                build(&Settings::new(keys), core).expect("echo")
             }
         };
         let gateway = Arc::new(Gateway::new(
@@ -94,19 +125,19 @@ impl Harness {
             DeliveryConfig::default(),
             options.calls,
         ));
-        sink.attach(&gateway);
         let (incoming, receiver) = mpsc::channel(64);
-        let router = tokio::spawn(gateway.clone().run(receiver));
+        let gateway_task = tokio::spawn(gateway.clone().run(receiver, core_requests));
         Harness {
             gateway,
             incoming,
             outgoing,
             _stop: stop,
-            router,
+            gateway_task,
+            _clock: clock,
         }
     }
 
-    /// Hands the router `xml` as if the server had sent it (the component namespace is
+    /// Hands the gateway `xml` as if the server had sent it (the component namespace is
     /// added to its top element).
     pub async fn receive(&self, xml: &str) {
         let name_end = xml.find([' ', '>', '/']).expect("an element");
@@ -114,22 +145,39 @@ impl Harness {
         let element: Element = namespaced
             .parse()
             .unwrap_or_else(|error| panic!("{namespaced}: {error}"));
-        self.incoming.send(element).await.expect("the router runs");
+        self.incoming.send(element).await.expect("the gateway runs");
     }
 
-    /// The next stanza the gateway sends, marked written as a link would; fails after 5 s.
+    /// The next stanza the gateway sends, marked written as a link would; fails after 5 s
+    /// of real time.
     pub async fn next(&mut self) -> Element {
-        let outgoing = tokio::time::timeout(Duration::from_secs(5), self.outgoing.recv())
-            .await
-            .expect("a stanza within 5 s")
-            .expect("the link handle is alive");
-        outgoing.written()
+        for _ in 0..STEPS {
+            tokio::select! {
+                outgoing = self.outgoing.recv() => {
+                    return outgoing.expect("the link handle is alive").written();
+                }
+                () = real_sleep(STEP) => {}
+            }
+        }
+        panic!("no stanza within {:?}", STEP * STEPS as u32);
     }
 
-    /// Asserts that the gateway sends nothing for `wait`.
+    /// Moves the clock on by `wait`, firing the timers due meanwhile.
+    pub async fn advance(&self, wait: Duration) {
+        tokio::time::advance(wait).await;
+    }
+
+    /// Asserts that the gateway sends nothing while the clock moves on by `wait` (and a
+    /// moment of real time passes, for work in flight on the database thread).
     pub async fn nothing_for(&mut self, wait: Duration) {
-        if let Ok(Some(outgoing)) = tokio::time::timeout(wait, self.outgoing.recv()).await {
-            panic!("unexpected stanza: {}", String::from(&outgoing.written()));
+        self.advance(wait).await;
+        for _ in 0..20 {
+            tokio::select! {
+                Some(outgoing) = self.outgoing.recv() => {
+                    panic!("unexpected stanza: {}", String::from(&outgoing.written()));
+                }
+                () = real_sleep(STEP) => {}
+            }
         }
     }
 
@@ -153,7 +201,7 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        self.router.abort();
+        self.gateway_task.abort();
     }
 }
 

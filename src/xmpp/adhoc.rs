@@ -1,11 +1,11 @@
 //! XEP-0050 ad-hoc commands on the wire: the command list (disco#items on the commands
 //! node), reading a `<command/>` request, and rendering a step's outcome. What the commands
-//! do lives in [`crate::commands`].
+//! do lives in the gateway (`gateway::commands`).
 //!
 //! Sessions carry no server-side state: every submission holds the whole form, so a
 //! multi-step command works even when ejabberd hands the second step to another instance.
 
-use jabbridge_sdk::FormValues;
+use jabbridge_sdk::{Form, FormValues};
 use xmpp_parsers::{
     disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item},
     jid::Jid,
@@ -13,15 +13,32 @@ use xmpp_parsers::{
     ns,
 };
 
-use crate::commands::{Listed, Outcome};
 use crate::xmpp::register;
 use crate::xmpp::stanza::StanzaFailure;
 
 /// The XEP-0050 namespace, also the disco node that lists the commands.
 pub const NS: &str = "http://jabber.org/protocol/commands";
 
+/// A command as the wire lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Its node.
+    pub node: &'a str,
+    /// Its name, as clients show it.
+    pub name: &'a str,
+}
+
+/// What one step of a command came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The command needs this form filled in (with current values) before it can finish.
+    Form(Form, FormValues),
+    /// The command finished; this is what it says.
+    Done(String),
+}
+
 /// The commands a user may run, as disco#items of the commands node.
-pub fn command_list(domain: &str, commands: &[Listed]) -> DiscoItemsResult {
+pub fn command_list(domain: &str, commands: &[Entry<'_>]) -> DiscoItemsResult {
     let jid: Option<Jid> = domain.parse().ok();
     DiscoItemsResult {
         node: Some(NS.into()),
@@ -30,8 +47,8 @@ pub fn command_list(domain: &str, commands: &[Listed]) -> DiscoItemsResult {
             .filter_map(|command| {
                 Some(Item {
                     jid: jid.clone()?,
-                    node: Some(command.node.clone()),
-                    name: Some(command.name.clone()),
+                    node: Some(command.node.to_owned()),
+                    name: Some(command.name.to_owned()),
                 })
             })
             .collect(),
@@ -40,7 +57,7 @@ pub fn command_list(domain: &str, commands: &[Listed]) -> DiscoItemsResult {
 }
 
 /// disco#info of the commands node or of one command's node, among `commands`.
-pub fn node_info(node: &str, commands: &[Listed]) -> Result<Element, StanzaFailure> {
+pub fn node_info(node: &str, commands: &[Entry<'_>]) -> Result<Element, StanzaFailure> {
     let (type_, name) = if node == NS {
         ("command-list", "Commands")
     } else {
@@ -48,7 +65,7 @@ pub fn node_info(node: &str, commands: &[Listed]) -> Result<Element, StanzaFailu
             .iter()
             .find(|command| command.node == node)
             .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no node '{node}'")))?;
-        ("command-node", command.name.as_str())
+        ("command-node", command.name)
     };
     Ok(DiscoInfoResult {
         node: Some(node.into()),

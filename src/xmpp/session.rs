@@ -4,7 +4,7 @@
 //! wrapper ends its stream on the first stanza it cannot parse, on 60 s of silence, and never
 //! reconnects. Here:
 //! - stanzas are read as plain [`Element`]s, so a stanza that does not parse as a message,
-//!   presence or iq still reaches the router, which answers it with a stanza error;
+//!   presence or iq still reaches the gateway, which answers it with a stanza error;
 //! - silence for `keepalive` sends a XEP-0199 ping (to our own domain, through the server);
 //!   no answer within `keepalive_timeout` declares the link dead;
 //! - any disconnect reconnects with capped exponential backoff and jitter;
@@ -449,8 +449,8 @@ async fn serve(
         write(domain, stream, unsent, stanza).await?;
     }
     state.set_connected(true);
-    // A stanza read but not yet taken by the router: while it waits, we stop reading (so
-    // the server feels backpressure) but keep writing (so the router never deadlocks on us).
+    // A stanza read but not yet taken by the gateway: while it waits, we stop reading (so
+    // the server feels backpressure) but keep writing (so the gateway never deadlocks on us).
     let mut received: Option<Element> = None;
     let mut pings: u64 = 0;
     let stopping = shutdown.wait();
@@ -463,7 +463,7 @@ async fn serve(
             }
             permit = incoming.reserve(), if received.is_some() => {
                 let Ok(permit) = permit else {
-                    return Err(LinkError::Lost("router stopped".into()));
+                    return Err(LinkError::Lost("gateway stopped".into()));
                 };
                 if let Some(stanza) = received.take() {
                     permit.send(stanza);

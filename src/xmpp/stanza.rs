@@ -1,13 +1,23 @@
-//! Stanza errors: the one place where a typed [`StanzaFailure`] becomes an XMPP error
-//! stanza, for typed and for unparseable stanzas alike.
+//! Every stanza the core sends is built here: errors (the one place where a typed
+//! [`StanzaFailure`] becomes an XMPP error, for typed and unparseable stanzas alike),
+//! presences, receipts, chat answers and the messages that carry a foreign network's text.
+//! Payloads that belong to one protocol (data forms, disco, ad-hoc steps) are rendered by
+//! that protocol's module and wrapped here or in [`crate::xmpp::service::reply`].
 
+use jabbridge_sdk::{Attachment, UserStatus};
 use xmpp_parsers::{
+    date::DateTime,
+    delay::Delay,
     iq::Iq,
-    jid::Jid,
-    message::{Id, Message, MessageType},
+    jid::{BareJid, Jid},
+    message::{Id, Lang, Message, MessageType},
     minidom::Element,
-    presence::Presence,
+    nick::Nick,
+    oob::Oob,
+    presence::{Presence, Type as PresenceType},
+    receipts::Received,
     stanza_error::{DefinedCondition, ErrorType, StanzaError},
+    stanza_id::OriginId,
 };
 
 /// Why a stanza was refused, in the core's terms. Each becomes one RFC 6120 condition.
@@ -241,6 +251,111 @@ pub fn error_presence(from: Jid, to: Jid, failure: &StanzaFailure) -> Element {
         .with_payload(failure.to_stanza_error());
     presence.from = Some(from);
     presence.into()
+}
+
+/// A presence of `type_` from `from` to `to`, with a XEP-0172 nick when one is given.
+pub fn presence(type_: PresenceType, from: Jid, to: Jid, nick: Option<String>) -> Element {
+    let mut presence = Presence::new(type_).with_to(to);
+    presence.from = Some(from);
+    if let Some(nick) = nick {
+        presence = presence.with_payloads(vec![Nick(nick).into()]);
+    }
+    presence.into()
+}
+
+/// The gateway's presence to a user: the state of their link to the foreign network
+/// (XEP-0100 §6): available, unavailable with a status, or an error for bad credentials.
+pub fn link_status(from: Jid, to: &BareJid, status: UserStatus) -> Element {
+    let to = Jid::from(to.clone());
+    match status {
+        UserStatus::Connected(text) => {
+            let mut presence = Presence::available().with_to(to);
+            presence.from = Some(from);
+            if let Some(text) = text {
+                presence.set_status(Lang::default(), text);
+            }
+            presence.into()
+        }
+        UserStatus::Unavailable(text) => {
+            let mut presence = Presence::new(PresenceType::Unavailable).with_to(to);
+            presence.from = Some(from);
+            presence.set_status(Lang::default(), text);
+            presence.into()
+        }
+        UserStatus::BadCredentials(text) => {
+            error_presence(from, to, &StanzaFailure::NotAuthorized(text))
+        }
+    }
+}
+
+/// A chat message from `from` to `to` (the gateway answering a command by chat).
+pub fn chat(from: Jid, to: Jid, text: String) -> Element {
+    let mut message = Message::chat(Some(to)).with_body(Lang::default(), text);
+    message.from = Some(from);
+    message.into()
+}
+
+/// A XEP-0184 receipt from the contact `from` to the sender `to`, for their message `id`.
+pub fn receipt(from: Jid, to: Jid, id: &str, receipt_id: String) -> Element {
+    let mut receipt = Message::new(Some(to)).with_payload(Received { id: id.to_owned() });
+    receipt.from = Some(from);
+    receipt.id = Some(Id(receipt_id));
+    receipt.into()
+}
+
+/// An error message from the contact `from` telling the sender `to` that their message `id`
+/// was not delivered, and why. `None` if the stored addresses do not parse.
+pub fn undelivered(from: &str, to: &str, id: String, failure: &StanzaFailure) -> Option<Element> {
+    let header = StanzaHeader {
+        kind: StanzaKind::Message,
+        from: Some(to.to_owned()),
+        to: Some(from.to_owned()),
+        id: Some(id),
+        type_: Some("chat".into()),
+    };
+    error_reply(&header, failure)
+}
+
+/// A message from a foreign network, as the user receives it.
+pub struct Carried<'a> {
+    /// Its fixed id, used as stanza id and XEP-0359 origin-id, so that a redelivery after a
+    /// crash carries the same one.
+    pub id: &'a str,
+    /// The contact's JID on the bridge's domain.
+    pub from: Jid,
+    /// The user.
+    pub to: BareJid,
+    /// The text.
+    pub text: &'a str,
+    /// XEP-0066 out-of-band URLs.
+    pub attachments: &'a [Attachment],
+    /// A XEP-0203 delay for a late delivery: who delayed it, and when it was sent.
+    pub delay: Option<(Option<Jid>, DateTime)>,
+}
+
+/// The chat message that carries a foreign network's message to a user.
+pub fn carried(message: Carried<'_>) -> Element {
+    let mut stanza = Message::chat(Some(Jid::from(message.to)))
+        .with_body(Lang::default(), message.text.to_owned())
+        .with_payload(OriginId {
+            id: message.id.to_owned(),
+        });
+    for attachment in message.attachments {
+        stanza = stanza.with_payload(Oob {
+            url: attachment.url.clone(),
+            desc: attachment.description.clone(),
+        });
+    }
+    if let Some((from, stamp)) = message.delay {
+        stanza = stanza.with_payload(Delay {
+            from,
+            stamp,
+            data: None,
+        });
+    }
+    stanza.from = Some(message.from);
+    stanza.id = Some(Id(message.id.to_owned()));
+    stanza.into()
 }
 
 #[cfg(test)]

@@ -1,0 +1,460 @@
+//! The gateway's commands: one catalog, reachable as XEP-0050 ad-hoc commands (rendered by
+//! [`crate::xmpp::adhoc`]) and as a chat bot on the bare bridge domain (`help` lists them),
+//! because many clients have no ad-hoc UI.
+//!
+//! User commands: `register`, `unregister`, `status`. Admin commands (for the bridge's
+//! `admins`): `stats`, `users`, `remove-user`. A bridge adds its own
+//! ([`jabbridge_sdk::Bridge::commands`]); the catalog is [`catalog`].
+
+use jabbridge_sdk::{CommandError, Field, FieldKind, Form, FormValues, UserJid, UserStatus};
+
+use super::{Gateway, registration};
+use crate::access::Role;
+use crate::store::Queue;
+use crate::xmpp::adhoc::{self, Outcome};
+use crate::xmpp::stanza::StanzaFailure;
+
+/// One command of the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    /// Its XEP-0050 node, and its word in chat.
+    pub node: &'static str,
+    /// What it does, as shown in clients and in `help`.
+    pub name: &'static str,
+    /// Whether only admins see and run it.
+    pub admin: bool,
+    /// How to say it in chat, after the word.
+    pub usage: &'static str,
+}
+
+/// Every command, in the order `help` lists them.
+pub const COMMANDS: &[Command] = &[
+    Command {
+        node: "register",
+        name: "Register or change your settings",
+        admin: false,
+        usage: "field=value …",
+    },
+    Command {
+        node: "unregister",
+        name: "Unregister and delete your settings",
+        admin: false,
+        usage: "",
+    },
+    Command {
+        node: "status",
+        name: "Your registration and connection",
+        admin: false,
+        usage: "",
+    },
+    Command {
+        node: "stats",
+        name: "Gateway statistics",
+        admin: true,
+        usage: "",
+    },
+    Command {
+        node: "users",
+        name: "List registered users",
+        admin: true,
+        usage: "",
+    },
+    Command {
+        node: "remove-user",
+        name: "Unregister a user",
+        admin: true,
+        usage: "jid=USER@DOMAIN",
+    },
+];
+
+/// One entry of a gateway's catalog: a core command or one its bridge added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// Its XEP-0050 node, and its word in chat.
+    pub node: String,
+    /// What it does.
+    pub name: String,
+    /// Whether only admins see and run it.
+    pub admin: bool,
+    /// How to say it in chat, after the word.
+    pub usage: String,
+    /// Who runs it.
+    source: Source,
+}
+
+/// Who runs a listed command.
+#[derive(Debug, Clone, PartialEq)]
+enum Source {
+    /// The core, in [`run`].
+    Core,
+    /// The bridge, after the user filled in this form (if any).
+    Bridge(Option<Form>),
+}
+
+impl Listed {
+    /// How XEP-0050 lists it.
+    pub fn entry(&self) -> adhoc::Entry<'_> {
+        adhoc::Entry {
+            node: &self.node,
+            name: &self.name,
+        }
+    }
+
+    /// Whether chat words after the command are its form's values.
+    fn takes_values(&self) -> bool {
+        match &self.source {
+            Source::Bridge(form) => form.is_some(),
+            Source::Core => matches!(self.node.as_str(), "register" | "remove-user"),
+        }
+    }
+
+    /// Whether `role` may run it.
+    fn allowed(&self, role: Option<Role>) -> bool {
+        match role {
+            Some(Role::Admin) => true,
+            Some(Role::User) => !self.admin,
+            None => false,
+        }
+    }
+}
+
+fn remove_user_form() -> Form {
+    Form {
+        title: "Unregister a user".into(),
+        instructions: "Give the bare JID of the user to unregister.".into(),
+        fields: vec![Field {
+            var: "jid".into(),
+            label: "User JID".into(),
+            kind: FieldKind::Text,
+            required: true,
+        }],
+    }
+}
+
+/// Every command `role` may run: the core's, then the bridge's (a bridge command named
+/// like a core one is left out). `None` lists every command.
+pub fn catalog(gateway: &Gateway, role: Option<Role>) -> Vec<Listed> {
+    let core = COMMANDS.iter().map(|command| Listed {
+        node: command.node.into(),
+        name: command.name.into(),
+        admin: command.admin,
+        usage: command.usage.into(),
+        source: Source::Core,
+    });
+    let bridge = gateway
+        .bridge
+        .commands()
+        .into_iter()
+        .filter(|command| COMMANDS.iter().all(|core| core.node != command.node))
+        .map(|command| Listed {
+            usage: command
+                .form
+                .iter()
+                .flat_map(|form| &form.fields)
+                .map(|field| format!("{}=…", field.var))
+                .collect::<Vec<_>>()
+                .join(" "),
+            node: command.node,
+            name: command.name,
+            admin: command.admin,
+            source: Source::Bridge(command.form),
+        });
+    core.chain(bridge)
+        .filter(|command| role.is_none() || command.allowed(role))
+        .collect()
+}
+
+/// Runs one step of command `node` for `user`: without `input` the first step (which
+/// may ask for a form), with `input` the submission of that form.
+pub async fn run(
+    gateway: &Gateway,
+    user: &str,
+    role: Role,
+    node: &str,
+    input: Option<FormValues>,
+) -> Result<Outcome, StanzaFailure> {
+    let command = catalog(gateway, None)
+        .into_iter()
+        .find(|command| command.node == node)
+        .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no command '{node}'")))?;
+    if !command.allowed(Some(role)) {
+        return Err(StanzaFailure::Forbidden(format!(
+            "'{node}' is for the admins of {}",
+            gateway.domain
+        )));
+    }
+    if let Source::Bridge(form) = command.source {
+        return run_bridge_command(gateway, user, node, form, input).await;
+    }
+    match (command.node.as_str(), input) {
+        ("register", None) => {
+            let form = gateway.info.registration.clone().ok_or_else(|| {
+                StanzaFailure::FeatureNotImplemented(format!(
+                    "{} needs no registration",
+                    gateway.domain
+                ))
+            })?;
+            Ok(Outcome::Form(form, current_values(gateway, user).await?))
+        }
+        ("register", Some(values)) => {
+            let new = registration::register(gateway, user, &values).await?;
+            Ok(Outcome::Done(if new {
+                format!("You are registered with {}.", gateway.domain)
+            } else {
+                "Your registration is updated.".into()
+            }))
+        }
+        ("unregister", _) => {
+            registration::unregister(gateway, user, false).await?;
+            Ok(Outcome::Done(format!(
+                "You are unregistered from {}; your settings are deleted.",
+                gateway.domain
+            )))
+        }
+        ("status", _) => status_text(gateway, user).await.map(Outcome::Done),
+        ("stats", _) => stats_text(gateway).await.map(Outcome::Done),
+        ("users", _) => {
+            let users = gateway
+                .store
+                .registered_jids(&gateway.domain)
+                .await
+                .map_err(|_| StanzaFailure::Internal)?;
+            Ok(Outcome::Done(if users.is_empty() {
+                "No registered users.".into()
+            } else {
+                format!("{} registered:\n{}", users.len(), users.join("\n"))
+            }))
+        }
+        ("remove-user", None) => Ok(Outcome::Form(remove_user_form(), FormValues::default())),
+        ("remove-user", Some(values)) => {
+            remove_user_form()
+                .validate(&values)
+                .map_err(StanzaFailure::NotAcceptable)?;
+            let jid = values.get("jid").unwrap_or_default().trim().to_owned();
+            registration::unregister(gateway, &jid, true).await?;
+            tracing::info!(admin = user, removed = jid, "admin removed a user");
+            Ok(Outcome::Done(format!("{jid} is unregistered.")))
+        }
+        _ => Err(StanzaFailure::ItemNotFound(format!("no command '{node}'"))),
+    }
+}
+
+/// A bridge command: its form first (when it has one), then the bridge runs it.
+async fn run_bridge_command(
+    gateway: &Gateway,
+    user: &str,
+    node: &str,
+    form: Option<Form>,
+    input: Option<FormValues>,
+) -> Result<Outcome, StanzaFailure> {
+    let values = match (form, input) {
+        (Some(form), None) => return Ok(Outcome::Form(form, FormValues::default())),
+        (Some(form), Some(values)) => {
+            form.validate(&values)
+                .map_err(StanzaFailure::NotAcceptable)?;
+            values
+        }
+        (None, _) => FormValues::default(),
+    };
+    let caller = UserJid::new(user);
+    let call = gateway.bridge.run_command(&caller, node, &values);
+    match gateway.call("the command", call).await? {
+        Ok(text) => {
+            tracing::info!(user, command = node, "ran a bridge command");
+            Ok(Outcome::Done(text))
+        }
+        Err(CommandError::Rejected(reason)) => Err(StanzaFailure::NotAcceptable(reason)),
+        Err(CommandError::Failed(reason)) => Err(StanzaFailure::Unavailable(reason)),
+    }
+}
+
+/// The user's registration as form values (secrets are never shown back).
+async fn current_values(gateway: &Gateway, user: &str) -> Result<FormValues, StanzaFailure> {
+    let stored = gateway
+        .store
+        .registration(&gateway.domain, user)
+        .await
+        .map_err(|_| StanzaFailure::Internal)?;
+    let mut values = FormValues::default();
+    if let Some(serde_json::Value::Object(fields)) = stored {
+        for (key, value) in fields {
+            if let serde_json::Value::String(text) = value {
+                values.0.insert(key, text);
+            }
+        }
+    }
+    Ok(values)
+}
+
+async fn status_text(gateway: &Gateway, user: &str) -> Result<String, StanzaFailure> {
+    if !gateway.is_member(user).await? {
+        return Ok(format!(
+            "You are not registered with {}. Say 'register' to start.",
+            gateway.domain
+        ));
+    }
+    let link = match gateway.bridge.user_status(&UserJid::new(user)) {
+        UserStatus::Connected(None) => "connected".to_owned(),
+        UserStatus::Connected(Some(text)) => format!("connected ({text})"),
+        UserStatus::Unavailable(text) => format!("unavailable: {text}"),
+        UserStatus::BadCredentials(text) => {
+            format!("credentials refused: {text}. Say 'register' to change them.")
+        }
+    };
+    Ok(format!(
+        "You are registered with {} ({}).\nYour link to the network: {link}.",
+        gateway.domain, gateway.info.name
+    ))
+}
+
+async fn stats_text(gateway: &Gateway) -> Result<String, StanzaFailure> {
+    let internal = |_| StanzaFailure::Internal;
+    let store = &gateway.store;
+    let domain = gateway.domain.as_str();
+    let users = store.registered_jids(domain).await.map_err(internal)?.len();
+    let mut lines = vec![
+        format!(
+            "{domain}: link {}",
+            if gateway.link.state.is_connected() {
+                "up"
+            } else {
+                "down"
+            }
+        ),
+        format!(
+            "Registered users: {users}; online: {}",
+            gateway.online_users()
+        ),
+    ];
+    for (queue, label) in [(Queue::Outbox, "To the network"), (Queue::Inbox, "To XMPP")] {
+        lines.push(format!(
+            "{label}: {} waiting, {} delivered, {} failed",
+            store.pending(queue, domain).await.map_err(internal)?,
+            store
+                .finished(queue, domain, true)
+                .await
+                .map_err(internal)?,
+            store
+                .finished(queue, domain, false)
+                .await
+                .map_err(internal)?,
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Answers a chat message to the bare domain: `help`, or a command with its values as
+/// `field=value` words.
+pub async fn by_chat(gateway: &Gateway, user: &str, role: Role, text: &str) -> String {
+    let text = text.trim();
+    let (word, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let word = word.to_lowercase();
+    if matches!(word.as_str(), "help" | "?" | "commands" | "") {
+        return help(gateway, user, role);
+    }
+    let Some(command) = catalog(gateway, None)
+        .into_iter()
+        .find(|command| command.node == word)
+    else {
+        return format!("I don't know '{word}'.\n{}", help(gateway, user, role));
+    };
+    let values = parse_values(rest);
+    let input = (command.takes_values() && !values.0.is_empty()).then_some(values);
+    match run(gateway, user, role, &command.node, input).await {
+        Ok(Outcome::Done(text)) => text,
+        Ok(Outcome::Form(form, _)) => {
+            let fields: Vec<String> = form
+                .fields
+                .iter()
+                .map(|field| {
+                    format!(
+                        "  {}=…  {}{}",
+                        field.var,
+                        field.label,
+                        if field.required { " (required)" } else { "" }
+                    )
+                })
+                .collect();
+            format!(
+                "{}\n{}\nSay: {} {}\n{}",
+                form.title,
+                form.instructions,
+                command.node,
+                command.usage,
+                fields.join("\n")
+            )
+        }
+        Err(failure) => format!("{}: {failure}", command.node),
+    }
+}
+
+fn help(gateway: &Gateway, user: &str, role: Role) -> String {
+    let mut lines = vec![format!(
+        "This is {} (Jabbridge {}). Write to a contact as ADDRESS@{}.",
+        gateway.info.name,
+        env!("CARGO_PKG_VERSION"),
+        gateway.domain
+    )];
+    lines.extend(gateway.bridge.describe(&UserJid::new(user)));
+    lines.push("Commands (also as ad-hoc commands):".into());
+    for command in catalog(gateway, Some(role)) {
+        let usage = if command.usage.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", command.usage)
+        };
+        lines.push(format!("  {}{usage}: {}", command.node, command.name));
+    }
+    lines.join("\n")
+}
+
+/// `a=1 b=two words` → `{a: "1", b: "two words"}`: a word with `=` starts a field; words
+/// without continue the previous value.
+fn parse_values(text: &str) -> FormValues {
+    let mut values = FormValues::default();
+    let mut current: Option<String> = None;
+    for word in text.split_whitespace() {
+        match word.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                values.0.insert(key.to_owned(), value.to_owned());
+                current = Some(key.to_owned());
+            }
+            _ => {
+                if let Some(value) = current.as_ref().and_then(|key| values.0.get_mut(key)) {
+                    value.push(' ');
+                    value.push_str(word);
+                }
+            }
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_in_chat() {
+        let values = parse_values("prefix=Bob says: name=x");
+        assert_eq!(values.get("prefix"), Some("Bob says:"));
+        assert_eq!(values.get("name"), Some("x"));
+        assert!(parse_values("").0.is_empty());
+        assert!(parse_values("=x stray").0.is_empty());
+    }
+
+    #[test]
+    fn users_do_not_see_admin_commands() {
+        let listed = |admin| Listed {
+            node: "x".into(),
+            name: "x".into(),
+            admin,
+            usage: String::new(),
+            source: Source::Bridge(None),
+        };
+        assert!(listed(false).allowed(Some(Role::User)));
+        assert!(!listed(true).allowed(Some(Role::User)));
+        assert!(listed(true).allowed(Some(Role::Admin)));
+        assert!(!listed(false).allowed(None));
+    }
+}

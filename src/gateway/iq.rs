@@ -1,0 +1,152 @@
+//! The gateway's answers to iq requests: service discovery and version (on the gateway and
+//! on contacts), the XEP-0077 registration form, the XEP-0100 prompt, and XEP-0050
+//! commands. Anything else is `service-unavailable`.
+
+use xmpp_parsers::{iq::Iq, jid::Jid, minidom::Element, ns};
+
+use super::{Answer, Gateway, commands, registration};
+use crate::xmpp::adhoc;
+use crate::xmpp::register::{self, Submission};
+use crate::xmpp::service::{self, Target};
+use crate::xmpp::session::is_keepalive_id;
+use crate::xmpp::stanza::StanzaFailure;
+
+/// Answers an iq: a result with the answer's payload, or the refusal.
+pub(super) async fn on_iq(gateway: &Gateway, element: Element) -> Answer {
+    let iq = Iq::try_from(element)
+        .map_err(|error| StanzaFailure::BadRequest(format!("this iq does not parse: {error}")))?;
+    let (is_set, from, to, id, payload) = match iq {
+        Iq::Get {
+            from,
+            to,
+            id,
+            payload,
+        } => (false, from, to, id, payload),
+        Iq::Set {
+            from,
+            to,
+            id,
+            payload,
+        } => (true, from, to, id, payload),
+        Iq::Result { id, .. } | Iq::Error { id, .. } => {
+            if !is_keepalive_id(&id) {
+                tracing::debug!(id, "ignored an unsolicited iq response");
+            }
+            return Ok(None);
+        }
+    };
+    let Some(from) = from else {
+        return Ok(None);
+    };
+    let answer = answer(gateway, is_set, &from, to.as_ref(), &payload).await;
+    service::reply(from, to, id, answer).map(Some)
+}
+
+async fn answer(
+    gateway: &Gateway,
+    is_set: bool,
+    from: &Jid,
+    to: Option<&Jid>,
+    payload: &Element,
+) -> service::IqAnswer {
+    let user = from.to_bare().to_string();
+    let to_gateway = to.is_none_or(|to| to.node().is_none());
+    let namespace = payload.ns();
+    let protocol = (payload.name(), namespace.as_str());
+    match (to_gateway, is_set, protocol) {
+        (true, false, ("query", ns::REGISTER)) => {
+            gateway.access.check(&user)?;
+            registration_form(gateway, &user).await
+        }
+        (true, true, ("query", ns::REGISTER)) => {
+            gateway.access.check(&user)?;
+            registration_submitted(gateway, &user, payload).await
+        }
+        (true, false, ("query", service::GATEWAY)) => {
+            gateway.access.check(&user)?;
+            Ok(Some(service::prompt_query(&gateway.info.prompt)))
+        }
+        (true, true, ("query", service::GATEWAY)) => {
+            gateway.access.check(&user)?;
+            let typed = service::read_prompt(payload)?;
+            let contact = gateway
+                .bridge
+                .parse_address(typed.trim())
+                .map_err(|error| StanzaFailure::NotAcceptable(error.0))?;
+            let jid = gateway
+                .contact_jid(&contact)
+                .map_err(StanzaFailure::NotAcceptable)?;
+            Ok(Some(service::prompt_answer(&jid)))
+        }
+        (true, true, ("command", adhoc::NS)) => {
+            let role = gateway.access.check(&user)?;
+            let request = adhoc::Request::parse(payload)?;
+            let outcome = if request.cancelled {
+                None
+            } else {
+                Some(commands::run(gateway, &user, role, &request.node, request.values).await?)
+            };
+            Ok(Some(adhoc::response(
+                &request.node,
+                &request.session,
+                outcome,
+            )))
+        }
+        (true, false, ("query", ns::DISCO_ITEMS)) if payload.attr("node") == Some(adhoc::NS) => {
+            let commands = match gateway.access.role(&user) {
+                Some(role) => commands::catalog(gateway, Some(role)),
+                None => Vec::new(),
+            };
+            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+            Ok(Some(adhoc::command_list(&gateway.domain, &entries).into()))
+        }
+        (true, false, ("query", ns::DISCO_INFO)) if payload.attr("node").is_some() => {
+            let node = payload.attr("node").unwrap_or_default();
+            let commands = commands::catalog(gateway, None);
+            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+            adhoc::node_info(node, &entries).map(Some)
+        }
+        (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
+        (true, false, _) => service::answer_get(&gateway.info, Target::Gateway, payload),
+        (false, false, _) => {
+            let contact = to
+                .map(|to| gateway.contact_of(to))
+                .transpose()?
+                .flatten()
+                .map(|contact| gateway.bridge.format_address(&contact))
+                .unwrap_or_default();
+            service::answer_get(&gateway.info, Target::Contact(&contact), payload)
+        }
+    }
+}
+
+/// XEP-0077 `get`: the bridge's form, saying whether the user is registered.
+async fn registration_form(gateway: &Gateway, user: &str) -> service::IqAnswer {
+    let form = gateway
+        .info
+        .registration
+        .as_ref()
+        .ok_or(StanzaFailure::ServiceUnavailable)?;
+    let registered = gateway.is_registered(user).await?;
+    Ok(Some(register::form_query(form, registered)))
+}
+
+/// XEP-0077 `set`: register, re-register (update) or remove.
+async fn registration_submitted(
+    gateway: &Gateway,
+    user: &str,
+    payload: &Element,
+) -> service::IqAnswer {
+    let form = gateway
+        .info
+        .registration
+        .as_ref()
+        .ok_or(StanzaFailure::ServiceUnavailable)?;
+    match register::parse_submission(payload, form)? {
+        Submission::Remove => registration::unregister(gateway, user, false).await?,
+        Submission::Register(values) => {
+            registration::register(gateway, user, &values).await?;
+        }
+    }
+    Ok(None)
+}

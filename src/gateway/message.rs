@@ -1,0 +1,149 @@
+//! Chat messages from users: to a contact, a message for the outbox (after the checks:
+//! access, capabilities, registration, size, rate) or a typing notification for the bridge;
+//! to the bare gateway, a command by chat.
+
+use jabbridge_sdk::{Attachment, ChatState, ForeignId, UserJid};
+use xmpp_parsers::{
+    chatstates,
+    message::{Message, MessageType},
+    message_correct::Replace,
+    minidom::Element,
+    ns,
+    oob::Oob,
+    stanza_id::OriginId,
+};
+
+use super::{Answer, Gateway, commands};
+use crate::delivery::{MAX_TEXT, OutboxEntry, accept};
+use crate::xmpp::stanza::{self, StanzaFailure};
+
+/// Handles a message addressed to the gateway or a contact.
+pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
+    let message = Message::try_from(element).map_err(|error| {
+        StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
+    })?;
+    if message.type_ == MessageType::Error {
+        tracing::debug!("ignored an error message");
+        return Ok(None);
+    }
+    let (Some(from), Some(to)) = (message.from.clone(), message.to.clone()) else {
+        return Ok(None);
+    };
+    let user = from.to_bare().to_string();
+    // Bodies come keyed by language (servers stamp xml:lang); take the first non-empty.
+    let text = message
+        .bodies
+        .values()
+        .find(|body| !body.trim().is_empty())
+        .cloned();
+    let contact = gateway.contact_of(&to)?;
+    let role = match (&text, &contact) {
+        // Typing notifications, receipts and markers from strangers: drop quietly.
+        (None, _) => match gateway.access.role(&user) {
+            Some(role) => role,
+            None => return Ok(None),
+        },
+        _ => gateway.access.check(&user)?,
+    };
+    let Some(contact) = contact else {
+        let Some(text) = text else { return Ok(None) };
+        // Commands cost database work: they count against the rate limit too.
+        gateway.access.take(&user)?;
+        let reply = commands::by_chat(gateway, &user, role, &text).await;
+        return Ok(Some(stanza::chat(to, from, reply)));
+    };
+    if message.type_ == MessageType::Groupchat {
+        return Err(StanzaFailure::FeatureNotImplemented(
+            "this bridge does not carry group chat messages".into(),
+        ));
+    }
+    let Some(text) = text else {
+        pass_chat_state(gateway, &message, &user, contact).await;
+        return Ok(None);
+    };
+    let replaces = message
+        .payloads
+        .iter()
+        .find_map(|payload| Replace::try_from(payload.clone()).ok())
+        .map(|replace| replace.id.0);
+    if replaces.is_some() && !gateway.info.capabilities.corrections {
+        return Err(StanzaFailure::FeatureNotImplemented(format!(
+            "{} cannot carry corrections: the correction was not sent; send a new message",
+            gateway.info.name
+        )));
+    }
+    if !gateway.is_member(&user).await? {
+        return Err(StanzaFailure::RegistrationRequired(format!(
+            "register with {} first (service discovery, or send 'help' to {})",
+            gateway.domain, gateway.domain
+        )));
+    }
+    if text.len() > MAX_TEXT {
+        return Err(StanzaFailure::NotAcceptable(format!(
+            "the message is {} bytes; at most {MAX_TEXT} are carried",
+            text.len()
+        )));
+    }
+    gateway.access.take(&user)?;
+    let stanza_id = message.id.clone().map(|id| id.0);
+    let id = message
+        .payloads
+        .iter()
+        .find_map(|payload| OriginId::try_from(payload.clone()).ok())
+        .map(|origin| origin.id)
+        .or_else(|| stanza_id.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let entry = OutboxEntry {
+        id,
+        stanza_id,
+        from: from.to_string(),
+        to: to.to_string(),
+        contact: contact.to_string(),
+        text,
+        receipt: message
+            .payloads
+            .iter()
+            .any(|payload| payload.is("request", ns::RECEIPTS)),
+        replaces,
+        attachments: message
+            .payloads
+            .iter()
+            .filter_map(|payload| Oob::try_from(payload.clone()).ok())
+            .map(|oob| Attachment {
+                url: oob.url,
+                description: oob.desc.filter(|desc| !desc.is_empty()),
+            })
+            .collect(),
+        accepted_at: Some(crate::store::now_millis()),
+    };
+    accept::outgoing(&gateway.delivery, entry).await?;
+    Ok(None)
+}
+
+/// Passes a typing notification to a bridge that declared it; drops it otherwise.
+async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, contact: ForeignId) {
+    if !gateway.info.capabilities.chat_states {
+        return;
+    }
+    let Some(state) = message
+        .payloads
+        .iter()
+        .find_map(|payload| chatstates::ChatState::try_from(payload.clone()).ok())
+    else {
+        return;
+    };
+    let state = match state {
+        chatstates::ChatState::Active => ChatState::Active,
+        chatstates::ChatState::Composing => ChatState::Composing,
+        chatstates::ChatState::Gone => ChatState::Gone,
+        chatstates::ChatState::Inactive => ChatState::Inactive,
+        chatstates::ChatState::Paused => ChatState::Paused,
+    };
+    if matches!(gateway.is_member(user).await, Ok(true)) {
+        let user = UserJid::new(user);
+        let call = gateway.bridge.send_chat_state(&user, &contact, state);
+        if let Err(failure) = gateway.call("a chat state", call).await {
+            tracing::debug!(%user, %failure, "a chat state was not passed on");
+        }
+    }
+}

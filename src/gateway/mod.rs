@@ -1,0 +1,329 @@
+//! Between one bridge's component link and the bridge: every stanza that arrives is checked
+//! (domain, access, registration, rate) and becomes a protocol answer, a queued message or a
+//! typed call on the bridge. One [`Gateway`] per `[[bridge]]`; [`Gateway::run`] drives it.
+//!
+//! The parts, each a module of free functions over the gateway: [`iq`] (disco, version,
+//! registration form, prompt, ad-hoc commands), [`presence`] (XEP-0100 subscriptions and the
+//! bridge's presence hooks), [`message`] (chat messages to contacts, commands by chat),
+//! [`registration`], [`commands`], and [`core_link`] (what the bridge asks of the core).
+//! Refusals become stanza errors in one place, [`Gateway::refuse`]; messages go to
+//! [`crate::delivery`].
+
+pub mod commands;
+pub mod core_link;
+pub mod iq;
+pub mod message;
+pub mod presence;
+pub mod registration;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use jabbridge_sdk::{Bridge, BridgeInfo, ForeignId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use xmpp_parsers::{jid::Jid, minidom::Element};
+
+use crate::access::Access;
+use crate::calls::Calls;
+use crate::config::{CallLimits, DeliveryConfig};
+use crate::delivery::{self, Delivery};
+use crate::lanes::{Lanes, Pushed};
+use crate::metrics;
+use crate::store::{Store, StoreError};
+use crate::xmpp::jid::{escape, unescape};
+use crate::xmpp::session::LinkHandle;
+use crate::xmpp::stanza::{StanzaFailure, StanzaHeader, error_reply};
+
+pub use delivery::Wiring;
+
+/// One bridge as the core sees it: its link, its store, its policy, its queues.
+pub struct Gateway {
+    /// The bridge's domain.
+    pub domain: String,
+    /// The bridge.
+    pub bridge: Arc<dyn Bridge>,
+    /// What the bridge said about itself at start-up.
+    pub info: BridgeInfo,
+    /// The component link.
+    pub link: LinkHandle,
+    /// The database.
+    pub store: Store,
+    /// Who may use the bridge.
+    pub access: Access,
+    /// The bridge's durable queues.
+    pub delivery: Arc<Delivery>,
+    /// The limits on calls into the bridge (shared with the delivery lanes).
+    calls: Arc<Calls>,
+    /// Registered users' online resources.
+    online: presence::Online,
+    /// Stanzas waiting or being handled, per sender, in order.
+    lanes: Lanes<(Element, OwnedSemaphorePermit)>,
+    /// Stanzas taken from the link and not yet handled, for all senders: when none is left,
+    /// the gateway stops taking more and the link feels the backpressure.
+    in_flight: Arc<Semaphore>,
+    /// The bridge's tracing span: everything the gateway and its delivery log is in it.
+    span: tracing::Span,
+}
+
+/// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
+const LANE_DEPTH: usize = 2048;
+/// Stanzas taken from the link and not yet handled, all senders together.
+const IN_FLIGHT: usize = 8192;
+
+/// A stanza's handling: an answer to send, nothing, or a refusal.
+type Answer = Result<Option<Element>, StanzaFailure>;
+
+/// The next stanza from the link once one more may be in flight; `None` once the link stops
+/// handing stanzas over. Cancel-safe: dropped before a stanza came, it takes nothing.
+async fn next_stanza(
+    incoming: &mut mpsc::Receiver<Element>,
+    in_flight: &Arc<Semaphore>,
+) -> Option<(Element, OwnedSemaphorePermit)> {
+    let permit = in_flight.clone().acquire_owned().await.ok()?;
+    let element = incoming.recv().await?;
+    Some((element, permit))
+}
+
+impl Gateway {
+    /// A gateway for a built bridge.
+    pub fn new(
+        domain: String,
+        bridge: Arc<dyn Bridge>,
+        wiring: Wiring,
+        access: Access,
+        delivery: DeliveryConfig,
+        limits: CallLimits,
+    ) -> Self {
+        let info = bridge.info();
+        let span = tracing::info_span!("bridge", bridge = %domain);
+        let calls = Arc::new(Calls::new(&domain, &info.name, limits));
+        let link = wiring.link.clone();
+        let store = wiring.store.clone();
+        let delivery = Delivery::new(
+            &domain,
+            bridge.clone(),
+            calls.clone(),
+            wiring,
+            delivery,
+            span.clone(),
+        );
+        Self {
+            domain,
+            bridge,
+            info,
+            link,
+            store,
+            access,
+            delivery: Arc::new(delivery),
+            calls,
+            online: presence::Online::default(),
+            lanes: Lanes::new(LANE_DEPTH),
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            span,
+        }
+    }
+
+    /// The bridge's tracing span.
+    pub fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    /// Takes stanzas from the link until it stops handing them over (at shutdown), and puts
+    /// each in its sender's lane: a sender's stanzas are handled in order, different senders'
+    /// at the same time. Meanwhile it serves what the bridge asks of the core. This loop
+    /// itself never waits on the bridge.
+    pub async fn run(
+        self: Arc<Self>,
+        mut incoming: mpsc::Receiver<Element>,
+        mut requests: core_link::Requests,
+    ) {
+        let span = self.span.clone();
+        async move {
+            let mut lanes = JoinSet::new();
+            loop {
+                tokio::select! {
+                    Some(request) = requests.recv() => core_link::serve(&self, request).await,
+                    taken = next_stanza(&mut incoming, &self.in_flight) => {
+                        let Some((element, permit)) = taken else { break };
+                        while lanes.try_join_next().is_some() {}
+                        self.take(element, permit, &mut lanes).await;
+                    }
+                }
+            }
+            // Every call has a timeout, so this ends.
+            lanes.join_all().await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Puts a stanza in its sender's lane, starting the lane's task if it had none.
+    async fn take(
+        self: &Arc<Self>,
+        element: Element,
+        permit: OwnedSemaphorePermit,
+        lanes: &mut JoinSet<()>,
+    ) {
+        let sender = element
+            .attr("from")
+            .map(|from| from.split('/').next().unwrap_or(from).to_owned())
+            .unwrap_or_default();
+        match self.lanes.push(&sender, (element, permit)) {
+            Pushed::Opened => {
+                let gateway = self.clone();
+                lanes.spawn(
+                    async move {
+                        while let Some((element, _permit)) = gateway.lanes.next(&sender) {
+                            gateway.handle(element).await;
+                        }
+                    }
+                    .instrument(self.span.clone()),
+                );
+            }
+            Pushed::Queued => {}
+            Pushed::Full((element, _permit)) => {
+                if let Some(header) = StanzaHeader::of(&element) {
+                    let failure = StanzaFailure::ResourceConstraint(format!(
+                        "{LANE_DEPTH} of your requests are still waiting; try again shortly"
+                    ));
+                    self.refuse(&header, &failure).await;
+                }
+            }
+        }
+    }
+
+    /// Handles one stanza: answers it, or refuses it.
+    async fn handle(&self, element: Element) {
+        let Some(header) = StanzaHeader::of(&element) else {
+            tracing::debug!(name = element.name(), "ignored a non-stanza element");
+            return;
+        };
+        let addressed_to_us = header
+            .to
+            .as_deref()
+            .and_then(|to| to.parse::<Jid>().ok())
+            .is_some_and(|to| to.domain().as_str() == self.domain);
+        let outcome = if addressed_to_us {
+            match element.name() {
+                "iq" => iq::on_iq(self, element).await,
+                "message" => message::on_message(self, element).await,
+                _ => presence::on_presence(self, element).await,
+            }
+        } else {
+            // The server routed another domain's stanza over our link: answer it rather
+            // than act for a domain that is not ours.
+            tracing::warn!(
+                to = header.to.as_deref().unwrap_or(""),
+                "the XMPP server sent a stanza for another domain over this link; give each \
+                 bridge its own component listener (ejabberd: bridge.server)"
+            );
+            Err(StanzaFailure::ServiceUnavailable)
+        };
+        match outcome {
+            Ok(Some(reply)) => self.send(reply).await,
+            Ok(None) => {}
+            Err(failure) => self.refuse(&header, &failure).await,
+        }
+    }
+
+    /// Answers a stanza with `failure` (where RFC 6120 allows an answer): the one place
+    /// where a refusal becomes a stanza error.
+    async fn refuse(&self, header: &StanzaHeader, failure: &StanzaFailure) {
+        let from = header.from.as_deref().unwrap_or("");
+        if matches!(failure, StanzaFailure::Forbidden(_)) {
+            // Anyone on the federation can send these: counted in the metric, logged at
+            // debug only, so that strangers cannot fill the log.
+            tracing::debug!(from, %failure, "refused a stanza");
+        } else {
+            tracing::info!(from, %failure, "refused a stanza");
+        }
+        metrics::stanza_error(&self.domain, failure.condition());
+        if let Some(reply) = error_reply(header, failure) {
+            self.send(reply).await;
+        }
+    }
+
+    /// Queues a stanza on the link.
+    pub async fn send(&self, stanza: Element) {
+        if self.link.send(stanza).await.is_err() {
+            tracing::warn!("link stopped; a stanza was dropped at shutdown");
+        }
+    }
+
+    /// Runs a call into the bridge under its concurrency limit and call timeout. `what` says
+    /// what the user was waiting for.
+    pub async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = T>,
+    ) -> Result<T, StanzaFailure> {
+        self.calls
+            .run(what, call)
+            .await
+            .map_err(|timeout| StanzaFailure::Timeout(timeout.0))
+    }
+
+    fn storage_failed(&self, error: StoreError) -> StanzaFailure {
+        tracing::error!(%error, "storage failed");
+        StanzaFailure::Internal
+    }
+
+    /// The localpart of a JID on our domain, parsed by the bridge.
+    fn contact_of(&self, to: &Jid) -> Result<Option<ForeignId>, StanzaFailure> {
+        match to.node() {
+            None => Ok(None),
+            Some(node) => self
+                .bridge
+                .parse_address(&unescape(node.as_str()))
+                .map(Some)
+                .map_err(|error| StanzaFailure::JidMalformed(error.0)),
+        }
+    }
+
+    /// The JID a foreign contact appears under: the bridge's name for it, XEP-0106-escaped.
+    pub fn contact_jid(&self, contact: &ForeignId) -> Result<Jid, String> {
+        let localpart = escape(&self.bridge.format_address(contact));
+        format!("{localpart}@{}", self.domain)
+            .parse()
+            .map_err(|error| format!("'{contact}' makes no valid JID: {error}"))
+    }
+
+    /// The gateway's own JID, its bare domain.
+    fn gateway_jid(&self) -> Option<Jid> {
+        self.domain.parse().ok()
+    }
+
+    /// Whether `user` is registered (always `true` for bridges without registration).
+    pub async fn is_registered(&self, user: &str) -> Result<bool, StanzaFailure> {
+        if self.info.registration.is_none() {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .registration(&self.domain, user)
+            .await
+            .map_err(|error| self.storage_failed(error))?
+            .is_some())
+    }
+
+    /// Whether `user` may use the bridge: registered, or the owner of one of its identities
+    /// (a phone number an admin assigned them).
+    pub async fn is_member(&self, user: &str) -> Result<bool, StanzaFailure> {
+        if self.is_registered(user).await? {
+            return Ok(true);
+        }
+        Ok(!self
+            .store
+            .identities_of(&self.domain, user)
+            .await
+            .map_err(|error| self.storage_failed(error))?
+            .is_empty())
+    }
+
+    /// How many registered users have a resource online.
+    pub fn online_users(&self) -> usize {
+        self.online.count()
+    }
+}

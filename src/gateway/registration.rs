@@ -1,0 +1,81 @@
+//! XEP-0077 registration as the gateway runs it: the bridge checks the values, the store
+//! keeps them, and XEP-0100 presence subscriptions follow (asked for on registering, ended
+//! both ways on unregistering).
+
+use jabbridge_sdk::{FormValues, RegistrationError, UserJid};
+use xmpp_parsers::{jid::BareJid, jid::Jid, presence::Type as PresenceType};
+
+use super::{Gateway, presence};
+use crate::xmpp::stanza::{self, StanzaFailure};
+
+/// Registers `user` with `values` (checked by the form, then by the bridge) or updates their
+/// registration. A new registration asks to subscribe to the user's presence, so that the
+/// gateway appears in their roster. Returns whether it was new.
+pub async fn register(
+    gateway: &Gateway,
+    user: &str,
+    values: &FormValues,
+) -> Result<bool, StanzaFailure> {
+    let form = gateway.info.registration.as_ref().ok_or_else(|| {
+        StanzaFailure::FeatureNotImplemented(format!("{} needs no registration", gateway.domain))
+    })?;
+    form.validate(values)
+        .map_err(StanzaFailure::NotAcceptable)?;
+    let data = gateway
+        .call(
+            "the registration",
+            gateway.bridge.register(&UserJid::new(user), values),
+        )
+        .await?
+        .map_err(|error| match error {
+            RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
+            RegistrationError::Unavailable(reason) => StanzaFailure::Unavailable(reason),
+        })?;
+    let new = !gateway.is_registered(user).await?;
+    gateway
+        .store
+        .put_registration(&gateway.domain, user, &data)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    tracing::info!(user, new, "user registered");
+    if new && let (Ok(to), Some(from)) = (user.parse::<BareJid>(), gateway.gateway_jid()) {
+        let nick = Some(gateway.info.name.clone());
+        let subscribe = stanza::presence(PresenceType::Subscribe, from, Jid::from(to), nick);
+        gateway.send(subscribe).await;
+    }
+    Ok(new)
+}
+
+/// Unregisters `user`: deletes their registration (and, when an admin removes them, the
+/// identities an admin gave them) and ends the gateway's presence subscription both ways
+/// (XEP-0100 §4.3). A user unregistering keeps what an admin gave them.
+pub async fn unregister(
+    gateway: &Gateway,
+    user: &str,
+    by_admin: bool,
+) -> Result<(), StanzaFailure> {
+    let removed = gateway
+        .store
+        .delete_registration(&gateway.domain, user, by_admin)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    if !removed {
+        return Err(StanzaFailure::ItemNotFound(format!(
+            "{user} is not registered with {}",
+            gateway.domain
+        )));
+    }
+    tracing::info!(user, "user unregistered");
+    if let (Ok(to), Some(from)) = (user.parse::<BareJid>(), gateway.gateway_jid()) {
+        for type_ in [
+            PresenceType::Unsubscribe,
+            PresenceType::Unsubscribed,
+            PresenceType::Unavailable,
+        ] {
+            let presence = stanza::presence(type_, from.clone(), Jid::from(to.clone()), None);
+            gateway.send(presence).await;
+        }
+    }
+    presence::went_offline(gateway, user, None).await;
+    Ok(())
+}
