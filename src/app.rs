@@ -259,7 +259,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         recovery::spawn_workers(&gateway.delivery, &mut tasks);
         tasks.spawn(gateway.run(incoming_receiver, core_requests));
         tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
-        http_bridges.insert(domain, HttpBridge { bridge, link });
+        http_bridges.insert(
+            domain,
+            HttpBridge::new(bridge, link, config.http.concurrency),
+        );
     }
 
     drop(committer);
@@ -275,21 +278,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         stopping.clone(),
     ));
 
-    let state = Arc::new(HttpState {
-        store: store.clone(),
-        bridges: http_bridges,
-        metrics: prometheus,
-    });
+    let state = Arc::new(HttpState::new(
+        store.clone(),
+        http_bridges,
+        prometheus,
+        config.http.concurrency,
+    ));
     let app = http::app(state, &config.http);
     let http_stopping = stopping.clone();
+    let http_config = config.http.clone();
     tracing::info!(listen = %config.http.listen, "HTTP listening");
     tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(http_stopping.wait())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "HTTP server failed");
-        }
+        http::serve(listener, app, &http_config, http_stopping).await;
     });
 
     shutdown.await;

@@ -100,7 +100,7 @@ pub struct DatabaseConfig {
 }
 
 /// `[http]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Where to listen, e.g. `127.0.0.1:8080`.
@@ -119,6 +119,23 @@ pub struct HttpConfig {
     /// How long one request may take before it is answered 408.
     #[serde(default = "defaults::request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's headers, and how long a kept-alive
+    /// connection may sit idle before the next request: then the connection is closed.
+    #[serde(default = "defaults::header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open connections at most; one more is answered 503 and closed.
+    #[serde(
+        default = "defaults::http_max_connections",
+        deserialize_with = "number_or_string"
+    )]
+    pub max_connections: usize,
+    /// Requests handled at once per bridge's routes (and for `/ready` and `/metrics`
+    /// together); one more is answered 503 with `Retry-After`.
+    #[serde(
+        default = "defaults::http_concurrency",
+        deserialize_with = "number_or_string"
+    )]
+    pub concurrency: usize,
 }
 
 /// `[log]`.
@@ -334,6 +351,15 @@ mod defaults {
     pub fn request_timeout() -> Duration {
         Duration::from_secs(15)
     }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn http_max_connections() -> usize {
+        1024
+    }
+    pub fn http_concurrency() -> usize {
+        256
+    }
     pub fn log_level() -> String {
         "info".into()
     }
@@ -367,6 +393,9 @@ impl Default for HttpConfig {
             public_url: None,
             body_limit: defaults::body_limit(),
             request_timeout: defaults::request_timeout(),
+            header_timeout: defaults::header_timeout(),
+            max_connections: defaults::http_max_connections(),
+            concurrency: defaults::http_concurrency(),
         }
     }
 }
@@ -486,6 +515,19 @@ impl Config {
         positive("xmpp.keepalive_timeout", self.xmpp.keepalive_timeout)?;
         positive("xmpp.reconnect_max", self.xmpp.reconnect_max)?;
         positive("http.request_timeout", self.http.request_timeout)?;
+        positive("http.header_timeout", self.http.header_timeout)?;
+        if !(1..=65_536).contains(&self.http.max_connections) {
+            return Err((
+                "http.max_connections".into(),
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        if !(1..=65_536).contains(&self.http.concurrency) {
+            return Err((
+                "http.concurrency".into(),
+                "must be between 1 and 65536".into(),
+            ));
+        }
         positive("delivery.lease", self.delivery.lease)?;
         positive("delivery.retry_max", self.delivery.retry_max)?;
         positive("delivery.keep_delivered", self.delivery.keep_delivered)?;

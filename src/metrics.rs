@@ -48,6 +48,12 @@ pub fn bridge_timeout(bridge: &str) {
         .increment(1);
 }
 
+/// The HTTP listener turned a connection or request away (`connections`: over
+/// `http.max_connections`; `concurrency`: over `http.concurrency`).
+pub fn http_refused(reason: &'static str) {
+    metrics::counter!("jabbridge_http_refused_total", "reason" => reason).increment(1);
+}
+
 /// The component link of a bridge went down and is being re-established.
 pub fn reconnect(bridge: &str) {
     metrics::counter!("jabbridge_reconnects_total", "bridge" => bridge.to_owned()).increment(1);

@@ -120,15 +120,36 @@ pub enum LinkError {
         /// What failed.
         source: std::io::Error,
     },
-    /// The server refused the handshake; the message says which key to fix.
-    #[error("{0}")]
-    Refused(String),
+    /// The server refused the handshake: what to fix (naming the key), and what the server
+    /// said.
+    #[error("{advice}{detail}")]
+    Refused {
+        /// Which key to fix; shown on `/ready`.
+        advice: String,
+        /// The server's own words (logged only).
+        detail: String,
+    },
     /// The link was up and broke.
     #[error("link lost: {0}")]
     Lost(String),
     /// The server closed the stream.
     #[error("the server closed the stream{0}")]
     Closed(String),
+}
+
+impl LinkError {
+    /// What `/ready` shows: what is wrong and which key to check, without the raw error
+    /// text (addresses, the server's words), which goes to the log.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Unreachable { .. } => {
+                "cannot reach the XMPP server (check xmpp.server; details in the log)".into()
+            }
+            Self::Refused { advice, .. } => advice.clone(),
+            Self::Lost(_) => "the link to the XMPP server was lost (details in the log)".into(),
+            Self::Closed(_) => "the XMPP server closed the stream (details in the log)".into(),
+        }
+    }
 }
 
 /// A stanza waiting to go out, and who wants to know once it was written (or found
@@ -286,18 +307,18 @@ async fn run(
                     }
                     Err(error) => {
                         tracing::warn!(bridge = domain, %error, "component link down, reconnecting");
-                        state.set_error(Some(error.to_string()));
+                        state.set_error(Some(error.summary()));
                     }
                 }
             }
             Err(error) => {
                 match &error {
-                    LinkError::Refused(_) => {
+                    LinkError::Refused { .. } => {
                         tracing::error!(bridge = domain, %error, "component handshake refused")
                     }
                     _ => tracing::warn!(bridge = domain, %error, "cannot connect component"),
                 }
-                state.set_error(Some(error.to_string()));
+                state.set_error(Some(error.summary()));
             }
         }
         metrics::reconnect(domain);
@@ -383,10 +404,12 @@ async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
             | Inbound::Refused {
                 header: element, ..
             },
-        ))) => Err(LinkError::Refused(format!(
-            "unexpected <{}/> instead of the handshake reply",
-            element.name()
-        ))),
+        ))) => Err(LinkError::Refused {
+            advice: "the XMPP server answered the handshake with something else: is \
+                     xmpp.server a component port (XEP-0114)?"
+                .into(),
+            detail: format!(": <{}/> instead of the handshake reply", element.name()),
+        }),
         Ok(Some(Err(error))) => Err(LinkError::Lost(error.to_string())),
         Ok(None) => Err(LinkError::Closed(" during the handshake".into())),
         Err(_) => Err(LinkError::Lost("no handshake reply".into())),
@@ -409,29 +432,30 @@ fn refusal(config: &LinkConfig, error: &Element) -> LinkError {
         .find(|child| child.ns() == ns::XMPP_STREAMS && child.name() != "text")
         .map(|child| child.name().to_owned())
         .unwrap_or_else(|| "undefined-condition".into());
-    let text = error
+    let detail = error
         .get_child("text", ns::XMPP_STREAMS)
-        .map(|text| format!(" ({})", text.text()))
+        .map(|text| format!(" (the server said: {})", text.text()))
         .unwrap_or_default();
     let index = config.index;
     let domain = &config.domain;
-    LinkError::Refused(match condition.as_str() {
+    let advice = match condition.as_str() {
         // ejabberd also answers an unknown domain with not-authorized: name both keys.
         "not-authorized" => format!(
-            "the XMPP server refused {domain}{text}: bridge[{index}].secret must equal the \
-             component secret in the server's config, and bridge[{index}].domain must be a \
-             component the server knows"
+            "the XMPP server refused {domain}: bridge[{index}].secret must equal the component \
+             secret in the server's config, and bridge[{index}].domain must be a component the \
+             server knows"
         ),
         "host-unknown" | "improper-addressing" | "host-gone" | "item-not-found" => format!(
-            "the XMPP server has no component {domain}{text}: check bridge[{index}].domain and \
-             the server's Component / ejabberd_service section"
+            "the XMPP server has no component {domain}: check bridge[{index}].domain and the \
+             server's Component / ejabberd_service section"
         ),
         "conflict" => format!(
-            "the XMPP server already has a connection for {domain}{text}: is another Jabbridge \
-             using bridge[{index}].domain?"
+            "the XMPP server already has a connection for {domain}: is another Jabbridge using \
+             bridge[{index}].domain?"
         ),
-        other => format!("the XMPP server refused {domain}: {other}{text}"),
-    })
+        other => format!("the XMPP server refused {domain}: {other}"),
+    };
+    LinkError::Refused { advice, detail }
 }
 
 /// Runs an established link until it breaks (`Err`) or shutdown has flushed it (`Ok`).

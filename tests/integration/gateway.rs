@@ -290,6 +290,61 @@ async fn http_routes_have_limits_and_clear_answers() {
     );
 }
 
+/// A client that never finishes its headers, or sits idle, is cut off after
+/// `http.header_timeout`; past `http.max_connections` a connection is answered 503 at once;
+/// places free up as connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_bounded_in_time_and_number() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"]).replace(
+        "[http]\n",
+        "[http]\nheader_timeout = \"1s\"\nmax_connections = 2\n",
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    let address = format!("127.0.0.1:{}", jabbridge.http_port);
+    let connect = || async { TcpStream::connect(&address).await.expect("connect") };
+    async fn answer(stream: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "the server kept the connection open");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    // The start-up probes' connections are gone by now: closed by their client, or as idle
+    // after header_timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut slow = connect().await;
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let mut idle = connect().await;
+    // Give the listener a moment to take both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = connect().await;
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let refused = answer(&mut third).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("Retry-After: 1"), "{refused}");
+    // Both are closed by the server (header_timeout = 1 s; the read allows 10).
+    let slow_answer = answer(&mut slow).await;
+    assert!(!slow_answer.contains(" 200 "), "{slow_answer}");
+    answer(&mut idle).await;
+    let (status, _) = jabbridge.get("/health").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = jabbridge.get("/metrics").await;
+    assert!(
+        metrics.contains("jabbridge_http_refused_total{reason=\"connections\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// `[log] format = "json"` writes one JSON object per line, with structured fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line() {

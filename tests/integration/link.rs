@@ -73,6 +73,10 @@ async fn starts_before_the_server_and_connects_when_it_comes_up(kind: ServerKind
     let (status, ready) = jabbridge.get("/ready").await;
     assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("cannot reach the XMPP server"), "{ready}");
+    // What is wrong and which key to check, but not the raw error (addresses, OS errors):
+    // anyone who reaches the listener may ask. The details are in the log.
+    assert!(!ready.contains("os error"), "{ready}");
+    assert!(jabbridge.log().contains("os error"), "{}", jabbridge.log());
     let (status, _) = jabbridge.get("/health").await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -210,7 +214,15 @@ async fn a_hung_server_is_detected_by_the_keepalive() {
     loop {
         let (status, ready) = jabbridge.get("/ready").await;
         if status == 503 {
-            assert!(ready.contains("timeouts elapsed"), "{ready}");
+            assert!(
+                ready.contains("link to the XMPP server was lost"),
+                "{ready}"
+            );
+            assert!(
+                jabbridge.log().contains("timeouts elapsed"),
+                "{}",
+                jabbridge.log()
+            );
             break;
         }
         assert!(

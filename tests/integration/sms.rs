@@ -774,6 +774,18 @@ async fn inbound_texts_reach_the_owner_and_forged_webhooks_change_nothing(kind: 
         .await
         .expect("POST");
     assert_eq!(forged.status().as_u16(), 403);
+    // Bigger than any provider's webhook (64 KiB), or with more fields than Twilio sends:
+    // refused before the form is parsed or its signature checked.
+    let padding = "x".repeat(100 * 1024);
+    let mut padded = inbound.to_vec();
+    padded.push(("Padding", &padding));
+    let (code, _) = twilio_webhook(&jabbridge, "/twilio/message", &padded, Some(TOKEN)).await;
+    assert_eq!(code, 413);
+    let names: Vec<String> = (0..300).map(|index| format!("Field{index}")).collect();
+    let mut crowded = inbound.to_vec();
+    crowded.extend(names.iter().map(|name| (name.as_str(), "x")));
+    let (code, _) = twilio_webhook(&jabbridge, "/twilio/message", &crowded, Some(TOKEN)).await;
+    assert_eq!(code, 400);
     // Signed: TwiML that does nothing, and alice gets the text and the picture.
     let (code, answer) = twilio_webhook(&jabbridge, "/twilio/message", &inbound, Some(TOKEN)).await;
     assert_eq!(code, 200);

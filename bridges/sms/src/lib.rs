@@ -982,6 +982,14 @@ impl Bridge for SmsBridge {
                 return text_response(http::StatusCode::SERVICE_UNAVAILABLE, "try again later");
             }
         };
+        if request.body().len() > crate::provider::MAX_WEBHOOK {
+            // Providers send a few KiB at most: a bigger body is no webhook of theirs, and
+            // is refused before anything parses it.
+            return text_response(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "a provider webhook is at most 64 KiB",
+            );
+        }
         let webhook = match provider.read(&path, request) {
             Ok(webhook) => webhook,
             Err(answer) => return *answer,

@@ -12,6 +12,10 @@ use jabbridge_sdk::{
 
 use crate::number::E164;
 
+/// The largest webhook body a provider sends that is read at all (Twilio's forms and
+/// Telnyx's JSON are a few KiB): bigger ones are refused before any parsing.
+pub const MAX_WEBHOOK: usize = 64 * 1024;
+
 /// Which provider: a route a user's messages take.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,

@@ -77,8 +77,16 @@ pub fn signature_matches(
         .is_ok()
 }
 
+/// The most fields a Twilio form has that are read (a message with ten media has ~40).
+const MAX_FIELDS: usize = 256;
+
+/// A form's fields, at most [`MAX_FIELDS`] of them: a form with more is no Twilio's, and its
+/// signature (over every field) cannot match.
 fn form(body: &[u8]) -> Vec<(String, String)> {
-    form_urlencoded::parse(body).into_owned().collect()
+    form_urlencoded::parse(body)
+        .take(MAX_FIELDS + 1)
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
 }
 
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -269,6 +277,12 @@ impl Provider for Twilio {
             )));
         }
         let params = form(request.body());
+        if params.len() > MAX_FIELDS {
+            return Err(Box::new(text_response(
+                http::StatusCode::BAD_REQUEST,
+                "too many form fields for a Twilio webhook",
+            )));
+        }
         let get = |name| param(&params, name).unwrap_or_default().to_owned();
         let (line, event) = if message {
             let count: usize = get("NumMedia").parse().unwrap_or(0);
