@@ -13,7 +13,8 @@ use jabbridge_sdk::{
 };
 
 use crate::config::{CallLimits, RateLimit};
-use crate::testing::{DOMAIN, Harness, Options, body, condition, error_type};
+use crate::store::Queue;
+use crate::testing::{DOMAIN, Harness, Options, body, condition, error_type, real_sleep};
 
 #[tokio::test(start_paused = true)]
 async fn a_stranger_is_forbidden_and_nothing_else_happens() {
@@ -300,4 +301,79 @@ async fn a_stuck_registration_times_out_and_holds_up_no_one_else() {
     assert_eq!(stuck.attr("id"), Some("stuck"));
     assert_eq!(condition(&stuck).as_deref(), Some("remote-server-timeout"));
     assert_eq!(error_type(&stuck).as_deref(), Some("wait"));
+}
+
+/// A bridge without registration that refuses every message for good.
+struct Refusing;
+
+#[async_trait]
+impl Bridge for Refusing {
+    fn info(&self) -> BridgeInfo {
+        BridgeInfo {
+            gateway_type: "refusing".into(),
+            name: "Refusing gateway".into(),
+            capabilities: Default::default(),
+            registration: None,
+            prompt: Default::default(),
+        }
+    }
+
+    fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {
+        Ok(ForeignId::new(localpart))
+    }
+
+    async fn send_message(&self, _message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        Err(SendError::Permanent {
+            reason: "no such number".into(),
+        })
+    }
+}
+
+/// The error telling a user their message was not delivered is stored with the failure,
+/// in one transaction: a gateway that stops before writing it sends it after its restart.
+#[tokio::test(start_paused = true)]
+async fn an_error_notice_is_stored_with_the_failure_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("jabbridge.db").display());
+    let options = || Options {
+        bridge: Some(Arc::new(Refusing)),
+        database: Some(database.clone()),
+        ..Options::default()
+    };
+    let first = Harness::start(options()).await;
+    first
+        .receive("<message type='chat' from='alice@test/r' to='bob@echo.test' id='m1'><body>hi</body></message>")
+        .await;
+    let store = first.gateway.store.clone();
+    for _ in 0..500 {
+        if store.finished(Queue::Outbox, DOMAIN, false).await.unwrap() == 1 {
+            break;
+        }
+        real_sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.finished(Queue::Outbox, DOMAIN, false).await.unwrap(),
+        1
+    );
+    // The notice is queued, and the link never wrote it (nothing reads this one).
+    assert_eq!(store.pending(Queue::Inbox, DOMAIN).await.unwrap(), 1);
+    drop(first);
+
+    let mut second = Harness::start(options()).await;
+    let error = second.next().await;
+    assert_eq!(error.name(), "message");
+    assert_eq!(error.attr("type"), Some("error"));
+    assert_eq!(error.attr("id"), Some("m1"));
+    assert_eq!(error.attr("to"), Some("alice@test/r"));
+    assert_eq!(error.attr("from"), Some("bob@echo.test"));
+    assert_eq!(condition(&error).as_deref(), Some("service-unavailable"));
+    assert!(String::from(&error).contains("no such number"), "{error:?}");
+    for _ in 0..500 {
+        if store.pending(Queue::Inbox, DOMAIN).await.unwrap() == 0 {
+            break;
+        }
+        real_sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.pending(Queue::Inbox, DOMAIN).await.unwrap(), 0);
+    second.nothing_for(Duration::from_secs(1)).await;
 }

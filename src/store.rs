@@ -182,6 +182,13 @@ pub enum Write {
         /// When it is due.
         at: i64,
     },
+    /// A delivery report about `foreign_id` was acted on: none is awaited any more.
+    ClearReport {
+        /// The bridge's domain.
+        bridge: String,
+        /// The foreign network's id of the message.
+        foreign_id: String,
+    },
     /// The XMPP id and the foreign network's id of the same message.
     MapId {
         /// The bridge's domain.
@@ -651,15 +658,16 @@ impl Store {
         Ok(())
     }
 
-    /// Takes what a delivery report about `foreign_id` needs, clearing it so that the report
-    /// is acted on once: `Ok(None)` when no message awaits one (unknown, or already reported).
-    pub async fn take_pending_report(
+    /// What a delivery report about `foreign_id` needs (JSON), while no report was acted on:
+    /// `Ok(None)` when no message awaits one (unknown, or already reported). Acting on it
+    /// clears it ([`Write::ClearReport`]) in the transaction that queues the notice.
+    pub async fn pending_report(
         &self,
         bridge: &str,
         foreign_id: &str,
     ) -> Result<Option<String>, StoreError> {
         let row = sqlx::query(
-            "SELECT jid, xmpp_id, pending_report FROM message_ids \
+            "SELECT pending_report FROM message_ids \
              WHERE bridge = $1 AND foreign_id = $2 AND pending_report IS NOT NULL \
              ORDER BY created_at DESC LIMIT 1",
         )
@@ -667,20 +675,8 @@ impl Store {
         .bind(foreign_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (jid, xmpp_id, pending): (String, String, String) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        // Only the caller whose update clears it acts on it (two instances, a repeated report).
-        let cleared = sqlx::query(
-            "UPDATE message_ids SET pending_report = NULL \
-             WHERE bridge = $1 AND jid = $2 AND xmpp_id = $3 AND pending_report IS NOT NULL",
-        )
-        .bind(bridge)
-        .bind(&jid)
-        .bind(&xmpp_id)
-        .execute(&self.pool)
-        .await?;
-        Ok((cleared.rows_affected() == 1).then_some(pending))
+        row.map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
+            .transpose()
     }
 
     /// The foreign id of a message `jid` sent or received with `xmpp_id`.
@@ -819,6 +815,16 @@ impl Store {
                     )))
                     .bind(*at)
                     .bind(*id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                Write::ClearReport { bridge, foreign_id } => {
+                    sqlx::query(
+                        "UPDATE message_ids SET pending_report = NULL \
+                         WHERE bridge = $1 AND foreign_id = $2 AND pending_report IS NOT NULL",
+                    )
+                    .bind(bridge.as_str())
+                    .bind(foreign_id.as_str())
                     .execute(&mut *transaction)
                     .await?;
                 }

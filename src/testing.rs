@@ -42,6 +42,9 @@ pub struct Options {
     pub calls: CallLimits,
     /// The bridge; the echo bridge (prefix `> `) when `None`.
     pub bridge: Option<Arc<dyn Bridge>>,
+    /// The database URL; SQLite in memory when `None`. A file lets a test start a second
+    /// gateway on what the first left, as a restart would.
+    pub database: Option<String>,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             rate_limit: None,
             calls: CallLimits::default(),
             bridge: None,
+            database: None,
         }
     }
 }
@@ -80,8 +84,9 @@ fn hold_the_clock() -> std::sync::mpsc::Sender<()> {
     hold
 }
 
-/// Sleeps in real time (on the blocking pool, which the paused clock does not touch).
-async fn real_sleep(wait: Duration) {
+/// Sleeps in real time (on the blocking pool, which the paused clock does not touch): for
+/// work on the database's thread to finish.
+pub async fn real_sleep(wait: Duration) {
     let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
 }
 
@@ -94,11 +99,13 @@ impl Harness {
     pub async fn start(options: Options) -> Harness {
         let clock = hold_the_clock();
         // One connection: an in-memory SQLite database lives as long as its connection.
-        let store = Store::connect(&SecretString::from("sqlite::memory:"), 1)
+        let url = options.database.as_deref().unwrap_or("sqlite::memory:");
+        let store = Store::connect(&SecretString::from(url), 1)
             .await
-            .expect("in-memory SQLite");
+            .expect("SQLite");
         store.migrate().await.expect("migrations");
-        let (committer, _committing) = Committer::spawn(store.clone(), "harness".into());
+        let (committer, _committing) =
+            Committer::spawn(store.clone(), format!("harness-{}", uuid::Uuid::new_v4()));
         let (stop, stopping) = Shutdown::new();
         let (link, outgoing) = session::detached(1024);
         let (core_link, core_requests) = CoreLink::new(DOMAIN, store.clone());
@@ -125,6 +132,8 @@ impl Harness {
             DeliveryConfig::default(),
             options.calls,
         ));
+        // As at start-up: what an earlier gateway left goes to its lanes first.
+        crate::delivery::recovery::recover(&gateway.delivery, true).await;
         let (incoming, receiver) = mpsc::channel(64);
         let gateway_task = tokio::spawn(gateway.clone().run(receiver, core_requests));
         Harness {

@@ -8,7 +8,9 @@ use tokio::sync::oneshot;
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::commit::{CommitError, Done};
-use super::{Delivery, InboxEntry, OutboxEntry, bare, conversation, dispatch, inbox, outbox};
+use super::{
+    Delivery, InboxEntry, Inboxed, OutboxEntry, bare, conversation, dispatch, inbox, outbox,
+};
 use crate::store::{NewRow, Queue, Write, millis, now_millis};
 use crate::xmpp::stanza::{self, StanzaFailure};
 
@@ -91,6 +93,11 @@ pub async fn incoming(delivery: &Arc<Delivery>, incoming: Incoming, answer: Answ
         sent_at: message.timestamp.map(millis),
         accepted_at: now_millis(),
     };
+    let contact: &ForeignId = &message.contact;
+    let lane = conversation(&entry.user, contact.as_str());
+    let dedupe_key = format!("{}\n{}", entry.user, entry.foreign_id);
+    let foreign_id = entry.foreign_id.clone();
+    let entry = Inboxed::Message(entry);
     let payload = match serde_json::to_string(&entry) {
         Ok(payload) => payload,
         Err(error) => {
@@ -98,13 +105,11 @@ pub async fn incoming(delivery: &Arc<Delivery>, incoming: Incoming, answer: Answ
             return;
         }
     };
-    let contact: &ForeignId = &message.contact;
-    let lane = conversation(&entry.user, contact.as_str());
     let write = Write::Enqueue(NewRow {
         queue: Queue::Inbox,
         bridge: delivery.domain.clone(),
         conversation: lane.clone(),
-        dedupe_key: format!("{}\n{}", entry.user, entry.foreign_id),
+        dedupe_key,
         payload,
     });
     let accepted = delivery.clone();
@@ -117,7 +122,7 @@ pub async fn incoming(delivery: &Arc<Delivery>, incoming: Incoming, answer: Answ
             }
             Ok(None) => {
                 tracing::debug!(
-                    foreign_id = entry.foreign_id,
+                    foreign_id,
                     "a repeated foreign message was not queued again"
                 );
                 Ok(())

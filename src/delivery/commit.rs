@@ -42,6 +42,9 @@ pub type Done = Box<dyn FnOnce(Committed) + Send>;
 
 struct Request {
     write: Write,
+    /// A second write that must be in the same transaction (a row's new state and the
+    /// notice that tells its user).
+    with: Option<Write>,
     done: Option<Done>,
 }
 
@@ -70,7 +73,27 @@ impl Committer {
     /// Submits a write; `done` is called once it committed or failed. Waits only while the
     /// committer is this far behind ([`QUEUE`] writes).
     pub async fn submit(&self, write: Write, done: Option<Done>) {
-        if let Err(refused) = self.requests.send(Request { write, done }).await
+        self.send(Request {
+            write,
+            with: None,
+            done,
+        })
+        .await;
+    }
+
+    /// Submits two writes to be committed in the same transaction, or neither; `done` is
+    /// told the row of whichever queues a message.
+    pub async fn submit_together(&self, write: Write, with: Write, done: Option<Done>) {
+        self.send(Request {
+            write,
+            with: Some(with),
+            done,
+        })
+        .await;
+    }
+
+    async fn send(&self, request: Request) {
+        if let Err(refused) = self.requests.send(request).await
             && let Some(done) = refused.0.done
         {
             done(Err(CommitError::Stopped));
@@ -91,16 +114,31 @@ impl Committer {
 async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (writes, callbacks): (Vec<Write>, Vec<Option<Done>>) = batch
-            .drain(..)
-            .map(|request| (request.write, request.done))
-            .unzip();
+        let mut writes = Vec::with_capacity(batch.len());
+        // Per request: its callback, and how many writes it has (one or two).
+        let mut callbacks = Vec::with_capacity(batch.len());
+        for request in batch.drain(..) {
+            writes.push(request.write);
+            let count = match request.with {
+                Some(with) => {
+                    writes.push(with);
+                    2
+                }
+                None => 1,
+            };
+            callbacks.push((request.done, count));
+        }
         let started = Instant::now();
         let committed = store.commit_batch(&owner, &writes).await;
         metrics::commit(writes.len(), started.elapsed());
         match committed {
             Ok(ids) => {
-                for (done, id) in callbacks.into_iter().zip(ids) {
+                let mut ids = ids.into_iter();
+                for (done, count) in callbacks {
+                    let id = ids
+                        .by_ref()
+                        .take(count)
+                        .fold(None, |found, id| found.or(id));
                     if let Some(done) = done {
                         done(Ok(id));
                     }
@@ -109,8 +147,10 @@ async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request
             Err(error) => {
                 tracing::error!(%error, writes = writes.len(), "cannot commit to the database");
                 let error = CommitError::Failed(error.to_string());
-                for done in callbacks.into_iter().flatten() {
-                    done(Err(error.clone()));
+                for (done, _) in callbacks {
+                    if let Some(done) = done {
+                        done(Err(error.clone()));
+                    }
                 }
             }
         }

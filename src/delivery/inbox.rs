@@ -1,6 +1,6 @@
-//! The inbox lane's work: writing one bridge's message to the component link once it is up,
-//! as a chat message with its fixed id (and a XEP-0203 delay when late), and recording the
-//! outcome.
+//! The inbox lane's work: writing one bridge's message (a chat message with its fixed id, and
+//! a XEP-0203 delay when late) or one notice to the component link once it is up, and
+//! recording the outcome.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,7 @@ use xmpp_parsers::{
     minidom::Element,
 };
 
-use super::{Delivery, InboxEntry};
+use super::{Delivery, InboxEntry, Inboxed};
 use crate::store::{Queue, Write, now_millis};
 use crate::xmpp::session::NotWritten;
 use crate::xmpp::stanza::{self, Carried};
@@ -23,24 +23,27 @@ const LATE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Item {
     row: i64,
-    entry: InboxEntry,
+    entry: Inboxed,
 }
 
 impl Item {
-    pub(super) fn new(row: i64, entry: InboxEntry) -> Self {
+    pub(super) fn new(row: i64, entry: Inboxed) -> Self {
         Self { row, entry }
     }
 }
 
-/// Writes one bridge's message to the link once it is up, until the server has it (or it
-/// can never be written).
+/// Writes one bridge's message or notice to the link once it is up, until the server has it
+/// (or it can never be written).
 pub async fn deliver(delivery: &Delivery, item: Item) {
-    let entry = &item.entry;
     let finish = |write: Write| delivery.committer.submit(write, None);
-    let stanza = match message(&delivery.domain, entry) {
+    let stanza = match &item.entry {
+        Inboxed::Message(entry) => message(&delivery.domain, entry),
+        Inboxed::Notice { notice } => notice.stanza(),
+    };
+    let stanza = match stanza {
         Ok(stanza) => stanza,
         Err(reason) => {
-            tracing::error!(%reason, "an inbox message cannot become a stanza; dropping it");
+            tracing::error!(%reason, "an inbox row cannot become a stanza; dropping it");
             finish(Write::Fail {
                 queue: Queue::Inbox,
                 id: item.row,
@@ -83,13 +86,15 @@ pub async fn deliver(delivery: &Delivery, item: Item) {
         id: item.row,
     })
     .await;
-    finish(Write::MapId {
-        bridge: delivery.domain.clone(),
-        jid: entry.user.clone(),
-        xmpp_id: entry.id.clone(),
-        foreign_id: entry.foreign_id.clone(),
-    })
-    .await;
+    if let Inboxed::Message(entry) = &item.entry {
+        finish(Write::MapId {
+            bridge: delivery.domain.clone(),
+            jid: entry.user.clone(),
+            xmpp_id: entry.id.clone(),
+            foreign_id: entry.foreign_id.clone(),
+        })
+        .await;
+    }
 }
 
 /// The text with every attachment URL it does not already contain appended, one per line,

@@ -14,6 +14,8 @@
 //!   foreign id) and answers once committed; the lane ([`inbox`]) writes the stanza to the
 //!   component link once it is up and marks the row delivered once the stanza is on the
 //!   server's socket.
+//! - Notices (a receipt, or why a message was not delivered) are inbox rows too, queued in
+//!   the transaction that records what they report ([`notice`]).
 //!
 //! Delivery knows nothing of access rules or stanzas it did not queue: the gateway decides
 //! what is accepted, delivery keeps it.
@@ -22,6 +24,7 @@ pub mod accept;
 pub mod commit;
 pub mod dispatch;
 pub mod inbox;
+pub mod notice;
 pub mod outbox;
 pub mod recovery;
 
@@ -156,6 +159,20 @@ pub struct OutboxEntry {
     /// When we accepted it, Unix ms (absent in rows queued before this field existed).
     #[serde(default)]
     pub accepted_at: Option<i64>,
+}
+
+/// What an inbox row holds (JSON): a notice to a user about their own message, or a
+/// bridge's message (rows written before notices existed are all messages).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Inboxed {
+    /// A receipt or error about a user's message.
+    Notice {
+        /// The notice.
+        notice: notice::Notice,
+    },
+    /// A bridge's message.
+    Message(InboxEntry),
 }
 
 /// A bridge's message waiting in the inbox, as stored (JSON).

@@ -1,7 +1,8 @@
 //! The outbox lane's work: sending one user's message through the bridge, retrying
-//! transient failures in place, and telling the sender how it went (a receipt or an error),
-//! at once or when the network's delivery report comes.
+//! transient failures in place, and telling the sender how it went (a receipt or an error,
+//! queued as a [`notice`]), at once or when the network's delivery report comes.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::{
@@ -9,13 +10,14 @@ use jabbridge_sdk::{
     UserJid,
 };
 use serde::{Deserialize, Serialize};
-use xmpp_parsers::jid::Jid;
+use tokio::sync::oneshot;
 
+use super::commit::CommitError;
+use super::notice::{self, Notice, Says};
 use super::{Delivery, OutboxEntry, bare};
 use crate::metrics;
 use crate::store::{Queue, Write, from_now, now_millis};
 use crate::xmpp::session::backoff;
-use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// A queued user's message in its conversation's lane.
 #[derive(Debug)]
@@ -75,7 +77,7 @@ enum Attempt {
 
 /// Sends one user's message, retrying transient failures in place (the conversation's later
 /// messages wait), until it is delivered, refused, or given up on.
-pub async fn send(delivery: &Delivery, mut item: Item) {
+pub async fn send(delivery: &Arc<Delivery>, mut item: Item) {
     loop {
         let wait = item.due.saturating_sub(now_millis());
         if wait > 0 {
@@ -112,7 +114,7 @@ pub async fn send(delivery: &Delivery, mut item: Item) {
 }
 
 /// One attempt at sending.
-async fn attempt(delivery: &Delivery, item: &Item) -> Attempt {
+async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
     let entry = &item.entry;
     let user = bare(&entry.from);
     let store = &delivery.store;
@@ -180,8 +182,15 @@ async fn attempt(delivery: &Delivery, item: &Item) -> Attempt {
                 queue: Queue::Outbox,
                 id: item.row,
             };
-            delivery.committer.submit(complete, None).await;
             let report_follows = outcome.report_follows && outcome.foreign_id.is_some();
+            match (report_follows, entry.receipt, &entry.stanza_id) {
+                (false, true, Some(stanza_id)) => {
+                    let receipt = Notice::new(Says::Receipt, &entry.from, &entry.to, stanza_id);
+                    let key = format!("receipt\n{}", item.row);
+                    notice::queue_with(delivery, complete, &user, key, receipt, None).await;
+                }
+                _ => delivery.committer.submit(complete, None).await,
+            }
             if let Some(foreign_id) = outcome.foreign_id {
                 if report_follows {
                     let pending = PendingReport {
@@ -207,11 +216,6 @@ async fn attempt(delivery: &Delivery, item: &Item) -> Attempt {
                     delivery.committer.submit(mapping, None).await;
                 }
             }
-            if let (false, true, Some(stanza_id)) =
-                (report_follows, entry.receipt, &entry.stanza_id)
-            {
-                send_receipt(delivery, &entry.from, &entry.to, stanza_id).await;
-            }
             Attempt::Done
         }
         Err(SendError::Permanent { reason }) => {
@@ -230,42 +234,30 @@ async fn attempt(delivery: &Delivery, item: &Item) -> Attempt {
     }
 }
 
-/// Gives up on a user's message and tells them why, as an error from the contact.
-async fn give_up(delivery: &Delivery, item: &Item, reason: &str) {
+/// Gives up on a user's message and tells them why, as an error from the contact: the
+/// failure and the notice are committed together.
+async fn give_up(delivery: &Arc<Delivery>, item: &Item, reason: &str) {
     tracing::info!(%reason, "message not delivered");
     let fail = Write::Fail {
         queue: Queue::Outbox,
         id: item.row,
         reason: reason.to_owned(),
     };
-    delivery.committer.submit(fail, None).await;
     let entry = &item.entry;
-    let id = entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone());
-    send_error(delivery, &entry.from, &entry.to, id, reason).await;
-}
-
-/// Tells the sender `from` of message `id` that it was not delivered, as an error from `to`.
-async fn send_error(delivery: &Delivery, from: &str, to: &str, id: String, reason: &str) {
-    let failure = StanzaFailure::Unavailable(reason.to_owned());
-    if let Some(error) = stanza::undelivered(to, from, id, &failure) {
-        delivery.send(error).await;
-    }
-}
-
-/// Tells the sender `from` that their message `stanza_id` to `to` was delivered.
-async fn send_receipt(delivery: &Delivery, from: &str, to: &str, stanza_id: &str) {
-    let (Ok(sender), Ok(contact)) = (from.parse::<Jid>(), to.parse::<Jid>()) else {
-        return;
+    let about = entry.stanza_id.as_deref().unwrap_or(&entry.id);
+    let says = Says::Undelivered {
+        reason: reason.to_owned(),
     };
-    let receipt = stanza::receipt(contact, sender, stanza_id, uuid::Uuid::new_v4().to_string());
-    delivery.send(receipt).await;
+    let error = Notice::new(says, &entry.from, &entry.to, about);
+    let key = format!("undelivered\n{}", item.row);
+    notice::queue_with(delivery, fail, &bare(&entry.from), key, error, None).await;
 }
 
 /// Acts on a bridge's delivery report about the message the network knows as `foreign_id`:
 /// a receipt (if asked) or an error message to its sender, once. Unknown messages and
 /// repeated reports are ignored.
 pub async fn delivery_report(
-    delivery: &Delivery,
+    delivery: &Arc<Delivery>,
     foreign_id: &str,
     report: DeliveryReport,
 ) -> Result<(), CoreError> {
@@ -273,7 +265,7 @@ pub async fn delivery_report(
     let pending = loop {
         match delivery
             .store
-            .take_pending_report(&delivery.domain, foreign_id)
+            .pending_report(&delivery.domain, foreign_id)
             .await
         {
             Ok(Some(pending)) => break pending,
@@ -299,26 +291,38 @@ pub async fn delivery_report(
         tracing::error!(foreign_id, "a stored delivery report record does not parse");
         return Ok(());
     };
-    match report {
+    let says = match report {
         DeliveryReport::Delivered => {
             metrics::delivery(&delivery.domain, "reported-delivered");
-            if pending.receipt {
-                send_receipt(delivery, &pending.from, &pending.to, &pending.stanza_id).await;
-            }
+            pending.receipt.then_some(Says::Receipt)
         }
         DeliveryReport::Failed(reason) => {
             metrics::delivery(&delivery.domain, "reported-failed");
             tracing::info!(%reason, "the network reported a message undelivered");
-            let reason = format!("not delivered: {reason}");
-            send_error(
-                delivery,
-                &pending.from,
-                &pending.to,
-                pending.stanza_id,
-                &reason,
-            )
-            .await;
+            Some(Says::Undelivered {
+                reason: format!("not delivered: {reason}"),
+            })
         }
-    }
-    Ok(())
+    };
+    // The report is cleared in the transaction that queues the notice, and the bridge hears
+    // back only once both are stored: a report repeated meanwhile queues it once (same key).
+    let clear = Write::ClearReport {
+        bridge: delivery.domain.clone(),
+        foreign_id: foreign_id.to_owned(),
+    };
+    let committed = match says {
+        Some(says) => {
+            let notice = Notice::new(says, &pending.from, &pending.to, &pending.stanza_id);
+            let key = format!("report\n{foreign_id}");
+            let (told, answer) = oneshot::channel();
+            let user = bare(&pending.from);
+            notice::queue_with(delivery, clear, &user, key, notice, Some(told)).await;
+            answer.await.unwrap_or(Err(CommitError::Stopped))
+        }
+        None => delivery.committer.commit(clear).await,
+    };
+    committed.map(|_| ()).map_err(|error| {
+        tracing::error!(%error, "cannot record a delivery report");
+        CoreError::Refused("the gateway cannot store this report right now".into())
+    })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::{Delivery, InboxEntry, OutboxEntry, dispatch, inbox, outbox};
+use super::{Delivery, Inboxed, OutboxEntry, dispatch, inbox, outbox};
 use crate::store::{Queue, Recovered, Write, now_millis};
 
 /// How often delivered rows older than `delivery.keep_delivered` are deleted.
@@ -69,7 +69,7 @@ async fn dispatch_recovered(delivery: &Arc<Delivery>, queue: Queue, row: Recover
             }
             Err(error) => delivery.committer.submit(unreadable(error), None).await,
         },
-        Queue::Inbox => match serde_json::from_str::<InboxEntry>(&row.payload) {
+        Queue::Inbox => match serde_json::from_str::<Inboxed>(&row.payload) {
             Ok(entry) => {
                 dispatch::incoming(delivery, row.conversation, inbox::Item::new(row.id, entry))
             }

@@ -340,6 +340,19 @@ async fn old_message_ids_are_swept_unless_a_report_waits() {
                 .unwrap(),
             Some("f2".into())
         );
+        // Acting on the report clears it (in the batch that queues the notice); then the
+        // mapping is swept like any other.
+        assert_eq!(
+            store.pending_report("b", "f2").await.unwrap().as_deref(),
+            Some("{}")
+        );
+        let clear = Write::ClearReport {
+            bridge: "b".into(),
+            foreign_id: "f2".into(),
+        };
+        store.commit_batch("a", &[clear]).await.unwrap();
+        assert_eq!(store.pending_report("b", "f2").await.unwrap(), None);
+        assert_eq!(store.forget_message_ids(future).await.unwrap(), 1);
     })
     .await;
 }
