@@ -54,6 +54,13 @@ pub fn http_refused(reason: &'static str) {
     metrics::counter!("jabbridge_http_refused_total", "reason" => reason).increment(1);
 }
 
+/// An acknowledgement ping of a bridge's link did not come back while the link stayed up
+/// (ejabberd may route it over another instance's connection); what it covered was
+/// counted as delivered.
+pub fn acks_assumed(bridge: &str) {
+    metrics::counter!("jabbridge_acks_assumed_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
 /// The component link of a bridge went down and is being re-established.
 pub fn reconnect(bridge: &str) {
     metrics::counter!("jabbridge_reconnects_total", "bridge" => bridge.to_owned()).increment(1);

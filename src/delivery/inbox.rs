@@ -2,9 +2,11 @@
 //! a XEP-0203 delay when late) or one notice to the component link once it is up, and
 //! recording the outcome.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jabbridge_sdk::Attachment;
+use tracing::Instrument;
 use xmpp_parsers::{
     date::DateTime,
     jid::{BareJid, Jid},
@@ -32,9 +34,10 @@ impl Item {
     }
 }
 
-/// Writes one bridge's message or notice to the link once it is up, until the server has it
-/// (or it can never be written).
-pub async fn deliver(delivery: &Delivery, item: Item) {
+/// Writes one bridge's message or notice to the link once it is up (or finds it can never be
+/// written); the lane then moves on, and the row is marked delivered once the server
+/// acknowledged the stanza.
+pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
     let finish = |write: Write| delivery.committer.submit(write, None);
     let stanza = match &item.entry {
         Inboxed::Message(entry) => message(&delivery.domain, entry),
@@ -53,7 +56,7 @@ pub async fn deliver(delivery: &Delivery, item: Item) {
             return;
         }
     };
-    loop {
+    let acked = loop {
         tokio::select! {
             () = delivery.link.state.wait_connected() => {}
             () = delivery.shutdown.clone().wait() => return,
@@ -64,7 +67,7 @@ pub async fn deliver(delivery: &Delivery, item: Item) {
         )
         .await;
         match written {
-            Ok(Ok(())) => break,
+            Ok(Ok(acked)) => break acked,
             Ok(Err(NotWritten::Unwritable(unwritable))) => {
                 // Sending it again would fail the same way and hold up the lane.
                 finish(Write::Fail {
@@ -80,21 +83,35 @@ pub async fn deliver(delivery: &Delivery, item: Item) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    }
-    finish(Write::Complete {
-        queue: Queue::Inbox,
-        id: item.row,
-    })
-    .await;
-    if let Inboxed::Message(entry) = &item.entry {
-        finish(Write::MapId {
-            bridge: delivery.domain.clone(),
-            jid: entry.user.clone(),
-            xmpp_id: entry.id.clone(),
-            foreign_id: entry.foreign_id.clone(),
-        })
-        .await;
-    }
+    };
+    let delivery = delivery.clone();
+    let span = delivery.span.clone();
+    tokio::spawn(
+        async move {
+            // The link writes it again after a reconnection until the server has it; if
+            // the link stops for good first (shutdown), the row stays queued and goes out
+            // again at the next start.
+            if !acked.wait().await {
+                return;
+            }
+            let finish = |write: Write| delivery.committer.submit(write, None);
+            finish(Write::Complete {
+                queue: Queue::Inbox,
+                id: item.row,
+            })
+            .await;
+            if let Inboxed::Message(entry) = &item.entry {
+                finish(Write::MapId {
+                    bridge: delivery.domain.clone(),
+                    jid: entry.user.clone(),
+                    xmpp_id: entry.id.clone(),
+                    foreign_id: entry.foreign_id.clone(),
+                })
+                .await;
+            }
+        }
+        .instrument(span),
+    );
 }
 
 /// The text with every attachment URL it does not already contain appended, one per line,

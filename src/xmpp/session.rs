@@ -10,6 +10,11 @@
 //! - any disconnect reconnects with capped exponential backoff and jitter;
 //! - stanzas queued while the link is down wait in a bounded queue and go out after the
 //!   handshake; a stanza whose write failed is sent again first;
+//! - a stanza sent with [`LinkHandle::send_and_confirm`] counts as delivered only once the
+//!   server has it: each burst of writes is followed by a XEP-0199 ping to our own domain,
+//!   and reading that ping back (the server handles a component's stanzas in order) acks
+//!   everything written before it. What was written but not acked when the link broke is
+//!   written again, first and in order, on the next link;
 //! - stanzas are read with bounds on their shape ([`super::bounded`]); one over a bound is
 //!   answered `policy-violation` here and goes no further;
 //! - every stanza is made XML-safe ([`super::xml_safe`]) just before it is written; one that
@@ -17,6 +22,7 @@
 //!   link or block the queue behind it.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,6 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_xmpp::xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, initiate_stream};
 use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns, ping::Ping};
 
@@ -153,11 +160,12 @@ impl LinkError {
 }
 
 /// A stanza waiting to go out, and who wants to know once it was written (or found
-/// unwritable).
+/// unwritable), and once the server acknowledged it.
 #[derive(Debug)]
 pub struct Outgoing {
     stanza: Element,
     written: Option<oneshot::Sender<Result<(), Unwritable>>>,
+    acked: Option<oneshot::Sender<()>>,
 }
 
 /// Why [`LinkHandle::send_and_confirm`] did not write a stanza.
@@ -171,19 +179,35 @@ pub enum NotWritten {
     Unwritable(#[from] Unwritable),
 }
 
+/// Resolves once the server acknowledged a written stanza ([`Acked::wait`]).
+#[derive(Debug)]
+pub struct Acked(oneshot::Receiver<()>);
+
+impl Acked {
+    /// `true` once the server has the stanza; `false` if the link stopped for good first
+    /// (shutdown): the stanza may or may not have reached the server.
+    pub async fn wait(self) -> bool {
+        self.0.await.is_ok()
+    }
+}
+
 impl Outgoing {
     fn plain(stanza: Element) -> Self {
         Self {
             stanza,
             written: None,
+            acked: None,
         }
     }
 
-    /// Takes the stanza as a link does, telling whoever waits that it was written (for a link
-    /// that is not a TCP stream: the in-process test harness).
+    /// Takes the stanza as a link does, telling whoever waits that it was written and
+    /// acknowledged (for a link that is not a TCP stream: the in-process test harness).
     pub fn written(self) -> Element {
         if let Some(written) = self.written {
             let _ = written.send(Ok(()));
+        }
+        if let Some(acked) = self.acked {
+            let _ = acked.send(());
         }
         self.stanza
     }
@@ -207,20 +231,25 @@ impl LinkHandle {
             .map_err(|error| error.0.stanza)
     }
 
-    /// Queues a stanza and resolves once it has been written to the server's socket: what the
-    /// durable inbox waits for before it marks a message delivered. Resolves to
-    /// [`NotWritten::LinkStopped`] if the link stopped first (the message stays queued in the
-    /// database), and to [`NotWritten::Unwritable`] if it can never be written.
-    pub async fn send_and_confirm(&self, stanza: Element) -> Result<(), NotWritten> {
+    /// Queues a stanza and resolves once it has been written to the server's socket, with
+    /// what resolves once the server acknowledged it: what the durable inbox waits for
+    /// before it marks a message delivered. Resolves to [`NotWritten::LinkStopped`] if the
+    /// link stopped first (the message stays queued in the database), and to
+    /// [`NotWritten::Unwritable`] if it can never be written. Once written, the link keeps
+    /// it until acknowledged, writing it again after a reconnection if need be.
+    pub async fn send_and_confirm(&self, stanza: Element) -> Result<Acked, NotWritten> {
         let (written, confirmed) = oneshot::channel();
+        let (acked, acknowledged) = oneshot::channel();
         self.outgoing
             .send(Outgoing {
                 stanza,
                 written: Some(written),
+                acked: Some(acked),
             })
             .await
             .map_err(|_| NotWritten::LinkStopped)?;
-        Ok(confirmed.await.map_err(|_| NotWritten::LinkStopped)??)
+        confirmed.await.map_err(|_| NotWritten::LinkStopped)??;
+        Ok(Acked(acknowledged))
     }
 
     /// Stanzas waiting to go out.
@@ -268,8 +297,12 @@ async fn run(
     shutdown: Shutdown,
 ) {
     let domain = config.domain.as_str();
-    // A stanza whose write failed: it goes out first on the next link.
-    let mut unsent: Option<Outgoing> = None;
+    // Stanzas to write first on the next link, in order: written but not acknowledged when
+    // the link broke, then the one whose write failed.
+    let mut again: VecDeque<Outgoing> = VecDeque::new();
+    // Names this process's acknowledgement pings, so that another instance (ejabberd
+    // balances a domain over several connections) never takes ours for its own.
+    let token = uuid::Uuid::new_v4().simple().to_string();
     let mut failures: u32 = 0;
     loop {
         if shutdown.is_stopping() {
@@ -291,7 +324,8 @@ async fn run(
                     &config,
                     &state,
                     &mut stream,
-                    &mut unsent,
+                    &mut again,
+                    &token,
                     &mut outgoing,
                     &incoming,
                     shutdown.clone(),
@@ -458,19 +492,176 @@ fn refusal(config: &LinkConfig, error: &Element) -> LinkError {
     LinkError::Refused { advice, detail }
 }
 
+/// Stanzas written and waiting for the server's acknowledgement, and the pings that will
+/// acknowledge them.
+struct Acks<'a> {
+    /// This process's name in ping ids.
+    token: &'a str,
+    /// Written, oldest first, each with the ping that covers it (0: none sent yet).
+    pending: VecDeque<(u64, Outgoing)>,
+    /// Pings sent and not yet read back: sequence and when.
+    pings: VecDeque<(u64, Instant)>,
+    sequence: u64,
+    /// How long a ping may stay unanswered while the link is up before what it covers
+    /// counts as acknowledged anyway (see [`Acks::overdue`]).
+    wait: Duration,
+}
+
+impl<'a> Acks<'a> {
+    fn new(token: &'a str, config: &LinkConfig) -> Self {
+        Self {
+            token,
+            pending: VecDeque::new(),
+            pings: VecDeque::new(),
+            sequence: 0,
+            // Longer than it takes to declare a silent server dead (then the link breaks
+            // and the pending stanzas are written again instead).
+            wait: config.keepalive + config.keepalive_timeout + Duration::from_secs(5),
+        }
+    }
+
+    /// Keeps a written stanza until it is acknowledged.
+    fn written(&mut self, outgoing: Outgoing) {
+        self.pending.push_back((0, outgoing));
+    }
+
+    /// The ping that acknowledges everything written since the last one, if anything was.
+    fn ping(&mut self, domain: &str) -> Option<Element> {
+        if self.pending.back().is_none_or(|(covered, _)| *covered != 0) {
+            return None;
+        }
+        self.sequence += 1;
+        for (covered, _) in self.pending.iter_mut().rev() {
+            if *covered != 0 {
+                break;
+            }
+            *covered = self.sequence;
+        }
+        self.pings.push_back((self.sequence, Instant::now()));
+        let ours: Option<Jid> = domain.parse().ok();
+        let id = format!("{ACK_PREFIX}{}-{}", self.token, self.sequence);
+        let mut ping = Iq::from_get(id, Ping);
+        *ping.from_mut() = ours.clone();
+        *ping.to_mut() = ours;
+        Some(ping.into())
+    }
+
+    /// Whether `element` is one of ours or another instance's acknowledgement pings (which
+    /// go no further); acknowledges what one of ours covers.
+    fn read(&mut self, element: &Element) -> bool {
+        let Some(rest) = element
+            .attr("id")
+            .and_then(|id| id.strip_prefix(ACK_PREFIX))
+        else {
+            return false;
+        };
+        if element.name() != "iq" {
+            return false;
+        }
+        if let Some(sequence) = rest
+            .strip_prefix(self.token)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|sequence| sequence.parse::<u64>().ok())
+        {
+            self.acknowledge(sequence);
+        }
+        true
+    }
+
+    /// Tells everything covered by pings up to `sequence` that the server has it.
+    fn acknowledge(&mut self, sequence: u64) {
+        while self
+            .pings
+            .front()
+            .is_some_and(|(ping, _)| *ping <= sequence)
+        {
+            self.pings.pop_front();
+        }
+        while let Some((covered, _)) = self.pending.front() {
+            if *covered == 0 || *covered > sequence {
+                break;
+            }
+            if let Some((_, outgoing)) = self.pending.pop_front()
+                && let Some(acked) = outgoing.acked
+            {
+                let _ = acked.send(());
+            }
+        }
+    }
+
+    /// When the oldest ping is overdue. With several connections for one domain (ejabberd)
+    /// the server may route our ping back over another instance's connection: the link is
+    /// up and in order, so what it covers is acknowledged after [`Acks::wait`].
+    fn overdue(&self) -> Option<Instant> {
+        self.pings.front().map(|(_, sent)| *sent + self.wait)
+    }
+
+    /// Acknowledges what the oldest (overdue) ping covers.
+    fn assume_oldest(&mut self, domain: &str) {
+        if let Some((sequence, _)) = self.pings.front().copied() {
+            metrics::acks_assumed(domain);
+            tracing::debug!(
+                bridge = domain,
+                "an acknowledgement ping did not come back; the link is up, so what it covers counts as delivered"
+            );
+            self.acknowledge(sequence);
+        }
+    }
+
+    /// At a broken link: what was written and not acknowledged goes first on the next one,
+    /// before what `again` already holds.
+    fn give_back(self, again: &mut VecDeque<Outgoing>) {
+        for (_, mut outgoing) in self.pending.into_iter().rev() {
+            // Its sender heard it was written; only the acknowledgement is still awaited.
+            outgoing.written = None;
+            again.push_front(outgoing);
+        }
+    }
+}
+
+/// The id prefix of acknowledgement pings.
+const ACK_PREFIX: &str = "jabbridge-ack-";
+
 /// Runs an established link until it breaks (`Err`) or shutdown has flushed it (`Ok`).
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &LinkConfig,
     state: &LinkState,
     stream: &mut Stream,
-    unsent: &mut Option<Outgoing>,
+    again: &mut VecDeque<Outgoing>,
+    token: &str,
+    outgoing: &mut mpsc::Receiver<Outgoing>,
+    incoming: &mpsc::Sender<Element>,
+    shutdown: Shutdown,
+) -> Result<(), LinkError> {
+    let mut acks = Acks::new(token, config);
+    let served = serve_with(
+        config, state, stream, again, &mut acks, outgoing, incoming, shutdown,
+    )
+    .await;
+    if served.is_err() {
+        acks.give_back(again);
+    }
+    served
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_with(
+    config: &LinkConfig,
+    state: &LinkState,
+    stream: &mut Stream,
+    again: &mut VecDeque<Outgoing>,
+    acks: &mut Acks<'_>,
     outgoing: &mut mpsc::Receiver<Outgoing>,
     incoming: &mpsc::Sender<Element>,
     shutdown: Shutdown,
 ) -> Result<(), LinkError> {
     let domain = config.domain.as_str();
-    if let Some(stanza) = unsent.take() {
-        write(domain, stream, unsent, stanza).await?;
+    while let Some(stanza) = again.pop_front() {
+        write(domain, stream, again, acks, stanza).await?;
+    }
+    if let Some(ping) = acks.ping(domain) {
+        write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
     }
     state.set_connected(true);
     // A stanza read but not yet taken by the gateway: while it waits, we stop reading (so
@@ -480,10 +671,11 @@ async fn serve(
     let stopping = shutdown.wait();
     tokio::pin!(stopping);
     loop {
+        let overdue = acks.overdue();
         tokio::select! {
             biased;
             () = &mut stopping => {
-                return flush(domain, stream, unsent, outgoing).await;
+                return flush(domain, stream, again, acks, outgoing).await;
             }
             permit = incoming.reserve(), if received.is_some() => {
                 let Ok(permit) = permit else {
@@ -498,7 +690,14 @@ async fn serve(
                     // Every sender is gone: the core is stopping.
                     return Ok(());
                 };
-                write(domain, stream, unsent, stanza).await?;
+                write(domain, stream, again, acks, stanza).await?;
+                // One acknowledgement ping per burst: once nothing else waits to go out.
+                if outgoing.is_empty() && let Some(ping) = acks.ping(domain) {
+                    write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+                }
+            }
+            () = tokio::time::sleep_until(overdue.unwrap_or_else(Instant::now)), if overdue.is_some() => {
+                acks.assume_oldest(domain);
             }
             item = stream.next(), if received.is_none() => match item {
                 Some(Ok(Inbound::Element(element))) => {
@@ -506,7 +705,9 @@ async fn serve(
                         return Err(LinkError::Closed(format!(": {}", describe_stream_error(&element))));
                     }
                     metrics::stanza_in(domain);
-                    received = Some(element);
+                    if !acks.read(&element) {
+                        received = Some(element);
+                    }
                 }
                 Some(Ok(Inbound::Refused { header, limit })) => {
                     metrics::stanza_in(domain);
@@ -515,14 +716,14 @@ async fn serve(
                     tracing::debug!(bridge = domain, from = header.attr("from").unwrap_or(""), %failure, "refused an oversized stanza");
                     let answer = StanzaHeader::of(&header).and_then(|header| error_reply(&header, &failure));
                     if let Some(answer) = answer {
-                        write(domain, stream, unsent, Outgoing::plain(answer)).await?;
+                        write(domain, stream, again, acks, Outgoing::plain(answer)).await?;
                     }
                 }
                 Some(Err(ReadError::SoftTimeout)) => {
                     pings += 1;
                     let ping = keepalive_ping(domain, pings);
                     tracing::debug!(bridge = domain, "link idle, pinging the server");
-                    write(domain, stream, unsent, Outgoing::plain(ping)).await?;
+                    write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
                 }
                 Some(Err(ReadError::ParseError(error))) => {
                     // Not well-formed enough to be an element at all; the stream goes on.
@@ -542,11 +743,13 @@ async fn serve(
 
 /// Writes one stanza. A stanza that cannot be written as XML is dropped (its sender is told
 /// through `written`) and the link goes on; only an I/O failure ends it, and then the stanza
-/// is kept to go out first on the next link.
+/// is kept to go out first on the next link. A stanza someone waits on is kept in `acks`
+/// until the server acknowledged it.
 async fn write(
     domain: &str,
     stream: &mut Stream,
-    unsent: &mut Option<Outgoing>,
+    again: &mut VecDeque<Outgoing>,
+    acks: &mut Acks<'_>,
     mut outgoing: Outgoing,
 ) -> Result<(), LinkError> {
     match make_writable(&mut outgoing.stanza) {
@@ -570,28 +773,46 @@ async fn write(
     match stream.send(&outgoing.stanza).await {
         Ok(()) => {
             metrics::stanza_out(domain);
-            if let Some(written) = outgoing.written {
+            if let Some(written) = outgoing.written.take() {
                 let _ = written.send(Ok(()));
+            }
+            if outgoing.acked.is_some() {
+                acks.written(outgoing);
             }
             Ok(())
         }
         Err(error) => {
-            *unsent = Some(outgoing);
+            again.push_front(outgoing);
             Err(LinkError::Lost(error.to_string()))
         }
     }
 }
 
-/// Sends what is queued, for up to [`FLUSH_DEADLINE`], then returns.
+/// Sends what is queued, then reads until the server acknowledged it, for up to
+/// [`FLUSH_DEADLINE`] in all, then returns. What is read meanwhile goes nowhere: the
+/// gateway has stopped taking stanzas.
 async fn flush(
     domain: &str,
     stream: &mut Stream,
-    unsent: &mut Option<Outgoing>,
+    again: &mut VecDeque<Outgoing>,
+    acks: &mut Acks<'_>,
     outgoing: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), LinkError> {
     let flushing = async {
         while let Ok(stanza) = outgoing.try_recv() {
-            write(domain, stream, unsent, stanza).await?;
+            write(domain, stream, again, acks, stanza).await?;
+        }
+        if let Some(ping) = acks.ping(domain) {
+            write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+        }
+        while !acks.pings.is_empty() {
+            match stream.next().await {
+                Some(Ok(Inbound::Element(element))) => {
+                    acks.read(&element);
+                }
+                Some(Ok(_)) | Some(Err(ReadError::SoftTimeout | ReadError::ParseError(_))) => {}
+                Some(Err(_)) | None => break,
+            }
         }
         Ok(())
     };

@@ -486,11 +486,14 @@ async fn kill_9_under_load(database_url: Option<String>) {
 
     const MESSAGES: usize = 1500;
     const WEBHOOKS: usize = 300;
-    // Killed a third of the way through sending, once this many receipts came back.
+    // Killed three times, at a quarter, half and three quarters of the sending, each time
+    // once this many more receipts came back: the race between a write and its kill is
+    // short, so it is run into several times.
+    const KILLS: usize = 3;
     const KILL_AFTER: usize = 50;
     let http_port = jabbridge.http_port;
     let mut restarted = Some(jabbridge);
-    let mut restarting = None;
+    let mut restarting: Option<tokio::task::JoinHandle<Jabbridge>> = None;
     let webhooks = tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut accepted = BTreeSet::new();
@@ -523,7 +526,7 @@ async fn kill_9_under_load(database_url: Option<String>) {
     // Body -> the ids it arrived under.
     let mut bodies: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut sent = 0;
-    let mut killed = false;
+    let mut kills = 0;
     let record = |stanza: &Element,
                   receipts: &mut BTreeSet<String>,
                   bodies: &mut BTreeMap<String, BTreeSet<String>>| {
@@ -552,21 +555,32 @@ async fn kill_9_under_load(database_url: Option<String>) {
         while let Some(stanza) = alice.next_stanza(Duration::from_millis(5)).await {
             record(&stanza, &mut receipts, &mut bodies);
         }
-        if !killed && sent >= MESSAGES / 3 {
-            while receipts.len() < KILL_AFTER {
+        if kills < KILLS && sent >= MESSAGES * (kills + 1) / (KILLS + 1) {
+            while receipts.len() < KILL_AFTER * (kills + 1) {
                 let stanza = alice.next_stanza(WAIT).await.expect("receipts");
                 record(&stanza, &mut receipts, &mut bodies);
             }
-            eprintln!("killed after {sent} sent and {} receipts", receipts.len());
+            let mut instance = match restarting.take() {
+                Some(restart) => {
+                    let instance = restart.await.expect("restarted");
+                    instance.wait_ready(Duration::from_secs(30)).await;
+                    instance
+                }
+                None => restarted.take().expect("running"),
+            };
+            eprintln!(
+                "kill {} after {sent} sent and {} receipts",
+                kills + 1,
+                receipts.len()
+            );
             // The client goes on sending while Jabbridge is down and coming back.
-            let mut killed_one = restarted.take().expect("killed once");
             restarting = Some(tokio::spawn(async move {
-                killed_one.kill().await;
+                instance.kill().await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                killed_one.restart().await;
-                killed_one
+                instance.restart().await;
+                instance
             }));
-            killed = true;
+            kills += 1;
         }
     }
     let jabbridge = restarting.expect("killed").await.expect("restarted");
