@@ -54,6 +54,12 @@ pub fn http_refused(reason: &'static str) {
     metrics::counter!("jabbridge_http_refused_total", "reason" => reason).increment(1);
 }
 
+/// A message delivered to a user came back from their server as an error (`condition`).
+pub fn bounce(bridge: &str, condition: &str) {
+    metrics::counter!("jabbridge_bounces_total", "bridge" => bridge.to_owned(), "condition" => condition.to_owned())
+        .increment(1);
+}
+
 /// An acknowledgement ping of a bridge's link did not come back while the link stayed up
 /// (ejabberd may route it over another instance's connection); what it covered was
 /// counted as delivered.

@@ -182,6 +182,14 @@ pub enum Write {
         /// When it is due.
         at: i64,
     },
+    /// A stanza delivered from the inbox came back as an error from the user's server: the
+    /// row stays, failed with the reason.
+    Bounce {
+        /// Its row in the inbox.
+        id: i64,
+        /// Why, as the server said.
+        reason: String,
+    },
     /// A delivery report about `foreign_id` was acted on: none is awaited any more.
     ClearReport {
         /// The bridge's domain.
@@ -679,6 +687,50 @@ impl Store {
             .transpose()
     }
 
+    /// The inbox row of the message `jid` received with `xmpp_id` (found through its id
+    /// mapping, written once it was delivered).
+    pub async fn inbox_row(
+        &self,
+        bridge: &str,
+        jid: &str,
+        xmpp_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let Some(foreign_id) = self.foreign_message_id(bridge, jid, xmpp_id).await? else {
+            return Ok(None);
+        };
+        let row = sqlx::query("SELECT id FROM inbox WHERE bridge = $1 AND dedupe_key = $2")
+            .bind(bridge)
+            .bind(format!("{jid}\n{foreign_id}"))
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| row.try_get::<i64, _>(0).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// How many of `bridge`'s inbox rows came back from users' servers as errors, and the
+    /// users they were for (at most `limit`, sorted).
+    pub async fn bounced(
+        &self,
+        bridge: &str,
+        limit: usize,
+    ) -> Result<(i64, Vec<String>), StoreError> {
+        let rows = sqlx::query(
+            "SELECT dedupe_key FROM inbox WHERE bridge = $1 AND failure LIKE 'bounced:%'",
+        )
+        .bind(bridge)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut users = std::collections::BTreeSet::new();
+        for row in &rows {
+            let key: String = row.try_get(0)?;
+            if let Some((user, _)) = key.split_once('\n') {
+                users.insert(user.to_owned());
+            }
+        }
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        Ok((count, users.into_iter().take(limit).collect()))
+    }
+
     /// The foreign id of a message `jid` sent or received with `xmpp_id`.
     pub async fn foreign_message_id(
         &self,
@@ -814,6 +866,17 @@ impl Store {
                         queue.table()
                     )))
                     .bind(*at)
+                    .bind(*id)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                Write::Bounce { id, reason } => {
+                    sqlx::query(
+                        "UPDATE inbox SET failure = $1, lease_owner = NULL, \
+                         delivered_at = COALESCE(delivered_at, $2) WHERE id = $3",
+                    )
+                    .bind(reason.as_str())
+                    .bind(now)
                     .bind(*id)
                     .execute(&mut *transaction)
                     .await?;

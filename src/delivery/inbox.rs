@@ -56,10 +56,25 @@ pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
             return;
         }
     };
+    // Known before it is written: the user's server may send it back at once.
+    let message_id = match &item.entry {
+        Inboxed::Message(entry) => {
+            let unacked = (entry.user.clone(), item.row);
+            if let Ok(mut written) = delivery.unacked.lock() {
+                written.insert(entry.id.clone(), unacked);
+            }
+            Some(entry.id.clone())
+        }
+        Inboxed::Notice { .. } => None,
+    };
+    let forget = || forget_unacked(delivery, message_id.as_deref());
     let acked = loop {
         tokio::select! {
             () = delivery.link.state.wait_connected() => {}
-            () = delivery.shutdown.clone().wait() => return,
+            () = delivery.shutdown.clone().wait() => {
+                forget();
+                return;
+            }
         }
         let written = tokio::time::timeout(
             delivery.config.lease / 2,
@@ -70,6 +85,7 @@ pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
             Ok(Ok(acked)) => break acked,
             Ok(Err(NotWritten::Unwritable(unwritable))) => {
                 // Sending it again would fail the same way and hold up the lane.
+                forget();
                 finish(Write::Fail {
                     queue: Queue::Inbox,
                     id: item.row,
@@ -92,26 +108,41 @@ pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
             // the link stops for good first (shutdown), the row stays queued and goes out
             // again at the next start.
             if !acked.wait().await {
+                forget_unacked(&delivery, message_id.as_deref());
                 return;
             }
-            let finish = |write: Write| delivery.committer.submit(write, None);
-            finish(Write::Complete {
-                queue: Queue::Inbox,
-                id: item.row,
-            })
-            .await;
+            delivery
+                .committer
+                .submit(
+                    Write::Complete {
+                        queue: Queue::Inbox,
+                        id: item.row,
+                    },
+                    None,
+                )
+                .await;
             if let Inboxed::Message(entry) = &item.entry {
-                finish(Write::MapId {
+                let mapping = Write::MapId {
                     bridge: delivery.domain.clone(),
                     jid: entry.user.clone(),
                     xmpp_id: entry.id.clone(),
                     foreign_id: entry.foreign_id.clone(),
-                })
-                .await;
+                };
+                // Forgotten here only once the mapping is stored, where a later bounce
+                // finds the row.
+                let _ = delivery.committer.commit(mapping).await;
             }
+            forget_unacked(&delivery, message_id.as_deref());
         }
         .instrument(span),
     );
+}
+
+/// Forgets a message tracked for bounces until its id mapping was stored.
+fn forget_unacked(delivery: &Delivery, id: Option<&str>) {
+    if let (Some(id), Ok(mut written)) = (id, delivery.unacked.lock()) {
+        written.remove(id);
+    }
 }
 
 /// The text with every attachment URL it does not already contain appended, one per line,
@@ -164,6 +195,36 @@ fn stamp(unix_millis: i64) -> Option<DateTime> {
         .to_string()
         .parse()
         .ok()
+}
+
+/// Acts on an error that `user`'s server sent back for the stanza `id`: if it is a message
+/// from the inbox, its row is marked failed with `reason` (the row stays, and the admin's
+/// `stats` shows it). Returns whether it was one.
+pub async fn bounced(delivery: &Delivery, user: &str, id: &str, reason: &str) -> bool {
+    let before_ack = delivery
+        .unacked
+        .lock()
+        .ok()
+        .and_then(|written| written.get(id).cloned())
+        .filter(|(to, _)| to == user)
+        .map(|(_, row)| row);
+    let row = match before_ack {
+        Some(row) => Some(row),
+        None => match delivery.store.inbox_row(&delivery.domain, user, id).await {
+            Ok(row) => row,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a bounced message");
+                None
+            }
+        },
+    };
+    let Some(row) = row else { return false };
+    let bounce = Write::Bounce {
+        id: row,
+        reason: format!("bounced: {reason}"),
+    };
+    delivery.committer.submit(bounce, None).await;
+    true
 }
 
 #[cfg(test)]

@@ -77,6 +77,10 @@ pub struct Delivery {
     /// Lane tasks running, so that shutdown can wait for sends in progress.
     running: AtomicUsize,
     idle: Notify,
+    /// Bridges' messages handed to the link whose id mapping is not stored yet, by stanza
+    /// id: the user and the row, for an error bounce that comes before the mapping would
+    /// find the row.
+    unacked: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
 /// What a bridge's delivery shares with the rest of the process.
@@ -123,6 +127,7 @@ impl Delivery {
             inbox: Lanes::new(usize::MAX),
             running: AtomicUsize::new(0),
             idle: Notify::new(),
+            unacked: std::sync::Mutex::default(),
         }
     }
 

@@ -340,6 +340,13 @@ async fn stats_text(gateway: &Gateway) -> Result<String, StanzaFailure> {
                 .map_err(internal)?,
         ));
     }
+    let (bounced, users) = store.bounced(domain, 10).await.map_err(internal)?;
+    if bounced > 0 {
+        lines.push(format!(
+            "Sent back by users' servers: {bounced}, for {}",
+            users.join(", ")
+        ));
+    }
     Ok(lines.join("\n"))
 }
 

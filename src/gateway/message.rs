@@ -14,7 +14,8 @@ use xmpp_parsers::{
 };
 
 use super::{Answer, Gateway, commands};
-use crate::delivery::{MAX_TEXT, OutboxEntry, accept};
+use crate::delivery::{MAX_TEXT, OutboxEntry, accept, inbox};
+use crate::metrics;
 use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Handles a message addressed to the gateway or a contact.
@@ -23,7 +24,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
     })?;
     if message.type_ == MessageType::Error {
-        tracing::debug!("ignored an error message");
+        bounced(gateway, &message).await;
         return Ok(None);
     }
     let (Some(from), Some(to)) = (message.from.clone(), message.to.clone()) else {
@@ -145,5 +146,58 @@ async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, conta
         if let Err(failure) = gateway.call("a chat state", call).await {
             tracing::debug!(%user, %failure, "a chat state was not passed on");
         }
+    }
+}
+
+/// An error from a user's server about a message we delivered to them: its inbox row is
+/// marked failed, counted, and the admin told when the user seems not to exist. Anything
+/// else of type error is dropped (never answered: RFC 6120 §8.3.1).
+async fn bounced(gateway: &Gateway, message: &Message) {
+    let (Some(from), Some(id)) = (&message.from, &message.id) else {
+        return;
+    };
+    let user = from.to_bare().to_string();
+    if gateway.access.role(&user).is_none() {
+        return;
+    }
+    let error = message
+        .payloads
+        .iter()
+        .find(|payload| payload.name() == "error");
+    let condition = error
+        .and_then(|error| error.children().find(|child| child.name() != "text"))
+        .map_or("undefined-condition", |condition| condition.name());
+    let text = error
+        .and_then(|error| error.children().find(|child| child.name() == "text"))
+        .map(Element::text);
+    let reason = match &text {
+        Some(text) => format!("{condition}: {text}"),
+        None => condition.to_owned(),
+    };
+    if !inbox::bounced(&gateway.delivery, &user, &id.0, &reason).await {
+        tracing::debug!(
+            user,
+            condition,
+            id = id.0,
+            "ignored an error message about nothing we sent"
+        );
+        return;
+    }
+    metrics::bounce(&gateway.domain, condition);
+    if matches!(
+        condition,
+        "item-not-found"
+            | "service-unavailable"
+            | "recipient-unavailable"
+            | "remote-server-not-found"
+    ) {
+        tracing::warn!(
+            user,
+            condition,
+            "a message could not be delivered: the user's server says the account is not there; \
+             an admin may remove the user (remove-user) or release their identities"
+        );
+    } else {
+        tracing::info!(user, %reason, "a message came back from the user's server");
     }
 }

@@ -20,6 +20,7 @@ on_both_servers!(
     commands_work_ad_hoc_and_by_chat,
     strangers_and_floods_are_refused,
     receipts_corrections_and_chat_states,
+    a_message_the_users_server_sends_back_is_recorded_as_failed,
 );
 
 /// Waits until every predicate has matched some stanza, in any order.
@@ -253,6 +254,68 @@ async fn commands_work_ad_hoc_and_by_chat(kind: ServerKind) {
     assert!(removed.contains("unregistered"), "{removed}");
     let status = chat(&mut alice, "status").await;
     assert!(status.contains("not registered"), "{status}");
+}
+
+/// A message the user's server sends back as an error (here: to an account that does not
+/// exist) was not delivered: its row is kept as failed, counted, and shown to the admin, and
+/// everything else goes on.
+async fn a_message_the_users_server_sends_back_is_recorded_as_failed(kind: ServerKind) {
+    let admin_user = ADMIN.split('@').next().unwrap_or_default();
+    let server = XmppServer::start(kind, &[ECHO], &["alice", admin_user]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(dir.path(), &config_for(&server, dir.path(), &[ECHO])).await;
+    jabbridge.wait_ready(WAIT).await;
+    let to_ghost = serde_json::json!({
+        "id": "g1", "user": "ghost@localhost", "contact": "ci", "text": "anyone there?",
+    });
+    assert_eq!(crate::say(&jabbridge, SAY_TOKEN, to_ghost).await, 202);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = jabbridge.get("/metrics").await;
+        if metrics.contains("jabbridge_bounces_total{bridge=\"echo.localhost\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bounce counted:\n{metrics}\n{}",
+            jabbridge.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut admin = server.client(admin_user).await;
+    let mut stats = chat(&mut admin, "stats").await;
+    // The bounce is written with the next batch.
+    for _ in 0..50 {
+        if stats.contains("1 failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stats = chat(&mut admin, "stats").await;
+    }
+    assert!(
+        stats.contains("To XMPP: 0 waiting, 0 delivered, 1 failed"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("Sent back by users' servers: 1, for ghost@localhost"),
+        "{stats}"
+    );
+    assert!(
+        jabbridge.log().contains("the account is not there"),
+        "{}",
+        jabbridge.log()
+    );
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    alice
+        .send(&format!(
+            "<message type='chat' to='bob@{ECHO}'><body>still here</body></message>"
+        ))
+        .await;
+    alice
+        .expect(WAIT, |stanza| {
+            body(stanza).is_some_and(|text| text.ends_with("still here"))
+        })
+        .await;
 }
 
 async fn strangers_and_floods_are_refused(kind: ServerKind) {
