@@ -97,7 +97,12 @@ impl CoreSink for Unwired {
         Err(CoreError::ShuttingDown)
     }
 
-    async fn report(&self, _message: MessageId, _report: DeliveryReport) -> Result<(), CoreError> {
+    async fn report(
+        &self,
+        _message: MessageId,
+        _sender: Option<UserJid>,
+        _report: DeliveryReport,
+    ) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
 
@@ -246,6 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
             config.delivery.clone(),
             section.call_limits(),
+            section.spend_limit,
         ));
         let span = gateway.span();
         // Before anything new is accepted, so that old messages reach their lanes first.

@@ -187,6 +187,12 @@ pub struct BridgeConfig {
     /// `resource-constraint`. Absent: no limit.
     #[serde(default, deserialize_with = "rate_limit")]
     pub rate_limit: Option<RateLimit>,
+    /// Messages to the foreign network per UTC day, for the whole bridge and per user,
+    /// counted in the database so that every instance shares the count, e.g.
+    /// `{ per_day = 1000, per_user_per_day = 100 }`. Beyond it messages are refused with
+    /// `resource-constraint`. Absent: no cap.
+    #[serde(default)]
+    pub spend_limit: Option<SpendLimit>,
     /// Calls into the bridge (registrations, commands, presence hooks, sends) that may run at
     /// once, for all users together (1 to 1024). Each user's stanzas are handled in order,
     /// and different users' at the same time, up to this limit.
@@ -235,6 +241,18 @@ impl Default for CallLimits {
             timeout: defaults::call_timeout(),
         }
     }
+}
+
+/// `[[bridge]] spend_limit`: messages to the foreign network per UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendLimit {
+    /// For the whole bridge.
+    #[serde(default)]
+    pub per_day: Option<u32>,
+    /// For each user.
+    #[serde(default)]
+    pub per_user_per_day: Option<u32>,
 }
 
 /// A number of events per period: `30/min`, `5/s`, `1000/hour`, `10/day`.
@@ -592,6 +610,15 @@ impl Config {
                     format!("bridge[{index}].concurrency"),
                     "must be between 1 and 1024".into(),
                 ));
+            }
+            if let Some(spend) = bridge.spend_limit {
+                let counts = [spend.per_day, spend.per_user_per_day];
+                if counts.iter().all(Option::is_none) || counts.contains(&Some(0)) {
+                    return Err((
+                        format!("bridge[{index}].spend_limit"),
+                        "give per_day and/or per_user_per_day, each at least 1".into(),
+                    ));
+                }
             }
             if crate::bridges::find(&bridge.kind).is_none() {
                 return Err((

@@ -12,7 +12,7 @@ use jabbridge_sdk::{
     async_trait,
 };
 
-use crate::config::{CallLimits, RateLimit};
+use crate::config::{CallLimits, RateLimit, SpendLimit};
 use crate::store::Queue;
 use crate::testing::{DOMAIN, Harness, Options, body, condition, error_type, real_sleep};
 
@@ -376,4 +376,58 @@ async fn an_error_notice_is_stored_with_the_failure_and_survives_a_restart() {
     }
     assert_eq!(store.pending(Queue::Inbox, DOMAIN).await.unwrap(), 0);
     second.nothing_for(Duration::from_secs(1)).await;
+}
+
+/// `spend_limit` caps the messages sent per day, per user and for the whole bridge, with a
+/// `resource-constraint` that says which cap was reached.
+#[tokio::test(start_paused = true)]
+async fn a_spend_limit_refuses_messages_past_its_daily_caps() {
+    let mut harness = Harness::start(Options {
+        spend: Some(SpendLimit {
+            per_day: Some(3),
+            per_user_per_day: Some(2),
+        }),
+        ..Options::default()
+    })
+    .await;
+    harness.register("alice@test").await;
+    harness.register("bob@test").await;
+    let message = |user: &str, id: &str| {
+        format!(
+            "<message type='chat' from='{user}/r' to='bob@echo.test' id='{id}'><body>{id}</body></message>"
+        )
+    };
+    let mut answers = Vec::new();
+    for (user, id) in [
+        ("alice@test", "a1"),
+        ("alice@test", "a2"),
+        ("alice@test", "a3"),
+    ] {
+        harness.receive(&message(user, id)).await;
+    }
+    for _ in 0..3 {
+        answers.push(harness.next().await);
+    }
+    let refused: Vec<&xmpp_parsers::minidom::Element> = answers
+        .iter()
+        .filter(|stanza| stanza.attr("type") == Some("error"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{answers:?}");
+    assert_eq!(refused[0].attr("id"), Some("a3"));
+    assert_eq!(
+        condition(refused[0]).as_deref(),
+        Some("resource-constraint")
+    );
+    assert!(String::from(refused[0]).contains("you have sent the 2 messages"));
+    // Bob has his own two, but the bridge only one more today.
+    harness.receive(&message("bob@test", "b1")).await;
+    let echo = harness.next().await;
+    assert_eq!(body(&echo).as_deref(), Some("> b1"), "{echo:?}");
+    harness.receive(&message("bob@test", "b2")).await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("id"), Some("b2"));
+    assert!(
+        String::from(&refused).contains("echo.test has sent the 3 messages"),
+        "{refused:?}"
+    );
 }

@@ -54,6 +54,11 @@ pub fn http_refused(reason: &'static str) {
     metrics::counter!("jabbridge_http_refused_total", "reason" => reason).increment(1);
 }
 
+/// A message to the foreign network was refused: a `spend_limit` cap was reached.
+pub fn spend_refused(bridge: &str) {
+    metrics::counter!("jabbridge_spend_refused_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
 /// A message delivered to a user came back from their server as an error (`condition`).
 pub fn bounce(bridge: &str, condition: &str) {
     metrics::counter!("jabbridge_bounces_total", "bridge" => bridge.to_owned(), "condition" => condition.to_owned())

@@ -152,6 +152,20 @@ impl Queue {
     }
 }
 
+/// How long a statement waits for a connection of the pool before it fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What counting a message against a bridge's `spend_limit` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// Counted: within the caps.
+    Counted,
+    /// The bridge's cap for today is reached; nothing was counted.
+    BridgeCapReached,
+    /// The user's cap for today is reached; nothing was counted.
+    UserCapReached,
+}
+
 /// A write that [`Store::commit_batch`] commits with others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -280,6 +294,16 @@ pub fn millis(time: SystemTime) -> i64 {
 impl Store {
     /// Connects to `url` (creating an SQLite file if missing, in WAL mode). Does not migrate.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_waiting(url, max_connections, ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Store::connect`], with how long a statement may wait for a connection of the pool
+    /// before it fails: the in-process harness, whose clock jumps, waits as long as it takes.
+    pub async fn connect_waiting(
+        url: &SecretString,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let url = url.expose_secret();
         let engine = if url.starts_with("sqlite:") {
@@ -302,7 +326,7 @@ impl Store {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
@@ -729,6 +753,52 @@ impl Store {
         }
         let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
         Ok((count, users.into_iter().take(limit).collect()))
+    }
+
+    /// Counts one message of `user` on `bridge` against today's (UTC `day`) caps: `per_day`
+    /// for the bridge, `per_user` for the user. Counts nothing and says which cap is
+    /// reached when one is; every instance shares the counts.
+    pub async fn spend(
+        &self,
+        bridge: &str,
+        user: &str,
+        day: i64,
+        per_day: Option<u32>,
+        per_user: Option<u32>,
+    ) -> Result<Spent, StoreError> {
+        let mut transaction = self.pool.begin().await?;
+        for (subject, cap, reached) in [
+            ("", per_day, Spent::BridgeCapReached),
+            (user, per_user, Spent::UserCapReached),
+        ] {
+            let Some(cap) = cap else { continue };
+            let counted = sqlx::query(
+                "INSERT INTO spend (bridge, subject, day, count) VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (bridge, subject, day) DO UPDATE SET count = spend.count + 1 \
+                 WHERE spend.count < $4 RETURNING count",
+            )
+            .bind(bridge)
+            .bind(subject)
+            .bind(day)
+            .bind(i64::from(cap))
+            .fetch_optional(&mut *transaction)
+            .await?;
+            if counted.is_none() {
+                transaction.rollback().await?;
+                return Ok(reached);
+            }
+        }
+        transaction.commit().await?;
+        Ok(Spent::Counted)
+    }
+
+    /// Deletes the spend counts of days before `day`.
+    pub async fn forget_spend(&self, day: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM spend WHERE day < $1")
+            .bind(day)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// The foreign id of a message `jid` sent or received with `xmpp_id`.

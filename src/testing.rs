@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use xmpp_parsers::minidom::Element;
 
 use crate::access::Access;
-use crate::config::{CallLimits, DeliveryConfig, RateLimit};
+use crate::config::{CallLimits, DeliveryConfig, RateLimit, SpendLimit};
 use crate::delivery::commit::Committer;
 use crate::gateway::core_link::CoreLink;
 use crate::gateway::{Gateway, Wiring};
@@ -40,6 +40,8 @@ pub struct Options {
     pub rate_limit: Option<RateLimit>,
     /// `concurrency` and `call_timeout`.
     pub calls: CallLimits,
+    /// `spend_limit`.
+    pub spend: Option<SpendLimit>,
     /// The bridge; the echo bridge (prefix `> `) when `None`.
     pub bridge: Option<Arc<dyn Bridge>>,
     /// The database URL; SQLite in memory when `None`. A file lets a test start a second
@@ -54,6 +56,7 @@ impl Default for Options {
             admins: vec!["admin@test".into()],
             rate_limit: None,
             calls: CallLimits::default(),
+            spend: None,
             bridge: None,
             database: None,
         }
@@ -100,7 +103,10 @@ impl Harness {
         let clock = hold_the_clock();
         // One connection: an in-memory SQLite database lives as long as its connection.
         let url = options.database.as_deref().unwrap_or("sqlite::memory:");
-        let store = Store::connect(&SecretString::from(url), 1)
+        // The clock jumps when a test moves it: a statement waiting for the one connection
+        // meanwhile must not time out.
+        let year = Duration::from_secs(365 * 86_400);
+        let store = Store::connect_waiting(&SecretString::from(url), 1, year)
             .await
             .expect("SQLite");
         store.migrate().await.expect("migrations");
@@ -131,6 +137,7 @@ impl Harness {
             Access::new(DOMAIN, &options.allow, &options.admins, options.rate_limit),
             DeliveryConfig::default(),
             options.calls,
+            options.spend,
         ));
         // As at start-up: what an earlier gateway left goes to its lanes first.
         crate::delivery::recovery::recover(&gateway.delivery, true).await;

@@ -13,6 +13,7 @@ use xmpp_parsers::{
     minidom::Element,
 };
 
+use super::commit::Done;
 use super::{Delivery, InboxEntry, Inboxed};
 use crate::store::{Queue, Write, now_millis};
 use crate::xmpp::session::NotWritten;
@@ -111,28 +112,30 @@ pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
                 forget_unacked(&delivery, message_id.as_deref());
                 return;
             }
-            delivery
-                .committer
-                .submit(
-                    Write::Complete {
-                        queue: Queue::Inbox,
-                        id: item.row,
-                    },
-                    None,
-                )
-                .await;
-            if let Inboxed::Message(entry) = &item.entry {
-                let mapping = Write::MapId {
-                    bridge: delivery.domain.clone(),
-                    jid: entry.user.clone(),
-                    xmpp_id: entry.id.clone(),
-                    foreign_id: entry.foreign_id.clone(),
-                };
-                // Forgotten here only once the mapping is stored, where a later bounce
-                // finds the row.
-                let _ = delivery.committer.commit(mapping).await;
+            let complete = Write::Complete {
+                queue: Queue::Inbox,
+                id: item.row,
+            };
+            match &item.entry {
+                Inboxed::Message(entry) => {
+                    let mapping = Write::MapId {
+                        bridge: delivery.domain.clone(),
+                        jid: entry.user.clone(),
+                        xmpp_id: entry.id.clone(),
+                        foreign_id: entry.foreign_id.clone(),
+                    };
+                    // Forgotten once the mapping is stored, where a later bounce finds the
+                    // row.
+                    let stored = delivery.clone();
+                    let done: Done =
+                        Box::new(move |_| forget_unacked(&stored, message_id.as_deref()));
+                    delivery
+                        .committer
+                        .submit_together(complete, mapping, Some(done))
+                        .await;
+                }
+                Inboxed::Notice { .. } => delivery.committer.submit(complete, None).await,
             }
-            forget_unacked(&delivery, message_id.as_deref());
         }
         .instrument(span),
     );

@@ -255,10 +255,12 @@ async fn give_up(delivery: &Arc<Delivery>, item: &Item, reason: &str) {
 
 /// Acts on a bridge's delivery report about the message the network knows as `foreign_id`:
 /// a receipt (if asked) or an error message to its sender, once. Unknown messages and
-/// repeated reports are ignored.
+/// repeated reports are ignored, and so is a report vouched for by `only_for` (a user's own
+/// credentials) about a message someone else sent.
 pub async fn delivery_report(
     delivery: &Arc<Delivery>,
     foreign_id: &str,
+    only_for: Option<&str>,
     report: DeliveryReport,
 ) -> Result<(), CoreError> {
     let deadline = tokio::time::Instant::now() + REPORT_WAIT;
@@ -291,6 +293,18 @@ pub async fn delivery_report(
         tracing::error!(foreign_id, "a stored delivery report record does not parse");
         return Ok(());
     };
+    if let Some(user) = only_for
+        && bare(&pending.from) != user
+    {
+        // Signed with one user's own account, about another's message: not theirs to report.
+        metrics::delivery(&delivery.domain, "report-refused");
+        tracing::warn!(
+            foreign_id,
+            signer = user,
+            "ignored a delivery report signed by one user's account about another's message"
+        );
+        return Ok(());
+    }
     let says = match report {
         DeliveryReport::Delivered => {
             metrics::delivery(&delivery.domain, "reported-delivered");

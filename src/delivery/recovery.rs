@@ -128,6 +128,10 @@ async fn sweeper(delivery: Arc<Delivery>) {
         if let Err(error) = store.forget_message_ids(before).await {
             tracing::warn!(%error, "cannot delete old message ids");
         }
+        let today = now_millis() / 86_400_000;
+        if let Err(error) = store.forget_spend(today - 1).await {
+            tracing::warn!(%error, "cannot delete old spend counts");
+        }
         let day_ago = now_millis().saturating_sub(86_400_000);
         if let Err(error) = store.forget_instances(None, day_ago).await {
             tracing::warn!(%error, "cannot forget old instances");

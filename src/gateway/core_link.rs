@@ -28,8 +28,9 @@ pub enum Request {
     Deliver(IncomingMessage, Reply),
     /// Show the user this state of their link ([`jabbridge_sdk::Core::set_status`]).
     SetStatus(UserJid, UserStatus, Reply),
-    /// The network reported on a message ([`jabbridge_sdk::Core::report`]).
-    Report(MessageId, DeliveryReport, Reply),
+    /// The network reported on a message ([`jabbridge_sdk::Core::report`]), for any sender
+    /// or only for this one ([`jabbridge_sdk::Core::report_for`]).
+    Report(MessageId, Option<UserJid>, DeliveryReport, Reply),
 }
 
 /// The gateway's end of the channel.
@@ -81,8 +82,13 @@ impl CoreSink for CoreLink {
             .await
     }
 
-    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError> {
-        self.ask(|reply| Request::Report(message, report, reply))
+    async fn report(
+        &self,
+        message: MessageId,
+        sender: Option<UserJid>,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError> {
+        self.ask(|reply| Request::Report(message, sender, report, reply))
             .await
     }
 
@@ -183,11 +189,13 @@ pub(super) async fn serve(gateway: &Gateway, request: Request) {
             };
             let _ = reply.send(shown);
         }
-        Request::Report(message, report, reply) => {
+        Request::Report(message, sender, report, reply) => {
             let delivery = gateway.delivery.clone();
             tokio::spawn(
                 async move {
-                    let acted = outbox::delivery_report(&delivery, message.as_str(), report).await;
+                    let sender = sender.as_ref().map(UserJid::as_str);
+                    let acted =
+                        outbox::delivery_report(&delivery, message.as_str(), sender, report).await;
                     let _ = reply.send(acted);
                 }
                 .instrument(gateway.span()),

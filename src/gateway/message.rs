@@ -16,6 +16,7 @@ use xmpp_parsers::{
 use super::{Answer, Gateway, commands};
 use crate::delivery::{MAX_TEXT, OutboxEntry, accept, inbox};
 use crate::metrics;
+use crate::store::Spent;
 use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Handles a message addressed to the gateway or a contact.
@@ -86,6 +87,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         )));
     }
     gateway.access.take(&user)?;
+    spend(gateway, &user).await?;
     let stanza_id = message.id.clone().map(|id| id.0);
     let id = message
         .payloads
@@ -119,6 +121,42 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
     };
     accept::outgoing(&gateway.delivery, entry).await?;
     Ok(None)
+}
+
+/// Counts a message against the bridge's `spend_limit`, or refuses it when a cap is
+/// reached.
+async fn spend(gateway: &Gateway, user: &str) -> Result<(), StanzaFailure> {
+    let Some(limit) = gateway.spend else {
+        return Ok(());
+    };
+    let day = crate::store::now_millis() / 86_400_000;
+    let spent = gateway
+        .store
+        .spend(
+            &gateway.domain,
+            user,
+            day,
+            limit.per_day,
+            limit.per_user_per_day,
+        )
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    let cap = match spent {
+        Spent::Counted => return Ok(()),
+        Spent::BridgeCapReached => format!(
+            "{} has sent the {} messages it may send today (UTC); the message was not sent",
+            gateway.domain,
+            limit.per_day.unwrap_or_default()
+        ),
+        Spent::UserCapReached => format!(
+            "you have sent the {} messages you may send through {} today (UTC); the message \
+             was not sent",
+            limit.per_user_per_day.unwrap_or_default(),
+            gateway.domain
+        ),
+    };
+    metrics::spend_refused(&gateway.domain);
+    Err(StanzaFailure::ResourceConstraint(cap))
 }
 
 /// Passes a typing notification to a bridge that declared it; drops it otherwise.

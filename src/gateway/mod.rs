@@ -27,7 +27,7 @@ use xmpp_parsers::{jid::Jid, minidom::Element};
 
 use crate::access::Access;
 use crate::calls::Calls;
-use crate::config::{CallLimits, DeliveryConfig};
+use crate::config::{CallLimits, DeliveryConfig, SpendLimit};
 use crate::delivery::{self, Delivery};
 use crate::lanes::{Lanes, Pushed};
 use crate::metrics;
@@ -52,6 +52,8 @@ pub struct Gateway {
     pub store: Store,
     /// Who may use the bridge.
     pub access: Access,
+    /// `[[bridge]] spend_limit`.
+    spend: Option<SpendLimit>,
     /// The bridge's durable queues.
     pub delivery: Arc<Delivery>,
     /// The limits on calls into the bridge (shared with the delivery lanes).
@@ -95,6 +97,7 @@ impl Gateway {
         access: Access,
         delivery: DeliveryConfig,
         limits: CallLimits,
+        spend: Option<SpendLimit>,
     ) -> Self {
         let info = bridge.info();
         let span = tracing::info_span!("bridge", bridge = %domain);
@@ -116,6 +119,7 @@ impl Gateway {
             link,
             store,
             access,
+            spend,
             delivery: Arc::new(delivery),
             calls,
             online: presence::Online::default(),

@@ -11,8 +11,8 @@
 //! - stanzas queued while the link is down wait in a bounded queue and go out after the
 //!   handshake; a stanza whose write failed is sent again first;
 //! - a stanza sent with [`LinkHandle::send_and_confirm`] counts as delivered only once the
-//!   server has it: each burst of writes is followed by a XEP-0199 ping to our own domain,
-//!   and reading that ping back (the server handles a component's stanzas in order) acks
+//!   server has it: writes are followed by a XEP-0199 ping to our own domain (at most one
+//!   per 5 ms), and reading that ping back (the server handles a component's stanzas in order) acks
 //!   everything written before it. What was written but not acked when the link broke is
 //!   written again, first and in order, on the next link;
 //! - stanzas are read with bounds on their shape ([`super::bounded`]); one over a bound is
@@ -502,6 +502,8 @@ struct Acks<'a> {
     /// Pings sent and not yet read back: sequence and when.
     pings: VecDeque<(u64, Instant)>,
     sequence: u64,
+    /// When the last ping was sent.
+    last_ping: Option<Instant>,
     /// How long a ping may stay unanswered while the link is up before what it covers
     /// counts as acknowledged anyway (see [`Acks::overdue`]).
     wait: Duration,
@@ -514,6 +516,7 @@ impl<'a> Acks<'a> {
             pending: VecDeque::new(),
             pings: VecDeque::new(),
             sequence: 0,
+            last_ping: None,
             // Longer than it takes to declare a silent server dead (then the link breaks
             // and the pending stanzas are written again instead).
             wait: config.keepalive + config.keepalive_timeout + Duration::from_secs(5),
@@ -525,11 +528,25 @@ impl<'a> Acks<'a> {
         self.pending.push_back((0, outgoing));
     }
 
+    /// When the next ping is due: something written is not covered by one yet, and the
+    /// last went out [`PING_GAP`] ago (so that a busy link sends a ping per few
+    /// milliseconds, not per stanza).
+    fn ping_due(&self) -> Option<Instant> {
+        if self.pending.back().is_none_or(|(covered, _)| *covered != 0) {
+            return None;
+        }
+        Some(
+            self.last_ping
+                .map_or_else(Instant::now, |last| last + PING_GAP),
+        )
+    }
+
     /// The ping that acknowledges everything written since the last one, if anything was.
     fn ping(&mut self, domain: &str) -> Option<Element> {
         if self.pending.back().is_none_or(|(covered, _)| *covered != 0) {
             return None;
         }
+        self.last_ping = Some(Instant::now());
         self.sequence += 1;
         for (covered, _) in self.pending.iter_mut().rev() {
             if *covered != 0 {
@@ -621,6 +638,8 @@ impl<'a> Acks<'a> {
 
 /// The id prefix of acknowledgement pings.
 const ACK_PREFIX: &str = "jabbridge-ack-";
+/// The least time between two acknowledgement pings.
+const PING_GAP: Duration = Duration::from_millis(5);
 
 /// Runs an established link until it breaks (`Err`) or shutdown has flushed it (`Ok`).
 #[allow(clippy::too_many_arguments)]
@@ -672,6 +691,7 @@ async fn serve_with(
     tokio::pin!(stopping);
     loop {
         let overdue = acks.overdue();
+        let ping_due = acks.ping_due();
         tokio::select! {
             biased;
             () = &mut stopping => {
@@ -691,8 +711,9 @@ async fn serve_with(
                     return Ok(());
                 };
                 write(domain, stream, again, acks, stanza).await?;
-                // One acknowledgement ping per burst: once nothing else waits to go out.
-                if outgoing.is_empty() && let Some(ping) = acks.ping(domain) {
+            }
+            () = tokio::time::sleep_until(ping_due.unwrap_or_else(Instant::now)), if ping_due.is_some() => {
+                if let Some(ping) = acks.ping(domain) {
                     write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
                 }
             }

@@ -36,8 +36,13 @@ pub trait CoreSink: Send + Sync + 'static {
     /// See [`Core::save`].
     async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError>;
 
-    /// See [`Core::report`].
-    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError>;
+    /// See [`Core::report`] (`sender: None`) and [`Core::report_for`].
+    async fn report(
+        &self,
+        message: MessageId,
+        sender: Option<UserJid>,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError>;
 
     /// See [`Core::owner`].
     async fn owner(&self, identity: ForeignId) -> Result<Option<UserJid>, CoreError>;
@@ -131,7 +136,21 @@ impl Core {
         message: &MessageId,
         report: DeliveryReport,
     ) -> Result<(), CoreError> {
-        self.sink.report(message.clone(), report).await
+        self.sink.report(message.clone(), None, report).await
+    }
+
+    /// [`Core::report`], acted on only if `sender` sent the message: for a report that only
+    /// a user's own credentials vouch for (a webhook signed with the key of their own
+    /// provider account), which must not reach anyone else's messages.
+    pub async fn report_for(
+        &self,
+        message: &MessageId,
+        sender: &UserJid,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError> {
+        self.sink
+            .report(message.clone(), Some(sender.clone()), report)
+            .await
     }
 
     /// The XMPP user who owns one of the bridge's foreign identities (a phone number, a nick):

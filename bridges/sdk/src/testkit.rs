@@ -43,6 +43,7 @@ struct Memory {
     owners: BTreeMap<ForeignId, UserJid>,
     registrations: BTreeMap<UserJid, RegistrationData>,
     reports: Vec<(MessageId, DeliveryReport)>,
+    report_senders: Vec<Option<UserJid>>,
 }
 
 type State = Arc<std::sync::Mutex<Memory>>;
@@ -81,8 +82,15 @@ impl CoreSink for RecordingSink {
         Ok(())
     }
 
-    async fn report(&self, message: MessageId, report: DeliveryReport) -> Result<(), CoreError> {
-        memory(&self.state)?.reports.push((message, report));
+    async fn report(
+        &self,
+        message: MessageId,
+        sender: Option<UserJid>,
+        report: DeliveryReport,
+    ) -> Result<(), CoreError> {
+        let mut memory = memory(&self.state)?;
+        memory.reports.push((message, report));
+        memory.report_senders.push(sender);
         Ok(())
     }
 
@@ -188,6 +196,15 @@ impl TestCore {
         self.state
             .lock()
             .map(|state| state.reports.clone())
+            .unwrap_or_default()
+    }
+
+    /// For each of [`TestCore::reports`], the sender it was restricted to
+    /// ([`Core::report_for`]), or `None` ([`Core::report`]).
+    pub fn report_senders(&self) -> Vec<Option<UserJid>> {
+        self.state
+            .lock()
+            .map(|state| state.report_senders.clone())
             .unwrap_or_default()
     }
 

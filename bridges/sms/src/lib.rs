@@ -62,6 +62,12 @@ struct SmsConfig {
     /// Whether users may register their own number and provider account (XEP-0077).
     #[serde(default = "yes")]
     self_service: bool,
+    /// The regions texts may go to (ISO 3166); default: `default_region` only.
+    #[serde(default)]
+    countries: Option<Vec<String>>,
+    /// Whether texts may go to short codes (3 to 8 digits). Default false.
+    #[serde(default)]
+    short_codes: bool,
     /// How long one request to a provider's API may take.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     timeout: Duration,
@@ -185,6 +191,9 @@ struct SmsBridge {
     /// `[[bridge.number]]`, checked.
     assigned: Vec<(E164, UserJid)>,
     self_service: bool,
+    /// `countries`, checked, in upper case.
+    countries: std::collections::BTreeSet<String>,
+    short_codes: bool,
     timeout: Duration,
     /// Made on first use: building an HTTP client reads the system's TLS roots, and
     /// `build` must do no I/O.
@@ -203,6 +212,27 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
     };
     let numbers =
         Numbers::new(&config.default_region).map_err(|message| error("default_region", message))?;
+    let countries = config
+        .countries
+        .clone()
+        .unwrap_or_else(|| vec![config.default_region.clone()]);
+    let countries = countries
+        .iter()
+        .map(|country| {
+            number::region_code(country).ok_or_else(|| {
+                error(
+                    "countries",
+                    format!("'{country}' is not an ISO 3166 region code such as US or GB"),
+                )
+            })
+        })
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    if countries.is_empty() {
+        return Err(error(
+            "countries",
+            "name at least one region texts may go to".into(),
+        ));
+    }
     let mut accounts = BTreeMap::new();
     let mut api_bases = BTreeMap::new();
     if let Some(twilio) = config.twilio {
@@ -284,9 +314,16 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
         api_bases,
         assigned,
         self_service: config.self_service,
+        countries,
+        short_codes: config.short_codes,
         timeout: config.timeout,
         providers: OnceLock::new(),
     }))
+}
+
+/// 3 to 8 digits: a short code, dialled as it is.
+fn is_short_code(text: &str) -> bool {
+    (3..=8).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -323,6 +360,31 @@ fn permanent(reason: impl Into<String>) -> SendError {
 }
 
 impl SmsBridge {
+    /// Whether texts may go to `contact`: a short code only with `short_codes`, a number
+    /// only in one of `countries`. The reason is the user's to read.
+    fn may_text(&self, contact: &str) -> Result<(), String> {
+        if is_short_code(contact) {
+            return if self.short_codes {
+                Ok(())
+            } else {
+                Err(format!(
+                    "texts to short codes such as {contact} are off on this gateway"
+                ))
+            };
+        }
+        let number = self.numbers.parse(contact)?;
+        let region = number::region(&number).unwrap_or_else(|| "an unknown region".into());
+        if self.countries.contains(&region) {
+            Ok(())
+        } else {
+            let allowed: Vec<&str> = self.countries.iter().map(String::as_str).collect();
+            Err(format!(
+                "texts to {number} ({region}) are not allowed on this gateway; it texts {}",
+                allowed.join(", ")
+            ))
+        }
+    }
+
     fn providers(&self) -> Result<&BTreeMap<Kind, Arc<dyn Provider>>, String> {
         if let Some(providers) = self.providers.get() {
             return Ok(providers);
@@ -447,7 +509,11 @@ impl SmsBridge {
 
     /// The own account at `kind` of the owner of our number `line`, if they registered one:
     /// the other account that may sign a webhook about that number.
-    async fn owner_account(&self, kind: Kind, line: Option<&str>) -> Option<Credentials> {
+    async fn owner_account(
+        &self,
+        kind: Kind,
+        line: Option<&str>,
+    ) -> Option<(UserJid, Credentials)> {
         let number = line.and_then(|line| self.numbers.parse(line).ok())?;
         let owner = self
             .core
@@ -455,7 +521,8 @@ impl SmsBridge {
             .await
             .ok()??;
         let registration = self.core.registration(&owner).await.ok()?;
-        Registration::parse(registration.as_ref())?.account(kind)
+        let account = Registration::parse(registration.as_ref())?.account(kind)?;
+        Some((owner, account))
     }
 
     /// Writes `[[bridge.number]]` to the identity table, and releases the numbers removed
@@ -517,7 +584,12 @@ impl SmsBridge {
 
     /// Acts on one verified webhook event; `Err` is the answer to give (the provider
     /// retries).
-    async fn handle_event(&self, kind: Kind, event: Event) -> Result<(), HttpResponse> {
+    async fn handle_event(
+        &self,
+        kind: Kind,
+        event: Event,
+        signer: Option<&UserJid>,
+    ) -> Result<(), HttpResponse> {
         let unavailable = |error: String| {
             tracing::warn!(bridge = %self.core.domain(), %error, "cannot take a webhook now");
             text_response(http::StatusCode::SERVICE_UNAVAILABLE, "try again later")
@@ -557,14 +629,15 @@ impl SmsBridge {
                     .await
                     .map_err(|error| unavailable(error.to_string()))
             }
-            Event::Status { id, report } => match report {
-                Some(report) => self
-                    .core
-                    .report(&MessageId::new(id), report)
-                    .await
-                    .map_err(|error| unavailable(error.to_string())),
-                None => Ok(()),
-            },
+            Event::Status { id, report } => {
+                let Some(report) = report else { return Ok(()) };
+                let id = MessageId::new(id);
+                let reported = match signer {
+                    Some(owner) => self.core.report_for(&id, owner, report).await,
+                    None => self.core.report(&id, report).await,
+                };
+                reported.map_err(|error| unavailable(error.to_string()))
+            }
         }
     }
 
@@ -740,8 +813,9 @@ impl Bridge for SmsBridge {
 
     fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {
         let trimmed = localpart.trim();
-        // Short codes (3 to 8 digits) are dialled as they are.
-        if (3..=8).contains(&trimmed.len()) && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        // Short codes (3 to 8 digits) are dialled as they are (texts to them only with
+        // `short_codes`).
+        if is_short_code(trimmed) {
             return Ok(ForeignId::new(trimmed));
         }
         self.numbers
@@ -843,6 +917,7 @@ impl Bridge for SmsBridge {
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        self.may_text(message.contact.as_str()).map_err(permanent)?;
         let registration = Registration::parse(message.registration.as_ref());
         let line = self
             .line(&message.user, registration.as_ref(), None)
@@ -998,21 +1073,25 @@ impl Bridge for SmsBridge {
         let url = self.core.route_url(&path).unwrap_or_default();
         // The gateway's account first: only a self-service number needs the owner's, and
         // looking it up costs two database reads.
-        let signed = match self.accounts.get(&kind) {
-            Some(account) if provider.verify(&webhook, &url, account) => true,
+        // Who vouches for the webhook: the gateway's account (`Some(None)`), or only the
+        // line owner's own (`Some(Some(owner))`), whose reports may then concern only
+        // their own messages.
+        let signer = match self.accounts.get(&kind) {
+            Some(account) if provider.verify(&webhook, &url, account) => Some(None),
             _ => self
                 .owner_account(kind, webhook.line.as_deref())
                 .await
-                .is_some_and(|account| provider.verify(&webhook, &url, &account)),
+                .filter(|(_, account)| provider.verify(&webhook, &url, account))
+                .map(|(owner, _)| Some(owner)),
         };
-        if !signed {
+        let Some(signer) = signer else {
             metrics::counter!("jabbridge_sms_forged_total", "bridge" => self.core.domain().to_owned(), "provider" => kind.as_str())
                 .increment(1);
             tracing::warn!(bridge = %self.core.domain(), provider = kind.as_str(), %path, "refused a webhook no account signed");
             return provider.forged();
-        }
+        };
         for event in webhook.events {
-            if let Err(answer) = self.handle_event(kind, event).await {
+            if let Err(answer) = self.handle_event(kind, event, signer.as_ref()).await {
                 return answer;
             }
         }

@@ -54,7 +54,10 @@ impl Numbers {
         if text.chars().any(|c| c.is_alphabetic()) {
             return Err(format!("'{text}' is not a phone number (it has letters)"));
         }
-        let number = phonenumber::parse(Some(self.region), text)
+        // A number with its country code is read without the default region: read with one,
+        // the region's national prefix is stripped too (with US, the 1 of +33 1 … went).
+        let region = (!text.starts_with('+')).then_some(self.region);
+        let number = phonenumber::parse(region, text)
             .map_err(|error| format!("'{text}' is not a phone number: {error}"))?;
         let e164 = number.format().mode(Mode::E164).to_string();
         let digits = e164.trim_start_matches('+');
@@ -67,6 +70,24 @@ impl Numbers {
         }
         Ok(E164(e164))
     }
+}
+
+/// The ISO 3166 region of a number, e.g. `GB` for `+442079460958`; a North American (+1)
+/// number that no region claims (fictional 555 numbers, providers' test numbers) counts as
+/// `US`. `None` when the digits name no region.
+pub fn region(number: &E164) -> Option<String> {
+    let parsed = phonenumber::parse(None, number.as_str()).ok()?;
+    match parsed.country().id() {
+        Some(id) => Some(id.as_ref().to_owned()),
+        None if parsed.code().value() == 1 => Some("US".into()),
+        None => None,
+    }
+}
+
+/// Whether `region` is an ISO 3166 region code (any case), in upper case.
+pub fn region_code(region: &str) -> Option<String> {
+    let upper = region.trim().to_ascii_uppercase();
+    upper.parse::<country::Id>().ok().map(|_| upper)
 }
 
 #[cfg(test)]
@@ -104,5 +125,21 @@ mod tests {
             assert!(!error.is_empty(), "{typed}");
         }
         assert!(Numbers::new("Narnia").is_err());
+    }
+
+    #[test]
+    fn numbers_know_their_region() {
+        let us = Numbers::new("US").unwrap();
+        let region_of = |typed: &str| region(&us.parse(typed).unwrap());
+        assert_eq!(region_of("+44 20 7946 0958").as_deref(), Some("GB"));
+        assert_eq!(region_of("+33 1 44 55 66 77").as_deref(), Some("FR"));
+        assert_eq!(
+            us.parse("+33 1 44 55 66 77").unwrap().as_str(),
+            "+33144556677"
+        );
+        assert_eq!(region_of("+1 416 979 1234").as_deref(), Some("CA"));
+        assert_eq!(region_of("(555) 123-4567").as_deref(), Some("US"));
+        assert_eq!(region_code("ca").as_deref(), Some("CA"));
+        assert_eq!(region_code("XX"), None);
     }
 }

@@ -103,6 +103,20 @@ async fn a_self_service_number_is_verified_with_its_owners_account() {
     assert_eq!(delivered.contact.as_str(), "+15557654321");
     assert_eq!(delivered.text, "hi bob");
     assert_eq!(delivered.foreign_id.as_str(), "SM1");
+    // A status callback signed only by bob's own account may report on bob's messages
+    // only: the core is told to check the sender.
+    let status = [
+        ("MessageSid", "SMbob1"),
+        ("AccountSid", "ACbob"),
+        ("From", "+15550002222"),
+        ("To", "+15557654321"),
+        ("MessageStatus", "delivered"),
+    ];
+    let answer = bridge
+        .handle_http(signed("/twilio/status", &status, "bob-token"))
+        .await;
+    assert_eq!(answer.status(), http::StatusCode::OK);
+    assert_eq!(kit.report_senders(), vec![Some(UserJid::new("bob@x"))]);
 }
 
 #[tokio::test]
@@ -132,6 +146,8 @@ async fn status_callbacks_become_reports_and_steps_on_the_way_do_not() {
     let reports = kit.reports();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].0, MessageId::new("SM9"));
+    // Signed by the gateway's own account: about any user's message.
+    assert_eq!(kit.report_senders(), vec![None]);
     let DeliveryReport::Failed(reason) = &reports[0].1 else {
         panic!("not a failure: {reports:?}");
     };
@@ -139,4 +155,58 @@ async fn status_callbacks_become_reports_and_steps_on_the_way_do_not() {
         reason.contains("30003") && reason.contains("unreachable destination handset"),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn texts_go_only_to_allowed_countries_and_short_codes_only_when_enabled() {
+    let kit = TestCore::new("sms.test").with_public_url(PUBLIC);
+    let only_us = bridge(&kit);
+    let message = |contact: &str| jabbridge_sdk::OutgoingMessage {
+        id: MessageId::new("m1"),
+        user: UserJid::new("alice@x"),
+        contact: jabbridge_sdk::ForeignId::new(contact),
+        text: "hi".into(),
+        attachments: Vec::new(),
+        accepted_at: std::time::SystemTime::now(),
+        registration: None,
+        replaces: None,
+    };
+    let refusal = |sent: Result<jabbridge_sdk::SendOutcome, jabbridge_sdk::SendError>| match sent {
+        Err(jabbridge_sdk::SendError::Permanent { reason }) => reason,
+        other => panic!("not refused for good: {other:?}"),
+    };
+    let abroad = refusal(only_us.send_message(message("+442079460958")).await);
+    assert!(
+        abroad.contains("(GB) are not allowed") && abroad.contains("US"),
+        "{abroad}"
+    );
+    let short = refusal(only_us.send_message(message("12345")).await);
+    assert!(short.contains("short codes"), "{short}");
+    // A US number passes this check (and fails later: alice has no number of her own).
+    let home = refusal(only_us.send_message(message("+15557654321")).await);
+    assert!(!home.contains("not allowed"), "{home}");
+
+    let wider = kit
+        .build(
+            crate::build,
+            serde_json::json!({
+                "provider": "twilio",
+                "twilio": {"account_sid": "ACgateway", "auth_token": "gateway-token"},
+                "countries": ["us", "GB"],
+                "short_codes": true,
+            }),
+        )
+        .expect("a valid config");
+    for contact in ["+442079460958", "12345"] {
+        let reason = refusal(wider.send_message(message(contact)).await);
+        assert!(
+            !reason.contains("not allowed") && !reason.contains("short codes"),
+            "{reason}"
+        );
+    }
+    let unknown = kit.build(
+        crate::build,
+        serde_json::json!({"provider": "twilio", "countries": ["Narnia"]}),
+    );
+    assert!(unknown.is_err());
 }
