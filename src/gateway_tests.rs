@@ -237,12 +237,20 @@ impl Bridge for Stuck {
             registration: Some(Form {
                 title: "Register".into(),
                 instructions: String::new(),
-                fields: vec![Field {
-                    var: "token".into(),
-                    label: "Token".into(),
-                    kind: FieldKind::Text,
-                    required: false,
-                }],
+                fields: vec![
+                    Field {
+                        var: "token".into(),
+                        label: "Token".into(),
+                        kind: FieldKind::Text,
+                        required: false,
+                    },
+                    Field {
+                        var: "password".into(),
+                        label: "Password".into(),
+                        kind: FieldKind::Secret,
+                        required: false,
+                    },
+                ],
             }),
             prompt: Default::default(),
         }
@@ -430,4 +438,27 @@ async fn a_spend_limit_refuses_messages_past_its_daily_caps() {
         String::from(&refused).contains("echo.test has sent the 3 messages"),
         "{refused:?}"
     );
+}
+
+/// `register password=…` by chat would leave the secret in the user's archive: refused at
+/// once, before the bridge sees it (this one would never answer), saying what to do.
+#[tokio::test(start_paused = true)]
+async fn secrets_are_refused_by_chat() {
+    let mut harness = Harness::start(Options {
+        bridge: Some(Arc::new(Stuck)),
+        ..Options::default()
+    })
+    .await;
+    harness
+        .receive(&format!(
+            "<message type='chat' from='alice@test/r' to='{DOMAIN}' id='c1'>\
+             <body>register token=t password=hunter2</body></message>"
+        ))
+        .await;
+    let answer = harness.next().await;
+    let text = body(&answer).unwrap_or_default();
+    assert!(text.starts_with("password is a secret"), "{text}");
+    assert!(text.contains("not by chat"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    harness.nothing_for(Duration::from_secs(60)).await;
 }

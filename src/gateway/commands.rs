@@ -108,6 +108,16 @@ impl Listed {
         }
     }
 
+    /// The form whose values it takes, if any.
+    fn form(&self, gateway: &Gateway) -> Option<Form> {
+        match (&self.source, self.node.as_str()) {
+            (Source::Bridge(form), _) => form.clone(),
+            (Source::Core, "register") => gateway.info.registration.clone(),
+            (Source::Core, "remove-user") => Some(remove_user_form()),
+            (Source::Core, _) => None,
+        }
+    }
+
     /// Whether `role` may run it.
     fn allowed(&self, role: Option<Role>) -> bool {
         match role {
@@ -366,6 +376,29 @@ pub async fn by_chat(gateway: &Gateway, user: &str, role: Role, text: &str) -> S
         return format!("I don't know '{word}'.\n{}", help(gateway, user, role));
     };
     let values = parse_values(rest);
+    let form = command.form(gateway);
+    let secrets: Vec<&str> = form
+        .iter()
+        .flat_map(|form| &form.fields)
+        .filter(|field| field.kind == FieldKind::Secret && values.0.contains_key(&field.var))
+        .map(|field| field.var.as_str())
+        .collect();
+    if !secrets.is_empty() {
+        // A chat message stays in the user's archive (and their server's): secrets go
+        // through the form, whose fields clients hide.
+        return format!(
+            "{} {} secret: send it through the form instead (your client's registration or \
+             ad-hoc command '{}'), not by chat, which your server keeps in your archive. \
+             Nothing was changed; consider changing that secret.",
+            secrets.join(", "),
+            if secrets.len() == 1 {
+                "is a"
+            } else {
+                "are each a"
+            },
+            command.node
+        );
+    }
     let input = (command.takes_values() && !values.0.is_empty()).then_some(values);
     match run(gateway, user, role, &command.node, input).await {
         Ok(Outcome::Done(text)) => text,

@@ -12,6 +12,9 @@ use jabbridge_sdk::{
 
 use crate::number::E164;
 
+/// The most of a provider API's answer that is read.
+const MAX_ANSWER: usize = 256 * 1024;
+
 /// The largest webhook body a provider sends that is read at all (Twilio's forms and
 /// Telnyx's JSON are a few KiB): bigger ones are refused before any parsing.
 pub const MAX_WEBHOOK: usize = 64 * 1024;
@@ -224,9 +227,24 @@ pub fn unreachable(provider: Kind, error: &reqwest::Error) -> SendError {
         "failed"
     };
     SendError::Transient {
-        reason: format!("{} {what}: {error}", provider.title()),
+        reason: format!("{} {what}: {}", provider.title(), cause(error)),
         retry_after: None,
     }
+}
+
+/// What went wrong with a request, without its URL (which names the account, and reaches
+/// the user): the innermost cause, e.g. "connection refused".
+pub fn cause(error: &reqwest::Error) -> String {
+    let mut cause = error.to_string();
+    if let Some(url) = error.url() {
+        cause = cause.replace(url.as_str(), "the provider's API");
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    cause
 }
 
 /// A provider API's answer, read whole.
@@ -250,11 +268,17 @@ pub async fn read_answer(
     let response = sent.map_err(|error| unreachable(provider, &error))?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| unreachable(provider, &error))?
-        .to_vec();
+    let mut response = response;
+    let mut body = Vec::new();
+    // Only so much of an answer is read: a provider's are a few KiB.
+    while body.len() < MAX_ANSWER {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(error) => return Err(unreachable(provider, &error)),
+        }
+    }
+    body.truncate(MAX_ANSWER);
     let json = serde_json::from_slice(&body).unwrap_or_default();
     Ok(Answer {
         status,

@@ -132,7 +132,16 @@ impl Request {
         let excerpt = if status.is_success() {
             String::new()
         } else {
-            excerpt(&response.bytes().await.unwrap_or_default())
+            // The start of it, however much the receiver sends.
+            let mut response = response;
+            let mut start = Vec::new();
+            while start.len() < EXCERPT * 4 {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            excerpt(&start)
         };
         verdict(&endpoint.name, status, retry_after, &excerpt)
     }
