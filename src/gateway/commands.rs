@@ -497,4 +497,19 @@ mod tests {
         assert!(listed(true).allowed(Some(Role::Admin)));
         assert!(!listed(false).allowed(None));
     }
+
+    proptest::proptest! {
+        /// Anything typed after a command reads without a panic, and `field=value` words
+        /// come back as the fields and values they name.
+        #[test]
+        fn chat_values_read_back(
+            typed in "\\PC{0,80}",
+            pairs in proptest::collection::btree_map("[a-z_]{1,8}", "[a-zA-Z0-9.+]{0,8}", 0..5),
+        ) {
+            let _ = parse_values(&typed);
+            let text: Vec<String> = pairs.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            let values = parse_values(&text.join(" "));
+            proptest::prop_assert_eq!(values.0, pairs);
+        }
+    }
 }

@@ -315,4 +315,58 @@ mod tests {
         // stream, message, 6 a's, the marker, and the next message; all but the stream end.
         assert_eq!((starts, ends), (10, 9), "{out}");
     }
+
+    /// A tree of elements and text, as XML.
+    fn tree() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            "[a-z ]{0,6}",
+            Just("<e/>".to_owned()),
+            Just("&lt;".to_owned())
+        ];
+        leaf.prop_recursive(12, 64, 4, |inner| {
+            ("[a-z]{1,3}", proptest::collection::vec(inner, 0..4)).prop_map(|(name, children)| {
+                format!("<{name} a='&gt;x'>{}</{name}>", children.concat())
+            })
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive, however the network splits them, the guard neither panics
+        /// nor depends on the split.
+        #[test]
+        fn any_input_filters_the_same_in_any_chunks(
+            input in "[<>/a-z'\"=!\\[\\]?-]{0,200}",
+            chunk in 1usize..40,
+        ) {
+            proptest::prop_assert_eq!(filter(&input, 4, chunk), filter(&input, 4, 4096));
+        }
+
+        /// A tree no deeper than the limit passes untouched, and a deeper one leaves the
+        /// stream well-formed.
+        #[test]
+        fn trees_pass_or_are_cut_well_formed(xml in tree(), chunk in 1usize..50) {
+            let input = format!("<s>{xml}</s>");
+            let out = filter(&input, 6, chunk);
+            let mut reader = rxml::Reader::new(out.as_bytes());
+            let mut depth: usize = 0;
+            let mut deepest = 0;
+            loop {
+                match reader.read() {
+                    Ok(Some(rxml::Event::StartElement(..))) => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    Ok(Some(rxml::Event::EndElement(..))) => depth -= 1,
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(error) => proptest::prop_assert!(false, "{error}: {out}"),
+                }
+            }
+            proptest::prop_assert!(deepest <= 7, "{out}");
+            if !out.contains("too-deep") {
+                proptest::prop_assert_eq!(out, input);
+            }
+        }
+    }
 }

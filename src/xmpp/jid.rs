@@ -138,4 +138,15 @@ mod tests {
         assert!(check_domain("a@b").is_err());
         assert!(check_domain("").is_err());
     }
+
+    proptest::proptest! {
+        /// Every foreign address survives escaping (XEP-0106), and an escaped one has none of
+        /// the characters a JID localpart forbids.
+        #[test]
+        fn escaping_round_trips(raw in "\\PC{0,40}|[\\\\a-f0-9 @&'\"/:<>]{0,20}") {
+            let escaped = escape(&raw);
+            proptest::prop_assert_eq!(unescape(&escaped), raw);
+            proptest::prop_assert!(!escaped.contains([' ', '"', '&', '\'', '/', ':', '<', '>', '@']));
+        }
+    }
 }

@@ -140,4 +140,22 @@ mod tests {
         assert!(written.contains("from='x@gw'"), "{written}");
         assert!(written.contains("provider said <"), "{written}");
     }
+
+    proptest::proptest! {
+        /// Whatever text and attribute values a stanza carries, once made writable it
+        /// serialises, and parses back with the same text minus what XML forbids.
+        #[test]
+        fn any_text_becomes_writable(text in "\\PC{0,60}|[\\x00-\\x1f\\u{fffe}\\u{ffff}a]{0,20}", id in "\\PC{0,20}") {
+            let mut stanza = Element::builder("message", "jabber:component:accept")
+                .attr(xmpp_parsers::minidom::rxml::NcName::try_from("id").expect("a name"), id.clone())
+                .append(Element::builder("body", "jabber:component:accept").append(text.clone()))
+                .build();
+            make_writable(&mut stanza).expect("writable");
+            let xml = String::from(&stanza);
+            let back: Element = xml.parse().expect("parses back");
+            let expected: String = text.chars().filter(|c| is_xml_char(*c)).collect();
+            let body = back.get_child("body", "jabber:component:accept").map(Element::text);
+            proptest::prop_assert_eq!(body.unwrap_or_default(), expected);
+        }
+    }
 }

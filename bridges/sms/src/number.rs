@@ -142,4 +142,18 @@ mod tests {
         assert_eq!(region_code("ca").as_deref(), Some("CA"));
         assert_eq!(region_code("XX"), None);
     }
+
+    proptest::proptest! {
+        /// Whatever is typed reads without a panic, and a number read once reads as itself.
+        #[test]
+        fn anything_typed_reads_and_numbers_read_as_themselves(
+            typed in "\\PC{0,30}|[+0-9 ().-]{0,20}",
+        ) {
+            let us = Numbers::new("US").expect("US");
+            if let Ok(number) = us.parse(&typed) {
+                proptest::prop_assert_eq!(us.parse(number.as_str()), Ok(number.clone()));
+                let _ = region(&number);
+            }
+        }
+    }
 }

@@ -472,4 +472,27 @@ mod tests {
         assert_eq!(parts(&"é".repeat(670)), 10);
         assert_eq!(parts(&"é".repeat(671)), 11);
     }
+
+    proptest::proptest! {
+        /// A signature checks out for exactly the timestamp and body signed; anything else
+        /// given as key, timestamp, body or signature is refused without a panic.
+        #[test]
+        fn signatures_verify_only_what_was_signed(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            other in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            timestamp in "[0-9]{1,12}",
+            junk in "\\PC{0,90}",
+        ) {
+            use ed25519_dalek::{Signer, SigningKey};
+            let signing = SigningKey::from_bytes(&[7u8; 32]);
+            let public = BASE64.encode(signing.verifying_key().to_bytes());
+            let signed = [timestamp.as_bytes(), b"|", body.as_slice()].concat();
+            let signature = BASE64.encode(signing.sign(&signed).to_bytes());
+            proptest::prop_assert!(signature_matches(&public, &timestamp, &body, &signature));
+            proptest::prop_assert_eq!(signature_matches(&public, &timestamp, &other, &signature), other == body);
+            proptest::prop_assert!(!signature_matches(&public, &timestamp, &body, &junk));
+            proptest::prop_assert!(!signature_matches(&junk, &timestamp, &body, &signature) || junk.trim() == public);
+            let _ = timestamp_fresh(&junk, SystemTime::now());
+        }
+    }
 }

@@ -417,4 +417,28 @@ mod tests {
         ));
         assert!(!signature_matches("12345", url, &params, "not base64!"));
     }
+
+    proptest::proptest! {
+        /// A signature checks out for exactly the URL and fields signed, in any order of
+        /// the fields; a forged or garbled header never does, and never panics.
+        #[test]
+        fn signatures_verify_only_what_was_signed(
+            token in "[a-f0-9]{32}",
+            fields in proptest::collection::vec(("[A-Za-z0-9]{1,12}", "\\PC{0,20}"), 0..12),
+            junk in "\\PC{0,40}",
+        ) {
+            let url = "https://gw.example.org/bridges/sms.test/twilio/message";
+            let header = signature(&token, url, &fields);
+            let mut shuffled = fields.clone();
+            shuffled.reverse();
+            proptest::prop_assert!(signature_matches(&token, url, &shuffled, &header));
+            let elsewhere = format!("{url}x");
+            proptest::prop_assert!(!signature_matches(&token, &elsewhere, &fields, &header));
+            proptest::prop_assert!(!signature_matches(&token, url, &fields, &junk) || junk.trim() == header);
+            let mut more = fields.clone();
+            more.push(("Extra".into(), "1".into()));
+            proptest::prop_assert!(!signature_matches(&token, url, &more, &header));
+            let _ = form(junk.as_bytes());
+        }
+    }
 }

@@ -433,3 +433,31 @@ async fn signed_incoming_uses_the_webhook_id_and_refuses_stale_or_forged() {
         Some(UNIX_EPOCH + Duration::from_secs(now as u64))
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(128))]
+    /// Whatever an authenticated sender posts is accepted (202) or refused with a 4xx that
+    /// says why: never a 5xx, never a panic.
+    #[test]
+    fn any_body_is_accepted_or_refused_with_a_4xx(
+        body in "\\PC{0,300}|\\{\"text\": \"[^\"\\\\]{0,40}\"(, \"(id|user|contact|x)\": (\"[a-z@.]{0,12}\"|[0-9]{1,3}|null|\\[\\]))*\\}",
+        path in "/endpoints/(alerts|signed|nope|a/b)|/[a-z]{0,8}",
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (code, answer) = runtime.block_on(async {
+            let kit = TestCore::new("hooks.test");
+            let bridge = bridge(&kit);
+            status(&bridge, post(&path, &[TOKEN], &body)).await
+        });
+        proptest::prop_assert!(
+            code == 202 || (400..500).contains(&code),
+            "{code} {answer} for {path} {body}"
+        );
+        if code != 202 {
+            proptest::prop_assert!(answer.get("error").is_some() || answer.is_null(), "{answer}");
+        }
+    }
+}
