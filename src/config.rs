@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jabbridge_sdk::Settings;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Prefix of environment variables that override config keys.
@@ -572,6 +572,38 @@ impl Config {
         if self.xmpp.queue == 0 {
             return Err(("xmpp.queue".into(), "must be at least 1".into()));
         }
+        let url = self.database.url.expose_secret();
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            // The URL may hold a password: it is not repeated.
+            return Err((
+                "database.url".into(),
+                "must be sqlite://PATH or postgres://USER@HOST/DB".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err((
+                "database.max_connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.http.body_limit < 1024 {
+            return Err((
+                "http.body_limit".into(),
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err((
+                "log.level".into(),
+                format!(
+                    "'{}' is not a level (error, warn, info, debug, trace) or filter: {error}",
+                    self.log.level
+                ),
+            ));
+        }
         if !self.xmpp.server.contains(':') {
             return Err((
                 "xmpp.server".into(),
@@ -581,6 +613,12 @@ impl Config {
         for (index, bridge) in self.bridge.iter().enumerate() {
             if let Err(reason) = crate::xmpp::jid::check_domain(&bridge.domain) {
                 return Err((format!("bridge[{index}].domain"), reason));
+            }
+            if bridge.secret.expose_secret().is_empty() {
+                return Err((
+                    format!("bridge[{index}].secret"),
+                    "must be the component secret in the server's config, not empty".into(),
+                ));
             }
             if let Some(first) = self.bridge[..index]
                 .iter()
@@ -710,7 +748,6 @@ fn set_in_table(table: &mut toml::Table, path: &[String], value: String) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     fn write(text: &str) -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().unwrap();

@@ -23,6 +23,8 @@ pub mod app;
 pub mod bridges;
 pub mod calls;
 pub mod config;
+#[cfg(test)]
+mod corpus_tests;
 pub mod delivery;
 pub mod gateway;
 #[cfg(test)]

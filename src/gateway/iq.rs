@@ -13,6 +13,13 @@ use crate::xmpp::stanza::StanzaFailure;
 
 /// Answers an iq: a result with the answer's payload, or the refusal.
 pub(super) async fn on_iq(gateway: &Gateway, element: Element) -> Answer {
+    let request = matches!(element.attr("type"), Some("get" | "set"));
+    if request && element.children().count() != 1 {
+        // RFC 6120 §8.2.3: exactly one payload.
+        return Err(StanzaFailure::BadRequest(
+            "an iq get or set carries exactly one payload".into(),
+        ));
+    }
     let iq = Iq::try_from(element)
         .map_err(|error| StanzaFailure::BadRequest(format!("this iq does not parse: {error}")))?;
     let (is_set, from, to, id, payload) = match iq {

@@ -10,6 +10,8 @@
 //! its top element's attributes.
 
 use xmpp_parsers::minidom::Element;
+
+use super::depth_guard::{MARKERS, TAG_LIMIT};
 use xso::{
     Context, FromEventsBuilder, FromXml,
     error::{Error, FromEventsError},
@@ -37,6 +39,9 @@ pub enum Limit {
     Elements,
     /// More than [`MAX_BYTES`] bytes.
     Size,
+    /// A start tag longer than [`TAG_LIMIT`] bytes (a huge name or attribute value), cut by
+    /// the depth guard before the parser saw it.
+    LongTag,
 }
 
 impl Limit {
@@ -49,6 +54,10 @@ impl Limit {
             }
             Self::Elements => format!("the stanza has more than {MAX_ELEMENTS} elements"),
             Self::Size => format!("the stanza is larger than {} KiB", MAX_BYTES / 1024),
+            Self::LongTag => format!(
+                "an element of the stanza has a name or attribute value over {} bytes",
+                TAG_LIMIT
+            ),
         }
     }
 }
@@ -184,7 +193,10 @@ impl FromEventsBuilder for InboundBuilder {
         match event {
             rxml::Event::StartElement(_, qname, attrs) => {
                 self.elements += 1;
-                let limit = if depth >= MAX_DEPTH {
+                let long_tag = qname.0.as_str() == MARKERS && qname.1.as_str() == "too-long";
+                let limit = if long_tag {
+                    Some(Limit::LongTag)
+                } else if depth >= MAX_DEPTH {
                     Some(Limit::Depth)
                 } else if attrs.len() > MAX_ATTRIBUTES {
                     Some(Limit::Attributes)

@@ -10,6 +10,11 @@
 //! contains, by one empty marker element, which is itself past the stanza's depth bound, so
 //! [`super::bounded`] refuses the stanza from its top element as usual. Everything within
 //! the limit passes byte for byte, untouched.
+//!
+//! rxml also ends the whole stream (`restricted xml: long name or reference`) at an element
+//! name, attribute name or attribute value over 8 KiB, which any user could send. So start
+//! tags are held back until they end: one over [`TAG_LIMIT`] bytes is replaced, with what it
+//! contains, by another marker, for which [`super::bounded`] refuses the stanza.
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +22,15 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// What stands in for a cut element.
+/// What stands in for an element cut for its depth.
 const MARKER: &[u8] = b"<too-deep xmlns='urn:x-jabbridge:limits'/>";
+/// What stands in for an element cut for its start tag's length.
+const LONG_MARKER: &[u8] = b"<too-long xmlns='urn:x-jabbridge:limits'/>";
+/// The namespace of the markers.
+pub const MARKERS: &str = "urn:x-jabbridge:limits";
+/// The longest start tag passed on, in bytes: every name and attribute value in it stays
+/// under rxml's 8 KiB token limit.
+pub const TAG_LIMIT: usize = 8000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -56,6 +68,10 @@ pub struct DepthLexer {
     limit: usize,
     /// While cutting: the depth at which the cut element opened.
     cutting_from: Option<usize>,
+    /// The start tag being read, held back until it ends (or is too long).
+    tag: Vec<u8>,
+    /// Whether bytes go to `tag` rather than out.
+    holding: bool,
 }
 
 impl DepthLexer {
@@ -66,6 +82,8 @@ impl DepthLexer {
             depth: 0,
             limit,
             cutting_from: None,
+            tag: Vec::new(),
+            holding: false,
         }
     }
 
@@ -99,6 +117,11 @@ impl DepthLexer {
                         self.cutting_from = Some(self.depth);
                         out.extend_from_slice(MARKER);
                         emit = false;
+                    } else if !cutting && next == (State::StartTag { slash: false }) {
+                        // A start tag: held back until it ends.
+                        self.tag.clear();
+                        self.tag.push(b'<');
+                        self.holding = true;
                     } else if !cutting {
                         out.push(b'<');
                     }
@@ -171,7 +194,21 @@ impl DepthLexer {
                     }
                 }
             };
-            if emit {
+            if emit && self.holding {
+                self.tag.push(byte);
+                if self.state == State::Text {
+                    // The start tag ended within the limit.
+                    out.extend_from_slice(&self.tag);
+                    self.holding = false;
+                } else if self.tag.len() > TAG_LIMIT {
+                    // Too long for the parser: the element goes, with what it contains. Its
+                    // depth is counted from here as for any cut element.
+                    self.holding = false;
+                    self.tag.clear();
+                    out.extend_from_slice(LONG_MARKER);
+                    self.cutting_from = Some(self.depth);
+                }
+            } else if emit {
                 out.push(byte);
             }
         }
@@ -264,6 +301,26 @@ mod tests {
     }
 
     const MARK: &str = "<too-deep xmlns='urn:x-jabbridge:limits'/>";
+    const LONG: &str = "<too-long xmlns='urn:x-jabbridge:limits'/>";
+
+    #[test]
+    fn start_tags_too_long_for_the_parser_are_cut_with_their_content() {
+        let long = "x".repeat(TAG_LIMIT);
+        let input = format!("<s><m id='1'><a v='{long}'><b/>text</a><c n=\"{long}\"/><ok/></m>");
+        let expected = format!("<s><m id='1'>{LONG}{LONG}<ok/></m>");
+        for chunk in [1, 100, 9000, 100_000] {
+            assert_eq!(filter(&input, 10, chunk), expected, "chunk {chunk}");
+        }
+        let input = format!(
+            "<s><{long} a='1'><x/></{long}><ok a='{}'/>",
+            "y".repeat(100)
+        );
+        let expected = format!("<s>{LONG}<ok a='{}'/>", "y".repeat(100));
+        assert_eq!(filter(&input, 10, 4096), expected);
+        // Just within the limit: untouched.
+        let fits = format!("<s><a v='{}'/>", "z".repeat(TAG_LIMIT - 12));
+        assert_eq!(filter(&fits, 10, 333), fits);
+    }
 
     #[test]
     fn markup_within_the_limit_passes_untouched() {

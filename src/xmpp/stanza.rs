@@ -137,7 +137,12 @@ impl StanzaFailure {
                 "the gateway failed; try again later",
             ),
         };
-        StanzaError::new(type_, condition, "en", text)
+        let mut error = StanzaError::new(type_, condition, "en", text);
+        if text.is_empty() {
+            // No text rather than an empty one.
+            error.texts.clear();
+        }
+        error
     }
 
     /// The condition's name, for metrics labels.

@@ -298,3 +298,51 @@ async fn a_deeply_nested_stanza_is_refused_and_the_link_stays_up() {
     assert!(!log.contains("overflowed its stack"), "{log}");
     assert!(!log.contains("link down"), "the link dropped:\n{log}");
 }
+
+/// Huge attribute values and names from any user used to end the link (rxml refuses tokens
+/// over 8 KiB with an error that ends the stream). Now a stanza with one is refused
+/// (policy-violation) when an answer can be addressed, dropped when its own top tag is the
+/// long one, and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_attributes_and_names_leave_the_link_up() {
+    let (server, jabbridge, _dir) = echo_setup(ServerKind::Prosody).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let long = "x".repeat(20 * 1024);
+    alice
+        .send(&format!(
+            "<message type='chat' to='bob@echo.localhost' id='attr' a='{long}'><body>hi</body></message>"
+        ))
+        .await;
+    for (id, stanza) in [
+        (
+            "name",
+            format!(
+                "<message type='chat' to='bob@echo.localhost' id='name'><body>hi</body><{long} xmlns='urn:x'/></message>"
+            ),
+        ),
+        (
+            "iq",
+            format!(
+                "<iq type='get' to='echo.localhost' id='iq'><query xmlns='http://jabber.org/protocol/disco#info' node='{long}'/></iq>"
+            ),
+        ),
+    ] {
+        alice.send(&stanza).await;
+        let refused = alice
+            .expect(WAIT, |stanza| stanza.attr("id") == Some(id))
+            .await;
+        assert_eq!(refused.attr("type"), Some("error"), "{refused:?}");
+        assert_eq!(
+            error_condition(&refused).as_deref(),
+            Some("policy-violation")
+        );
+        assert!(
+            error_text(&refused).contains("over 8000 bytes"),
+            "{}",
+            error_text(&refused)
+        );
+    }
+    round_trip(&mut alice, "after the huge ones").await;
+    let log = jabbridge.log();
+    assert!(!log.contains("link down"), "the link dropped:\n{log}");
+}
