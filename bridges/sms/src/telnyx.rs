@@ -312,6 +312,15 @@ impl Provider for Telnyx {
                 "the body is not JSON",
             )));
         };
+        if !json
+            .pointer("/data/event_type")
+            .is_some_and(|event_type| event_type.is_string())
+        {
+            return Err(Box::new(text_response(
+                http::StatusCode::BAD_REQUEST,
+                "not a Telnyx webhook event: no data.event_type",
+            )));
+        }
         let payload = json.pointer("/data/payload").cloned().unwrap_or_default();
         let id = str_at(&payload, "/id").to_owned();
         let (line, event) = match str_at(&json, "/data/event_type") {
