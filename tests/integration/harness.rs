@@ -520,6 +520,28 @@ impl Client {
         }
     }
 
+    /// Every stanza the client still has, until it was disconnected or `wait` passes with
+    /// nothing more (for a session whose server went away).
+    pub async fn remaining(&mut self, wait: Duration) -> Vec<Element> {
+        let mut stanzas = Vec::new();
+        loop {
+            let line = match tokio::time::timeout(wait, self.output.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                _ => return stanzas,
+            };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if let Some(xml) = event["xml"].as_str()
+                && let Ok(stanza) = xml.parse()
+            {
+                stanzas.push(stanza);
+            } else if event["event"] == "disconnected" {
+                return stanzas;
+            }
+        }
+    }
+
     /// The next received stanza, or `None` if none comes within `wait`.
     pub async fn next_stanza(&mut self, wait: Duration) -> Option<Element> {
         loop {
