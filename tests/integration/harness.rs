@@ -754,3 +754,110 @@ pub async fn postgres_database() -> Option<String> {
     );
     Some(format!("{base}/{name}"))
 }
+
+/// A PostgreSQL server of a test's own, which it may restart: as `scripts/test` starts the
+/// shared one (the `postgres` user, loopback, a temp dir, a free port). `None` where the
+/// PostgreSQL tests are skipped (`JB_TEST_POSTGRES` unset outside CI).
+pub struct PostgresServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl PostgresServer {
+    /// Starts one; `None` when PostgreSQL tests do not run here.
+    pub async fn start() -> Option<PostgresServer> {
+        std::env::var("JB_TEST_POSTGRES").ok()?;
+        let mut bins: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed")
+            .filter_map(|entry| entry.ok().map(|entry| entry.path().join("bin")))
+            .collect();
+        bins.sort();
+        let bin = bins.pop().expect("a PostgreSQL version");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .await
+            .expect("chown");
+        assert!(chown.success());
+        let server = PostgresServer {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        server
+            .run(
+                "initdb",
+                &["-D", &server.data(), "-A", "trust", "-U", "postgres"],
+            )
+            .await;
+        server.start_again().await;
+        Some(server)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    async fn run(&self, tool: &str, args: &[&str]) {
+        let output = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(tool))
+            .args(args)
+            .output()
+            .await
+            .expect("run a PostgreSQL tool");
+        assert!(
+            output.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    async fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        )
+        .await;
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops it (fast: open connections are cut) and starts it again.
+    pub async fn restart(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+            .await;
+        self.start_again().await;
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

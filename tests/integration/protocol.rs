@@ -803,6 +803,105 @@ async fn kill_9_under_load_on_postgres() {
     }
 }
 
+/// PostgreSQL restarts while a webhook sender posts as fast as it can: a post that could not
+/// be stored is refused (5xx, the sender retries), and every one answered 202 reaches the
+/// user, none under two ids. Prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_under_load_loses_nothing_accepted() {
+    let Some(database) = crate::harness::PostgresServer::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[ECHO], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = crate::on_database(
+        &config_for(&server, dir.path(), &[ECHO]),
+        dir.path(),
+        &database.url(),
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    const POSTS: usize = 400;
+    const RESTART_AFTER: usize = 100;
+    let http_port = jabbridge.http_port;
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let sender = tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut refused = 0;
+        for number in 0..POSTS {
+            let body = serde_json::json!({
+                "id": format!("d{number}"), "user": "alice@localhost", "contact": "hook",
+                "text": format!("database {number}"),
+            });
+            let posted = client
+                .post(format!("http://127.0.0.1:{http_port}/bridges/{ECHO}/say"))
+                .bearer_auth(SAY_TOKEN)
+                .body(body.to_string())
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match posted {
+                Ok(answer) if answer.status().as_u16() == 202 => {
+                    let _ = accepted_tx.send(format!("database {number}"));
+                }
+                _ => refused += 1,
+            }
+        }
+        refused
+    });
+    let mut bodies: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let record = |stanza: Element, bodies: &mut BTreeMap<String, BTreeSet<String>>| {
+        if stanza.attr("type") != Some("error")
+            && let Some(text) = body(&stanza)
+        {
+            let id = stanza.attr("id").unwrap_or_default().to_owned();
+            bodies.entry(text).or_default().insert(id);
+        }
+    };
+    let mut accepted = BTreeSet::new();
+    while accepted.len() < RESTART_AFTER {
+        accepted.insert(accepted_rx.recv().await.expect("the sender runs"));
+        while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
+            record(stanza, &mut bodies);
+        }
+    }
+    database.restart().await;
+    let refused = sender.await.expect("the sender");
+    while let Ok(text) = accepted_rx.try_recv() {
+        accepted.insert(text);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await {
+            record(stanza, &mut bodies);
+        }
+        if accepted.iter().all(|text| bodies.contains_key(text)) {
+            break;
+        }
+    }
+    while let Some(stanza) = alice.next_stanza(Duration::from_secs(2)).await {
+        record(stanza, &mut bodies);
+    }
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|text| !bodies.contains_key(*text))
+        .collect();
+    let twice = bodies.values().filter(|ids| ids.len() > 1).count();
+    eprintln!(
+        "fault under load (PostgreSQL restarted): {POSTS} posted, {} accepted (202), {refused} \
+         refused while it was down, {} delivered, {} lost, {twice} under two ids",
+        accepted.len(),
+        bodies.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?}\n{}",
+        jabbridge.log()
+    );
+    assert_eq!(twice, 0);
+}
+
 /// ejabberd load-balances one component domain over two Jabbridge instances sharing one
 /// PostgreSQL: each message reaches the bridge exactly once, and each echo the user once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
