@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Row};
+use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Connection, Row};
 
 // Table names in format!() below come only from `Queue::table`, and SET clauses only from
 // string literals, never from input.
@@ -849,9 +849,25 @@ impl Store {
         owner: &str,
         writes: &[Write],
     ) -> Result<Vec<Option<i64>>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        let written = Self::write_batch(&mut connection, owner, writes).await;
+        if written.is_err() {
+            // A batch that failed half-way (SQLite on a full disk) can leave its connection
+            // holding the database's write lock, and every later statement then fails with
+            // "database is locked": the connection is closed rather than reused.
+            let _ = connection.detach().close().await;
+        }
+        written
+    }
+
+    async fn write_batch(
+        connection: &mut sqlx::AnyConnection,
+        owner: &str,
+        writes: &[Write],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         let now = now_millis();
         let mut results = vec![None; writes.len()];
-        let mut transaction = self.pool.begin().await?;
+        let mut transaction = connection.begin().await?;
         for queue in [Queue::Outbox, Queue::Inbox] {
             let rows: Vec<(usize, &NewRow)> = writes
                 .iter()

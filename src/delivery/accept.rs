@@ -136,5 +136,5 @@ pub async fn incoming(delivery: &Arc<Delivery>, incoming: Incoming, answer: Answ
 
 fn not_stored(error: &CommitError) -> CoreError {
     tracing::error!(%error, "cannot store a message in the inbox");
-    CoreError::Refused("the gateway cannot store messages right now".into())
+    CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
 }

@@ -283,7 +283,7 @@ pub async fn delivery_report(
             }
             Err(error) => {
                 tracing::error!(%error, "cannot read a message awaiting a delivery report");
-                return Err(CoreError::Refused(
+                return Err(CoreError::Unavailable(
                     "the gateway cannot reach its database right now".into(),
                 ));
             }
@@ -337,6 +337,6 @@ pub async fn delivery_report(
     };
     committed.map(|_| ()).map_err(|error| {
         tracing::error!(%error, "cannot record a delivery report");
-        CoreError::Refused("the gateway cannot store this report right now".into())
+        CoreError::Unavailable("the gateway cannot store this report right now".into())
     })
 }

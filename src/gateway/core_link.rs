@@ -67,7 +67,7 @@ impl CoreLink {
 
     fn unavailable(&self, error: &StoreError) -> CoreError {
         tracing::error!(bridge = %self.domain, %error, "cannot read or write a bridge's state");
-        CoreError::Refused("the gateway cannot reach its database right now".into())
+        CoreError::Unavailable("the gateway cannot reach its database right now".into())
     }
 }
 

@@ -902,6 +902,139 @@ async fn a_database_restart_under_load_loses_nothing_accepted() {
     assert_eq!(twice, 0);
 }
 
+/// A tmpfs of `size`, unmounted when dropped; `None` where this process may not mount.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .is_ok_and(|output| output.status.success());
+        mounted.then_some(SmallDisk(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .args(["-l"])
+            .arg(self.0.path())
+            .output();
+    }
+}
+
+/// SQLite on a disk that fills up while a webhook sender posts: posts that cannot be stored
+/// are refused with a clear 503 (so the sender retries), the daemon stays up, nothing
+/// accepted before is lost, and once there is room again posts are accepted. Prints the
+/// counts. Needs to mount a tmpfs (root, as `scripts/test` runs); skipped where it cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_messages_and_loses_nothing_accepted() {
+    let Some(disk) = SmallDisk::mount("6m") else {
+        assert!(std::env::var("CI").is_err(), "cannot mount a tmpfs in CI");
+        eprintln!("cannot mount a tmpfs here: skipping the full-disk test");
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[ECHO], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/jabbridge.db", disk.0.path().display());
+    let config = crate::on_database(&config_for(&server, dir.path(), &[ECHO]), dir.path(), &url);
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(WAIT).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    // Fill the disk, leaving a little room.
+    let filler = disk.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 16 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let length = file.metadata().expect("size").len();
+        file.set_len(length.saturating_sub(512 * 1024))
+            .expect("make room");
+    }
+    let client = reqwest::Client::new();
+    let post = |number: usize| {
+        let client = client.clone();
+        async move {
+            let body = serde_json::json!({
+                "id": format!("f{number}"), "user": "alice@localhost", "contact": "hook",
+                "text": format!("full {number} {}", "z".repeat(4000)),
+            });
+            let answer = client
+                .post(format!(
+                    "http://127.0.0.1:{}/bridges/{ECHO}/say",
+                    jabbridge.http_port
+                ))
+                .bearer_auth(SAY_TOKEN)
+                .body(body.to_string())
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .expect("an answer within 30 s");
+            let status = answer.status().as_u16();
+            (status, answer.text().await.unwrap_or_default())
+        }
+    };
+    let mut accepted = BTreeSet::new();
+    let (mut refused, mut in_a_row, mut number) = (0, 0, 0);
+    while in_a_row < 20 && number < 3000 {
+        let (status, text) = post(number).await;
+        if status == 202 {
+            accepted.insert(format!("full {number}"));
+            in_a_row = 0;
+        } else {
+            assert_eq!(status, 503, "{text}");
+            assert!(text.contains("cannot store"), "{text}");
+            refused += 1;
+            in_a_row += 1;
+        }
+        number += 1;
+    }
+    assert!(refused > 0, "the disk never filled");
+    let (status, _) = jabbridge.get("/health").await;
+    assert_eq!(status, 200);
+    // Room again: accepted again.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    let mut after = 0;
+    for extra in 0..10 {
+        let (status, text) = post(10_000 + extra).await;
+        if status == 202 {
+            accepted.insert(format!("full {}", 10_000 + extra));
+            after += 1;
+        } else {
+            eprintln!("after making room: {status} {text}");
+        }
+    }
+    assert!(after > 0, "nothing was accepted once there was room again");
+    let mut bodies = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !accepted.iter().all(|text| bodies.contains(text)) && Instant::now() < deadline {
+        if let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await
+            && let Some(text) = body(&stanza)
+        {
+            bodies.insert(text.split(' ').take(2).collect::<Vec<_>>().join(" "));
+        }
+    }
+    let missing: Vec<&String> = accepted
+        .iter()
+        .filter(|text| !bodies.contains(*text))
+        .collect();
+    eprintln!(
+        "fault under load (SQLite disk full): {number} posted while filling, {} accepted (202), \
+         {refused} refused (503), {after} of 10 accepted once there was room, {} lost",
+        accepted.len() - after,
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?}\n{}",
+        jabbridge.log()
+    );
+}
+
 /// ejabberd load-balances one component domain over two Jabbridge instances sharing one
 /// PostgreSQL: each message reaches the bridge exactly once, and each echo the user once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

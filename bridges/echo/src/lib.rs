@@ -192,6 +192,14 @@ impl Bridge for Echo {
             Err(CoreError::Refused(reason)) => {
                 respond(StatusCode::BAD_REQUEST, format!("{reason}\n"))
             }
+            Err(CoreError::Unavailable(reason)) => {
+                let mut answer = respond(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+                answer.headers_mut().insert(
+                    jabbridge_sdk::http::header::RETRY_AFTER,
+                    jabbridge_sdk::http::HeaderValue::from_static("5"),
+                );
+                answer
+            }
             Err(CoreError::ShuttingDown) => {
                 respond(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }

@@ -14,10 +14,14 @@ pub enum CoreError {
     /// redeliver later.
     #[error("the core is shutting down")]
     ShuttingDown,
-    /// The event was refused (unknown user, store unavailable…). Do not tell the foreign
-    /// network the message was accepted.
+    /// The event was refused for what it is (a user not allowed, a text too long…): sending
+    /// it again will not help. Do not tell the foreign network the message was accepted.
     #[error("{0}")]
     Refused(String),
+    /// The core cannot take the event now (its database is unreachable or full): the foreign
+    /// network should send it again later (a 503, a retry). Nothing was stored.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What the core implements to receive a bridge's events. Bridge authors use [`Core`]; the

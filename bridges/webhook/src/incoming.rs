@@ -203,6 +203,13 @@ pub async fn handle(bridge: &Webhooks, request: HttpRequest) -> HttpResponse {
                     format!("the message for {recipient} was not stored: {reason}"),
                 );
             }
+            Err(CoreError::Unavailable(reason)) => {
+                tracing::warn!(endpoint = name, recipient, %reason, "an incoming webhook could not be stored now");
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the message for {recipient} could not be stored now: {reason}"),
+                );
+            }
             Err(CoreError::ShuttingDown) => {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
