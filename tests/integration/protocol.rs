@@ -319,99 +319,136 @@ async fn a_message_the_users_server_sends_back_is_recorded_as_failed(kind: Serve
         .await;
 }
 
-/// The XMPP server restarts while a webhook sender posts as fast as it can: every message
-/// answered 202 reaches the user once she is back, none twice. Prints the counts.
-async fn a_server_restart_under_load_loses_nothing_accepted(kind: ServerKind) {
-    let (mut server, jabbridge, _dir) = echo_setup(kind).await;
-    let mut alice = registered(&server, "alice", &[ECHO]).await;
-    const POSTS: usize = 400;
-    const RESTART_AFTER: usize = 100;
-    let http_port = jabbridge.http_port;
-    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+/// Posts `POSTS` `say` messages as fast as they are answered, texts `{prefix} {number}`:
+/// the texts answered 202 come out of the receiver; the task returns how many were not.
+fn load_say(
+    http_port: u16,
+    prefix: &'static str,
+) -> (
+    tokio::task::JoinHandle<usize>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (accepted, receiver) = tokio::sync::mpsc::unbounded_channel::<String>();
     let sender = tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut refused = 0;
         for number in 0..POSTS {
+            let text = format!("{prefix} {number}");
             let body = serde_json::json!({
-                "id": format!("r{number}"), "user": "alice@localhost", "contact": "hook",
-                "text": format!("restart {number}"),
+                "id": format!("{prefix}-{number}"), "user": "alice@localhost", "contact": "hook",
+                "text": text,
             });
             let posted = client
                 .post(format!("http://127.0.0.1:{http_port}/bridges/{ECHO}/say"))
                 .bearer_auth(SAY_TOKEN)
                 .body(body.to_string())
-                .timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
                 .send()
                 .await;
             if posted.is_ok_and(|answer| answer.status().as_u16() == 202) {
-                let _ = accepted_tx.send(format!("restart {number}"));
+                let _ = accepted.send(text);
             } else {
                 refused += 1;
             }
         }
         refused
     });
-    // Text -> the stanza ids it came under, and how many times.
-    let mut bodies: BTreeMap<String, (BTreeSet<String>, usize)> = BTreeMap::new();
-    let record = |stanza: Element, bodies: &mut BTreeMap<String, (BTreeSet<String>, usize)>| {
+    (sender, receiver)
+}
+
+/// Messages posted by [`load_say`] in a fault test.
+const POSTS: usize = 400;
+/// How many are accepted before the fault.
+const FAULT_AFTER: usize = 100;
+
+/// What a client received: text -> the stanza ids it came under, and how many times.
+#[derive(Default)]
+struct Received(BTreeMap<String, (BTreeSet<String>, usize)>);
+
+impl Received {
+    fn record(&mut self, stanza: Element) {
         if stanza.attr("type") != Some("error")
             && let Some(text) = body(&stanza)
         {
-            let seen = bodies.entry(text).or_default();
+            let seen = self.0.entry(text).or_default();
             seen.0
                 .insert(stanza.attr("id").unwrap_or_default().to_owned());
             seen.1 += 1;
         }
-    };
+    }
+
+    /// Reads `client` until every text of `accepted` came (or a minute passed), then for two
+    /// quiet seconds.
+    async fn until_all(&mut self, client: &mut Client, accepted: &BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !accepted.iter().all(|text| self.0.contains_key(text)) && Instant::now() < deadline {
+            if let Some(stanza) = client.next_stanza(Duration::from_millis(500)).await {
+                self.record(stanza);
+            }
+        }
+        while let Some(stanza) = client.next_stanza(Duration::from_secs(2)).await {
+            self.record(stanza);
+        }
+    }
+
+    /// Prints the counts of a fault under load, and asserts that nothing accepted was lost
+    /// and nothing came under two ids (the same id again is a write repeated after the link
+    /// broke, which clients drop).
+    fn report(&self, fault: &str, accepted: &BTreeSet<String>, refused: usize, log: &str) {
+        let missing: Vec<&String> = accepted
+            .iter()
+            .filter(|text| !self.0.contains_key(*text))
+            .collect();
+        let again = self.0.values().filter(|(_, count)| *count > 1).count();
+        let twice = self.0.values().filter(|(ids, _)| ids.len() > 1).count();
+        eprintln!(
+            "fault under load ({fault}): {POSTS} posted, {} accepted (202), {refused} refused \
+             while it was down, {} delivered, {} lost, {again} repeated under the same id, \
+             {twice} under two ids",
+            accepted.len(),
+            self.0.len(),
+            missing.len()
+        );
+        assert!(
+            missing.is_empty(),
+            "accepted but never delivered: {missing:?}\n{log}"
+        );
+        assert_eq!(twice, 0);
+    }
+}
+
+/// The XMPP server restarts while a webhook sender posts as fast as it can: every message
+/// answered 202 reaches the user once she is back, none twice. Prints the counts.
+async fn a_server_restart_under_load_loses_nothing_accepted(kind: ServerKind) {
+    let (mut server, jabbridge, _dir) = echo_setup(kind).await;
+    let mut alice = registered(&server, "alice", &[ECHO]).await;
+    let (sender, mut accepted_rx) = load_say(jabbridge.http_port, "restart");
+    let mut received = Received::default();
     let mut accepted = BTreeSet::new();
-    while accepted.len() < RESTART_AFTER {
-        let text = accepted_rx.recv().await.expect("the sender runs");
-        accepted.insert(text);
+    while accepted.len() < FAULT_AFTER {
+        accepted.insert(accepted_rx.recv().await.expect("the sender runs"));
         while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
-            record(stanza, &mut bodies);
+            received.record(stanza);
         }
     }
     server.restart().await;
     // What her first session received before the server went away.
     for stanza in alice.remaining(Duration::from_millis(500)).await {
-        record(stanza, &mut bodies);
+        received.record(stanza);
     }
     let refused = sender.await.expect("the sender");
     while let Ok(text) = accepted_rx.try_recv() {
         accepted.insert(text);
     }
     drop(alice);
-    alice = server.client("alice").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !accepted.iter().all(|text| bodies.contains_key(text)) && Instant::now() < deadline {
-        if let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await {
-            record(stanza, &mut bodies);
-        }
-    }
-    while let Some(stanza) = alice.next_stanza(Duration::from_secs(2)).await {
-        record(stanza, &mut bodies);
-    }
-    let missing: Vec<&String> = accepted
-        .iter()
-        .filter(|text| !bodies.contains_key(*text))
-        .collect();
-    // Written again after the link broke (at least once): the same id, which clients drop.
-    let again = bodies.values().filter(|(_, count)| *count > 1).count();
-    let twice = bodies.values().filter(|(ids, _)| ids.len() > 1).count();
-    eprintln!(
-        "fault under load ({kind:?} restarted): {POSTS} posted, {} accepted (202), {refused} \
-         refused while it was down, {} delivered, {} lost, {again} repeated under the same id, \
-         {twice} under two ids",
-        accepted.len(),
-        bodies.len(),
-        missing.len()
+    let mut alice = server.client("alice").await;
+    received.until_all(&mut alice, &accepted).await;
+    received.report(
+        &format!("{kind:?} restarted"),
+        &accepted,
+        refused,
+        &jabbridge.log(),
     );
-    assert!(
-        missing.is_empty(),
-        "accepted but never delivered: {missing:?}\n{}",
-        jabbridge.log()
-    );
-    assert_eq!(twice, 0);
 }
 
 async fn strangers_and_floods_are_refused(kind: ServerKind) {
@@ -803,8 +840,8 @@ async fn kill_9_under_load_on_postgres() {
     }
 }
 
-/// PostgreSQL restarts while a webhook sender posts as fast as it can: a post that could not
-/// be stored is refused (5xx, the sender retries), and every one answered 202 reaches the
+/// PostgreSQL restarts while a webhook sender posts as fast as it can: posts wait out the
+/// restart (or are refused, and the sender retries), and every one answered 202 reaches the
 /// user, none under two ids. Prints the counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_under_load_loses_nothing_accepted() {
@@ -821,48 +858,13 @@ async fn a_database_restart_under_load_loses_nothing_accepted() {
     let jabbridge = Jabbridge::start(dir.path(), &config).await;
     jabbridge.wait_ready(WAIT).await;
     let mut alice = registered(&server, "alice", &[ECHO]).await;
-    const POSTS: usize = 400;
-    const RESTART_AFTER: usize = 100;
-    let http_port = jabbridge.http_port;
-    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let sender = tokio::spawn(async move {
-        let client = reqwest::Client::new();
-        let mut refused = 0;
-        for number in 0..POSTS {
-            let body = serde_json::json!({
-                "id": format!("d{number}"), "user": "alice@localhost", "contact": "hook",
-                "text": format!("database {number}"),
-            });
-            let posted = client
-                .post(format!("http://127.0.0.1:{http_port}/bridges/{ECHO}/say"))
-                .bearer_auth(SAY_TOKEN)
-                .body(body.to_string())
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await;
-            match posted {
-                Ok(answer) if answer.status().as_u16() == 202 => {
-                    let _ = accepted_tx.send(format!("database {number}"));
-                }
-                _ => refused += 1,
-            }
-        }
-        refused
-    });
-    let mut bodies: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let record = |stanza: Element, bodies: &mut BTreeMap<String, BTreeSet<String>>| {
-        if stanza.attr("type") != Some("error")
-            && let Some(text) = body(&stanza)
-        {
-            let id = stanza.attr("id").unwrap_or_default().to_owned();
-            bodies.entry(text).or_default().insert(id);
-        }
-    };
+    let (sender, mut accepted_rx) = load_say(jabbridge.http_port, "database");
+    let mut received = Received::default();
     let mut accepted = BTreeSet::new();
-    while accepted.len() < RESTART_AFTER {
+    while accepted.len() < FAULT_AFTER {
         accepted.insert(accepted_rx.recv().await.expect("the sender runs"));
         while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
-            record(stanza, &mut bodies);
+            received.record(stanza);
         }
     }
     database.restart().await;
@@ -870,36 +872,8 @@ async fn a_database_restart_under_load_loses_nothing_accepted() {
     while let Ok(text) = accepted_rx.try_recv() {
         accepted.insert(text);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await {
-            record(stanza, &mut bodies);
-        }
-        if accepted.iter().all(|text| bodies.contains_key(text)) {
-            break;
-        }
-    }
-    while let Some(stanza) = alice.next_stanza(Duration::from_secs(2)).await {
-        record(stanza, &mut bodies);
-    }
-    let missing: Vec<&String> = accepted
-        .iter()
-        .filter(|text| !bodies.contains_key(*text))
-        .collect();
-    let twice = bodies.values().filter(|ids| ids.len() > 1).count();
-    eprintln!(
-        "fault under load (PostgreSQL restarted): {POSTS} posted, {} accepted (202), {refused} \
-         refused while it was down, {} delivered, {} lost, {twice} under two ids",
-        accepted.len(),
-        bodies.len(),
-        missing.len()
-    );
-    assert!(
-        missing.is_empty(),
-        "accepted but never delivered: {missing:?}\n{}",
-        jabbridge.log()
-    );
-    assert_eq!(twice, 0);
+    received.until_all(&mut alice, &accepted).await;
+    received.report("PostgreSQL restarted", &accepted, refused, &jabbridge.log());
 }
 
 /// A tmpfs of `size`, unmounted when dropped; `None` where this process may not mount.
