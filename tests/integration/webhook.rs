@@ -380,6 +380,94 @@ async fn a_receiver_down_for_a_while_gets_every_message_once_in_order() {
     assert_eq!(jabbridge.metric(PENDING_OUTBOX).await, 0.0);
 }
 
+/// The foreign side down for a minute under load: a user sends as fast as she can, with
+/// receipts requested, while the webhook receiver is gone for 60 s; once it is back it gets
+/// every message, once per webhook-id, in order, and every receipt came after its 2xx.
+/// Prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_minute_under_load_gets_everything_once() {
+    let (server, _jabbridge, mut receiver, _dir) =
+        hooks_setup(ServerKind::Prosody, &["alice"]).await;
+    let mut alice = server.client("alice").await;
+    const SENT: usize = 300;
+    const DOWN_AFTER: usize = 100;
+    const DOWN_FOR: Duration = Duration::from_secs(60);
+    let alerts = format!("alerts@{HOOKS}");
+    let expected: Vec<String> = (0..SENT).map(|number| format!("load {number}")).collect();
+    receiver.up().await;
+    let mut receipts = std::collections::BTreeSet::new();
+    let mut down_since = None;
+    for (number, text) in expected.iter().enumerate() {
+        if number == DOWN_AFTER {
+            receiver.down().await;
+            down_since = Some(Instant::now());
+        }
+        alice
+            .send(&format!(
+                "<message type='chat' to='{alerts}' id='w{number}'><body>{text}</body>\
+                 <request xmlns='urn:xmpp:receipts'/></message>"
+            ))
+            .await;
+        while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
+            if let Some(received) = stanza.get_child("received", "urn:xmpp:receipts") {
+                receipts.insert(received.attr("id").unwrap_or_default().to_owned());
+            }
+        }
+    }
+    let before_up = receiver.received().len();
+    if let Some(since) = down_since {
+        tokio::time::sleep(DOWN_FOR.saturating_sub(since.elapsed())).await;
+    }
+    let receipts_while_down = receipts.len();
+    receiver.up().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while texts_once_per_id(&receiver.received()).len() < SENT {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver got {} of {SENT}",
+            texts_once_per_id(&receiver.received()).len()
+        );
+        while let Some(stanza) = alice.next_stanza(Duration::from_millis(100)).await {
+            if let Some(received) = stanza.get_child("received", "urn:xmpp:receipts") {
+                receipts.insert(received.attr("id").unwrap_or_default().to_owned());
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Some(stanza) = alice.next_stanza(Duration::from_millis(500)).await {
+        if let Some(received) = stanza.get_child("received", "urn:xmpp:receipts") {
+            receipts.insert(received.attr("id").unwrap_or_default().to_owned());
+        }
+    }
+    let received = receiver.received();
+    let delivered = texts_once_per_id(&received);
+    let mut ids_per_text: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for request in &received {
+        let text = request.payload["data"]["text"].as_str().unwrap_or_default();
+        ids_per_text
+            .entry(text.to_owned())
+            .or_default()
+            .insert(request.id.clone());
+    }
+    let twice = ids_per_text.values().filter(|ids| ids.len() > 1).count();
+    eprintln!(
+        "fault under load (webhook receiver down {} s): {SENT} sent, {} receipts ({} before it \
+         came back, for the {before_up} it had taken), {} requests, {} delivered, {} lost, \
+         {twice} under two ids",
+        DOWN_FOR.as_secs(),
+        receipts.len(),
+        receipts_while_down,
+        received.len(),
+        delivered.len(),
+        SENT - delivered.len()
+    );
+    assert_eq!(delivered, expected, "each once, in order");
+    assert_eq!(twice, 0);
+    assert!(receipts_while_down <= before_up, "a receipt before its 2xx");
+    assert_eq!(receipts.len(), SENT, "a receipt for each");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_endpoint_until_an_admin_enables_it() {
     let (server, _jabbridge, mut receiver, _dir) =
