@@ -1034,6 +1034,74 @@ async fn provider_outages_are_retried_and_a_kill_loses_nothing() {
     assert_eq!(jabbridge.metric(PENDING_OUTBOX).await, 0.0);
 }
 
+/// The provider down for a minute under load: alice texts as fast as she can while the
+/// provider's API is gone for 60 s; once it is back every text is sent once, in order.
+/// Prints the counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_down_for_a_minute_under_load_sends_everything_once() {
+    let (server, jabbridge, mut fake, _dir) = sms_setup(ServerKind::Prosody, &["alice"]).await;
+    let mut alice = server.client("alice").await;
+    const SENT: usize = 150;
+    const DOWN_AFTER: usize = 50;
+    const DOWN_FOR: Duration = Duration::from_secs(60);
+    let mut down_since = None;
+    for number in 0..SENT {
+        if number == DOWN_AFTER {
+            fake.wait_sends(DOWN_AFTER).await;
+            fake.down().await;
+            down_since = Some(Instant::now());
+        }
+        alice
+            .send(&chat(
+                &friend_jid(),
+                &format!("p{number}"),
+                &format!("text {number}"),
+            ))
+            .await;
+    }
+    if let Some(since) = down_since {
+        tokio::time::sleep(DOWN_FOR.saturating_sub(since.elapsed())).await;
+    }
+    let transient = jabbridge
+        .metric("jabbridge_bridge_deliveries_total{bridge=\"sms.localhost\",outcome=\"transient\"}")
+        .await;
+    fake.up().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while fake.sends().len() < SENT {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SENT} sent",
+            fake.sends().len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bodies: Vec<String> = fake
+        .sends()
+        .iter()
+        .map(|call| call.field("Body").unwrap_or_default().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..SENT).map(|number| format!("text {number}")).collect();
+    eprintln!(
+        "fault under load (SMS provider down {} s): {SENT} sent by the user, {transient} failed \
+         attempts while it was down, {} texts at the provider in all, {} lost, {} twice",
+        DOWN_FOR.as_secs(),
+        bodies.len(),
+        expected
+            .iter()
+            .filter(|text| !bodies.contains(text))
+            .count(),
+        bodies.len().saturating_sub(SENT)
+    );
+    assert_eq!(bodies, expected, "each once, in order");
+    assert!(transient > 0.0, "the outage was never felt");
+    alice
+        .expect_none(Duration::from_millis(300), |stanza| {
+            stanza.attr("type") == Some("error")
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_register_their_own_number_and_strangers_are_refused() {
     let (server, jabbridge, fake, _dir) = sms_setup(
