@@ -377,6 +377,22 @@ impl Received {
         }
     }
 
+    /// Reads what `client` gets until [`FAULT_AFTER`] posts were accepted; their texts.
+    async fn while_accepting(
+        &mut self,
+        client: &mut Client,
+        accepted: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> BTreeSet<String> {
+        let mut texts = BTreeSet::new();
+        while texts.len() < FAULT_AFTER {
+            texts.insert(accepted.recv().await.expect("the sender runs"));
+            while let Some(stanza) = client.next_stanza(Duration::from_millis(1)).await {
+                self.record(stanza);
+            }
+        }
+        texts
+    }
+
     /// Reads `client` until every text of `accepted` came (or a minute passed), then for two
     /// quiet seconds.
     async fn until_all(&mut self, client: &mut Client, accepted: &BTreeSet<String>) {
@@ -424,13 +440,7 @@ async fn a_server_restart_under_load_loses_nothing_accepted(kind: ServerKind) {
     let mut alice = registered(&server, "alice", &[ECHO]).await;
     let (sender, mut accepted_rx) = load_say(jabbridge.http_port, "restart");
     let mut received = Received::default();
-    let mut accepted = BTreeSet::new();
-    while accepted.len() < FAULT_AFTER {
-        accepted.insert(accepted_rx.recv().await.expect("the sender runs"));
-        while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
-            received.record(stanza);
-        }
-    }
+    let mut accepted = received.while_accepting(&mut alice, &mut accepted_rx).await;
     server.restart().await;
     // What her first session received before the server went away.
     for stanza in alice.remaining(Duration::from_millis(500)).await {
@@ -860,13 +870,7 @@ async fn a_database_restart_under_load_loses_nothing_accepted() {
     let mut alice = registered(&server, "alice", &[ECHO]).await;
     let (sender, mut accepted_rx) = load_say(jabbridge.http_port, "database");
     let mut received = Received::default();
-    let mut accepted = BTreeSet::new();
-    while accepted.len() < FAULT_AFTER {
-        accepted.insert(accepted_rx.recv().await.expect("the sender runs"));
-        while let Some(stanza) = alice.next_stanza(Duration::from_millis(1)).await {
-            received.record(stanza);
-        }
-    }
+    let mut accepted = received.while_accepting(&mut alice, &mut accepted_rx).await;
     database.restart().await;
     let refused = sender.await.expect("the sender");
     while let Ok(text) = accepted_rx.try_recv() {
