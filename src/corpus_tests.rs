@@ -345,6 +345,11 @@ async fn the_malformed_input_corpus_is_answered_precisely() {
             if stanza.attr("id") == Some(sentinel.as_str()) {
                 break;
             }
+            // An echo of an earlier case that was accepted comes when its inbox lane gets
+            // to it, not in the sender's lane: it answers none of the cases.
+            if stanza.has_child("origin-id", "urn:xmpp:sid:0") {
+                continue;
+            }
             answers.push(stanza);
         }
         // Echoes and presences of accepted cases may come later; errors come in the lane.
