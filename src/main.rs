@@ -7,9 +7,17 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use jabbridge::{app, config::Config, logging, store::Store};
 
+/// The version and the commit it was built from, e.g. `0.1.0 (commit 3f2a9c1d0b7e)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("JB_BUILD_COMMIT"),
+    ")"
+);
+
 /// Jabbridge: an XMPP gateway to SMS, IRC, webhooks and more.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version = VERSION, about, long_about = None)]
 struct Cli {
     /// The configuration file. Every key can be overridden by JABBRIDGE_SECTION__KEY
     /// environment variables (e.g. JABBRIDGE_XMPP__SERVER, JABBRIDGE_BRIDGE__0__SECRET).

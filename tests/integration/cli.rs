@@ -83,6 +83,45 @@ fn help_documents_every_subcommand() {
 }
 
 #[test]
+fn version_names_the_commit() {
+    let (ok, output) = jabbridge(&["--version"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.starts_with(&format!("jabbridge {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{output}"
+    );
+}
+
+/// Every metric the alert rules in contrib/ name is one the code exports.
+#[test]
+fn the_alert_rules_name_only_exported_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rules = std::fs::read_to_string(format!("{root}/contrib/prometheus/jabbridge-alerts.yml"))
+        .expect("the alert rules");
+    let sources: String = [
+        "src/metrics.rs",
+        "bridges/sms/src/lib.rs",
+        "bridges/webhook/src/lib.rs",
+    ]
+    .iter()
+    .map(|path| std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default())
+    .collect();
+    let mut named = std::collections::BTreeSet::new();
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("jabbridge_") {
+            named.insert(word.to_owned());
+        }
+    }
+    assert!(named.len() >= 6, "{named:?}");
+    for metric in &named {
+        assert!(
+            sources.contains(&format!("\"{metric}\"")),
+            "{metric} is named by the alert rules but exported nowhere"
+        );
+    }
+}
+
+#[test]
 fn admin_commands_manage_identities_and_users() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("j.toml");
