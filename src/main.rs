@@ -48,6 +48,13 @@ enum Command {
     /// Show or set which XMPP user owns a foreign identity (phone number, nick…).
     #[command(subcommand)]
     Identities(IdentitiesCommand),
+    /// Print the manual page (roff) and exit; needs no configuration.
+    Man,
+    /// Print shell completions and exit; needs no configuration.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +102,15 @@ enum IdentitiesCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Man => return print_manual(),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "jabbridge", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -119,8 +135,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes the manual page, generated from the command's own definitions.
+fn print_manual() -> ExitCode {
+    let command = <Cli as clap::CommandFactory>::command();
+    match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: cannot write the manual page: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
+        // Answered in `main`, before any configuration is read.
+        Command::Man | Command::Completions { .. } => {}
         Command::Run => app::run(config, shutdown_signal()).await?,
         Command::CheckConfig => {
             app::check_bridges(&config)?;

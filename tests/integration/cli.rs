@@ -71,7 +71,15 @@ fn check_config_names_the_file_and_the_bridge_key() {
 fn help_documents_every_subcommand() {
     let (ok, output) = jabbridge(&["--help"]);
     assert!(ok, "{output}");
-    for command in ["run", "check-config", "migrate", "users", "identities"] {
+    for command in [
+        "run",
+        "check-config",
+        "migrate",
+        "users",
+        "identities",
+        "man",
+        "completions",
+    ] {
         // Each subcommand is listed on a line of its own, with its description.
         assert!(
             output
@@ -90,6 +98,28 @@ fn version_names_the_commit() {
         output.starts_with(&format!("jabbridge {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{output}"
     );
+}
+
+/// The manual page and the completions come from the command's own definitions, need no
+/// configuration, and cover every subcommand.
+#[test]
+fn the_manual_page_and_completions_need_no_config() {
+    let (ok, manual) = jabbridge(&["--config", "/nonexistent.toml", "man"]);
+    assert!(ok, "{manual}");
+    assert!(manual.contains(".TH jabbridge 1"), "{manual}");
+    for command in ["run", "check\\-config", "migrate", "users", "identities"] {
+        assert!(
+            manual.contains(command),
+            "{command} missing from the manual page"
+        );
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, script) = jabbridge(&["completions", shell]);
+        assert!(ok, "{script}");
+        assert!(script.contains("check-config"), "{shell}: {script}");
+    }
+    let (ok, refused) = jabbridge(&["completions", "tcsh"]);
+    assert!(!ok, "{refused}");
 }
 
 /// Every metric the alert rules in contrib/ name is one the code exports.
