@@ -1,4 +1,4 @@
-//! The registry of bridge kinds: adding a bridge is one line in [`KINDS`].
+//! The registry of bridge kinds: adding a bridge is one line in `KINDS`.
 
 use jabbridge_sdk::BuildFn;
 

@@ -339,7 +339,7 @@ impl Store {
                             .execute(&mut *connection)
                             .await?;
                         // FULL: a transaction acknowledged is on disk, power cut or not.
-                        // Commits are batched (crate::commit), so this costs one fsync per
+                        // Commits are batched (crate::delivery::commit), so this costs one fsync per
                         // batch, not per message.
                         sqlx::query("PRAGMA synchronous = FULL")
                             .execute(&mut *connection)
@@ -840,7 +840,7 @@ impl Store {
     }
 
     /// Commits `writes` in one transaction, so that a batch costs one commit however many
-    /// messages it holds (see [`crate::commit`]). Queued rows belong to `owner` (this
+    /// messages it holds (see [`crate::delivery::commit`]). Queued rows belong to `owner` (this
     /// instance) until delivered. For each write, in order: the new row's id for an
     /// [`Write::Enqueue`] that was queued, `None` for one whose `dedupe_key` was queued
     /// before (delivered or not), and `None` for every other kind.

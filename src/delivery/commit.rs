@@ -71,7 +71,7 @@ impl Committer {
     }
 
     /// Submits a write; `done` is called once it committed or failed. Waits only while the
-    /// committer is this far behind ([`QUEUE`] writes).
+    /// committer is this far behind (8,192 writes).
     pub async fn submit(&self, write: Write, done: Option<Done>) {
         self.send(Request {
             write,

@@ -6,7 +6,7 @@
 //! registration form, prompt, ad-hoc commands), [`presence`] (XEP-0100 subscriptions and the
 //! bridge's presence hooks), [`message`] (chat messages to contacts, commands by chat),
 //! [`registration`], [`commands`], and [`core_link`] (what the bridge asks of the core).
-//! Refusals become stanza errors in one place, [`Gateway::refuse`]; messages go to
+//! Refusals become stanza errors in one place, `Gateway::refuse`; messages go to
 //! [`crate::delivery`].
 
 pub mod commands;

@@ -109,7 +109,9 @@ impl Core {
 
     /// Hands a message from the foreign network to the core. When this returns `Ok`, the
     /// core has taken responsibility for the message: only then acknowledge it to the
-    /// foreign network. The core delivers each `foreign_id` once.
+    /// foreign network. The core delivers each `foreign_id` once. On
+    /// [`CoreError::Unavailable`] tell the network to send it again later (a 503); on
+    /// [`CoreError::Refused`] sending it again will not help.
     pub async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
         self.sink.deliver(message).await
     }
