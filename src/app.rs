@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jabbridge_sdk::{
     Bridge, BridgeError, Core, CoreError, CoreSink, DeliveryReport, ForeignId, IncomingMessage,
-    MessageId, RegistrationData, Shutdown, UserJid, UserStatus, async_trait,
+    MessageId, RegistrationData, RoomEvent, RoomId, Shutdown, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::delivery::commit::Committer;
 use crate::delivery::recovery;
 use crate::gateway::core_link::CoreLink;
-use crate::gateway::{Gateway, Wiring};
+use crate::gateway::{Gateway, Policy, Wiring};
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
 use crate::store::{Store, StoreError};
@@ -82,6 +82,10 @@ struct Unwired;
 #[async_trait]
 impl CoreSink for Unwired {
     async fn deliver(&self, _message: IncomingMessage) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn room_event(&self, _room: RoomId, _event: RoomEvent) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
 
@@ -239,7 +243,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let core = Core::new(domain.clone(), Arc::new(core_link))
             .with_public_url(config.http.public_url.clone());
         let bridge = build_bridge(index, section, core)?;
-        let gateway = Arc::new(Gateway::new(
+        let gateway = Gateway::new(
             domain.clone(),
             bridge.clone(),
             Wiring {
@@ -248,11 +252,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 committer: committer.clone(),
                 shutdown: stopping.clone(),
             },
-            Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
-            config.delivery.clone(),
-            section.call_limits(),
-            section.spend_limit,
-        ));
+            Policy {
+                access: Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
+                delivery: config.delivery.clone(),
+                calls: section.call_limits(),
+                spend: section.spend_limit,
+                rooms: section.rooms,
+            },
+        );
         let span = gateway.span();
         // Before anything new is accepted, so that old messages reach their lanes first.
         recovery::recover(&gateway.delivery, true)
@@ -263,7 +270,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
         recovery::spawn_workers(&gateway.delivery, &mut tasks);
-        tasks.spawn(gateway.run(incoming_receiver, core_requests));
+        tasks.spawn(gateway.clone().run(incoming_receiver, core_requests));
+        // Once the gateway serves the bridge's events: a rejoin reports some.
+        let rejoining = gateway.clone();
+        tasks.spawn(
+            async move { crate::gateway::rooms::restore(&rejoining).await }
+                .instrument(span.clone()),
+        );
+        tasks.spawn(
+            crate::gateway::rooms::sweep(gateway.clone(), stopping.clone())
+                .instrument(span.clone()),
+        );
         tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
         http_bridges.insert(
             domain,

@@ -205,6 +205,9 @@ pub struct BridgeConfig {
     /// (`remote-server-timeout`), and a message send counts as a temporary failure, retried.
     #[serde(default = "defaults::call_timeout", with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// `[bridge.rooms]`: group chats, for bridges that have them.
+    #[serde(default)]
+    pub rooms: RoomsConfig,
     /// The bridge's own keys.
     #[serde(flatten)]
     pub rest: BTreeMap<String, serde_json::Value>,
@@ -239,6 +242,35 @@ impl Default for CallLimits {
         Self {
             concurrency: defaults::concurrency(),
             timeout: defaults::call_timeout(),
+        }
+    }
+}
+
+/// `[bridge.rooms]`: how the core keeps a bridge's group chats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// How long after a user's last resource left a room the bridge leaves the foreign room:
+    /// a phone that reconnects meanwhile does not part and rejoin.
+    #[serde(default = "defaults::leave_grace", with = "humantime_serde")]
+    pub leave_grace: Duration,
+    /// How long room messages are kept in the archive (history on join).
+    #[serde(default = "defaults::keep_history", with = "humantime_serde")]
+    pub keep_history: Duration,
+    /// Messages of history a joining client gets when it does not say how many (0 to 1000).
+    #[serde(
+        default = "defaults::history_on_join",
+        deserialize_with = "number_or_string"
+    )]
+    pub history_on_join: u32,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self {
+            leave_grace: defaults::leave_grace(),
+            keep_history: defaults::keep_history(),
+            history_on_join: defaults::history_on_join(),
         }
     }
 }
@@ -340,6 +372,15 @@ mod defaults {
     }
     pub fn call_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn leave_grace() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn keep_history() -> Duration {
+        Duration::from_secs(30 * 86_400)
+    }
+    pub fn history_on_join() -> u32 {
+        20
     }
 
     pub fn keepalive() -> Duration {
@@ -647,6 +688,22 @@ impl Config {
                 return Err((
                     format!("bridge[{index}].concurrency"),
                     "must be between 1 and 1024".into(),
+                ));
+            }
+            if bridge.rooms.leave_grace > Duration::from_secs(86_400) {
+                return Err((
+                    format!("bridge[{index}].rooms.leave_grace"),
+                    "must be at most a day".into(),
+                ));
+            }
+            positive(
+                &format!("bridge[{index}].rooms.keep_history"),
+                bridge.rooms.keep_history,
+            )?;
+            if bridge.rooms.history_on_join > 1000 {
+                return Err((
+                    format!("bridge[{index}].rooms.history_on_join"),
+                    "must be between 0 and 1000".into(),
                 ));
             }
             if let Some(spend) = bridge.spend_limit {

@@ -33,6 +33,8 @@ pub mod http;
 pub mod lanes;
 pub mod logging;
 pub mod metrics;
+#[cfg(test)]
+mod room_tests;
 pub mod store;
 #[cfg(test)]
 pub mod testing;

@@ -36,6 +36,13 @@ pub fn stanza_error(bridge: &str, condition: &'static str) {
         .increment(1);
 }
 
+/// A room message was archived and sent to `resources` joined resources.
+pub fn room_message(bridge: &str, resources: usize) {
+    metrics::counter!("jabbridge_room_messages_total", "bridge" => bridge.to_owned()).increment(1);
+    metrics::counter!("jabbridge_room_stanzas_out_total", "bridge" => bridge.to_owned())
+        .increment(resources as u64);
+}
+
 /// A batch of writes was committed (or failed) in one transaction.
 pub fn commit(writes: usize, took: std::time::Duration) {
     metrics::histogram!("jabbridge_commit_writes").record(writes as f64);

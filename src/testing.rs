@@ -18,10 +18,10 @@ use tokio::task::JoinHandle;
 use xmpp_parsers::minidom::Element;
 
 use crate::access::Access;
-use crate::config::{CallLimits, DeliveryConfig, RateLimit, SpendLimit};
+use crate::config::{CallLimits, DeliveryConfig, RateLimit, RoomsConfig, SpendLimit};
 use crate::delivery::commit::Committer;
 use crate::gateway::core_link::CoreLink;
-use crate::gateway::{Gateway, Wiring};
+use crate::gateway::{Gateway, Policy, Wiring};
 use crate::store::Store;
 use crate::xmpp::session::{self, Outgoing};
 
@@ -44,6 +44,8 @@ pub struct Options {
     pub spend: Option<SpendLimit>,
     /// The bridge; the echo bridge (prefix `> `) when `None`.
     pub bridge: Option<Arc<dyn Bridge>>,
+    /// `[bridge.rooms]`.
+    pub rooms: RoomsConfig,
     /// The database URL; SQLite in memory when `None`. A file lets a test start a second
     /// gateway on what the first left, as a restart would.
     pub database: Option<String>,
@@ -59,6 +61,7 @@ impl Default for Options {
             spend: None,
             bridge: None,
             database: None,
+            rooms: RoomsConfig::default(),
         }
     }
 }
@@ -125,7 +128,7 @@ impl Harness {
                 build(&Settings::new(keys), core).expect("echo")
             }
         };
-        let gateway = Arc::new(Gateway::new(
+        let gateway = Gateway::new(
             DOMAIN.into(),
             bridge,
             Wiring {
@@ -134,15 +137,20 @@ impl Harness {
                 committer,
                 shutdown: stopping,
             },
-            Access::new(DOMAIN, &options.allow, &options.admins, options.rate_limit),
-            DeliveryConfig::default(),
-            options.calls,
-            options.spend,
-        ));
+            Policy {
+                access: Access::new(DOMAIN, &options.allow, &options.admins, options.rate_limit),
+                delivery: DeliveryConfig::default(),
+                calls: options.calls,
+                spend: options.spend,
+                rooms: options.rooms,
+            },
+        );
         // As at start-up: what an earlier gateway left goes to its lanes first.
         crate::delivery::recovery::recover(&gateway.delivery, true).await;
         let (incoming, receiver) = mpsc::channel(64);
         let gateway_task = tokio::spawn(gateway.clone().run(receiver, core_requests));
+        // As at start-up, once the gateway serves the bridge's events.
+        crate::gateway::rooms::restore(&gateway).await;
         Harness {
             gateway,
             incoming,

@@ -164,6 +164,9 @@ pub struct OutboxEntry {
     /// When we accepted it, Unix ms (absent in rows queued before this field existed).
     #[serde(default)]
     pub accepted_at: Option<i64>,
+    /// Set for a private message to the occupant `contact` of this room (XEP-0045 §7.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
 }
 
 /// What an inbox row holds (JSON): a notice to a user about their own message, or a

@@ -163,6 +163,7 @@ async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
             .map_or_else(SystemTime::now, |at| UNIX_EPOCH + Duration::from_millis(at)),
         registration,
         replaces,
+        room: entry.room.as_deref().map(ForeignId::new),
     };
     let sent = delivery
         .calls

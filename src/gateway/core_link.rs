@@ -6,13 +6,13 @@
 
 use jabbridge_sdk::{
     CoreError, CoreSink, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData,
-    UserJid, UserStatus, async_trait,
+    RoomEvent, RoomId, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 use xmpp_parsers::jid::{BareJid, Jid};
 
-use super::{Gateway, presence};
+use super::{Gateway, presence, rooms};
 use crate::delivery::{accept, outbox};
 use crate::store::{Store, StoreError};
 
@@ -28,6 +28,8 @@ pub enum Request {
     Deliver(IncomingMessage, Reply),
     /// Show the user this state of their link ([`jabbridge_sdk::Core::set_status`]).
     SetStatus(UserJid, UserStatus, Reply),
+    /// Something happened in a room ([`jabbridge_sdk::Core::room_event`]).
+    RoomEvent(RoomId, RoomEvent, Reply),
     /// The network reported on a message ([`jabbridge_sdk::Core::report`]), for any sender
     /// or only for this one ([`jabbridge_sdk::Core::report_for`]).
     Report(MessageId, Option<UserJid>, DeliveryReport, Reply),
@@ -75,6 +77,11 @@ impl CoreLink {
 impl CoreSink for CoreLink {
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
         self.ask(|reply| Request::Deliver(message, reply)).await
+    }
+
+    async fn room_event(&self, room: RoomId, event: RoomEvent) -> Result<(), CoreError> {
+        self.ask(|reply| Request::RoomEvent(room, event, reply))
+            .await
     }
 
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
@@ -175,6 +182,9 @@ pub(super) async fn serve(gateway: &Gateway, request: Request) {
                 let _ = reply.send(Err(refused));
             }
         },
+        Request::RoomEvent(room, event, reply) => {
+            let _ = reply.send(rooms::event(gateway, room, event).await);
+        }
         Request::SetStatus(user, status, reply) => {
             let shown = match user.as_str().parse::<BareJid>() {
                 Ok(user) => {
@@ -217,8 +227,23 @@ fn check(gateway: &Gateway, message: &IncomingMessage) -> Result<(BareJid, Jid),
             gateway.domain
         )));
     }
-    let from = gateway
+    let contact = gateway
         .contact_jid(&message.contact)
         .map_err(CoreError::Refused)?;
+    let from = match &message.room {
+        // A private message from an occupant comes from room/nick.
+        Some(room) => {
+            let room = gateway.contact_jid(room).map_err(CoreError::Refused)?;
+            format!("{}/{}", room.to_bare(), message.contact)
+                .parse()
+                .map_err(|error| {
+                    CoreError::Refused(format!(
+                        "'{}' is not a nick a JID can carry: {error}",
+                        message.contact
+                    ))
+                })?
+        }
+        None => contact,
+    };
     Ok((user, from))
 }

@@ -4,7 +4,7 @@
 
 use xmpp_parsers::{iq::Iq, jid::Jid, minidom::Element, ns};
 
-use super::{Answer, Gateway, commands, registration};
+use super::{Answer, Gateway, commands, registration, rooms};
 use crate::xmpp::adhoc;
 use crate::xmpp::register::{self, Submission};
 use crate::xmpp::service::{self, Target};
@@ -113,6 +113,9 @@ async fn answer(
             let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
             adhoc::node_info(node, &entries).map(Some)
         }
+        (false, _, _) if let Some(room) = to.and_then(|to| gateway.room_of(to)) => {
+            room_answer(gateway, is_set, from, to, &room, payload)
+        }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
         (true, false, _) => service::answer_get(&gateway.info, Target::Gateway, payload),
         (false, false, _) => {
@@ -124,6 +127,32 @@ async fn answer(
                 .unwrap_or_default();
             service::answer_get(&gateway.info, Target::Contact(&contact), payload)
         }
+    }
+}
+
+/// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
+/// disco; nothing else.
+fn room_answer(
+    gateway: &Gateway,
+    is_set: bool,
+    from: &Jid,
+    to: Option<&Jid>,
+    room: &jabbridge_sdk::RoomId,
+    payload: &Element,
+) -> service::IqAnswer {
+    let occupant = to.is_some_and(|to| to.resource().is_some());
+    match (is_set, occupant, payload.name(), payload.ns().as_str()) {
+        (false, _, "ping", ns::PING) => {
+            rooms::ping(gateway, from, room)?;
+            Ok(None)
+        }
+        (false, false, "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
+            Ok(Some(rooms::info(gateway, room)))
+        }
+        (false, false, "query", ns::DISCO_ITEMS) => {
+            service::answer_get(&gateway.info, Target::Contact(""), payload)
+        }
+        _ => Err(StanzaFailure::ServiceUnavailable),
     }
 }
 

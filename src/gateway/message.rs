@@ -13,7 +13,7 @@ use xmpp_parsers::{
     stanza_id::OriginId,
 };
 
-use super::{Answer, Gateway, commands};
+use super::{Answer, Gateway, commands, rooms};
 use crate::delivery::{MAX_TEXT, OutboxEntry, accept, inbox};
 use crate::metrics;
 use crate::store::Spent;
@@ -25,6 +25,13 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
     })?;
     if message.type_ == MessageType::Error {
+        if let (Some(from), Some(room)) = (
+            &message.from,
+            message.to.as_ref().and_then(|to| gateway.room_of(to)),
+        ) {
+            rooms::bounced(gateway, from, &room).await;
+            return Ok(None);
+        }
         bounced(gateway, &message).await;
         return Ok(None);
     }
@@ -38,7 +45,26 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         .values()
         .find(|body| !body.trim().is_empty())
         .cloned();
-    let contact = gateway.contact_of(&to)?;
+    let (contact, room) = match gateway.room_of(&to) {
+        Some(room) => {
+            if message.type_ == MessageType::Groupchat {
+                return rooms::on_groupchat(gateway, &message, &from, room, text).await;
+            }
+            let Some(nick) = to.resource() else {
+                return Err(StanzaFailure::NotAcceptable(
+                    "write to a room with type='groupchat', or to room/nick privately".into(),
+                ));
+            };
+            if text.is_none() {
+                // Typing notifications and markers to occupants are not carried.
+                return Ok(None);
+            }
+            gateway.access.check(&user)?;
+            rooms::private_allowed(gateway, &from, &room, nick.as_str())?;
+            (Some(ForeignId::new(nick.as_str())), Some(room))
+        }
+        None => (gateway.contact_of(&to)?, None),
+    };
     let role = match (&text, &contact) {
         // Typing notifications, receipts and markers from strangers: drop quietly.
         (None, _) => match gateway.access.role(&user) {
@@ -118,6 +144,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
             })
             .collect(),
         accepted_at: Some(crate::store::now_millis()),
+        room: room.map(|room| room.to_string()),
     };
     accept::outgoing(&gateway.delivery, entry).await?;
     Ok(None)

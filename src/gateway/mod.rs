@@ -5,7 +5,8 @@
 //! The parts, each a module of free functions over the gateway: [`iq`] (disco, version,
 //! registration form, prompt, ad-hoc commands), [`presence`] (XEP-0100 subscriptions and the
 //! bridge's presence hooks), [`message`] (chat messages to contacts, commands by chat),
-//! [`registration`], [`commands`], and [`core_link`] (what the bridge asks of the core).
+//! [`registration`], [`commands`], [`rooms`] (group chats), and [`core_link`] (what the
+//! bridge asks of the core).
 //! Refusals become stanza errors in one place, `Gateway::refuse`; messages go to
 //! [`crate::delivery`].
 
@@ -15,11 +16,12 @@ pub mod iq;
 pub mod message;
 pub mod presence;
 pub mod registration;
+pub mod rooms;
 
 use std::future::Future;
 use std::sync::Arc;
 
-use jabbridge_sdk::{Bridge, BridgeInfo, ForeignId};
+use jabbridge_sdk::{Bridge, BridgeInfo, ForeignId, RoomId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -27,7 +29,7 @@ use xmpp_parsers::{jid::Jid, minidom::Element};
 
 use crate::access::Access;
 use crate::calls::Calls;
-use crate::config::{CallLimits, DeliveryConfig, SpendLimit};
+use crate::config::{CallLimits, DeliveryConfig, RoomsConfig, SpendLimit};
 use crate::delivery::{self, Delivery};
 use crate::lanes::{Lanes, Pushed};
 use crate::metrics;
@@ -60,6 +62,12 @@ pub struct Gateway {
     calls: Arc<Calls>,
     /// Registered users' online resources.
     online: presence::Online,
+    /// Our users in rooms, and the rooms.
+    rooms: Arc<rooms::Rooms>,
+    /// `[bridge.rooms]`.
+    rooms_config: RoomsConfig,
+    /// Timers of the leave grace period need the gateway; it is not theirs to keep alive.
+    myself: std::sync::Weak<Gateway>,
     /// Stanzas waiting or being handled, per sender, in order.
     lanes: Lanes<(Element, OwnedSemaphorePermit)>,
     /// Stanzas taken from the link and not yet handled, for all senders: when none is left,
@@ -67,6 +75,20 @@ pub struct Gateway {
     in_flight: Arc<Semaphore>,
     /// The bridge's tracing span: everything the gateway and its delivery log is in it.
     span: tracing::Span,
+}
+
+/// How the core treats one bridge's users: its `[[bridge]]` policy keys and `[delivery]`.
+pub struct Policy {
+    /// `allow`, `admins`, `rate_limit`.
+    pub access: Access,
+    /// `[delivery]`.
+    pub delivery: DeliveryConfig,
+    /// `concurrency`, `call_timeout`.
+    pub calls: CallLimits,
+    /// `spend_limit`.
+    pub spend: Option<SpendLimit>,
+    /// `[bridge.rooms]`.
+    pub rooms: RoomsConfig,
 }
 
 /// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
@@ -94,11 +116,15 @@ impl Gateway {
         domain: String,
         bridge: Arc<dyn Bridge>,
         wiring: Wiring,
-        access: Access,
-        delivery: DeliveryConfig,
-        limits: CallLimits,
-        spend: Option<SpendLimit>,
-    ) -> Self {
+        policy: Policy,
+    ) -> Arc<Self> {
+        let Policy {
+            access,
+            delivery,
+            calls: limits,
+            spend,
+            rooms,
+        } = policy;
         let info = bridge.info();
         let span = tracing::info_span!("bridge", bridge = %domain);
         let calls = Arc::new(Calls::new(&domain, &info.name, limits));
@@ -112,7 +138,7 @@ impl Gateway {
             delivery,
             span.clone(),
         );
-        Self {
+        Arc::new_cyclic(|myself| Self {
             domain,
             bridge,
             info,
@@ -123,10 +149,13 @@ impl Gateway {
             delivery: Arc::new(delivery),
             calls,
             online: presence::Online::default(),
+            rooms: Arc::default(),
+            rooms_config: rooms,
+            myself: myself.clone(),
             lanes: Lanes::new(LANE_DEPTH),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
             span,
-        }
+        })
     }
 
     /// The bridge's tracing span.
@@ -272,6 +301,29 @@ impl Gateway {
     fn storage_failed(&self, error: StoreError) -> StanzaFailure {
         tracing::error!(%error, "storage failed");
         StanzaFailure::Internal
+    }
+
+    /// The room a JID on our domain names, for bridges with rooms.
+    fn room_of(&self, to: &Jid) -> Option<RoomId> {
+        if !self.info.capabilities.rooms {
+            return None;
+        }
+        self.bridge.parse_room(&unescape(to.node()?.as_str()))
+    }
+
+    /// Starts the grace period after which `user`, whose last resource left `room`, leaves
+    /// it for good (unless a resource joined meanwhile: `generation` moved).
+    fn leave_later(&self, room: RoomId, user: String, generation: u64) {
+        if let Some(gateway) = self.myself.upgrade() {
+            tokio::spawn(
+                rooms::leave_if_gone(gateway, room, user, generation).instrument(self.span()),
+            );
+        }
+    }
+
+    /// How many rooms have one of our users in them, and how many resources are joined.
+    pub fn room_counts(&self) -> (usize, usize) {
+        self.rooms.counts()
     }
 
     /// The localpart of a JID on our domain, parsed by the bridge.

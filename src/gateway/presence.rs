@@ -13,7 +13,7 @@ use xmpp_parsers::{
     presence::{Presence, Type as PresenceType},
 };
 
-use super::{Answer, Gateway};
+use super::{Answer, Gateway, rooms};
 use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Registered users' online resources.
@@ -64,6 +64,16 @@ impl Online {
 
 /// Answers a presence addressed to the gateway or a contact.
 pub(super) async fn on_presence(gateway: &Gateway, element: Element) -> Answer {
+    let jid = |name: &str| element.attr(name).and_then(|jid| jid.parse::<Jid>().ok());
+    if let (Some(from), Some(to)) = (jid("from"), jid("to"))
+        && let Some(room) = gateway.room_of(&to)
+    {
+        if element.attr("type") == Some("error") {
+            rooms::bounced(gateway, &from, &room).await;
+            return Ok(None);
+        }
+        return rooms::on_presence(gateway, &element, &from, &to, room).await;
+    }
     let presence = Presence::try_from(element).map_err(|error| {
         StanzaFailure::BadRequest(format!("this presence does not parse: {error}"))
     })?;

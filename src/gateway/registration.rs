@@ -77,5 +77,6 @@ pub async fn unregister(
         }
     }
     presence::went_offline(gateway, user, None).await;
+    super::rooms::forget_user(gateway, user).await;
     Ok(())
 }

@@ -93,6 +93,17 @@ pub fn answer_get(info: &BridgeInfo, target: Target<'_>, payload: &Element) -> I
 
 fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
     let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
+    let mut identities = Vec::with_capacity(2);
+    if matches!(target, Target::Gateway) && info.capabilities.rooms {
+        // A gateway with rooms is also a MUC service: clients list it among conferences.
+        identities.push(Identity::new(
+            "conference",
+            "text",
+            "en",
+            info.name.as_str(),
+        ));
+        features.push(crate::xmpp::muc::NS_MUC);
+    }
     let identity = match target {
         Target::Gateway => {
             features.extend([ns::VERSION, GATEWAY, crate::xmpp::adhoc::NS]);
@@ -118,9 +129,10 @@ fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
             Identity::new("client", "pc", "en", *name)
         }
     };
+    identities.insert(0, identity);
     DiscoInfoResult {
         node: None,
-        identities: vec![identity],
+        identities,
         features: features.into_iter().map(str::to_owned).collect(),
         extensions: Vec::new(),
     }

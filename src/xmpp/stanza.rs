@@ -64,6 +64,9 @@ pub enum StanzaFailure {
     /// The stanza breaks a bound on its shape (nesting, size…); the text says which.
     #[error("policy violation: {0}")]
     PolicyViolation(String),
+    /// The name asked for is taken (a nick in a room).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Jabbridge itself failed (database unavailable…); the sender may retry later.
     #[error("internal error")]
     Internal,
@@ -111,6 +114,7 @@ impl StanzaFailure {
                 DefinedCondition::NotAuthorized,
                 text.as_str(),
             ),
+            Self::Conflict(text) => (ErrorType::Cancel, DefinedCondition::Conflict, text.as_str()),
             Self::RegistrationRequired(text) => (
                 ErrorType::Auth,
                 DefinedCondition::RegistrationRequired,
@@ -156,6 +160,7 @@ impl StanzaFailure {
             Self::JidMalformed(_) => "jid-malformed",
             Self::Forbidden(_) => "forbidden",
             Self::RegistrationRequired(_) => "registration-required",
+            Self::Conflict(_) => "conflict",
             Self::NotAuthorized(_) => "not-authorized",
             Self::ResourceConstraint(_) => "resource-constraint",
             Self::Timeout(_) => "remote-server-timeout",
@@ -350,6 +355,10 @@ pub fn carried(message: Carried<'_>) -> Element {
             url: attachment.url.clone(),
             desc: attachment.description.clone(),
         });
+    }
+    if message.from.resource().is_some() {
+        // From room/nick: a private message within a room (XEP-0045 §7.5).
+        stanza.payloads.push(crate::xmpp::muc::private_marker());
     }
     if let Some((from, stamp)) = message.delay {
         stanza = stanza.with_payload(Delay {

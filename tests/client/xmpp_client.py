@@ -6,9 +6,15 @@ It logs in, announces presence, then:
 - sends every line read on stdin, a JSON object {"send": "<xml/>"}, as raw XML, so that
   tests can send exactly the (possibly malformed) stanza they mean to.
 It prints {"event": "ready"} once logged in and {"event": "disconnected"} if the stream ends.
+
+Rooms are joined with slixmpp's own XEP-0045 plugin, as a client would: {"join": ROOM_JID,
+"nick": NICK, "maxstanzas": N?, "password": P?} waits for the join to complete (occupants,
+self-presence, history, subject) and prints {"event": "joined", ...} with what the plugin saw,
+or {"event": "join_error", "condition": ...}, or {"event": "join_timeout"}.
 """
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -20,10 +26,16 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 
+# The tests read JSON lines from stdout; anything a library prints goes to stderr instead
+# (slixmpp 1.8's MUC join prints the delays it sees).
+OUT = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+sys.stdout = sys.stderr
+
+
 def emit(event, **fields):
     fields["event"] = event
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    OUT.write(json.dumps(fields) + "\n")
+    OUT.flush()
 
 
 class Driven(slixmpp.ClientXMPP):
@@ -31,6 +43,7 @@ class Driven(slixmpp.ClientXMPP):
         super().__init__(jid, password)
         # Test servers listen on loopback without TLS.
         self["feature_mechanisms"].unencrypted_plain = True
+        self.register_plugin("xep_0045")
         # Stanzas of the login itself (bind, roster) are not the test's business.
         self.started = False
         self.pending = b""
@@ -75,6 +88,34 @@ class Driven(slixmpp.ClientXMPP):
                 command = json.loads(line)
                 if "send" in command:
                     self.send_raw(command["send"])
+                if "join" in command:
+                    asyncio.ensure_future(self.join(command))
+
+    async def join(self, command):
+        room = slixmpp.JID(command["join"])
+        try:
+            presence, subject, occupants, history = await self.plugin["xep_0045"].join_muc_wait(
+                room,
+                command["nick"],
+                password=command.get("password"),
+                maxstanzas=command.get("maxstanzas"),
+                timeout=20,
+            )
+        except slixmpp.exceptions.PresenceError as error:
+            emit("join_error", room=str(room), condition=error.condition)
+            return
+        except asyncio.TimeoutError:
+            emit("join_timeout", room=str(room))
+            return
+        emit(
+            "joined",
+            room=str(room),
+            nick=presence["from"].resource,
+            codes=sorted(int(code) for code in presence["muc"]["status_codes"]),
+            occupants=sorted(occupant["from"].resource for occupant in occupants),
+            history=[message["body"] for message in history],
+            subject=subject["subject"],
+        )
 
 
 def main():

@@ -479,6 +479,33 @@ impl Client {
         serde_json::from_str(&line).expect("client printed JSON")
     }
 
+    /// Joins `room` as `nick` with slixmpp's XEP-0045 plugin (`extra`: `maxstanzas`,
+    /// `password`), and returns the client's `joined`, `join_error` or `join_timeout` event.
+    /// Stanzas that arrive meanwhile are skipped (the join's own are in the event).
+    pub async fn join(
+        &mut self,
+        room: &str,
+        nick: &str,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut command = serde_json::json!({ "join": room, "nick": nick });
+        if let (Some(command), Some(extra)) = (command.as_object_mut(), extra.as_object()) {
+            command.extend(extra.clone());
+        }
+        let line = command.to_string() + "\n";
+        self.input
+            .write_all(line.as_bytes())
+            .await
+            .expect("write to client");
+        self.input.flush().await.expect("flush client");
+        loop {
+            let event = self.next_event(Duration::from_secs(30)).await;
+            if event["event"] != "stanza" {
+                return event;
+            }
+        }
+    }
+
     /// Sends raw XML exactly as given.
     pub async fn send(&mut self, xml: &str) {
         let line = serde_json::json!({ "send": xml }).to_string() + "\n";

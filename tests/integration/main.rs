@@ -7,6 +7,7 @@ mod gateway;
 mod harness;
 mod link;
 mod protocol;
+mod rooms;
 mod sms;
 mod store;
 mod webhook;

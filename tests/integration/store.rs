@@ -400,3 +400,102 @@ async fn id_mappings_commit_in_batches_and_the_last_of_a_key_wins() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
+    use jabbridge::store::rooms::{JoinRow, NewRoomMessage};
+    each_backend(async |store: Store| {
+        let rooms = store.rooms();
+        let row = |resource: &str, nick: &str| JoinRow {
+            jid: "alice@example.org".into(),
+            room: "#lobby".into(),
+            resource: resource.into(),
+            nick: nick.into(),
+        };
+        rooms
+            .join("echo.test", &row("phone", "alice"))
+            .await
+            .unwrap();
+        rooms
+            .join("echo.test", &row("laptop", "alice"))
+            .await
+            .unwrap();
+        rooms
+            .rename("echo.test", "alice@example.org", "#lobby", "alicia")
+            .await
+            .unwrap();
+        let joins = rooms.joins("echo.test").await.unwrap();
+        assert_eq!(joins, vec![row("laptop", "alicia"), row("phone", "alicia")]);
+        rooms
+            .leave("echo.test", "alice@example.org", "#lobby", Some("phone"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rooms.joins("echo.test").await.unwrap(),
+            vec![row("laptop", "alicia")]
+        );
+        assert!(rooms.joins("other.test").await.unwrap().is_empty());
+
+        let message = |foreign_id: &'static str, at: i64| NewRoomMessage {
+            foreign_id,
+            stanza_id: foreign_id,
+            nick: "bob",
+            sender: "bob",
+            text: "hi",
+            origin_id: None,
+            poster: None,
+            said_at: at,
+        };
+        let now = now_millis();
+        let first = rooms
+            .archive("echo.test", "#lobby", &message("m1", now - 10_000))
+            .await
+            .unwrap();
+        assert!(first.is_some());
+        // The same foreign id in the same room: kept once. In another room: its own.
+        assert_eq!(
+            rooms
+                .archive("echo.test", "#lobby", &message("m1", now))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(
+            rooms
+                .archive("echo.test", "#other", &message("m1", now))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        rooms
+            .archive("echo.test", "#lobby", &message("m2", now))
+            .await
+            .unwrap();
+        rooms
+            .archive("echo.test", "#lobby", &message("m3", now))
+            .await
+            .unwrap();
+        let last_two = rooms.history("echo.test", "#lobby", 2, 0).await.unwrap();
+        let ids: Vec<&str> = last_two.iter().map(|m| m.stanza_id.as_str()).collect();
+        assert_eq!(ids, ["m2", "m3"]);
+        let recent = rooms
+            .history("echo.test", "#lobby", 10, now - 1000)
+            .await
+            .unwrap();
+        assert_eq!(recent.len(), 2);
+        // Retention: m1 is older than what is kept.
+        assert_eq!(
+            rooms.forget_before("echo.test", now - 5000).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            rooms
+                .history("echo.test", "#lobby", 10, 0)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+    })
+    .await;
+}

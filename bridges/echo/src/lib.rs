@@ -5,9 +5,13 @@
 //! authenticated webhook), each as short as it can be. The core's tests use it as their
 //! foreign network.
 //!
+//! Rooms: `#NAME@{domain}` is a room where the bot `echo` repeats what is said ([`rooms`]).
+//!
 //! Its webhook, `POST /bridges/{domain}/say` with `Authorization: Bearer {say_token}` and
 //! `{"user": JID, "contact": NAME, "text": TEXT, "id": OPTIONAL}`, makes a contact speak
 //! first: it exists only when `say_token` is set. A repeated `id` is delivered once.
+
+pub mod rooms;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +20,9 @@ use jabbridge_sdk::http::{Method, StatusCode};
 use jabbridge_sdk::secrecy::SecretString;
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
-    ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, MessageId,
-    OutgoingMessage, Prompt, RegistrationData, RegistrationError, SendError, SendOutcome, Settings,
+    ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, JoinError,
+    JoinRequest, Joined, MessageId, OutgoingMessage, Posted, Prompt, RegistrationData,
+    RegistrationError, RoomActionError, RoomId, RoomPost, SendError, SendOutcome, Settings,
     UserJid, async_trait, auth, respond,
 };
 
@@ -46,6 +51,9 @@ struct Say {
     user: String,
     contact: String,
     text: String,
+    /// Say it in this room (`#NAME`) as the nick `contact`, rather than to `user`.
+    #[serde(default)]
+    room: Option<String>,
 }
 
 /// The echo bridge.
@@ -55,6 +63,7 @@ pub struct Echo {
     /// When this run started (ns since the epoch), so that generated ids never repeat.
     started: u128,
     said: AtomicU64,
+    rooms: rooms::EchoRooms,
 }
 
 /// Builds the echo bridge from its config section. Registered as `echo` in the core.
@@ -68,16 +77,19 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
             .map(|since| since.as_nanos())
             .unwrap_or_default(),
         said: AtomicU64::new(0),
+        rooms: rooms::EchoRooms::default(),
     }))
 }
 
 #[async_trait]
 impl Bridge for Echo {
     fn info(&self) -> BridgeInfo {
+        let mut capabilities = Capabilities::default();
+        capabilities.rooms = true;
         BridgeInfo {
             gateway_type: "echo".into(),
             name: "Echo gateway".into(),
-            capabilities: Capabilities::default(),
+            capabilities,
             registration: Some(Form {
                 title: "Register with the echo gateway".into(),
                 instructions: "Choose the prefix your contacts put before their replies \
@@ -120,6 +132,43 @@ impl Bridge for Echo {
         Ok(form.to_json())
     }
 
+    fn parse_room(&self, localpart: &str) -> Option<RoomId> {
+        rooms::is_room(localpart).then(|| RoomId::new(localpart))
+    }
+
+    async fn join_room(&self, request: JoinRequest) -> Result<Joined, JoinError> {
+        self.rooms.join(&self.core, request).await
+    }
+
+    async fn leave_room(&self, user: &UserJid, room: &RoomId) {
+        self.rooms.leave(&self.core, user, room).await;
+    }
+
+    async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
+        let id = self.fresh_id();
+        self.rooms.post(&self.core, post, id).await
+    }
+
+    async fn change_nick(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        nick: &str,
+    ) -> Result<(), RoomActionError> {
+        self.rooms.rename(&self.core, user, room, nick).await
+    }
+
+    async fn set_subject(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        subject: &str,
+    ) -> Result<(), RoomActionError> {
+        self.rooms
+            .set_subject(&self.core, user, room, subject)
+            .await
+    }
+
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
         let prefix = message
             .registration
@@ -140,6 +189,7 @@ impl Bridge for Echo {
                 text: format!("{prefix}{}", message.text),
                 attachments: message.attachments,
                 timestamp: None,
+                room: message.room.clone(),
             })
             .await
             .map_err(|error| SendError::Transient {
@@ -174,18 +224,22 @@ impl Bridge for Echo {
                 "contact and text must not be empty\n",
             );
         }
-        let id = say.id.unwrap_or_else(|| self.fresh_id());
-        let delivered = self
-            .core
-            .deliver(IncomingMessage {
-                foreign_id: MessageId::new(format!("say-{id}")),
-                contact: ForeignId::new(say.contact),
-                user: UserJid::new(say.user),
-                text: say.text,
-                attachments: Vec::new(),
-                timestamp: None,
-            })
-            .await;
+        let id = say.id.clone().unwrap_or_else(|| self.fresh_id());
+        let delivered = match say.room.clone() {
+            Some(room) if rooms::is_room(&room) => {
+                let room = RoomId::new(room);
+                self.rooms
+                    .say(&self.core, &room, &say.contact, say.text.clone(), id)
+                    .await
+            }
+            Some(room) => {
+                return respond(
+                    StatusCode::BAD_REQUEST,
+                    format!("'{room}' is not a room: rooms start with #\n"),
+                );
+            }
+            None => self.deliver_said(say, id).await,
+        };
         match delivered {
             // Accepted: the core has the message and will deliver it.
             Ok(()) => respond(StatusCode::ACCEPTED, "accepted\n"),
@@ -208,6 +262,21 @@ impl Bridge for Echo {
 }
 
 impl Echo {
+    /// Delivers what the `/say` webhook made a contact say to a user.
+    async fn deliver_said(&self, say: Say, id: String) -> Result<(), CoreError> {
+        self.core
+            .deliver(IncomingMessage {
+                foreign_id: MessageId::new(format!("say-{id}")),
+                contact: ForeignId::new(say.contact),
+                user: UserJid::new(say.user),
+                text: say.text,
+                attachments: Vec::new(),
+                timestamp: None,
+                room: None,
+            })
+            .await
+    }
+
     /// An id no earlier run used: start time and a counter.
     fn fresh_id(&self) -> String {
         let number = self.said.fetch_add(1, Ordering::Relaxed);
@@ -237,6 +306,7 @@ mod tests {
             accepted_at: std::time::SystemTime::now(),
             registration,
             replaces: None,
+            room: None,
         }
     }
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::{
-    DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, UserJid, UserStatus,
+    DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId,
+    UserJid, UserStatus,
 };
 
 /// Why the core did not accept an event.
@@ -30,6 +31,9 @@ pub enum CoreError {
 pub trait CoreSink: Send + Sync + 'static {
     /// See [`Core::deliver`].
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError>;
+
+    /// See [`Core::room_event`].
+    async fn room_event(&self, room: RoomId, event: RoomEvent) -> Result<(), CoreError>;
 
     /// See [`Core::set_status`].
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError>;
@@ -114,6 +118,15 @@ impl Core {
     /// [`CoreError::Refused`] sending it again will not help.
     pub async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
         self.sink.deliver(message).await
+    }
+
+    /// Reports something that happened in a room ([`crate::room`]): a message, an occupant
+    /// joining, leaving, renamed, kicked or banned, a new subject. The core shows it to every
+    /// user in the room. For a [`RoomEvent::Message`], `Ok` means the core archived it: only
+    /// then acknowledge it to the network; a repeated `foreign_id` is shown once. Events about
+    /// a room no user is in are dropped (`Ok`).
+    pub async fn room_event(&self, room: &RoomId, event: RoomEvent) -> Result<(), CoreError> {
+        self.sink.room_event(room.clone(), event).await
     }
 
     /// Tells the core that a user's link to the foreign network changed (connected, network

@@ -15,6 +15,7 @@
 //!   little state of its own.
 //! - [`command`]: commands a bridge adds to the gateway's ad-hoc and chat commands.
 //! - [`auth`]: checking bearer tokens of incoming webhooks.
+//! - [`room`]: group chats: the calls and events of a bridge with rooms.
 //! - [`settings`]: the bridge's own config keys, parsed with errors that name the key.
 //! - [`testkit`]: run a bridge without an XMPP server, in a unit test.
 
@@ -24,6 +25,7 @@ pub mod core;
 pub mod form;
 pub mod ids;
 pub mod message;
+pub mod room;
 pub mod settings;
 pub mod testkit;
 
@@ -36,6 +38,10 @@ pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{
     Attachment, ChatState, Correction, DeliveryReport, IncomingMessage, OutgoingMessage, SendError,
     SendOutcome, UserStatus,
+};
+pub use crate::room::{
+    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Occupant, Posted, Role,
+    RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, Subject,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
@@ -107,6 +113,11 @@ pub struct Capabilities {
     pub corrections: bool,
     /// The bridge can carry typing notifications (XEP-0085).
     pub chat_states: bool,
+    /// The bridge has group chats ([`crate::room`]): it implements
+    /// [`Bridge::parse_room`], [`Bridge::join_room`], [`Bridge::send_room_message`] and
+    /// [`Bridge::leave_room`], and private messages to occupants (an [`OutgoingMessage`]
+    /// with `room` set).
+    pub rooms: bool,
 }
 
 /// Why a bridge could not be built or run.
@@ -173,6 +184,14 @@ pub trait Bridge: Send + Sync + 'static {
     /// address it stands for, e.g. `+15551234567`. Called for every stanza to a contact;
     /// no I/O. An error reaches the user as `jid-malformed`.
     fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError>;
+
+    /// Whether the (already unescaped) localpart of a JID names a room rather than a contact,
+    /// and which: e.g. `#rust` on IRC. Called for every stanza before
+    /// [`Bridge::parse_address`], only for bridges that declare [`Capabilities::rooms`];
+    /// no I/O. The default: no localpart is a room.
+    fn parse_room(&self, _localpart: &str) -> Option<RoomId> {
+        None
+    }
 
     /// Turns a foreign address into the JID localpart it appears under; the core escapes it
     /// (XEP-0106). Must be the inverse of [`Bridge::parse_address`]. No I/O.
@@ -249,6 +268,61 @@ pub trait Bridge: Send + Sync + 'static {
         _values: &FormValues,
     ) -> Result<String, CommandError> {
         Err(CommandError::Rejected(format!("no command '{node}'")))
+    }
+
+    /// Joins `request.user` to a room on the network, and returns the room as they see it
+    /// now. Called when a user's first resource joins (and, at start, for every user who was
+    /// in a room when Jabbridge stopped); never twice for a user already in the room. Events
+    /// the join causes (the user appearing as an occupant to the others) may be reported
+    /// before this returns. May do I/O, within the call timeout.
+    async fn join_room(&self, request: JoinRequest) -> Result<Joined, JoinError> {
+        let _ = request;
+        Err(JoinError::Unavailable(
+            "this bridge has no group chats".into(),
+        ))
+    }
+
+    /// Leaves a room on the network for `user`: their last resource left it (after the
+    /// grace period), they were unregistered, or Jabbridge is giving up their session. Not
+    /// called for a user the network already put out (kicked, banned).
+    async fn leave_room(&self, _user: &UserJid, _room: &RoomId) {}
+
+    /// Posts a user's message to a room they are in. `Ok` means the network took it; see
+    /// [`Posted`] for how it is reflected. An error goes back to the user as an error
+    /// message with its reason; nothing is retried (the user's client shows it unsent).
+    async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
+        let _ = post;
+        Err(SendError::Permanent {
+            reason: "this bridge has no group chats".into(),
+        })
+    }
+
+    /// Changes a user's nick in a room (they sent presence to `room/new-nick`). Report the
+    /// change with [`RoomEvent::Renamed`] when the network confirms it; the core shows it
+    /// then. The default refuses (`feature-not-implemented`); `Forbidden` becomes `conflict`.
+    async fn change_nick(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _nick: &str,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot change nicks".into(),
+        ))
+    }
+
+    /// Changes a user's room subject. The default refuses; the answer to the user is
+    /// `forbidden` or `feature-not-implemented` with the reason. Report the change itself
+    /// with [`RoomEvent::Subject`] when the network confirms it.
+    async fn set_subject(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _subject: &str,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot change a room's subject".into(),
+        ))
     }
 
     /// Answers an HTTP request under `/bridges/{domain}/`, e.g. a provider's webhook. Verify

@@ -28,6 +28,9 @@ pub struct OutgoingMessage {
     /// [`crate::Capabilities::corrections`] see corrections; the core refuses them for the
     /// others, so that the user does not believe the correction reached anyone.
     pub replaces: Option<Correction>,
+    /// Set when this is a private message to the occupant of a room whose nick is
+    /// `contact` (XEP-0045 §7.5), for bridges with [`crate::Capabilities::rooms`].
+    pub room: Option<crate::RoomId>,
 }
 
 /// A file linked to a message by URL (XEP-0066 out-of-band data).
@@ -140,4 +143,7 @@ pub struct IncomingMessage {
     pub attachments: Vec<Attachment>,
     /// When the foreign network received it, if known; late deliveries carry it as a delay.
     pub timestamp: Option<SystemTime>,
+    /// Set when an occupant of this room writes privately (XEP-0045 §7.5): `contact` is their
+    /// nick, and the message comes from `room@domain/nick`.
+    pub room: Option<crate::RoomId>,
 }

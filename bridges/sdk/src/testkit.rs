@@ -16,7 +16,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::{
     Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, DeliveryReport, ForeignId,
-    IncomingMessage, MessageId, RegistrationData, Settings, SettingsError, UserJid, UserStatus,
+    IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId, Settings, SettingsError,
+    UserJid, UserStatus,
 };
 
 /// A stand-in for the Jabbridge core that records what a bridge pushes.
@@ -44,6 +45,11 @@ struct Memory {
     registrations: BTreeMap<UserJid, RegistrationData>,
     reports: Vec<(MessageId, DeliveryReport)>,
     report_senders: Vec<Option<UserJid>>,
+    /// (user, foreign id) of every message delivered, to drop repeats as the core does.
+    delivered: std::collections::BTreeSet<(UserJid, MessageId)>,
+    /// Room messages' (room, foreign id), likewise.
+    said: std::collections::BTreeSet<(RoomId, MessageId)>,
+    room_events: Vec<(RoomId, RoomEvent)>,
 }
 
 type State = Arc<std::sync::Mutex<Memory>>;
@@ -57,9 +63,29 @@ fn memory(state: &State) -> Result<std::sync::MutexGuard<'_, Memory>, CoreError>
 #[crate::async_trait]
 impl CoreSink for RecordingSink {
     async fn deliver(&self, message: IncomingMessage) -> Result<(), CoreError> {
+        let key = (message.user.clone(), message.foreign_id.clone());
+        if !memory(&self.state)?.delivered.insert(key) {
+            // The core delivers each foreign id once per user.
+            return Ok(());
+        }
         self.messages
             .send(message)
             .map_err(|_| CoreError::ShuttingDown)
+    }
+
+    async fn room_event(&self, room: RoomId, event: RoomEvent) -> Result<(), CoreError> {
+        let mut memory = memory(&self.state)?;
+        if let RoomEvent::Message(message) = &event {
+            // The core keeps each foreign id once per room.
+            if !memory
+                .said
+                .insert((room.clone(), message.foreign_id.clone()))
+            {
+                return Ok(());
+            }
+        }
+        memory.room_events.push((room, event));
+        Ok(())
     }
 
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
@@ -174,7 +200,8 @@ impl TestCore {
         build(&Settings::new(keys), self.core())
     }
 
-    /// The next message the bridge delivered, waiting up to `timeout`.
+    /// The next message the bridge delivered, waiting up to `timeout`. A message delivered
+    /// again (same user and foreign id) is not seen twice, as with the core.
     pub async fn next_delivered(&self, timeout: Duration) -> Option<IncomingMessage> {
         let mut receiver = self.receiver.lock().await;
         tokio::time::timeout(timeout, receiver.recv())
@@ -205,6 +232,15 @@ impl TestCore {
         self.state
             .lock()
             .map(|state| state.report_senders.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every room event the bridge reported with [`Core::room_event`], oldest first, with
+    /// repeated messages (same room and foreign id) left out as the core leaves them out.
+    pub fn room_events(&self) -> Vec<(RoomId, RoomEvent)> {
+        self.state
+            .lock()
+            .map(|state| state.room_events.clone())
             .unwrap_or_default()
     }
 

@@ -623,6 +623,7 @@ impl SmsBridge {
                     text,
                     attachments: media,
                     timestamp: None,
+                    room: None,
                 };
                 self.core
                     .deliver(message)

@@ -170,6 +170,7 @@ async fn texts_go_only_to_allowed_countries_and_short_codes_only_when_enabled() 
         accepted_at: std::time::SystemTime::now(),
         registration: None,
         replaces: None,
+        room: None,
     };
     let refusal = |sent: Result<jabbridge_sdk::SendOutcome, jabbridge_sdk::SendError>| match sent {
         Err(jabbridge_sdk::SendError::Permanent { reason }) => reason,

@@ -51,6 +51,7 @@ fn message(number: usize) -> OutgoingMessage {
         accepted_at: SystemTime::now(),
         registration: None,
         replaces: None,
+        room: None,
     }
 }
 

@@ -192,6 +192,7 @@ pub async fn handle(bridge: &Webhooks, request: HttpRequest) -> HttpResponse {
                 text: text.clone(),
                 attachments: Vec::new(),
                 timestamp,
+                room: None,
             })
             .await;
         match delivered {

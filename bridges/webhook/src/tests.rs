@@ -130,6 +130,7 @@ fn message(user: &str, contact: &str) -> OutgoingMessage {
         accepted_at: SystemTime::now(),
         registration: None,
         replaces: None,
+        room: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The database: registrations, identities, message id mappings and the durable
-//! outbox/inbox, on SQLite (the default) or PostgreSQL, with one set of queries.
+//! outbox/inbox, on SQLite (the default) or PostgreSQL, with one set of queries; the room
+//! tables are in [`rooms`].
 //!
 //! Queries go through sqlx's `Any` driver with basic types only (TEXT, BIGINT): times are
 //! Unix milliseconds and structured data is JSON text. Migrations differ per engine and live
@@ -11,6 +12,8 @@
 //! instances, the CLI's changes) forgets everything when [`Store::watch_directory`] sees the
 //! version move. Only what exists is cached (a registration, a non-empty list of identities),
 //! so a registration made elsewhere is seen at once; a removal made elsewhere within 0.1 s.
+
+pub mod rooms;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -375,6 +378,13 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The group-chat tables.
+    pub fn rooms(&self) -> rooms::RoomTables {
+        rooms::RoomTables {
+            pool: self.pool.clone(),
+        }
     }
 
     /// Closes every connection.

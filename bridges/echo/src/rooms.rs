@@ -1,0 +1,331 @@
+//! The echo bridge's rooms: `#NAME@echo-domain` is a room on a pretend network where the bot
+//! occupant `echo` repeats every message, and every joined user sees the others. It is the
+//! reference for room bridges: one shared view per room, occupants reported as they come and
+//! go, the network's echo of a user's own post ([`Posted::EchoFollows`]).
+//!
+//! The bot takes a few commands, said in the room, so that the network's side of moderation
+//! can be shown and tested: `!kick NICK [REASON]`, `!ban NICK [REASON]`, `!topic TEXT`,
+//! `!rename NICK NEW` (the network renames someone). `#locked…` rooms refuse subject changes
+//! by users, `#secret…` rooms want the password `sesame`, and a nick already in a room, or
+//! `echo`, is taken.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jabbridge_sdk::{
+    Affiliation, Core, CoreError, ForeignId, JoinError, JoinRequest, Joined, MessageId, Occupant,
+    Posted, Role, RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, SendError, Subject,
+    UserJid, secrecy::ExposeSecret,
+};
+use tokio::sync::Mutex;
+
+/// The bot's nick.
+pub const BOT: &str = "echo";
+
+/// Every room with someone in it.
+#[derive(Default)]
+pub struct EchoRooms {
+    rooms: Mutex<HashMap<RoomId, Room>>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// Our users in the room: nick → user.
+    users: BTreeMap<String, UserJid>,
+    subject: String,
+    /// Nicks banned from the room.
+    banned: Vec<UserJid>,
+}
+
+impl Room {
+    fn occupants(&self) -> Vec<Occupant> {
+        let mut occupants = vec![bot()];
+        occupants.extend(
+            self.users
+                .iter()
+                .map(|(nick, user)| user_occupant(nick, user)),
+        );
+        occupants
+    }
+
+    fn nick_of(&self, user: &UserJid) -> Option<String> {
+        self.users
+            .iter()
+            .find(|(_, who)| *who == user)
+            .map(|(nick, _)| nick.clone())
+    }
+}
+
+fn bot() -> Occupant {
+    Occupant {
+        role: Role::Moderator,
+        affiliation: Affiliation::Owner,
+        ..Occupant::new(BOT)
+    }
+}
+
+fn user_occupant(nick: &str, user: &UserJid) -> Occupant {
+    Occupant {
+        // The pretend network knows who its users are: their id outlives nick changes.
+        id: ForeignId::new(user.as_str()),
+        ..Occupant::new(nick)
+    }
+}
+
+/// Whether a JID localpart names an echo room.
+pub fn is_room(localpart: &str) -> bool {
+    localpart.len() > 1 && localpart.starts_with('#')
+}
+
+fn transient(error: CoreError) -> SendError {
+    SendError::Transient {
+        reason: error.to_string(),
+        retry_after: None,
+    }
+}
+
+impl EchoRooms {
+    /// Joins a user: everyone else sees them come, and they get the room.
+    pub async fn join(&self, core: &Core, request: JoinRequest) -> Result<Joined, JoinError> {
+        let JoinRequest {
+            user,
+            room: room_id,
+            nick,
+            password,
+            ..
+        } = request;
+        let mut rooms = self.rooms.lock().await;
+        let room = rooms.entry(room_id.clone()).or_default();
+        if room.banned.contains(&user) {
+            return Err(JoinError::Banned(format!("you are banned from {room_id}")));
+        }
+        if room_id.as_str().starts_with("#secret")
+            && password.as_ref().map(|p| p.expose_secret().to_owned()) != Some("sesame".into())
+        {
+            return Err(JoinError::PasswordRequired(format!(
+                "{room_id} needs a password"
+            )));
+        }
+        if let Some(current) = room.nick_of(&user) {
+            // Rejoining (after a restart): the same nick.
+            return Ok(Joined {
+                nick: current,
+                occupants: room.occupants(),
+                subject: Some(Subject {
+                    text: room.subject.clone(),
+                    by: None,
+                }),
+            });
+        }
+        if nick == BOT || room.users.contains_key(&nick) {
+            return Err(JoinError::NickInUse(format!(
+                "{nick} is taken in {room_id}"
+            )));
+        }
+        room.users.insert(nick.clone(), user.clone());
+        let occupants = room.occupants();
+        let subject = room.subject.clone();
+        drop(rooms);
+        let arrived = RoomEvent::Occupant(user_occupant(&nick, &user));
+        // Not shown only when the core is stopping; the join stands.
+        let _ = core.room_event(&room_id, arrived).await;
+        Ok(Joined {
+            nick,
+            occupants,
+            subject: Some(Subject {
+                text: subject,
+                by: None,
+            }),
+        })
+    }
+
+    /// Takes a user out of a room; the others see them leave.
+    pub async fn leave(&self, core: &Core, user: &UserJid, room_id: &RoomId) {
+        let nick = {
+            let mut rooms = self.rooms.lock().await;
+            let Some(room) = rooms.get_mut(room_id) else {
+                return;
+            };
+            let Some(nick) = room.nick_of(user) else {
+                return;
+            };
+            room.users.remove(&nick);
+            if room.users.is_empty() && room.banned.is_empty() {
+                rooms.remove(room_id);
+            }
+            nick
+        };
+        let left = RoomEvent::Left { nick, reason: None };
+        let _ = core.room_event(room_id, left).await;
+    }
+
+    /// A post: the network echoes it, then the bot repeats it (or obeys it).
+    pub async fn post(&self, core: &Core, post: RoomPost, id: String) -> Result<Posted, SendError> {
+        let nick = {
+            let rooms = self.rooms.lock().await;
+            rooms
+                .get(&post.room)
+                .and_then(|room| room.nick_of(&post.user))
+                .ok_or_else(|| SendError::Permanent {
+                    reason: "you are not in this room".into(),
+                })?
+        };
+        let echo = RoomMessage {
+            foreign_id: MessageId::new(format!("room-{id}")),
+            nick: nick.clone(),
+            sender: ForeignId::new(post.user.as_str()),
+            text: post.text.clone(),
+            timestamp: None,
+            echo_of: Some(post.id.clone()),
+        };
+        core.room_event(&post.room, RoomEvent::Message(echo))
+            .await
+            .map_err(transient)?;
+        let event = match self.command(&post.room, &nick, &post.text).await {
+            Some(event) => event,
+            None => RoomEvent::Message(RoomMessage {
+                foreign_id: MessageId::new(format!("room-{id}-echo")),
+                nick: BOT.into(),
+                sender: ForeignId::new(BOT),
+                text: post.text,
+                timestamp: None,
+                echo_of: None,
+            }),
+        };
+        // The post went through; the bot's answer is lost only when the core is stopping.
+        let _ = core.room_event(&post.room, event).await;
+        Ok(Posted::EchoFollows)
+    }
+
+    /// The bot's commands: what happens on the network when someone says one.
+    async fn command(&self, room_id: &RoomId, by: &str, text: &str) -> Option<RoomEvent> {
+        let mut words = text.splitn(3, ' ');
+        let command = words.next()?;
+        let target = words.next().map(str::to_owned);
+        let rest = words.next().map(str::to_owned);
+        let mut rooms = self.rooms.lock().await;
+        let room = rooms.get_mut(room_id)?;
+        match (command, target) {
+            ("!kick", Some(nick)) | ("!ban", Some(nick)) if nick != BOT => {
+                let user = room.users.remove(&nick);
+                let by = Some(by.to_owned());
+                if command == "!ban" {
+                    room.banned.extend(user);
+                    Some(RoomEvent::Banned {
+                        nick,
+                        by,
+                        reason: rest,
+                    })
+                } else {
+                    Some(RoomEvent::Kicked {
+                        nick,
+                        by,
+                        reason: rest,
+                    })
+                }
+            }
+            ("!topic", Some(first)) => {
+                let text = match rest {
+                    Some(rest) => format!("{first} {rest}"),
+                    None => first,
+                };
+                room.subject.clone_from(&text);
+                Some(RoomEvent::Subject(Subject {
+                    text,
+                    by: Some(BOT.into()),
+                }))
+            }
+            ("!rename", Some(old)) => {
+                let new = rest?;
+                if new == BOT || room.users.contains_key(&new) {
+                    return None;
+                }
+                let user = room.users.remove(&old)?;
+                room.users.insert(new.clone(), user);
+                Some(RoomEvent::Renamed { old, new })
+            }
+            _ => None,
+        }
+    }
+
+    /// A user's nick change.
+    pub async fn rename(
+        &self,
+        core: &Core,
+        user: &UserJid,
+        room_id: &RoomId,
+        new: &str,
+    ) -> Result<(), RoomActionError> {
+        let old = {
+            let mut rooms = self.rooms.lock().await;
+            let room = rooms
+                .get_mut(room_id)
+                .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))?;
+            if new == BOT || room.users.contains_key(new) {
+                return Err(RoomActionError::Forbidden(format!("{new} is taken")));
+            }
+            let old = room
+                .nick_of(user)
+                .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))?;
+            room.users.remove(&old);
+            room.users.insert(new.to_owned(), user.clone());
+            old
+        };
+        let renamed = RoomEvent::Renamed {
+            old,
+            new: new.to_owned(),
+        };
+        core.room_event(room_id, renamed)
+            .await
+            .map_err(|error| RoomActionError::Unavailable(error.to_string()))
+    }
+
+    /// A user's subject change: refused in `#locked…` rooms.
+    pub async fn set_subject(
+        &self,
+        core: &Core,
+        user: &UserJid,
+        room_id: &RoomId,
+        text: &str,
+    ) -> Result<(), RoomActionError> {
+        if room_id.as_str().starts_with("#locked") {
+            return Err(RoomActionError::Forbidden(
+                "only the bot may change the subject here".into(),
+            ));
+        }
+        let nick = {
+            let mut rooms = self.rooms.lock().await;
+            let room = rooms
+                .get_mut(room_id)
+                .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))?;
+            room.subject = text.to_owned();
+            room.nick_of(user)
+        };
+        let subject = RoomEvent::Subject(Subject {
+            text: text.to_owned(),
+            by: nick,
+        });
+        core.room_event(room_id, subject)
+            .await
+            .map_err(|error| RoomActionError::Unavailable(error.to_string()))
+    }
+
+    /// Someone on the network says something in a room (the `/say` webhook with `room`).
+    pub async fn say(
+        &self,
+        core: &Core,
+        room_id: &RoomId,
+        nick: &str,
+        text: String,
+        id: String,
+    ) -> Result<(), CoreError> {
+        let said = RoomMessage {
+            foreign_id: MessageId::new(format!("say-{id}")),
+            nick: nick.to_owned(),
+            sender: ForeignId::new(nick),
+            text,
+            timestamp: None,
+            echo_of: None,
+        };
+        core.room_event(room_id, RoomEvent::Message(said)).await
+    }
+}

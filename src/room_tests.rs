@@ -1,0 +1,524 @@
+//! Group chats as the gateway runs them, asserted as the exact stanzas that come back
+//! ([`crate::testing::Harness`], with the echo bridge's rooms): the join's order and status
+//! codes, talking, reflection, private messages, nick changes, kicks, subjects, self-pings,
+//! history, join errors, a bounced resource, and a restart.
+
+use std::time::Duration;
+
+use xmpp_parsers::minidom::Element;
+
+use crate::testing::{Harness, Options, body, condition};
+
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+/// A join presence from `user/r` to `room/nick`, with extra `<x/>` content.
+fn join(user: &str, room: &str, nick: &str, inside: &str) -> String {
+    format!(
+        "<presence from='{user}/r' to='{room}@echo.test/{nick}'>\
+         <x xmlns='http://jabber.org/protocol/muc'>{inside}</x></presence>"
+    )
+}
+
+/// The next `count` stanzas.
+async fn take(harness: &mut Harness, count: usize) -> Vec<Element> {
+    let mut stanzas = Vec::with_capacity(count);
+    for _ in 0..count {
+        stanzas.push(harness.next().await);
+    }
+    stanzas
+}
+
+/// The status codes of a room presence.
+fn codes(stanza: &Element) -> Vec<String> {
+    stanza
+        .get_child("x", MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|child| child.name() == "status")
+                .filter_map(|status| status.attr("code").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn item(stanza: &Element) -> Option<&Element> {
+    stanza.get_child("x", MUC_USER)?.get_child("item", MUC_USER)
+}
+
+fn from(stanza: &Element) -> &str {
+    stanza.attr("from").unwrap_or_default()
+}
+
+fn to(stanza: &Element) -> &str {
+    stanza.attr("to").unwrap_or_default()
+}
+
+/// Registers `user` and joins `#lobby` as `nick`, taking the occupants before them (`others`
+/// of them), the self-presence and the subject. Returns what came.
+async fn enter(harness: &mut Harness, user: &str, nick: &str, others: usize) -> Vec<Element> {
+    harness.register(user).await;
+    harness.receive(&join(user, "#lobby", nick, "")).await;
+    take(harness, others + 2).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_gets_occupants_then_itself_then_the_subject() {
+    let mut harness = Harness::start(Options::default()).await;
+    let joined = enter(&mut harness, "alice@test", "alice", 1).await;
+    // The bot, as an occupant (moderator, owner), with an occupant-id.
+    assert_eq!(from(&joined[0]), "#lobby@echo.test/echo");
+    assert_eq!(to(&joined[0]), "alice@test/r");
+    let bot = item(&joined[0]).expect("an item");
+    assert_eq!(bot.attr("role"), Some("moderator"));
+    assert_eq!(bot.attr("affiliation"), Some("owner"));
+    assert!(joined[0].has_child("occupant-id", "urn:xmpp:occupant-id:0"));
+    assert!(codes(&joined[0]).is_empty());
+    // Then themselves, with 110.
+    assert_eq!(from(&joined[1]), "#lobby@echo.test/alice");
+    assert_eq!(codes(&joined[1]), ["110"]);
+    assert_eq!(
+        item(&joined[1]).and_then(|i| i.attr("role")),
+        Some("participant")
+    );
+    // Then the subject (empty), which completes the join.
+    assert_eq!(joined[2].attr("type"), Some("groupchat"));
+    assert!(joined[2].children().any(|child| child.name() == "subject"));
+    assert!(body(&joined[2]).is_none());
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // The room's disco#info says what it is; the gateway is a conference service too.
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='#lobby@echo.test' id='d1'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+    let info = String::from(&harness.next().await);
+    assert!(info.contains("category='conference'"), "{info}");
+    assert!(info.contains("http://jabber.org/protocol/muc"), "{info}");
+    assert!(info.contains("muc#roominfo_occupants"), "{info}");
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='echo.test' id='d2'>\
+             <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+    let info = String::from(&harness.next().await);
+    assert!(info.contains("category='conference'"), "{info}");
+    assert!(info.contains("category='gateway'"), "{info}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_users_talk_and_each_post_is_reflected_once_with_its_origin_id() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    // Alice sees Bob come; Bob gets the bot and Alice, himself, the subject.
+    let stanzas = take(&mut harness, 5).await;
+    assert_eq!(to(&stanzas[0]), "alice@test/r");
+    assert_eq!(from(&stanzas[0]), "#lobby@echo.test/bob");
+    assert!(codes(&stanzas[0]).is_empty());
+    let for_bob: Vec<&str> = stanzas[1..].iter().map(from).collect();
+    assert_eq!(
+        for_bob,
+        [
+            "#lobby@echo.test/alice",
+            "#lobby@echo.test/echo",
+            "#lobby@echo.test/bob",
+            "#lobby@echo.test"
+        ]
+    );
+    assert_eq!(codes(&stanzas[3]), ["110"]);
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a1'>\
+             <body>hello room</body><origin-id xmlns='urn:xmpp:sid:0' id='o-1'/>\
+             <request xmlns='urn:xmpp:receipts'/></message>",
+        )
+        .await;
+    // The network's echo of Alice's post to both, then the bot's repeat to both.
+    let stanzas = take(&mut harness, 4).await;
+    let (reflection, copy) = if to(&stanzas[0]) == "alice@test/r" {
+        (&stanzas[0], &stanzas[1])
+    } else {
+        (&stanzas[1], &stanzas[0])
+    };
+    assert_eq!(from(reflection), "#lobby@echo.test/alice");
+    assert_eq!(reflection.attr("id"), Some("a1"));
+    assert_eq!(body(reflection).as_deref(), Some("hello room"));
+    let origin = reflection
+        .get_child("origin-id", "urn:xmpp:sid:0")
+        .expect("origin-id");
+    assert_eq!(origin.attr("id"), Some("o-1"));
+    let stanza_id = reflection
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .expect("stanza-id");
+    assert_eq!(stanza_id.attr("by"), Some("#lobby@echo.test"));
+    assert!(!reflection.has_child("request", "urn:xmpp:receipts"));
+    assert_eq!(to(copy), "bob@test/r");
+    assert_eq!(from(copy), "#lobby@echo.test/alice");
+    assert_eq!(body(copy).as_deref(), Some("hello room"));
+    // The same occupant-id for Alice to everyone.
+    let occupant = |stanza: &Element| {
+        stanza
+            .get_child("occupant-id", "urn:xmpp:occupant-id:0")
+            .and_then(|id| id.attr("id"))
+            .map(str::to_owned)
+    };
+    assert_eq!(occupant(reflection), occupant(copy));
+    for stanza in &stanzas[2..] {
+        assert_eq!(from(stanza), "#lobby@echo.test/echo");
+        assert_eq!(body(stanza).as_deref(), Some("hello room"));
+    }
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // Not in the room: refused, nothing said.
+    harness
+        .receive(
+            "<message type='groupchat' from='carol@test/r' to='#lobby@echo.test' id='c1'>\
+             <body>let me in</body></message>",
+        )
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_private_message_goes_to_the_occupant_never_to_the_room() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(&mut harness, 5).await;
+    harness
+        .receive(
+            "<message type='chat' from='alice@test/r' to='#lobby@echo.test/echo' id='p1'>\
+             <body>psst</body></message>",
+        )
+        .await;
+    // The echo bot answers privately, from its occupant JID, marked as a room PM; Bob sees
+    // nothing.
+    let reply = harness.next().await;
+    assert_eq!(reply.attr("type"), Some("chat"));
+    assert_eq!(from(&reply), "#lobby@echo.test/echo");
+    assert!(to(&reply).starts_with("alice@test"));
+    assert_eq!(body(&reply).as_deref(), Some("> psst"));
+    assert!(reply.has_child("x", MUC_USER));
+    harness.nothing_for(Duration::from_millis(200)).await;
+    // To nobody in the room: item-not-found.
+    harness
+        .receive(
+            "<message type='chat' from='alice@test/r' to='#lobby@echo.test/ghost' id='p2'>\
+             <body>hello?</body></message>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("item-not-found")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn nick_changes_kicks_and_subjects_carry_their_status_codes() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(&mut harness, 5).await;
+    // Alice renames herself: 303 with the new nick (and 110 for her), then the new presence.
+    harness
+        .receive("<presence from='alice@test/r' to='#lobby@echo.test/alicia'/>")
+        .await;
+    let stanzas = take(&mut harness, 4).await;
+    for stanza in &stanzas {
+        assert!(
+            from(stanza).starts_with("#lobby@echo.test/ali"),
+            "{stanza:?}"
+        );
+    }
+    let gone: Vec<&Element> = stanzas
+        .iter()
+        .filter(|s| s.attr("type") == Some("unavailable"))
+        .collect();
+    assert_eq!(gone.len(), 2);
+    for stanza in &gone {
+        assert_eq!(item(stanza).and_then(|i| i.attr("nick")), Some("alicia"));
+        let expected: &[&str] = if to(stanza) == "alice@test/r" {
+            &["303", "110"]
+        } else {
+            &["303"]
+        };
+        assert_eq!(codes(stanza), expected);
+    }
+    // A taken nick is a conflict.
+    harness
+        .receive("<presence from='alice@test/r' to='#lobby@echo.test/bob'/>")
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("conflict")
+    );
+    // The subject, from who set it, to everyone.
+    harness
+        .receive(
+            "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='s1'>\
+             <subject>rust and tea</subject></message>",
+        )
+        .await;
+    for stanza in take(&mut harness, 2).await {
+        assert_eq!(from(&stanza), "#lobby@echo.test/bob");
+        let subject = stanza
+            .children()
+            .find(|c| c.name() == "subject")
+            .expect("subject");
+        assert_eq!(subject.text(), "rust and tea");
+    }
+    // Bob kicks Alicia through the network (the bot's command): 307 with actor and reason;
+    // Alicia is out of the room (110), and her self-ping says so.
+    harness
+        .receive(
+            "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='k1'>\
+             <body>!kick alicia too loud</body></message>",
+        )
+        .await;
+    let stanzas = take(&mut harness, 4).await;
+    let kicks: Vec<&Element> = stanzas.iter().filter(|s| s.name() == "presence").collect();
+    assert_eq!(kicks.len(), 2);
+    for kick in kicks {
+        assert_eq!(kick.attr("type"), Some("unavailable"));
+        assert_eq!(from(kick), "#lobby@echo.test/alicia");
+        let item = item(kick).expect("item");
+        assert_eq!(item.attr("role"), Some("none"));
+        let actor = item
+            .children()
+            .find(|c| c.name() == "actor")
+            .expect("actor");
+        assert_eq!(actor.attr("nick"), Some("bob"));
+        let reason = item
+            .children()
+            .find(|c| c.name() == "reason")
+            .expect("reason");
+        assert_eq!(reason.text(), "too loud");
+        let expected: &[&str] = if to(kick) == "alice@test/r" {
+            &["307", "110"]
+        } else {
+            &["307"]
+        };
+        assert_eq!(codes(kick), expected);
+    }
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='#lobby@echo.test/alicia' id='ping1'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_self_ping_is_answered_truthfully() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    let ping = |resource: &str, id: &str| {
+        format!(
+            "<iq type='get' from='alice@test/{resource}' to='#lobby@echo.test/alice' id='{id}'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>"
+        )
+    };
+    harness.receive(&ping("r", "p1")).await;
+    let answer = harness.next().await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    // Another resource of hers, not joined: not-acceptable, so that it joins.
+    harness.receive(&ping("laptop", "p2")).await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
+    // A resource that leaves gets its own unavailable presence (110), and is no longer in.
+    harness
+        .receive("<presence type='unavailable' from='alice@test/r' to='#lobby@echo.test/alice'/>")
+        .await;
+    let left = harness.next().await;
+    assert_eq!(left.attr("type"), Some("unavailable"));
+    assert_eq!(codes(&left), ["110"]);
+    harness.receive(&ping("r", "p3")).await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn joins_that_cannot_be_get_the_error_xep_0045_names() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.name(), "presence");
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(
+        condition(&refused).as_deref(),
+        Some("registration-required")
+    );
+    harness.register("alice@test").await;
+    harness
+        .receive(&join("alice@test", "#lobby", "echo", ""))
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("conflict")
+    );
+    harness
+        .receive(&join("alice@test", "#secret", "alice", ""))
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-authorized")
+    );
+    harness
+        .receive(&join(
+            "alice@test",
+            "#secret",
+            "alice",
+            "<password>sesame</password>",
+        ))
+        .await;
+    let joined = take(&mut harness, 3).await;
+    assert_eq!(codes(&joined[1]), ["110"]);
+    harness
+        .receive(&join("eve@elsewhere", "#lobby", "eve", ""))
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("forbidden")
+    );
+    harness
+        .receive("<presence from='alice@test/r' to='#lobby@echo.test'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("jid-malformed")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_joiner_gets_history_with_delays_and_honours_maxstanzas() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    for n in 0..3 {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='h{n}'>\
+                 <body>line {n}</body></message>"
+            ))
+            .await;
+        take(&mut harness, 2).await;
+    }
+    harness.register("bob@test").await;
+    harness
+        .receive(&join(
+            "bob@test",
+            "#lobby",
+            "bob",
+            "<history maxstanzas='2'/>",
+        ))
+        .await;
+    // Alice sees Bob; Bob gets alice, echo, himself, two messages of history, the subject.
+    let stanzas = take(&mut harness, 7).await;
+    let history: Vec<&Element> = stanzas
+        .iter()
+        .filter(|s| s.attr("type") == Some("groupchat") && body(s).is_some())
+        .collect();
+    assert_eq!(history.len(), 2);
+    assert_eq!(body(history[0]).as_deref(), Some("line 2"));
+    assert_eq!(from(history[0]), "#lobby@echo.test/alice");
+    assert_eq!(body(history[1]).as_deref(), Some("line 2"));
+    assert_eq!(from(history[1]), "#lobby@echo.test/echo");
+    for message in history {
+        assert!(message.has_child("delay", "urn:xmpp:delay"));
+    }
+    assert!(
+        stanzas
+            .last()
+            .is_some_and(|s| s.children().any(|c| c.name() == "subject"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bounced_room_message_takes_the_stale_resource_out() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness
+        .receive(
+            "<message type='error' from='alice@test/r' to='#lobby@echo.test/alice' id='x'>\
+             <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        )
+        .await;
+    let left = harness.next().await;
+    assert_eq!(left.attr("type"), Some("unavailable"));
+    assert_eq!(codes(&left), ["110"]);
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='#lobby@echo.test/alice' id='p'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_joins_stand_and_a_rejoin_resyncs_without_a_second_join() {
+    let dir = std::env::temp_dir().join(format!("jabbridge-rooms-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("db.sqlite").display());
+    let options = || Options {
+        database: Some(url.clone()),
+        ..Options::default()
+    };
+    {
+        let mut harness = Harness::start(options()).await;
+        enter(&mut harness, "alice@test", "alice", 1).await;
+        harness
+            .receive(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='m1'>\
+                 <body>before</body></message>",
+            )
+            .await;
+        take(&mut harness, 2).await;
+    }
+    let mut harness = Harness::start(options()).await;
+    // Still in: the self-ping says so, with nothing else sent.
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='#lobby@echo.test/alice' id='p'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(harness.next().await.attr("type"), Some("result"));
+    // Her client joins again: occupants, herself, the history, the subject.
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    let stanzas = take(&mut harness, 5).await;
+    assert_eq!(from(&stanzas[0]), "#lobby@echo.test/echo");
+    assert_eq!(codes(&stanzas[1]), ["110"]);
+    assert_eq!(body(&stanzas[2]).as_deref(), Some("before"));
+    assert_eq!(body(&stanzas[3]).as_deref(), Some("before"));
+    assert!(stanzas[4].children().any(|c| c.name() == "subject"));
+    harness.nothing_for(Duration::from_millis(100)).await;
+    drop(harness);
+    let _ = std::fs::remove_dir_all(&dir);
+}

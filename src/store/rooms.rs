@@ -1,0 +1,238 @@
+//! The group-chat tables: who of our users is joined to which room from which resource
+//! (`room_joins`), and the room archive (`room_messages`), kept once per room message
+//! however many users see it.
+
+use sqlx::{AnyPool, Row};
+
+use super::{StoreError, now_millis};
+
+/// The room tables of one database; cheap to clone. From [`super::Store::rooms`].
+#[derive(Clone, Debug)]
+pub struct RoomTables {
+    pub(super) pool: AnyPool,
+}
+
+/// One resource of a user joined to a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRow {
+    /// The user's bare JID.
+    pub jid: String,
+    /// The room's foreign id.
+    pub room: String,
+    /// The user's resource.
+    pub resource: String,
+    /// The user's nick in the room.
+    pub nick: String,
+}
+
+/// A room message to archive.
+#[derive(Debug, Clone)]
+pub struct NewRoomMessage<'a> {
+    /// The network's id: one row per (bridge, room, foreign id).
+    pub foreign_id: &'a str,
+    /// The XEP-0359 id the room gives it.
+    pub stanza_id: &'a str,
+    /// The sender's nick.
+    pub nick: &'a str,
+    /// The sender's stable foreign id.
+    pub sender: &'a str,
+    /// The text.
+    pub text: &'a str,
+    /// The poster's origin-id, when one of our users posted it.
+    pub origin_id: Option<&'a str>,
+    /// The poster's bare JID, when one of our users posted it.
+    pub poster: Option<&'a str>,
+    /// When it was said, Unix ms.
+    pub said_at: i64,
+}
+
+/// A message read back from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// Its place in the archive (ascending in the order archived).
+    pub id: i64,
+    /// The XEP-0359 id the room gave it.
+    pub stanza_id: String,
+    /// The sender's nick.
+    pub nick: String,
+    /// The sender's stable foreign id.
+    pub sender: String,
+    /// The text.
+    pub text: String,
+    /// The poster's origin-id, when one of our users posted it.
+    pub origin_id: Option<String>,
+    /// When it was said, Unix ms.
+    pub said_at: i64,
+}
+
+impl RoomTables {
+    /// Records that `resource` of `jid` is in `room` as `nick` (replacing what was there).
+    pub async fn join(&self, bridge: &str, row: &JoinRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_joins (bridge, jid, room, resource, nick, joined_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (bridge, jid, room, resource) DO UPDATE SET nick = excluded.nick",
+        )
+        .bind(bridge)
+        .bind(&row.jid)
+        .bind(&row.room)
+        .bind(&row.resource)
+        .bind(&row.nick)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets one resource of `jid` in `room`, or all of them with `None`.
+    pub async fn leave(
+        &self,
+        bridge: &str,
+        jid: &str,
+        room: &str,
+        resource: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let query = match resource {
+            Some(resource) => sqlx::query(
+                "DELETE FROM room_joins WHERE bridge = $1 AND jid = $2 AND room = $3 \
+                 AND resource = $4",
+            )
+            .bind(bridge)
+            .bind(jid)
+            .bind(room)
+            .bind(resource),
+            None => {
+                sqlx::query("DELETE FROM room_joins WHERE bridge = $1 AND jid = $2 AND room = $3")
+                    .bind(bridge)
+                    .bind(jid)
+                    .bind(room)
+            }
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Forgets every room of `jid` (unregistered).
+    pub async fn leave_all(&self, bridge: &str, jid: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM room_joins WHERE bridge = $1 AND jid = $2")
+            .bind(bridge)
+            .bind(jid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets `jid`'s nick in `room` for all their resources (the network renamed them).
+    pub async fn rename(
+        &self,
+        bridge: &str,
+        jid: &str,
+        room: &str,
+        nick: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE room_joins SET nick = $4 WHERE bridge = $1 AND jid = $2 AND room = $3")
+            .bind(bridge)
+            .bind(jid)
+            .bind(room)
+            .bind(nick)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every joined resource of a bridge, by user, room and resource.
+    pub async fn joins(&self, bridge: &str) -> Result<Vec<JoinRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT jid, room, resource, nick FROM room_joins WHERE bridge = $1 \
+             ORDER BY jid, room, resource",
+        )
+        .bind(bridge)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(JoinRow {
+                    jid: row.try_get(0)?,
+                    room: row.try_get(1)?,
+                    resource: row.try_get(2)?,
+                    nick: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Archives a room message. Returns its archive id, or `None` when the room already has a
+    /// message with this foreign id (a repeat, shown once).
+    pub async fn archive(
+        &self,
+        bridge: &str,
+        room: &str,
+        message: &NewRoomMessage<'_>,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
+             origin_id, poster, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id",
+        )
+        .bind(bridge)
+        .bind(room)
+        .bind(message.foreign_id)
+        .bind(message.stanza_id)
+        .bind(message.nick)
+        .bind(message.sender)
+        .bind(message.text)
+        .bind(message.origin_id)
+        .bind(message.poster)
+        .bind(message.said_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// The last `max` messages of `room` said at or after `since` (Unix ms), oldest first.
+    pub async fn history(
+        &self,
+        bridge: &str,
+        room: &str,
+        max: u32,
+        since: i64,
+    ) -> Result<Vec<ArchivedMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, stanza_id, nick, sender, text, origin_id, said_at FROM room_messages \
+             WHERE bridge = $1 AND room = $2 AND said_at >= $3 ORDER BY id DESC LIMIT $4",
+        )
+        .bind(bridge)
+        .bind(room)
+        .bind(since)
+        .bind(i64::from(max))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut messages = rows
+            .iter()
+            .map(|row| {
+                Ok(ArchivedMessage {
+                    id: row.try_get(0)?,
+                    stanza_id: row.try_get(1)?,
+                    nick: row.try_get(2)?,
+                    sender: row.try_get(3)?,
+                    text: row.try_get(4)?,
+                    origin_id: row.try_get(5)?,
+                    said_at: row.try_get(6)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    /// Forgets a bridge's room messages said before `before` (Unix ms): the archive's
+    /// retention.
+    pub async fn forget_before(&self, bridge: &str, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM room_messages WHERE bridge = $1 AND said_at < $2")
+            .bind(bridge)
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,217 @@
+//! Group chats through a real XMPP server, joined with slixmpp's XEP-0045 plugin: the join a
+//! client waits for, two users talking, exactly-once reflection, private messages, nick
+//! changes, a kick by the network, the subject, self-pings, history, and Jabbridge killed
+//! with users in a room.
+
+use std::time::Duration;
+
+use xmpp_parsers::minidom::Element;
+
+use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
+
+const WAIT: Duration = Duration::from_secs(10);
+const ROOM: &str = "#lobby@echo.localhost";
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+crate::on_both_servers!(a_room_works_end_to_end);
+
+fn codes(stanza: &Element) -> Vec<String> {
+    stanza
+        .get_child("x", MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|child| child.name() == "status")
+                .filter_map(|status| status.attr("code").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_from(stanza: &Element, jid: &str) -> bool {
+    stanza.attr("from") == Some(jid)
+}
+
+fn ping(id: &str, to: &str) -> String {
+    format!("<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>")
+}
+
+async fn a_room_works_end_to_end(kind: ServerKind) {
+    let server = XmppServer::start(kind, &["echo.localhost"], &["alice", "bob"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut jabbridge = Jabbridge::start(
+        dir.path(),
+        &crate::config_for(&server, dir.path(), &["echo.localhost"]),
+    )
+    .await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let mut bob = crate::registered(&server, "bob", &["echo.localhost"]).await;
+
+    // Alice joins: the plugin sees the bot, herself (110), and the (empty) subject.
+    let joined = alice.join(ROOM, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["nick"], "alice");
+    assert_eq!(joined["codes"], serde_json::json!([110]));
+    assert_eq!(joined["occupants"], serde_json::json!(["alice", "echo"]));
+    // Bob joins; Alice sees him come.
+    let joined = bob.join(ROOM, "bob", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(
+        joined["occupants"],
+        serde_json::json!(["alice", "bob", "echo"])
+    );
+    let came = alice
+        .expect(WAIT, |s| {
+            s.name() == "presence" && is_from(s, &format!("{ROOM}/bob"))
+        })
+        .await;
+    assert!(codes(&came).is_empty());
+
+    // Alice talks: her post comes back to her once, with her origin-id and stanza id, and
+    // reaches Bob from her occupant JID; the bot repeats it to both.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='a1'><body>hello room</body>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='origin-a1'/></message>"
+        ))
+        .await;
+    let mine = |s: &Element| {
+        s.name() == "message" && is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
+    };
+    let reflection = alice.expect(WAIT, mine).await;
+    assert_eq!(reflection.attr("id"), Some("a1"));
+    assert_eq!(body(&reflection).as_deref(), Some("hello room"));
+    let origin = reflection
+        .get_child("origin-id", "urn:xmpp:sid:0")
+        .and_then(|origin| origin.attr("id"));
+    assert_eq!(origin, Some("origin-a1"));
+    let copy = bob.expect(WAIT, mine).await;
+    assert_eq!(body(&copy).as_deref(), Some("hello room"));
+    for client in [&mut alice, &mut bob] {
+        let repeat = client
+            .expect(WAIT, |s| {
+                is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
+            })
+            .await;
+        assert_eq!(body(&repeat).as_deref(), Some("hello room"));
+    }
+    alice.expect_none(Duration::from_secs(1), mine).await;
+
+    // Bob writes privately to the bot: the answer comes from the bot's occupant JID, and
+    // the room never sees it.
+    bob.send(&format!(
+        "<message type='chat' to='{ROOM}/echo' id='p1'><body>just us</body></message>"
+    ))
+    .await;
+    let private = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(private.attr("type"), Some("chat"));
+    assert_eq!(
+        body(&private).as_deref(),
+        Some("echo.localhost says: just us")
+    );
+    alice
+        .expect_none(Duration::from_secs(1), |s| {
+            body(s).is_some_and(|text| text.contains("just us"))
+        })
+        .await;
+
+    // Bob sets the subject; Alice gets it from him.
+    bob.send(&format!(
+        "<message type='groupchat' to='{ROOM}' id='s1'><subject>tea time</subject></message>"
+    ))
+    .await;
+    let subject = alice
+        .expect(WAIT, |s| {
+            s.children().any(|child| child.name() == "subject")
+        })
+        .await;
+    assert!(is_from(&subject, &format!("{ROOM}/bob")));
+
+    // Alice changes nick: Bob sees 303 with the new nick.
+    alice.send(&format!("<presence to='{ROOM}/alicia'/>")).await;
+    let renamed = bob
+        .expect(WAIT, |s| {
+            s.name() == "presence" && s.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert_eq!(codes(&renamed), ["303"]);
+    bob.expect(WAIT, |s| {
+        s.name() == "presence" && is_from(s, &format!("{ROOM}/alicia"))
+    })
+    .await;
+
+    // Bob has the network kick her: she is told (307, 110), and her self-ping says she is out
+    // while his says he is in.
+    bob.send(&format!(
+        "<message type='groupchat' to='{ROOM}' id='k1'><body>!kick alicia enough</body></message>"
+    ))
+    .await;
+    let kicked = alice
+        .expect(WAIT, |s| {
+            s.name() == "presence"
+                && s.attr("type") == Some("unavailable")
+                && !codes(s).is_empty()
+                && codes(s).contains(&"307".to_owned())
+        })
+        .await;
+    assert_eq!(codes(&kicked), ["307", "110"]);
+    let answer = alice
+        .iq("sp1", &ping("sp1", &format!("{ROOM}/alicia")))
+        .await;
+    assert_eq!(error_condition(&answer).as_deref(), Some("not-acceptable"));
+    let answer = bob.iq("sp2", &ping("sp2", &format!("{ROOM}/bob"))).await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+
+    // Alice comes back and asks for two messages of history.
+    let joined = alice
+        .join(ROOM, "alice", serde_json::json!({ "maxstanzas": 2 }))
+        .await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(
+        joined["history"].as_array().map(Vec::len),
+        Some(2),
+        "{joined}"
+    );
+    assert_eq!(joined["subject"], "tea time");
+
+    // Jabbridge is killed with both in the room. After the restart it rejoins: their
+    // self-pings still say "joined", a client that joins again gets a resync, and talking
+    // goes on.
+    jabbridge.kill().await;
+    jabbridge.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut pinged = None;
+    for attempt in 0..20 {
+        let id = format!("after-{attempt}");
+        let answer = bob.iq(&id, &ping(&id, &format!("{ROOM}/bob"))).await;
+        if answer.attr("type") == Some("result") {
+            pinged = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        pinged.is_some(),
+        "bob's self-ping never said joined after the restart"
+    );
+    let joined = bob
+        .join(ROOM, "bob", serde_json::json!({ "maxstanzas": 0 }))
+        .await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(
+        joined["occupants"],
+        serde_json::json!(["alice", "bob", "echo"])
+    );
+    bob.send(&format!(
+        "<message type='groupchat' to='{ROOM}' id='b9'><body>still here</body></message>"
+    ))
+    .await;
+    let seen = alice
+        .expect(WAIT, |s| body(s).as_deref() == Some("still here"))
+        .await;
+    assert!(is_from(&seen, &format!("{ROOM}/bob")));
+}
