@@ -522,3 +522,114 @@ async fn after_a_restart_joins_stand_and_a_rejoin_resyncs_without_a_second_join(
     drop(harness);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_archive_is_paged_with_mam_and_rsm() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    for n in 0..3 {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='h{n}'>\
+                 <body>line {n}</body></message>"
+            ))
+            .await;
+        take(&mut harness, 2).await;
+    }
+    // Six messages archived: each line from alice, then the bot's repeat.
+    let query = |id: &str, set: &str| {
+        format!(
+            "<iq type='set' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
+             <query xmlns='urn:xmpp:mam:2' queryid='q-{id}'>{set}</query></iq>"
+        )
+    };
+    let rsm = |inner: &str| format!("<set xmlns='http://jabber.org/protocol/rsm'>{inner}</set>");
+    let page = async |harness: &mut Harness, count: usize| {
+        let stanzas = take(harness, count + 1).await;
+        let fin = stanzas.last().cloned().expect("an iq");
+        assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+        let fin = fin
+            .get_child("fin", "urn:xmpp:mam:2")
+            .cloned()
+            .expect("fin");
+        let results: Vec<(String, String, String)> = stanzas[..count]
+            .iter()
+            .map(|message| {
+                let result = message
+                    .get_child("result", "urn:xmpp:mam:2")
+                    .expect("result");
+                let forwarded = result
+                    .get_child("forwarded", "urn:xmpp:forward:0")
+                    .expect("forwarded");
+                assert!(forwarded.has_child("delay", "urn:xmpp:delay"));
+                let inner = forwarded
+                    .get_child("message", "jabber:client")
+                    .expect("message");
+                (
+                    result.attr("id").unwrap_or_default().to_owned(),
+                    from(inner).to_owned(),
+                    body(inner).unwrap_or_default(),
+                )
+            })
+            .collect();
+        (results, fin)
+    };
+    harness.receive(&query("m1", &rsm("<max>2</max>"))).await;
+    let (first, fin) = page(&mut harness, 2).await;
+    assert_eq!(fin.attr("complete"), Some("false"));
+    assert_eq!(first[0].1, "#lobby@echo.test/alice");
+    assert_eq!(first[0].2, "line 0");
+    assert_eq!(first[1].1, "#lobby@echo.test/echo");
+    let after = &first[1].0;
+    harness
+        .receive(&query(
+            "m2",
+            &rsm(&format!("<max>10</max><after>{after}</after>")),
+        ))
+        .await;
+    let (rest, fin) = page(&mut harness, 4).await;
+    assert_eq!(fin.attr("complete"), Some("true"));
+    assert_eq!(rest[3].2, "line 2");
+    // The last page, and only Alice's lines.
+    harness
+        .receive(&query("m3", &rsm("<max>1</max><before/>")))
+        .await;
+    let (last, _) = page(&mut harness, 1).await;
+    assert_eq!(
+        (last[0].1.as_str(), last[0].2.as_str()),
+        ("#lobby@echo.test/echo", "line 2")
+    );
+    harness
+        .receive(&query(
+            "m4",
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+             <field var='with'><value>#lobby@echo.test/alice</value></field></x>",
+        ))
+        .await;
+    let (alices, _) = page(&mut harness, 3).await;
+    assert!(
+        alices
+            .iter()
+            .all(|(_, from, _)| from == "#lobby@echo.test/alice")
+    );
+    // An id the archive does not have, and a stranger to the room.
+    harness
+        .receive(&query("m5", &rsm("<after>nope</after>")))
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("item-not-found")
+    );
+    harness.register("bob@test").await;
+    harness
+        .receive(
+            "<iq type='set' from='bob@test/r' to='#lobby@echo.test' id='m6'>\
+             <query xmlns='urn:xmpp:mam:2'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("forbidden")
+    );
+}

@@ -5,11 +5,11 @@
 use xmpp_parsers::{iq::Iq, jid::Jid, minidom::Element, ns};
 
 use super::{Answer, Gateway, commands, registration, rooms};
-use crate::xmpp::adhoc;
 use crate::xmpp::register::{self, Submission};
 use crate::xmpp::service::{self, Target};
 use crate::xmpp::session::is_keepalive_id;
 use crate::xmpp::stanza::StanzaFailure;
+use crate::xmpp::{adhoc, muc};
 
 /// Answers an iq: a result with the answer's payload, or the refusal.
 pub(super) async fn on_iq(gateway: &Gateway, element: Element) -> Answer {
@@ -114,7 +114,7 @@ async fn answer(
             adhoc::node_info(node, &entries).map(Some)
         }
         (false, _, _) if let Some(room) = to.and_then(|to| gateway.room_of(to)) => {
-            room_answer(gateway, is_set, from, to, &room, payload)
+            room_answer(gateway, is_set, from, to, &room, payload).await
         }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
         (true, false, _) => service::answer_get(&gateway.info, Target::Gateway, payload),
@@ -131,8 +131,8 @@ async fn answer(
 }
 
 /// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
-/// disco; nothing else.
-fn room_answer(
+/// disco; its archive (XEP-0313); nothing else.
+async fn room_answer(
     gateway: &Gateway,
     is_set: bool,
     from: &Jid,
@@ -152,6 +152,10 @@ fn room_answer(
         (false, false, "query", ns::DISCO_ITEMS) => {
             service::answer_get(&gateway.info, Target::Contact(""), payload)
         }
+        (true, false, "query", muc::NS_MAM) => rooms::archive_query(gateway, from, room, payload)
+            .await
+            .map(Some),
+        (false, false, "query", muc::NS_MAM) => Ok(Some(muc::archive_form())),
         _ => Err(StanzaFailure::ServiceUnavailable),
     }
 }

@@ -474,12 +474,25 @@ fn archived(
     message: &ArchivedMessage,
     to: &str,
 ) -> Option<Element> {
+    as_room_message(gateway, room, room_jid, message, |message| {
+        muc::addressed(&muc::room_message(message), to, None)
+    })
+}
+
+/// Builds a stanza from an archived message, as the room said it (with its delay).
+fn as_room_message(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    message: &ArchivedMessage,
+    build: impl FnOnce(&muc::RoomMessage<'_>) -> Element,
+) -> Option<Element> {
     let stamp = humantime::format_rfc3339_millis(
         SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(message.said_at).ok()?),
     )
     .to_string();
     let room_name = room_jid.to_string();
-    let stanza = muc::room_message(&muc::RoomMessage {
+    Some(build(&muc::RoomMessage {
         from: occupant_jid(room_jid, &message.nick)?,
         room: &room_name,
         stanza_id: &message.stanza_id,
@@ -487,8 +500,97 @@ fn archived(
         occupant_id: &occupant_id(&gateway.domain, room, &message.sender),
         origin_id: message.origin_id.as_deref(),
         delay: Some(&stamp),
-    });
-    Some(muc::addressed(&stanza, to, None))
+    }))
+}
+
+/// Answers a XEP-0313 query of a room's archive from one of its members: the page's
+/// messages as results to the asking resource, then the `<fin/>` for the iq result.
+pub(super) async fn archive_query(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    payload: &Element,
+) -> Result<Element, StanzaFailure> {
+    const DEFAULT_PAGE: u32 = 50;
+    const LARGEST_PAGE: u32 = 250;
+    let user = from.to_bare().to_string();
+    let member = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .is_some_and(|state| state.members.contains_key(&user));
+    if !member {
+        return Err(StanzaFailure::Forbidden(
+            "join the room to read its archive".into(),
+        ));
+    }
+    let query = muc::archive_query(payload).map_err(StanzaFailure::BadRequest)?;
+    let Some(room_jid) = room_jid(gateway, room) else {
+        return Err(StanzaFailure::ItemNotFound("no such room".into()));
+    };
+    let time = |stamp: &Option<String>, name: &str| {
+        stamp
+            .as_deref()
+            .map(|stamp| {
+                humantime::parse_rfc3339_weak(stamp)
+                    .map(millis)
+                    .map_err(|_| {
+                        StanzaFailure::BadRequest(format!("{name}: '{stamp}' is not a time"))
+                    })
+            })
+            .transpose()
+    };
+    let tables = gateway.store.rooms();
+    let id_of = async |stanza_id: &Option<String>| match stanza_id {
+        None => Ok(None),
+        Some(stanza_id) => tables
+            .archive_id(&gateway.domain, room.as_str(), stanza_id)
+            .await
+            .map_err(|error| gateway.storage_failed(error))?
+            .map(Some)
+            .ok_or_else(|| {
+                StanzaFailure::ItemNotFound(format!("no message '{stanza_id}' in the archive"))
+            }),
+    };
+    let nick = match &query.with {
+        None => None,
+        Some(with) => match with.parse::<Jid>() {
+            Ok(jid) if jid.to_bare() == room_jid => jid.resource().map(|nick| nick.to_string()),
+            _ => {
+                return Err(StanzaFailure::BadRequest(
+                    "'with' must be an occupant of this room (room@domain/nick)".into(),
+                ));
+            }
+        },
+    };
+    let page = crate::store::rooms::PageQuery {
+        after: id_of(&query.after).await?,
+        before: id_of(&query.before).await?,
+        last: query.last,
+        start: time(&query.start, "start")?,
+        end: time(&query.end, "end")?,
+        nick,
+        max: query.max.unwrap_or(DEFAULT_PAGE).min(LARGEST_PAGE),
+    };
+    let (messages, complete) = tables
+        .page(&gateway.domain, room.as_str(), &page)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    let to = from.to_string();
+    let room_name = room_jid.to_string();
+    for message in &messages {
+        let result = as_room_message(gateway, room, &room_jid, message, |message| {
+            muc::archive_result(&to, &room_name, query.query_id.as_deref(), message)
+        });
+        if let Some(result) = result {
+            gateway.send(result).await;
+        }
+    }
+    Ok(muc::archive_fin(
+        complete,
+        messages.first().map(|message| message.stanza_id.as_str()),
+        messages.last().map(|message| message.stanza_id.as_str()),
+    ))
 }
 
 /// A resource left (an unavailable presence, or its server bounced a room message): it gets
@@ -805,6 +907,7 @@ pub(super) fn info(gateway: &Gateway, room: &RoomId) -> Element {
             "muc_persistent",
             muc::NS_OCCUPANT_ID,
             muc::NS_SID,
+            muc::NS_MAM,
             "urn:xmpp:ping",
         ],
     )

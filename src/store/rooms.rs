@@ -65,6 +65,25 @@ pub struct ArchivedMessage {
     pub said_at: i64,
 }
 
+/// Which page of a room's archive to read (XEP-0313 with XEP-0059), by archive ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageQuery {
+    /// Only messages after this archive id.
+    pub after: Option<i64>,
+    /// Only messages before this archive id.
+    pub before: Option<i64>,
+    /// The last page (XEP-0059's empty `<before/>`), rather than the first.
+    pub last: bool,
+    /// Only messages said at or after (Unix ms).
+    pub start: Option<i64>,
+    /// Only messages said at or before (Unix ms).
+    pub end: Option<i64>,
+    /// Only messages from this nick.
+    pub nick: Option<String>,
+    /// At most this many.
+    pub max: u32,
+}
+
 impl RoomTables {
     /// Records that `resource` of `jid` is in `room` as `nick` (replacing what was there).
     pub async fn join(&self, bridge: &str, row: &JoinRow) -> Result<(), StoreError> {
@@ -197,16 +216,83 @@ impl RoomTables {
         max: u32,
         since: i64,
     ) -> Result<Vec<ArchivedMessage>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, stanza_id, nick, sender, text, origin_id, said_at FROM room_messages \
-             WHERE bridge = $1 AND room = $2 AND said_at >= $3 ORDER BY id DESC LIMIT $4",
+        let query = PageQuery {
+            last: true,
+            start: Some(since),
+            max,
+            ..PageQuery::default()
+        };
+        Ok(self.page(bridge, room, &query).await?.0)
+    }
+
+    /// The archive id of the message a room gave `stanza_id`.
+    pub async fn archive_id(
+        &self,
+        bridge: &str,
+        room: &str,
+        stanza_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id FROM room_messages WHERE bridge = $1 AND room = $2 AND stanza_id = $3",
         )
         .bind(bridge)
         .bind(room)
-        .bind(since)
-        .bind(i64::from(max))
-        .fetch_all(&self.pool)
+        .bind(stanza_id)
+        .fetch_optional(&self.pool)
         .await?;
+        Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// One page of a room's archive, oldest first, and whether it reaches the end of what
+    /// the query selects in its direction (XEP-0313's `complete`).
+    pub async fn page(
+        &self,
+        bridge: &str,
+        room: &str,
+        query: &PageQuery,
+    ) -> Result<(Vec<ArchivedMessage>, bool), StoreError> {
+        // Only fixed fragments go into the SQL; every value is bound.
+        let mut sql = String::from(
+            "SELECT id, stanza_id, nick, sender, text, origin_id, said_at FROM room_messages \
+             WHERE bridge = $1 AND room = $2",
+        );
+        let mut numbers = Vec::new();
+        for (fragment, value) in [
+            (" AND id > ", query.after),
+            (" AND id < ", query.before),
+            (" AND said_at >= ", query.start),
+            (" AND said_at <= ", query.end),
+        ] {
+            if let Some(value) = value {
+                numbers.push(value);
+                sql.push_str(fragment);
+                sql.push_str(&format!("${}", numbers.len() + 2));
+            }
+        }
+        if query.nick.is_some() {
+            sql.push_str(&format!(" AND nick = ${}", numbers.len() + 3));
+        }
+        let backwards = query.before.is_some() || query.last;
+        sql.push_str(if backwards {
+            " ORDER BY id DESC"
+        } else {
+            " ORDER BY id ASC"
+        });
+        let limit_at = numbers.len() + 3 + usize::from(query.nick.is_some());
+        sql.push_str(&format!(" LIMIT ${limit_at}"));
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(bridge)
+            .bind(room);
+        for value in numbers {
+            statement = statement.bind(value);
+        }
+        if let Some(nick) = &query.nick {
+            statement = statement.bind(nick.clone());
+        }
+        let rows = statement
+            .bind(i64::from(query.max) + 1)
+            .fetch_all(&self.pool)
+            .await?;
         let mut messages = rows
             .iter()
             .map(|row| {
@@ -221,8 +307,12 @@ impl RoomTables {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        messages.reverse();
-        Ok(messages)
+        let complete = messages.len() <= query.max as usize;
+        messages.truncate(query.max as usize);
+        if backwards {
+            messages.reverse();
+        }
+        Ok((messages, complete))
     }
 
     /// Forgets a bridge's room messages said before `before` (Unix ms): the archive's

@@ -41,6 +41,16 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 /// XEP-0359 stanza and origin ids.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0313 message archive management.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0059 result set management.
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0297 forwarding.
+const NS_FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0004 data forms.
+const NS_DATA: &str = "jabber:x:data";
+/// What a forwarded stanza is written in.
+const NS_CLIENT: &str = "jabber:client";
 /// XEP-0203 delays.
 const NS_DELAY: &str = "urn:xmpp:delay";
 /// The namespace stanzas carry on a component link.
@@ -144,6 +154,7 @@ pub fn occupant(presence: &OccupantPresence<'_>) -> Element {
 }
 
 /// A message said in a room, before its recipient is set ([`addressed`]).
+#[derive(Clone)]
 pub struct RoomMessage<'a> {
     /// `room@domain/nick` of the sender.
     pub from: Jid,
@@ -163,11 +174,15 @@ pub struct RoomMessage<'a> {
 
 /// A groupchat message with no `to` yet: clone it per recipient with [`addressed`].
 pub fn room_message(message: &RoomMessage<'_>) -> Element {
-    let mut stanza = Element::builder("message", NS_COMPONENT)
+    groupchat(message, NS_COMPONENT)
+}
+
+fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
+    let mut stanza = Element::builder("message", namespace)
         .with("type", "groupchat")
         .with("from", message.from.to_string())
         .with("id", message.origin_id.unwrap_or(message.stanza_id))
-        .append(Element::builder("body", NS_COMPONENT).append(message.text))
+        .append(Element::builder("body", namespace).append(message.text))
         .append(
             Element::builder("stanza-id", NS_SID)
                 .with("id", message.stanza_id)
@@ -185,6 +200,145 @@ pub fn room_message(message: &RoomMessage<'_>) -> Element {
         );
     }
     stanza.build()
+}
+
+/// A XEP-0313 query of a room's archive, as the user sent it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// `queryid`, echoed in every result.
+    pub query_id: Option<String>,
+    /// The form's `start` and `end` (XEP-0082 timestamps, as written).
+    pub start: Option<String>,
+    /// See `start`.
+    pub end: Option<String>,
+    /// The form's `with`: an occupant JID.
+    pub with: Option<String>,
+    /// The form's `after-id` or RSM `<after/>`: a stanza id.
+    pub after: Option<String>,
+    /// The form's `before-id` or a non-empty RSM `<before/>`: a stanza id.
+    pub before: Option<String>,
+    /// An empty RSM `<before/>`: the last page.
+    pub last: bool,
+    /// RSM `<max/>`.
+    pub max: Option<u32>,
+}
+
+/// Reads a XEP-0313 `<query/>`; an error names what is wrong.
+pub fn archive_query(payload: &Element) -> Result<ArchiveQuery, String> {
+    let mut query = ArchiveQuery {
+        query_id: payload.attr("queryid").map(str::to_owned),
+        ..ArchiveQuery::default()
+    };
+    if let Some(form) = payload.get_child("x", NS_DATA) {
+        for field in form.children().filter(|child| child.name() == "field") {
+            let value = field
+                .children()
+                .find(|child| child.name() == "value")
+                .map(Element::text);
+            match field.attr("var").unwrap_or_default() {
+                "FORM_TYPE" => {
+                    if value.as_deref() != Some(NS_MAM) {
+                        return Err("the form's FORM_TYPE must be urn:xmpp:mam:2".into());
+                    }
+                }
+                "start" => query.start = value,
+                "end" => query.end = value,
+                "with" => query.with = value,
+                "after-id" => query.after = value,
+                "before-id" => query.before = value,
+                other => return Err(format!("the field '{other}' is not supported")),
+            }
+        }
+    }
+    if let Some(set) = payload.get_child("set", NS_RSM) {
+        let text = |name: &str| {
+            set.children()
+                .find(|child| child.name() == name)
+                .map(Element::text)
+        };
+        if let Some(max) = text("max") {
+            query.max = Some(
+                max.trim()
+                    .parse()
+                    .map_err(|_| format!("<max>{max}</max> is not a number"))?,
+            );
+        }
+        if let Some(after) = text("after") {
+            query.after = Some(after);
+        }
+        match text("before") {
+            Some(before) if before.is_empty() => query.last = true,
+            Some(before) => query.before = Some(before),
+            None => {}
+        }
+    }
+    Ok(query)
+}
+
+/// One archived message as a XEP-0313 result, from the room to `to`.
+pub fn archive_result(
+    to: &str,
+    room: &str,
+    query_id: Option<&str>,
+    message: &RoomMessage<'_>,
+) -> Element {
+    let mut result = Element::builder("result", NS_MAM).with("id", message.stanza_id);
+    if let Some(query_id) = query_id {
+        result = result.with("queryid", query_id);
+    }
+    let mut forwarded = Element::builder("forwarded", NS_FORWARD);
+    if let Some(stamp) = message.delay {
+        forwarded = forwarded.append(Element::builder("delay", NS_DELAY).with("stamp", stamp));
+    }
+    let inner = RoomMessage {
+        delay: None,
+        ..message.clone()
+    };
+    Element::builder("message", NS_COMPONENT)
+        .with("from", room)
+        .with("to", to)
+        .append(result.append(forwarded.append(groupchat(&inner, NS_CLIENT))))
+        .build()
+}
+
+/// The `<fin/>` that ends a XEP-0313 query: whether the page reached the end, and its first
+/// and last ids.
+pub fn archive_fin(complete: bool, first: Option<&str>, last: Option<&str>) -> Element {
+    let mut set = Element::builder("set", NS_RSM);
+    if let Some(first) = first {
+        set = set.append(
+            Element::builder("first", NS_RSM)
+                .with("index", "0")
+                .append(first),
+        );
+    }
+    if let Some(last) = last {
+        set = set.append(Element::builder("last", NS_RSM).append(last));
+    }
+    Element::builder("fin", NS_MAM)
+        .with("complete", if complete { "true" } else { "false" })
+        .append(set)
+        .build()
+}
+
+/// The form a XEP-0313 query may carry (the answer to a `get`).
+pub fn archive_form() -> Element {
+    let field = |var: &'static str, type_: &'static str| {
+        Element::builder("field", NS_DATA)
+            .with("var", var)
+            .with("type", type_)
+    };
+    let form = Element::builder("x", NS_DATA)
+        .with("type", "form")
+        .append(
+            field("FORM_TYPE", "hidden").append(Element::builder("value", NS_DATA).append(NS_MAM)),
+        )
+        .append(field("with", "jid-single"))
+        .append(field("start", "text-single"))
+        .append(field("end", "text-single"))
+        .append(field("after-id", "text-single"))
+        .append(field("before-id", "text-single"));
+    Element::builder("query", NS_MAM).append(form).build()
 }
 
 /// `stanza` addressed to `to`, and with the `id` the recipient's own post had, when given.

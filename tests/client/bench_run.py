@@ -275,7 +275,7 @@ class Bench:
         os.makedirs(accounts, exist_ok=True)
         components = "".join(
             'Component "%s.localhost"\n    component_secret = "%s"\n' % (name, self.secret)
-            for name in ("null", "sqlite", "pg"))
+            for name in ("null", "sqlite", "pg", "occupants"))
         nagle = "" if self.arguments.prosody_nagle else "network_settings = { nagle = false }\n"
         with open(os.path.join(prosody, "prosody.cfg.lua"), "w") as config:
             config.write("""pidfile = "{dir}/prosody.pid"
@@ -376,7 +376,7 @@ listen = "127.0.0.1:{http}"
 kind = "echo"
 domain = "{name}.localhost"
 secret = "{secret}"
-allow = ["localhost"]
+allow = ["localhost", "occupants.localhost"]
 admins = ["{admin}"]
 prefix = "{prefix}"
 say_token = "{token}"
@@ -519,6 +519,22 @@ say_token = "{token}"
             client.expect("reset", 10)
         return say_load
 
+    def room(self, name, domain, process, results):
+        # Fan-out: users of a component of ours (one connection) join one room through
+        # Prosody; foreign lines said in it reach each of them.
+        arguments = self.arguments
+        log("%s: room fan-out, %d lines to %d joined users" % (name, arguments.room_messages, arguments.room_users))
+        command = [arguments.room_load, "--server", "127.0.0.1:%d" % self.component_port,
+                   "--domain", "occupants.localhost", "--bridge", domain,
+                   "--http", "127.0.0.1:%d" % process.http_port, "--pid", str(process.pid),
+                   "--server-pid", str(self.prosody.pid),
+                   "--users", str(arguments.room_users), "--messages", str(arguments.room_messages),
+                   "--timeout", str(arguments.timeout)]
+        output = subprocess.run(command, env=dict(os.environ, ROOM_SECRET=self.secret, SAY_TOKEN=self.token),
+                                check=True, stdout=subprocess.PIPE, text=True,
+                                timeout=arguments.timeout + 30).stdout
+        results["room"] = json.loads(output.strip().splitlines()[-1])
+
     def drain(self, name, process, clients, say_load, results):
         arguments = self.arguments
         log("%s: drain, %d messages queued while Prosody is down" % (name, arguments.backlog))
@@ -568,6 +584,9 @@ say_token = "{token}"
                         say_load = self.say(name, domain, process, clients, results)
                     with Watch(self, results, "drain"):
                         clients = self.drain(name, process, clients, say_load, results)
+                    if self.arguments.room_load:
+                        with Watch(self, results, "room"):
+                            self.room(name, domain, process, results)
                 results["peak_rss_kib"] = status_kib(process.pid, "VmHWM")
             finally:
                 self.stop_clients(clients)
@@ -685,6 +704,16 @@ def table(results, arguments):
                  ">= 5,000"))
     rows.append(("  CPU us per drained message",
                  only({k: fmt(get(k, "drain", "cpu_us"), 1) for k in jabbridge}), ""))
+    if arguments.room_load:
+        rows.append(("room fan-out to %d users (stanzas/s)" % arguments.room_users,
+                     only({k: fmt(get(k, "room", "stanzas_per_s")) for k in jabbridge}), ""))
+        rows.append(("  CPU us per fanned-out stanza",
+                     only({k: fmt(get(k, "room", "cpu_us_per_stanza"), 1) + verdict(get(k, "room", "cpu_us_per_stanza"), 10, False) for k in jabbridge}),
+                     "<= 10"))
+        rows.append(("  Prosody's CPU us per stanza",
+                     only({k: fmt(get(k, "room", "server_cpu_us_per_stanza"), 1) for k in jabbridge}), ""))
+        rows.append(("  %d users joined in (s)" % arguments.room_users,
+                     only({k: fmt(get(k, "room", "join_seconds"), 2) for k in jabbridge}), ""))
 
     headers = ["", *[label for _, label in names], "target"]
     widths = [max(len(headers[0]), *(len(row[0]) for row in rows))]
@@ -739,6 +768,10 @@ def notes(results, arguments):
         if say and say.get("load_cpu_us_per_request") is not None:
             out.append("%s: say_load itself used %.0f us CPU per request in the burst"
                        % (key, say["load_cpu_us_per_request"]))
+        room = result.get("room")
+        if room and room.get("received") != room.get("expected"):
+            out.append("%s: room: %d of %d copies arrived (%d lines accepted)"
+                       % (key, room["received"], room["expected"], room["accepted"]))
         drain = result.get("drain")
         if drain:
             if drain["received"] != drain["queued"]:
@@ -771,6 +804,9 @@ def main():
     parser.add_argument("--jabbridge", required=True)
     parser.add_argument("--null-component", required=True)
     parser.add_argument("--say-load", required=True)
+    parser.add_argument("--room-load", help="examples/room_load: adds the room fan-out section")
+    parser.add_argument("--room-users", type=int, default=200, help="users joined to the fan-out room")
+    parser.add_argument("--room-messages", type=int, default=100, help="lines said in the fan-out room")
     parser.add_argument("--messages", type=int, default=20000, help="echo messages per contender, all rounds")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (the median is shown)")
     parser.add_argument("--clients", type=int, default=1, help="client connections (one user each)")

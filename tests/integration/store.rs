@@ -483,6 +483,43 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
             .await
             .unwrap();
         assert_eq!(recent.len(), 2);
+        // Pages by archive id, time and nick, as a MAM query reads them.
+        let m2 = rooms.archive_id("echo.test", "#lobby", "m2").await.unwrap();
+        assert!(m2.is_some());
+        assert_eq!(
+            rooms
+                .archive_id("echo.test", "#lobby", "nope")
+                .await
+                .unwrap(),
+            None
+        );
+        let after = jabbridge::store::rooms::PageQuery {
+            after: m2,
+            nick: Some("bob".into()),
+            end: Some(now),
+            max: 5,
+            ..Default::default()
+        };
+        let (page, complete) = rooms.page("echo.test", "#lobby", &after).await.unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|m| m.stanza_id.as_str())
+                .collect::<Vec<_>>(),
+            ["m3"]
+        );
+        assert!(complete);
+        let before = jabbridge::store::rooms::PageQuery {
+            before: m2,
+            max: 5,
+            ..Default::default()
+        };
+        let (page, _) = rooms.page("echo.test", "#lobby", &before).await.unwrap();
+        assert_eq!(
+            page.iter()
+                .map(|m| m.stanza_id.as_str())
+                .collect::<Vec<_>>(),
+            ["m1"]
+        );
         // Retention: m1 is older than what is kept.
         assert_eq!(
             rooms.forget_before("echo.test", now - 5000).await.unwrap(),
