@@ -274,8 +274,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // Once the gateway serves the bridge's events: a rejoin reports some.
         let rejoining = gateway.clone();
         tasks.spawn(
-            async move { crate::gateway::rooms::restore(&rejoining).await }
-                .instrument(span.clone()),
+            async move {
+                crate::gateway::sessions::start_all(&rejoining).await;
+                crate::gateway::rooms::restore(&rejoining).await;
+            }
+            .instrument(span.clone()),
         );
         tasks.spawn(
             crate::gateway::rooms::sweep(gateway.clone(), stopping.clone())

@@ -462,3 +462,93 @@ async fn secrets_are_refused_by_chat() {
     assert!(!text.contains("hunter2"), "{text}");
     harness.nothing_for(Duration::from_secs(60)).await;
 }
+
+/// A bridge with registration that records the sessions the core starts and stops.
+#[derive(Default)]
+struct Sessions {
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl Bridge for Sessions {
+    fn info(&self) -> BridgeInfo {
+        BridgeInfo {
+            gateway_type: "sessions".into(),
+            name: "Sessions gateway".into(),
+            capabilities: Default::default(),
+            registration: Some(Form {
+                title: "Register".into(),
+                instructions: String::new(),
+                fields: vec![Field {
+                    var: "prefix".into(),
+                    label: "Prefix".into(),
+                    kind: FieldKind::Text,
+                    required: false,
+                }],
+            }),
+            prompt: Default::default(),
+        }
+    }
+
+    fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {
+        Ok(ForeignId::new(localpart))
+    }
+
+    async fn send_message(&self, _message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        Ok(SendOutcome::default())
+    }
+
+    async fn start_session(&self, user: &UserJid, _registration: &RegistrationData) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(format!("start {user}"));
+        }
+    }
+
+    async fn stop_session(&self, user: &UserJid, why: jabbridge_sdk::SessionEnd) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(format!("stop {user} {why:?}"));
+        }
+    }
+}
+
+/// A session starts on registration and for every registered user at start, and stops on
+/// unregistering.
+#[tokio::test(start_paused = true)]
+async fn sessions_start_with_registration_and_at_start_and_stop_when_unregistered() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database = format!("sqlite://{}", dir.path().join("jabbridge.db").display());
+    let first_bridge = Arc::new(Sessions::default());
+    let options = |bridge: Arc<Sessions>| Options {
+        bridge: Some(bridge),
+        database: Some(database.clone()),
+        ..Options::default()
+    };
+    let mut first = Harness::start(options(first_bridge.clone())).await;
+    first.register("alice@test").await;
+    let calls = || first_bridge.calls.lock().unwrap().clone();
+    assert_eq!(calls(), ["start alice@test"]);
+    drop(first);
+    let second_bridge = Arc::new(Sessions::default());
+    let mut second = Harness::start(options(second_bridge.clone())).await;
+    assert_eq!(
+        second_bridge.calls.lock().unwrap().clone(),
+        ["start alice@test"]
+    );
+    second
+        .receive(
+            "<iq type='set' from='alice@test/r' to='echo.test' id='u'>\
+             <query xmlns='jabber:iq:register'><remove/></query></iq>",
+        )
+        .await;
+    for _ in 0..4 {
+        let stanza = second.next().await;
+        if stanza.name() == "iq" {
+            assert_eq!(stanza.attr("type"), Some("result"), "{stanza:?}");
+            break;
+        }
+    }
+    assert_eq!(
+        second_bridge.calls.lock().unwrap().clone(),
+        ["start alice@test", "stop alice@test Unregistered"]
+    );
+}

@@ -633,3 +633,138 @@ async fn the_archive_is_paged_with_mam_and_rsm() {
         Some("forbidden")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_gateway_lists_its_rooms_page_by_page() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    harness
+        .receive(&join("alice@test", "#zoo", "alice", ""))
+        .await;
+    take(&mut harness, 3).await;
+    let items = |id: &str, set: &str| {
+        format!(
+            "<iq type='get' from='alice@test/r' to='echo.test' id='{id}'>\
+             <query xmlns='http://jabber.org/protocol/disco#items'>\
+             <set xmlns='http://jabber.org/protocol/rsm'>{set}</set></query></iq>"
+        )
+    };
+    let listed = |answer: &Element| -> (Vec<String>, Option<String>) {
+        let query = answer.children().next().expect("query");
+        let jids = query
+            .children()
+            .filter(|child| child.name() == "item")
+            .filter_map(|item| item.attr("jid").map(str::to_owned))
+            .collect();
+        let count = query
+            .children()
+            .find(|child| child.name() == "set")
+            .and_then(|set| set.children().find(|child| child.name() == "count"))
+            .map(Element::text);
+        (jids, count)
+    };
+    harness.receive(&items("l1", "<max>1</max>")).await;
+    let answer = harness.next().await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    assert_eq!(
+        listed(&answer),
+        (vec!["#lobby@echo.test".to_owned()], Some("2".to_owned()))
+    );
+    harness
+        .receive(&items("l2", "<max>5</max><after>#lobby@echo.test</after>"))
+        .await;
+    let answer = harness.next().await;
+    assert_eq!(listed(&answer).0, ["#zoo@echo.test"]);
+    let name = String::from(&answer);
+    assert!(name.contains("#zoo (2)"), "{name}");
+    harness
+        .receive(
+            "<iq type='get' from='eve@elsewhere/r' to='echo.test' id='l3'>\
+             <query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("forbidden")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moderator_kicks_and_changes_roles_through_the_network() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(&mut harness, 5).await;
+    let admin = |id: &str, item: &str| {
+        format!(
+            "<iq type='set' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
+             <query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+        )
+    };
+    // Bob becomes a moderator: everyone sees his new role, he with 110.
+    harness
+        .receive(&admin("a1", "<item nick='bob' role='moderator'/>"))
+        .await;
+    let stanzas = take(&mut harness, 3).await;
+    let result = stanzas.iter().find(|s| s.name() == "iq").expect("a result");
+    assert_eq!(result.attr("type"), Some("result"));
+    for presence in stanzas.iter().filter(|s| s.name() == "presence") {
+        assert_eq!(from(presence), "#lobby@echo.test/bob");
+        assert_eq!(
+            item(presence).and_then(|i| i.attr("role")),
+            Some("moderator")
+        );
+        let expected: &[&str] = if to(presence) == "bob@test/r" {
+            &["110"]
+        } else {
+            &[]
+        };
+        assert_eq!(codes(presence), expected);
+    }
+    // Alice kicks him with a reason.
+    harness
+        .receive(&admin(
+            "a2",
+            "<item nick='bob' role='none'><reason>enough</reason></item>",
+        ))
+        .await;
+    let stanzas = take(&mut harness, 3).await;
+    for presence in stanzas.iter().filter(|s| s.name() == "presence") {
+        assert_eq!(presence.attr("type"), Some("unavailable"));
+        let actor = item(presence)
+            .and_then(|i| i.children().find(|c| c.name() == "actor"))
+            .and_then(|actor| actor.attr("nick"));
+        assert_eq!(actor, Some("alice"));
+        let expected: &[&str] = if to(presence) == "bob@test/r" {
+            &["307", "110"]
+        } else {
+            &["307"]
+        };
+        assert_eq!(codes(presence), expected);
+    }
+    // Nobody of that nick; and a room where users may not moderate.
+    harness
+        .receive(&admin("a3", "<item nick='ghost' role='none'/>"))
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("item-not-found")
+    );
+    harness
+        .receive(&join("alice@test", "#locked", "alice", ""))
+        .await;
+    take(&mut harness, 3).await;
+    harness
+        .receive(
+            "<iq type='set' from='alice@test/r' to='#locked@echo.test' id='a4'>\
+             <query xmlns='http://jabber.org/protocol/muc#admin'><item nick='echo' role='none'/></query></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-allowed")
+    );
+}

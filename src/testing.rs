@@ -150,6 +150,7 @@ impl Harness {
         let (incoming, receiver) = mpsc::channel(64);
         let gateway_task = tokio::spawn(gateway.clone().run(receiver, core_requests));
         // As at start-up, once the gateway serves the bridge's events.
+        crate::gateway::sessions::start_all(&gateway).await;
         crate::gateway::rooms::restore(&gateway).await;
         Harness {
             gateway,

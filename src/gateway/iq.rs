@@ -107,6 +107,12 @@ async fn answer(
             let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
             Ok(Some(adhoc::command_list(&gateway.domain, &entries).into()))
         }
+        (true, false, ("query", ns::DISCO_ITEMS))
+            if gateway.info.capabilities.rooms && payload.attr("node").is_none() =>
+        {
+            gateway.access.check(&user)?;
+            rooms::list(gateway, &user, payload).await.map(Some)
+        }
         (true, false, ("query", ns::DISCO_INFO)) if payload.attr("node").is_some() => {
             let node = payload.attr("node").unwrap_or_default();
             let commands = commands::catalog(gateway, None);
@@ -156,6 +162,10 @@ async fn room_answer(
             .await
             .map(Some),
         (false, false, "query", muc::NS_MAM) => Ok(Some(muc::archive_form())),
+        (true, false, "query", muc::NS_MUC_ADMIN) => {
+            rooms::administer(gateway, from, room, payload).await?;
+            Ok(None)
+        }
         _ => Err(StanzaFailure::ServiceUnavailable),
     }
 }

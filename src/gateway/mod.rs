@@ -5,8 +5,8 @@
 //! The parts, each a module of free functions over the gateway: [`iq`] (disco, version,
 //! registration form, prompt, ad-hoc commands), [`presence`] (XEP-0100 subscriptions and the
 //! bridge's presence hooks), [`message`] (chat messages to contacts, commands by chat),
-//! [`registration`], [`commands`], [`rooms`] (group chats), and [`core_link`] (what the
-//! bridge asks of the core).
+//! [`registration`], [`sessions`], [`commands`], [`rooms`] (group chats), and [`core_link`]
+//! (what the bridge asks of the core).
 //! Refusals become stanza errors in one place, `Gateway::refuse`; messages go to
 //! [`crate::delivery`].
 
@@ -17,6 +17,7 @@ pub mod message;
 pub mod presence;
 pub mod registration;
 pub mod rooms;
+pub mod sessions;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct Gateway {
     online: presence::Online,
     /// Our users in rooms, and the rooms.
     rooms: Arc<rooms::Rooms>,
+    /// Which users' sessions run.
+    sessions: sessions::Sessions,
     /// `[bridge.rooms]`.
     rooms_config: RoomsConfig,
     /// Timers of the leave grace period need the gateway; it is not theirs to keep alive.
@@ -150,6 +153,7 @@ impl Gateway {
             calls,
             online: presence::Online::default(),
             rooms: Arc::default(),
+            sessions: sessions::Sessions::default(),
             rooms_config: rooms,
             myself: myself.clone(),
             lanes: Lanes::new(LANE_DEPTH),
@@ -187,6 +191,7 @@ impl Gateway {
             }
             // Every call has a timeout, so this ends.
             lanes.join_all().await;
+            sessions::stop_all(&self).await;
         }
         .instrument(span)
         .await;
@@ -281,6 +286,13 @@ impl Gateway {
     /// Queues a stanza on the link.
     pub async fn send(&self, stanza: Element) {
         if self.link.send(stanza).await.is_err() {
+            tracing::warn!("link stopped; a stanza was dropped at shutdown");
+        }
+    }
+
+    /// Queues a stanza known to be writable on the link (a copy of a room message).
+    pub async fn send_writable(&self, stanza: crate::xmpp::xml_safe::Writable) {
+        if self.link.send_writable(stanza).await.is_err() {
             tracing::warn!("link stopped; a stanza was dropped at shutdown");
         }
     }

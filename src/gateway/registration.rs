@@ -1,8 +1,8 @@
 //! XEP-0077 registration as the gateway runs it: the bridge checks the values, the store
 //! keeps them, and XEP-0100 presence subscriptions follow (asked for on registering, ended
-//! both ways on unregistering).
+//! both ways on unregistering), and the user's session starts and stops with it.
 
-use jabbridge_sdk::{FormValues, RegistrationError, UserJid};
+use jabbridge_sdk::{FormValues, RegistrationError, SessionEnd, UserJid};
 use xmpp_parsers::{jid::BareJid, jid::Jid, presence::Type as PresenceType};
 
 use super::{Gateway, presence};
@@ -38,6 +38,7 @@ pub async fn register(
         .await
         .map_err(|error| gateway.storage_failed(error))?;
     tracing::info!(user, new, "user registered");
+    super::sessions::start(gateway, user, &data).await;
     if new && let (Ok(to), Some(from)) = (user.parse::<BareJid>(), gateway.gateway_jid()) {
         let nick = Some(gateway.info.name.clone());
         let subscribe = stanza::presence(PresenceType::Subscribe, from, Jid::from(to), nick);
@@ -78,5 +79,11 @@ pub async fn unregister(
     }
     presence::went_offline(gateway, user, None).await;
     super::rooms::forget_user(gateway, user).await;
+    let why = if by_admin {
+        SessionEnd::Removed
+    } else {
+        SessionEnd::Unregistered
+    };
+    super::sessions::stop(gateway, user, why).await;
     Ok(())
 }

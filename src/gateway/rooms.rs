@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::{
-    CoreError, HistoryWish, JoinError, JoinRequest, Joined, MessageId, Occupant, Posted, Role,
-    RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, SendError, Subject, UserJid,
+    CoreError, HistoryWish, JoinError, JoinRequest, Joined, MessageId, Moderation, Occupant,
+    Posted, Role, RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, SendError, Subject,
+    UserJid,
 };
 use sha2::{Digest, Sha256};
 use xmpp_parsers::{
@@ -29,6 +30,7 @@ use crate::store::rooms::{ArchivedMessage, JoinRow, NewRoomMessage};
 use crate::store::{millis, now_millis};
 use crate::xmpp::muc::{self, OccupantPresence, status};
 use crate::xmpp::stanza::StanzaFailure;
+use crate::xmpp::xml_safe::Writable;
 
 /// Our users in rooms, and the rooms as the bridge reported them. Shared with the timers
 /// that leave a room after the grace period.
@@ -475,7 +477,8 @@ fn archived(
     to: &str,
 ) -> Option<Element> {
     as_room_message(gateway, room, room_jid, message, |message| {
-        muc::addressed(&muc::room_message(message), to, None)
+        let stanza = Writable::new(muc::room_message(message)).ok()?;
+        Some(stanza.with(&[("to", to)]).into_inner())
     })
 }
 
@@ -485,14 +488,14 @@ fn as_room_message(
     room: &RoomId,
     room_jid: &BareJid,
     message: &ArchivedMessage,
-    build: impl FnOnce(&muc::RoomMessage<'_>) -> Element,
+    build: impl FnOnce(&muc::RoomMessage<'_>) -> Option<Element>,
 ) -> Option<Element> {
     let stamp = humantime::format_rfc3339_millis(
         SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(message.said_at).ok()?),
     )
     .to_string();
     let room_name = room_jid.to_string();
-    Some(build(&muc::RoomMessage {
+    build(&muc::RoomMessage {
         from: occupant_jid(room_jid, &message.nick)?,
         room: &room_name,
         stanza_id: &message.stanza_id,
@@ -500,7 +503,7 @@ fn as_room_message(
         occupant_id: &occupant_id(&gateway.domain, room, &message.sender),
         origin_id: message.origin_id.as_deref(),
         delay: Some(&stamp),
-    }))
+    })
 }
 
 /// Answers a XEP-0313 query of a room's archive from one of its members: the page's
@@ -580,7 +583,12 @@ pub(super) async fn archive_query(
     let room_name = room_jid.to_string();
     for message in &messages {
         let result = as_room_message(gateway, room, &room_jid, message, |message| {
-            muc::archive_result(&to, &room_name, query.query_id.as_deref(), message)
+            Some(muc::archive_result(
+                &to,
+                &room_name,
+                query.query_id.as_deref(),
+                message,
+            ))
         });
         if let Some(result) = result {
             gateway.send(result).await;
@@ -687,8 +695,7 @@ async fn change_nick(
         .await?
         .map_err(|error| match error {
             RoomActionError::Forbidden(text) => StanzaFailure::Conflict(text),
-            RoomActionError::NotSupported(text) => StanzaFailure::FeatureNotImplemented(text),
-            RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
+            other => action_failure(other),
         })
 }
 
@@ -732,11 +739,7 @@ pub(super) async fn on_groupchat(
         gateway
             .call("changing the subject", call)
             .await?
-            .map_err(|error| match error {
-                RoomActionError::Forbidden(text) => StanzaFailure::Forbidden(text),
-                RoomActionError::NotSupported(text) => StanzaFailure::FeatureNotImplemented(text),
-                RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
-            })?;
+            .map_err(action_failure)?;
         return Ok(None);
     }
     let Some(text) = text else {
@@ -878,6 +881,126 @@ pub(super) fn ping(gateway: &Gateway, from: &Jid, room: &RoomId) -> Result<(), S
     }
 }
 
+/// The gateway's disco#items: the rooms the network lists for `user`, sorted by address
+/// and paged with XEP-0059 (`after` a room's JID, 100 per page unless asked, at most 500).
+pub(super) async fn list(
+    gateway: &Gateway,
+    user: &str,
+    payload: &Element,
+) -> Result<Element, StanzaFailure> {
+    const DEFAULT_PAGE: usize = 100;
+    const LARGEST_PAGE: usize = 500;
+    let query = xmpp_parsers::disco::DiscoItemsQuery::try_from(payload.clone())
+        .map_err(|error| StanzaFailure::BadRequest(error.to_string()))?;
+    let asker = UserJid::new(user);
+    let listed = gateway
+        .call("listing the rooms", gateway.bridge.list_rooms(&asker))
+        .await?
+        .map_err(action_failure)?;
+    let mut rooms: Vec<(Jid, Option<String>)> = listed
+        .into_iter()
+        .filter_map(|listing| {
+            let jid = Jid::from(room_jid(gateway, &listing.room)?);
+            let name = match (listing.name, listing.occupants) {
+                (Some(name), Some(count)) => format!("{} ({count}): {name}", listing.room),
+                (None, Some(count)) => format!("{} ({count})", listing.room),
+                (Some(name), None) => format!("{}: {name}", listing.room),
+                (None, None) => listing.room.to_string(),
+            };
+            Some((jid, Some(name)))
+        })
+        .collect();
+    rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    rooms.dedup_by(|a, b| a.0 == b.0);
+    let (after, index, max) = query
+        .rsm
+        .map_or((None, None, None), |set| (set.after, set.index, set.max));
+    let start = match &after {
+        None => index.unwrap_or(0),
+        Some(after) => {
+            rooms
+                .iter()
+                .position(|(jid, _)| jid.as_str() == after)
+                .ok_or_else(|| {
+                    StanzaFailure::ItemNotFound(format!("no room {after} in the list"))
+                })?
+                + 1
+        }
+    };
+    let max = max.unwrap_or(DEFAULT_PAGE).min(LARGEST_PAGE);
+    let page = rooms.get(start..).unwrap_or_default();
+    let page = &page[..page.len().min(max)];
+    Ok(muc::room_list(page, start, rooms.len()))
+}
+
+fn action_failure(error: RoomActionError) -> StanzaFailure {
+    match error {
+        RoomActionError::Forbidden(text) => StanzaFailure::Forbidden(text),
+        RoomActionError::NoSuchOccupant(text) => StanzaFailure::ItemNotFound(text),
+        RoomActionError::NotSupported(text) => StanzaFailure::FeatureNotImplemented(text),
+        RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
+    }
+}
+
+/// A moderator's `muc#admin` set (XEP-0045 §8-9) from a joined resource: each item
+/// becomes one [`Moderation`] for the bridge, in order; the first refusal ends it. What the
+/// network then does comes back as room events.
+pub(super) async fn administer(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    payload: &Element,
+) -> Result<(), StanzaFailure> {
+    let user = from.to_bare().to_string();
+    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
+    if gateway.rooms.nick_of(room, &user, &resource).is_none() {
+        return Err(StanzaFailure::NotAcceptable(
+            "you are not in this room: join it first".into(),
+        ));
+    }
+    let items = muc::admin_items(payload).map_err(StanzaFailure::BadRequest)?;
+    let moderator = UserJid::new(user.as_str());
+    for item in items {
+        let action = match (item.role.as_deref(), item.affiliation.as_deref()) {
+            (Some("none"), None) => Moderation::Kick {
+                nick: item.nick,
+                reason: item.reason,
+            },
+            (None, Some("outcast")) => Moderation::Ban {
+                nick: item.nick,
+                reason: item.reason,
+            },
+            (Some(role), None) => Moderation::SetRole {
+                nick: item.nick,
+                role: match role {
+                    "moderator" => Role::Moderator,
+                    "participant" => Role::Participant,
+                    "visitor" => Role::Visitor,
+                    other => {
+                        return Err(StanzaFailure::BadRequest(format!("no role '{other}'")));
+                    }
+                },
+            },
+            _ => {
+                return Err(StanzaFailure::FeatureNotImplemented(
+                    "only kicks (role none), bans (affiliation outcast) and role changes are \
+                     carried"
+                        .into(),
+                ));
+            }
+        };
+        let call = gateway.bridge.moderate(&moderator, room, action);
+        gateway
+            .call("the moderation", call)
+            .await?
+            .map_err(|error| match error {
+                RoomActionError::Forbidden(text) => StanzaFailure::NotAllowed(text),
+                other => action_failure(other),
+            })?;
+    }
+    Ok(())
+}
+
 /// The disco#info of a room.
 pub(super) fn info(gateway: &Gateway, room: &RoomId) -> Element {
     let (subject, occupants) = {
@@ -966,7 +1089,7 @@ async fn said(
         let late = SystemTime::now().duration_since(at).ok()? > Duration::from_secs(5);
         late.then(|| humantime::format_rfc3339_millis(at).to_string())
     });
-    let template = muc::room_message(&muc::RoomMessage {
+    let template = Writable::new(muc::room_message(&muc::RoomMessage {
         from,
         room: &room_name,
         stanza_id: &stanza_id,
@@ -974,20 +1097,41 @@ async fn said(
         occupant_id: &occupant,
         origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
         delay: delay.as_deref(),
-    });
-    let recipients = {
+    }))
+    .map_err(|error| CoreError::Refused(error.to_string()))?;
+    // The copies are made under the lock, straight from the membership (no list of
+    // recipients in between), and sent after it.
+    let copies: Vec<Writable> = {
         let rooms = gateway.rooms.lock();
-        rooms.get(room).map(recipients).unwrap_or_default()
+        let Some(state) = rooms.get(room) else {
+            return Ok(());
+        };
+        let mut copies = Vec::with_capacity(state.members.len());
+        let mut to = String::new();
+        for (user, member) in &state.members {
+            let own_id = poster
+                .as_ref()
+                .filter(|poster| poster.user == *user)
+                .and_then(|poster| poster.stanza_id.as_deref());
+            for resource in &member.resources {
+                to.clear();
+                to.push_str(user);
+                if !resource.is_empty() {
+                    to.push('/');
+                    to.push_str(resource);
+                }
+                copies.push(match own_id {
+                    Some(id) => template.with(&[("to", &to), ("id", id)]),
+                    None => template.with(&[("to", &to)]),
+                });
+            }
+        }
+        copies
     };
-    let count = recipients.len();
-    for (user, _, to) in recipients {
-        let own_id = poster
-            .as_ref()
-            .filter(|poster| poster.user == user)
-            .and_then(|poster| poster.stanza_id.as_deref());
-        gateway.send(muc::addressed(&template, &to, own_id)).await;
+    crate::metrics::room_message(&gateway.domain, copies.len());
+    for copy in copies {
+        gateway.send_writable(copy).await;
     }
-    crate::metrics::room_message(&gateway.domain, count);
     Ok(())
 }
 

@@ -6,10 +6,7 @@
 use jabbridge_sdk::{Affiliation, Role};
 use xmpp_parsers::{
     jid::Jid,
-    minidom::{
-        Element, ElementBuilder,
-        rxml::{Namespace, NcName},
-    },
+    minidom::{Element, ElementBuilder, rxml::NcName},
 };
 
 /// Sets attributes on a builder by `&'static str` name (ours, always valid names).
@@ -23,13 +20,6 @@ impl With for ElementBuilder {
             Ok(name) => self.attr(name, value.into()),
             Err(_) => self,
         }
-    }
-}
-
-/// Sets an attribute of a built element by `&'static str` name.
-fn set(element: &mut Element, name: &'static str, value: &str) {
-    if let Ok(name) = NcName::try_from(name) {
-        element.set_attr(Namespace::none().clone(), name, value);
     }
 }
 
@@ -153,7 +143,7 @@ pub fn occupant(presence: &OccupantPresence<'_>) -> Element {
         .build()
 }
 
-/// A message said in a room, before its recipient is set ([`addressed`]).
+/// A message said in a room, before its recipient is set.
 #[derive(Clone)]
 pub struct RoomMessage<'a> {
     /// `room@domain/nick` of the sender.
@@ -172,7 +162,8 @@ pub struct RoomMessage<'a> {
     pub delay: Option<&'a str>,
 }
 
-/// A groupchat message with no `to` yet: clone it per recipient with [`addressed`].
+/// A groupchat message with no `to` yet: made writable once and copied per recipient
+/// ([`crate::xmpp::xml_safe::Writable::with`]).
 pub fn room_message(message: &RoomMessage<'_>) -> Element {
     groupchat(message, NS_COMPONENT)
 }
@@ -341,16 +332,6 @@ pub fn archive_form() -> Element {
     Element::builder("query", NS_MAM).append(form).build()
 }
 
-/// `stanza` addressed to `to`, and with the `id` the recipient's own post had, when given.
-pub fn addressed(stanza: &Element, to: &str, id: Option<&str>) -> Element {
-    let mut stanza = stanza.clone();
-    set(&mut stanza, "to", to);
-    if let Some(id) = id {
-        set(&mut stanza, "id", id);
-    }
-    stanza
-}
-
 /// The room's subject (XEP-0045 §7.2.15), from the room or the nick who set it; an empty
 /// `<subject/>` when there is none, which tells the client the join is complete.
 pub fn subject(from: Jid, to: Jid, text: &str, id: &str) -> Element {
@@ -407,6 +388,79 @@ pub fn is_muc_user_payload(message: &Element) -> bool {
 /// (XEP-0045 §7.5).
 pub fn private_marker() -> Element {
     Element::builder("x", NS_MUC_USER).build()
+}
+
+/// XEP-0045 §8-10 administration.
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+
+/// One `<item/>` of a `muc#admin` set: whom (by nick), what (a role or an affiliation), why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminItem {
+    /// The occupant's nick.
+    pub nick: String,
+    /// The role asked for, as written.
+    pub role: Option<String>,
+    /// The affiliation asked for, as written.
+    pub affiliation: Option<String>,
+    /// `<reason/>`.
+    pub reason: Option<String>,
+}
+
+/// Reads the items of a `muc#admin` query; an error says what is wrong. Occupants are
+/// named by nick (a bridged room's occupants have no JIDs to name them by).
+pub fn admin_items(payload: &Element) -> Result<Vec<AdminItem>, String> {
+    let items: Vec<AdminItem> = payload
+        .children()
+        .filter(|child| child.name() == "item")
+        .map(|item| {
+            Ok(AdminItem {
+                nick: item
+                    .attr("nick")
+                    .filter(|nick| !nick.is_empty())
+                    .ok_or("name the occupant by nick: occupants here have no JIDs")?
+                    .to_owned(),
+                role: item.attr("role").map(str::to_owned),
+                affiliation: item.attr("affiliation").map(str::to_owned),
+                reason: item
+                    .children()
+                    .find(|child| child.name() == "reason")
+                    .map(Element::text),
+            })
+        })
+        .collect::<Result<_, &str>>()?;
+    if items.is_empty() {
+        return Err("a muc#admin set needs an <item/>".into());
+    }
+    Ok(items)
+}
+
+/// A page of the gateway's room list (disco#items with XEP-0059): `(room JID, name)` pairs,
+/// where the page starts in the whole list, and how long the list is.
+pub fn room_list(page: &[(Jid, Option<String>)], first_index: usize, count: usize) -> Element {
+    use xmpp_parsers::disco::{DiscoItemsResult, Item};
+    use xmpp_parsers::rsm::{First, SetResult};
+    let items = page
+        .iter()
+        .map(|(jid, name)| Item {
+            jid: jid.clone(),
+            node: None,
+            name: name.clone(),
+        })
+        .collect();
+    let rsm = SetResult {
+        first: page.first().map(|(jid, _)| First {
+            index: Some(first_index),
+            item: jid.to_string(),
+        }),
+        last: page.last().map(|(jid, _)| jid.to_string()),
+        count: Some(count),
+    };
+    DiscoItemsResult {
+        node: None,
+        items,
+        rsm: Some(rsm),
+    }
+    .into()
 }
 
 /// The disco#info of a room: `conference/text`, MUC, its features, and `muc#roominfo`.

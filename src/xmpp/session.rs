@@ -40,7 +40,7 @@ use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns,
 use super::bounded::{Inbound, MAX_DEPTH};
 use super::depth_guard::DepthGuard;
 use super::stanza::{StanzaFailure, StanzaHeader, error_reply};
-use super::xml_safe::{Unwritable, make_writable};
+use super::xml_safe::{Unwritable, Writable, make_writable};
 use crate::metrics;
 
 type Stream = XmlStream<BufStream<DepthGuard<TcpStream>>, Inbound>;
@@ -166,6 +166,8 @@ pub struct Outgoing {
     stanza: Element,
     written: Option<oneshot::Sender<Result<(), Unwritable>>>,
     acked: Option<oneshot::Sender<()>>,
+    /// Already writable ([`Writable`]): not walked again before it is written.
+    writable: bool,
 }
 
 /// Why [`LinkHandle::send_and_confirm`] did not write a stanza.
@@ -197,6 +199,7 @@ impl Outgoing {
             stanza,
             written: None,
             acked: None,
+            writable: false,
         }
     }
 
@@ -231,6 +234,19 @@ impl LinkHandle {
             .map_err(|error| error.0.stanza)
     }
 
+    /// Queues a stanza known to be writable (a copy of a room message), which the link
+    /// writes without checking it again.
+    pub async fn send_writable(&self, stanza: Writable) -> Result<(), Element> {
+        let outgoing = Outgoing {
+            writable: true,
+            ..Outgoing::plain(stanza.into_inner())
+        };
+        self.outgoing
+            .send(outgoing)
+            .await
+            .map_err(|error| error.0.stanza)
+    }
+
     /// Queues a stanza and resolves once it has been written to the server's socket, with
     /// what resolves once the server acknowledged it: what the durable inbox waits for
     /// before it marks a message delivered. Resolves to [`NotWritten::LinkStopped`] if the
@@ -245,6 +261,7 @@ impl LinkHandle {
                 stanza,
                 written: Some(written),
                 acked: Some(acked),
+                writable: false,
             })
             .await
             .map_err(|_| NotWritten::LinkStopped)?;
@@ -773,7 +790,12 @@ async fn write(
     acks: &mut Acks<'_>,
     mut outgoing: Outgoing,
 ) -> Result<(), LinkError> {
-    match make_writable(&mut outgoing.stanza) {
+    let checked = if outgoing.writable {
+        Ok(0)
+    } else {
+        make_writable(&mut outgoing.stanza)
+    };
+    match checked {
         Ok(0) => {}
         Ok(dropped) => {
             tracing::debug!(

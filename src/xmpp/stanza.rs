@@ -64,6 +64,9 @@ pub enum StanzaFailure {
     /// The stanza breaks a bound on its shape (nesting, size…); the text says which.
     #[error("policy violation: {0}")]
     PolicyViolation(String),
+    /// The sender may not do this here (a kick without the rights to).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// The name asked for is taken (a nick in a room).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -115,6 +118,11 @@ impl StanzaFailure {
                 text.as_str(),
             ),
             Self::Conflict(text) => (ErrorType::Cancel, DefinedCondition::Conflict, text.as_str()),
+            Self::NotAllowed(text) => (
+                ErrorType::Cancel,
+                DefinedCondition::NotAllowed,
+                text.as_str(),
+            ),
             Self::RegistrationRequired(text) => (
                 ErrorType::Auth,
                 DefinedCondition::RegistrationRequired,
@@ -161,6 +169,7 @@ impl StanzaFailure {
             Self::Forbidden(_) => "forbidden",
             Self::RegistrationRequired(_) => "registration-required",
             Self::Conflict(_) => "conflict",
+            Self::NotAllowed(_) => "not-allowed",
             Self::NotAuthorized(_) => "not-authorized",
             Self::ResourceConstraint(_) => "resource-constraint",
             Self::Timeout(_) => "remote-server-timeout",

@@ -8,8 +8,46 @@
 //! through [`make_writable`] just before it is written: forbidden characters are dropped
 //! (as Biboumi does), wherever they are — bodies, error texts, status texts, nicks, form
 //! values, subjects, attribute values.
+//!
+//! A stanza sent to many recipients (a room message fanned out) is made writable once, as a
+//! [`Writable`], and its copies differ only in attributes cleaned as they are set: the link
+//! writes those without walking them again.
 
-use xmpp_parsers::minidom::{Element, Node};
+use xmpp_parsers::minidom::{
+    Element, Node,
+    rxml::{Namespace, NcName},
+};
+
+/// A stanza known to be writable: [`make_writable`] passed on it once. Its copies
+/// ([`Writable::with`]) stay writable, since the attributes they set are cleaned.
+#[derive(Debug, Clone)]
+pub struct Writable(Element);
+
+impl Writable {
+    /// Makes `stanza` writable, or says why it cannot be.
+    pub fn new(mut stanza: Element) -> Result<Writable, Unwritable> {
+        make_writable(&mut stanza)?;
+        Ok(Writable(stanza))
+    }
+
+    /// A copy with these attributes set (or replaced), each value cleaned.
+    pub fn with(&self, attributes: &[(&'static str, &str)]) -> Writable {
+        let mut stanza = self.0.clone();
+        for (name, value) in attributes {
+            let mut value = String::from(*value);
+            clean(&mut value);
+            if let Ok(name) = NcName::try_from(*name) {
+                stanza.set_attr(Namespace::none().clone(), name, value);
+            }
+        }
+        Writable(stanza)
+    }
+
+    /// The stanza.
+    pub fn into_inner(self) -> Element {
+        self.0
+    }
+}
 
 /// Whether XML 1.0 allows `character` in text and attribute values.
 pub fn is_xml_char(character: char) -> bool {
@@ -77,6 +115,24 @@ pub fn make_writable(stanza: &mut Element) -> Result<usize, Unwritable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_writable_template_and_its_copies_are_clean() {
+        let namespace = "jabber:component:accept";
+        let template = Element::builder("message", namespace)
+            .append(Element::builder("body", namespace).append("a\u{1}b"))
+            .build();
+        let template = Writable::new(template).expect("writable");
+        let copy = template
+            .with(&[("to", "x\u{1}@y/r"), ("id", "i\u{2}d")])
+            .into_inner();
+        assert_eq!(copy.attr("to"), Some("x@y/r"));
+        assert_eq!(copy.attr("id"), Some("id"));
+        let body = copy.children().next().expect("body");
+        assert_eq!(body.text(), "ab");
+        // The template is not changed by its copies.
+        assert_eq!(template.into_inner().attr("to"), None);
+    }
 
     #[test]
     fn forbidden_characters_are_found_and_dropped() {

@@ -579,14 +579,15 @@ say_token = "{token}"
             try:
                 with Watch(self, results, "echo"):
                     self.echo(name, domain, process, clients, results)
+                if name != "null" and self.arguments.room_load:
+                    # Before the say and drain phases: its users are not the clients'.
+                    with Watch(self, results, "room"):
+                        self.room(name, domain, process, results)
                 if name != "null":
                     with Watch(self, results, "say"):
                         say_load = self.say(name, domain, process, clients, results)
                     with Watch(self, results, "drain"):
                         clients = self.drain(name, process, clients, say_load, results)
-                    if self.arguments.room_load:
-                        with Watch(self, results, "room"):
-                            self.room(name, domain, process, results)
                 results["peak_rss_kib"] = status_kib(process.pid, "VmHWM")
             finally:
                 self.stop_clients(clients)

@@ -21,9 +21,9 @@ use jabbridge_sdk::secrecy::SecretString;
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
     ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, JoinError,
-    JoinRequest, Joined, MessageId, OutgoingMessage, Posted, Prompt, RegistrationData,
-    RegistrationError, RoomActionError, RoomId, RoomPost, SendError, SendOutcome, Settings,
-    UserJid, async_trait, auth, respond,
+    JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt, RegistrationData,
+    RegistrationError, RoomActionError, RoomId, RoomListing, RoomPost, SendError, SendOutcome,
+    Settings, UserJid, async_trait, auth, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -147,6 +147,19 @@ impl Bridge for Echo {
     async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
         let id = self.fresh_id();
         self.rooms.post(&self.core, post, id).await
+    }
+
+    async fn moderate(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        action: Moderation,
+    ) -> Result<(), RoomActionError> {
+        self.rooms.moderate(&self.core, user, room, action).await
+    }
+
+    async fn list_rooms(&self, _user: &UserJid) -> Result<Vec<RoomListing>, RoomActionError> {
+        Ok(self.rooms.list().await)
     }
 
     async fn change_nick(

@@ -12,14 +12,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use jabbridge_sdk::{
-    Affiliation, Core, CoreError, ForeignId, JoinError, JoinRequest, Joined, MessageId, Occupant,
-    Posted, Role, RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, SendError, Subject,
-    UserJid, secrecy::ExposeSecret,
+    Affiliation, Core, CoreError, ForeignId, JoinError, JoinRequest, Joined, MessageId, Moderation,
+    Occupant, Posted, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
+    SendError, Subject, UserJid, secrecy::ExposeSecret,
 };
 use tokio::sync::Mutex;
 
 /// The bot's nick.
 pub const BOT: &str = "echo";
+/// The room always listed.
+pub const LOBBY: &str = "#lobby";
 
 /// Every room with someone in it.
 #[derive(Default)]
@@ -31,20 +33,43 @@ pub struct EchoRooms {
 struct Room {
     /// Our users in the room: nick → user.
     users: BTreeMap<String, UserJid>,
+    /// Roles given by moderators (participant otherwise).
+    roles: BTreeMap<String, Role>,
     subject: String,
-    /// Nicks banned from the room.
+    /// Users banned from the room.
     banned: Vec<UserJid>,
 }
 
 impl Room {
     fn occupants(&self) -> Vec<Occupant> {
         let mut occupants = vec![bot()];
-        occupants.extend(
-            self.users
-                .iter()
-                .map(|(nick, user)| user_occupant(nick, user)),
-        );
+        occupants.extend(self.users.keys().filter_map(|nick| self.occupant(nick)));
         occupants
+    }
+
+    fn occupant(&self, nick: &str) -> Option<Occupant> {
+        let user = self.users.get(nick)?;
+        Some(Occupant {
+            role: self.roles.get(nick).copied().unwrap_or_default(),
+            ..user_occupant(nick, user)
+        })
+    }
+
+    /// Takes `nick` out (left, kicked, banned): their user, if it was one.
+    fn remove(&mut self, nick: &str) -> Option<UserJid> {
+        self.roles.remove(nick);
+        self.users.remove(nick)
+    }
+
+    /// Renames `old` to `new`, role and all.
+    fn rename(&mut self, old: &str, new: &str) -> Option<()> {
+        let role = self.roles.remove(old);
+        let user = self.users.remove(old)?;
+        self.users.insert(new.to_owned(), user);
+        if let Some(role) = role {
+            self.roles.insert(new.to_owned(), role);
+        }
+        Some(())
     }
 
     fn nick_of(&self, user: &UserJid) -> Option<String> {
@@ -148,7 +173,7 @@ impl EchoRooms {
             let Some(nick) = room.nick_of(user) else {
                 return;
             };
-            room.users.remove(&nick);
+            room.remove(&nick);
             if room.users.is_empty() && room.banned.is_empty() {
                 rooms.remove(room_id);
             }
@@ -206,7 +231,7 @@ impl EchoRooms {
         let room = rooms.get_mut(room_id)?;
         match (command, target) {
             ("!kick", Some(nick)) | ("!ban", Some(nick)) if nick != BOT => {
-                let user = room.users.remove(&nick);
+                let user = room.remove(&nick);
                 let by = Some(by.to_owned());
                 if command == "!ban" {
                     room.banned.extend(user);
@@ -239,12 +264,85 @@ impl EchoRooms {
                 if new == BOT || room.users.contains_key(&new) {
                     return None;
                 }
-                let user = room.users.remove(&old)?;
-                room.users.insert(new.clone(), user);
+                room.rename(&old, &new)?;
                 Some(RoomEvent::Renamed { old, new })
             }
             _ => None,
         }
+    }
+
+    /// The rooms: `#lobby` always, and every room with someone in it.
+    pub async fn list(&self) -> Vec<RoomListing> {
+        let rooms = self.rooms.lock().await;
+        let mut listed: Vec<RoomListing> = rooms
+            .iter()
+            .map(|(room, state)| RoomListing {
+                room: room.clone(),
+                name: (!state.subject.is_empty()).then(|| state.subject.clone()),
+                occupants: u32::try_from(state.users.len() + 1).ok(),
+            })
+            .collect();
+        if !rooms.contains_key(&RoomId::new(LOBBY)) {
+            listed.push(RoomListing {
+                room: RoomId::new(LOBBY),
+                name: None,
+                occupants: Some(1),
+            });
+        }
+        listed
+    }
+
+    /// A moderator's kick, ban or role change: anyone may, except in `#locked…` rooms.
+    pub async fn moderate(
+        &self,
+        core: &Core,
+        user: &UserJid,
+        room_id: &RoomId,
+        action: Moderation,
+    ) -> Result<(), RoomActionError> {
+        if room_id.as_str().starts_with("#locked") {
+            return Err(RoomActionError::Forbidden(
+                "only the bot moderates here".into(),
+            ));
+        }
+        let event = {
+            let mut rooms = self.rooms.lock().await;
+            let room = rooms
+                .get_mut(room_id)
+                .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))?;
+            let by = room.nick_of(user);
+            let nick = match &action {
+                Moderation::Kick { nick, .. }
+                | Moderation::Ban { nick, .. }
+                | Moderation::SetRole { nick, .. } => nick.clone(),
+            };
+            if !room.users.contains_key(&nick) {
+                return Err(RoomActionError::NoSuchOccupant(format!(
+                    "nobody in {room_id} is called {nick}"
+                )));
+            }
+            match action {
+                Moderation::Kick { reason, .. } => {
+                    room.remove(&nick);
+                    RoomEvent::Kicked { nick, by, reason }
+                }
+                Moderation::Ban { reason, .. } => {
+                    let banned = room.remove(&nick);
+                    room.banned.extend(banned);
+                    RoomEvent::Banned { nick, by, reason }
+                }
+                Moderation::SetRole { role, .. } => {
+                    room.roles.insert(nick.clone(), role);
+                    let occupant = room.occupant(&nick).ok_or_else(|| {
+                        RoomActionError::NoSuchOccupant(format!("{nick} just left"))
+                    })?;
+                    RoomEvent::Occupant(occupant)
+                }
+            }
+        };
+        core.room_event(room_id, event)
+            .await
+            .map_err(|error| RoomActionError::Unavailable(error.to_string()))
     }
 
     /// A user's nick change.
@@ -266,8 +364,7 @@ impl EchoRooms {
             let old = room
                 .nick_of(user)
                 .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))?;
-            room.users.remove(&old);
-            room.users.insert(new.to_owned(), user.clone());
+            room.rename(&old, new);
             old
         };
         let renamed = RoomEvent::Renamed {

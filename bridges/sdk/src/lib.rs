@@ -40,8 +40,8 @@ pub use crate::message::{
     SendOutcome, UserStatus,
 };
 pub use crate::room::{
-    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Occupant, Posted, Role,
-    RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, Subject,
+    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant, Posted, Role,
+    RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost, Subject,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
@@ -129,6 +129,17 @@ pub enum BridgeError {
     /// The bridge failed while running; the core logs it and restarts `run` with backoff.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why a user's session ends ([`Bridge::stop_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The user unregistered.
+    Unregistered,
+    /// An admin removed the user.
+    Removed,
+    /// Jabbridge is shutting down; the session starts again at the next start.
+    Shutdown,
 }
 
 /// Why a foreign address could not be parsed from a JID localpart. The core answers the
@@ -237,6 +248,20 @@ pub trait Bridge: Send + Sync + 'static {
         UserStatus::Connected(None)
     }
 
+    /// Starts `user`'s session: called for every registered user when Jabbridge starts, when
+    /// a user registers, and again when they register anew with other data (`registration`
+    /// is what [`Bridge::register`] returned). A bridge that keeps a foreign connection per
+    /// user opens it here, or lazily on the user's first join; it reports the link's state
+    /// with [`Core::set_status`], which the user sees as the gateway's presence (XEP-0100).
+    /// Return soon: connect in a task of the bridge's own. The default does nothing.
+    async fn start_session(&self, _user: &UserJid, _registration: &RegistrationData) {}
+
+    /// Ends `user`'s session ([`SessionEnd`] says why): close their foreign connection and
+    /// forget what was kept for them in memory. On unregistering, their rooms were left
+    /// first ([`Bridge::leave_room`]); at shutdown they stay recorded, and are joined again
+    /// at the next start. The default does nothing.
+    async fn stop_session(&self, _user: &UserJid, _why: SessionEnd) {}
+
     /// Tells the bridge that a registered user came online (first resource) or went offline
     /// (last resource), e.g. to connect or disconnect them. The default ignores it.
     async fn user_presence(&self, _user: &UserJid, _online: bool) {}
@@ -295,6 +320,28 @@ pub trait Bridge: Send + Sync + 'static {
         Err(SendError::Permanent {
             reason: "this bridge has no group chats".into(),
         })
+    }
+
+    /// The rooms the network lists for `user`, for the gateway's disco#items (the core
+    /// sorts and pages them). May do I/O (IRC's `LIST`), within the call timeout. The
+    /// default lists none.
+    async fn list_rooms(&self, _user: &UserJid) -> Result<Vec<RoomListing>, RoomActionError> {
+        Ok(Vec::new())
+    }
+
+    /// Asks the network to kick, ban, or change the role of an occupant for `user`, a
+    /// moderator in the XMPP client (XEP-0045 §8-9). Report the outcome as the network's
+    /// [`RoomEvent`]. The default refuses (`feature-not-implemented`); `Forbidden` becomes
+    /// `not-allowed`.
+    async fn moderate(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _action: Moderation,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot moderate rooms".into(),
+        ))
     }
 
     /// Changes a user's nick in a room (they sent presence to `room/new-nick`). Report the

@@ -243,12 +243,55 @@ pub enum RoomEvent {
     Subject(Subject),
 }
 
-/// Why a room action (a subject change, a nick change) was refused.
+/// What a moderator asks of the network through [`crate::Bridge::moderate`] (XEP-0045 §8-9).
+/// The outcome is reported as the [`RoomEvent`] the network sends (kicked, banned, an
+/// occupant's new role).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moderation {
+    /// Put `nick` out of the room (IRC `KICK`).
+    Kick {
+        /// Who.
+        nick: String,
+        /// Why, if said.
+        reason: Option<String>,
+    },
+    /// Keep `nick` out of the room (IRC `MODE +b` and `KICK`).
+    Ban {
+        /// Who.
+        nick: String,
+        /// Why, if said.
+        reason: Option<String>,
+    },
+    /// Give `nick` another role (IRC `+o`/`-o`, `+v`/`-v`).
+    SetRole {
+        /// Who.
+        nick: String,
+        /// The role.
+        role: Role,
+    },
+}
+
+/// A room the network lists (IRC's `LIST`): an entry of the gateway's disco#items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomListing {
+    /// The room.
+    pub room: RoomId,
+    /// What to show besides its address (a topic, a title), if anything.
+    pub name: Option<String>,
+    /// How many are in it, when the network says.
+    pub occupants: Option<u32>,
+}
+
+/// Why a room action (a subject change, a nick change, a kick) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoomActionError {
-    /// The user may not do it here: `forbidden`.
+    /// The user may not do it here: `forbidden` (`not-allowed` for moderation, `conflict`
+    /// for a nick).
     #[error("{0}")]
     Forbidden(String),
+    /// There is nobody of that nick in the room: `item-not-found`.
+    #[error("{0}")]
+    NoSuchOccupant(String),
     /// The bridge cannot do it: `feature-not-implemented`.
     #[error("{0}")]
     NotSupported(String),

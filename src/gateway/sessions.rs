@@ -1,0 +1,90 @@
+//! Users' sessions with the bridge ([`jabbridge_sdk::Bridge::start_session`]): started for
+//! every registered user at start and on registration, stopped on unregistering, removal
+//! and shutdown. Which sessions run is kept here, so that shutdown stops each once.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use jabbridge_sdk::{RegistrationData, SessionEnd, UserJid};
+
+use super::Gateway;
+
+/// How long shutdown waits for the bridge to stop every session.
+const STOPPING: Duration = Duration::from_secs(5);
+
+/// The users whose session runs.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    running: Mutex<BTreeSet<String>>,
+}
+
+impl Sessions {
+    fn set(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many sessions run.
+    pub fn count(&self) -> usize {
+        self.set().len()
+    }
+}
+
+/// Starts (or, for a user who registered anew, starts again) `user`'s session.
+pub async fn start(gateway: &Gateway, user: &str, registration: &RegistrationData) {
+    gateway.sessions.set().insert(user.to_owned());
+    let jid = UserJid::new(user);
+    let call = gateway.bridge.start_session(&jid, registration);
+    if let Err(failure) = gateway.call("starting a session", call).await {
+        tracing::warn!(user, %failure, "starting a session timed out");
+    }
+}
+
+/// Stops `user`'s session, if it runs.
+pub async fn stop(gateway: &Gateway, user: &str, why: SessionEnd) {
+    if !gateway.sessions.set().remove(user) {
+        return;
+    }
+    let jid = UserJid::new(user);
+    let call = gateway.bridge.stop_session(&jid, why);
+    if let Err(failure) = gateway.call("stopping a session", call).await {
+        tracing::warn!(user, %failure, "stopping a session timed out");
+    }
+}
+
+/// At start: a session for every registered user.
+pub async fn start_all(gateway: &Gateway) {
+    let users = match gateway.store.registered_jids(&gateway.domain).await {
+        Ok(users) => users,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the registered users to start their sessions");
+            return;
+        }
+    };
+    for user in users {
+        let registration = match gateway.store.registration(&gateway.domain, &user).await {
+            Ok(Some(registration)) => registration,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(user, %error, "cannot read a registration; no session");
+                continue;
+            }
+        };
+        start(gateway, &user, &registration).await;
+    }
+}
+
+/// At shutdown: every session stops, within a few seconds in all.
+pub async fn stop_all(gateway: &Gateway) {
+    let users: Vec<String> = gateway.sessions.set().iter().cloned().collect();
+    let stopping = async {
+        for user in users {
+            stop(gateway, &user, SessionEnd::Shutdown).await;
+        }
+    };
+    if tokio::time::timeout(STOPPING, stopping).await.is_err() {
+        tracing::warn!("the bridge did not stop every session in time");
+    }
+}
