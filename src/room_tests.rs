@@ -768,3 +768,39 @@ async fn a_moderator_kicks_and_changes_roles_through_the_network() {
         Some("not-allowed")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_last_resource_leaving_leaves_the_foreign_room_only_after_the_grace_period() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(&mut harness, 5).await;
+    let leave = "<presence type='unavailable' from='alice@test/r' to='#lobby@echo.test/alice'/>";
+    // Alice's phone drops and comes back within the grace period: the network never saw
+    // her go (Bob sees nothing), and she gets the room again.
+    harness.receive(leave).await;
+    assert_eq!(codes(&harness.next().await), ["110"]);
+    harness.advance(Duration::from_secs(30)).await;
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    let back = take(&mut harness, 4).await;
+    assert!(
+        back.iter().all(|stanza| to(stanza) == "alice@test/r"),
+        "{back:?}"
+    );
+    harness.nothing_for(Duration::from_secs(60)).await;
+    // She leaves for good: after the grace period (60 s) the bridge leaves the room, and
+    // Bob sees her go.
+    harness.receive(leave).await;
+    assert_eq!(codes(&harness.next().await), ["110"]);
+    harness.nothing_for(Duration::from_secs(50)).await;
+    harness.advance(Duration::from_secs(11)).await;
+    let gone = harness.next().await;
+    assert_eq!(to(&gone), "bob@test/r");
+    assert_eq!(from(&gone), "#lobby@echo.test/alice");
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+}

@@ -567,9 +567,9 @@ say_token = "{token}"
             cpu_us=(after - before) / TICKS * 1e6 / received if received else None)
         return clients
 
-    def contender(self, name, start):
+    def contender(self, name, start, results):
+        # Fills `results` as it goes, so that a phase that fails keeps what came before.
         domain = name + ".localhost"
-        results = {}
         log("%s: starting" % name)
         process = start()
         try:
@@ -593,7 +593,6 @@ say_token = "{token}"
                 self.stop_clients(clients)
         finally:
             self.processes.stop(process)
-        return results
 
     def run(self):
         contenders = [name for name in self.arguments.only.split(",") if name]
@@ -608,11 +607,12 @@ say_token = "{token}"
         }
         results = {}
         for name in contenders:
+            results[name] = {}
             try:
-                results[name] = self.contender(name, starts[name])
+                self.contender(name, starts[name], results[name])
             except Exception as error:  # noqa: BLE001 - report and go on with the others
                 log("%s failed: %s" % (name, error))
-                results[name] = {"error": str(error)}
+                results[name]["error"] = str(error)
         return results
 
 
