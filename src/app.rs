@@ -281,7 +281,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .instrument(span.clone()),
         );
         tasks.spawn(
-            crate::gateway::rooms::sweep(gateway.clone(), stopping.clone())
+            crate::gateway::rooms::maintain(gateway.clone(), stopping.clone())
                 .instrument(span.clone()),
         );
         tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));

@@ -498,6 +498,9 @@ async fn after_a_restart_joins_stand_and_a_rejoin_resyncs_without_a_second_join(
             )
             .await;
         take(&mut harness, 2).await;
+        // The room's cursor is written within a second: nothing is resent after this.
+        harness.advance(Duration::from_secs(2)).await;
+        crate::testing::real_sleep(Duration::from_millis(200)).await;
     }
     let mut harness = Harness::start(options()).await;
     // Still in: the self-ping says so, with nothing else sent.
@@ -803,4 +806,66 @@ async fn the_last_resource_leaving_leaves_the_foreign_room_only_after_the_grace_
     assert_eq!(to(&gone), "bob@test/r");
     assert_eq!(from(&gone), "#lobby@echo.test/alice");
     assert_eq!(gone.attr("type"), Some("unavailable"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let options = || Options {
+        database: Some(url.clone()),
+        ..Options::default()
+    };
+    {
+        let mut harness = Harness::start(options()).await;
+        enter(&mut harness, "alice@test", "alice", 1).await;
+        harness
+            .receive(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='m1'>\
+                 <body>before</body></message>",
+            )
+            .await;
+        take(&mut harness, 2).await;
+        // The cursors are written every second.
+        harness.advance(Duration::from_secs(2)).await;
+        crate::testing::real_sleep(Duration::from_millis(200)).await;
+    }
+    // The crash: a line was archived, and its copies never reached the server.
+    // (Between harnesses tokio's paused clock runs free: no timeout that could fire.)
+    let year = Duration::from_secs(365 * 86_400);
+    let store =
+        crate::store::Store::connect_waiting(&secrecy::SecretString::from(url.clone()), 1, year)
+            .await
+            .expect("the database");
+    let lost = crate::store::rooms::NewRoomMessage {
+        foreign_id: "lost-1",
+        stanza_id: "stanza-lost-1",
+        nick: "carl",
+        sender: "carl",
+        text: "said as it crashed",
+        origin_id: None,
+        poster: None,
+        said_at: crate::store::now_millis(),
+    };
+    store
+        .rooms()
+        .archive(crate::testing::DOMAIN, "#lobby", &lost)
+        .await
+        .expect("archived");
+    store.close().await;
+    let mut harness = Harness::start(options()).await;
+    // Sent once more, to Alice (still joined), with the room's stanza-id; "before", which
+    // the server had, is not.
+    let resent = harness.next().await;
+    assert_eq!(to(&resent), "alice@test/r");
+    assert_eq!(from(&resent), "#lobby@echo.test/carl");
+    assert_eq!(body(&resent).as_deref(), Some("said as it crashed"));
+    let stanza_id = resent
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .and_then(|id| id.attr("id"));
+    assert_eq!(stanza_id, Some("stanza-lost-1"));
+    harness.nothing_for(Duration::from_millis(200)).await;
 }

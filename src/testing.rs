@@ -74,6 +74,8 @@ pub struct Harness {
     outgoing: mpsc::Receiver<Outgoing>,
     _stop: watch::Sender<bool>,
     gateway_task: JoinHandle<()>,
+    /// The rooms' upkeep (cursors, retention), as `app.rs` runs it.
+    upkeep: JoinHandle<()>,
     /// Dropped to let go of the clock (see [`hold_the_clock`]).
     _clock: std::sync::mpsc::Sender<()>,
 }
@@ -135,7 +137,7 @@ impl Harness {
                 link,
                 store,
                 committer,
-                shutdown: stopping,
+                shutdown: stopping.clone(),
             },
             Policy {
                 access: Access::new(DOMAIN, &options.allow, &options.admins, options.rate_limit),
@@ -152,12 +154,14 @@ impl Harness {
         // As at start-up, once the gateway serves the bridge's events.
         crate::gateway::sessions::start_all(&gateway).await;
         crate::gateway::rooms::restore(&gateway).await;
+        let upkeep = tokio::spawn(crate::gateway::rooms::maintain(gateway.clone(), stopping));
         Harness {
             gateway,
             incoming,
             outgoing,
             _stop: stop,
             gateway_task,
+            upkeep,
             _clock: clock,
         }
     }
@@ -227,6 +231,7 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.gateway_task.abort();
+        self.upkeep.abort();
     }
 }
 

@@ -50,6 +50,12 @@ struct Room {
     subject: Option<Subject>,
     /// Our users in the room, by bare JID.
     members: BTreeMap<String, Member>,
+    /// The highest archive id whose copies the server acknowledged.
+    acked: i64,
+    /// The `acked` last written to `room_cursors`.
+    flushed: i64,
+    /// Whether `room_cursors` has a row for the room (written before its first fan-out).
+    cursor_known: bool,
 }
 
 /// One of our users in a room.
@@ -88,6 +94,13 @@ impl Rooms {
             .resources
             .contains(resource)
             .then(|| member.nick.clone())
+    }
+
+    /// The server acknowledged every copy of `room`'s message `id`.
+    fn acked(&self, room: &RoomId, id: i64) {
+        if let Some(state) = self.lock().get_mut(room) {
+            state.acked = state.acked.max(id);
+        }
     }
 
     /// How many rooms have at least one of our users, and how many resources are joined.
@@ -1074,9 +1087,9 @@ async fn said(
             tracing::error!(%error, "cannot archive a room message");
             CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
         })?;
-    if archived.is_none() {
+    let Some(id) = archived else {
         return Ok(());
-    }
+    };
     let Some(from) = occupant_jid(&room_jid, &message.nick) else {
         return Err(CoreError::Refused(format!(
             "'{}' is not a nick a JID can carry",
@@ -1099,18 +1112,59 @@ async fn said(
         delay: delay.as_deref(),
     }))
     .map_err(|error| CoreError::Refused(error.to_string()))?;
+    fan_out(gateway, room, &template, id, poster.as_ref()).await;
+    Ok(())
+}
+
+/// Records, before a room's first fan-out in this process, where its cursor stands: a
+/// crash after that resends what follows.
+async fn know_cursor(gateway: &Gateway, room: &RoomId, before: i64) {
+    let known = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .is_none_or(|state| state.cursor_known);
+    if known {
+        return;
+    }
+    let tables = gateway.store.rooms();
+    match tables
+        .set_cursor(&gateway.domain, room.as_str(), before)
+        .await
+    {
+        Ok(()) => {
+            if let Some(state) = gateway.rooms.lock().get_mut(room) {
+                state.cursor_known = true;
+                state.acked = state.acked.max(before);
+                state.flushed = state.flushed.max(before);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot record a room's cursor"),
+    }
+}
+
+/// Sends a copy of room message `id` to every joined resource, the poster's with their own
+/// stanza's id. The last copy is tracked: once the server acknowledged it (and so every copy
+/// before it), the room's cursor moves to `id`.
+async fn fan_out(
+    gateway: &Gateway,
+    room: &RoomId,
+    template: &Writable,
+    id: i64,
+    poster: Option<&Poster>,
+) {
+    know_cursor(gateway, room, id - 1).await;
     // The copies are made under the lock, straight from the membership (no list of
     // recipients in between), and sent after it.
-    let copies: Vec<Writable> = {
+    let mut copies: Vec<Writable> = {
         let rooms = gateway.rooms.lock();
         let Some(state) = rooms.get(room) else {
-            return Ok(());
+            return;
         };
         let mut copies = Vec::with_capacity(state.members.len());
         let mut to = String::new();
         for (user, member) in &state.members {
             let own_id = poster
-                .as_ref()
                 .filter(|poster| poster.user == *user)
                 .and_then(|poster| poster.stanza_id.as_deref());
             for resource in &member.resources {
@@ -1129,10 +1183,104 @@ async fn said(
         copies
     };
     crate::metrics::room_message(&gateway.domain, copies.len());
+    let Some(last) = copies.pop() else {
+        gateway.rooms.acked(room, id);
+        return;
+    };
     for copy in copies {
         gateway.send_writable(copy).await;
     }
-    Ok(())
+    // Queued in order with the others; its acknowledgement is awaited aside.
+    match gateway.link.send_writable_tracked(last).await {
+        Ok(tracked) => {
+            let rooms = gateway.rooms.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                if tracked.acknowledged().await {
+                    rooms.acked(&room, id);
+                }
+            });
+        }
+        Err(_) => tracing::warn!("link stopped; a room message copy was dropped at shutdown"),
+    }
+}
+
+/// Writes the rooms' cursors that moved since the last time.
+async fn flush_cursors(gateway: &Gateway) {
+    let moved: Vec<(RoomId, i64)> = gateway
+        .rooms
+        .lock()
+        .iter()
+        .filter(|(_, state)| state.cursor_known && state.acked > state.flushed)
+        .map(|(room, state)| (room.clone(), state.acked))
+        .collect();
+    let tables = gateway.store.rooms();
+    for (room, acked) in moved {
+        match tables
+            .set_cursor(&gateway.domain, room.as_str(), acked)
+            .await
+        {
+            Ok(()) => {
+                if let Some(state) = gateway.rooms.lock().get_mut(&room) {
+                    state.flushed = state.flushed.max(acked);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot record a room's cursor"),
+        }
+    }
+}
+
+/// At start, once rooms are rejoined: what each room archived after its cursor (the
+/// copies a crash may have lost) goes again to the resources joined now, with its delay.
+async fn resend_unsent(gateway: &Gateway) {
+    const AT_MOST: u32 = 1000;
+    let rooms: Vec<RoomId> = gateway.rooms.lock().keys().cloned().collect();
+    let tables = gateway.store.rooms();
+    for room in rooms {
+        let cursor = match tables.cursor(&gateway.domain, room.as_str()).await {
+            Ok(cursor) => cursor,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a room's cursor");
+                continue;
+            }
+        };
+        let Some(cursor) = cursor else {
+            // Never fanned out in a process that recorded it: nothing to resend.
+            continue;
+        };
+        if let Some(state) = gateway.rooms.lock().get_mut(&room) {
+            state.cursor_known = true;
+            state.acked = state.acked.max(cursor);
+            state.flushed = state.flushed.max(cursor);
+        }
+        let page = crate::store::rooms::PageQuery {
+            after: Some(cursor),
+            max: AT_MOST,
+            ..Default::default()
+        };
+        let unsent = match tables.page(&gateway.domain, room.as_str(), &page).await {
+            Ok((unsent, _)) => unsent,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read what a room did not send");
+                continue;
+            }
+        };
+        let Some(room_jid) = room_jid(gateway, &room) else {
+            continue;
+        };
+        if !unsent.is_empty() {
+            tracing::info!(%room, count = unsent.len(), "sending again what a room had not sent");
+        }
+        for message in unsent {
+            let template = as_room_message(gateway, &room, &room_jid, &message, |message| {
+                Some(muc::room_message(message))
+            })
+            .and_then(|stanza| Writable::new(stanza).ok());
+            if let Some(template) = template {
+                fan_out(gateway, &room, &template, message.id, None).await;
+            }
+        }
+    }
 }
 
 /// Serves a bridge's [`RoomEvent`]: updates the room and shows the change to every joined
@@ -1406,15 +1554,27 @@ pub async fn restore(gateway: &Gateway) {
             Err(failure) => tracing::warn!(user, %room, %failure, "rejoining a room failed"),
         }
     }
+    resend_unsent(gateway).await;
 }
 
-/// Forgets archived room messages older than `keep_history`, hourly, until shutdown.
-pub async fn sweep(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) {
-    const EVERY: Duration = Duration::from_secs(3600);
+/// The rooms' upkeep until shutdown: their cursors written every second (and once more at
+/// shutdown), archived messages older than `keep_history` forgotten hourly.
+pub async fn maintain(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) {
+    const CURSORS: Duration = Duration::from_secs(1);
+    const SWEEP: u32 = 3600;
+    let mut ticks = 0;
     loop {
         tokio::select! {
-            () = tokio::time::sleep(EVERY) => {}
-            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(CURSORS) => {}
+            () = shutdown.clone().wait() => {
+                flush_cursors(&gateway).await;
+                return;
+            }
+        }
+        flush_cursors(&gateway).await;
+        ticks += 1;
+        if ticks % SWEEP != 0 {
+            continue;
         }
         let keep = i64::try_from(gateway.rooms_config.keep_history.as_millis()).unwrap_or(i64::MAX);
         let before = now_millis().saturating_sub(keep);

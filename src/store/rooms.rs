@@ -1,6 +1,6 @@
 //! The group-chat tables: who of our users is joined to which room from which resource
-//! (`room_joins`), and the room archive (`room_messages`), kept once per room message
-//! however many users see it.
+//! (`room_joins`), the room archive (`room_messages`), kept once per room message however
+//! many users see it, and how far each room's fan-out reached the server (`room_cursors`).
 
 use sqlx::{AnyPool, Row};
 
@@ -313,6 +313,32 @@ impl RoomTables {
             messages.reverse();
         }
         Ok((messages, complete))
+    }
+
+    /// Records that `room`'s fan-out reached the server up to archive id `sent` (a cursor
+    /// only moves forward).
+    pub async fn set_cursor(&self, bridge: &str, room: &str, sent: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_cursors (bridge, room, sent_id) VALUES ($1, $2, $3) \
+             ON CONFLICT (bridge, room) DO UPDATE SET sent_id = excluded.sent_id \
+             WHERE room_cursors.sent_id < excluded.sent_id",
+        )
+        .bind(bridge)
+        .bind(room)
+        .bind(sent)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How far `room`'s fan-out is known to have reached the server, if it was recorded.
+    pub async fn cursor(&self, bridge: &str, room: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT sent_id FROM room_cursors WHERE bridge = $1 AND room = $2")
+            .bind(bridge)
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
     }
 
     /// Forgets a bridge's room messages said before `before` (Unix ms): the archive's

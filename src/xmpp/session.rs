@@ -193,6 +193,21 @@ impl Acked {
     }
 }
 
+/// A queued stanza whose acknowledgement can be awaited
+/// ([`LinkHandle::send_writable_tracked`]).
+#[derive(Debug)]
+pub struct Tracked {
+    confirmed: oneshot::Receiver<Result<(), Unwritable>>,
+    acknowledged: oneshot::Receiver<()>,
+}
+
+impl Tracked {
+    /// `true` once the server has the stanza; `false` if the link stopped for good first.
+    pub async fn acknowledged(self) -> bool {
+        matches!(self.confirmed.await, Ok(Ok(()))) && self.acknowledged.await.is_ok()
+    }
+}
+
 impl Outgoing {
     fn plain(stanza: Element) -> Self {
         Self {
@@ -245,6 +260,28 @@ impl LinkHandle {
             .send(outgoing)
             .await
             .map_err(|error| error.0.stanza)
+    }
+
+    /// Queues a stanza known to be writable, in order with what was queued before it, and
+    /// returns what resolves once the server acknowledged it ([`Tracked::acknowledged`]):
+    /// the last copy of a room message, whose acknowledgement vouches for the copies
+    /// written before it.
+    pub async fn send_writable_tracked(&self, stanza: Writable) -> Result<Tracked, Element> {
+        let (written, confirmed) = oneshot::channel();
+        let (acked, acknowledged) = oneshot::channel();
+        self.outgoing
+            .send(Outgoing {
+                stanza: stanza.into_inner(),
+                written: Some(written),
+                acked: Some(acked),
+                writable: true,
+            })
+            .await
+            .map_err(|error| error.0.stanza)?;
+        Ok(Tracked {
+            confirmed,
+            acknowledged,
+        })
     }
 
     /// Queues a stanza and resolves once it has been written to the server's socket, with

@@ -520,6 +520,11 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
                 .collect::<Vec<_>>(),
             ["m1"]
         );
+        // A room's cursor only moves forward.
+        assert_eq!(rooms.cursor("echo.test", "#lobby").await.unwrap(), None);
+        rooms.set_cursor("echo.test", "#lobby", 5).await.unwrap();
+        rooms.set_cursor("echo.test", "#lobby", 3).await.unwrap();
+        assert_eq!(rooms.cursor("echo.test", "#lobby").await.unwrap(), Some(5));
         // Retention: m1 is older than what is kept.
         assert_eq!(
             rooms.forget_before("echo.test", now - 5000).await.unwrap(),
