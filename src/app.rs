@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use jabbridge_sdk::plumbing::{self, CoreSink};
 use jabbridge_sdk::{
-    Bridge, BridgeError, Core, CoreError, CoreSink, DeliveryReport, ForeignId, IncomingMessage,
-    MessageId, RegistrationData, RoomEvent, RoomId, Shutdown, UserJid, UserStatus, async_trait,
+    Bridge, BridgeError, Core, CoreError, DeliveryReport, ForeignId, IncomingMessage, MessageId,
+    RegistrationData, RoomEvent, RoomId, Shutdown, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -138,8 +139,11 @@ pub fn check_bridges(config: &Config) -> Result<(), StartError> {
         build_bridge(
             index,
             section,
-            Core::new(section.domain.clone(), Arc::new(Unwired))
-                .with_public_url(config.http.public_url.clone()),
+            plumbing::core(
+                &section.domain,
+                Arc::new(Unwired),
+                config.http.public_url.clone(),
+            ),
         )?;
     }
     Ok(())
@@ -164,7 +168,7 @@ pub fn normalize_identity(
     let bridge = build_bridge(
         index,
         section,
-        Core::new(section.domain.clone(), Arc::new(Unwired)),
+        plumbing::core(&section.domain, Arc::new(Unwired), None),
     )?;
     let parsed = bridge
         .parse_address(address)
@@ -240,8 +244,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = link_task.await;
         });
         let (core_link, core_requests) = CoreLink::new(&domain, store.clone());
-        let core = Core::new(domain.clone(), Arc::new(core_link))
-            .with_public_url(config.http.public_url.clone());
+        let core = plumbing::core(&domain, Arc::new(core_link), config.http.public_url.clone());
         let bridge = build_bridge(index, section, core)?;
         let gateway = Gateway::new(
             domain.clone(),

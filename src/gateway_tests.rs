@@ -269,7 +269,7 @@ impl Bridge for Stuck {
     }
 
     async fn send_message(&self, _message: OutgoingMessage) -> Result<SendOutcome, SendError> {
-        Ok(SendOutcome::default())
+        Ok(SendOutcome::Sent)
     }
 }
 
@@ -495,7 +495,7 @@ impl Bridge for Sessions {
     }
 
     async fn send_message(&self, _message: OutgoingMessage) -> Result<SendOutcome, SendError> {
-        Ok(SendOutcome::default())
+        Ok(SendOutcome::Sent)
     }
 
     async fn start_session(&self, user: &UserJid, _registration: &RegistrationData) {

@@ -305,7 +305,7 @@ mod tests {
         }
 
         async fn send_message(&self, _: OutgoingMessage) -> Result<SendOutcome, SendError> {
-            Ok(SendOutcome::default())
+            Ok(SendOutcome::Sent)
         }
 
         async fn handle_http(&self, _request: HttpRequest) -> HttpResponse {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jabbridge_sdk::{Bridge, Core, Settings, Shutdown};
+use jabbridge_sdk::{Bridge, Settings, Shutdown};
 use secrecy::SecretString;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -120,7 +120,7 @@ impl Harness {
         let (stop, stopping) = Shutdown::new();
         let (link, outgoing) = session::detached(1024);
         let (core_link, core_requests) = CoreLink::new(DOMAIN, store.clone());
-        let core = Core::new(DOMAIN, Arc::new(core_link));
+        let core = jabbridge_sdk::plumbing::core(DOMAIN, Arc::new(core_link), None);
         let bridge = match options.bridge {
             Some(bridge) => bridge,
             None => {

@@ -183,7 +183,7 @@ async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
                 queue: Queue::Outbox,
                 id: item.row,
             };
-            let report_follows = outcome.report_follows && outcome.foreign_id.is_some();
+            let report_follows = outcome.report_follows();
             match (report_follows, entry.receipt, &entry.stanza_id) {
                 (false, true, Some(stanza_id)) => {
                     let receipt = Notice::new(Says::Receipt, &entry.from, &entry.to, stanza_id);
@@ -192,7 +192,7 @@ async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
                 }
                 _ => delivery.committer.submit(complete, None).await,
             }
-            if let Some(foreign_id) = outcome.foreign_id {
+            if let Some(foreign_id) = outcome.foreign_id() {
                 if report_follows {
                     let pending = PendingReport {
                         from: entry.from.clone(),

@@ -4,9 +4,10 @@
 //! report) goes to it as a [`Request`] over a channel that [`super::Gateway::run`] serves;
 //! what needs only the database (state, identities, registrations) is answered here.
 
+use jabbridge_sdk::plumbing::CoreSink;
 use jabbridge_sdk::{
-    CoreError, CoreSink, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData,
-    RoomEvent, RoomId, UserJid, UserStatus, async_trait,
+    CoreError, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, RoomEvent,
+    RoomId, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;

@@ -209,10 +209,7 @@ impl Bridge for Echo {
                 reason: error.to_string(),
                 retry_after: None,
             })?;
-        Ok(SendOutcome {
-            foreign_id: Some(reply_id),
-            report_follows: false,
-        })
+        Ok(SendOutcome::SentAs(reply_id))
     }
 
     async fn handle_http(&self, request: HttpRequest) -> HttpResponse {
@@ -407,6 +404,82 @@ mod tests {
             .unwrap();
         let body = r#"{"user": "a@x", "contact": "b", "text": "hi"}"#;
         assert_eq!(bridge.handle_http(say(Some(""), body)).await.status(), 404);
+    }
+
+    #[tokio::test]
+    async fn a_room_post_is_echoed_by_the_network_then_repeated_by_the_bot() {
+        use jabbridge_sdk::{JoinRequest, Posted, RoomEvent, RoomId, RoomPost};
+        let kit = TestCore::new("echo.test");
+        let bridge = kit
+            .build(build, jabbridge_sdk::serde_json::json!({}))
+            .unwrap();
+        let room = RoomId::new("#lobby");
+        let alice = UserJid::new("alice@example.org");
+        let joined = bridge
+            .join_room(JoinRequest {
+                user: alice.clone(),
+                room: room.clone(),
+                nick: "alice".into(),
+                password: None,
+                history: Default::default(),
+                registration: None,
+            })
+            .await
+            .unwrap();
+        let nicks: Vec<&str> = joined.occupants.iter().map(|o| o.nick.as_str()).collect();
+        assert_eq!(nicks, ["echo", "alice"]);
+        let posted = bridge
+            .send_room_message(RoomPost {
+                id: MessageId::new("o-1"),
+                user: alice,
+                room: room.clone(),
+                text: "hello".into(),
+                registration: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(posted, Posted::EchoFollows);
+        let said: Vec<(String, Option<String>)> = kit
+            .room_events()
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                RoomEvent::Message(message) => {
+                    Some((message.nick, message.echo_of.map(|id| id.to_string())))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("alice".to_owned(), Some("o-1".to_owned())),
+                ("echo".to_owned(), None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_say_id_reaches_the_user_once() {
+        let kit = TestCore::new("echo.test");
+        let bridge = kit
+            .build(
+                build,
+                jabbridge_sdk::serde_json::json!({"say_token": "t0k"}),
+            )
+            .unwrap();
+        let body = r#"{"id": "same", "user": "a@x", "contact": "bob", "text": "hi"}"#;
+        for _ in 0..2 {
+            assert_eq!(
+                bridge.handle_http(say(Some("t0k"), body)).await.status(),
+                202
+            );
+        }
+        assert!(kit.next_delivered(Duration::from_secs(1)).await.is_some());
+        assert!(
+            kit.next_delivered(Duration::from_millis(100))
+                .await
+                .is_none()
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub enum CoreError {
     Unavailable(String),
 }
 
-/// What the core implements to receive a bridge's events. Bridge authors use [`Core`]; the
-/// test kit implements this to record events.
+/// What the core implements to receive a bridge's events ([`crate::plumbing`]). Bridge
+/// authors use [`Core`]; the test kit implements this to record events.
 #[crate::async_trait]
 pub trait CoreSink: Send + Sync + 'static {
     /// See [`Core::deliver`].
@@ -75,8 +75,8 @@ pub struct Core {
 }
 
 impl Core {
-    /// Wraps a sink. Used by the core and the test kit, not by bridges.
-    pub fn new(domain: impl Into<String>, sink: Arc<dyn CoreSink>) -> Self {
+    /// Wraps a sink ([`crate::plumbing::core`]).
+    pub(crate) fn new(domain: impl Into<String>, sink: Arc<dyn CoreSink>) -> Self {
         Self {
             sink,
             domain: domain.into(),
@@ -85,8 +85,7 @@ impl Core {
     }
 
     /// Sets the URL the outside world reaches Jabbridge's HTTP listener at (`http.public_url`).
-    /// Used by the core and the test kit, not by bridges.
-    pub fn with_public_url(mut self, url: Option<String>) -> Self {
+    pub(crate) fn with_public_url(mut self, url: Option<String>) -> Self {
         self.public_url = url.map(|url| url.trim_end_matches('/').to_owned());
         self
     }
@@ -148,7 +147,7 @@ impl Core {
     }
 
     /// Passes on what the foreign network reported about a message the bridge sent with
-    /// [`crate::SendOutcome::report_follows`]: a receipt or an error message for its sender.
+    /// [`crate::SendOutcome::ReportFollows`]: a receipt or an error message for its sender.
     /// Reports about unknown messages, and repeated reports, are ignored (`Ok`).
     pub async fn report(
         &self,

@@ -11,20 +11,22 @@
 //! - [`ids`]: opaque newtypes for users, foreign addresses and message ids.
 //! - [`message`]: the typed messages that flow in each direction, and delivery errors.
 //! - [`form`]: registration forms (rendered by the core as XEP-0004 data forms).
-//! - [`core`]: [`Core`], the handle a bridge uses to push events to the core and keep a
-//!   little state of its own.
+//! - [`Core`], the handle a bridge uses to push events to the core and keep a little state
+//!   of its own, and [`Shutdown`], how the core tells a bridge to stop.
 //! - [`command`]: commands a bridge adds to the gateway's ad-hoc and chat commands.
 //! - [`auth`]: checking bearer tokens of incoming webhooks.
 //! - [`room`]: group chats: the calls and events of a bridge with rooms.
 //! - [`settings`]: the bridge's own config keys, parsed with errors that name the key.
 //! - [`testkit`]: run a bridge without an XMPP server, in a unit test.
+//! - [`plumbing`]: how the core hands a bridge its `Core` (not for bridge authors).
 
 pub mod auth;
 pub mod command;
-pub mod core;
+mod core;
 pub mod form;
 pub mod ids;
 pub mod message;
+pub mod plumbing;
 pub mod room;
 pub mod settings;
 pub mod testkit;
@@ -32,7 +34,7 @@ pub mod testkit;
 use std::sync::Arc;
 
 pub use crate::command::{Command, CommandError};
-pub use crate::core::{Core, CoreError, CoreSink, Shutdown};
+pub use crate::core::{Core, CoreError, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
 pub use crate::message::{

@@ -93,16 +93,34 @@ pub enum UserStatus {
     BadCredentials(String),
 }
 
-/// What a successful [`crate::Bridge::send_message`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SendOutcome {
-    /// The foreign network's id for the message, when it gives one; the core maps it to the
-    /// XMPP id so that receipts and replies can refer to it.
-    pub foreign_id: Option<MessageId>,
-    /// The network will report the delivery later (an SMS status callback): the core then
-    /// waits for [`crate::Core::report`] about `foreign_id` before sending the XEP-0184
-    /// receipt, and turns a failure report into an error message. Needs `foreign_id`.
-    pub report_follows: bool,
+/// What a successful [`crate::Bridge::send_message`] returns: the network took the message,
+/// and what the core may expect of it next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Taken; the network gave it no id.
+    Sent,
+    /// Taken under this id: the core maps it to the XMPP id, so that receipts, corrections
+    /// and replies can refer to it.
+    SentAs(MessageId),
+    /// Taken under this id, and the network will report the delivery later (an SMS status
+    /// callback): the core waits for [`crate::Core::report`] about this id before sending
+    /// the XEP-0184 receipt, and turns a failure report into an error message.
+    ReportFollows(MessageId),
+}
+
+impl SendOutcome {
+    /// The network's id for the message, if it gave one.
+    pub fn foreign_id(&self) -> Option<&MessageId> {
+        match self {
+            Self::Sent => None,
+            Self::SentAs(id) | Self::ReportFollows(id) => Some(id),
+        }
+    }
+
+    /// Whether a delivery report will follow.
+    pub fn report_follows(&self) -> bool {
+        matches!(self, Self::ReportFollows(_))
+    }
 }
 
 /// Why a message could not be delivered.

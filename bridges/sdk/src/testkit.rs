@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 
+use crate::plumbing::CoreSink;
 use crate::{
-    Bridge, BridgeError, BuildFn, Core, CoreError, CoreSink, DeliveryReport, ForeignId,
-    IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId, Settings, SettingsError,
-    UserJid, UserStatus,
+    Bridge, BridgeError, BuildFn, Core, CoreError, DeliveryReport, ForeignId, IncomingMessage,
+    MessageId, RegistrationData, RoomEvent, RoomId, Settings, SettingsError, UserJid, UserStatus,
 };
 
 /// A stand-in for the Jabbridge core that records what a bridge pushes.

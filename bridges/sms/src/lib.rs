@@ -945,10 +945,11 @@ impl Bridge for SmsBridge {
         };
         provider.check(&sms).map_err(permanent)?;
         let report_follows = sms.status_url.is_some();
-        let id = provider.send(&line.account, &sms).await?;
-        Ok(SendOutcome {
-            foreign_id: Some(MessageId::new(id)),
-            report_follows,
+        let id = MessageId::new(provider.send(&line.account, &sms).await?);
+        Ok(if report_follows {
+            SendOutcome::ReportFollows(id)
+        } else {
+            SendOutcome::SentAs(id)
         })
     }
 

@@ -441,10 +441,7 @@ impl Bridge for Webhooks {
         }
         let request = outgoing::Request::new(&endpoint.name, &message);
         match request.send(self.client()?, url, endpoint).await {
-            outgoing::Verdict::Delivered => Ok(SendOutcome {
-                foreign_id: Some(request.webhook_id().into()),
-                report_follows: false,
-            }),
+            outgoing::Verdict::Delivered => Ok(SendOutcome::SentAs(request.webhook_id().into())),
             outgoing::Verdict::Retry(reason, retry_after) => Err(SendError::Transient {
                 reason,
                 retry_after,
