@@ -286,10 +286,10 @@ async fn current_values(gateway: &Gateway, user: &str) -> Result<FormValues, Sta
         .await
         .map_err(|_| StanzaFailure::Internal)?;
     let mut values = FormValues::default();
-    if let Some(serde_json::Value::Object(fields)) = stored {
+    if let Some(serde_json::Value::Object(fields)) = stored.as_ref().map(|data| data.as_json()) {
         for (key, value) in fields {
             if let serde_json::Value::String(text) = value {
-                values.0.insert(key, text);
+                values.0.insert(key.clone(), text.clone());
             }
         }
     }

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jabbridge_sdk::RegistrationData;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, AssertSqlSafe, ConnectOptions, Connection, Row};
@@ -66,7 +67,7 @@ pub struct DirectoryCache {
 
 #[derive(Debug, Default)]
 struct DirectoryState {
-    registrations: HashMap<(String, String), Option<serde_json::Value>>,
+    registrations: HashMap<(String, String), Option<RegistrationData>>,
     identities: HashMap<(String, String), Vec<String>>,
     /// Bumped by every invalidation: a read that started before one is not cached.
     generation: u64,
@@ -397,7 +398,7 @@ impl Store {
         &self,
         bridge: &str,
         jid: &str,
-        data: &serde_json::Value,
+        data: &RegistrationData,
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut transaction = self.pool.begin().await?;
@@ -408,7 +409,7 @@ impl Store {
         )
         .bind(bridge)
         .bind(jid)
-        .bind(serde_json::to_string(data)?)
+        .bind(serde_json::to_string(data.as_json())?)
         .bind(now)
         .execute(&mut *transaction)
         .await?;
@@ -471,7 +472,7 @@ impl Store {
         &self,
         bridge: &str,
         jid: &str,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
+    ) -> Result<Option<RegistrationData>, StoreError> {
         let key = (bridge.to_owned(), jid.to_owned());
         let pick: fn(&mut DirectoryState) -> &mut _ = |state| &mut state.registrations;
         let generation = match self.directory.lookup(pick, &key) {
@@ -484,7 +485,8 @@ impl Store {
                 bridge,
                 jid,
             )
-            .await?;
+            .await?
+            .map(RegistrationData::from_json);
         // Only what exists is cached: a user registering through another instance (or the
         // CLI) must be let in at once, not after the watcher's next look.
         if registration.is_some() {

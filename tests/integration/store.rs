@@ -2,6 +2,7 @@
 //! mappings, bridges' state, and the durable queues' batches, de-duplication and takeover rules.
 
 use jabbridge::store::{NewRow, Queue, Store, Write, now_millis};
+use jabbridge_sdk::RegistrationData;
 use secrecy::SecretString;
 
 async fn each_backend(test: impl AsyncFn(Store)) {
@@ -23,7 +24,7 @@ async fn each_backend(test: impl AsyncFn(Store)) {
 #[tokio::test]
 async fn registrations_survive_reopening_and_update() {
     each_backend(async |store: Store| {
-        let data = serde_json::json!({"prefix": "> "});
+        let data = RegistrationData::from_json(serde_json::json!({"prefix": "> "}));
         store
             .put_registration("echo.test", "alice@example.org", &data)
             .await
@@ -32,7 +33,7 @@ async fn registrations_survive_reopening_and_update() {
             .put_registration(
                 "echo.test",
                 "alice@example.org",
-                &serde_json::json!({"prefix": "! "}),
+                &RegistrationData::from_json(serde_json::json!({"prefix": "! "})),
             )
             .await
             .unwrap();
@@ -41,7 +42,9 @@ async fn registrations_survive_reopening_and_update() {
                 .registration("echo.test", "alice@example.org")
                 .await
                 .unwrap(),
-            Some(serde_json::json!({"prefix": "! "}))
+            Some(RegistrationData::from_json(
+                serde_json::json!({"prefix": "! "})
+            ))
         );
         assert_eq!(
             store.registered_jids("echo.test").await.unwrap(),
@@ -369,7 +372,11 @@ async fn the_sqlite_file_is_created_in_wal_mode() {
     .unwrap();
     store.migrate().await.unwrap();
     store
-        .put_registration("b", "a@x", &serde_json::json!({}))
+        .put_registration(
+            "b",
+            "a@x",
+            &RegistrationData::from_json(serde_json::json!({})),
+        )
         .await
         .unwrap();
     assert!(path.exists());

@@ -41,6 +41,14 @@ struct EchoConfig {
     delay_ms: u64,
 }
 
+/// What the echo bridge keeps per registered user.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct EchoRegistration {
+    /// Put before their contacts' replies instead of the config's `prefix`, unless empty.
+    #[serde(default)]
+    prefix: String,
+}
+
 /// The body of a `/say` request.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +137,9 @@ impl Bridge for Echo {
                 "the reply prefix may be at most 32 characters".into(),
             ));
         }
-        Ok(form.to_json())
+        RegistrationData::new(&EchoRegistration {
+            prefix: prefix.to_owned(),
+        })
     }
 
     fn parse_room(&self, localpart: &str) -> Option<RoomId> {
@@ -183,13 +193,13 @@ impl Bridge for Echo {
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
-        let prefix = message
+        let registered = message
             .registration
             .as_ref()
-            .and_then(|data| data.get("prefix"))
-            .and_then(|prefix| prefix.as_str())
-            .filter(|prefix| !prefix.is_empty())
-            .unwrap_or(&self.config.prefix);
+            .and_then(|data| data.read::<EchoRegistration>().ok())
+            .map(|registration| registration.prefix)
+            .filter(|prefix| !prefix.is_empty());
+        let prefix = registered.as_deref().unwrap_or(&self.config.prefix);
         if self.config.delay_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(self.config.delay_ms)).await;
         }
@@ -303,10 +313,7 @@ mod tests {
 
     use super::*;
 
-    fn outgoing(
-        text: &str,
-        registration: Option<jabbridge_sdk::serde_json::Value>,
-    ) -> OutgoingMessage {
+    fn outgoing(text: &str, registration: Option<RegistrationData>) -> OutgoingMessage {
         OutgoingMessage {
             id: MessageId::new("m1"),
             user: UserJid::new("alice@example.org"),
@@ -339,7 +346,13 @@ mod tests {
         let bridge = kit
             .build(build, jabbridge_sdk::serde_json::json!({}))
             .unwrap();
-        let registration = jabbridge_sdk::serde_json::json!({"prefix": "echo: "});
+        // What the bridge stores at registration is what it reads when it sends.
+        let mut form = FormValues::default();
+        form.0.insert("prefix".into(), "echo: ".into());
+        let registration = bridge
+            .register(&UserJid::new("alice@example.org"), &form)
+            .await
+            .unwrap();
         bridge
             .send_message(outgoing("hi", Some(registration)))
             .await

@@ -141,6 +141,35 @@ impl Core {
         self.sink.load(key).await
     }
 
+    /// [`Core::load`] as a type of the bridge's own; a stored value of another shape is
+    /// refused with the reason.
+    pub async fn load_as<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, CoreError> {
+        match self.load(key).await? {
+            None => Ok(None),
+            Some(value) => T::deserialize(&value).map(Some).map_err(|error| {
+                CoreError::Refused(format!(
+                    "the value saved under '{key}' does not read: {error}"
+                ))
+            }),
+        }
+    }
+
+    /// [`Core::save`] of a type of the bridge's own.
+    pub async fn save_as<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+    ) -> Result<(), CoreError> {
+        let value = value
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|error| CoreError::Refused(error.to_string()))?;
+        self.save(key, value).await
+    }
+
     /// Saves `value` under `key` (`None` deletes it), durably, before returning `Ok`.
     pub async fn save(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), CoreError> {
         self.sink.save(key, value).await

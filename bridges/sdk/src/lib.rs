@@ -162,9 +162,36 @@ pub enum RegistrationError {
     Unavailable(String),
 }
 
-/// The data a bridge keeps per registered user (credentials, settings). Stored by the core
-/// as JSON and handed back with every [`OutgoingMessage`] of that user.
-pub type RegistrationData = serde_json::Value;
+/// The data a bridge keeps per registered user (credentials, settings), as a serde type of
+/// the bridge's own: [`RegistrationData::new`] from it, [`RegistrationData::read`] back.
+/// Stored by the core as JSON and handed back with every [`OutgoingMessage`] of that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationData(serde_json::Value);
+
+impl RegistrationData {
+    /// The data of `value`, a type of the bridge's own.
+    pub fn new<T: serde::Serialize>(value: &T) -> Result<Self, RegistrationError> {
+        serde_json::to_value(value)
+            .map(Self)
+            .map_err(|error| RegistrationError::Unavailable(error.to_string()))
+    }
+
+    /// Reads the data as the bridge's own type (the one it was made from); an error when the
+    /// stored data is not of that shape (written by an older version of the bridge, say).
+    pub fn read<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.0)
+    }
+
+    /// The data as the core stores it.
+    pub fn as_json(&self) -> &serde_json::Value {
+        &self.0
+    }
+
+    /// Data read back from the core's store.
+    pub fn from_json(value: serde_json::Value) -> Self {
+        Self(value)
+    }
+}
 
 /// Constructs a bridge from its config section. One per bridge kind, listed in the core's
 /// registry (`src/bridges.rs`): adding a kind is one line there.
@@ -212,16 +239,17 @@ pub trait Bridge: Send + Sync + 'static {
         contact.as_str().to_owned()
     }
 
-    /// Checks a registration form a user submitted and returns what to store for them.
-    /// Called when a user registers or re-registers; may do I/O to check credentials, but
-    /// must not keep them anywhere: the core stores what this returns. The default accepts
-    /// the form's values as they are.
+    /// Checks a registration form a user submitted and returns what to store for them
+    /// (a type of the bridge's own, through [`RegistrationData::new`]). Called when a user
+    /// registers or re-registers; may do I/O to check credentials, but must not keep them
+    /// anywhere: the core stores what this returns. The default stores the form's values as
+    /// they are (a JSON object of strings).
     async fn register(
         &self,
         _user: &UserJid,
         form: &FormValues,
     ) -> Result<RegistrationData, RegistrationError> {
-        Ok(form.to_json())
+        Ok(RegistrationData::from_json(form.to_json()))
     }
 
     /// Delivers one message from an XMPP user to the foreign network. Called in order per

@@ -151,7 +151,7 @@ struct OwnTelnyx {
 
 impl Registration {
     fn parse(data: Option<&RegistrationData>) -> Option<Registration> {
-        data.and_then(|data| serde_json::from_value(data.clone()).ok())
+        data.and_then(|data| data.read().ok())
     }
 
     /// The user's own account at `kind`, if they registered one.
@@ -913,8 +913,7 @@ impl Bridge for SmsBridge {
             .set_owner(&identity, Some(user))
             .await
             .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
-        serde_json::to_value(&registration)
-            .map_err(|error| RegistrationError::Unavailable(error.to_string()))
+        RegistrationData::new(&registration)
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {

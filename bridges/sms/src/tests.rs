@@ -67,11 +67,11 @@ async fn a_self_service_number_is_verified_with_its_owners_account() {
     assert_eq!(said, "+15550002222 now belongs to bob@x.");
     kit.set_registration(
         "bob@x",
-        serde_json::json!({
+        jabbridge_sdk::RegistrationData::from_json(serde_json::json!({
             "number": "+15550002222",
             "provider": "twilio",
             "twilio": {"account_sid": "ACbob", "auth_token": "bob-token"},
-        }),
+        })),
     );
     let text = [
         ("MessageSid", "SM1"),
