@@ -68,7 +68,7 @@ pub const COMMANDS: &[Command] = &[
 ];
 
 /// One entry of a gateway's catalog: a core command or one its bridge added.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Listed {
     /// Its XEP-0050 node, and its word in chat.
     pub node: String,
@@ -83,12 +83,12 @@ pub struct Listed {
 }
 
 /// Who runs a listed command.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Source {
     /// The core, in [`run`].
     Core,
-    /// The bridge, after the user filled in this form (if any).
-    Bridge(Option<Form>),
+    /// The bridge: this command, after the user filled in its form (if any).
+    Bridge(jabbridge_sdk::Command),
 }
 
 impl Listed {
@@ -103,7 +103,7 @@ impl Listed {
     /// Whether chat words after the command are its form's values.
     fn takes_values(&self) -> bool {
         match &self.source {
-            Source::Bridge(form) => form.is_some(),
+            Source::Bridge(command) => command.form.is_some(),
             Source::Core => matches!(self.node.as_str(), "register" | "remove-user"),
         }
     }
@@ -111,7 +111,7 @@ impl Listed {
     /// The form whose values it takes, if any.
     fn form(&self, gateway: &Gateway) -> Option<Form> {
         match (&self.source, self.node.as_str()) {
-            (Source::Bridge(form), _) => form.clone(),
+            (Source::Bridge(command), _) => command.form.clone(),
             (Source::Core, "register") => gateway.info.registration.clone(),
             (Source::Core, "remove-user") => Some(remove_user_form()),
             (Source::Core, _) => None,
@@ -164,10 +164,10 @@ pub fn catalog(gateway: &Gateway, role: Option<Role>) -> Vec<Listed> {
                 .map(|field| format!("{}=…", field.var))
                 .collect::<Vec<_>>()
                 .join(" "),
-            node: command.node,
-            name: command.name,
+            node: command.node.clone(),
+            name: command.name.clone(),
             admin: command.admin,
-            source: Source::Bridge(command.form),
+            source: Source::Bridge(command),
         });
     core.chain(bridge)
         .filter(|command| role.is_none() || command.allowed(role))
@@ -193,8 +193,8 @@ pub async fn run(
             gateway.domain
         )));
     }
-    if let Source::Bridge(form) = command.source {
-        return run_bridge_command(gateway, user, node, form, input).await;
+    if let Source::Bridge(command) = command.source {
+        return run_bridge_command(gateway, user, &command, input).await;
     }
     match (command.node.as_str(), input) {
         ("register", None) => {
@@ -253,11 +253,11 @@ pub async fn run(
 async fn run_bridge_command(
     gateway: &Gateway,
     user: &str,
-    node: &str,
-    form: Option<Form>,
+    command: &jabbridge_sdk::Command,
     input: Option<FormValues>,
 ) -> Result<Outcome, StanzaFailure> {
-    let values = match (form, input) {
+    let node = command.node.as_str();
+    let values = match (command.form.clone(), input) {
         (Some(form), None) => return Ok(Outcome::Form(form, FormValues::default())),
         (Some(form), Some(values)) => {
             form.validate(&values)
@@ -266,8 +266,7 @@ async fn run_bridge_command(
         }
         (None, _) => FormValues::default(),
     };
-    let caller = UserJid::new(user);
-    let call = gateway.bridge.run_command(&caller, node, &values);
+    let call = command.run(UserJid::new(user), values);
     match gateway.call("the command", call).await? {
         Ok(text) => {
             tracing::info!(user, command = node, "ran a bridge command");
@@ -490,7 +489,9 @@ mod tests {
             name: "x".into(),
             admin,
             usage: String::new(),
-            source: Source::Bridge(None),
+            source: Source::Bridge(jabbridge_sdk::Command::new("x", "x", |_, _| async {
+                Ok(String::new())
+            })),
         };
         assert!(listed(false).allowed(Some(Role::User)));
         assert!(!listed(true).allowed(Some(Role::User)));

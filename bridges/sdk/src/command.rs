@@ -1,10 +1,30 @@
 //! Commands a bridge adds to the gateway's catalog: offered as XEP-0050 ad-hoc commands and
-//! as chat commands on the bridge's domain, next to the core's own.
+//! as chat commands on the bridge's domain, next to the core's own. A [`Command`] is one
+//! value: its node, its name, who may run it, its form, and what runs it.
 
-use crate::Form;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::{Form, FormValues, UserJid};
+
+/// What a command's handler returns: the text to show the user, or why it did not run.
+pub type CommandResult = Result<String, CommandError>;
+
+type Running = Pin<Box<dyn Future<Output = CommandResult> + Send>>;
+type Handler = Arc<dyn Fn(UserJid, FormValues) -> Running + Send + Sync>;
 
 /// One command a bridge offers, from [`crate::Bridge::commands`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// # use jabbridge_sdk::{Command, CommandError};
+/// let command = Command::new("ping", "Check the network", |user, _values| async move {
+///     Ok::<_, CommandError>(format!("pong, {user}"))
+/// });
+/// assert_eq!(command.node, "ping");
+/// ```
+#[derive(Clone)]
 pub struct Command {
     /// Its XEP-0050 node, and its word in chat, e.g. `enable-endpoint`. Lowercase, no
     /// spaces; the core's own commands win over a bridge command of the same name.
@@ -15,6 +35,55 @@ pub struct Command {
     pub admin: bool,
     /// The form the user fills in before it runs; `None` runs it at once.
     pub form: Option<Form>,
+    handler: Handler,
+}
+
+impl Command {
+    /// A command anyone allowed to use the bridge may run at once, run by `handler` with
+    /// the caller and the values of its form (checked against it; empty without one). The
+    /// handler owns what it needs (clones of the bridge's state, a weak reference to it).
+    pub fn new<F, Fut>(node: impl Into<String>, name: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(UserJid, FormValues) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CommandResult> + Send + 'static,
+    {
+        Self {
+            node: node.into(),
+            name: name.into(),
+            admin: false,
+            form: None,
+            handler: Arc::new(move |user, values| Box::pin(handler(user, values))),
+        }
+    }
+
+    /// Only the bridge's admins see and run it.
+    pub fn for_admins(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
+    /// The user fills in `form` first.
+    pub fn with_form(mut self, form: Form) -> Self {
+        self.form = Some(form);
+        self
+    }
+
+    /// Runs it for `user` with `values`. The core has checked that `user` may, and the
+    /// values against the form.
+    pub async fn run(&self, user: UserJid, values: FormValues) -> CommandResult {
+        (self.handler)(user, values).await
+    }
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command")
+            .field("node", &self.node)
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .field("form", &self.form)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a command did not run.

@@ -33,7 +33,7 @@ pub mod testkit;
 
 use std::sync::Arc;
 
-pub use crate::command::{Command, CommandError};
+pub use crate::command::{Command, CommandError, CommandResult};
 pub use crate::core::{Core, CoreError, Shutdown};
 pub use crate::form::{Field, FieldKind, Form, FormValues};
 pub use crate::ids::{ForeignId, MessageId, UserJid};
@@ -307,22 +307,11 @@ pub trait Bridge: Send + Sync + 'static {
     }
 
     /// Commands the bridge adds to the gateway's own (`register`, `status`…), offered as
-    /// XEP-0050 ad-hoc commands and by chat. Called whenever the list is shown, so it may
-    /// change (e.g. a choice of what is disabled now). No I/O.
+    /// XEP-0050 ad-hoc commands and by chat, each with what runs it ([`Command::new`]).
+    /// Called whenever the list is shown or a command runs, so it may change (e.g. a
+    /// choice of what is disabled now). No I/O.
     fn commands(&self) -> Vec<Command> {
         Vec::new()
-    }
-
-    /// Runs one of [`Bridge::commands`] for `user` with the values of its form (already
-    /// checked against it; empty when it has none) and returns what to say. The core has
-    /// checked that `user` may run it (admin commands: an admin of the bridge).
-    async fn run_command(
-        &self,
-        _user: &UserJid,
-        node: &str,
-        _values: &FormValues,
-    ) -> Result<String, CommandError> {
-        Err(CommandError::Rejected(format!("no command '{node}'")))
     }
 
     /// Joins `request.user` to a room on the network, and returns the room as they see it

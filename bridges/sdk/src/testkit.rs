@@ -16,9 +16,26 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::plumbing::CoreSink;
 use crate::{
-    Bridge, BridgeError, BuildFn, Core, CoreError, DeliveryReport, ForeignId, IncomingMessage,
-    MessageId, RegistrationData, RoomEvent, RoomId, Settings, SettingsError, UserJid, UserStatus,
+    Bridge, BridgeError, BuildFn, CommandError, CommandResult, Core, CoreError, DeliveryReport,
+    ForeignId, FormValues, IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId,
+    Settings, SettingsError, UserJid, UserStatus,
 };
+
+/// Runs `bridge`'s command `node` for `user` with `values`, as the core does once it has
+/// checked the user's rights and the values against the command's form.
+pub async fn run_command(
+    bridge: &dyn Bridge,
+    user: &UserJid,
+    node: &str,
+    values: &FormValues,
+) -> CommandResult {
+    let command = bridge
+        .commands()
+        .into_iter()
+        .find(|command| command.node == node)
+        .ok_or_else(|| CommandError::Rejected(format!("no command '{node}'")))?;
+    command.run(user.clone(), values.clone()).await
+}
 
 /// A stand-in for the Jabbridge core that records what a bridge pushes.
 pub struct TestCore {

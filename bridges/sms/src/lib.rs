@@ -26,7 +26,7 @@ pub mod twilio;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use jabbridge_sdk::secrecy::SecretString;
@@ -198,6 +198,16 @@ struct SmsBridge {
     /// Made on first use: building an HTTP client reads the system's TLS roots, and
     /// `build` must do no I/O.
     providers: OnceLock<BTreeMap<Kind, Arc<dyn Provider>>>,
+    /// The bridge itself, for the handlers of its commands.
+    me: Weak<SmsBridge>,
+}
+
+/// Which of the SMS bridge's commands runs.
+#[derive(Clone, Copy)]
+enum Action {
+    Route,
+    Assign,
+    Release,
 }
 
 /// Builds the SMS bridge from its config section. Registered as `sms` in the core.
@@ -306,7 +316,8 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
             ),
         ));
     }
-    Ok(Arc::new(SmsBridge {
+    Ok(Arc::new_cyclic(|me| SmsBridge {
+        me: me.clone(),
         core,
         numbers,
         default_route: config.provider,
@@ -972,74 +983,78 @@ impl Bridge for SmsBridge {
             kind: FieldKind::Text,
             required: true,
         };
+        let run = |action: Action| {
+            let me = self.me.clone();
+            move |user: UserJid, values: FormValues| {
+                let me = me.clone();
+                async move {
+                    let bridge = me
+                        .upgrade()
+                        .ok_or_else(|| CommandError::Failed("the bridge is stopping".into()))?;
+                    match action {
+                        Action::Route => bridge.choose_route(&user, &values).await,
+                        Action::Assign => bridge.assign(&values).await,
+                        Action::Release => bridge.release(&values).await,
+                    }
+                }
+            }
+        };
         vec![
-            Command {
-                node: "route".into(),
-                name: "Choose the provider your texts go through".into(),
-                admin: false,
-                form: Some(Form {
-                    title: "Route".into(),
-                    instructions: "Your contacts keep their addresses whichever you choose.".into(),
-                    fields: vec![Field {
-                        var: "provider".into(),
-                        label: "Provider".into(),
-                        kind: FieldKind::Choice(
-                            self.routes()
-                                .iter()
-                                .map(|k| k.as_str().to_owned())
-                                .collect(),
-                        ),
+            Command::new(
+                "route",
+                "Choose the provider your texts go through",
+                run(Action::Route),
+            )
+            .with_form(Form {
+                title: "Route".into(),
+                instructions: "Your contacts keep their addresses whichever you choose.".into(),
+                fields: vec![Field {
+                    var: "provider".into(),
+                    label: "Provider".into(),
+                    kind: FieldKind::Choice(
+                        self.routes()
+                            .iter()
+                            .map(|k| k.as_str().to_owned())
+                            .collect(),
+                    ),
+                    required: true,
+                }],
+            }),
+            Command::new(
+                "assign-number",
+                "Assign a phone number to a user",
+                run(Action::Assign),
+            )
+            .for_admins()
+            .with_form(Form {
+                title: "Assign a number".into(),
+                instructions: "Texts to the number reach its owner; the owner's texts go \
+                               out from it."
+                    .into(),
+                fields: vec![
+                    number_field.clone(),
+                    Field {
+                        var: "owner".into(),
+                        label: "Owner (bare JID)".into(),
+                        kind: FieldKind::Text,
                         required: true,
-                    }],
-                }),
-            },
-            Command {
-                node: "assign-number".into(),
-                name: "Assign a phone number to a user".into(),
-                admin: true,
-                form: Some(Form {
-                    title: "Assign a number".into(),
-                    instructions: "Texts to the number reach its owner; the owner's texts go \
-                                   out from it."
-                        .into(),
-                    fields: vec![
-                        number_field.clone(),
-                        Field {
-                            var: "owner".into(),
-                            label: "Owner (bare JID)".into(),
-                            kind: FieldKind::Text,
-                            required: true,
-                        },
-                    ],
-                }),
-            },
-            Command {
-                node: "release-number".into(),
-                name: "Take a phone number from its owner".into(),
-                admin: true,
-                form: Some(Form {
-                    title: "Release a number".into(),
-                    instructions: "Texts to the number will be counted and dropped until it is \
-                                   assigned again."
-                        .into(),
-                    fields: vec![number_field],
-                }),
-            },
+                    },
+                ],
+            }),
+            Command::new(
+                "release-number",
+                "Take a phone number from its owner",
+                run(Action::Release),
+            )
+            .for_admins()
+            .with_form(Form {
+                title: "Release a number".into(),
+                instructions: "Texts to the number will be counted and dropped until it is \
+                               assigned again."
+                    .into(),
+                fields: vec![number_field],
+            }),
         ]
-    }
-
-    async fn run_command(
-        &self,
-        user: &UserJid,
-        node: &str,
-        values: &FormValues,
-    ) -> Result<String, CommandError> {
-        match node {
-            "route" => self.choose_route(user, values).await,
-            "assign-number" => self.assign(values).await,
-            "release-number" => self.release(values).await,
-            _ => Err(CommandError::Rejected(format!("no command '{node}'"))),
-        }
     }
 
     async fn handle_http(&self, request: HttpRequest) -> HttpResponse {

@@ -56,14 +56,14 @@ async fn a_self_service_number_is_verified_with_its_owners_account() {
     let kit = TestCore::new("sms.test").with_public_url(PUBLIC);
     let bridge = bridge(&kit);
     let admin = UserJid::new("admin@x");
-    let said = bridge
-        .run_command(
-            &admin,
-            "assign-number",
-            &values(&[("number", "555 000 2222"), ("owner", "Bob@x")]),
-        )
-        .await
-        .expect("assigned");
+    let said = jabbridge_sdk::testkit::run_command(
+        &*bridge,
+        &admin,
+        "assign-number",
+        &values(&[("number", "555 000 2222"), ("owner", "Bob@x")]),
+    )
+    .await
+    .expect("assigned");
     assert_eq!(said, "+15550002222 now belongs to bob@x.");
     kit.set_registration(
         "bob@x",

@@ -18,7 +18,7 @@ mod incoming;
 mod outgoing;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
@@ -139,6 +139,8 @@ pub struct Webhooks {
     /// What the store said last about disabled endpoints, for `help` and command forms
     /// (which may do no I/O); sending always asks the store.
     disabled: Mutex<BTreeMap<String, Disabled>>,
+    /// The bridge itself, for the handlers of its commands.
+    me: Weak<Webhooks>,
 }
 
 /// Builds the webhook bridge from its config section. Registered as `webhook` in the core.
@@ -156,12 +158,13 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
         }
         endpoints.insert(endpoint.name.clone(), endpoint);
     }
-    Ok(Arc::new(Webhooks {
+    Ok(Arc::new_cyclic(|me| Webhooks {
         core,
         endpoints,
         max_body: config.max_body,
         client: OnceLock::new(),
         disabled: Mutex::default(),
+        me: me.clone(),
     }))
 }
 
@@ -273,6 +276,44 @@ fn disabled_key(name: &str) -> String {
 }
 
 impl Webhooks {
+    /// The admin commands `enable-endpoint` (`enable`) and `disable-endpoint`.
+    async fn switch(
+        &self,
+        user: &UserJid,
+        values: &FormValues,
+        enable: bool,
+    ) -> Result<String, CommandError> {
+        let name = values.get("endpoint").unwrap_or_default();
+        if !self.outgoing_names().iter().any(|known| known == name) {
+            return Err(CommandError::Rejected(format!(
+                "no endpoint '{name}' that sends"
+            )));
+        }
+        let failed = |error: jabbridge_sdk::CoreError| CommandError::Failed(error.to_string());
+        if enable {
+            let was = self
+                .disabled(name)
+                .await
+                .map_err(|error| CommandError::Failed(error.to_string()))?;
+            self.set_disabled(name, None).await.map_err(failed)?;
+            return Ok(match was {
+                Some(_) => format!("{} is enabled again.", self.contact(name)),
+                None => format!("{} was not disabled.", self.contact(name)),
+            });
+        }
+        let disabled = Disabled {
+            reason: format!("disabled by {user}"),
+            since: now_rfc3339(),
+        };
+        self.set_disabled(name, Some(disabled))
+            .await
+            .map_err(failed)?;
+        Ok(format!(
+            "{} is disabled; 'enable-endpoint' re-enables it.",
+            self.contact(name)
+        ))
+    }
+
     fn client(&self) -> Result<&reqwest::Client, SendError> {
         if let Some(client) = self.client.get() {
             return Ok(client);
@@ -531,70 +572,42 @@ impl Bridge for Webhooks {
         if names.is_empty() {
             return Vec::new();
         }
+        let switch = |enable: bool| {
+            let me = self.me.clone();
+            move |user: UserJid, values: FormValues| {
+                let me = me.clone();
+                async move {
+                    let bridge = me
+                        .upgrade()
+                        .ok_or_else(|| CommandError::Failed("the bridge is stopping".into()))?;
+                    bridge.switch(&user, &values, enable).await
+                }
+            }
+        };
         vec![
-            Command {
-                node: "enable-endpoint".into(),
-                name: "Re-enable a disabled webhook endpoint".into(),
-                admin: true,
-                form: Some(endpoint_form(
-                    "Re-enable an endpoint",
-                    "Messages to the endpoint are POSTed again. Disabled now: see 'help'.",
-                    names.clone(),
-                )),
-            },
-            Command {
-                node: "disable-endpoint".into(),
-                name: "Disable a webhook endpoint".into(),
-                admin: true,
-                form: Some(endpoint_form(
-                    "Disable an endpoint",
-                    "Messages to the endpoint are refused until it is re-enabled.",
-                    names,
-                )),
-            },
+            Command::new(
+                "enable-endpoint",
+                "Re-enable a disabled webhook endpoint",
+                switch(true),
+            )
+            .for_admins()
+            .with_form(endpoint_form(
+                "Re-enable an endpoint",
+                "Messages to the endpoint are POSTed again. Disabled now: see 'help'.",
+                names.clone(),
+            )),
+            Command::new(
+                "disable-endpoint",
+                "Disable a webhook endpoint",
+                switch(false),
+            )
+            .for_admins()
+            .with_form(endpoint_form(
+                "Disable an endpoint",
+                "Messages to the endpoint are refused until it is re-enabled.",
+                names,
+            )),
         ]
-    }
-
-    async fn run_command(
-        &self,
-        user: &UserJid,
-        node: &str,
-        values: &FormValues,
-    ) -> Result<String, CommandError> {
-        let name = values.get("endpoint").unwrap_or_default();
-        if !self.outgoing_names().iter().any(|known| known == name) {
-            return Err(CommandError::Rejected(format!(
-                "no endpoint '{name}' that sends"
-            )));
-        }
-        let failed = |error: jabbridge_sdk::CoreError| CommandError::Failed(error.to_string());
-        match node {
-            "enable-endpoint" => {
-                let was = self
-                    .disabled(name)
-                    .await
-                    .map_err(|error| CommandError::Failed(error.to_string()))?;
-                self.set_disabled(name, None).await.map_err(failed)?;
-                Ok(match was {
-                    Some(_) => format!("{} is enabled again.", self.contact(name)),
-                    None => format!("{} was not disabled.", self.contact(name)),
-                })
-            }
-            "disable-endpoint" => {
-                let disabled = Disabled {
-                    reason: format!("disabled by {user}"),
-                    since: now_rfc3339(),
-                };
-                self.set_disabled(name, Some(disabled))
-                    .await
-                    .map_err(failed)?;
-                Ok(format!(
-                    "{} is disabled; 'enable-endpoint' re-enables it.",
-                    self.contact(name)
-                ))
-            }
-            _ => Err(CommandError::Rejected(format!("no command '{node}'"))),
-        }
     }
 
     async fn handle_http(&self, request: HttpRequest) -> HttpResponse {

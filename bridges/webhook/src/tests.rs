@@ -177,8 +177,7 @@ async fn a_disabled_endpoint_refuses_until_enabled_and_survives_a_rebuild() {
     let admin = UserJid::new("admin@example.org");
     let nodes: Vec<String> = bridge.commands().into_iter().map(|c| c.node).collect();
     assert_eq!(nodes, ["enable-endpoint", "disable-endpoint"]);
-    bridge
-        .run_command(&admin, "disable-endpoint", &choose("alerts"))
+    jabbridge_sdk::testkit::run_command(&*bridge, &admin, "disable-endpoint", &choose("alerts"))
         .await
         .unwrap();
     // A new instance (a restart) sees the saved flag.
@@ -199,10 +198,10 @@ async fn a_disabled_endpoint_refuses_until_enabled_and_survives_a_rebuild() {
         help.contains("alerts@hooks.test (posts to 127.0.0.1) — DISABLED"),
         "{help}"
     );
-    let said = bridge
-        .run_command(&admin, "enable-endpoint", &choose("alerts"))
-        .await
-        .unwrap();
+    let said =
+        jabbridge_sdk::testkit::run_command(&*bridge, &admin, "enable-endpoint", &choose("alerts"))
+            .await
+            .unwrap();
     assert_eq!(said, "alerts@hooks.test is enabled again.");
     assert!(matches!(
         bridge
@@ -211,8 +210,7 @@ async fn a_disabled_endpoint_refuses_until_enabled_and_survives_a_rebuild() {
         Err(SendError::Transient { .. })
     ));
     assert!(
-        bridge
-            .run_command(&admin, "enable-endpoint", &choose("signed"))
+        jabbridge_sdk::testkit::run_command(&*bridge, &admin, "enable-endpoint", &choose("signed"))
             .await
             .is_err()
     );
