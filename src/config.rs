@@ -263,6 +263,13 @@ pub struct RoomsConfig {
         deserialize_with = "number_or_string"
     )]
     pub history_on_join: u32,
+    /// Rooms one user may be in at once on this bridge (1 to 10,000); past it a join gets
+    /// `resource-constraint`.
+    #[serde(
+        default = "defaults::rooms_per_user",
+        deserialize_with = "number_or_string"
+    )]
+    pub rooms_per_user: usize,
 }
 
 impl Default for RoomsConfig {
@@ -271,6 +278,7 @@ impl Default for RoomsConfig {
             leave_grace: defaults::leave_grace(),
             keep_history: defaults::keep_history(),
             history_on_join: defaults::history_on_join(),
+            rooms_per_user: defaults::rooms_per_user(),
         }
     }
 }
@@ -381,6 +389,9 @@ mod defaults {
     }
     pub fn history_on_join() -> u32 {
         20
+    }
+    pub fn rooms_per_user() -> usize {
+        100
     }
 
     pub fn keepalive() -> Duration {
@@ -700,6 +711,12 @@ impl Config {
                 &format!("bridge[{index}].rooms.keep_history"),
                 bridge.rooms.keep_history,
             )?;
+            if !(1..=10_000).contains(&bridge.rooms.rooms_per_user) {
+                return Err((
+                    format!("bridge[{index}].rooms.rooms_per_user"),
+                    "must be between 1 and 10000".into(),
+                ));
+            }
             if bridge.rooms.history_on_join > 1000 {
                 return Err((
                     format!("bridge[{index}].rooms.history_on_join"),

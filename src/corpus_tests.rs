@@ -303,6 +303,7 @@ fn cases() -> Vec<Case> {
             );
         }
     }
+    room_cases(&mut add, &bodies);
     for other in [
         "<foo/>",
         "<db:result xmlns:db='jabber:server:dialback'/>",
@@ -316,6 +317,103 @@ fn cases() -> Vec<Case> {
         );
     }
     cases
+}
+
+/// The room's address in the corpus (the echo bridge's rooms start with `#`).
+const ROOM: &str = "#den";
+
+/// Stanzas to a room and to its occupants, from a registered user who never joined and from
+/// a stranger: spoilt iq payloads of every namespace the core answers there (MAM and
+/// muc#admin too), every message type and body, then presences (the user's last available
+/// one joins, so it comes last).
+fn room_cases(
+    add: &mut impl FnMut(String, String, &'static str, Expect),
+    bodies: &[(&str, String)],
+) {
+    let room = format!("{ROOM}@{DOMAIN}");
+    let occupant = format!("{room}/nick");
+    let mut namespaces = NAMESPACES.to_vec();
+    namespaces.push(("query", "urn:xmpp:mam:2"));
+    namespaces.push(("query", "http://jabber.org/protocol/muc#admin"));
+    for (name, ns) in namespaces {
+        for type_ in ["get", "set"] {
+            for to in [&room, &occupant] {
+                for (spoilt, payload) in payloads(name, ns) {
+                    let expect = if ns == "urn:x-unknown" || spoilt == "wrong name" {
+                        Expect::Error("service-unavailable")
+                    } else {
+                        Expect::Answered
+                    };
+                    add(
+                        format!("iq {type_} {ns} to {to}: {spoilt}"),
+                        format!(
+                            "<iq type='{type_}' from='{ALICE}' to='{to}' id='ID'>{payload}</iq>"
+                        ),
+                        ALICE,
+                        expect,
+                    );
+                }
+            }
+        }
+    }
+    for type_ in ["chat", "normal", "groupchat", "error", "bogus"] {
+        for (spoilt, body) in bodies {
+            for to in [&room, &occupant] {
+                for sender in [ALICE, EVE] {
+                    let has_text = matches!(*spoilt, "oversized body" | "two bodies");
+                    let expect = match (type_, sender) {
+                        ("error", _) => Expect::Nothing,
+                        ("bogus", _) => Expect::Error("bad-request"),
+                        // A stranger to the room's address is refused whatever they send.
+                        ("groupchat", EVE) => Expect::Error("forbidden"),
+                        // A user not in the room may not post in it...
+                        ("groupchat", _) => Expect::Error("not-acceptable"),
+                        (_, EVE) if has_text => Expect::Error("forbidden"),
+                        (_, EVE) => Expect::Any,
+                        // ... nor write privately to its occupants, nor to the room as chat.
+                        (_, _) if has_text => Expect::Error("not-acceptable"),
+                        _ => Expect::Any,
+                    };
+                    add(
+                        format!("message {type_} to {to} from {sender}: {spoilt}"),
+                        format!(
+                            "<message type='{type_}' from='{sender}' to='{to}' id='ID'>{body}</message>"
+                        ),
+                        sender,
+                        expect,
+                    );
+                }
+            }
+        }
+    }
+    for type_ in ["unavailable", "subscribe", "probe", "error", "bogus", ""] {
+        for to in [&room, &occupant] {
+            for sender in [EVE, ALICE] {
+                let expect = match (type_, to == &room, sender) {
+                    ("", true, ALICE) => Expect::Error("jid-malformed"),
+                    ("", _, EVE) => Expect::Error("forbidden"),
+                    ("", _, _) => Expect::Any,
+                    _ => Expect::Nothing,
+                };
+                let type_attr = if type_.is_empty() {
+                    String::new()
+                } else {
+                    format!(" type='{type_}'")
+                };
+                add(
+                    format!("presence '{type_}' to {to} from {sender}"),
+                    format!(
+                        "<presence{type_attr} from='{sender}' to='{to}' id='ID'>\
+                         <x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='-1'/>\
+                         <password>{}</password></x></presence>",
+                        "p".repeat(2000)
+                    ),
+                    sender,
+                    expect,
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test(start_paused = true)]

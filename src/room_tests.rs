@@ -869,3 +869,27 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
     assert_eq!(stanza_id, Some("stanza-lost-1"));
     harness.nothing_for(Duration::from_millis(200)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_user_in_as_many_rooms_as_allowed_is_refused_another() {
+    let mut harness = Harness::start(Options {
+        rooms: crate::config::RoomsConfig {
+            rooms_per_user: 1,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness
+        .receive(&join("alice@test", "#other", "alice", ""))
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(condition(&refused).as_deref(), Some("resource-constraint"));
+    // Her client joining the room she is in again is not a new room.
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    assert_eq!(codes(&take(&mut harness, 3).await[1]), ["110"]);
+}

@@ -50,16 +50,16 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
             if message.type_ == MessageType::Groupchat {
                 return rooms::on_groupchat(gateway, &message, &from, room, text).await;
             }
-            let Some(nick) = to.resource() else {
-                return Err(StanzaFailure::NotAcceptable(
-                    "write to a room with type='groupchat', or to room/nick privately".into(),
-                ));
-            };
             if text.is_none() {
                 // Typing notifications and markers to occupants are not carried.
                 return Ok(None);
             }
             gateway.access.check(&user)?;
+            let Some(nick) = to.resource() else {
+                return Err(StanzaFailure::NotAcceptable(
+                    "write to a room with type='groupchat', or to room/nick privately".into(),
+                ));
+            };
             rooms::private_allowed(gateway, &from, &room, nick.as_str())?;
             (Some(ForeignId::new(nick.as_str())), Some(room))
         }

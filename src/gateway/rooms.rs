@@ -216,12 +216,12 @@ pub(super) async fn on_presence(
         leave(gateway, &room, &user, &resource).await;
         return Ok(None);
     }
+    gateway.access.check(&user)?;
     let Some(nick) = to.resource().map(|nick| nick.to_string()) else {
         return Err(StanzaFailure::JidMalformed(
             "to join a room, address it as room@domain/nick".into(),
         ));
     };
-    gateway.access.check(&user)?;
     let joined_as = gateway.rooms.nick_of(&room, &user, &resource);
     match joined_as {
         // Still there: a status change, or a client that (re)joins after a restart of its
@@ -265,6 +265,27 @@ async fn join(
         )));
     }
     let wish = muc::join_wish(element);
+    // Joins cost the network a join and the gateway state: they count against the rate
+    // limit, and a user's rooms are capped.
+    gateway.access.take(user)?;
+    let (rooms_in, in_this_one) = {
+        let rooms = gateway.rooms.lock();
+        let rooms_in = rooms
+            .values()
+            .filter(|state| state.members.contains_key(user))
+            .count();
+        let in_this_one = rooms
+            .get(&room)
+            .is_some_and(|state| state.members.contains_key(user));
+        (rooms_in, in_this_one)
+    };
+    let cap = gateway.rooms_config.rooms_per_user;
+    if !in_this_one && rooms_in >= cap {
+        return Err(StanzaFailure::ResourceConstraint(format!(
+            "you are in {rooms_in} rooms of {}, the most one may be in; leave one first",
+            gateway.domain
+        )));
+    }
     let already = {
         let mut rooms = gateway.rooms.lock();
         match rooms
@@ -540,6 +561,7 @@ pub(super) async fn archive_query(
             "join the room to read its archive".into(),
         ));
     }
+    gateway.access.take(&user)?;
     let query = muc::archive_query(payload).map_err(StanzaFailure::BadRequest)?;
     let Some(room_jid) = room_jid(gateway, room) else {
         return Err(StanzaFailure::ItemNotFound("no such room".into()));
