@@ -74,6 +74,9 @@ pub enum IdentityError {
     },
 }
 
+/// How often the registered users are compared with the running sessions.
+const SESSIONS_WATCH: Duration = Duration::from_secs(10);
+
 /// How long shutdown may take before the remaining tasks are abandoned.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
@@ -285,6 +288,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
         tasks.spawn(
             crate::gateway::rooms::maintain(gateway.clone(), stopping.clone())
+                .instrument(span.clone()),
+        );
+        tasks.spawn(
+            crate::gateway::sessions::watch(gateway.clone(), SESSIONS_WATCH, stopping.clone())
                 .instrument(span.clone()),
         );
         tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));

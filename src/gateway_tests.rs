@@ -551,4 +551,23 @@ async fn sessions_start_with_registration_and_at_start_and_stop_when_unregistere
         second_bridge.calls.lock().unwrap().clone(),
         ["start alice@test", "stop alice@test Unregistered"]
     );
+    // Removed elsewhere (the CLI, another instance): the watcher stops the session.
+    second.register("bob@test").await;
+    second
+        .gateway
+        .store
+        .delete_registration(DOMAIN, "bob@test", true)
+        .await
+        .unwrap();
+    second.advance(Duration::from_secs(11)).await;
+    for _ in 0..100 {
+        if second_bridge.calls.lock().unwrap().len() == 4 {
+            break;
+        }
+        real_sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        second_bridge.calls.lock().unwrap()[2..],
+        ["start bob@test", "stop bob@test Removed"]
+    );
 }

@@ -154,7 +154,16 @@ impl Harness {
         // As at start-up, once the gateway serves the bridge's events.
         crate::gateway::sessions::start_all(&gateway).await;
         crate::gateway::rooms::restore(&gateway).await;
-        let upkeep = tokio::spawn(crate::gateway::rooms::maintain(gateway.clone(), stopping));
+        let upkeep = tokio::spawn({
+            let gateway = gateway.clone();
+            async move {
+                let every = Duration::from_secs(10);
+                tokio::join!(
+                    crate::gateway::rooms::maintain(gateway.clone(), stopping.clone()),
+                    crate::gateway::sessions::watch(gateway, every, stopping),
+                );
+            }
+        });
         Harness {
             gateway,
             incoming,

@@ -1,9 +1,10 @@
 //! Users' sessions with the bridge ([`jabbridge_sdk::Bridge::start_session`]): started for
 //! every registered user at start and on registration, stopped on unregistering, removal
-//! and shutdown. Which sessions run is kept here, so that shutdown stops each once.
+//! (here, through XMPP; elsewhere, the CLI or another instance, seen by [`watch`]) and
+//! shutdown. Which sessions run is kept here, so that shutdown stops each once.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jabbridge_sdk::{RegistrationData, SessionEnd, UserJid};
@@ -73,6 +74,36 @@ pub async fn start_all(gateway: &Gateway) {
             }
         };
         start(gateway, &user, &registration).await;
+    }
+}
+
+/// Until shutdown, every `every`: the sessions of users no longer registered (removed by
+/// the CLI, or through another instance) stop, and their rooms are left.
+pub async fn watch(gateway: Arc<Gateway>, every: Duration, shutdown: jabbridge_sdk::Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.clone().wait() => return,
+        }
+        let registered: BTreeSet<String> =
+            match gateway.store.registered_jids(&gateway.domain).await {
+                Ok(users) => users.into_iter().collect(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the registered users");
+                    continue;
+                }
+            };
+        let gone: Vec<String> = gateway
+            .sessions
+            .set()
+            .difference(&registered)
+            .cloned()
+            .collect();
+        for user in gone {
+            tracing::info!(user, "a user was removed elsewhere; their session stops");
+            super::rooms::forget_user(&gateway, &user).await;
+            stop(&gateway, &user, SessionEnd::Removed).await;
+        }
     }
 }
 
