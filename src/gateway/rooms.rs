@@ -742,14 +742,8 @@ pub(super) async fn on_groupchat(
     room: RoomId,
     text: Option<String>,
 ) -> Answer {
-    let user = from.to_bare().to_string();
-    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
-    gateway.access.check(&user)?;
-    if gateway.rooms.nick_of(&room, &user, &resource).is_none() {
-        return Err(StanzaFailure::NotAcceptable(
-            "you are not in this room: join it first".into(),
-        ));
-    }
+    gateway.access.check(from.to_bare().as_str())?;
+    let (user, posted_as) = joined(gateway, from, &room)?;
     for (name, namespace, what) in [
         ("replace", "urn:xmpp:message-correct:0", "corrections"),
         ("retract", "urn:xmpp:message-retract:1", "retractions"),
@@ -842,10 +836,8 @@ pub(super) async fn on_groupchat(
         Posted::EchoFollows => Ok(None),
         Posted::Reflect { foreign_id } => {
             forget_echo(gateway, &room, &origin_id);
-            let nick = gateway
-                .rooms
-                .nick_of(&room, &user, &resource)
-                .unwrap_or_default();
+            // The nick it is reflected under is the one the user has now.
+            let nick = joined(gateway, from, &room).map_or(posted_as, |(_, nick)| nick);
             let sender = {
                 let rooms = gateway.rooms.lock();
                 rooms
@@ -876,6 +868,20 @@ fn forget_echo(gateway: &Gateway, room: &RoomId, origin_id: &str) {
     }
 }
 
+/// `from`'s bare JID and nick in `room`, when that resource is joined; `not-acceptable`
+/// otherwise (XEP-0045's answer to a non-occupant, which also tells a client to join
+/// again).
+fn joined(gateway: &Gateway, from: &Jid, room: &RoomId) -> Result<(String, String), StanzaFailure> {
+    let user = from.to_bare().to_string();
+    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
+    match gateway.rooms.nick_of(room, &user, &resource) {
+        Some(nick) => Ok((user, nick)),
+        None => Err(StanzaFailure::NotAcceptable(
+            "you are not in this room: join it first".into(),
+        )),
+    }
+}
+
 /// Whether `from` may write privately to `nick` in `room`: they are in it, and so is `nick`.
 pub(super) fn private_allowed(
     gateway: &Gateway,
@@ -883,13 +889,7 @@ pub(super) fn private_allowed(
     room: &RoomId,
     nick: &str,
 ) -> Result<(), StanzaFailure> {
-    let user = from.to_bare().to_string();
-    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
-    if gateway.rooms.nick_of(room, &user, &resource).is_none() {
-        return Err(StanzaFailure::NotAcceptable(
-            "you are not in this room: join it first".into(),
-        ));
-    }
+    joined(gateway, from, room)?;
     let rooms = gateway.rooms.lock();
     if !rooms
         .get(room)
@@ -906,14 +906,7 @@ pub(super) fn private_allowed(
 /// the sending resource is in the room; `not-acceptable` otherwise, which tells the client
 /// to join again.
 pub(super) fn ping(gateway: &Gateway, from: &Jid, room: &RoomId) -> Result<(), StanzaFailure> {
-    let user = from.to_bare().to_string();
-    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
-    match gateway.rooms.nick_of(room, &user, &resource) {
-        Some(_) => Ok(()),
-        None => Err(StanzaFailure::NotAcceptable(
-            "you are not in this room".into(),
-        )),
-    }
+    joined(gateway, from, room).map(|_| ())
 }
 
 /// The gateway's disco#items: the rooms the network lists for `user`, sorted by address
@@ -986,13 +979,7 @@ pub(super) async fn administer(
     room: &RoomId,
     payload: &Element,
 ) -> Result<(), StanzaFailure> {
-    let user = from.to_bare().to_string();
-    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
-    if gateway.rooms.nick_of(room, &user, &resource).is_none() {
-        return Err(StanzaFailure::NotAcceptable(
-            "you are not in this room: join it first".into(),
-        ));
-    }
+    let (user, _) = joined(gateway, from, room)?;
     let items = muc::admin_items(payload).map_err(StanzaFailure::BadRequest)?;
     let moderator = UserJid::new(user.as_str());
     for item in items {
@@ -1351,35 +1338,11 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                     stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
                 }
             }
-            RoomEvent::Left { nick, reason } => {
-                let gone = Gone {
-                    nick: &nick,
-                    by: None,
-                    reason: reason.as_deref(),
-                    code: None,
-                };
-                removed_users =
-                    remove_occupant(gateway, &room, &room_jid, state, &gone, &mut stanzas);
-            }
-            RoomEvent::Kicked { nick, by, reason } => {
-                let gone = Gone {
-                    nick: &nick,
-                    by: by.as_deref(),
-                    reason: reason.as_deref(),
-                    code: Some(status::KICKED),
-                };
-                removed_users =
-                    remove_occupant(gateway, &room, &room_jid, state, &gone, &mut stanzas);
-            }
-            RoomEvent::Banned { nick, by, reason } => {
-                let gone = Gone {
-                    nick: &nick,
-                    by: by.as_deref(),
-                    reason: reason.as_deref(),
-                    code: Some(status::BANNED),
-                };
-                removed_users =
-                    remove_occupant(gateway, &room, &room_jid, state, &gone, &mut stanzas);
+            RoomEvent::Left { .. } | RoomEvent::Kicked { .. } | RoomEvent::Banned { .. } => {
+                if let Some(gone) = Gone::of(&event) {
+                    removed_users =
+                        remove_occupant(gateway, &room, &room_jid, state, &gone, &mut stanzas);
+                }
             }
             RoomEvent::Renamed { old, new } => {
                 let mut occupant = state
@@ -1480,6 +1443,28 @@ struct Gone<'a> {
     reason: Option<&'a str>,
     /// 307 (kicked) or 301 (banned); none for a leave.
     code: Option<u16>,
+}
+
+impl<'a> Gone<'a> {
+    /// The departure an event reports, if it reports one.
+    fn of(event: &'a RoomEvent) -> Option<Self> {
+        let (nick, by, reason, code) = match event {
+            RoomEvent::Left { nick, reason } => (nick, None, reason, None),
+            RoomEvent::Kicked { nick, by, reason } => {
+                (nick, by.as_deref(), reason, Some(status::KICKED))
+            }
+            RoomEvent::Banned { nick, by, reason } => {
+                (nick, by.as_deref(), reason, Some(status::BANNED))
+            }
+            _ => return None,
+        };
+        Some(Gone {
+            nick,
+            by,
+            reason: reason.as_deref(),
+            code,
+        })
+    }
 }
 
 /// Takes an occupant out of the room and shows it to everyone; when the occupant is one of

@@ -56,6 +56,34 @@ impl Command {
         }
     }
 
+    /// A command run by a method of the bridge: `handler` gets the bridge itself (from a
+    /// weak reference it keeps to itself, e.g. made with `Arc::new_cyclic` in its build
+    /// function), the caller and the values. While the bridge is being dropped it answers
+    /// [`CommandError::Failed`].
+    pub fn on<B, F, Fut>(
+        node: impl Into<String>,
+        name: impl Into<String>,
+        bridge: &std::sync::Weak<B>,
+        handler: F,
+    ) -> Self
+    where
+        B: Send + Sync + 'static,
+        F: Fn(Arc<B>, UserJid, FormValues) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CommandResult> + Send + 'static,
+    {
+        let bridge = bridge.clone();
+        let handler = Arc::new(handler);
+        Self::new(node, name, move |user, values| {
+            let bridge = bridge.upgrade();
+            let handler = handler.clone();
+            async move {
+                let bridge =
+                    bridge.ok_or_else(|| CommandError::Failed("the bridge is stopping".into()))?;
+                handler(bridge, user, values).await
+            }
+        })
+    }
+
     /// Only the bridge's admins see and run it.
     pub fn for_admins(mut self) -> Self {
         self.admin = true;

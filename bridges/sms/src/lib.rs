@@ -202,14 +202,6 @@ struct SmsBridge {
     me: Weak<SmsBridge>,
 }
 
-/// Which of the SMS bridge's commands runs.
-#[derive(Clone, Copy)]
-enum Action {
-    Route,
-    Assign,
-    Release,
-}
-
 /// Builds the SMS bridge from its config section. Registered as `sms` in the core.
 pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
     let config: SmsConfig = settings.parse()?;
@@ -983,27 +975,12 @@ impl Bridge for SmsBridge {
             kind: FieldKind::Text,
             required: true,
         };
-        let run = |action: Action| {
-            let me = self.me.clone();
-            move |user: UserJid, values: FormValues| {
-                let me = me.clone();
-                async move {
-                    let bridge = me
-                        .upgrade()
-                        .ok_or_else(|| CommandError::Failed("the bridge is stopping".into()))?;
-                    match action {
-                        Action::Route => bridge.choose_route(&user, &values).await,
-                        Action::Assign => bridge.assign(&values).await,
-                        Action::Release => bridge.release(&values).await,
-                    }
-                }
-            }
-        };
         vec![
-            Command::new(
+            Command::on(
                 "route",
                 "Choose the provider your texts go through",
-                run(Action::Route),
+                &self.me,
+                |bridge, user, values| async move { bridge.choose_route(&user, &values).await },
             )
             .with_form(Form {
                 title: "Route".into(),
@@ -1020,10 +997,11 @@ impl Bridge for SmsBridge {
                     required: true,
                 }],
             }),
-            Command::new(
+            Command::on(
                 "assign-number",
                 "Assign a phone number to a user",
-                run(Action::Assign),
+                &self.me,
+                |bridge, _, values| async move { bridge.assign(&values).await },
             )
             .for_admins()
             .with_form(Form {
@@ -1041,10 +1019,11 @@ impl Bridge for SmsBridge {
                     },
                 ],
             }),
-            Command::new(
+            Command::on(
                 "release-number",
                 "Take a phone number from its owner",
-                run(Action::Release),
+                &self.me,
+                |bridge, _, values| async move { bridge.release(&values).await },
             )
             .for_admins()
             .with_form(Form {

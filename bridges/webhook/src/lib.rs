@@ -572,23 +572,12 @@ impl Bridge for Webhooks {
         if names.is_empty() {
             return Vec::new();
         }
-        let switch = |enable: bool| {
-            let me = self.me.clone();
-            move |user: UserJid, values: FormValues| {
-                let me = me.clone();
-                async move {
-                    let bridge = me
-                        .upgrade()
-                        .ok_or_else(|| CommandError::Failed("the bridge is stopping".into()))?;
-                    bridge.switch(&user, &values, enable).await
-                }
-            }
-        };
         vec![
-            Command::new(
+            Command::on(
                 "enable-endpoint",
                 "Re-enable a disabled webhook endpoint",
-                switch(true),
+                &self.me,
+                |bridge, user, values| async move { bridge.switch(&user, &values, true).await },
             )
             .for_admins()
             .with_form(endpoint_form(
@@ -596,10 +585,11 @@ impl Bridge for Webhooks {
                 "Messages to the endpoint are POSTed again. Disabled now: see 'help'.",
                 names.clone(),
             )),
-            Command::new(
+            Command::on(
                 "disable-endpoint",
                 "Disable a webhook endpoint",
-                switch(false),
+                &self.me,
+                |bridge, user, values| async move { bridge.switch(&user, &values, false).await },
             )
             .for_admins()
             .with_form(endpoint_form(
