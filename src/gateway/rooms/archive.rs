@@ -1,0 +1,260 @@
+//! What a room has said, read back: history on join, MAM queries, the gateway's room list,
+//! a room's disco#info, and the upkeep (cursors written, old messages forgotten).
+
+use super::talk::flush_cursors;
+use super::*;
+
+/// An archived message as history for `to`: with its delay, and the poster's origin-id.
+pub(super) fn archived(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    message: &ArchivedMessage,
+    to: &str,
+) -> Option<Element> {
+    as_room_message(gateway, room, room_jid, message, |message| {
+        let stanza = Writable::new(muc::room_message(message)).ok()?;
+        Some(stanza.with(&[("to", to)]).into_inner())
+    })
+}
+
+/// Builds a stanza from an archived message, as the room said it (with its delay).
+pub(super) fn as_room_message(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    message: &ArchivedMessage,
+    build: impl FnOnce(&muc::RoomMessage<'_>) -> Option<Element>,
+) -> Option<Element> {
+    let stamp = humantime::format_rfc3339_millis(
+        SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(message.said_at).ok()?),
+    )
+    .to_string();
+    let room_name = room_jid.to_string();
+    build(&muc::RoomMessage {
+        from: occupant_jid(room_jid, &message.nick)?,
+        room: &room_name,
+        stanza_id: &message.stanza_id,
+        text: &message.text,
+        occupant_id: &occupant_id(&gateway.domain, room, &message.sender),
+        origin_id: message.origin_id.as_deref(),
+        delay: Some(&stamp),
+    })
+}
+
+/// Answers a XEP-0313 query of a room's archive from one of its members: the page's
+/// messages as results to the asking resource, then the `<fin/>` for the iq result.
+pub(in crate::gateway) async fn archive_query(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    payload: &Element,
+) -> Result<Element, StanzaFailure> {
+    const DEFAULT_PAGE: u32 = 50;
+    const LARGEST_PAGE: u32 = 250;
+    let user = from.to_bare().to_string();
+    let member = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .is_some_and(|state| state.members.contains_key(&user));
+    if !member {
+        return Err(StanzaFailure::Forbidden(
+            "join the room to read its archive".into(),
+        ));
+    }
+    gateway.access.take(&user)?;
+    let query = muc::archive_query(payload).map_err(StanzaFailure::BadRequest)?;
+    let Some(room_jid) = room_jid(gateway, room) else {
+        return Err(StanzaFailure::ItemNotFound("no such room".into()));
+    };
+    let time = |stamp: &Option<String>, name: &str| {
+        stamp
+            .as_deref()
+            .map(|stamp| {
+                humantime::parse_rfc3339_weak(stamp)
+                    .map(millis)
+                    .map_err(|_| {
+                        StanzaFailure::BadRequest(format!("{name}: '{stamp}' is not a time"))
+                    })
+            })
+            .transpose()
+    };
+    let tables = gateway.store.rooms();
+    let id_of = async |stanza_id: &Option<String>| match stanza_id {
+        None => Ok(None),
+        Some(stanza_id) => tables
+            .archive_id(&gateway.domain, room.as_str(), stanza_id)
+            .await
+            .map_err(|error| gateway.storage_failed(error))?
+            .map(Some)
+            .ok_or_else(|| {
+                StanzaFailure::ItemNotFound(format!("no message '{stanza_id}' in the archive"))
+            }),
+    };
+    let nick = match &query.with {
+        None => None,
+        Some(with) => match with.parse::<Jid>() {
+            Ok(jid) if jid.to_bare() == room_jid => jid.resource().map(|nick| nick.to_string()),
+            _ => {
+                return Err(StanzaFailure::BadRequest(
+                    "'with' must be an occupant of this room (room@domain/nick)".into(),
+                ));
+            }
+        },
+    };
+    let page = crate::store::rooms::PageQuery {
+        after: id_of(&query.after).await?,
+        before: id_of(&query.before).await?,
+        last: query.last,
+        start: time(&query.start, "start")?,
+        end: time(&query.end, "end")?,
+        nick,
+        max: query.max.unwrap_or(DEFAULT_PAGE).min(LARGEST_PAGE),
+    };
+    let (messages, complete) = tables
+        .page(&gateway.domain, room.as_str(), &page)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    let to = from.to_string();
+    let room_name = room_jid.to_string();
+    for message in &messages {
+        let result = as_room_message(gateway, room, &room_jid, message, |message| {
+            Some(muc::archive_result(
+                &to,
+                &room_name,
+                query.query_id.as_deref(),
+                message,
+            ))
+        });
+        if let Some(result) = result {
+            gateway.send(result).await;
+        }
+    }
+    Ok(muc::archive_fin(
+        complete,
+        messages.first().map(|message| message.stanza_id.as_str()),
+        messages.last().map(|message| message.stanza_id.as_str()),
+    ))
+}
+
+/// The gateway's disco#items: the rooms the network lists for `user`, sorted by address
+/// and paged with XEP-0059 (`after` a room's JID, 100 per page unless asked, at most 500).
+pub(in crate::gateway) async fn list(
+    gateway: &Gateway,
+    user: &str,
+    payload: &Element,
+) -> Result<Element, StanzaFailure> {
+    const DEFAULT_PAGE: usize = 100;
+    const LARGEST_PAGE: usize = 500;
+    let query = xmpp_parsers::disco::DiscoItemsQuery::try_from(payload.clone())
+        .map_err(|error| StanzaFailure::BadRequest(error.to_string()))?;
+    let asker = UserJid::new(user);
+    let listed = gateway
+        .call("listing the rooms", gateway.bridge.list_rooms(&asker))
+        .await?
+        .map_err(action_failure)?;
+    let mut rooms: Vec<(Jid, Option<String>)> = listed
+        .into_iter()
+        .filter_map(|listing| {
+            let jid = Jid::from(room_jid(gateway, &listing.room)?);
+            let name = match (listing.name, listing.occupants) {
+                (Some(name), Some(count)) => format!("{} ({count}): {name}", listing.room),
+                (None, Some(count)) => format!("{} ({count})", listing.room),
+                (Some(name), None) => format!("{}: {name}", listing.room),
+                (None, None) => listing.room.to_string(),
+            };
+            Some((jid, Some(name)))
+        })
+        .collect();
+    rooms.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    rooms.dedup_by(|a, b| a.0 == b.0);
+    let (after, index, max) = query
+        .rsm
+        .map_or((None, None, None), |set| (set.after, set.index, set.max));
+    let start = match &after {
+        None => index.unwrap_or(0),
+        Some(after) => {
+            rooms
+                .iter()
+                .position(|(jid, _)| jid.as_str() == after)
+                .ok_or_else(|| {
+                    StanzaFailure::ItemNotFound(format!("no room {after} in the list"))
+                })?
+                + 1
+        }
+    };
+    let max = max.unwrap_or(DEFAULT_PAGE).min(LARGEST_PAGE);
+    let page = rooms.get(start..).unwrap_or_default();
+    let page = &page[..page.len().min(max)];
+    Ok(muc::room_list(page, start, rooms.len()))
+}
+
+/// The disco#info of a room.
+pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
+    let (subject, occupants) = {
+        let rooms = gateway.rooms.lock();
+        rooms.get(room).map_or((String::new(), 0), |state| {
+            (
+                state
+                    .subject
+                    .as_ref()
+                    .map(|subject| subject.text.clone())
+                    .unwrap_or_default(),
+                state.occupants.len(),
+            )
+        })
+    };
+    let name = gateway.bridge.format_address(room);
+    muc::room_info(
+        &name,
+        &subject,
+        occupants,
+        &[
+            "http://jabber.org/protocol/disco#info",
+            muc::NS_MUC,
+            "muc_open",
+            "muc_public",
+            "muc_semianonymous",
+            "muc_persistent",
+            muc::NS_OCCUPANT_ID,
+            muc::NS_SID,
+            muc::NS_MAM,
+            "urn:xmpp:ping",
+        ],
+    )
+}
+
+/// The rooms' upkeep until shutdown: their cursors written every second (and once more at
+/// shutdown), archived messages older than `keep_history` forgotten hourly.
+pub async fn maintain(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) {
+    const CURSORS: Duration = Duration::from_secs(1);
+    const SWEEP: u32 = 3600;
+    let mut ticks = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(CURSORS) => {}
+            () = shutdown.clone().wait() => {
+                flush_cursors(&gateway).await;
+                return;
+            }
+        }
+        flush_cursors(&gateway).await;
+        ticks += 1;
+        if ticks % SWEEP != 0 {
+            continue;
+        }
+        let keep = i64::try_from(gateway.rooms_config.keep_history.as_millis()).unwrap_or(i64::MAX);
+        let before = now_millis().saturating_sub(keep);
+        match gateway
+            .store
+            .rooms()
+            .forget_before(&gateway.domain, before)
+            .await
+        {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "forgot old room messages"),
+            Err(error) => tracing::warn!(%error, "cannot delete old room messages"),
+        }
+    }
+}

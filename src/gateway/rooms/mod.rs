@@ -1,0 +1,231 @@
+//! Group chats (XEP-0045): which of our users is in which room from which resources, under
+//! which nick, and what each room looks like (occupants, subject) as its bridge reported it
+//! (here); joins, leaves, nick changes and restarts (`membership`); posts, private
+//! messages, moderation, self-pings and the fan-out of what happens in a room (`talk`);
+//! history, MAM, disco and upkeep (`archive`).
+//!
+//! A room message is archived once ([`crate::store::rooms`]) and sent from memory to every
+//! joined resource: the archive is the room's history and its de-duplication (one row per
+//! foreign id), the in-memory membership is the fan-out list. Joins are persisted per
+//! (user, room, resource), so that at start the bridge rejoins the foreign rooms
+//! ([`restore`]) and a client that joins again gets a resync without a second foreign join.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use jabbridge_sdk::{
+    CoreError, HistoryWish, JoinError, JoinRequest, Joined, MessageId, Moderation, Occupant,
+    Posted, Role, RoomActionError, RoomEvent, RoomId, RoomMessage, RoomPost, SendError, Subject,
+    UserJid,
+};
+use sha2::{Digest, Sha256};
+use xmpp_parsers::{
+    jid::{BareJid, Jid},
+    message::Message,
+    minidom::Element,
+};
+
+use super::{Answer, Gateway};
+use crate::store::rooms::{ArchivedMessage, JoinRow, NewRoomMessage};
+use crate::store::{millis, now_millis};
+use crate::xmpp::muc::{self, OccupantPresence, status};
+use crate::xmpp::stanza::StanzaFailure;
+use crate::xmpp::xml_safe::Writable;
+
+mod archive;
+mod membership;
+mod talk;
+
+pub use archive::maintain;
+pub(in crate::gateway) use archive::{archive_query, info, list};
+pub(in crate::gateway) use membership::{bounced, on_presence};
+pub use membership::{forget_user, leave_if_gone, restore};
+pub use talk::event;
+pub(in crate::gateway) use talk::{administer, on_groupchat, ping, private_allowed};
+
+/// Our users in rooms, and the rooms as the bridge reported them. Shared with the timers
+/// that leave a room after the grace period.
+#[derive(Default)]
+pub struct Rooms {
+    rooms: Mutex<HashMap<RoomId, Room>>,
+    /// Posts whose echo the network will send ([`Posted::EchoFollows`]), by room and post
+    /// id: who posted, and the id their stanza had.
+    echoes: Mutex<HashMap<(RoomId, String), Poster>>,
+}
+
+/// One room: the network's view of it, and our users in it.
+#[derive(Default)]
+struct Room {
+    /// Everyone in the room, our users included, by nick.
+    occupants: BTreeMap<String, Occupant>,
+    subject: Option<Subject>,
+    /// Our users in the room, by bare JID.
+    members: BTreeMap<String, Member>,
+    /// The highest archive id whose copies the server acknowledged.
+    acked: i64,
+    /// The `acked` last written to `room_cursors`.
+    flushed: i64,
+    /// Whether `room_cursors` has a row for the room (written before its first fan-out).
+    cursor_known: bool,
+}
+
+/// One of our users in a room.
+struct Member {
+    nick: String,
+    /// Their joined resources; empty while the grace period after the last one left runs.
+    resources: BTreeSet<String>,
+    /// Bumped whenever a resource joins, so that a grace timer started earlier does nothing.
+    generation: u64,
+}
+
+/// Who posted a message that is being reflected.
+#[derive(Debug, Clone)]
+struct Poster {
+    user: String,
+    /// The `id` of their stanza, which the reflection to them carries.
+    stanza_id: Option<String>,
+    /// Their XEP-0359 origin-id (or stanza id): what every copy carries.
+    origin_id: String,
+}
+
+impl Rooms {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, Room>> {
+        // A panic while holding the lock is a bug; the map is still consistent enough to
+        // serve (every change is one insert or remove).
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `resource` of `user` is in `room`, and their nick if so.
+    fn nick_of(&self, room: &RoomId, user: &str, resource: &str) -> Option<String> {
+        let rooms = self.lock();
+        let member = rooms.get(room)?.members.get(user)?;
+        member
+            .resources
+            .contains(resource)
+            .then(|| member.nick.clone())
+    }
+
+    /// The server acknowledged every copy of `room`'s message `id`.
+    fn acked(&self, room: &RoomId, id: i64) {
+        if let Some(state) = self.lock().get_mut(room) {
+            state.acked = state.acked.max(id);
+        }
+    }
+
+    /// How many rooms have at least one of our users, and how many resources are joined.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.lock();
+        let resources = rooms
+            .values()
+            .flat_map(|room| room.members.values())
+            .map(|member| member.resources.len())
+            .sum();
+        (rooms.len(), resources)
+    }
+}
+
+/// The XEP-0421 occupant-id of a foreign sender in a room: stable for the same sender, room
+/// and bridge, and telling nothing of the sender's id.
+fn occupant_id(domain: &str, room: &RoomId, sender: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [domain, room.as_str(), sender] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// `room@domain` for a room.
+fn room_jid(gateway: &Gateway, room: &RoomId) -> Option<BareJid> {
+    gateway.contact_jid(room).ok().map(|jid| jid.to_bare())
+}
+
+/// `room@domain/nick`.
+fn occupant_jid(room: &BareJid, nick: &str) -> Option<Jid> {
+    format!("{room}/{nick}").parse().ok()
+}
+
+/// The presence of `occupant` for `to`.
+fn presence_of(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    occupant: &Occupant,
+    to: &str,
+    shape: Shape<'_>,
+) -> Option<Element> {
+    let from = occupant_jid(room_jid, &occupant.nick)?;
+    let id = occupant_id(&gateway.domain, room, occupant.id.as_str());
+    Some(muc::occupant(&OccupantPresence {
+        from,
+        to: to.parse().ok()?,
+        role: occupant.role,
+        affiliation: occupant.affiliation,
+        occupant_id: &id,
+        unavailable: shape.unavailable,
+        statuses: shape.statuses,
+        new_nick: shape.new_nick,
+        actor: shape.actor,
+        reason: shape.reason,
+    }))
+}
+
+/// How an occupant presence looks beyond the occupant.
+#[derive(Clone, Copy, Default)]
+struct Shape<'a> {
+    unavailable: bool,
+    statuses: &'a [u16],
+    new_nick: Option<&'a str>,
+    actor: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+/// Every joined resource of a room: (bare JID, nick, full JID).
+fn recipients(room: &Room) -> Vec<(String, String, String)> {
+    room.members
+        .iter()
+        .flat_map(|(user, member)| {
+            member
+                .resources
+                .iter()
+                .map(move |resource| (user.clone(), member.nick.clone(), full(user, resource)))
+        })
+        .collect()
+}
+
+fn full(user: &str, resource: &str) -> String {
+    if resource.is_empty() {
+        user.to_owned()
+    } else {
+        format!("{user}/{resource}")
+    }
+}
+
+/// `from`'s bare JID and nick in `room`, when that resource is joined; `not-acceptable`
+/// otherwise (XEP-0045's answer to a non-occupant, which also tells a client to join
+/// again).
+fn joined(gateway: &Gateway, from: &Jid, room: &RoomId) -> Result<(String, String), StanzaFailure> {
+    let user = from.to_bare().to_string();
+    let resource = from.resource().map(|r| r.to_string()).unwrap_or_default();
+    match gateway.rooms.nick_of(room, &user, &resource) {
+        Some(nick) => Ok((user, nick)),
+        None => Err(StanzaFailure::NotAcceptable(
+            "you are not in this room: join it first".into(),
+        )),
+    }
+}
+
+fn action_failure(error: RoomActionError) -> StanzaFailure {
+    match error {
+        RoomActionError::Forbidden(text) => StanzaFailure::Forbidden(text),
+        RoomActionError::NoSuchOccupant(text) => StanzaFailure::ItemNotFound(text),
+        RoomActionError::NotSupported(text) => StanzaFailure::FeatureNotImplemented(text),
+        RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
+    }
+}

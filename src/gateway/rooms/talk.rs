@@ -1,0 +1,670 @@
+//! What is said and done in a room: posts and their reflection, private messages,
+//! moderation, self-pings, the archive-then-fan-out of room messages with their cursors,
+//! and the bridge's room events.
+
+use super::archive::as_room_message;
+use super::*;
+
+/// A groupchat message from a user: a post, or a subject change.
+pub(in crate::gateway) async fn on_groupchat(
+    gateway: &Gateway,
+    message: &Message,
+    from: &Jid,
+    room: RoomId,
+    text: Option<String>,
+) -> Answer {
+    gateway.access.check(from.to_bare().as_str())?;
+    let (user, posted_as) = joined(gateway, from, &room)?;
+    for (name, namespace, what) in [
+        ("replace", "urn:xmpp:message-correct:0", "corrections"),
+        ("retract", "urn:xmpp:message-retract:1", "retractions"),
+        ("reactions", "urn:xmpp:reactions:0", "reactions"),
+    ] {
+        if message
+            .payloads
+            .iter()
+            .any(|payload| payload.is(name, namespace))
+        {
+            return Err(StanzaFailure::FeatureNotImplemented(format!(
+                "{} cannot carry {what} in rooms: it was not sent",
+                gateway.info.name
+            )));
+        }
+    }
+    if let Some(subject) = message.subjects.values().next()
+        && text.is_none()
+    {
+        let setter = UserJid::new(user.as_str());
+        let call = gateway.bridge.set_subject(&setter, &room, subject);
+        gateway
+            .call("changing the subject", call)
+            .await?
+            .map_err(action_failure)?;
+        return Ok(None);
+    }
+    let Some(text) = text else {
+        // Chat states and markers in rooms are not carried.
+        return Ok(None);
+    };
+    if text.len() > crate::delivery::MAX_TEXT {
+        return Err(StanzaFailure::NotAcceptable(format!(
+            "the message is {} bytes; at most {} are carried",
+            text.len(),
+            crate::delivery::MAX_TEXT
+        )));
+    }
+    gateway.access.take(&user)?;
+    let stanza_id = message.id.as_ref().map(|id| id.0.clone());
+    let origin_id = message
+        .payloads
+        .iter()
+        .find(|payload| payload.is("origin-id", muc::NS_SID))
+        .and_then(|origin| origin.attr("id"))
+        .map(str::to_owned)
+        .or_else(|| stanza_id.clone())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let registration = gateway
+        .store
+        .registration(&gateway.domain, &user)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?;
+    let post = RoomPost {
+        id: MessageId::new(origin_id.as_str()),
+        user: UserJid::new(user.as_str()),
+        room: room.clone(),
+        text: text.clone(),
+        registration,
+    };
+    let poster = Poster {
+        user: user.clone(),
+        stanza_id,
+        origin_id: origin_id.clone(),
+    };
+    if let Ok(mut echoes) = gateway.rooms.echoes.lock() {
+        // Recorded before the call: the echo may come before the call returns.
+        echoes.insert((room.clone(), origin_id.clone()), poster.clone());
+    }
+    let posted = gateway
+        .call("your message", gateway.bridge.send_room_message(post))
+        .await;
+    let outcome = match posted {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(error)) => {
+            forget_echo(gateway, &room, &origin_id);
+            return Err(match error {
+                SendError::Permanent { reason } => StanzaFailure::NotAcceptable(reason),
+                SendError::Transient { reason, .. } => StanzaFailure::Unavailable(format!(
+                    "the network did not take the message ({reason}); send it again"
+                )),
+            });
+        }
+        Err(failure) => {
+            forget_echo(gateway, &room, &origin_id);
+            return Err(failure);
+        }
+    };
+    match outcome {
+        Posted::EchoFollows => Ok(None),
+        Posted::Reflect { foreign_id } => {
+            forget_echo(gateway, &room, &origin_id);
+            // The nick it is reflected under is the one the user has now.
+            let nick = joined(gateway, from, &room).map_or(posted_as, |(_, nick)| nick);
+            let sender = {
+                let rooms = gateway.rooms.lock();
+                rooms
+                    .get(&room)
+                    .and_then(|state| state.occupants.get(&nick))
+                    .map_or_else(|| nick.clone(), |occupant| occupant.id.to_string())
+            };
+            let message = RoomMessage {
+                foreign_id: foreign_id
+                    .unwrap_or_else(|| MessageId::new(format!("xmpp:{user}:{origin_id}"))),
+                nick,
+                sender: sender.into(),
+                text,
+                timestamp: None,
+                echo_of: None,
+            };
+            said(gateway, &room, message, Some(poster))
+                .await
+                .map_err(|_| StanzaFailure::Internal)?;
+            Ok(None)
+        }
+    }
+}
+
+pub(super) fn forget_echo(gateway: &Gateway, room: &RoomId, origin_id: &str) {
+    if let Ok(mut echoes) = gateway.rooms.echoes.lock() {
+        echoes.remove(&(room.clone(), origin_id.to_owned()));
+    }
+}
+
+/// Whether `from` may write privately to `nick` in `room`: they are in it, and so is `nick`.
+pub(in crate::gateway) fn private_allowed(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    nick: &str,
+) -> Result<(), StanzaFailure> {
+    joined(gateway, from, room)?;
+    let rooms = gateway.rooms.lock();
+    if !rooms
+        .get(room)
+        .is_some_and(|state| state.occupants.contains_key(nick))
+    {
+        return Err(StanzaFailure::ItemNotFound(format!(
+            "nobody in the room is called {nick}"
+        )));
+    }
+    Ok(())
+}
+
+/// A XEP-0410 self-ping (or any ping to an occupant): answered `Ok` (a result) only when
+/// the sending resource is in the room; `not-acceptable` otherwise, which tells the client
+/// to join again.
+pub(in crate::gateway) fn ping(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+) -> Result<(), StanzaFailure> {
+    joined(gateway, from, room).map(|_| ())
+}
+
+/// A moderator's `muc#admin` set (XEP-0045 §8-9) from a joined resource: each item
+/// becomes one [`Moderation`] for the bridge, in order; the first refusal ends it. What the
+/// network then does comes back as room events.
+pub(in crate::gateway) async fn administer(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    payload: &Element,
+) -> Result<(), StanzaFailure> {
+    let (user, _) = joined(gateway, from, room)?;
+    let items = muc::admin_items(payload).map_err(StanzaFailure::BadRequest)?;
+    let moderator = UserJid::new(user.as_str());
+    for item in items {
+        let action = match (item.role.as_deref(), item.affiliation.as_deref()) {
+            (Some("none"), None) => Moderation::Kick {
+                nick: item.nick,
+                reason: item.reason,
+            },
+            (None, Some("outcast")) => Moderation::Ban {
+                nick: item.nick,
+                reason: item.reason,
+            },
+            (Some(role), None) => Moderation::SetRole {
+                nick: item.nick,
+                role: match role {
+                    "moderator" => Role::Moderator,
+                    "participant" => Role::Participant,
+                    "visitor" => Role::Visitor,
+                    other => {
+                        return Err(StanzaFailure::BadRequest(format!("no role '{other}'")));
+                    }
+                },
+            },
+            _ => {
+                return Err(StanzaFailure::FeatureNotImplemented(
+                    "only kicks (role none), bans (affiliation outcast) and role changes are \
+                     carried"
+                        .into(),
+                ));
+            }
+        };
+        let call = gateway.bridge.moderate(&moderator, room, action);
+        gateway
+            .call("the moderation", call)
+            .await?
+            .map_err(|error| match error {
+                RoomActionError::Forbidden(text) => StanzaFailure::NotAllowed(text),
+                other => action_failure(other),
+            })?;
+    }
+    Ok(())
+}
+
+/// A room message: archived once (a repeat of its foreign id is dropped), then sent to
+/// every joined resource; the poster's resources get it with their own stanza's id.
+pub(super) async fn said(
+    gateway: &Gateway,
+    room: &RoomId,
+    message: RoomMessage,
+    poster: Option<Poster>,
+) -> Result<(), CoreError> {
+    let Some(room_jid) = room_jid(gateway, room) else {
+        return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
+    };
+    if gateway.rooms.lock().get(room).is_none() {
+        return Ok(());
+    }
+    let mut text = message.text;
+    crate::xmpp::xml_safe::clean(&mut text);
+    let stanza_id = uuid::Uuid::new_v4().to_string();
+    let sender = message.sender.to_string();
+    let said_at = message.timestamp.map_or_else(now_millis, millis);
+    let new = NewRoomMessage {
+        foreign_id: message.foreign_id.as_str(),
+        stanza_id: &stanza_id,
+        nick: &message.nick,
+        sender: &sender,
+        text: &text,
+        origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
+        poster: poster.as_ref().map(|poster| poster.user.as_str()),
+        said_at,
+    };
+    let archived = gateway
+        .store
+        .rooms()
+        .archive(&gateway.domain, room.as_str(), &new)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot archive a room message");
+            CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
+        })?;
+    let Some(id) = archived else {
+        return Ok(());
+    };
+    let Some(from) = occupant_jid(&room_jid, &message.nick) else {
+        return Err(CoreError::Refused(format!(
+            "'{}' is not a nick a JID can carry",
+            message.nick
+        )));
+    };
+    let room_name = room_jid.to_string();
+    let occupant = occupant_id(&gateway.domain, room, &sender);
+    let delay = message.timestamp.and_then(|at| {
+        let late = SystemTime::now().duration_since(at).ok()? > Duration::from_secs(5);
+        late.then(|| humantime::format_rfc3339_millis(at).to_string())
+    });
+    let template = Writable::new(muc::room_message(&muc::RoomMessage {
+        from,
+        room: &room_name,
+        stanza_id: &stanza_id,
+        text: &text,
+        occupant_id: &occupant,
+        origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
+        delay: delay.as_deref(),
+    }))
+    .map_err(|error| CoreError::Refused(error.to_string()))?;
+    fan_out(gateway, room, &template, id, poster.as_ref()).await;
+    Ok(())
+}
+
+/// Records, before a room's first fan-out in this process, where its cursor stands: a
+/// crash after that resends what follows.
+pub(super) async fn know_cursor(gateway: &Gateway, room: &RoomId, before: i64) {
+    let known = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .is_none_or(|state| state.cursor_known);
+    if known {
+        return;
+    }
+    let tables = gateway.store.rooms();
+    match tables
+        .set_cursor(&gateway.domain, room.as_str(), before)
+        .await
+    {
+        Ok(()) => {
+            if let Some(state) = gateway.rooms.lock().get_mut(room) {
+                state.cursor_known = true;
+                state.acked = state.acked.max(before);
+                state.flushed = state.flushed.max(before);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot record a room's cursor"),
+    }
+}
+
+/// Sends a copy of room message `id` to every joined resource, the poster's with their own
+/// stanza's id. The last copy is tracked: once the server acknowledged it (and so every copy
+/// before it), the room's cursor moves to `id`.
+pub(super) async fn fan_out(
+    gateway: &Gateway,
+    room: &RoomId,
+    template: &Writable,
+    id: i64,
+    poster: Option<&Poster>,
+) {
+    know_cursor(gateway, room, id - 1).await;
+    // The copies are made under the lock, straight from the membership (no list of
+    // recipients in between), and sent after it.
+    let mut copies: Vec<Writable> = {
+        let rooms = gateway.rooms.lock();
+        let Some(state) = rooms.get(room) else {
+            return;
+        };
+        let mut copies = Vec::with_capacity(state.members.len());
+        let mut to = String::new();
+        for (user, member) in &state.members {
+            let own_id = poster
+                .filter(|poster| poster.user == *user)
+                .and_then(|poster| poster.stanza_id.as_deref());
+            for resource in &member.resources {
+                to.clear();
+                to.push_str(user);
+                if !resource.is_empty() {
+                    to.push('/');
+                    to.push_str(resource);
+                }
+                copies.push(match own_id {
+                    Some(id) => template.with(&[("to", &to), ("id", id)]),
+                    None => template.with(&[("to", &to)]),
+                });
+            }
+        }
+        copies
+    };
+    crate::metrics::room_message(&gateway.domain, copies.len());
+    let Some(last) = copies.pop() else {
+        gateway.rooms.acked(room, id);
+        return;
+    };
+    for copy in copies {
+        gateway.send_writable(copy).await;
+    }
+    // Queued in order with the others; its acknowledgement is awaited aside.
+    match gateway.link.send_writable_tracked(last).await {
+        Ok(tracked) => {
+            let rooms = gateway.rooms.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                if tracked.acknowledged().await {
+                    rooms.acked(&room, id);
+                }
+            });
+        }
+        Err(_) => tracing::warn!("link stopped; a room message copy was dropped at shutdown"),
+    }
+}
+
+/// Writes the rooms' cursors that moved since the last time.
+pub(super) async fn flush_cursors(gateway: &Gateway) {
+    let moved: Vec<(RoomId, i64)> = gateway
+        .rooms
+        .lock()
+        .iter()
+        .filter(|(_, state)| state.cursor_known && state.acked > state.flushed)
+        .map(|(room, state)| (room.clone(), state.acked))
+        .collect();
+    let tables = gateway.store.rooms();
+    for (room, acked) in moved {
+        match tables
+            .set_cursor(&gateway.domain, room.as_str(), acked)
+            .await
+        {
+            Ok(()) => {
+                if let Some(state) = gateway.rooms.lock().get_mut(&room) {
+                    state.flushed = state.flushed.max(acked);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot record a room's cursor"),
+        }
+    }
+}
+
+/// At start, once rooms are rejoined: what each room archived after its cursor (the
+/// copies a crash may have lost) goes again to the resources joined now, with its delay.
+pub(super) async fn resend_unsent(gateway: &Gateway) {
+    const AT_MOST: u32 = 1000;
+    let rooms: Vec<RoomId> = gateway.rooms.lock().keys().cloned().collect();
+    let tables = gateway.store.rooms();
+    for room in rooms {
+        let cursor = match tables.cursor(&gateway.domain, room.as_str()).await {
+            Ok(cursor) => cursor,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a room's cursor");
+                continue;
+            }
+        };
+        let Some(cursor) = cursor else {
+            // Never fanned out in a process that recorded it: nothing to resend.
+            continue;
+        };
+        if let Some(state) = gateway.rooms.lock().get_mut(&room) {
+            state.cursor_known = true;
+            state.acked = state.acked.max(cursor);
+            state.flushed = state.flushed.max(cursor);
+        }
+        let page = crate::store::rooms::PageQuery {
+            after: Some(cursor),
+            max: AT_MOST,
+            ..Default::default()
+        };
+        let unsent = match tables.page(&gateway.domain, room.as_str(), &page).await {
+            Ok((unsent, _)) => unsent,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read what a room did not send");
+                continue;
+            }
+        };
+        let Some(room_jid) = room_jid(gateway, &room) else {
+            continue;
+        };
+        if !unsent.is_empty() {
+            tracing::info!(%room, count = unsent.len(), "sending again what a room had not sent");
+        }
+        for message in unsent {
+            let template = as_room_message(gateway, &room, &room_jid, &message, |message| {
+                Some(muc::room_message(message))
+            })
+            .and_then(|stanza| Writable::new(stanza).ok());
+            if let Some(template) = template {
+                fan_out(gateway, &room, &template, message.id, None).await;
+            }
+        }
+    }
+}
+
+/// Serves a bridge's [`RoomEvent`]: updates the room and shows the change to every joined
+/// resource.
+pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<(), CoreError> {
+    if let RoomEvent::Message(message) = event {
+        let poster = message.echo_of.as_ref().and_then(|post| {
+            gateway
+                .rooms
+                .echoes
+                .lock()
+                .ok()?
+                .remove(&(room.clone(), post.to_string()))
+        });
+        return said(gateway, &room, message, poster).await;
+    }
+    let Some(room_jid) = room_jid(gateway, &room) else {
+        return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
+    };
+    let mut removed_users = Vec::new();
+    let mut renamed_user = None;
+    let stanzas = {
+        let mut rooms = gateway.rooms.lock();
+        let Some(state) = rooms.get_mut(&room) else {
+            return Ok(());
+        };
+        let mut stanzas = Vec::new();
+        let everyone = recipients(state);
+        match event {
+            RoomEvent::Message(_) => {}
+            RoomEvent::Occupant(occupant) => {
+                let known = state
+                    .occupants
+                    .insert(occupant.nick.clone(), occupant.clone());
+                for (_, nick, to) in &everyone {
+                    let own = *nick == occupant.nick;
+                    if own && known.is_none() {
+                        // Their own join was shown when they joined.
+                        continue;
+                    }
+                    let statuses: &[u16] = if own { &[status::SELF] } else { &[] };
+                    let shape = Shape {
+                        statuses,
+                        ..Shape::default()
+                    };
+                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                }
+            }
+            RoomEvent::Left { .. } | RoomEvent::Kicked { .. } | RoomEvent::Banned { .. } => {
+                if let Some(gone) = Gone::of(&event) {
+                    removed_users =
+                        remove_occupant(gateway, &room, &room_jid, state, &gone, &mut stanzas);
+                }
+            }
+            RoomEvent::Renamed { old, new } => {
+                let mut occupant = state
+                    .occupants
+                    .remove(&old)
+                    .unwrap_or_else(|| Occupant::new(old.clone()));
+                for (user, member_nick, to) in &everyone {
+                    let own = *member_nick == old;
+                    if own {
+                        renamed_user = Some(user.clone());
+                    }
+                    let gone: &[u16] = if own {
+                        &[status::NICK_CHANGED, status::SELF]
+                    } else {
+                        &[status::NICK_CHANGED]
+                    };
+                    let shape = Shape {
+                        unavailable: true,
+                        statuses: gone,
+                        new_nick: Some(&new),
+                        ..Shape::default()
+                    };
+                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                    occupant.nick.clone_from(&new);
+                    let back: &[u16] = if own { &[status::SELF] } else { &[] };
+                    let shape = Shape {
+                        statuses: back,
+                        ..Shape::default()
+                    };
+                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                    occupant.nick.clone_from(&old);
+                }
+                occupant.nick.clone_from(&new);
+                state.occupants.insert(new.clone(), occupant);
+                if let Some(user) = &renamed_user
+                    && let Some(member) = state.members.get_mut(user)
+                {
+                    member.nick.clone_from(&new);
+                }
+            }
+            RoomEvent::Subject(subject) => {
+                let from = subject
+                    .by
+                    .as_deref()
+                    .and_then(|nick| occupant_jid(&room_jid, nick))
+                    .unwrap_or_else(|| Jid::from(room_jid.clone()));
+                let id = uuid::Uuid::new_v4().to_string();
+                for (_, _, to) in &everyone {
+                    if let Ok(to) = to.parse() {
+                        stanzas.push(muc::subject(from.clone(), to, &subject.text, &id));
+                    }
+                }
+                state.subject = Some(subject);
+            }
+        }
+        for user in &removed_users {
+            state.members.remove(user);
+        }
+        if state.members.is_empty() {
+            rooms.remove(&room);
+        }
+        stanzas
+    };
+    for stanza in stanzas {
+        gateway.send(stanza).await;
+    }
+    let tables = gateway.store.rooms();
+    for user in removed_users {
+        if let Err(error) = tables
+            .leave(&gateway.domain, &user, room.as_str(), None)
+            .await
+        {
+            tracing::error!(%error, "cannot record that a user left a room");
+        }
+    }
+    if let Some(user) = renamed_user {
+        let nick = gateway
+            .rooms
+            .lock()
+            .get(&room)
+            .and_then(|state| state.members.get(&user))
+            .map(|member| member.nick.clone());
+        if let Some(nick) = nick
+            && let Err(error) = tables
+                .rename(&gateway.domain, &user, room.as_str(), &nick)
+                .await
+        {
+            tracing::error!(%error, "cannot record a nick change");
+        }
+    }
+    Ok(())
+}
+
+/// An occupant leaving, kicked or banned.
+pub(super) struct Gone<'a> {
+    nick: &'a str,
+    by: Option<&'a str>,
+    reason: Option<&'a str>,
+    /// 307 (kicked) or 301 (banned); none for a leave.
+    code: Option<u16>,
+}
+
+impl<'a> Gone<'a> {
+    /// The departure an event reports, if it reports one.
+    fn of(event: &'a RoomEvent) -> Option<Self> {
+        let (nick, by, reason, code) = match event {
+            RoomEvent::Left { nick, reason } => (nick, None, reason, None),
+            RoomEvent::Kicked { nick, by, reason } => {
+                (nick, by.as_deref(), reason, Some(status::KICKED))
+            }
+            RoomEvent::Banned { nick, by, reason } => {
+                (nick, by.as_deref(), reason, Some(status::BANNED))
+            }
+            _ => return None,
+        };
+        Some(Gone {
+            nick,
+            by,
+            reason: reason.as_deref(),
+            code,
+        })
+    }
+}
+
+/// Takes an occupant out of the room and shows it to everyone; when the occupant is one of
+/// our users, they are out of the room too (with 110). Returns those users.
+pub(super) fn remove_occupant(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    state: &mut Room,
+    gone: &Gone<'_>,
+    stanzas: &mut Vec<Element>,
+) -> Vec<String> {
+    let occupant = state
+        .occupants
+        .remove(gone.nick)
+        .unwrap_or_else(|| Occupant::new(gone.nick));
+    let mut removed = Vec::new();
+    for (user, nick, to) in recipients(state) {
+        let own = nick == gone.nick;
+        let mut statuses = Vec::with_capacity(2);
+        statuses.extend(gone.code);
+        if own {
+            statuses.push(status::SELF);
+            if !removed.contains(&user) {
+                removed.push(user);
+            }
+        }
+        let shape = Shape {
+            unavailable: true,
+            statuses: &statuses,
+            actor: gone.by,
+            reason: gone.reason,
+            ..Shape::default()
+        };
+        stanzas.extend(presence_of(gateway, room, room_jid, &occupant, &to, shape));
+    }
+    removed
+}
