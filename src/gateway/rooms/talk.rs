@@ -68,8 +68,21 @@ pub(in crate::gateway) async fn on_groupchat(
         .registration(&gateway.domain, &user)
         .await
         .map_err(|error| gateway.storage_failed(error))?;
+    // The post's id is how the network's echo finds its poster: another user's pending
+    // post with the same id (a client's bad luck, or someone's malice) gets a fresh one.
+    let post_id = {
+        let echoes = gateway.rooms.echoes.lock();
+        match echoes
+            .as_ref()
+            .ok()
+            .and_then(|echoes| echoes.get(&(room.clone(), origin_id.clone())))
+        {
+            Some(pending) if pending.user != user => uuid::Uuid::new_v4().to_string(),
+            _ => origin_id.clone(),
+        }
+    };
     let post = RoomPost {
-        id: MessageId::new(origin_id.as_str()),
+        id: MessageId::new(post_id.as_str()),
         user: UserJid::new(user.as_str()),
         room: room.clone(),
         text: text.clone(),
@@ -82,7 +95,7 @@ pub(in crate::gateway) async fn on_groupchat(
     };
     if let Ok(mut echoes) = gateway.rooms.echoes.lock() {
         // Recorded before the call: the echo may come before the call returns.
-        echoes.insert((room.clone(), origin_id.clone()), poster.clone());
+        echoes.insert((room.clone(), post_id.clone()), poster.clone());
     }
     let posted = gateway
         .call("your message", gateway.bridge.send_room_message(post))
@@ -90,7 +103,7 @@ pub(in crate::gateway) async fn on_groupchat(
     let outcome = match posted {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(error)) => {
-            forget_echo(gateway, &room, &origin_id);
+            forget_echo(gateway, &room, &post_id);
             return Err(match error {
                 SendError::Permanent { reason } => StanzaFailure::NotAcceptable(reason),
                 SendError::Transient { reason, .. } => StanzaFailure::Unavailable(format!(
@@ -99,14 +112,14 @@ pub(in crate::gateway) async fn on_groupchat(
             });
         }
         Err(failure) => {
-            forget_echo(gateway, &room, &origin_id);
+            forget_echo(gateway, &room, &post_id);
             return Err(failure);
         }
     };
     match outcome {
         Posted::EchoFollows => Ok(None),
         Posted::Reflect { foreign_id } => {
-            forget_echo(gateway, &room, &origin_id);
+            forget_echo(gateway, &room, &post_id);
             // The nick it is reflected under is the one the user has now.
             let nick = joined(gateway, from, &room).map_or(posted_as, |(_, nick)| nick);
             let sender = {
