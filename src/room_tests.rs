@@ -893,3 +893,24 @@ async fn a_user_in_as_many_rooms_as_allowed_is_refused_another() {
         .await;
     assert_eq!(codes(&take(&mut harness, 3).await[1]), ["110"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_presence_update_without_the_muc_element_joins_nothing() {
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    // What a user's server sends to a room it still thinks she is in (after a kick, say).
+    harness
+        .receive("<presence from='alice@test/r' to='#lobby@echo.test/alice'><show>away</show></presence>")
+        .await;
+    harness.nothing_for(Duration::from_millis(200)).await;
+    harness
+        .receive(
+            "<iq type='get' from='alice@test/r' to='#lobby@echo.test/alice' id='p'>\
+             <ping xmlns='urn:xmpp:ping'/></iq>",
+        )
+        .await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
+}

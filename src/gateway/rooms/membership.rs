@@ -54,7 +54,10 @@ pub(in crate::gateway) async fn on_presence(
             change_nick(gateway, &room, &user, &current, &nick).await?;
             Ok(None)
         }
-        None => join(gateway, room, &user, &resource, nick, element).await,
+        None if muc::is_join(element) => join(gateway, room, &user, &resource, nick, element).await,
+        // A presence update for a room this resource is not in (its server still sends
+        // them after a kick, say): no join without the MUC element that asks for one.
+        None => Ok(None),
     }
 }
 

@@ -87,7 +87,13 @@ struct Poster {
     stanza_id: Option<String>,
     /// Their XEP-0359 origin-id (or stanza id): what every copy carries.
     origin_id: String,
+    /// When they posted: an echo that never comes is forgotten after [`ECHO_WAIT`].
+    posted: std::time::Instant,
 }
+
+/// How long a post waits for the network's echo ([`Posted::EchoFollows`]) before it is
+/// forgotten (the message went out; only its reflection is lost).
+const ECHO_WAIT: Duration = Duration::from_secs(600);
 
 impl Rooms {
     fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, Room>> {

@@ -92,8 +92,10 @@ pub(in crate::gateway) async fn on_groupchat(
         user: user.clone(),
         stanza_id,
         origin_id: origin_id.clone(),
+        posted: std::time::Instant::now(),
     };
     if let Ok(mut echoes) = gateway.rooms.echoes.lock() {
+        echoes.retain(|_, pending| pending.posted.elapsed() < ECHO_WAIT);
         // Recorded before the call: the echo may come before the call returns.
         echoes.insert((room.clone(), post_id.clone()), poster.clone());
     }
