@@ -26,6 +26,7 @@ pub mod config;
 #[cfg(test)]
 mod corpus_tests;
 pub mod delivery;
+pub mod doctor;
 pub mod gateway;
 #[cfg(test)]
 mod gateway_tests;

@@ -40,6 +40,9 @@ enum Command {
     Run,
     /// Check the configuration file, each bridge's section included, and exit.
     CheckConfig,
+    /// Check what a first start needs: the database, and each bridge's component port,
+    /// domain and secret. One line per check, with the fix; fails if any check does.
+    Doctor,
     /// Apply pending database migrations and exit (`run` also does this at start).
     Migrate,
     /// List or remove users registered with a bridge.
@@ -160,6 +163,17 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                 .map(|bridge| format!("{} ({})", bridge.domain, bridge.kind))
                 .collect();
             println!("config OK: {} bridge(s): {}", kinds.len(), kinds.join(", "));
+        }
+        Command::Doctor => {
+            app::check_bridges(&config)?;
+            let checks = jabbridge::doctor::run(&config).await;
+            for check in &checks {
+                println!("{check}");
+            }
+            let failed = checks.iter().filter(|check| check.outcome.is_err()).count();
+            if failed > 0 {
+                anyhow::bail!("{failed} of {} checks failed", checks.len());
+            }
         }
         Command::Migrate => {
             open_store(&config).await?;

@@ -435,6 +435,15 @@ pub fn backoff(failures: u32, cap: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
+/// Connects and hands shakes as the link would, then closes: whether the server answers at
+/// `config.server` and accepts the domain and secret (`jabbridge doctor`). While another
+/// process holds the component, the server may answer `conflict` or drop that one.
+pub async fn probe(config: &LinkConfig) -> Result<(), LinkError> {
+    let mut stream = connect(config).await?;
+    close(&mut stream).await;
+    Ok(())
+}
+
 async fn connect(config: &LinkConfig) -> Result<Stream, LinkError> {
     let unreachable = |source: std::io::Error| LinkError::Unreachable {
         server: config.server.clone(),

@@ -346,3 +346,55 @@ async fn huge_attributes_and_names_leave_the_link_up() {
     let log = jabbridge.log();
     assert!(!log.contains("link down"), "the link dropped:\n{log}");
 }
+
+/// `jabbridge doctor` against a real Prosody: the database and the component pass with the
+/// right secret; a wrong secret and a port with nothing on it fail, each naming the key to
+/// fix, and the command fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_database_and_each_component() {
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"])
+        .replace("{http}", &crate::harness::free_port().to_string());
+    let doctor = |config: &str| {
+        let path = dir.path().join("doctor.toml");
+        std::fs::write(&path, config).expect("write the config");
+        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
+    };
+    let (ok, output) = doctor(&config);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("ok    database: SQLite answers"),
+        "{output}"
+    );
+    assert!(
+        output.contains("ok    bridge[0] echo.localhost: component") && output.contains("accepted"),
+        "{output}"
+    );
+    let wrong = config.replace(
+        &format!("secret = \"{}\"", crate::harness::SECRET),
+        "secret = \"not-the-secret\"",
+    );
+    let (ok, output) = doctor(&wrong);
+    assert!(!ok, "{output}");
+    assert!(output.contains("FAIL  bridge[0]"), "{output}");
+    assert!(output.contains("bridge[0].secret"), "{output}");
+    assert!(
+        !output.contains("not-the-secret"),
+        "the secret was printed: {output}"
+    );
+    let nowhere = config.replace(
+        &format!(
+            "server = \"127.0.0.1:{}\"\nallow",
+            server.component_port_for("echo.localhost")
+        ),
+        &format!(
+            "server = \"127.0.0.1:{}\"\nallow",
+            crate::harness::free_port()
+        ),
+    );
+    assert_ne!(nowhere, config, "the bridge's server line was not found");
+    let (ok, output) = doctor(&nowhere);
+    assert!(!ok, "{output}");
+    assert!(output.contains("cannot reach the XMPP server"), "{output}");
+}

@@ -1,0 +1,113 @@
+//! `jabbridge doctor`: checks, from the config, what a first start needs: the database
+//! reachable and migrated, and each bridge's component port answering and accepting its
+//! domain and secret. One line per check, with the fix when it fails.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::xmpp::session::{self, LinkConfig};
+
+/// One check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked, e.g. `database` or `bridge[0] echo.example.org: component`.
+    pub what: String,
+    /// `Ok` with what was seen, or `Err` with what to fix.
+    pub outcome: Result<String, String>,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.outcome {
+            Ok(seen) => write!(f, "ok    {}: {seen}", self.what),
+            Err(fix) => write!(f, "FAIL  {}: {fix}", self.what),
+        }
+    }
+}
+
+/// How long a check may take.
+const CHECK: Duration = Duration::from_secs(10);
+
+/// Runs every check, in order.
+pub async fn run(config: &Config) -> Vec<Check> {
+    let mut checks = vec![database(config).await];
+    let running = running(config).await;
+    for (index, bridge) in config.bridge.iter().enumerate() {
+        let what = format!("bridge[{index}] {}: component", bridge.domain);
+        let server = bridge
+            .server
+            .clone()
+            .unwrap_or_else(|| config.xmpp.server.clone());
+        let outcome = if running {
+            // Handshaking beside the running link could make the server drop it.
+            Ok(format!(
+                "not probed: something (a running Jabbridge?) listens on http.listen {}; its \
+                 /ready shows the links",
+                config.http.listen
+            ))
+        } else {
+            let link = LinkConfig {
+                server: server.clone(),
+                domain: bridge.domain.clone(),
+                secret: bridge.secret.clone(),
+                index,
+                keepalive: config.xmpp.keepalive,
+                keepalive_timeout: config.xmpp.keepalive_timeout,
+                reconnect_max: config.xmpp.reconnect_max,
+            };
+            match tokio::time::timeout(CHECK, session::probe(&link)).await {
+                Ok(Ok(())) => Ok(format!("{server} accepted the domain and secret")),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "{server} did not finish the handshake in {CHECK:?}: is it an XMPP \
+                     server's component port (xmpp.server / bridge[{index}].server)?"
+                )),
+            }
+        };
+        checks.push(Check { what, outcome });
+    }
+    checks
+}
+
+/// The database answers, and how many migrations it has applied.
+async fn database(config: &Config) -> Check {
+    let url = config.database.url.expose_secret();
+    // Never the URL itself: it may hold a password.
+    let engine = if url.starts_with("sqlite:") {
+        "SQLite"
+    } else {
+        "PostgreSQL"
+    };
+    let outcome = match tokio::time::timeout(CHECK, Store::connect(&config.database.url, 1)).await {
+        Ok(Ok(store)) => {
+            let answered = store.ping().await;
+            store.close().await;
+            match answered {
+                Ok(()) => Ok(format!("{engine} answers")),
+                Err(error) => Err(format!("{engine} does not answer: {error}")),
+            }
+        }
+        Ok(Err(error)) => Err(format!(
+            "cannot open the {engine} database (check database.url): {error}"
+        )),
+        Err(_) => Err(format!(
+            "the {engine} database did not answer in {CHECK:?} (check database.url)"
+        )),
+    };
+    Check {
+        what: "database".into(),
+        outcome,
+    }
+}
+
+/// Whether a Jabbridge already answers on this config's HTTP listener.
+async fn running(config: &Config) -> bool {
+    let connect = tokio::net::TcpStream::connect(config.http.listen);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), connect).await,
+        Ok(Ok(_))
+    )
+}
