@@ -327,8 +327,9 @@ pub trait Bridge: Send + Sync + 'static {
     }
 
     /// Leaves a room on the network for `user`: their last resource left it (after the
-    /// grace period), they were unregistered, or Jabbridge is giving up their session. Not
-    /// called for a user the network already put out (kicked, banned).
+    /// grace period), or they were unregistered or removed. Not called for a user the
+    /// network already put out (kicked, banned), nor at shutdown (the join is kept, and
+    /// made again at the next start).
     async fn leave_room(&self, _user: &UserJid, _room: &RoomId) {}
 
     /// Posts a user's message to a room they are in. `Ok` means the network took it; see
