@@ -138,18 +138,28 @@ impl CoreSink for Unwired {
 /// Builds every bridge without running anything, so that `check-config` reports each
 /// bridge's own config errors.
 pub fn check_bridges(config: &Config) -> Result<(), StartError> {
-    for (index, section) in config.bridge.iter().enumerate() {
-        build_bridge(
-            index,
-            section,
-            plumbing::core(
-                &section.domain,
-                Arc::new(Unwired),
-                config.http.public_url.clone(),
-            ),
-        )?;
-    }
-    Ok(())
+    built_bridges(config).map(|_| ())
+}
+
+/// Every bridge, built but not run, with a core that refuses every event (for
+/// `check-config` and `doctor`).
+pub fn built_bridges(config: &Config) -> Result<Vec<Arc<dyn Bridge>>, StartError> {
+    config
+        .bridge
+        .iter()
+        .enumerate()
+        .map(|(index, section)| {
+            build_bridge(
+                index,
+                section,
+                plumbing::core(
+                    &section.domain,
+                    Arc::new(Unwired),
+                    config.http.public_url.clone(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The foreign identity `address` names on the bridge at `domain`, as that bridge writes it

@@ -1,9 +1,12 @@
 //! `jabbridge doctor`: checks, from the config, what a first start needs: the database
-//! reachable and migrated, and each bridge's component port answering and accepting its
-//! domain and secret. One line per check, with the fix when it fails.
+//! reachable, each bridge's component port answering and accepting its domain and secret,
+//! and what each bridge checks of its own setup (an SMS bridge's provider credentials).
+//! One line per check, with the fix when it fails.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use jabbridge_sdk::{Bridge, Checked};
 use secrecy::ExposeSecret;
 
 use crate::config::Config;
@@ -31,8 +34,8 @@ impl std::fmt::Display for Check {
 /// How long a check may take.
 const CHECK: Duration = Duration::from_secs(10);
 
-/// Runs every check, in order.
-pub async fn run(config: &Config) -> Vec<Check> {
+/// Runs every check, in order. `bridges` are the config's bridges, built but not run.
+pub async fn run(config: &Config, bridges: &[Arc<dyn Bridge>]) -> Vec<Check> {
     let mut checks = vec![database(config).await];
     let running = running(config).await;
     for (index, bridge) in config.bridge.iter().enumerate() {
@@ -68,8 +71,33 @@ pub async fn run(config: &Config) -> Vec<Check> {
             }
         };
         checks.push(Check { what, outcome });
+        if let Some(bridge) = bridges.get(index) {
+            let own = tokio::time::timeout(CHECK, bridge.check_setup())
+                .await
+                .unwrap_or_else(|_| {
+                    vec![Checked {
+                        what: "its own setup".into(),
+                        outcome: Err(format!("the bridge's checks took over {CHECK:?}")),
+                    }]
+                });
+            checks.extend(own.into_iter().map(|checked| Check {
+                what: format!(
+                    "bridge[{index}] {}: {}",
+                    bridge_domain(config, index),
+                    checked.what
+                ),
+                outcome: checked.outcome,
+            }));
+        }
     }
     checks
+}
+
+fn bridge_domain(config: &Config, index: usize) -> &str {
+    config
+        .bridge
+        .get(index)
+        .map_or("", |bridge| bridge.domain.as_str())
 }
 
 /// The database answers, and how many migrations it has applied.

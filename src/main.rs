@@ -165,8 +165,8 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             println!("config OK: {} bridge(s): {}", kinds.len(), kinds.join(", "));
         }
         Command::Doctor => {
-            app::check_bridges(&config)?;
-            let checks = jabbridge::doctor::run(&config).await;
+            let bridges = app::built_bridges(&config)?;
+            let checks = jabbridge::doctor::run(&config, &bridges).await;
             for check in &checks {
                 println!("{check}");
             }

@@ -1363,3 +1363,48 @@ async fn a_provider_that_never_answers_holds_up_only_its_user() {
         "{form:?}"
     );
 }
+
+/// `jabbridge doctor` asks each provider whether the gateway's own credentials are
+/// accepted (the fake checks them as the provider would), and says which to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_providers_credentials() {
+    let server = XmppServer::start(ServerKind::Prosody, &[SMS], &[]).await;
+    let mut fake = Fake::new();
+    fake.up().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = sms_config(&server, dir.path(), &fake).replace("{http}", &free_port().to_string());
+    let doctor = |config: &str| {
+        let path = dir.path().join("doctor.toml");
+        std::fs::write(&path, config).expect("write the config");
+        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
+    };
+    let (ok, output) = doctor(&config);
+    assert!(ok, "{output}");
+    for provider in ["Twilio", "Telnyx"] {
+        assert!(
+            output.contains(&format!(
+                "ok    bridge[0] {SMS}: {provider} account: the credentials are accepted"
+            )),
+            "{output}"
+        );
+    }
+    let wrong = config.replace(
+        &format!("auth_token = \"{TOKEN}\""),
+        "auth_token = \"wrong-token\"",
+    );
+    assert_ne!(wrong, config);
+    let (ok, output) = doctor(&wrong);
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "FAIL  bridge[0] {SMS}: Twilio account: Twilio refused the account SID {SID}"
+        )),
+        "{output}"
+    );
+    assert!(output.contains("[bridge.twilio]"), "{output}");
+    assert!(
+        !output.contains("wrong-token"),
+        "the token was printed: {output}"
+    );
+    fake.down().await;
+}

@@ -133,6 +133,15 @@ pub enum BridgeError {
     Failed(String),
 }
 
+/// One check of a bridge's own setup, for `jabbridge doctor` ([`Bridge::check_setup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// What was checked, e.g. `Twilio account`.
+    pub what: String,
+    /// What was seen, or what to fix (naming the config key).
+    pub outcome: Result<String, String>,
+}
+
 /// Why a user's session ends ([`Bridge::stop_session`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -276,6 +285,14 @@ pub trait Bridge: Send + Sync + 'static {
     /// and push changes with [`Core::set_status`]. No I/O.
     fn user_status(&self, _user: &UserJid) -> UserStatus {
         UserStatus::Connected(None)
+    }
+
+    /// Checks the bridge's own setup with I/O for `jabbridge doctor`, e.g. that its provider
+    /// credentials are accepted, with the cheapest authenticated call there is. Must change
+    /// nothing anywhere; called on a bridge that was built but never run. The default
+    /// checks nothing.
+    async fn check_setup(&self) -> Vec<Checked> {
+        Vec::new()
     }
 
     /// Starts `user`'s session: called for every registered user when Jabbridge starts, when

@@ -32,10 +32,10 @@ use std::time::Duration;
 use jabbridge_sdk::secrecy::SecretString;
 
 use jabbridge_sdk::{
-    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Command, CommandError, Core,
-    Field, FieldKind, ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage,
-    MessageId, OutgoingMessage, Prompt, RegistrationData, RegistrationError, SendError,
-    SendOutcome, Settings, SettingsError, Shutdown, UserJid, async_trait, http,
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Checked, Command, CommandError,
+    Core, Field, FieldKind, ForeignId, Form, FormValues, HttpRequest, HttpResponse,
+    IncomingMessage, MessageId, OutgoingMessage, Prompt, RegistrationData, RegistrationError,
+    SendError, SendOutcome, Settings, SettingsError, Shutdown, UserJid, async_trait, http,
 };
 
 use crate::number::{E164, Numbers};
@@ -966,6 +966,26 @@ impl Bridge for SmsBridge {
             default = self.default_route.title(),
             routes = routes.join(", "),
         ))
+    }
+
+    /// The gateway's own accounts: their credentials accepted by their providers.
+    async fn check_setup(&self) -> Vec<Checked> {
+        let mut checks = Vec::new();
+        for (kind, account) in &self.accounts {
+            let outcome = match self.provider(*kind) {
+                Ok(provider) => provider
+                    .check_account(account)
+                    .await
+                    .map(|()| "the credentials are accepted".to_owned())
+                    .map_err(|error| format!("{error} (check [bridge.{}])", kind.as_str())),
+                Err(error) => Err(error),
+            };
+            checks.push(Checked {
+                what: format!("{} account", kind.title()),
+                outcome,
+            });
+        }
+        checks
     }
 
     fn commands(&self) -> Vec<Command> {

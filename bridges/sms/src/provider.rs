@@ -161,6 +161,10 @@ pub trait Provider: Send + Sync + 'static {
         number: &E164,
     ) -> Result<(), RegistrationError>;
 
+    /// Checks that `account`'s credentials are accepted, with the provider's cheapest
+    /// authenticated read (`jabbridge doctor`); the error says what to fix.
+    async fn check_account(&self, account: &Credentials) -> Result<(), String>;
+
     /// Reads a webhook at `path` (after `/bridges/{domain}`) without trusting it: an error
     /// is the answer to give (unknown path, malformed request, missing signature).
     fn read(&self, path: &str, request: HttpRequest) -> Result<Webhook, Box<HttpResponse>>;

@@ -239,6 +239,27 @@ impl Provider for Telnyx {
         Err(answer.failure(Kind::Telnyx, &detail))
     }
 
+    async fn check_account(&self, account: &Credentials) -> Result<(), String> {
+        let response = self
+            .client
+            .get(format!(
+                "{}/v2/phone_numbers?page%5Bsize%5D=1",
+                self.api_base
+            ))
+            .bearer_auth(account.secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let answer = read_answer(Kind::Telnyx, response)
+            .await
+            .map_err(|error| error.to_string())?;
+        match answer.status.as_u16() {
+            401 | 403 => Err("Telnyx refused the API key".into()),
+            _ if answer.status.is_success() => Ok(()),
+            _ => Err(format!("Telnyx answered {}", answer.status)),
+        }
+    }
+
     async fn check_number(
         &self,
         account: &Credentials,

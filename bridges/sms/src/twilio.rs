@@ -203,6 +203,30 @@ impl Provider for Twilio {
         Err(answer.failure(Kind::Twilio, &detail))
     }
 
+    async fn check_account(&self, account: &Credentials) -> Result<(), String> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/IncomingPhoneNumbers.json?PageSize=1",
+            self.api_base, account.account
+        );
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&account.account, Some(account.secret()))
+            .send()
+            .await;
+        let answer = read_answer(Kind::Twilio, response)
+            .await
+            .map_err(|error| error.to_string())?;
+        match answer.status.as_u16() {
+            401 | 403 | 404 => Err(format!(
+                "Twilio refused the account SID {} and its auth token",
+                account.account
+            )),
+            _ if answer.status.is_success() => Ok(()),
+            _ => Err(format!("Twilio answered {}", answer.status)),
+        }
+    }
+
     async fn check_number(
         &self,
         account: &Credentials,
