@@ -38,6 +38,7 @@ const CHECK: Duration = Duration::from_secs(10);
 pub async fn run(config: &Config, bridges: &[Arc<dyn Bridge>]) -> Vec<Check> {
     let mut checks = vec![database(config).await];
     let running = running(config).await;
+    checks.push(public_url(config, running).await);
     for (index, bridge) in config.bridge.iter().enumerate() {
         let what = format!("bridge[{index}] {}: component", bridge.domain);
         let server = bridge
@@ -129,6 +130,64 @@ async fn database(config: &Config) -> Check {
         what: "database".into(),
         outcome,
     }
+}
+
+/// Whether `http.public_url` reaches this config's listener: the `/health` seen through it
+/// names the same process as the listener's own.
+async fn public_url(config: &Config, running: bool) -> Check {
+    let what = "http.public_url".to_owned();
+    let Some(url) = &config.http.public_url else {
+        let outcome = Ok("not set (bridges that take webhooks need it)".into());
+        return Check { what, outcome };
+    };
+    if !running {
+        let outcome = Ok(format!(
+            "not checked: nothing listens on http.listen {}; run doctor again while \
+             Jabbridge runs",
+            config.http.listen
+        ));
+        return Check { what, outcome };
+    }
+    let client = match reqwest::Client::builder().timeout(CHECK).build() {
+        Ok(client) => client,
+        Err(error) => {
+            let outcome = Err(format!("cannot make an HTTP client: {error}"));
+            return Check { what, outcome };
+        }
+    };
+    let instance = async |url: String| -> Result<Option<String>, String> {
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|error| format!("{url} does not answer: {error}"))?;
+        Ok(response
+            .headers()
+            .get(crate::http::INSTANCE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned))
+    };
+    let base = url.trim_end_matches('/');
+    let local = instance(format!("http://{}/health", config.http.listen)).await;
+    let public = instance(format!("{base}/health")).await;
+    let outcome = match (local, public) {
+        (Ok(Some(local)), Ok(Some(public))) if local == public => {
+            Ok(format!("{base} reaches this listener"))
+        }
+        (Ok(Some(_)), Ok(Some(_))) => Err(format!(
+            "{base} reaches another Jabbridge, not the one on http.listen {}",
+            config.http.listen
+        )),
+        (Ok(Some(_)), Ok(None)) => Err(format!(
+            "{base}/health answers, but not from Jabbridge: check the reverse proxy"
+        )),
+        (Ok(None), _) => Err(format!(
+            "what listens on http.listen {} is not Jabbridge",
+            config.http.listen
+        )),
+        (_, Err(error)) | (Err(error), _) => Err(error),
+    };
+    Check { what, outcome }
 }
 
 /// Whether a Jabbridge already answers on this config's HTTP listener.

@@ -175,8 +175,19 @@ pub fn app(state: Arc<HttpState>, config: &HttpConfig) -> Router {
         ))
 }
 
-async fn health() -> &'static str {
-    "ok\n"
+/// `200 ok`, with this process's [`INSTANCE_HEADER`]: `jabbridge doctor` compares it as
+/// seen through `http.public_url` and on the listener itself.
+async fn health() -> Response {
+    ([(INSTANCE_HEADER, instance())], "ok\n").into_response()
+}
+
+/// The header of `/health` that names this process (a random token, nothing else).
+pub const INSTANCE_HEADER: &str = "jabbridge-instance";
+
+/// This process's random token.
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// 200 when every component is connected and the database answers; 503 otherwise, with a

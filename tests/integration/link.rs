@@ -398,3 +398,48 @@ async fn doctor_checks_the_database_and_each_component() {
     assert!(!ok, "{output}");
     assert!(output.contains("cannot reach the XMPP server"), "{output}");
 }
+
+/// While Jabbridge runs, `doctor` leaves its components alone and checks that
+/// `http.public_url` reaches this very listener (the `/health` seen through it names the
+/// same process); a public URL where nothing answers fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_that_the_public_url_reaches_this_listener() {
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_for(&server, dir.path(), &["echo.localhost"]).replace(
+        "[http]\n",
+        "[http]\npublic_url = \"http://127.0.0.1:{http}/\"\n",
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let written = std::fs::read_to_string(dir.path().join("jabbridge.toml")).expect("config");
+    let doctor = |config: &str| {
+        let path = dir.path().join("doctor.toml");
+        std::fs::write(&path, config).expect("write the config");
+        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
+    };
+    let (ok, output) = doctor(&written);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "ok    http.public_url: http://127.0.0.1:{} reaches this listener",
+            jabbridge.http_port
+        )),
+        "{output}"
+    );
+    assert!(output.contains("not probed"), "{output}");
+    let elsewhere = written.replace(
+        &format!("public_url = \"http://127.0.0.1:{}/\"", jabbridge.http_port),
+        &format!(
+            "public_url = \"http://127.0.0.1:{}\"",
+            crate::harness::free_port()
+        ),
+    );
+    assert_ne!(elsewhere, written);
+    let (ok, output) = doctor(&elsewhere);
+    assert!(!ok, "{output}");
+    assert!(output.contains("FAIL  http.public_url"), "{output}");
+    // Jabbridge itself kept its link through all this.
+    let (status, _) = jabbridge.get("/ready").await;
+    assert_eq!(status, 200);
+}
