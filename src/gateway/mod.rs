@@ -333,11 +333,6 @@ impl Gateway {
         }
     }
 
-    /// How many rooms have one of our users in them, and how many resources are joined.
-    pub fn room_counts(&self) -> (usize, usize) {
-        self.rooms.counts()
-    }
-
     /// The localpart of a JID on our domain, parsed by the bridge.
     fn contact_of(&self, to: &Jid) -> Result<Option<ForeignId>, StanzaFailure> {
         match to.node() {

@@ -26,11 +26,6 @@ impl Sessions {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    /// How many sessions run.
-    pub fn count(&self) -> usize {
-        self.set().len()
-    }
 }
 
 /// Starts (or, for a user who registered anew, starts again) `user`'s session.
@@ -57,22 +52,14 @@ pub async fn stop(gateway: &Gateway, user: &str, why: SessionEnd) {
 
 /// At start: a session for every registered user.
 pub async fn start_all(gateway: &Gateway) {
-    let users = match gateway.store.registered_jids(&gateway.domain).await {
-        Ok(users) => users,
+    let registrations = match gateway.store.registrations(&gateway.domain).await {
+        Ok(registrations) => registrations,
         Err(error) => {
-            tracing::error!(%error, "cannot read the registered users to start their sessions");
+            tracing::error!(%error, "cannot read the registrations to start their sessions");
             return;
         }
     };
-    for user in users {
-        let registration = match gateway.store.registration(&gateway.domain, &user).await {
-            Ok(Some(registration)) => registration,
-            Ok(None) => continue,
-            Err(error) => {
-                tracing::warn!(user, %error, "cannot read a registration; no session");
-                continue;
-            }
-        };
+    for (user, registration) in registrations {
         start(gateway, &user, &registration).await;
     }
 }

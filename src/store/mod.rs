@@ -593,6 +593,28 @@ impl Store {
             .collect()
     }
 
+    /// Every registration of a bridge, by JID, in one read (sessions at start).
+    pub async fn registrations(
+        &self,
+        bridge: &str,
+    ) -> Result<Vec<(String, RegistrationData)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT jid, data FROM registrations WHERE bridge = $1 ORDER BY jid")
+                .bind(bridge)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let jid: String = row.try_get(0)?;
+                let data: String = row.try_get(1)?;
+                Ok((
+                    jid,
+                    RegistrationData::from_json(serde_json::from_str(&data)?),
+                ))
+            })
+            .collect()
+    }
+
     /// Records that `foreign_id` on `bridge` belongs to `jid` (replacing any owner).
     pub async fn put_identity(
         &self,

@@ -50,8 +50,6 @@ const NS_COMPONENT: &str = "jabber:component:accept";
 pub mod status {
     /// The presence is about the recipient themselves.
     pub const SELF: u16 = 110;
-    /// The room is non-anonymous: occupants' addresses may be seen.
-    pub const NON_ANONYMOUS: u16 = 100;
     /// The room changed the nick the user asked for.
     pub const NICK_ASSIGNED: u16 = 210;
     /// Banned.
@@ -60,8 +58,6 @@ pub mod status {
     pub const NICK_CHANGED: u16 = 303;
     /// Kicked.
     pub const KICKED: u16 = 307;
-    /// Removed because the service is shutting down or the link failed.
-    pub const SHUTDOWN: u16 = 332;
 }
 
 /// An occupant as a presence shows it.
@@ -376,12 +372,6 @@ pub fn join_wish(presence: &Element) -> JoinWish {
         seconds: number("seconds").and_then(|n| n.parse().ok()),
         since: number("since").map(str::to_owned),
     }
-}
-
-/// Whether a message carries a XEP-0045 invite or another `muc#user` payload rather than
-/// chat (those are not passed on).
-pub fn is_muc_user_payload(message: &Element) -> bool {
-    message.has_child("x", NS_MUC_USER)
 }
 
 /// The `muc#user` marker that tells a client a chat message is private within a room

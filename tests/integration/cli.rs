@@ -19,6 +19,13 @@ pub fn jabbridge(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Writes `config` to `dir` and runs `jabbridge doctor` on it.
+pub fn doctor(dir: &Path, config: &str) -> (bool, String) {
+    let path = dir.join("doctor.toml");
+    std::fs::write(&path, config).expect("write the config");
+    jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
+}
+
 #[test]
 fn every_example_config_passes_check_config() {
     let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");

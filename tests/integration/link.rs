@@ -356,11 +356,7 @@ async fn doctor_checks_the_database_and_each_component() {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_for(&server, dir.path(), &["echo.localhost"])
         .replace("{http}", &crate::harness::free_port().to_string());
-    let doctor = |config: &str| {
-        let path = dir.path().join("doctor.toml");
-        std::fs::write(&path, config).expect("write the config");
-        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
-    };
+    let doctor = |config: &str| crate::cli::doctor(dir.path(), config);
     let (ok, output) = doctor(&config);
     assert!(ok, "{output}");
     assert!(
@@ -413,11 +409,7 @@ async fn doctor_checks_that_the_public_url_reaches_this_listener() {
     let jabbridge = Jabbridge::start(dir.path(), &config).await;
     jabbridge.wait_ready(Duration::from_secs(20)).await;
     let written = std::fs::read_to_string(dir.path().join("jabbridge.toml")).expect("config");
-    let doctor = |config: &str| {
-        let path = dir.path().join("doctor.toml");
-        std::fs::write(&path, config).expect("write the config");
-        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
-    };
+    let doctor = |config: &str| crate::cli::doctor(dir.path(), config);
     let (ok, output) = doctor(&written);
     assert!(ok, "{output}");
     assert!(

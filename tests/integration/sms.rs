@@ -1373,11 +1373,7 @@ async fn doctor_checks_the_providers_credentials() {
     fake.up().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = sms_config(&server, dir.path(), &fake).replace("{http}", &free_port().to_string());
-    let doctor = |config: &str| {
-        let path = dir.path().join("doctor.toml");
-        std::fs::write(&path, config).expect("write the config");
-        crate::cli::jabbridge(&["doctor", "--config", path.to_str().expect("utf-8 path")])
-    };
+    let doctor = |config: &str| crate::cli::doctor(dir.path(), config);
     let (ok, output) = doctor(&config);
     assert!(ok, "{output}");
     for provider in ["Twilio", "Telnyx"] {

@@ -47,6 +47,13 @@ async fn registrations_survive_reopening_and_update() {
             ))
         );
         assert_eq!(
+            store.registrations("echo.test").await.unwrap(),
+            vec![(
+                "alice@example.org".to_owned(),
+                RegistrationData::from_json(serde_json::json!({"prefix": "! "}))
+            )]
+        );
+        assert_eq!(
             store.registered_jids("echo.test").await.unwrap(),
             vec!["alice@example.org"]
         );

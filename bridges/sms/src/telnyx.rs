@@ -37,6 +37,38 @@ pub struct Telnyx {
 }
 
 impl Telnyx {
+    /// Reads the account's numbers (`/v2/phone_numbers`, with `query`): the cheapest
+    /// authenticated call, for checking credentials and a number. A refused key is
+    /// `Rejected`, anything else not answered 2xx `Unavailable`.
+    async fn numbers(
+        &self,
+        account: &Credentials,
+        query: &str,
+    ) -> Result<crate::provider::Answer, RegistrationError> {
+        let response = self
+            .client
+            .get(format!("{}/v2/phone_numbers?{query}", self.api_base))
+            .bearer_auth(account.secret())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await;
+        let answer = read_answer(Kind::Telnyx, response)
+            .await
+            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
+        let status = answer.status;
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(RegistrationError::Rejected(
+                "Telnyx refused the API key".into(),
+            ));
+        }
+        if !status.is_success() {
+            return Err(RegistrationError::Unavailable(format!(
+                "Telnyx answered {status}; try again later"
+            )));
+        }
+        Ok(answer)
+    }
+
     /// A provider for the API at `api_base` (`https://api.telnyx.com`).
     pub fn new(api_base: &str, client: reqwest::Client) -> Self {
         Self {
@@ -240,24 +272,10 @@ impl Provider for Telnyx {
     }
 
     async fn check_account(&self, account: &Credentials) -> Result<(), String> {
-        let response = self
-            .client
-            .get(format!(
-                "{}/v2/phone_numbers?page%5Bsize%5D=1",
-                self.api_base
-            ))
-            .bearer_auth(account.secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await;
-        let answer = read_answer(Kind::Telnyx, response)
+        self.numbers(account, "page%5Bsize%5D=1")
             .await
-            .map_err(|error| error.to_string())?;
-        match answer.status.as_u16() {
-            401 | 403 => Err("Telnyx refused the API key".into()),
-            _ if answer.status.is_success() => Ok(()),
-            _ => Err(format!("Telnyx answered {}", answer.status)),
-        }
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 
     async fn check_number(
@@ -268,27 +286,7 @@ impl Provider for Telnyx {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("filter[phone_number]", number.as_str())
             .finish();
-        let response = self
-            .client
-            .get(format!("{}/v2/phone_numbers?{query}", self.api_base))
-            .bearer_auth(account.secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .await;
-        let answer = read_answer(Kind::Telnyx, response)
-            .await
-            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
-        let status = answer.status;
-        if matches!(status.as_u16(), 401 | 403) {
-            return Err(RegistrationError::Rejected(
-                "Telnyx refused this API key".into(),
-            ));
-        }
-        if !status.is_success() {
-            return Err(RegistrationError::Unavailable(format!(
-                "Telnyx answered {status}; try again later"
-            )));
-        }
+        let answer = self.numbers(account, &query).await?;
         let json = &answer.json;
         let holds = json
             .get("data")

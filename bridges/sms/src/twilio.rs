@@ -31,6 +31,42 @@ pub struct Twilio {
 }
 
 impl Twilio {
+    /// Reads the account's numbers (`IncomingPhoneNumbers`, with `query`): the cheapest
+    /// authenticated call, for checking credentials and a number. Refused credentials are
+    /// `Rejected`, anything else not answered 2xx `Unavailable`.
+    async fn numbers(
+        &self,
+        account: &Credentials,
+        query: &str,
+    ) -> Result<crate::provider::Answer, RegistrationError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/IncomingPhoneNumbers.json?{query}",
+            self.api_base, account.account
+        );
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&account.account, Some(account.secret()))
+            .send()
+            .await;
+        let answer = read_answer(Kind::Twilio, response)
+            .await
+            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
+        let status = answer.status;
+        if matches!(status.as_u16(), 401 | 403 | 404) {
+            return Err(RegistrationError::Rejected(format!(
+                "Twilio refused the account SID {} and its auth token",
+                account.account
+            )));
+        }
+        if !status.is_success() {
+            return Err(RegistrationError::Unavailable(format!(
+                "Twilio answered {status}; try again later"
+            )));
+        }
+        Ok(answer)
+    }
+
     /// A provider for the API at `api_base` (`https://api.twilio.com`).
     pub fn new(api_base: &str, client: reqwest::Client) -> Self {
         Self {
@@ -204,27 +240,10 @@ impl Provider for Twilio {
     }
 
     async fn check_account(&self, account: &Credentials) -> Result<(), String> {
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/IncomingPhoneNumbers.json?PageSize=1",
-            self.api_base, account.account
-        );
-        let response = self
-            .client
-            .get(&url)
-            .basic_auth(&account.account, Some(account.secret()))
-            .send()
-            .await;
-        let answer = read_answer(Kind::Twilio, response)
+        self.numbers(account, "PageSize=1")
             .await
-            .map_err(|error| error.to_string())?;
-        match answer.status.as_u16() {
-            401 | 403 | 404 => Err(format!(
-                "Twilio refused the account SID {} and its auth token",
-                account.account
-            )),
-            _ if answer.status.is_success() => Ok(()),
-            _ => Err(format!("Twilio answered {}", answer.status)),
-        }
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 
     async fn check_number(
@@ -235,30 +254,7 @@ impl Provider for Twilio {
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("PhoneNumber", number.as_str())
             .finish();
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/IncomingPhoneNumbers.json?{query}",
-            self.api_base, account.account
-        );
-        let response = self
-            .client
-            .get(&url)
-            .basic_auth(&account.account, Some(account.secret()))
-            .send()
-            .await;
-        let answer = read_answer(Kind::Twilio, response)
-            .await
-            .map_err(|error| RegistrationError::Unavailable(error.to_string()))?;
-        let status = answer.status;
-        if matches!(status.as_u16(), 401 | 403 | 404) {
-            return Err(RegistrationError::Rejected(
-                "Twilio refused this account SID and auth token".into(),
-            ));
-        }
-        if !status.is_success() {
-            return Err(RegistrationError::Unavailable(format!(
-                "Twilio answered {status}; try again later"
-            )));
-        }
+        let answer = self.numbers(account, &query).await?;
         let json = &answer.json;
         let holds = json
             .get("incoming_phone_numbers")

@@ -81,24 +81,7 @@ pub(super) async fn join(
     // Joins cost the network a join and the gateway state: they count against the rate
     // limit, and a user's rooms are capped.
     gateway.access.take(user)?;
-    let (rooms_in, in_this_one) = {
-        let rooms = gateway.rooms.lock();
-        let rooms_in = rooms
-            .values()
-            .filter(|state| state.members.contains_key(user))
-            .count();
-        let in_this_one = rooms
-            .get(&room)
-            .is_some_and(|state| state.members.contains_key(user));
-        (rooms_in, in_this_one)
-    };
     let cap = gateway.rooms_config.rooms_per_user;
-    if !in_this_one && rooms_in >= cap {
-        return Err(StanzaFailure::ResourceConstraint(format!(
-            "you are in {rooms_in} rooms of {}, the most one may be in; leave one first",
-            gateway.domain
-        )));
-    }
     let already = {
         let mut rooms = gateway.rooms.lock();
         match rooms
@@ -112,7 +95,20 @@ pub(super) async fn join(
                 member.generation += 1;
                 Some(member.nick.clone())
             }
-            None => None,
+            None => {
+                let rooms_in = rooms
+                    .values()
+                    .filter(|state| state.members.contains_key(user))
+                    .count();
+                if rooms_in >= cap {
+                    return Err(StanzaFailure::ResourceConstraint(format!(
+                        "you are in {rooms_in} rooms of {}, the most one may be in; leave \
+                         one first",
+                        gateway.domain
+                    )));
+                }
+                None
+            }
         }
     };
     let nick = match already {
@@ -506,10 +502,7 @@ pub async fn forget_user(gateway: &Gateway, user: &str) {
     }
     for (room, resources, nick) in left {
         if let Some(room_jid) = room_jid(gateway, &room) {
-            let own = Occupant {
-                role: Role::Participant,
-                ..Occupant::new(nick)
-            };
+            let own = Occupant::new(nick);
             for resource in resources {
                 let shape = Shape {
                     unavailable: true,

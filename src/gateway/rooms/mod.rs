@@ -120,17 +120,6 @@ impl Rooms {
             state.acked = state.acked.max(id);
         }
     }
-
-    /// How many rooms have at least one of our users, and how many resources are joined.
-    pub fn counts(&self) -> (usize, usize) {
-        let rooms = self.lock();
-        let resources = rooms
-            .values()
-            .flat_map(|room| room.members.values())
-            .map(|member| member.resources.len())
-            .sum();
-        (rooms.len(), resources)
-    }
 }
 
 /// The XEP-0421 occupant-id of a foreign sender in a room: stable for the same sender, room
