@@ -74,7 +74,9 @@ pub enum IdentityError {
     },
 }
 
-/// How often the registered users are compared with the running sessions.
+/// How often, at most, the registered users are compared with the running sessions, and
+/// (with several instances) the sessions of dead instances taken over: every half
+/// `delivery.lease` when that is shorter.
 const SESSIONS_WATCH: Duration = Duration::from_secs(10);
 
 /// How long shutdown may take before the remaining tasks are abandoned.
@@ -292,7 +294,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(
             async move {
                 crate::gateway::sessions::start_all(&rejoining).await;
-                crate::gateway::rooms::restore(&rejoining).await;
             }
             .instrument(span.clone()),
         );
@@ -301,8 +302,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 .instrument(span.clone()),
         );
         tasks.spawn(
-            crate::gateway::sessions::watch(gateway.clone(), SESSIONS_WATCH, stopping.clone())
-                .instrument(span.clone()),
+            crate::gateway::sessions::watch(
+                gateway.clone(),
+                SESSIONS_WATCH.min(config.delivery.lease / 2),
+                stopping.clone(),
+            )
+            .instrument(span.clone()),
         );
         tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
         http_bridges.insert(

@@ -43,6 +43,12 @@ pub fn room_message(bridge: &str, resources: usize) {
         .increment(resources as u64);
 }
 
+/// A stanza reached this instance for a user whose session another instance runs, and was
+/// handed off to it through the database.
+pub fn handed_off(bridge: &str) {
+    metrics::counter!("jabbridge_handoffs_total", "bridge" => bridge.to_owned()).increment(1);
+}
+
 /// A batch of writes was committed (or failed) in one transaction.
 pub fn commit(writes: usize, took: std::time::Duration) {
     metrics::histogram!("jabbridge_commit_writes").record(writes as f64);

@@ -153,7 +153,6 @@ impl Harness {
         let gateway_task = tokio::spawn(gateway.clone().run(receiver, core_requests));
         // As at start-up, once the gateway serves the bridge's events.
         crate::gateway::sessions::start_all(&gateway).await;
-        crate::gateway::rooms::restore(&gateway).await;
         let upkeep = tokio::spawn({
             let gateway = gateway.clone();
             async move {

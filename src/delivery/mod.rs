@@ -96,6 +96,21 @@ pub struct Wiring {
 }
 
 impl Delivery {
+    /// This instance's id: the rows it holds, and the sessions it runs, carry it.
+    pub fn instance(&self) -> &str {
+        self.committer.owner()
+    }
+
+    /// `delivery.lease`: an instance silent this long is taken for dead.
+    pub fn lease(&self) -> std::time::Duration {
+        self.config.lease
+    }
+
+    /// Tells everything to stop.
+    pub fn shutdown(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
     /// The delivery of the messages of `bridge` at `domain`, in `span`.
     pub fn new(
         domain: &str,

@@ -71,8 +71,9 @@ pub struct Gateway {
     rooms_config: RoomsConfig,
     /// Timers of the leave grace period need the gateway; it is not theirs to keep alive.
     myself: std::sync::Weak<Gateway>,
-    /// Stanzas waiting or being handled, per sender, in order.
-    lanes: Lanes<(Element, OwnedSemaphorePermit)>,
+    /// Stanzas waiting or being handled, per sender, in order, each with its row when
+    /// another instance handed it off.
+    lanes: Lanes<(Element, OwnedSemaphorePermit, Option<i64>)>,
     /// Stanzas taken from the link and not yet handled, for all senders: when none is left,
     /// the gateway stops taking more and the link feels the backpressure.
     in_flight: Arc<Semaphore>,
@@ -169,8 +170,9 @@ impl Gateway {
 
     /// Takes stanzas from the link until it stops handing them over (at shutdown), and puts
     /// each in its sender's lane: a sender's stanzas are handled in order, different senders'
-    /// at the same time. Meanwhile it serves what the bridge asks of the core. This loop
-    /// itself never waits on the bridge.
+    /// at the same time. Stanzas other instances handed off to this one join the same lanes.
+    /// Meanwhile it serves what the bridge asks of the core. This loop itself never waits on
+    /// the bridge.
     pub async fn run(
         self: Arc<Self>,
         mut incoming: mpsc::Receiver<Element>,
@@ -179,16 +181,27 @@ impl Gateway {
         let span = self.span.clone();
         async move {
             let mut lanes = JoinSet::new();
+            let (handed, mut handed_off) = mpsc::channel(64);
+            let picking = tokio::spawn(
+                sessions::pick_up(self.clone(), handed, self.delivery.shutdown())
+                    .instrument(self.span.clone()),
+            );
             loop {
                 tokio::select! {
                     Some(request) = requests.recv() => core_link::serve(&self, request).await,
+                    Some((element, row)) = handed_off.recv() => {
+                        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
+                        while lanes.try_join_next().is_some() {}
+                        self.take(element, permit, Some(row), &mut lanes).await;
+                    }
                     taken = next_stanza(&mut incoming, &self.in_flight) => {
                         let Some((element, permit)) = taken else { break };
                         while lanes.try_join_next().is_some() {}
-                        self.take(element, permit, &mut lanes).await;
+                        self.take(element, permit, None, &mut lanes).await;
                     }
                 }
             }
+            picking.abort();
             // Every call has a timeout, so this ends.
             lanes.join_all().await;
             sessions::stop_all(&self).await;
@@ -202,26 +215,31 @@ impl Gateway {
         self: &Arc<Self>,
         element: Element,
         permit: OwnedSemaphorePermit,
+        handed_off: Option<i64>,
         lanes: &mut JoinSet<()>,
     ) {
         let sender = element
             .attr("from")
             .map(|from| from.split('/').next().unwrap_or(from).to_owned())
             .unwrap_or_default();
-        match self.lanes.push(&sender, (element, permit)) {
+        match self.lanes.push(&sender, (element, permit, handed_off)) {
             Pushed::Opened => {
                 let gateway = self.clone();
                 lanes.spawn(
                     async move {
-                        while let Some((element, _permit)) = gateway.lanes.next(&sender) {
-                            gateway.handle(element).await;
+                        while let Some((element, _permit, handed_off)) = gateway.lanes.next(&sender)
+                        {
+                            gateway.handle(element, handed_off).await;
                         }
                     }
                     .instrument(self.span.clone()),
                 );
             }
             Pushed::Queued => {}
-            Pushed::Full((element, _permit)) => {
+            Pushed::Full((element, _permit, handed_off)) => {
+                if let Some(row) = handed_off {
+                    sessions::handled(self, row).await;
+                }
                 if let Some(header) = StanzaHeader::of(&element) {
                     let failure = StanzaFailure::ResourceConstraint(format!(
                         "{LANE_DEPTH} of your requests are still waiting; try again shortly"
@@ -232,10 +250,14 @@ impl Gateway {
         }
     }
 
-    /// Handles one stanza: answers it, or refuses it.
-    async fn handle(&self, element: Element) {
+    /// Handles one stanza (`handed_off` by another instance, with its row): hands it off to
+    /// the instance running its sender's session, answers it, or refuses it.
+    async fn handle(&self, element: Element, handed_off: Option<i64>) {
         let Some(header) = StanzaHeader::of(&element) else {
             tracing::debug!(name = element.name(), "ignored a non-stanza element");
+            if let Some(row) = handed_off {
+                sessions::handled(self, row).await;
+            }
             return;
         };
         let addressed_to_us = header
@@ -243,26 +265,46 @@ impl Gateway {
             .as_deref()
             .and_then(|to| to.parse::<Jid>().ok())
             .is_some_and(|to| to.domain().as_str() == self.domain);
-        let outcome = if addressed_to_us {
-            match element.name() {
+        let sender = header
+            .from
+            .as_deref()
+            .and_then(|from| from.parse::<Jid>().ok())
+            .map(|from| from.to_bare().to_string())
+            .unwrap_or_default();
+        let route = match handed_off {
+            Some(_) => Ok(sessions::Route::Here),
+            None if addressed_to_us => sessions::route(self, &sender, &element).await,
+            None => Ok(sessions::Route::Here),
+        };
+        let outcome = match route {
+            Err(error) => {
+                tracing::error!(%error, "cannot hand a stanza off to the instance running the session");
+                Err(StanzaFailure::Internal)
+            }
+            Ok(sessions::Route::HandedOff) => return,
+            Ok(sessions::Route::Here) if addressed_to_us => match element.name() {
                 "iq" => iq::on_iq(self, element).await,
                 "message" => message::on_message(self, element).await,
                 _ => presence::on_presence(self, element).await,
-            }
-        } else {
-            // The server routed another domain's stanza over our link: answer it rather
-            // than act for a domain that is not ours.
-            tracing::warn!(
-                to = header.to.as_deref().unwrap_or(""),
-                "the XMPP server sent a stanza for another domain over this link; give each \
+            },
+            Ok(sessions::Route::Here) => {
+                // The server routed another domain's stanza over our link: answer it rather
+                // than act for a domain that is not ours.
+                tracing::warn!(
+                    to = header.to.as_deref().unwrap_or(""),
+                    "the XMPP server sent a stanza for another domain over this link; give each \
                  bridge its own component listener (ejabberd: bridge.server)"
-            );
-            Err(StanzaFailure::ServiceUnavailable)
+                );
+                Err(StanzaFailure::ServiceUnavailable)
+            }
         };
         match outcome {
             Ok(Some(reply)) => self.send(reply).await,
             Ok(None) => {}
             Err(failure) => self.refuse(&header, &failure).await,
+        }
+        if let Some(row) = handed_off {
+            sessions::handled(self, row).await;
         }
     }
 

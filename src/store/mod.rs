@@ -14,6 +14,7 @@
 //! so a registration made elsewhere is seen at once; a removal made elsewhere within 0.1 s.
 
 pub mod rooms;
+pub mod sessions;
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -56,6 +57,8 @@ enum Engine {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// The URL, for the PostgreSQL listener of handed-off stanzas.
+    url: Arc<SecretString>,
     directory: Arc<DirectoryCache>,
 }
 
@@ -309,6 +312,7 @@ impl Store {
         acquire_timeout: Duration,
     ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
+        let secret_url = Arc::new(url.clone());
         let url = url.expose_secret();
         let engine = if url.starts_with("sqlite:") {
             Engine::Sqlite
@@ -357,6 +361,7 @@ impl Store {
         Ok(Store {
             pool,
             engine,
+            url: secret_url,
             directory: Arc::default(),
         })
     }
@@ -385,6 +390,25 @@ impl Store {
     pub fn rooms(&self) -> rooms::RoomTables {
         rooms::RoomTables {
             pool: self.pool.clone(),
+        }
+    }
+
+    /// The session tables.
+    pub fn sessions(&self) -> sessions::SessionTables {
+        sessions::SessionTables {
+            pool: self.pool.clone(),
+            postgres: self.engine == Engine::Postgres,
+        }
+    }
+
+    /// On PostgreSQL, a listener told of every handed-off stanza; `None` on SQLite, where one
+    /// instance runs and nothing is handed off.
+    pub async fn handoff_signals(&self) -> Result<Option<sessions::HandoffSignals>, StoreError> {
+        match self.engine {
+            Engine::Sqlite => Ok(None),
+            Engine::Postgres => sessions::HandoffSignals::connect(self.url.expose_secret())
+                .await
+                .map(Some),
         }
     }
 
@@ -1053,8 +1077,9 @@ impl Store {
     /// Takes the undelivered rows of `bridge` that no live instance holds, for `owner`:
     /// rows released at an orderly shutdown, and rows of instances whose last heartbeat is
     /// older than `stale_before` (Unix ms; `None` takes the rows of every other instance, for
-    /// SQLite, where only one instance runs). Several instances may call this at once on
-    /// PostgreSQL: each row goes to one. Returns the rows taken, oldest first.
+    /// SQLite, where only one instance runs). A user's messages are left to the live
+    /// instance that runs their session, if another does. Several instances may call this at
+    /// once on PostgreSQL: each row goes to one. Returns the rows taken, oldest first.
     pub async fn take_over(
         &self,
         queue: Queue,
@@ -1069,17 +1094,29 @@ impl Store {
             }
             None => "$3 = 0 AND (lease_owner IS NULL OR lease_owner <> $1)",
         };
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        // A user's messages go with their session: rows of a user whose session another live
+        // instance runs are left for it (conversations start with the user and a newline).
+        let affine = stale_before.is_some() && queue == Queue::Outbox;
+        let with_session = if affine {
+            "AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.bridge = $2 \
+             AND s.owner <> $1 AND s.owner IN (SELECT id FROM instances WHERE heartbeat_at >= $3) \
+             AND substr(conversation, 1, length(s.jid) + 1) = s.jid || $4)"
+        } else {
+            ""
+        };
+        let mut query = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {} SET lease_owner = $1 \
-             WHERE bridge = $2 AND delivered_at IS NULL AND {others} \
+             WHERE bridge = $2 AND delivered_at IS NULL AND {others} {with_session} \
              RETURNING id, conversation, payload, attempts, next_attempt_at",
             queue.table()
         )))
         .bind(owner)
         .bind(bridge)
-        .bind(stale_before.unwrap_or(0))
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(stale_before.unwrap_or(0));
+        if affine {
+            query = query.bind("\n");
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut recovered = rows
             .iter()
             .map(|row| {

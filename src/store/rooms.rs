@@ -1,6 +1,7 @@
 //! The group-chat tables: who of our users is joined to which room from which resource
 //! (`room_joins`), the room archive (`room_messages`), kept once per room message however
-//! many users see it, and how far each room's fan-out reached the server (`room_cursors`).
+//! many users see it, and how far each instance's fan-out of a room reached the server
+//! (`room_cursors`).
 
 use sqlx::{AnyPool, Row};
 
@@ -315,30 +316,60 @@ impl RoomTables {
         Ok((messages, complete))
     }
 
-    /// Records that `room`'s fan-out reached the server up to archive id `sent` (a cursor
-    /// only moves forward).
-    pub async fn set_cursor(&self, bridge: &str, room: &str, sent: i64) -> Result<(), StoreError> {
+    /// Records that `room`'s fan-out by `instance` reached the server up to archive id
+    /// `sent` (a cursor only moves forward).
+    pub async fn set_cursor(
+        &self,
+        bridge: &str,
+        room: &str,
+        instance: &str,
+        sent: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO room_cursors (bridge, room, sent_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (bridge, room) DO UPDATE SET sent_id = excluded.sent_id \
+            "INSERT INTO room_cursors (bridge, room, instance, sent_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (bridge, room, instance) DO UPDATE SET sent_id = excluded.sent_id \
              WHERE room_cursors.sent_id < excluded.sent_id",
         )
         .bind(bridge)
         .bind(room)
+        .bind(instance)
         .bind(sent)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// How far `room`'s fan-out is known to have reached the server, if it was recorded.
-    pub async fn cursor(&self, bridge: &str, room: &str) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT sent_id FROM room_cursors WHERE bridge = $1 AND room = $2")
-            .bind(bridge)
-            .bind(room)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// How far `room`'s fan-out by `instance` is known to have reached the server, if it
+    /// was recorded.
+    pub async fn cursor(
+        &self,
+        bridge: &str,
+        room: &str,
+        instance: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT sent_id FROM room_cursors WHERE bridge = $1 AND room = $2 AND instance = $3",
+        )
+        .bind(bridge)
+        .bind(room)
+        .bind(instance)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
+    }
+
+    /// Forgets the cursors of instances that neither run nor last ran any session: nobody
+    /// will resend from them.
+    pub async fn forget_orphan_cursors(&self, bridge: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM room_cursors WHERE bridge = $1 AND instance NOT IN \
+             (SELECT owner FROM sessions WHERE bridge = $1 AND owner IS NOT NULL \
+              UNION SELECT last_owner FROM sessions WHERE bridge = $1 AND last_owner IS NOT NULL)",
+        )
+        .bind(bridge)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Forgets a bridge's room messages said before `before` (Unix ms): the archive's

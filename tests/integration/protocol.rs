@@ -1015,6 +1015,8 @@ async fn a_full_disk_refuses_new_messages_and_loses_nothing_accepted() {
 
 /// ejabberd load-balances one component domain over two Jabbridge instances sharing one
 /// PostgreSQL: each message reaches the bridge exactly once, and each echo the user once.
+/// Alice's session runs in one instance: what ejabberd gives the other is handed off to it,
+/// so that one instance sends all her messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_postgres_behind_ejabberd() {
     let Some(url) = crate::harness::postgres_database().await else {
@@ -1054,5 +1056,18 @@ async fn two_instances_share_postgres_behind_ejabberd() {
         per_instance.iter().sum::<f64>(),
         SENT as f64,
         "deliveries per instance: {per_instance:?}"
+    );
+    assert!(
+        per_instance.contains(&0.0),
+        "both instances sent alice's messages: {per_instance:?}"
+    );
+    let handed = "jabbridge_handoffs_total{bridge=\"echo.localhost\"}";
+    let mut handoffs = Vec::new();
+    for jabbridge in &instances {
+        handoffs.push(jabbridge.metric(handed).await);
+    }
+    assert!(
+        handoffs.iter().sum::<f64>() > 0.0,
+        "ejabberd gave the other instance nothing to hand off: {handoffs:?}"
     );
 }

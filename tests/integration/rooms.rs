@@ -1,7 +1,8 @@
 //! Group chats through a real XMPP server, joined with slixmpp's XEP-0045 plugin: the join a
 //! client waits for, two users talking, exactly-once reflection, private messages, nick
-//! changes, a kick by the network, the subject, self-pings, history, and Jabbridge killed
-//! with users in a room.
+//! changes, a kick by the network, the subject, self-pings, history, Jabbridge killed with
+//! users in a room, and two instances behind ejabberd where the one running the sessions
+//! dies.
 
 use std::time::Duration;
 
@@ -214,4 +215,105 @@ async fn a_room_works_end_to_end(kind: ServerKind) {
         .expect(WAIT, |s| body(s).as_deref() == Some("still here"))
         .await;
     assert!(is_from(&seen, &format!("{ROOM}/bob")));
+}
+
+/// Two instances share PostgreSQL behind ejabberd, which gives each half of the stanzas.
+/// Alice's and Bob's sessions run in the first: what reaches the second is handed off to it,
+/// so their room works as with one instance. The first is killed: after `delivery.lease` the
+/// second takes their sessions over and rejoins the room for them, and they go on talking
+/// without joining again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_outlives_the_instance_running_its_sessions() {
+    let Some(url) = crate::harness::postgres_database().await else {
+        return;
+    };
+    let server =
+        XmppServer::start(ServerKind::Ejabberd, &["echo.localhost"], &["alice", "bob"]).await;
+    let start = async |dir: &std::path::Path| {
+        let config = crate::config_for(&server, dir, &["echo.localhost"]);
+        let config = crate::on_database(&config, dir, &url) + "\n[delivery]\nlease = \"2s\"\n";
+        let jabbridge = Jabbridge::start(dir, &config).await;
+        jabbridge.wait_ready(Duration::from_secs(20)).await;
+        jabbridge
+    };
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Registered while only the first runs, both sessions run there.
+    let mut first = start(first_dir.path()).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let mut bob = crate::registered(&server, "bob", &["echo.localhost"]).await;
+    let second = start(second_dir.path()).await;
+
+    let joined = alice.join(ROOM, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let joined = bob.join(ROOM, "bob", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(
+        joined["occupants"],
+        serde_json::json!(["alice", "bob", "echo"])
+    );
+    let talk =
+        async |alice: &mut crate::harness::Client, bob: &mut crate::harness::Client, id: &str| {
+            alice
+            .send(&format!(
+                "<message type='groupchat' to='{ROOM}' id='{id}'><body>said {id}</body></message>"
+            ))
+            .await;
+            let text = format!("said {id}");
+            let mine = |s: &Element| {
+                is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some(text.as_str())
+            };
+            let reflection = alice.expect(Duration::from_secs(20), mine).await;
+            assert_eq!(reflection.attr("id"), Some(id));
+            bob.expect(Duration::from_secs(20), mine).await;
+        };
+    for number in 0..8 {
+        talk(&mut alice, &mut bob, &format!("before-{number}")).await;
+    }
+    let handed = "jabbridge_handoffs_total{bridge=\"echo.localhost\"}";
+    assert!(
+        second.metric(handed).await > 0.0,
+        "ejabberd gave the second instance nothing to hand off\n{}",
+        second.log()
+    );
+    assert_eq!(
+        first.metric(handed).await,
+        0.0,
+        "the sessions run in the first"
+    );
+
+    first.kill().await;
+    let mut pinged = None;
+    for attempt in 0..40 {
+        let id = format!("failover-{attempt}");
+        bob.send(&ping(&id, &format!("{ROOM}/bob"))).await;
+        let answer = bob
+            .expect(Duration::from_secs(15), |s| {
+                s.name() == "iq" && s.attr("id") == Some(id.as_str())
+            })
+            .await;
+        if answer.attr("type") == Some("result") {
+            pinged = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        pinged.is_some(),
+        "bob's self-ping never said joined after the failover\n{}",
+        second.log()
+    );
+    assert!(
+        second.log().contains("took over the sessions"),
+        "{}",
+        second.log()
+    );
+    for number in 0..4 {
+        talk(&mut alice, &mut bob, &format!("after-{number}")).await;
+    }
+    // Nothing went twice.
+    alice
+        .expect_none(Duration::from_secs(1), |s| {
+            is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
+        })
+        .await;
 }

@@ -534,11 +534,31 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
                 .collect::<Vec<_>>(),
             ["m1"]
         );
-        // A room's cursor only moves forward.
-        assert_eq!(rooms.cursor("echo.test", "#lobby").await.unwrap(), None);
-        rooms.set_cursor("echo.test", "#lobby", 5).await.unwrap();
-        rooms.set_cursor("echo.test", "#lobby", 3).await.unwrap();
-        assert_eq!(rooms.cursor("echo.test", "#lobby").await.unwrap(), Some(5));
+        // A room's cursor, per instance, only moves forward.
+        assert_eq!(
+            rooms.cursor("echo.test", "#lobby", "a").await.unwrap(),
+            None
+        );
+        rooms
+            .set_cursor("echo.test", "#lobby", "a", 5)
+            .await
+            .unwrap();
+        rooms
+            .set_cursor("echo.test", "#lobby", "a", 3)
+            .await
+            .unwrap();
+        rooms
+            .set_cursor("echo.test", "#lobby", "b", 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            rooms.cursor("echo.test", "#lobby", "a").await.unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            rooms.cursor("echo.test", "#lobby", "b").await.unwrap(),
+            Some(2)
+        );
         // Retention: m1 is older than what is kept.
         assert_eq!(
             rooms.forget_before("echo.test", now - 5000).await.unwrap(),
@@ -552,6 +572,141 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
                 .len(),
             2
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_runs_in_one_instance_moves_from_dead_ones_and_takes_its_stanzas_and_rows() {
+    each_backend(async |store: Store| {
+        let data = RegistrationData::from_json(serde_json::json!({}));
+        for user in ["alice@x", "bob@x"] {
+            store.put_registration("b", user, &data).await.unwrap();
+        }
+        let tables = store.sessions();
+        store.heartbeat("a").await.unwrap();
+        store.heartbeat("z").await.unwrap();
+        let now = now_millis();
+        let (recent, stale) = (Some(now - 60_000), Some(now + 60_000));
+        let users = |claimed: &[jabbridge::store::sessions::Claimed]| {
+            let mut users: Vec<(String, Option<String>)> = claimed
+                .iter()
+                .map(|claim| (claim.jid.clone(), claim.previous.clone()))
+                .collect();
+            users.sort();
+            users
+        };
+
+        // Instance a claims both sessions; while it lives, z gets none.
+        let claimed = tables.claim("b", "a", None, recent).await.unwrap();
+        assert_eq!(
+            users(&claimed),
+            [("alice@x".into(), None), ("bob@x".into(), None)]
+        );
+        assert!(
+            tables
+                .claim("b", "z", None, recent)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            tables
+                .claim("b", "z", Some("alice@x"), recent)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(tables.owned("b", "a").await.unwrap(), ["alice@x", "bob@x"]);
+        let elsewhere = tables.others("b", "z", now - 60_000).await.unwrap();
+        assert_eq!(elsewhere.get("alice@x").map(String::as_str), Some("a"));
+        assert!(
+            tables
+                .others("b", "a", now - 60_000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // A stanza handed off for alice waits for a, not z, and goes once handled.
+        tables
+            .hand_off("b", "alice@x", "<message xmlns='jabber:component:accept'/>")
+            .await
+            .unwrap();
+        assert!(tables.handed_to("b", "z", 10).await.unwrap().is_empty());
+        let handed = tables.handed_to("b", "a", 10).await.unwrap();
+        assert_eq!(handed.len(), 1);
+        tables.handled(handed[0].id).await.unwrap();
+        assert!(tables.handed_to("b", "a", 10).await.unwrap().is_empty());
+
+        // A dead instance's queued messages: alice's go to a, which runs her session;
+        // carol has none, so anyone may take hers.
+        let queued = |conversation: &str, key: &str| {
+            Write::Enqueue(NewRow {
+                queue: Queue::Outbox,
+                bridge: "b".into(),
+                conversation: conversation.into(),
+                dedupe_key: key.into(),
+                payload: "{}".into(),
+            })
+        };
+        store
+            .commit_batch(
+                "dead",
+                &[queued("alice@x\nbob", "s1"), queued("carol@x\nbob", "s2")],
+            )
+            .await
+            .unwrap();
+        let by_z = store
+            .take_over(Queue::Outbox, "b", "z", recent)
+            .await
+            .unwrap();
+        assert_eq!(by_z.len(), 1);
+        assert_eq!(by_z[0].conversation, "carol@x\nbob");
+        let by_a = store
+            .take_over(Queue::Outbox, "b", "a", recent)
+            .await
+            .unwrap();
+        assert_eq!(by_a.len(), 1);
+        assert_eq!(by_a[0].conversation, "alice@x\nbob");
+
+        // Once a is taken for dead, z takes both, learning who ran them.
+        let claimed = tables.claim("b", "z", None, stale).await.unwrap();
+        assert_eq!(
+            users(&claimed),
+            [
+                ("alice@x".into(), Some("a".into())),
+                ("bob@x".into(), Some("a".into()))
+            ]
+        );
+        // Handed back at shutdown, they go to a live instance at once, which learns that z
+        // ran them.
+        assert_eq!(tables.release("b", "z").await.unwrap(), 2);
+        store.heartbeat("y").await.unwrap();
+        let claimed = tables.claim("b", "y", Some("bob@x"), recent).await.unwrap();
+        assert_eq!(users(&claimed), [("bob@x".into(), Some("z".into()))]);
+
+        // Unregistered, alice's session is forgotten and never claimed again.
+        tables.forget("b", "alice@x").await.unwrap();
+        store
+            .delete_registration("b", "alice@x", false)
+            .await
+            .unwrap();
+        // At start on SQLite (no cutoff) every other instance's sessions move.
+        let claimed = tables.claim("b", "x", None, None).await.unwrap();
+        assert_eq!(users(&claimed), [("bob@x".into(), Some("y".into()))]);
+
+        // Cursors of instances that neither run nor last ran a session are forgotten.
+        let rooms = store.rooms();
+        for instance in ["x", "y", "gone"] {
+            rooms.set_cursor("b", "#r", instance, 7).await.unwrap();
+        }
+        assert_eq!(rooms.forget_orphan_cursors("b").await.unwrap(), 1);
+        assert_eq!(rooms.cursor("b", "#r", "gone").await.unwrap(), None);
+        assert_eq!(rooms.cursor("b", "#r", "y").await.unwrap(), Some(7));
+        for instance in ["a", "dead", "x", "y", "z"] {
+            store.forget_instances(Some(instance), 0).await.unwrap();
+        }
     })
     .await;
 }

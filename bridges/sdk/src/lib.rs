@@ -149,8 +149,13 @@ pub enum SessionEnd {
     Unregistered,
     /// An admin removed the user.
     Removed,
-    /// Jabbridge is shutting down; the session starts again at the next start.
+    /// Jabbridge is shutting down; the session starts again at the next start, or at once
+    /// in another instance sharing the database.
     Shutdown,
+    /// Another instance sharing the database runs the session now (this one was silent for
+    /// longer than `delivery.lease`, and its sessions were taken over). Close the foreign
+    /// connection without telling the network the user left: the other instance holds it.
+    Moved,
 }
 
 /// Why a foreign address could not be parsed from a JID localpart. The core answers the
@@ -297,7 +302,10 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Starts `user`'s session: called for every registered user when Jabbridge starts, when
     /// a user registers, and again when they register anew with other data (`registration`
-    /// is what [`Bridge::register`] returned). A bridge that keeps a foreign connection per
+    /// is what [`Bridge::register`] returned). With several instances on one database, a
+    /// session runs in one instance at a time: this is called in the instance that runs it,
+    /// also when it takes the session over from an instance that stopped or died, and every
+    /// call for that user (rooms, messages) comes to that instance. A bridge that keeps a foreign connection per
     /// user opens it here, or lazily on the user's first join; it reports the link's state
     /// with [`Core::set_status`], which the user sees as the gateway's presence (XEP-0100).
     /// Return soon: connect in a task of the bridge's own. The default does nothing.

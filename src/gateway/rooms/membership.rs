@@ -419,10 +419,16 @@ pub(super) async fn change_nick(
         })
 }
 
-/// At start: rejoins, for every user who was in a room when Jabbridge stopped, the foreign
-/// room, and records their resources as joined. Their clients still believe they are in the
-/// room; what they missed meanwhile is in the archive.
-pub async fn restore(gateway: &Gateway) {
+/// For the sessions just claimed here (at start, or taken over from another instance):
+/// rejoins, for each of their users who was in a room, the foreign room, and records their
+/// resources as joined. Their clients still believe they are in the room; what they missed
+/// meanwhile is in the archive, and what the previous instance archived but may not have
+/// sent goes again.
+pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claimed]) {
+    let previous: HashMap<&str, Option<&str>> = claimed
+        .iter()
+        .map(|claim| (claim.jid.as_str(), claim.previous.as_deref()))
+        .collect();
     let joins = match gateway.store.rooms().joins(&gateway.domain).await {
         Ok(joins) => joins,
         Err(error) => {
@@ -430,6 +436,10 @@ pub async fn restore(gateway: &Gateway) {
             return;
         }
     };
+    let joins = joins
+        .into_iter()
+        .filter(|row| previous.contains_key(row.jid.as_str()));
+    let mut resend: BTreeMap<RoomId, BTreeSet<String>> = BTreeMap::new();
     let mut by_user_room: BTreeMap<(String, String), Vec<JoinRow>> = BTreeMap::new();
     for row in joins {
         by_user_room
@@ -439,6 +449,12 @@ pub async fn restore(gateway: &Gateway) {
     }
     for ((user, room), rows) in by_user_room {
         let room = RoomId::new(room);
+        if let Some(Some(instance)) = previous.get(user.as_str()) {
+            resend
+                .entry(room.clone())
+                .or_default()
+                .insert((*instance).to_owned());
+        }
         let nick = rows[0].nick.clone();
         let registration = gateway
             .store
@@ -476,7 +492,7 @@ pub async fn restore(gateway: &Gateway) {
             Err(failure) => tracing::warn!(user, %room, %failure, "rejoining a room failed"),
         }
     }
-    resend_unsent(gateway).await;
+    resend_unsent(gateway, resend).await;
 }
 
 /// Takes `user` out of every room (unregistered): their resources get their own unavailable
@@ -520,6 +536,16 @@ pub async fn forget_user(gateway: &Gateway, user: &str) {
         let call = gateway.bridge.leave_room(&leaver, &room);
         let _ = gateway.call("leaving a room", call).await;
     }
+}
+
+/// Takes `user` out of every room in memory only: another instance runs their session now,
+/// and their joins and foreign rooms are its.
+pub fn drop_user(gateway: &Gateway, user: &str) {
+    let mut rooms = gateway.rooms.lock();
+    for state in rooms.values_mut() {
+        state.members.remove(user);
+    }
+    rooms.retain(|_, state| !state.members.is_empty());
 }
 
 /// A room message or presence that `from`'s server bounced: the resource is gone (XEP-0045

@@ -40,7 +40,7 @@ mod talk;
 pub use archive::maintain;
 pub(in crate::gateway) use archive::{archive_query, info, list};
 pub(in crate::gateway) use membership::{bounced, on_presence};
-pub use membership::{forget_user, leave_if_gone, restore};
+pub use membership::{drop_user, forget_user, leave_if_gone, restore};
 pub use talk::event;
 pub(in crate::gateway) use talk::{administer, on_groupchat, ping, private_allowed};
 

@@ -318,7 +318,12 @@ pub(super) async fn know_cursor(gateway: &Gateway, room: &RoomId, before: i64) {
     }
     let tables = gateway.store.rooms();
     match tables
-        .set_cursor(&gateway.domain, room.as_str(), before)
+        .set_cursor(
+            &gateway.domain,
+            room.as_str(),
+            gateway.delivery.instance(),
+            before,
+        )
         .await
     {
         Ok(()) => {
@@ -406,7 +411,12 @@ pub(super) async fn flush_cursors(gateway: &Gateway) {
     let tables = gateway.store.rooms();
     for (room, acked) in moved {
         match tables
-            .set_cursor(&gateway.domain, room.as_str(), acked)
+            .set_cursor(
+                &gateway.domain,
+                room.as_str(),
+                gateway.delivery.instance(),
+                acked,
+            )
             .await
         {
             Ok(()) => {
@@ -419,29 +429,28 @@ pub(super) async fn flush_cursors(gateway: &Gateway) {
     }
 }
 
-/// At start, once rooms are rejoined: what each room archived after its cursor (the
-/// copies a crash may have lost) goes again to the resources joined now, with its delay.
-pub(super) async fn resend_unsent(gateway: &Gateway) {
+/// Once rooms are rejoined for sessions claimed here: what each room archived after the
+/// cursor of the instance that ran those sessions before (`previous`, per room; the copies
+/// a crash may have lost) goes again to the resources joined now, with its delay.
+pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, BTreeSet<String>>) {
     const AT_MOST: u32 = 1000;
-    let rooms: Vec<RoomId> = gateway.rooms.lock().keys().cloned().collect();
     let tables = gateway.store.rooms();
-    for room in rooms {
-        let cursor = match tables.cursor(&gateway.domain, room.as_str()).await {
-            Ok(cursor) => cursor,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read a room's cursor");
-                continue;
+    for (room, instances) in previous {
+        let mut cursor: Option<i64> = None;
+        for instance in &instances {
+            match tables
+                .cursor(&gateway.domain, room.as_str(), instance)
+                .await
+            {
+                Ok(Some(sent)) => cursor = Some(cursor.map_or(sent, |known| known.min(sent))),
+                // Never fanned out there: nothing to resend for it.
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot read a room's cursor"),
             }
-        };
+        }
         let Some(cursor) = cursor else {
-            // Never fanned out in a process that recorded it: nothing to resend.
             continue;
         };
-        if let Some(state) = gateway.rooms.lock().get_mut(&room) {
-            state.cursor_known = true;
-            state.acked = state.acked.max(cursor);
-            state.flushed = state.flushed.max(cursor);
-        }
         let page = crate::store::rooms::PageQuery {
             after: Some(cursor),
             max: AT_MOST,
