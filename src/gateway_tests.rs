@@ -99,7 +99,12 @@ async fn a_registered_user_gets_the_echo_and_a_receipt() {
 
 #[tokio::test(start_paused = true)]
 async fn oversized_texts_groupchat_and_corrections_are_refused_precisely() {
-    let mut harness = Harness::start(Options::default()).await;
+    // A network that carries no corrections.
+    let mut harness = Harness::start(Options {
+        echo: vec![("edits", false.into())],
+        ..Options::default()
+    })
+    .await;
     harness.register("alice@test").await;
     let big = "x".repeat(crate::delivery::MAX_TEXT + 1);
     harness

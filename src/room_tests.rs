@@ -848,6 +848,8 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
         text: "said as it crashed",
         origin_id: None,
         poster: None,
+        replaces: None,
+        post_id: None,
         said_at: crate::store::now_millis(),
     };
     store
@@ -913,4 +915,277 @@ async fn a_presence_update_without_the_muc_element_joins_nothing() {
         condition(&harness.next().await).as_deref(),
         Some("not-acceptable")
     );
+}
+
+/// The `stanza-id` a room message carries.
+fn stanza_id(stanza: &Element) -> String {
+    stanza
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .and_then(|id| id.attr("id"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The `id` of a child `name` in `namespace`, e.g. what a `<replace/>` names.
+fn names(stanza: &Element, name: &str, namespace: &str) -> Option<String> {
+    stanza
+        .get_child(name, namespace)
+        .and_then(|child| child.attr("id"))
+        .map(str::to_owned)
+}
+
+/// Alice and Bob in `#lobby`, with the join's stanzas taken.
+async fn alice_and_bob(harness: &mut Harness) {
+    enter(harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(harness, 5).await;
+}
+
+/// The next `count` stanzas, as (to, from) pairs sorted, with the stanzas in that order.
+async fn take_sorted(harness: &mut Harness, count: usize) -> Vec<Element> {
+    let mut stanzas = take(harness, count).await;
+    stanzas.sort_by(|a, b| (from(a), to(a)).cmp(&(from(b), to(b))));
+    stanzas
+}
+
+#[tokio::test(start_paused = true)]
+async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() {
+    const CORRECT: &str = "urn:xmpp:message-correct:0";
+    const RETRACT: &str = "urn:xmpp:message-retract:1";
+    const REACTIONS: &str = "urn:xmpp:reactions:0";
+    let mut harness = Harness::start(Options::default()).await;
+    alice_and_bob(&mut harness).await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a1'>\
+             <body>helo</body><origin-id xmlns='urn:xmpp:sid:0' id='o-1'/></message>",
+        )
+        .await;
+    // Sorted: alice's post to alice, to bob; the bot's repeat to alice, to bob.
+    let posted = take_sorted(&mut harness, 4).await;
+    let alices = stanza_id(&posted[1]);
+    let repeat = posted[2].clone();
+    assert_eq!(from(&repeat), "#lobby@echo.test/echo");
+
+    // Alice corrects it (naming her origin-id): everyone gets the correction naming the id
+    // they saw, and the bot corrects its repeat.
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a2'>\
+             <body>hello</body><origin-id xmlns='urn:xmpp:sid:0' id='o-2'/>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='o-1'/></message>",
+        )
+        .await;
+    let corrected = take_sorted(&mut harness, 4).await;
+    for stanza in &corrected[..2] {
+        assert_eq!(from(stanza), "#lobby@echo.test/alice");
+        assert_eq!(body(stanza).as_deref(), Some("hello"));
+        assert_eq!(names(stanza, "replace", CORRECT).as_deref(), Some("o-1"));
+    }
+    assert_eq!(corrected[0].attr("id"), Some("a2"), "her reflection");
+    for stanza in &corrected[2..] {
+        assert_eq!(from(stanza), "#lobby@echo.test/echo");
+        assert_eq!(body(stanza).as_deref(), Some("hello"));
+        assert_eq!(
+            names(stanza, "replace", CORRECT),
+            repeat.attr("id").map(str::to_owned)
+        );
+    }
+
+    // Bob reacts to Alice's first message (by the room's stanza id): everyone sees it from
+    // him, and the bot mirrors it.
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='b1'>\
+             <reactions xmlns='urn:xmpp:reactions:0' id='{alices}'><reaction>👍</reaction>\
+             </reactions></message>"
+        ))
+        .await;
+    let reacted = take_sorted(&mut harness, 4).await;
+    let senders: Vec<&str> = reacted.iter().map(from).collect();
+    assert_eq!(
+        senders,
+        [
+            "#lobby@echo.test/bob",
+            "#lobby@echo.test/bob",
+            "#lobby@echo.test/echo",
+            "#lobby@echo.test/echo"
+        ]
+    );
+    for stanza in &reacted {
+        let reactions = stanza.get_child("reactions", REACTIONS).expect("reactions");
+        assert_eq!(reactions.attr("id"), Some(alices.as_str()));
+        let emojis: Vec<String> = reactions.children().map(Element::text).collect();
+        assert_eq!(emojis, ["👍"]);
+    }
+
+    // Bob may not correct or retract Alice's message.
+    for (id, payload) in [
+        (
+            "b2",
+            "<body>mine now</body><replace xmlns='urn:xmpp:message-correct:0' id='o-1'/>",
+        ),
+        (
+            "b3",
+            &format!("<retract xmlns='urn:xmpp:message-retract:1' id='{alices}'/>"),
+        ),
+    ] {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='{id}'>\
+                 {payload}</message>"
+            ))
+            .await;
+        let refused = harness.next().await;
+        assert_eq!(refused.attr("id"), Some(id));
+        assert_eq!(condition(&refused).as_deref(), Some("item-not-found"));
+    }
+
+    // Alice retracts it: everyone is told, and the bot retracts its repeat.
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a3'>\
+             <retract xmlns='urn:xmpp:message-retract:1' id='{alices}'/></message>"
+        ))
+        .await;
+    let retracted = take_sorted(&mut harness, 4).await;
+    for stanza in &retracted[..2] {
+        assert_eq!(from(stanza), "#lobby@echo.test/alice");
+        assert_eq!(names(stanza, "retract", RETRACT), Some(alices.clone()));
+    }
+    for stanza in &retracted[2..] {
+        assert_eq!(from(stanza), "#lobby@echo.test/echo");
+        assert_eq!(names(stanza, "retract", RETRACT), Some(stanza_id(&repeat)));
+    }
+
+    // The archive keeps a tombstone of it, and the correction with what it replaces.
+    harness
+        .receive(
+            "<iq type='set' from='bob@test/r' to='#lobby@echo.test' id='q'>\
+             <query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>",
+        )
+        .await;
+    let page = take(&mut harness, 5).await;
+    let inner: Vec<Element> = page[..4]
+        .iter()
+        .map(|result| {
+            result
+                .get_child("result", "urn:xmpp:mam:2")
+                .and_then(|result| result.get_child("forwarded", "urn:xmpp:forward:0"))
+                .and_then(|forwarded| forwarded.get_child("message", "jabber:client"))
+                .cloned()
+                .expect("a forwarded message")
+        })
+        .collect();
+    assert!(inner[0].has_child("retracted", RETRACT), "{:?}", inner[0]);
+    assert_eq!(body(&inner[0]), None);
+    assert!(inner[1].has_child("retracted", RETRACT), "the bot's repeat");
+    assert_eq!(body(&inner[2]).as_deref(), Some("hello"));
+    assert_eq!(names(&inner[2], "replace", CORRECT).as_deref(), Some("o-1"));
+    assert_eq!(page[4].attr("type"), Some("result"));
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_network_without_edits_refuses_them_and_changes_nothing() {
+    let mut harness = Harness::start(Options {
+        echo: vec![("edits", false.into())],
+        ..Options::default()
+    })
+    .await;
+    alice_and_bob(&mut harness).await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a1'>\
+             <body>hi</body></message>",
+        )
+        .await;
+    let posted = take_sorted(&mut harness, 4).await;
+    let alices = stanza_id(&posted[0]);
+    for (id, payload) in [
+        (
+            "c",
+            "<body>hey</body><replace xmlns='urn:xmpp:message-correct:0' id='a1'/>".to_owned(),
+        ),
+        (
+            "r",
+            format!("<retract xmlns='urn:xmpp:message-retract:1' id='{alices}'/>"),
+        ),
+        (
+            "e",
+            format!(
+                "<reactions xmlns='urn:xmpp:reactions:0' id='{alices}'>\
+                 <reaction>👍</reaction></reactions>"
+            ),
+        ),
+    ] {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
+                 {payload}</message>"
+            ))
+            .await;
+        let refused = harness.next().await;
+        assert_eq!(refused.attr("id"), Some(id));
+        assert_eq!(
+            condition(&refused).as_deref(),
+            Some("feature-not-implemented")
+        );
+    }
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn edits_naming_nothing_or_too_much_get_precise_errors() {
+    let mut harness = Harness::start(Options::default()).await;
+    alice_and_bob(&mut harness).await;
+    let many = "<reaction>x</reaction>".repeat(21);
+    let long = format!("<reaction>{}</reaction>", "y".repeat(65));
+    for (id, payload, expected) in [
+        (
+            "n1",
+            "<retract xmlns='urn:xmpp:message-retract:1'/>".to_owned(),
+            "item-not-found",
+        ),
+        (
+            "n2",
+            "<retract xmlns='urn:xmpp:message-retract:1' id='nope'/>".to_owned(),
+            "item-not-found",
+        ),
+        (
+            "n3",
+            "<body>x</body><replace xmlns='urn:xmpp:message-correct:0' id='nope'/>".to_owned(),
+            "item-not-found",
+        ),
+        (
+            "n4",
+            "<reactions xmlns='urn:xmpp:reactions:0' id='nope'><reaction>x</reaction></reactions>"
+                .to_owned(),
+            "item-not-found",
+        ),
+        (
+            "n5",
+            format!("<reactions xmlns='urn:xmpp:reactions:0' id='nope'>{many}</reactions>"),
+            "not-acceptable",
+        ),
+        (
+            "n6",
+            format!("<reactions xmlns='urn:xmpp:reactions:0' id='nope'>{long}</reactions>"),
+            "not-acceptable",
+        ),
+    ] {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
+                 {payload}</message>"
+            ))
+            .await;
+        let refused = harness.next().await;
+        assert_eq!(refused.attr("id"), Some(id));
+        assert_eq!(condition(&refused).as_deref(), Some(expected), "{id}");
+    }
+    harness.nothing_for(Duration::from_millis(100)).await;
 }

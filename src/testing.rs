@@ -49,6 +49,8 @@ pub struct Options {
     /// The database URL; SQLite in memory when `None`. A file lets a test start a second
     /// gateway on what the first left, as a restart would.
     pub database: Option<String>,
+    /// More keys of the echo bridge's section (when `bridge` is `None`).
+    pub echo: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             bridge: None,
             database: None,
             rooms: RoomsConfig::default(),
+            echo: Vec::new(),
         }
     }
 }
@@ -127,6 +130,9 @@ impl Harness {
                 let build = crate::bridges::find("echo").expect("the echo bridge");
                 let mut keys = serde_json::Map::new();
                 keys.insert("prefix".into(), "> ".into());
+                for (key, value) in options.echo {
+                    keys.insert(key.into(), value);
+                }
                 build(&Settings::new(keys), core).expect("echo")
             }
         };

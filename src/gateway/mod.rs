@@ -265,16 +265,11 @@ impl Gateway {
             .as_deref()
             .and_then(|to| to.parse::<Jid>().ok())
             .is_some_and(|to| to.domain().as_str() == self.domain);
-        let sender = header
-            .from
-            .as_deref()
-            .and_then(|from| from.parse::<Jid>().ok())
-            .map(|from| from.to_bare().to_string())
-            .unwrap_or_default();
         let route = match handed_off {
-            Some(_) => Ok(sessions::Route::Here),
-            None if addressed_to_us => sessions::route(self, &sender, &element).await,
-            None => Ok(sessions::Route::Here),
+            None if addressed_to_us => {
+                sessions::route(self, header.from.as_deref(), &element).await
+            }
+            _ => Ok(sessions::Route::Here),
         };
         let outcome = match route {
             Err(error) => {

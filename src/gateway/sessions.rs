@@ -76,11 +76,25 @@ fn stale_before(gateway: &Gateway) -> Option<i64> {
     Some(now_millis().saturating_sub(lease))
 }
 
-/// Where the stanza `element` from `user` (a bare JID) is handled: here, unless another live
-/// instance runs the user's session, in which case it is handed off to it. A registered user
-/// whose session nobody runs has it claimed here.
-pub async fn route(gateway: &Gateway, user: &str, element: &Element) -> Result<Route, String> {
-    if gateway.store.is_sqlite() || user.is_empty() || gateway.sessions.runs(user) {
+/// Where the stanza `element` from `from` is handled: here, unless another live instance
+/// runs the sender's session, in which case it is handed off to it. A registered user whose
+/// session nobody runs has it claimed here.
+pub async fn route(
+    gateway: &Gateway,
+    from: Option<&str>,
+    element: &Element,
+) -> Result<Route, String> {
+    if gateway.store.is_sqlite() {
+        return Ok(Route::Here);
+    }
+    let Some(user) = from
+        .and_then(|from| from.parse::<xmpp_parsers::jid::Jid>().ok())
+        .map(|from| from.to_bare().to_string())
+    else {
+        return Ok(Route::Here);
+    };
+    let user = user.as_str();
+    if gateway.sessions.runs(user) {
         return Ok(Route::Here);
     }
     if !locked(&gateway.sessions.elsewhere).contains_key(user) {

@@ -45,6 +45,10 @@ pub struct NewRoomMessage<'a> {
     pub poster: Option<&'a str>,
     /// When it was said, Unix ms.
     pub said_at: i64,
+    /// When it corrects an earlier message: the id the room showed for that one.
+    pub replaces: Option<&'a str>,
+    /// The id of the poster's own stanza, when one of our users posted it.
+    pub post_id: Option<&'a str>,
 }
 
 /// A message read back from the archive.
@@ -64,6 +68,37 @@ pub struct ArchivedMessage {
     pub origin_id: Option<String>,
     /// When it was said, Unix ms.
     pub said_at: i64,
+    /// The network's id.
+    pub foreign_id: String,
+    /// The poster's bare JID, when one of our users posted it.
+    pub poster: Option<String>,
+    /// When it corrects an earlier message: the id the room showed for that one.
+    pub replaces: Option<String>,
+    /// When it was retracted, Unix ms (its text is then empty).
+    pub retracted_at: Option<i64>,
+}
+
+impl ArchivedMessage {
+    /// The `id` its copies carried: the poster's origin-id, else the room's stanza id.
+    pub fn shown_id(&self) -> &str {
+        self.origin_id.as_deref().unwrap_or(&self.stanza_id)
+    }
+}
+
+/// How [`RoomTables::find`] looks a message up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Find<'a> {
+    /// By the network's id.
+    Foreign(&'a str),
+    /// By an id a client has for it (the room's stanza id or the poster's origin-id; with
+    /// `poster`, also the id of the poster's own stanza), among the messages of `poster` when
+    /// given.
+    Shown {
+        /// The id.
+        id: &'a str,
+        /// Only this user's messages.
+        poster: Option<&'a str>,
+    },
 }
 
 /// Which page of a room's archive to read (XEP-0313 with XEP-0059), by archive ids.
@@ -191,7 +226,8 @@ impl RoomTables {
     ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
             "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
-             origin_id, poster, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             origin_id, poster, said_at, replaces, post_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id",
         )
         .bind(bridge)
@@ -204,6 +240,8 @@ impl RoomTables {
         .bind(message.origin_id)
         .bind(message.poster)
         .bind(message.said_at)
+        .bind(message.replaces)
+        .bind(message.post_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
@@ -254,8 +292,8 @@ impl RoomTables {
     ) -> Result<(Vec<ArchivedMessage>, bool), StoreError> {
         // Only fixed fragments go into the SQL; every value is bound.
         let mut sql = String::from(
-            "SELECT id, stanza_id, nick, sender, text, origin_id, said_at FROM room_messages \
-             WHERE bridge = $1 AND room = $2",
+            "SELECT id, stanza_id, nick, sender, text, origin_id, said_at, foreign_id, poster, \
+             replaces, retracted_at FROM room_messages WHERE bridge = $1 AND room = $2",
         );
         let mut numbers = Vec::new();
         for (fragment, value) in [
@@ -296,17 +334,7 @@ impl RoomTables {
             .await?;
         let mut messages = rows
             .iter()
-            .map(|row| {
-                Ok(ArchivedMessage {
-                    id: row.try_get(0)?,
-                    stanza_id: row.try_get(1)?,
-                    nick: row.try_get(2)?,
-                    sender: row.try_get(3)?,
-                    text: row.try_get(4)?,
-                    origin_id: row.try_get(5)?,
-                    said_at: row.try_get(6)?,
-                })
-            })
+            .map(archived)
             .collect::<Result<Vec<_>, StoreError>>()?;
         let complete = messages.len() <= query.max as usize;
         messages.truncate(query.max as usize);
@@ -314,6 +342,60 @@ impl RoomTables {
             messages.reverse();
         }
         Ok((messages, complete))
+    }
+
+    /// The archived message `find` names in `room`, if any (the latest, should a client
+    /// have reused an id).
+    pub async fn find(
+        &self,
+        bridge: &str,
+        room: &str,
+        find: Find<'_>,
+    ) -> Result<Option<ArchivedMessage>, StoreError> {
+        const COLUMNS: &str = "SELECT id, stanza_id, nick, sender, text, origin_id, said_at, \
+                               foreign_id, poster, replaces, retracted_at FROM room_messages \
+                               WHERE bridge = $1 AND room = $2";
+        let query = match find {
+            Find::Foreign(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} AND foreign_id = $3"
+            )))
+            .bind(bridge)
+            .bind(room)
+            .bind(id),
+            Find::Shown { id, poster: None } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} AND (stanza_id = $3 OR origin_id = $3) ORDER BY id DESC LIMIT 1"
+            )))
+            .bind(bridge)
+            .bind(room)
+            .bind(id),
+            Find::Shown {
+                id,
+                poster: Some(poster),
+            } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} AND (stanza_id = $3 OR origin_id = $3 OR post_id = $3) AND poster = $4 \
+                 ORDER BY id DESC LIMIT 1"
+            )))
+            .bind(bridge)
+            .bind(room)
+            .bind(id)
+            .bind(poster),
+        };
+        let row = query.fetch_optional(&self.pool).await?;
+        row.as_ref().map(archived).transpose()
+    }
+
+    /// Keeps only a tombstone of archived message `id`: its text goes. Whether it was not
+    /// retracted before.
+    pub async fn retract(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE room_messages SET text = '', retracted_at = $2 \
+             WHERE id = $1 AND retracted_at IS NULL",
+        )
+        .bind(id)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Records that `room`'s fan-out by `instance` reached the server up to archive id
@@ -382,4 +464,22 @@ impl RoomTables {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// An archived message from a row of `SELECT id, stanza_id, nick, sender, text, origin_id,
+/// said_at, foreign_id, poster, replaces, retracted_at`.
+fn archived(row: &sqlx::any::AnyRow) -> Result<ArchivedMessage, StoreError> {
+    Ok(ArchivedMessage {
+        id: row.try_get(0)?,
+        stanza_id: row.try_get(1)?,
+        nick: row.try_get(2)?,
+        sender: row.try_get(3)?,
+        text: row.try_get(4)?,
+        origin_id: row.try_get(5)?,
+        said_at: row.try_get(6)?,
+        foreign_id: row.try_get(7)?,
+        poster: row.try_get(8)?,
+        replaces: row.try_get(9)?,
+        retracted_at: row.try_get(10)?,
+    })
 }

@@ -31,6 +31,16 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 /// XEP-0359 stanza and origin ids.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// XEP-0308 last message correction.
+pub const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
+/// XEP-0424 message retraction.
+pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+/// XEP-0444 message reactions.
+pub const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
+/// XEP-0428 fallback indication.
+const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
+/// XEP-0334 message processing hints.
+const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0313 message archive management.
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 /// XEP-0059 result set management.
@@ -156,6 +166,53 @@ pub struct RoomMessage<'a> {
     pub origin_id: Option<&'a str>,
     /// A XEP-0203 delay stamp (history, late lines).
     pub delay: Option<&'a str>,
+    /// When it corrects an earlier message (XEP-0308): the id that one was shown with.
+    pub replaces: Option<&'a str>,
+    /// When it was retracted (XEP-0424): the stamp; it is then a tombstone, with no body.
+    pub retracted: Option<&'a str>,
+}
+
+/// What someone did to an earlier room message, shown from their occupant JID.
+pub enum Touch<'a> {
+    /// Retracted it (XEP-0424).
+    Retract,
+    /// Set their reactions to it to these (XEP-0444).
+    React(&'a [String]),
+}
+
+/// A retraction or reactions `from` an occupant (`occupant_id`), to the room message whose
+/// stanza id is `target`, before its recipient is set. `id` is the stanza's own id.
+pub fn room_touch(
+    from: &Jid,
+    id: &str,
+    target: &str,
+    occupant_id: &str,
+    touch: &Touch<'_>,
+) -> Element {
+    let stanza = Element::builder("message", NS_COMPONENT)
+        .with("type", "groupchat")
+        .with("from", from.to_string())
+        .with("id", id);
+    let stanza = match touch {
+        Touch::Retract => stanza
+            .append(Element::builder("retract", NS_RETRACT).with("id", target))
+            .append(Element::builder("fallback", NS_FALLBACK).with("for", NS_RETRACT))
+            .append(
+                Element::builder("body", NS_COMPONENT)
+                    .append("This message was retracted; your client does not show it."),
+            ),
+        Touch::React(emojis) => stanza.append(
+            Element::builder("reactions", NS_REACTIONS)
+                .with("id", target)
+                .append_all(emojis.iter().map(|emoji| {
+                    Element::builder("reaction", NS_REACTIONS).append(emoji.as_str())
+                })),
+        ),
+    };
+    stanza
+        .append(Element::builder("store", NS_HINTS))
+        .append(Element::builder("occupant-id", NS_OCCUPANT_ID).with("id", occupant_id))
+        .build()
 }
 
 /// A groupchat message with no `to` yet: made writable once and copied per recipient
@@ -168,8 +225,13 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
     let mut stanza = Element::builder("message", namespace)
         .with("type", "groupchat")
         .with("from", message.from.to_string())
-        .with("id", message.origin_id.unwrap_or(message.stanza_id))
-        .append(Element::builder("body", namespace).append(message.text))
+        .with("id", message.origin_id.unwrap_or(message.stanza_id));
+    if let Some(stamp) = message.retracted {
+        stanza = stanza.append(Element::builder("retracted", NS_RETRACT).with("stamp", stamp));
+    } else {
+        stanza = stanza.append(Element::builder("body", namespace).append(message.text));
+    }
+    stanza = stanza
         .append(
             Element::builder("stanza-id", NS_SID)
                 .with("id", message.stanza_id)
@@ -178,6 +240,9 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
         .append(Element::builder("occupant-id", NS_OCCUPANT_ID).with("id", message.occupant_id));
     if let Some(origin) = message.origin_id {
         stanza = stanza.append(Element::builder("origin-id", NS_SID).with("id", origin));
+    }
+    if let Some(replaces) = message.replaces {
+        stanza = stanza.append(Element::builder("replace", NS_CORRECT).with("id", replaces));
     }
     if let Some(stamp) = message.delay {
         stanza = stanza.append(

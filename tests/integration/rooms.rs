@@ -98,6 +98,32 @@ async fn a_room_works_end_to_end(kind: ServerKind) {
     }
     alice.expect_none(Duration::from_secs(1), mine).await;
 
+    // Alice corrects it: Bob's client gets the correction naming the message it replaces.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='a2'><body>hello, room</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='origin-a1'/></message>"
+        ))
+        .await;
+    let correction = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some("hello, room")
+        })
+        .await;
+    let replaced = correction
+        .get_child("replace", "urn:xmpp:message-correct:0")
+        .and_then(|replace| replace.attr("id"));
+    assert_eq!(replaced, Some("origin-a1"));
+    // The bot corrects its repeat, for both.
+    for client in [&mut alice, &mut bob] {
+        let repeat = client
+            .expect(WAIT, |s| {
+                is_from(s, &format!("{ROOM}/echo")) && body(s).as_deref() == Some("hello, room")
+            })
+            .await;
+        assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
+    }
+
     // Bob writes privately to the bot: the answer comes from the bot's occupant JID, and
     // the room never sees it.
     bob.send(&format!(

@@ -459,6 +459,8 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
             origin_id: None,
             poster: None,
             said_at: at,
+            replaces: None,
+            post_id: None,
         };
         let now = now_millis();
         let first = rooms

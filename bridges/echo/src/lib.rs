@@ -39,6 +39,14 @@ struct EchoConfig {
     /// Milliseconds each reply takes, to play a slow network (demos, crash tests).
     #[serde(default)]
     delay_ms: u64,
+    /// Whether the pretend network carries corrections, retractions and reactions (in rooms;
+    /// a corrected chat message is echoed as a new one). `false` plays a network without them.
+    #[serde(default = "carries_edits")]
+    edits: bool,
+}
+
+fn carries_edits() -> bool {
+    true
 }
 
 /// What the echo bridge keeps per registered user.
@@ -94,6 +102,9 @@ impl Bridge for Echo {
     fn info(&self) -> BridgeInfo {
         let mut capabilities = Capabilities::default();
         capabilities.rooms = true;
+        capabilities.corrections = self.config.edits;
+        capabilities.retractions = self.config.edits;
+        capabilities.reactions = self.config.edits;
         BridgeInfo {
             gateway_type: "echo".into(),
             name: "Echo gateway".into(),
@@ -157,6 +168,27 @@ impl Bridge for Echo {
     async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
         let id = self.fresh_id();
         self.rooms.post(&self.core, post, id).await
+    }
+
+    async fn retract_room_message(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+    ) -> Result<(), RoomActionError> {
+        self.rooms.retract(&self.core, user, room, message).await
+    }
+
+    async fn react_in_room(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+        emojis: &[String],
+    ) -> Result<(), RoomActionError> {
+        self.rooms
+            .react(&self.core, user, room, message, emojis)
+            .await
     }
 
     async fn moderate(
@@ -448,6 +480,7 @@ mod tests {
                 room: room.clone(),
                 text: "hello".into(),
                 registration: None,
+                replaces: None,
             })
             .await
             .unwrap();

@@ -8,13 +8,17 @@
 //! `!rename NICK NEW` (the network renames someone). `#locked…` rooms refuse subject changes
 //! by users, `#secret…` rooms want the password `sesame`, and a nick already in a room, or
 //! `echo`, is taken.
+//!
+//! The network carries corrections, retractions and reactions (unless the bridge's `edits`
+//! is `false`), and the bot follows: it corrects its repeat of a corrected message, retracts
+//! its repeat of a retracted one, and mirrors a user's reactions with its own.
 
 use std::collections::{BTreeMap, HashMap};
 
 use jabbridge_sdk::{
     Affiliation, Core, CoreError, ForeignId, JoinError, JoinRequest, Joined, MessageId, Moderation,
-    Occupant, Posted, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
-    SendError, Subject, UserJid, secrecy::ExposeSecret,
+    Occupant, Posted, Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage,
+    RoomPost, SendError, Subject, UserJid, secrecy::ExposeSecret,
 };
 use tokio::sync::Mutex;
 
@@ -94,6 +98,11 @@ fn user_occupant(nick: &str, user: &UserJid) -> Occupant {
         id: ForeignId::new(user.as_str()),
         ..Occupant::new(nick)
     }
+}
+
+/// The network id of the bot's repeat of the message `original`.
+fn repeat_of(original: &MessageId) -> MessageId {
+    MessageId::new(format!("{original}-echo"))
 }
 
 /// Whether a JID localpart names an echo room.
@@ -201,11 +210,17 @@ impl EchoRooms {
             text: post.text.clone(),
             timestamp: None,
             echo_of: Some(post.id.clone()),
+            replaces: post.replaces.clone(),
         };
         core.room_event(&post.room, RoomEvent::Message(echo))
             .await
             .map_err(transient)?;
-        let event = match self.command(&post.room, &nick, &post.text).await {
+        // A correction is repeated as a correction of the bot's repeat, never obeyed.
+        let command = match post.replaces {
+            Some(_) => None,
+            None => self.command(&post.room, &nick, &post.text).await,
+        };
+        let event = match command {
             Some(event) => event,
             None => RoomEvent::Message(RoomMessage {
                 foreign_id: MessageId::new(format!("room-{id}-echo")),
@@ -214,11 +229,57 @@ impl EchoRooms {
                 text: post.text,
                 timestamp: None,
                 echo_of: None,
+                replaces: post.replaces.map(|original| repeat_of(&original)),
             }),
         };
         // The post went through; the bot's answer is lost only when the core is stopping.
         let _ = core.room_event(&post.room, event).await;
         Ok(Posted::EchoFollows)
+    }
+
+    /// A user retracts their message: gone on the network, and the bot retracts its repeat.
+    pub async fn retract(
+        &self,
+        core: &Core,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+    ) -> Result<(), RoomActionError> {
+        self.member(user, room).await?;
+        let repeat = RoomEvent::Retracted {
+            foreign_id: repeat_of(message),
+        };
+        let _ = core.room_event(room, repeat).await;
+        Ok(())
+    }
+
+    /// A user's reactions to a message: the bot mirrors them with its own.
+    pub async fn react(
+        &self,
+        core: &Core,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+        emojis: &[String],
+    ) -> Result<(), RoomActionError> {
+        self.member(user, room).await?;
+        let mirrored = RoomEvent::Reacted(Reaction {
+            to: message.clone(),
+            nick: BOT.into(),
+            sender: ForeignId::new(BOT),
+            emojis: emojis.to_vec(),
+        });
+        let _ = core.room_event(room, mirrored).await;
+        Ok(())
+    }
+
+    /// `user`'s nick in `room`, or why they may not act there.
+    async fn member(&self, user: &UserJid, room: &RoomId) -> Result<String, RoomActionError> {
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .and_then(|room| room.nick_of(user))
+            .ok_or_else(|| RoomActionError::Forbidden("you are not in this room".into()))
     }
 
     /// The bot's commands: what happens on the network when someone says one.
@@ -422,6 +483,7 @@ impl EchoRooms {
             text,
             timestamp: None,
             echo_of: None,
+            replaces: None,
         };
         core.room_event(room_id, RoomEvent::Message(said)).await
     }

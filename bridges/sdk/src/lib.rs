@@ -42,8 +42,9 @@ pub use crate::message::{
     SendOutcome, UserStatus,
 };
 pub use crate::room::{
-    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant, Posted, Role,
-    RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost, Subject,
+    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant, Posted,
+    Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
+    Subject,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
@@ -111,8 +112,15 @@ impl Default for Prompt {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Capabilities {
-    /// The bridge can carry message corrections (XEP-0308).
+    /// The bridge can carry message corrections (XEP-0308), in chats and, with `rooms`, in
+    /// rooms ([`RoomPost::replaces`], [`RoomMessage::replaces`]).
     pub corrections: bool,
+    /// With `rooms`: users may retract their own room messages (XEP-0424):
+    /// [`Bridge::retract_room_message`], and the network's [`RoomEvent::Retracted`].
+    pub retractions: bool,
+    /// With `rooms`: users may react to room messages (XEP-0444): [`Bridge::react_in_room`],
+    /// and the network's [`RoomEvent::Reacted`].
+    pub reactions: bool,
     /// The bridge can carry typing notifications (XEP-0085).
     pub chat_states: bool,
     /// The bridge has group chats ([`crate::room`]): it implements
@@ -414,6 +422,40 @@ pub trait Bridge: Send + Sync + 'static {
     ) -> Result<(), RoomActionError> {
         Err(RoomActionError::NotSupported(
             "this bridge cannot change a room's subject".into(),
+        ))
+    }
+
+    /// Retracts (deletes for everyone, XEP-0424) `message`, an earlier post of `user` in
+    /// `room`, on the network. Called only for bridges that declare
+    /// [`Capabilities::retractions`], and only for the user's own messages. `Ok` means the
+    /// network took it: the core then shows the retraction to everyone in the room and
+    /// marks the message retracted in its archive, so do not report the user's own
+    /// retraction as a [`RoomEvent::Retracted`]. The default refuses.
+    async fn retract_room_message(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _message: &MessageId,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot retract messages".into(),
+        ))
+    }
+
+    /// Sets `user`'s reactions to `message` in `room` to `emojis` (XEP-0444: the full set,
+    /// empty to take every reaction back). Called only for bridges that declare
+    /// [`Capabilities::reactions`]. `Ok` means the network took it: the core then shows the
+    /// reactions to everyone in the room, so do not report the user's own reactions as a
+    /// [`RoomEvent::Reacted`]. The default refuses.
+    async fn react_in_room(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _message: &MessageId,
+        _emojis: &[String],
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot carry reactions".into(),
         ))
     }
 

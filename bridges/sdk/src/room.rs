@@ -163,6 +163,11 @@ pub struct RoomPost {
     pub text: String,
     /// What the bridge stored for the user at registration, if they registered.
     pub registration: Option<RegistrationData>,
+    /// When this corrects an earlier post of the same user (XEP-0308): the network's id
+    /// for that post. Only for bridges that declare [`crate::Capabilities::corrections`].
+    /// Report the network's echo (or, with [`Posted::Reflect`], nothing: the core reflects
+    /// it) like any post.
+    pub replaces: Option<MessageId>,
 }
 
 /// What a successful [`crate::Bridge::send_room_message`] returns: how the user's own
@@ -198,6 +203,22 @@ pub struct RoomMessage {
     /// When this is the network's echo of a user's own post ([`Posted::EchoFollows`]): the
     /// post's id, so that the core reflects it with the user's origin-id.
     pub echo_of: Option<MessageId>,
+    /// When this corrects an earlier message (XEP-0308): that message's network id. A
+    /// correction of a message the core never saw is shown as a new message.
+    pub replaces: Option<MessageId>,
+}
+
+/// Someone's reactions to a room message (XEP-0444), reported with [`RoomEvent::Reacted`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The network id of the message reacted to.
+    pub to: MessageId,
+    /// The reacting occupant's nick.
+    pub nick: String,
+    /// Their stable id on the network (see [`Occupant::id`]).
+    pub sender: ForeignId,
+    /// Their reactions to it now, in full (empty: they took them all back).
+    pub emojis: Vec<String>,
 }
 
 /// Something that happened in a room, reported with [`crate::Core::room_event`].
@@ -241,6 +262,15 @@ pub enum RoomEvent {
     },
     /// The subject changed.
     Subject(Subject),
+    /// A message was retracted (by its sender, or a moderator): users' clients hide it, and
+    /// the archive keeps only a tombstone. A message the core never saw is ignored.
+    Retracted {
+        /// The message's network id.
+        foreign_id: MessageId,
+    },
+    /// Someone's reactions to a message changed. Reactions to a message the core never saw
+    /// are ignored.
+    Reacted(Reaction),
 }
 
 /// What a moderator asks of the network through [`crate::Bridge::moderate`] (XEP-0045 §8-9).

@@ -31,6 +31,15 @@ pub(super) fn as_room_message(
     )
     .to_string();
     let room_name = room_jid.to_string();
+    let retracted = match message.retracted_at {
+        Some(at) => Some(
+            humantime::format_rfc3339_millis(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(at).ok()?),
+            )
+            .to_string(),
+        ),
+        None => None,
+    };
     build(&muc::RoomMessage {
         from: occupant_jid(room_jid, &message.nick)?,
         room: &room_name,
@@ -39,6 +48,8 @@ pub(super) fn as_room_message(
         occupant_id: &occupant_id(&gateway.domain, room, &message.sender),
         origin_id: message.origin_id.as_deref(),
         delay: Some(&stamp),
+        replaces: message.replaces.as_deref(),
+        retracted: retracted.as_deref(),
     })
 }
 
@@ -206,23 +217,29 @@ pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
         })
     };
     let name = gateway.bridge.format_address(room);
-    muc::room_info(
-        &name,
-        &subject,
-        occupants,
-        &[
-            "http://jabber.org/protocol/disco#info",
-            muc::NS_MUC,
-            "muc_open",
-            "muc_public",
-            "muc_semianonymous",
-            "muc_persistent",
-            muc::NS_OCCUPANT_ID,
-            muc::NS_SID,
-            muc::NS_MAM,
-            "urn:xmpp:ping",
-        ],
-    )
+    let capabilities = &gateway.info.capabilities;
+    let mut features = vec![
+        "http://jabber.org/protocol/disco#info",
+        muc::NS_MUC,
+        "muc_open",
+        "muc_public",
+        "muc_semianonymous",
+        "muc_persistent",
+        muc::NS_OCCUPANT_ID,
+        muc::NS_SID,
+        muc::NS_MAM,
+        "urn:xmpp:ping",
+    ];
+    for (carried, feature) in [
+        (capabilities.corrections, muc::NS_CORRECT),
+        (capabilities.retractions, muc::NS_RETRACT),
+        (capabilities.reactions, muc::NS_REACTIONS),
+    ] {
+        if carried {
+            features.push(feature);
+        }
+    }
+    muc::room_info(&name, &subject, occupants, &features)
 }
 
 /// The rooms' upkeep until shutdown: their cursors written every second (and once more at

@@ -27,7 +27,7 @@ use xmpp_parsers::{
 };
 
 use super::{Answer, Gateway};
-use crate::store::rooms::{ArchivedMessage, JoinRow, NewRoomMessage};
+use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage};
 use crate::store::{millis, now_millis};
 use crate::xmpp::muc::{self, OccupantPresence, status};
 use crate::xmpp::stanza::StanzaFailure;

@@ -15,22 +15,64 @@ pub(in crate::gateway) async fn on_groupchat(
 ) -> Answer {
     gateway.access.check(from.to_bare().as_str())?;
     let (user, posted_as) = joined(gateway, from, &room)?;
-    for (name, namespace, what) in [
-        ("replace", "urn:xmpp:message-correct:0", "corrections"),
-        ("retract", "urn:xmpp:message-retract:1", "retractions"),
-        ("reactions", "urn:xmpp:reactions:0", "reactions"),
-    ] {
-        if message
+    let payload = |name: &str, namespace: &str| {
+        message
             .payloads
             .iter()
-            .any(|payload| payload.is(name, namespace))
-        {
-            return Err(StanzaFailure::FeatureNotImplemented(format!(
-                "{} cannot carry {what} in rooms: it was not sent",
-                gateway.info.name
+            .find(|payload| payload.is(name, namespace))
+    };
+    let capabilities = &gateway.info.capabilities;
+    let refused = |what: &str| {
+        Err(StanzaFailure::FeatureNotImplemented(format!(
+            "{} cannot carry {what} in rooms: it was not sent",
+            gateway.info.name
+        )))
+    };
+    if let Some(retract) = payload("retract", muc::NS_RETRACT) {
+        if !capabilities.retractions {
+            return refused("retractions");
+        }
+        gateway.access.take(&user)?;
+        return touch(
+            gateway,
+            &user,
+            &posted_as,
+            &room,
+            retract,
+            &muc::Touch::Retract,
+        )
+        .await;
+    }
+    if let Some(reactions) = payload("reactions", muc::NS_REACTIONS) {
+        if !capabilities.reactions {
+            return refused("reactions");
+        }
+        let emojis: Vec<String> = reactions
+            .children()
+            .filter(|child| child.is("reaction", muc::NS_REACTIONS))
+            .map(Element::text)
+            .filter(|emoji| !emoji.is_empty())
+            .take(MAX_REACTIONS + 1)
+            .collect();
+        if emojis.len() > MAX_REACTIONS || emojis.iter().any(|emoji| emoji.len() > 64) {
+            return Err(StanzaFailure::NotAcceptable(format!(
+                "at most {MAX_REACTIONS} reactions of at most 64 bytes each are carried"
             )));
         }
+        gateway.access.take(&user)?;
+        let react = muc::Touch::React(&emojis);
+        return touch(gateway, &user, &posted_as, &room, reactions, &react).await;
     }
+    let replaces = match payload("replace", muc::NS_CORRECT) {
+        None => None,
+        Some(_) if !capabilities.corrections => return refused("corrections"),
+        Some(replace) => {
+            let id = replace.attr("id").unwrap_or_default();
+            Some(MessageId::new(
+                own_message(gateway, &user, &room, id).await?.foreign_id,
+            ))
+        }
+    };
     if let Some(subject) = message.subjects.values().next()
         && text.is_none()
     {
@@ -87,6 +129,7 @@ pub(in crate::gateway) async fn on_groupchat(
         room: room.clone(),
         text: text.clone(),
         registration,
+        replaces: replaces.clone(),
     };
     let poster = Poster {
         user: user.clone(),
@@ -124,13 +167,7 @@ pub(in crate::gateway) async fn on_groupchat(
             forget_echo(gateway, &room, &post_id);
             // The nick it is reflected under is the one the user has now.
             let nick = joined(gateway, from, &room).map_or(posted_as, |(_, nick)| nick);
-            let sender = {
-                let rooms = gateway.rooms.lock();
-                rooms
-                    .get(&room)
-                    .and_then(|state| state.occupants.get(&nick))
-                    .map_or_else(|| nick.clone(), |occupant| occupant.id.to_string())
-            };
+            let sender = sender_of(gateway, &room, &nick);
             let message = RoomMessage {
                 foreign_id: foreign_id
                     .unwrap_or_else(|| MessageId::new(format!("xmpp:{user}:{origin_id}"))),
@@ -139,12 +176,147 @@ pub(in crate::gateway) async fn on_groupchat(
                 text,
                 timestamp: None,
                 echo_of: None,
+                replaces,
             };
             said(gateway, &room, message, Some(poster))
                 .await
                 .map_err(|_| StanzaFailure::Internal)?;
             Ok(None)
         }
+    }
+}
+
+/// Most reactions one user may set on one message at once.
+const MAX_REACTIONS: usize = 20;
+
+/// The stable foreign id of the occupant `nick`, as the bridge reported it (the nick itself
+/// when it did not).
+fn sender_of(gateway: &Gateway, room: &RoomId, nick: &str) -> String {
+    let rooms = gateway.rooms.lock();
+    rooms
+        .get(room)
+        .and_then(|state| state.occupants.get(nick))
+        .map_or_else(|| nick.to_owned(), |occupant| occupant.id.to_string())
+}
+
+/// The archived message of `user`'s in `room` that a client calls `id` (its origin-id or
+/// the room's stanza id): what a correction or retraction is about.
+async fn own_message(
+    gateway: &Gateway,
+    user: &str,
+    room: &RoomId,
+    id: &str,
+) -> Result<ArchivedMessage, StanzaFailure> {
+    let find = Find::Shown {
+        id,
+        poster: Some(user),
+    };
+    gateway
+        .store
+        .rooms()
+        .find(&gateway.domain, room.as_str(), find)
+        .await
+        .map_err(|error| gateway.storage_failed(error))?
+        .ok_or_else(|| {
+            StanzaFailure::ItemNotFound(format!(
+                "you have no message with id '{id}' in this room (only your own can be \
+                 corrected or retracted)"
+            ))
+        })
+}
+
+/// A user's retraction (of their own message) or reactions (to anyone's): the bridge
+/// carries it, then everyone in the room sees it from the user's occupant JID; a retracted
+/// message keeps only a tombstone in the archive.
+async fn touch(
+    gateway: &Gateway,
+    user: &str,
+    nick: &str,
+    room: &RoomId,
+    payload: &Element,
+    touch: &muc::Touch<'_>,
+) -> Answer {
+    let id = payload.attr("id").unwrap_or_default();
+    let target = match touch {
+        muc::Touch::Retract => own_message(gateway, user, room, id).await?,
+        muc::Touch::React(_) => gateway
+            .store
+            .rooms()
+            .find(
+                &gateway.domain,
+                room.as_str(),
+                Find::Shown { id, poster: None },
+            )
+            .await
+            .map_err(|error| gateway.storage_failed(error))?
+            .ok_or_else(|| {
+                StanzaFailure::ItemNotFound(format!("this room has no message with id '{id}'"))
+            })?,
+    };
+    if target.retracted_at.is_some() {
+        return Ok(None);
+    }
+    let actor = UserJid::new(user);
+    let foreign = MessageId::new(target.foreign_id.as_str());
+    let outcome = match touch {
+        muc::Touch::Retract => {
+            let call = gateway.bridge.retract_room_message(&actor, room, &foreign);
+            gateway.call("the retraction", call).await?
+        }
+        muc::Touch::React(emojis) => {
+            let call = gateway.bridge.react_in_room(&actor, room, &foreign, emojis);
+            gateway.call("the reaction", call).await?
+        }
+    };
+    outcome.map_err(action_failure)?;
+    if matches!(touch, muc::Touch::Retract) {
+        gateway
+            .store
+            .rooms()
+            .retract(target.id)
+            .await
+            .map_err(|error| gateway.storage_failed(error))?;
+    }
+    let sender = sender_of(gateway, room, nick);
+    show_touch(gateway, room, nick, &sender, &target.stanza_id, touch).await;
+    Ok(None)
+}
+
+/// Shows a retraction or reactions of the occupant `nick` (foreign id `sender`) to the
+/// message with stanza id `target` to every joined resource. Not archived: a retraction
+/// leaves its tombstone in the archive instead; reactions are shown live only.
+async fn show_touch(
+    gateway: &Gateway,
+    room: &RoomId,
+    nick: &str,
+    sender: &str,
+    target: &str,
+    touch: &muc::Touch<'_>,
+) {
+    let Some(room_jid) = room_jid(gateway, room) else {
+        return;
+    };
+    let Some(from) = occupant_jid(&room_jid, nick) else {
+        return;
+    };
+    let occupant = occupant_id(&gateway.domain, room, sender);
+    let id = uuid::Uuid::new_v4().to_string();
+    let stanza = muc::room_touch(&from, &id, target, &occupant, touch);
+    let Ok(template) = Writable::new(stanza) else {
+        return;
+    };
+    let copies: Vec<Writable> = {
+        let rooms = gateway.rooms.lock();
+        let Some(state) = rooms.get(room) else {
+            return;
+        };
+        recipients(state)
+            .iter()
+            .map(|(_, _, to)| template.with(&[("to", to)]))
+            .collect()
+    };
+    for copy in copies {
+        gateway.send_writable(copy).await;
     }
 }
 
@@ -254,6 +426,25 @@ pub(super) async fn said(
     }
     let mut text = message.text;
     crate::xmpp::xml_safe::clean(&mut text);
+    // A correction names the message it corrects by the id the room showed for it; one of a
+    // message never seen here is shown as a new message.
+    let replaces = match &message.replaces {
+        None => None,
+        Some(foreign) => gateway
+            .store
+            .rooms()
+            .find(
+                &gateway.domain,
+                room.as_str(),
+                Find::Foreign(foreign.as_str()),
+            )
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "cannot read a room's archive");
+                CoreError::Unavailable("the gateway cannot read messages right now".into())
+            })?
+            .map(|corrected| corrected.shown_id().to_owned()),
+    };
     let stanza_id = uuid::Uuid::new_v4().to_string();
     let sender = message.sender.to_string();
     let said_at = message.timestamp.map_or_else(now_millis, millis);
@@ -266,6 +457,10 @@ pub(super) async fn said(
         origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
         poster: poster.as_ref().map(|poster| poster.user.as_str()),
         said_at,
+        replaces: replaces.as_deref(),
+        post_id: poster
+            .as_ref()
+            .and_then(|poster| poster.stanza_id.as_deref()),
     };
     let archived = gateway
         .store
@@ -299,6 +494,8 @@ pub(super) async fn said(
         occupant_id: &occupant,
         origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
         delay: delay.as_deref(),
+        replaces: replaces.as_deref(),
+        retracted: None,
     }))
     .map_err(|error| CoreError::Refused(error.to_string()))?;
     fan_out(gateway, room, &template, id, poster.as_ref()).await;
@@ -481,6 +678,65 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
     }
 }
 
+/// The network retracted a message (`reaction` is `None`) or someone's reactions to it
+/// changed: shown to every joined resource, a retraction also leaving a tombstone in the
+/// archive. About a message never seen here, nothing happens.
+async fn touched(
+    gateway: &Gateway,
+    room: &RoomId,
+    foreign_id: &MessageId,
+    reaction: Option<&jabbridge_sdk::Reaction>,
+) -> Result<(), CoreError> {
+    let tables = gateway.store.rooms();
+    let unavailable = |error: crate::store::StoreError| {
+        tracing::error!(%error, "cannot read or change a room's archive");
+        CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
+    };
+    let Some(target) = tables
+        .find(
+            &gateway.domain,
+            room.as_str(),
+            Find::Foreign(foreign_id.as_str()),
+        )
+        .await
+        .map_err(unavailable)?
+    else {
+        return Ok(());
+    };
+    match reaction {
+        None => {
+            if tables.retract(target.id).await.map_err(unavailable)? {
+                let retract = muc::Touch::Retract;
+                show_touch(
+                    gateway,
+                    room,
+                    &target.nick,
+                    &target.sender,
+                    &target.stanza_id,
+                    &retract,
+                )
+                .await;
+            }
+        }
+        Some(reaction) => {
+            if target.retracted_at.is_none() {
+                let react = muc::Touch::React(&reaction.emojis);
+                let sender = reaction.sender.to_string();
+                show_touch(
+                    gateway,
+                    room,
+                    &reaction.nick,
+                    &sender,
+                    &target.stanza_id,
+                    &react,
+                )
+                .await;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Serves a bridge's [`RoomEvent`]: updates the room and shows the change to every joined
 /// resource.
 pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<(), CoreError> {
@@ -495,6 +751,12 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         });
         return said(gateway, &room, message, poster).await;
     }
+    if let RoomEvent::Retracted { foreign_id } = &event {
+        return touched(gateway, &room, foreign_id, None).await;
+    }
+    if let RoomEvent::Reacted(reaction) = &event {
+        return touched(gateway, &room, &reaction.to, Some(reaction)).await;
+    }
     let Some(room_jid) = room_jid(gateway, &room) else {
         return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
     };
@@ -508,7 +770,8 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         let mut stanzas = Vec::new();
         let everyone = recipients(state);
         match event {
-            RoomEvent::Message(_) => {}
+            // Served above.
+            RoomEvent::Message(_) | RoomEvent::Retracted { .. } | RoomEvent::Reacted(_) => {}
             RoomEvent::Occupant(occupant) => {
                 let known = state
                     .occupants
