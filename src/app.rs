@@ -25,7 +25,8 @@ use crate::gateway::{Gateway, Policy, Wiring};
 use crate::http::{self, HttpBridge, HttpState};
 use crate::metrics;
 use crate::store::{Store, StoreError};
-use crate::xmpp::session::{self, LinkConfig, backoff};
+use crate::systemd::Notifier;
+use crate::xmpp::session::{self, LinkConfig, LinkState, backoff};
 
 /// Why Jabbridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +219,7 @@ fn build_bridge(
 /// Runs Jabbridge until `shutdown` resolves, then stops cleanly.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     check_bridges(&config)?;
+    let systemd = Arc::new(Notifier::from_env());
     let prometheus = metrics::install();
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
@@ -235,6 +237,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let (stop, stopping) = Shutdown::new();
     let mut tasks = JoinSet::new();
     let mut http_bridges = BTreeMap::new();
+    let mut links = Vec::new();
     for (index, section) in config.bridge.iter().enumerate() {
         let domain = section.domain.clone();
         let (incoming, incoming_receiver) = mpsc::channel(1024);
@@ -258,6 +261,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(async move {
             let _ = link_task.await;
         });
+        links.push((domain.clone(), link.state.clone()));
         let (core_link, core_requests) = CoreLink::new(&domain, store.clone());
         let core = plumbing::core(&domain, Arc::new(core_link), config.http.public_url.clone());
         let bridge = build_bridge(index, section, core)?;
@@ -343,8 +347,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         http::serve(listener, app, &http_config, http_stopping).await;
     });
 
+    tasks.spawn(tell_systemd(systemd.clone(), links, stopping.clone()));
+
     shutdown.await;
     tracing::info!("shutting down: flushing queues and closing links");
+    systemd.notify("STOPPING=1\nSTATUS=flushing the queues and closing the links");
     let _ = stop.send(true);
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while tasks.join_next().await.is_some() {}
@@ -382,6 +389,67 @@ async fn heartbeat(store: Store, owner: String, lease: Duration, stopping: Shutd
         }
         if let Err(error) = store.heartbeat(&owner).await {
             tracing::warn!(%error, "cannot record this instance's heartbeat; after delivery.lease another instance may take over its messages");
+        }
+    }
+}
+
+/// How long start-up waits for every link to be up or retrying before telling systemd it is
+/// ready anyway.
+const READY_WAIT: Duration = Duration::from_secs(30);
+/// How often systemd's status line is brought up to date.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Tells systemd (when it asked) that Jabbridge is ready once every component link is up or
+/// retrying, then keeps its status line and watchdog fed until shutdown.
+async fn tell_systemd(
+    systemd: Arc<Notifier>,
+    links: Vec<(String, Arc<LinkState>)>,
+    stopping: Shutdown,
+) {
+    let status = || {
+        let up = links.iter().filter(|(_, link)| link.is_connected()).count();
+        let down: Vec<&str> = links
+            .iter()
+            .filter(|(_, link)| !link.is_connected())
+            .map(|(domain, _)| domain.as_str())
+            .collect();
+        match down.is_empty() {
+            true => format!("STATUS={up} of {} component links up", links.len()),
+            false => format!(
+                "STATUS={up} of {} component links up; retrying {}",
+                links.len(),
+                down.join(", ")
+            ),
+        }
+    };
+    let settled = async {
+        while !links
+            .iter()
+            .all(|(_, link)| link.is_connected() || link.last_error().is_some())
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(READY_WAIT, settled) => {}
+        () = stopping.clone().wait() => return,
+    }
+    systemd.notify(&format!("READY=1\n{}", status()));
+    let watchdog = systemd.watchdog_every();
+    let tick = watchdog.map_or(STATUS_EVERY, |every| every.min(STATUS_EVERY));
+    let mut since_status = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            () = stopping.clone().wait() => return,
+        }
+        since_status += tick;
+        if watchdog.is_some() {
+            systemd.notify("WATCHDOG=1");
+        }
+        if since_status >= STATUS_EVERY {
+            since_status = Duration::ZERO;
+            systemd.notify(&status());
         }
     }
 }

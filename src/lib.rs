@@ -37,6 +37,7 @@ pub mod metrics;
 #[cfg(test)]
 mod room_tests;
 pub mod store;
+pub mod systemd;
 #[cfg(test)]
 pub mod testing;
 pub mod xmpp;

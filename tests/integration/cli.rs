@@ -242,3 +242,109 @@ fn admin_commands_manage_identities_and_users() {
     let (ok, output) = jabbridge(&["--config", config, "users", "remove", "sms.x", "nobody@x"]);
     assert!(!ok && output.contains("not registered"), "{output}");
 }
+
+/// The next datagram Jabbridge sent systemd, within 20 s.
+async fn told(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buffer = vec![0; 4096];
+    let received =
+        tokio::time::timeout(std::time::Duration::from_secs(20), socket.recv(&mut buffer))
+            .await
+            .expect("a notification within 20 s")
+            .expect("read the notification socket");
+    String::from_utf8_lossy(&buffer[..received]).into_owned()
+}
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): READY=1 once the link is up, with a status
+/// line; WATCHDOG=1 at half the watchdog period; STOPPING=1 at shutdown. With the XMPP
+/// server down, READY=1 still comes once the link is retrying, and the status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_ready_fed_the_watchdog_and_told_of_the_stop() {
+    use crate::harness::{Jabbridge, ServerKind, XmppServer};
+    let mut server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("notify");
+    let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notification socket");
+    let path = path.to_str().expect("utf-8 path");
+    let config = crate::config_for(&server, dir.path(), &["echo.localhost"]);
+    let env = [("NOTIFY_SOCKET", path), ("WATCHDOG_USEC", "600000")];
+    let mut jabbridge = Jabbridge::start_with_env(dir.path(), &config, &env).await;
+    let ready = told(&socket).await;
+    assert_eq!(
+        ready,
+        "READY=1\nSTATUS=1 of 1 component links up",
+        "{}",
+        jabbridge.log()
+    );
+    let (status, _) = jabbridge.get("/ready").await;
+    assert_eq!(status, 200, "READY=1 came before /ready said so");
+    for _ in 0..2 {
+        assert_eq!(told(&socket).await, "WATCHDOG=1");
+    }
+    let (code, _) = jabbridge.terminate().await;
+    assert_eq!(code, Some(0));
+    let mut last = String::new();
+    while !last.starts_with("STOPPING=1") {
+        last = told(&socket).await;
+    }
+
+    // The XMPP server is down: ready anyway, retrying.
+    server.stop().await;
+    let down = tempfile::tempdir().expect("temp dir");
+    let path = down.path().join("notify");
+    let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notification socket");
+    let config = crate::config_for(&server, down.path(), &["echo.localhost"]);
+    let _jabbridge = Jabbridge::start_with_env(
+        down.path(),
+        &config,
+        &[("NOTIFY_SOCKET", path.to_str().expect("utf-8 path"))],
+    )
+    .await;
+    let ready = told(&socket).await;
+    assert_eq!(
+        ready,
+        "READY=1\nSTATUS=0 of 1 component links up; retrying echo.localhost"
+    );
+}
+
+/// The systemd unit in contrib/ is hardened: `systemd-analyze security` rates its exposure
+/// under 2.0 (0 is the safest, 10 the least safe).
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let unit = format!("{}/contrib/systemd", env!("CARGO_MANIFEST_DIR"));
+    let output = match Command::new("systemd-analyze")
+        .args([
+            "security",
+            "--offline=yes",
+            "--no-pager",
+            "jabbridge.service",
+        ])
+        .current_dir(&unit)
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "systemd-analyze is needed under CI: {error}"
+            );
+            eprintln!("skipped: no systemd-analyze ({error})");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let level: f64 = text
+        .lines()
+        .find_map(|line| {
+            let rest = line
+                .split("Overall exposure level for jabbridge.service:")
+                .nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert!(level < 2.0, "exposure {level}:\n{text}");
+}

@@ -650,11 +650,18 @@ pub struct Jabbridge {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     process: Option<Child>,
+    /// More environment for the process (e.g. systemd's NOTIFY_SOCKET).
+    env: Vec<(String, String)>,
 }
 
 impl Jabbridge {
     /// Writes `config` (with `{http}` replaced by a free port) to `dir` and starts Jabbridge.
     pub async fn start(dir: &Path, config: &str) -> Jabbridge {
+        Self::start_with_env(dir, config, &[]).await
+    }
+
+    /// [`Jabbridge::start`] with more environment variables.
+    pub async fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Jabbridge {
         let http_port = free_port();
         let config_path = dir.join("jabbridge.toml");
         std::fs::write(
@@ -667,6 +674,10 @@ impl Jabbridge {
             config_path,
             log_path: dir.join("jabbridge.log"),
             process: None,
+            env: env
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect(),
         };
         jabbridge.launch().await;
         jabbridge
@@ -682,6 +693,7 @@ impl Jabbridge {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info,jabbridge=debug")
+            .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
