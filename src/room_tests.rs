@@ -995,6 +995,26 @@ async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() 
         );
     }
 
+    // She corrects the correction (naming it): it still names her first message.
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a4'>\
+             <body>hello!</body><origin-id xmlns='urn:xmpp:sid:0' id='o-4'/>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='o-2'/></message>",
+        )
+        .await;
+    let again = take_sorted(&mut harness, 4).await;
+    for stanza in &again[..2] {
+        assert_eq!(body(stanza).as_deref(), Some("hello!"));
+        assert_eq!(names(stanza, "replace", CORRECT).as_deref(), Some("o-1"));
+    }
+    for stanza in &again[2..] {
+        assert_eq!(
+            names(stanza, "replace", CORRECT),
+            repeat.attr("id").map(str::to_owned)
+        );
+    }
+
     // Bob reacts to Alice's first message (by the room's stanza id): everyone sees it from
     // him, and the bot mirrors it.
     harness
@@ -1061,15 +1081,16 @@ async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() 
         assert_eq!(names(stanza, "retract", RETRACT), Some(stanza_id(&repeat)));
     }
 
-    // The archive keeps a tombstone of it, and the correction with what it replaces.
+    // The archive keeps tombstones of it, of its corrections and of the bot's: no text
+    // left, the corrections still naming what they corrected.
     harness
         .receive(
             "<iq type='set' from='bob@test/r' to='#lobby@echo.test' id='q'>\
              <query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>",
         )
         .await;
-    let page = take(&mut harness, 5).await;
-    let inner: Vec<Element> = page[..4]
+    let page = take(&mut harness, 7).await;
+    let inner: Vec<Element> = page[..6]
         .iter()
         .map(|result| {
             result
@@ -1080,12 +1101,13 @@ async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() 
                 .expect("a forwarded message")
         })
         .collect();
-    assert!(inner[0].has_child("retracted", RETRACT), "{:?}", inner[0]);
-    assert_eq!(body(&inner[0]), None);
-    assert!(inner[1].has_child("retracted", RETRACT), "the bot's repeat");
-    assert_eq!(body(&inner[2]).as_deref(), Some("hello"));
+    for message in &inner {
+        assert!(message.has_child("retracted", RETRACT), "{message:?}");
+        assert_eq!(body(message), None);
+    }
     assert_eq!(names(&inner[2], "replace", CORRECT).as_deref(), Some("o-1"));
-    assert_eq!(page[4].attr("type"), Some("result"));
+    assert_eq!(names(&inner[4], "replace", CORRECT).as_deref(), Some("o-1"));
+    assert_eq!(page[6].attr("type"), Some("result"));
     harness.nothing_for(Duration::from_millis(100)).await;
 }
 
@@ -1187,5 +1209,82 @@ async fn edits_naming_nothing_or_too_much_get_precise_errors() {
         assert_eq!(refused.attr("id"), Some(id));
         assert_eq!(condition(&refused).as_deref(), Some(expected), "{id}");
     }
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_another_instance_archived_first_is_still_shown_here_once() {
+    use jabbridge_sdk::{ForeignId, MessageId, RoomEvent, RoomId, RoomMessage};
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    let room = RoomId::new("#lobby");
+    let archived = |foreign_id: &'static str, said_at: i64| crate::store::rooms::NewRoomMessage {
+        foreign_id,
+        stanza_id: foreign_id,
+        nick: "carl",
+        sender: "carl",
+        text: "said on the network",
+        origin_id: None,
+        poster: None,
+        said_at,
+        replaces: None,
+        post_id: None,
+    };
+    let said = |foreign_id: &str| {
+        RoomEvent::Message(RoomMessage {
+            foreign_id: MessageId::new(foreign_id),
+            nick: "carl".into(),
+            sender: ForeignId::new("carl"),
+            text: "said on the network".into(),
+            timestamp: None,
+            echo_of: None,
+            replaces: None,
+        })
+    };
+    let tables = harness.gateway.store.rooms();
+    let now = crate::store::now_millis();
+    // Another instance archived it a moment ago; this one's connection reports it too:
+    // Alice, whose session runs here, gets it, with the room's stanza id, once.
+    tables
+        .archive(crate::testing::DOMAIN, "#lobby", &archived("net-1", now))
+        .await
+        .expect("archived");
+    for _ in 0..2 {
+        crate::gateway::rooms::event(&harness.gateway, room.clone(), said("net-1"))
+            .await
+            .expect("served");
+    }
+    let shown = harness.next().await;
+    assert_eq!(from(&shown), "#lobby@echo.test/carl");
+    assert_eq!(stanza_id(&shown), "net-1");
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // An old message played again is not shown again.
+    tables
+        .archive(
+            crate::testing::DOMAIN,
+            "#lobby",
+            &archived("net-old", now - 3_600_000),
+        )
+        .await
+        .expect("archived");
+    crate::gateway::rooms::event(&harness.gateway, room.clone(), said("net-old"))
+        .await
+        .expect("served");
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // A retraction reported by two connections (the archive's tombstone made by the first)
+    // is shown once.
+    for _ in 0..2 {
+        let retracted = RoomEvent::Retracted {
+            foreign_id: MessageId::new("net-1"),
+        };
+        crate::gateway::rooms::event(&harness.gateway, room.clone(), retracted)
+            .await
+            .expect("served");
+    }
+    let retraction = harness.next().await;
+    assert_eq!(
+        names(&retraction, "retract", "urn:xmpp:message-retract:1").as_deref(),
+        Some("net-1")
+    );
     harness.nothing_for(Duration::from_millis(100)).await;
 }

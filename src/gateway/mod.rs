@@ -103,12 +103,13 @@ const IN_FLIGHT: usize = 8192;
 /// A stanza's handling: an answer to send, nothing, or a refusal.
 type Answer = Result<Option<Element>, StanzaFailure>;
 
-/// The next stanza from the link once one more may be in flight; `None` once the link stops
-/// handing stanzas over. Cancel-safe: dropped before a stanza came, it takes nothing.
-async fn next_stanza(
-    incoming: &mut mpsc::Receiver<Element>,
+/// The next stanza from the link (or handed off by another instance) once one more may be
+/// in flight; `None` once the sender stops handing stanzas over. Cancel-safe: dropped
+/// before a stanza came, it takes nothing.
+async fn next_stanza<T>(
+    incoming: &mut mpsc::Receiver<T>,
     in_flight: &Arc<Semaphore>,
-) -> Option<(Element, OwnedSemaphorePermit)> {
+) -> Option<(T, OwnedSemaphorePermit)> {
     let permit = in_flight.clone().acquire_owned().await.ok()?;
     let element = incoming.recv().await?;
     Some((element, permit))
@@ -189,8 +190,7 @@ impl Gateway {
             loop {
                 tokio::select! {
                     Some(request) = requests.recv() => core_link::serve(&self, request).await,
-                    Some((element, row)) = handed_off.recv() => {
-                        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
+                    Some(((element, row), permit)) = next_stanza(&mut handed_off, &self.in_flight) => {
                         while lanes.try_join_next().is_some() {}
                         self.take(element, permit, Some(row), &mut lanes).await;
                     }

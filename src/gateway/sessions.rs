@@ -281,11 +281,12 @@ pub async fn watch(gateway: Arc<Gateway>, every: Duration, shutdown: jabbridge_s
         }
         let tables = gateway.store.sessions();
         let me = gateway.delivery.instance();
+        // Read before the table: a session claimed meanwhile is in the table, not here.
+        let running: BTreeSet<String> = gateway.sessions.set().clone();
         match tables.owned(&gateway.domain, me).await {
             Ok(owned) => {
                 let owned: BTreeSet<String> = owned.into_iter().collect();
-                let lost: Vec<String> =
-                    gateway.sessions.set().difference(&owned).cloned().collect();
+                let lost: Vec<String> = running.difference(&owned).cloned().collect();
                 for user in lost {
                     tracing::warn!(
                         user,
@@ -416,12 +417,18 @@ pub async fn pick_up(
     }
 }
 
-/// A handed-off stanza was handled: its row goes.
+/// A handed-off stanza was handled: its row goes. If it cannot, the row is taken again at
+/// the next look and handled once more (at least once).
 pub async fn handled(gateway: &Gateway, id: i64) {
-    if let Err(error) = gateway.store.sessions().handled(id).await {
-        tracing::warn!(row = id, %error, "cannot delete a handled stanza; it is handled again");
+    match gateway.store.sessions().handled(id).await {
+        Ok(()) => {
+            locked(&gateway.sessions.handling).insert(id, true);
+        }
+        Err(error) => {
+            tracing::warn!(row = id, %error, "cannot delete a handled stanza; it is handled again");
+            locked(&gateway.sessions.handling).remove(&id);
+        }
     }
-    locked(&gateway.sessions.handling).insert(id, true);
 }
 
 /// At shutdown: every session stops, within a few seconds in all, and is handed back for

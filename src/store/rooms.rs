@@ -384,15 +384,33 @@ impl RoomTables {
         row.as_ref().map(archived).transpose()
     }
 
-    /// Keeps only a tombstone of archived message `id`: its text goes. Whether it was not
-    /// retracted before.
-    pub async fn retract(&self, id: i64) -> Result<bool, StoreError> {
+    /// Keeps only a tombstone of archived `message`, and of the corrections of it by the
+    /// same sender: their text goes. Whether the message was not retracted before.
+    pub async fn retract(
+        &self,
+        bridge: &str,
+        room: &str,
+        message: &ArchivedMessage,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
         let done = sqlx::query(
             "UPDATE room_messages SET text = '', retracted_at = $2 \
              WHERE id = $1 AND retracted_at IS NULL",
         )
-        .bind(id)
-        .bind(now_millis())
+        .bind(message.id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE room_messages SET text = '', retracted_at = $4 \
+             WHERE bridge = $1 AND room = $2 AND replaces = $3 AND sender = $5 \
+             AND retracted_at IS NULL",
+        )
+        .bind(bridge)
+        .bind(room)
+        .bind(message.shown_id())
+        .bind(now)
+        .bind(&message.sender)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -440,11 +458,12 @@ impl RoomTables {
         Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
     }
 
-    /// Forgets the cursors of instances that neither run nor last ran any session: nobody
-    /// will resend from them.
+    /// Forgets the cursors of instances that are gone (no heartbeat left: stopped, or dead
+    /// for a day) and neither run nor last ran any session: nobody will resend from them.
     pub async fn forget_orphan_cursors(&self, bridge: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(
-            "DELETE FROM room_cursors WHERE bridge = $1 AND instance NOT IN \
+            "DELETE FROM room_cursors WHERE bridge = $1 \
+             AND instance NOT IN (SELECT id FROM instances) AND instance NOT IN \
              (SELECT owner FROM sessions WHERE bridge = $1 AND owner IS NOT NULL \
               UNION SELECT last_owner FROM sessions WHERE bridge = $1 AND last_owner IS NOT NULL)",
         )

@@ -150,8 +150,10 @@ pub struct Checked {
     pub outcome: Result<String, String>,
 }
 
-/// Why a user's session ends ([`Bridge::stop_session`]).
+/// Why a user's session ends ([`Bridge::stop_session`]). More reasons may come in later
+/// versions: treat an unknown one like `Shutdown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionEnd {
     /// The user unregistered.
     Unregistered,

@@ -439,7 +439,7 @@ pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claim
     let joins = joins
         .into_iter()
         .filter(|row| previous.contains_key(row.jid.as_str()));
-    let mut resend: BTreeMap<RoomId, BTreeSet<String>> = BTreeMap::new();
+    let mut resend: BTreeMap<RoomId, Previously> = BTreeMap::new();
     let mut by_user_room: BTreeMap<(String, String), Vec<JoinRow>> = BTreeMap::new();
     for row in joins {
         by_user_room
@@ -450,10 +450,9 @@ pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claim
     for ((user, room), rows) in by_user_room {
         let room = RoomId::new(room);
         if let Some(Some(instance)) = previous.get(user.as_str()) {
-            resend
-                .entry(room.clone())
-                .or_default()
-                .insert((*instance).to_owned());
+            let before = resend.entry(room.clone()).or_default();
+            before.instances.insert((*instance).to_owned());
+            before.users.insert(user.clone());
         }
         let nick = rows[0].nick.clone();
         let registration = gateway

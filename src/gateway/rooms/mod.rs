@@ -52,7 +52,21 @@ pub struct Rooms {
     /// Posts whose echo the network will send ([`Posted::EchoFollows`]), by room and post
     /// id: who posted, and the id their stanza had.
     echoes: Mutex<HashMap<(RoomId, String), Poster>>,
+    /// What this instance showed in rooms lately, by room and key: the same message,
+    /// retraction or reactions reported by several users' connections, or archived by
+    /// another instance first, is shown here once.
+    shown: Mutex<Shown>,
 }
+
+/// The last [`SHOWN`] things shown, oldest first, and the same as a set.
+#[derive(Default)]
+struct Shown {
+    order: std::collections::VecDeque<(RoomId, String)>,
+    keys: std::collections::HashSet<(RoomId, String)>,
+}
+
+/// How many shown things are remembered, all rooms together.
+const SHOWN: usize = 65_536;
 
 /// One room: the network's view of it, and our users in it.
 #[derive(Default)]
@@ -68,6 +82,14 @@ struct Room {
     flushed: i64,
     /// Whether `room_cursors` has a row for the room (written before its first fan-out).
     cursor_known: bool,
+}
+
+/// Who ran some of a room's users' sessions before they were claimed here: the instances,
+/// whose cursors say what may not have been sent, and the users.
+#[derive(Default)]
+struct Previously {
+    instances: BTreeSet<String>,
+    users: BTreeSet<String>,
 }
 
 /// One of our users in a room.
@@ -112,6 +134,25 @@ impl Rooms {
             .resources
             .contains(resource)
             .then(|| member.nick.clone())
+    }
+
+    /// Whether `key` was not shown in `room` lately; it counts as shown from now on.
+    fn first_showing(&self, room: &RoomId, key: String) -> bool {
+        let mut shown = self
+            .shown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = (room.clone(), key);
+        if !shown.keys.insert(entry.clone()) {
+            return false;
+        }
+        shown.order.push_back(entry);
+        if shown.order.len() > SHOWN
+            && let Some(oldest) = shown.order.pop_front()
+        {
+            shown.keys.remove(&oldest);
+        }
+        true
     }
 
     /// The server acknowledged every copy of `room`'s message `id`.

@@ -207,14 +207,13 @@ async fn own_message(
     room: &RoomId,
     id: &str,
 ) -> Result<ArchivedMessage, StanzaFailure> {
-    let find = Find::Shown {
+    let tables = gateway.store.rooms();
+    let find = |id| Find::Shown {
         id,
         poster: Some(user),
     };
-    gateway
-        .store
-        .rooms()
-        .find(&gateway.domain, room.as_str(), find)
+    let named = tables
+        .find(&gateway.domain, room.as_str(), find(id))
         .await
         .map_err(|error| gateway.storage_failed(error))?
         .ok_or_else(|| {
@@ -222,7 +221,16 @@ async fn own_message(
                 "you have no message with id '{id}' in this room (only your own can be \
                  corrected or retracted)"
             ))
-        })
+        })?;
+    // A client naming a correction means the message it corrected.
+    let Some(first) = named.replaces.as_deref() else {
+        return Ok(named);
+    };
+    Ok(tables
+        .find(&gateway.domain, room.as_str(), find(first))
+        .await
+        .map_err(|error| gateway.storage_failed(error))?
+        .unwrap_or(named))
 }
 
 /// A user's retraction (of their own message) or reactions (to anyone's): the bridge
@@ -273,9 +281,10 @@ async fn touch(
         gateway
             .store
             .rooms()
-            .retract(target.id)
+            .retract(&gateway.domain, room.as_str(), &target)
             .await
             .map_err(|error| gateway.storage_failed(error))?;
+        gateway.rooms.first_showing(room, format!("r{}", target.id));
     }
     let sender = sender_of(gateway, room, nick);
     show_touch(gateway, room, nick, &sender, &target.stanza_id, touch).await;
@@ -443,7 +452,13 @@ pub(super) async fn said(
                 tracing::error!(%error, "cannot read a room's archive");
                 CoreError::Unavailable("the gateway cannot read messages right now".into())
             })?
-            .map(|corrected| corrected.shown_id().to_owned()),
+            // A correction of a correction names the first message, as XEP-0308 wants.
+            .map(|corrected| {
+                corrected
+                    .replaces
+                    .clone()
+                    .unwrap_or_else(|| corrected.shown_id().to_owned())
+            }),
     };
     let stanza_id = uuid::Uuid::new_v4().to_string();
     let sender = message.sender.to_string();
@@ -472,8 +487,16 @@ pub(super) async fn said(
             CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
         })?;
     let Some(id) = archived else {
-        return Ok(());
+        return known(
+            gateway,
+            room,
+            &room_jid,
+            message.foreign_id.as_str(),
+            poster,
+        )
+        .await;
     };
+    gateway.rooms.first_showing(room, format!("m{id}"));
     let Some(from) = occupant_jid(&room_jid, &message.nick) else {
         return Err(CoreError::Refused(format!(
             "'{}' is not a nick a JID can carry",
@@ -498,7 +521,45 @@ pub(super) async fn said(
         retracted: None,
     }))
     .map_err(|error| CoreError::Refused(error.to_string()))?;
-    fan_out(gateway, room, &template, id, poster.as_ref()).await;
+    fan_out(gateway, room, &template, id, poster.as_ref(), None).await;
+    Ok(())
+}
+
+/// A room message the archive already had: another user's connection reported it again, or
+/// another instance archived it first. Sent to the resources joined here unless it was
+/// shown here already, or is an old one played again (said more than [`REPLAYED`] ago).
+async fn known(
+    gateway: &Gateway,
+    room: &RoomId,
+    room_jid: &BareJid,
+    foreign_id: &str,
+    poster: Option<Poster>,
+) -> Result<(), CoreError> {
+    const REPLAYED: i64 = 10 * 60 * 1000;
+    let row = gateway
+        .store
+        .rooms()
+        .find(&gateway.domain, room.as_str(), Find::Foreign(foreign_id))
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot read a room's archive");
+            CoreError::Unavailable("the gateway cannot read messages right now".into())
+        })?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    if row.said_at < now_millis().saturating_sub(REPLAYED)
+        || !gateway.rooms.first_showing(room, format!("m{}", row.id))
+    {
+        return Ok(());
+    }
+    let template = as_room_message(gateway, room, room_jid, &row, |message| {
+        Some(muc::room_message(message))
+    })
+    .and_then(|stanza| Writable::new(stanza).ok());
+    if let Some(template) = template {
+        fan_out(gateway, room, &template, row.id, poster.as_ref(), None).await;
+    }
     Ok(())
 }
 
@@ -543,6 +604,7 @@ pub(super) async fn fan_out(
     template: &Writable,
     id: i64,
     poster: Option<&Poster>,
+    only: Option<&BTreeSet<String>>,
 ) {
     know_cursor(gateway, room, id - 1).await;
     // The copies are made under the lock, straight from the membership (no list of
@@ -555,6 +617,9 @@ pub(super) async fn fan_out(
         let mut copies = Vec::with_capacity(state.members.len());
         let mut to = String::new();
         for (user, member) in &state.members {
+            if only.is_some_and(|only| !only.contains(user)) {
+                continue;
+            }
             let own_id = poster
                 .filter(|poster| poster.user == *user)
                 .and_then(|poster| poster.stanza_id.as_deref());
@@ -627,12 +692,13 @@ pub(super) async fn flush_cursors(gateway: &Gateway) {
 }
 
 /// Once rooms are rejoined for sessions claimed here: what each room archived after the
-/// cursor of the instance that ran those sessions before (`previous`, per room; the copies
-/// a crash may have lost) goes again to the resources joined now, with its delay.
-pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, BTreeSet<String>>) {
+/// cursor of the instance that ran those sessions before (per room: those instances, and
+/// the users whose sessions they were; the copies a crash may have lost) goes again to
+/// those users' resources, with its delay.
+pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, Previously>) {
     const AT_MOST: u32 = 1000;
     let tables = gateway.store.rooms();
-    for (room, instances) in previous {
+    for (room, Previously { instances, users }) in previous {
         let mut cursor: Option<i64> = None;
         for instance in &instances {
             match tables
@@ -672,7 +738,7 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
             })
             .and_then(|stanza| Writable::new(stanza).ok());
             if let Some(template) = template {
-                fan_out(gateway, &room, &template, message.id, None).await;
+                fan_out(gateway, &room, &template, message.id, None, Some(&users)).await;
             }
         }
     }
@@ -705,7 +771,12 @@ async fn touched(
     };
     match reaction {
         None => {
-            if tables.retract(target.id).await.map_err(unavailable)? {
+            tables
+                .retract(&gateway.domain, room.as_str(), &target)
+                .await
+                .map_err(unavailable)?;
+            // Shown here once, even when another instance made the tombstone first.
+            if gateway.rooms.first_showing(room, format!("r{}", target.id)) {
                 let retract = muc::Touch::Retract;
                 show_touch(
                     gateway,
@@ -719,7 +790,13 @@ async fn touched(
             }
         }
         Some(reaction) => {
-            if target.retracted_at.is_none() {
+            let key = format!(
+                "x{}/{}/{}",
+                target.id,
+                reaction.nick,
+                reaction.emojis.join("\u{1f}")
+            );
+            if target.retracted_at.is_none() && gateway.rooms.first_showing(room, key) {
                 let react = muc::Touch::React(&reaction.emojis);
                 let sender = reaction.sender.to_string();
                 show_touch(
