@@ -5,7 +5,7 @@
 //! an empty `allow` admits only the admins. `*` admits everyone, on purpose.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 
 use crate::config::RateLimit;
@@ -24,9 +24,27 @@ pub enum Role {
 #[derive(Debug)]
 pub struct Access {
     domain: String,
+    /// Replaced whole when a reload changes it.
+    rules: std::sync::RwLock<Arc<Rules>>,
+}
+
+/// `allow`, `admins` and the rate limit's buckets, as one value.
+#[derive(Debug)]
+struct Rules {
     allow: Vec<String>,
     admins: Vec<String>,
     limiter: Option<Limiter>,
+}
+
+impl Rules {
+    fn new(allow: &[String], admins: &[String], limiter: Option<Limiter>) -> Self {
+        let lower = |entries: &[String]| entries.iter().map(|e| e.to_lowercase()).collect();
+        Self {
+            allow: lower(allow),
+            admins: lower(admins),
+            limiter,
+        }
+    }
 }
 
 /// Checks an `allow` / `admins` entry: a bare JID, a domain, or (allow only) `*`.
@@ -60,25 +78,50 @@ impl Access {
         admins: &[String],
         rate_limit: Option<RateLimit>,
     ) -> Self {
-        let lower = |entries: &[String]| entries.iter().map(|e| e.to_lowercase()).collect();
         Self {
             domain: domain.to_owned(),
-            allow: lower(allow),
-            admins: lower(admins),
-            limiter: rate_limit.map(Limiter::new),
+            rules: std::sync::RwLock::new(Arc::new(Rules::new(
+                allow,
+                admins,
+                rate_limit.map(Limiter::new),
+            ))),
         }
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `allow`, `admins` and the rate limit (a reload). Users' counts against the
+    /// rate limit are kept when it did not change.
+    pub fn update(&self, allow: &[String], admins: &[String], rate_limit: Option<RateLimit>) {
+        let mut rules = self
+            .rules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let same_rate = rules.limiter.as_ref().map(|limiter| limiter.rate) == rate_limit;
+        let limiter = match (same_rate, &rules.limiter) {
+            (true, Some(limiter)) => Some(limiter.clone()),
+            _ => rate_limit.map(Limiter::new),
+        };
+        *rules = Arc::new(Rules::new(allow, admins, limiter));
     }
 
     /// The role of a bare JID, or `None` for a stranger.
     pub fn role(&self, user: &str) -> Option<Role> {
         let user = user.to_lowercase();
-        if self.admins.contains(&user) {
+        let rules = self.rules();
+        if rules.admins.contains(&user) {
             return Some(Role::Admin);
         }
         let domain = user
             .rsplit_once('@')
             .map_or(user.as_str(), |(_, domain)| domain);
-        self.allow
+        rules
+            .allow
             .iter()
             .any(|entry| entry == "*" || *entry == user || entry == domain)
             .then_some(Role::User)
@@ -96,7 +139,7 @@ impl Access {
 
     /// Counts one message of `user` against the rate limit: `resource-constraint` when over.
     pub fn take(&self, user: &str) -> Result<(), StanzaFailure> {
-        match &self.limiter {
+        match &self.rules().limiter {
             Some(limiter) if !limiter.take(user, Instant::now()) => {
                 Err(StanzaFailure::ResourceConstraint(format!(
                     "you may send {} messages per {} through {}; wait a little",
@@ -110,11 +153,12 @@ impl Access {
     }
 }
 
-/// A token bucket per user: `count` tokens, refilled evenly over `per`.
-#[derive(Debug)]
+/// A token bucket per user: `count` tokens, refilled evenly over `per`. Cloned, it shares
+/// the buckets.
+#[derive(Debug, Clone)]
 struct Limiter {
     rate: RateLimit,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +174,7 @@ impl Limiter {
     fn new(rate: RateLimit) -> Self {
         Self {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 

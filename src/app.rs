@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::access::Access;
 use crate::bridges;
-use crate::config::Config;
+use crate::config::{BridgeConfig, Config};
 use crate::delivery::commit::Committer;
 use crate::delivery::recovery;
 use crate::gateway::core_link::CoreLink;
@@ -216,9 +216,332 @@ fn build_bridge(
     build(&section.settings(), core).map_err(error)
 }
 
-/// Runs Jabbridge until `shutdown` resolves, then stops cleanly.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// What every bridge of this process shares.
+struct Shared {
+    store: Store,
+    committer: Committer,
+    /// Where admins' `reload` commands go.
+    reloads: crate::gateway::Reloads,
+    /// The whole process's shutdown; each bridge also has its own.
+    stopping: Shutdown,
+    http: Arc<HttpState>,
+    /// Each bridge's link, for systemd's status line.
+    links: Links,
+}
+
+/// The bridges' links, by domain.
+type Links = Arc<std::sync::Mutex<Vec<(String, Arc<LinkState>)>>>;
+
+/// One running bridge: its gateway, what stops it, and its tasks.
+struct Running {
+    /// Holds the bridge's gateway (and so the committer) until its tasks are done.
+    gateway: Arc<Gateway>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
+    tasks: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the bridge of `config.bridge[index]`: its link, gateway, queues and tasks, and its
+/// HTTP routes. It stops when the process does, or when [`stop_bridge`] stops it.
+async fn start_bridge(
+    shared: &Shared,
+    config: &Config,
+    index: usize,
+) -> Result<(String, Running), StartError> {
+    let section = &config.bridge[index];
+    let domain = section.domain.clone();
+    let (stop, stopping) = Shutdown::new();
+    let stop = Arc::new(stop);
+    {
+        let stop = stop.clone();
+        let global = shared.stopping.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = global.wait() => { let _ = stop.send(true); }
+                () = stop.closed() => {}
+            }
+        });
+    }
+    let mut tasks = JoinSet::new();
+    let (incoming, incoming_receiver) = mpsc::channel(1024);
+    let (link, link_task) = session::spawn(
+        LinkConfig {
+            server: section
+                .server
+                .clone()
+                .unwrap_or_else(|| config.xmpp.server.clone()),
+            domain: domain.clone(),
+            secret: section.secret.clone(),
+            index,
+            keepalive: config.xmpp.keepalive,
+            keepalive_timeout: config.xmpp.keepalive_timeout,
+            reconnect_max: config.xmpp.reconnect_max,
+        },
+        config.xmpp.queue,
+        incoming,
+        stopping.clone(),
+    );
+    tasks.spawn(async move {
+        let _ = link_task.await;
+    });
+    let (core_link, core_requests) = CoreLink::new(&domain, shared.store.clone());
+    let core = plumbing::core(&domain, Arc::new(core_link), config.http.public_url.clone());
+    let bridge = build_bridge(index, section, core)?;
+    let gateway = Gateway::new(
+        domain.clone(),
+        bridge.clone(),
+        Wiring {
+            link: link.clone(),
+            store: shared.store.clone(),
+            committer: shared.committer.clone(),
+            shutdown: stopping.clone(),
+        },
+        Policy {
+            access: Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
+            delivery: config.delivery.clone(),
+            calls: section.call_limits(),
+            spend: section.spend_limit,
+            rooms: section.rooms,
+            reload: Some(shared.reloads.clone()),
+        },
+    );
+    let span = gateway.span();
+    // Before anything new is accepted, so that old messages reach their lanes first.
+    recovery::recover(&gateway.delivery, true)
+        .instrument(span.clone())
+        .await;
+    if section.allow.is_empty() {
+        tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
+    }
+    tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
+    recovery::spawn_workers(&gateway.delivery, &mut tasks);
+    tasks.spawn(gateway.clone().run(incoming_receiver, core_requests));
+    // Once the gateway serves the bridge's events: a rejoin reports some.
+    let rejoining = gateway.clone();
+    tasks.spawn(
+        async move {
+            crate::gateway::sessions::start_all(&rejoining).await;
+        }
+        .instrument(span.clone()),
+    );
+    tasks.spawn(
+        crate::gateway::rooms::maintain(gateway.clone(), stopping.clone()).instrument(span.clone()),
+    );
+    tasks.spawn(
+        crate::gateway::sessions::watch(
+            gateway.clone(),
+            SESSIONS_WATCH.min(config.delivery.lease / 2),
+            stopping.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
+    shared.http.set_bridge(
+        &domain,
+        Some(HttpBridge::new(
+            bridge,
+            link.clone(),
+            config.http.concurrency,
+        )),
+    );
+    lock_links(&shared.links).push((domain.clone(), link.state.clone()));
+    let tasks = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+    Ok((
+        domain,
+        Running {
+            gateway,
+            stop,
+            tasks,
+        },
+    ))
+}
+
+fn lock_links(links: &Links) -> std::sync::MutexGuard<'_, Vec<(String, Arc<LinkState>)>> {
+    links
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Stops a bridge (a reload removed or rebuilt it): its queues are flushed, its link
+/// closed, its sessions handed back, within [`SHUTDOWN_GRACE`].
+async fn stop_bridge(shared: &Shared, domain: &str, running: Running) {
+    shared.http.set_bridge(domain, None);
+    lock_links(&shared.links).retain(|(linked, _)| linked != domain);
+    let _ = running.stop.send(true);
+    let mut tasks = running.tasks;
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut tasks)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            bridge = domain,
+            "the bridge did not stop in time; abandoning its tasks"
+        );
+        tasks.abort();
+    }
+    drop(running.gateway);
+}
+
+/// Whether two sections of one bridge differ only in what changes in place: `allow`,
+/// `admins` and `rate_limit`.
+fn same_apart_from_access(old: &BridgeConfig, new: &BridgeConfig) -> bool {
+    use secrecy::ExposeSecret;
+    old.kind == new.kind
+        && old.domain == new.domain
+        && old.secret.expose_secret() == new.secret.expose_secret()
+        && old.server == new.server
+        && format!("{:?}", old.spend_limit) == format!("{:?}", new.spend_limit)
+        && old.concurrency == new.concurrency
+        && old.call_timeout == new.call_timeout
+        && format!("{:?}", old.rooms) == format!("{:?}", new.rooms)
+        && old.rest == new.rest
+}
+
+/// The sections a reload cannot change in a running process.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    use secrecy::ExposeSecret;
+    let mut changed = Vec::new();
+    if format!("{:?}", old.xmpp) != format!("{:?}", new.xmpp) {
+        changed.push("[xmpp]");
+    }
+    if old.database.url.expose_secret() != new.database.url.expose_secret()
+        || old.database.max_connections != new.database.max_connections
+    {
+        changed.push("[database]");
+    }
+    if format!("{:?}", old.http) != format!("{:?}", new.http) {
+        changed.push("[http]");
+    }
+    if format!("{:?}", old.delivery) != format!("{:?}", new.delivery) {
+        changed.push("[delivery]");
+    }
+    if format!("{:?}", old.log.format) != format!("{:?}", new.log.format) {
+        changed.push("log.format");
+    }
+    changed
+}
+
+/// Reads the config at `path` again and applies it: bridges added start, bridges removed
+/// stop (queues flushed), bridges whose section changed are rebuilt, and `allow`, `admins`,
+/// `rate_limit` and `[log] level` change in place; unchanged bridges keep their links. A
+/// config that does not validate changes nothing and comes back as the error
+/// `check-config` would print. What will change, in one line, goes to `answer` (the admin
+/// command that asked) before the bridges are stopped and started, since the asking
+/// bridge may be one of them.
+async fn reload(
+    path: &std::path::Path,
+    current: &mut Config,
+    shared: &Shared,
+    running: &mut BTreeMap<String, Running>,
+    answer: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+) {
+    let tell = |answer: Option<tokio::sync::oneshot::Sender<_>>,
+                outcome: Result<String, String>| {
+        match &outcome {
+            Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "the configuration was not reloaded; the running one stays")
+            }
+        }
+        if let Some(answer) = answer {
+            let _ = answer.send(outcome);
+        }
+    };
+    let mut new = match Config::load(path)
+        .map_err(|error| error.to_string())
+        .and_then(|new| {
+            check_bridges(&new).map_err(|error| error.to_string())?;
+            Ok(new)
+        }) {
+        Ok(new) => new,
+        Err(error) => return tell(answer, Err(error)),
+    };
+    let mut done = Vec::new();
+    let restart = needs_restart(current, &new);
+    if !restart.is_empty() {
+        done.push(format!(
+            "{} changed but need a restart (kept as they were)",
+            restart.join(", ")
+        ));
+    }
+    if new.log.level != current.log.level {
+        match crate::logging::set_level(&new.log.level) {
+            Ok(true) => done.push(format!("log level {}", new.log.level)),
+            Ok(false) => done.push("log level kept (RUST_LOG sets it)".to_owned()),
+            Err(error) => return tell(answer, Err(error)),
+        }
+        current.log.level = new.log.level.clone();
+    }
+    let old_bridges = std::mem::take(&mut current.bridge);
+    current.bridge = std::mem::take(&mut new.bridge);
+    // The plan first: what goes, what is rebuilt, what only changes in place.
+    let removed: Vec<String> = old_bridges
+        .iter()
+        .filter(|old| current.bridge.iter().all(|new| new.domain != old.domain))
+        .map(|old| old.domain.clone())
+        .collect();
+    let (mut added, mut rebuilt, mut updated) = (Vec::new(), Vec::new(), Vec::new());
+    for (index, section) in current.bridge.iter().enumerate() {
+        match old_bridges.iter().find(|old| old.domain == section.domain) {
+            Some(old) if same_apart_from_access(old, section) => updated.push(index),
+            Some(_) => rebuilt.push(index),
+            None => added.push(index),
+        }
+    }
+    done.insert(
+        0,
+        format!(
+            "{} bridge(s) added, {} removed, {} rebuilt, {} updated in place",
+            added.len(),
+            removed.len(),
+            rebuilt.len(),
+            updated.len()
+        ),
+    );
+    tell(answer, Ok(done.join("; ")));
+    for index in updated {
+        let section = &current.bridge[index];
+        if let Some(bridge) = running.get(&section.domain) {
+            bridge
+                .gateway
+                .access
+                .update(&section.allow, &section.admins, section.rate_limit);
+        }
+    }
+    for domain in &removed {
+        if let Some(bridge) = running.remove(domain) {
+            tracing::info!(bridge = %domain, "reload: the bridge was removed; it stops");
+            stop_bridge(shared, domain, bridge).await;
+        }
+    }
+    for index in rebuilt.into_iter().chain(added) {
+        let domain = current.bridge[index].domain.clone();
+        if let Some(bridge) = running.remove(&domain) {
+            tracing::info!(bridge = %domain, "reload: the bridge's section changed; it is rebuilt");
+            stop_bridge(shared, &domain, bridge).await;
+        }
+        match start_bridge(shared, current, index).await {
+            Ok((domain, bridge)) => {
+                running.insert(domain, bridge);
+            }
+            Err(error) => tracing::error!(%error, "reload: a bridge could not start"),
+        }
+    }
+}
+
+/// Runs Jabbridge until `shutdown` resolves, then stops cleanly. With `config_path`, SIGHUP
+/// reloads the configuration from it ([`reload`]).
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let mut config = config;
     check_bridges(&config)?;
+    #[cfg(unix)]
+    let mut hangups = match &config_path {
+        Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        None => None,
+    };
     let systemd = Arc::new(Notifier::from_env());
     let prometheus = metrics::install();
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
@@ -235,92 +558,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
 
     let (stop, stopping) = Shutdown::new();
-    let mut tasks = JoinSet::new();
-    let mut http_bridges = BTreeMap::new();
-    let mut links = Vec::new();
-    for (index, section) in config.bridge.iter().enumerate() {
-        let domain = section.domain.clone();
-        let (incoming, incoming_receiver) = mpsc::channel(1024);
-        let (link, link_task) = session::spawn(
-            LinkConfig {
-                server: section
-                    .server
-                    .clone()
-                    .unwrap_or_else(|| config.xmpp.server.clone()),
-                domain: domain.clone(),
-                secret: section.secret.clone(),
-                index,
-                keepalive: config.xmpp.keepalive,
-                keepalive_timeout: config.xmpp.keepalive_timeout,
-                reconnect_max: config.xmpp.reconnect_max,
-            },
-            config.xmpp.queue,
-            incoming,
-            stopping.clone(),
-        );
-        tasks.spawn(async move {
-            let _ = link_task.await;
-        });
-        links.push((domain.clone(), link.state.clone()));
-        let (core_link, core_requests) = CoreLink::new(&domain, store.clone());
-        let core = plumbing::core(&domain, Arc::new(core_link), config.http.public_url.clone());
-        let bridge = build_bridge(index, section, core)?;
-        let gateway = Gateway::new(
-            domain.clone(),
-            bridge.clone(),
-            Wiring {
-                link: link.clone(),
-                store: store.clone(),
-                committer: committer.clone(),
-                shutdown: stopping.clone(),
-            },
-            Policy {
-                access: Access::new(&domain, &section.allow, &section.admins, section.rate_limit),
-                delivery: config.delivery.clone(),
-                calls: section.call_limits(),
-                spend: section.spend_limit,
-                rooms: section.rooms,
-            },
-        );
-        let span = gateway.span();
-        // Before anything new is accepted, so that old messages reach their lanes first.
-        recovery::recover(&gateway.delivery, true)
-            .instrument(span.clone())
-            .await;
-        if section.allow.is_empty() {
-            tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
-        }
-        tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
-        recovery::spawn_workers(&gateway.delivery, &mut tasks);
-        tasks.spawn(gateway.clone().run(incoming_receiver, core_requests));
-        // Once the gateway serves the bridge's events: a rejoin reports some.
-        let rejoining = gateway.clone();
-        tasks.spawn(
-            async move {
-                crate::gateway::sessions::start_all(&rejoining).await;
-            }
-            .instrument(span.clone()),
-        );
-        tasks.spawn(
-            crate::gateway::rooms::maintain(gateway.clone(), stopping.clone())
-                .instrument(span.clone()),
-        );
-        tasks.spawn(
-            crate::gateway::sessions::watch(
-                gateway.clone(),
-                SESSIONS_WATCH.min(config.delivery.lease / 2),
-                stopping.clone(),
-            )
-            .instrument(span.clone()),
-        );
-        tasks.spawn(run_bridge(bridge.clone(), stopping.clone()).instrument(span));
-        http_bridges.insert(
-            domain,
-            HttpBridge::new(bridge, link, config.http.concurrency),
-        );
+    let http_state = Arc::new(HttpState::new(
+        store.clone(),
+        BTreeMap::new(),
+        prometheus,
+        config.http.concurrency,
+    ));
+    let (reloads, mut reload_requests) = mpsc::channel(4);
+    let shared = Shared {
+        store: store.clone(),
+        committer,
+        reloads,
+        stopping: stopping.clone(),
+        http: http_state.clone(),
+        links: Links::default(),
+    };
+    let mut running = BTreeMap::new();
+    for index in 0..config.bridge.len() {
+        let (domain, bridge) = start_bridge(&shared, &config, index).await?;
+        running.insert(domain, bridge);
     }
 
-    drop(committer);
+    let mut tasks = JoinSet::new();
     let watched = store.clone();
     let watching = stopping.clone();
     tasks.spawn(async move {
@@ -332,28 +591,62 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.delivery.lease,
         stopping.clone(),
     ));
-
-    let state = Arc::new(HttpState::new(
-        store.clone(),
-        http_bridges,
-        prometheus,
-        config.http.concurrency,
-    ));
-    let app = http::app(state, &config.http);
+    let app = http::app(http_state, &config.http);
     let http_stopping = stopping.clone();
     let http_config = config.http.clone();
     tracing::info!(listen = %config.http.listen, "HTTP listening");
     tasks.spawn(async move {
         http::serve(listener, app, &http_config, http_stopping).await;
     });
+    tasks.spawn(tell_systemd(
+        systemd.clone(),
+        shared.links.clone(),
+        stopping.clone(),
+    ));
 
-    tasks.spawn(tell_systemd(systemd.clone(), links, stopping.clone()));
-
-    shutdown.await;
+    tokio::pin!(shutdown);
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => {
+                    hangups.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = hangup => {
+                let Some(path) = &config_path else { continue };
+                systemd.notify("RELOADING=1");
+                reload(path, &mut config, &shared, &mut running, None).await;
+                systemd.notify("READY=1");
+            }
+            Some(answer) = reload_requests.recv() => {
+                let Some(path) = &config_path else {
+                    let _ = answer.send(Err("this process was started without a config file".into()));
+                    continue;
+                };
+                systemd.notify("RELOADING=1");
+                reload(path, &mut config, &shared, &mut running, Some(answer)).await;
+                systemd.notify("READY=1");
+            }
+        }
+    }
     tracing::info!("shutting down: flushing queues and closing links");
     systemd.notify("STOPPING=1\nSTATUS=flushing the queues and closing the links");
     let _ = stop.send(true);
+    let bridges = futures::future::join_all(std::mem::take(&mut running).into_iter().map(
+        |(domain, bridge)| {
+            let shared = &shared;
+            async move { stop_bridge(shared, &domain, bridge).await }
+        },
+    ));
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        bridges.await;
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -362,6 +655,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.abort_all();
     }
     // The committer ends once the last gateway is gone and what was submitted is written.
+    drop(shared);
     if tokio::time::timeout(SHUTDOWN_GRACE, committer_task)
         .await
         .is_err()
@@ -401,12 +695,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Tells systemd (when it asked) that Jabbridge is ready once every component link is up or
 /// retrying, then keeps its status line and watchdog fed until shutdown.
-async fn tell_systemd(
-    systemd: Arc<Notifier>,
-    links: Vec<(String, Arc<LinkState>)>,
-    stopping: Shutdown,
-) {
+async fn tell_systemd(systemd: Arc<Notifier>, links: Links, stopping: Shutdown) {
     let status = || {
+        let links = lock_links(&links).clone();
         let up = links.iter().filter(|(_, link)| link.is_connected()).count();
         let down: Vec<&str> = links
             .iter()
@@ -423,7 +714,7 @@ async fn tell_systemd(
         }
     };
     let settled = async {
-        while !links
+        while !lock_links(&links)
             .iter()
             .all(|(_, link)| link.is_connected() || link.last_error().is_some())
         {

@@ -56,8 +56,8 @@ impl HttpBridge {
 pub struct HttpState {
     /// The database, for readiness.
     store: Store,
-    /// Bridges by domain.
-    bridges: BTreeMap<String, HttpBridge>,
+    /// Bridges by domain; a reload adds and removes them.
+    bridges: std::sync::RwLock<BTreeMap<String, Arc<HttpBridge>>>,
     /// Renders `/metrics`.
     metrics: PrometheusHandle,
     /// `/ready` and `/metrics` requests in hand, together (`http.concurrency`).
@@ -74,10 +74,46 @@ impl HttpState {
     ) -> Self {
         Self {
             store,
-            bridges,
+            bridges: std::sync::RwLock::new(
+                bridges
+                    .into_iter()
+                    .map(|(domain, bridge)| (domain, Arc::new(bridge)))
+                    .collect(),
+            ),
             metrics,
             probes: Semaphore::new(concurrency),
         }
+    }
+
+    /// Adds (or replaces) the routes of the bridge at `domain`, or with `None` removes them.
+    pub fn set_bridge(&self, domain: &str, bridge: Option<HttpBridge>) {
+        let mut bridges = self
+            .bridges
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match bridge {
+            Some(bridge) => bridges.insert(domain.to_owned(), Arc::new(bridge)),
+            None => bridges.remove(domain),
+        };
+    }
+
+    /// The bridges now, by domain.
+    fn bridges(&self) -> Vec<(String, Arc<HttpBridge>)> {
+        self.bridges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(domain, bridge)| (domain.clone(), bridge.clone()))
+            .collect()
+    }
+
+    /// The bridge at `domain`.
+    fn bridge(&self, domain: &str) -> Option<Arc<HttpBridge>> {
+        self.bridges
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(domain)
+            .cloned()
     }
 }
 
@@ -206,7 +242,7 @@ async fn ready(State(state): State<Arc<HttpState>>) -> Response {
     };
     let mut all_ready = database == "ok";
     let mut bridges = serde_json::Map::new();
-    for (domain, bridge) in &state.bridges {
+    for (domain, bridge) in state.bridges() {
         let connected = bridge.link.state.is_connected();
         all_ready &= connected;
         // The link keeps a summary of its last error for this, and logs the details.
@@ -231,7 +267,8 @@ async fn render_metrics(State(state): State<Arc<HttpState>>) -> Response {
     let Ok(_turn) = state.probes.try_acquire() else {
         return busy();
     };
-    for (domain, bridge) in &state.bridges {
+    for (domain, bridge) in state.bridges() {
+        let domain = domain.as_str();
         metrics::queue_depth(domain, bridge.link.queue_depth());
         for (queue, name) in [(Queue::Outbox, "outbox"), (Queue::Inbox, "inbox")] {
             // A database that does not answer shows in /ready; the gauge keeps its value.
@@ -258,7 +295,7 @@ async fn bridge_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(bridge) = state.bridges.get(&domain) else {
+    let Some(bridge) = state.bridge(&domain) else {
         return (StatusCode::NOT_FOUND, "no such bridge\n").into_response();
     };
     let Ok(_turn) = bridge.turns.try_acquire() else {

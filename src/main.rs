@@ -129,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli.command, config)) {
+    match runtime.block_on(execute(cli.command, config, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -150,11 +150,11 @@ fn print_manual() -> ExitCode {
     }
 }
 
-async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+async fn execute(command: Command, config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     match command {
         // Answered in `main`, before any configuration is read.
         Command::Man | Command::Completions { .. } => {}
-        Command::Run => app::run(config, shutdown_signal()).await?,
+        Command::Run => app::run(config, Some(config_path), shutdown_signal()).await?,
         Command::CheckConfig => {
             app::check_bridges(&config)?;
             let kinds: Vec<String> = config

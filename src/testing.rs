@@ -151,6 +151,7 @@ impl Harness {
                 calls: options.calls,
                 spend: options.spend,
                 rooms: options.rooms,
+                reload: None,
             },
         );
         // As at start-up: what an earlier gateway left goes to its lanes first.

@@ -3,7 +3,7 @@
 //! because many clients have no ad-hoc UI.
 //!
 //! User commands: `register`, `unregister`, `status`. Admin commands (for the bridge's
-//! `admins`): `stats`, `users`, `remove-user`. A bridge adds its own
+//! `admins`): `stats`, `users`, `remove-user`, `reload`. A bridge adds its own
 //! ([`jabbridge_sdk::Bridge::commands`]); the catalog is [`catalog`].
 
 use jabbridge_sdk::{CommandError, Field, FieldKind, Form, FormValues, UserJid, UserStatus};
@@ -64,6 +64,12 @@ pub const COMMANDS: &[Command] = &[
         name: "Unregister a user",
         admin: true,
         usage: "jid=USER@DOMAIN",
+    },
+    Command {
+        node: "reload",
+        name: "Read the configuration file again",
+        admin: true,
+        usage: "",
     },
 ];
 
@@ -214,6 +220,7 @@ pub async fn run(
                 "Your registration is updated.".into()
             }))
         }
+        ("reload", _) => reload(gateway).await.map(Outcome::Done),
         ("unregister", _) => {
             registration::unregister(gateway, user, false).await?;
             Ok(Outcome::Done(format!(
@@ -467,6 +474,29 @@ fn parse_values(text: &str) -> FormValues {
         }
     }
     values
+}
+
+/// Asks the process to read its configuration file again (as SIGHUP does), and says what
+/// will change, or why nothing does.
+async fn reload(gateway: &Gateway) -> Result<String, StanzaFailure> {
+    let Some(reloads) = &gateway.reload else {
+        return Err(StanzaFailure::FeatureNotImplemented(
+            "this gateway cannot reload its configuration".into(),
+        ));
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let unavailable = || StanzaFailure::Unavailable("Jabbridge is shutting down".into());
+    reloads.send(answer).await.map_err(|_| unavailable())?;
+    match tokio::time::timeout(std::time::Duration::from_secs(20), answered).await {
+        Ok(Ok(Ok(summary))) => Ok(format!("Reloading: {summary}.")),
+        Ok(Ok(Err(error))) => Err(StanzaFailure::NotAcceptable(format!(
+            "the configuration was not reloaded; the running one stays: {error}"
+        ))),
+        Ok(Err(_)) => Err(unavailable()),
+        Err(_) => Err(StanzaFailure::Timeout(
+            "the reload did not answer within 20 s; see the log".into(),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub struct Gateway {
     sessions: sessions::Sessions,
     /// `[bridge.rooms]`.
     rooms_config: RoomsConfig,
+    /// Where the admin command `reload` goes.
+    reload: Option<Reloads>,
     /// Timers of the leave grace period need the gateway; it is not theirs to keep alive.
     myself: std::sync::Weak<Gateway>,
     /// Stanzas waiting or being handled, per sender, in order, each with its row when
@@ -93,7 +95,14 @@ pub struct Policy {
     pub spend: Option<SpendLimit>,
     /// `[bridge.rooms]`.
     pub rooms: RoomsConfig,
+    /// Where the admin command `reload` asks the process to read its config again; `None`
+    /// where nothing can (the test harness).
+    pub reload: Option<Reloads>,
 }
+
+/// Asks for a reload of the configuration file; the answer is what will change, or why
+/// nothing does.
+pub type Reloads = mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
 
 /// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
 const LANE_DEPTH: usize = 2048;
@@ -129,6 +138,7 @@ impl Gateway {
             calls: limits,
             spend,
             rooms,
+            reload,
         } = policy;
         let info = bridge.info();
         let span = tracing::info_span!("bridge", bridge = %domain);
@@ -157,6 +167,7 @@ impl Gateway {
             rooms: Arc::default(),
             sessions: sessions::Sessions::default(),
             rooms_config: rooms,
+            reload,
             myself: myself.clone(),
             lanes: Lanes::new(LANE_DEPTH),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),

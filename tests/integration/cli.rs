@@ -348,3 +348,174 @@ fn the_systemd_unit_is_hardened() {
         });
     assert!(level < 2.0, "exposure {level}:\n{text}");
 }
+
+/// SIGHUP reloads the config: a bridge added starts, one whose section changed is rebuilt,
+/// one removed stops, `allow` changes in place while that bridge's link stays up, a key that
+/// needs a restart is reported, and a config that does not validate changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_bridges_and_access_and_refuses_a_bad_config() {
+    use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
+    const ONE: &str = "echo.localhost";
+    const TWO: &str = "echo2.localhost";
+    let wait = std::time::Duration::from_secs(10);
+    let server = XmppServer::start(ServerKind::Prosody, &[ONE, TWO], &["alice", "admin"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = crate::config_for(&server, dir.path(), &[ONE]);
+    let jabbridge = Jabbridge::start(dir.path(), &first).await;
+    jabbridge.wait_ready(wait).await;
+    let mut alice = crate::registered(&server, "alice", &[ONE]).await;
+    let connected = |jabbridge: &Jabbridge, domain: &str| {
+        jabbridge
+            .log()
+            .matches(&format!("component connected bridge=\"{domain}\""))
+            .count()
+    };
+    let ready_for = async |jabbridge: &Jabbridge, domain: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (status, text) = jabbridge.get("/ready").await;
+            let ready: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+            if status == 200 && ready["bridges"][domain]["connected"] == true {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{domain} never ready: {text}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let say = async |alice: &mut crate::harness::Client, to: &str, id: &str| {
+        alice
+            .send(&format!(
+                "<message type='chat' to='bob@{to}' id='{id}'><body>{id}</body></message>"
+            ))
+            .await;
+        alice
+            .expect(std::time::Duration::from_secs(10), |stanza| {
+                stanza.attr("id") == Some(id) && stanza.attr("type") == Some("error")
+                    || body(stanza).is_some_and(|text| text.ends_with(id))
+            })
+            .await
+    };
+    let echoed = say(&mut alice, ONE, "before").await;
+    assert_eq!(
+        body(&echoed).as_deref(),
+        Some("echo.localhost says: before")
+    );
+
+    // A second bridge, and alice no longer allowed on the first.
+    let second = crate::config_for(&server, dir.path(), &[ONE, TWO]).replacen(
+        "allow = [\"localhost\"]",
+        "allow = []",
+        1,
+    );
+    let outcome = jabbridge.reload(&second).await;
+    assert!(
+        outcome.contains("1 bridge(s) added, 0 removed, 0 rebuilt, 1 updated in place"),
+        "{outcome}"
+    );
+    ready_for(&jabbridge, TWO).await;
+    let refused = say(&mut alice, ONE, "refused").await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("forbidden"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        connected(&jabbridge, ONE),
+        1,
+        "the first bridge's link went down"
+    );
+    let reply = alice
+        .iq("reg2", &crate::register_set(TWO, "reg2", ""))
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let echoed = say(&mut alice, TWO, "second").await;
+    assert_eq!(
+        body(&echoed).as_deref(),
+        Some("echo2.localhost says: second")
+    );
+
+    // The second bridge's own key changes: it is rebuilt (a new link), the first is not.
+    let third = second.replace("prefix = \"echo2.localhost says: \"", "prefix = \"two: \"");
+    let outcome = jabbridge.reload(&third).await;
+    assert!(
+        outcome.contains("0 removed, 1 rebuilt, 1 updated in place"),
+        "{outcome}"
+    );
+    ready_for(&jabbridge, TWO).await;
+    assert_eq!(connected(&jabbridge, TWO), 2);
+    assert_eq!(connected(&jabbridge, ONE), 1);
+    let echoed = say(&mut alice, TWO, "rebuilt").await;
+    assert_eq!(body(&echoed).as_deref(), Some("two: rebuilt"));
+
+    // A key that needs a restart is reported and kept; a config that does not validate is
+    // refused with check-config's error, and what runs stays.
+    let fourth = third.replace("keepalive = \"2s\"", "keepalive = \"3s\"");
+    let outcome = jabbridge.reload(&fourth).await;
+    assert!(
+        outcome.contains("[xmpp] changed but need a restart"),
+        "{outcome}"
+    );
+    let outcome = jabbridge
+        .reload(&fourth.replace("[xmpp]", "[xmpp]\nbogus = 1"))
+        .await;
+    assert!(outcome.contains("was not reloaded"), "{outcome}");
+    assert!(outcome.contains("bogus"), "{outcome}");
+    let echoed = say(&mut alice, TWO, "kept").await;
+    assert_eq!(body(&echoed).as_deref(), Some("two: kept"));
+
+    // The second bridge removed: it stops, and /ready forgets it.
+    let outcome = jabbridge
+        .reload(&first.replacen("allow = [\"localhost\"]", "allow = []", 1))
+        .await;
+    assert!(
+        outcome.contains("0 bridge(s) added, 1 removed, 0 rebuilt, 1 updated"),
+        "{outcome}"
+    );
+    let (_, text) = jabbridge.get("/ready").await;
+    assert!(!text.contains(TWO), "{text}");
+    assert!(
+        jabbridge
+            .log()
+            .contains("component disconnected for shutdown bridge=\"echo2.localhost\""),
+        "{}",
+        jabbridge.log()
+    );
+    assert_eq!(connected(&jabbridge, ONE), 1);
+
+    // An admin's `reload` command does the same, and answers what will change; a user may
+    // not run it.
+    std::fs::write(
+        &jabbridge.config_path,
+        second.replace("{http}", &jabbridge.http_port.to_string()),
+    )
+    .expect("write the config");
+    let mut admin = server.client("admin").await;
+    let command = |id: &str| {
+        format!("<message type='chat' to='{ONE}' id='{id}'><body>reload</body></message>")
+    };
+    admin.send(&command("r1")).await;
+    let answer = admin
+        .expect(std::time::Duration::from_secs(20), |stanza| {
+            body(stanza).is_some_and(|text| text.starts_with("Reloading"))
+        })
+        .await;
+    assert_eq!(
+        body(&answer).as_deref(),
+        Some("Reloading: 1 bridge(s) added, 0 removed, 0 rebuilt, 1 updated in place.")
+    );
+    ready_for(&jabbridge, TWO).await;
+    alice.send(&command("r2")).await;
+    let refused = alice
+        .expect(std::time::Duration::from_secs(10), |stanza| {
+            stanza.attr("id") == Some("r2")
+                || body(stanza).is_some_and(|text| text.contains("admins"))
+        })
+        .await;
+    assert!(
+        error_condition(&refused).is_some() || body(&refused).is_some_and(|t| t.contains("admins")),
+        "{refused:?}"
+    );
+}

@@ -741,6 +741,38 @@ impl Jabbridge {
         (status.code(), started.elapsed())
     }
 
+    /// Writes `config` (with `{http}` as at start) over the config file, sends SIGHUP, and
+    /// returns the log line that tells how the reload went.
+    pub async fn reload(&self, config: &str) -> String {
+        std::fs::write(
+            &self.config_path,
+            config.replace("{http}", &self.http_port.to_string()),
+        )
+        .expect("write jabbridge config");
+        let outcomes = |log: &str| {
+            log.lines()
+                .filter(|line| {
+                    line.contains("configuration reloaded") || line.contains("was not reloaded")
+                })
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let before = outcomes(&self.log()).len();
+        signal(self.process.as_ref().expect("jabbridge runs"), "HUP");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = outcomes(&self.log()).get(before) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload outcome:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Kills Jabbridge with SIGKILL: no flushing, no clean close, leases left held.
     pub async fn kill(&mut self) {
         let mut child = self.process.take().expect("jabbridge runs");
