@@ -519,3 +519,106 @@ async fn sighup_reloads_bridges_and_access_and_refuses_a_bad_config() {
         "{refused:?}"
     );
 }
+
+/// Runs a command; whether it succeeded, and what it printed.
+fn sh(program: &str, args: &[&str]) -> (bool, String) {
+    match Command::new(program).args(args).output() {
+        Ok(output) => (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        ),
+        Err(error) => (false, format!("cannot run {program}: {error}")),
+    }
+}
+
+/// The Debian package (`scripts/package`, cargo-deb) installs with dpkg: the jabbridge
+/// system user, the conffile readable by its group only and accepted by check-config, the
+/// state directory, the unit, the man page, completions and examples; `apt-get purge`
+/// leaves nothing behind. Needs root (it installs the package on this machine): under CI it
+/// must run.
+#[test]
+fn the_debian_package_installs_checks_and_purges_cleanly() {
+    let (_, uid) = sh("id", &["-u"]);
+    let ci = std::env::var_os("CI").is_some();
+    if uid.trim() != "0" || !sh("dpkg", &["--version"]).0 {
+        assert!(!ci, "the package test needs root and dpkg under CI");
+        eprintln!("skipped: not root, or no dpkg");
+        return;
+    }
+    if sh("dpkg", &["-s", "jabbridge"]).0 {
+        assert!(!ci, "a jabbridge package is already installed");
+        eprintln!("skipped: a jabbridge package is already installed here");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = tempfile::tempdir().expect("temp dir");
+    let out_dir = out.path().to_str().expect("utf-8 path");
+    let (ok, built) = sh(
+        &format!("{root}/scripts/package"),
+        &["--dev", "--output", out_dir],
+    );
+    assert!(ok, "{built}");
+    let package = std::fs::read_dir(out.path())
+        .expect("output dir")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
+        .expect("a .deb");
+    let (ok, installed) = sh("dpkg", &["-i", package.to_str().expect("utf-8 path")]);
+    assert!(ok, "{installed}");
+    let checks = std::panic::catch_unwind(|| {
+        let (ok, user) = sh("getent", &["passwd", "jabbridge"]);
+        assert!(ok, "no jabbridge user");
+        assert!(user.contains(":/var/lib/jabbridge:"), "{user}");
+        let (_, config) = sh("stat", &["-c", "%a %U %G", "/etc/jabbridge/jabbridge.toml"]);
+        assert_eq!(config.trim(), "640 root jabbridge");
+        let (_, state) = sh("stat", &["-c", "%a %U %G", "/var/lib/jabbridge"]);
+        assert_eq!(state.trim(), "750 jabbridge jabbridge");
+        for path in [
+            "/usr/bin/jabbridge",
+            "/usr/lib/systemd/system/jabbridge.service",
+            "/usr/share/man/man1/jabbridge.1.gz",
+            "/usr/share/bash-completion/completions/jabbridge",
+            "/usr/share/doc/jabbridge/examples/sms.toml",
+        ] {
+            assert!(Path::new(path).exists(), "{path} is missing");
+        }
+        // The service's user can read the conffile, and it validates.
+        let (ok, checked) = sh(
+            "runuser",
+            &[
+                "-u",
+                "jabbridge",
+                "--",
+                "/usr/bin/jabbridge",
+                "check-config",
+                "--config",
+                "/etc/jabbridge/jabbridge.toml",
+            ],
+        );
+        assert!(ok && checked.contains("config OK"), "{checked}");
+        let (_, version) = sh("/usr/bin/jabbridge", &["--version"]);
+        assert!(version.contains(env!("CARGO_PKG_VERSION")), "{version}");
+    });
+    let (purged, purge) = sh("apt-get", &["purge", "-y", "-q", "jabbridge"]);
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(purged, "{purge}");
+    assert!(!sh("dpkg", &["-s", "jabbridge"]).0, "still installed");
+    assert!(
+        !sh("getent", &["passwd", "jabbridge"]).0,
+        "the user is left"
+    );
+    assert!(
+        !sh("getent", &["group", "jabbridge"]).0,
+        "the group is left"
+    );
+    for path in ["/etc/jabbridge", "/var/lib/jabbridge", "/usr/bin/jabbridge"] {
+        assert!(!Path::new(path).exists(), "{path} is left");
+    }
+}
