@@ -72,6 +72,13 @@ pub fn spend_refused(bridge: &str) {
     metrics::counter!("jabbridge_spend_refused_total", "bridge" => bridge.to_owned()).increment(1);
 }
 
+/// The bridge has sent `today` of the `cap` messages its `spend_limit.per_day` allows
+/// (UTC day); the gauge is the fraction, updated with each message counted.
+pub fn spend_used(bridge: &str, today: i64, cap: u32) {
+    metrics::gauge!("jabbridge_spend_used_ratio", "bridge" => bridge.to_owned())
+        .set(today as f64 / f64::from(cap.max(1)));
+}
+
 /// A message delivered to a user came back from their server as an error (`condition`).
 pub fn bounce(bridge: &str, condition: &str) {
     metrics::counter!("jabbridge_bounces_total", "bridge" => bridge.to_owned(), "condition" => condition.to_owned())

@@ -169,7 +169,12 @@ async fn spend(gateway: &Gateway, user: &str) -> Result<(), StanzaFailure> {
         .await
         .map_err(|error| gateway.storage_failed(error))?;
     let cap = match spent {
-        Spent::Counted => return Ok(()),
+        Spent::Counted { bridge_today } => {
+            if let (Some(today), Some(cap)) = (bridge_today, limit.per_day) {
+                metrics::spend_used(&gateway.domain, today, cap);
+            }
+            return Ok(());
+        }
         Spent::BridgeCapReached => format!(
             "{} has sent the {} messages it may send today (UTC); the message was not sent",
             gateway.domain,

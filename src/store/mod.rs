@@ -165,8 +165,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What counting a message against a bridge's `spend_limit` came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spent {
-    /// Counted: within the caps.
-    Counted,
+    /// Counted: within the caps. With a cap for the whole bridge, what it has sent today,
+    /// this message included.
+    Counted {
+        /// The bridge's count for today, when it has a daily cap.
+        bridge_today: Option<i64>,
+    },
     /// The bridge's cap for today is reached; nothing was counted.
     BridgeCapReached,
     /// The user's cap for today is reached; nothing was counted.
@@ -825,6 +829,7 @@ impl Store {
         per_user: Option<u32>,
     ) -> Result<Spent, StoreError> {
         let mut transaction = self.pool.begin().await?;
+        let mut bridge_today = None;
         for (subject, cap, reached) in [
             ("", per_day, Spent::BridgeCapReached),
             (user, per_user, Spent::UserCapReached),
@@ -841,13 +846,16 @@ impl Store {
             .bind(i64::from(cap))
             .fetch_optional(&mut *transaction)
             .await?;
-            if counted.is_none() {
+            let Some(counted) = counted else {
                 transaction.rollback().await?;
                 return Ok(reached);
+            };
+            if subject.is_empty() {
+                bridge_today = Some(counted.try_get::<i64, _>(0)?);
             }
         }
         transaction.commit().await?;
-        Ok(Spent::Counted)
+        Ok(Spent::Counted { bridge_today })
     }
 
     /// Deletes the spend counts of days before `day`.

@@ -129,12 +129,25 @@ fn the_manual_page_and_completions_need_no_config() {
     assert!(!ok, "{refused}");
 }
 
-/// Every metric the alert rules in contrib/ name is one the code exports.
+/// Every metric the alert rules and the Grafana dashboard in contrib/ name is one the code
+/// exports, and Prometheus's own checker (`promtool check rules`) accepts the rules.
 #[test]
-fn the_alert_rules_name_only_exported_metrics() {
+fn the_alert_rules_and_the_dashboard_name_only_exported_metrics() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let rules = std::fs::read_to_string(format!("{root}/contrib/prometheus/jabbridge-alerts.yml"))
-        .expect("the alert rules");
+    let rules_path = format!("{root}/contrib/prometheus/jabbridge-alerts.yml");
+    let rules = std::fs::read_to_string(&rules_path).expect("the alert rules");
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/contrib/grafana/jabbridge-dashboard.json"))
+            .expect("the dashboard");
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let expressions: Vec<String> = parsed["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(expressions.len() >= 10, "{expressions:?}");
     let sources: String = [
         "src/metrics.rs",
         "bridges/sms/src/lib.rs",
@@ -143,18 +156,41 @@ fn the_alert_rules_name_only_exported_metrics() {
     .iter()
     .map(|path| std::fs::read_to_string(format!("{root}/{path}")).unwrap_or_default())
     .collect();
-    let mut named = std::collections::BTreeSet::new();
-    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if word.starts_with("jabbridge_") {
-            named.insert(word.to_owned());
+    for (what, text, least) in [
+        ("the alert rules", rules.clone(), 6),
+        ("the dashboard", expressions.join("\n"), 12),
+    ] {
+        let mut named = std::collections::BTreeSet::new();
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("jabbridge_") {
+                named.insert(word.to_owned());
+            }
+        }
+        assert!(named.len() >= least, "{what}: {named:?}");
+        for metric in &named {
+            assert!(
+                sources.contains(&format!("\"{metric}\"")),
+                "{metric} is named by {what} but exported nowhere"
+            );
         }
     }
-    assert!(named.len() >= 6, "{named:?}");
-    for metric in &named {
-        assert!(
-            sources.contains(&format!("\"{metric}\"")),
-            "{metric} is named by the alert rules but exported nowhere"
-        );
+    match Command::new("promtool")
+        .args(["check", "rules", &rules_path])
+        .output()
+    {
+        Ok(output) => assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool (Debian prometheus) is needed under CI: {error}"
+            );
+            eprintln!("promtool not run: {error}");
+        }
     }
 }
 

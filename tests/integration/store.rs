@@ -712,3 +712,45 @@ async fn a_session_runs_in_one_instance_moves_from_dead_ones_and_takes_its_stanz
     })
     .await;
 }
+
+#[tokio::test]
+async fn spend_counts_stop_at_their_caps_and_tell_the_bridge_count() {
+    use jabbridge::store::Spent;
+    each_backend(async |store: Store| {
+        let spend = async |user: &str| store.spend("b", user, 7, Some(3), Some(2)).await.unwrap();
+        assert_eq!(
+            spend("alice").await,
+            Spent::Counted {
+                bridge_today: Some(1)
+            }
+        );
+        assert_eq!(
+            spend("alice").await,
+            Spent::Counted {
+                bridge_today: Some(2)
+            }
+        );
+        // Alice's cap; nothing counted, not even for the bridge.
+        assert_eq!(spend("alice").await, Spent::UserCapReached);
+        assert_eq!(
+            spend("bob").await,
+            Spent::Counted {
+                bridge_today: Some(3)
+            }
+        );
+        assert_eq!(spend("bob").await, Spent::BridgeCapReached);
+        // Without a bridge cap there is no bridge count.
+        assert_eq!(
+            store.spend("b", "carol", 7, None, Some(1)).await.unwrap(),
+            Spent::Counted { bridge_today: None }
+        );
+        // Another day starts from nothing.
+        assert_eq!(
+            store.spend("b", "bob", 8, Some(3), None).await.unwrap(),
+            Spent::Counted {
+                bridge_today: Some(1)
+            }
+        );
+    })
+    .await;
+}
