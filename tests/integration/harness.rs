@@ -94,6 +94,23 @@ pub enum ServerKind {
     Ejabberd,
 }
 
+/// The code block that follows `<!-- snippet: NAME -->` in docs/admin.md.
+fn admin_snippet(name: &str) -> String {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin.md"))
+        .expect("docs/admin.md");
+    let after = guide
+        .split_once(&format!("<!-- snippet: {name} -->"))
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("docs/admin.md has no snippet {name}"));
+    let code = after
+        .split_once("```")
+        .and_then(|(_, code)| code.split_once('\n'))
+        .and_then(|(_, code)| code.split_once("```"))
+        .map(|(code, _)| code)
+        .unwrap_or_else(|| panic!("the snippet {name} is not a code block"));
+    code.to_owned()
+}
+
 /// A running XMPP server with one host `localhost`, users, and component domains.
 pub struct XmppServer {
     pub kind: ServerKind,
@@ -154,8 +171,6 @@ log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{dir}/prosody.
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 c2s_interfaces = {{ "127.0.0.1" }}
-component_ports = {{ {component} }}
-component_interfaces = {{ "127.0.0.1" }}
 s2s_ports = {{ }}
 c2s_direct_tls_ports = {{ }}
 modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; }}
@@ -163,16 +178,24 @@ modules_disabled = {{ "s2s"; "s2s_auth_certs"; }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-VirtualHost "localhost"
 "#,
             dir = dir.display(),
             c2s = self.c2s_port,
-            component = self.component_port,
         );
+        // The component part is docs/admin.md's snippet, so that what the guide tells
+        // admins is what every Prosody test runs.
+        let snippet = admin_snippet("prosody");
+        let (global, block) = snippet
+            .split_once("Component \"")
+            .expect("the Prosody snippet has a Component block");
+        config.push_str(&global.replace("5347", &self.component_port.to_string()));
+        config.push_str("VirtualHost \"localhost\"\n");
         for component in components {
-            config.push_str(&format!(
-                "Component \"{component}\"\n    component_secret = \"{SECRET}\"\n"
-            ));
+            config.push_str(
+                &format!("Component \"{block}")
+                    .replace("sms.example.org", component)
+                    .replace("change-me", SECRET),
+            );
         }
         std::fs::write(dir.join("prosody.cfg.lua"), config).expect("write prosody config");
         let accounts = dir.join("data/localhost/accounts");
@@ -190,14 +213,20 @@ VirtualHost "localhost"
     fn configure_ejabberd(&self) {
         let dir = self.dir.path();
         let node = format!("jabbridge{}@localhost", self.c2s_port);
+        // Each listener is docs/admin.md's snippet, so that what the guide tells admins is
+        // what every ejabberd test runs.
+        let snippet = admin_snippet("ejabberd");
+        let listener = snippet
+            .strip_prefix("listen:\n")
+            .expect("the ejabberd snippet starts with listen:");
         let services: String = self
             .component_ports
             .iter()
             .map(|(domain, port)| {
-                format!(
-                    "  -\n    port: {port}\n    ip: \"127.0.0.1\"\n    module: ejabberd_service\n    \
-                     hosts:\n      \"{domain}\":\n        password: \"{SECRET}\"\n"
-                )
+                listener
+                    .replace("5347", &port.to_string())
+                    .replace("sms.example.org", domain)
+                    .replace("change-me", SECRET)
             })
             .collect();
         let config = format!(
