@@ -101,15 +101,7 @@ pub async fn route(
         if !gateway.is_registered(user).await.unwrap_or(false) {
             return Ok(Route::Here);
         }
-        let claimed = gateway
-            .store
-            .sessions()
-            .claim(
-                &gateway.domain,
-                gateway.delivery.instance(),
-                Some(user),
-                stale_before(gateway),
-            )
+        let claimed = claim_one(gateway, user)
             .await
             .map_err(|error| error.to_string())?;
         if !claimed.is_empty() {
@@ -134,6 +126,24 @@ pub async fn route(
     );
     crate::metrics::handed_off(&gateway.domain);
     Ok(Route::HandedOff)
+}
+
+/// Claims `user`'s session here unless a live instance runs it; what was claimed (nothing
+/// when another runs it).
+async fn claim_one(
+    gateway: &Gateway,
+    user: &str,
+) -> Result<Vec<Claimed>, crate::store::StoreError> {
+    gateway
+        .store
+        .sessions()
+        .claim(
+            &gateway.domain,
+            gateway.delivery.instance(),
+            Some(user),
+            stale_before(gateway),
+        )
+        .await
 }
 
 /// Re-reads which live instance runs whose session.
@@ -194,17 +204,7 @@ async fn run(gateway: &Gateway, user: &str, registration: &RegistrationData) {
 /// session here, unless another live instance runs it.
 pub async fn start(gateway: &Gateway, user: &str, registration: &RegistrationData) {
     if !gateway.sessions.runs(user) {
-        match gateway
-            .store
-            .sessions()
-            .claim(
-                &gateway.domain,
-                gateway.delivery.instance(),
-                Some(user),
-                stale_before(gateway),
-            )
-            .await
-        {
+        match claim_one(gateway, user).await {
             Ok(claimed) if claimed.is_empty() => {
                 tracing::info!(user, "another instance runs this user's session");
                 return;

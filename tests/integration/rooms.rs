@@ -32,6 +32,31 @@ fn is_from(stanza: &Element, jid: &str) -> bool {
     stanza.attr("from") == Some(jid)
 }
 
+/// Self-pings `nick` in the room from `client`, at most `attempts` times a quarter second
+/// apart, each answer awaited up to 15 s (a stanza handed off waits for the takeover):
+/// whether an answer said joined.
+async fn pinged_joined(
+    client: &mut crate::harness::Client,
+    nick: &str,
+    tag: &str,
+    attempts: usize,
+) -> bool {
+    for attempt in 0..attempts {
+        let id = format!("{tag}-{attempt}");
+        client.send(&ping(&id, &format!("{ROOM}/{nick}"))).await;
+        let answer = client
+            .expect(Duration::from_secs(15), |s| {
+                s.name() == "iq" && s.attr("id") == Some(id.as_str())
+            })
+            .await;
+        if answer.attr("type") == Some("result") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    false
+}
+
 fn ping(id: &str, to: &str) -> String {
     format!("<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>")
 }
@@ -211,18 +236,8 @@ async fn a_room_works_end_to_end(kind: ServerKind) {
     jabbridge.kill().await;
     jabbridge.restart().await;
     jabbridge.wait_ready(Duration::from_secs(20)).await;
-    let mut pinged = None;
-    for attempt in 0..20 {
-        let id = format!("after-{attempt}");
-        let answer = bob.iq(&id, &ping(&id, &format!("{ROOM}/bob"))).await;
-        if answer.attr("type") == Some("result") {
-            pinged = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     assert!(
-        pinged.is_some(),
+        pinged_joined(&mut bob, "bob", "after", 20).await,
         "bob's self-ping never said joined after the restart"
     );
     let joined = bob
@@ -308,23 +323,8 @@ async fn a_room_outlives_the_instance_running_its_sessions() {
     );
 
     first.kill().await;
-    let mut pinged = None;
-    for attempt in 0..40 {
-        let id = format!("failover-{attempt}");
-        bob.send(&ping(&id, &format!("{ROOM}/bob"))).await;
-        let answer = bob
-            .expect(Duration::from_secs(15), |s| {
-                s.name() == "iq" && s.attr("id") == Some(id.as_str())
-            })
-            .await;
-        if answer.attr("type") == Some("result") {
-            pinged = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
     assert!(
-        pinged.is_some(),
+        pinged_joined(&mut bob, "bob", "failover", 40).await,
         "bob's self-ping never said joined after the failover\n{}",
         second.log()
     );
