@@ -1,0 +1,5 @@
+//! The IRC bridge (`kind = "irc"`, issue 14), being built in steps. So far: the wire format
+//! ([`wire`]), which every later part (connections, rooms, IRCv3) reads and writes through.
+//! It is not registered as a bridge kind yet.
+
+pub mod wire;
