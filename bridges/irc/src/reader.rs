@@ -1,0 +1,178 @@
+//! Reading a server's lines with bounded memory: a line is at most
+//! [`MAX_INCOMING`](crate::wire::MAX_INCOMING) bytes; of a longer one the first part is kept
+//! (marked truncated) and the rest skipped up to its line end, so a server that sends
+//! endless lines, or never ends one, costs a fixed buffer and never a crash.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::wire::{MAX_INCOMING, decode};
+
+/// Bytes asked of the socket at once.
+const CHUNK: usize = 4096;
+
+/// One line as read, decoded ([`decode`]: UTF-8, else Latin-1), without its CR LF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Its text.
+    pub text: String,
+    /// Whether it was longer than [`MAX_INCOMING`] bytes, and only its start is here.
+    pub truncated: bool,
+}
+
+/// Lines from a byte stream (a server's socket).
+#[derive(Debug)]
+pub struct LineReader<R> {
+    inner: R,
+    /// Bytes read and not yet handed out as lines; never more than [`MAX_INCOMING`] plus one
+    /// chunk.
+    buffer: Vec<u8>,
+    /// Inside a line longer than [`MAX_INCOMING`], whose start was handed out: skip to its end.
+    skipping: bool,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// A reader of `inner`'s lines.
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buffer: Vec::with_capacity(CHUNK),
+            skipping: false,
+        }
+    }
+
+    /// The next line; `None` once the stream ended (a last line without its line end is
+    /// still handed out). Empty lines are skipped.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+                let rest = self.buffer.split_off(end + 1);
+                let line = std::mem::replace(&mut self.buffer, rest);
+                if std::mem::take(&mut self.skipping) {
+                    continue;
+                }
+                match finish(&line[..end], false) {
+                    Some(line) => return Ok(Some(line)),
+                    None => continue,
+                }
+            }
+            if self.skipping {
+                self.buffer.clear();
+            } else if self.buffer.len() >= MAX_INCOMING {
+                let rest = self.buffer.split_off(MAX_INCOMING);
+                let start = std::mem::replace(&mut self.buffer, rest);
+                self.skipping = true;
+                if let Some(line) = finish(&start, true) {
+                    return Ok(Some(line));
+                }
+                continue;
+            }
+            let mut chunk = [0u8; CHUNK];
+            let read = self.inner.read(&mut chunk).await?;
+            if read == 0 {
+                let last = std::mem::take(&mut self.buffer);
+                if std::mem::take(&mut self.skipping) {
+                    return Ok(None);
+                }
+                return Ok(finish(&last, false));
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// How many bytes the reader holds now (for tests of its bound).
+    pub fn buffered(&self) -> usize {
+        self.buffer.capacity()
+    }
+}
+
+/// A line from its bytes without the LF: the CR goes, empty lines are none. A truncated
+/// line loses the start of a UTF-8 character its cut fell in, so that the rest still reads
+/// as UTF-8.
+fn finish(bytes: &[u8], truncated: bool) -> Option<Line> {
+    let mut bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if truncated
+        && let Err(error) = std::str::from_utf8(bytes)
+        && error.error_len().is_none()
+    {
+        bytes = &bytes[..error.valid_up_to()];
+    }
+    if bytes.is_empty() {
+        return None;
+    }
+    Some(Line {
+        text: decode(bytes).into_owned(),
+        truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    async fn lines(bytes: &[u8]) -> Vec<Line> {
+        let mut reader = LineReader::new(bytes);
+        let mut lines = Vec::new();
+        while let Some(line) = reader.next_line().await.unwrap() {
+            lines.push(line);
+        }
+        lines
+    }
+
+    fn plain(text: &str) -> Line {
+        Line {
+            text: text.into(),
+            truncated: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_end_with_crlf_or_lf_and_empty_ones_are_skipped() {
+        assert_eq!(
+            lines(b"PING a\r\n\r\nPING b\nPING c").await,
+            [plain("PING a"), plain("PING b"), plain("PING c")]
+        );
+        assert_eq!(
+            lines(b":x PRIVMSG #c :caf\xe9\r\n").await,
+            [plain(":x PRIVMSG #c :café")]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_costs_a_bounded_buffer_and_the_next_line_still_comes() {
+        let mut bytes = vec![b'x'; 1 << 20];
+        bytes.extend_from_slice(b"\r\nPING after\r\n");
+        let mut reader = LineReader::new(bytes.as_slice());
+        let first = reader.next_line().await.unwrap().unwrap();
+        assert!(first.truncated);
+        assert_eq!(first.text.len(), MAX_INCOMING);
+        let next = reader.next_line().await.unwrap().unwrap();
+        assert_eq!(next, plain("PING after"));
+        assert!(
+            reader.buffered() <= MAX_INCOMING + 2 * CHUNK,
+            "{}",
+            reader.buffered()
+        );
+        assert_eq!(reader.next_line().await.unwrap(), None);
+        // A cut inside a UTF-8 character leaves the text UTF-8, one character short.
+        // (MAX_INCOMING is odd: the cut falls between the two bytes of an "é".)
+        let cut = lines("é".repeat(MAX_INCOMING).as_bytes()).await;
+        assert_eq!(cut[0].text, "é".repeat(MAX_INCOMING / 2));
+        // A stream that never ends its line: one truncated start, then the end.
+        assert_eq!(lines(&vec![b'y'; 3 * MAX_INCOMING]).await.len(), 1);
+    }
+
+    proptest! {
+        /// Any bytes, in any chunking, read into lines that fit the bound, without a panic.
+        #[test]
+        fn any_bytes_read_into_bounded_lines(bytes in proptest::collection::vec(any::<u8>(), 0..30_000)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let read = runtime.block_on(lines(&bytes));
+            for line in read {
+                prop_assert!(!line.text.contains('\n'));
+                prop_assert!(line.text.chars().count() <= MAX_INCOMING);
+            }
+        }
+    }
+}
