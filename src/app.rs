@@ -237,7 +237,8 @@ struct Running {
     /// Holds the bridge's gateway (and so the committer) until its tasks are done.
     gateway: Arc<Gateway>,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
-    tasks: tokio::task::JoinHandle<()>,
+    /// Dropped (a shutdown that ran out of time), it aborts them.
+    tasks: JoinSet<()>,
 }
 
 /// Starts the bridge of `config.bridge[index]`: its link, gateway, queues and tasks, and its
@@ -344,7 +345,6 @@ async fn start_bridge(
         )),
     );
     lock_links(&shared.links).push((domain.clone(), link.state.clone()));
-    let tasks = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
     Ok((
         domain,
         Running {
@@ -368,15 +368,16 @@ async fn stop_bridge(shared: &Shared, domain: &str, running: Running) {
     lock_links(&shared.links).retain(|(linked, _)| linked != domain);
     let _ = running.stop.send(true);
     let mut tasks = running.tasks;
-    if tokio::time::timeout(SHUTDOWN_GRACE, &mut tasks)
-        .await
-        .is_err()
-    {
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if stopped.is_err() {
         tracing::warn!(
             bridge = domain,
             "the bridge did not stop in time; abandoning its tasks"
         );
-        tasks.abort();
+        tasks.abort_all();
     }
     drop(running.gateway);
 }
@@ -511,8 +512,10 @@ async fn reload(
         if let Some(bridge) = running.remove(domain) {
             tracing::info!(bridge = %domain, "reload: the bridge was removed; it stops");
             stop_bridge(shared, domain, bridge).await;
+            metrics::bridge_removed(domain);
         }
     }
+    let mut failed = Vec::new();
     for index in rebuilt.into_iter().chain(added) {
         let domain = current.bridge[index].domain.clone();
         if let Some(bridge) = running.remove(&domain) {
@@ -523,9 +526,16 @@ async fn reload(
             Ok((domain, bridge)) => {
                 running.insert(domain, bridge);
             }
-            Err(error) => tracing::error!(%error, "reload: a bridge could not start"),
+            Err(error) => {
+                tracing::error!(%error, "reload: a bridge could not start");
+                failed.push(domain);
+            }
         }
     }
+    // Not running: the next reload starts them as added.
+    current
+        .bridge
+        .retain(|section| !failed.contains(&section.domain));
 }
 
 /// Runs Jabbridge until `shutdown` resolves, then stops cleanly. With `config_path`, SIGHUP
@@ -638,6 +648,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: flushing queues and closing links");
     systemd.notify("STOPPING=1\nSTATUS=flushing the queues and closing the links");
+    // An admin's `reload` from now on is answered at once (the channel is closed).
+    reload_requests.close();
     let _ = stop.send(true);
     let bridges = futures::future::join_all(std::mem::take(&mut running).into_iter().map(
         |(domain, bridge)| {

@@ -106,6 +106,18 @@ pub fn link_up(bridge: &str, up: bool) {
     });
 }
 
+/// A reload removed `bridge`: its gauges no longer describe anything. The exporter cannot
+/// forget a series, so they become NaN, which no alert's comparison matches.
+pub fn bridge_removed(bridge: &str) {
+    for name in [
+        "jabbridge_component_connected",
+        "jabbridge_outgoing_queue_depth",
+        "jabbridge_spend_used_ratio",
+    ] {
+        metrics::gauge!(name, "bridge" => bridge.to_owned()).set(f64::NAN);
+    }
+}
+
 /// Stanzas waiting to go out to the XMPP server, per bridge.
 pub fn queue_depth(bridge: &str, depth: usize) {
     metrics::gauge!("jabbridge_outgoing_queue_depth", "bridge" => bridge.to_owned())

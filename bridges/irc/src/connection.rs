@@ -68,6 +68,19 @@ impl From<LineError> for ConnectError {
     }
 }
 
+/// `nick` with `tries` underscores, cut to the server's NICKLEN (9, RFC 1459's, until it
+/// says) so that the server takes it.
+fn suffixed(nick: &str, tries: usize, isupport: &HashMap<String, String>) -> String {
+    let longest = isupport
+        .get("NICKLEN")
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(9)
+        .max(tries + 1);
+    let mut base: String = nick.chars().take(longest - tries).collect();
+    base.push_str(&"_".repeat(tries));
+    base
+}
+
 /// Nick changes tried while the nick is in use, before giving up.
 const NICK_TRIES: usize = 5;
 
@@ -154,7 +167,7 @@ impl Connection {
                             registration.nick
                         )));
                     }
-                    connection.nick.push('_');
+                    connection.nick = suffixed(&registration.nick, tries, &connection.isupport);
                     let nick = connection.nick.clone();
                     connection.send("NICK", &[&nick]).await?;
                 }
@@ -294,6 +307,16 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("no {command} within 10 s"))
+    }
+
+    #[test]
+    fn a_suffixed_nick_stays_within_nicklen() {
+        let none = HashMap::new();
+        assert_eq!(suffixed("alice", 1, &none), "alice_");
+        assert_eq!(suffixed("ninechars", 1, &none), "ninechar_");
+        assert_eq!(suffixed("ninechars", 2, &none), "ninecha__");
+        let long = HashMap::from([("NICKLEN".to_owned(), "30".to_owned())]);
+        assert_eq!(suffixed("ninechars", 1, &long), "ninechars_");
     }
 
     #[tokio::test]

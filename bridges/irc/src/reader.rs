@@ -23,9 +23,10 @@ pub struct Line {
 #[derive(Debug)]
 pub struct LineReader<R> {
     inner: R,
-    /// Bytes read and not yet handed out as lines; never more than [`MAX_INCOMING`] plus one
-    /// chunk.
+    /// Bytes read; those before `start` were handed out already. Never more than
+    /// [`MAX_INCOMING`] plus one chunk are kept.
     buffer: Vec<u8>,
+    start: usize,
     /// Inside a line longer than [`MAX_INCOMING`], whose start was handed out: skip to its end.
     skipping: bool,
 }
@@ -36,6 +37,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         Self {
             inner,
             buffer: Vec::with_capacity(CHUNK),
+            start: 0,
             skipping: false,
         }
     }
@@ -44,24 +46,31 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// still handed out). Empty lines are skipped.
     pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
         loop {
-            if let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
-                let rest = self.buffer.split_off(end + 1);
-                let line = std::mem::replace(&mut self.buffer, rest);
+            let pending = &self.buffer[self.start..];
+            if let Some(end) = pending.iter().position(|&byte| byte == b'\n') {
+                let line_start = self.start;
+                self.start += end + 1;
                 if std::mem::take(&mut self.skipping) {
                     continue;
                 }
-                match finish(&line[..end], false) {
+                // A line longer than the bound whose end came in the same read.
+                let truncated = end > MAX_INCOMING;
+                let line_end = line_start + end.min(MAX_INCOMING);
+                match finish(&self.buffer[line_start..line_end], truncated) {
                     Some(line) => return Ok(Some(line)),
                     None => continue,
                 }
             }
+            // Only bytes of an unfinished line are left: keep them at the front.
+            self.buffer.drain(..self.start);
+            self.start = 0;
             if self.skipping {
                 self.buffer.clear();
             } else if self.buffer.len() >= MAX_INCOMING {
-                let rest = self.buffer.split_off(MAX_INCOMING);
-                let start = std::mem::replace(&mut self.buffer, rest);
+                let line = finish(&self.buffer[..MAX_INCOMING], true);
+                self.buffer.clear();
                 self.skipping = true;
-                if let Some(line) = finish(&start, true) {
+                if let Some(line) = line {
                     return Ok(Some(line));
                 }
                 continue;
@@ -159,6 +168,13 @@ mod tests {
         // (MAX_INCOMING is odd: the cut falls between the two bytes of an "é".)
         let cut = lines("é".repeat(MAX_INCOMING).as_bytes()).await;
         assert_eq!(cut[0].text, "é".repeat(MAX_INCOMING / 2));
+        // Over the bound with its line end in the same read: still cut and marked.
+        let mut near = vec![b'z'; MAX_INCOMING + 100];
+        near.extend_from_slice(b"\n");
+        let mut reader = LineReader::new(near.as_slice());
+        let cut = reader.next_line().await.unwrap().unwrap();
+        assert!(cut.truncated);
+        assert_eq!(cut.text.len(), MAX_INCOMING);
         // A stream that never ends its line: one truncated start, then the end.
         assert_eq!(lines(&vec![b'y'; 3 * MAX_INCOMING]).await.len(), 1);
     }

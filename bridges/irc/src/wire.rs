@@ -10,6 +10,9 @@ use std::fmt;
 /// The longest line a client may send, CR LF included, tags aside (RFC 2812 §2.3).
 pub const MAX_LINE: usize = 512;
 
+/// The most bytes of tags a client may send (IRCv3 message-tags), `@` and space aside.
+pub const MAX_CLIENT_TAGS: usize = 4094;
+
 /// The longest line read from a server: 8,191 bytes of tags (IRCv3) and a 512-byte line.
 /// The reader drops what goes beyond.
 pub const MAX_INCOMING: usize = 8191 + MAX_LINE;
@@ -225,9 +228,16 @@ pub fn line(
             }
             out.push_str(key);
             if let Some(value) = value {
+                if value.contains('\0') {
+                    return Err(LineError::LineBreak);
+                }
                 out.push('=');
                 out.push_str(&escape_tag(value));
             }
+        }
+        // IRCv3 message-tags: at most 4,094 bytes of client tags, `@` and space aside.
+        if out.len() - 1 > MAX_CLIENT_TAGS {
+            return Err(LineError::TooLong(out.len() - 1));
         }
         out.push(' ');
     }
@@ -435,6 +445,15 @@ mod tests {
             .unwrap(),
             "@label=a\\:b\\sc;+draft/reply PRIVMSG #r x\r\n"
         );
+        assert_eq!(
+            line(&[("label", Some("a\0b"))], "PING", &["x"]),
+            Err(LineError::LineBreak)
+        );
+        let huge = "v".repeat(MAX_CLIENT_TAGS);
+        assert!(matches!(
+            line(&[("label", Some(&huge))], "PING", &["x"]),
+            Err(LineError::TooLong(_))
+        ));
         let long = "x".repeat(MAX_LINE);
         assert!(matches!(
             line(&[], "PRIVMSG", &["#rust", &long]),
