@@ -934,6 +934,20 @@ fn names(stanza: &Element, name: &str, namespace: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `from/r` sends a groupchat to `#lobby` with `payload`: the condition of the error that
+/// answers it (which must carry the stanza's id).
+async fn refused_groupchat(harness: &mut Harness, from: &str, id: &str, payload: &str) -> String {
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='{from}/r' to='#lobby@echo.test' id='{id}'>\
+             {payload}</message>"
+        ))
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("id"), Some(id));
+    condition(&refused).unwrap_or_default()
+}
+
 /// Alice and Bob in `#lobby`, with the join's stanzas taken.
 async fn alice_and_bob(harness: &mut Harness) {
     enter(harness, "alice@test", "alice", 1).await;
@@ -1053,15 +1067,8 @@ async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() 
             &format!("<retract xmlns='urn:xmpp:message-retract:1' id='{alices}'/>"),
         ),
     ] {
-        harness
-            .receive(&format!(
-                "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='{id}'>\
-                 {payload}</message>"
-            ))
-            .await;
-        let refused = harness.next().await;
-        assert_eq!(refused.attr("id"), Some(id));
-        assert_eq!(condition(&refused).as_deref(), Some("item-not-found"));
+        let condition = refused_groupchat(&mut harness, "bob@test", id, payload).await;
+        assert_eq!(condition, "item-not-found");
     }
 
     // Alice retracts it: everyone is told, and the bot retracts its repeat.
@@ -1144,18 +1151,8 @@ async fn a_network_without_edits_refuses_them_and_changes_nothing() {
             ),
         ),
     ] {
-        harness
-            .receive(&format!(
-                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
-                 {payload}</message>"
-            ))
-            .await;
-        let refused = harness.next().await;
-        assert_eq!(refused.attr("id"), Some(id));
-        assert_eq!(
-            condition(&refused).as_deref(),
-            Some("feature-not-implemented")
-        );
+        let condition = refused_groupchat(&mut harness, "alice@test", id, &payload).await;
+        assert_eq!(condition, "feature-not-implemented");
     }
     harness.nothing_for(Duration::from_millis(100)).await;
 }
@@ -1199,15 +1196,8 @@ async fn edits_naming_nothing_or_too_much_get_precise_errors() {
             "not-acceptable",
         ),
     ] {
-        harness
-            .receive(&format!(
-                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
-                 {payload}</message>"
-            ))
-            .await;
-        let refused = harness.next().await;
-        assert_eq!(refused.attr("id"), Some(id));
-        assert_eq!(condition(&refused).as_deref(), Some(expected), "{id}");
+        let condition = refused_groupchat(&mut harness, "alice@test", id, &payload).await;
+        assert_eq!(condition, expected, "{id}");
     }
     harness.nothing_for(Duration::from_millis(100)).await;
 }

@@ -198,10 +198,16 @@ impl Gateway {
                 sessions::pick_up(self.clone(), handed, self.delivery.shutdown())
                     .instrument(self.span.clone()),
             );
+            // Closed at once with one instance (SQLite): then the branch is left out.
+            let mut handing = true;
             loop {
                 tokio::select! {
                     Some(request) = requests.recv() => core_link::serve(&self, request).await,
-                    Some(((element, row), permit)) = next_stanza(&mut handed_off, &self.in_flight) => {
+                    handed = next_stanza(&mut handed_off, &self.in_flight), if handing => {
+                        let Some(((element, row), permit)) = handed else {
+                            handing = false;
+                            continue;
+                        };
                         while lanes.try_join_next().is_some() {}
                         self.take(element, permit, Some(row), &mut lanes).await;
                     }
