@@ -7,6 +7,7 @@ const KINDS: &[(&str, BuildFn)] = &[
     ("echo", jabbridge_bridge_echo::build),
     ("webhook", jabbridge_bridge_webhook::build),
     ("sms", jabbridge_bridge_sms::build),
+    ("irc", jabbridge_bridge_irc::build),
 ];
 
 /// The build function of a kind.

@@ -56,10 +56,14 @@ impl SessionTables {
         } else {
             "AND $3 = ''"
         };
+        // A session for every registered user, and for every user in a room (a bridge
+        // without registration, such as IRC, still has users to rejoin at start).
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO sessions (bridge, jid, owner, last_owner, claimed_at) \
-             SELECT bridge, jid, NULL, NULL, $2 FROM registrations WHERE bridge = $1 {users} \
-             ON CONFLICT (bridge, jid) DO NOTHING"
+             SELECT bridge, jid, NULL, NULL, $2 FROM \
+             (SELECT bridge, jid FROM registrations WHERE bridge = $1 {users} \
+              UNION SELECT bridge, jid FROM room_joins WHERE bridge = $1 {users}) AS users \
+             WHERE true ON CONFLICT (bridge, jid) DO NOTHING"
         )))
         .bind(bridge)
         .bind(now)
@@ -77,7 +81,8 @@ impl SessionTables {
             "UPDATE sessions SET last_owner = COALESCE(owner, last_owner), owner = $2, \
              claimed_at = $5 \
              WHERE bridge = $1 {users} AND {others} \
-             AND jid IN (SELECT jid FROM registrations WHERE bridge = $1) \
+             AND (jid IN (SELECT jid FROM registrations WHERE bridge = $1) \
+                  OR jid IN (SELECT jid FROM room_joins WHERE bridge = $1)) \
              RETURNING jid, last_owner"
         )))
         .bind(bridge)
@@ -121,11 +126,12 @@ impl SessionTables {
 
     /// The users of `bridge` whose session `owner` holds.
     pub async fn owned(&self, bridge: &str, owner: &str) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT jid FROM sessions WHERE bridge = $1 AND owner = $2")
-            .bind(bridge)
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT jid FROM sessions WHERE bridge = $1 AND owner = $2 ORDER BY jid")
+                .bind(bridge)
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|row| row.try_get::<String, _>(0).map_err(StoreError::from))
             .collect()

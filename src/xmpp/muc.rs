@@ -405,6 +405,18 @@ pub fn subject(from: Jid, to: Jid, text: &str, id: &str) -> Element {
         .build()
 }
 
+/// A message from the room itself (`from` the room's bare JID): a notice, not archived.
+pub fn notice(from: Jid, to: Jid, text: &str, id: &str) -> Element {
+    Element::builder("message", NS_COMPONENT)
+        .with("type", "groupchat")
+        .with("from", from.to_string())
+        .with("to", to.to_string())
+        .with("id", id)
+        .append(Element::builder("body", NS_COMPONENT).append(text))
+        .append(Element::builder("no-store", "urn:xmpp:hints").build())
+        .build()
+}
+
 /// Whether a presence is a join (carries `<x xmlns='http://jabber.org/protocol/muc'/>`).
 pub fn is_join(presence: &Element) -> bool {
     presence.has_child("x", NS_MUC)

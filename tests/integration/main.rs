@@ -5,6 +5,7 @@
 mod cli;
 mod gateway;
 mod harness;
+mod irc;
 mod link;
 mod protocol;
 mod rooms;

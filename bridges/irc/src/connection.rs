@@ -1,21 +1,53 @@
 //! One connection to an IRC server: TCP with `TCP_NODELAY` (a small write must not wait for
-//! the peer's delayed ACK), registration (`CAP LS 302` then `CAP END`, `PASS`, `NICK`,
-//! `USER`; a nick in use gets a `_` suffix), the server's `PING`s answered, then lines in
-//! and out through [`crate::wire`] and [`crate::reader`].
+//! the peer's delayed ACK), TLS through rustls where the admin wants it, and registration:
+//! `CAP LS 302`, the IRCv3 capabilities we use requested, SASL (`PLAIN` or `EXTERNAL`) when
+//! the user set it up, `PASS`, `NICK`, `USER` (a nick in use gets a `_` suffix), up to the
+//! end of the MOTD. The server's `PING`s are answered here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::config::Tls;
 use crate::reader::LineReader;
 use crate::wire::{self, LineError, Message};
 
+/// The IRCv3 capabilities asked for when the server offers them.
+pub const WANTED_CAPS: &[&str] = &[
+    "account-tag",
+    "away-notify",
+    "batch",
+    "cap-notify",
+    "chghost",
+    "echo-message",
+    "extended-join",
+    "message-tags",
+    "multi-prefix",
+    "server-time",
+    "setname",
+];
+
+/// How a user logs in to their account with SASL.
+#[derive(Debug, Clone)]
+pub enum Sasl {
+    /// `PLAIN`: account and password.
+    Plain {
+        /// The account.
+        account: String,
+        /// Its password.
+        password: SecretString,
+    },
+    /// `EXTERNAL`: the client certificate of the TLS connection.
+    External,
+}
+
 /// Who to register as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Registration {
     /// The nick wanted; the server may make it another (`_` added while it is in use).
     pub nick: String,
@@ -24,7 +56,20 @@ pub struct Registration {
     /// The real name (`USER`'s last parameter).
     pub realname: String,
     /// The server password (`PASS`), if the network has one.
-    pub password: Option<String>,
+    pub password: Option<SecretString>,
+    /// The SASL login, if the user set one up.
+    pub sasl: Option<Sasl>,
+}
+
+/// Where to connect and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// The name the certificate must carry.
+    pub host: String,
+    /// How the connection is secured.
+    pub tls: Tls,
 }
 
 /// Why a connection could not be made or went down.
@@ -32,8 +77,12 @@ pub struct Registration {
 pub enum ConnectError {
     /// The socket failed.
     Io(std::io::Error),
+    /// TLS could not be set up (no usable roots, a bad host name).
+    Tls(String),
     /// The server said no (`ERROR`, or a registration it refused): its words.
     Refused(String),
+    /// The SASL login failed: the server's words. Retrying will not help.
+    Sasl(String),
     /// The server closed the connection.
     Closed,
     /// A line could not be written ([`LineError`]).
@@ -46,7 +95,9 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io(error) => write!(f, "the IRC connection failed: {error}"),
+            Self::Tls(error) => write!(f, "TLS to the IRC server failed: {error}"),
             Self::Refused(reason) => write!(f, "the IRC server refused: {reason}"),
+            Self::Sasl(reason) => write!(f, "the SASL login failed: {reason}"),
             Self::Closed => f.write_str("the IRC server closed the connection"),
             Self::Line(error) => error.fmt(f),
             Self::TimedOut => f.write_str("the IRC server did not finish registration in time"),
@@ -84,42 +135,214 @@ fn suffixed(nick: &str, tries: usize, isupport: &HashMap<String, String>) -> Str
 /// Nick changes tried while the nick is in use, before giving up.
 const NICK_TRIES: usize = 5;
 
+/// The read half of a connection.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a connection.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A registered connection.
-#[derive(Debug)]
 pub struct Connection {
-    reader: LineReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// The server's lines.
+    pub reader: LineReader<ReadHalf>,
+    /// Where lines go.
+    pub writer: WriteHalf,
     /// The nick the server gave us.
     pub nick: String,
     /// What the server supports (ISUPPORT, `005`): `CASEMAPPING`, `NICKLEN`, `CHANTYPES`…
     pub isupport: HashMap<String, String>,
+    /// The IRCv3 capabilities in force.
+    pub caps: BTreeSet<String>,
+    /// The account SASL logged in to, if it did.
+    pub account: Option<String>,
+    /// The server's name, as it gives it in `001`'s source.
+    pub server_name: String,
+    /// Notices and MOTD lines from registration, for the user.
+    pub greeting: Vec<String>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("nick", &self.nick)
+            .field("caps", &self.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the socket: TCP, then TLS as `target` says.
+async fn open(target: &Target) -> Result<(ReadHalf, WriteHalf), ConnectError> {
+    let stream = TcpStream::connect(&target.address).await?;
+    stream.set_nodelay(true)?;
+    if target.tls == Tls::Off {
+        let (read, write) = stream.into_split();
+        return Ok((Box::new(read), Box::new(write)));
+    }
+    let config = tls_config(target.tls)?;
+    let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+        .map_err(|error| ConnectError::Tls(error.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await?;
+    let (read, write) = tokio::io::split(stream);
+    Ok((Box::new(read), Box::new(write)))
+}
+
+/// The TLS client setup for `tls` (built once per policy).
+fn tls_config(tls: Tls) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, ConnectError> {
+    use std::sync::OnceLock;
+    use tokio_rustls::rustls;
+    static VERIFIED: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    static ANY: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let provider = || Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let built = if tls == Tls::SelfSigned {
+        ANY.get_or_init(|| {
+            let config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|error| error.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+    } else {
+        VERIFIED.get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err("no trusted root certificates found on this system".into());
+            }
+            let config = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|error| error.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+    };
+    built.clone().map_err(ConnectError::Tls)
+}
+
+/// Takes any certificate (`tls = "self-signed"`), still checking the handshake's signatures.
+#[derive(Debug)]
+struct AnyCertificate(Arc<tokio_rustls::rustls::crypto::CryptoProvider>);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Base64 of `bytes` (RFC 4648, padded), for `AUTHENTICATE`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (index, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if index <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> shift & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The `AUTHENTICATE` payloads of a SASL response: 400-byte pieces, and a `+` after a
+/// last piece of exactly 400 (or for an empty response).
+fn authenticate_pieces(response: &[u8]) -> Vec<String> {
+    let encoded = base64(response);
+    let mut pieces: Vec<String> = encoded
+        .as_bytes()
+        .chunks(400)
+        .map(|piece| String::from_utf8_lossy(piece).into_owned())
+        .collect();
+    if pieces.last().is_none_or(|piece| piece.len() == 400) {
+        pieces.push("+".into());
+    }
+    pieces
 }
 
 impl Connection {
-    /// Connects to `address` (`host:port`) and registers, within `within`.
+    /// Connects to `target` and registers, within `within`.
     pub async fn connect(
-        address: &str,
+        target: &Target,
         registration: &Registration,
         within: Duration,
     ) -> Result<Self, ConnectError> {
-        tokio::time::timeout(within, Self::register(address, registration))
+        tokio::time::timeout(within, Self::register(target, registration))
             .await
             .map_err(|_| ConnectError::TimedOut)?
     }
 
-    async fn register(address: &str, registration: &Registration) -> Result<Self, ConnectError> {
-        let stream = TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+    async fn register(target: &Target, registration: &Registration) -> Result<Self, ConnectError> {
+        let (read, write) = open(target).await?;
         let mut connection = Self {
             reader: LineReader::new(read),
             writer: write,
             nick: registration.nick.clone(),
             isupport: HashMap::new(),
+            caps: BTreeSet::new(),
+            account: None,
+            server_name: String::new(),
+            greeting: Vec::new(),
         };
         let mut out = wire::line(&[], "CAP", &["LS", "302"])?;
         if let Some(password) = &registration.password {
-            out.push_str(&wire::line(&[], "PASS", &[password])?);
+            out.push_str(&wire::line(&[], "PASS", &[password.expose_secret()])?);
         }
         out.push_str(&wire::line(&[], "NICK", &[&registration.nick])?);
         out.push_str(&wire::line(
@@ -130,31 +353,118 @@ impl Connection {
         connection.writer.write_all(out.as_bytes()).await?;
         let mut tries = 0;
         let mut welcomed = false;
+        let mut offered: BTreeSet<String> = BTreeSet::new();
         loop {
             let message = connection
                 .next_message()
                 .await?
                 .ok_or(ConnectError::Closed)?;
+            let param = |index: usize| message.params.get(index).map(String::as_str);
             match message.command.as_str() {
-                // No capability is asked for yet: the list ends the negotiation.
-                "CAP"
-                    if message.params.get(1).map(String::as_str) == Some("LS")
-                        && message.params.get(2).map(String::as_str) != Some("*") =>
-                {
+                "CAP" if param(1) == Some("LS") => {
+                    let more = param(2) == Some("*");
+                    let list = if more { param(3) } else { param(2) };
+                    for cap in list.unwrap_or("").split_whitespace() {
+                        let name = cap.split_once('=').map_or(cap, |(name, _)| name);
+                        offered.insert(name.to_owned());
+                    }
+                    if more {
+                        continue;
+                    }
+                    let mut wanted: Vec<&str> = WANTED_CAPS
+                        .iter()
+                        .copied()
+                        .filter(|cap| offered.contains(*cap))
+                        .collect();
+                    if registration.sasl.is_some() {
+                        if !offered.contains("sasl") {
+                            return Err(ConnectError::Sasl(
+                                "the server offers no SASL (are its services down?)".into(),
+                            ));
+                        }
+                        wanted.push("sasl");
+                    }
+                    if wanted.is_empty() {
+                        connection.send("CAP", &["END"]).await?;
+                    } else {
+                        connection.send("CAP", &["REQ", &wanted.join(" ")]).await?;
+                    }
+                }
+                "CAP" if param(1) == Some("ACK") => {
+                    for cap in param(2).unwrap_or("").split_whitespace() {
+                        match cap.strip_prefix('-') {
+                            Some(gone) => connection.caps.remove(gone),
+                            None => connection.caps.insert(cap.to_owned()),
+                        };
+                    }
+                    match &registration.sasl {
+                        Some(Sasl::Plain { .. }) if connection.caps.contains("sasl") => {
+                            connection.send("AUTHENTICATE", &["PLAIN"]).await?;
+                        }
+                        Some(Sasl::External) if connection.caps.contains("sasl") => {
+                            connection.send("AUTHENTICATE", &["EXTERNAL"]).await?;
+                        }
+                        _ => connection.send("CAP", &["END"]).await?,
+                    }
+                }
+                "CAP" if param(1) == Some("NAK") => {
+                    if registration.sasl.is_some() {
+                        return Err(ConnectError::Sasl("the server refused SASL".into()));
+                    }
                     connection.send("CAP", &["END"]).await?;
+                }
+                "AUTHENTICATE" if param(0) == Some("+") => {
+                    let response = match &registration.sasl {
+                        Some(Sasl::Plain { account, password }) => {
+                            let mut bytes = Vec::new();
+                            bytes.extend_from_slice(account.as_bytes());
+                            bytes.push(0);
+                            bytes.extend_from_slice(account.as_bytes());
+                            bytes.push(0);
+                            bytes.extend_from_slice(password.expose_secret().as_bytes());
+                            bytes
+                        }
+                        _ => Vec::new(),
+                    };
+                    for piece in authenticate_pieces(&response) {
+                        connection.send("AUTHENTICATE", &[&piece]).await?;
+                    }
+                }
+                // Logged in (900), then the SASL exchange succeeded (903).
+                "900" => connection.account = param(2).map(str::to_owned),
+                "903" => connection.send("CAP", &["END"]).await?,
+                "902" | "904" | "905" | "906" | "908" => {
+                    return Err(ConnectError::Sasl(
+                        message.params.last().cloned().unwrap_or_default(),
+                    ));
                 }
                 "001" => {
                     welcomed = true;
                     if let Some(nick) = message.params.first() {
                         connection.nick = nick.clone();
                     }
+                    connection.server_name = message.source.clone().unwrap_or_default();
                 }
                 "005" => {
                     let supported = message.params.iter().skip(1);
                     let count = message.params.len().saturating_sub(2);
                     for token in supported.take(count) {
-                        let (key, value) = token.split_once('=').unwrap_or((token, ""));
-                        connection.isupport.insert(key.to_owned(), value.to_owned());
+                        match token.strip_prefix('-') {
+                            Some(gone) => {
+                                connection.isupport.remove(gone);
+                            }
+                            None => {
+                                let (key, value) = token.split_once('=').unwrap_or((token, ""));
+                                connection.isupport.insert(key.to_owned(), value.to_owned());
+                            }
+                        }
+                    }
+                }
+                "372" | "NOTICE" => {
+                    if connection.greeting.len() < 200
+                        && let Some(text) = message.params.last()
+                    {
+                        connection.greeting.push(text.clone());
                     }
                 }
                 // The end of the MOTD, or none: registration is over.
@@ -190,6 +500,7 @@ impl Connection {
 
     /// The next message from the server (a `PING` is answered and not handed out; lines
     /// that do not parse are skipped); `None` once the server closed the connection.
+    /// Cancel-safe: a message is lost only if it was read, and reading keeps its bytes.
     pub async fn next_message(&mut self) -> Result<Option<Message>, ConnectError> {
         loop {
             let Some(line) = self.reader.next_line().await? else {
@@ -292,7 +603,28 @@ mod tests {
             username: "jb".into(),
             realname: "Jabbridge test".into(),
             password: None,
+            sasl: None,
         }
+    }
+
+    #[test]
+    fn sasl_responses_are_base64_in_400_byte_pieces() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(
+            base64(b"jilles\0jilles\0sesame"),
+            "amlsbGVzAGppbGxlcwBzZXNhbWU="
+        );
+        assert_eq!(authenticate_pieces(b""), ["+"]);
+        let exact = authenticate_pieces(&[b'a'; 300]);
+        assert_eq!(exact.len(), 2);
+        assert_eq!(exact[0].len(), 400);
+        assert_eq!(exact[1], "+");
+        let longer = authenticate_pieces(&[b'a'; 301]);
+        assert_eq!(longer.len(), 2);
+        assert_eq!(longer[1].len(), 4);
     }
 
     /// The next message with `command`, within 10 s.
@@ -324,7 +656,11 @@ mod tests {
         let Some(server) = ngircd().await else {
             return;
         };
-        let address = format!("127.0.0.1:{}", server.port);
+        let address = Target {
+            address: format!("127.0.0.1:{}", server.port),
+            host: "127.0.0.1".into(),
+            tls: Tls::Off,
+        };
         let within = Duration::from_secs(10);
         let mut alice = Connection::connect(&address, &registration("alice"), within)
             .await

@@ -1,8 +1,516 @@
-//! The IRC bridge (`kind = "irc"`, issue 14), being built in steps. So far: the wire format
-//! ([`wire`]), which every later part (connections, rooms, IRCv3) reads and writes through,
-//! the bounded reader of a server's lines ([`reader`]), and one registered connection
-//! ([`connection`]). It is not registered as a bridge kind yet.
+//! The IRC bridge (`kind = "irc"`): every XMPP user gets their own IRC connection per
+//! server, channels are rooms, people are contacts, with Biboumi's addresses
+//! (`#chan%irc.example.net@irc.gw`, `nick%irc.example.net@irc.gw`).
+//!
+//! Layout:
+//! - [`config`]: the bridge's keys: the servers users may reach, flood control.
+//! - [`address`]: reading and writing addresses.
+//! - [`wire`], [`reader`]: the IRC line format, and reading a server's lines with bounded
+//!   memory.
+//! - [`connection`]: one registered connection (TCP, TLS, CAP, SASL).
+//! - [`client`]: one user's connection as a task: reconnection, flood control, and what
+//!   the server says turned into room events and messages.
+//! - [`state`]: what the connections of one server share (channels, members, who reports).
+//! - [`text`]: formatting codes, CTCP and `/me`.
 
+pub mod address;
+pub mod client;
+pub mod config;
 pub mod connection;
 pub mod reader;
+pub mod state;
+pub mod text;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jabbridge_sdk::{
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, ForeignId, JoinError,
+    JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt, RoomActionError, RoomId,
+    RoomListing, RoomPost, SendError, SendOutcome, SessionEnd, Settings, UserJid, async_trait,
+};
+use tokio::sync::oneshot;
+
+use crate::address::{Address, Addressing};
+use crate::client::{Client, Command, Setup};
+use crate::config::{IrcConfig, NetworkConfig};
+use crate::connection::{Registration, Target};
+use crate::state::{ClientHandle, Network};
+
+/// How long a connection with no channel stays open after the last private message.
+const IDLE_CLOSE: Duration = Duration::from_secs(600);
+
+/// Builds the bridge from its `[[bridge]]` section.
+pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
+    let config: IrcConfig = settings.parse()?;
+    config.validate()?;
+    Ok(Arc::new(IrcBridge::new(config, core)))
+}
+
+/// One configured server and the state its connections share.
+struct Server {
+    config: Arc<NetworkConfig>,
+    shared: Arc<Network>,
+}
+
+/// The bridge.
+pub struct IrcBridge {
+    core: Core,
+    config: IrcConfig,
+    addressing: Addressing,
+    servers: BTreeMap<String, Server>,
+}
+
+impl IrcBridge {
+    fn new(mut config: IrcConfig, core: Core) -> Self {
+        let networks = std::mem::take(&mut config.network);
+        let addressing = Addressing::new(
+            networks
+                .iter()
+                .map(|network| network.name.clone())
+                .collect(),
+            config.fixed_server.clone(),
+        );
+        let servers = networks
+            .into_iter()
+            .map(|network| {
+                let server = Server {
+                    config: Arc::new(network),
+                    shared: Arc::new(Network::default()),
+                };
+                (server.config.name.clone(), server)
+            })
+            .collect();
+        Self {
+            core,
+            config,
+            addressing,
+            servers,
+        }
+    }
+
+    /// `user`'s connection to `network`, started (with `nick` when it is new) if there is
+    /// none.
+    fn client(&self, user: &UserJid, network: &str, nick: Option<&str>) -> Option<ClientHandle> {
+        let server = self.servers.get(network)?;
+        let mut shared = server.shared.lock();
+        if let Some(handle) = shared.clients.get(user)
+            && !handle.commands.is_closed()
+        {
+            return Some(handle.clone());
+        }
+        let config = &server.config;
+        let jid = user.as_str();
+        let nick = nick
+            .filter(|nick| address::check_nick(nick).is_ok())
+            .map_or_else(|| config::fill(&config.nick, jid), str::to_owned);
+        let username: String = config::fill(&config.username, jid)
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(10)
+            .collect();
+        let setup = Setup {
+            network: network.to_owned(),
+            target: Target {
+                address: config.address(),
+                host: config.host().to_owned(),
+                tls: config.tls,
+            },
+            registration: Registration {
+                nick,
+                username: if username.is_empty() {
+                    "jabbridge".into()
+                } else {
+                    username
+                },
+                realname: config::fill(&config.realname, jid),
+                password: config.password.clone(),
+                sasl: None,
+            },
+            flood: self.config.flood,
+            connect_timeout: self.config.connect_timeout,
+            reconnect_max: self.config.reconnect_max,
+            idle_close: IDLE_CLOSE,
+            addressing: self.addressing.clone(),
+        };
+        let (client, handle) = Client::new(
+            user.clone(),
+            setup,
+            server.shared.clone(),
+            self.core.clone(),
+        );
+        shared.clients.insert(user.clone(), handle.clone());
+        drop(shared);
+        tokio::spawn(client.run());
+        Some(handle)
+    }
+
+    /// The connection `user` already has to `network`, if any.
+    fn existing(&self, user: &UserJid, network: &str) -> Option<ClientHandle> {
+        let server = self.servers.get(network)?;
+        server.shared.lock().clients.get(user).cloned()
+    }
+
+    /// `room`'s network and channel.
+    fn channel_of(&self, room: &RoomId) -> Option<(String, String)> {
+        match self.addressing.parse(room.as_str()) {
+            Ok(Address::Channel { network, channel }) => Some((network, channel)),
+            _ => None,
+        }
+    }
+
+    /// Sends a command to a user's connection and waits for the answer.
+    async fn ask<T>(
+        handle: &ClientHandle,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        handle.commands.send(make(reply)).await.ok()?;
+        answer.await.ok()
+    }
+
+    /// Sends a raw command for `user` on `network`, when they are connected there.
+    async fn send_command(
+        &self,
+        user: &UserJid,
+        network: &str,
+        command: &str,
+        params: Vec<String>,
+    ) -> Result<(), RoomActionError> {
+        let handle = self.existing(user, network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let sent = Self::ask(&handle, |reply| Command::Send {
+            command: command.to_owned(),
+            params,
+            reply,
+        })
+        .await;
+        match sent {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(RoomActionError::Forbidden(reason)),
+            None => Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Bridge for IrcBridge {
+    fn info(&self) -> BridgeInfo {
+        BridgeInfo {
+            gateway_type: "irc".into(),
+            name: "IRC gateway".into(),
+            capabilities: {
+                let mut capabilities = Capabilities::default();
+                capabilities.rooms = true;
+                capabilities
+            },
+            registration: None,
+            prompt: Prompt {
+                description: "Enter a nick and its server, e.g. alice%irc.example.net".into(),
+                prompt: "Nick".into(),
+            },
+        }
+    }
+
+    async fn run(&self, shutdown: jabbridge_sdk::Shutdown) -> Result<(), BridgeError> {
+        shutdown.wait().await;
+        for server in self.servers.values() {
+            let clients: Vec<ClientHandle> =
+                server.shared.lock().clients.values().cloned().collect();
+            for client in clients {
+                client.stop.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {
+        match self.addressing.parse(localpart).map_err(AddressError)? {
+            Address::Channel { .. } => Err(AddressError(format!(
+                "'{localpart}' is a channel: join it as a room"
+            ))),
+            Address::Nick { network, nick } => {
+                Ok(ForeignId::new(self.addressing.format(&network, &nick)))
+            }
+            Address::Server { network } => {
+                Ok(ForeignId::new(self.addressing.format_server(&network)))
+            }
+        }
+    }
+
+    fn parse_room(&self, localpart: &str) -> Option<RoomId> {
+        let Ok(Address::Channel { network, channel }) = self.addressing.parse(localpart) else {
+            return None;
+        };
+        let server = self.servers.get(&network)?;
+        let folded = server.shared.lock().fold(&channel);
+        Some(RoomId::new(self.addressing.format(&network, &folded)))
+    }
+
+    fn describe(&self, _user: &jabbridge_sdk::UserJid) -> Option<String> {
+        let names: Vec<&str> = self.servers.keys().map(String::as_str).collect();
+        Some(if self.config.fixed_server.is_some() {
+            "Join a channel as the room #channel@this-gateway; write to nick@this-gateway."
+                .to_owned()
+        } else {
+            format!(
+                "Join a channel as the room #channel%server@this-gateway; write to \
+                 nick%server@this-gateway. Servers: {}.",
+                names.join(", ")
+            )
+        })
+    }
+
+    async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        // A private message to a room's occupant (XEP-0045 §7.5) is a query to their nick.
+        let address = match &message.room {
+            Some(room) => {
+                let (network, _) = self.channel_of(room).ok_or_else(|| SendError::Permanent {
+                    reason: format!("'{room}' is not a channel"),
+                })?;
+                let nick = message.contact.as_str().to_owned();
+                address::check_nick(&nick).map_err(|reason| SendError::Permanent { reason })?;
+                Address::Nick { network, nick }
+            }
+            None => self
+                .addressing
+                .parse(message.contact.as_str())
+                .map_err(|reason| SendError::Permanent { reason })?,
+        };
+        let (network, target) = match address {
+            Address::Nick { network, nick } => (network, nick),
+            Address::Channel { .. } => {
+                return Err(SendError::Permanent {
+                    reason: "join the channel as a room to talk in it".into(),
+                });
+            }
+            Address::Server { network } => {
+                return self.raw(&message.user, &network, &message.text).await;
+            }
+        };
+        let handle =
+            self.client(&message.user, &network, None)
+                .ok_or_else(|| SendError::Permanent {
+                    reason: format!("'{network}' is not an IRC server this gateway reaches"),
+                })?;
+        let said = Self::ask(&handle, |reply| Command::Say {
+            target,
+            text: message.text,
+            reply,
+        })
+        .await;
+        match said {
+            Some(Ok(())) => Ok(SendOutcome::Sent),
+            Some(Err(error)) => Err(error),
+            None => Err(SendError::Transient {
+                reason: format!("the connection to {network} closed"),
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+        }
+    }
+
+    async fn stop_session(&self, user: &UserJid, _why: SessionEnd) {
+        for server in self.servers.values() {
+            let handle = server.shared.lock().clients.get(user).cloned();
+            if let Some(handle) = handle {
+                handle.stop.notify_one();
+            }
+        }
+    }
+
+    async fn join_room(&self, request: JoinRequest) -> Result<Joined, JoinError> {
+        let (network, channel) = self
+            .channel_of(&request.room)
+            .ok_or_else(|| JoinError::NoSuchRoom(format!("'{}' is not a channel", request.room)))?;
+        let handle = self
+            .client(&request.user, &network, Some(&request.nick))
+            .ok_or_else(|| {
+                JoinError::NoSuchRoom(format!("'{network}' is not a server this gateway reaches"))
+            })?;
+        let room = request.room.clone();
+        let key = request.password;
+        let joined = Self::ask(&handle, |reply| Command::Join {
+            channel,
+            room,
+            key,
+            reply,
+        })
+        .await;
+        joined.unwrap_or_else(|| {
+            Err(JoinError::Unavailable(format!(
+                "the connection to {network} closed"
+            )))
+        })
+    }
+
+    async fn list_rooms(&self, user: &UserJid) -> Result<Vec<RoomListing>, RoomActionError> {
+        // The servers the user is connected to list their channels; none is dialled for it.
+        let mut listed = Vec::new();
+        for network in self.servers.keys() {
+            let Some(handle) = self.existing(user, network) else {
+                continue;
+            };
+            if let Some(rooms) = Self::ask(&handle, |reply| Command::List { reply }).await {
+                listed.extend(rooms);
+            }
+        }
+        Ok(listed)
+    }
+
+    async fn leave_room(&self, user: &UserJid, room: &RoomId) {
+        let Some((network, channel)) = self.channel_of(room) else {
+            return;
+        };
+        if let Some(handle) = self.existing(user, &network) {
+            let _ = handle.commands.send(Command::Part { channel }).await;
+        }
+    }
+
+    async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
+        let (network, channel) =
+            self.channel_of(&post.room)
+                .ok_or_else(|| SendError::Permanent {
+                    reason: format!("'{}' is not a channel", post.room),
+                })?;
+        let handle = self
+            .existing(&post.user, &network)
+            .ok_or_else(|| SendError::Permanent {
+                reason: format!("you are not connected to {network}: join the room again"),
+            })?;
+        let posted = Self::ask(&handle, |reply| Command::Post {
+            channel,
+            text: post.text,
+            id: post.id,
+            reply,
+        })
+        .await;
+        posted.unwrap_or_else(|| {
+            Err(SendError::Permanent {
+                reason: format!("the connection to {network} closed before the message went"),
+            })
+        })
+    }
+
+    async fn set_subject(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        subject: &str,
+    ) -> Result<(), RoomActionError> {
+        let (network, channel) = self
+            .channel_of(room)
+            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        let topic: String = subject.replace(['\r', '\n'], " ");
+        self.send_command(user, &network, "TOPIC", vec![channel, topic])
+            .await
+    }
+
+    async fn change_nick(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        nick: &str,
+    ) -> Result<(), RoomActionError> {
+        let (network, _) = self
+            .channel_of(room)
+            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        address::check_nick(nick).map_err(RoomActionError::Forbidden)?;
+        self.send_command(user, &network, "NICK", vec![nick.to_owned()])
+            .await
+    }
+
+    async fn moderate(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        action: Moderation,
+    ) -> Result<(), RoomActionError> {
+        let (network, channel) = self
+            .channel_of(room)
+            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        let reason = |reason: Option<String>| reason.unwrap_or_default().replace(['\r', '\n'], " ");
+        match action {
+            Moderation::Kick { nick, reason: why } => {
+                self.send_command(user, &network, "KICK", vec![channel, nick, reason(why)])
+                    .await
+            }
+            Moderation::Ban { nick, reason: why } => {
+                let mask = format!("{nick}!*@*");
+                self.send_command(
+                    user,
+                    &network,
+                    "MODE",
+                    vec![channel.clone(), "+b".into(), mask],
+                )
+                .await?;
+                self.send_command(user, &network, "KICK", vec![channel, nick, reason(why)])
+                    .await
+            }
+            Moderation::SetRole { nick, role } => {
+                let mode = match role {
+                    jabbridge_sdk::Role::Moderator => "+o",
+                    jabbridge_sdk::Role::Participant => "-o",
+                    jabbridge_sdk::Role::Visitor => "-v",
+                };
+                self.send_command(user, &network, "MODE", vec![channel, mode.into(), nick])
+                    .await
+            }
+        }
+    }
+}
+
+impl IrcBridge {
+    /// A user's line to a server's address: a raw command where the admin allows them.
+    async fn raw(
+        &self,
+        user: &UserJid,
+        network: &str,
+        text: &str,
+    ) -> Result<SendOutcome, SendError> {
+        if !self.config.raw_commands {
+            return Err(SendError::Permanent {
+                reason: "raw IRC commands are turned off on this gateway".into(),
+            });
+        }
+        let line = text.trim();
+        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let mut params: Vec<String> = Vec::new();
+        let mut rest = rest.trim_start();
+        while !rest.is_empty() {
+            if let Some(trailing) = rest.strip_prefix(':') {
+                params.push(trailing.to_owned());
+                break;
+            }
+            let (param, more) = rest.split_once(' ').unwrap_or((rest, ""));
+            params.push(param.to_owned());
+            rest = more.trim_start();
+        }
+        let handle = self
+            .client(user, network, None)
+            .ok_or_else(|| SendError::Permanent {
+                reason: format!("'{network}' is not an IRC server this gateway reaches"),
+            })?;
+        let sent = Self::ask(&handle, |reply| Command::Send {
+            command: command.to_ascii_uppercase(),
+            params,
+            reply,
+        })
+        .await;
+        match sent {
+            Some(Ok(())) => Ok(SendOutcome::Sent),
+            Some(Err(reason)) => Err(SendError::Permanent { reason }),
+            None => Err(SendError::Transient {
+                reason: format!("the connection to {network} closed"),
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+        }
+    }
+}

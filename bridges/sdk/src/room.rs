@@ -271,6 +271,16 @@ pub enum RoomEvent {
     /// Someone's reactions to a message changed. Reactions to a message the core never saw
     /// are ignored.
     Reacted(Reaction),
+    /// Something the room itself says, not one of its occupants: the network's notice, or
+    /// news of a user's link to it ("reconnecting…"). Shown as a message from the room's
+    /// address, to `user`'s resources only when set (to everyone in the room otherwise);
+    /// never archived.
+    Notice {
+        /// Whom it is for; `None`: everyone in the room.
+        user: Option<UserJid>,
+        /// What it says.
+        text: String,
+    },
 }
 
 /// What a moderator asks of the network through [`crate::Bridge::moderate`] (XEP-0045 §8-9).

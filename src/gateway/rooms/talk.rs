@@ -912,6 +912,20 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                     member.nick.clone_from(&new);
                 }
             }
+            RoomEvent::Notice { user, text } => {
+                let mut text = text;
+                crate::xmpp::xml_safe::clean(&mut text);
+                let id = uuid::Uuid::new_v4().to_string();
+                for (member, _, to) in &everyone {
+                    if user.as_ref().is_some_and(|user| user.as_str() != member) {
+                        continue;
+                    }
+                    if let Ok(to) = to.parse() {
+                        let from = Jid::from(room_jid.clone());
+                        stanzas.push(muc::notice(from, to, &text, &id));
+                    }
+                }
+            }
             RoomEvent::Subject(subject) => {
                 let from = subject
                     .by

@@ -1,0 +1,1726 @@
+//! One user's connection to one IRC server, as a task of its own: it connects (and
+//! reconnects with backoff and jitter, rejoining every channel), takes the bridge's
+//! [`Command`]s, paces what it writes with a token bucket (flood control that never holds up
+//! another user), and turns what the server says into room events and messages for the
+//! core, for the channels it reports ([`crate::state`]) and for itself.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
+use jabbridge_sdk::{
+    Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted, RoomEvent, RoomId,
+    RoomListing, RoomMessage, SendError, Subject, UserJid, UserStatus,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::address::{Addressing, CHANNEL_PREFIXES};
+use crate::config::Flood;
+use crate::connection::{ConnectError, Connection, Registration, Target, WANTED_CAPS, WriteHalf};
+use crate::state::{self, Channel, Member, Network};
+use crate::text::{self, Said};
+use crate::wire::{self, Message};
+
+/// What the bridge asks of a user's connection.
+#[derive(Debug)]
+pub enum Command {
+    /// Join a channel; the answer comes once the server listed its members.
+    Join {
+        /// The channel.
+        channel: String,
+        /// The room it is.
+        room: RoomId,
+        /// Its key, if the user gave one.
+        key: Option<SecretString>,
+        /// The answer.
+        reply: oneshot::Sender<Result<Joined, JoinError>>,
+    },
+    /// Leave a channel.
+    Part {
+        /// The channel.
+        channel: String,
+    },
+    /// Say something in a channel for the user.
+    Post {
+        /// The channel.
+        channel: String,
+        /// The user's text.
+        text: String,
+        /// The post's id, for the echo.
+        id: MessageId,
+        /// The answer: once the lines are written, or echoed with `echo-message`.
+        reply: oneshot::Sender<Result<Posted, SendError>>,
+    },
+    /// Say something to a nick (a query), or to a channel without a room (a raw target).
+    Say {
+        /// The nick.
+        target: String,
+        /// The user's text.
+        text: String,
+        /// The answer, once the lines are written.
+        reply: oneshot::Sender<Result<(), SendError>>,
+    },
+    /// Send a command as it is (a topic, a kick, a nick change, a user's raw line).
+    Send {
+        /// The command.
+        command: String,
+        /// Its parameters.
+        params: Vec<String>,
+        /// The answer, once it is written.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// List a channel's members again and report the difference (this connection now
+    /// reports the channel, and the one that did went down).
+    Resync {
+        /// The channel, folded.
+        channel: String,
+    },
+    /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
+    List {
+        /// The answer, once the list ended (or the most were read).
+        reply: oneshot::Sender<Vec<RoomListing>>,
+    },
+}
+
+/// The most channels a `LIST` answer keeps.
+pub const MAX_LISTED: usize = 1000;
+
+/// How a connection is set up and paced.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The network's configured name.
+    pub network: String,
+    /// Where to connect.
+    pub target: Target,
+    /// Who to register as.
+    pub registration: Registration,
+    /// Flood control.
+    pub flood: Flood,
+    /// How long registration may take.
+    pub connect_timeout: Duration,
+    /// The longest wait between attempts.
+    pub reconnect_max: Duration,
+    /// How long a connection with no channel stays open after the last private message.
+    pub idle_close: Duration,
+    /// How addresses are written.
+    pub addressing: Addressing,
+}
+
+/// A join waiting for the server's answer.
+struct PendingJoin {
+    room: RoomId,
+    reply: oneshot::Sender<Result<Joined, JoinError>>,
+}
+
+/// A post waiting for its echo (`echo-message`): the lines still to come back.
+struct PendingEcho {
+    id: MessageId,
+    text: String,
+    remaining: usize,
+    /// The first line's id and time, which the reflection carries.
+    first: Option<(MessageId, Option<SystemTime>)>,
+    reply: oneshot::Sender<Result<Posted, SendError>>,
+}
+
+/// A line waiting for its turn (flood control), and who to tell when it is written.
+struct Queued {
+    line: String,
+    done: Option<Done>,
+}
+
+enum Done {
+    Posted(oneshot::Sender<Result<Posted, SendError>>),
+    Said(oneshot::Sender<Result<(), SendError>>),
+    Sent(oneshot::Sender<Result<(), String>>),
+}
+
+/// Why serving a connection ended.
+enum End {
+    /// The user quit (or the bridge stops, or the connection sat idle).
+    Quit,
+    /// The connection was lost: reconnect.
+    Lost(String),
+}
+
+/// A source of ids for messages the server gave none.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn made_up_id(network: &str) -> MessageId {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let count = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    MessageId::new(format!("{network}:{now:x}:{count:x}"))
+}
+
+/// The time of a line (IRCv3 `server-time`), when it has one.
+fn server_time(message: &Message) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(message.tag("time")?).ok()
+}
+
+/// One user's connection to one server.
+pub struct Client {
+    user: UserJid,
+    setup: Setup,
+    network: Arc<Network>,
+    core: Core,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<tokio::sync::Notify>,
+    commands: mpsc::Receiver<Command>,
+    /// The nick the server gave us.
+    nick: String,
+    caps: BTreeSet<String>,
+    account: Option<String>,
+    server_name: String,
+    /// Whether the user got the server's greeting (MOTD) already.
+    greeted: bool,
+    /// ISUPPORT's PREFIX: the modes and their symbols.
+    prefix_modes: (String, String),
+    /// ISUPPORT's CHANMODES: the four lists.
+    chanmodes: [String; 4],
+    chantypes: String,
+    /// Channels we are in (or rejoining), folded → as spelled.
+    channels: HashMap<String, String>,
+    /// Channels being rejoined after a reconnection.
+    rejoining: HashSet<String>,
+    /// Channels we asked to leave.
+    parting: HashSet<String>,
+    pending_joins: HashMap<String, PendingJoin>,
+    /// NAMES being read, per folded channel.
+    names: HashMap<String, Vec<Member>>,
+    echoes: HashMap<String, VecDeque<PendingEcho>>,
+    /// A `LIST` being read, and who waits for it.
+    listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>)>,
+    queue: VecDeque<Queued>,
+    tokens: f64,
+    refilled: Instant,
+    /// The last private message either way, or the last channel left.
+    active: Instant,
+}
+
+impl Client {
+    /// A connection for `user`, not started: [`Client::run`] it in a task. Returns the
+    /// handle others use.
+    pub fn new(
+        user: UserJid,
+        setup: Setup,
+        network: Arc<Network>,
+        core: Core,
+    ) -> (Self, state::ClientHandle) {
+        let (sender, commands) = mpsc::channel(256);
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let handle = state::ClientHandle {
+            commands: sender,
+            up: up.clone(),
+            stop: stop.clone(),
+        };
+        let nick = setup.registration.nick.clone();
+        let burst = f64::from(setup.flood.burst);
+        let client = Self {
+            user,
+            setup,
+            network,
+            core,
+            up,
+            stop,
+            commands,
+            nick,
+            caps: BTreeSet::new(),
+            account: None,
+            server_name: String::new(),
+            greeted: false,
+            prefix_modes: state::prefix_modes(None),
+            chanmodes: Default::default(),
+            chantypes: "#&".into(),
+            channels: HashMap::new(),
+            rejoining: HashSet::new(),
+            parting: HashSet::new(),
+            pending_joins: HashMap::new(),
+            names: HashMap::new(),
+            echoes: HashMap::new(),
+            listing: None,
+            queue: VecDeque::new(),
+            tokens: burst,
+            refilled: Instant::now(),
+            active: Instant::now(),
+        };
+        (client, handle)
+    }
+
+    /// Connects, serves, reconnects, until told to quit.
+    pub async fn run(mut self) {
+        let mut failures: u32 = 0;
+        loop {
+            let attempt = Connection::connect(
+                &self.setup.target,
+                &self.setup.registration,
+                self.setup.connect_timeout,
+            );
+            // Commands wait while connecting, except a quit.
+            let stop = self.stop.clone();
+            let connected = tokio::select! {
+                connected = attempt => connected,
+                () = stop.notified() => break,
+            };
+            let mut refused = false;
+            let end = match connected {
+                Ok(connection) => {
+                    failures = 0;
+                    self.serve(connection).await
+                }
+                Err(error) => {
+                    refused = matches!(error, ConnectError::Sasl(_));
+                    End::Lost(error.to_string())
+                }
+            };
+            let reason = match end {
+                End::Quit => break,
+                End::Lost(reason) => reason,
+            };
+            self.went_down(&reason, refused).await;
+            // Credentials the server refused stay refused: wait the longest.
+            failures = if refused {
+                u32::MAX
+            } else {
+                failures.saturating_add(1)
+            };
+            let wait = backoff(failures, self.setup.reconnect_max);
+            tracing::info!(user = %self.user, network = %self.setup.network, %reason,
+                wait = ?wait, "IRC connection down; reconnecting");
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = stop.notified() => {
+                        self.forget().await;
+                        return;
+                    }
+                    command = self.commands.recv() => match command {
+                        None => {
+                            self.forget().await;
+                            return;
+                        }
+                        Some(command) => self.refuse(command, &reason),
+                    },
+                }
+            }
+        }
+        self.forget().await;
+    }
+
+    /// Answers a command while the connection is down.
+    fn refuse(&mut self, command: Command, reason: &str) {
+        let why = format!("{} is not reachable now ({reason})", self.setup.network);
+        match command {
+            Command::Join { reply, .. } => {
+                let _ = reply.send(Err(JoinError::Unavailable(why)));
+            }
+            Command::Post { reply, .. } => {
+                let _ = reply.send(Err(SendError::Permanent { reason: why }));
+            }
+            Command::Say { reply, .. } => {
+                let _ = reply.send(Err(SendError::Transient {
+                    reason: why,
+                    retry_after: Some(Duration::from_secs(5)),
+                }));
+            }
+            Command::Send { reply, .. } => {
+                let _ = reply.send(Err(why));
+            }
+            Command::Part { channel } => {
+                let folded = self.fold(&channel);
+                self.channels.remove(&folded);
+                self.rejoining.remove(&folded);
+                self.left_channel(&folded);
+            }
+            Command::List { reply } => {
+                let _ = reply.send(Vec::new());
+            }
+            Command::Resync { .. } => {}
+        }
+    }
+
+    /// Takes the client out of the shared state: its nick, its channels, its handle.
+    async fn forget(&mut self) {
+        self.up.store(false, Ordering::Relaxed);
+        let mut net = self.network.lock();
+        let folded = net.fold(&self.nick);
+        if net.own.get(&folded) == Some(&self.user) {
+            net.own.remove(&folded);
+        }
+        if net
+            .clients
+            .get(&self.user)
+            .is_some_and(|client| Arc::ptr_eq(&client.up, &self.up))
+        {
+            net.clients.remove(&self.user);
+        }
+        drop(net);
+        for folded in std::mem::take(&mut self.channels).into_keys() {
+            self.left_channel(&folded);
+        }
+    }
+
+    /// Takes the user out of a channel's shared state (and the channel, when they were the
+    /// last of ours in it).
+    fn left_channel(&self, folded: &str) {
+        let mut net = self.network.lock();
+        let own = net.fold(&self.nick);
+        let empty = match net.channels.get_mut(folded) {
+            Some(channel) => {
+                channel.users.retain(|user| *user != self.user);
+                channel.members.remove(&own);
+                channel.users.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            net.channels.remove(folded);
+        }
+    }
+
+    /// The connection went down: fail what waits, hand the channels this connection
+    /// reported to another, and tell the user.
+    async fn went_down(&mut self, reason: &str, refused: bool) {
+        self.up.store(false, Ordering::Relaxed);
+        for (_, pending) in self.pending_joins.drain() {
+            let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
+                "the connection to {} was lost: {reason}",
+                self.setup.network
+            ))));
+        }
+        for (_, echoes) in self.echoes.drain() {
+            for echo in echoes {
+                let _ = echo.reply.send(Err(SendError::Permanent {
+                    reason: format!(
+                        "the connection to IRC was lost before the message was sent: {reason}"
+                    ),
+                }));
+            }
+        }
+        for queued in self.queue.drain(..) {
+            fail(
+                queued.done,
+                "the connection to IRC was lost before the message was sent",
+            );
+        }
+        if let Some((listed, reply)) = self.listing.take() {
+            let _ = reply.send(listed);
+        }
+        self.names.clear();
+        // Whoever reports each channel now lists its members again: events were missed.
+        let resyncs: Vec<_> = {
+            let net = self.network.lock();
+            self.channels
+                .keys()
+                .filter_map(|folded| {
+                    let channel = net.channels.get(folded)?;
+                    let reporter = net.reporter(channel)?;
+                    let handle = net.clients.get(reporter)?;
+                    Some((handle.commands.clone(), folded.clone()))
+                })
+                .collect()
+        };
+        for (commands, channel) in resyncs {
+            let _ = commands.try_send(Command::Resync { channel });
+        }
+        let text = format!(
+            "Disconnected from {} ({reason}); reconnecting.",
+            self.setup.network
+        );
+        let status = if refused {
+            UserStatus::BadCredentials(format!(
+                "{} refused your login ({reason}): check your IRC settings",
+                self.setup.network
+            ))
+        } else {
+            UserStatus::Unavailable(text.clone())
+        };
+        let _ = self.core.set_status(self.user.clone(), status).await;
+        self.tell_rooms(&text).await;
+    }
+
+    /// Tells the user, in each of their rooms, what happened to their connection.
+    async fn tell_rooms(&self, text: &str) {
+        let rooms: Vec<RoomId> = {
+            let net = self.network.lock();
+            self.channels
+                .keys()
+                .filter_map(|folded| net.channels.get(folded).map(|c| c.room.clone()))
+                .collect()
+        };
+        for room in rooms {
+            let notice = RoomEvent::Notice {
+                user: Some(self.user.clone()),
+                text: text.to_owned(),
+            };
+            if let Err(error) = self.core.room_event(&room, notice).await {
+                tracing::debug!(%error, "could not tell a room");
+            }
+        }
+    }
+
+    /// Serves one registered connection until it ends.
+    async fn serve(&mut self, mut connection: Connection) -> End {
+        let previous = std::mem::replace(&mut self.nick, connection.nick.clone());
+        self.caps = std::mem::take(&mut connection.caps);
+        self.account = connection.account.take();
+        self.server_name = std::mem::take(&mut connection.server_name);
+        self.read_isupport(&connection.isupport);
+        {
+            let mut net = self.network.lock();
+            if let Some(mapping) = connection.isupport.get("CASEMAPPING") {
+                net.casemapping = wire::CaseMapping::from_isupport(mapping);
+            }
+            let old = net.fold(&previous);
+            if net.own.get(&old) == Some(&self.user) {
+                net.own.remove(&old);
+            }
+            let folded = net.fold(&self.nick);
+            net.own.insert(folded, self.user.clone());
+        }
+        self.up.store(true, Ordering::Relaxed);
+        let status = match &self.account {
+            Some(account) => format!("Connected to {} as {account}", self.setup.network),
+            None => format!("Connected to {}", self.setup.network),
+        };
+        let _ = self
+            .core
+            .set_status(self.user.clone(), UserStatus::Connected(Some(status)))
+            .await;
+        let greeting = std::mem::take(&mut connection.greeting);
+        if !std::mem::replace(&mut self.greeted, true) && !greeting.is_empty() {
+            // The server's notices and MOTD, once per connection's life, from its address.
+            let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
+            self.server_says_plain(&text.join("\n")).await;
+        }
+        if !self.channels.is_empty() {
+            // A reconnection: the user keeps their rooms, under the nick they have now.
+            if previous != self.nick {
+                self.renamed_self(&previous).await;
+            }
+            self.tell_rooms(&format!(
+                "Reconnected to {}; rejoining.",
+                self.setup.network
+            ))
+            .await;
+            let channels: Vec<_> = self
+                .channels
+                .iter()
+                .map(|(folded, name)| (folded.clone(), name.clone()))
+                .collect();
+            for (folded, name) in channels {
+                self.rejoining.insert(folded);
+                self.enqueue("JOIN", &[&name], None);
+            }
+        }
+        let mut writer = connection.writer;
+        let mut reader = connection.reader;
+        let stop = self.stop.clone();
+        loop {
+            let next_flush = self.next_flush();
+            let idle = self.channels.is_empty() && self.pending_joins.is_empty();
+            let idle_until = tokio::time::Instant::from_std(self.active + self.setup.idle_close);
+            tokio::select! {
+                line = reader.next_line() => {
+                    let message = match line {
+                        Ok(Some(line)) => match wire::parse(&line.text) {
+                            Ok(message) => message,
+                            Err(_) => continue,
+                        },
+                        Ok(None) => return End::Lost("the server closed the connection".into()),
+                        Err(error) => return End::Lost(error.to_string()),
+                    };
+                    if message.command == "PING" {
+                        let token = message.params.first().map(String::as_str).unwrap_or("");
+                        if let Ok(pong) = wire::line(&[], "PONG", &[token])
+                            && let Err(error) = writer.write_all(pong.as_bytes()).await
+                        {
+                            return End::Lost(error.to_string());
+                        }
+                        continue;
+                    }
+                    if message.command == "ERROR" {
+                        let reason = message.params.last().cloned().unwrap_or_default();
+                        return End::Lost(format!("the server said: {reason}"));
+                    }
+                    self.on_message(message).await;
+                }
+                () = stop.notified() => {
+                    self.enqueue("QUIT", &["Leaving"], None);
+                    self.tokens = f64::MAX;
+                    let _ = self.flush(&mut writer).await;
+                    let _ = writer.shutdown().await;
+                    return End::Quit;
+                }
+                command = self.commands.recv() => match command {
+                    None => return End::Quit,
+                    Some(command) => self.on_command(command),
+                },
+                () = sleep_until(next_flush) => {}
+                () = tokio::time::sleep_until(idle_until), if idle => {
+                    self.enqueue("QUIT", &["Leaving"], None);
+                    self.tokens = f64::MAX;
+                    let _ = self.flush(&mut writer).await;
+                    return End::Quit;
+                }
+            }
+            if let Err(error) = self.flush(&mut writer).await {
+                return End::Lost(error.to_string());
+            }
+        }
+    }
+
+    fn read_isupport(&mut self, isupport: &HashMap<String, String>) {
+        self.prefix_modes = state::prefix_modes(isupport.get("PREFIX").map(String::as_str));
+        if let Some(types) = isupport.get("CHANTYPES") {
+            self.chantypes = types.clone();
+        }
+        if let Some(modes) = isupport.get("CHANMODES") {
+            let mut lists = modes.split(',').map(str::to_owned);
+            self.chanmodes = std::array::from_fn(|_| lists.next().unwrap_or_default());
+        } else {
+            self.chanmodes = ["beI".into(), "k".into(), "l".into(), "imnpst".into()];
+        }
+    }
+
+    fn fold(&self, name: &str) -> String {
+        self.network.lock().fold(name)
+    }
+
+    fn is_channel(&self, target: &str) -> bool {
+        target
+            .chars()
+            .next()
+            .is_some_and(|c| self.chantypes.contains(c) || CHANNEL_PREFIXES.contains(&c))
+    }
+
+    /// When the next queued line may go; `None` when nothing waits.
+    fn next_flush(&self) -> Option<tokio::time::Instant> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        if self.setup.flood.per_second <= 0.0 || self.tokens >= 1.0 {
+            return Some(tokio::time::Instant::now());
+        }
+        let wait = (1.0 - self.tokens) / self.setup.flood.per_second;
+        Some(tokio::time::Instant::from_std(
+            self.refilled + Duration::from_secs_f64(wait),
+        ))
+    }
+
+    /// Queues one line (checked by [`wire::line`]); `done` hears when it is written.
+    fn enqueue(&mut self, command: &str, params: &[&str], done: Option<Done>) {
+        match wire::line(&[], command, params) {
+            Ok(line) => self.queue.push_back(Queued { line, done }),
+            Err(error) => fail(done, &error.to_string()),
+        }
+    }
+
+    /// Writes what the flood control lets go now, in one write.
+    async fn flush(&mut self, writer: &mut WriteHalf) -> std::io::Result<()> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let flood = self.setup.flood;
+        let count = if flood.per_second <= 0.0 {
+            self.queue.len()
+        } else {
+            let now = Instant::now();
+            let gained = now.duration_since(self.refilled).as_secs_f64() * flood.per_second;
+            self.tokens = (self.tokens + gained).min(f64::from(flood.burst));
+            self.refilled = now;
+            (self.tokens.floor() as usize).min(self.queue.len())
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        let mut out = String::new();
+        let mut done = Vec::new();
+        for queued in self.queue.drain(..count) {
+            out.push_str(&queued.line);
+            done.extend(queued.done);
+        }
+        if flood.per_second > 0.0 {
+            self.tokens -= count as f64;
+        }
+        writer.write_all(out.as_bytes()).await?;
+        for done in done {
+            match done {
+                Done::Posted(reply) => {
+                    let _ = reply.send(Ok(Posted::Reflect { foreign_id: None }));
+                }
+                Done::Said(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+                Done::Sent(reply) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of text one `PRIVMSG` to `target` carries, once the server puts our
+    /// `nick!user@host` in front (the host taken at its longest, 63 bytes).
+    fn budget(&self, target: &str) -> usize {
+        let source = self.nick.len() + 1 + self.setup.registration.username.len() + 1 + 1 + 63;
+        wire::text_budget(source, "PRIVMSG", target)
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Join {
+                channel,
+                room,
+                key,
+                reply,
+            } => {
+                let folded = self.fold(&channel);
+                if self.channels.contains_key(&folded) && !self.rejoining.contains(&folded) {
+                    let joined = self.joined(&folded);
+                    let _ = reply.send(joined.ok_or_else(|| {
+                        JoinError::Unavailable("the channel is not known yet".into())
+                    }));
+                    return;
+                }
+                if let Some(pending) = self
+                    .pending_joins
+                    .insert(folded, PendingJoin { room, reply })
+                {
+                    let _ = pending.reply.send(Err(JoinError::Unavailable(
+                        "another join of this channel came first".into(),
+                    )));
+                }
+                let line = match &key {
+                    Some(key) => wire::line(&[], "JOIN", &[&channel, key.expose_secret()]),
+                    None => wire::line(&[], "JOIN", &[&channel]),
+                };
+                match line {
+                    Ok(line) => self.queue.push_back(Queued { line, done: None }),
+                    Err(error) => {
+                        if let Some(pending) = self.pending_joins.remove(&self.fold(&channel)) {
+                            let _ = pending
+                                .reply
+                                .send(Err(JoinError::PasswordRequired(error.to_string())));
+                        }
+                    }
+                }
+            }
+            Command::Part { channel } => {
+                let folded = self.fold(&channel);
+                if self.channels.remove(&folded).is_some() {
+                    self.parting.insert(folded.clone());
+                    self.left_channel(&folded);
+                    self.enqueue("PART", &[&channel], None);
+                }
+                self.rejoining.remove(&folded);
+                if self.channels.is_empty() {
+                    self.active = Instant::now();
+                }
+            }
+            Command::Post {
+                channel,
+                text,
+                id,
+                reply,
+            } => {
+                let lines = match text::to_irc(&text, self.budget(&channel)) {
+                    Ok(lines) if !lines.is_empty() => lines,
+                    Ok(_) => {
+                        let _ = reply.send(Err(SendError::Permanent {
+                            reason: "the message has no text IRC can carry".into(),
+                        }));
+                        return;
+                    }
+                    Err(bad) => {
+                        let _ = reply.send(Err(SendError::Permanent {
+                            reason: format!(
+                                "IRC cannot carry the control character U+{:04X}",
+                                u32::from(bad)
+                            ),
+                        }));
+                        return;
+                    }
+                };
+                let last = lines.len() - 1;
+                if self.caps.contains("echo-message") {
+                    let folded = self.fold(&channel);
+                    self.echoes
+                        .entry(folded)
+                        .or_default()
+                        .push_back(PendingEcho {
+                            id,
+                            text,
+                            remaining: lines.len(),
+                            first: None,
+                            reply,
+                        });
+                    for line in &lines {
+                        self.enqueue("PRIVMSG", &[&channel, line], None);
+                    }
+                } else {
+                    let mut reply = Some(reply);
+                    for (index, line) in lines.iter().enumerate() {
+                        let done = if index == last {
+                            reply.take().map(Done::Posted)
+                        } else {
+                            None
+                        };
+                        self.enqueue("PRIVMSG", &[&channel, line], done);
+                    }
+                }
+            }
+            Command::Say {
+                target,
+                text,
+                reply,
+            } => {
+                self.active = Instant::now();
+                let lines = match text::to_irc(&text, self.budget(&target)) {
+                    Ok(lines) if !lines.is_empty() => lines,
+                    Ok(_) => {
+                        let _ = reply.send(Ok(()));
+                        return;
+                    }
+                    Err(bad) => {
+                        let _ = reply.send(Err(SendError::Permanent {
+                            reason: format!(
+                                "IRC cannot carry the control character U+{:04X}",
+                                u32::from(bad)
+                            ),
+                        }));
+                        return;
+                    }
+                };
+                let last = lines.len() - 1;
+                let mut reply = Some(reply);
+                for (index, line) in lines.iter().enumerate() {
+                    let done = if index == last {
+                        reply.take().map(Done::Said)
+                    } else {
+                        None
+                    };
+                    self.enqueue("PRIVMSG", &[&target, line], done);
+                }
+            }
+            Command::Send {
+                command,
+                params,
+                reply,
+            } => {
+                let params: Vec<&str> = params.iter().map(String::as_str).collect();
+                self.enqueue(&command, &params, Some(Done::Sent(reply)));
+            }
+            Command::List { reply } => {
+                if self.listing.is_some() {
+                    let _ = reply.send(Vec::new());
+                    return;
+                }
+                self.listing = Some((Vec::new(), reply));
+                self.enqueue("LIST", &[], None);
+            }
+            Command::Resync { channel } => {
+                if let Some(name) = self.channels.get(&channel).cloned() {
+                    self.names.insert(channel, Vec::new());
+                    self.enqueue("NAMES", &[&name], None);
+                }
+            }
+        }
+    }
+
+    /// The room as the user sees it now, from the shared state.
+    fn joined(&self, folded: &str) -> Option<Joined> {
+        let net = self.network.lock();
+        let channel = net.channels.get(folded)?;
+        Some(Joined {
+            nick: self.nick.clone(),
+            occupants: channel.occupants(),
+            subject: channel.topic.clone(),
+        })
+    }
+
+    async fn report(&self, room: &RoomId, event: RoomEvent) {
+        if let Err(error) = self.core.room_event(room, event).await {
+            tracing::warn!(%error, %room, "the core did not take a room event");
+        }
+    }
+
+    /// Handles one line from the server.
+    async fn on_message(&mut self, message: Message) {
+        let param = |index: usize| message.params.get(index).map(String::as_str);
+        match message.command.as_str() {
+            "JOIN" => self.on_join(&message).await,
+            "PART" => {
+                let (Some(nick), Some(channel)) = (message.nick(), param(0)) else {
+                    return;
+                };
+                let reason = param(1)
+                    .filter(|reason| !reason.is_empty())
+                    .map(str::to_owned);
+                self.on_leave(nick, channel, |nick| RoomEvent::Left { nick, reason })
+                    .await;
+            }
+            "KICK" => {
+                let (Some(channel), Some(victim)) = (param(0), param(1)) else {
+                    return;
+                };
+                let by = message.nick().map(str::to_owned);
+                let reason = param(2)
+                    .filter(|reason| !reason.is_empty())
+                    .map(str::to_owned);
+                self.on_leave(victim, channel, |nick| RoomEvent::Kicked {
+                    nick,
+                    by,
+                    reason,
+                })
+                .await;
+            }
+            "QUIT" => self.on_quit(&message).await,
+            "NICK" => self.on_nick(&message).await,
+            "MODE" => self.on_mode(&message).await,
+            "TOPIC" => {
+                let (Some(channel), Some(topic)) = (param(0), param(1)) else {
+                    return;
+                };
+                let by = message.nick().map(str::to_owned);
+                let folded = self.fold(channel);
+                let room = {
+                    let mut net = self.network.lock();
+                    let reports = net
+                        .channels
+                        .get(&folded)
+                        .is_some_and(|channel| net.reports(channel, &self.user));
+                    let Some(channel) = net.channels.get_mut(&folded).filter(|_| reports) else {
+                        return;
+                    };
+                    let subject = Subject {
+                        text: text::from_irc(topic),
+                        by,
+                    };
+                    channel.topic = Some(subject.clone());
+                    (channel.room.clone(), subject)
+                };
+                self.report(&room.0, RoomEvent::Subject(room.1)).await;
+            }
+            "332" => {
+                let (Some(channel), Some(topic)) = (param(1), param(2)) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                if let Some(channel) = self.network.lock().channels.get_mut(&folded) {
+                    let by = channel.topic.take().and_then(|topic| topic.by);
+                    channel.topic = Some(Subject {
+                        text: text::from_irc(topic),
+                        by,
+                    });
+                }
+            }
+            "333" => {
+                let (Some(channel), Some(by)) = (param(1), param(2)) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                if let Some(topic) = self
+                    .network
+                    .lock()
+                    .channels
+                    .get_mut(&folded)
+                    .and_then(|channel| channel.topic.as_mut())
+                {
+                    let nick = by.split(['!', '@']).next().unwrap_or(by);
+                    topic.by = Some(nick.to_owned());
+                }
+            }
+            "353" => {
+                let (Some(channel), Some(names)) = (param(2), param(3)) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                let symbols = self.prefix_modes.1.clone();
+                if let Some(list) = self.names.get_mut(&folded) {
+                    for entry in names.split_whitespace() {
+                        if list.len() >= state::MAX_MEMBERS {
+                            break;
+                        }
+                        list.extend(state::parse_name(entry, &symbols));
+                    }
+                }
+            }
+            "366" => {
+                let Some(channel) = param(1) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                self.end_of_names(&folded).await;
+            }
+            // Join refused: no such channel, too many channels, full, invite only, banned,
+            // bad key, bad name, registered nicks only, a nick or channel held, secure only.
+            "403" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "437" | "489"
+            | "520" => {
+                let Some(channel) = param(1) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                let reason = message.params.last().cloned().unwrap_or_default();
+                let reason = format!("{channel}: {reason}");
+                if let Some(pending) = self.pending_joins.remove(&folded) {
+                    let error = match message.command.as_str() {
+                        "474" => JoinError::Banned(reason),
+                        "475" => JoinError::PasswordRequired(reason),
+                        "473" | "477" | "489" | "520" => JoinError::MembersOnly(reason),
+                        "403" | "476" => JoinError::NoSuchRoom(reason),
+                        _ => JoinError::Unavailable(reason),
+                    };
+                    let _ = pending.reply.send(Err(error));
+                } else if self.rejoining.remove(&folded) {
+                    let room = self.room_of(&folded);
+                    self.channels.remove(&folded);
+                    self.left_channel(&folded);
+                    if let Some(room) = room {
+                        let nick = self.nick.clone();
+                        self.report(
+                            &room,
+                            RoomEvent::Left {
+                                nick,
+                                reason: Some(reason),
+                            },
+                        )
+                        .await;
+                    }
+                } else if message.command == "403" {
+                    self.server_says(&reason, &message).await;
+                }
+            }
+            // Cannot send to the channel (moderated, banned, not in it).
+            "404" => {
+                let Some(channel) = param(1) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                let reason = message.params.last().cloned().unwrap_or_default();
+                let echo = self.echoes.get_mut(&folded).and_then(VecDeque::pop_front);
+                match echo {
+                    Some(echo) => {
+                        let _ = echo.reply.send(Err(SendError::Permanent {
+                            reason: format!("{channel}: {reason}"),
+                        }));
+                    }
+                    None => {
+                        self.server_says(&format!("{channel}: {reason}"), &message)
+                            .await;
+                    }
+                }
+            }
+            "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
+            // LIST: one channel, then the end.
+            "322" => {
+                let (Some(channel), Some((listed, _))) = (param(1), self.listing.as_mut()) else {
+                    return;
+                };
+                if listed.len() < MAX_LISTED {
+                    let topic = param(3)
+                        .map(text::from_irc)
+                        .filter(|topic| !topic.is_empty());
+                    listed.push(RoomListing {
+                        room: RoomId::new(
+                            self.setup
+                                .addressing
+                                .format(&self.setup.network, &self.network.lock().fold(channel)),
+                        ),
+                        name: topic,
+                        occupants: param(2).and_then(|count| count.parse().ok()),
+                    });
+                }
+            }
+            "323" => {
+                if let Some((listed, reply)) = self.listing.take() {
+                    let _ = reply.send(listed);
+                }
+            }
+            "CAP" => self.on_cap(&message),
+            // Errors and replies the user should see, from the server's address.
+            "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
+            | "482" | "301" => {
+                let text = message.params.get(1..).unwrap_or_default().join(" ");
+                self.server_says(&text, &message).await;
+            }
+            _ => {}
+        }
+    }
+
+    fn room_of(&self, folded: &str) -> Option<RoomId> {
+        self.network
+            .lock()
+            .channels
+            .get(folded)
+            .map(|channel| channel.room.clone())
+    }
+
+    async fn on_join(&mut self, message: &Message) {
+        if let Some((room, occupant)) = self.joined_line(message) {
+            self.report(&room, RoomEvent::Occupant(occupant)).await;
+        }
+    }
+
+    /// A `JOIN`: ours fills our state; someone else's is the occupant to report, when this
+    /// connection reports the channel.
+    fn joined_line(&mut self, message: &Message) -> Option<(RoomId, jabbridge_sdk::Occupant)> {
+        let (Some(nick), Some(channel)) = (message.nick(), message.params.first()) else {
+            return None;
+        };
+        let account = message
+            .params
+            .get(1)
+            .filter(|account| *account != "*")
+            .cloned()
+            .or_else(|| message.tag("account").map(str::to_owned));
+        let mut net = self.network.lock();
+        let folded = net.fold(channel);
+        let own_nick = net.fold(&self.nick);
+        if net.fold(nick) == own_nick {
+            if net.channels.len() >= state::MAX_CHANNELS && !net.channels.contains_key(&folded) {
+                return None;
+            }
+            self.channels.insert(folded.clone(), channel.clone());
+            let room = match self.pending_joins.get(&folded) {
+                Some(pending) => pending.room.clone(),
+                None => RoomId::new(self.setup.addressing.format(&self.setup.network, &folded)),
+            };
+            let entry = net
+                .channels
+                .entry(folded.clone())
+                .or_insert_with(|| Channel {
+                    room,
+                    name: channel.clone(),
+                    members: HashMap::new(),
+                    topic: None,
+                    users: Vec::new(),
+                    synced: false,
+                });
+            let own = Member {
+                nick: self.nick.clone(),
+                prefixes: String::new(),
+                account: self.account.clone(),
+            };
+            entry.members.insert(own_nick, own);
+            if !entry.users.contains(&self.user) {
+                entry.users.push(self.user.clone());
+            }
+            let synced = entry.synced;
+            let reports = net
+                .channels
+                .get(&folded)
+                .is_some_and(|channel| net.reports(channel, &self.user));
+            drop(net);
+            if !synced || (self.rejoining.contains(&folded) && reports) {
+                self.names.insert(folded, Vec::new());
+            }
+            return None;
+        }
+        let folded_nick = net.fold(nick);
+        if net.own.contains_key(&folded_nick) {
+            return None;
+        }
+        let reports = net
+            .channels
+            .get(&folded)
+            .is_some_and(|channel| net.reports(channel, &self.user));
+        let channel = net.channels.get_mut(&folded).filter(|_| reports)?;
+        if channel.members.len() >= state::MAX_MEMBERS {
+            return None;
+        }
+        let mut member = Member::new(nick);
+        member.account = account;
+        let occupant = member.occupant();
+        channel.members.insert(folded_nick, member);
+        Some((channel.room.clone(), occupant))
+    }
+
+    /// Someone left a channel (`PART`) or was put out (`KICK`): `event` makes the report.
+    async fn on_leave(
+        &mut self,
+        nick: &str,
+        channel: &str,
+        event: impl FnOnce(String) -> RoomEvent,
+    ) {
+        let folded = self.fold(channel);
+        let own = self.fold(nick) == self.fold(&self.nick);
+        if own {
+            let room = self.room_of(&folded);
+            self.channels.remove(&folded);
+            self.rejoining.remove(&folded);
+            self.left_channel(&folded);
+            if self.channels.is_empty() {
+                self.active = Instant::now();
+            }
+            // A part we asked for was shown when the user left; any other is news.
+            if !self.parting.remove(&folded)
+                && let Some(room) = room
+            {
+                self.report(&room, event(self.nick.clone())).await;
+            }
+            return;
+        }
+        let room = {
+            let mut net = self.network.lock();
+            let folded_nick = net.fold(nick);
+            if net.own.contains_key(&folded_nick) {
+                return;
+            }
+            let reports = net
+                .channels
+                .get(&folded)
+                .is_some_and(|channel| net.reports(channel, &self.user));
+            let Some(channel) = net.channels.get_mut(&folded).filter(|_| reports) else {
+                return;
+            };
+            let Some(member) = channel.members.remove(&folded_nick) else {
+                return;
+            };
+            (channel.room.clone(), member.nick)
+        };
+        self.report(&room.0, event(room.1)).await;
+    }
+
+    async fn on_quit(&mut self, message: &Message) {
+        let Some(nick) = message.nick() else {
+            return;
+        };
+        let reason = message
+            .params
+            .first()
+            .filter(|reason| !reason.is_empty())
+            .cloned();
+        let gone: Vec<(RoomId, String)> = {
+            let mut net = self.network.lock();
+            let folded_nick = net.fold(nick);
+            if net.own.contains_key(&folded_nick) {
+                return;
+            }
+            let mine: Vec<String> = self
+                .channels
+                .keys()
+                .filter(|folded| {
+                    net.channels
+                        .get(*folded)
+                        .is_some_and(|channel| net.reports(channel, &self.user))
+                })
+                .cloned()
+                .collect();
+            mine.iter()
+                .filter_map(|folded| {
+                    let channel = net.channels.get_mut(folded)?;
+                    let member = channel.members.remove(&folded_nick)?;
+                    Some((channel.room.clone(), member.nick))
+                })
+                .collect()
+        };
+        for (room, nick) in gone {
+            let reason = reason.clone();
+            self.report(&room, RoomEvent::Left { nick, reason }).await;
+        }
+    }
+
+    /// Our nick changed while connected (or across a reconnection): every room hears it.
+    async fn renamed_self(&mut self, old: &str) {
+        let renames: Vec<RoomId> = {
+            let mut net = self.network.lock();
+            let old_folded = net.fold(old);
+            if net.own.get(&old_folded) == Some(&self.user) {
+                net.own.remove(&old_folded);
+            }
+            let new_folded = net.fold(&self.nick);
+            net.own.insert(new_folded.clone(), self.user.clone());
+            self.channels
+                .keys()
+                .filter_map(|folded| {
+                    let channel = net.channels.get_mut(folded)?;
+                    let mut member = channel
+                        .members
+                        .remove(&old_folded)
+                        .unwrap_or_else(|| Member::new(old));
+                    member.nick.clone_from(&self.nick);
+                    channel.members.insert(new_folded.clone(), member);
+                    Some(channel.room.clone())
+                })
+                .collect()
+        };
+        for room in renames {
+            let event = RoomEvent::Renamed {
+                old: old.to_owned(),
+                new: self.nick.clone(),
+            };
+            self.report(&room, event).await;
+        }
+    }
+
+    async fn on_nick(&mut self, message: &Message) {
+        let (Some(old), Some(new)) = (message.nick(), message.params.first()) else {
+            return;
+        };
+        if self.fold(old) == self.fold(&self.nick) {
+            self.nick.clone_from(new);
+            self.renamed_self(old).await;
+            return;
+        }
+        let renames: Vec<RoomId> = {
+            let mut net = self.network.lock();
+            let (old_folded, new_folded) = (net.fold(old), net.fold(new));
+            if net.own.contains_key(&old_folded) || net.own.contains_key(&new_folded) {
+                return;
+            }
+            let mine: Vec<String> = self
+                .channels
+                .keys()
+                .filter(|folded| {
+                    net.channels
+                        .get(*folded)
+                        .is_some_and(|channel| net.reports(channel, &self.user))
+                })
+                .cloned()
+                .collect();
+            mine.iter()
+                .filter_map(|folded| {
+                    let channel = net.channels.get_mut(folded)?;
+                    let mut member = channel.members.remove(&old_folded)?;
+                    member.nick.clone_from(new);
+                    channel.members.insert(new_folded.clone(), member);
+                    Some(channel.room.clone())
+                })
+                .collect()
+        };
+        for room in renames {
+            let event = RoomEvent::Renamed {
+                old: old.to_owned(),
+                new: new.clone(),
+            };
+            self.report(&room, event).await;
+        }
+    }
+
+    async fn on_mode(&mut self, message: &Message) {
+        let Some(target) = message.params.first() else {
+            return;
+        };
+        if !self.is_channel(target) {
+            return;
+        }
+        let (modes, symbols) = self.prefix_modes.clone();
+        let changes: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
+            let mut net = self.network.lock();
+            let folded = net.fold(target);
+            let reports = net
+                .channels
+                .get(&folded)
+                .is_some_and(|channel| net.reports(channel, &self.user));
+            if !reports {
+                return;
+            }
+            let mut args = message.params.iter().skip(2);
+            let mut adding = true;
+            let mut changed: Vec<String> = Vec::new();
+            let Some(spec) = message.params.get(1) else {
+                return;
+            };
+            let mut updates: Vec<(String, char, bool)> = Vec::new();
+            for letter in spec.chars() {
+                match letter {
+                    '+' => adding = true,
+                    '-' => adding = false,
+                    _ => {
+                        if let Some(index) = modes.find(letter) {
+                            if let Some(nick) = args.next()
+                                && let Some(symbol) = symbols.chars().nth(index)
+                            {
+                                updates.push((net.fold(nick), symbol, adding));
+                            }
+                        } else if self.chanmodes[0].contains(letter)
+                            || self.chanmodes[1].contains(letter)
+                            || (adding && self.chanmodes[2].contains(letter))
+                        {
+                            args.next();
+                        }
+                    }
+                }
+            }
+            let Some(channel) = net.channels.get_mut(&folded) else {
+                return;
+            };
+            for (nick, symbol, adding) in updates {
+                let Some(member) = channel.members.get_mut(&nick) else {
+                    continue;
+                };
+                let mut prefixes = member.prefixes.clone();
+                if adding {
+                    prefixes.push(symbol);
+                } else {
+                    prefixes.retain(|c| c != symbol);
+                }
+                member.prefixes = state::sort_prefixes(&prefixes, &symbols);
+                if !changed.contains(&nick) {
+                    changed.push(nick);
+                }
+            }
+            changed
+                .iter()
+                .filter_map(|nick| {
+                    let member = channel.members.get(nick)?;
+                    Some((channel.room.clone(), member.occupant()))
+                })
+                .collect()
+        };
+        for (room, occupant) in changes {
+            self.report(&room, RoomEvent::Occupant(occupant)).await;
+        }
+    }
+
+    /// The end of a NAMES reply: fill or correct the channel's members, and answer a join.
+    async fn end_of_names(&mut self, folded: &str) {
+        let listed = self.names.remove(folded);
+        let mut events = Vec::new();
+        let room = {
+            let mut net = self.network.lock();
+            let own_nicks: HashSet<String> = net.own.keys().cloned().collect();
+            let casemapping = net.casemapping;
+            let Some(channel) = net.channels.get_mut(folded) else {
+                drop(net);
+                if let Some(pending) = self.pending_joins.remove(folded) {
+                    let _ = pending.reply.send(Err(JoinError::Unavailable(
+                        "the server listed a channel we are not in".into(),
+                    )));
+                }
+                return;
+            };
+            if let Some(listed) = listed {
+                let mut members: HashMap<String, Member> = listed
+                    .into_iter()
+                    .map(|member| (casemapping.fold(&member.nick), member))
+                    .collect();
+                // Accounts known from joins stay known.
+                for (nick, member) in &mut members {
+                    if let Some(old) = channel.members.get(nick) {
+                        member.account.clone_from(&old.account);
+                    }
+                }
+                if channel.synced {
+                    for (nick, old) in &channel.members {
+                        if !members.contains_key(nick) && !own_nicks.contains(nick) {
+                            events.push(RoomEvent::Left {
+                                nick: old.nick.clone(),
+                                reason: None,
+                            });
+                        }
+                    }
+                    for (nick, new) in &members {
+                        if own_nicks.contains(nick) {
+                            continue;
+                        }
+                        if channel.members.get(nick) != Some(new) {
+                            events.push(RoomEvent::Occupant(new.occupant()));
+                        }
+                    }
+                }
+                // Our users stay members until their own connection says otherwise.
+                for (nick, member) in &channel.members {
+                    if own_nicks.contains(nick) && !members.contains_key(nick) {
+                        members.insert(nick.clone(), member.clone());
+                    }
+                }
+                channel.members = members;
+                channel.synced = true;
+            }
+            channel.room.clone()
+        };
+        for event in events {
+            self.report(&room, event).await;
+        }
+        if self.rejoining.remove(folded) {
+            return;
+        }
+        if let Some(pending) = self.pending_joins.remove(folded) {
+            let joined = self
+                .joined(folded)
+                .ok_or_else(|| JoinError::Unavailable("the channel was left meanwhile".into()));
+            let _ = pending.reply.send(joined);
+        }
+    }
+
+    /// A `PRIVMSG` or `NOTICE`.
+    async fn on_said(&mut self, message: &Message) {
+        let (Some(target), Some(said)) = (message.params.first(), message.params.get(1)) else {
+            return;
+        };
+        let Some(source) = message.source.as_deref() else {
+            return;
+        };
+        let nick = message.nick().unwrap_or(source);
+        let from_server = !source.contains('!')
+            && (source.contains('.') || source == self.server_name || nick == "*");
+        // STATUSMSG: `@#chan` is said to the channel's ops.
+        let channel_target = target.trim_start_matches(['@', '+', '%', '~', '&']);
+        let channel_target = if self.is_channel(channel_target) {
+            Some(channel_target)
+        } else {
+            None
+        };
+        let is_self = self.fold(nick) == self.fold(&self.nick);
+        let timestamp = server_time(message);
+        let id = message.tag("msgid").map(MessageId::new);
+        if let Some(channel) = channel_target {
+            let folded = self.fold(channel);
+            if is_self {
+                self.echoed(&folded, id, timestamp).await;
+                return;
+            }
+            let Some(shown) = text::shown(&text::said(said)) else {
+                return;
+            };
+            let report = {
+                let net = self.network.lock();
+                if net.is_own(nick) {
+                    return;
+                }
+                let Some(channel) = net.channels.get(&folded) else {
+                    return;
+                };
+                if !net.reports(channel, &self.user) {
+                    return;
+                }
+                let sender = channel
+                    .members
+                    .get(&net.fold(nick))
+                    .map(Member::occupant)
+                    .map_or_else(|| ForeignId::new(format!("nick:{nick}")), |o| o.id);
+                let sender = match message.tag("account") {
+                    Some(account) if !account.is_empty() => {
+                        ForeignId::new(format!("account:{account}"))
+                    }
+                    _ => sender,
+                };
+                (channel.room.clone(), sender)
+            };
+            let event = RoomEvent::Message(RoomMessage {
+                foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+                nick: nick.to_owned(),
+                sender: report.1,
+                text: shown,
+                timestamp,
+                echo_of: None,
+                replaces: None,
+            });
+            self.report(&report.0, event).await;
+            return;
+        }
+        if is_self {
+            // The echo of a private message of ours.
+            return;
+        }
+        if from_server {
+            self.server_says(&text::from_irc(said), message).await;
+            return;
+        }
+        let parsed = text::said(said);
+        if let Said::Ctcp(command, argument) = &parsed {
+            if message.command == "PRIVMSG" {
+                self.answer_ctcp(nick, command, argument);
+            }
+            return;
+        }
+        let Some(shown) = text::shown(&parsed) else {
+            return;
+        };
+        self.active = Instant::now();
+        let incoming = IncomingMessage {
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+            contact: ForeignId::new(self.setup.addressing.format(&self.setup.network, nick)),
+            user: self.user.clone(),
+            text: shown,
+            attachments: Vec::new(),
+            timestamp,
+            room: None,
+        };
+        if let Err(error) = self.core.deliver(incoming).await {
+            tracing::warn!(%error, "the core did not take a private message from IRC");
+        }
+    }
+
+    /// Answers a CTCP request (`VERSION`, `PING`, `TIME`, `CLIENTINFO`); others are dropped.
+    fn answer_ctcp(&mut self, nick: &str, command: &str, argument: &str) {
+        let answer = match command.to_ascii_uppercase().as_str() {
+            "VERSION" => format!("VERSION Jabbridge {}", env!("CARGO_PKG_VERSION")),
+            "PING" => format!("PING {argument}"),
+            "TIME" => format!(
+                "TIME {}",
+                humantime::format_rfc3339_seconds(SystemTime::now())
+            ),
+            "CLIENTINFO" => "CLIENTINFO ACTION CLIENTINFO PING TIME VERSION".to_owned(),
+            _ => return,
+        };
+        let answer: String = answer.chars().filter(|c| !c.is_control()).collect();
+        let text = format!("{}{answer}{}", text::CTCP, text::CTCP);
+        self.enqueue("NOTICE", &[nick, &text], None);
+    }
+
+    /// The echo of a line we said in a channel (`echo-message`): a post is reflected once
+    /// all its lines came back.
+    async fn echoed(&mut self, folded: &str, id: Option<MessageId>, timestamp: Option<SystemTime>) {
+        let Some(queue) = self.echoes.get_mut(folded) else {
+            return;
+        };
+        let Some(echo) = queue.front_mut() else {
+            return;
+        };
+        if echo.first.is_none() {
+            echo.first = Some((
+                id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+                timestamp,
+            ));
+        }
+        echo.remaining = echo.remaining.saturating_sub(1);
+        if echo.remaining > 0 {
+            return;
+        }
+        let Some(echo) = queue.pop_front() else {
+            return;
+        };
+        if queue.is_empty() {
+            self.echoes.remove(folded);
+        }
+        let Some(room) = self.room_of(folded) else {
+            let _ = echo.reply.send(Ok(Posted::Reflect { foreign_id: None }));
+            return;
+        };
+        let (foreign_id, timestamp) = echo
+            .first
+            .unwrap_or_else(|| (made_up_id(&self.setup.network), None));
+        let sender = ForeignId::new(match &self.account {
+            Some(account) => format!("account:{account}"),
+            None => format!("nick:{}", self.nick),
+        });
+        let event = RoomEvent::Message(RoomMessage {
+            foreign_id,
+            nick: self.nick.clone(),
+            sender,
+            text: echo.text,
+            timestamp,
+            echo_of: Some(echo.id),
+            replaces: None,
+        });
+        self.report(&room, event).await;
+        let _ = echo.reply.send(Ok(Posted::EchoFollows));
+    }
+
+    /// A notice or an error for the user, from the server's address.
+    async fn server_says(&self, text: &str, message: &Message) {
+        let id = message.tag("msgid").map(MessageId::new);
+        self.deliver_from_server(text, id, server_time(message))
+            .await;
+    }
+
+    /// The MOTD and notices of registration, for the user.
+    async fn server_says_plain(&self, text: &str) {
+        self.deliver_from_server(text, None, None).await;
+    }
+
+    async fn deliver_from_server(
+        &self,
+        text: &str,
+        id: Option<MessageId>,
+        timestamp: Option<SystemTime>,
+    ) {
+        if text.trim().is_empty() {
+            return;
+        }
+        let incoming = IncomingMessage {
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+            contact: ForeignId::new(self.setup.addressing.format_server(&self.setup.network)),
+            user: self.user.clone(),
+            text: text.to_owned(),
+            attachments: Vec::new(),
+            timestamp,
+            room: None,
+        };
+        if let Err(error) = self.core.deliver(incoming).await {
+            tracing::debug!(%error, "the core did not take a server notice");
+        }
+    }
+
+    /// `CAP NEW`, `DEL`, `ACK` after registration (`cap-notify`).
+    fn on_cap(&mut self, message: &Message) {
+        let sub = message.params.get(1).map(String::as_str);
+        let list = message.params.get(2).map(String::as_str).unwrap_or("");
+        match sub {
+            Some("NEW") => {
+                let wanted: Vec<&str> = list
+                    .split_whitespace()
+                    .map(|cap| cap.split_once('=').map_or(cap, |(name, _)| name))
+                    .filter(|cap| WANTED_CAPS.contains(cap) && !self.caps.contains(*cap))
+                    .collect();
+                if !wanted.is_empty() {
+                    let wanted = wanted.join(" ");
+                    self.enqueue("CAP", &["REQ", &wanted], None);
+                }
+            }
+            Some("DEL") => {
+                for cap in list.split_whitespace() {
+                    self.caps.remove(cap);
+                }
+            }
+            Some("ACK") => {
+                for cap in list.split_whitespace() {
+                    match cap.strip_prefix('-') {
+                        Some(gone) => self.caps.remove(gone),
+                        None => self.caps.insert(cap.to_owned()),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Tells whoever waits on `done` that their line was not sent.
+fn fail(done: Option<Done>, reason: &str) {
+    match done {
+        Some(Done::Posted(reply)) => {
+            let _ = reply.send(Err(SendError::Permanent {
+                reason: reason.to_owned(),
+            }));
+        }
+        Some(Done::Said(reply)) => {
+            let _ = reply.send(Err(SendError::Transient {
+                reason: reason.to_owned(),
+                retry_after: Some(Duration::from_secs(5)),
+            }));
+        }
+        Some(Done::Sent(reply)) => {
+            let _ = reply.send(Err(reason.to_owned()));
+        }
+        None => {}
+    }
+}
+
+/// Sleeps until `at`, or forever when `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The wait before reconnection attempt `failures` (1, 2…): doubling from 1 s up to `max`,
+/// with up to a quarter more of jitter so that users of one server do not come back at once.
+pub fn backoff(failures: u32, max: Duration) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(max);
+    let jitter = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    base + base.mul_f64(f64::from(jitter % 1000) / 4000.0)
+}

@@ -1,0 +1,207 @@
+//! The IRC bridge's own keys in its `[[bridge]]` section: the networks users may reach
+//! (`[[bridge.network]]`, none by default), the fixed-server mode, flood control and
+//! reconnection.
+
+use std::time::Duration;
+
+use jabbridge_sdk::secrecy::SecretString;
+
+/// The bridge's keys.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IrcConfig {
+    /// The servers users may reach. None by default: a gateway reaches only what its admin
+    /// lists.
+    #[serde(default)]
+    pub network: Vec<NetworkConfig>,
+    /// The `name` of one network that every address is on: `#chan@irc.gw` and `nick@irc.gw`
+    /// instead of `#chan%irc.example.net@irc.gw`.
+    #[serde(default)]
+    pub fixed_server: Option<String>,
+    /// Lines each user may send in a burst, and then per second (a token bucket per user and
+    /// server, so a user is never killed for flooding and never slows anyone else down).
+    #[serde(default)]
+    pub flood: Flood,
+    /// The longest wait between reconnection attempts (backoff doubles from 1 s, with jitter).
+    #[serde(default = "reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// How long a connection may take to register (TCP, TLS, CAP, SASL, the welcome).
+    #[serde(default = "connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Whether users may send raw IRC commands by writing to a server's address.
+    #[serde(default)]
+    pub raw_commands: bool,
+}
+
+fn reconnect_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Flood control toward the IRC server.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flood {
+    /// Lines sent at once before the rate applies.
+    #[serde(default = "burst")]
+    pub burst: u32,
+    /// Lines per second after the burst; `0` turns flood control off (for a server of
+    /// your own with its throttle off).
+    #[serde(default = "per_second")]
+    pub per_second: f64,
+}
+
+fn burst() -> u32 {
+    10
+}
+
+fn per_second() -> f64 {
+    2.0
+}
+
+impl Default for Flood {
+    fn default() -> Self {
+        Self {
+            burst: burst(),
+            per_second: per_second(),
+        }
+    }
+}
+
+/// How a connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls {
+    /// TLS, with the server's certificate verified against the system's roots.
+    #[default]
+    Verify,
+    /// TLS, with any certificate taken (a server with a self-signed one): encrypted, but
+    /// open to whoever sits on the path.
+    SelfSigned,
+    /// No TLS: only for a server on loopback or a private link.
+    Off,
+}
+
+/// One IRC server users may reach.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The name in addresses: `#chan%{name}@irc.gw`. A host name, usually.
+    pub name: String,
+    /// Where to connect; the `name` when not set.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The port: 6697 with TLS, 6667 without, when not set.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// How the connection is secured.
+    #[serde(default)]
+    pub tls: Tls,
+    /// The server password (`PASS`), if the network has one.
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// The nick a user gets when they first write to someone on this network, rather than
+    /// join a room with a nick of their choice. `{localpart}` is their JID's localpart.
+    #[serde(default = "nick_template")]
+    pub nick: String,
+    /// The user name (`USER`); `{localpart}` as above.
+    #[serde(default = "username_template")]
+    pub username: String,
+    /// The real name; `{jid}` is the user's bare JID, `{localpart}` as above.
+    #[serde(default = "realname_template")]
+    pub realname: String,
+}
+
+fn nick_template() -> String {
+    "{localpart}".into()
+}
+
+fn username_template() -> String {
+    "{localpart}".into()
+}
+
+fn realname_template() -> String {
+    "{jid} via Jabbridge".into()
+}
+
+impl NetworkConfig {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        let host = self.host.as_deref().unwrap_or(&self.name);
+        let port = self.port.unwrap_or(match self.tls {
+            Tls::Off => 6667,
+            _ => 6697,
+        });
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    /// The host name TLS checks the certificate against.
+    pub fn host(&self) -> &str {
+        self.host.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// Fills `{jid}` and `{localpart}` in a template.
+pub fn fill(template: &str, jid: &str) -> String {
+    let localpart = jid.split_once('@').map_or(jid, |(local, _)| local);
+    template
+        .replace("{jid}", jid)
+        .replace("{localpart}", localpart)
+}
+
+impl IrcConfig {
+    /// Checks what serde cannot: names, the fixed server, the flood rate.
+    pub fn validate(&self) -> Result<(), jabbridge_sdk::SettingsError> {
+        let error = |key: String, message: &str| jabbridge_sdk::SettingsError {
+            key,
+            message: message.to_owned(),
+        };
+        for (index, network) in self.network.iter().enumerate() {
+            let name = &network.name;
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b".-_".contains(&byte));
+            if !valid {
+                return Err(error(
+                    format!("network[{index}].name"),
+                    "must be letters, digits, '.', '-' and '_' (it is part of addresses)",
+                ));
+            }
+            if self.network[..index]
+                .iter()
+                .any(|other| other.name.eq_ignore_ascii_case(name))
+            {
+                return Err(error(format!("network[{index}].name"), "is listed twice"));
+            }
+            if network.nick.is_empty() || network.username.is_empty() {
+                return Err(error(
+                    format!("network[{index}].nick"),
+                    "nick and username must not be empty",
+                ));
+            }
+        }
+        if let Some(fixed) = &self.fixed_server
+            && !self.network.iter().any(|network| &network.name == fixed)
+        {
+            return Err(error(
+                "fixed_server".into(),
+                "must be the name of one of the [[bridge.network]] entries",
+            ));
+        }
+        if !(self.flood.per_second.is_finite() && self.flood.per_second >= 0.0) {
+            return Err(error("flood.per_second".into(), "must be 0 or more"));
+        }
+        if self.flood.burst == 0 {
+            return Err(error("flood.burst".into(), "must be at least 1"));
+        }
+        Ok(())
+    }
+}

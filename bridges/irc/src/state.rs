@@ -1,0 +1,243 @@
+//! What one IRC server's connections share: each channel's members, topic and our users in
+//! it, kept once per channel rather than once per connection (memory grows with users, not
+//! users², as it does in Biboumi), our users' nicks, and who reports a channel's events.
+//!
+//! Every connection in a channel sees its events; only one reports them to the core, the
+//! channel's *reporter*: the first of our users in it whose connection is up. Events about
+//! our own users (their joins, parts, quits, nick changes, kicks) are reported by their own
+//! connection, never by the reporter, so a user whose connection drops is not shown leaving.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use jabbridge_sdk::{Affiliation, ForeignId, Occupant, Role, RoomId, Subject, UserJid};
+use tokio::sync::mpsc;
+
+use crate::client::Command;
+use crate::wire::CaseMapping;
+
+/// The most members kept per channel: a hostile server's endless NAMES costs this much.
+pub const MAX_MEMBERS: usize = 20_000;
+
+/// The most channels kept per server.
+pub const MAX_CHANNELS: usize = 10_000;
+
+/// Someone in a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Their nick as the server spells it.
+    pub nick: String,
+    /// Their channel prefixes (`@`, `+`…), highest first.
+    pub prefixes: String,
+    /// Their account, when the server says (`extended-join`, `account-tag`).
+    pub account: Option<String>,
+}
+
+impl Member {
+    /// A member without prefixes or account.
+    pub fn new(nick: &str) -> Self {
+        Self {
+            nick: nick.to_owned(),
+            prefixes: String::new(),
+            account: None,
+        }
+    }
+
+    /// The member as an occupant: ops moderate, voice participates (as Biboumi maps them).
+    pub fn occupant(&self) -> Occupant {
+        let (role, affiliation) = match self.prefixes.chars().next() {
+            Some('~') => (Role::Moderator, Affiliation::Owner),
+            Some('&' | '@') => (Role::Moderator, Affiliation::Admin),
+            Some('%') => (Role::Moderator, Affiliation::Member),
+            Some('+') => (Role::Participant, Affiliation::Member),
+            _ => (Role::Participant, Affiliation::None),
+        };
+        let id = match &self.account {
+            Some(account) => format!("account:{account}"),
+            None => format!("nick:{}", self.nick),
+        };
+        Occupant {
+            nick: self.nick.clone(),
+            id: ForeignId::new(id),
+            role,
+            affiliation,
+        }
+    }
+}
+
+/// One channel on the server, as our users in it see it.
+#[derive(Debug)]
+pub struct Channel {
+    /// The room it is.
+    pub room: RoomId,
+    /// Its name as the server spells it.
+    pub name: String,
+    /// Its members, by folded nick.
+    pub members: HashMap<String, Member>,
+    /// Its topic, if it has one.
+    pub topic: Option<Subject>,
+    /// Our users in it, in the order they joined.
+    pub users: Vec<UserJid>,
+    /// Whether `members` was filled from a NAMES reply.
+    pub synced: bool,
+}
+
+impl Channel {
+    /// The members as occupants.
+    pub fn occupants(&self) -> Vec<Occupant> {
+        self.members.values().map(Member::occupant).collect()
+    }
+}
+
+/// A user's connection to the server, as the others see it.
+#[derive(Debug, Clone)]
+pub struct ClientHandle {
+    /// Where its commands go.
+    pub commands: mpsc::Sender<Command>,
+    /// Whether it is registered with the server now.
+    pub up: Arc<AtomicBool>,
+    /// Tells it to quit.
+    pub stop: Arc<tokio::sync::Notify>,
+}
+
+/// What the connections of one server share.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// How the server folds names.
+    pub casemapping: CaseMapping,
+    /// Channels with one of our users in them, by folded name.
+    pub channels: HashMap<String, Channel>,
+    /// Our users' nicks now, folded.
+    pub own: HashMap<String, UserJid>,
+    /// Our users' connections.
+    pub clients: HashMap<UserJid, ClientHandle>,
+}
+
+impl Shared {
+    /// Folds a nick or channel name as the server does.
+    pub fn fold(&self, name: &str) -> String {
+        self.casemapping.fold(name)
+    }
+
+    /// Whether `user`'s connection reports `channel`'s events: the first of our users in it
+    /// whose connection is up.
+    pub fn reports(&self, channel: &Channel, user: &UserJid) -> bool {
+        self.reporter(channel) == Some(user)
+    }
+
+    /// Who reports `channel`'s events now.
+    pub fn reporter<'a>(&self, channel: &'a Channel) -> Option<&'a UserJid> {
+        channel.users.iter().find(|user| {
+            self.clients
+                .get(*user)
+                .is_some_and(|client| client.up.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Whether `nick` is one of our users.
+    pub fn is_own(&self, nick: &str) -> bool {
+        self.own.contains_key(&self.fold(nick))
+    }
+}
+
+/// The shared state of one server, behind a lock never held across an await.
+#[derive(Debug, Default)]
+pub struct Network {
+    shared: Mutex<Shared>,
+}
+
+impl Network {
+    /// The state, locked.
+    pub fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock leaves the maps usable: take them as they are.
+        self.shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Parses a NAMES entry: prefixes (all of them with `multi-prefix`), then the nick (and
+/// `!user@host` with `userhost-in-names`, dropped).
+pub fn parse_name(entry: &str, symbols: &str) -> Option<Member> {
+    let nick_start = entry
+        .find(|c: char| !symbols.contains(c))
+        .unwrap_or(entry.len());
+    let (prefixes, rest) = entry.split_at(nick_start);
+    let nick = rest.split(['!', '@']).next().unwrap_or("");
+    if nick.is_empty() {
+        return None;
+    }
+    let mut member = Member::new(nick);
+    member.prefixes = sort_prefixes(prefixes, symbols);
+    Some(member)
+}
+
+/// `prefixes` in the server's order (highest first), each once.
+pub fn sort_prefixes(prefixes: &str, symbols: &str) -> String {
+    symbols.chars().filter(|c| prefixes.contains(*c)).collect()
+}
+
+/// ISUPPORT `PREFIX`, e.g. `(ov)@+`: the modes and their symbols, highest first.
+pub fn prefix_modes(isupport: Option<&str>) -> (String, String) {
+    let value = isupport.unwrap_or("(ov)@+");
+    match value
+        .strip_prefix('(')
+        .and_then(|rest| rest.split_once(')'))
+    {
+        Some((modes, symbols)) if modes.chars().count() == symbols.chars().count() => {
+            (modes.to_owned(), symbols.to_owned())
+        }
+        _ => ("ov".into(), "@+".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_with_every_prefix_and_without_hosts() {
+        let symbols = "~&@%+";
+        assert_eq!(
+            parse_name("@+alice!a@host", symbols),
+            Some(Member {
+                nick: "alice".into(),
+                prefixes: "@+".into(),
+                account: None
+            })
+        );
+        assert_eq!(
+            parse_name("+@bob", symbols).map(|m| m.prefixes),
+            Some("@+".into())
+        );
+        assert_eq!(
+            parse_name("carol", symbols).map(|m| m.nick),
+            Some("carol".into())
+        );
+        assert_eq!(parse_name("@", symbols), None);
+        assert_eq!(
+            prefix_modes(Some("(qaohv)~&@%+")),
+            ("qaohv".into(), "~&@%+".into())
+        );
+        assert_eq!(prefix_modes(Some("(ov")), ("ov".into(), "@+".into()));
+    }
+
+    #[test]
+    fn prefixes_become_roles_and_affiliations() {
+        let op = parse_name("@op", "@+").map(|m| m.occupant());
+        assert_eq!(
+            op.map(|o| (o.role, o.affiliation)),
+            Some((Role::Moderator, Affiliation::Admin))
+        );
+        let voiced = parse_name("+v", "@+").map(|m| m.occupant());
+        assert_eq!(
+            voiced.map(|o| (o.role, o.affiliation)),
+            Some((Role::Participant, Affiliation::Member))
+        );
+        let mut member = Member::new("dave");
+        assert_eq!(member.occupant().id.as_str(), "nick:dave");
+        member.account = Some("dave_acct".into());
+        assert_eq!(member.occupant().id.as_str(), "account:dave_acct");
+    }
+}

@@ -1,0 +1,227 @@
+//! The bridge against a scripted IRC server, for what real servers do not produce on
+//! demand: a hostile one (a 1 MiB line, Latin-1, 30,000 names, characters XML forbids), and
+//! IRCv3's echo-message with msgid and server-time.
+
+use std::time::{Duration, SystemTime};
+
+use jabbridge_sdk::testkit::TestCore;
+use jabbridge_sdk::{
+    HistoryWish, JoinRequest, MessageId, Posted, RoomEvent, RoomId, RoomPost, UserJid,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A bridge reaching a server on `port` called `fake.test`, flood control off.
+fn bridge(core: &TestCore, port: u16) -> std::sync::Arc<dyn jabbridge_sdk::Bridge> {
+    core.build(
+        crate::build,
+        jabbridge_sdk::serde_json::json!({
+            "flood": {"burst": 10, "per_second": 0},
+            "network": [{"name": "fake.test", "host": "127.0.0.1", "port": port, "tls": "off"}],
+        }),
+    )
+    .expect("the bridge builds")
+}
+
+fn join(room: &str) -> JoinRequest {
+    JoinRequest {
+        user: UserJid::new("alice@localhost"),
+        room: RoomId::new(room),
+        nick: "alice".into(),
+        password: None,
+        history: HistoryWish::default(),
+        registration: None,
+    }
+}
+
+/// The next line the client wrote, within 10 s.
+async fn line_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String {
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, reader.read_line(&mut line))
+        .await
+        .expect("a line from the bridge in time")
+        .expect("read");
+    line.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn a_hostile_server_costs_bounded_memory_and_its_text_is_cleaned() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        while !line_from(&mut reader).await.starts_with("USER") {}
+        let mut out: Vec<u8> = Vec::new();
+        out.extend_from_slice(b":fake.test 001 alice :Welcome\r\n");
+        out.extend_from_slice(
+            b":fake.test 005 alice CASEMAPPING=rfc1459 PREFIX=(ov)@+ :are supported\r\n",
+        );
+        // A line of 1 MiB, then a notice in Latin-1.
+        out.extend(std::iter::repeat_n(b'x', 1 << 20));
+        out.extend_from_slice(b"\r\n:fake.test NOTICE alice :caf\xe9 ouvert\r\n");
+        out.extend_from_slice(b":fake.test 376 alice :End of MOTD\r\n");
+        write.write_all(&out).await.expect("write");
+        loop {
+            let line = line_from(&mut reader).await;
+            // The room's folded name is joined: the server folds it too.
+            if line.eq_ignore_ascii_case("JOIN #big") {
+                break;
+            }
+        }
+        let mut out: Vec<u8> = b":alice!a@h JOIN #Big\r\n".to_vec();
+        for chunk in 0..300 {
+            out.extend_from_slice(b":fake.test 353 alice = #Big :");
+            for n in 0..100 {
+                out.extend_from_slice(format!("@nick{chunk}x{n} ").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b":fake.test 366 alice #Big :End of NAMES\r\n");
+        out.extend_from_slice(b":mallory!m@h PRIVMSG #big :bell\x07 esc\x1b nul-free \xff\r\n");
+        write.write_all(&out).await.expect("write");
+        // Hold the connection until the test ends.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(write);
+    });
+
+    // The room id folds the channel (#Big and #big are one room).
+    let room = bridge.parse_room("#Big%fake.test").expect("a room");
+    assert_eq!(room.as_str(), "#big%fake.test");
+    let joined = tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("joined in time")
+        .expect("joined");
+    assert_eq!(joined.nick, "alice");
+    // 30,000 names listed; at most MAX_MEMBERS kept (and alice).
+    assert!(joined.occupants.len() <= crate::state::MAX_MEMBERS + 1);
+    assert!(joined.occupants.len() >= 1000, "{}", joined.occupants.len());
+
+    let notice = core.next_delivered(WAIT).await.expect("the notice");
+    assert_eq!(notice.contact.as_str(), "fake.test");
+    assert_eq!(notice.text, "café ouvert");
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let said = loop {
+        let found = core
+            .room_events()
+            .into_iter()
+            .find_map(|(_, event)| match event {
+                RoomEvent::Message(message) => Some(message),
+                _ => None,
+            });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(said.nick, "mallory");
+    assert_eq!(said.text, "bell esc nul-free ÿ");
+    server.abort();
+}
+
+#[tokio::test]
+async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        assert_eq!(line_from(&mut reader).await, "CAP LS 302");
+        write
+            .write_all(b":fake.test CAP * LS * :multi-prefix sasl\r\n:fake.test CAP * LS :echo-message message-tags server-time\r\n")
+            .await
+            .expect("write");
+        let mut requested = String::new();
+        loop {
+            let line = line_from(&mut reader).await;
+            if let Some(caps) = line.strip_prefix("CAP REQ :") {
+                requested = caps.to_owned();
+                write
+                    .write_all(format!(":fake.test CAP * ACK :{caps}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+            }
+            if line == "CAP END" {
+                break;
+            }
+        }
+        assert_eq!(
+            requested,
+            "echo-message message-tags multi-prefix server-time"
+        );
+        write
+            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 422 alice :no MOTD\r\n")
+            .await
+            .expect("write");
+        while !line_from(&mut reader).await.starts_with("JOIN #room") {}
+        write
+            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice @bob\r\n:fake.test 366 alice #room :End\r\n")
+            .await
+            .expect("write");
+        // Two lines posted; each is echoed, the first with its id and time.
+        let first = line_from(&mut reader).await;
+        let second = line_from(&mut reader).await;
+        assert_eq!(first, "PRIVMSG #room one");
+        assert_eq!(second, "PRIVMSG #room two");
+        write
+            .write_all(b"@msgid=abc;time=2026-01-02T03:04:05.678Z :alice!a@h PRIVMSG #room :one\r\n@msgid=abd :alice!a@h PRIVMSG #room :two\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(write);
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    let joined = tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let mut nicks: Vec<_> = joined.occupants.iter().map(|o| o.nick.clone()).collect();
+    nicks.sort();
+    assert_eq!(nicks, ["alice", "bob"]);
+    let post = RoomPost {
+        id: MessageId::new("origin-1"),
+        user: UserJid::new("alice@localhost"),
+        room: room.clone(),
+        text: "one\ntwo".into(),
+        registration: None,
+        replaces: None,
+    };
+    let posted = tokio::time::timeout(WAIT, bridge.send_room_message(post))
+        .await
+        .expect("in time")
+        .expect("posted");
+    assert_eq!(posted, Posted::EchoFollows);
+    let messages: Vec<_> = core
+        .room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Message(message) => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let echo = &messages[0];
+    assert_eq!(
+        echo.echo_of.as_ref().map(MessageId::as_str),
+        Some("origin-1")
+    );
+    assert_eq!(echo.foreign_id.as_str(), "abc");
+    assert_eq!(echo.text, "one\ntwo");
+    let at = echo.timestamp.expect("server-time");
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    assert_eq!(since, 1_767_323_045_678);
+    server.abort();
+}

@@ -1,0 +1,465 @@
+//! The IRC bridge through real servers: Prosody with slixmpp clients on the XMPP side, a real
+//! ngircd (throttle off) with raw IRC clients on the other. A user joins a channel, talks
+//! both ways (`/me`, a long multi-line message split exactly, a CR/LF injection that stays
+//! text), sees nick changes, the topic and a kick, writes privately both ways; the IRC server
+//! restarts and the room is rejoined with the user told; Jabbridge is killed and the room is
+//! joined again at start.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use xmpp_parsers::minidom::Element;
+
+use crate::harness::{self, Jabbridge, ServerKind, XmppServer, body};
+
+const WAIT: Duration = Duration::from_secs(10);
+const DOMAIN: &str = "irc.localhost";
+const NETWORK: &str = "irc.test";
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+/// A throw-away ngircd on loopback, as the `irc` user when we are root, its throttle off.
+pub struct Ngircd {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<tokio::process::Child>,
+}
+
+impl Ngircd {
+    /// Starts one, or `None` (outside CI) when ngircd is not installed.
+    pub async fn start() -> Option<Ngircd> {
+        if std::process::Command::new("ngircd")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ngircd is needed under CI"
+            );
+            eprintln!("skipped: no ngircd");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let mut server = Ngircd {
+            port: harness::free_port(),
+            dir,
+            process: None,
+        };
+        server.run().await;
+        Some(server)
+    }
+
+    async fn run(&mut self) {
+        let config = self.dir.path().join("ngircd.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "[Global]\nName = {NETWORK}\nInfo = test\nListen = 127.0.0.1\nPorts = {}\n\
+                 [Limits]\nMaxPenaltyTime = 0\nMaxNickLength = 30\n\
+                 [Options]\nPAM = no\nIdent = no\nDNS = no\n",
+                self.port
+            ),
+        )
+        .expect("write the config");
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .ok()
+            .is_some_and(|uid| String::from_utf8_lossy(&uid.stdout).trim() == "0");
+        let mut command = if root {
+            let mut command = tokio::process::Command::new("setpriv");
+            command.args(["--reuid=irc", "--regid=irc", "--init-groups", "ngircd"]);
+            command
+        } else {
+            tokio::process::Command::new("ngircd")
+        };
+        let process = command
+            .args(["-n", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start ngircd");
+        self.process = Some(process);
+        assert!(
+            harness::port_opens(self.port, Duration::from_secs(10)).await,
+            "ngircd did not listen"
+        );
+    }
+
+    /// Kills the server (every connection drops) and starts it again on the same port.
+    pub async fn restart(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill().await;
+            let _ = process.wait().await;
+        }
+        self.run().await;
+    }
+}
+
+/// A raw IRC client, as people on IRC use it.
+pub struct IrcUser {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl IrcUser {
+    /// Connects and registers as `nick`.
+    pub async fn connect(port: u16, nick: &str) -> IrcUser {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to ngircd");
+        stream.set_nodelay(true).expect("nodelay");
+        let (read, write) = stream.into_split();
+        let mut user = IrcUser {
+            reader: BufReader::new(read),
+            writer: write,
+        };
+        user.send(&format!("NICK {nick}")).await;
+        user.send(&format!("USER {nick} 0 * :{nick}")).await;
+        user.expect(|line| line.contains(" 001 ")).await;
+        user
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        self.writer
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .expect("write to IRC");
+    }
+
+    /// The next line for which `wanted` holds (PINGs answered on the way), within 10 s.
+    pub async fn expect(&mut self, wanted: impl Fn(&str) -> bool) -> String {
+        let mut seen = Vec::new();
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                let mut line = String::new();
+                let read = self.reader.read_line(&mut line).await.expect("read IRC");
+                assert!(read > 0, "the IRC server closed; saw {seen:#?}");
+                let line = line.trim_end().to_owned();
+                if let Some(token) = line.strip_prefix("PING ") {
+                    self.send(&format!("PONG {token}")).await;
+                    continue;
+                }
+                if wanted(&line) {
+                    return line;
+                }
+                seen.push(line);
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no such IRC line within {WAIT:?}; saw {seen:#?}"))
+    }
+}
+
+/// A Jabbridge config with one IRC bridge reaching `port`, flood control off.
+pub fn irc_config(server: &XmppServer, dir: &std::path::Path, port: u16) -> String {
+    format!(
+        r#"
+[xmpp]
+server = "127.0.0.1:{component}"
+keepalive = "2s"
+keepalive_timeout = "3s"
+reconnect_max = "1s"
+
+[database]
+url = "sqlite://{dir}/jabbridge.db"
+
+[http]
+listen = "127.0.0.1:{{http}}"
+
+[[bridge]]
+kind = "irc"
+domain = "{DOMAIN}"
+secret = "{secret}"
+server = "127.0.0.1:{component}"
+allow = ["localhost"]
+reconnect_max = "2s"
+flood = {{ burst = 10, per_second = 0 }}
+
+[[bridge.network]]
+name = "{NETWORK}"
+host = "127.0.0.1"
+port = {port}
+tls = "off"
+"#,
+        component = server.component_port_for(DOMAIN),
+        dir = dir.display(),
+        secret = harness::SECRET,
+    )
+}
+
+fn codes(stanza: &Element) -> Vec<String> {
+    stanza
+        .get_child("x", MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|child| child.name() == "status")
+                .filter_map(|status| status.attr("code").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn room() -> String {
+    format!("#test%{NETWORK}@{DOMAIN}")
+}
+
+fn from(stanza: &Element, jid: &str) -> bool {
+    stanza.attr("from") == Some(jid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_is_a_room_both_ways() {
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut jabbridge =
+        Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+
+    // Alice joins from XMPP: she sees Bob (the channel's op, a moderator) and herself.
+    let mut alice = server.client("alice").await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["nick"], "alice");
+    assert_eq!(joined["occupants"], serde_json::json!(["alice", "bob"]));
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+
+    // Bob talks; Alice reads it from his occupant JID.
+    bob.send("PRIVMSG #test :hello alice").await;
+    let said = alice
+        .expect(WAIT, |s| {
+            from(s, &format!("{room}/bob")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(body(&said).as_deref(), Some("hello alice"));
+    assert_eq!(said.attr("type"), Some("groupchat"));
+
+    // Alice talks: Bob gets each line, she gets her reflection once.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='a1'><body>hi bob\nsecond line</body>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='origin-a1'/></message>"
+        ))
+        .await;
+    let first = bob.expect(|line| line.contains("PRIVMSG #test")).await;
+    assert!(first.starts_with(":alice!"), "{first}");
+    assert!(first.ends_with("PRIVMSG #test :hi bob"), "{first}");
+    let second = bob.expect(|line| line.contains("PRIVMSG #test")).await;
+    assert!(second.ends_with("PRIVMSG #test :second line"), "{second}");
+    let mine = |s: &Element| from(s, &format!("{room}/alice")) && body(s).is_some();
+    let reflection = alice.expect(WAIT, mine).await;
+    assert_eq!(body(&reflection).as_deref(), Some("hi bob\nsecond line"));
+    alice.expect_none(Duration::from_millis(500), mine).await;
+
+    // An injection attempt stays text: a line break makes a second PRIVMSG, never a command.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='a2'><body>x&#13;&#10;QUIT :bye&#13;JOIN #evil</body></message>"
+        ))
+        .await;
+    for expected in [
+        "PRIVMSG #test :x",
+        "PRIVMSG #test :QUIT :bye",
+        "PRIVMSG #test :JOIN #evil",
+    ] {
+        let line = bob.expect(|line| line.contains("PRIVMSG #test")).await;
+        assert!(line.ends_with(expected), "{line} is not {expected}");
+    }
+
+    // A long message is cut at words within IRC's line, and nothing is lost.
+    let words: Vec<String> = (0..200).map(|n| format!("word{n}")).collect();
+    let long = words.join(" ");
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='a3'><body>{long}</body></message>"
+        ))
+        .await;
+    let mut pieces = Vec::new();
+    while pieces.join(" ").len() < long.len() {
+        let line = bob
+            .expect(|line| line.contains("PRIVMSG #test :word"))
+            .await;
+        assert!(line.len() + 2 <= 512, "{} bytes", line.len());
+        let text = line
+            .split_once("PRIVMSG #test :")
+            .map(|(_, text)| text.to_owned());
+        pieces.push(text.expect("a text"));
+    }
+    assert!(pieces.len() >= 3, "{pieces:?}");
+    assert_eq!(pieces.join(" "), long);
+
+    // /me both ways.
+    bob.send("PRIVMSG #test :\u{1}ACTION waves\u{1}").await;
+    let action = alice
+        .expect(WAIT, |s| {
+            from(s, &format!("{room}/bob")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(body(&action).as_deref(), Some("/me waves"));
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='a4'><body>/me smiles</body></message>"
+        ))
+        .await;
+    let line = bob.expect(|line| line.contains("PRIVMSG #test")).await;
+    assert!(
+        line.ends_with("PRIVMSG #test :\u{1}ACTION smiles\u{1}"),
+        "{line}"
+    );
+
+    // The topic: Bob sets it, Alice gets the subject from him.
+    bob.send("TOPIC #test :tea time").await;
+    let subject = alice
+        .expect(WAIT, |s| {
+            s.children().any(|child| child.name() == "subject")
+        })
+        .await;
+    assert!(from(&subject, &format!("{room}/bob")), "{subject:?}");
+
+    // Bob changes nick: Alice sees 303 and him back under the new one.
+    bob.send("NICK bobby").await;
+    let renamed = alice
+        .expect(WAIT, |s| {
+            s.name() == "presence" && from(s, &format!("{room}/bob"))
+        })
+        .await;
+    assert_eq!(codes(&renamed), ["303"]);
+    alice
+        .expect(WAIT, |s| {
+            s.name() == "presence" && from(s, &format!("{room}/bobby"))
+        })
+        .await;
+
+    // Private messages both ways, from and to nick%server.
+    bob.send("PRIVMSG alice :psst").await;
+    let contact = format!("bobby%{NETWORK}@{DOMAIN}");
+    let private = alice.expect(WAIT, |s| from(s, &contact)).await;
+    assert_eq!(body(&private).as_deref(), Some("psst"));
+    alice
+        .send(&format!(
+            "<message type='chat' to='{contact}' id='p1'><body>hi there</body></message>"
+        ))
+        .await;
+    let line = bob.expect(|line| line.contains("PRIVMSG bobby")).await;
+    assert!(
+        line.starts_with(":alice!") && line.ends_with(":hi there"),
+        "{line}"
+    );
+
+    // A private message to Bob's occupant JID is a query to him.
+    alice
+        .send(&format!(
+            "<message type='chat' to='{room}/bobby' id='p2'><body>via the room</body>\
+             <x xmlns='http://jabber.org/protocol/muc#user'/></message>"
+        ))
+        .await;
+    let line = bob.expect(|line| line.contains("PRIVMSG bobby")).await;
+    assert!(line.ends_with(":via the room"), "{line}");
+
+    // The server's channels (LIST) are the gateway's rooms in disco#items.
+    let items = alice
+        .iq(
+            "items",
+            &format!(
+                "<iq type='get' to='{DOMAIN}' id='items'>\
+                 <query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+            ),
+        )
+        .await;
+    let listed: Vec<&str> = items
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .map(|query| {
+            query
+                .children()
+                .filter_map(|item| item.attr("jid"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(listed.contains(&room.as_str()), "{items:?}");
+
+    // Bob (the channel's op) kicks Alice: she is out, with 307 and 110.
+    bob.send("KICK #test alice :enough").await;
+    let kicked = alice
+        .expect(WAIT, |s| {
+            s.name() == "presence"
+                && s.attr("type") == Some("unavailable")
+                && from(s, &format!("{room}/alice"))
+        })
+        .await;
+    let mut kicked_codes = codes(&kicked);
+    kicked_codes.sort();
+    assert_eq!(kicked_codes, ["110", "307"]);
+    jabbridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
+    let Some(mut ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut jabbridge =
+        Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let mut alice = server.client("alice").await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+
+    // The IRC server restarts: Alice is told in the room, and is back in the channel.
+    ircd.restart().await;
+    let notice = |s: &Element| from(s, &room) && body(s).is_some();
+    let down = alice.expect(WAIT, notice).await;
+    let text = body(&down).unwrap_or_default();
+    assert!(text.contains("Disconnected from irc.test"), "{text}");
+    let back = alice.expect(Duration::from_secs(20), notice).await;
+    let text = body(&back).unwrap_or_default();
+    assert!(text.contains("Reconnected to irc.test"), "{text}");
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    let names = bob.expect(|line| line.contains(" 353 ")).await;
+    assert!(names.contains("alice"), "{names}");
+    bob.send("PRIVMSG #test :welcome back").await;
+    let said = alice
+        .expect(WAIT, |s| {
+            from(s, &format!("{room}/bob")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(body(&said).as_deref(), Some("welcome back"));
+
+    // Jabbridge is killed: at its next start Alice is in the channel again.
+    jabbridge.kill().await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("QUIT"))
+        .await;
+    jabbridge.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+    bob.send("PRIVMSG #test :still there?").await;
+    let said = alice
+        .expect(Duration::from_secs(20), |s| {
+            from(s, &format!("{room}/bob")) && body(s).as_deref() == Some("still there?")
+        })
+        .await;
+    assert_eq!(said.attr("type"), Some("groupchat"));
+    jabbridge.terminate().await;
+}
