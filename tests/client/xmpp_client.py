@@ -10,7 +10,7 @@ It prints {"event": "ready"} once logged in and {"event": "disconnected"} if the
 Rooms are joined with slixmpp's own XEP-0045 plugin, as a client would: {"join": ROOM_JID,
 "nick": NICK, "maxstanzas": N?, "password": P?} waits for the join to complete (occupants,
 self-presence, history, subject) and prints {"event": "joined", ...} with what the plugin saw,
-or {"event": "join_error", "condition": ...}, or {"event": "join_timeout"}.
+or {"event": "join_error", "condition": ..., "text": ...}, or {"event": "join_timeout"}.
 """
 
 import argparse
@@ -102,7 +102,7 @@ class Driven(slixmpp.ClientXMPP):
                 timeout=20,
             )
         except slixmpp.exceptions.PresenceError as error:
-            emit("join_error", room=str(room), condition=error.condition)
+            emit("join_error", room=str(room), condition=error.condition, text=error.text)
             return
         except asyncio.TimeoutError:
             emit("join_timeout", room=str(room))

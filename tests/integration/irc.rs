@@ -105,6 +105,151 @@ impl Ngircd {
     }
 }
 
+/// Whether we run as root (then servers run as the `irc` user).
+fn root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .is_some_and(|uid| String::from_utf8_lossy(&uid.stdout).trim() == "0")
+}
+
+/// `program` as the `irc` user when we are root.
+fn as_irc(program: &str) -> tokio::process::Command {
+    if root() {
+        let mut command = tokio::process::Command::new("setpriv");
+        command.args(["--reuid=irc", "--regid=irc", "--init-groups", program]);
+        command
+    } else {
+        tokio::process::Command::new(program)
+    }
+}
+
+/// A throw-away InspIRCd 3 with atheme linked (IRCv3, SASL, NickServ), on loopback, from
+/// the templates in `tests/irc-servers/`. InspIRCd registers a client in a once-a-second
+/// sweep: each connection takes about a second.
+pub struct Inspircd {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    _inspircd: tokio::process::Child,
+    _atheme: tokio::process::Child,
+}
+
+impl Inspircd {
+    /// Starts both, or `None` (outside CI) when they are not installed.
+    pub async fn start() -> Option<Inspircd> {
+        let installed = ["/usr/sbin/inspircd", "/usr/bin/atheme-services"]
+            .iter()
+            .all(|path| std::path::Path::new(path).exists());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "inspircd and atheme-services are needed under CI"
+            );
+            eprintln!("skipped: no inspircd or atheme-services");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = harness::free_port();
+        let link = harness::free_port();
+        let fill = |template: &str| {
+            template
+                .replace("@PORT@", &port.to_string())
+                .replace("@LINKPORT@", &link.to_string())
+                .replace("@PASSWORD@", "link-secret")
+                .replace("@DIR@", &dir.path().display().to_string())
+        };
+        let inspircd_conf = dir.path().join("inspircd.conf");
+        let atheme_conf = dir.path().join("atheme.conf");
+        std::fs::write(
+            &inspircd_conf,
+            fill(include_str!("../irc-servers/inspircd.conf.in")),
+        )
+        .expect("write inspircd.conf");
+        std::fs::write(
+            &atheme_conf,
+            fill(include_str!("../irc-servers/atheme.conf.in")),
+        )
+        .expect("write atheme.conf");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        if root() {
+            let owned = std::process::Command::new("chown")
+                .args(["-R", "irc:irc"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(owned.success());
+        }
+        let mut inspircd = as_irc("/usr/sbin/inspircd")
+            .arg("--config")
+            .arg(&inspircd_conf)
+            .args(["--nofork", "--nopid"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start inspircd");
+        let stdout = inspircd.stdout.take().expect("inspircd's stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let running = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("is now running as") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(running, Ok(true), "inspircd did not start");
+        // Its stdout is drained for as long as it runs.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let atheme = as_irc("atheme-services")
+            .arg("-n")
+            .arg("-c")
+            .arg(&atheme_conf)
+            .arg("-D")
+            .arg(dir.path())
+            .arg("-l")
+            .arg(dir.path().join("atheme.log"))
+            .arg("-p")
+            .arg(dir.path().join("atheme.pid"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start atheme");
+        let log = dir.path().join("atheme.log");
+        let synced = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("finished synching with uplink") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(synced.is_ok(), "atheme did not link to inspircd");
+        Some(Inspircd {
+            port,
+            dir,
+            _inspircd: inspircd,
+            _atheme: atheme,
+        })
+    }
+
+    /// The services' log, for failures.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("atheme.log")).unwrap_or_default()
+    }
+}
+
 /// A raw IRC client, as people on IRC use it.
 pub struct IrcUser {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -162,6 +307,16 @@ impl IrcUser {
 
 /// A Jabbridge config with one IRC bridge reaching `port`, flood control off.
 pub fn irc_config(server: &XmppServer, dir: &std::path::Path, port: u16) -> String {
+    irc_config_with(server, dir, port, "")
+}
+
+/// [`irc_config`] with more keys for the bridge.
+pub fn irc_config_with(
+    server: &XmppServer,
+    dir: &std::path::Path,
+    port: u16,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [xmpp]
@@ -184,6 +339,7 @@ server = "127.0.0.1:{component}"
 allow = ["localhost"]
 reconnect_max = "2s"
 flood = {{ burst = 10, per_second = 0 }}
+{extra}
 
 [[bridge.network]]
 name = "{NETWORK}"
@@ -461,5 +617,125 @@ async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
         })
         .await;
     assert_eq!(said.attr("type"), Some("groupchat"));
+    jabbridge.terminate().await;
+}
+
+/// Runs the `irc-settings` command with `fields`; the bridge's note.
+async fn irc_settings(client: &mut harness::Client, fields: &[(&str, &str)]) -> String {
+    let commands = "http://jabber.org/protocol/commands";
+    let form = client
+        .iq(
+            "s1",
+            &format!(
+                "<iq type='set' to='{DOMAIN}' id='s1'><command xmlns='{commands}' \
+                 node='irc-settings' action='execute'/></iq>"
+            ),
+        )
+        .await;
+    let session = form
+        .get_child("command", commands)
+        .and_then(|command| command.attr("sessionid"))
+        .unwrap_or_default()
+        .to_owned();
+    let values: String = fields
+        .iter()
+        .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
+        .collect();
+    let done = client
+        .iq(
+            "s2",
+            &format!(
+                "<iq type='set' to='{DOMAIN}' id='s2'><command xmlns='{commands}' \
+                 node='irc-settings' sessionid='{session}' action='complete'>\
+                 <x xmlns='jabber:x:data' type='submit'>{values}</x></command></iq>"
+            ),
+        )
+        .await;
+    done.get_child("command", commands)
+        .and_then(|command| command.get_child("note", commands))
+        .map(Element::text)
+        .unwrap_or_else(|| format!("no note in {done:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
+    let Some(ircd) = Inspircd::start().await else {
+        return;
+    };
+    // An account on the network, registered with NickServ from IRC.
+    let mut owner = IrcUser::connect(ircd.port, "acct").await;
+    owner
+        .send("PRIVMSG NickServ :REGISTER secretpw acct@example.org")
+        .await;
+    owner
+        .expect(|line| line.contains("is now registered"))
+        .await;
+    owner.send("QUIT").await;
+    // Bob sees accounts on joins (extended-join).
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("CAP REQ :extended-join").await;
+    bob.expect(|line| line.contains("ACK")).await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config_with(
+        &server,
+        dir.path(),
+        ircd.port,
+        "secret_key = \"a test key of more than sixteen characters\"",
+    );
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let mut alice = server.client("alice").await;
+
+    // A wrong password: the join fails with the server's words, and the password is
+    // nowhere in the log.
+    let note = irc_settings(
+        &mut alice,
+        &[
+            ("server", NETWORK),
+            ("sasl", "plain"),
+            ("account", "acct"),
+            ("password", "wrongpw"),
+        ],
+    )
+    .await;
+    assert!(note.contains("SASL PLAIN as acct"), "{note}");
+    assert!(!note.contains("wrongpw"), "{note}");
+    alice
+        .send(&format!(
+            "<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let occupant = format!("{room}/alice");
+    let refused = alice
+        .expect(Duration::from_secs(20), |s| {
+            s.name() == "presence" && s.attr("type") == Some("error") && from(s, &occupant)
+        })
+        .await;
+    assert_eq!(
+        harness::error_condition(&refused).as_deref(),
+        Some("service-unavailable")
+    );
+    let text = harness::error_text(&refused);
+    assert!(text.contains("SASL authentication failed"), "{text}");
+
+    // The right one: the join goes through, logged in to the account.
+    let note = irc_settings(&mut alice, &[("server", NETWORK), ("password", "secretpw")]).await;
+    assert!(note.contains("SASL PLAIN as acct"), "{note}");
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());
+    let join = bob
+        .expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+    assert!(join.contains("JOIN #test acct"), "{join}");
+    let log = jabbridge.log();
+    assert!(
+        !log.contains("secretpw") && !log.contains("wrongpw"),
+        "a password was logged"
+    );
     jabbridge.terminate().await;
 }

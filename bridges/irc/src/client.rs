@@ -107,6 +107,10 @@ pub struct Setup {
     pub idle_close: Duration,
     /// How addresses are written.
     pub addressing: Addressing,
+    /// The user's NickServ password, sent after registration when SASL did not log in.
+    pub nickserv: Option<SecretString>,
+    /// Channels to join on connecting.
+    pub autojoin: Vec<String>,
 }
 
 /// A join waiting for the server's answer.
@@ -497,6 +501,18 @@ impl Client {
             // The server's notices and MOTD, once per connection's life, from its address.
             let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
             self.server_says_plain(&text.join("\n")).await;
+        }
+        if let Some(password) = self.setup.nickserv.clone()
+            && self.account.is_none()
+        {
+            let identify = format!("IDENTIFY {}", password.expose_secret());
+            self.enqueue("PRIVMSG", &["NickServ", &identify], None);
+        }
+        for channel in self.setup.autojoin.clone() {
+            let folded = self.fold(&channel);
+            if !self.channels.contains_key(&folded) {
+                self.enqueue("JOIN", &[&channel], None);
+            }
         }
         if !self.channels.is_empty() {
             // A reconnection: the user keeps their rooms, under the nick they have now.

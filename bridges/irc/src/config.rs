@@ -31,6 +31,10 @@ pub struct IrcConfig {
     /// Whether users may send raw IRC commands by writing to a server's address.
     #[serde(default)]
     pub raw_commands: bool,
+    /// The key users' passwords (SASL, NickServ) are sealed with in the database. Without it,
+    /// users cannot store passwords. Changing it makes the stored ones unreadable.
+    #[serde(default)]
+    pub secret_key: Option<SecretString>,
 }
 
 fn reconnect_max() -> Duration {

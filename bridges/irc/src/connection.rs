@@ -280,7 +280,7 @@ impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate
 }
 
 /// Base64 of `bytes` (RFC 4648, padded), for `AUTHENTICATE`.
-fn base64(bytes: &[u8]) -> String {
+pub(crate) fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

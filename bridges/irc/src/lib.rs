@@ -11,6 +11,7 @@
 //! - [`client`]: one user's connection as a task: reconnection, flood control, and what
 //!   the server says turned into room events and messages.
 //! - [`state`]: what the connections of one server share (channels, members, who reports).
+//! - [`settings`]: each user's own settings per server (`irc-settings`), secrets sealed.
 //! - [`text`]: formatting codes, CTCP and `/me`.
 
 pub mod address;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod reader;
+pub mod settings;
 pub mod state;
 pub mod text;
 pub mod wire;
@@ -26,7 +28,7 @@ pub mod wire;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jabbridge_sdk::{
@@ -39,8 +41,11 @@ use tokio::sync::oneshot;
 use crate::address::{Address, Addressing};
 use crate::client::{Client, Command, Setup};
 use crate::config::{IrcConfig, NetworkConfig};
-use crate::connection::{Registration, Target};
+use crate::connection::{Registration, Sasl, Target};
+use crate::settings::{SaslMode, UserSettings, Vault};
 use crate::state::{ClientHandle, Network};
+use jabbridge_sdk::secrecy::SecretString;
+use jabbridge_sdk::{CommandError, CommandResult, FormValues};
 
 /// How long a connection with no channel stays open after the last private message.
 const IDLE_CLOSE: Duration = Duration::from_secs(600);
@@ -49,7 +54,18 @@ const IDLE_CLOSE: Duration = Duration::from_secs(600);
 pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
     let config: IrcConfig = settings.parse()?;
     config.validate()?;
-    Ok(Arc::new(IrcBridge::new(config, core)))
+    let vault = config
+        .secret_key
+        .as_ref()
+        .map(Vault::new)
+        .transpose()
+        .map_err(|message| jabbridge_sdk::SettingsError {
+            key: "secret_key".into(),
+            message,
+        })?;
+    Ok(Arc::new_cyclic(|me| {
+        IrcBridge::new(config, core, vault, me.clone())
+    }))
 }
 
 /// One configured server and the state its connections share.
@@ -64,10 +80,14 @@ pub struct IrcBridge {
     config: IrcConfig,
     addressing: Addressing,
     servers: BTreeMap<String, Server>,
+    /// Seals users' passwords; none without `secret_key`.
+    vault: Option<Vault>,
+    /// The bridge itself, for its commands.
+    me: Weak<IrcBridge>,
 }
 
 impl IrcBridge {
-    fn new(mut config: IrcConfig, core: Core) -> Self {
+    fn new(mut config: IrcConfig, core: Core, vault: Option<Vault>, me: Weak<IrcBridge>) -> Self {
         let networks = std::mem::take(&mut config.network);
         let addressing = Addressing::new(
             networks
@@ -91,29 +111,110 @@ impl IrcBridge {
             config,
             addressing,
             servers,
+            vault,
+            me,
         }
     }
 
-    /// `user`'s connection to `network`, started (with `nick` when it is new) if there is
-    /// none.
-    fn client(&self, user: &UserJid, network: &str, nick: Option<&str>) -> Option<ClientHandle> {
+    /// `user`'s settings for `network`; the defaults when none are stored or they do not
+    /// read.
+    async fn settings_of(&self, user: &UserJid, network: &str) -> UserSettings {
+        let key = UserSettings::key(network, user.as_str());
+        match self.core.load_as::<UserSettings>(&key).await {
+            Ok(settings) => settings.unwrap_or_default(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read a user's IRC settings; using the defaults");
+                UserSettings::default()
+            }
+        }
+    }
+
+    /// A secret of the user's, opened; `None` (logged) when it does not open.
+    fn open(&self, sealed: Option<&settings::Sealed>) -> Option<SecretString> {
+        let (vault, sealed) = (self.vault.as_ref()?, sealed?);
+        vault
+            .open(sealed)
+            .map_err(|error| tracing::warn!(%error, "a stored IRC password does not open"))
+            .ok()
+    }
+
+    /// The `irc-settings` command: stores what the form says, and tells what is set now.
+    async fn configure(&self, user: &UserJid, values: &FormValues) -> CommandResult {
+        let network = values
+            .get("server")
+            .and_then(|name| {
+                self.servers
+                    .keys()
+                    .find(|known| known.eq_ignore_ascii_case(name))
+            })
+            .cloned()
+            .ok_or_else(|| CommandError::Rejected("choose one of the gateway's servers".into()))?;
+        let key = UserSettings::key(&network, user.as_str());
+        let mut settings = self.settings_of(user, &network).await;
+        settings
+            .apply(values, self.vault.as_ref())
+            .map_err(CommandError::Rejected)?;
+        self.core
+            .save_as(&key, Some(&settings))
+            .await
+            .map_err(|error| CommandError::Failed(error.to_string()))?;
+        // A connection that is down (a refused login, say) starts again with them.
+        let mut when = "the next time you connect to it";
+        if let Some(handle) = self.existing(user, &network)
+            && !handle.up.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            handle.stop.notify_one();
+            when = "at your next join or message (the connection that was down was closed)";
+        }
+        Ok(format!(
+            "Your settings for {network}: {}. They apply {when}.",
+            settings.describe()
+        ))
+    }
+
+    /// `user`'s connection to `network`, started if there is none: with the nick of their
+    /// settings, else `nick` (the one they join with), else the network's template.
+    async fn client(
+        &self,
+        user: &UserJid,
+        network: &str,
+        nick: Option<&str>,
+    ) -> Option<ClientHandle> {
         let server = self.servers.get(network)?;
-        let mut shared = server.shared.lock();
-        if let Some(handle) = shared.clients.get(user)
+        if let Some(handle) = self.existing(user, network)
             && !handle.commands.is_closed()
         {
-            return Some(handle.clone());
+            return Some(handle);
         }
+        let own = self.settings_of(user, network).await;
         let config = &server.config;
         let jid = user.as_str();
-        let nick = nick
-            .filter(|nick| address::check_nick(nick).is_ok())
-            .map_or_else(|| config::fill(&config.nick, jid), str::to_owned);
-        let username: String = config::fill(&config.username, jid)
+        let nick = own
+            .nick
+            .clone()
+            .or_else(|| {
+                nick.filter(|nick| address::check_nick(nick).is_ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| config::fill(&config.nick, jid));
+        let username: String = own
+            .username
+            .clone()
+            .unwrap_or_else(|| config::fill(&config.username, jid))
             .chars()
             .filter(char::is_ascii_alphanumeric)
             .take(10)
             .collect();
+        let sasl = match (own.sasl, &own.account) {
+            (SaslMode::Plain, Some(account)) => {
+                self.open(own.password.as_ref())
+                    .map(|password| Sasl::Plain {
+                        account: account.clone(),
+                        password,
+                    })
+            }
+            _ => None,
+        };
         let setup = Setup {
             network: network.to_owned(),
             target: Target {
@@ -128,15 +229,20 @@ impl IrcBridge {
                 } else {
                     username
                 },
-                realname: config::fill(&config.realname, jid),
+                realname: own
+                    .realname
+                    .clone()
+                    .unwrap_or_else(|| config::fill(&config.realname, jid)),
                 password: config.password.clone(),
-                sasl: None,
+                sasl,
             },
             flood: self.config.flood,
             connect_timeout: self.config.connect_timeout,
             reconnect_max: self.config.reconnect_max,
             idle_close: IDLE_CLOSE,
             addressing: self.addressing.clone(),
+            nickserv: self.open(own.nickserv.as_ref()),
+            autojoin: own.autojoin.clone(),
         };
         let (client, handle) = Client::new(
             user.clone(),
@@ -144,8 +250,16 @@ impl IrcBridge {
             server.shared.clone(),
             self.core.clone(),
         );
-        shared.clients.insert(user.clone(), handle.clone());
-        drop(shared);
+        {
+            let mut shared = server.shared.lock();
+            // Another call may have started one while the settings were read.
+            if let Some(existing) = shared.clients.get(user)
+                && !existing.commands.is_closed()
+            {
+                return Some(existing.clone());
+            }
+            shared.clients.insert(user.clone(), handle.clone());
+        }
         tokio::spawn(client.run());
         Some(handle)
     }
@@ -296,11 +410,12 @@ impl Bridge for IrcBridge {
                 return self.raw(&message.user, &network, &message.text).await;
             }
         };
-        let handle =
-            self.client(&message.user, &network, None)
-                .ok_or_else(|| SendError::Permanent {
-                    reason: format!("'{network}' is not an IRC server this gateway reaches"),
-                })?;
+        let handle = self
+            .client(&message.user, &network, None)
+            .await
+            .ok_or_else(|| SendError::Permanent {
+                reason: format!("'{network}' is not an IRC server this gateway reaches"),
+            })?;
         let said = Self::ask(&handle, |reply| Command::Say {
             target,
             text: message.text,
@@ -315,6 +430,18 @@ impl Bridge for IrcBridge {
                 retry_after: Some(Duration::from_secs(2)),
             }),
         }
+    }
+
+    fn commands(&self) -> Vec<jabbridge_sdk::Command> {
+        vec![
+            jabbridge_sdk::Command::on(
+                "irc-settings",
+                "Your IRC settings for one server (nick, SASL, NickServ, autojoin)",
+                &self.me,
+                |bridge, user, values| async move { bridge.configure(&user, &values).await },
+            )
+            .with_form(settings::form(self.servers.keys().cloned().collect())),
+        ]
     }
 
     async fn stop_session(&self, user: &UserJid, _why: SessionEnd) {
@@ -332,6 +459,7 @@ impl Bridge for IrcBridge {
             .ok_or_else(|| JoinError::NoSuchRoom(format!("'{}' is not a channel", request.room)))?;
         let handle = self
             .client(&request.user, &network, Some(&request.nick))
+            .await
             .ok_or_else(|| {
                 JoinError::NoSuchRoom(format!("'{network}' is not a server this gateway reaches"))
             })?;
@@ -493,11 +621,12 @@ impl IrcBridge {
             params.push(param.to_owned());
             rest = more.trim_start();
         }
-        let handle = self
-            .client(user, network, None)
-            .ok_or_else(|| SendError::Permanent {
-                reason: format!("'{network}' is not an IRC server this gateway reaches"),
-            })?;
+        let handle =
+            self.client(user, network, None)
+                .await
+                .ok_or_else(|| SendError::Permanent {
+                    reason: format!("'{network}' is not an IRC server this gateway reaches"),
+                })?;
         let sent = Self::ask(&handle, |reply| Command::Send {
             command: command.to_ascii_uppercase(),
             params,

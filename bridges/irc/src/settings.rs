@@ -1,0 +1,426 @@
+//! Each user's own settings per server: nick, user name, real name, a SASL login or a
+//! NickServ password, and channels to join on connecting. Set with the `irc-settings`
+//! command, kept in the core's store (shared by every instance), their secrets sealed with
+//! AES-256-GCM under a key derived from the bridge's `secret_key`: a copy of the database
+//! alone reveals no password, the logs never see one, and no form shows one back.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
+use jabbridge_sdk::{Field, FieldKind, Form, FormValues};
+
+use crate::address;
+
+/// The most channels joined on connecting.
+pub const MAX_AUTOJOIN: usize = 20;
+
+/// How a user logs in to their account.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslMode {
+    /// No SASL.
+    #[default]
+    None,
+    /// SASL PLAIN with the account and password.
+    Plain,
+}
+
+/// A secret as stored: base64 of the nonce and the sealed bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(String);
+
+/// One user's settings for one server, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct UserSettings {
+    /// The nick to connect with (else the one they join with).
+    pub nick: Option<String>,
+    /// The user name (`USER`).
+    pub username: Option<String>,
+    /// The real name.
+    pub realname: Option<String>,
+    /// How to log in.
+    pub sasl: SaslMode,
+    /// The account to log in to.
+    pub account: Option<String>,
+    /// The account's password, sealed.
+    pub password: Option<Sealed>,
+    /// A password for `PRIVMSG NickServ :IDENTIFY`, sealed, where SASL is not used.
+    pub nickserv: Option<Sealed>,
+    /// Channels to join on connecting.
+    pub autojoin: Vec<String>,
+}
+
+impl UserSettings {
+    /// The key they are stored under.
+    pub fn key(network: &str, user: &str) -> String {
+        format!("settings/{network}/{user}")
+    }
+
+    /// What is set, in words, secrets shown only as "set".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(nick) = &self.nick {
+            parts.push(format!("nick {nick}"));
+        }
+        if let Some(username) = &self.username {
+            parts.push(format!("user name {username}"));
+        }
+        if let Some(realname) = &self.realname {
+            parts.push(format!("real name \"{realname}\""));
+        }
+        if self.sasl == SaslMode::Plain {
+            let account = self.account.as_deref().unwrap_or("?");
+            parts.push(format!("SASL PLAIN as {account}"));
+        }
+        if self.nickserv.is_some() {
+            parts.push("a NickServ password".into());
+        }
+        if !self.autojoin.is_empty() {
+            parts.push(format!("autojoin {}", self.autojoin.join(" ")));
+        }
+        if parts.is_empty() {
+            "nothing (the gateway's defaults)".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// Applies a submitted form: an empty field keeps what was stored, `-` clears it.
+    pub fn apply(&mut self, values: &FormValues, vault: Option<&Vault>) -> Result<(), String> {
+        let given = |var: &str| values.get(var).map(str::trim).filter(|v| !v.is_empty());
+        if let Some(nick) = given("nick") {
+            self.nick = cleared(nick)
+                .map(|nick| address::check_nick(nick).map(|()| nick.to_owned()))
+                .transpose()?;
+        }
+        if let Some(username) = given("username") {
+            self.username = cleared(username)
+                .map(|name| {
+                    let valid = name.len() <= 10
+                        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                    valid.then(|| name.to_owned()).ok_or_else(|| {
+                        format!("'{name}': a user name is at most 10 letters and digits")
+                    })
+                })
+                .transpose()?;
+        }
+        if let Some(realname) = given("realname") {
+            self.realname = cleared(realname)
+                .map(|name| {
+                    (name.len() <= 100 && !name.chars().any(char::is_control))
+                        .then(|| name.to_owned())
+                        .ok_or_else(|| "a real name is one line of at most 100 bytes".to_owned())
+                })
+                .transpose()?;
+        }
+        if let Some(mode) = given("sasl") {
+            self.sasl = match mode {
+                "plain" => SaslMode::Plain,
+                "none" | "-" => SaslMode::None,
+                other => return Err(format!("'{other}' is not a SASL mechanism offered here")),
+            };
+        }
+        if let Some(account) = given("account") {
+            self.account = cleared(account)
+                .map(|account| {
+                    (account.len() <= 64 && !account.chars().any(|c| c.is_control() || c == ' '))
+                        .then(|| account.to_owned())
+                        .ok_or_else(|| format!("'{account}' is not an account name"))
+                })
+                .transpose()?;
+        }
+        for (var, slot) in [
+            ("password", &mut self.password),
+            ("nickserv", &mut self.nickserv),
+        ] {
+            if let Some(secret) = given(var) {
+                *slot = match cleared(secret) {
+                    None => None,
+                    Some(secret) => {
+                        let vault = vault.ok_or_else(|| {
+                            "this gateway cannot keep passwords: its admin has not set the \
+                             bridge's secret_key"
+                                .to_owned()
+                        })?;
+                        if secret.chars().any(|c| c.is_control()) || secret.len() > 300 {
+                            return Err("a password is one line of at most 300 bytes".into());
+                        }
+                        Some(vault.seal(secret)?)
+                    }
+                };
+            }
+        }
+        if let Some(channels) = given("autojoin") {
+            self.autojoin = match cleared(channels) {
+                None => Vec::new(),
+                Some(channels) => {
+                    let list: Vec<String> = channels
+                        .split([' ', ','])
+                        .filter(|channel| !channel.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    for channel in &list {
+                        if !channel.starts_with(address::CHANNEL_PREFIXES) {
+                            return Err(format!("'{channel}' is not a channel (#name)"));
+                        }
+                        address::check_channel(channel)?;
+                    }
+                    if list.len() > MAX_AUTOJOIN {
+                        return Err(format!("at most {MAX_AUTOJOIN} channels to autojoin"));
+                    }
+                    list
+                }
+            };
+        }
+        if self.sasl == SaslMode::Plain && (self.account.is_none() || self.password.is_none()) {
+            return Err("SASL PLAIN needs an account and its password".into());
+        }
+        Ok(())
+    }
+}
+
+/// `None` for the value `-` (clear the setting).
+fn cleared(value: &str) -> Option<&str> {
+    (value != "-").then_some(value)
+}
+
+/// The `irc-settings` form.
+pub fn form(networks: Vec<String>) -> Form {
+    let text = |var: &str, label: &str| Field {
+        var: var.into(),
+        label: label.into(),
+        kind: FieldKind::Text,
+        required: false,
+    };
+    let secret = |var: &str, label: &str| Field {
+        var: var.into(),
+        label: label.into(),
+        kind: FieldKind::Secret,
+        required: false,
+    };
+    Form {
+        title: "IRC settings".into(),
+        instructions: "Your settings for one server. An empty field keeps what you set \
+                       before; '-' clears it. They apply the next time you connect to the \
+                       server. Passwords are stored encrypted and never shown."
+            .into(),
+        fields: vec![
+            Field {
+                var: "server".into(),
+                label: "Server".into(),
+                kind: FieldKind::Choice(networks),
+                required: true,
+            },
+            text("nick", "Nick"),
+            text("username", "User name"),
+            text("realname", "Real name"),
+            Field {
+                var: "sasl".into(),
+                label: "Log in with SASL".into(),
+                kind: FieldKind::Choice(vec!["none".into(), "plain".into()]),
+                required: false,
+            },
+            text("account", "Account"),
+            secret("password", "Account password"),
+            secret("nickserv", "NickServ password (without SASL)"),
+            text("autojoin", "Channels to join on connecting"),
+        ],
+    }
+}
+
+/// Seals and opens the users' secrets.
+pub struct Vault {
+    key: LessSafeKey,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Vault")
+    }
+}
+
+/// Why a secret could not be sealed or opened.
+const OPEN_FAILED: &str =
+    "a stored password cannot be read (the bridge's secret_key changed?): set it again";
+
+impl Vault {
+    /// A vault whose key is derived from `secret_key` (SHA-256 of a label and the key).
+    pub fn new(secret_key: &SecretString) -> Result<Self, String> {
+        let passphrase = secret_key.expose_secret();
+        if passphrase.len() < 16 {
+            return Err("must be at least 16 characters (better: 32 random bytes in hex)".into());
+        }
+        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        context.update(b"jabbridge irc secrets v1\0");
+        context.update(passphrase.as_bytes());
+        let digest = context.finish();
+        let key = UnboundKey::new(&AES_256_GCM, digest.as_ref())
+            .map_err(|_| "cannot make a key".to_owned())?;
+        Ok(Self {
+            key: LessSafeKey::new(key),
+            random: SystemRandom::new(),
+        })
+    }
+
+    /// `secret`, sealed with a fresh random nonce.
+    pub fn seal(&self, secret: &str) -> Result<Sealed, String> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| "no randomness".to_owned())?;
+        let mut sealed = secret.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"irc"),
+                &mut sealed,
+            )
+            .map_err(|_| "cannot seal".to_owned())?;
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        Ok(Sealed(crate::connection::base64(&bytes)))
+    }
+
+    /// The secret `sealed` holds.
+    pub fn open(&self, sealed: &Sealed) -> Result<SecretString, String> {
+        let mut bytes = unbase64(&sealed.0).ok_or_else(|| OPEN_FAILED.to_owned())?;
+        if bytes.len() < NONCE_LEN {
+            return Err(OPEN_FAILED.into());
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&bytes[..NONCE_LEN]);
+        let opened = self
+            .key
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(b"irc"),
+                &mut bytes[NONCE_LEN..],
+            )
+            .map_err(|_| OPEN_FAILED.to_owned())?;
+        let text = String::from_utf8(opened.to_vec()).map_err(|_| OPEN_FAILED.to_owned())?;
+        Ok(SecretString::from(text))
+    }
+}
+
+/// Decodes padded base64 (RFC 4648), `None` for anything else.
+fn unbase64(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for chunk in bytes.chunks(4) {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = n << 6 | value(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn values(pairs: &[(&str, &str)]) -> FormValues {
+        FormValues(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    }
+
+    fn vault() -> Vault {
+        Vault::new(&SecretString::from("a key of at least sixteen characters")).unwrap()
+    }
+
+    #[test]
+    fn secrets_are_sealed_and_open_only_with_the_key() {
+        let vault = vault();
+        let sealed = vault.seal("hunter2").unwrap();
+        assert!(!sealed.0.contains("hunter2"));
+        assert_ne!(
+            vault.seal("hunter2").unwrap(),
+            sealed,
+            "a fresh nonce each time"
+        );
+        assert_eq!(vault.open(&sealed).unwrap().expose_secret(), "hunter2");
+        let other = Vault::new(&SecretString::from("another key, sixteen+ characters")).unwrap();
+        assert!(other.open(&sealed).is_err());
+        assert!(vault.open(&Sealed("not base64!".into())).is_err());
+        assert!(Vault::new(&SecretString::from("short")).is_err());
+        assert_eq!(unbase64("Zm9v").as_deref(), Some(&b"foo"[..]));
+        assert_eq!(unbase64("Zg==").as_deref(), Some(&b"f"[..]));
+    }
+
+    #[test]
+    fn a_form_keeps_what_it_leaves_empty_and_clears_dashes() {
+        let vault = vault();
+        let mut settings = UserSettings::default();
+        settings
+            .apply(
+                &values(&[
+                    ("server", "irc.test"),
+                    ("nick", "alice"),
+                    ("sasl", "plain"),
+                    ("account", "alice"),
+                    ("password", "hunter2"),
+                    ("autojoin", "#a, #b"),
+                ]),
+                Some(&vault),
+            )
+            .unwrap();
+        assert_eq!(settings.nick.as_deref(), Some("alice"));
+        assert_eq!(settings.autojoin, ["#a", "#b"]);
+        let description = settings.describe();
+        assert!(description.contains("SASL PLAIN as alice"), "{description}");
+        assert!(!description.contains("hunter2"), "{description}");
+        // A later form with only the real name keeps the rest.
+        settings
+            .apply(&values(&[("realname", "Alice A.")]), Some(&vault))
+            .unwrap();
+        assert_eq!(settings.nick.as_deref(), Some("alice"));
+        assert!(settings.password.is_some());
+        // '-' clears; SASL then needs a password again.
+        assert!(
+            settings
+                .apply(&values(&[("password", "-")]), Some(&vault))
+                .is_err()
+        );
+        let mut fresh = UserSettings::default();
+        assert!(fresh.apply(&values(&[("nick", "bad nick")]), None).is_err());
+        assert!(
+            fresh
+                .apply(&values(&[("autojoin", "nochan")]), None)
+                .is_err()
+        );
+        // Without a secret_key no password is kept.
+        let refused = fresh
+            .apply(&values(&[("nickserv", "pw")]), None)
+            .unwrap_err();
+        assert!(refused.contains("secret_key"), "{refused}");
+    }
+}
