@@ -88,6 +88,31 @@ pub enum Command {
 /// The most channels a `LIST` answer keeps.
 pub const MAX_LISTED: usize = 1000;
 
+/// The most lines waiting for their turn (flood control): a post beyond it is refused.
+const MAX_QUEUED: usize = 200;
+/// The most lines one message may make.
+const MAX_POST_LINES: usize = 100;
+/// The most posts per channel waiting for their echo.
+const MAX_ECHOES: usize = 32;
+/// After this much silence from the server it is pinged…
+const SILENCE: Duration = Duration::from_secs(90);
+/// …and after this much the connection counts as lost.
+const DEAD: Duration = Duration::from_secs(180);
+/// How long one write may take before the connection counts as lost.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a join, an echo or a LIST may wait for the server.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes `bytes`, within [`WRITE_TIMEOUT`] (a server that stops reading must not wedge the
+/// connection's task).
+async fn write(writer: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the server stopped reading")
+        })?
+}
+
 /// How a connection is set up and paced.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -107,8 +132,9 @@ pub struct Setup {
     pub idle_close: Duration,
     /// How addresses are written.
     pub addressing: Addressing,
-    /// The user's NickServ password, sent after registration when SASL did not log in.
-    pub nickserv: Option<SecretString>,
+    /// Where the user's NickServ password goes and the password, sent after registration
+    /// when SASL did not log in.
+    pub identify: Option<(String, SecretString)>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
 }
@@ -117,16 +143,19 @@ pub struct Setup {
 struct PendingJoin {
     room: RoomId,
     reply: oneshot::Sender<Result<Joined, JoinError>>,
+    since: Instant,
 }
 
-/// A post waiting for its echo (`echo-message`): the lines still to come back.
+/// A post waiting for its echo (`echo-message`): the lines still to come back, matched by
+/// their text.
 struct PendingEcho {
     id: MessageId,
     text: String,
-    remaining: usize,
+    lines: VecDeque<String>,
     /// The first line's id and time, which the reflection carries.
     first: Option<(MessageId, Option<SystemTime>)>,
     reply: oneshot::Sender<Result<Posted, SendError>>,
+    since: Instant,
 }
 
 /// A line waiting for its turn (flood control), and who to tell when it is written.
@@ -186,10 +215,12 @@ pub struct Client {
     /// ISUPPORT's CHANMODES: the four lists.
     chanmodes: [String; 4],
     chantypes: String,
+    /// ISUPPORT's STATUSMSG: the prefixes of a message to a channel's ops or voiced.
+    statusmsg: String,
     /// Channels we are in (or rejoining), folded → as spelled.
     channels: HashMap<String, String>,
     /// Channels being rejoined after a reconnection.
-    rejoining: HashSet<String>,
+    rejoining: HashMap<String, Instant>,
     /// Channels we asked to leave.
     parting: HashSet<String>,
     pending_joins: HashMap<String, PendingJoin>,
@@ -197,7 +228,7 @@ pub struct Client {
     names: HashMap<String, Vec<Member>>,
     echoes: HashMap<String, VecDeque<PendingEcho>>,
     /// A `LIST` being read, and who waits for it.
-    listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>)>,
+    listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant)>,
     queue: VecDeque<Queued>,
     tokens: f64,
     refilled: Instant,
@@ -240,8 +271,9 @@ impl Client {
             prefix_modes: state::prefix_modes(None),
             chanmodes: Default::default(),
             chantypes: "#&".into(),
+            statusmsg: "@+".into(),
             channels: HashMap::new(),
-            rejoining: HashSet::new(),
+            rejoining: HashMap::new(),
             parting: HashSet::new(),
             pending_joins: HashMap::new(),
             names: HashMap::new(),
@@ -271,9 +303,11 @@ impl Client {
                 () = stop.notified() => break,
             };
             let mut refused = false;
+            let mut was_up = false;
             let end = match connected {
                 Ok(connection) => {
                     failures = 0;
+                    was_up = true;
                     self.serve(connection).await
                 }
                 Err(error) => {
@@ -285,7 +319,7 @@ impl Client {
                 End::Quit => break,
                 End::Lost(reason) => reason,
             };
-            self.went_down(&reason, refused).await;
+            self.went_down(&reason, refused, was_up).await;
             // Credentials the server refused stay refused: wait the longest.
             failures = if refused {
                 u32::MAX
@@ -377,6 +411,7 @@ impl Client {
         let empty = match net.channels.get_mut(folded) {
             Some(channel) => {
                 channel.users.retain(|user| *user != self.user);
+                channel.away.remove(&self.user);
                 channel.members.remove(&own);
                 channel.users.is_empty()
             }
@@ -389,8 +424,9 @@ impl Client {
 
     /// The connection went down: fail what waits, hand the channels this connection
     /// reported to another, and tell the user.
-    async fn went_down(&mut self, reason: &str, refused: bool) {
+    async fn went_down(&mut self, reason: &str, refused: bool, was_up: bool) {
         self.up.store(false, Ordering::Relaxed);
+        self.parting.clear();
         for (_, pending) in self.pending_joins.drain() {
             let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
                 "the connection to {} was lost: {reason}",
@@ -412,26 +448,10 @@ impl Client {
                 "the connection to IRC was lost before the message was sent",
             );
         }
-        if let Some((listed, reply)) = self.listing.take() {
+        if let Some((listed, reply, _)) = self.listing.take() {
             let _ = reply.send(listed);
         }
         self.names.clear();
-        // Whoever reports each channel now lists its members again: events were missed.
-        let resyncs: Vec<_> = {
-            let net = self.network.lock();
-            self.channels
-                .keys()
-                .filter_map(|folded| {
-                    let channel = net.channels.get(folded)?;
-                    let reporter = net.reporter(channel)?;
-                    let handle = net.clients.get(reporter)?;
-                    Some((handle.commands.clone(), folded.clone()))
-                })
-                .collect()
-        };
-        for (commands, channel) in resyncs {
-            let _ = commands.try_send(Command::Resync { channel });
-        }
         let text = format!(
             "Disconnected from {} ({reason}); reconnecting.",
             self.setup.network
@@ -445,6 +465,31 @@ impl Client {
             UserStatus::Unavailable(text.clone())
         };
         let _ = self.core.set_status(self.user.clone(), status).await;
+        if !was_up {
+            // Another failed attempt: the rooms heard it already.
+            return;
+        }
+        // Whoever reports each channel now lists its members again: events were missed.
+        let resyncs: Vec<_> = {
+            let mut net = self.network.lock();
+            for folded in self.channels.keys() {
+                if let Some(channel) = net.channels.get_mut(folded) {
+                    channel.away.insert(self.user.clone());
+                }
+            }
+            self.channels
+                .keys()
+                .filter_map(|folded| {
+                    let channel = net.channels.get(folded)?;
+                    let reporter = net.reporter(channel)?;
+                    let handle = net.clients.get(reporter)?;
+                    Some((handle.commands.clone(), folded.clone()))
+                })
+                .collect()
+        };
+        for (commands, channel) in resyncs {
+            let _ = commands.try_send(Command::Resync { channel });
+        }
         self.tell_rooms(&text).await;
     }
 
@@ -502,11 +547,11 @@ impl Client {
             let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
             self.server_says_plain(&text.join("\n")).await;
         }
-        if let Some(password) = self.setup.nickserv.clone()
+        if let Some((services, password)) = self.setup.identify.clone()
             && self.account.is_none()
         {
             let identify = format!("IDENTIFY {}", password.expose_secret());
-            self.enqueue("PRIVMSG", &["NickServ", &identify], None);
+            self.enqueue("PRIVMSG", &[&services, &identify], None);
         }
         for channel in self.setup.autojoin.clone() {
             let folded = self.fold(&channel);
@@ -519,30 +564,34 @@ impl Client {
             if previous != self.nick {
                 self.renamed_self(&previous).await;
             }
-            self.tell_rooms(&format!(
-                "Reconnected to {}; rejoining.",
-                self.setup.network
-            ))
-            .await;
             let channels: Vec<_> = self
                 .channels
                 .iter()
                 .map(|(folded, name)| (folded.clone(), name.clone()))
                 .collect();
             for (folded, name) in channels {
-                self.rejoining.insert(folded);
+                self.rejoining.insert(folded, Instant::now());
                 self.enqueue("JOIN", &[&name], None);
             }
         }
         let mut writer = connection.writer;
         let mut reader = connection.reader;
         let stop = self.stop.clone();
+        let mut last_read = Instant::now();
+        let mut pinged = false;
         loop {
             let next_flush = self.next_flush();
             let idle = self.channels.is_empty() && self.pending_joins.is_empty();
             let idle_until = tokio::time::Instant::from_std(self.active + self.setup.idle_close);
+            let silent_until =
+                tokio::time::Instant::from_std(last_read + if pinged { DEAD } else { SILENCE });
+            let housekeeping = self
+                .oldest_wait()
+                .map(|since| tokio::time::Instant::from_std(since + ANSWER_TIMEOUT));
             tokio::select! {
                 line = reader.next_line() => {
+                    last_read = Instant::now();
+                    pinged = false;
                     let message = match line {
                         Ok(Some(line)) => match wire::parse(&line.text) {
                             Ok(message) => message,
@@ -554,7 +603,7 @@ impl Client {
                     if message.command == "PING" {
                         let token = message.params.first().map(String::as_str).unwrap_or("");
                         if let Ok(pong) = wire::line(&[], "PONG", &[token])
-                            && let Err(error) = writer.write_all(pong.as_bytes()).await
+                            && let Err(error) = write(&mut writer, pong.as_bytes()).await
                         {
                             return End::Lost(error.to_string());
                         }
@@ -567,26 +616,125 @@ impl Client {
                     self.on_message(message).await;
                 }
                 () = stop.notified() => {
-                    self.enqueue("QUIT", &["Leaving"], None);
-                    self.tokens = f64::MAX;
-                    let _ = self.flush(&mut writer).await;
-                    let _ = writer.shutdown().await;
+                    self.quit(&mut writer).await;
                     return End::Quit;
                 }
                 command = self.commands.recv() => match command {
-                    None => return End::Quit,
+                    None => {
+                        self.quit(&mut writer).await;
+                        return End::Quit;
+                    }
                     Some(command) => self.on_command(command),
                 },
                 () = sleep_until(next_flush) => {}
                 () = tokio::time::sleep_until(idle_until), if idle => {
-                    self.enqueue("QUIT", &["Leaving"], None);
-                    self.tokens = f64::MAX;
-                    let _ = self.flush(&mut writer).await;
+                    self.quit(&mut writer).await;
                     return End::Quit;
                 }
+                () = tokio::time::sleep_until(silent_until) => {
+                    if pinged {
+                        return End::Lost(format!(
+                            "the server said nothing for {} s",
+                            DEAD.as_secs()
+                        ));
+                    }
+                    pinged = true;
+                    if let Ok(ping) = wire::line(&[], "PING", &["jabbridge"])
+                        && let Err(error) = write(&mut writer, ping.as_bytes()).await
+                    {
+                        return End::Lost(error.to_string());
+                    }
+                }
+                () = sleep_until(housekeeping) => self.expire().await,
             }
             if let Err(error) = self.flush(&mut writer).await {
                 return End::Lost(error.to_string());
+            }
+        }
+    }
+
+    /// Leaves the server: `QUIT` written at once (flood control aside), what waited failed.
+    async fn quit(&mut self, writer: &mut WriteHalf) {
+        for queued in self.queue.drain(..) {
+            fail(
+                queued.done,
+                "the connection to IRC was closed before the message was sent",
+            );
+        }
+        if let Ok(line) = wire::line(&[], "QUIT", &["Leaving"]) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer.write_all(line.as_bytes()))
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
+    }
+
+    /// The oldest wait for the server's answer (a join, a rejoin, an echo, a LIST).
+    fn oldest_wait(&self) -> Option<Instant> {
+        let joins = self.pending_joins.values().map(|pending| pending.since);
+        let rejoins = self.rejoining.values().copied();
+        let echoes = self
+            .echoes
+            .values()
+            .filter_map(|queue| queue.front().map(|echo| echo.since));
+        let listing = self.listing.iter().map(|(_, _, since)| *since);
+        joins.chain(rejoins).chain(echoes).chain(listing).min()
+    }
+
+    /// Gives up on what waited longer than [`ANSWER_TIMEOUT`] for the server: such joins and
+    /// posts fail, a rejoin that never came back takes the user out of the room, and a LIST
+    /// answers with what came.
+    async fn expire(&mut self) {
+        let now = Instant::now();
+        let late = |since: Instant| now.duration_since(since) >= ANSWER_TIMEOUT;
+        let joins: Vec<String> = self
+            .pending_joins
+            .iter()
+            .filter(|(_, pending)| late(pending.since))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in joins {
+            if let Some(pending) = self.pending_joins.remove(&channel) {
+                let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
+                    "{} did not answer the join of {channel}",
+                    self.setup.network
+                ))));
+            }
+        }
+        for queue in self.echoes.values_mut() {
+            while queue.front().is_some_and(|echo| late(echo.since)) {
+                if let Some(echo) = queue.pop_front() {
+                    let _ = echo.reply.send(Err(SendError::Permanent {
+                        reason: "the IRC server did not confirm the message".into(),
+                    }));
+                }
+            }
+        }
+        self.echoes.retain(|_, queue| !queue.is_empty());
+        if self
+            .listing
+            .as_ref()
+            .is_some_and(|(_, _, since)| late(*since))
+            && let Some((listed, reply, _)) = self.listing.take()
+        {
+            let _ = reply.send(listed);
+        }
+        let lost: Vec<String> = self
+            .rejoining
+            .iter()
+            .filter(|(_, since)| late(**since))
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for folded in lost {
+            self.rejoining.remove(&folded);
+            let room = self.room_of(&folded);
+            self.channels.remove(&folded);
+            self.left_channel(&folded);
+            if let Some(room) = room {
+                let event = RoomEvent::Left {
+                    nick: self.nick.clone(),
+                    reason: Some("the channel could not be joined again".into()),
+                };
+                self.report(&room, event).await;
             }
         }
     }
@@ -595,6 +743,9 @@ impl Client {
         self.prefix_modes = state::prefix_modes(isupport.get("PREFIX").map(String::as_str));
         if let Some(types) = isupport.get("CHANTYPES") {
             self.chantypes = types.clone();
+        }
+        if let Some(prefixes) = isupport.get("STATUSMSG") {
+            self.statusmsg = prefixes.clone();
         }
         if let Some(modes) = isupport.get("CHANMODES") {
             let mut lists = modes.split(',').map(str::to_owned);
@@ -664,7 +815,7 @@ impl Client {
         if flood.per_second > 0.0 {
             self.tokens -= count as f64;
         }
-        writer.write_all(out.as_bytes()).await?;
+        write(writer, out.as_bytes()).await?;
         for done in done {
             match done {
                 Done::Posted(reply) => {
@@ -697,20 +848,27 @@ impl Client {
                 reply,
             } => {
                 let folded = self.fold(&channel);
-                if self.channels.contains_key(&folded) && !self.rejoining.contains(&folded) {
+                if self.channels.contains_key(&folded) && !self.rejoining.contains_key(&folded) {
                     let joined = self.joined(&folded);
                     let _ = reply.send(joined.ok_or_else(|| {
                         JoinError::Unavailable("the channel is not known yet".into())
                     }));
                     return;
                 }
-                if let Some(pending) = self
-                    .pending_joins
-                    .insert(folded, PendingJoin { room, reply })
-                {
+                let rejoining = self.rejoining.contains_key(&folded);
+                let pending = PendingJoin {
+                    room,
+                    reply,
+                    since: Instant::now(),
+                };
+                if let Some(pending) = self.pending_joins.insert(folded, pending) {
                     let _ = pending.reply.send(Err(JoinError::Unavailable(
                         "another join of this channel came first".into(),
                     )));
+                }
+                // The rejoin's answer answers this join too.
+                if rejoining {
+                    return;
                 }
                 let line = match &key {
                     Some(key) => wire::line(&[], "JOIN", &[&channel, key.expose_secret()]),
@@ -763,22 +921,35 @@ impl Client {
                         return;
                     }
                 };
+                if let Err(error) = self.room_for(lines.len()) {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
                 let last = lines.len() - 1;
                 if self.caps.contains("echo-message") {
                     let folded = self.fold(&channel);
+                    let waiting = self.echoes.get(&folded).map_or(0, VecDeque::len);
+                    if waiting >= MAX_ECHOES {
+                        let _ = reply.send(Err(SendError::Transient {
+                            reason: "too many messages wait for the IRC server".into(),
+                            retry_after: Some(Duration::from_secs(5)),
+                        }));
+                        return;
+                    }
+                    for line in &lines {
+                        self.enqueue("PRIVMSG", &[&channel, line], None);
+                    }
                     self.echoes
                         .entry(folded)
                         .or_default()
                         .push_back(PendingEcho {
                             id,
                             text,
-                            remaining: lines.len(),
+                            lines: lines.into(),
                             first: None,
                             reply,
+                            since: Instant::now(),
                         });
-                    for line in &lines {
-                        self.enqueue("PRIVMSG", &[&channel, line], None);
-                    }
                 } else {
                     let mut reply = Some(reply);
                     for (index, line) in lines.iter().enumerate() {
@@ -813,6 +984,10 @@ impl Client {
                         return;
                     }
                 };
+                if let Err(error) = self.room_for(lines.len()) {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
                 let last = lines.len() - 1;
                 let mut reply = Some(reply);
                 for (index, line) in lines.iter().enumerate() {
@@ -837,7 +1012,7 @@ impl Client {
                     let _ = reply.send(Vec::new());
                     return;
                 }
-                self.listing = Some((Vec::new(), reply));
+                self.listing = Some((Vec::new(), reply, Instant::now()));
                 self.enqueue("LIST", &[], None);
             }
             Command::Resync { channel } => {
@@ -847,6 +1022,25 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Whether `lines` more lines may wait for their turn: a message of too many lines is
+    /// refused, and so is any while too many wait (a retry later may go).
+    fn room_for(&self, lines: usize) -> Result<(), SendError> {
+        if lines > MAX_POST_LINES {
+            return Err(SendError::Permanent {
+                reason: format!(
+                    "the message makes {lines} IRC lines; at most {MAX_POST_LINES} are sent at once"
+                ),
+            });
+        }
+        if self.queue.len() + lines > MAX_QUEUED {
+            return Err(SendError::Transient {
+                reason: "too many lines wait for their turn toward the IRC server".into(),
+                retry_after: Some(Duration::from_secs(10)),
+            });
+        }
+        Ok(())
     }
 
     /// The room as the user sees it now, from the shared state.
@@ -976,8 +1170,8 @@ impl Client {
             }
             // Join refused: no such channel, too many channels, full, invite only, banned,
             // bad key, bad name, registered nicks only, a nick or channel held, secure only.
-            "403" | "405" | "471" | "473" | "474" | "475" | "476" | "477" | "437" | "489"
-            | "520" => {
+            "403" | "405" | "470" | "471" | "473" | "474" | "475" | "476" | "477" | "437"
+            | "479" | "480" | "489" | "515" | "520" => {
                 let Some(channel) = param(1) else {
                     return;
                 };
@@ -993,7 +1187,7 @@ impl Client {
                         _ => JoinError::Unavailable(reason),
                     };
                     let _ = pending.reply.send(Err(error));
-                } else if self.rejoining.remove(&folded) {
+                } else if self.rejoining.remove(&folded).is_some() {
                     let room = self.room_of(&folded);
                     self.channels.remove(&folded);
                     self.left_channel(&folded);
@@ -1035,7 +1229,8 @@ impl Client {
             "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
             // LIST: one channel, then the end.
             "322" => {
-                let (Some(channel), Some((listed, _))) = (param(1), self.listing.as_mut()) else {
+                let (Some(channel), Some((listed, _, _))) = (param(1), self.listing.as_mut())
+                else {
                     return;
                 };
                 if listed.len() < MAX_LISTED {
@@ -1052,14 +1247,27 @@ impl Client {
                         occupants: param(2).and_then(|count| count.parse().ok()),
                     });
                 }
+                // Enough: the answer goes now, and the rest of the list is dropped.
+                if listed.len() >= MAX_LISTED
+                    && let Some((listed, reply, _)) = self.listing.take()
+                {
+                    let _ = reply.send(listed);
+                }
+            }
+            // LIST refused for now: what came is the answer.
+            "263" if param(1) == Some("LIST") => {
+                if let Some((listed, reply, _)) = self.listing.take() {
+                    let _ = reply.send(listed);
+                }
             }
             "323" => {
-                if let Some((listed, reply)) = self.listing.take() {
+                if let Some((listed, reply, _)) = self.listing.take() {
                     let _ = reply.send(listed);
                 }
             }
             "CAP" => self.on_cap(&message),
             // Errors and replies the user should see, from the server's address.
+            "442" if param(1).is_some_and(|channel| self.parting.remove(&self.fold(channel))) => {}
             "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
             | "482" | "301" => {
                 let text = message.params.get(1..).unwrap_or_default().join(" ");
@@ -1099,9 +1307,24 @@ impl Client {
         let folded = net.fold(channel);
         let own_nick = net.fold(&self.nick);
         if net.fold(nick) == own_nick {
-            if net.channels.len() >= state::MAX_CHANNELS && !net.channels.contains_key(&folded) {
+            let expected = self.pending_joins.contains_key(&folded)
+                || self.rejoining.contains_key(&folded)
+                || self
+                    .setup
+                    .autojoin
+                    .iter()
+                    .any(|wanted| net.fold(wanted) == folded);
+            if !expected
+                || (net.channels.len() >= state::MAX_CHANNELS
+                    && !net.channels.contains_key(&folded))
+            {
+                // A join nobody asked for (a forward to another channel, an oper's SAJOIN):
+                // no room shows it, so leave it.
+                drop(net);
+                self.enqueue("PART", &[channel], None);
                 return None;
             }
+            self.parting.remove(&folded);
             self.channels.insert(folded.clone(), channel.clone());
             let room = match self.pending_joins.get(&folded) {
                 Some(pending) => pending.room.clone(),
@@ -1116,6 +1339,7 @@ impl Client {
                     members: HashMap::new(),
                     topic: None,
                     users: Vec::new(),
+                    away: HashSet::new(),
                     synced: false,
                 });
             let own = Member {
@@ -1127,13 +1351,14 @@ impl Client {
             if !entry.users.contains(&self.user) {
                 entry.users.push(self.user.clone());
             }
+            entry.away.remove(&self.user);
             let synced = entry.synced;
             let reports = net
                 .channels
                 .get(&folded)
                 .is_some_and(|channel| net.reports(channel, &self.user));
             drop(net);
-            if !synced || (self.rejoining.contains(&folded) && reports) {
+            if !synced || (self.rejoining.contains_key(&folded) && reports) {
                 self.names.insert(folded, Vec::new());
             }
             return None;
@@ -1215,7 +1440,20 @@ impl Client {
         let gone: Vec<(RoomId, String)> = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
-            if net.own.contains_key(&folded_nick) {
+            if let Some(owner) = net.own.get(&folded_nick).cloned() {
+                // One of ours. Their own connection knows when it is up; a quit seen while
+                // it is down is their old connection's ghost leaving: forget the nick, so
+                // that whoever takes it next is seen.
+                let up = net
+                    .clients
+                    .get(&owner)
+                    .is_some_and(|client| client.up.load(Ordering::Relaxed));
+                if !up {
+                    net.own.remove(&folded_nick);
+                    for channel in net.channels.values_mut() {
+                        channel.members.remove(&folded_nick);
+                    }
+                }
                 return;
             }
             let mine: Vec<String> = self
@@ -1247,6 +1485,11 @@ impl Client {
         let renames: Vec<RoomId> = {
             let mut net = self.network.lock();
             let old_folded = net.fold(old);
+            // The old nick's member is ours unless another of our users holds it now.
+            let ours = net
+                .own
+                .get(&old_folded)
+                .is_none_or(|owner| *owner == self.user);
             if net.own.get(&old_folded) == Some(&self.user) {
                 net.own.remove(&old_folded);
             }
@@ -1256,10 +1499,12 @@ impl Client {
                 .keys()
                 .filter_map(|folded| {
                     let channel = net.channels.get_mut(folded)?;
-                    let mut member = channel
-                        .members
-                        .remove(&old_folded)
-                        .unwrap_or_else(|| Member::new(old));
+                    let moved = if ours {
+                        channel.members.remove(&old_folded)
+                    } else {
+                        None
+                    };
+                    let mut member = moved.unwrap_or_else(|| Member::new(old));
                     member.nick.clone_from(&self.nick);
                     channel.members.insert(new_folded.clone(), member);
                     Some(channel.room.clone())
@@ -1403,6 +1648,10 @@ impl Client {
             let mut net = self.network.lock();
             let own_nicks: HashSet<String> = net.own.keys().cloned().collect();
             let casemapping = net.casemapping;
+            let reports = net
+                .channels
+                .get(folded)
+                .is_some_and(|channel| net.reports(channel, &self.user));
             let Some(channel) = net.channels.get_mut(folded) else {
                 drop(net);
                 if let Some(pending) = self.pending_joins.remove(folded) {
@@ -1423,7 +1672,8 @@ impl Client {
                         member.account.clone_from(&old.account);
                     }
                 }
-                if channel.synced {
+                // Only the channel's reporter tells the difference, once.
+                if channel.synced && reports {
                     for (nick, old) in &channel.members {
                         if !members.contains_key(nick) && !own_nicks.contains(nick) {
                             events.push(RoomEvent::Left {
@@ -1455,8 +1705,13 @@ impl Client {
         for event in events {
             self.report(&room, event).await;
         }
-        if self.rejoining.remove(folded) {
-            return;
+        if self.rejoining.remove(folded).is_some() {
+            let name = self.channels.get(folded).cloned().unwrap_or_default();
+            let notice = RoomEvent::Notice {
+                user: Some(self.user.clone()),
+                text: format!("Reconnected to {}; back in {name}.", self.setup.network),
+            };
+            self.report(&room, notice).await;
         }
         if let Some(pending) = self.pending_joins.remove(folded) {
             let joined = self
@@ -1477,12 +1732,12 @@ impl Client {
         let nick = message.nick().unwrap_or(source);
         let from_server = !source.contains('!')
             && (source.contains('.') || source == self.server_name || nick == "*");
-        // STATUSMSG: `@#chan` is said to the channel's ops.
-        let channel_target = target.trim_start_matches(['@', '+', '%', '~', '&']);
-        let channel_target = if self.is_channel(channel_target) {
-            Some(channel_target)
+        // STATUSMSG: `@#chan` is said to the channel's ops (ISUPPORT says which prefixes).
+        let channel_target = if self.is_channel(target) {
+            Some(target.as_str())
         } else {
-            None
+            let stripped = target.trim_start_matches(|c| self.statusmsg.contains(c));
+            (stripped.len() < target.len() && self.is_channel(stripped)).then_some(stripped)
         };
         let is_self = self.fold(nick) == self.fold(&self.nick);
         let timestamp = server_time(message);
@@ -1490,12 +1745,30 @@ impl Client {
         if let Some(channel) = channel_target {
             let folded = self.fold(channel);
             if is_self {
-                self.echoed(&folded, id, timestamp).await;
+                self.echoed(&folded, said, id, timestamp).await;
                 return;
             }
             let Some(shown) = text::shown(&text::said(said)) else {
                 return;
             };
+            if from_server {
+                // The server's notice to a channel is the room's own.
+                let room = {
+                    let net = self.network.lock();
+                    net.channels
+                        .get(&folded)
+                        .filter(|channel| net.reports(channel, &self.user))
+                        .map(|channel| channel.room.clone())
+                };
+                if let Some(room) = room {
+                    let notice = RoomEvent::Notice {
+                        user: None,
+                        text: shown,
+                    };
+                    self.report(&room, notice).await;
+                }
+                return;
+            }
             let report = {
                 let net = self.network.lock();
                 if net.is_own(nick) {
@@ -1542,7 +1815,8 @@ impl Client {
         }
         let parsed = text::said(said);
         if let Said::Ctcp(command, argument) = &parsed {
-            if message.command == "PRIVMSG" {
+            // Answers wait behind nothing else: a flood of requests gets only a few.
+            if message.command == "PRIVMSG" && self.queue.len() < 5 {
                 self.answer_ctcp(nick, command, argument);
             }
             return;
@@ -1584,24 +1858,40 @@ impl Client {
 
     /// The echo of a line we said in a channel (`echo-message`): a post is reflected once
     /// all its lines came back.
-    async fn echoed(&mut self, folded: &str, id: Option<MessageId>, timestamp: Option<SystemTime>) {
+    async fn echoed(
+        &mut self,
+        folded: &str,
+        said: &str,
+        id: Option<MessageId>,
+        timestamp: Option<SystemTime>,
+    ) {
         let Some(queue) = self.echoes.get_mut(folded) else {
             return;
         };
-        let Some(echo) = queue.front_mut() else {
+        // The post this line belongs to: the first whose next line it is (a line the
+        // server dropped leaves its post waiting until it expires).
+        let said = said.trim_end();
+        let Some(index) = queue.iter().position(|echo| {
+            echo.lines
+                .front()
+                .is_some_and(|line| line.trim_end() == said)
+        }) else {
             return;
         };
+        let Some(echo) = queue.get_mut(index) else {
+            return;
+        };
+        echo.lines.pop_front();
         if echo.first.is_none() {
             echo.first = Some((
                 id.unwrap_or_else(|| made_up_id(&self.setup.network)),
                 timestamp,
             ));
         }
-        echo.remaining = echo.remaining.saturating_sub(1);
-        if echo.remaining > 0 {
+        if !echo.lines.is_empty() {
             return;
         }
-        let Some(echo) = queue.pop_front() else {
+        let Some(echo) = queue.remove(index) else {
             return;
         };
         if queue.is_empty() {

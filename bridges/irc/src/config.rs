@@ -117,6 +117,15 @@ pub struct NetworkConfig {
     /// The real name; `{jid}` is the user's bare JID, `{localpart}` as above.
     #[serde(default = "realname_template")]
     pub realname: String,
+    /// Where a user's NickServ password goes (`PRIVMSG … :IDENTIFY`), where SASL is not
+    /// used: the services' full `nick@server` where the network has it, so that a password
+    /// never reaches someone who took the nick on a network without services.
+    #[serde(default = "nickserv")]
+    pub nickserv: String,
+}
+
+fn nickserv() -> String {
+    "NickServ".into()
 }
 
 fn nick_template() -> String {
@@ -200,8 +209,12 @@ impl IrcConfig {
                 "must be the name of one of the [[bridge.network]] entries",
             ));
         }
-        if !(self.flood.per_second.is_finite() && self.flood.per_second >= 0.0) {
-            return Err(error("flood.per_second".into(), "must be 0 or more"));
+        let rate = self.flood.per_second;
+        if !(rate.is_finite() && (rate == 0.0 || rate >= 0.01)) {
+            return Err(error(
+                "flood.per_second".into(),
+                "must be 0 (off) or at least 0.01",
+            ));
         }
         if self.flood.burst == 0 {
             return Err(error("flood.burst".into(), "must be at least 1"));

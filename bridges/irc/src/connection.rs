@@ -132,6 +132,9 @@ fn suffixed(nick: &str, tries: usize, isupport: &HashMap<String, String>) -> Str
     base
 }
 
+/// The most ISUPPORT tokens kept (servers send 30 to 60).
+const MAX_ISUPPORT: usize = 200;
+
 /// Nick changes tried while the nick is in use, before giving up.
 const NICK_TRIES: usize = 5;
 
@@ -364,9 +367,13 @@ impl Connection {
                 "CAP" if param(1) == Some("LS") => {
                     let more = param(2) == Some("*");
                     let list = if more { param(3) } else { param(2) };
+                    // Only the names we might ask for are kept: a server streaming endless
+                    // lists costs nothing.
                     for cap in list.unwrap_or("").split_whitespace() {
                         let name = cap.split_once('=').map_or(cap, |(name, _)| name);
-                        offered.insert(name.to_owned());
+                        if name == "sasl" || WANTED_CAPS.contains(&name) {
+                            offered.insert(name.to_owned());
+                        }
                     }
                     if more {
                         continue;
@@ -453,10 +460,11 @@ impl Connection {
                             Some(gone) => {
                                 connection.isupport.remove(gone);
                             }
-                            None => {
+                            None if connection.isupport.len() < MAX_ISUPPORT => {
                                 let (key, value) = token.split_once('=').unwrap_or((token, ""));
                                 connection.isupport.insert(key.to_owned(), value.to_owned());
                             }
+                            None => {}
                         }
                     }
                 }

@@ -241,7 +241,9 @@ impl IrcBridge {
             reconnect_max: self.config.reconnect_max,
             idle_close: IDLE_CLOSE,
             addressing: self.addressing.clone(),
-            nickserv: self.open(own.nickserv.as_ref()),
+            identify: self
+                .open(own.nickserv.as_ref())
+                .map(|password| (config.nickserv.clone(), password)),
             autojoin: own.autojoin.clone(),
         };
         let (client, handle) = Client::new(

@@ -7,7 +7,7 @@
 //! our own users (their joins, parts, quits, nick changes, kicks) are reported by their own
 //! connection, never by the reporter, so a user whose connection drops is not shown leaving.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,6 +22,9 @@ pub const MAX_MEMBERS: usize = 20_000;
 
 /// The most channels kept per server.
 pub const MAX_CHANNELS: usize = 10_000;
+
+/// The longest nick kept (servers say 9 to 30; a longer one is a hostile server's).
+pub const MAX_NICK: usize = 64;
 
 /// Someone in a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +82,8 @@ pub struct Channel {
     pub topic: Option<Subject>,
     /// Our users in it, in the order they joined.
     pub users: Vec<UserJid>,
+    /// Those of them not in it on IRC now: their connection is down, or rejoining.
+    pub away: HashSet<UserJid>,
     /// Whether `members` was filled from a NAMES reply.
     pub synced: bool,
 }
@@ -126,12 +131,15 @@ impl Shared {
         self.reporter(channel) == Some(user)
     }
 
-    /// Who reports `channel`'s events now.
+    /// Who reports `channel`'s events now: the first of our users in it whose connection is
+    /// up and in the channel.
     pub fn reporter<'a>(&self, channel: &'a Channel) -> Option<&'a UserJid> {
         channel.users.iter().find(|user| {
-            self.clients
-                .get(*user)
-                .is_some_and(|client| client.up.load(Ordering::Relaxed))
+            !channel.away.contains(*user)
+                && self
+                    .clients
+                    .get(*user)
+                    .is_some_and(|client| client.up.load(Ordering::Relaxed))
         })
     }
 
@@ -160,12 +168,15 @@ impl Network {
 /// Parses a NAMES entry: prefixes (all of them with `multi-prefix`), then the nick (and
 /// `!user@host` with `userhost-in-names`, dropped).
 pub fn parse_name(entry: &str, symbols: &str) -> Option<Member> {
+    if entry.len() > 2 * MAX_NICK {
+        return None;
+    }
     let nick_start = entry
         .find(|c: char| !symbols.contains(c))
         .unwrap_or(entry.len());
     let (prefixes, rest) = entry.split_at(nick_start);
     let nick = rest.split(['!', '@']).next().unwrap_or("");
-    if nick.is_empty() {
+    if nick.is_empty() || nick.len() > MAX_NICK {
         return None;
     }
     let mut member = Member::new(nick);

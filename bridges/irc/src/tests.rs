@@ -225,3 +225,97 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
     assert_eq!(since, 1_767_323_045_678);
     server.abort();
 }
+
+#[tokio::test]
+async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        while !line_from(&mut reader).await.starts_with("USER") {}
+        write
+            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 005 alice CHANTYPES=#& STATUSMSG=@+ :ok\r\n:fake.test 422 alice :no MOTD\r\n")
+            .await
+            .expect("write");
+        loop {
+            let line = line_from(&mut reader).await;
+            if line == "JOIN #full" {
+                // Forwarded elsewhere: the join fails, and the gateway leaves where it landed.
+                write
+                    .write_all(b":fake.test 470 alice #full ##overflow :Forwarding to another channel\r\n:alice!a@h JOIN ##overflow\r\n")
+                    .await
+                    .expect("write");
+            } else if line == "JOIN &local" {
+                write
+                    .write_all(b":alice!a@h JOIN &local\r\n:fake.test 353 alice = &local :alice bob\r\n:fake.test 366 alice &local :End\r\n\
+                                 :bob!b@h PRIVMSG &local :in an ampersand channel\r\n\
+                                 :bob!b@h PRIVMSG @&local :to the ops\r\n\
+                                 :fake.test NOTICE &local :the server speaks\r\n\
+                                 :bob!b@h PRIVMSG alice :\x01VERSION\x01\r\n")
+                    .await
+                    .expect("write");
+            } else {
+                let _ = seen_sender.send(line);
+            }
+        }
+    });
+    let full = bridge.parse_room("#full%fake.test").expect("a room");
+    let refused = tokio::time::timeout(WAIT, bridge.join_room(join(full.as_str())))
+        .await
+        .expect("in time");
+    assert!(
+        matches!(&refused, Err(jabbridge_sdk::JoinError::Unavailable(text)) if text.contains("Forwarding")),
+        "{refused:?}"
+    );
+    let local = bridge.parse_room("&local%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(local.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !lines
+        .iter()
+        .any(|line: &String| line.starts_with("NOTICE bob"))
+    {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, seen.recv()).await {
+            Ok(Some(line)) => lines.push(line),
+            _ => panic!("no CTCP answer; saw {lines:?}"),
+        }
+    }
+    assert!(lines.contains(&"PART ##overflow".to_owned()), "{lines:?}");
+    let version = lines.iter().find(|line| line.starts_with("NOTICE bob"));
+    assert!(
+        version.is_some_and(|line| line.contains("\u{1}VERSION Jabbridge")),
+        "{lines:?}"
+    );
+    let events: Vec<RoomEvent> = core
+        .room_events()
+        .into_iter()
+        .filter(|(room, _)| *room == local)
+        .map(|(_, event)| event)
+        .collect();
+    let texts: Vec<String> = events
+        .iter()
+        .filter_map(|event| match event {
+            RoomEvent::Message(message) => Some(format!("{}: {}", message.nick, message.text)),
+            RoomEvent::Notice { text, .. } => Some(format!("notice: {text}")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "bob: in an ampersand channel",
+            "bob: to the ops",
+            "notice: the server speaks"
+        ]
+    );
+    server.abort();
+}
