@@ -529,81 +529,10 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Stdio;
 
     use super::*;
 
-    /// A throw-away ngircd on loopback, as the `irc` user, with its throttle off.
-    struct Ngircd {
-        port: u16,
-        _dir: tempfile::TempDir,
-        _process: tokio::process::Child,
-    }
-
-    async fn ngircd() -> Option<Ngircd> {
-        if std::process::Command::new("ngircd")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "ngircd is needed under CI"
-            );
-            eprintln!("skipped: no ngircd");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("ngircd.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "[Global]\nName = irc.test\nInfo = test\nListen = 127.0.0.1\nPorts = {port}\n\
-                 [Limits]\nMaxPenaltyTime = 0\n[Options]\nPAM = no\nIdent = no\nDNS = no\n"
-            ),
-        )
-        .expect("write the config");
-        let as_irc = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .ok()
-            .is_some_and(|uid| String::from_utf8_lossy(&uid.stdout).trim() == "0");
-        let mut command = if as_irc {
-            let mut command = tokio::process::Command::new("setpriv");
-            command.args(["--reuid=irc", "--regid=irc", "--init-groups", "ngircd"]);
-            command
-        } else {
-            tokio::process::Command::new("ngircd")
-        };
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod");
-        let process = command
-            .args(["-n", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start ngircd");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Some(Ngircd {
-                    port,
-                    _dir: dir,
-                    _process: process,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("ngircd did not listen");
-    }
+    use crate::tests::ngircd;
 
     fn registration(nick: &str) -> Registration {
         Registration {

@@ -2,6 +2,7 @@
 //! demand: a hostile one (a 1 MiB line, Latin-1, 30,000 names, characters XML forbids), and
 //! IRCv3's echo-message with msgid and server-time.
 
+use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::testkit::TestCore;
@@ -9,9 +10,81 @@ use jabbridge_sdk::{
     HistoryWish, JoinRequest, MessageId, Posted, RoomEvent, RoomId, RoomPost, UserJid,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(10);
+
+/// A throw-away ngircd on loopback, as the `irc` user, with its throttle off.
+pub(crate) struct Ngircd {
+    pub(crate) port: u16,
+    _dir: tempfile::TempDir,
+    _process: tokio::process::Child,
+}
+
+pub(crate) async fn ngircd() -> Option<Ngircd> {
+    if std::process::Command::new("ngircd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "ngircd is needed under CI"
+        );
+        eprintln!("skipped: no ngircd");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("ngircd.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "[Global]\nName = irc.test\nInfo = test\nListen = 127.0.0.1\nPorts = {port}\n\
+             [Limits]\nMaxPenaltyTime = 0\nMaxConnectionsIP = 0\n[Options]\nPAM = no\nIdent = no\nDNS = no\n"
+        ),
+    )
+    .expect("write the config");
+    let as_irc = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .is_some_and(|uid| String::from_utf8_lossy(&uid.stdout).trim() == "0");
+    let mut command = if as_irc {
+        let mut command = tokio::process::Command::new("setpriv");
+        command.args(["--reuid=irc", "--regid=irc", "--init-groups", "ngircd"]);
+        command
+    } else {
+        tokio::process::Command::new("ngircd")
+    };
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let process = command
+        .args(["-n", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ngircd");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Some(Ngircd {
+                port,
+                _dir: dir,
+                _process: process,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("ngircd did not listen");
+}
 
 /// A bridge reaching a server on `port` called `fake.test`, flood control off.
 fn bridge(core: &TestCore, port: u16) -> std::sync::Arc<dyn jabbridge_sdk::Bridge> {
@@ -318,4 +391,151 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
         ]
     );
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
+    use crate::config::Tls;
+    use crate::connection::{Connection, Registration, Target};
+
+    let Some(server) = ngircd().await else {
+        return;
+    };
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, server.port);
+    let target = Target {
+        address: format!("127.0.0.1:{}", server.port),
+        host: "127.0.0.1".into(),
+        tls: Tls::Off,
+    };
+    let registration = Registration {
+        nick: "carol".into(),
+        username: "carol".into(),
+        realname: "Carol".into(),
+        password: None,
+        sasl: None,
+    };
+    let mut carol = Connection::connect(&target, &registration, WAIT)
+        .await
+        .expect("carol connects");
+    carol.send("JOIN", &["#crowd"]).await.expect("join");
+    let room = bridge.parse_room("#crowd%fake.test").expect("a room");
+    let user = |n: usize| UserJid::new(format!("user{n}@localhost"));
+
+    // Fifty users join at once, each with a connection of their own.
+    let mut joins = Vec::new();
+    for n in 0..50 {
+        let bridge = bridge.clone();
+        let mut request = join(room.as_str());
+        request.user = user(n);
+        request.nick = format!("user{n}");
+        joins.push(tokio::spawn(async move { bridge.join_room(request).await }));
+    }
+    let mut most = 0;
+    for joined in joins {
+        let joined = tokio::time::timeout(Duration::from_secs(30), joined)
+            .await
+            .expect("joined in time")
+            .expect("the task")
+            .expect("joined");
+        most = most.max(joined.occupants.len());
+    }
+    assert_eq!(most, 51, "the last to join sees everyone and carol");
+    // One more asks for the nick carol: it gets a suffix, and the core is told the nick
+    // it has (the user then sees status 210).
+    let mut request = join(room.as_str());
+    request.user = user(50);
+    request.nick = "carol".into();
+    let joined = tokio::time::timeout(Duration::from_secs(30), bridge.join_room(request))
+        .await
+        .expect("in time")
+        .expect("joined");
+    assert_eq!(joined.nick, "carol_");
+    bridge.leave_room(&user(50), &room).await;
+    let mut seen_joins = 0;
+    while seen_joins < 51 {
+        let message = tokio::time::timeout(WAIT, carol.next_message())
+            .await
+            .expect("joins in time")
+            .expect("read")
+            .expect("open");
+        if message.command == "JOIN" {
+            seen_joins += 1;
+        }
+    }
+
+    // Carol speaks: fifty connections hear it, the core is told once.
+    carol
+        .send("PRIVMSG", &["#crowd", "hello crowd"])
+        .await
+        .expect("say");
+    // User 7 speaks: Carol hears it, the core reflects it (no report from IRC).
+    let post = RoomPost {
+        id: MessageId::new("seven-1"),
+        user: user(7),
+        room: room.clone(),
+        text: "from seven".into(),
+        registration: None,
+        replaces: None,
+    };
+    let posted = bridge.send_room_message(post).await.expect("posted");
+    assert_eq!(posted, Posted::Reflect { foreign_id: None });
+    let heard = loop {
+        let message = tokio::time::timeout(WAIT, carol.next_message())
+            .await
+            .expect("in time")
+            .expect("read")
+            .expect("open");
+        if message.command == "PRIVMSG" {
+            break message;
+        }
+    };
+    assert_eq!(heard.nick(), Some("user7"));
+    assert_eq!(heard.params, ["#crowd", "from seven"]);
+    // User 0 leaves; Carol leaves.
+    bridge.leave_room(&user(0), &room).await;
+    carol.send("PART", &["#crowd", "bye"]).await.expect("part");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = core
+            .room_events()
+            .iter()
+            .any(|(_, event)| matches!(event, RoomEvent::Left { nick, .. } if nick == "carol"));
+        if left {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol's part was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give stray duplicates time to arrive, then count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = core.room_events();
+    let messages: Vec<_> = events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Message(message) => Some((message.nick.clone(), message.text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages, [("carol".to_owned(), "hello crowd".to_owned())]);
+    let lefts: Vec<_> = events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Left { nick, .. } => Some(nick.clone()),
+            _ => None,
+        })
+        .collect();
+    // Carol's part once; user 0's own leave is the core's to show, not a report.
+    assert_eq!(lefts, ["carol"]);
+    let joined_events = events
+        .iter()
+        .filter(|(_, event)| matches!(event, RoomEvent::Occupant(occupant) if occupant.nick.starts_with("user")))
+        .count();
+    assert_eq!(
+        joined_events, 0,
+        "our users' joins are not reported as others'"
+    );
 }

@@ -1,0 +1,1218 @@
+#!/usr/bin/python3
+"""The driver of `scripts/bench irc`: Jabbridge's IRC bridge beside Biboumi, in one run,
+through one throw-away Prosody and one throw-away ngircd (its throttle off), with the same
+clients. Run it through scripts/bench irc (which installs what it needs); as root, it starts
+Prosody, ngircd and the gateways as their own unprivileged users.
+
+Contenders (each on its own component domain of the same Prosody):
+  jabbridge  Jabbridge's IRC bridge (SQLite; it always keeps a room archive);
+  bib_on     Biboumi with its message history on (its default; stored in SQLite);
+  bib_off    Biboumi with every user's `record_history` off.
+Biboumi's throttle is off for every user (ad-hoc `configure` on the IRC server's JID,
+throttle_limit=-1) and so is Jabbridge's flood control (per_second = 0).
+
+Phases, each run for every contender in turn (a fresh gateway and database each time):
+  throughput  one XMPP user in a channel posts N messages (a window of W outstanding, freed
+              by the room's reflection); a raw IRC client in the channel counts the PRIVMSGs.
+              msg/s from the first send to the last PRIVMSG; the gateway's CPU per message.
+              Then 49 more XMPP users join the channel (50 in all) and the IRC client says M
+              lines, one every I ms: the delay to each XMPP user, p50/p99 over all deliveries.
+  separate    K = 1, 50, 200 XMPP users each join a channel of their own: the gateway's RSS
+              growth per user.
+  shared      the same, all in one channel; then, 200 users joined, the gateway's CPU over
+              some seconds of idleness, per user and second.
+Every XMPP user has their own IRC connection through the gateway (both gateways do that).
+
+The XMPP clients are minimal raw c2s clients (expat through ElementTree's pull parser), all
+in this one asyncio process: cheap enough that one Python core does not set the pace, and
+each stanza is timestamped when its bytes are read. Everything is on loopback, on free
+ports, in a temp dir, bounded in count and time, and stopped and removed on exit."""
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape, quoteattr
+
+TICKS = os.sysconf("SC_CLK_TCK")
+CLIENT = "jabber:client"
+STREAM = "http://etherx.jabber.org/streams"
+MUC = "http://jabber.org/protocol/muc"
+MUC_USER = "http://jabber.org/protocol/muc#user"
+COMMANDS = "http://jabber.org/protocol/commands"
+DATA = "jabber:x:data"
+BODY = "{%s}body" % CLIENT
+NETWORK = "irc.test"  # Jabbridge's name for the IRC server (ngircd's Name too)
+
+
+def log(text):
+    sys.stderr.write("--> %s\n" % text)
+    sys.stderr.flush()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(port):
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def percentile(values, fraction):
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * fraction // 1))
+    return ordered[int(rank) - 1]
+
+
+# --- a process's CPU and memory ---------------------------------------------------------------
+
+def cpu_snapshot(pid):
+    """(nanoseconds on CPU per living thread, utime+stime ticks of the whole process)."""
+    threads = {}
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as stat:
+                    threads[tid] = int(stat.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        with open("/proc/%d/stat" % pid) as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return threads, int(fields[11]) + int(fields[12])
+    except OSError:
+        return {}, 0
+
+
+def cpu_seconds(before, after):
+    """CPU time between two snapshots: exact (schedstat) when no thread ended in between,
+    else from the process's ticks (10 ms resolution, dead threads included)."""
+    threads_before, ticks_before = before
+    threads_after, ticks_after = after
+    if threads_before and set(threads_before) <= set(threads_after):
+        return (sum(threads_after.values()) - sum(threads_before.values())) / 1e9
+    return (ticks_after - ticks_before) / TICKS
+
+
+def status_kib(pid, key):
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def busy_ticks():
+    """CPU ticks the whole machine spent busy, all cores together."""
+    with open("/proc/stat") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def our_ticks():
+    """CPU ticks of this driver and every process it started, living or reaped."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry)] = (int(fields[1]), sum(int(field) for field in fields[11:15]))
+    ours = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (parent, _) in stats.items():
+            if parent in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return sum(stats[pid][1] for pid in ours if pid in stats)
+
+
+def own_cpu():
+    """This driver's own CPU seconds (the clients are all in it)."""
+    usage = os.times()
+    return usage.user + usage.system
+
+
+# --- a minimal XMPP client ----------------------------------------------------------------------
+
+class Xmpp(asyncio.Protocol):
+    """One c2s session: SASL PLAIN, bind, presence; then every top-level stanza goes to
+    `on_stanza(element, read_at)`. No TLS (loopback), no stanza objects: cheap."""
+
+    def __init__(self, user, domain, password):
+        self.user, self.domain, self.password = user, domain, password
+        self.jid = None
+        self.transport = None
+        self.parser = None
+        self.depth = 0
+        self.root = None
+        self.login_queue = asyncio.Queue()
+        self.logged_in = False
+        self.iqs = {}
+        self.joins = {}  # room -> future of the self-presence
+        self.on_message = None  # callback(element, body, read_at)
+        self.closed = asyncio.get_event_loop().create_future()
+        self.counter = 0
+        self.stanzas = 0
+
+    # plumbing
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, _error):
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for future in list(self.iqs.values()) + list(self.joins.values()):
+            if not future.done():
+                future.set_exception(ConnectionError("%s: the stream ended" % self.user))
+
+    def new_stream(self):
+        self.parser = ET.XMLPullParser(events=("start", "end"))
+        self.depth = 0
+        self.transport.write(("<?xml version='1.0'?><stream:stream to='%s' version='1.0' "
+                              "xmlns='jabber:client' xmlns:stream='%s'>" % (self.domain, STREAM)).encode())
+
+    def data_received(self, data):
+        read_at = time.monotonic()
+        parser = self.parser
+        parser.feed(data)
+        for event, element in parser.read_events():
+            if event == "start":
+                self.depth += 1
+                if self.depth == 1:
+                    self.root = element
+            else:
+                self.depth -= 1
+                if self.depth == 1:
+                    self.root.clear()
+                    self.dispatch(element, read_at)
+                elif self.depth == 0:
+                    self.transport.close()
+            if parser is not self.parser:
+                return  # the stream restarted (after SASL): nothing else was sent
+
+    def send(self, text):
+        self.transport.write(text.encode())
+
+    def next_id(self):
+        self.counter += 1
+        return "b%d" % self.counter
+
+    def dispatch(self, element, read_at):
+        self.stanzas += 1
+        if not self.logged_in:
+            self.login_queue.put_nowait(element)
+            return
+        tag = element.tag
+        if tag == "{%s}message" % CLIENT:
+            if self.on_message is not None:
+                body = element.findtext(BODY)
+                if body is not None:
+                    self.on_message(element, body, read_at)
+        elif tag == "{%s}presence" % CLIENT:
+            sender = element.get("from", "")
+            room, _, _ = sender.partition("/")
+            future = self.joins.get(room)
+            if future is not None and not future.done():
+                if element.get("type") == "error":
+                    error = element.find("{%s}error" % CLIENT)
+                    text = ET.tostring(error, encoding="unicode") if error is not None else "?"
+                    future.set_exception(RuntimeError("join refused: %s" % text))
+                elif any(status.get("code") == "110"
+                         for status in element.iter("{%s}status" % MUC_USER)):
+                    future.set_result(sender.partition("/")[2])
+        elif tag == "{%s}iq" % CLIENT:
+            future = self.iqs.pop(element.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(element)
+            elif element.get("type") in ("get", "set"):
+                self.send("<iq type='error' to=%s id=%s><error type='cancel'><service-unavailable "
+                          "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+                          % (quoteattr(element.get("from", "")), quoteattr(element.get("id", ""))))
+
+    async def next_top(self, timeout=30):
+        return await asyncio.wait_for(self.login_queue.get(), timeout)
+
+    # session
+    async def login(self):
+        self.new_stream()
+        features = await self.next_top()
+        if features.find(".//{urn:ietf:params:xml:ns:xmpp-sasl}mechanisms") is None:
+            raise RuntimeError("%s: no SASL in %s" % (self.user, ET.tostring(features)))
+        token = base64.b64encode(("\0%s\0%s" % (self.user, self.password)).encode()).decode()
+        self.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>%s</auth>" % token)
+        answer = await self.next_top()
+        if not answer.tag.endswith("success"):
+            raise RuntimeError("%s: SASL failed: %s" % (self.user, ET.tostring(answer)))
+        self.new_stream()
+        await self.next_top()  # features (bind)
+        self.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  "<resource>bench</resource></bind></iq>")
+        bound = await self.next_top()
+        self.jid = bound.findtext(".//{urn:ietf:params:xml:ns:xmpp-bind}jid")
+        if bound.get("type") != "result" or not self.jid:
+            raise RuntimeError("%s: bind failed" % self.user)
+        self.logged_in = True
+        self.send("<presence/>")
+
+    async def iq(self, to, kind, payload, timeout=30):
+        stanza_id = self.next_id()
+        future = asyncio.get_event_loop().create_future()
+        self.iqs[stanza_id] = future
+        self.send("<iq type='%s' to=%s id='%s'>%s</iq>" % (kind, quoteattr(to), stanza_id, payload))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.iqs.pop(stanza_id, None)
+
+    async def join(self, room, nick, timeout):
+        future = asyncio.get_event_loop().create_future()
+        self.joins[room] = future
+        self.send("<presence to=%s><x xmlns='%s'><history maxstanzas='0'/></x></presence>"
+                  % (quoteattr(room + "/" + nick), MUC))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError("%s: no self-presence from %s within %d s" % (self.user, room, timeout))
+        finally:
+            self.joins.pop(room, None)
+
+    def groupchat(self, room, body, stanza_id):
+        return ("<message type='groupchat' to=%s id='%s'><body>%s</body></message>"
+                % (quoteattr(room), stanza_id, escape(body)))
+
+    async def command(self, to, node, overrides, timeout=30):
+        """Runs an ad-hoc command (XEP-0050) whose first step is a form: every field is sent
+        back with its value, but those in `overrides` (var -> list of values), so that
+        nothing else is cleared. Returns (the fields seen, the final answer)."""
+        first = await self.iq(to, "set", "<command xmlns='%s' node='%s' action='execute'/>"
+                              % (COMMANDS, node), timeout)
+        command = first.find("{%s}command" % COMMANDS)
+        if first.get("type") != "result" or command is None:
+            raise RuntimeError("%s on %s: %s" % (node, to, ET.tostring(first, encoding="unicode")))
+        form = command.find("{%s}x" % DATA)
+        fields = {}
+        submit = []
+        for field in form.findall("{%s}field" % DATA) if form is not None else []:
+            var = field.get("var")
+            if not var or field.get("type") == "fixed":
+                continue
+            values = [value.text or "" for value in field.findall("{%s}value" % DATA)]
+            fields[var] = (field.get("type"), values)
+            values = overrides.get(var, values)
+            submit.append("<field var=%s>%s</field>" % (
+                quoteattr(var), "".join("<value>%s</value>" % escape(value) for value in values)))
+        missing = set(overrides) - set(fields)
+        if missing:
+            raise RuntimeError("%s on %s has no field %s; it has %s"
+                               % (node, to, ", ".join(sorted(missing)), ", ".join(sorted(fields))))
+        done = await self.iq(to, "set", "<command xmlns='%s' node='%s' sessionid=%s action='complete'>"
+                             "<x xmlns='%s' type='submit'>%s</x></command>"
+                             % (COMMANDS, node, quoteattr(command.get("sessionid", "")), DATA,
+                                "".join(submit)), timeout)
+        if done.get("type") != "result":
+            raise RuntimeError("%s on %s refused: %s" % (node, to, ET.tostring(done, encoding="unicode")))
+        return fields, done
+
+    def close(self):
+        if self.transport is not None and not self.transport.is_closing():
+            try:
+                self.send("</stream:stream>")
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self.transport.close()
+
+
+# --- a raw IRC client -----------------------------------------------------------------------------
+
+class Irc:
+    """An IRC user on ngircd: registers, joins, answers PINGs, and counts the lines that
+    contain `marker` (with the time the last one was read)."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.marker = None
+        self.count = 0
+        self.last = None
+        self.waiters = []
+        self.writer = None
+        self.task = None
+
+    async def connect(self, port, nick, timeout):
+        reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.task = asyncio.ensure_future(self.read(reader))
+        self.send("NICK %s" % nick)
+        self.send("USER %s 0 * :%s" % (nick, nick))
+        await self.expect(lambda line: b" 001 " in line, timeout)
+
+    async def join(self, channel, timeout):
+        self.send("JOIN %s" % channel)
+        await self.expect(lambda line: b" 366 " in line, timeout)
+
+    def send(self, line):
+        self.writer.write(line.encode() + b"\r\n")
+
+    async def read(self, reader):
+        while True:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                break
+            read_at = time.monotonic()
+            self.buffer += chunk
+            end = self.buffer.rfind(b"\n")
+            if end < 0:
+                continue
+            complete, self.buffer = self.buffer[:end + 1], self.buffer[end + 1:]
+            if self.marker is not None:
+                found = complete.count(self.marker)
+                if found:
+                    self.count += found
+                    self.last = read_at
+            if self.waiters or b"PING" in complete:
+                for line in complete.split(b"\r\n"):
+                    if line.startswith(b"PING "):
+                        self.writer.write(b"PONG " + line[5:] + b"\r\n")
+                    for wanted, future in list(self.waiters):
+                        if not future.done() and wanted(line):
+                            future.set_result(line)
+        for _, future in self.waiters:
+            if not future.done():
+                future.set_exception(ConnectionError("the IRC server closed the connection"))
+
+    async def expect(self, wanted, timeout, what="an IRC line"):
+        future = asyncio.get_event_loop().create_future()
+        entry = (wanted, future)
+        self.waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise RuntimeError("IRC: no %s within %d s" % (what, timeout))
+        finally:
+            self.waiters.remove(entry)
+
+    def close(self):
+        if self.writer is not None:
+            try:
+                self.send("QUIT :bye")
+            except Exception:  # noqa: BLE001
+                pass
+            self.writer.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+class Processes:
+    def __init__(self):
+        self.running = []
+
+    def start(self, argv, **kwargs):
+        process = subprocess.Popen(argv, **kwargs)
+        self.running.append(process)
+        return process
+
+    def stop(self, process, timeout=10):
+        if process.poll() is None:
+            try:
+                os.kill(process.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self):
+        for process in reversed(list(self.running)):
+            self.stop(process, timeout=5)
+
+
+ROOT = os.geteuid() == 0
+
+
+def as_user(user, argv):
+    """argv run as `user` (with its groups) when we are root."""
+    if not ROOT:
+        return argv
+    entry = pwd.getpwnam(user)
+    return ["setpriv", "--reuid=%d" % entry.pw_uid, "--regid=%d" % entry.pw_gid, "--init-groups"] + argv
+
+
+def chown(path, user):
+    if ROOT:
+        entry = pwd.getpwnam(user)
+        for base, directories, files in os.walk(path):
+            os.chown(base, entry.pw_uid, entry.pw_gid)
+            for name in files:
+                os.chown(os.path.join(base, name), entry.pw_uid, entry.pw_gid)
+
+
+def gateway_user(*candidates):
+    for name in candidates:
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return "nobody"
+
+
+async def wait_for(condition, timeout, what, step=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        await asyncio.sleep(step)
+    raise RuntimeError("timed out waiting for " + what)
+
+
+# --- the gateways ---------------------------------------------------------------------------------
+
+class Gateway:
+    """One contender: started afresh (new database) for every phase."""
+
+    key = label = domain = code = None
+
+    def __init__(self, bench):
+        self.bench = bench
+        self.process = None
+        self.directory = None
+        self.runs = 0
+
+    def room(self, channel):
+        raise NotImplementedError
+
+    async def prepare(self, clients):
+        """Per-user settings before any join (nothing for Jabbridge)."""
+
+    def logs(self):
+        return []
+
+    def stop(self):
+        if self.process is not None:
+            self.bench.processes.stop(self.process, timeout=8)
+            self.process = None
+
+    def new_directory(self, user):
+        self.runs += 1
+        directory = os.path.join(self.bench.directory, "%s-%d" % (self.key, self.runs))
+        os.makedirs(directory)
+        chown(directory, user)
+        self.directory = directory
+        return directory
+
+    async def ready(self, probe):
+        """Ready when the component answers a disco#info from a user."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("%s stopped at start: see %s" % (self.label, self.directory))
+            try:
+                answer = await probe.iq(self.domain, "get",
+                                        "<query xmlns='http://jabber.org/protocol/disco#info'/>", 2)
+                if answer.get("type") == "result":
+                    return
+            except asyncio.TimeoutError:
+                pass
+            await asyncio.sleep(0.2)
+        raise RuntimeError("%s did not answer disco#info within 30 s" % self.label)
+
+
+class Jabbridge(Gateway):
+    key, label, domain, code = "jabbridge", "Jabbridge", "irc.localhost", "j"
+
+    def room(self, channel):
+        return "%s%%%s@%s" % (channel, NETWORK, self.domain)
+
+    def start(self):
+        user = gateway_user("nobody")
+        directory = self.new_directory(user)
+        binary = self.bench.jabbridge_binary
+        config = os.path.join(directory, "jabbridge.toml")
+        with open(config, "w") as out:
+            out.write("""[xmpp]
+server = "127.0.0.1:{component}"
+[database]
+url = "sqlite://{dir}/jabbridge.db"
+[http]
+listen = "127.0.0.1:{http}"
+[log]
+level = "info"
+[[bridge]]
+kind = "irc"
+domain = "{domain}"
+secret = "{secret}"
+allow = ["localhost"]
+flood = {{ burst = 10, per_second = 0 }}
+[[bridge.network]]
+name = "{network}"
+host = "127.0.0.1"
+port = {port}
+tls = "off"
+""".format(component=self.bench.component_port, dir=directory, http=free_port(), domain=self.domain,
+           secret=self.bench.secret, network=NETWORK, port=self.bench.irc_port))
+        chown(directory, user)
+        self.log_path = os.path.join(directory, "jabbridge.log")
+        self.process = self.bench.processes.start(
+            as_user(user, [binary, "run", "--config", config]), cwd=directory,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+
+    def logs(self):
+        try:
+            with open(self.log_path, errors="replace") as text:
+                return [line.rstrip() for line in text
+                        if " WARN " in line or " ERROR " in line or "panicked" in line]
+        except OSError:
+            return []
+
+
+class Biboumi(Gateway):
+    domain = "biboumi.localhost"
+
+    def __init__(self, bench, history):
+        super().__init__(bench)
+        self.history = history
+        self.key = "bib_on" if history else "bib_off"
+        self.code = "h" if history else "n"
+        self.label = "Biboumi history %s" % ("on" if history else "off")
+        self.forms = {}
+
+    @property
+    def server(self):
+        return "127.0.0.1@%s" % self.domain
+
+    def room(self, channel):
+        return "%s%%127.0.0.1@%s" % (channel, self.domain)
+
+    def start(self):
+        user = gateway_user("_biboumi", "biboumi", "nobody")
+        directory = self.new_directory(user)
+        config = os.path.join(directory, "biboumi.cfg")
+        with open(config, "w") as out:
+            out.write("""hostname={domain}
+password={secret}
+xmpp_server_ip=127.0.0.1
+port={component}
+db_name={dir}/biboumi.sqlite
+log_file={dir}/biboumi.log
+log_level=1
+identd_port=0
+realname_customization=true
+realname_from_jid=false
+policy_directory={dir}
+""".format(domain=self.domain, secret=self.bench.secret, component=self.bench.component_port,
+           dir=directory))
+        chown(directory, user)
+        self.log_path = os.path.join(directory, "biboumi.log")
+        self.process = self.bench.processes.start(
+            as_user(user, [self.bench.arguments.biboumi, config]), cwd=directory,
+            stdout=open(os.path.join(directory, "stdout.log"), "ab"), stderr=subprocess.STDOUT)
+
+    async def prepare(self, clients):
+        """Each user's settings for the IRC server (ngircd's port, no TLS, throttle off)
+        and their history setting, with every other field sent back as it was."""
+        server = {"ports": [str(self.bench.irc_port)], "tls_ports": [], "throttle_limit": ["-1"]}
+        gateway = {"record_history": ["true" if self.history else "false"]}
+        semaphore = asyncio.Semaphore(20)
+
+        async def one(client):
+            async with semaphore:
+                fields, _ = await client.command(self.server, "configure", server)
+                self.forms.setdefault("server", fields)
+                fields, _ = await client.command(self.domain, "configure", gateway)
+                self.forms.setdefault("gateway", fields)
+
+        await asyncio.gather(*(one(client) for client in clients))
+
+    def logs(self):
+        try:
+            with open(self.log_path, errors="replace") as text:
+                return [line.rstrip() for line in text if "[ERROR]" in line or "[WARNING]" in line]
+        except OSError:
+            return []
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, arguments):
+        self.arguments = arguments
+        self.processes = Processes()
+        self.directory = tempfile.mkdtemp(prefix="jabbridge-bench-irc.")
+        os.chmod(self.directory, 0o755)
+        self.c2s_port = free_port()
+        self.component_port = free_port()
+        self.irc_port = free_port()
+        self.secret = os.urandom(16).hex()
+        self.users = max(max(arguments.steps), arguments.fanout_users, 1)
+        self.clients = []
+        self.prosody = None
+        self.ngircd = None
+        # A copy, so that a build running meanwhile cannot swap the binary under us.
+        self.jabbridge_binary = os.path.join(self.directory, "jabbridge")
+        shutil.copy2(arguments.jabbridge, self.jabbridge_binary)
+        os.chmod(self.jabbridge_binary, 0o755)
+
+    # servers
+    def start_prosody(self):
+        prosody = os.path.join(self.directory, "prosody")
+        accounts = os.path.join(prosody, "data", "localhost", "accounts")
+        os.makedirs(accounts)
+        nagle = "" if self.arguments.prosody_nagle else "network_settings = { nagle = false }\n"
+        components = "".join('Component "%s"\n    component_secret = "%s"\n' % (domain, self.secret)
+                             for domain in (Jabbridge.domain, Biboumi.domain))
+        with open(os.path.join(prosody, "prosody.cfg.lua"), "w") as config:
+            config.write("""pidfile = "{dir}/prosody.pid"
+data_path = "{dir}/data"
+log = {{ {{ levels = {{ min = "warn" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {c2s} }}
+c2s_interfaces = {{ "127.0.0.1" }}
+c2s_direct_tls_ports = {{ }}
+s2s_ports = {{ }}
+component_ports = {{ {component} }}
+component_interfaces = {{ "127.0.0.1" }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; }}
+modules_disabled = {{ "s2s"; "s2s_auth_certs"; }}
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+{nagle}VirtualHost "localhost"
+{components}""".format(dir=prosody, c2s=self.c2s_port, component=self.component_port, nagle=nagle,
+                       components=components))
+        for number in range(1, self.users + 1):
+            with open(os.path.join(accounts, "u%d.dat" % number), "w") as account:
+                account.write('return {\n\t["password"] = "bench";\n};\n')
+        chown(prosody, "prosody")
+        self.prosody = self.processes.start(
+            as_user("prosody", ["prosody", "--config", os.path.join(prosody, "prosody.cfg.lua"), "-F"]),
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(prosody, "stderr.log"), "ab"))
+
+    def start_ngircd(self):
+        directory = os.path.join(self.directory, "ngircd")
+        os.makedirs(directory)
+        config = os.path.join(directory, "ngircd.conf")
+        with open(config, "w") as out:
+            out.write("[Global]\nName = %s\nInfo = bench\nListen = 127.0.0.1\nPorts = %d\n"
+                      "[Limits]\nMaxPenaltyTime = 0\nMaxNickLength = 30\nMaxConnectionsIP = 0\n"
+                      "MaxConnections = 0\nMaxJoins = 0\n"
+                      "[Options]\nPAM = no\nIdent = no\nDNS = no\n" % (NETWORK, self.irc_port))
+        chown(directory, "irc")
+        self.ngircd = self.processes.start(
+            as_user("irc", ["ngircd", "-n", "-f", config]), cwd=directory,
+            stdout=open(os.path.join(directory, "stdout.log"), "ab"), stderr=subprocess.STDOUT)
+
+    async def log_in(self):
+        loop = asyncio.get_event_loop()
+        semaphore = asyncio.Semaphore(25)
+
+        async def one(number):
+            async with semaphore:
+                client = Xmpp("u%d" % number, "localhost", "bench")
+                await loop.create_connection(lambda: client, "127.0.0.1", self.c2s_port)
+                await client.login()
+                return client
+
+        self.clients = await asyncio.gather(*(one(number) for number in range(1, self.users + 1)))
+
+    def cleanup(self):
+        for client in self.clients:
+            client.close()
+        self.processes.stop_all()
+        if self.arguments.keep:
+            log("files kept in " + self.directory)
+        else:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    # helpers
+    async def settle(self, pid, quiet=0.005, window=0.5, longest=20):
+        """Waits until the process used under `quiet` CPU seconds in a `window`."""
+        deadline = time.monotonic() + longest
+        while time.monotonic() < deadline:
+            before = cpu_snapshot(pid)
+            await asyncio.sleep(window)
+            if cpu_seconds(before, cpu_snapshot(pid)) < quiet:
+                return True
+        return False
+
+    async def joins(self, gateway, clients, rooms, nicks):
+        """Joins client i to rooms[i] as nicks[i], 10 at a time; the seconds it took."""
+        semaphore = asyncio.Semaphore(10)
+        timeout = self.arguments.timeout
+
+        async def one(client, room, nick):
+            async with semaphore:
+                await client.join(room, nick, timeout)
+
+        start = time.monotonic()
+        await asyncio.gather(*(one(c, r, n) for c, r, n in zip(clients, rooms, nicks)))
+        return time.monotonic() - start
+
+    async def start_gateway(self, gateway):
+        gateway.start()
+        await gateway.ready(self.clients[0])
+
+    # phases
+    async def throughput(self, gateway, results):
+        arguments = self.arguments
+        code = gateway.code
+        channel = "#%st" % code
+        room = gateway.room(channel)
+        users = self.clients[:arguments.fanout_users]
+        await self.start_gateway(gateway)
+        pid = gateway.process.pid
+        try:
+            await gateway.prepare(users)
+            observer = Irc()
+            await observer.connect(self.irc_port, "obs%st" % code, 10)
+            await observer.join(channel, 10)
+            try:
+                sender = users[0]
+                await sender.join(room, "%st1" % code, arguments.timeout)
+
+                # Warm-up, then the measured run.
+                await self.send_window(sender, room, observer, 200, "w", arguments.window)
+                await self.settle(pid)
+                log("%s: XMPP->IRC, %d messages, window %d" % (gateway.label, arguments.messages, arguments.window))
+                prosody_before = cpu_snapshot(self.prosody.pid)
+                ours_before = own_cpu()
+                before = cpu_snapshot(pid)
+                figures = await self.send_window(sender, room, observer, arguments.messages, "m", arguments.window)
+                after = cpu_snapshot(pid)
+                cpu = cpu_seconds(before, after)
+                figures["cpu_us"] = cpu * 1e6 / max(1, figures["received"])
+                figures["prosody_cpu_us"] = cpu_seconds(prosody_before, cpu_snapshot(self.prosody.pid)) * 1e6 / max(1, figures["received"])
+                figures["client_cpu_share"] = (own_cpu() - ours_before) / max(1e-9, figures["wall_s"] or 1e-9)
+                results["throughput"] = figures
+
+                # Fan-out IRC->XMPP to all the users in the channel.
+                others = users[1:]
+                joined = await self.joins(gateway, others, [room] * len(others),
+                                          ["%st%d" % (code, n) for n in range(2, len(others) + 2)])
+                await self.settle(pid)
+                results["fanout"] = await self.fanout(gateway, users, room, observer, channel)
+                results["fanout"]["join_s"] = joined
+            finally:
+                observer.close()
+        finally:
+            for client in users:
+                client.on_message = None
+            results["rss_after_throughput_kib"] = status_kib(pid, "VmRSS")
+            gateway.stop()
+
+    async def send_window(self, sender, room, observer, count, tag, window):
+        """Sends `count` groupchat messages, at most `window` without their reflection."""
+        timeout = self.arguments.timeout
+        marker = (":%s%s " % (tag, os.urandom(3).hex())).encode()
+        prefix = marker[1:].decode()
+        observer.count, observer.last = 0, None
+        observer.marker = marker
+        state = {"reflected": 0, "last": None}
+        freed = asyncio.Event()
+
+        def on_message(element, body, read_at):
+            if body.startswith(prefix):
+                state["reflected"] += 1
+                state["last"] = read_at
+                freed.set()
+
+        sender.on_message = on_message
+        sent = 0
+        stanzas_before = sender.stanzas
+        start = time.monotonic()
+        deadline = start + timeout
+        batch = max(1, window // 4)
+        stalled = False
+        while sent < count:
+            outstanding = sent - state["reflected"]
+            room_left = min(window - outstanding, count - sent)
+            if room_left >= batch or (room_left > 0 and sent + room_left == count):
+                sender.send("".join(sender.groupchat(room, "%s%d" % (prefix, sent + number), "%s%d" % (tag, sent + number))
+                                    for number in range(room_left)))
+                sent += room_left
+                continue
+            freed.clear()
+            try:
+                await asyncio.wait_for(freed.wait(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                stalled = True
+                break
+        # Wait for every PRIVMSG (and reflection).
+        while (observer.count < sent or state["reflected"] < sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        sender.on_message = None
+        observer.marker = None
+        end = observer.last
+        wall = (end - start) if end else None
+        return dict(sent=sent, received=observer.count, reflected=state["reflected"], stalled=stalled,
+                    wall_s=wall, rate=(observer.count / wall) if wall else 0.0,
+                    stanzas_to_sender_per_message=(sender.stanzas - stanzas_before) / max(1, sent),
+                    reflections_end_s=(state["last"] - start) if state["last"] else None)
+
+    async def fanout(self, gateway, users, room, observer, channel):
+        arguments = self.arguments
+        lines, interval = arguments.lines, arguments.interval_ms / 1000
+        log("%s: IRC->XMPP, %d lines to %d users, one every %d ms"
+            % (gateway.label, lines, len(users), arguments.interval_ms))
+        token = "lat%s " % os.urandom(3).hex()
+        sent_at = {}
+        latencies = []
+
+        def on_message(element, body, read_at):
+            if body.startswith(token):
+                number = int(body[len(token):])
+                latencies.append(read_at - sent_at[number])
+
+        for client in users:
+            client.on_message = on_message
+        pid = gateway.process.pid
+        before = cpu_snapshot(pid)
+        start = time.monotonic()
+        for number in range(lines):
+            due = start + number * interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[number] = time.monotonic()
+            observer.send("PRIVMSG %s :%s%d" % (channel, token, number))
+        expected = lines * len(users)
+        deadline = time.monotonic() + arguments.timeout
+        while len(latencies) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        cpu = cpu_seconds(before, cpu_snapshot(pid))
+        for client in users:
+            client.on_message = None
+        milliseconds = [latency * 1e3 for latency in latencies]
+        return dict(users=len(users), lines=lines, expected=expected, received=len(latencies),
+                    p50_ms=percentile(milliseconds, 0.5), p99_ms=percentile(milliseconds, 0.99),
+                    max_ms=max(milliseconds) if milliseconds else None,
+                    cpu_us_per_delivery=cpu * 1e6 / max(1, len(latencies)))
+
+    async def memory(self, gateway, results, shared):
+        arguments = self.arguments
+        code = gateway.code + ("c" if shared else "s")
+        phase = "shared" if shared else "separate"
+        await self.start_gateway(gateway)
+        pid = gateway.process.pid
+        figures = results.setdefault(phase, {})
+        try:
+            clients = self.clients[:max(arguments.steps)]
+            await gateway.prepare(clients)
+            await self.settle(pid)
+            await asyncio.sleep(0.5)
+            base = status_kib(pid, "VmRSS")
+            figures["rss_before_kib"] = base
+            figures["steps"] = {}
+            done = 0
+            for step in sorted(arguments.steps):
+                batch = clients[done:step]
+                rooms = [gateway.room("#%sall" % code if shared else "#%s%d" % (code, done + n + 1))
+                         for n in range(len(batch))]
+                nicks = ["%s%d" % (code, done + n + 1) for n in range(len(batch))]
+                before = cpu_snapshot(pid)
+                seconds = await self.joins(gateway, batch, rooms, nicks)
+                await self.settle(pid)
+                cpu = cpu_seconds(before, cpu_snapshot(pid))
+                await asyncio.sleep(0.5)
+                rss = status_kib(pid, "VmRSS")
+                done = step
+                figures["steps"][str(step)] = dict(
+                    rss_kib=rss, per_user_kib=(rss - base) / step, join_s=seconds,
+                    join_cpu_ms_per_user=cpu * 1e3 / max(1, len(batch)))
+                log("%s: %s, %d users joined: RSS %+.0f KiB (%.1f KiB/user), joins %.2f s"
+                    % (gateway.label, phase, step, rss - base, (rss - base) / step, seconds))
+            if shared and arguments.idle_seconds > 0:
+                log("%s: idle, %d users joined, %d s" % (gateway.label, done, arguments.idle_seconds))
+                before = cpu_snapshot(pid)
+                await asyncio.sleep(arguments.idle_seconds)
+                cpu = cpu_seconds(before, cpu_snapshot(pid))
+                results["idle"] = dict(users=done, seconds=arguments.idle_seconds, cpu_s=cpu,
+                                       us_per_user_per_s=cpu * 1e6 / done / arguments.idle_seconds)
+            figures["peak_rss_kib"] = status_kib(pid, "VmHWM")
+        finally:
+            gateway.stop()
+
+    async def run(self):
+        self.start_ngircd()
+        self.start_prosody()
+        await wait_for(lambda: listening(self.c2s_port) and listening(self.component_port)
+                       and listening(self.irc_port), 15, "Prosody and ngircd to listen")
+        log("logging %d XMPP users in" % self.users)
+        await self.log_in()
+        gateways = {"jabbridge": Jabbridge(self), "bib_on": Biboumi(self, True), "bib_off": Biboumi(self, False)}
+        contenders = [gateways[key] for key in self.arguments.only.split(",") if key]
+        results = {gateway.key: {} for gateway in contenders}
+        phases = [("throughput", lambda g, r: self.throughput(g, r)),
+                  ("separate", lambda g, r: self.memory(g, r, False)),
+                  ("shared", lambda g, r: self.memory(g, r, True))]
+        for phase, run in phases:
+            for gateway in contenders:
+                result = results[gateway.key]
+                log("%s: %s" % (gateway.label, phase))
+                started = time.monotonic()
+                machine_before, ours_before = busy_ticks(), our_ticks()
+                try:
+                    await asyncio.wait_for(run(gateway, result), self.arguments.phase_timeout)
+                except Exception as error:  # noqa: BLE001 - report it and go on
+                    text = "%s: %s" % (type(error).__name__, error)
+                    log("%s: %s failed: %s" % (gateway.label, phase, text))
+                    result.setdefault("errors", {})[phase] = text
+                    gateway.stop()
+                wall = time.monotonic() - started
+                result.setdefault("phase_s", {})[phase] = wall
+                foreign = (busy_ticks() - machine_before) - (our_ticks() - ours_before)
+                result.setdefault("foreign_cpu_share", {})[phase] = max(
+                    0.0, foreign / TICKS / max(wall, 1e-9) / os.cpu_count())
+                lines = gateway.logs()
+                if lines:
+                    result.setdefault("log", {})[phase] = lines[:40]
+                    result.setdefault("log_counts", {})[phase] = len(lines)
+                await asyncio.sleep(0.5)  # its IRC connections are gone before the next one
+        forms = {g.key: {name: sorted(fields) for name, fields in g.forms.items()}
+                 for g in contenders if isinstance(g, Biboumi) and g.forms}
+        if forms:
+            results["_biboumi_forms"] = forms
+        return results, contenders
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+def fmt(value, digits=0):
+    if value is None:
+        return "-"
+    if digits == 0:
+        return "{:,.0f}".format(value)
+    return "{:,.{}f}".format(value, digits)
+
+
+def get(results, key, *path):
+    value = results.get(key, {})
+    for step in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(step)
+    return value
+
+
+def table(results, arguments):
+    keys = [k for k in ("jabbridge", "bib_on", "bib_off") if k in results]
+    labels = {"jabbridge": "Jabbridge", "bib_on": "Biboumi hist on", "bib_off": "Biboumi hist off"}
+    rows = []
+
+    def biboumi(*path, pick=min):
+        values = [get(results, k, *path) for k in ("bib_on", "bib_off")]
+        values = [v for v in values if v is not None]
+        return pick(values) if values else None
+
+    def judged(value, bound, at_least, digits):
+        if value is None or bound is None:
+            return fmt(value, digits)
+        ok = value >= bound if at_least else value <= bound
+        return fmt(value, digits) + (" ok" if ok else " MISS")
+
+    def row(label, path, digits=0, target="", bound=None, at_least=False):
+        cells = {}
+        for k in keys:
+            value = get(results, k, *path)
+            cells[k] = judged(value, bound, at_least, digits) if k == "jabbridge" else fmt(value, digits)
+        rows.append((label, cells, target))
+
+    def ratio_text(value, other, text):
+        if value is None or not other:
+            return text
+        return "%s (now %.2fx)" % (text, value / other)
+
+    # 1. XMPP -> IRC
+    rate_off = get(results, "bib_off", "throughput", "rate")
+    row("XMPP->IRC msg/s (%s msgs, window %d)" % (fmt(arguments.messages), arguments.window),
+        ("throughput", "rate"), 0,
+        ratio_text(get(results, "jabbridge", "throughput", "rate"), rate_off, ">= Biboumi hist off"),
+        rate_off, True)
+    cpu_on = get(results, "bib_on", "throughput", "cpu_us")
+    row("  gateway CPU us per message", ("throughput", "cpu_us"), 1,
+        ratio_text(get(results, "jabbridge", "throughput", "cpu_us"), cpu_on, "<= 1/5 of Biboumi hist on"),
+        cpu_on / 5 if cpu_on else None)
+    row("  Prosody CPU us per message", ("throughput", "prosody_cpu_us"), 1)
+    # 2. RSS
+    for phase, title in (("separate", "own channel each"), ("shared", "one shared channel")):
+        row("RSS before joins (MiB), %s" % title, (phase, "rss_before_kib"), 1)
+        rows[-1] = (rows[-1][0], {k: fmt((get(results, k, phase, "rss_before_kib") or 0) / 1024, 1)
+                                  if get(results, k, phase, "rss_before_kib") else "-" for k in keys}, "")
+        for step in sorted(arguments.steps):
+            bound, target = None, ""
+            if phase == "shared" and step == max(arguments.steps):
+                other = biboumi(phase, "steps", str(step), "per_user_kib")
+                bound = other / 4 if other else None
+                target = ratio_text(get(results, "jabbridge", phase, "steps", str(step), "per_user_kib"), other,
+                                    "<= 1/4 of Biboumi's (lower run)")
+            row("  RSS KiB per user at %d" % step, (phase, "steps", str(step), "per_user_kib"), 1, target, bound)
+        top = str(max(arguments.steps))
+        row("  %s joins took (s)" % top, (phase, "steps", top, "join_s"), 2)
+        row("  gateway CPU ms per join, last step", (phase, "steps", top, "join_cpu_ms_per_user"), 2)
+    # 3. IRC -> XMPP
+    row("IRC->XMPP p50 ms (%d users, %d lines / %d ms)" % (arguments.fanout_users, arguments.lines, arguments.interval_ms),
+        ("fanout", "p50_ms"), 2, "<= 2 ms", 2.0)
+    row("IRC->XMPP p99 ms", ("fanout", "p99_ms"), 2)
+    row("  gateway CPU us per delivered stanza", ("fanout", "cpu_us_per_delivery"), 1)
+    # 4. idle
+    idle = biboumi("idle", "us_per_user_per_s")
+    row("idle CPU us per user per s (%d users, %d s)" % (max(arguments.steps), arguments.idle_seconds),
+        ("idle", "us_per_user_per_s"), 1,
+        ratio_text(get(results, "jabbridge", "idle", "us_per_user_per_s"), idle, "<= 1/10 of Biboumi's (lower run)"),
+        idle / 10 if idle else None)
+
+    headers = ["", *[labels[k] for k in keys], "target"]
+    widths = [max(len(headers[0]), *(len(r[0]) for r in rows))]
+    for k in keys:
+        widths.append(max(len(labels[k]), *(len(r[1][k]) for r in rows)))
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+             + "  target"]
+    lines.append("  ".join("-" * w for w in widths) + "  ------")
+    for label, cells, target in rows:
+        lines.append("  ".join([label.ljust(widths[0])] + [cells[k].rjust(w) for k, w in zip(keys, widths[1:])]
+                               + [target]).rstrip())
+    return "\n".join(lines)
+
+
+def notes(results, arguments):
+    out = []
+    for key, result in results.items():
+        if key.startswith("_"):
+            continue
+        for phase, error in result.get("errors", {}).items():
+            out.append("%s: %s FAILED: %s" % (key, phase, error))
+        tp = result.get("throughput")
+        if tp:
+            if tp["received"] != tp["sent"] or tp["reflected"] != tp["sent"] or tp["stalled"]:
+                out.append("%s: throughput: %d sent, %d PRIVMSGs received, %d reflections%s"
+                           % (key, tp["sent"], tp["received"], tp["reflected"], ", stalled" if tp["stalled"] else ""))
+            if tp.get("client_cpu_share", 0) > 0.85:
+                out.append("%s: throughput: the clients' process used %.0f%% of a core: it may set the pace"
+                           % (key, 100 * tp["client_cpu_share"]))
+        for phase, foreign in result.get("foreign_cpu_share", {}).items():
+            if foreign > 0.05:
+                out.append("%s: other processes used %.0f%% of the machine during %s: these figures are "
+                           "low (CPU per unit less so)" % (key, 100 * foreign, phase))
+        fan = result.get("fanout")
+        if fan and fan["received"] != fan["expected"]:
+            out.append("%s: fan-out: %d of %d deliveries arrived" % (key, fan["received"], fan["expected"]))
+        for phase, count in result.get("log_counts", {}).items():
+            out.append("%s: %d warning/error log lines during %s (first: %s)"
+                       % (key, count, phase, result["log"][phase][0][:200]))
+    return "\n".join(out)
+
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        memory = int(meminfo.readline().split()[1]) / 1024 / 1024
+    return "%d cores (%s), %.0f GiB RAM, load average before the run %.2f" % (
+        os.cpu_count(), model, memory, LOAD_BEFORE)
+
+
+LOAD_BEFORE = os.getloadavg()[0]
+
+
+def versions(arguments):
+    out = []
+    try:
+        out.append(subprocess.run([arguments.jabbridge, "--version"], capture_output=True, text=True,
+                                  timeout=10).stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    for package in ("biboumi", "prosody", "ngircd"):
+        try:
+            version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True,
+                                     text=True, timeout=10).stdout.strip()
+            if version:
+                out.append("%s %s" % (package, version))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return ", ".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jabbridge", required=True, help="the release binary")
+    parser.add_argument("--biboumi", default="/usr/bin/biboumi")
+    parser.add_argument("--messages", type=int, default=5000, help="XMPP->IRC messages (N)")
+    parser.add_argument("--window", type=int, default=100, help="messages without their reflection")
+    parser.add_argument("--steps", default="1,50,200", help="users joined at each RSS step")
+    parser.add_argument("--fanout-users", type=int, default=50, help="XMPP users in the IRC->XMPP channel")
+    parser.add_argument("--lines", type=int, default=200, help="IRC->XMPP lines (M)")
+    parser.add_argument("--interval-ms", type=int, default=20, help="between IRC->XMPP lines")
+    parser.add_argument("--idle-seconds", type=int, default=20)
+    parser.add_argument("--timeout", type=int, default=60, help="seconds any one wait may take")
+    parser.add_argument("--phase-timeout", type=int, default=240, help="seconds one phase of one gateway may take")
+    parser.add_argument("--only", default="jabbridge,bib_on,bib_off", help="contenders to run")
+    parser.add_argument("--prosody-nagle", action="store_true", help="leave Nagle on in Prosody")
+    parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    arguments = parser.parse_args()
+    arguments.steps = sorted({int(step) for step in arguments.steps.split(",") if step})
+    if arguments.fanout_users < 1 or not arguments.steps or min(arguments.steps) < 1:
+        parser.error("--fanout-users and --steps must be at least 1")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(130))
+    started = time.monotonic()
+    bench = Bench(arguments)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        results, _ = loop.run_until_complete(bench.run())
+    finally:
+        bench.cleanup()
+    results["_run"] = dict(seconds=time.monotonic() - started, machine=machine(), versions=versions(arguments),
+                           arguments={k: v for k, v in vars(arguments).items()})
+    if arguments.json:
+        with open(arguments.json, "w") as out:
+            json.dump(results, out, indent=2)
+    print()
+    print(machine())
+    print(versions(arguments))
+    print("One Prosody (%s), one ngircd (throttle off); each gateway started afresh per phase; %.0f s in all"
+          % ("Nagle on" if arguments.prosody_nagle else "Nagle off", results["_run"]["seconds"]))
+    print(table(results, arguments))
+    extra = notes(results, arguments)
+    if extra:
+        print()
+        print(extra)
+
+
+if __name__ == "__main__":
+    main()
