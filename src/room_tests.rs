@@ -370,6 +370,8 @@ async fn joins_that_cannot_be_get_the_error_xep_0045_names() {
         condition(&refused).as_deref(),
         Some("registration-required")
     );
+    // The join's error carries <x xmlns='…muc'/> (XEP-0045 §7.2): clients match on it.
+    assert!(refused.has_child("x", "http://jabber.org/protocol/muc"));
     harness.register("alice@test").await;
     harness
         .receive(&join("alice@test", "#lobby", "echo", ""))

@@ -93,6 +93,8 @@ pub struct OccupantPresence<'a> {
     pub actor: Option<&'a str>,
     /// Why (kick, ban, leave).
     pub reason: Option<&'a str>,
+    /// Away, with this message (`<show>away</show>`, the message as the status).
+    pub away: Option<&'a str>,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -142,6 +144,11 @@ pub fn occupant(presence: &OccupantPresence<'_>) -> Element {
         .with("to", presence.to.to_string());
     if presence.unavailable {
         stanza = stanza.with("type", "unavailable");
+    } else if let Some(message) = presence.away {
+        stanza = stanza.append(Element::builder("show", NS_COMPONENT).append("away"));
+        if !message.is_empty() {
+            stanza = stanza.append(Element::builder("status", NS_COMPONENT).append(message));
+        }
     }
     stanza
         .append(x)
@@ -582,9 +589,12 @@ mod tests {
             new_nick: None,
             actor: Some("op"),
             reason: Some("spam"),
+            away: Some("lunch"),
         });
         let xml = String::from(&presence);
         assert!(xml.contains("type='unavailable'"), "{xml}");
+        // Gone is gone: no away on an unavailable presence.
+        assert!(!xml.contains("<show"), "{xml}");
         assert!(xml.contains("role='none'"), "{xml}");
         assert!(xml.contains("<actor nick='op'/>"), "{xml}");
         assert!(xml.contains("<reason>spam</reason>"), "{xml}");
@@ -592,6 +602,26 @@ mod tests {
             xml.contains("code='110'") && xml.contains("code='307'"),
             "{xml}"
         );
+    }
+
+    #[test]
+    fn an_away_occupant_shows_away_with_their_message() {
+        let presence = occupant(&OccupantPresence {
+            from: "#r@gw/bob".parse().unwrap(),
+            to: "alice@x/phone".parse().unwrap(),
+            role: Role::Participant,
+            affiliation: Affiliation::None,
+            occupant_id: "abc",
+            unavailable: false,
+            statuses: &[],
+            new_nick: None,
+            actor: None,
+            reason: None,
+            away: Some("at lunch"),
+        });
+        let xml = String::from(&presence);
+        assert!(xml.contains("<show>away</show>"), "{xml}");
+        assert!(xml.contains("<status>at lunch</status>"), "{xml}");
     }
 
     #[test]

@@ -204,6 +204,9 @@ pub struct StanzaHeader {
     pub id: Option<String>,
     /// The `type` attribute.
     pub type_: Option<String>,
+    /// Whether it is a room join (a presence with `<x xmlns='…/muc'/>`): its error carries
+    /// that element too, as XEP-0045 §7.2 shows and clients expect to tell a failed join.
+    pub muc_join: bool,
 }
 
 impl StanzaHeader {
@@ -222,6 +225,7 @@ impl StanzaHeader {
             to: attribute("to"),
             id: attribute("id"),
             type_: attribute("type"),
+            muc_join: kind == StanzaKind::Presence && element.has_child("x", super::muc::NS_MUC),
         })
     }
 }
@@ -255,6 +259,11 @@ pub fn error_reply(header: &StanzaHeader, failure: &StanzaFailure) -> Option<Ele
         }
         StanzaKind::Presence => {
             let mut presence = Presence::error().with_to(to).with_payload(error);
+            if header.muc_join {
+                presence
+                    .payloads
+                    .insert(0, Element::builder("x", super::muc::NS_MUC).build());
+            }
             presence.from = from;
             presence.id = header.id.clone();
             presence.into()
@@ -331,6 +340,7 @@ pub fn undelivered(from: &str, to: &str, id: String, failure: &StanzaFailure) ->
         to: Some(from.to_owned()),
         id: Some(id),
         type_: Some("chat".into()),
+        muc_join: false,
     };
     error_reply(&header, failure)
 }

@@ -557,6 +557,7 @@ class Jabbridge(Gateway):
     def start(self):
         user = gateway_user("nobody")
         directory = self.new_directory(user)
+        http_port = free_port()
         binary = self.bench.jabbridge_binary
         config = os.path.join(directory, "jabbridge.toml")
         with open(config, "w") as out:
@@ -567,7 +568,7 @@ url = "sqlite://{dir}/jabbridge.db"
 [http]
 listen = "127.0.0.1:{http}"
 [log]
-level = "info"
+level = "{log_level}"
 [[bridge]]
 kind = "irc"
 domain = "{domain}"
@@ -579,13 +580,33 @@ name = "{network}"
 host = "127.0.0.1"
 port = {port}
 tls = "off"
-""".format(component=self.bench.component_port, dir=directory, http=free_port(), domain=self.domain,
-           secret=self.bench.secret, network=NETWORK, port=self.bench.irc_port))
+""".format(component=self.bench.component_port, dir=directory, http=http_port, domain=self.domain,
+           secret=self.bench.secret, network=NETWORK, port=self.bench.irc_port,
+           log_level=self.bench.arguments.jabbridge_log))
         chown(directory, user)
         self.log_path = os.path.join(directory, "jabbridge.log")
+        self.http_port = http_port
         self.process = self.bench.processes.start(
             as_user(user, [binary, "run", "--config", config]), cwd=directory,
+            # JABBRIDGE_* variables would override the config: none of ours leak in.
+            env={k: v for k, v in os.environ.items() if not k.startswith("JABBRIDGE")},
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+
+    def metrics(self):
+        """Its counters and gauges from /metrics, as {"name{labels}": value}."""
+        try:
+            text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.http_port, timeout=5).read()
+        except OSError:
+            return {}
+        figures = {}
+        for line in text.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    figures[name] = float(value)
+                except ValueError:
+                    pass
+        return figures
 
     def logs(self):
         try:
@@ -657,7 +678,9 @@ policy_directory={dir}
     def logs(self):
         try:
             with open(self.log_path, errors="replace") as text:
-                return [line.rstrip() for line in text if "[ERROR]" in line or "[WARNING]" in line]
+                # Its own shutdown closes every IRC connection with a warning each: not news.
+                return [line.rstrip() for line in text if ("[ERROR]" in line or "[WARNING]" in line)
+                        and "Connection closed." not in line]
         except OSError:
             return []
 
@@ -803,17 +826,36 @@ allow_unencrypted_plain_auth = true
                 # Warm-up, then the measured run.
                 await self.send_window(sender, room, observer, 200, "w", arguments.window)
                 await self.settle(pid)
-                log("%s: XMPP->IRC, %d messages, window %d" % (gateway.label, arguments.messages, arguments.window))
-                prosody_before = cpu_snapshot(self.prosody.pid)
-                ours_before = own_cpu()
-                before = cpu_snapshot(pid)
-                figures = await self.send_window(sender, room, observer, arguments.messages, "m", arguments.window)
-                after = cpu_snapshot(pid)
-                cpu = cpu_seconds(before, after)
-                figures["cpu_us"] = cpu * 1e6 / max(1, figures["received"])
-                figures["prosody_cpu_us"] = cpu_seconds(prosody_before, cpu_snapshot(self.prosody.pid)) * 1e6 / max(1, figures["received"])
-                figures["client_cpu_share"] = (own_cpu() - ours_before) / max(1e-9, figures["wall_s"] or 1e-9)
+                log("%s: XMPP->IRC, %d rounds of %d messages, window %d"
+                    % (gateway.label, arguments.rounds, arguments.messages, arguments.window))
+                runs, cpu, prosody, ours = [], 0.0, 0.0, 0.0
+                for _ in range(arguments.rounds):
+                    await self.settle(pid)
+                    prosody_before = cpu_snapshot(self.prosody.pid)
+                    ours_before = own_cpu()
+                    before = cpu_snapshot(pid)
+                    run = await self.send_window(sender, room, observer, arguments.messages, "m", arguments.window)
+                    cpu += cpu_seconds(before, cpu_snapshot(pid))
+                    prosody += cpu_seconds(prosody_before, cpu_snapshot(self.prosody.pid))
+                    ours += own_cpu() - ours_before
+                    runs.append(run)
+                    if run["received"] < run["sent"] or run["stalled"]:
+                        break  # a gateway that lost lines would only lose more
+                received = max(1, sum(run["received"] for run in runs))
+                complete = [run for run in runs
+                            if run["received"] == run["sent"] == run["reflected"] and not run["stalled"]]
+                if complete:
+                    figures = dict(sorted(complete, key=lambda run: run["rate"])[len(complete) // 2])
+                else:
+                    figures = dict(runs[-1], rate=None)
+                figures.update(
+                    rates=[run["rate"] for run in complete], rounds=len(runs), incomplete=[run for run in runs if run not in complete],
+                    sent_total=sum(run["sent"] for run in runs), received_total=sum(run["received"] for run in runs),
+                    cpu_us=cpu * 1e6 / received, prosody_cpu_us=prosody * 1e6 / received,
+                    client_cpu_share=ours / max(1e-9, sum(run["wall_s"] or 0 for run in runs)))
                 results["throughput"] = figures
+                if hasattr(gateway, "metrics"):
+                    results["metrics_after_throughput"] = gateway.metrics()
 
                 # Fan-out IRC->XMPP to all the users in the channel.
                 others = users[1:]
@@ -852,12 +894,15 @@ allow_unencrypted_plain_auth = true
         start = time.monotonic()
         deadline = start + timeout
         batch = max(1, window // 4)
+        # Unique ids; --reuse-ids numbers them from 0 in every round ("m0", "m1"…), as a client
+        # whose counter restarts would.
+        ids = (tag + "%d") if self.arguments.reuse_ids else (prefix.strip() + "-%d")
         stalled = False
         while sent < count:
             outstanding = sent - state["reflected"]
             room_left = min(window - outstanding, count - sent)
             if room_left >= batch or (room_left > 0 and sent + room_left == count):
-                sender.send("".join(sender.groupchat(room, "%s%d" % (prefix, sent + number), "%s%d" % (tag, sent + number))
+                sender.send("".join(sender.groupchat(room, "%s%d" % (prefix, sent + number), ids % (sent + number))
                                     for number in range(room_left)))
                 sent += room_left
                 continue
@@ -1054,10 +1099,13 @@ def table(results, arguments):
 
     # 1. XMPP -> IRC
     rate_off = get(results, "bib_off", "throughput", "rate")
-    row("XMPP->IRC msg/s (%s msgs, window %d)" % (fmt(arguments.messages), arguments.window),
+    row("XMPP->IRC msg/s, median of %d x %s (window %d)" % (arguments.rounds, fmt(arguments.messages), arguments.window),
         ("throughput", "rate"), 0,
         ratio_text(get(results, "jabbridge", "throughput", "rate"), rate_off, ">= Biboumi hist off"),
         rate_off, True)
+    rows.append(("  range over the rounds", {k: "%s-%s" % (fmt(min(get(results, k, "throughput", "rates"))),
+                                                            fmt(max(get(results, k, "throughput", "rates"))))
+                                         if get(results, k, "throughput", "rates") else "-" for k in keys}, ""))
     cpu_on = get(results, "bib_on", "throughput", "cpu_us")
     row("  gateway CPU us per message", ("throughput", "cpu_us"), 1,
         ratio_text(get(results, "jabbridge", "throughput", "cpu_us"), cpu_on, "<= 1/5 of Biboumi hist on"),
@@ -1113,9 +1161,11 @@ def notes(results, arguments):
             out.append("%s: %s FAILED: %s" % (key, phase, error))
         tp = result.get("throughput")
         if tp:
-            if tp["received"] != tp["sent"] or tp["reflected"] != tp["sent"] or tp["stalled"]:
-                out.append("%s: throughput: %d sent, %d PRIVMSGs received, %d reflections%s"
-                           % (key, tp["sent"], tp["received"], tp["reflected"], ", stalled" if tp["stalled"] else ""))
+            for run in tp.get("incomplete", []):
+                out.append("%s: XMPP->IRC round %d of %d: %d sent, %d PRIVMSGs received, %d reflections%s "
+                           "(left out of the figures)"
+                           % (key, tp["rounds"], arguments.rounds, run["sent"], run["received"], run["reflected"],
+                              ", then nothing for %d s" % arguments.timeout if run["stalled"] else ""))
             if tp.get("client_cpu_share", 0) > 0.85:
                 out.append("%s: throughput: the clients' process used %.0f%% of a core: it may set the pace"
                            % (key, 100 * tp["client_cpu_share"]))
@@ -1132,6 +1182,23 @@ def notes(results, arguments):
     return "\n".join(out)
 
 
+def fsync_ms(directory):
+    """The mean time of a small write + fdatasync in `directory`, over ~0.3 s (what
+    SQLite's commits wait for: Jabbridge's archive, Biboumi's history)."""
+    path = os.path.join(directory, "fsync-probe")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        count, start = 0, time.monotonic()
+        while time.monotonic() - start < 0.3:
+            os.write(descriptor, b"x" * 128)
+            os.fdatasync(descriptor)
+            count += 1
+        return (time.monotonic() - start) * 1e3 / count
+    finally:
+        os.close(descriptor)
+        os.unlink(path)
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -1141,11 +1208,12 @@ def machine():
                 break
     with open("/proc/meminfo") as meminfo:
         memory = int(meminfo.readline().split()[1]) / 1024 / 1024
-    return "%d cores (%s), %.0f GiB RAM, load average before the run %.2f" % (
-        os.cpu_count(), model, memory, LOAD_BEFORE)
+    return "%d cores (%s), %.0f GiB RAM, load average before the run %.2f, fdatasync %.2f ms" % (
+        os.cpu_count(), model, memory, LOAD_BEFORE, FSYNC_BEFORE)
 
 
 LOAD_BEFORE = os.getloadavg()[0]
+FSYNC_BEFORE = None
 
 
 def versions(arguments):
@@ -1170,7 +1238,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jabbridge", required=True, help="the release binary")
     parser.add_argument("--biboumi", default="/usr/bin/biboumi")
+    parser.add_argument("--jabbridge-log", default="info", help="Jabbridge's log level")
     parser.add_argument("--messages", type=int, default=5000, help="XMPP->IRC messages (N)")
+    parser.add_argument("--rounds", type=int, default=3, help="XMPP->IRC rounds (the median rate is shown)")
     parser.add_argument("--window", type=int, default=100, help="messages without their reflection")
     parser.add_argument("--steps", default="1,50,200", help="users joined at each RSS step")
     parser.add_argument("--fanout-users", type=int, default=50, help="XMPP users in the IRC->XMPP channel")
@@ -1180,6 +1250,8 @@ def main():
     parser.add_argument("--timeout", type=int, default=60, help="seconds any one wait may take")
     parser.add_argument("--phase-timeout", type=int, default=240, help="seconds one phase of one gateway may take")
     parser.add_argument("--only", default="jabbridge,bib_on,bib_off", help="contenders to run")
+    parser.add_argument("--reuse-ids", action="store_true",
+                        help="give each XMPP->IRC round the same message ids (m0, m1…)")
     parser.add_argument("--prosody-nagle", action="store_true", help="leave Nagle on in Prosody")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
@@ -1191,6 +1263,8 @@ def main():
         signal.signal(sig, lambda *_: sys.exit(130))
     started = time.monotonic()
     bench = Bench(arguments)
+    global FSYNC_BEFORE
+    FSYNC_BEFORE = fsync_ms(bench.directory)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

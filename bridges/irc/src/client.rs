@@ -1091,6 +1091,7 @@ impl Client {
                 .await;
             }
             "QUIT" => self.on_quit(&message).await,
+            "AWAY" => self.on_away(&message).await,
             "NICK" => self.on_nick(&message).await,
             "MODE" => self.on_mode(&message).await,
             "TOPIC" => {
@@ -1343,9 +1344,8 @@ impl Client {
                     synced: false,
                 });
             let own = Member {
-                nick: self.nick.clone(),
-                prefixes: String::new(),
                 account: self.account.clone(),
+                ..Member::new(&self.nick)
             };
             entry.members.insert(own_nick, own);
             if !entry.users.contains(&self.user) {
@@ -1426,6 +1426,46 @@ impl Client {
             (channel.room.clone(), member.nick)
         };
         self.report(&room.0, event(room.1)).await;
+    }
+
+    /// Someone went away or came back (`away-notify`): they show so in the channels this
+    /// connection reports.
+    async fn on_away(&mut self, message: &Message) {
+        let Some(nick) = message.nick() else {
+            return;
+        };
+        let away = message.params.first().map(|text| {
+            let text = text::from_irc(text);
+            text.chars().take(200).collect::<String>()
+        });
+        let changed: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
+            let mut net = self.network.lock();
+            let folded_nick = net.fold(nick);
+            let mine: Vec<String> = self
+                .channels
+                .keys()
+                .filter(|folded| {
+                    net.channels
+                        .get(*folded)
+                        .is_some_and(|channel| net.reports(channel, &self.user))
+                })
+                .cloned()
+                .collect();
+            mine.iter()
+                .filter_map(|folded| {
+                    let channel = net.channels.get_mut(folded)?;
+                    let member = channel.members.get_mut(&folded_nick)?;
+                    if member.away == away {
+                        return None;
+                    }
+                    member.away.clone_from(&away);
+                    Some((channel.room.clone(), member.occupant()))
+                })
+                .collect()
+        };
+        for (room, occupant) in changed {
+            self.report(&room, RoomEvent::Occupant(occupant)).await;
+        }
     }
 
     async fn on_quit(&mut self, message: &Message) {

@@ -35,6 +35,8 @@ pub struct Member {
     pub prefixes: String,
     /// Their account, when the server says (`extended-join`, `account-tag`).
     pub account: Option<String>,
+    /// Their away message, while they are away (`away-notify`).
+    pub away: Option<String>,
 }
 
 impl Member {
@@ -44,6 +46,7 @@ impl Member {
             nick: nick.to_owned(),
             prefixes: String::new(),
             account: None,
+            away: None,
         }
     }
 
@@ -65,6 +68,7 @@ impl Member {
             id: ForeignId::new(id),
             role,
             affiliation,
+            away: self.away.clone(),
         }
     }
 }
@@ -215,7 +219,8 @@ mod tests {
             Some(Member {
                 nick: "alice".into(),
                 prefixes: "@+".into(),
-                account: None
+                account: None,
+                away: None
             })
         );
         assert_eq!(

@@ -329,6 +329,7 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
                                  :bob!b@h PRIVMSG &local :in an ampersand channel\r\n\
                                  :bob!b@h PRIVMSG @&local :to the ops\r\n\
                                  :fake.test NOTICE &local :the server speaks\r\n\
+                                 :bob!b@h AWAY :gone fishing\r\n\
                                  :bob!b@h PRIVMSG alice :\x01VERSION\x01\r\n")
                     .await
                     .expect("write");
@@ -390,6 +391,12 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
             "notice: the server speaks"
         ]
     );
+    // away-notify: Bob shows away, with his message.
+    let away = events.iter().find_map(|event| match event {
+        RoomEvent::Occupant(occupant) if occupant.nick == "bob" => occupant.away.clone(),
+        _ => None,
+    });
+    assert_eq!(away.as_deref(), Some("gone fishing"));
     server.abort();
 }
 

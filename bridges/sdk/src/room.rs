@@ -64,10 +64,13 @@ pub struct Occupant {
     pub role: Role,
     /// Who they are in the room.
     pub affiliation: Affiliation,
+    /// Whether they are away, with the message they left (IRC's `AWAY`): shown as
+    /// `<show>away</show>` and the message as the status. `None`: here.
+    pub away: Option<String>,
 }
 
 impl Occupant {
-    /// A participant with no affiliation, whose id is their nick.
+    /// A participant with no affiliation, here, whose id is their nick.
     pub fn new(nick: impl Into<String>) -> Self {
         let nick = nick.into();
         Self {
@@ -75,6 +78,7 @@ impl Occupant {
             nick,
             role: Role::default(),
             affiliation: Affiliation::default(),
+            away: None,
         }
     }
 }

@@ -209,6 +209,7 @@ fn presence_of(
         new_nick: shape.new_nick,
         actor: shape.actor,
         reason: shape.reason,
+        away: occupant.away.as_deref(),
     }))
 }
 
