@@ -481,6 +481,21 @@ async fn a_channel_is_a_room_both_ways() {
         "{line}"
     );
 
+    // A client reusing its message ids still sees each post reflected, and IRC gets both.
+    for text in ["same id, first", "same id, second"] {
+        alice
+            .send(&format!(
+                "<message type='groupchat' to='{room}' id='dup'><body>{text}</body>\
+                 <origin-id xmlns='urn:xmpp:sid:0' id='dup'/></message>"
+            ))
+            .await;
+        alice
+            .expect(WAIT, |s| mine(s) && body(s).as_deref() == Some(text))
+            .await;
+        bob.expect(|line| line.contains("PRIVMSG #test") && line.ends_with(text))
+            .await;
+    }
+
     // The topic: Bob sets it, Alice gets the subject from him.
     bob.send("TOPIC #test :tea time").await;
     let subject = alice

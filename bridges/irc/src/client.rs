@@ -819,7 +819,10 @@ impl Client {
         for done in done {
             match done {
                 Done::Posted(reply) => {
-                    let _ = reply.send(Ok(Posted::Reflect { foreign_id: None }));
+                    // An id of our own: a client reusing its message ids still sees each
+                    // post reflected (the core takes a repeated foreign id for a repeat).
+                    let foreign_id = Some(made_up_id(&self.setup.network));
+                    let _ = reply.send(Ok(Posted::Reflect { foreign_id }));
                 }
                 Done::Said(reply) => {
                     let _ = reply.send(Ok(()));
@@ -903,29 +906,13 @@ impl Client {
                 id,
                 reply,
             } => {
-                let lines = match text::to_irc(&text, self.budget(&channel)) {
-                    Ok(lines) if !lines.is_empty() => lines,
-                    Ok(_) => {
-                        let _ = reply.send(Err(SendError::Permanent {
-                            reason: "the message has no text IRC can carry".into(),
-                        }));
-                        return;
-                    }
-                    Err(bad) => {
-                        let _ = reply.send(Err(SendError::Permanent {
-                            reason: format!(
-                                "IRC cannot carry the control character U+{:04X}",
-                                u32::from(bad)
-                            ),
-                        }));
+                let lines = match self.lines(&channel, &text) {
+                    Ok(lines) => lines,
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
                         return;
                     }
                 };
-                if let Err(error) = self.room_for(lines.len()) {
-                    let _ = reply.send(Err(error));
-                    return;
-                }
-                let last = lines.len() - 1;
                 if self.caps.contains("echo-message") {
                     let folded = self.fold(&channel);
                     let waiting = self.echoes.get(&folded).map_or(0, VecDeque::len);
@@ -951,15 +938,7 @@ impl Client {
                             since: Instant::now(),
                         });
                 } else {
-                    let mut reply = Some(reply);
-                    for (index, line) in lines.iter().enumerate() {
-                        let done = if index == last {
-                            reply.take().map(Done::Posted)
-                        } else {
-                            None
-                        };
-                        self.enqueue("PRIVMSG", &[&channel, line], done);
-                    }
+                    self.say_lines(&channel, &lines, Done::Posted(reply));
                 }
             }
             Command::Say {
@@ -968,35 +947,11 @@ impl Client {
                 reply,
             } => {
                 self.active = Instant::now();
-                let lines = match text::to_irc(&text, self.budget(&target)) {
-                    Ok(lines) if !lines.is_empty() => lines,
-                    Ok(_) => {
-                        let _ = reply.send(Ok(()));
-                        return;
+                match self.lines(&target, &text) {
+                    Ok(lines) => self.say_lines(&target, &lines, Done::Said(reply)),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
                     }
-                    Err(bad) => {
-                        let _ = reply.send(Err(SendError::Permanent {
-                            reason: format!(
-                                "IRC cannot carry the control character U+{:04X}",
-                                u32::from(bad)
-                            ),
-                        }));
-                        return;
-                    }
-                };
-                if let Err(error) = self.room_for(lines.len()) {
-                    let _ = reply.send(Err(error));
-                    return;
-                }
-                let last = lines.len() - 1;
-                let mut reply = Some(reply);
-                for (index, line) in lines.iter().enumerate() {
-                    let done = if index == last {
-                        reply.take().map(Done::Said)
-                    } else {
-                        None
-                    };
-                    self.enqueue("PRIVMSG", &[&target, line], done);
                 }
             }
             Command::Send {
@@ -1021,6 +976,34 @@ impl Client {
                     self.enqueue("NAMES", &[&name], None);
                 }
             }
+        }
+    }
+
+    /// A user's `text` to `target` as the texts of IRC lines, or why it cannot go.
+    fn lines(&self, target: &str, text: &str) -> Result<Vec<String>, SendError> {
+        let lines =
+            text::to_irc(text, self.budget(target)).map_err(|bad| SendError::Permanent {
+                reason: format!(
+                    "IRC cannot carry the control character U+{:04X}",
+                    u32::from(bad)
+                ),
+            })?;
+        if lines.is_empty() {
+            return Err(SendError::Permanent {
+                reason: "the message has no text IRC can carry".into(),
+            });
+        }
+        self.room_for(lines.len())?;
+        Ok(lines)
+    }
+
+    /// Queues `PRIVMSG target :line` for each line; `done` hears when the last is written.
+    fn say_lines(&mut self, target: &str, lines: &[String], done: Done) {
+        let mut done = Some(done);
+        let last = lines.len().saturating_sub(1);
+        for (index, line) in lines.iter().enumerate() {
+            let this = if index == last { done.take() } else { None };
+            self.enqueue("PRIVMSG", &[target, line], this);
         }
     }
 
@@ -1938,7 +1921,9 @@ impl Client {
             self.echoes.remove(folded);
         }
         let Some(room) = self.room_of(folded) else {
-            let _ = echo.reply.send(Ok(Posted::Reflect { foreign_id: None }));
+            let _ = echo.reply.send(Ok(Posted::Reflect {
+                foreign_id: Some(made_up_id(&self.setup.network)),
+            }));
             return;
         };
         let (foreign_id, timestamp) = echo

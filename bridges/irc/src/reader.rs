@@ -7,8 +7,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::wire::{MAX_INCOMING, decode};
 
-/// Bytes asked of the socket at once.
+/// Bytes asked of the socket at once, at most.
 const CHUNK: usize = 4096;
+
+/// Bytes asked of the socket at least: an idle connection keeps a buffer this small.
+const SMALL: usize = 512;
 
 /// One line as read, decoded ([`decode`]: UTF-8, else Latin-1), without its CR LF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buffer: Vec::with_capacity(CHUNK),
+            buffer: Vec::new(),
             start: 0,
             skipping: false,
         }
@@ -75,8 +78,20 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
                 continue;
             }
-            let mut chunk = [0u8; CHUNK];
-            let read = self.inner.read(&mut chunk).await?;
+            // Read straight into the buffer (no chunk on the task's stack): room for a
+            // small read at least, a larger one when lines come fast.
+            if self.buffer.is_empty() && self.buffer.capacity() > CHUNK {
+                // A burst is over: give its memory back.
+                self.buffer.shrink_to(SMALL);
+            }
+            if self.buffer.capacity() - self.buffer.len() < SMALL {
+                let more = if self.buffer.is_empty() { SMALL } else { CHUNK };
+                self.buffer.reserve_exact(more);
+            }
+            let read = (&mut self.inner)
+                .take(CHUNK as u64)
+                .read_buf(&mut self.buffer)
+                .await?;
             if read == 0 {
                 let last = std::mem::take(&mut self.buffer);
                 if std::mem::take(&mut self.skipping) {
@@ -84,7 +99,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
                 return Ok(finish(&last, false));
             }
-            self.buffer.extend_from_slice(&chunk[..read]);
         }
     }
 

@@ -486,7 +486,15 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
         replaces: None,
     };
     let posted = bridge.send_room_message(post).await.expect("posted");
-    assert_eq!(posted, Posted::Reflect { foreign_id: None });
+    assert!(
+        matches!(
+            posted,
+            Posted::Reflect {
+                foreign_id: Some(_)
+            }
+        ),
+        "{posted:?}"
+    );
     let heard = loop {
         let message = tokio::time::timeout(WAIT, carol.next_message())
             .await
@@ -544,5 +552,50 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
     assert_eq!(
         joined_events, 0,
         "our users' joins are not reported as others'"
+    );
+}
+
+/// What an idle connection's task weighs (it is paid once per user and server): its future
+/// and state, without the buffers it grows under load.
+#[test]
+fn a_connections_task_stays_small() {
+    use crate::client::{Client, Setup};
+    use crate::config::{Flood, Tls};
+    use crate::connection::{Registration, Target};
+    let core = TestCore::new("irc.localhost");
+    let setup = Setup {
+        network: "n".into(),
+        target: Target {
+            address: "127.0.0.1:1".into(),
+            host: "h".into(),
+            tls: Tls::Off,
+        },
+        registration: Registration {
+            nick: "a".into(),
+            username: "a".into(),
+            realname: "a".into(),
+            password: None,
+            sasl: None,
+        },
+        flood: Flood::default(),
+        connect_timeout: Duration::from_secs(1),
+        reconnect_max: Duration::from_secs(1),
+        idle_close: Duration::from_secs(1),
+        addressing: crate::address::Addressing::new(vec![], None),
+        identify: None,
+        autojoin: vec![],
+    };
+    let (client, _handle) = Client::new(
+        UserJid::new("a@b"),
+        setup,
+        std::sync::Arc::default(),
+        core.core(),
+    );
+    let future = client.run();
+    // 8,448 bytes when the reader kept a 4 KiB chunk on the task's stack.
+    assert!(
+        std::mem::size_of_val(&future) <= 6 * 1024,
+        "{} bytes",
+        std::mem::size_of_val(&future)
     );
 }

@@ -105,11 +105,15 @@ pub(in crate::gateway) async fn on_groupchat(
         .map(str::to_owned)
         .or_else(|| stanza_id.clone())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let registration = gateway
-        .store
-        .registration(&gateway.domain, &user)
-        .await
-        .map_err(|error| gateway.storage_failed(error))?;
+    // A bridge without registration (IRC) has no data to hand over: no read per post.
+    let registration = match gateway.info.registration {
+        None => None,
+        Some(_) => gateway
+            .store
+            .registration(&gateway.domain, &user)
+            .await
+            .map_err(|error| gateway.storage_failed(error))?,
+    };
     // The post's id is how the network's echo finds its poster: another user's pending
     // post with the same id (a client's bad luck, or someone's malice) gets a fresh one.
     let post_id = {
