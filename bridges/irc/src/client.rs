@@ -78,6 +78,9 @@ pub enum Command {
         /// The channel, folded.
         channel: String,
     },
+    /// Connect with this from the next attempt on (the user changed their settings); a
+    /// connection that is down tries again at once.
+    Reconfigure(Box<Setup>),
     /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
     List {
         /// The answer, once the list ended (or the most were read).
@@ -137,6 +140,9 @@ pub struct Setup {
     pub identify: Option<(String, SecretString)>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
+    /// Whether the user chose the nick in their settings (else it came from a join or the
+    /// network's template, and a new setup keeps the one in use).
+    pub nick_chosen: bool,
 }
 
 /// A join waiting for the server's answer.
@@ -217,6 +223,8 @@ pub struct Client {
     chantypes: String,
     /// ISUPPORT's STATUSMSG: the prefixes of a message to a channel's ops or voiced.
     statusmsg: String,
+    /// ISUPPORT's CHANNELLEN: the longest channel name, when the server says.
+    channellen: Option<usize>,
     /// Channels we are in (or rejoining), folded → as spelled.
     channels: HashMap<String, String>,
     /// Channels being rejoined after a reconnection.
@@ -272,6 +280,7 @@ impl Client {
             chanmodes: Default::default(),
             chantypes: "#&".into(),
             statusmsg: "@+".into(),
+            channellen: None,
             channels: HashMap::new(),
             rejoining: HashMap::new(),
             parting: HashSet::new(),
@@ -342,6 +351,10 @@ impl Client {
                             self.forget().await;
                             return;
                         }
+                        Some(Command::Reconfigure(setup)) => {
+                            self.reconfigure(*setup);
+                            break;
+                        }
                         Some(command) => self.refuse(command, &reason),
                     },
                 }
@@ -378,8 +391,18 @@ impl Client {
             Command::List { reply } => {
                 let _ = reply.send(Vec::new());
             }
+            Command::Reconfigure(setup) => self.reconfigure(*setup),
             Command::Resync { .. } => {}
         }
+    }
+
+    /// Takes a new setup for the next connection attempt, keeping the nick in use unless
+    /// the user chose one.
+    fn reconfigure(&mut self, mut setup: Setup) {
+        if !setup.nick_chosen {
+            setup.registration.nick = self.setup.registration.nick.clone();
+        }
+        self.setup = setup;
     }
 
     /// Takes the client out of the shared state: its nick, its channels, its handle.
@@ -516,6 +539,7 @@ impl Client {
     /// Serves one registered connection until it ends.
     async fn serve(&mut self, mut connection: Connection) -> End {
         let previous = std::mem::replace(&mut self.nick, connection.nick.clone());
+        let still_ours;
         self.caps = std::mem::take(&mut connection.caps);
         self.account = connection.account.take();
         self.server_name = std::mem::take(&mut connection.server_name);
@@ -526,7 +550,10 @@ impl Client {
                 net.casemapping = wire::CaseMapping::from_isupport(mapping);
             }
             let old = net.fold(&previous);
-            if net.own.get(&old) == Some(&self.user) {
+            // Whether the old nick's member is still ours: not if a ghost's quit freed the
+            // nick meanwhile (a stranger may hold it now).
+            still_ours = net.own.get(&old) == Some(&self.user);
+            if still_ours {
                 net.own.remove(&old);
             }
             let folded = net.fold(&self.nick);
@@ -562,7 +589,7 @@ impl Client {
         if !self.channels.is_empty() {
             // A reconnection: the user keeps their rooms, under the nick they have now.
             if previous != self.nick {
-                self.renamed_self(&previous).await;
+                self.renamed_self(&previous, Some(still_ours)).await;
             }
             let channels: Vec<_> = self
                 .channels
@@ -570,8 +597,9 @@ impl Client {
                 .map(|(folded, name)| (folded.clone(), name.clone()))
                 .collect();
             for (folded, name) in channels {
-                self.rejoining.insert(folded, Instant::now());
                 self.enqueue("JOIN", &[&name], None);
+                let due = self.due();
+                self.rejoining.insert(folded, due);
             }
         }
         let mut writer = connection.writer;
@@ -685,7 +713,7 @@ impl Client {
     /// answers with what came.
     async fn expire(&mut self) {
         let now = Instant::now();
-        let late = |since: Instant| now.duration_since(since) >= ANSWER_TIMEOUT;
+        let late = |since: Instant| now.saturating_duration_since(since) >= ANSWER_TIMEOUT;
         let joins: Vec<String> = self
             .pending_joins
             .iter()
@@ -747,6 +775,10 @@ impl Client {
         if let Some(prefixes) = isupport.get("STATUSMSG") {
             self.statusmsg = prefixes.clone();
         }
+        self.channellen = isupport
+            .get("CHANNELLEN")
+            .and_then(|value| value.parse().ok())
+            .filter(|&longest: &usize| longest > 0);
         if let Some(modes) = isupport.get("CHANMODES") {
             let mut lists = modes.split(',').map(str::to_owned);
             self.chanmodes = std::array::from_fn(|_| lists.next().unwrap_or_default());
@@ -859,10 +891,20 @@ impl Client {
                     return;
                 }
                 let rejoining = self.rejoining.contains_key(&folded);
+                if let Some(longest) = self.channellen
+                    && channel.len() > longest
+                {
+                    let _ = reply.send(Err(JoinError::NoSuchRoom(format!(
+                        "{channel}: {} takes channel names of at most {longest} bytes",
+                        self.setup.network
+                    ))));
+                    return;
+                }
                 let pending = PendingJoin {
                     room,
                     reply,
-                    since: Instant::now(),
+                    // Counted from when the JOIN goes out (flood control may hold it).
+                    since: self.due(),
                 };
                 if let Some(pending) = self.pending_joins.insert(folded, pending) {
                     let _ = pending.reply.send(Err(JoinError::Unavailable(
@@ -926,6 +968,8 @@ impl Client {
                     for line in &lines {
                         self.enqueue("PRIVMSG", &[&channel, line], None);
                     }
+                    // Counted from when the last line goes out.
+                    let since = self.due();
                     self.echoes
                         .entry(folded)
                         .or_default()
@@ -935,7 +979,7 @@ impl Client {
                             lines: lines.into(),
                             first: None,
                             reply,
-                            since: Instant::now(),
+                            since,
                         });
                 } else {
                     self.say_lines(&channel, &lines, Done::Posted(reply));
@@ -962,13 +1006,15 @@ impl Client {
                 let params: Vec<&str> = params.iter().map(String::as_str).collect();
                 self.enqueue(&command, &params, Some(Done::Sent(reply)));
             }
+            Command::Reconfigure(setup) => self.reconfigure(*setup),
             Command::List { reply } => {
                 if self.listing.is_some() {
                     let _ = reply.send(Vec::new());
                     return;
                 }
-                self.listing = Some((Vec::new(), reply, Instant::now()));
                 self.enqueue("LIST", &[], None);
+                let due = self.due();
+                self.listing = Some((Vec::new(), reply, due));
             }
             Command::Resync { channel } => {
                 if let Some(name) = self.channels.get(&channel).cloned() {
@@ -1005,6 +1051,16 @@ impl Client {
             let this = if index == last { done.take() } else { None };
             self.enqueue("PRIVMSG", &[target, line], this);
         }
+    }
+
+    /// When the last line queued now goes out, as flood control paces the queue.
+    fn due(&self) -> Instant {
+        let rate = self.setup.flood.per_second;
+        let waiting = self.queue.len() as f64 - self.tokens.max(0.0);
+        if rate <= 0.0 || waiting <= 0.0 {
+            return Instant::now();
+        }
+        Instant::now() + Duration::from_secs_f64(waiting / rate)
     }
 
     /// Whether `lines` more lines may wait for their turn: a message of too many lines is
@@ -1291,6 +1347,18 @@ impl Client {
         let folded = net.fold(channel);
         let own_nick = net.fold(&self.nick);
         if net.fold(nick) == own_nick {
+            // A server folding names its own way (CASEMAPPING=rfc8265): the join it answers
+            // is the one asked for under another spelling.
+            if !self.pending_joins.contains_key(&folded)
+                && let Some(asked) = self
+                    .pending_joins
+                    .keys()
+                    .find(|asked| asked.to_lowercase() == channel.to_lowercase())
+                    .cloned()
+                && let Some(pending) = self.pending_joins.remove(&asked)
+            {
+                self.pending_joins.insert(folded.clone(), pending);
+            }
             let expected = self.pending_joins.contains_key(&folded)
                 || self.rejoining.contains_key(&folded)
                 || self
@@ -1302,9 +1370,14 @@ impl Client {
                 || (net.channels.len() >= state::MAX_CHANNELS
                     && !net.channels.contains_key(&folded))
             {
-                // A join nobody asked for (a forward to another channel, an oper's SAJOIN):
-                // no room shows it, so leave it.
+                // A join nobody asked for (a forward to another channel, an oper's SAJOIN),
+                // or one too many: no room shows it, so leave it.
                 drop(net);
+                if let Some(pending) = self.pending_joins.remove(&folded) {
+                    let _ = pending.reply.send(Err(JoinError::Unavailable(
+                        "the gateway is in too many channels of this server".into(),
+                    )));
+                }
                 self.enqueue("PART", &[channel], None);
                 return None;
             }
@@ -1424,6 +1497,9 @@ impl Client {
         let changed: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
+            if net.own.contains_key(&folded_nick) {
+                return;
+            }
             let mine: Vec<String> = self
                 .channels
                 .keys()
@@ -1504,15 +1580,18 @@ impl Client {
     }
 
     /// Our nick changed while connected (or across a reconnection): every room hears it.
-    async fn renamed_self(&mut self, old: &str) {
+    /// `ours`: whether the old nick's member is ours to move (`None`: ours unless another of
+    /// our users holds the nick).
+    async fn renamed_self(&mut self, old: &str, ours: Option<bool>) {
         let renames: Vec<RoomId> = {
             let mut net = self.network.lock();
             let old_folded = net.fold(old);
             // The old nick's member is ours unless another of our users holds it now.
-            let ours = net
-                .own
-                .get(&old_folded)
-                .is_none_or(|owner| *owner == self.user);
+            let ours = ours.unwrap_or_else(|| {
+                net.own
+                    .get(&old_folded)
+                    .is_none_or(|owner| *owner == self.user)
+            });
             if net.own.get(&old_folded) == Some(&self.user) {
                 net.own.remove(&old_folded);
             }
@@ -1549,7 +1628,7 @@ impl Client {
         };
         if self.fold(old) == self.fold(&self.nick) {
             self.nick.clone_from(new);
-            self.renamed_self(old).await;
+            self.renamed_self(old, None).await;
             return;
         }
         let renames: Vec<RoomId> = {
@@ -1693,6 +1772,7 @@ impl Client {
                 for (nick, member) in &mut members {
                     if let Some(old) = channel.members.get(nick) {
                         member.account.clone_from(&old.account);
+                        member.away.clone_from(&old.away);
                     }
                 }
                 // Only the channel's reporter tells the difference, once.
@@ -1894,13 +1974,16 @@ impl Client {
         // The post this line belongs to: the first whose next line it is (a line the
         // server dropped leaves its post waiting until it expires).
         let said = said.trim_end();
-        let Some(index) = queue.iter().position(|echo| {
-            echo.lines
-                .front()
-                .is_some_and(|line| line.trim_end() == said)
-        }) else {
-            return;
-        };
+        // A server that rewrites text (a word filter) echoes what matches nothing: the
+        // oldest post is the best guess.
+        let index = queue
+            .iter()
+            .position(|echo| {
+                echo.lines
+                    .front()
+                    .is_some_and(|line| line.trim_end() == said)
+            })
+            .unwrap_or(0);
         let Some(echo) = queue.get_mut(index) else {
             return;
         };

@@ -158,13 +158,22 @@ impl IrcBridge {
             .save_as(&key, Some(&settings))
             .await
             .map_err(|error| CommandError::Failed(error.to_string()))?;
-        // A connection that is down (a refused login, say) starts again with them.
+        // The connection takes them for its next attempt: at once when it is down (a refused
+        // login, say), keeping the user's rooms.
         let mut when = "the next time you connect to it";
         if let Some(handle) = self.existing(user, &network)
-            && !handle.up.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(setup) = self.setup_for(user, &network, None).await
         {
-            handle.stop.notify_one();
-            when = "at your next join or message (the connection that was down was closed)";
+            let down = !handle.up.load(std::sync::atomic::Ordering::Relaxed);
+            if handle
+                .commands
+                .send(Command::Reconfigure(Box::new(setup)))
+                .await
+                .is_ok()
+                && down
+            {
+                when = "now: the connection that was down tries again with them";
+            }
         }
         Ok(format!(
             "Your settings for {network}: {}. They apply {when}.",
@@ -186,6 +195,30 @@ impl IrcBridge {
         {
             return Some(handle);
         }
+        let setup = self.setup_for(user, network, nick).await?;
+        let (client, handle) = Client::new(
+            user.clone(),
+            setup,
+            server.shared.clone(),
+            self.core.clone(),
+        );
+        {
+            let mut shared = server.shared.lock();
+            // Another call may have started one while the settings were read.
+            if let Some(existing) = shared.clients.get(user)
+                && !existing.commands.is_closed()
+            {
+                return Some(existing.clone());
+            }
+            shared.clients.insert(user.clone(), handle.clone());
+        }
+        tokio::spawn(client.run());
+        Some(handle)
+    }
+
+    /// How `user` connects to `network`: the network's config and the user's settings.
+    async fn setup_for(&self, user: &UserJid, network: &str, nick: Option<&str>) -> Option<Setup> {
+        let server = self.servers.get(network)?;
         let own = self.settings_of(user, network).await;
         let config = &server.config;
         let jid = user.as_str();
@@ -245,25 +278,9 @@ impl IrcBridge {
                 .open(own.nickserv.as_ref())
                 .map(|password| (config.nickserv.clone(), password)),
             autojoin: own.autojoin.clone(),
+            nick_chosen: own.nick.is_some(),
         };
-        let (client, handle) = Client::new(
-            user.clone(),
-            setup,
-            server.shared.clone(),
-            self.core.clone(),
-        );
-        {
-            let mut shared = server.shared.lock();
-            // Another call may have started one while the settings were read.
-            if let Some(existing) = shared.clients.get(user)
-                && !existing.commands.is_closed()
-            {
-                return Some(existing.clone());
-            }
-            shared.clients.insert(user.clone(), handle.clone());
-        }
-        tokio::spawn(client.run());
-        Some(handle)
+        Some(setup)
     }
 
     /// The connection `user` already has to `network`, if any.

@@ -80,7 +80,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             // Read straight into the buffer (no chunk on the task's stack): room for a
             // small read at least, a larger one when lines come fast.
-            if self.buffer.is_empty() && self.buffer.capacity() > CHUNK {
+            if self.buffer.is_empty() && self.buffer.capacity() > 2 * CHUNK {
                 // A burst is over: give its memory back.
                 self.buffer.shrink_to(SMALL);
             }

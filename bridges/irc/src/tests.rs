@@ -584,6 +584,7 @@ fn a_connections_task_stays_small() {
         addressing: crate::address::Addressing::new(vec![], None),
         identify: None,
         autojoin: vec![],
+        nick_chosen: false,
     };
     let (client, _handle) = Client::new(
         UserJid::new("a@b"),

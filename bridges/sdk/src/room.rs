@@ -165,7 +165,8 @@ pub struct RoomPost {
     pub room: RoomId,
     /// The text. Never empty.
     pub text: String,
-    /// What the bridge stored for the user at registration, if they registered.
+    /// What the bridge stored for the user at registration, if they registered; always
+    /// `None` for a bridge without a registration form (the core does not look it up).
     pub registration: Option<RegistrationData>,
     /// When this corrects an earlier post of the same user (XEP-0308): the network's id
     /// for that post. Only for bridges that declare [`crate::Capabilities::corrections`].
