@@ -73,7 +73,7 @@ pub fn spend_refused(bridge: &str) {
 }
 
 /// The bridge has sent `today` of the `cap` messages its `spend_limit.per_day` allows
-/// (UTC day); the gauge is the fraction, updated with each message counted.
+/// (UTC day); the gauge is the fraction, updated with each message counted and every minute.
 pub fn spend_used(bridge: &str, today: i64, cap: u32) {
     metrics::gauge!("jabbridge_spend_used_ratio", "bridge" => bridge.to_owned())
         .set(today as f64 / f64::from(cap.max(1)));

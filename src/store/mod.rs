@@ -817,6 +817,20 @@ impl Store {
         Ok((count, users.into_iter().take(limit).collect()))
     }
 
+    /// How many messages `bridge` counted on UTC `day` against its daily cap.
+    pub async fn spent(&self, bridge: &str, day: i64) -> Result<i64, StoreError> {
+        let row =
+            sqlx::query("SELECT count FROM spend WHERE bridge = $1 AND subject = '' AND day = $2")
+                .bind(bridge)
+                .bind(day)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     /// Counts one message of `user` on `bridge` against today's (UTC `day`) caps: `per_day`
     /// for the bridge, `per_user` for the user. Counts nothing and says which cap is
     /// reached when one is; every instance shares the counts.

@@ -745,12 +745,17 @@ async fn spend_counts_stop_at_their_caps_and_tell_the_bridge_count() {
             Spent::Counted { bridge_today: None }
         );
         // Another day starts from nothing.
+        assert_eq!(store.spent("b", 8).await.unwrap(), 0);
         assert_eq!(
             store.spend("b", "bob", 8, Some(3), None).await.unwrap(),
             Spent::Counted {
                 bridge_today: Some(1)
             }
         );
+        // What the gauge reads back: the bridge's count of the day (the cap reached on 7).
+        assert_eq!(store.spent("b", 7).await.unwrap(), 3);
+        assert_eq!(store.spent("b", 8).await.unwrap(), 1);
+        assert_eq!(store.spent("other", 8).await.unwrap(), 0);
     })
     .await;
 }

@@ -242,11 +242,13 @@ pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
     muc::room_info(&name, &subject, occupants, &features)
 }
 
-/// The rooms' upkeep until shutdown: their cursors written every second (and once more at
-/// shutdown), archived messages older than `keep_history` forgotten hourly.
+/// The gateway's upkeep until shutdown: the rooms' cursors written every second (and once
+/// more at shutdown), the `spend_limit` gauge read back every minute (so that it falls to 0
+/// at UTC midnight), archived messages older than `keep_history` forgotten hourly.
 pub async fn maintain(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) {
     const CURSORS: Duration = Duration::from_secs(1);
     const SWEEP: u32 = 3600;
+    const SPEND: u32 = 60;
     let mut ticks = 0;
     loop {
         tokio::select! {
@@ -258,6 +260,10 @@ pub async fn maintain(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) 
         }
         flush_cursors(&gateway).await;
         ticks += 1;
+        if ticks % SPEND != 0 {
+            continue;
+        }
+        refresh_spend(&gateway).await;
         if ticks % SWEEP != 0 {
             continue;
         }
@@ -273,5 +279,18 @@ pub async fn maintain(gateway: Arc<Gateway>, shutdown: jabbridge_sdk::Shutdown) 
             Ok(count) => tracing::info!(count, "forgot old room messages"),
             Err(error) => tracing::warn!(%error, "cannot delete old room messages"),
         }
+    }
+}
+
+/// Sets the `spend_limit` gauge from the database: it falls back to 0 at UTC midnight even
+/// when nothing is sent, and follows what other instances sent.
+async fn refresh_spend(gateway: &Gateway) {
+    let Some(cap) = gateway.spend.and_then(|limit| limit.per_day) else {
+        return;
+    };
+    let day = now_millis() / 86_400_000;
+    match gateway.store.spent(&gateway.domain, day).await {
+        Ok(today) => crate::metrics::spend_used(&gateway.domain, today, cap),
+        Err(error) => tracing::debug!(%error, "cannot read today's spend"),
     }
 }
