@@ -47,6 +47,19 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
+# What scripts/bench's driver already has (this directory is on sys.path when run).
+from bench_run import (
+    Processes,
+    busy_ticks,
+    fmt,
+    free_port,
+    fsync_ms,
+    listening,
+    log,
+    machine,
+    status_kib,
+)
+
 TICKS = os.sysconf("SC_CLK_TCK")
 CLIENT = "jabber:client"
 STREAM = "http://etherx.jabber.org/streams"
@@ -56,22 +69,6 @@ COMMANDS = "http://jabber.org/protocol/commands"
 DATA = "jabber:x:data"
 BODY = "{%s}body" % CLIENT
 NETWORK = "irc.test"  # Jabbridge's name for the IRC server (ngircd's Name too)
-
-
-def log(text):
-    sys.stderr.write("--> %s\n" % text)
-    sys.stderr.flush()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening(port):
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def percentile(values, fraction):
@@ -109,24 +106,6 @@ def cpu_seconds(before, after):
     if threads_before and set(threads_before) <= set(threads_after):
         return (sum(threads_after.values()) - sum(threads_before.values())) / 1e9
     return (ticks_after - ticks_before) / TICKS
-
-
-def status_kib(pid, key):
-    try:
-        with open("/proc/%d/status" % pid) as status:
-            for line in status:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def busy_ticks():
-    """CPU ticks the whole machine spent busy, all cores together."""
-    with open("/proc/stat") as stat:
-        fields = [int(field) for field in stat.readline().split()[1:]]
-    return sum(fields[:8]) - fields[3] - fields[4]
 
 
 def our_ticks():
@@ -495,35 +474,6 @@ class Irc:
 
 
 # --- processes ------------------------------------------------------------------------------------
-
-class Processes:
-    def __init__(self):
-        self.running = []
-
-    def start(self, argv, **kwargs):
-        process = subprocess.Popen(argv, **kwargs)
-        self.running.append(process)
-        return process
-
-    def stop(self, process, timeout=10):
-        if process.poll() is None:
-            try:
-                os.kill(process.pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process in self.running:
-            self.running.remove(process)
-
-    def stop_all(self):
-        for process in reversed(list(self.running)):
-            self.stop(process, timeout=5)
-
 
 ROOT = os.geteuid() == 0
 
@@ -1122,14 +1072,6 @@ allow_unencrypted_plain_auth = true
 
 # --- the table ------------------------------------------------------------------------------------
 
-def fmt(value, digits=0):
-    if value is None:
-        return "-"
-    if digits == 0:
-        return "{:,.0f}".format(value)
-    return "{:,.{}f}".format(value, digits)
-
-
 def get(results, key, *path):
     value = results.get(key, {})
     for step in path:
@@ -1252,40 +1194,6 @@ def notes(results, arguments):
     return "\n".join(out)
 
 
-def fsync_ms(directory):
-    """The mean time of a small write + fdatasync in `directory`, over ~0.3 s (what
-    SQLite's commits wait for: Jabbridge's archive, Biboumi's history)."""
-    path = os.path.join(directory, "fsync-probe")
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        count, start = 0, time.monotonic()
-        while time.monotonic() - start < 0.3:
-            os.write(descriptor, b"x" * 128)
-            os.fdatasync(descriptor)
-            count += 1
-        return (time.monotonic() - start) * 1e3 / count
-    finally:
-        os.close(descriptor)
-        os.unlink(path)
-
-
-def machine():
-    model = "?"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as meminfo:
-        memory = int(meminfo.readline().split()[1]) / 1024 / 1024
-    return "%d cores (%s), %.0f GiB RAM, load average before the run %.2f, fdatasync %.2f ms" % (
-        os.cpu_count(), model, memory, LOAD_BEFORE, FSYNC_BEFORE)
-
-
-LOAD_BEFORE = os.getloadavg()[0]
-FSYNC_BEFORE = None
-
-
 def versions(arguments):
     out = []
     try:
@@ -1333,21 +1241,20 @@ def main():
         signal.signal(sig, lambda *_: sys.exit(130))
     started = time.monotonic()
     bench = Bench(arguments)
-    global FSYNC_BEFORE
-    FSYNC_BEFORE = fsync_ms(bench.directory)
+    fsync_before = fsync_ms(bench.directory)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         results, _ = loop.run_until_complete(bench.run())
     finally:
         bench.cleanup()
-    results["_run"] = dict(seconds=time.monotonic() - started, machine=machine(), versions=versions(arguments),
+    results["_run"] = dict(seconds=time.monotonic() - started, machine=machine(fsync_before), versions=versions(arguments),
                            arguments={k: v for k, v in vars(arguments).items()})
     if arguments.json:
         with open(arguments.json, "w") as out:
             json.dump(results, out, indent=2)
     print()
-    print(machine())
+    print(machine(fsync_before))
     print(versions(arguments))
     print("One Prosody (%s), one ngircd (throttle off); each gateway started afresh per phase; %.0f s in all"
           % ("Nagle on" if arguments.prosody_nagle else "Nagle off", results["_run"]["seconds"]))

@@ -162,10 +162,13 @@ def share(count, clients, number):
 
 
 def status_kib(pid, key):
-    with open("/proc/%d/status" % pid) as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return None
 
 
@@ -783,7 +786,8 @@ def notes(results, arguments):
     return "\n".join(out)
 
 
-def machine():
+def machine(fsync_before):
+    """The machine, the load before the run, and the disk's fdatasync time."""
     model = "?"
     with open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
@@ -793,11 +797,10 @@ def machine():
     with open("/proc/meminfo") as meminfo:
         memory = int(meminfo.readline().split()[1]) / 1024 / 1024
     return "%d cores (%s), %.0f GiB RAM, load average before the run %.2f, fdatasync %.2f ms" % (
-        os.cpu_count(), model, memory, LOAD_BEFORE, FSYNC_BEFORE)
+        os.cpu_count(), model, memory, LOAD_BEFORE, fsync_before)
 
 
 LOAD_BEFORE = os.getloadavg()[0]
-FSYNC_BEFORE = None
 
 
 def main():
@@ -825,8 +828,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     arguments = parser.parse_args()
     bench = Bench(arguments)
-    global FSYNC_BEFORE
-    FSYNC_BEFORE = fsync_ms(bench.directory)
+    fsync_before = fsync_ms(bench.directory)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
     try:
@@ -837,7 +839,7 @@ def main():
         with open(arguments.json, "w") as out:
             json.dump(results, out, indent=2)
     print()
-    print(machine())
+    print(machine(fsync_before))
     print("%d slixmpp client(s), each writing to %d contacts; Prosody %s; %d echo messages per "
           "contender in %d rounds" % (arguments.clients, arguments.contacts,
                                       "with Nagle on" if arguments.prosody_nagle else "with Nagle off",

@@ -13,11 +13,11 @@ use tokio::net::TcpStream;
 use xmpp_parsers::minidom::Element;
 
 use crate::harness::{self, Jabbridge, ServerKind, XmppServer, body};
+use crate::rooms::codes;
 
 const WAIT: Duration = Duration::from_secs(10);
 const DOMAIN: &str = "irc.localhost";
 const NETWORK: &str = "irc.test";
-const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 /// A throw-away ngircd on loopback, as the `irc` user when we are root, its throttle off.
 pub struct Ngircd {
@@ -317,20 +317,9 @@ pub fn irc_config_with(
     port: u16,
     extra: &str,
 ) -> String {
+    let head = crate::config_head(server, dir);
     format!(
-        r#"
-[xmpp]
-server = "127.0.0.1:{component}"
-keepalive = "2s"
-keepalive_timeout = "3s"
-reconnect_max = "1s"
-
-[database]
-url = "sqlite://{dir}/jabbridge.db"
-
-[http]
-listen = "127.0.0.1:{{http}}"
-
+        r#"{head}
 [[bridge]]
 kind = "irc"
 domain = "{DOMAIN}"
@@ -348,21 +337,8 @@ port = {port}
 tls = "off"
 "#,
         component = server.component_port_for(DOMAIN),
-        dir = dir.display(),
         secret = harness::SECRET,
     )
-}
-
-fn codes(stanza: &Element) -> Vec<String> {
-    stanza
-        .get_child("x", MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|child| child.name() == "status")
-                .filter_map(|status| status.attr("code").map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn room() -> String {

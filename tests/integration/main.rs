@@ -49,7 +49,21 @@ pub const SAY_TOKEN: &str = "say-token";
 /// A Jabbridge config for `server` with one echo bridge per domain, SQLite in `dir`, short
 /// keepalive and reconnect times so that tests see them happen.
 pub fn config_for(server: &XmppServer, dir: &Path, domains: &[&str]) -> String {
-    let mut config = format!(
+    let mut config = config_head(server, dir);
+    for domain in domains {
+        let port = server.component_port_for(domain);
+        config.push_str(&format!(
+            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\nadmins = [\"{ADMIN}\"]\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
+            harness::SECRET
+        ));
+    }
+    config
+}
+
+/// The sections of a test config before its bridges: `server`'s component port, SQLite in
+/// `dir`, short keepalive and reconnect times, the HTTP listener on a free port.
+pub fn config_head(server: &XmppServer, dir: &Path) -> String {
+    format!(
         r#"
 [xmpp]
 server = "127.0.0.1:{component}"
@@ -65,15 +79,7 @@ listen = "127.0.0.1:{{http}}"
 "#,
         component = server.component_port,
         dir = dir.display(),
-    );
-    for domain in domains {
-        let port = server.component_port_for(domain);
-        config.push_str(&format!(
-            "\n[[bridge]]\nkind = \"echo\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\nadmins = [\"{ADMIN}\"]\nprefix = \"{domain} says: \"\nsay_token = \"{SAY_TOKEN}\"\n",
-            harness::SECRET
-        ));
-    }
-    config
+    )
 }
 
 /// A server with the echo component and user alice, and Jabbridge attached and ready.

@@ -16,7 +16,8 @@ const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 crate::on_both_servers!(a_room_works_end_to_end);
 
-fn codes(stanza: &Element) -> Vec<String> {
+/// The `muc#user` status codes of a stanza.
+pub fn codes(stanza: &Element) -> Vec<String> {
     stanza
         .get_child("x", MUC_USER)
         .map(|x| {

@@ -787,6 +787,15 @@ impl Client {
         }
     }
 
+    /// This connection's channels whose events it reports now, folded.
+    fn reported_channels(&self, net: &state::Shared) -> Vec<String> {
+        self.channels
+            .keys()
+            .filter(|folded| net.reports_in(folded, &self.user))
+            .cloned()
+            .collect()
+    }
+
     fn fold(&self, name: &str) -> String {
         self.network.lock().fold(name)
     }
@@ -1141,10 +1150,7 @@ impl Client {
                 let folded = self.fold(channel);
                 let room = {
                     let mut net = self.network.lock();
-                    let reports = net
-                        .channels
-                        .get(&folded)
-                        .is_some_and(|channel| net.reports(channel, &self.user));
+                    let reports = net.reports_in(&folded, &self.user);
                     let Some(channel) = net.channels.get_mut(&folded).filter(|_| reports) else {
                         return;
                     };
@@ -1409,10 +1415,7 @@ impl Client {
             }
             entry.away.remove(&self.user);
             let synced = entry.synced;
-            let reports = net
-                .channels
-                .get(&folded)
-                .is_some_and(|channel| net.reports(channel, &self.user));
+            let reports = net.reports_in(&folded, &self.user);
             drop(net);
             if !synced || (self.rejoining.contains_key(&folded) && reports) {
                 self.names.insert(folded, Vec::new());
@@ -1423,10 +1426,7 @@ impl Client {
         if net.own.contains_key(&folded_nick) {
             return None;
         }
-        let reports = net
-            .channels
-            .get(&folded)
-            .is_some_and(|channel| net.reports(channel, &self.user));
+        let reports = net.reports_in(&folded, &self.user);
         let channel = net.channels.get_mut(&folded).filter(|_| reports)?;
         if channel.members.len() >= state::MAX_MEMBERS {
             return None;
@@ -1469,10 +1469,7 @@ impl Client {
             if net.own.contains_key(&folded_nick) {
                 return;
             }
-            let reports = net
-                .channels
-                .get(&folded)
-                .is_some_and(|channel| net.reports(channel, &self.user));
+            let reports = net.reports_in(&folded, &self.user);
             let Some(channel) = net.channels.get_mut(&folded).filter(|_| reports) else {
                 return;
             };
@@ -1500,16 +1497,7 @@ impl Client {
             if net.own.contains_key(&folded_nick) {
                 return;
             }
-            let mine: Vec<String> = self
-                .channels
-                .keys()
-                .filter(|folded| {
-                    net.channels
-                        .get(*folded)
-                        .is_some_and(|channel| net.reports(channel, &self.user))
-                })
-                .cloned()
-                .collect();
+            let mine = self.reported_channels(&net);
             mine.iter()
                 .filter_map(|folded| {
                     let channel = net.channels.get_mut(folded)?;
@@ -1555,16 +1543,7 @@ impl Client {
                 }
                 return;
             }
-            let mine: Vec<String> = self
-                .channels
-                .keys()
-                .filter(|folded| {
-                    net.channels
-                        .get(*folded)
-                        .is_some_and(|channel| net.reports(channel, &self.user))
-                })
-                .cloned()
-                .collect();
+            let mine = self.reported_channels(&net);
             mine.iter()
                 .filter_map(|folded| {
                     let channel = net.channels.get_mut(folded)?;
@@ -1613,12 +1592,18 @@ impl Client {
                 })
                 .collect()
         };
-        for room in renames {
+        let new = self.nick.clone();
+        self.report_renamed(&renames, old, &new).await;
+    }
+
+    /// Reports `old`'s new nick `new` in each of `rooms`.
+    async fn report_renamed(&self, rooms: &[RoomId], old: &str, new: &str) {
+        for room in rooms {
             let event = RoomEvent::Renamed {
                 old: old.to_owned(),
-                new: self.nick.clone(),
+                new: new.to_owned(),
             };
-            self.report(&room, event).await;
+            self.report(room, event).await;
         }
     }
 
@@ -1637,16 +1622,7 @@ impl Client {
             if net.own.contains_key(&old_folded) || net.own.contains_key(&new_folded) {
                 return;
             }
-            let mine: Vec<String> = self
-                .channels
-                .keys()
-                .filter(|folded| {
-                    net.channels
-                        .get(*folded)
-                        .is_some_and(|channel| net.reports(channel, &self.user))
-                })
-                .cloned()
-                .collect();
+            let mine = self.reported_channels(&net);
             mine.iter()
                 .filter_map(|folded| {
                     let channel = net.channels.get_mut(folded)?;
@@ -1657,13 +1633,7 @@ impl Client {
                 })
                 .collect()
         };
-        for room in renames {
-            let event = RoomEvent::Renamed {
-                old: old.to_owned(),
-                new: new.clone(),
-            };
-            self.report(&room, event).await;
-        }
+        self.report_renamed(&renames, old, new).await;
     }
 
     async fn on_mode(&mut self, message: &Message) {
@@ -1677,10 +1647,7 @@ impl Client {
         let changes: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
             let mut net = self.network.lock();
             let folded = net.fold(target);
-            let reports = net
-                .channels
-                .get(&folded)
-                .is_some_and(|channel| net.reports(channel, &self.user));
+            let reports = net.reports_in(&folded, &self.user);
             if !reports {
                 return;
             }
@@ -1750,10 +1717,7 @@ impl Client {
             let mut net = self.network.lock();
             let own_nicks: HashSet<String> = net.own.keys().cloned().collect();
             let casemapping = net.casemapping;
-            let reports = net
-                .channels
-                .get(folded)
-                .is_some_and(|channel| net.reports(channel, &self.user));
+            let reports = net.reports_in(folded, &self.user);
             let Some(channel) = net.channels.get_mut(folded) else {
                 drop(net);
                 if let Some(pending) = self.pending_joins.remove(folded) {

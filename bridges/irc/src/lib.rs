@@ -297,6 +297,12 @@ impl IrcBridge {
         }
     }
 
+    /// [`IrcBridge::channel_of`] for a room action, which a non-channel cannot take.
+    fn room_channel(&self, room: &RoomId) -> Result<(String, String), RoomActionError> {
+        self.channel_of(room)
+            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))
+    }
+
     /// Sends a command to a user's connection and waits for the answer.
     async fn ask<T>(
         handle: &ClientHandle,
@@ -552,9 +558,7 @@ impl Bridge for IrcBridge {
         room: &RoomId,
         subject: &str,
     ) -> Result<(), RoomActionError> {
-        let (network, channel) = self
-            .channel_of(room)
-            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        let (network, channel) = self.room_channel(room)?;
         let topic: String = subject.replace(['\r', '\n'], " ");
         self.send_command(user, &network, "TOPIC", vec![channel, topic])
             .await
@@ -566,9 +570,7 @@ impl Bridge for IrcBridge {
         room: &RoomId,
         nick: &str,
     ) -> Result<(), RoomActionError> {
-        let (network, _) = self
-            .channel_of(room)
-            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        let (network, _) = self.room_channel(room)?;
         address::check_nick(nick).map_err(RoomActionError::Forbidden)?;
         self.send_command(user, &network, "NICK", vec![nick.to_owned()])
             .await
@@ -580,9 +582,7 @@ impl Bridge for IrcBridge {
         room: &RoomId,
         action: Moderation,
     ) -> Result<(), RoomActionError> {
-        let (network, channel) = self
-            .channel_of(room)
-            .ok_or_else(|| RoomActionError::NotSupported("not a channel".into()))?;
+        let (network, channel) = self.room_channel(room)?;
         let reason = |reason: Option<String>| reason.unwrap_or_default().replace(['\r', '\n'], " ");
         match action {
             Moderation::Kick { nick, reason: why } => {

@@ -135,6 +135,13 @@ impl Shared {
         self.reporter(channel) == Some(user)
     }
 
+    /// Whether `user`'s connection reports the events of the channel `folded`.
+    pub fn reports_in(&self, folded: &str, user: &UserJid) -> bool {
+        self.channels
+            .get(folded)
+            .is_some_and(|channel| self.reports(channel, user))
+    }
+
     /// Who reports `channel`'s events now: the first of our users in it whose connection is
     /// up and in the channel.
     pub fn reporter<'a>(&self, channel: &'a Channel) -> Option<&'a UserJid> {
