@@ -313,7 +313,7 @@ async fn start_bridge(
     if section.allow.is_empty() {
         tracing::warn!(bridge = %domain, "bridge.allow is empty: only its admins may use it");
     }
-    tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info.gateway_type, "bridge configured");
+    tracing::info!(bridge = %domain, kind = %section.kind, gateway_type = %gateway.info().gateway_type, "bridge configured");
     recovery::spawn_workers(&gateway.delivery, &mut tasks);
     tasks.spawn(gateway.clone().run(incoming_receiver, core_requests));
     // Once the gateway serves the bridge's events: a rejoin reports some.

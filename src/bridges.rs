@@ -8,6 +8,7 @@ const KINDS: &[(&str, BuildFn)] = &[
     ("webhook", jabbridge_bridge_webhook::build),
     ("sms", jabbridge_bridge_sms::build),
     ("irc", jabbridge_bridge_irc::build),
+    ("external", jabbridge_bridge_external::build),
 ];
 
 /// The build function of a kind.

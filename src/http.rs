@@ -244,15 +244,18 @@ async fn ready(State(state): State<Arc<HttpState>>) -> Response {
     let mut bridges = serde_json::Map::new();
     for (domain, bridge) in state.bridges() {
         let connected = bridge.link.state.is_connected();
-        all_ready &= connected;
+        // An external bridge's process, say: down while it restarts.
+        let health = bridge.bridge.health();
+        all_ready &= connected && health.is_ok();
         // The link keeps a summary of its last error for this, and logs the details.
-        bridges.insert(
-            domain.clone(),
-            serde_json::json!({
-                "connected": connected,
-                "error": bridge.link.state.last_error(),
-            }),
-        );
+        let mut entry = serde_json::json!({
+            "connected": connected,
+            "error": bridge.link.state.last_error(),
+        });
+        if let Err(why) = health {
+            entry["bridge_error"] = serde_json::Value::String(why);
+        }
+        bridges.insert(domain.clone(), entry);
     }
     let status = if all_ready {
         StatusCode::OK

@@ -53,9 +53,6 @@ pub struct Delivery {
     domain: String,
     /// The bridge, to send messages to its network.
     bridge: Arc<dyn Bridge>,
-    /// Whether the bridge's users must be registered (or own one of its identities) for
-    /// their messages to be sent.
-    needs_registration: bool,
     /// The limits on calls into the bridge, shared with the gateway.
     calls: Arc<Calls>,
     /// The component link.
@@ -128,7 +125,6 @@ impl Delivery {
         } = wiring;
         Self {
             domain: domain.to_owned(),
-            needs_registration: bridge.info().registration.is_some(),
             bridge,
             calls,
             link,

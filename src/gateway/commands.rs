@@ -118,7 +118,7 @@ impl Listed {
     fn form(&self, gateway: &Gateway) -> Option<Form> {
         match (&self.source, self.node.as_str()) {
             (Source::Bridge(command), _) => command.form.clone(),
-            (Source::Core, "register") => gateway.info.registration.clone(),
+            (Source::Core, "register") => gateway.info().registration.clone(),
             (Source::Core, "remove-user") => Some(remove_user_form()),
             (Source::Core, _) => None,
         }
@@ -204,7 +204,7 @@ pub async fn run(
     }
     match (command.node.as_str(), input) {
         ("register", None) => {
-            let form = gateway.info.registration.clone().ok_or_else(|| {
+            let form = gateway.info().registration.clone().ok_or_else(|| {
                 StanzaFailure::FeatureNotImplemented(format!(
                     "{} needs no registration",
                     gateway.domain
@@ -319,7 +319,8 @@ async fn status_text(gateway: &Gateway, user: &str) -> Result<String, StanzaFail
     };
     Ok(format!(
         "You are registered with {} ({}).\nYour link to the network: {link}.",
-        gateway.domain, gateway.info.name
+        gateway.domain,
+        gateway.info().name
     ))
 }
 
@@ -437,7 +438,7 @@ pub async fn by_chat(gateway: &Gateway, user: &str, role: Role, text: &str) -> S
 fn help(gateway: &Gateway, user: &str, role: Role) -> String {
     let mut lines = vec![format!(
         "This is {} (Jabbridge {}). Write to a contact as ADDRESS@{}.",
-        gateway.info.name,
+        gateway.info().name,
         env!("CARGO_PKG_VERSION"),
         gateway.domain
     )];

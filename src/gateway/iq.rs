@@ -71,7 +71,7 @@ async fn answer(
         }
         (true, false, ("query", service::GATEWAY)) => {
             gateway.access.check(&user)?;
-            Ok(Some(service::prompt_query(&gateway.info.prompt)))
+            Ok(Some(service::prompt_query(&gateway.info().prompt)))
         }
         (true, true, ("query", service::GATEWAY)) => {
             gateway.access.check(&user)?;
@@ -108,7 +108,7 @@ async fn answer(
             Ok(Some(adhoc::command_list(&gateway.domain, &entries).into()))
         }
         (true, false, ("query", ns::DISCO_ITEMS))
-            if gateway.info.capabilities.rooms && payload.attr("node").is_none() =>
+            if gateway.info().capabilities.rooms && payload.attr("node").is_none() =>
         {
             gateway.access.check(&user)?;
             rooms::list(gateway, &user, payload).await.map(Some)
@@ -123,7 +123,7 @@ async fn answer(
             room_answer(gateway, is_set, from, to, &room, payload).await
         }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
-        (true, false, _) => service::answer_get(&gateway.info, Target::Gateway, payload),
+        (true, false, _) => service::answer_get(&gateway.info(), Target::Gateway, payload),
         (false, false, _) => {
             let contact = to
                 .map(|to| gateway.contact_of(to))
@@ -131,7 +131,7 @@ async fn answer(
                 .flatten()
                 .map(|contact| gateway.bridge.format_address(&contact))
                 .unwrap_or_default();
-            service::answer_get(&gateway.info, Target::Contact(&contact), payload)
+            service::answer_get(&gateway.info(), Target::Contact(&contact), payload)
         }
     }
 }
@@ -156,7 +156,7 @@ async fn room_answer(
             Ok(Some(rooms::info(gateway, room)))
         }
         (false, false, "query", ns::DISCO_ITEMS) => {
-            service::answer_get(&gateway.info, Target::Contact(""), payload)
+            service::answer_get(&gateway.info(), Target::Contact(""), payload)
         }
         (true, false, "query", muc::NS_MAM) => rooms::archive_query(gateway, from, room, payload)
             .await
@@ -173,12 +173,11 @@ async fn room_answer(
 /// XEP-0077 `get`: the bridge's form, saying whether the user is registered.
 async fn registration_form(gateway: &Gateway, user: &str) -> service::IqAnswer {
     let form = gateway
-        .info
+        .info()
         .registration
-        .as_ref()
         .ok_or(StanzaFailure::ServiceUnavailable)?;
     let registered = gateway.is_registered(user).await?;
-    Ok(Some(register::form_query(form, registered)))
+    Ok(Some(register::form_query(&form, registered)))
 }
 
 /// XEP-0077 `set`: register, re-register (update) or remove.
@@ -188,11 +187,10 @@ async fn registration_submitted(
     payload: &Element,
 ) -> service::IqAnswer {
     let form = gateway
-        .info
+        .info()
         .registration
-        .as_ref()
         .ok_or(StanzaFailure::ServiceUnavailable)?;
-    match register::parse_submission(payload, form)? {
+    match register::parse_submission(payload, &form)? {
         Submission::Remove => registration::unregister(gateway, user, false).await?,
         Submission::Register(values) => {
             registration::register(gateway, user, &values).await?;

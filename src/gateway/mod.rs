@@ -47,8 +47,6 @@ pub struct Gateway {
     pub domain: String,
     /// The bridge.
     pub bridge: Arc<dyn Bridge>,
-    /// What the bridge said about itself at start-up.
-    pub info: BridgeInfo,
     /// The component link.
     pub link: LinkHandle,
     /// The database.
@@ -140,9 +138,8 @@ impl Gateway {
             rooms,
             reload,
         } = policy;
-        let info = bridge.info();
         let span = tracing::info_span!("bridge", bridge = %domain);
-        let calls = Arc::new(Calls::new(&domain, &info.name, limits));
+        let calls = Arc::new(Calls::new(&domain, &bridge.info().name, limits));
         let link = wiring.link.clone();
         let store = wiring.store.clone();
         let delivery = Delivery::new(
@@ -156,7 +153,6 @@ impl Gateway {
         Arc::new_cyclic(|myself| Self {
             domain,
             bridge,
-            info,
             link,
             store,
             access,
@@ -173,6 +169,12 @@ impl Gateway {
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
             span,
         })
+    }
+
+    /// What the bridge says about itself now. Asked each time, not kept: an external bridge
+    /// knows its registration form and capabilities only once its process has answered.
+    pub fn info(&self) -> BridgeInfo {
+        self.bridge.info()
     }
 
     /// The bridge's tracing span.
@@ -371,7 +373,7 @@ impl Gateway {
 
     /// The room a JID on our domain names, for bridges with rooms.
     fn room_of(&self, to: &Jid) -> Option<RoomId> {
-        if !self.info.capabilities.rooms {
+        if !self.info().capabilities.rooms {
             return None;
         }
         self.bridge.parse_room(&unescape(to.node()?.as_str()))
@@ -414,7 +416,7 @@ impl Gateway {
 
     /// Whether `user` is registered (always `true` for bridges without registration).
     pub async fn is_registered(&self, user: &str) -> Result<bool, StanzaFailure> {
-        if self.info.registration.is_none() {
+        if self.info().registration.is_none() {
             return Ok(true);
         }
         Ok(self

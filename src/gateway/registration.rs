@@ -16,7 +16,7 @@ pub async fn register(
     user: &str,
     values: &FormValues,
 ) -> Result<bool, StanzaFailure> {
-    let form = gateway.info.registration.as_ref().ok_or_else(|| {
+    let form = gateway.info().registration.ok_or_else(|| {
         StanzaFailure::FeatureNotImplemented(format!("{} needs no registration", gateway.domain))
     })?;
     form.validate(values)
@@ -40,7 +40,7 @@ pub async fn register(
     tracing::info!(user, new, "user registered");
     super::sessions::start(gateway, user, &data).await;
     if new && let (Ok(to), Some(from)) = (user.parse::<BareJid>(), gateway.gateway_jid()) {
-        let nick = Some(gateway.info.name.clone());
+        let nick = Some(gateway.info().name.clone());
         let subscribe = stanza::presence(PresenceType::Subscribe, from, Jid::from(to), nick);
         gateway.send(subscribe).await;
     }

@@ -4,20 +4,23 @@
 use std::time::Duration;
 
 use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
-use crate::{config_for, echo_setup, on_both_servers};
+use crate::{Echo, config_for, echo_setup, echo_setup_with, on_both_echoes, on_both_servers};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 on_both_servers!(
-    disco_shows_a_gateway,
-    echo_round_trip,
     malformed_stanzas_are_answered_and_the_link_stays_up,
     two_bridges_in_one_process,
+);
+
+on_both_echoes!(
+    disco_shows_a_gateway,
+    echo_round_trip,
     register_reregister_and_unregister_with_the_form,
 );
 
-async fn disco_shows_a_gateway(kind: ServerKind) {
-    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+async fn disco_shows_a_gateway(kind: ServerKind, echo: Echo) {
+    let (server, _jabbridge, _dir) = echo_setup_with(kind, echo).await;
     let mut alice = server.client("alice").await;
     let info = alice
         .iq(
@@ -100,8 +103,8 @@ async fn disco_shows_a_gateway(kind: ServerKind) {
     );
 }
 
-async fn echo_round_trip(kind: ServerKind) {
-    let (server, _jabbridge, _dir) = echo_setup(kind).await;
+async fn echo_round_trip(kind: ServerKind, echo: Echo) {
+    let (server, _jabbridge, _dir) = echo_setup_with(kind, echo).await;
     let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
     alice
         .send("<message type='chat' to='bob@echo.localhost' id='e1'><body>hello there</body></message>")
@@ -388,8 +391,8 @@ async fn echo_text(alice: &mut crate::harness::Client, text: &str) -> String {
     body(&reply).unwrap_or_default()
 }
 
-async fn register_reregister_and_unregister_with_the_form(kind: ServerKind) {
-    let (server, jabbridge, _dir) = echo_setup(kind).await;
+async fn register_reregister_and_unregister_with_the_form(kind: ServerKind, echo: Echo) {
+    let (server, jabbridge, _dir) = echo_setup_with(kind, echo).await;
     let mut alice = server.client("alice").await;
     let get = "<iq type='get' to='echo.localhost' id='r1'><query xmlns='jabber:iq:register'/></iq>";
 

@@ -3,6 +3,7 @@
 //! installs and starts what they need.
 
 mod cli;
+mod external;
 mod gateway;
 mod harness;
 mod irc;
@@ -40,6 +41,59 @@ macro_rules! on_both_servers {
 }
 pub(crate) use on_both_servers;
 
+/// Which echo bridge a scenario runs against: the in-process one, or the Python reference
+/// bridge (`examples/external-python/bridge.py`) as an external process. Both must give the
+/// same results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// `kind = "echo"`.
+    InProcess,
+    /// `kind = "external"` running the Python reference bridge.
+    External,
+}
+
+/// Runs each scenario `fn(ServerKind, Echo)` against the in-process echo bridge on both
+/// servers, and against the external Python echo bridge on Prosody.
+macro_rules! on_both_echoes {
+    ($($name:ident),* $(,)?) => {
+        mod echoes {
+            mod prosody {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::super::$name(crate::harness::ServerKind::Prosody, crate::Echo::InProcess).await;
+                    }
+                )*
+            }
+            mod ejabberd {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::super::$name(crate::harness::ServerKind::Ejabberd, crate::Echo::InProcess).await;
+                    }
+                )*
+            }
+            mod external_prosody {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::super::$name(crate::harness::ServerKind::Prosody, crate::Echo::External).await;
+                    }
+                )*
+            }
+        }
+    };
+}
+pub(crate) use on_both_echoes;
+
+/// The Python reference bridge.
+pub fn python_bridge() -> String {
+    format!(
+        "{}/examples/external-python/bridge.py",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 /// The admin of every bridge in test configs (`allow` admits all of `localhost`).
 pub const ADMIN: &str = "admin@localhost";
 
@@ -62,6 +116,24 @@ pub fn config_for(server: &XmppServer, dir: &Path, domains: &[&str]) -> String {
 
 /// The sections of a test config before its bridges: `server`'s component port, SQLite in
 /// `dir`, short keepalive and reconnect times, the HTTP listener on a free port.
+/// [`config_for`] with the echo bridge of `echo`'s flavour: the same domains, access,
+/// admins and reply prefix either way.
+pub fn config_for_echo(server: &XmppServer, dir: &Path, domains: &[&str], echo: Echo) -> String {
+    if echo == Echo::InProcess {
+        return config_for(server, dir, domains);
+    }
+    let mut config = config_head(server, dir);
+    for domain in domains {
+        let port = server.component_port_for(domain);
+        config.push_str(&format!(
+            "\n[[bridge]]\nkind = \"external\"\ndomain = \"{domain}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\nadmins = [\"{ADMIN}\"]\ncommand = [\"python3\", \"{}\"]\nsettings = {{ prefix = \"{domain} says: \" }}\n",
+            harness::SECRET,
+            python_bridge(),
+        ));
+    }
+    config
+}
+
 pub fn config_head(server: &XmppServer, dir: &Path) -> String {
     format!(
         r#"
@@ -84,11 +156,19 @@ listen = "127.0.0.1:{{http}}"
 
 /// A server with the echo component and user alice, and Jabbridge attached and ready.
 pub async fn echo_setup(kind: ServerKind) -> (XmppServer, Jabbridge, tempfile::TempDir) {
+    echo_setup_with(kind, Echo::InProcess).await
+}
+
+/// [`echo_setup`] with the echo bridge of `echo`'s flavour.
+pub async fn echo_setup_with(
+    kind: ServerKind,
+    echo: Echo,
+) -> (XmppServer, Jabbridge, tempfile::TempDir) {
     let server = XmppServer::start(kind, &["echo.localhost"], &["alice"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let jabbridge = Jabbridge::start(
         dir.path(),
-        &config_for(&server, dir.path(), &["echo.localhost"]),
+        &config_for_echo(&server, dir.path(), &["echo.localhost"], echo),
     )
     .await;
     jabbridge

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use xmpp_parsers::minidom::Element;
 
+use crate::Echo;
 use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -15,6 +16,7 @@ const ROOM: &str = "#lobby@echo.localhost";
 const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 crate::on_both_servers!(a_room_works_end_to_end);
+crate::on_both_echoes!(a_room_basics);
 
 /// The `muc#user` status codes of a stanza.
 pub fn codes(stanza: &Element) -> Vec<String> {
@@ -65,6 +67,102 @@ async fn pinged_joined(
 
 fn ping(id: &str, to: &str) -> String {
     format!("<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>")
+}
+
+/// What every echo bridge does with a room, in-process or external: joins with the bot,
+/// arrivals, a post reflected once and repeated by the bot, a correction of both, a private
+/// message to the bot, a taken nick refused.
+async fn a_room_basics(kind: ServerKind, echo: Echo) {
+    let server = XmppServer::start(kind, &["echo.localhost"], &["alice", "bob"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(
+        dir.path(),
+        &crate::config_for_echo(&server, dir.path(), &["echo.localhost"], echo),
+    )
+    .await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let mut bob = crate::registered(&server, "bob", &["echo.localhost"]).await;
+
+    let joined = alice.join(ROOM, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["codes"], serde_json::json!([110]));
+    assert_eq!(joined["occupants"], serde_json::json!(["alice", "echo"]));
+    let taken = bob.join(ROOM, "alice", serde_json::json!({})).await;
+    assert_eq!(taken["event"], "join_error", "{taken}");
+    assert_eq!(taken["condition"], "conflict", "{taken}");
+    let joined = bob.join(ROOM, "bob", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(
+        joined["occupants"],
+        serde_json::json!(["alice", "bob", "echo"])
+    );
+    alice
+        .expect(WAIT, |s| {
+            s.name() == "presence" && is_from(s, &format!("{ROOM}/bob"))
+        })
+        .await;
+
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='b1'><body>hello room</body>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='origin-b1'/></message>"
+        ))
+        .await;
+    let mine = |s: &Element| {
+        s.name() == "message" && is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
+    };
+    let reflection = alice.expect(WAIT, mine).await;
+    assert_eq!(reflection.attr("id"), Some("b1"));
+    assert_eq!(body(&reflection).as_deref(), Some("hello room"));
+    let copy = bob.expect(WAIT, mine).await;
+    assert_eq!(body(&copy).as_deref(), Some("hello room"));
+    for client in [&mut alice, &mut bob] {
+        let repeat = client
+            .expect(WAIT, |s| {
+                is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
+            })
+            .await;
+        assert_eq!(body(&repeat).as_deref(), Some("hello room"));
+    }
+    alice.expect_none(Duration::from_secs(1), mine).await;
+
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='b2'><body>hello, room</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='origin-b1'/></message>"
+        ))
+        .await;
+    let correction = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some("hello, room")
+        })
+        .await;
+    let replaced = correction
+        .get_child("replace", "urn:xmpp:message-correct:0")
+        .and_then(|replace| replace.attr("id"));
+    assert_eq!(replaced, Some("origin-b1"));
+    let repeat = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/echo")) && body(s).as_deref() == Some("hello, room")
+        })
+        .await;
+    assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
+
+    bob.send(&format!(
+        "<message type='chat' to='{ROOM}/echo' id='q1'><body>just us</body></message>"
+    ))
+    .await;
+    let private = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(private.attr("type"), Some("chat"));
+    assert_eq!(
+        body(&private).as_deref(),
+        Some("echo.localhost says: just us")
+    );
 }
 
 async fn a_room_works_end_to_end(kind: ServerKind) {

@@ -244,6 +244,12 @@ pub trait Bridge: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the bridge can serve its users now, for `/ready`: `Err` says why not (an
+    /// external bridge's process is restarting, say). No I/O. The default: always ready.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Turns the (already XEP-0106-unescaped) localpart of a contact's JID into the foreign
     /// address it stands for, e.g. `+15551234567`. Called for every stanza to a contact;
     /// no I/O. An error reaches the user as `jid-malformed`.

@@ -217,7 +217,7 @@ pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
         })
     };
     let name = gateway.bridge.format_address(room);
-    let capabilities = &gateway.info.capabilities;
+    let capabilities = gateway.info().capabilities;
     let mut features = vec![
         "http://jabber.org/protocol/disco#info",
         muc::NS_MUC,

@@ -21,11 +21,11 @@ pub(in crate::gateway) async fn on_groupchat(
             .iter()
             .find(|payload| payload.is(name, namespace))
     };
-    let capabilities = &gateway.info.capabilities;
+    let capabilities = gateway.info().capabilities;
     let refused = |what: &str| {
         Err(StanzaFailure::FeatureNotImplemented(format!(
             "{} cannot carry {what} in rooms: it was not sent",
-            gateway.info.name
+            gateway.info().name
         )))
     };
     if let Some(retract) = payload("retract", muc::NS_RETRACT) {
@@ -106,7 +106,7 @@ pub(in crate::gateway) async fn on_groupchat(
         .or_else(|| stanza_id.clone())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // A bridge without registration (IRC) has no data to hand over: no read per post.
-    let registration = match gateway.info.registration {
+    let registration = match gateway.info().registration {
         None => None,
         Some(_) => gateway
             .store

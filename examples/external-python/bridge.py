@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Echo bridge for Jabbridge, protocol v1: every contact repeats what you write, and in any
+room named #something a bot called "echo" repeats every post. Stdlib only. One JSON-RPC 2.0
+message per line on stdin/stdout; logs go to stderr. See docs/bridge-protocol.md."""
+import itertools, json, sys
+
+PREFIX = ""                      # settings.prefix, from initialize
+ROOMS = {}                       # room -> {nick: user}
+BOT = {"nick": "echo", "role": "moderator", "affiliation": "owner"}
+ids = itertools.count(1)
+
+def send(msg):
+    sys.stdout.write(json.dumps(msg, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+def request(method, params):     # to the core; it answers once it has committed the event
+    send({"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params})
+
+def log(*args):                  # stdout is for the protocol only
+    print(*args, file=sys.stderr, flush=True)
+
+class Refused(Exception):        # becomes a typed error: an RFC 6120 condition for the user
+    def __init__(self, code, condition, kind, text, fatal=False):
+        super().__init__(text)
+        self.fatal, self.error = fatal, {"code": code, "message": text, "data": {
+            "condition": condition, "type": kind, "text": text, "supported": [1]}}
+
+def initialize(p):
+    global PREFIX
+    if 1 not in p["protocol"]["versions"]:   # say what we speak, then leave
+        raise Refused(-32602, "bad-request", "cancel", "this bridge speaks protocol 1", fatal=True)
+    PREFIX = p.get("config", {}).get("prefix", "")
+    return {"protocol": {"version": 1, "revision": "1.0"},
+            "bridge": {"name": "Python echo", "version": "1.0", "gateway_type": "echo",
+                       "prompt": {"description": "Enter any name: that contact will echo "
+                                  "what you write", "prompt": "Name"}},
+            "capabilities": {"rooms": True, "corrections": True},
+            "addressing": {"room_pattern": "#.+"},
+            "registration": {"title": "Register with the echo gateway",
+                             "instructions": "Choose the prefix of your contacts' replies.",
+                             "fields": [{"var": "prefix", "label": "Reply prefix"}]}}
+
+def register(p):
+    prefix = p["values"].get("prefix", "")
+    if len(prefix) > 32:
+        raise Refused(406, "not-acceptable", "modify", "the reply prefix may be at most 32 characters")
+    return {"step": {"type": "done", "data": {"prefix": prefix}}}
+
+def message_send(p):             # the contact answers with the text, after the prefix
+    prefix = (p.get("registration") or {}).get("prefix") or PREFIX
+    reply = {"event_id": "echo-" + p["txn_id"], "user": p["user"], "contact": p["contact"],
+             "text": prefix + p["text"], "attachments": p.get("attachments", [])}
+    if p.get("room"):
+        reply["room"] = p["room"]
+    request("message/received", reply)
+    return {"status": "sent", "id": reply["event_id"]}
+
+def occupants(room):
+    return [BOT] + [{"nick": nick, "id": user} for nick, user in sorted(ROOMS[room].items())]
+
+def room_join(p):
+    room = ROOMS.setdefault(p["room"], {})
+    for nick, user in room.items():
+        if user == p["user"]:
+            return {"nick": nick, "occupants": occupants(p["room"]), "subject": {"text": ""}}
+    if p["nick"] == BOT["nick"] or p["nick"] in room:
+        raise Refused(409, "conflict", "cancel", p["nick"] + " is taken in " + p["room"])
+    room[p["nick"]] = p["user"]
+    event(p["room"], {"type": "occupant", "occupant": {"nick": p["nick"], "id": p["user"]}})
+    return {"nick": p["nick"], "occupants": occupants(p["room"]), "subject": {"text": ""}}
+
+def room_leave(p):
+    room = ROOMS.get(p["room"], {})
+    for nick, user in list(room.items()):
+        if user == p["user"]:
+            del room[nick]
+            event(p["room"], {"type": "left", "nick": nick})
+    return {}
+
+def room_send(p):                # the post shows as said by the user, then the bot repeats it
+    nick = next((n for n, u in ROOMS.get(p["room"], {}).items() if u == p["user"]), None)
+    if nick is None:
+        raise Refused(406, "not-acceptable", "cancel", "you are not in this room")
+    said = {"type": "message", "event_id": "room-" + p["txn_id"], "nick": nick, "sender": p["user"],
+            "text": p["text"], "echo_of": p["txn_id"]}
+    repeat = {"type": "message", "event_id": "room-" + p["txn_id"] + "-echo", "nick": "echo",
+              "text": p["text"]}
+    if p.get("replaces"):
+        said["replaces"], repeat["replaces"] = p["replaces"], p["replaces"] + "-echo"
+    event(p["room"], said)
+    event(p["room"], repeat)
+    return {"status": "echo_follows"}
+
+def event(room, what):
+    request("room/event", {"room": room, "event": what})
+
+HANDLERS = {"initialize": initialize, "register/submit": register, "message/send": message_send,
+            "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
+            "session/start": lambda p: {}, "session/stop": lambda p: {},
+            "ping": lambda p: {}, "shutdown": lambda p: None}
+
+def main():
+    for line in sys.stdin:       # EOF on stdin: the core is gone
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            if line.strip():
+                log("not JSON, ignored:", line[:80])
+            continue
+        if not isinstance(msg, dict) or "method" not in msg:
+            if isinstance(msg, dict) and "error" in msg:   # the core refused one of our events
+                log("the core refused a request:", msg["error"].get("message"))
+            continue
+        if msg["method"] == "exit":
+            return
+        if "id" not in msg:      # notifications we do not know are ignored
+            continue
+        handler = HANDLERS.get(msg["method"])
+        try:
+            if handler is None:
+                raise Refused(-32601, "feature-not-implemented", "cancel", "unknown method " + msg["method"])
+            send({"jsonrpc": "2.0", "id": msg["id"], "result": handler(msg.get("params") or {})})
+        except Refused as refused:
+            send({"jsonrpc": "2.0", "id": msg["id"], "error": refused.error})
+            if refused.fatal:
+                sys.exit(1)
+        except (KeyError, TypeError, AttributeError) as error:
+            send({"jsonrpc": "2.0", "id": msg["id"],
+                  "error": {"code": -32602, "message": "invalid params: " + repr(error)}})
+
+if __name__ == "__main__":
+    main()
