@@ -51,6 +51,25 @@ enum Command {
     /// Show or set which XMPP user owns a foreign identity (phone number, nick…).
     #[command(subcommand)]
     Identities(IdentitiesCommand),
+    /// Check an external bridge against protocol v1 (the conformance kit): plays the core
+    /// against the command, prints one line per check and exits non-zero when a MUST check
+    /// fails. Needs no configuration, no XMPP server and no database.
+    BridgeTest {
+        /// A file of check ids known to fail (one per line, `#` comments): they do not fail
+        /// the run, but one that passes does, so that the file stays true.
+        #[arg(long, value_name = "FILE")]
+        expected_failures: Option<PathBuf>,
+        /// Also write the results as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// The bridge's own settings, as a JSON object, handed to it in `initialize` (what
+        /// `[bridge.settings]` holds in a config), e.g. the address of a test network.
+        #[arg(long, value_name = "JSON")]
+        settings: Option<String>,
+        /// The bridge's command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Print the manual page (roff) and exit; needs no configuration.
     Man,
     /// Print shell completions and exit; needs no configuration.
@@ -112,6 +131,19 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut command, "jabbridge", &mut std::io::stdout());
             return ExitCode::SUCCESS;
         }
+        Command::BridgeTest {
+            expected_failures,
+            json,
+            settings,
+            command,
+        } => {
+            return bridge_test(
+                expected_failures.as_deref(),
+                json.as_deref(),
+                settings.as_deref(),
+                command,
+            );
+        }
         _ => {}
     }
     let config = match Config::load(&cli.config) {
@@ -138,6 +170,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// `jabbridge bridge-test`: the conformance kit against `command`.
+fn bridge_test(
+    expected_failures: Option<&std::path::Path>,
+    json: Option<&std::path::Path>,
+    settings: Option<&str>,
+    command: &[String],
+) -> ExitCode {
+    use jabbridge_bridge_external::kit;
+    let settings = match settings.map(serde_json::from_str::<serde_json::Value>) {
+        None => serde_json::Map::new(),
+        Some(Ok(serde_json::Value::Object(settings))) => settings,
+        Some(_) => {
+            eprintln!("error: --settings must be a JSON object");
+            return ExitCode::from(2);
+        }
+    };
+    let expected = match expected_failures.map(std::fs::read_to_string).transpose() {
+        Ok(text) => kit::read_expected(text.as_deref().unwrap_or("")),
+        Err(error) => {
+            eprintln!("error: cannot read the expected failures: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcomes = runtime.block_on(kit::run_checks(command, &settings, &expected));
+    let (table, failed) = kit::render(&outcomes, &expected);
+    print!("{table}");
+    if let Some(path) = json {
+        let written = serde_json::to_string_pretty(&outcomes)
+            .map_err(std::io::Error::other)
+            .and_then(|text| std::fs::write(path, text));
+        if let Err(error) = written {
+            eprintln!("error: cannot write {}: {error}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Writes the manual page, generated from the command's own definitions.
 fn print_manual() -> ExitCode {
     let command = <Cli as clap::CommandFactory>::command();
@@ -153,7 +234,7 @@ fn print_manual() -> ExitCode {
 async fn execute(command: Command, config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     match command {
         // Answered in `main`, before any configuration is read.
-        Command::Man | Command::Completions { .. } => {}
+        Command::Man | Command::Completions { .. } | Command::BridgeTest { .. } => {}
         Command::Run => app::run(config, Some(config_path), shutdown_signal()).await?,
         Command::CheckConfig => {
             app::check_bridges(&config)?;

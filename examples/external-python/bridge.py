@@ -22,8 +22,10 @@ def log(*args):                  # stdout is for the protocol only
 class Refused(Exception):        # becomes a typed error: an RFC 6120 condition for the user
     def __init__(self, code, condition, kind, text, fatal=False):
         super().__init__(text)
-        self.fatal, self.error = fatal, {"code": code, "message": text, "data": {
-            "condition": condition, "type": kind, "text": text, "supported": [1]}}
+        data = {"condition": condition, "type": kind, "text": text}
+        if fatal:
+            data["supported"] = [1]
+        self.fatal, self.error = fatal, {"code": code, "message": text, "data": data}
 
 def initialize(p):
     global PREFIX

@@ -1,7 +1,9 @@
 //! External bridges through a real Prosody: the Python reference bridge killed with a user
 //! in a room (the message sent meanwhile arrives, the room is joined again), and a bridge
-//! whose process never starts, next to an in-process one that keeps working.
+//! whose process never starts, next to an in-process one that keeps working; and the
+//! conformance kit, `jabbridge bridge-test`, against the reference bridge and worse.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Jabbridge, ServerKind, XmppServer, body, error_condition};
@@ -147,4 +149,144 @@ async fn a_bridge_process_that_never_starts_harms_no_other_bridge() {
         .await;
     assert_eq!(info.attr("type"), Some("result"), "{info:?}");
     assert!(format!("{info:?}").contains("Broken"), "{info:?}");
+}
+
+/// `jabbridge bridge-test` against the Python reference bridge with its known gaps; against
+/// a "bridge" that is not one (`cat` writes back what it reads); and with a stale entry in
+/// the expected failures.
+#[test]
+fn the_conformance_kit_passes_the_reference_and_fails_what_is_wrong() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/external-python");
+    let known = example.join("expected-failures.txt");
+    let bridge = crate::python_bridge();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let (ok, output) = crate::cli::jabbridge(&[
+        "bridge-test",
+        "--expected-failures",
+        known.to_str().expect("utf-8"),
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--",
+        "python3",
+        &bridge,
+    ]);
+    assert!(ok, "{output}");
+    assert!(output.contains("pass  JB-LIFE-001"), "{output}");
+    assert!(output.contains("xfail JB-MSG-004"), "{output}");
+    assert!(output.contains(": conformant"), "{output}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("JSON");
+    assert_eq!(report.as_array().map(Vec::len), Some(22), "{report}");
+
+    // `cat` answers nothing a core expects: the handshake fails, the run fails.
+    let (ok, output) = crate::cli::jabbridge(&["bridge-test", "--", "cat"]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("FAIL  JB-LIFE-001"), "{output}");
+    assert!(output.contains("FAILED"), "{output}");
+
+    // An expected failure that passes makes the file stale: the run fails until it is fixed.
+    let stale = dir.path().join("stale.txt");
+    std::fs::write(
+        &stale,
+        "JB-MSG-004\nJB-LIFE-004  # answered in time, in fact\n",
+    )
+    .expect("write");
+    let (ok, output) = crate::cli::jabbridge(&[
+        "bridge-test",
+        "--expected-failures",
+        stale.to_str().expect("utf-8"),
+        "--",
+        "python3",
+        &bridge,
+    ]);
+    assert!(!ok, "{output}");
+    assert!(output.contains("XPASS JB-LIFE-004"), "{output}");
+}
+
+/// The Node.js reference bridge (`examples/external-node/bridge.js`) between Prosody and a
+/// real ngircd: a channel both ways, line breaks that never reach IRC as commands, private
+/// messages both ways; and the conformance kit against it with the same ngircd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_bridge_carries_a_real_irc_channel_both_ways() {
+    use crate::irc::{IrcUser, Ngircd};
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let domain = "nodeirc.localhost";
+    let bridge = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/external-node/bridge.js");
+    let server = XmppServer::start(ServerKind::Prosody, &[domain], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = format!(
+        "{head}\n[[bridge]]\nkind = \"external\"\ndomain = \"{domain}\"\nsecret = \"{secret}\"\nserver = \"127.0.0.1:{port}\"\nallow = [\"localhost\"]\ncommand = [\"node\", \"{bridge}\"]\nsettings = {{ server = \"127.0.0.1:{irc}\" }}\n",
+        head = crate::config_head(&server, dir.path()),
+        secret = crate::harness::SECRET,
+        port = server.component_port_for(domain),
+        bridge = bridge.display(),
+        irc = ircd.port,
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #nodes").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+
+    let room = format!("#nodes@{domain}");
+    let mut alice = server.client("alice").await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["occupants"], serde_json::json!(["alice", "bob"]));
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='n1'><body>hello irc\nQUIT :injected</body></message>"
+        ))
+        .await;
+    bob.expect(|line| line.ends_with("PRIVMSG #nodes :hello irc"))
+        .await;
+    bob.expect(|line| line.ends_with("PRIVMSG #nodes :QUIT :injected"))
+        .await;
+    let mine = alice
+        .expect(Duration::from_secs(10), |s| {
+            s.attr("from") == Some(&format!("{room}/alice")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(mine.attr("id"), Some("n1"));
+
+    bob.send("PRIVMSG #nodes :hi alice").await;
+    let said = alice
+        .expect(Duration::from_secs(10), |s| {
+            s.attr("from") == Some(&format!("{room}/bob")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(body(&said).as_deref(), Some("hi alice"));
+
+    bob.send("PRIVMSG alice :psst").await;
+    let private = alice
+        .expect(Duration::from_secs(10), |s| {
+            s.attr("from") == Some(&format!("bob@{domain}")) && body(s).is_some()
+        })
+        .await;
+    assert_eq!(body(&private).as_deref(), Some("psst"));
+    alice
+        .send(&format!(
+            "<message type='chat' to='bob@{domain}' id='n2'><body>back at you</body></message>"
+        ))
+        .await;
+    bob.expect(|line| line.ends_with("PRIVMSG bob :back at you"))
+        .await;
+
+    let settings = serde_json::json!({"server": format!("127.0.0.1:{}", ircd.port)}).to_string();
+    let (ok, output) = crate::cli::jabbridge(&[
+        "bridge-test",
+        "--settings",
+        &settings,
+        "--",
+        "node",
+        bridge.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{output}");
+    assert!(output.contains("pass  JB-GRP-001"), "{output}");
 }

@@ -76,6 +76,11 @@ pub struct ExternalConfig {
     /// Lines of noise per minute after which the process is restarted.
     #[serde(default = "default_noise_limit")]
     pub noise_limit: u64,
+    /// Send the user a XEP-0184 receipt as soon as the network took a message, for a
+    /// bridge that declares `receipts_on_accept` (otherwise receipts wait for the bridge's
+    /// `delivered` report).
+    #[serde(default)]
+    pub receipts_on_accept: bool,
     /// When set, HTTP requests to the bridge's routes need `Authorization: Bearer <token>`;
     /// the core checks it and tells the bridge (`verified`).
     #[serde(default)]
@@ -938,14 +943,19 @@ impl Bridge for External {
             lock(&self.attempts).remove(&message.id);
         }
         let answer = answer?;
+        let on_accept = self.config.receipts_on_accept
+            && self
+                .handshake()
+                .is_some_and(|handshake| handshake.answer.capabilities.receipts_on_accept);
         match (answer.status.as_str(), answer.id) {
-            ("sent", None) => Ok(SendOutcome::Sent),
-            ("sent", Some(id)) => Ok(SendOutcome::SentAs(MessageId::new(id))),
-            ("report_follows", Some(id)) => Ok(SendOutcome::ReportFollows(MessageId::new(id))),
+            ("sent", None) if on_accept => Ok(SendOutcome::Sent),
+            ("sent", Some(id)) if on_accept => Ok(SendOutcome::SentAs(MessageId::new(id))),
+            // A receipt only on the bridge's word that it arrived.
+            ("sent" | "report_follows", id) => Ok(SendOutcome::ReportFollows(
+                id.map_or(message.id, MessageId::new),
+            )),
             (status, _) => Err(SendError::Permanent {
-                reason: format!(
-                    "the bridge answered message/send with status '{status}' (and no id?)"
-                ),
+                reason: format!("the bridge answered message/send with status '{status}'"),
             }),
         }
     }

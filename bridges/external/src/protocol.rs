@@ -66,6 +66,35 @@ pub mod to_bridge {
     pub const HTTP_REQUEST: &str = "http/request";
     /// Check the bridge's own setup (`jabbridge doctor`).
     pub const SETUP_CHECK: &str = "setup/check";
+
+    /// Every method above.
+    pub const ALL: &[&str] = &[
+        INITIALIZE,
+        INITIALIZED,
+        PING,
+        SHUTDOWN,
+        EXIT,
+        CANCEL,
+        REGISTER_SUBMIT,
+        SESSION_START,
+        SESSION_STOP,
+        PRESENCE_USER,
+        CONTACT_SUBSCRIBE,
+        CHAT_TYPING,
+        MESSAGE_SEND,
+        ROOM_JOIN,
+        ROOM_LEAVE,
+        ROOM_SEND,
+        ROOMS_LIST,
+        ROOM_MODERATE,
+        ROOM_NICK,
+        ROOM_SUBJECT,
+        ROOM_RETRACT,
+        ROOM_REACT,
+        COMMAND_RUN,
+        HTTP_REQUEST,
+        SETUP_CHECK,
+    ];
 }
 
 /// The methods a bridge calls on the core (B→C). `N` marks notifications.
@@ -92,6 +121,21 @@ pub mod to_core {
     pub const REGISTRATION_GET: &str = "registration/get";
     /// N: a log line.
     pub const LOG: &str = "log";
+
+    /// Every method above (and `ping`, which goes both ways).
+    pub const ALL: &[&str] = &[
+        MESSAGE_RECEIVED,
+        DELIVERY_REPORT,
+        ROOM_EVENT,
+        SESSION_STATE,
+        STATE_LOAD,
+        STATE_SAVE,
+        OWNER_GET,
+        OWNER_SET,
+        IDENTITIES_LIST,
+        REGISTRATION_GET,
+        LOG,
+    ];
 }
 
 /// JSON-RPC's own error codes, and the protocol's.
@@ -476,6 +520,11 @@ pub struct CapabilitiesWire {
     /// `http/request`.
     #[serde(default)]
     pub http: bool,
+    /// The network's acceptance (`message/send` answered `sent`) is worth a XEP-0184
+    /// receipt: used only where the admin also sets `receipts_on_accept`. Otherwise a
+    /// receipt waits for `delivery/report` `delivered`.
+    #[serde(default)]
+    pub receipts_on_accept: bool,
 }
 
 /// A form: the registration form, or a command's.
@@ -711,9 +760,11 @@ pub struct SendParams {
 /// `message/send` result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendResult {
-    /// `sent`, or `report_follows` (a `delivery/report` will say whether it arrived).
+    /// `sent`: the network took it; `report_follows`: and a `delivery/report` will say
+    /// whether it arrived. Either way the user's receipt waits for a `delivered` report,
+    /// unless the bridge declares `receipts_on_accept` and the admin enables it.
     pub status: String,
-    /// The network's id for it.
+    /// The network's id for it (`delivery/report` refers to it; the `txn_id` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 }

@@ -100,8 +100,12 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
     assert_eq!(bridge.parse_room("#lobby"), Some(RoomId::new("#lobby")));
     assert_eq!(bridge.parse_room("lobby"), None);
 
+    // "sent": the receipt waits for a delivery report about the bridge's id.
     let sent = bridge.send_message(message("m1", "hello")).await;
-    assert_eq!(sent, Ok(SendOutcome::SentAs(MessageId::new("echo-m1"))));
+    assert_eq!(
+        sent,
+        Ok(SendOutcome::ReportFollows(MessageId::new("echo-m1")))
+    );
     let echoed = running.core.next_delivered(WAIT).await.expect("an echo");
     assert_eq!(echoed.text, "py says: hello");
     assert_eq!(echoed.contact, ForeignId::new("bob"));
@@ -196,7 +200,10 @@ runpy.run_path({path:?}, run_name="__main__")
     );
     // The core's outbox retries: the same txn_id, attempt 2, once the process is back.
     let second = running.bridge.send_message(message("c1", "one")).await;
-    assert_eq!(second, Ok(SendOutcome::SentAs(MessageId::new("echo-c1"))));
+    assert_eq!(
+        second,
+        Ok(SendOutcome::ReportFollows(MessageId::new("echo-c1")))
+    );
     let echoed = running.core.next_delivered(WAIT).await.expect("an echo");
     assert_eq!(echoed.text, "one");
     running.stop().await;
@@ -227,9 +234,10 @@ done
     );
     let running = run(json!({"command": ["sh", noisy], "max_message_bytes": 8192})).await;
     let sent = running.bridge.send_message(message("g1", "x")).await;
-    assert_eq!(sent, Ok(SendOutcome::SentAs(MessageId::new("n1"))));
+    assert_eq!(sent, Ok(SendOutcome::ReportFollows(MessageId::new("n1"))));
+    // g1's second answer is noise, not g2's answer.
     let sent = running.bridge.send_message(message("g2", "x")).await;
-    assert_eq!(sent, Ok(SendOutcome::SentAs(MessageId::new("n1"))));
+    assert_eq!(sent, Ok(SendOutcome::ReportFollows(MessageId::new("n1"))));
     assert!(
         running.bridge.health().is_ok(),
         "noise below the limit is survived"
@@ -364,5 +372,169 @@ async fn lines_are_bounded_whatever_the_child_writes() {
     assert_eq!(
         read_line(&mut reader, &mut line, 10).await.ok(),
         Some(Line::Eof)
+    );
+}
+
+/// Each schema example read into the Rust type of its method, and written back unchanged.
+fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
+    use crate::protocol::*;
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize>(
+        method: &str,
+        part: &str,
+        value: &serde_json::Value,
+    ) {
+        let read: T = serde_json::from_value(value.clone())
+            .unwrap_or_else(|error| panic!("{method} {part}: {error}\n{value}"));
+        let written = serde_json::to_value(&read).expect("serialises");
+        assert_eq!(&written, value, "{method} {part} does not round-trip");
+    }
+    match (method, part) {
+        ("initialize", "params") => check::<InitializeParams>(method, part, value),
+        ("initialize", "result") => check::<InitializeResult>(method, part, value),
+        ("shutdown", "params") => check::<ShutdownParams>(method, part, value),
+        ("shutdown", "result") => assert!(value.is_null(), "shutdown answers null"),
+        ("$/cancel", "params") => check::<CancelParams>(method, part, value),
+        ("register/submit", "params") => check::<RegisterParams>(method, part, value),
+        ("register/submit", "result") => check::<RegisterResult>(method, part, value),
+        ("session/start", "params") => check::<SessionStartParams>(method, part, value),
+        ("session/stop", "params") => check::<SessionStopParams>(method, part, value),
+        ("session/state", "params") => check::<SessionStateParams>(method, part, value),
+        ("presence/user", "params") => check::<PresenceParams>(method, part, value),
+        ("contact/subscribe", "params") => check::<SubscribeParams>(method, part, value),
+        ("contact/subscribe", "result") => check::<SubscribeResult>(method, part, value),
+        ("chat/typing", "params") => check::<TypingParams>(method, part, value),
+        ("message/send", "params") => check::<SendParams>(method, part, value),
+        ("message/send", "result") => check::<SendResult>(method, part, value),
+        ("message/received", "params") => check::<ReceivedParams>(method, part, value),
+        ("delivery/report", "params") => check::<ReportParams>(method, part, value),
+        ("room/join", "params") => check::<JoinParams>(method, part, value),
+        ("room/join", "result") => check::<JoinResult>(method, part, value),
+        ("room/leave", "params") => check::<LeaveParams>(method, part, value),
+        ("room/send", "params") => check::<RoomSendParams>(method, part, value),
+        ("room/send", "result") => check::<RoomSendResult>(method, part, value),
+        ("rooms/list", "params") => check::<UserParams>(method, part, value),
+        ("rooms/list", "result") => check::<RoomsResult>(method, part, value),
+        ("room/moderate", "params") => check::<ModerateParams>(method, part, value),
+        ("room/nick", "params") => check::<NickParams>(method, part, value),
+        ("room/subject", "params") => check::<SubjectParams>(method, part, value),
+        ("room/retract", "params") => check::<RetractParams>(method, part, value),
+        ("room/react", "params") => check::<ReactParams>(method, part, value),
+        ("room/event", "params") => check::<RoomEventParams>(method, part, value),
+        ("command/run", "params") => check::<CommandParams>(method, part, value),
+        ("command/run", "result") => check::<CommandResultWire>(method, part, value),
+        ("http/request", "params") => check::<HttpRequestParams>(method, part, value),
+        ("http/request", "result") => check::<HttpResponseWire>(method, part, value),
+        ("setup/check", "result") => check::<SetupResult>(method, part, value),
+        ("state/load", "params") => check::<KeyParams>(method, part, value),
+        ("state/load", "result") => check::<ValueResult>(method, part, value),
+        ("state/save", "params") => check::<SaveParams>(method, part, value),
+        ("owner/get", "params") => check::<IdentityParams>(method, part, value),
+        ("owner/get", "result") => check::<OwnerResult>(method, part, value),
+        ("owner/set", "params") => check::<SetOwnerParams>(method, part, value),
+        ("identities/list", "params") => check::<UserParams>(method, part, value),
+        ("identities/list", "result") => check::<IdentitiesResult>(method, part, value),
+        ("registration/get", "params") => check::<UserParams>(method, part, value),
+        ("registration/get", "result") => check::<RegistrationResult>(method, part, value),
+        ("log", "params") => check::<LogParams>(method, part, value),
+        // Methods that carry nothing.
+        (_, _) => check::<crate::protocol::Empty>(method, part, value),
+    }
+}
+
+fn schema() -> serde_json::Value {
+    let path = format!(
+        "{}/../../docs/bridge-protocol/v1.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("docs/bridge-protocol/v1.json");
+    serde_json::from_str(&text).expect("the schema is JSON")
+}
+
+#[test]
+fn the_schema_lists_every_method_and_its_examples_round_trip() {
+    use crate::protocol::{to_bridge, to_core};
+    let schema = schema();
+    let methods = schema["x-methods"].as_object().expect("x-methods");
+    let mut ours: Vec<&str> = to_bridge::ALL.iter().chain(to_core::ALL).copied().collect();
+    ours.sort_unstable();
+    let mut theirs: Vec<&str> = methods.keys().map(String::as_str).collect();
+    theirs.sort_unstable();
+    assert_eq!(ours, theirs, "the Rust catalogue and the schema's differ");
+    let mut examples = 0;
+    for (name, method) in methods {
+        let direction = method["direction"].as_str().expect("direction");
+        let rust_direction = match (
+            to_bridge::ALL.contains(&name.as_str()),
+            to_core::ALL.contains(&name.as_str()),
+        ) {
+            _ if name == to_bridge::PING => "both",
+            (true, false) => "core-to-bridge",
+            (false, true) => "bridge-to-core",
+            _ => "both",
+        };
+        assert_eq!(direction, rust_direction, "{name}");
+        for example in method["examples"].as_array().expect("examples") {
+            round_trip(name, "params", &example["params"]);
+            if let Some(result) = example.get("result") {
+                round_trip(name, "result", result);
+            }
+            examples += 1;
+        }
+        assert!(
+            !method["examples"].as_array().is_some_and(Vec::is_empty),
+            "{name} has no example"
+        );
+    }
+    assert!(examples >= methods.len());
+    // The prose document has a section, with examples, for each.
+    let prose = std::fs::read_to_string(format!(
+        "{}/../../docs/bridge-protocol.md",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("docs/bridge-protocol.md");
+    for name in methods.keys() {
+        assert!(
+            prose.contains(&format!("#### `{name}`")),
+            "{name} is not documented"
+        );
+    }
+}
+
+#[test]
+fn the_schema_is_valid_and_every_example_validates_against_it() {
+    let path = format!(
+        "{}/../../docs/bridge-protocol/v1.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let script = r#"
+import json, sys
+try:
+    import jsonschema
+except ImportError:
+    sys.exit("python3-jsonschema is missing (scripts/test installs it)")
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+count = 0
+for name, method in schema["x-methods"].items():
+    for example in method["examples"]:
+        for part in ("params", "result"):
+            if part in method and part in example:
+                sub = dict(method[part]); sub["$defs"] = schema["$defs"]
+                jsonschema.Draft202012Validator(sub).validate(example[part])
+                count += 1
+        frame = {"jsonrpc": "2.0", "method": name, "params": example["params"]}
+        if method["kind"] == "request":
+            frame["id"] = 1
+        jsonschema.Draft202012Validator(schema).validate(frame)
+print(count)
+"#;
+    let output = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, &path])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
 }
