@@ -123,6 +123,7 @@ pub async fn deliver(delivery: &Arc<Delivery>, item: Item) {
                         jid: entry.user.clone(),
                         xmpp_id: entry.id.clone(),
                         foreign_id: entry.foreign_id.clone(),
+                        pending_report: None,
                     };
                     // Forgotten once the mapping is stored, where a later bounce finds the
                     // row.

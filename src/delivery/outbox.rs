@@ -193,27 +193,29 @@ async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
                 _ => delivery.committer.submit(complete, None).await,
             }
             if let Some(foreign_id) = outcome.foreign_id() {
-                if report_follows {
+                let pending_report = report_follows.then(|| {
                     let pending = PendingReport {
                         from: entry.from.clone(),
                         to: entry.to.clone(),
                         stanza_id: entry.stanza_id.clone().unwrap_or_else(|| entry.id.clone()),
                         receipt: entry.receipt && entry.stanza_id.is_some(),
                     };
-                    let pending = serde_json::to_string(&pending).unwrap_or_default();
-                    if let Err(error) = store
-                        .await_report(domain, &user, &entry.id, foreign_id.as_str(), &pending)
-                        .await
-                    {
+                    serde_json::to_string(&pending).unwrap_or_default()
+                });
+                let mapping = Write::MapId {
+                    bridge: delivery.domain.clone(),
+                    jid: user.clone(),
+                    xmpp_id: entry.id.clone(),
+                    foreign_id: foreign_id.to_string(),
+                    pending_report,
+                };
+                if report_follows {
+                    // Committed (in a batch with others) before the lane goes on: the
+                    // report may come at once.
+                    if let Err(error) = delivery.committer.commit(mapping).await {
                         tracing::warn!(%error, "cannot record a message awaiting a delivery report");
                     }
                 } else {
-                    let mapping = Write::MapId {
-                        bridge: delivery.domain.clone(),
-                        jid: user.clone(),
-                        xmpp_id: entry.id.clone(),
-                        foreign_id: foreign_id.to_string(),
-                    };
                     delivery.committer.submit(mapping, None).await;
                 }
             }

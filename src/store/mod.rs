@@ -222,7 +222,8 @@ pub enum Write {
         /// The foreign network's id of the message.
         foreign_id: String,
     },
-    /// The XMPP id and the foreign network's id of the same message.
+    /// The XMPP id and the foreign network's id of the same message, and, when a delivery
+    /// report is awaited about it, what acting on that report needs (JSON).
     MapId {
         /// The bridge's domain.
         bridge: String,
@@ -232,6 +233,9 @@ pub enum Write {
         xmpp_id: String,
         /// The foreign id.
         foreign_id: String,
+        /// What a later delivery report needs ([`Store::pending_report`]); `None` when none
+        /// is awaited.
+        pending_report: Option<String>,
     },
 }
 
@@ -273,10 +277,17 @@ const ROWS_PER_INSERT: usize = 128;
 /// of four bound values each, the first at `$first`, each row ending with the same `shared`
 /// parameters (e.g. `$1, $2`).
 fn four_per_row(rows: usize, first: usize, shared: &str) -> String {
+    per_row(rows, first, 4, shared)
+}
+
+/// `($first, …, shared), (…)`: `width` placeholders per row, numbered from `first`, then
+/// `shared` (placeholders every row repeats).
+fn per_row(rows: usize, first: usize, width: usize, shared: &str) -> String {
     (0..rows)
         .map(|row| {
-            let at = first + row * 4;
-            format!("(${at}, ${}, ${}, ${}, {shared})", at + 1, at + 2, at + 3)
+            let at = first + row * width;
+            let own: Vec<String> = (at..at + width).map(|n| format!("${n}")).collect();
+            format!("({}, {shared})", own.join(", "))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -725,33 +736,6 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records what a later delivery report about `foreign_id` needs (JSON), next to the id
-    /// mapping of the message `jid` sent as `xmpp_id`.
-    pub async fn await_report(
-        &self,
-        bridge: &str,
-        jid: &str,
-        xmpp_id: &str,
-        foreign_id: &str,
-        pending: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at, pending_report) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id, \
-             pending_report = excluded.pending_report",
-        )
-        .bind(bridge)
-        .bind(jid)
-        .bind(xmpp_id)
-        .bind(foreign_id)
-        .bind(now_millis())
-        .bind(pending)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// What a delivery report about `foreign_id` needs (JSON), while no report was acted on:
     /// `Ok(None)` when no message awaits one (unknown, or already reported). Acting on it
     /// clears it ([`Write::ClearReport`]) in the transaction that queues the notice.
@@ -1062,33 +1046,39 @@ impl Store {
         }
         // Id mappings, several per statement. The last mapping of a key wins, as it would
         // one statement at a time (and PostgreSQL refuses one upsert touching a row twice).
-        let mut mappings: HashMap<(&str, &str, &str), &str> = HashMap::new();
+        let mut mappings: HashMap<(&str, &str, &str), (&str, Option<&str>)> = HashMap::new();
         for write in writes {
             if let Write::MapId {
                 bridge,
                 jid,
                 xmpp_id,
                 foreign_id,
+                pending_report,
             } = write
             {
-                mappings.insert((bridge, jid, xmpp_id), foreign_id);
+                mappings.insert(
+                    (bridge, jid, xmpp_id),
+                    (foreign_id, pending_report.as_deref()),
+                );
             }
         }
         let mappings: Vec<_> = mappings.into_iter().collect();
         for chunk in mappings.chunks(ROWS_PER_INSERT) {
-            // $1 = now; then four per row.
+            // $1 = now; then five per row.
             let sql = format!(
-                "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, created_at) VALUES {} \
-                 ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET foreign_id = excluded.foreign_id",
-                four_per_row(chunk.len(), 2, "$1")
+                "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, pending_report, created_at) \
+                 VALUES {} ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET \
+                 foreign_id = excluded.foreign_id, pending_report = excluded.pending_report",
+                per_row(chunk.len(), 2, 5, "$1")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-            for ((bridge, jid, xmpp_id), foreign_id) in chunk {
+            for ((bridge, jid, xmpp_id), (foreign_id, pending)) in chunk {
                 query = query
                     .bind(*bridge)
                     .bind(*jid)
                     .bind(*xmpp_id)
-                    .bind(*foreign_id);
+                    .bind(*foreign_id)
+                    .bind(*pending);
             }
             query.execute(&mut *transaction).await?;
         }

@@ -278,7 +278,7 @@ class Bench:
         os.makedirs(accounts, exist_ok=True)
         components = "".join(
             'Component "%s.localhost"\n    component_secret = "%s"\n' % (name, self.secret)
-            for name in ("null", "sqlite", "pg", "occupants"))
+            for name in ("null", "sqlite", "pg", "ext", "occupants"))
         nagle = "" if self.arguments.prosody_nagle else "network_settings = { nagle = false }\n"
         with open(os.path.join(prosody, "prosody.cfg.lua"), "w") as config:
             config.write("""pidfile = "{dir}/prosody.pid"
@@ -364,8 +364,19 @@ allow_unencrypted_plain_auth = true
             raise RuntimeError("the null component stopped: see " + logfile)
         return process
 
-    def start_jabbridge(self, name, database_url):
+    def start_jabbridge(self, name, database_url, external=False):
         http_port = free_port()
+        if external:
+            # The Python reference bridge, as a child process (protocol v1 over stdio).
+            bridge = """kind = "external"
+command = ["python3", "{path}"]
+settings = {{ prefix = "{prefix}" }}""".format(
+                path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                  "examples", "external-python", "bridge.py"),
+                prefix=PREFIX)
+        else:
+            bridge = 'kind = "echo"\nprefix = "{prefix}"\nsay_token = "{token}"'.format(
+                prefix=PREFIX, token=self.token)
         config = os.path.join(self.directory, name + ".toml")
         with open(config, "w") as out:
             out.write("""[xmpp]
@@ -376,15 +387,13 @@ url = "{database}"
 [http]
 listen = "127.0.0.1:{http}"
 [[bridge]]
-kind = "echo"
 domain = "{name}.localhost"
 secret = "{secret}"
 allow = ["localhost", "occupants.localhost"]
 admins = ["{admin}"]
-prefix = "{prefix}"
-say_token = "{token}"
+{bridge}
 """.format(component=self.component_port, database=database_url, http=http_port, name=name,
-           secret=self.secret, admin=self.users[0], prefix=PREFIX, token=self.token))
+           secret=self.secret, admin=self.users[0], bridge=bridge))
         process = self.processes.start(
             [self.arguments.jabbridge, "run", "--config", config], stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.directory, name + ".log"), "ab"))
@@ -432,7 +441,8 @@ say_token = "{token}"
             % (name, arguments.rounds, per_client * len(clients), len(clients)))
         others = [self.prosody.pid] + [client.process.pid for client in clients]
         database = self.postmaster if name == "pg" else None
-        totals = dict(sent=0, received=0, wall=0.0, own=0, prosody=0, clients=0, database=0)
+        totals = dict(sent=0, received=0, wall=0.0, own=0, prosody=0, clients=0, database=0,
+                      children=0)
         rates = []
         for _ in range(arguments.rounds):
             time.sleep(0.5)
@@ -440,11 +450,14 @@ say_token = "{token}"
             others_before = [cpu_ticks(pid) for pid in others]
             database_before = tree_ticks(database) if database else 0
             before = cpu_ticks(process.pid)
+            # An external bridge's process (and anything else Jabbridge started).
+            children_before = tree_ticks(process.pid) - before
             for client in clients:
                 client.send(cmd="echo", domain=domain, contacts=arguments.contacts, count=per_client,
                             at=start, timeout=arguments.timeout)
             runs = [client.expect("echo", arguments.timeout + 30) for client in clients]
             after = cpu_ticks(process.pid)
+            children_after = tree_ticks(process.pid) - after
             others_after = [cpu_ticks(pid) for pid in others]
             received = sum(run["received"] for run in runs)
             ends = [run["end"] for run in runs if run["end"] is not None]
@@ -454,6 +467,7 @@ say_token = "{token}"
             totals["received"] += received
             totals["wall"] += elapsed
             totals["own"] += after - before
+            totals["children"] += children_after - children_before
             totals["prosody"] += others_after[0] - others_before[0]
             totals["clients"] += sum(a - b for a, b in zip(others_after[1:], others_before[1:]))
             totals["database"] += tree_ticks(database) - database_before if database else 0
@@ -472,6 +486,7 @@ say_token = "{token}"
             cpu_us=per_message(totals["own"]),
             prosody_cpu_us=per_message(totals["prosody"]),
             clients_cpu_us=per_message(totals["clients"]),
+            children_cpu_us=per_message(totals["children"]),
             database_cpu_us=per_message(totals["database"]) if database else None,
             wall_s=totals["wall"])
 
@@ -582,11 +597,13 @@ say_token = "{token}"
             try:
                 with Watch(self, results, "echo"):
                     self.echo(name, domain, process, clients, results)
-                if name != "null" and self.arguments.room_load:
+                # The external Python echo is measured on the echo path only, beside the
+                # in-process one: the other phases are the in-process echo bridge's features.
+                if name not in ("null", "ext") and self.arguments.room_load:
                     # Before the say and drain phases: its users are not the clients'.
                     with Watch(self, results, "room"):
                         self.room(name, domain, process, results)
-                if name != "null":
+                if name not in ("null", "ext"):
                     with Watch(self, results, "say"):
                         say_load = self.say(name, domain, process, clients, results)
                     with Watch(self, results, "drain"):
@@ -607,6 +624,8 @@ say_token = "{token}"
             "sqlite": lambda: self.start_jabbridge(
                 "sqlite", "sqlite://%s/jabbridge.db" % self.directory),
             "pg": lambda: self.start_jabbridge("pg", postgres_url),
+            "ext": lambda: self.start_jabbridge(
+                "ext", "sqlite://%s/ext.db" % self.directory, external=True),
         }
         results = {}
         for name in contenders:
@@ -631,7 +650,7 @@ def fmt(value, digits=0):
 
 def table(results, arguments):
     names = [("null", "null component"), ("sqlite", "Jabbridge SQLite"),
-             ("pg", "Jabbridge PostgreSQL")]
+             ("pg", "Jabbridge PostgreSQL"), ("ext", "external Python echo")]
     names = [(key, label) for key, label in names if key in results]
     null_rate = results.get("null", {}).get("echo", {}).get("rate")
 
@@ -673,6 +692,16 @@ def table(results, arguments):
                  {k: fmt(get(k, "echo", "cpu_us"), 1) + (verdict(get(k, "echo", "cpu_us"), 60, False)
                                                          if k != "null" else "") for k, _ in names},
                  "<= 60 (Jabbridge)"))
+    if "ext" in results:
+        in_process = get("sqlite", "echo", "cpu_us")
+        external = get("ext", "echo", "cpu_us")
+        factor = external / in_process if external is not None and in_process else None
+        rows.append(("  core CPU / in-process echo's (SQLite)",
+                     {k: (fmt(factor, 2) + verdict(factor, 2.0, False)) if k == "ext" else "-" for k, _ in names},
+                     "<= 2.0 (external)"))
+        rows.append(("  + the bridge process's CPU us per trip",
+                     {k: fmt(get(k, "echo", "children_cpu_us"), 1) if k == "ext" else "-" for k, _ in names},
+                     ""))
     rows.append(("  Prosody's CPU us per round trip",
                  {k: fmt(get(k, "echo", "prosody_cpu_us"), 1) for k, _ in names}, ""))
     if "pg" in results:
@@ -822,7 +851,8 @@ def main():
     parser.add_argument("--say-rate", type=int, default=1000)
     parser.add_argument("--backlog", type=int, default=10000, help="messages queued while Prosody is down")
     parser.add_argument("--timeout", type=int, default=90, help="seconds any one load may take")
-    parser.add_argument("--only", default="null,sqlite,pg", help="contenders to run")
+    parser.add_argument("--only", default="null,sqlite,pg,ext",
+                        help="contenders to run: null, sqlite, pg, ext (the external Python echo on SQLite)")
     parser.add_argument("--prosody-nagle", action="store_true", help="leave Nagle on in Prosody")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

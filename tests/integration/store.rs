@@ -152,6 +152,7 @@ fn map_id(xmpp_id: &str, foreign_id: &str) -> Write {
         jid: "alice@x".into(),
         xmpp_id: xmpp_id.into(),
         foreign_id: foreign_id.into(),
+        pending_report: None,
     }
 }
 
@@ -330,10 +331,14 @@ async fn old_message_ids_are_swept_unless_a_report_waits() {
             .commit_batch("a", &[map_id("x1", "f1")])
             .await
             .unwrap();
-        store
-            .await_report("b", "alice@x", "x2", "f2", "{}")
-            .await
-            .unwrap();
+        let awaiting = Write::MapId {
+            bridge: "b".into(),
+            jid: "alice@x".into(),
+            xmpp_id: "x2".into(),
+            foreign_id: "f2".into(),
+            pending_report: Some("{}".into()),
+        };
+        store.commit_batch("a", &[awaiting]).await.unwrap();
         let future = now_millis() + 60_000;
         assert_eq!(store.forget_message_ids(future).await.unwrap(), 1);
         assert_eq!(

@@ -384,22 +384,12 @@ impl Connection {
                     }
                 }
                 Ok(Frame::Request { id, method, params }) => {
-                    let Ok(permit) = self.inbound.clone().try_acquire_owned() else {
-                        let mut error = RpcError::typed(
-                            429,
-                            "resource-constraint",
-                            "wait",
-                            "too many requests in flight",
-                        );
-                        error.code = codes::OVERLOADED;
-                        if let Some(data) = &mut error.data {
-                            data.retry_after_ms = Some(1000);
-                        }
-                        self.write(&Frame::Response {
-                            id,
-                            outcome: Err(error),
-                        });
-                        continue;
+                    // Backpressure, not refusal: at most max_inflight of its requests are
+                    // handled at once; past that the reader waits, the pipe fills, and the
+                    // child's writes block until the core catches up. Nothing is refused,
+                    // so a bridge that does not retry loses nothing.
+                    let Ok(permit) = self.inbound.clone().acquire_owned().await else {
+                        break;
                     };
                     on_inbound(
                         self.clone(),
@@ -412,13 +402,16 @@ impl Connection {
                     );
                 }
                 Ok(Frame::Notification { method, params }) => {
+                    let Ok(permit) = self.inbound.clone().acquire_owned().await else {
+                        break;
+                    };
                     on_inbound(
                         self.clone(),
                         Inbound {
                             id: None,
                             method,
                             params,
-                            _permit: None,
+                            _permit: Some(permit),
                         },
                     );
                 }

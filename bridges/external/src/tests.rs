@@ -538,3 +538,41 @@ print(count)
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_child_flooding_garbage_is_restarted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Answers the handshake, then writes nothing but garbage.
+    let flood = script(
+        &dir,
+        "flood.sh",
+        r#"
+IFS= read -r line
+id=$(printf '%s' "$line" | sed -n 's/.*"id":\([0-9]*\).*/\1/p')
+printf '%s\n' "{\"jsonrpc\":\"2.0\",\"id\":$id,\"result\":{\"protocol\":{\"version\":1},\"bridge\":{\"name\":\"Flood\",\"gateway_type\":\"echo\"}}}"
+date +%s%N >> "$0.starts"
+while :; do echo 'garbage garbage garbage'; sleep 0.01; done
+"#,
+    );
+    let running = run(json!({
+        "command": ["sh", flood.clone()],
+        "noise_limit": 20,
+        "ping_every": "200ms",
+        "shutdown_grace": "200ms",
+    }))
+    .await;
+    let starts = format!("{flood}.starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if started >= 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await;
+}
