@@ -8,7 +8,8 @@
 
 use jabbridge_sdk::{CommandError, Field, FieldKind, Form, FormValues, UserJid, UserStatus};
 
-use super::{Gateway, registration};
+use super::Gateway;
+use super::registration::{self, Registered};
 use crate::access::Role;
 use crate::store::Queue;
 use crate::xmpp::adhoc::{self, Outcome};
@@ -181,13 +182,15 @@ pub fn catalog(gateway: &Gateway, role: Option<Role>) -> Vec<Listed> {
 }
 
 /// Runs one step of command `node` for `user`: without `input` the first step (which
-/// may ask for a form), with `input` the submission of that form.
+/// may ask for a form), with `input` the submission of that form, or, with `step`, of the
+/// form of that later step (a registration in several steps).
 pub async fn run(
     gateway: &Gateway,
     user: &str,
     role: Role,
     node: &str,
     input: Option<FormValues>,
+    step: Option<String>,
 ) -> Result<Outcome, StanzaFailure> {
     let command = catalog(gateway, None)
         .into_iter()
@@ -203,6 +206,11 @@ pub async fn run(
         return run_bridge_command(gateway, user, &command, input).await;
     }
     match (command.node.as_str(), input) {
+        // A later step's form may have no fields (a wait): its submission is the step.
+        ("register", None) if step.is_some() => {
+            registered(gateway, user, step, FormValues::default()).await
+        }
+        ("register", Some(values)) => registered(gateway, user, step, values).await,
         ("register", None) => {
             let form = gateway.info().registration.clone().ok_or_else(|| {
                 StanzaFailure::FeatureNotImplemented(format!(
@@ -211,14 +219,6 @@ pub async fn run(
                 ))
             })?;
             Ok(Outcome::Form(form, current_values(gateway, user).await?))
-        }
-        ("register", Some(values)) => {
-            let new = registration::register(gateway, user, &values).await?;
-            Ok(Outcome::Done(if new {
-                format!("You are registered with {}.", gateway.domain)
-            } else {
-                "Your registration is updated.".into()
-            }))
         }
         ("reload", _) => reload(gateway).await.map(Outcome::Done),
         ("unregister", _) => {
@@ -253,6 +253,25 @@ pub async fn run(
             Ok(Outcome::Done(format!("{jid} is unregistered.")))
         }
         _ => Err(StanzaFailure::ItemNotFound(format!("no command '{node}'"))),
+    }
+}
+
+/// One step of the `register` command, and what to tell the user.
+async fn registered(
+    gateway: &Gateway,
+    user: &str,
+    step: Option<String>,
+    values: FormValues,
+) -> Result<Outcome, StanzaFailure> {
+    match registration::register(gateway, user, step.as_deref(), &values).await? {
+        Registered::Done { new: true } => Ok(Outcome::Done(format!(
+            "You are registered with {}.",
+            gateway.domain
+        ))),
+        Registered::Done { new: false } => {
+            Ok(Outcome::Done("Your registration is updated.".into()))
+        }
+        Registered::Next { step, form } => Ok(Outcome::Next(form, step)),
     }
 }
 
@@ -407,8 +426,13 @@ pub async fn by_chat(gateway: &Gateway, user: &str, role: Role, text: &str) -> S
         );
     }
     let input = (command.takes_values() && !values.0.is_empty()).then_some(values);
-    match run(gateway, user, role, &command.node, input).await {
+    match run(gateway, user, role, &command.node, input, None).await {
         Ok(Outcome::Done(text)) => text,
+        Ok(Outcome::Next(form, _)) => format!(
+            "{}\n{}\nThis goes on in several steps: run the command '{}' from your client's \
+             commands (XEP-0050) to finish.",
+            form.title, form.instructions, command.node
+        ),
         Ok(Outcome::Form(form, _)) => {
             let fields: Vec<String> = form
                 .fields

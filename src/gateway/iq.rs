@@ -91,7 +91,17 @@ async fn answer(
             let outcome = if request.cancelled {
                 None
             } else {
-                Some(commands::run(gateway, &user, role, &request.node, request.values).await?)
+                Some(
+                    commands::run(
+                        gateway,
+                        &user,
+                        role,
+                        &request.node,
+                        request.values,
+                        request.step.clone(),
+                    )
+                    .await?,
+                )
             };
             Ok(Some(adhoc::response(
                 &request.node,
@@ -193,7 +203,15 @@ async fn registration_submitted(
     match register::parse_submission(payload, &form)? {
         Submission::Remove => registration::unregister(gateway, user, false).await?,
         Submission::Register(values) => {
-            registration::register(gateway, user, &values).await?;
+            if let registration::Registered::Next { .. } =
+                registration::register(gateway, user, None, &values).await?
+            {
+                return Err(StanzaFailure::NotAcceptable(format!(
+                    "{} registers in several steps: run the command 'register' from your \
+                     client's commands (XEP-0050) instead",
+                    gateway.domain
+                )));
+            }
         }
     }
     Ok(None)

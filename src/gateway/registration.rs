@@ -2,35 +2,61 @@
 //! keeps them, and XEP-0100 presence subscriptions follow (asked for on registering, ended
 //! both ways on unregistering), and the user's session starts and stops with it.
 
-use jabbridge_sdk::{FormValues, RegistrationError, SessionEnd, UserJid};
+use jabbridge_sdk::{Form, FormValues, RegistrationError, RegistrationStep, SessionEnd, UserJid};
 use xmpp_parsers::{jid::BareJid, jid::Jid, presence::Type as PresenceType};
 
 use super::{Gateway, presence};
 use crate::xmpp::stanza::{self, StanzaFailure};
 
-/// Registers `user` with `values` (checked by the form, then by the bridge) or updates their
-/// registration. A new registration asks to subscribe to the user's presence, so that the
-/// gateway appears in their roster. Returns whether it was new.
+/// Where a registration step led.
+pub enum Registered {
+    /// Registered; whether it was new.
+    Done {
+        /// Not an update of an earlier registration.
+        new: bool,
+    },
+    /// The bridge asks for another step (XEP-0050 only).
+    Next {
+        /// The bridge's name for it.
+        step: String,
+        /// What it asks.
+        form: Form,
+    },
+}
+
+/// Registers `user` with `values` or updates their registration: the registration form's
+/// values (`step` `None`, checked by the form, then by the bridge), or those of a later step
+/// the bridge asked for. A new registration asks to subscribe to the user's presence, so
+/// that the gateway appears in their roster.
 pub async fn register(
     gateway: &Gateway,
     user: &str,
+    step: Option<&str>,
     values: &FormValues,
-) -> Result<bool, StanzaFailure> {
+) -> Result<Registered, StanzaFailure> {
     let form = gateway.info().registration.ok_or_else(|| {
         StanzaFailure::FeatureNotImplemented(format!("{} needs no registration", gateway.domain))
     })?;
-    form.validate(values)
-        .map_err(StanzaFailure::NotAcceptable)?;
-    let data = gateway
+    if step.is_none() {
+        form.validate(values)
+            .map_err(StanzaFailure::NotAcceptable)?;
+    }
+    let answer = gateway
         .call(
             "the registration",
-            gateway.bridge.register(&UserJid::new(user), values),
+            gateway
+                .bridge
+                .register_step(&UserJid::new(user), step, values),
         )
         .await?
         .map_err(|error| match error {
             RegistrationError::Rejected(reason) => StanzaFailure::NotAcceptable(reason),
             RegistrationError::Unavailable(reason) => StanzaFailure::Unavailable(reason),
         })?;
+    let data = match answer {
+        RegistrationStep::Done(data) => data,
+        RegistrationStep::Next { step, form } => return Ok(Registered::Next { step, form }),
+    };
     let new = !gateway.is_registered(user).await?;
     gateway
         .store
@@ -44,7 +70,7 @@ pub async fn register(
         let subscribe = stanza::presence(PresenceType::Subscribe, from, Jid::from(to), nick);
         gateway.send(subscribe).await;
     }
-    Ok(new)
+    Ok(Registered::Done { new })
 }
 
 /// Unregisters `user`: deletes their registration (and, when an admin removes them, the

@@ -293,6 +293,9 @@ fn per_row(rows: usize, first: usize, width: usize, shared: &str) -> String {
         .join(", ")
 }
 
+/// How long a delivery report is awaited at most: a week.
+pub const REPORTS_AWAITED: Duration = Duration::from_secs(7 * 86_400);
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -1068,7 +1071,8 @@ impl Store {
             let sql = format!(
                 "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, pending_report, created_at) \
                  VALUES {} ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET \
-                 foreign_id = excluded.foreign_id, pending_report = excluded.pending_report",
+                 foreign_id = excluded.foreign_id, \
+                 pending_report = COALESCE(excluded.pending_report, message_ids.pending_report)",
                 per_row(chunk.len(), 2, 5, "$1")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
@@ -1188,15 +1192,20 @@ impl Store {
     }
 
     /// Deletes message id mappings older than `before` (Unix ms) that no delivery report
-    /// still waits for; how many.
+    /// still waits for, and those waiting for one for longer than [`REPORTS_AWAITED`]
+    /// (networks that never report would otherwise keep them forever); how many.
     pub async fn forget_message_ids(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(
-            sqlx::query("DELETE FROM message_ids WHERE created_at < $1 AND pending_report IS NULL")
-                .bind(before)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
+        let hopeless = now_millis()
+            .saturating_sub(i64::try_from(REPORTS_AWAITED.as_millis()).unwrap_or(i64::MAX));
+        Ok(sqlx::query(
+            "DELETE FROM message_ids WHERE created_at < $1 \
+             AND (pending_report IS NULL OR created_at < $2)",
         )
+        .bind(before)
+        .bind(hopeless.min(before))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Deletes messages delivered (or given up on) before `before` (Unix ms); how many.

@@ -33,6 +33,9 @@ pub struct Entry<'a> {
 pub enum Outcome {
     /// The command needs this form filled in (with current values) before it can finish.
     Form(Form, FormValues),
+    /// The command goes on with another step: this form (no current values), whose answer
+    /// comes back with the step (carried in the session id).
+    Next(Form, String),
     /// The command finished; this is what it says.
     Done(String),
 }
@@ -81,8 +84,11 @@ pub fn node_info(node: &str, commands: &[Entry<'_>]) -> Result<Element, StanzaFa
 pub struct Request {
     /// Which command.
     pub node: String,
-    /// The session id, given or new.
+    /// The session id, given or new (without the step).
     pub session: String,
+    /// The step of a command in several steps this request answers, which the session id
+    /// carries (`{session}/step/{step}`): the core keeps no state between steps.
+    pub step: Option<String>,
     /// `action='cancel'`.
     pub cancelled: bool,
     /// The submitted form, if any.
@@ -106,12 +112,18 @@ impl Request {
             Some(x) if x.attr("type") == Some("submit") => Some(register::read_data_form(x)?),
             _ => None,
         };
+        let session = payload
+            .attr("sessionid")
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (session, step) = match session.split_once(STEP) {
+            Some((session, step)) => (session.to_owned(), Some(step.to_owned())),
+            None => (session, None),
+        };
         Ok(Request {
             node: node.to_owned(),
-            session: payload
-                .attr("sessionid")
-                .map(str::to_owned)
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            session,
+            step,
             cancelled: action == "cancel",
             values,
         })
@@ -126,6 +138,9 @@ fn attr(builder: ElementBuilder, name: &'static str, value: &str) -> ElementBuil
     }
 }
 
+/// What separates a session id from the step it carries.
+const STEP: &str = "/step/";
+
 /// The `<command/>` answering a step: `None` for a cancelled command.
 pub fn response(node: &str, session: &str, outcome: Option<Outcome>) -> Element {
     let command = attr(
@@ -138,6 +153,24 @@ pub fn response(node: &str, session: &str, outcome: Option<Outcome>) -> Element 
         Some(Outcome::Done(text)) => attr(command, "status", "completed")
             .append(attr(Element::builder("note", NS), "type", "info").append(text))
             .build(),
+        Some(Outcome::Next(form, step)) => {
+            let x: Element = register::data_form(&form, NS, None).into();
+            attr(
+                attr(
+                    attr(Element::builder("command", NS), "node", node),
+                    "sessionid",
+                    &format!("{session}{STEP}{step}"),
+                ),
+                "status",
+                "executing",
+            )
+            .append(
+                attr(Element::builder("actions", NS), "execute", "complete")
+                    .append(Element::bare("complete", NS)),
+            )
+            .append(x)
+            .build()
+        }
         Some(Outcome::Form(form, current)) => {
             let x: Element = register::data_form(&form, NS, Some(&current)).into();
             attr(command, "status", "executing")

@@ -290,3 +290,133 @@ async fn the_node_bridge_carries_a_real_irc_channel_both_ways() {
     assert!(ok, "{output}");
     assert!(output.contains("pass  JB-GRP-001"), "{output}");
 }
+
+/// A `<command/>` iq to the gateway `echo.localhost`.
+fn command(id: &str, inner: &str) -> String {
+    format!(
+        "<iq type='set' to='echo.localhost' id='{id}'>\
+         <command xmlns='http://jabber.org/protocol/commands' node='register' {inner}</iq>"
+    )
+}
+
+fn submit(session: &str, fields: &str) -> String {
+    format!(
+        "sessionid='{session}' action='complete'><x xmlns='jabber:x:data' type='submit'>{fields}</x></command>"
+    )
+}
+
+/// A registration in three steps (the form, a code, a wait) through XEP-0050, by the Python
+/// reference bridge with its `register/submit` replaced; XEP-0077, which has one form, is
+/// told to use the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_in_several_steps_goes_through_the_register_command() {
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = dir.path().join("steps.py");
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"import runpy
+ns = runpy.run_path({bridge:?})
+def register(p):
+    step = p.get("step_id")
+    if step is None:
+        return {{"step": {{"type": "form", "step_id": "code", "title": "Confirm",
+                 "instructions": "Enter the code: 42",
+                 "fields": [{{"var": "code", "label": "Code", "required": True}}]}}}}
+    if step == "code":
+        if p["values"].get("code") != "42":
+            raise ns["Refused"](406, "not-acceptable", "modify", "wrong code")
+        return {{"step": {{"type": "waiting", "step_id": "wait", "title": "Almost there",
+                 "instructions": "Approve it on your phone, then press Complete."}}}}
+    return {{"step": {{"type": "done", "data": {{"prefix": "steps: "}}}}}}
+ns["HANDLERS"]["register/submit"] = register
+ns["main"]()
+"#,
+            bridge = crate::python_bridge()
+        ),
+    )
+    .expect("wrapper");
+    let config = crate::config_for_echo(
+        &server,
+        dir.path(),
+        &["echo.localhost"],
+        crate::Echo::External,
+    )
+    .replace(&crate::python_bridge(), &wrapper.display().to_string());
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = server.client("alice").await;
+
+    let first = alice.iq("s1", &command("s1", "action='execute'/>")).await;
+    let step = first.children().next().expect("command");
+    let session = step.attr("sessionid").expect("session").to_owned();
+    let second = alice
+        .iq(
+            "s2",
+            &command(
+                "s2",
+                &submit(&session, "<field var='prefix'><value>x</value></field>"),
+            ),
+        )
+        .await;
+    let step = second.children().next().expect("command");
+    assert_eq!(step.attr("status"), Some("executing"), "{second:?}");
+    let session = step.attr("sessionid").expect("session").to_owned();
+    assert!(session.ends_with("/step/code"), "{session}");
+    assert!(
+        format!("{second:?}").contains("Enter the code: 42"),
+        "{second:?}"
+    );
+
+    let wrong = alice
+        .iq(
+            "s3",
+            &command(
+                "s3",
+                &submit(&session, "<field var='code'><value>41</value></field>"),
+            ),
+        )
+        .await;
+    assert_eq!(
+        error_condition(&wrong).as_deref(),
+        Some("not-acceptable"),
+        "{wrong:?}"
+    );
+    assert!(format!("{wrong:?}").contains("wrong code"), "{wrong:?}");
+    let third = alice
+        .iq(
+            "s4",
+            &command(
+                "s4",
+                &submit(&session, "<field var='code'><value>42</value></field>"),
+            ),
+        )
+        .await;
+    let step = third.children().next().expect("command");
+    let session = step.attr("sessionid").expect("session").to_owned();
+    assert!(session.ends_with("/step/wait"), "{third:?}");
+    assert!(format!("{third:?}").contains("press Complete"), "{third:?}");
+    let done = alice.iq("s5", &command("s5", &submit(&session, ""))).await;
+    let step = done.children().next().expect("command");
+    assert_eq!(step.attr("status"), Some("completed"), "{done:?}");
+
+    alice
+        .send("<message type='chat' to='bob@echo.localhost' id='m1'><body>hi</body></message>")
+        .await;
+    alice
+        .expect(Duration::from_secs(10), |s| {
+            body(s).as_deref() == Some("steps: hi")
+        })
+        .await;
+
+    // XEP-0077 has one form: the user is sent to the command.
+    let refused = alice
+        .iq("r1", &crate::register_set("echo.localhost", "r1", "y"))
+        .await;
+    assert_eq!(error_condition(&refused).as_deref(), Some("not-acceptable"));
+    assert!(
+        format!("{refused:?}").contains("several steps"),
+        "{refused:?}"
+    );
+}

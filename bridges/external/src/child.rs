@@ -89,18 +89,35 @@ pub fn inbound_lane_of_room(room: &str) -> String {
 
 type Waiting = oneshot::Sender<Result<Value, RpcError>>;
 
+/// Lines waiting for the child to read them. Past that, answers and calls wait (within
+/// their timeouts) and notifications are dropped: a child that stops reading its stdin
+/// cannot make the core's memory grow.
+const OUT_QUEUE: usize = 256;
+
+/// How many of a child's noise lines in a minute close the connection (it is restarted).
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseLimit(pub u64);
+
 /// The JSON-RPC connection to one running child.
 pub struct Connection {
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::Sender<String>,
     pending: std::sync::Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     outbound: Arc<Semaphore>,
     inbound: Arc<Semaphore>,
     limits: Limits,
+    noise_limit: NoiseLimit,
     started: Instant,
     heard_ms: AtomicU64,
     noise: AtomicU64,
+    /// Noise lines in the current minute, and when it began (ms since `started`).
+    noise_window: std::sync::Mutex<(u64, u64)>,
+    /// The reader waits for the core to handle the child's earlier requests.
+    waiting_on_core: AtomicBool,
+    /// The core sent `initialized`: the child may send requests.
+    initialized: AtomicBool,
     closed: AtomicBool,
+    close_reason: std::sync::Mutex<String>,
     closed_notify: tokio::sync::Notify,
 }
 
@@ -119,6 +136,7 @@ pub struct Started {
 pub fn start(
     spawn: &Spawn,
     limits: Limits,
+    noise_limit: NoiseLimit,
     on_noise: impl Fn() + Send + Sync + 'static,
     on_inbound: impl Fn(Arc<Connection>, Inbound) + Send + Sync + 'static,
 ) -> std::io::Result<Started> {
@@ -134,6 +152,8 @@ pub fn start(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: stopping it stops what it started (`sh -c`, `npm start`).
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(cwd) = &spawn.cwd {
         command.current_dir(cwd);
@@ -146,7 +166,7 @@ pub fn start(
     ) else {
         return Err(std::io::Error::other("the child's pipes were not opened"));
     };
-    let (out, mut lines) = mpsc::unbounded_channel::<String>();
+    let (out, mut lines) = mpsc::channel::<String>(OUT_QUEUE);
     let connection = Arc::new(Connection {
         out,
         pending: std::sync::Mutex::default(),
@@ -154,10 +174,15 @@ pub fn start(
         outbound: Arc::new(Semaphore::new(limits.max_inflight)),
         inbound: Arc::new(Semaphore::new(limits.max_inflight)),
         limits,
+        noise_limit,
         started: Instant::now(),
         heard_ms: AtomicU64::new(0),
         noise: AtomicU64::new(0),
+        noise_window: std::sync::Mutex::new((0, 0)),
+        waiting_on_core: AtomicBool::new(false),
+        initialized: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        close_reason: std::sync::Mutex::default(),
         closed_notify: tokio::sync::Notify::new(),
     });
     let writer = connection.clone();
@@ -254,11 +279,26 @@ impl Connection {
         if self.closed.load(Ordering::Acquire) {
             return Err(CallError::Down("it stopped".into()));
         }
-        self.write(&Frame::Request {
+        let line = Frame::Request {
             id: id.into(),
             method: method.into(),
             params,
-        });
+        }
+        .to_line();
+        if line.len() > self.limits.max_message_bytes {
+            return Err(CallError::Malformed {
+                method: method.into(),
+                reason: format!(
+                    "the request has {} bytes, over max_message_bytes ({})",
+                    line.len(),
+                    self.limits.max_message_bytes
+                ),
+            });
+        }
+        let deadline = started + timeout;
+        if !self.write_until(line, deadline).await {
+            return Err(CallError::TimedOut(method.into()));
+        }
         let left = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, rx).await {
             Ok(Ok(Ok(result))) => Ok(result),
@@ -271,7 +311,7 @@ impl Connection {
         }
     }
 
-    /// Sends a notification.
+    /// Sends a notification; dropped (and logged) while the child does not read.
     pub fn notify<P: Serialize>(&self, method: &str, params: &P) {
         let params = serde_json::to_value(params).unwrap_or(Value::Null);
         self.write(&Frame::Notification {
@@ -280,11 +320,37 @@ impl Connection {
         });
     }
 
-    /// Answers one of the child's requests, freeing its inbound slot.
-    pub fn respond(&self, request: Inbound, outcome: Result<Value, RpcError>) {
-        if let Some(id) = request.id {
-            self.write(&Frame::Response { id, outcome });
+    /// Answers one of the child's requests. Its inbound slot is freed once the answer is
+    /// queued for the child; a child that reads nothing for `request_timeout` is closed.
+    pub async fn respond(&self, request: Inbound, outcome: Result<Value, RpcError>) {
+        let Some(id) = request.id else { return };
+        let line = Frame::Response { id, outcome }.to_line();
+        let wait = Duration::from_millis(self.limits.request_timeout_ms);
+        if !self
+            .write_until(line, tokio::time::Instant::now() + wait)
+            .await
+        {
+            self.close("it stopped reading its input");
         }
+    }
+
+    /// The core sent `initialized`: requests from the child are taken from now on.
+    pub fn mark_initialized(&self) {
+        self.initialized.store(true, Ordering::Release);
+    }
+
+    /// Whether the reader is waiting for the core to handle the child's earlier requests
+    /// (the child is not silent then: the core is slow).
+    pub fn waiting_on_core(&self) -> bool {
+        self.waiting_on_core.load(Ordering::Relaxed)
+    }
+
+    /// Why the connection closed.
+    pub fn close_reason(&self) -> String {
+        self.close_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the connection is closed (the child's stdout ended, or it was closed).
@@ -319,6 +385,10 @@ impl Connection {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        *self
+            .close_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why.to_owned();
         tracing::debug!(why, "connection to the bridge process closed");
         // Dropping the senders fails the waiting calls.
         self.lock_pending().clear();
@@ -331,8 +401,22 @@ impl Connection {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Queues a line if there is room: for what may be lost (notifications, answers to
+    /// noise).
     fn write(&self, frame: &Frame) {
-        let _ = self.out.send(frame.to_line());
+        if self.out.try_send(frame.to_line()).is_err() && !self.is_closed() {
+            tracing::warn!(
+                "the bridge process does not read its input: a notification was dropped"
+            );
+        }
+    }
+
+    /// Queues a line, waiting for room until `deadline`; whether it was queued.
+    async fn write_until(&self, line: String, deadline: tokio::time::Instant) -> bool {
+        matches!(
+            tokio::time::timeout_at(deadline, self.out.send(line)).await,
+            Ok(Ok(()))
+        )
     }
 
     fn noisy(&self, on_noise: &(impl Fn() + Send + Sync), what: &str, line: &[u8]) {
@@ -340,6 +424,38 @@ impl Connection {
         on_noise();
         let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
         tracing::warn!(line = %shown, "the bridge process wrote {what}: ignored");
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let over = {
+            let mut window = self
+                .noise_window
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if now.saturating_sub(window.1) >= 60_000 {
+                *window = (0, now);
+            }
+            window.0 += 1;
+            window.0 > self.noise_limit.0
+        };
+        if over {
+            self.close(&format!(
+                "the process wrote more than {} lines of noise in a minute",
+                self.noise_limit.0
+            ));
+        }
+    }
+
+    /// A slot for one of the child's requests: waits while the core handles earlier ones
+    /// (backpressure: the reader stops, the pipe fills, the child's writes wait), up to the
+    /// request timeout; `None` after that.
+    async fn inbound_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(permit) = self.inbound.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.waiting_on_core.store(true, Ordering::Relaxed);
+        let wait = Duration::from_millis(self.limits.request_timeout_ms);
+        let permit = tokio::time::timeout(wait, self.inbound.clone().acquire_owned()).await;
+        self.waiting_on_core.store(false, Ordering::Relaxed);
+        permit.ok().and_then(Result::ok)
     }
 
     async fn read(
@@ -384,12 +500,32 @@ impl Connection {
                     }
                 }
                 Ok(Frame::Request { id, method, params }) => {
-                    // Backpressure, not refusal: at most max_inflight of its requests are
-                    // handled at once; past that the reader waits, the pipe fills, and the
-                    // child's writes block until the core catches up. Nothing is refused,
-                    // so a bridge that does not retry loses nothing.
-                    let Ok(permit) = self.inbound.clone().acquire_owned().await else {
-                        break;
+                    if !self.initialized.load(Ordering::Acquire) {
+                        self.write(&Frame::Response {
+                            id,
+                            outcome: Err(RpcError::protocol(
+                                codes::NOT_INITIALIZED,
+                                "no requests before `initialized`",
+                            )),
+                        });
+                        continue;
+                    }
+                    let Some(permit) = self.inbound_permit().await else {
+                        let mut error = RpcError::typed(
+                            429,
+                            "resource-constraint",
+                            "wait",
+                            "the core is busy: send it again later",
+                        );
+                        error.code = codes::OVERLOADED;
+                        if let Some(data) = &mut error.data {
+                            data.retry_after_ms = Some(1000);
+                        }
+                        self.write(&Frame::Response {
+                            id,
+                            outcome: Err(error),
+                        });
+                        continue;
                     };
                     on_inbound(
                         self.clone(),
@@ -402,8 +538,12 @@ impl Connection {
                     );
                 }
                 Ok(Frame::Notification { method, params }) => {
-                    let Ok(permit) = self.inbound.clone().acquire_owned().await else {
-                        break;
+                    let Some(permit) = self.inbound_permit().await else {
+                        tracing::warn!(
+                            method,
+                            "the core is busy: a notification of the bridge process was dropped"
+                        );
+                        continue;
                     };
                     on_inbound(
                         self.clone(),
@@ -414,6 +554,23 @@ impl Connection {
                             _permit: Some(permit),
                         },
                     );
+                }
+                Err(FrameError::Invalid {
+                    id: Some(id),
+                    reason,
+                }) if id
+                    .as_u64()
+                    .and_then(|id| self.lock_pending().remove(&id))
+                    .map(|waiting| {
+                        // An answer to one of our calls that does not read fails that call.
+                        let _ = waiting.send(Err(RpcError::protocol(
+                            codes::INVALID_REQUEST,
+                            format!("a malformed answer: {reason}"),
+                        )));
+                    })
+                    .is_some() =>
+                {
+                    self.noisy(&on_noise, "a malformed answer", &line);
                 }
                 Err(FrameError::Invalid {
                     id: Some(id),
@@ -568,14 +725,21 @@ pub async fn stop(
     if let Ok(status) = tokio::time::timeout_at(deadline, process.wait()).await {
         return status.ok();
     }
-    let pid = process.id().and_then(|pid| i32::try_from(pid).ok());
-    if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let pid = process
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        // The group: what the child started goes too.
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
     }
     if let Ok(status) = tokio::time::timeout(Duration::from_secs(2), process.wait()).await {
         return status.ok();
     }
     tracing::warn!("the bridge process ignored SIGTERM: killing it");
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
     let _ = process.kill().await;
     process.wait().await.ok()
 }

@@ -181,7 +181,10 @@ pub fn send_error(error: CallError) -> SendError {
             reason: error.text().to_owned(),
         },
         CallError::Refused(error) => SendError::Transient {
-            retry_after: error.retry_after(),
+            // A bridge's wish, within reason: an hour at most.
+            retry_after: error
+                .retry_after()
+                .map(|wait| wait.min(std::time::Duration::from_secs(3600))),
             reason: error.text().to_owned(),
         },
         CallError::Malformed { .. } => SendError::Permanent {

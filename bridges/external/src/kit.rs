@@ -20,7 +20,8 @@ pub async fn check_setup(
 ) -> Vec<Checked> {
     let what = format!("bridge process {:?}", config.command);
     // Nothing the process asks of the core is answered in check mode.
-    let started = match child::start(&config.spawn(), config.limits(), || {}, |_, _| {}) {
+    let noise = child::NoiseLimit(config.noise_limit);
+    let started = match child::start(&config.spawn(), config.limits(), noise, || {}, |_, _| {}) {
         Ok(started) => started,
         Err(error) => {
             return vec![Checked {
@@ -53,6 +54,7 @@ pub async fn check_setup(
                     handshake.answer.protocol.version
                 )),
             });
+            connection.mark_initialized();
             connection.notify(to_bridge::INITIALIZED, &protocol::Empty {});
             let own = connection
                 .call::<_, protocol::SetupResult>(
@@ -222,7 +224,7 @@ pub const CHECKS: &[(&str, Level, &str)] = &[
     (
         "JB-REG-001",
         Level::Must,
-        "register/submit: a done step with data, or a typed refusal",
+        "register/submit: a done step, a next step with its step_id, or a typed refusal",
     ),
     (
         "JB-MSG-001",
@@ -292,6 +294,9 @@ const CONDITIONS: &[&str] = &[
 ];
 
 const CANARY_KEY: &str = "kit_canary";
+
+/// The main session's checks take seconds; past this the bridge is stuck.
+const SESSION_DEADLINE: Duration = Duration::from_secs(180);
 
 /// What the kit saw on the bridge's stdout.
 enum Seen {
@@ -407,7 +412,12 @@ impl Peer {
         let Some(stdin) = &mut self.stdin else {
             return false;
         };
-        stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok()
+        // A bridge that stops reading must not hang the kit.
+        let written =
+            async { stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok() };
+        tokio::time::timeout(Duration::from_secs(5), written)
+            .await
+            .unwrap_or(false)
     }
 
     async fn send(&mut self, frame: Value) -> bool {
@@ -633,7 +643,21 @@ pub async fn run_checks(
             })
             .collect(),
     };
-    main_session(command, settings, &mut report).await;
+    let session = main_session(command, settings, &mut report);
+    if tokio::time::timeout(SESSION_DEADLINE, session)
+        .await
+        .is_err()
+    {
+        for outcome in &mut report.outcomes {
+            if outcome.detail == "not reached" {
+                outcome.verdict = Verdict::Fail;
+                outcome.detail = format!(
+                    "not reached: the bridge stopped answering (the kit gave up after {} s)",
+                    SESSION_DEADLINE.as_secs()
+                );
+            }
+        }
+    }
     version_refusal(command, settings, &mut report).await;
     eof_exit(command, settings, &mut report).await;
     report.outcomes
@@ -850,7 +874,12 @@ async fn main_session(
                 .and_then(|result| {
                     serde_json::from_value::<protocol::RegisterResult>(result.clone()).ok()
                 })
-                .is_some_and(|result| result.step.kind == "done");
+                .is_some_and(|result| match result.step.kind.as_str() {
+                    "done" => true,
+                    // One more step: it must say which, to have its answer back.
+                    "form" | "waiting" => result.step.step_id.is_some(),
+                    _ => false,
+                });
             let refused = error_of(&answer).is_some_and(typed);
             report.check(
                 "JB-REG-001",

@@ -26,9 +26,9 @@ use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Checked, Command, CommandError,
     Core, DeliveryReport, ForeignId, FormValues, HttpRequest, HttpResponse, IncomingMessage,
     JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt,
-    RegistrationData, RegistrationError, RoomActionError, RoomEvent, RoomId, RoomListing, RoomPost,
-    SendError, SendOutcome, SessionEnd, Settings, SettingsError, Shutdown, UserJid, UserStatus,
-    async_trait, auth, respond,
+    RegistrationData, RegistrationError, RegistrationStep, RoomActionError, RoomEvent, RoomId,
+    RoomListing, RoomPost, SendError, SendOutcome, SessionEnd, Settings, SettingsError, Shutdown,
+    UserJid, UserStatus, async_trait, auth, respond,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -256,10 +256,42 @@ enum Phase {
     Up(Arc<Connection>),
 }
 
-/// Waiting for a process that is (re)starting, before a call gives up.
-const READY_WAIT: Duration = Duration::from_secs(10);
 /// How long the process must have run for its restarts to count from zero again.
 const STABLE: Duration = Duration::from_secs(60);
+/// Attempt counts kept for messages in flight, at most.
+const MAX_ATTEMPTS_KEPT: usize = 10_000;
+
+/// Checks an id the process gave: 1 to 1,024 bytes, no NUL (the database indexes ids, and a
+/// bad one must not fail other writes).
+fn check_id(id: &str, what: &str) -> Result<(), RpcError> {
+    if id.is_empty() || id.len() > 1024 || id.contains('\0') {
+        return Err(invalid_params(format!(
+            "{what}: an id has 1 to 1024 bytes and no NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// The ids a room event carries, named.
+fn event_ids(event: &protocol::RoomEventWire) -> Vec<(&'static str, &str)> {
+    use protocol::RoomEventWire as Event;
+    match event {
+        Event::Message {
+            event_id,
+            echo_of,
+            replaces,
+            ..
+        } => {
+            let mut ids = vec![("event_id", event_id.as_str())];
+            ids.extend(echo_of.as_deref().map(|id| ("echo_of", id)));
+            ids.extend(replaces.as_deref().map(|id| ("replaces", id)));
+            ids
+        }
+        Event::Retracted { target } | Event::Reacted { target, .. } => vec![("target", target)],
+        _ => Vec::new(),
+    }
+}
+
 /// A user's status while the process is down.
 const RESTARTING: &str = "the bridge process is restarting";
 
@@ -273,7 +305,8 @@ pub struct External {
     sessions: Mutex<BTreeMap<UserJid, Option<Value>>>,
     joined: Mutex<BTreeMap<(UserJid, RoomId), protocol::JoinParams>>,
     statuses: Mutex<HashMap<UserJid, UserStatus>>,
-    attempts: Mutex<HashMap<MessageId, u32>>,
+    attempts: Mutex<HashMap<String, u32>>,
+    missed: Mutex<Vec<Missed>>,
     lanes: lanes::Lanes,
     myself: Weak<External>,
 }
@@ -290,6 +323,7 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
         joined: Mutex::default(),
         statuses: Mutex::default(),
         attempts: Mutex::default(),
+        missed: Mutex::default(),
         lanes: lanes::Lanes::default(),
         myself: myself.clone(),
     }))
@@ -309,6 +343,17 @@ fn parse<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
 
 fn ok() -> Result<Value, RpcError> {
     Ok(json!({}))
+}
+
+/// What a replay told the process.
+struct Replayed {
+    sessions: BTreeMap<UserJid, Option<Value>>,
+}
+
+/// A call the process missed because it was down; made once it is back.
+enum Missed {
+    Stop(protocol::SessionStopParams),
+    Leave(protocol::LeaveParams),
 }
 
 /// How a run of the process ended.
@@ -333,8 +378,9 @@ impl External {
     async fn connection(&self) -> Result<Arc<Connection>, CallError> {
         let mut phase = self.phase.subscribe();
         let waited = tokio::time::timeout(
-            READY_WAIT.min(self.config.request_timeout),
-            phase.wait_for(|phase| matches!(phase, Phase::Up(_))),
+            self.config.request_timeout,
+            // A connection that closed is on its way down: wait for the next one.
+            phase.wait_for(|phase| matches!(phase, Phase::Up(up) if !up.is_closed())),
         )
         .await;
         match waited {
@@ -375,6 +421,7 @@ impl External {
         let started = child::start(
             &self.config.spawn(),
             self.config.limits(),
+            child::NoiseLimit(self.config.noise_limit),
             move || {
                 metrics::counter!("jabbridge_bridge_protocol_noise_total", "bridge" => noise_domain.clone())
                     .increment(1);
@@ -431,27 +478,21 @@ impl External {
             .handshake
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(handshake);
+        connection.mark_initialized();
         connection.notify(to_bridge::INITIALIZED, &protocol::Empty {});
-        let replayed = self.replay(&connection).await;
+        let replayed = tokio::select! {
+            replayed = self.replay(&connection) => replayed,
+            () = shutdown.clone().wait() => {
+                child::stop(&connection, &mut process, self.config.shutdown_grace, "stop").await;
+                return Ended::Shutdown;
+            }
+            () = connection.closed() => {
+                child::stop(&connection, &mut process, self.config.shutdown_grace, "restart").await;
+                return Ended::Failed(format!("during the replay: {}", connection.close_reason()));
+            }
+        };
         self.phase.send_replace(Phase::Up(connection.clone()));
-        // Sessions that started during the replay, before calls could go through.
-        let late: Vec<_> = lock(&self.sessions)
-            .iter()
-            .filter(|(user, _)| !replayed.contains(*user))
-            .map(|(user, registration)| protocol::SessionStartParams {
-                user: user.to_string(),
-                registration: registration.clone(),
-            })
-            .collect();
-        for session in late {
-            let _ = connection
-                .call_value(
-                    to_bridge::SESSION_START,
-                    &session,
-                    self.config.request_timeout,
-                )
-                .await;
-        }
+        self.reconcile(&connection, replayed).await;
         metrics::gauge!("jabbridge_bridge_process_up", "bridge" => domain.clone()).set(1.0);
         self.clear_restarting().await;
         let ended = self.watch(&connection, &mut process, shutdown).await;
@@ -474,7 +515,6 @@ impl External {
         let grace = self.config.shutdown_grace;
         let every = self.config.ping_every;
         let mut misses = 0;
-        let mut noise_mark = (Instant::now(), connection.noise());
         loop {
             tokio::select! {
                 () = shutdown.clone().wait() => {
@@ -490,11 +530,12 @@ impl External {
                 }
                 () = connection.closed() => {
                     child::stop(connection, process, grace, "restart").await;
-                    return Ended::Failed("the process closed its stdout".into());
+                    return Ended::Failed(connection.close_reason());
                 }
                 () = tokio::time::sleep(every) => {}
             }
-            if connection.silent_for() >= every {
+            // A child the core is slow to serve is not silent: the reader waits on the core.
+            if connection.silent_for() >= every && !connection.waiting_on_core() {
                 let pinged = connection
                     .call_value(
                         to_bridge::PING,
@@ -502,7 +543,8 @@ impl External {
                         every.min(Duration::from_secs(10)),
                     )
                     .await;
-                if pinged.is_ok() || connection.silent_for() < every {
+                if pinged.is_ok() || connection.silent_for() < every || connection.waiting_on_core()
+                {
                     misses = 0;
                 } else {
                     misses += 1;
@@ -513,64 +555,93 @@ impl External {
                     }
                 }
             }
-            if noise_mark.0.elapsed() >= Duration::from_secs(60) {
-                noise_mark = (Instant::now(), connection.noise());
-            } else if connection.noise() - noise_mark.1 > self.config.noise_limit {
-                child::stop(connection, process, grace, "restart").await;
-                return Ended::Failed(format!(
-                    "the process wrote more than {} lines of noise in a minute",
-                    self.config.noise_limit
-                ));
-            }
         }
     }
 
-    /// After a (re)start: every session, then every room join, as they were. Returns the
-    /// users whose sessions it started.
-    async fn replay(&self, connection: &Connection) -> std::collections::BTreeSet<UserJid> {
+    /// After a (re)start: every session, then every room join, as they were, at most
+    /// `max_inflight` at once. Returns what it replayed, for [`External::reconcile`].
+    async fn replay(&self, connection: &Arc<Connection>) -> Replayed {
         let timeout = self.config.request_timeout;
-        let sessions: Vec<_> = lock(&self.sessions)
-            .iter()
-            .map(|(user, registration)| protocol::SessionStartParams {
+        let sessions = lock(&self.sessions).clone();
+        let mut calls = tokio::task::JoinSet::new();
+        for (user, registration) in &sessions {
+            let connection = connection.clone();
+            let params = protocol::SessionStartParams {
                 user: user.to_string(),
                 registration: registration.clone(),
-            })
-            .collect();
-        let replayed = sessions
-            .iter()
-            .map(|session| UserJid::new(session.user.clone()))
-            .collect();
-        for session in sessions {
-            if let Err(error) = connection
-                .call_value(to_bridge::SESSION_START, &session, timeout)
-                .await
-            {
-                tracing::warn!(user = %session.user, %error, "replaying a session failed");
-            }
+            };
+            calls.spawn(async move {
+                let started = connection
+                    .call_value(to_bridge::SESSION_START, &params, timeout)
+                    .await;
+                if let Err(error) = started {
+                    tracing::warn!(user = %params.user, %error, "replaying a session failed");
+                }
+            });
         }
+        while calls.join_next().await.is_some() {}
         let joins: Vec<_> = lock(&self.joined)
             .iter()
             .map(|(key, join)| (key.clone(), join.clone()))
             .collect();
+        let mut rejoins = tokio::task::JoinSet::new();
         for ((user, room), join) in joins {
-            let joined = connection
-                .call::<_, protocol::JoinResult>(to_bridge::ROOM_JOIN, &join, timeout)
-                .await;
-            if let Err(error) = joined {
-                tracing::warn!(%user, %room, %error, "rejoining a room failed: the user is out");
-                lock(&self.joined).remove(&(user.clone(), room.clone()));
-                let kicked = RoomEvent::Kicked {
-                    nick: join.nick.clone(),
-                    by: None,
-                    reason: Some(format!(
-                        "the bridge restarted and could not rejoin: {}",
-                        error
-                    )),
+            let connection = connection.clone();
+            rejoins.spawn(async move {
+                let joined = connection
+                    .call::<_, protocol::JoinResult>(to_bridge::ROOM_JOIN, &join, timeout)
+                    .await;
+                (user, room, join.nick, joined.err())
+            });
+        }
+        while let Some(Ok((user, room, nick, failed))) = rejoins.join_next().await {
+            let Some(error) = failed else { continue };
+            tracing::warn!(%user, %room, %error, "rejoining a room failed: the user is out");
+            lock(&self.joined).remove(&(user.clone(), room.clone()));
+            let kicked = RoomEvent::Kicked {
+                nick,
+                by: None,
+                reason: Some(format!(
+                    "the bridge restarted and could not rejoin: {error}"
+                )),
+            };
+            let _ = self.core.room_event(&room, kicked).await;
+        }
+        Replayed { sessions }
+    }
+
+    /// What changed while the process was down or being replayed, told to it now: sessions
+    /// started (or started again with other data), sessions stopped, rooms left.
+    async fn reconcile(&self, connection: &Connection, replayed: Replayed) {
+        let timeout = self.config.request_timeout;
+        let now = lock(&self.sessions).clone();
+        for (user, registration) in &now {
+            if replayed.sessions.get(user) != Some(registration) {
+                let params = protocol::SessionStartParams {
+                    user: user.to_string(),
+                    registration: registration.clone(),
                 };
-                let _ = self.core.room_event(&room, kicked).await;
+                let _ = connection
+                    .call_value(to_bridge::SESSION_START, &params, timeout)
+                    .await;
             }
         }
-        replayed
+        let missed = std::mem::take(&mut *lock(&self.missed));
+        for call in missed {
+            let _ = match call {
+                Missed::Stop(params) if !now.contains_key(&UserJid::new(params.user.clone())) => {
+                    connection
+                        .call_value(to_bridge::SESSION_STOP, &params, timeout)
+                        .await
+                }
+                Missed::Leave(params) => {
+                    connection
+                        .call_value(to_bridge::ROOM_LEAVE, &params, timeout)
+                        .await
+                }
+                Missed::Stop(_) => continue,
+            };
+        }
     }
 
     /// Users whose status was "restarting" are connected again (unless the process said
@@ -612,6 +683,11 @@ impl External {
         match method {
             to_core::MESSAGE_RECEIVED => {
                 let p: protocol::ReceivedParams = parse(params)?;
+                check_id(&p.event_id, "event_id")?;
+                check_id(&p.contact, "contact")?;
+                if let Some(room) = &p.room {
+                    check_id(room, "room")?;
+                }
                 let message = IncomingMessage {
                     foreign_id: MessageId::new(p.event_id),
                     contact: ForeignId::new(p.contact),
@@ -626,6 +702,7 @@ impl External {
             }
             to_core::DELIVERY_REPORT => {
                 let p: protocol::ReportParams = parse(params)?;
+                check_id(&p.id, "id")?;
                 let report = match p.status.as_str() {
                     "delivered" => DeliveryReport::Delivered,
                     "failed" => DeliveryReport::Failed(
@@ -644,8 +721,14 @@ impl External {
             }
             to_core::ROOM_EVENT => {
                 let p: protocol::RoomEventParams = parse(params)?;
+                check_id(&p.room, "room")?;
+                for (what, id) in event_ids(&p.event) {
+                    check_id(id, what)?;
+                }
+                let room = RoomId::new(p.room.clone());
+                self.follow_own(&room, &p.event);
                 let event = convert::room_event(p.event);
-                core.room_event(&RoomId::new(p.room), event)
+                core.room_event(&room, event)
                     .await
                     .map_err(convert::core_error)?;
                 ok()
@@ -660,7 +743,10 @@ impl External {
                     other => return Err(invalid_params(format!("unknown state '{other}'"))),
                 };
                 let user = UserJid::new(p.user);
-                lock(&self.statuses).insert(user.clone(), status.clone());
+                // Kept (for presence probes) only for users with a session here.
+                if lock(&self.sessions).contains_key(&user) {
+                    lock(&self.statuses).insert(user.clone(), status.clone());
+                }
                 core.set_status(user, status)
                     .await
                     .map_err(convert::core_error)?;
@@ -725,14 +811,36 @@ impl External {
         }
     }
 
+    /// Keeps the joins replayed after a restart true to what the process reported about our
+    /// own users: out when kicked, banned or gone, under their new nick when renamed.
+    fn follow_own(&self, room: &RoomId, event: &protocol::RoomEventWire) {
+        use protocol::RoomEventWire as Event;
+        let mut joined = lock(&self.joined);
+        match event {
+            Event::Kicked { nick, .. } | Event::Banned { nick, .. } | Event::Left { nick, .. } => {
+                joined
+                    .retain(|(_, joined_room), join| !(joined_room == room && &join.nick == nick));
+            }
+            Event::Renamed { old, new } => {
+                for ((_, joined_room), join) in joined.iter_mut() {
+                    if joined_room == room && &join.nick == old {
+                        join.nick.clone_from(new);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Hands one of the process's requests to [`External::handle`]: in order per room or
     /// chat, at once otherwise; a request is answered when handled.
     fn dispatch(self: Arc<Self>, connection: Arc<Connection>, request: Inbound) {
         let lane = request.lane();
         let bridge = self.clone();
         let job = async move {
-            let method = request.method.clone();
-            let params = request.params.clone();
+            let mut request = request;
+            let method = std::mem::take(&mut request.method);
+            let params = std::mem::take(&mut request.params);
             let outcome = bridge.handle(&method, params).await;
             if request.id.is_none() {
                 if let Err(error) = outcome {
@@ -740,7 +848,7 @@ impl External {
                 }
                 return;
             }
-            connection.respond(request, outcome);
+            connection.respond(request, outcome).await;
         };
         match lane {
             Some(key) => self.lanes.push(key, job.in_current_span()),
@@ -895,33 +1003,64 @@ impl Bridge for External {
         user: &UserJid,
         form: &FormValues,
     ) -> Result<RegistrationData, RegistrationError> {
+        match self.register_step(user, None, form).await? {
+            RegistrationStep::Done(data) => Ok(data),
+            RegistrationStep::Next { .. } => Err(RegistrationError::Rejected(
+                "this registration has several steps".into(),
+            )),
+        }
+    }
+
+    async fn register_step(
+        &self,
+        user: &UserJid,
+        step: Option<&str>,
+        form: &FormValues,
+    ) -> Result<RegistrationStep, RegistrationError> {
         let params = protocol::RegisterParams {
             user: user.to_string(),
             values: form.0.clone(),
+            step_id: step.map(str::to_owned),
         };
         let answer: protocol::RegisterResult = self
             .call(to_bridge::REGISTER_SUBMIT, &params)
             .await
             .map_err(convert::registration_error)?;
-        match answer.step.kind.as_str() {
-            "done" => Ok(RegistrationData::from_json(
-                answer.step.data.unwrap_or_else(|| json!({})),
-            )),
-            other => Err(RegistrationError::Unavailable(format!(
-                "the bridge asked for a registration step of type '{other}', which this Jabbridge cannot show yet"
+        let step = answer.step;
+        match (step.kind.as_str(), step.step_id) {
+            ("done", _) => Ok(RegistrationStep::Done(RegistrationData::from_json(
+                step.data.unwrap_or_else(|| json!({})),
+            ))),
+            ("form" | "waiting", Some(step_id)) => Ok(RegistrationStep::Next {
+                step: step_id,
+                form: convert::form(&protocol::FormWire {
+                    title: step.title.unwrap_or_else(|| "Registration".into()),
+                    instructions: step.instructions.unwrap_or_default(),
+                    fields: step.fields,
+                }),
+            }),
+            (kind, _) => Err(RegistrationError::Unavailable(format!(
+                "the bridge answered a registration step of type '{kind}' (without step_id?), \
+                 which this Jabbridge cannot show"
             ))),
         }
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
+        // The client's id is unique per user only: the user makes it the bridge's key.
+        let txn_id = format!("{} {}", message.user, message.id);
         let attempt = {
             let mut attempts = lock(&self.attempts);
-            let attempt = attempts.entry(message.id.clone()).or_insert(0);
+            if attempts.len() >= MAX_ATTEMPTS_KEPT {
+                // Messages the outbox gave up on; their counts are only informative.
+                attempts.clear();
+            }
+            let attempt = attempts.entry(txn_id.clone()).or_insert(0);
             *attempt += 1;
             *attempt
         };
         let params = protocol::SendParams {
-            txn_id: message.id.to_string(),
+            txn_id: txn_id.clone(),
             attempt,
             user: message.user.to_string(),
             contact: message.contact.as_str().to_owned(),
@@ -940,9 +1079,17 @@ impl Bridge for External {
             .await
             .map_err(convert::send_error);
         if !matches!(answer, Err(SendError::Transient { .. })) {
-            lock(&self.attempts).remove(&message.id);
+            lock(&self.attempts).remove(&txn_id);
         }
         let answer = answer?;
+        if let Some(id) = &answer.id {
+            check_id(id, "id").map_err(|error| SendError::Permanent {
+                reason: format!(
+                    "the bridge answered message/send with a bad {}",
+                    error.message
+                ),
+            })?;
+        }
         let on_accept = self.config.receipts_on_accept
             && self
                 .handshake()
@@ -951,9 +1098,9 @@ impl Bridge for External {
             ("sent", None) if on_accept => Ok(SendOutcome::Sent),
             ("sent", Some(id)) if on_accept => Ok(SendOutcome::SentAs(MessageId::new(id))),
             // A receipt only on the bridge's word that it arrived.
-            ("sent" | "report_follows", id) => Ok(SendOutcome::ReportFollows(
-                id.map_or(message.id, MessageId::new),
-            )),
+            ("sent" | "report_follows", id) => Ok(SendOutcome::ReportFollows(MessageId::new(
+                id.unwrap_or(txn_id),
+            ))),
             (status, _) => Err(SendError::Permanent {
                 reason: format!("the bridge answered message/send with status '{status}'"),
             }),
@@ -1017,13 +1164,14 @@ impl Bridge for External {
             SessionEnd::Moved => "moved",
             _ => "shutdown",
         };
-        if !matches!(&*self.phase.borrow(), Phase::Up(_)) {
-            return;
-        }
         let params = protocol::SessionStopParams {
             user: user.to_string(),
             reason: reason.into(),
         };
+        if !matches!(&*self.phase.borrow(), Phase::Up(_)) {
+            lock(&self.missed).push(Missed::Stop(params));
+            return;
+        }
         if let Err(error) = self
             .call::<_, Value>(to_bridge::SESSION_STOP, &params)
             .await
@@ -1136,6 +1284,10 @@ impl Bridge for External {
             user: user.to_string(),
             room: room.as_str().to_owned(),
         };
+        if !matches!(&*self.phase.borrow(), Phase::Up(_)) {
+            lock(&self.missed).push(Missed::Leave(params));
+            return;
+        }
         if let Err(error) = self.call::<_, Value>(to_bridge::ROOM_LEAVE, &params).await {
             tracing::warn!(%user, %room, %error, "room/leave failed");
         }
@@ -1154,6 +1306,11 @@ impl Bridge for External {
             .call(to_bridge::ROOM_SEND, &params)
             .await
             .map_err(convert::send_error)?;
+        if let Some(id) = &answer.id {
+            check_id(id, "id").map_err(|error| SendError::Permanent {
+                reason: format!("the bridge answered room/send with a bad {}", error.message),
+            })?;
+        }
         match answer.status.as_str() {
             "reflect" => Ok(Posted::Reflect {
                 foreign_id: answer.id.map(MessageId::new),

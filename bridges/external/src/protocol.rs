@@ -615,8 +615,13 @@ pub struct CancelParams {
 pub struct RegisterParams {
     /// The user's bare JID (for logs and keys; never parse it).
     pub user: String,
-    /// The submitted values, checked against the form by the core.
+    /// The submitted values: of the registration form (checked against it by the core)
+    /// without `step_id`, of that step's form with it.
     pub values: BTreeMap<String, String>,
+    /// The step these values answer (the `step_id` of a `form` or `waiting` step the bridge
+    /// returned); absent for the registration form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
 }
 
 /// `register/submit` result.
@@ -626,13 +631,28 @@ pub struct RegisterResult {
     pub step: Step,
 }
 
-/// A step of a registration. v1 cores know `done`; any other type aborts the registration
-/// with `feature-not-implemented`.
+/// A step of a registration: `done`, or one more step, `form` (more fields to fill in) or
+/// `waiting` (instructions, e.g. "confirm on your phone, then press Complete"). The user's
+/// answer to a `form` or `waiting` step comes back as `register/submit` with its `step_id`.
+/// An unknown type aborts the registration with `feature-not-implemented`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
-    /// `done`.
+    /// `done`, `form` or `waiting`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// With `form` and `waiting`: the bridge's name for the step (carry what you need in
+    /// it: the core keeps no state between steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// With `form` and `waiting`: the title shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// With `form` and `waiting`: what the user is asked, or waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// With `form`: the fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldWire>,
     /// With `done`: what the core stores for the user and hands back with their sessions,
     /// messages and joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -104,7 +104,9 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
     let sent = bridge.send_message(message("m1", "hello")).await;
     assert_eq!(
         sent,
-        Ok(SendOutcome::ReportFollows(MessageId::new("echo-m1")))
+        Ok(SendOutcome::ReportFollows(MessageId::new(
+            "echo-alice@localhost m1"
+        )))
     );
     let echoed = running.core.next_delivered(WAIT).await.expect("an echo");
     assert_eq!(echoed.text, "py says: hello");
@@ -202,7 +204,9 @@ runpy.run_path({path:?}, run_name="__main__")
     let second = running.bridge.send_message(message("c1", "one")).await;
     assert_eq!(
         second,
-        Ok(SendOutcome::ReportFollows(MessageId::new("echo-c1")))
+        Ok(SendOutcome::ReportFollows(MessageId::new(
+            "echo-alice@localhost c1"
+        )))
     );
     let echoed = running.core.next_delivered(WAIT).await.expect("an echo");
     assert_eq!(echoed.text, "one");

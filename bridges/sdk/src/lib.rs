@@ -186,6 +186,23 @@ pub enum RegistrationError {
     Unavailable(String),
 }
 
+/// Where one step of a registration led ([`Bridge::register_step`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationStep {
+    /// Registered: what the core stores for the user.
+    Done(RegistrationData),
+    /// One more step: another form (a code sent by SMS, a choice), or a wait ("confirm on
+    /// your phone, then press Complete": a form without fields, with its instructions). The
+    /// user's answer comes back to [`Bridge::register_step`] with `step`. Shown through the
+    /// XEP-0050 command `register`; XEP-0077 (one form) tells the user to use that.
+    Next {
+        /// The bridge's name for the step, handed back with its values.
+        step: String,
+        /// What the user is asked.
+        form: Form,
+    },
+}
+
 /// The data a bridge keeps per registered user (credentials, settings), as a serde type of
 /// the bridge's own: [`RegistrationData::new`] from it, [`RegistrationData::read`] back.
 /// Stored by the core as JSON and handed back with every [`OutgoingMessage`] of that user.
@@ -280,6 +297,25 @@ pub trait Bridge: Send + Sync + 'static {
         form: &FormValues,
     ) -> Result<RegistrationData, RegistrationError> {
         Ok(RegistrationData::from_json(form.to_json()))
+    }
+
+    /// One step of a registration in several steps. `step` is `None` for the registration
+    /// form's values (checked against it by the core), or the `step` of the
+    /// [`RegistrationStep::Next`] this bridge returned, with the values of that step's form
+    /// (checked by nobody but the bridge; the core keeps no state between steps, so carry
+    /// what you need in `step`). The default: [`Bridge::register`], in one step.
+    async fn register_step(
+        &self,
+        user: &UserJid,
+        step: Option<&str>,
+        form: &FormValues,
+    ) -> Result<RegistrationStep, RegistrationError> {
+        match step {
+            None => self.register(user, form).await.map(RegistrationStep::Done),
+            Some(_) => Err(RegistrationError::Rejected(
+                "this registration has one step: start again".into(),
+            )),
+        }
     }
 
     /// Delivers one message from an XMPP user to the foreign network. Called in order per
