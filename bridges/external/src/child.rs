@@ -447,13 +447,19 @@ impl Connection {
     /// A slot for one of the child's requests: waits while the core handles earlier ones
     /// (backpressure: the reader stops, the pipe fills, the child's writes wait), up to the
     /// request timeout; `None` after that.
-    async fn inbound_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(permit) = self.inbound.clone().try_acquire_owned() {
+    ///
+    /// A long line weighs more (one slot per 64 KiB, at most all of them): what waits in
+    /// memory stays near `max_inflight` small requests, however long the lines.
+    async fn inbound_permit(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let weight = (1 + bytes / (64 * 1024)).min(self.limits.max_inflight.max(1));
+        let weight = u32::try_from(weight).unwrap_or(1);
+        if let Ok(permit) = self.inbound.clone().try_acquire_many_owned(weight) {
             return Some(permit);
         }
         self.waiting_on_core.store(true, Ordering::Relaxed);
         let wait = Duration::from_millis(self.limits.request_timeout_ms);
-        let permit = tokio::time::timeout(wait, self.inbound.clone().acquire_owned()).await;
+        let permit =
+            tokio::time::timeout(wait, self.inbound.clone().acquire_many_owned(weight)).await;
         self.waiting_on_core.store(false, Ordering::Relaxed);
         permit.ok().and_then(Result::ok)
     }
@@ -510,7 +516,7 @@ impl Connection {
                         });
                         continue;
                     }
-                    let Some(permit) = self.inbound_permit().await else {
+                    let Some(permit) = self.inbound_permit(line.len()).await else {
                         let mut error = RpcError::typed(
                             429,
                             "resource-constraint",
@@ -538,7 +544,7 @@ impl Connection {
                     );
                 }
                 Ok(Frame::Notification { method, params }) => {
-                    let Some(permit) = self.inbound_permit().await else {
+                    let Some(permit) = self.inbound_permit(line.len()).await else {
                         tracing::warn!(
                             method,
                             "the core is busy: a notification of the bridge process was dropped"

@@ -85,6 +85,12 @@ pub struct ExternalConfig {
     /// the core checks it and tells the bridge (`verified`).
     #[serde(default)]
     pub http_token: Option<SecretString>,
+    /// When set (`whsec_…`), HTTP requests to the bridge's routes may be signed per Standard
+    /// Webhooks instead: the core checks the signature and its timestamp (5 minutes) and
+    /// tells the bridge (`verified`, with the `webhook-id`). With `http_token` too, either
+    /// is enough.
+    #[serde(default)]
+    pub http_signing_secret: Option<SecretString>,
 }
 
 fn default_request_timeout() -> Duration {
@@ -129,6 +135,14 @@ impl ExternalConfig {
         }
         if !(4096..=16 * 1024 * 1024).contains(&config.max_message_bytes) {
             return Err(bad("max_message_bytes", "must be between 4096 and 16 MiB"));
+        }
+        if let Some(secret) = &config.http_signing_secret
+            && standardwebhooks::Webhook::new(secret.expose_secret()).is_err()
+        {
+            return Err(bad(
+                "http_signing_secret",
+                "not a Standard Webhooks key: expected whsec_ followed by base64",
+            ));
         }
         if !(1..=1024).contains(&config.max_inflight) {
             return Err(bad("max_inflight", "must be between 1 and 1024"));
@@ -811,6 +825,45 @@ impl External {
         }
     }
 
+    /// Checks an HTTP request to the bridge's routes as configured: a bearer token or a
+    /// Standard Webhooks signature (either, when both are set); `Ok(None)` when neither is.
+    fn authenticate(&self, request: &HttpRequest) -> Result<Option<protocol::Verified>, String> {
+        let headers = request.headers();
+        let signer = self
+            .config
+            .http_signing_secret
+            .as_ref()
+            .and_then(|secret| standardwebhooks::Webhook::new(secret.expose_secret()).ok());
+        let signed = headers.contains_key(standardwebhooks::HEADER_WEBHOOK_SIGNATURE);
+        if let (Some(signer), true) = (&signer, signed) {
+            signer
+                .verify(request.body(), headers)
+                .map_err(|error| format!("bad Standard Webhooks signature: {error}"))?;
+            let id = headers
+                .get(standardwebhooks::HEADER_WEBHOOK_ID)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            return Ok(Some(protocol::Verified {
+                scheme: "standard-webhooks".into(),
+                id,
+            }));
+        }
+        match (&self.config.http_token, auth::bearer_token(headers)) {
+            (Some(token), Some(presented)) if auth::secret_matches(presented, token) => {
+                Ok(Some(protocol::Verified {
+                    scheme: "bearer".into(),
+                    id: None,
+                }))
+            }
+            (Some(_), Some(_)) => Err("wrong bearer token".into()),
+            (Some(_), None) => Err("missing credentials: send 'Authorization: Bearer …'".into()),
+            (None, _) if signer.is_some() => {
+                Err("missing credentials: send Standard Webhooks signature headers".into())
+            }
+            (None, _) => Ok(None),
+        }
+    }
+
     /// Keeps the joins replayed after a restart true to what the process reported about our
     /// own users: out when kicked, banned or gone, under their new nick when renamed.
     fn follow_own(&self, room: &RoomId, event: &protocol::RoomEventWire) {
@@ -1441,17 +1494,9 @@ impl Bridge for External {
         if !declared {
             return respond(StatusCode::NOT_FOUND, "not found\n");
         }
-        let verified = match &self.config.http_token {
-            None => None,
-            Some(token) => {
-                let presented = auth::bearer_token(request.headers());
-                if !presented.is_some_and(|presented| auth::secret_matches(presented, token)) {
-                    return respond(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
-                }
-                Some(protocol::Verified {
-                    scheme: "bearer".into(),
-                })
-            }
+        let verified = match self.authenticate(&request) {
+            Ok(verified) => verified,
+            Err(why) => return respond(StatusCode::UNAUTHORIZED, format!("{why}\n")),
         };
         let params = http_params(&request, verified);
         match self

@@ -1182,8 +1182,9 @@ pub struct HttpRequestParams {
     /// The body in base64, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_b64: Option<String>,
-    /// What the core checked: `{scheme: "bearer"}` when `http_token` is set (requests
-    /// without the token never reach the bridge).
+    /// What the core checked: `{scheme: "bearer"}` (`http_token`) or `{scheme:
+    /// "standard-webhooks", id}` (`http_signing_secret`); requests that fail it never reach
+    /// the bridge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<Verified>,
 }
@@ -1191,8 +1192,11 @@ pub struct HttpRequestParams {
 /// A check the core made on an HTTP request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
-    /// The scheme, e.g. `bearer`.
+    /// `bearer` or `standard-webhooks`.
     pub scheme: String,
+    /// With `standard-webhooks`: the `webhook-id`, the same on every retry of a delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// `http/request` result.

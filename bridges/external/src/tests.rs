@@ -580,3 +580,99 @@ while :; do echo 'garbage garbage garbage'; sleep 0.01; done
     }
     running.stop().await;
 }
+
+#[tokio::test]
+async fn http_requests_are_checked_by_the_core_and_forwarded_with_the_verdict() {
+    use jabbridge_sdk::http::{Request, StatusCode};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The reference bridge with an HTTP route that says what it was told.
+    let wrapper = script(
+        &dir,
+        "http.py",
+        &format!(
+            r#"import json, runpy
+ns = runpy.run_path({path:?})
+initialize = ns["HANDLERS"]["initialize"]
+def with_http(p):
+    answer = initialize(p)
+    answer["capabilities"]["http"] = True
+    return answer
+def http(p):
+    return {{"status": 202, "headers": {{"content-type": "application/json"}},
+             "body_text": json.dumps({{"verified": p.get("verified"), "body": p.get("body_text"),
+                                      "path": p["path"], "authorization": "authorization" in p["headers"]}})}}
+ns["HANDLERS"]["initialize"] = with_http
+ns["HANDLERS"]["http/request"] = http
+ns["main"]()
+"#,
+            path = reference_bridge()
+        ),
+    );
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let running = run(json!({
+        "command": ["python3", wrapper],
+        "http_token": "t0ken",
+        "http_signing_secret": secret,
+    }))
+    .await;
+    let post = |headers: &[(&str, String)], body: &str| {
+        let mut request = Request::builder().method("POST").uri("/inbound");
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request: jabbridge_sdk::HttpRequest =
+            request.body(body.to_owned().into()).expect("request");
+        request
+    };
+    let body = r#"{"from":"bob"}"#;
+    let answer = running.bridge.handle_http(post(&[], body)).await;
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+
+    let signer = standardwebhooks::Webhook::new(secret).expect("key");
+    let now = i64::try_from(
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("seconds");
+    let signature = signer.sign("msg_1", now, body.as_bytes()).expect("signs");
+    let signed = |signature: &str| {
+        vec![
+            ("webhook-id", "msg_1".to_owned()),
+            ("webhook-timestamp", now.to_string()),
+            ("webhook-signature", signature.to_owned()),
+        ]
+    };
+    let forged = running
+        .bridge
+        .handle_http(post(
+            &signed("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            body,
+        ))
+        .await;
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+
+    let answer = running
+        .bridge
+        .handle_http(post(&signed(&signature), body))
+        .await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let seen: serde_json::Value = serde_json::from_slice(answer.body()).expect("JSON");
+    assert_eq!(
+        seen["verified"],
+        json!({"scheme": "standard-webhooks", "id": "msg_1"})
+    );
+    assert_eq!(seen["body"], body);
+    assert_eq!(seen["path"], "/inbound");
+
+    let bearer = [("authorization", "Bearer t0ken".to_owned())];
+    let answer = running.bridge.handle_http(post(&bearer, body)).await;
+    let seen: serde_json::Value = serde_json::from_slice(answer.body()).expect("JSON");
+    assert_eq!(seen["verified"], json!({"scheme": "bearer"}));
+    assert_eq!(seen["authorization"], false, "the token stays in the core");
+    let wrong = [("authorization", "Bearer nope".to_owned())];
+    let answer = running.bridge.handle_http(post(&wrong, body)).await;
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    running.stop().await;
+}
