@@ -69,6 +69,66 @@ fn ping(id: &str, to: &str) -> String {
     format!("<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>")
 }
 
+/// Alice talks in the room: her post comes back to her once, with her origin-id and stanza
+/// id, and reaches Bob from her occupant JID; the bot repeats it to both. Then she corrects
+/// it: Bob's client gets the correction naming the message it replaces, and the bot corrects
+/// its repeat for both.
+async fn talk_and_correct(alice: &mut crate::harness::Client, bob: &mut crate::harness::Client) {
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='a1'><body>hello room</body>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='origin-a1'/></message>"
+        ))
+        .await;
+    let mine = |s: &Element| {
+        s.name() == "message" && is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
+    };
+    let reflection = alice.expect(WAIT, mine).await;
+    assert_eq!(reflection.attr("id"), Some("a1"));
+    assert_eq!(body(&reflection).as_deref(), Some("hello room"));
+    let origin = reflection
+        .get_child("origin-id", "urn:xmpp:sid:0")
+        .and_then(|origin| origin.attr("id"));
+    assert_eq!(origin, Some("origin-a1"));
+    let copy = bob.expect(WAIT, mine).await;
+    assert_eq!(body(&copy).as_deref(), Some("hello room"));
+    for client in [&mut *alice, &mut *bob] {
+        let repeat = client
+            .expect(WAIT, |s| {
+                is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
+            })
+            .await;
+        assert_eq!(body(&repeat).as_deref(), Some("hello room"));
+    }
+    alice.expect_none(Duration::from_secs(1), mine).await;
+
+    // Alice corrects it: Bob's client gets the correction naming the message it replaces.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}' id='a2'><body>hello, room</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='origin-a1'/></message>"
+        ))
+        .await;
+    let correction = bob
+        .expect(WAIT, |s| {
+            is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some("hello, room")
+        })
+        .await;
+    let replaced = correction
+        .get_child("replace", "urn:xmpp:message-correct:0")
+        .and_then(|replace| replace.attr("id"));
+    assert_eq!(replaced, Some("origin-a1"));
+    // The bot corrects its repeat, for both.
+    for client in [&mut *alice, &mut *bob] {
+        let repeat = client
+            .expect(WAIT, |s| {
+                is_from(s, &format!("{ROOM}/echo")) && body(s).as_deref() == Some("hello, room")
+            })
+            .await;
+        assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
+    }
+}
+
 /// What every echo bridge does with a room, in-process or external: joins with the bot,
 /// arrivals, a post reflected once and repeated by the bot, a correction of both, a private
 /// message to the bot, a taken nick refused.
@@ -103,51 +163,7 @@ async fn a_room_basics(kind: ServerKind, echo: Echo) {
         })
         .await;
 
-    alice
-        .send(&format!(
-            "<message type='groupchat' to='{ROOM}' id='b1'><body>hello room</body>\
-             <origin-id xmlns='urn:xmpp:sid:0' id='origin-b1'/></message>"
-        ))
-        .await;
-    let mine = |s: &Element| {
-        s.name() == "message" && is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
-    };
-    let reflection = alice.expect(WAIT, mine).await;
-    assert_eq!(reflection.attr("id"), Some("b1"));
-    assert_eq!(body(&reflection).as_deref(), Some("hello room"));
-    let copy = bob.expect(WAIT, mine).await;
-    assert_eq!(body(&copy).as_deref(), Some("hello room"));
-    for client in [&mut alice, &mut bob] {
-        let repeat = client
-            .expect(WAIT, |s| {
-                is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
-            })
-            .await;
-        assert_eq!(body(&repeat).as_deref(), Some("hello room"));
-    }
-    alice.expect_none(Duration::from_secs(1), mine).await;
-
-    alice
-        .send(&format!(
-            "<message type='groupchat' to='{ROOM}' id='b2'><body>hello, room</body>\
-             <replace xmlns='urn:xmpp:message-correct:0' id='origin-b1'/></message>"
-        ))
-        .await;
-    let correction = bob
-        .expect(WAIT, |s| {
-            is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some("hello, room")
-        })
-        .await;
-    let replaced = correction
-        .get_child("replace", "urn:xmpp:message-correct:0")
-        .and_then(|replace| replace.attr("id"));
-    assert_eq!(replaced, Some("origin-b1"));
-    let repeat = bob
-        .expect(WAIT, |s| {
-            is_from(s, &format!("{ROOM}/echo")) && body(s).as_deref() == Some("hello, room")
-        })
-        .await;
-    assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
+    talk_and_correct(&mut alice, &mut bob).await;
 
     bob.send(&format!(
         "<message type='chat' to='{ROOM}/echo' id='q1'><body>just us</body></message>"
@@ -197,61 +213,7 @@ async fn a_room_works_end_to_end(kind: ServerKind) {
         .await;
     assert!(codes(&came).is_empty());
 
-    // Alice talks: her post comes back to her once, with her origin-id and stanza id, and
-    // reaches Bob from her occupant JID; the bot repeats it to both.
-    alice
-        .send(&format!(
-            "<message type='groupchat' to='{ROOM}' id='a1'><body>hello room</body>\
-             <origin-id xmlns='urn:xmpp:sid:0' id='origin-a1'/></message>"
-        ))
-        .await;
-    let mine = |s: &Element| {
-        s.name() == "message" && is_from(s, &format!("{ROOM}/alice")) && body(s).is_some()
-    };
-    let reflection = alice.expect(WAIT, mine).await;
-    assert_eq!(reflection.attr("id"), Some("a1"));
-    assert_eq!(body(&reflection).as_deref(), Some("hello room"));
-    let origin = reflection
-        .get_child("origin-id", "urn:xmpp:sid:0")
-        .and_then(|origin| origin.attr("id"));
-    assert_eq!(origin, Some("origin-a1"));
-    let copy = bob.expect(WAIT, mine).await;
-    assert_eq!(body(&copy).as_deref(), Some("hello room"));
-    for client in [&mut alice, &mut bob] {
-        let repeat = client
-            .expect(WAIT, |s| {
-                is_from(s, &format!("{ROOM}/echo")) && body(s).is_some()
-            })
-            .await;
-        assert_eq!(body(&repeat).as_deref(), Some("hello room"));
-    }
-    alice.expect_none(Duration::from_secs(1), mine).await;
-
-    // Alice corrects it: Bob's client gets the correction naming the message it replaces.
-    alice
-        .send(&format!(
-            "<message type='groupchat' to='{ROOM}' id='a2'><body>hello, room</body>\
-             <replace xmlns='urn:xmpp:message-correct:0' id='origin-a1'/></message>"
-        ))
-        .await;
-    let correction = bob
-        .expect(WAIT, |s| {
-            is_from(s, &format!("{ROOM}/alice")) && body(s).as_deref() == Some("hello, room")
-        })
-        .await;
-    let replaced = correction
-        .get_child("replace", "urn:xmpp:message-correct:0")
-        .and_then(|replace| replace.attr("id"));
-    assert_eq!(replaced, Some("origin-a1"));
-    // The bot corrects its repeat, for both.
-    for client in [&mut alice, &mut bob] {
-        let repeat = client
-            .expect(WAIT, |s| {
-                is_from(s, &format!("{ROOM}/echo")) && body(s).as_deref() == Some("hello, room")
-            })
-            .await;
-        assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
-    }
+    talk_and_correct(&mut alice, &mut bob).await;
 
     // Bob writes privately to the bot: the answer comes from the bot's occupant JID, and
     // the room never sees it.

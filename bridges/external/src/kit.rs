@@ -1289,22 +1289,32 @@ fn malformed_requests() -> Vec<(&'static str, Value)> {
     requests
 }
 
+/// A fresh process of the bridge, offered `versions`: it and its answer to `initialize`.
+async fn initialized(
+    command: &[String],
+    versions: &[u32],
+    settings: &serde_json::Map<String, Value>,
+) -> Option<(Peer, Option<Value>)> {
+    let mut peer = Peer::start(command).ok()?;
+    let answer = peer
+        .call(
+            to_bridge::INITIALIZE,
+            initialize_for_kit(versions, settings, "none"),
+            Duration::from_secs(10),
+        )
+        .await;
+    Some((peer, answer))
+}
+
 async fn version_refusal(
     command: &[String],
     settings: &serde_json::Map<String, Value>,
     report: &mut Report,
 ) {
-    let Ok(mut peer) = Peer::start(command) else {
+    let Some((mut peer, answer)) = initialized(command, &[99], settings).await else {
         report.check("JB-LIFE-002", false, "does not start");
         return;
     };
-    let answer = peer
-        .call(
-            to_bridge::INITIALIZE,
-            initialize_for_kit(&[99], settings, "none"),
-            Duration::from_secs(10),
-        )
-        .await;
     let refused = error_of(&answer).is_some();
     let status = peer.exited(Duration::from_secs(5)).await;
     report.check(
@@ -1322,17 +1332,10 @@ async fn eof_exit(
     settings: &serde_json::Map<String, Value>,
     report: &mut Report,
 ) {
-    let Ok(mut peer) = Peer::start(command) else {
+    let Some((mut peer, _)) = initialized(command, protocol::VERSIONS, settings).await else {
         report.check("JB-LIFE-006", false, "does not start");
         return;
     };
-    let _ = peer
-        .call(
-            to_bridge::INITIALIZE,
-            initialize_for_kit(protocol::VERSIONS, settings, "none"),
-            Duration::from_secs(10),
-        )
-        .await;
     peer.close_stdin();
     let status = peer.exited(Duration::from_secs(5)).await;
     report.check(

@@ -84,6 +84,23 @@ fn script(dir: &tempfile::TempDir, name: &str, body: &str) -> String {
     path.display().to_string()
 }
 
+/// Waits until the script that appends a line to `starts` each time it starts was started
+/// twice: the supervisor restarted it.
+async fn restarted(starts: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = std::fs::read_to_string(starts)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        if started >= 2 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
     let running = run(json!({
@@ -275,18 +292,7 @@ exec sleep 1000
     let sent = running.bridge.send_message(message("h1", "x")).await;
     assert!(matches!(sent, Err(SendError::Transient { .. })), "{sent:?}");
     let starts = format!("{hung}.starts");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let started = std::fs::read_to_string(&starts)
-            .unwrap_or_default()
-            .lines()
-            .count();
-        if started >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never restarted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    restarted(&starts).await;
     running.stop().await;
 }
 
@@ -566,18 +572,7 @@ while :; do echo 'garbage garbage garbage'; sleep 0.01; done
     }))
     .await;
     let starts = format!("{flood}.starts");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let started = std::fs::read_to_string(&starts)
-            .unwrap_or_default()
-            .lines()
-            .count();
-        if started >= 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never restarted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    restarted(&starts).await;
     running.stop().await;
 }
 
