@@ -425,16 +425,21 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// stop (queues flushed), bridges whose section changed are rebuilt, and `allow`, `admins`,
 /// `rate_limit` and `[log] level` change in place; unchanged bridges keep their links. A
 /// config that does not validate changes nothing and comes back as the error
-/// `check-config` would print. What will change, in one line, goes to `answer` (the admin
-/// command that asked) before the bridges are stopped and started, since the asking
-/// bridge may be one of them.
+/// `check-config` would print. What will change, in one line, goes to the admin command
+/// that asked before the bridges are stopped and started; should the asking bridge be one
+/// of them, it stops once the command's answer is on its way. Bridges stop together, so a
+/// reload takes one stop's grace at most before the new ones start.
 async fn reload(
     path: &std::path::Path,
     current: &mut Config,
     shared: &Shared,
     running: &mut BTreeMap<String, Running>,
-    answer: Option<tokio::sync::oneshot::Sender<Result<String, String>>>,
+    request: Option<crate::gateway::ReloadRequest>,
 ) {
+    let (asking, answer) = match request {
+        Some(request) => (Some(request.from), Some(request.answer)),
+        None => (None, None),
+    };
     let tell = |answer: Option<tokio::sync::oneshot::Sender<_>>,
                 outcome: Result<String, String>| {
         match &outcome {
@@ -508,20 +513,37 @@ async fn reload(
                 .update(&section.allow, &section.admins, section.rate_limit);
         }
     }
+    let mut stopping = Vec::new();
     for domain in &removed {
         if let Some(bridge) = running.remove(domain) {
             tracing::info!(bridge = %domain, "reload: the bridge was removed; it stops");
-            stop_bridge(shared, domain, bridge).await;
-            metrics::bridge_removed(domain);
+            stopping.push((domain.clone(), bridge, true));
         }
     }
+    for index in &rebuilt {
+        let domain = &current.bridge[*index].domain;
+        if let Some(bridge) = running.remove(domain) {
+            tracing::info!(bridge = %domain, "reload: the bridge's section changed; it is rebuilt");
+            stopping.push((domain.clone(), bridge, false));
+        }
+    }
+    futures::future::join_all(stopping.into_iter().map(|(domain, bridge, removed)| {
+        let asked_here = asking.as_deref() == Some(domain.as_str());
+        async move {
+            if asked_here {
+                // The admin's answer leaves through this bridge's link: let it go first.
+                bridge.gateway.settle(Duration::from_secs(5)).await;
+            }
+            stop_bridge(shared, &domain, bridge).await;
+            if removed {
+                metrics::bridge_removed(&domain);
+            }
+        }
+    }))
+    .await;
     let mut failed = Vec::new();
     for index in rebuilt.into_iter().chain(added) {
         let domain = current.bridge[index].domain.clone();
-        if let Some(bridge) = running.remove(&domain) {
-            tracing::info!(bridge = %domain, "reload: the bridge's section changed; it is rebuilt");
-            stop_bridge(shared, &domain, bridge).await;
-        }
         match start_bridge(shared, current, index).await {
             Ok((domain, bridge)) => {
                 running.insert(domain, bridge);
@@ -635,13 +657,13 @@ pub async fn run(
                 reload(path, &mut config, &shared, &mut running, None).await;
                 systemd.notify("READY=1");
             }
-            Some(answer) = reload_requests.recv() => {
+            Some(request) = reload_requests.recv() => {
                 let Some(path) = &config_path else {
-                    let _ = answer.send(Err("this process was started without a config file".into()));
+                    let _ = request.answer.send(Err("this process was started without a config file".into()));
                     continue;
                 };
                 systemd.notify("RELOADING=1");
-                reload(path, &mut config, &shared, &mut running, Some(answer)).await;
+                reload(path, &mut config, &shared, &mut running, Some(request)).await;
                 systemd.notify("READY=1");
             }
         }

@@ -511,7 +511,11 @@ async fn reload(gateway: &Gateway) -> Result<String, StanzaFailure> {
     };
     let (answer, answered) = tokio::sync::oneshot::channel();
     let unavailable = || StanzaFailure::Unavailable("Jabbridge is shutting down".into());
-    reloads.send(answer).await.map_err(|_| unavailable())?;
+    let request = super::ReloadRequest {
+        from: gateway.domain.clone(),
+        answer,
+    };
+    reloads.send(request).await.map_err(|_| unavailable())?;
     match tokio::time::timeout(std::time::Duration::from_secs(20), answered).await {
         Ok(Ok(Ok(summary))) => Ok(format!("Reloading: {summary}.")),
         Ok(Ok(Err(error))) => Err(StanzaFailure::NotAcceptable(format!(

@@ -100,7 +100,16 @@ pub struct Policy {
 
 /// Asks for a reload of the configuration file; the answer is what will change, or why
 /// nothing does.
-pub type Reloads = mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
+pub type Reloads = mpsc::Sender<ReloadRequest>;
+
+/// An admin's `reload` command: which bridge it came through (its answer must leave before
+/// that bridge's link closes, should the reload rebuild it), and where the outcome goes.
+pub struct ReloadRequest {
+    /// The domain of the bridge the command came through.
+    pub from: String,
+    /// Where the summary (or the refusal) goes.
+    pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
 
 /// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
 const LANE_DEPTH: usize = 2048;
@@ -175,6 +184,17 @@ impl Gateway {
     /// knows its registration form and capabilities only once its process has answered.
     pub fn info(&self) -> BridgeInfo {
         self.bridge.info()
+    }
+
+    /// Waits until the stanzas this gateway took are handled (their answers handed to the
+    /// link), at most `within`.
+    pub async fn settle(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.in_flight.available_permits() < IN_FLIGHT
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The bridge's tracing span.

@@ -554,6 +554,27 @@ async fn sighup_reloads_bridges_and_access_and_refuses_a_bad_config() {
         error_condition(&refused).is_some() || body(&refused).is_some_and(|t| t.contains("admins")),
         "{refused:?}"
     );
+
+    // The admin's command rebuilds the very bridge it came through: the answer still comes
+    // back (it is sent before that bridge's link closes), then the bridge comes back.
+    std::fs::write(
+        &jabbridge.config_path,
+        second
+            .replacen("say_token", "call_timeout = \"20s\"\nsay_token", 1)
+            .replace("{http}", &jabbridge.http_port.to_string()),
+    )
+    .expect("write the config");
+    admin.send(&command("r3")).await;
+    let answer = admin
+        .expect(std::time::Duration::from_secs(20), |stanza| {
+            body(stanza).is_some_and(|text| text.starts_with("Reloading"))
+        })
+        .await;
+    assert_eq!(
+        body(&answer).as_deref(),
+        Some("Reloading: 0 bridge(s) added, 0 removed, 1 rebuilt, 1 updated in place.")
+    );
+    ready_for(&jabbridge, ONE).await;
 }
 
 /// Runs a command; whether it succeeded, and what it printed.
