@@ -303,6 +303,7 @@ async fn start_bridge(
             spend: section.spend_limit,
             rooms: section.rooms,
             reload: Some(shared.reloads.clone()),
+            step_key: step_key(&domain, &section.secret),
         },
     );
     let span = gateway.span();
@@ -380,6 +381,19 @@ async fn stop_bridge(shared: &Shared, domain: &str, running: Running) {
         tasks.abort_all();
     }
     drop(running.gateway);
+}
+
+/// The key a bridge's registration steps are sealed with: every instance of the bridge
+/// derives the same one from its component secret, which users never see.
+fn step_key(domain: &str, secret: &secrecy::SecretString) -> [u8; 32] {
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"jabbridge registration steps\0");
+    hash.update(domain.as_bytes());
+    hash.update([0]);
+    hash.update(secret.expose_secret().as_bytes());
+    hash.finalize().into()
 }
 
 /// Whether two sections of one bridge differ only in what changes in place: `allow`,

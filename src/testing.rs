@@ -152,6 +152,7 @@ impl Harness {
                 spend: options.spend,
                 rooms: options.rooms,
                 reload: None,
+                step_key: [7; 32],
             },
         );
         // As at start-up: what an earlier gateway left goes to its lanes first.

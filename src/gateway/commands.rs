@@ -256,13 +256,22 @@ pub async fn run(
     }
 }
 
-/// One step of the `register` command, and what to tell the user.
+/// One step of the `register` command, and what to tell the user. The step travels in the
+/// command's session id, which the client may change: it goes out sealed for this user and
+/// bridge with the time ([`seal_step`]), and comes back only while the seal holds, so nobody
+/// reaches a step the bridge did not offer them (a bridge may carry a phone number it
+/// checked in its step).
 async fn registered(
     gateway: &Gateway,
     user: &str,
-    step: Option<String>,
+    sealed: Option<String>,
     values: FormValues,
 ) -> Result<Outcome, StanzaFailure> {
+    let key = &gateway.step_key;
+    let now = crate::store::now_millis() / 1000;
+    let step = sealed
+        .map(|sealed| open_step(key, user, &sealed, now))
+        .transpose()?;
     match registration::register(gateway, user, step.as_deref(), &values).await? {
         Registered::Done { new: true } => Ok(Outcome::Done(format!(
             "You are registered with {}.",
@@ -271,7 +280,63 @@ async fn registered(
         Registered::Done { new: false } => {
             Ok(Outcome::Done("Your registration is updated.".into()))
         }
-        Registered::Next { step, form } => Ok(Outcome::Next(form, step)),
+        Registered::Next { step, form } => {
+            Ok(Outcome::Next(form, seal_step(key, user, &step, now)))
+        }
+    }
+}
+
+/// How long a registration step offered to a user may be answered.
+const STEP_TTL_SECONDS: i64 = 30 * 60;
+
+/// HMAC-SHA-256 of (`user`, `at`, `step`) under `key`, hex.
+fn step_mac(key: &[u8; 32], user: &str, at: i64, step: &str) -> String {
+    use hmac::Mac;
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    for part in [user.as_bytes(), at.to_string().as_bytes(), step.as_bytes()] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// `step` sealed for `user` at `now` (Unix seconds): `{now}.{mac}.{step}`.
+fn seal_step(key: &[u8; 32], user: &str, step: &str, now: i64) -> String {
+    format!("{now}.{}.{step}", step_mac(key, user, now, step))
+}
+
+/// The step a sealed one carries, if it was offered to `user` within [`STEP_TTL_SECONDS`].
+fn open_step(key: &[u8; 32], user: &str, sealed: &str, now: i64) -> Result<String, StanzaFailure> {
+    let refused = || {
+        StanzaFailure::NotAcceptable(
+            "this registration step was not offered to you, or too long ago: start again".into(),
+        )
+    };
+    let mut parts = sealed.splitn(3, '.');
+    let (Some(at), Some(mac), Some(step)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(refused());
+    };
+    let at: i64 = at.parse().map_err(|_| refused())?;
+    if !(0..=STEP_TTL_SECONDS).contains(&(now - at)) {
+        return Err(refused());
+    }
+    let expected = step_mac(key, user, at, step);
+    let same = mac.len() == expected.len()
+        && mac
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
+            == 0;
+    if same {
+        Ok(step.to_owned())
+    } else {
+        Err(refused())
     }
 }
 
@@ -531,6 +596,33 @@ async fn reload(gateway: &Gateway) -> Result<String, StanzaFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registration_steps_open_only_for_whom_they_were_sealed_and_not_for_ever() {
+        let key = [1; 32];
+        let sealed = seal_step(&key, "alice@x", "code:+15550001111", 1000);
+        let open = |key: &[u8; 32], user: &str, sealed: &str, now: i64| {
+            open_step(key, user, sealed, now).ok()
+        };
+        assert_eq!(
+            open(&key, "alice@x", &sealed, 1060).as_deref(),
+            Some("code:+15550001111")
+        );
+        assert_eq!(open(&key, "mallory@x", &sealed, 1060), None);
+        assert_eq!(
+            open(&[2; 32], "alice@x", &sealed, 1060),
+            None,
+            "another bridge's"
+        );
+        assert_eq!(
+            open(&key, "alice@x", &sealed, 1000 + 31 * 60),
+            None,
+            "expired"
+        );
+        let forged = sealed.replace("+15550001111", "+15559999999");
+        assert_eq!(open(&key, "alice@x", &forged, 1060), None);
+        assert_eq!(open(&key, "alice@x", "code:+15550001111", 1060), None);
+    }
 
     #[test]
     fn values_in_chat() {

@@ -69,11 +69,15 @@ pub struct Gateway {
     rooms_config: RoomsConfig,
     /// Where the admin command `reload` goes.
     reload: Option<Reloads>,
+    /// [`Policy::step_key`].
+    step_key: [u8; 32],
     /// Timers of the leave grace period need the gateway; it is not theirs to keep alive.
     myself: std::sync::Weak<Gateway>,
     /// Stanzas waiting or being handled, per sender, in order, each with its row when
     /// another instance handed it off.
-    lanes: Lanes<(Element, OwnedSemaphorePermit, Option<i64>)>,
+    lanes: Lanes<(Element, InHand, Option<i64>)>,
+    /// Stanzas taken from the link and not yet handled ([`Gateway::settle`]).
+    in_hand: Arc<std::sync::atomic::AtomicUsize>,
     /// Stanzas taken from the link and not yet handled, for all senders: when none is left,
     /// the gateway stops taking more and the link feels the backpressure.
     in_flight: Arc<Semaphore>,
@@ -96,6 +100,9 @@ pub struct Policy {
     /// Where the admin command `reload` asks the process to read its config again; `None`
     /// where nothing can (the test harness).
     pub reload: Option<Reloads>,
+    /// The key registration steps are sealed with for users: the same in every instance of
+    /// the bridge (derived from its component secret), secret to users.
+    pub step_key: [u8; 32],
 }
 
 /// Asks for a reload of the configuration file; the answer is what will change, or why
@@ -109,6 +116,29 @@ pub struct ReloadRequest {
     pub from: String,
     /// Where the summary (or the refusal) goes.
     pub answer: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
+/// A stanza's hold while it is handled: its slot among those in flight, and its count among
+/// those in hand; both are given back when it is dropped.
+struct InHand {
+    _permit: OwnedSemaphorePermit,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl InHand {
+    fn new(permit: OwnedSemaphorePermit, count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self {
+            _permit: permit,
+            count: count.clone(),
+        }
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Stanzas one sender may have waiting; past it they are refused `resource-constraint`.
@@ -146,6 +176,7 @@ impl Gateway {
             spend,
             rooms,
             reload,
+            step_key,
         } = policy;
         let span = tracing::info_span!("bridge", bridge = %domain);
         let calls = Arc::new(Calls::new(&domain, &bridge.info().name, limits));
@@ -173,9 +204,11 @@ impl Gateway {
             sessions: sessions::Sessions::default(),
             rooms_config: rooms,
             reload,
+            step_key,
             myself: myself.clone(),
             lanes: Lanes::new(LANE_DEPTH),
             in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+            in_hand: Arc::default(),
             span,
         })
     }
@@ -190,7 +223,7 @@ impl Gateway {
     /// link), at most `within`.
     pub async fn settle(&self, within: std::time::Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while self.in_flight.available_permits() < IN_FLIGHT
+        while self.in_hand.load(std::sync::atomic::Ordering::Acquire) > 0
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -261,6 +294,7 @@ impl Gateway {
             .attr("from")
             .map(|from| from.split('/').next().unwrap_or(from).to_owned())
             .unwrap_or_default();
+        let permit = InHand::new(permit, &self.in_hand);
         match self.lanes.push(&sender, (element, permit, handed_off)) {
             Pushed::Opened => {
                 let gateway = self.clone();

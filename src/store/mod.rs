@@ -1059,10 +1059,19 @@ impl Store {
                 pending_report,
             } = write
             {
-                mappings.insert(
-                    (bridge, jid, xmpp_id),
-                    (foreign_id, pending_report.as_deref()),
-                );
+                // An awaited report is kept unless the foreign id changed, as the statement
+                // below does across batches.
+                let pending = pending_report.as_deref();
+                mappings
+                    .entry((bridge, jid, xmpp_id))
+                    .and_modify(|(old_id, old_pending)| {
+                        if *old_id != foreign_id.as_str() {
+                            *old_pending = None;
+                        }
+                        *old_id = foreign_id;
+                        *old_pending = pending.or(*old_pending);
+                    })
+                    .or_insert((foreign_id, pending));
             }
         }
         let mappings: Vec<_> = mappings.into_iter().collect();
@@ -1071,8 +1080,10 @@ impl Store {
             let sql = format!(
                 "INSERT INTO message_ids (bridge, jid, xmpp_id, foreign_id, pending_report, created_at) \
                  VALUES {} ON CONFLICT (bridge, jid, xmpp_id) DO UPDATE SET \
-                 foreign_id = excluded.foreign_id, \
-                 pending_report = COALESCE(excluded.pending_report, message_ids.pending_report)",
+                 pending_report = CASE WHEN excluded.foreign_id = message_ids.foreign_id \
+                 THEN COALESCE(excluded.pending_report, message_ids.pending_report) \
+                 ELSE excluded.pending_report END, \
+                 foreign_id = excluded.foreign_id",
                 per_row(chunk.len(), 2, 5, "$1")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
@@ -1198,11 +1209,11 @@ impl Store {
         let hopeless = now_millis()
             .saturating_sub(i64::try_from(REPORTS_AWAITED.as_millis()).unwrap_or(i64::MAX));
         Ok(sqlx::query(
-            "DELETE FROM message_ids WHERE created_at < $1 \
-             AND (pending_report IS NULL OR created_at < $2)",
+            "DELETE FROM message_ids WHERE (created_at < $1 AND pending_report IS NULL) \
+             OR (pending_report IS NOT NULL AND created_at < $2)",
         )
         .bind(before)
-        .bind(hopeless.min(before))
+        .bind(hopeless)
         .execute(&self.pool)
         .await?
         .rows_affected())

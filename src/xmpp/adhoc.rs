@@ -205,6 +205,16 @@ mod tests {
                 .parse()
                 .unwrap();
         assert!(Request::parse(&cancel).unwrap().cancelled);
+        // A later step rides in the session id; only the first separator splits.
+        let step: Element = "<command xmlns='http://jabber.org/protocol/commands' node='register' \
+             sessionid='s2/step/1.ab.code/step/x'/>"
+            .parse()
+            .unwrap();
+        let request = Request::parse(&step).unwrap();
+        assert_eq!(request.session, "s2");
+        assert_eq!(request.step.as_deref(), Some("1.ab.code/step/x"));
+        let plain = Request::parse(&cancel).unwrap();
+        assert_eq!(plain.step, None);
         let bad: Element = "<command xmlns='http://jabber.org/protocol/commands'/>"
             .parse()
             .unwrap();

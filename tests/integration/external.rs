@@ -363,7 +363,22 @@ ns["main"]()
     let step = second.children().next().expect("command");
     assert_eq!(step.attr("status"), Some("executing"), "{second:?}");
     let session = step.attr("sessionid").expect("session").to_owned();
-    assert!(session.ends_with("/step/code"), "{session}");
+    assert!(
+        session.contains("/step/") && session.ends_with(".code"),
+        "{session}"
+    );
+    // A step the bridge did not offer (the client may write any session id) is refused.
+    let forged = session.replace(".code", ".wait");
+    let refused = alice.iq("s2b", &command("s2b", &submit(&forged, ""))).await;
+    assert_eq!(
+        error_condition(&refused).as_deref(),
+        Some("not-acceptable"),
+        "{refused:?}"
+    );
+    assert!(
+        format!("{refused:?}").contains("not offered to you"),
+        "{refused:?}"
+    );
     assert!(
         format!("{second:?}").contains("Enter the code: 42"),
         "{second:?}"
@@ -395,7 +410,7 @@ ns["main"]()
         .await;
     let step = third.children().next().expect("command");
     let session = step.attr("sessionid").expect("session").to_owned();
-    assert!(session.ends_with("/step/wait"), "{third:?}");
+    assert!(session.ends_with(".wait"), "{third:?}");
     assert!(format!("{third:?}").contains("press Complete"), "{third:?}");
     let done = alice.iq("s5", &command("s5", &submit(&session, ""))).await;
     let step = done.children().next().expect("command");

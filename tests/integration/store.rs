@@ -764,3 +764,41 @@ async fn spend_counts_stop_at_their_caps_and_tell_the_bridge_count() {
     })
     .await;
 }
+
+/// An awaited delivery report stays with its message through a plain mapping of the same
+/// ids, in one batch or two, and goes when the foreign id changes.
+#[tokio::test]
+async fn an_awaited_report_survives_a_plain_mapping_but_not_a_new_foreign_id() {
+    each_backend(async |store: Store| {
+        let awaiting = |xmpp_id: &str, foreign_id: &str| Write::MapId {
+            bridge: "b".into(),
+            jid: "alice@x".into(),
+            xmpp_id: xmpp_id.into(),
+            foreign_id: foreign_id.into(),
+            pending_report: Some("{\"r\":1}".into()),
+        };
+        store
+            .commit_batch("a", &[awaiting("x1", "f1")])
+            .await
+            .unwrap();
+        store
+            .commit_batch("a", &[map_id("x1", "f1")])
+            .await
+            .unwrap();
+        assert!(store.pending_report("b", "f1").await.unwrap().is_some());
+        // In one batch too.
+        store
+            .commit_batch("a", &[awaiting("x2", "f2"), map_id("x2", "f2")])
+            .await
+            .unwrap();
+        assert!(store.pending_report("b", "f2").await.unwrap().is_some());
+        // A new foreign id for the message: the report awaited for the old one is gone.
+        store
+            .commit_batch("a", &[map_id("x1", "f9")])
+            .await
+            .unwrap();
+        assert!(store.pending_report("b", "f1").await.unwrap().is_none());
+        assert!(store.pending_report("b", "f9").await.unwrap().is_none());
+    })
+    .await;
+}

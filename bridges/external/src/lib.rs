@@ -272,6 +272,20 @@ enum Phase {
 
 /// How long the process must have run for its restarts to count from zero again.
 const STABLE: Duration = Duration::from_secs(60);
+/// The core's id of a user's message for the bridge: the client's id is unique per user
+/// only, so the user goes with it, readable, unless that would pass the 1,024 bytes an id
+/// may have (a hash then).
+fn txn_id(user: &UserJid, id: &MessageId) -> String {
+    let readable = format!("{user} {id}");
+    if readable.len() <= 1024 {
+        return readable;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(readable.as_bytes());
+    let hex: String = digest.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// Attempt counts kept for messages in flight, at most.
 const MAX_ATTEMPTS_KEPT: usize = 10_000;
 
@@ -576,10 +590,16 @@ impl External {
     /// `max_inflight` at once. Returns what it replayed, for [`External::reconcile`].
     async fn replay(&self, connection: &Arc<Connection>) -> Replayed {
         let timeout = self.config.request_timeout;
+        // At most max_inflight calls at once, each timed from when it is sent.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.max_inflight));
         let sessions = lock(&self.sessions).clone();
         let mut calls = tokio::task::JoinSet::new();
         for (user, registration) in &sessions {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let connection = connection.clone();
+            let user = user.clone();
             let params = protocol::SessionStartParams {
                 user: user.to_string(),
                 registration: registration.clone(),
@@ -588,23 +608,38 @@ impl External {
                 let started = connection
                     .call_value(to_bridge::SESSION_START, &params, timeout)
                     .await;
-                if let Err(error) = started {
-                    tracing::warn!(user = %params.user, %error, "replaying a session failed");
+                drop(slot);
+                match started {
+                    Ok(_) => Some((user, params.registration)),
+                    Err(error) => {
+                        tracing::warn!(%user, %error, "replaying a session failed");
+                        None
+                    }
                 }
             });
         }
-        while calls.join_next().await.is_some() {}
+        // Only what the process took counts as replayed: the rest is tried again after.
+        let mut replayed = BTreeMap::new();
+        while let Some(outcome) = calls.join_next().await {
+            if let Ok(Some((user, registration))) = outcome {
+                replayed.insert(user, registration);
+            }
+        }
         let joins: Vec<_> = lock(&self.joined)
             .iter()
             .map(|(key, join)| (key.clone(), join.clone()))
             .collect();
         let mut rejoins = tokio::task::JoinSet::new();
         for ((user, room), join) in joins {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let connection = connection.clone();
             rejoins.spawn(async move {
                 let joined = connection
                     .call::<_, protocol::JoinResult>(to_bridge::ROOM_JOIN, &join, timeout)
                     .await;
+                drop(slot);
                 (user, room, join.nick, joined.err())
             });
         }
@@ -621,7 +656,7 @@ impl External {
             };
             let _ = self.core.room_event(&room, kicked).await;
         }
-        Replayed { sessions }
+        Replayed { sessions: replayed }
     }
 
     /// What changed while the process was down or being replayed, told to it now: sessions
@@ -1100,8 +1135,7 @@ impl Bridge for External {
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {
-        // The client's id is unique per user only: the user makes it the bridge's key.
-        let txn_id = format!("{} {}", message.user, message.id);
+        let txn_id = txn_id(&message.user, &message.id);
         let attempt = {
             let mut attempts = lock(&self.attempts);
             if attempts.len() >= MAX_ATTEMPTS_KEPT {
@@ -1192,6 +1226,9 @@ impl Bridge for External {
     async fn start_session(&self, user: &UserJid, registration: &RegistrationData) {
         let registration = Some(registration.as_json().clone());
         lock(&self.sessions).insert(user.clone(), registration.clone());
+        // A stop the process missed while down is overtaken by this start.
+        lock(&self.missed)
+            .retain(|missed| !matches!(missed, Missed::Stop(stop) if stop.user == user.as_str()));
         if !matches!(&*self.phase.borrow(), Phase::Up(_)) {
             return; // replayed when the process is up
         }
@@ -1298,6 +1335,11 @@ impl Bridge for External {
     }
 
     async fn join_room(&self, request: JoinRequest) -> Result<Joined, JoinError> {
+        // A leave the process missed while down is overtaken by this join.
+        lock(&self.missed).retain(|missed| {
+            !matches!(missed, Missed::Leave(leave)
+                if leave.user == request.user.as_str() && leave.room == request.room.as_str())
+        });
         let params = protocol::JoinParams {
             user: request.user.to_string(),
             room: request.room.as_str().to_owned(),

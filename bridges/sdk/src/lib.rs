@@ -303,7 +303,9 @@ pub trait Bridge: Send + Sync + 'static {
     /// form's values (checked against it by the core), or the `step` of the
     /// [`RegistrationStep::Next`] this bridge returned, with the values of that step's form
     /// (checked by nobody but the bridge; the core keeps no state between steps, so carry
-    /// what you need in `step`). The default: [`Bridge::register`], in one step.
+    /// what you need in `step`). The core seals the step for the user it was offered to, so
+    /// `step` is always one this bridge returned to this user. The default:
+    /// [`Bridge::register`], in one step.
     async fn register_step(
         &self,
         user: &UserJid,
