@@ -491,6 +491,13 @@ pub async fn by_chat(gateway: &Gateway, user: &str, role: Role, text: &str) -> S
         );
     }
     let input = (command.takes_values() && !values.0.is_empty()).then_some(values);
+    if command.node == "register" && gateway.info().capabilities.registration_steps {
+        return format!(
+            "{} registers in several steps: run the command 'register' from your client's \
+             commands (XEP-0050).",
+            gateway.domain
+        );
+    }
     match run(gateway, user, role, &command.node, input, None).await {
         Ok(Outcome::Done(text)) => text,
         Ok(Outcome::Next(form, _)) => format!(

@@ -190,6 +190,15 @@ async fn registration_form(gateway: &Gateway, user: &str) -> service::IqAnswer {
     Ok(Some(register::form_query(&form, registered)))
 }
 
+/// A registration in several steps, asked for with XEP-0077's single form.
+fn several_steps(gateway: &Gateway) -> StanzaFailure {
+    StanzaFailure::NotAcceptable(format!(
+        "{} registers in several steps: run the command 'register' from your client's \
+         commands (XEP-0050) instead",
+        gateway.domain
+    ))
+}
+
 /// XEP-0077 `set`: register, re-register (update) or remove.
 async fn registration_submitted(
     gateway: &Gateway,
@@ -202,15 +211,14 @@ async fn registration_submitted(
         .ok_or(StanzaFailure::ServiceUnavailable)?;
     match register::parse_submission(payload, &form)? {
         Submission::Remove => registration::unregister(gateway, user, false).await?,
+        Submission::Register(_) if gateway.info().capabilities.registration_steps => {
+            return Err(several_steps(gateway));
+        }
         Submission::Register(values) => {
             if let registration::Registered::Next { .. } =
                 registration::register(gateway, user, None, &values).await?
             {
-                return Err(StanzaFailure::NotAcceptable(format!(
-                    "{} registers in several steps: run the command 'register' from your \
-                     client's commands (XEP-0050) instead",
-                    gateway.domain
-                )));
+                return Err(several_steps(gateway));
             }
         }
     }

@@ -318,11 +318,18 @@ async fn a_registration_in_several_steps_goes_through_the_register_command() {
         format!(
             r#"import runpy
 ns = runpy.run_path({bridge:?})
+initialize = ns["HANDLERS"]["initialize"]
+def with_steps(p):
+    answer = initialize(p)
+    answer["capabilities"]["registration_steps"] = True
+    return answer
+asked = [0]
 def register(p):
     step = p.get("step_id")
     if step is None:
+        asked[0] += 1
         return {{"step": {{"type": "form", "step_id": "code", "title": "Confirm",
-                 "instructions": "Enter the code: 42",
+                 "instructions": "Enter the code: 42 (asked %d)" % asked[0],
                  "fields": [{{"var": "code", "label": "Code", "required": True}}]}}}}
     if step == "code":
         if p["values"].get("code") != "42":
@@ -331,6 +338,7 @@ def register(p):
                  "instructions": "Approve it on your phone, then press Complete."}}}}
     return {{"step": {{"type": "done", "data": {{"prefix": "steps: "}}}}}}
 ns["HANDLERS"]["register/submit"] = register
+ns["HANDLERS"]["initialize"] = with_steps
 ns["main"]()
 "#,
             bridge = crate::python_bridge()
@@ -380,7 +388,7 @@ ns["main"]()
         "{refused:?}"
     );
     assert!(
-        format!("{second:?}").contains("Enter the code: 42"),
+        format!("{second:?}").contains("Enter the code: 42 (asked 1)"),
         "{second:?}"
     );
 
@@ -425,7 +433,8 @@ ns["main"]()
         })
         .await;
 
-    // XEP-0077 has one form: the user is sent to the command.
+    // XEP-0077 has one form: the user is sent to the command, and the bridge is not asked
+    // (a real one might have sent a code).
     let refused = alice
         .iq("r1", &crate::register_set("echo.localhost", "r1", "y"))
         .await;
@@ -434,4 +443,21 @@ ns["main"]()
         format!("{refused:?}").contains("several steps"),
         "{refused:?}"
     );
+    let first = alice.iq("s6", &command("s6", "action='execute'/>")).await;
+    let session = first
+        .children()
+        .next()
+        .and_then(|step| step.attr("sessionid"))
+        .expect("session")
+        .to_owned();
+    let again = alice
+        .iq(
+            "s7",
+            &command(
+                "s7",
+                &submit(&session, "<field var='prefix'><value>x</value></field>"),
+            ),
+        )
+        .await;
+    assert!(format!("{again:?}").contains("(asked 2)"), "{again:?}");
 }

@@ -240,6 +240,7 @@ pub fn accept_handshake(answer: protocol::InitializeResult) -> Result<Handshake,
     capabilities.retractions = wire.retractions;
     capabilities.reactions = wire.reactions;
     capabilities.chat_states = wire.chat_states;
+    capabilities.registration_steps = wire.registration_steps;
     let info = BridgeInfo {
         gateway_type: answer.bridge.gateway_type.clone(),
         name: answer.bridge.name.clone(),

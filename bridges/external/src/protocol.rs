@@ -525,6 +525,10 @@ pub struct CapabilitiesWire {
     /// receipt waits for `delivery/report` `delivered`.
     #[serde(default)]
     pub receipts_on_accept: bool,
+    /// The registration has several steps (`register/submit` answers `form` or `waiting`):
+    /// the core refuses XEP-0077 and chat registration at once, before asking the bridge.
+    #[serde(default)]
+    pub registration_steps: bool,
 }
 
 /// A form: the registration form, or a command's.

@@ -128,6 +128,11 @@ pub struct Capabilities {
     /// [`Bridge::leave_room`], and private messages to occupants (an [`OutgoingMessage`]
     /// with `room` set).
     pub rooms: bool,
+    /// The registration has several steps ([`Bridge::register_step`] answers
+    /// [`RegistrationStep::Next`]): XEP-0077 registration (one form) and `register` by chat
+    /// are refused at once, pointing to the XEP-0050 command, before the bridge is asked
+    /// anything (which might send a code twice).
+    pub registration_steps: bool,
 }
 
 /// Why a bridge could not be built or run.
