@@ -843,11 +843,11 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
             .await
             .expect("the database");
     let lost = crate::store::rooms::NewRoomMessage {
-        foreign_id: "lost-1",
-        stanza_id: "stanza-lost-1",
-        nick: "carl",
-        sender: "carl",
-        text: "said as it crashed",
+        foreign_id: "lost-1".into(),
+        stanza_id: "stanza-lost-1".into(),
+        nick: "carl".into(),
+        sender: "carl".into(),
+        text: "said as it crashed".into(),
         origin_id: None,
         poster: None,
         replaces: None,
@@ -856,7 +856,7 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
     };
     store
         .rooms()
-        .archive(crate::testing::DOMAIN, "#lobby", &lost)
+        .archive(crate::testing::DOMAIN, "#lobby", lost)
         .await
         .expect("archived");
     store.close().await;
@@ -1211,11 +1211,11 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
     enter(&mut harness, "alice@test", "alice", 1).await;
     let room = RoomId::new("#lobby");
     let archived = |foreign_id: &'static str, said_at: i64| crate::store::rooms::NewRoomMessage {
-        foreign_id,
-        stanza_id: foreign_id,
-        nick: "carl",
-        sender: "carl",
-        text: "said on the network",
+        foreign_id: foreign_id.into(),
+        stanza_id: foreign_id.into(),
+        nick: "carl".into(),
+        sender: "carl".into(),
+        text: "said on the network".into(),
         origin_id: None,
         poster: None,
         said_at,
@@ -1238,7 +1238,7 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
     // Another instance archived it a moment ago; this one's connection reports it too:
     // Alice, whose session runs here, gets it, with the room's stanza id, once.
     tables
-        .archive(crate::testing::DOMAIN, "#lobby", &archived("net-1", now))
+        .archive(crate::testing::DOMAIN, "#lobby", archived("net-1", now))
         .await
         .expect("archived");
     for _ in 0..2 {
@@ -1255,7 +1255,7 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
         .archive(
             crate::testing::DOMAIN,
             "#lobby",
-            &archived("net-old", now - 3_600_000),
+            archived("net-old", now - 3_600_000),
         )
         .await
         .expect("archived");
@@ -1279,4 +1279,110 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
         Some("net-1")
     );
     harness.nothing_for(Duration::from_millis(100)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn posts_to_a_network_without_echoes_are_reflected_in_order_each_once() {
+    let mut harness = Harness::start(Options {
+        echo: vec![("echoes", false.into())],
+        ..Options::default()
+    })
+    .await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    // Sent one after another without waiting: the core reflects each (the network does
+    // not), archived in batches, in the order posted.
+    const POSTS: usize = 30;
+    for n in 0..POSTS {
+        harness
+            .receive(&format!(
+                "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a{n}'>\
+                 <body>post {n}</body></message>"
+            ))
+            .await;
+    }
+    let stanzas = take(&mut harness, 2 * POSTS).await;
+    let of = |nick: &str| -> Vec<(Option<String>, Option<String>)> {
+        stanzas
+            .iter()
+            .filter(|stanza| from(stanza) == format!("#lobby@echo.test/{nick}"))
+            .map(|stanza| (stanza.attr("id").map(str::to_owned), body(stanza)))
+            .collect()
+    };
+    let expected: Vec<_> = (0..POSTS)
+        .map(|n| (Some(format!("a{n}")), Some(format!("post {n}"))))
+        .collect();
+    assert_eq!(of("alice"), expected);
+    let repeats: Vec<_> = of("echo").into_iter().map(|(_, text)| text).collect();
+    let expected: Vec<_> = (0..POSTS).map(|n| Some(format!("post {n}"))).collect();
+    assert_eq!(repeats, expected);
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // Each is in the archive once, in order.
+    let page = crate::store::rooms::PageQuery {
+        max: 100,
+        ..Default::default()
+    };
+    let (archived, _) = harness
+        .gateway
+        .store
+        .rooms()
+        .page(crate::testing::DOMAIN, "#lobby", &page)
+        .await
+        .expect("the archive");
+    let alices: Vec<_> = archived
+        .iter()
+        .filter(|message| message.nick == "alice")
+        .map(|message| message.text.clone())
+        .collect();
+    let expected: Vec<_> = (0..POSTS).map(|n| format!("post {n}")).collect();
+    assert_eq!(alices, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_the_archive_refuses_gets_an_error_and_the_room_goes_on() {
+    // On a file: a failed batch closes its connection, which would end a database in memory.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let mut harness = Harness::start(Options {
+        echo: vec![("echoes", false.into())],
+        database: Some(url),
+        ..Options::default()
+    })
+    .await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    // A database that fails on one row (as a full disk would on any).
+    sqlx::query(
+        "CREATE TRIGGER refuse BEFORE INSERT ON room_messages WHEN NEW.text = 'doomed' \
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(harness.gateway.store.pool())
+    .await
+    .expect("a trigger");
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='d1'>\
+             <body>doomed</body></message>",
+        )
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert_eq!(refused.attr("id"), Some("d1"));
+    assert_eq!(to(&refused), "alice@test/r");
+    assert_eq!(condition(&refused).as_deref(), Some("service-unavailable"));
+    harness.nothing_for(Duration::from_millis(100)).await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='f1'>\
+             <body>fine</body></message>",
+        )
+        .await;
+    let stanzas = take(&mut harness, 2).await;
+    let mine = stanzas
+        .iter()
+        .find(|stanza| from(stanza) == "#lobby@echo.test/alice")
+        .expect("the reflection");
+    assert_eq!(mine.attr("id"), Some("f1"));
+    assert_eq!(body(mine).as_deref(), Some("fine"));
 }

@@ -98,6 +98,11 @@ impl Delivery {
         self.committer.owner()
     }
 
+    /// Where writes go to be committed in batches (the room archive's too).
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
     /// `delivery.lease`: an instance silent this long is taken for dead.
     pub fn lease(&self) -> std::time::Duration {
         self.config.lease

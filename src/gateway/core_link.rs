@@ -183,6 +183,11 @@ pub(super) async fn serve(gateway: &Gateway, request: Request) {
                 let _ = reply.send(Err(refused));
             }
         },
+        // A message is archived and shown in its room's order after this returns: the
+        // loop serves the next request meanwhile; the bridge hears once it was shown.
+        Request::RoomEvent(room, RoomEvent::Message(message), reply) => {
+            rooms::message_event(gateway, room, message, reply).await;
+        }
         Request::RoomEvent(room, event, reply) => {
             let _ = reply.send(rooms::event(gateway, room, event).await);
         }

@@ -237,6 +237,9 @@ pub enum Write {
         /// is awaited.
         pending_report: Option<String>,
     },
+    /// Archive a room message (unless the room has its foreign id): its id is the write's
+    /// result.
+    Archive(rooms::ArchiveRow),
 }
 
 /// A message to queue.
@@ -281,13 +284,17 @@ fn four_per_row(rows: usize, first: usize, shared: &str) -> String {
 }
 
 /// `($first, …, shared), (…)`: `width` placeholders per row, numbered from `first`, then
-/// `shared` (placeholders every row repeats).
+/// `shared` (placeholders every row repeats; none when empty).
 fn per_row(rows: usize, first: usize, width: usize, shared: &str) -> String {
     (0..rows)
         .map(|row| {
             let at = first + row * width;
             let own: Vec<String> = (at..at + width).map(|n| format!("${n}")).collect();
-            format!("({}, {shared})", own.join(", "))
+            if shared.is_empty() {
+                format!("({})", own.join(", "))
+            } else {
+                format!("({}, {shared})", own.join(", "))
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -402,6 +409,12 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The pool, for tests that make the database fail on purpose (a trigger).
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// The group-chat tables.
@@ -997,9 +1010,18 @@ impl Store {
                 query.execute(&mut *transaction).await?;
             }
         }
+        let archived: Vec<(usize, &rooms::ArchiveRow)> = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, write)| match write {
+                Write::Archive(row) => Some((index, row)),
+                _ => None,
+            })
+            .collect();
+        rooms::insert_messages(&mut transaction, &archived, &mut results).await?;
         for write in writes {
             match write {
-                Write::Enqueue(_) | Write::Complete { .. } => {}
+                Write::Enqueue(_) | Write::Complete { .. } | Write::Archive(_) => {}
                 Write::Fail { queue, id, reason } => {
                     sqlx::query(AssertSqlSafe(format!(
                         "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL \

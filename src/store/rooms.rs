@@ -27,28 +27,96 @@ pub struct JoinRow {
 }
 
 /// A room message to archive.
-#[derive(Debug, Clone)]
-pub struct NewRoomMessage<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoomMessage {
     /// The network's id: one row per (bridge, room, foreign id).
-    pub foreign_id: &'a str,
+    pub foreign_id: String,
     /// The XEP-0359 id the room gives it.
-    pub stanza_id: &'a str,
+    pub stanza_id: String,
     /// The sender's nick.
-    pub nick: &'a str,
+    pub nick: String,
     /// The sender's stable foreign id.
-    pub sender: &'a str,
+    pub sender: String,
     /// The text.
-    pub text: &'a str,
+    pub text: String,
     /// The poster's origin-id, when one of our users posted it.
-    pub origin_id: Option<&'a str>,
+    pub origin_id: Option<String>,
     /// The poster's bare JID, when one of our users posted it.
-    pub poster: Option<&'a str>,
+    pub poster: Option<String>,
     /// When it was said, Unix ms.
     pub said_at: i64,
     /// When it corrects an earlier message: the id the room showed for that one.
-    pub replaces: Option<&'a str>,
+    pub replaces: Option<String>,
     /// The id of the poster's own stanza, when one of our users posted it.
-    pub post_id: Option<&'a str>,
+    pub post_id: Option<String>,
+}
+
+/// A room message to archive in a bridge's room: what a group commit carries
+/// ([`super::Write::Archive`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRow {
+    /// The bridge's domain.
+    pub bridge: String,
+    /// The room's foreign id.
+    pub room: String,
+    /// The message.
+    pub message: NewRoomMessage,
+}
+
+/// Rows archived per statement (twelve bound values each).
+const ARCHIVED_PER_INSERT: usize = 64;
+
+/// Archives `rows` (each with its index in `results`) on `connection`, several per
+/// statement, in order: `results[index]` becomes the new row's id, and stays `None` for a
+/// repeat of a foreign id the room had (or an earlier row of the same batch had).
+pub(super) async fn insert_messages(
+    connection: &mut sqlx::AnyConnection,
+    rows: &[(usize, &ArchiveRow)],
+    results: &mut [Option<i64>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(ARCHIVED_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
+             origin_id, poster, said_at, replaces, post_id) VALUES {} \
+             ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id, bridge, room, foreign_id",
+            super::per_row(chunk.len(), 1, 12, "")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, row) in chunk {
+            let message = &row.message;
+            query = query
+                .bind(row.bridge.as_str())
+                .bind(row.room.as_str())
+                .bind(message.foreign_id.as_str())
+                .bind(message.stanza_id.as_str())
+                .bind(message.nick.as_str())
+                .bind(message.sender.as_str())
+                .bind(message.text.as_str())
+                .bind(message.origin_id.as_deref())
+                .bind(message.poster.as_deref())
+                .bind(message.said_at)
+                .bind(message.replaces.as_deref())
+                .bind(message.post_id.as_deref());
+        }
+        for inserted in query.fetch_all(&mut *connection).await? {
+            let (id, bridge, room, foreign_id): (i64, String, String, String) = (
+                inserted.try_get(0)?,
+                inserted.try_get(1)?,
+                inserted.try_get(2)?,
+                inserted.try_get(3)?,
+            );
+            // The first of the chunk's rows with this key is the one inserted.
+            if let Some((index, _)) = chunk.iter().find(|(index, row)| {
+                results[*index].is_none()
+                    && row.message.foreign_id == foreign_id
+                    && row.room == room
+                    && row.bridge == bridge
+            }) {
+                results[*index] = Some(id);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A message read back from the archive.
@@ -216,35 +284,24 @@ impl RoomTables {
             .collect()
     }
 
-    /// Archives a room message. Returns its archive id, or `None` when the room already has a
-    /// message with this foreign id (a repeat, shown once).
+    /// Archives a room message on its own (the gateway's go through the group commit).
+    /// Returns its archive id, or `None` when the room already has a message with this
+    /// foreign id (a repeat, shown once).
     pub async fn archive(
         &self,
         bridge: &str,
         room: &str,
-        message: &NewRoomMessage<'_>,
+        message: NewRoomMessage,
     ) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
-             origin_id, poster, said_at, replaces, post_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-             ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id",
-        )
-        .bind(bridge)
-        .bind(room)
-        .bind(message.foreign_id)
-        .bind(message.stanza_id)
-        .bind(message.nick)
-        .bind(message.sender)
-        .bind(message.text)
-        .bind(message.origin_id)
-        .bind(message.poster)
-        .bind(message.said_at)
-        .bind(message.replaces)
-        .bind(message.post_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|row| row.try_get::<i64, _>(0)).transpose()?)
+        let row = ArchiveRow {
+            bridge: bridge.to_owned(),
+            room: room.to_owned(),
+            message,
+        };
+        let mut results = [None];
+        let mut connection = self.pool.acquire().await?;
+        insert_messages(&mut connection, &[(0, &row)], &mut results).await?;
+        Ok(results[0])
     }
 
     /// The last `max` messages of `room` said at or after `since` (Unix ms), oldest first.

@@ -456,11 +456,11 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
         assert!(rooms.joins("other.test").await.unwrap().is_empty());
 
         let message = |foreign_id: &'static str, at: i64| NewRoomMessage {
-            foreign_id,
-            stanza_id: foreign_id,
-            nick: "bob",
-            sender: "bob",
-            text: "hi",
+            foreign_id: foreign_id.into(),
+            stanza_id: foreign_id.into(),
+            nick: "bob".into(),
+            sender: "bob".into(),
+            text: "hi".into(),
             origin_id: None,
             poster: None,
             said_at: at,
@@ -469,31 +469,31 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
         };
         let now = now_millis();
         let first = rooms
-            .archive("echo.test", "#lobby", &message("m1", now - 10_000))
+            .archive("echo.test", "#lobby", message("m1", now - 10_000))
             .await
             .unwrap();
         assert!(first.is_some());
         // The same foreign id in the same room: kept once. In another room: its own.
         assert_eq!(
             rooms
-                .archive("echo.test", "#lobby", &message("m1", now))
+                .archive("echo.test", "#lobby", message("m1", now))
                 .await
                 .unwrap(),
             None
         );
         assert!(
             rooms
-                .archive("echo.test", "#other", &message("m1", now))
+                .archive("echo.test", "#other", message("m1", now))
                 .await
                 .unwrap()
                 .is_some()
         );
         rooms
-            .archive("echo.test", "#lobby", &message("m2", now))
+            .archive("echo.test", "#lobby", message("m2", now))
             .await
             .unwrap();
         rooms
-            .archive("echo.test", "#lobby", &message("m3", now))
+            .archive("echo.test", "#lobby", message("m3", now))
             .await
             .unwrap();
         let last_two = rooms.history("echo.test", "#lobby", 2, 0).await.unwrap();
@@ -579,6 +579,77 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
                 .len(),
             2
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_group_commit_archives_room_messages_in_order_each_foreign_id_once() {
+    use jabbridge::store::rooms::{ArchiveRow, NewRoomMessage};
+    each_backend(async |store: Store| {
+        let now = now_millis();
+        let row = |room: &str, foreign_id: &str| {
+            Write::Archive(ArchiveRow {
+                bridge: "echo.test".into(),
+                room: room.into(),
+                message: NewRoomMessage {
+                    foreign_id: foreign_id.into(),
+                    stanza_id: format!("s-{room}-{foreign_id}"),
+                    nick: "bob".into(),
+                    sender: "bob".into(),
+                    text: format!("said {foreign_id}"),
+                    origin_id: None,
+                    poster: None,
+                    said_at: now,
+                    replaces: None,
+                    post_id: None,
+                },
+            })
+        };
+        let first = store
+            .commit_batch("a", &[row("#lobby", "m0")])
+            .await
+            .unwrap();
+        assert!(first[0].is_some());
+        // More than one statement's worth, a repeat within the batch, a repeat of an
+        // earlier batch, the same id in another room, and a queue write between them.
+        let mut writes: Vec<Write> = (1..=100).map(|n| row("#lobby", &format!("m{n}"))).collect();
+        writes.insert(50, row("#lobby", "m7"));
+        writes.insert(10, row("#lobby", "m0"));
+        writes.push(row("#other", "m1"));
+        writes.push(Write::Enqueue(NewRow {
+            queue: Queue::Outbox,
+            bridge: "echo.test".into(),
+            conversation: "alice|bob".into(),
+            dedupe_key: "k1".into(),
+            payload: "{}".into(),
+        }));
+        let ids = store.commit_batch("a", &writes).await.unwrap();
+        assert_eq!(ids.len(), writes.len());
+        assert_eq!(ids[10], None, "a repeat of an earlier batch");
+        assert_eq!(ids[51], None, "a repeat within the batch");
+        let lobby: Vec<i64> = ids[..102]
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| ![10, 51].contains(index))
+            .map(|(_, id)| id.expect("archived"))
+            .collect();
+        assert_eq!(lobby.len(), 100);
+        assert!(lobby.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+        assert!(ids[102].is_some(), "its own row in another room");
+        assert!(ids[103].is_some(), "the queued message");
+        let page = jabbridge::store::rooms::PageQuery {
+            max: 200,
+            ..Default::default()
+        };
+        let (archived, _) = store
+            .rooms()
+            .page("echo.test", "#lobby", &page)
+            .await
+            .unwrap();
+        let texts: Vec<String> = archived.into_iter().map(|m| m.text).collect();
+        let expected: Vec<String> = (0..=100).map(|n| format!("said m{n}")).collect();
+        assert_eq!(texts, expected);
     })
     .await;
 }

@@ -41,11 +41,15 @@ struct EchoConfig {
     delay_ms: u64,
     /// Whether the pretend network carries corrections, retractions and reactions (in rooms;
     /// a corrected chat message is echoed as a new one). `false` plays a network without them.
-    #[serde(default = "carries_edits")]
+    #[serde(default = "yes")]
     edits: bool,
+    /// Whether the pretend network echoes a user's room post back (as IRCv3 `echo-message`
+    /// does). `false` plays a network that does not: the core reflects the post itself.
+    #[serde(default = "yes")]
+    echoes: bool,
 }
 
-fn carries_edits() -> bool {
+fn yes() -> bool {
     true
 }
 
@@ -167,7 +171,9 @@ impl Bridge for Echo {
 
     async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
         let id = self.fresh_id();
-        self.rooms.post(&self.core, post, id).await
+        self.rooms
+            .post(&self.core, post, id, self.config.echoes)
+            .await
     }
 
     async fn retract_room_message(

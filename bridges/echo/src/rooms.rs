@@ -192,8 +192,15 @@ impl EchoRooms {
         let _ = core.room_event(room_id, left).await;
     }
 
-    /// A post: the network echoes it, then the bot repeats it (or obeys it).
-    pub async fn post(&self, core: &Core, post: RoomPost, id: String) -> Result<Posted, SendError> {
+    /// A post: the network echoes it (unless it plays one that does not: the core reflects
+    /// it then), then the bot repeats it (or obeys it).
+    pub async fn post(
+        &self,
+        core: &Core,
+        post: RoomPost,
+        id: String,
+        echoes: bool,
+    ) -> Result<Posted, SendError> {
         let nick = {
             let rooms = self.rooms.lock().await;
             rooms
@@ -203,8 +210,9 @@ impl EchoRooms {
                     reason: "you are not in this room".into(),
                 })?
         };
+        let foreign_id = MessageId::new(format!("room-{id}"));
         let echo = RoomMessage {
-            foreign_id: MessageId::new(format!("room-{id}")),
+            foreign_id: foreign_id.clone(),
             nick: nick.clone(),
             sender: ForeignId::new(post.user.as_str()),
             text: post.text.clone(),
@@ -212,9 +220,11 @@ impl EchoRooms {
             echo_of: Some(post.id.clone()),
             replaces: post.replaces.clone(),
         };
-        core.room_event(&post.room, RoomEvent::Message(echo))
-            .await
-            .map_err(transient)?;
+        if echoes {
+            core.room_event(&post.room, RoomEvent::Message(echo))
+                .await
+                .map_err(transient)?;
+        }
         // A correction is repeated as a correction of the bot's repeat, never obeyed.
         let command = match post.replaces {
             Some(_) => None,
@@ -234,7 +244,13 @@ impl EchoRooms {
         };
         // The post went through; the bot's answer is lost only when the core is stopping.
         let _ = core.room_event(&post.room, event).await;
-        Ok(Posted::EchoFollows)
+        Ok(if echoes {
+            Posted::EchoFollows
+        } else {
+            Posted::Reflect {
+                foreign_id: Some(foreign_id),
+            }
+        })
     }
 
     /// A user retracts their message: gone on the network, and the bot retracts its repeat.

@@ -26,7 +26,10 @@ use xmpp_parsers::{
     minidom::Element,
 };
 
+use tokio::sync::Semaphore;
+
 use super::{Answer, Gateway};
+use crate::lanes::Lanes;
 use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage};
 use crate::store::{millis, now_millis};
 use crate::xmpp::muc::{self, OccupantPresence, status};
@@ -41,12 +44,11 @@ pub use archive::maintain;
 pub(in crate::gateway) use archive::{archive_query, info, list};
 pub(in crate::gateway) use membership::{bounced, on_presence};
 pub use membership::{drop_user, forget_user, leave_if_gone, restore};
-pub use talk::event;
+pub use talk::{Reply, event, message_event};
 pub(in crate::gateway) use talk::{administer, on_groupchat, ping, private_allowed};
 
 /// Our users in rooms, and the rooms as the bridge reported them. Shared with the timers
 /// that leave a room after the grace period.
-#[derive(Default)]
 pub struct Rooms {
     rooms: Mutex<HashMap<RoomId, Room>>,
     /// Posts whose echo the network will send ([`Posted::EchoFollows`]), by room and post
@@ -56,6 +58,23 @@ pub struct Rooms {
     /// retraction or reactions reported by several users' connections, or archived by
     /// another instance first, is shown here once.
     shown: Mutex<Shown>,
+    /// Archived room messages waiting to be shown, per room, in the order they were
+    /// archived.
+    shows: Lanes<talk::Show>,
+    /// Room messages between their archive write and their fan-out ([`talk::SHOWING`]).
+    showing: Arc<Semaphore>,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Self {
+            rooms: Mutex::default(),
+            echoes: Mutex::default(),
+            shown: Mutex::default(),
+            shows: Lanes::new(talk::SHOWING),
+            showing: Arc::new(Semaphore::new(talk::SHOWING)),
+        }
+    }
 }
 
 /// The last [`SHOWN`] things shown, oldest first, and the same as a set.

@@ -2,8 +2,16 @@
 //! moderation, self-pings, the archive-then-fan-out of room messages with their cursors,
 //! and the bridge's room events.
 
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tracing::Instrument;
+
 use super::archive::as_room_message;
 use super::*;
+use crate::delivery::commit::{Committed, Done};
+use crate::lanes::Pushed;
+use crate::store::Write;
+use crate::store::rooms::ArchiveRow;
+use crate::xmpp::stanza::{StanzaHeader, StanzaKind};
 
 /// A groupchat message from a user: a post, or a subject change.
 pub(in crate::gateway) async fn on_groupchat(
@@ -172,7 +180,7 @@ pub(in crate::gateway) async fn on_groupchat(
             // The nick it is reflected under is the one the user has now.
             let nick = joined(gateway, from, &room).map_or(posted_as, |(_, nick)| nick);
             let sender = sender_of(gateway, &room, &nick);
-            let message = RoomMessage {
+            let message_of = RoomMessage {
                 foreign_id: foreign_id
                     .unwrap_or_else(|| MessageId::new(format!("xmpp:{user}:{origin_id}"))),
                 nick,
@@ -182,9 +190,24 @@ pub(in crate::gateway) async fn on_groupchat(
                 echo_of: None,
                 replaces,
             };
-            said(gateway, &room, message, Some(poster))
-                .await
-                .map_err(|_| StanzaFailure::Internal)?;
+            // Archived and shown after this returns: the user's next post goes to the
+            // network meanwhile, and a failure comes back as an error to this one.
+            let header = StanzaHeader {
+                kind: StanzaKind::Message,
+                from: Some(from.to_string()),
+                to: message.to.as_ref().map(ToString::to_string),
+                id: message.id.as_ref().map(|id| id.0.clone()),
+                type_: Some("groupchat".into()),
+                muc_join: false,
+            };
+            said(
+                gateway,
+                &room,
+                message_of,
+                Some(poster),
+                Then::Refuse(header),
+            )
+            .await;
             Ok(None)
         }
     }
@@ -423,20 +446,134 @@ pub(in crate::gateway) async fn administer(
     Ok(())
 }
 
+/// Room messages between their submission to the group commit and the end of their
+/// fan-out, all rooms together; past it, whoever has the next one waits for room.
+pub(super) const SHOWING: usize = 4096;
+
+/// Who waits to hear how a room message went.
+pub(super) enum Then {
+    /// The bridge that reported it: told once it was shown, or why it was not.
+    Reply(Reply),
+    /// The user whose post it is, already on the network: told only when it could not be
+    /// archived and shown.
+    Refuse(StanzaHeader),
+}
+
+impl Then {
+    async fn tell(self, gateway: &Gateway, outcome: Result<(), CoreError>) {
+        match (self, outcome) {
+            (Then::Reply(reply), outcome) => {
+                let _ = reply.send(outcome);
+            }
+            (Then::Refuse(_), Ok(())) => {}
+            (Then::Refuse(header), Err(error)) => {
+                let failure = StanzaFailure::Unavailable(format!(
+                    "the message reached the network, but the room cannot show it: {error}"
+                ));
+                gateway.refuse(&header, &failure).await;
+            }
+        }
+    }
+}
+
+/// A room message whose archive write was committed (or failed), waiting for its turn to
+/// be shown in its room: the rooms' messages are shown in the order they were archived.
+pub(super) struct Show {
+    room_jid: BareJid,
+    foreign_id: String,
+    /// The stanza every copy is made from.
+    template: Writable,
+    poster: Option<Poster>,
+    then: Then,
+    /// Its archive id, `None` for a foreign id the room had.
+    committed: Committed,
+    /// Its place among the [`SHOWING`].
+    _permit: OwnedSemaphorePermit,
+}
+
 /// A room message: archived once (a repeat of its foreign id is dropped), then sent to
 /// every joined resource; the poster's resources get it with their own stanza's id.
+///
+/// The archive write goes through the group commit, and the fan-out happens after this
+/// returns, in the room's order: `then` hears the outcome. Waits only for room among the
+/// messages being shown ([`SHOWING`]) and in the committer's queue.
 pub(super) async fn said(
     gateway: &Gateway,
     room: &RoomId,
     message: RoomMessage,
     poster: Option<Poster>,
-) -> Result<(), CoreError> {
+    then: Then,
+) {
+    let prepared = match prepare(gateway, room, message, poster).await {
+        Ok(Some(prepared)) => prepared,
+        Ok(None) => return then.tell(gateway, Ok(())).await,
+        Err(error) => return then.tell(gateway, Err(error)).await,
+    };
+    let (row, room_jid, template, poster) = prepared;
+    let Ok(permit) = gateway.rooms.showing.clone().acquire_owned().await else {
+        return then.tell(gateway, Err(CoreError::ShuttingDown)).await;
+    };
+    let myself = gateway.myself.clone();
+    let room = room.clone();
+    let foreign_id = row.message.foreign_id.clone();
+    let done: Done = Box::new(move |committed| {
+        // The gateway is gone only at shutdown: what was archived is sent again at start
+        // (the room's cursor did not move), and a bridge waiting is told by the dropped
+        // answer.
+        let Some(gateway) = myself.upgrade() else {
+            return;
+        };
+        let show = Show {
+            room_jid,
+            foreign_id,
+            template,
+            poster,
+            then,
+            committed,
+            _permit: permit,
+        };
+        match gateway.rooms.shows.push(room.as_str(), show) {
+            Pushed::Opened => {
+                let span = gateway.span();
+                tokio::spawn(show_in_order(gateway, room).instrument(span));
+            }
+            Pushed::Queued => {}
+            // Not reached: the permits are fewer than a lane holds.
+            Pushed::Full(show) => {
+                tokio::spawn(async move {
+                    let full = CoreError::Unavailable("too many room messages wait".into());
+                    show.then.tell(&gateway, Err(full)).await;
+                });
+            }
+        }
+    });
+    gateway
+        .delivery
+        .committer()
+        .submit(Write::Archive(row), Some(done))
+        .await;
+}
+
+/// What showing a room message needs: its archive row, the room's JID, the stanza its
+/// copies are made from, and its poster. `None` when the room is not open here.
+async fn prepare(
+    gateway: &Gateway,
+    room: &RoomId,
+    message: RoomMessage,
+    poster: Option<Poster>,
+) -> Result<Option<(ArchiveRow, BareJid, Writable, Option<Poster>)>, CoreError> {
     let Some(room_jid) = room_jid(gateway, room) else {
         return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
     };
     if gateway.rooms.lock().get(room).is_none() {
-        return Ok(());
+        return Ok(None);
     }
+    let Some(from) = occupant_jid(&room_jid, &message.nick) else {
+        return Err(CoreError::Refused(format!(
+            "'{}' is not a nick a JID can carry",
+            message.nick
+        )));
+    };
     let mut text = message.text;
     crate::xmpp::xml_safe::clean(&mut text);
     // A correction names the message it corrects by the id the room showed for it; one of a
@@ -466,47 +603,6 @@ pub(super) async fn said(
     };
     let stanza_id = uuid::Uuid::new_v4().to_string();
     let sender = message.sender.to_string();
-    let said_at = message.timestamp.map_or_else(now_millis, millis);
-    let new = NewRoomMessage {
-        foreign_id: message.foreign_id.as_str(),
-        stanza_id: &stanza_id,
-        nick: &message.nick,
-        sender: &sender,
-        text: &text,
-        origin_id: poster.as_ref().map(|poster| poster.origin_id.as_str()),
-        poster: poster.as_ref().map(|poster| poster.user.as_str()),
-        said_at,
-        replaces: replaces.as_deref(),
-        post_id: poster
-            .as_ref()
-            .and_then(|poster| poster.stanza_id.as_deref()),
-    };
-    let archived = gateway
-        .store
-        .rooms()
-        .archive(&gateway.domain, room.as_str(), &new)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot archive a room message");
-            CoreError::Unavailable("the gateway cannot store messages right now; try again".into())
-        })?;
-    let Some(id) = archived else {
-        return known(
-            gateway,
-            room,
-            &room_jid,
-            message.foreign_id.as_str(),
-            poster,
-        )
-        .await;
-    };
-    gateway.rooms.first_showing(room, format!("m{id}"));
-    let Some(from) = occupant_jid(&room_jid, &message.nick) else {
-        return Err(CoreError::Refused(format!(
-            "'{}' is not a nick a JID can carry",
-            message.nick
-        )));
-    };
     let room_name = room_jid.to_string();
     let occupant = occupant_id(&gateway.domain, room, &sender);
     let delay = message.timestamp.and_then(|at| {
@@ -525,8 +621,52 @@ pub(super) async fn said(
         retracted: None,
     }))
     .map_err(|error| CoreError::Refused(error.to_string()))?;
-    fan_out(gateway, room, &template, id, poster.as_ref(), None).await;
-    Ok(())
+    let row = ArchiveRow {
+        bridge: gateway.domain.clone(),
+        room: room.to_string(),
+        message: NewRoomMessage {
+            foreign_id: message.foreign_id.to_string(),
+            stanza_id,
+            nick: message.nick,
+            sender,
+            text,
+            origin_id: poster.as_ref().map(|poster| poster.origin_id.clone()),
+            poster: poster.as_ref().map(|poster| poster.user.clone()),
+            said_at: message.timestamp.map_or_else(now_millis, millis),
+            replaces,
+            post_id: poster.as_ref().and_then(|poster| poster.stanza_id.clone()),
+        },
+    };
+    Ok(Some((row, room_jid, template, poster)))
+}
+
+/// Shows `room`'s archived messages, one after another in the order they were archived,
+/// until none waits.
+async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
+    while let Some(show) = gateway.rooms.shows.next(room.as_str()) {
+        let Show {
+            room_jid,
+            foreign_id,
+            template,
+            poster,
+            then,
+            committed,
+            _permit,
+        } = show;
+        let outcome = match committed {
+            // The committer logged why.
+            Err(_) => Err(CoreError::Unavailable(
+                "the gateway cannot store messages right now; try again".into(),
+            )),
+            Ok(None) => known(&gateway, &room, &room_jid, &foreign_id, poster).await,
+            Ok(Some(id)) => {
+                gateway.rooms.first_showing(&room, format!("m{id}"));
+                fan_out(&gateway, &room, &template, id, poster.as_ref(), None).await;
+                Ok(())
+            }
+        };
+        then.tell(&gateway, outcome).await;
+    }
 }
 
 /// A room message the archive already had: another user's connection reported it again, or
@@ -818,19 +958,30 @@ async fn touched(
     Ok(())
 }
 
+/// A room message a bridge reported: `reply` is told once it was shown (or why not), after
+/// this returns.
+pub async fn message_event(gateway: &Gateway, room: RoomId, message: RoomMessage, reply: Reply) {
+    let poster = message.echo_of.as_ref().and_then(|post| {
+        gateway
+            .rooms
+            .echoes
+            .lock()
+            .ok()?
+            .remove(&(room.clone(), post.to_string()))
+    });
+    said(gateway, &room, message, poster, Then::Reply(reply)).await;
+}
+
+/// What a bridge waiting for a room event is told.
+pub type Reply = oneshot::Sender<Result<(), CoreError>>;
+
 /// Serves a bridge's [`RoomEvent`]: updates the room and shows the change to every joined
 /// resource.
 pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<(), CoreError> {
     if let RoomEvent::Message(message) = event {
-        let poster = message.echo_of.as_ref().and_then(|post| {
-            gateway
-                .rooms
-                .echoes
-                .lock()
-                .ok()?
-                .remove(&(room.clone(), post.to_string()))
-        });
-        return said(gateway, &room, message, poster).await;
+        let (reply, answer) = oneshot::channel();
+        message_event(gateway, room, message, reply).await;
+        return answer.await.unwrap_or(Err(CoreError::ShuttingDown));
     }
     if let RoomEvent::Retracted { foreign_id } = &event {
         return touched(gateway, &room, foreign_id, None).await;
