@@ -1386,3 +1386,50 @@ async fn a_post_the_archive_refuses_gets_an_error_and_the_room_goes_on() {
     assert_eq!(mine.attr("id"), Some("f1"));
     assert_eq!(body(mine).as_deref(), Some("fine"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_correction_sent_right_after_its_post_finds_it() {
+    // Several connections, as in production: the lookup does not queue behind the commit.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let mut harness = Harness::start(Options {
+        echo: vec![("echoes", false.into())],
+        database: Some(url),
+        connections: 4,
+        ..Options::default()
+    })
+    .await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    // The post's archive commit is not awaited before the next stanza is taken: the
+    // correction right behind it must still find it.
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='p1'>\
+             <body>helo</body><origin-id xmlns='urn:xmpp:sid:0' id='o-1'/></message>",
+        )
+        .await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='p2'>\
+             <body>hello</body><origin-id xmlns='urn:xmpp:sid:0' id='o-2'/>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='o-1'/></message>",
+        )
+        .await;
+    let stanzas = take(&mut harness, 4).await;
+    let mine: Vec<&Element> = stanzas
+        .iter()
+        .filter(|stanza| from(stanza) == "#lobby@echo.test/alice")
+        .collect();
+    assert_eq!(mine.len(), 2, "{stanzas:?}");
+    assert_eq!(mine[0].attr("id"), Some("p1"));
+    assert_eq!(mine[1].attr("id"), Some("p2"));
+    assert_eq!(body(mine[1]).as_deref(), Some("hello"));
+    assert_eq!(
+        names(mine[1], "replace", "urn:xmpp:message-correct:0").as_deref(),
+        Some("o-1")
+    );
+    harness.nothing_for(Duration::from_millis(100)).await;
+}

@@ -51,6 +51,8 @@ pub struct Options {
     pub database: Option<String>,
     /// More keys of the echo bridge's section (when `bridge` is `None`).
     pub echo: Vec<(&'static str, serde_json::Value)>,
+    /// The database's connections (1 unless `database` names a file).
+    pub connections: u32,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             database: None,
             rooms: RoomsConfig::default(),
             echo: Vec::new(),
+            connections: 1,
         }
     }
 }
@@ -114,7 +117,7 @@ impl Harness {
         // The clock jumps when a test moves it: a statement waiting for the one connection
         // meanwhile must not time out.
         let year = Duration::from_secs(365 * 86_400);
-        let store = Store::connect_waiting(&SecretString::from(url), 1, year)
+        let store = Store::connect_waiting(&SecretString::from(url), options.connections, year)
             .await
             .expect("SQLite");
         store.migrate().await.expect("migrations");

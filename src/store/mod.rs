@@ -240,6 +240,9 @@ pub enum Write {
     /// Archive a room message (unless the room has its foreign id): its id is the write's
     /// result.
     Archive(rooms::ArchiveRow),
+    /// Writes nothing: committed once every write submitted before it is (a reader's
+    /// barrier).
+    Barrier,
 }
 
 /// A message to queue.
@@ -1021,7 +1024,8 @@ impl Store {
         rooms::insert_messages(&mut transaction, &archived, &mut results).await?;
         for write in writes {
             match write {
-                Write::Enqueue(_) | Write::Complete { .. } | Write::Archive(_) => {}
+                Write::Enqueue(_) | Write::Complete { .. } | Write::Archive(_) | Write::Barrier => {
+                }
                 Write::Fail { queue, id, reason } => {
                     sqlx::query(AssertSqlSafe(format!(
                         "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL \

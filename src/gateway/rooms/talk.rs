@@ -239,10 +239,8 @@ async fn own_message(
         id,
         poster: Some(user),
     };
-    let named = tables
-        .find(&gateway.domain, room.as_str(), find(id))
-        .await
-        .map_err(|error| gateway.storage_failed(error))?
+    let named = find_settled(gateway, room, find(id))
+        .await?
         .ok_or_else(|| {
             StanzaFailure::ItemNotFound(format!(
                 "you have no message with id '{id}' in this room (only your own can be \
@@ -260,6 +258,36 @@ async fn own_message(
         .unwrap_or(named))
 }
 
+/// A message of `room`'s archive, found as soon as it is looked for: a post the user sent a
+/// moment ago may still wait for its archive commit (posts do not wait for it), so a miss
+/// looks again once every archive write submitted before now is committed.
+async fn find_settled(
+    gateway: &Gateway,
+    room: &RoomId,
+    find: Find<'_>,
+) -> Result<Option<ArchivedMessage>, StanzaFailure> {
+    let tables = gateway.store.rooms();
+    let look = async |find| {
+        tables
+            .find(&gateway.domain, room.as_str(), find)
+            .await
+            .map_err(|error| gateway.storage_failed(error))
+    };
+    if let Some(found) = look(find).await? {
+        return Ok(Some(found));
+    }
+    if gateway
+        .delivery
+        .committer()
+        .commit(Write::Barrier)
+        .await
+        .is_err()
+    {
+        return Err(StanzaFailure::Internal);
+    }
+    look(find).await
+}
+
 /// A user's retraction (of their own message) or reactions (to anyone's): the bridge
 /// carries it, then everyone in the room sees it from the user's occupant JID; a retracted
 /// message keeps only a tombstone in the archive.
@@ -274,16 +302,8 @@ async fn touch(
     let id = payload.attr("id").unwrap_or_default();
     let target = match touch {
         muc::Touch::Retract => own_message(gateway, user, room, id).await?,
-        muc::Touch::React(_) => gateway
-            .store
-            .rooms()
-            .find(
-                &gateway.domain,
-                room.as_str(),
-                Find::Shown { id, poster: None },
-            )
-            .await
-            .map_err(|error| gateway.storage_failed(error))?
+        muc::Touch::React(_) => find_settled(gateway, room, Find::Shown { id, poster: None })
+            .await?
             .ok_or_else(|| {
                 StanzaFailure::ItemNotFound(format!("this room has no message with id '{id}'"))
             })?,
