@@ -521,6 +521,21 @@ async fn a_channel_is_a_room_both_ways() {
     let line = bob.expect(|line| line.contains("PRIVMSG bobby")).await;
     assert!(line.ends_with(":via the room"), "{line}");
 
+    // To a nick nobody has: the server's 401 comes back as an error on that message.
+    let nobody = format!("nobody%{NETWORK}@{DOMAIN}");
+    alice
+        .send(&format!(
+            "<message type='chat' to='{nobody}' id='p3'><body>anyone?</body></message>"
+        ))
+        .await;
+    let refused = alice
+        .expect(WAIT, |s| {
+            s.attr("id") == Some("p3") && s.attr("type") == Some("error")
+        })
+        .await;
+    let text = harness::error_text(&refused);
+    assert!(text.contains("No such nick"), "{text}");
+
     // The server's channels (LIST) are the gateway's rooms in disco#items.
     let items = alice
         .iq(

@@ -164,6 +164,23 @@ struct PendingEcho {
     since: Instant,
 }
 
+/// A private message written to a nick, waiting for the server to show it took it: the
+/// answer to the `PING` written after it (the server handles a connection's lines in
+/// order), or an error about the nick before that (401 no such nick).
+struct PendingSay {
+    /// The `PING`'s token.
+    token: String,
+    /// The nick, folded.
+    target: String,
+    reply: oneshot::Sender<Result<(), SendError>>,
+    since: Instant,
+}
+
+/// Numerics that refuse a private message to a nick: no such nick or channel (401), cannot
+/// send (404), the user accepts messages only from registered users (486, 492, 531 on some
+/// servers).
+const REFUSING_NUMERICS: &[&str] = &["401", "404", "486", "492", "531"];
+
 /// A line waiting for its turn (flood control), and who to tell when it is written.
 struct Queued {
     line: String,
@@ -235,6 +252,10 @@ pub struct Client {
     /// NAMES being read, per folded channel.
     names: HashMap<String, Vec<Member>>,
     echoes: HashMap<String, VecDeque<PendingEcho>>,
+    /// Private messages to nicks the server has not confirmed yet, oldest first.
+    confirming: VecDeque<PendingSay>,
+    /// Tokens of confirmation `PING`s written so far.
+    pings: u64,
     /// A `LIST` being read, and who waits for it.
     listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant)>,
     queue: VecDeque<Queued>,
@@ -287,6 +308,8 @@ impl Client {
             pending_joins: HashMap::new(),
             names: HashMap::new(),
             echoes: HashMap::new(),
+            confirming: VecDeque::new(),
+            pings: 0,
             listing: None,
             queue: VecDeque::new(),
             tokens: burst,
@@ -470,6 +493,15 @@ impl Client {
                 queued.done,
                 "the connection to IRC was lost before the message was sent",
             );
+        }
+        for pending in self.confirming.drain(..) {
+            let _ = pending.reply.send(Err(SendError::Transient {
+                reason: format!(
+                    "the connection to IRC was lost before the server confirmed the message: \
+                     {reason}"
+                ),
+                retry_after: Some(Duration::from_secs(5)),
+            }));
         }
         if let Some((listed, reply, _)) = self.listing.take() {
             let _ = reply.send(listed);
@@ -705,7 +737,13 @@ impl Client {
             .values()
             .filter_map(|queue| queue.front().map(|echo| echo.since));
         let listing = self.listing.iter().map(|(_, _, since)| *since);
-        joins.chain(rejoins).chain(echoes).chain(listing).min()
+        let said = self.confirming.front().map(|pending| pending.since);
+        joins
+            .chain(rejoins)
+            .chain(echoes)
+            .chain(listing)
+            .chain(said)
+            .min()
     }
 
     /// Gives up on what waited longer than [`ANSWER_TIMEOUT`] for the server: such joins and
@@ -738,6 +776,19 @@ impl Client {
             }
         }
         self.echoes.retain(|_, queue| !queue.is_empty());
+        // Never confirmed: sent again later (it may arrive twice rather than never).
+        while self
+            .confirming
+            .front()
+            .is_some_and(|pending| late(pending.since))
+        {
+            if let Some(pending) = self.confirming.pop_front() {
+                let _ = pending.reply.send(Err(SendError::Transient {
+                    reason: "the IRC server did not confirm the message".into(),
+                    retry_after: Some(Duration::from_secs(5)),
+                }));
+            }
+        }
         if self
             .listing
             .as_ref()
@@ -1001,7 +1052,24 @@ impl Client {
             } => {
                 self.active = Instant::now();
                 match self.lines(&target, &text) {
-                    Ok(lines) => self.say_lines(&target, &lines, Done::Said(reply)),
+                    Ok(lines) if self.is_channel(&target) => {
+                        self.say_lines(&target, &lines, Done::Said(reply));
+                    }
+                    Ok(lines) => {
+                        for line in &lines {
+                            self.enqueue("PRIVMSG", &[&target, line], None);
+                        }
+                        self.pings += 1;
+                        let token = format!("jabbridge-said-{}", self.pings);
+                        self.enqueue("PING", &[&token], None);
+                        let since = self.due();
+                        self.confirming.push_back(PendingSay {
+                            token,
+                            target: self.fold(&target),
+                            reply,
+                            since,
+                        });
+                    }
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
@@ -1312,6 +1380,41 @@ impl Client {
                 }
             }
             "CAP" => self.on_cap(&message),
+            "PONG" => {
+                // Every private message written before this PING was taken.
+                let token = message.params.last().map(String::as_str);
+                if let Some(at) = self
+                    .confirming
+                    .iter()
+                    .position(|pending| Some(pending.token.as_str()) == token)
+                {
+                    for pending in self.confirming.drain(..=at) {
+                        let _ = pending.reply.send(Ok(()));
+                    }
+                }
+            }
+            code if REFUSING_NUMERICS.contains(&code)
+                && param(1).is_some_and(|nick| {
+                    let folded = self.fold(nick);
+                    self.confirming
+                        .iter()
+                        .any(|pending| pending.target == folded)
+                }) =>
+            {
+                let folded = param(1).map(|nick| self.fold(nick)).unwrap_or_default();
+                if let Some(at) = self
+                    .confirming
+                    .iter()
+                    .position(|pending| pending.target == folded)
+                    && let Some(pending) = self.confirming.remove(at)
+                {
+                    let text =
+                        text::from_irc(&message.params.get(1..).unwrap_or_default().join(": "));
+                    let _ = pending.reply.send(Err(SendError::Permanent {
+                        reason: format!("{} refused it: {text}", self.setup.network),
+                    }));
+                }
+            }
             // Errors and replies the user should see, from the server's address.
             "442" if param(1).is_some_and(|channel| self.parting.remove(&self.fold(channel))) => {}
             "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
