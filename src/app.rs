@@ -590,6 +590,7 @@ pub async fn run(
     };
     let systemd = Arc::new(Notifier::from_env());
     let prometheus = metrics::install();
+    let upkeep = tokio::spawn(metrics::upkeep(prometheus.clone()));
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
     // This process's name on the rows it holds; alive while its heartbeat is recent.
@@ -714,6 +715,7 @@ pub async fn run(
         tracing::warn!(%error, "cannot remove this instance's heartbeat");
     }
     store.close().await;
+    upkeep.abort();
     tracing::info!("stopped");
     Ok(())
 }

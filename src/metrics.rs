@@ -20,6 +20,19 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Drains the histograms' pending samples every few seconds, for as long as the process
+/// runs. The recorder keeps every sample until it is drained, and only a scrape of
+/// `/metrics` or this upkeep drains it: without it, a daemon nobody scrapes grows by every
+/// commit it makes.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 /// A stanza arrived from the XMPP server for a bridge.
 pub fn stanza_in(bridge: &str) {
     metrics::counter!("jabbridge_stanzas_in_total", "bridge" => bridge.to_owned()).increment(1);
