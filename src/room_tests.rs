@@ -1433,3 +1433,47 @@ async fn a_correction_sent_right_after_its_post_finds_it() {
     );
     harness.nothing_for(Duration::from_millis(100)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn ids_an_archive_cannot_index_are_refused_before_anything_is_sent() {
+    use jabbridge_sdk::{CoreError, ForeignId, MessageId, RoomEvent, RoomId, RoomMessage};
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    // A client's over-long origin-id: refused before the network sees the post.
+    let long = "x".repeat(600);
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='l1'>\
+             <body>hi</body><origin-id xmlns='urn:xmpp:sid:0' id='{long}'/></message>"
+        ))
+        .await;
+    let refused = harness.next().await;
+    assert_eq!(refused.attr("id"), Some("l1"));
+    assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // A bridge's message whose sender holds a NUL, or whose id is too long: refused, and
+    // nothing shown.
+    let said = |foreign_id: String, sender: &str| {
+        RoomEvent::Message(RoomMessage {
+            foreign_id: MessageId::new(foreign_id),
+            nick: "carl".into(),
+            sender: ForeignId::new(sender),
+            text: "hello".into(),
+            timestamp: None,
+            echo_of: None,
+            replaces: None,
+        })
+    };
+    let room = RoomId::new("#lobby");
+    for event in [said("n1".into(), "carl\0"), said(long.clone(), "carl")] {
+        let answer = crate::gateway::rooms::event(&harness.gateway, room.clone(), event).await;
+        assert!(matches!(answer, Err(CoreError::Refused(_))), "{answer:?}");
+    }
+    harness.nothing_for(Duration::from_millis(100)).await;
+    // A good one still goes through.
+    crate::gateway::rooms::event(&harness.gateway, room.clone(), said("n2".into(), "carl"))
+        .await
+        .expect("shown");
+    let shown = harness.next().await;
+    assert_eq!(body(&shown).as_deref(), Some("hello"));
+}

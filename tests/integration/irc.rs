@@ -521,11 +521,12 @@ async fn a_channel_is_a_room_both_ways() {
     let line = bob.expect(|line| line.contains("PRIVMSG bobby")).await;
     assert!(line.ends_with(":via the room"), "{line}");
 
-    // To a nick nobody has: the server's 401 comes back as an error on that message.
+    // To a nick nobody has: the server's 401 (one per line) comes back as one error on
+    // that message, and as nothing else.
     let nobody = format!("nobody%{NETWORK}@{DOMAIN}");
     alice
         .send(&format!(
-            "<message type='chat' to='{nobody}' id='p3'><body>anyone?</body></message>"
+            "<message type='chat' to='{nobody}' id='p3'><body>anyone?\nhello?</body></message>"
         ))
         .await;
     let refused = alice
@@ -535,6 +536,12 @@ async fn a_channel_is_a_room_both_ways() {
         .await;
     let text = harness::error_text(&refused);
     assert!(text.contains("No such nick"), "{text}");
+    alice
+        .expect_none(Duration::from_millis(500), |s| {
+            s.attr("type") == Some("error")
+                || body(s).is_some_and(|text| text.contains("No such nick"))
+        })
+        .await;
 
     // The server's channels (LIST) are the gateway's rooms in disco#items.
     let items = alice

@@ -243,13 +243,19 @@ impl EchoRooms {
             }),
         };
         // The post went through; the bot's answer is lost only when the core is stopping.
-        let _ = core.room_event(&post.room, event).await;
-        Ok(if echoes {
-            Posted::EchoFollows
-        } else {
-            Posted::Reflect {
-                foreign_id: Some(foreign_id),
-            }
+        if echoes {
+            let _ = core.room_event(&post.room, event).await;
+            return Ok(Posted::EchoFollows);
+        }
+        // The core reflects the post once this returns; the bot answers from a task of its
+        // own, so that its answer comes after the post as on a real network (usually: the
+        // two race).
+        let (core, room) = (core.clone(), post.room.clone());
+        tokio::spawn(async move {
+            let _ = core.room_event(&room, event).await;
+        });
+        Ok(Posted::Reflect {
+            foreign_id: Some(foreign_id),
         })
     }
 

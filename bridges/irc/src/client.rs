@@ -174,6 +174,8 @@ struct PendingSay {
     target: String,
     reply: oneshot::Sender<Result<(), SendError>>,
     since: Instant,
+    /// The server's refusal, once one came: the answer at the PONG.
+    refused: Option<String>,
 }
 
 /// Numerics that refuse a private message to a nick: no such nick or channel (401), cannot
@@ -495,6 +497,10 @@ impl Client {
             );
         }
         for pending in self.confirming.drain(..) {
+            if let Some(reason) = pending.refused {
+                let _ = pending.reply.send(Err(SendError::Permanent { reason }));
+                continue;
+            }
             let _ = pending.reply.send(Err(SendError::Transient {
                 reason: format!(
                     "the connection to IRC was lost before the server confirmed the message: \
@@ -783,10 +789,14 @@ impl Client {
             .is_some_and(|pending| late(pending.since))
         {
             if let Some(pending) = self.confirming.pop_front() {
-                let _ = pending.reply.send(Err(SendError::Transient {
-                    reason: "the IRC server did not confirm the message".into(),
-                    retry_after: Some(Duration::from_secs(5)),
-                }));
+                let answer = match pending.refused {
+                    Some(reason) => SendError::Permanent { reason },
+                    None => SendError::Transient {
+                        reason: "the IRC server did not confirm the message".into(),
+                        retry_after: Some(Duration::from_secs(5)),
+                    },
+                };
+                let _ = pending.reply.send(Err(answer));
             }
         }
         if self
@@ -1068,6 +1078,7 @@ impl Client {
                             target: self.fold(&target),
                             reply,
                             since,
+                            refused: None,
                         });
                     }
                     Err(error) => {
@@ -1320,6 +1331,29 @@ impl Client {
                     self.server_says(&reason, &message).await;
                 }
             }
+            // About a nick a private message of ours waits on: the oldest such message (those
+            // before it were confirmed) is refused, answered at its PONG; the refusals of its
+            // other lines say the same and are not shown again.
+            code if REFUSING_NUMERICS.contains(&code)
+                && param(1).is_some_and(|nick| {
+                    let folded = self.fold(nick);
+                    self.confirming
+                        .iter()
+                        .any(|pending| pending.target == folded)
+                }) =>
+            {
+                let folded = param(1).map(|nick| self.fold(nick)).unwrap_or_default();
+                let text = text::from_irc(&message.params.get(1..).unwrap_or_default().join(": "));
+                let network = self.setup.network.clone();
+                if let Some(pending) = self
+                    .confirming
+                    .iter_mut()
+                    .find(|pending| pending.target == folded)
+                    && pending.refused.is_none()
+                {
+                    pending.refused = Some(format!("{network} refused it: {text}"));
+                }
+            }
             // Cannot send to the channel (moderated, banned, not in it).
             "404" => {
                 let Some(channel) = param(1) else {
@@ -1389,30 +1423,12 @@ impl Client {
                     .position(|pending| Some(pending.token.as_str()) == token)
                 {
                     for pending in self.confirming.drain(..=at) {
-                        let _ = pending.reply.send(Ok(()));
+                        let answer = match pending.refused {
+                            None => Ok(()),
+                            Some(reason) => Err(SendError::Permanent { reason }),
+                        };
+                        let _ = pending.reply.send(answer);
                     }
-                }
-            }
-            code if REFUSING_NUMERICS.contains(&code)
-                && param(1).is_some_and(|nick| {
-                    let folded = self.fold(nick);
-                    self.confirming
-                        .iter()
-                        .any(|pending| pending.target == folded)
-                }) =>
-            {
-                let folded = param(1).map(|nick| self.fold(nick)).unwrap_or_default();
-                if let Some(at) = self
-                    .confirming
-                    .iter()
-                    .position(|pending| pending.target == folded)
-                    && let Some(pending) = self.confirming.remove(at)
-                {
-                    let text =
-                        text::from_irc(&message.params.get(1..).unwrap_or_default().join(": "));
-                    let _ = pending.reply.send(Err(SendError::Permanent {
-                        reason: format!("{} refused it: {text}", self.setup.network),
-                    }));
                 }
             }
             // Errors and replies the user should see, from the server's address.

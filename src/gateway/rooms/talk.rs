@@ -103,8 +103,22 @@ pub(in crate::gateway) async fn on_groupchat(
             crate::delivery::MAX_TEXT
         )));
     }
-    gateway.access.take(&user)?;
     let stanza_id = message.id.as_ref().map(|id| id.0.clone());
+    let origin = message
+        .payloads
+        .iter()
+        .find(|payload| payload.is("origin-id", muc::NS_SID))
+        .and_then(|origin| origin.attr("id"));
+    if [stanza_id.as_deref(), origin]
+        .iter()
+        .flatten()
+        .any(|id| id.len() > MAX_ID)
+    {
+        return Err(StanzaFailure::NotAcceptable(format!(
+            "message ids longer than {MAX_ID} bytes are not carried"
+        )));
+    }
+    gateway.access.take(&user)?;
     let origin_id = message
         .payloads
         .iter()
@@ -213,6 +227,11 @@ pub(in crate::gateway) async fn on_groupchat(
     }
 }
 
+/// The longest id (a message's, its sender's) or nick a room message may carry: the archive
+/// indexes them, and a database refuses over-long index rows (PostgreSQL: ~2.7 KB), which
+/// would fail every write committed with it.
+const MAX_ID: usize = 512;
+
 /// Most reactions one user may set on one message at once.
 const MAX_REACTIONS: usize = 20;
 
@@ -258,24 +277,15 @@ async fn own_message(
         .unwrap_or(named))
 }
 
-/// A message of `room`'s archive, found as soon as it is looked for: a post the user sent a
-/// moment ago may still wait for its archive commit (posts do not wait for it), so a miss
-/// looks again once every archive write submitted before now is committed.
+/// A message of `room`'s archive, looked up once every archive write submitted before now
+/// is committed (`Write::Barrier`): posts do not wait for their commit, so a correction
+/// right behind its post must, or it would miss it (or find an older message that had the
+/// same id).
 async fn find_settled(
     gateway: &Gateway,
     room: &RoomId,
     find: Find<'_>,
 ) -> Result<Option<ArchivedMessage>, StanzaFailure> {
-    let tables = gateway.store.rooms();
-    let look = async |find| {
-        tables
-            .find(&gateway.domain, room.as_str(), find)
-            .await
-            .map_err(|error| gateway.storage_failed(error))
-    };
-    if let Some(found) = look(find).await? {
-        return Ok(Some(found));
-    }
     if gateway
         .delivery
         .committer()
@@ -285,7 +295,12 @@ async fn find_settled(
     {
         return Err(StanzaFailure::Internal);
     }
-    look(find).await
+    gateway
+        .store
+        .rooms()
+        .find(&gateway.domain, room.as_str(), find)
+        .await
+        .map_err(|error| gateway.storage_failed(error))
 }
 
 /// A user's retraction (of their own message) or reactions (to anyone's): the bridge
@@ -361,6 +376,15 @@ async fn show_touch(
     let Ok(template) = Writable::new(stanza) else {
         return;
     };
+    // After every message archived before it (its target among them).
+    match gateway.myself.upgrade() {
+        Some(gateway) => queue_show(gateway, room.clone(), Show::Touch(template)),
+        None => send_copies(gateway, room, &template).await,
+    }
+}
+
+/// A copy of `template` to every joined resource of `room`.
+async fn send_copies(gateway: &Gateway, room: &RoomId, template: &Writable) {
     let copies: Vec<Writable> = {
         let rooms = gateway.rooms.lock();
         let Some(state) = rooms.get(room) else {
@@ -496,9 +520,18 @@ impl Then {
     }
 }
 
-/// A room message whose archive write was committed (or failed), waiting for its turn to
-/// be shown in its room: the rooms' messages are shown in the order they were archived.
-pub(super) struct Show {
+/// What waits for its turn to be shown in a room, in order: messages in the order they were
+/// archived, and a retraction or reactions after every message archived before it (its
+/// target among them).
+pub(super) enum Show {
+    /// A room message whose archive write was committed (or failed).
+    Message(Box<Archived>),
+    /// A retraction or reactions: the stanza every joined resource gets a copy of.
+    Touch(Writable),
+}
+
+/// A room message whose archive write was committed (or failed).
+pub(super) struct Archived {
     room_jid: BareJid,
     foreign_id: String,
     /// The stanza every copy is made from.
@@ -516,7 +549,8 @@ pub(super) struct Show {
 ///
 /// The archive write goes through the group commit, and the fan-out happens after this
 /// returns, in the room's order: `then` hears the outcome. Waits only for room among the
-/// messages being shown ([`SHOWING`]) and in the committer's queue.
+/// messages being shown ([`SHOWING`]) and in the committer's queue, and, for a correction,
+/// for the archive read that finds what it corrects.
 pub(super) async fn said(
     gateway: &Gateway,
     room: &RoomId,
@@ -543,7 +577,7 @@ pub(super) async fn said(
         let Some(gateway) = myself.upgrade() else {
             return;
         };
-        let show = Show {
+        let show = Show::Message(Box::new(Archived {
             room_jid,
             foreign_id,
             template,
@@ -551,21 +585,8 @@ pub(super) async fn said(
             then,
             committed,
             _permit: permit,
-        };
-        match gateway.rooms.shows.push(room.as_str(), show) {
-            Pushed::Opened => {
-                let span = gateway.span();
-                tokio::spawn(show_in_order(gateway, room).instrument(span));
-            }
-            Pushed::Queued => {}
-            // Not reached: the permits are fewer than a lane holds.
-            Pushed::Full(show) => {
-                tokio::spawn(async move {
-                    let full = CoreError::Unavailable("too many room messages wait".into());
-                    show.then.tell(&gateway, Err(full)).await;
-                });
-            }
-        }
+        }));
+        queue_show(gateway, room, show);
     });
     gateway
         .delivery
@@ -594,6 +615,20 @@ async fn prepare(
             message.nick
         )));
     };
+    // What the archive indexes must fit an index row, and no text column may hold a NUL
+    // (PostgreSQL refuses one): a bad row would fail every write committed with it.
+    let ids = [
+        message.foreign_id.as_str(),
+        message.sender.as_str(),
+        message.nick.as_str(),
+    ];
+    if room.as_str().len() > 2 * MAX_ID
+        || ids.iter().any(|id| id.len() > MAX_ID || id.contains('\0'))
+    {
+        return Err(CoreError::Refused(format!(
+            "a room message's room id, id, sender or nick is over {MAX_ID} bytes or holds a NUL"
+        )));
+    }
     let mut text = message.text;
     crate::xmpp::xml_safe::clean(&mut text);
     // A correction names the message it corrects by the id the room showed for it; one of a
@@ -660,11 +695,41 @@ async fn prepare(
     Ok(Some((row, room_jid, template, poster)))
 }
 
-/// Shows `room`'s archived messages, one after another in the order they were archived,
-/// until none waits.
+/// Files `show` in its room's lane, starting the lane's task if it had none.
+fn queue_show(gateway: Arc<Gateway>, room: RoomId, show: Show) {
+    match gateway.rooms.shows.push(room.as_str(), show) {
+        Pushed::Opened => {
+            let span = gateway.span();
+            tokio::spawn(show_in_order(gateway, room).instrument(span));
+        }
+        Pushed::Queued => {}
+        // Not reached for messages (fewer permits than a lane holds); a retraction or
+        // reactions past them is shown at once.
+        Pushed::Full(show) => {
+            tokio::spawn(async move {
+                match show {
+                    Show::Message(message) => {
+                        let full = CoreError::Unavailable("too many room messages wait".into());
+                        message.then.tell(&gateway, Err(full)).await;
+                    }
+                    Show::Touch(template) => send_copies(&gateway, &room, &template).await,
+                }
+            });
+        }
+    }
+}
+
+/// Shows what waits in `room`'s lane, one after another, until nothing waits.
 async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
     while let Some(show) = gateway.rooms.shows.next(room.as_str()) {
-        let Show {
+        let message = match show {
+            Show::Message(message) => *message,
+            Show::Touch(template) => {
+                send_copies(&gateway, &room, &template).await;
+                continue;
+            }
+        };
+        let Archived {
             room_jid,
             foreign_id,
             template,
@@ -672,7 +737,7 @@ async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
             then,
             committed,
             _permit,
-        } = show;
+        } = message;
         let outcome = match committed {
             // The committer logged why.
             Err(_) => Err(CoreError::Unavailable(
