@@ -229,6 +229,9 @@ pub(super) async fn resync(
     };
     let to = full(user, resource);
     let history = history(gateway, room, &wish).await;
+    if let Some(newest) = history.iter().map(|message| message.id).max() {
+        gateway.rooms.history_sent(room, &to, newest);
+    }
     let stanzas = {
         let rooms = gateway.rooms.lock();
         let Some(state) = rooms.get(room) else { return };

@@ -63,6 +63,10 @@ pub struct Rooms {
     shows: Lanes<talk::Show>,
     /// Room messages between their archive write and their fan-out ([`talk::SHOWING`]).
     showing: Arc<Semaphore>,
+    /// Per room and joined resource (full JID), the newest archive id its join's history
+    /// carried: a message archived before that join but shown after it is not sent to it
+    /// again. Kept until a newer message is shown in the room.
+    history_through: Mutex<HashMap<(RoomId, String), i64>>,
 }
 
 impl Default for Rooms {
@@ -73,6 +77,7 @@ impl Default for Rooms {
             shown: Mutex::default(),
             shows: Lanes::new(talk::SHOWING),
             showing: Arc::new(Semaphore::new(talk::SHOWING)),
+            history_through: Mutex::default(),
         }
     }
 }
@@ -172,6 +177,38 @@ impl Rooms {
             shown.keys.remove(&oldest);
         }
         true
+    }
+
+    /// `resource` (a full JID) of `room` got history up to archive id `through`.
+    fn history_sent(&self, room: &RoomId, resource: &str, through: i64) {
+        let mut map = self
+            .history_through
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: past this many (joins during a long backlog), a repeat is possible.
+        if map.len() >= SHOWN {
+            map.clear();
+        }
+        map.insert((room.clone(), resource.to_owned()), through);
+    }
+
+    /// The resources of `room` whose join's history already carried message `id`; the
+    /// entries that a message newer than theirs passed are dropped.
+    fn had_in_history(&self, room: &RoomId, id: i64) -> Vec<String> {
+        let mut map = self
+            .history_through
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.is_empty() {
+            return Vec::new();
+        }
+        let had = map
+            .iter()
+            .filter(|((of, _), through)| of == room && **through >= id)
+            .map(|((_, resource), _)| resource.clone())
+            .collect();
+        map.retain(|(of, _), through| of != room || *through >= id);
+        had
     }
 
     /// The server acknowledged every copy of `room`'s message `id`.

@@ -836,6 +836,8 @@ pub(super) async fn fan_out(
     only: Option<&BTreeSet<String>>,
 ) {
     know_cursor(gateway, room, id - 1).await;
+    // Resources that joined after it was archived and got it in their history.
+    let had = gateway.rooms.had_in_history(room, id);
     // The copies are made under the lock, straight from the membership (no list of
     // recipients in between), and sent after it.
     let mut copies: Vec<Writable> = {
@@ -858,6 +860,9 @@ pub(super) async fn fan_out(
                 if !resource.is_empty() {
                     to.push('/');
                     to.push_str(resource);
+                }
+                if had.contains(&to) {
+                    continue;
                 }
                 copies.push(match own_id {
                     Some(id) => template.with(&[("to", &to), ("id", id)]),
