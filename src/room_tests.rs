@@ -19,6 +19,14 @@ fn join(user: &str, room: &str, nick: &str, inside: &str) -> String {
     )
 }
 
+/// A SQLite database in a file of `dir`: it outlives its connections (and the harness).
+fn on_a_file(dir: &tempfile::TempDir) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    )
+}
+
 /// The next `count` stanzas.
 async fn take(harness: &mut Harness, count: usize) -> Vec<Element> {
     let mut stanzas = Vec::with_capacity(count);
@@ -813,10 +821,7 @@ async fn the_last_resource_leaving_leaves_the_foreign_room_only_after_the_grace_
 #[tokio::test(start_paused = true)]
 async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db.sqlite").display()
-    );
+    let url = on_a_file(&dir);
     let options = || Options {
         database: Some(url.clone()),
         ..Options::default()
@@ -1341,10 +1346,7 @@ async fn posts_to_a_network_without_echoes_are_reflected_in_order_each_once() {
 async fn a_post_the_archive_refuses_gets_an_error_and_the_room_goes_on() {
     // On a file: a failed batch closes its connection, which would end a database in memory.
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db.sqlite").display()
-    );
+    let url = on_a_file(&dir);
     let mut harness = Harness::start(Options {
         echo: vec![("echoes", false.into())],
         database: Some(url),
@@ -1391,10 +1393,7 @@ async fn a_post_the_archive_refuses_gets_an_error_and_the_room_goes_on() {
 async fn a_correction_sent_right_after_its_post_finds_it() {
     // Several connections, as in production: the lookup does not queue behind the commit.
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db.sqlite").display()
-    );
+    let url = on_a_file(&dir);
     let mut harness = Harness::start(Options {
         echo: vec![("echoes", false.into())],
         database: Some(url),
