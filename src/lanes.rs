@@ -72,6 +72,11 @@ impl<T> Lanes<T> {
         item
     }
 
+    /// Whether `key`'s lane is open (it has work in hand).
+    pub fn has(&self, key: &str) -> bool {
+        self.queues().contains_key(key)
+    }
+
     /// How many lanes are open (users with work in hand).
     pub fn open(&self) -> usize {
         self.queues().len()

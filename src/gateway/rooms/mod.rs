@@ -63,10 +63,11 @@ pub struct Rooms {
     shows: Lanes<talk::Show>,
     /// Room messages between their archive write and their fan-out ([`talk::SHOWING`]).
     showing: Arc<Semaphore>,
-    /// Per room and joined resource (full JID), the newest archive id its join's history
-    /// carried: a message archived before that join but shown after it is not sent to it
-    /// again. Kept until a newer message is shown in the room.
-    history_through: Mutex<HashMap<(RoomId, String), i64>>,
+    /// Per room, for resources (full JIDs) that joined while messages waited to be shown:
+    /// the newest archive id their join's history carried, so that a message archived
+    /// before that join but shown after it is not sent to them again. Kept until a newer
+    /// message is shown in the room.
+    history_through: Mutex<HashMap<RoomId, HashMap<String, i64>>>,
 }
 
 impl Default for Rooms {
@@ -179,17 +180,22 @@ impl Rooms {
         true
     }
 
-    /// `resource` (a full JID) of `room` got history up to archive id `through`.
+    /// `resource` (a full JID) of `room` got history up to archive id `through`: noted only
+    /// while messages wait to be shown in the room (otherwise none can come twice).
     fn history_sent(&self, room: &RoomId, resource: &str, through: i64) {
+        if !self.shows.has(room.as_str()) {
+            return;
+        }
         let mut map = self
             .history_through
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Bounded: past this many (joins during a long backlog), a repeat is possible.
-        if map.len() >= SHOWN {
-            map.clear();
+        let resources = map.entry(room.clone()).or_default();
+        // Bounded: past this many joins during one backlog, a repeat is possible.
+        if resources.len() >= SHOWN {
+            resources.clear();
         }
-        map.insert((room.clone(), resource.to_owned()), through);
+        resources.insert(resource.to_owned(), through);
     }
 
     /// The resources of `room` whose join's history already carried message `id`; the
@@ -199,15 +205,18 @@ impl Rooms {
             .history_through
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.is_empty() {
+        let Some(resources) = map.get_mut(room) else {
             return Vec::new();
-        }
-        let had = map
+        };
+        let had = resources
             .iter()
-            .filter(|((of, _), through)| of == room && **through >= id)
-            .map(|((_, resource), _)| resource.clone())
+            .filter(|(_, through)| **through >= id)
+            .map(|(resource, _)| resource.clone())
             .collect();
-        map.retain(|(of, _), through| of != room || *through >= id);
+        resources.retain(|_, through| *through >= id);
+        if resources.is_empty() {
+            map.remove(room);
+        }
         had
     }
 
