@@ -10,8 +10,6 @@
 //! - any disconnect reconnects with capped exponential backoff and jitter;
 //! - stanzas queued while the link is down wait in a bounded queue and go out after the
 //!   handshake; a stanza whose write failed is sent again first;
-//! - what is queued goes out in bursts of up to 64 stanzas per flush to the socket, so a
-//!   busy link costs one system call, and one read on the server's side, per burst;
 //! - a stanza sent with [`LinkHandle::send_and_confirm`] counts as delivered only once the
 //!   server has it: writes are followed by a XEP-0199 ping to our own domain (at most one
 //!   per 5 ms), and reading that ping back (the server handles a component's stanzas in order) acks
@@ -775,14 +773,7 @@ async fn serve_with(
                     // Every sender is gone: the core is stopping.
                     return Ok(());
                 };
-                // What else is queued goes with it, in one write to the socket.
-                let mut burst = vec![stanza];
-                while burst.len() < BURST
-                    && let Ok(next) = outgoing.try_recv()
-                {
-                    burst.push(next);
-                }
-                write_all(domain, stream, again, acks, burst).await?;
+                write(domain, stream, again, acks, stanza).await?;
             }
             () = tokio::time::sleep_until(ping_due.unwrap_or_else(Instant::now)), if ping_due.is_some() => {
                 if let Some(ping) = acks.ping(domain) {
@@ -834,88 +825,56 @@ async fn serve_with(
     }
 }
 
-/// Most stanzas taken from the queue for one write to the socket.
-const BURST: usize = 64;
-
-/// Writes one stanza ([`write_all`]).
+/// Writes one stanza. A stanza that cannot be written as XML is dropped (its sender is told
+/// through `written`) and the link goes on; only an I/O failure ends it, and then the stanza
+/// is kept to go out first on the next link. A stanza someone waits on is kept in `acks`
+/// until the server acknowledged it.
 async fn write(
     domain: &str,
     stream: &mut Stream,
     again: &mut VecDeque<Outgoing>,
     acks: &mut Acks<'_>,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
 ) -> Result<(), LinkError> {
-    write_all(domain, stream, again, acks, vec![outgoing]).await
-}
-
-/// Writes stanzas in order, with one flush (so, under load, many stanzas per system call
-/// and per read on the server's side). A stanza that cannot be written as XML is dropped
-/// (its sender is told through `written`) and the others go on; only an I/O failure ends
-/// the link, and then the stanzas not flushed are kept, in order, to go out first on the
-/// next link. Senders hear a stanza was written once it is flushed; a stanza someone waits
-/// on is then kept in `acks` until the server acknowledged it.
-async fn write_all(
-    domain: &str,
-    stream: &mut Stream,
-    again: &mut VecDeque<Outgoing>,
-    acks: &mut Acks<'_>,
-    burst: Vec<Outgoing>,
-) -> Result<(), LinkError> {
-    let mut fed = Vec::with_capacity(burst.len());
-    let mut failed = None;
-    let mut burst = burst.into_iter();
-    for mut outgoing in burst.by_ref() {
-        let checked = if outgoing.writable {
-            Ok(0)
-        } else {
-            make_writable(&mut outgoing.stanza)
-        };
-        match checked {
-            Ok(0) => {}
-            Ok(dropped) => {
-                tracing::debug!(
-                    bridge = domain,
-                    dropped,
-                    "dropped characters XML forbids from a stanza"
-                );
-            }
-            Err(unwritable) => {
-                tracing::error!(bridge = domain, error = %unwritable, "dropped a stanza that cannot be written");
-                metrics::stanza_error(domain, "unwritable");
-                if let Some(written) = outgoing.written {
-                    let _ = written.send(Err(unwritable));
-                }
-                continue;
-            }
+    let checked = if outgoing.writable {
+        Ok(0)
+    } else {
+        make_writable(&mut outgoing.stanza)
+    };
+    match checked {
+        Ok(0) => {}
+        Ok(dropped) => {
+            tracing::debug!(
+                bridge = domain,
+                dropped,
+                "dropped characters XML forbids from a stanza"
+            );
         }
-        let result = stream.feed(&outgoing.stanza).await;
-        fed.push(outgoing);
-        if let Err(error) = result {
-            failed = Some(error);
-            break;
+        Err(unwritable) => {
+            tracing::error!(bridge = domain, error = %unwritable, "dropped a stanza that cannot be written");
+            metrics::stanza_error(domain, "unwritable");
+            if let Some(written) = outgoing.written {
+                let _ = written.send(Err(unwritable));
+            }
+            return Ok(());
         }
     }
-    if failed.is_none()
-        && let Err(error) = SinkExt::<&Element>::flush(stream).await
-    {
-        failed = Some(error);
-    }
-    if let Some(error) = failed {
-        for outgoing in burst.rev().chain(fed.into_iter().rev()) {
+    match stream.send(&outgoing.stanza).await {
+        Ok(()) => {
+            metrics::stanza_out(domain);
+            if let Some(written) = outgoing.written.take() {
+                let _ = written.send(Ok(()));
+            }
+            if outgoing.acked.is_some() {
+                acks.written(outgoing);
+            }
+            Ok(())
+        }
+        Err(error) => {
             again.push_front(outgoing);
-        }
-        return Err(LinkError::Lost(error.to_string()));
-    }
-    for mut outgoing in fed {
-        metrics::stanza_out(domain);
-        if let Some(written) = outgoing.written.take() {
-            let _ = written.send(Ok(()));
-        }
-        if outgoing.acked.is_some() {
-            acks.written(outgoing);
+            Err(LinkError::Lost(error.to_string()))
         }
     }
-    Ok(())
 }
 
 /// Sends what is queued, then reads until the server acknowledged it, for up to
