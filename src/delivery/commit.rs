@@ -1,5 +1,6 @@
-//! Group commit: every write to the durable queues goes through one task per process, which
-//! commits whatever arrived while the previous commit was in flight as one transaction.
+//! Group commit: every write to the durable queues and the room archive goes through one
+//! task per process, which commits whatever arrived while the previous commit was in flight
+//! as one transaction.
 //!
 //! At low rates a write waits one commit; under load a commit carries hundreds of writes,
 //! so each costs a share of one (one fsync on SQLite with `synchronous = FULL`). Each write
@@ -32,8 +33,8 @@ pub enum CommitError {
     Stopped,
 }
 
-/// What a write's callback is told: for a queued message, its row id, or `None` when it
-/// was a repeat of one queued before; `None` for every other write.
+/// What a write's callback is told: for a queued or archived message, its row id, or `None`
+/// when it was a repeat of one queued or archived before; `None` for every other write.
 pub type Committed = Result<Option<i64>, CommitError>;
 
 /// Called once the write's batch committed or failed, on the committer's task: it must not
