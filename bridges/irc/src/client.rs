@@ -178,6 +178,17 @@ struct PendingSay {
     refused: Option<String>,
 }
 
+impl PendingSay {
+    /// Tells its sender: the server's refusal if one came, else `otherwise`.
+    fn answer(self, otherwise: Result<(), SendError>) {
+        let answer = match self.refused {
+            Some(reason) => Err(SendError::Permanent { reason }),
+            None => otherwise,
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
 /// Numerics that refuse a private message to a nick: no such nick or channel (401), cannot
 /// send (404), the user accepts messages only from registered users (486, 492, 531 on some
 /// servers).
@@ -497,11 +508,7 @@ impl Client {
             );
         }
         for pending in self.confirming.drain(..) {
-            if let Some(reason) = pending.refused {
-                let _ = pending.reply.send(Err(SendError::Permanent { reason }));
-                continue;
-            }
-            let _ = pending.reply.send(Err(SendError::Transient {
+            pending.answer(Err(SendError::Transient {
                 reason: format!(
                     "the connection to IRC was lost before the server confirmed the message: \
                      {reason}"
@@ -789,14 +796,10 @@ impl Client {
             .is_some_and(|pending| late(pending.since))
         {
             if let Some(pending) = self.confirming.pop_front() {
-                let answer = match pending.refused {
-                    Some(reason) => SendError::Permanent { reason },
-                    None => SendError::Transient {
-                        reason: "the IRC server did not confirm the message".into(),
-                        retry_after: Some(Duration::from_secs(5)),
-                    },
-                };
-                let _ = pending.reply.send(Err(answer));
+                pending.answer(Err(SendError::Transient {
+                    reason: "the IRC server did not confirm the message".into(),
+                    retry_after: Some(Duration::from_secs(5)),
+                }));
             }
         }
         if self
@@ -1423,11 +1426,7 @@ impl Client {
                     .position(|pending| Some(pending.token.as_str()) == token)
                 {
                     for pending in self.confirming.drain(..=at) {
-                        let answer = match pending.refused {
-                            None => Ok(()),
-                            Some(reason) => Err(SendError::Permanent { reason }),
-                        };
-                        let _ = pending.reply.send(answer);
+                        pending.answer(Ok(()));
                     }
                 }
             }
