@@ -446,6 +446,10 @@ impl Client {
         self.up.store(false, Ordering::Relaxed);
         let mut net = self.network.lock();
         let folded = net.fold(&self.nick);
+        // It quit: the channels it reported go to whoever reads its QUIT first.
+        for channel in self.channels.keys() {
+            net.leave_reporting(channel, &folded, &self.user);
+        }
         if net.own.get(&folded) == Some(&self.user) {
             net.own.remove(&folded);
         }
@@ -537,7 +541,8 @@ impl Client {
             // Another failed attempt: the rooms heard it already.
             return;
         }
-        // Whoever reports each channel now lists its members again: events were missed.
+        // Whoever reports the channels this connection reported now lists their members
+        // again: events were missed.
         let resyncs: Vec<_> = {
             let mut net = self.network.lock();
             for folded in self.channels.keys() {
@@ -545,13 +550,11 @@ impl Client {
                     channel.away.insert(self.user.clone());
                 }
             }
-            self.channels
-                .keys()
-                .filter_map(|folded| {
-                    let channel = net.channels.get(folded)?;
-                    let reporter = net.reporter(channel)?;
-                    let handle = net.clients.get(reporter)?;
-                    Some((handle.commands.clone(), folded.clone()))
+            net.drop_reporting(&self.user)
+                .into_iter()
+                .filter_map(|(folded, taker)| {
+                    let handle = net.clients.get(&taker)?;
+                    Some((handle.commands.clone(), folded))
                 })
                 .collect()
         };
@@ -851,10 +854,12 @@ impl Client {
         }
     }
 
-    /// This connection's channels whose events it reports now, folded.
+    /// This connection's channels whose events it reports now, folded (with those it is
+    /// leaving: it reports them up to its own leave line).
     fn reported_channels(&self, net: &state::Shared) -> Vec<String> {
         self.channels
             .keys()
+            .chain(&self.parting)
             .filter(|folded| net.reports_in(folded, &self.user))
             .cloned()
             .collect()
@@ -1522,6 +1527,8 @@ impl Client {
                     users: Vec::new(),
                     away: HashSet::new(),
                     synced: false,
+                    reporter: state::Reporter::Nobody,
+                    heir: state::Reporter::Nobody,
                 });
             let own = Member {
                 account: self.account.clone(),
@@ -1532,10 +1539,16 @@ impl Client {
                 entry.users.push(self.user.clone());
             }
             entry.away.remove(&self.user);
+            if entry.reporter == state::Reporter::Nobody {
+                entry.reporter = state::Reporter::User(self.user.clone());
+            }
+            // The reporter left: whether it left before this join shows in the NAMES.
+            let handing = matches!(entry.reporter, state::Reporter::Leaving(_))
+                || matches!(entry.heir, state::Reporter::Leaving(_));
             let synced = entry.synced;
             let reports = net.reports_in(&folded, &self.user);
             drop(net);
-            if !synced || (self.rejoining.contains_key(&folded) && reports) {
+            if !synced || handing || (self.rejoining.contains_key(&folded) && reports) {
                 self.names.insert(folded, Vec::new());
             }
             return None;
@@ -1567,6 +1580,12 @@ impl Client {
         let own = self.fold(nick) == self.fold(&self.nick);
         if own {
             let room = self.room_of(&folded);
+            {
+                // Its last line in the channel: whoever of ours reads this leave reports on.
+                let mut net = self.network.lock();
+                let nick = net.fold(&self.nick);
+                net.leave_reporting(&folded, &nick, &self.user);
+            }
             self.channels.remove(&folded);
             self.rejoining.remove(&folded);
             self.left_channel(&folded);
@@ -1584,6 +1603,7 @@ impl Client {
         let room = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
+            net.read_leave(&folded, &folded_nick, &self.user);
             if net.own.contains_key(&folded_nick) {
                 return;
             }
@@ -1645,6 +1665,9 @@ impl Client {
         let gone: Vec<(RoomId, String)> = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
+            for folded in self.channels.keys() {
+                net.read_leave(folded, &folded_nick, &self.user);
+            }
             if let Some(owner) = net.own.get(&folded_nick).cloned() {
                 // One of ours. Their own connection knows when it is up; a quit seen while
                 // it is down is their old connection's ghost leaving: forget the nick, so
@@ -1835,6 +1858,13 @@ impl Client {
             let mut net = self.network.lock();
             let own_nicks: HashSet<String> = net.own.keys().cloned().collect();
             let casemapping = net.casemapping;
+            if let Some(listed) = &listed {
+                let listed: HashSet<String> = listed
+                    .iter()
+                    .map(|member| casemapping.fold(&member.nick))
+                    .collect();
+                net.joined_after_leave(folded, &listed, &self.user);
+            }
             let reports = net.reports_in(folded, &self.user);
             let Some(channel) = net.channels.get_mut(folded) else {
                 drop(net);

@@ -3,9 +3,18 @@
 //! users², as it does in Biboumi), our users' nicks, and who reports a channel's events.
 //!
 //! Every connection in a channel sees its events; only one reports them to the core, the
-//! channel's *reporter*: the first of our users in it whose connection is up. Events about
-//! our own users (their joins, parts, quits, nick changes, kicks) are reported by their own
-//! connection, never by the reporter, so a user whose connection drops is not shown leaving.
+//! channel's *reporter*. Events about our own users (their joins, parts, quits, nick
+//! changes, kicks) are reported by their own connection, never by the reporter, so a user
+//! whose connection drops is not shown leaving.
+//!
+//! Each connection reads the channel's lines at its own pace, so the reporter changes hands
+//! at a line every connection reads in the same place of its stream: the reporter's own
+//! leave (its `PART`, `KICK` or `QUIT`). It reports every line before its leave; whoever of
+//! ours reads that leave line first (its *heir*) reports every line after it, even while
+//! the leaver is still reading the lines before. A line is therefore reported once, however
+//! far apart the connections are. Only a connection that drops hands over at once (no such
+//! line comes soon); its successor lists the members again, and the lines it had not read
+//! are lost to the room (Biboumi loses them as well).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +99,24 @@ pub struct Channel {
     pub away: HashSet<UserJid>,
     /// Whether `members` was filled from a NAMES reply.
     pub synced: bool,
+    /// Who reports its events.
+    pub reporter: Reporter,
+    /// Who reports the lines after the reporter's leave line while the reporter still
+    /// reads those before (`Nobody` when the reporter is not leaving).
+    pub heir: Reporter,
+}
+
+/// Who reports a channel's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reporter {
+    /// Nobody: the next of our users whose join is read takes it.
+    Nobody,
+    /// This user's connection reports every line it reads.
+    User(UserJid),
+    /// The reporter (this nick, folded) left: whoever of ours reads its leave line first
+    /// reports from there, or, if none of ours was in the channel to read it, the next to
+    /// join who does not find the nick in the channel's NAMES.
+    Leaving(String),
 }
 
 impl Channel {
@@ -129,12 +156,6 @@ impl Shared {
         self.casemapping.fold(name)
     }
 
-    /// Whether `user`'s connection reports `channel`'s events: the first of our users in it
-    /// whose connection is up.
-    pub fn reports(&self, channel: &Channel, user: &UserJid) -> bool {
-        self.reporter(channel) == Some(user)
-    }
-
     /// Whether `user`'s connection reports the events of the channel `folded`.
     pub fn reports_in(&self, folded: &str, user: &UserJid) -> bool {
         self.channels
@@ -142,16 +163,119 @@ impl Shared {
             .is_some_and(|channel| self.reports(channel, user))
     }
 
-    /// Who reports `channel`'s events now: the first of our users in it whose connection is
-    /// up and in the channel.
-    pub fn reporter<'a>(&self, channel: &'a Channel) -> Option<&'a UserJid> {
-        channel.users.iter().find(|user| {
-            !channel.away.contains(*user)
-                && self
-                    .clients
-                    .get(*user)
-                    .is_some_and(|client| client.up.load(Ordering::Relaxed))
-        })
+    /// Whether `user`'s connection reports the lines it reads of `channel` now: it is the
+    /// reporter, or the reporter's heir.
+    pub fn reports(&self, channel: &Channel, user: &UserJid) -> bool {
+        let me = Reporter::User(user.clone());
+        channel.reporter == me || channel.heir == me
+    }
+
+    /// `user`'s connection read, in the channel `folded`, that `nick` (folded) left it. If
+    /// `nick` was reporting the channel (or inheriting it), `user` reports the lines after
+    /// this one (when it is in the channel itself). Returns whether it took over.
+    pub fn read_leave(&mut self, folded: &str, nick: &str, user: &UserJid) -> bool {
+        let Some(channel) = self.channels.get_mut(folded) else {
+            return false;
+        };
+        if !channel.users.contains(user) || channel.away.contains(user) {
+            return false;
+        }
+        let me = Reporter::User(user.clone());
+        if channel.heir == Reporter::Leaving(nick.to_owned()) {
+            channel.heir = me;
+            return true;
+        }
+        if let Reporter::User(reporter) = &channel.reporter
+            && channel.heir == Reporter::Nobody
+            && reporter != user
+            && self.own.get(nick) == Some(reporter)
+        {
+            // The reporter may still be reading the lines before this one.
+            channel.heir = me;
+            return true;
+        }
+        if channel.reporter == Reporter::Leaving(nick.to_owned()) {
+            channel.reporter = me;
+            return true;
+        }
+        false
+    }
+
+    /// `user` joined the channel `folded` and the server listed `listed` (folded nicks) in
+    /// it: a leaver it did not find left before this join, so none of ours may ever read
+    /// its leave; `user` reports from here instead.
+    pub fn joined_after_leave(&mut self, folded: &str, listed: &HashSet<String>, user: &UserJid) {
+        let Some(channel) = self.channels.get_mut(folded) else {
+            return;
+        };
+        if !channel.users.contains(user) {
+            return;
+        }
+        for hand in [&mut channel.heir, &mut channel.reporter] {
+            if let Reporter::Leaving(leaver) = hand
+                && !listed.contains(leaver.as_str())
+            {
+                *hand = Reporter::User(user.clone());
+            }
+        }
+        if channel.reporter == channel.heir {
+            channel.heir = Reporter::Nobody;
+        }
+    }
+
+    /// `user` (now `nick`, folded) read its own leave of the channel `folded`: the lines
+    /// after it are its heir's, or, without one, those of the first of ours to read it.
+    pub fn leave_reporting(&mut self, folded: &str, nick: &str, user: &UserJid) {
+        let Some(channel) = self.channels.get_mut(folded) else {
+            return;
+        };
+        let me = Reporter::User(user.clone());
+        if channel.reporter == me {
+            channel.reporter = match std::mem::replace(&mut channel.heir, Reporter::Nobody) {
+                Reporter::Nobody => Reporter::Leaving(nick.to_owned()),
+                heir => heir,
+            };
+        } else if channel.heir == me {
+            channel.heir = Reporter::Leaving(nick.to_owned());
+        }
+    }
+
+    /// `user`'s connection dropped: what it reported goes at once to the first other of our
+    /// users in the channel whose connection is up (no leave line comes soon to hand it over
+    /// at). Returns the channels handed over, with who took each, to list members again.
+    pub fn drop_reporting(&mut self, user: &UserJid) -> Vec<(String, UserJid)> {
+        let me = Reporter::User(user.clone());
+        let mut handed = Vec::new();
+        for (folded, channel) in &mut self.channels {
+            if channel.reporter != me && channel.heir != me {
+                continue;
+            }
+            let next = channel.users.iter().find(|other| {
+                *other != user
+                    && channel.reporter != Reporter::User((*other).clone())
+                    && !channel.away.contains(*other)
+                    && self
+                        .clients
+                        .get(*other)
+                        .is_some_and(|client| client.up.load(Ordering::Relaxed))
+            });
+            let next = match next {
+                Some(next) => {
+                    handed.push((folded.clone(), next.clone()));
+                    Reporter::User(next.clone())
+                }
+                None => Reporter::Nobody,
+            };
+            if channel.heir == me {
+                channel.heir = next;
+            } else {
+                channel.reporter = match std::mem::replace(&mut channel.heir, Reporter::Nobody) {
+                    Reporter::Nobody => next,
+                    heir => heir,
+                };
+            }
+        }
+        handed
     }
 
     /// Whether `nick` is one of our users.

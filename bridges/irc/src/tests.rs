@@ -555,6 +555,142 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
     );
 }
 
+/// A registered connection on the scripted server: its reader, its writer and its nick.
+type Scripted = (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+);
+
+/// Accepts the next connection and registers it, without capabilities.
+async fn register(listener: &TcpListener) -> Scripted {
+    let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("a connection in time")
+        .expect("accept");
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut nick = String::new();
+    loop {
+        let line = line_from(&mut reader).await;
+        if let Some(asked) = line.strip_prefix("NICK ") {
+            nick = asked.to_owned();
+        }
+        if line.starts_with("USER") {
+            break;
+        }
+    }
+    let welcome = format!(
+        ":fake.test 001 {nick} :hi\r\n:fake.test 005 {nick} CASEMAPPING=ascii :ok\r\n\
+         :fake.test 422 {nick} :no MOTD\r\n"
+    );
+    write.write_all(welcome.as_bytes()).await.expect("write");
+    (reader, write)
+}
+
+/// Reads what the client writes until a line starting with `prefix`.
+async fn until<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, prefix: &str) {
+    while !line_from(reader).await.starts_with(prefix) {}
+}
+
+/// The channel messages the core was told, in order.
+fn said(core: &TestCore) -> Vec<String> {
+    core.room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Message(message) => Some(message.text),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Waits until the core was told `text`.
+async fn until_said(core: &TestCore, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !said(core).iter().any(|said| said == text) {
+        assert!(tokio::time::Instant::now() < deadline, "{text:?} not said");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The reporter leaves while the connections read the channel at different places: the
+/// lines before its own PART are its to report, those after are its successor's, each once,
+/// whichever connection reads them first.
+#[tokio::test]
+async fn a_leaving_reporter_hands_over_at_its_part_line() {
+    hand_over(false).await;
+    hand_over(true).await;
+}
+
+/// Alice reports a channel and leaves it; Bob, in it too, reads the lines around her PART
+/// after her, or, with `bob_first`, before her.
+async fn hand_over(bob_first: bool) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+
+    // Alice joins first: she reports the channel.
+    let joining = tokio::spawn({
+        let bridge = bridge.clone();
+        let request = join(room.as_str());
+        async move { bridge.join_room(request).await }
+    });
+    let (mut alice_in, mut alice) = register(&listener).await;
+    until(&mut alice_in, "JOIN #room").await;
+    alice
+        .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice carol\r\n:fake.test 366 alice #room :End\r\n")
+        .await
+        .expect("write");
+    joining.await.expect("task").expect("alice joined");
+
+    // Bob joins.
+    let joining = tokio::spawn({
+        let bridge = bridge.clone();
+        let mut request = join(room.as_str());
+        request.user = UserJid::new("bob@localhost");
+        request.nick = "bob".into();
+        async move { bridge.join_room(request).await }
+    });
+    let (mut bob_in, mut bob) = register(&listener).await;
+    until(&mut bob_in, "JOIN #room").await;
+    bob.write_all(b":bob!b@h JOIN #room\r\n:fake.test 353 bob = #room :alice bob carol\r\n:fake.test 366 bob #room :End\r\n")
+        .await
+        .expect("write");
+    joining.await.expect("task").expect("bob joined");
+    alice
+        .write_all(b":bob!b@h JOIN #room\r\n:carol!c@h PRIVMSG #room :one\r\n")
+        .await
+        .expect("write");
+    until_said(&core, "one").await;
+
+    // Alice leaves; her connection has not read her PART yet, and reads one more line
+    // before it. Bob reads the same lines, and one after her PART.
+    bridge
+        .leave_room(&UserJid::new("alice@localhost"), &room)
+        .await;
+    until(&mut alice_in, "PART #room").await;
+    let to_alice = b":carol!c@h PRIVMSG #room :two\r\n:alice!a@h PART #room\r\n";
+    let to_bob = b":carol!c@h PRIVMSG #room :one\r\n:carol!c@h PRIVMSG #room :two\r\n\
+          :alice!a@h PART #room\r\n:carol!c@h PRIVMSG #room :three\r\n";
+    let order = if bob_first {
+        bob.write_all(to_bob).await.expect("write");
+        until_said(&core, "three").await;
+        alice.write_all(to_alice).await.expect("write");
+        until_said(&core, "two").await;
+        ["one", "three", "two"]
+    } else {
+        alice.write_all(to_alice).await.expect("write");
+        until_said(&core, "two").await;
+        bob.write_all(to_bob).await.expect("write");
+        until_said(&core, "three").await;
+        ["one", "two", "three"]
+    };
+    // Give a stray repeat time to arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(said(&core), order);
+}
+
 /// What an idle connection's task weighs (it is paid once per user and server): its future
 /// and state, without the buffers it grows under load.
 #[test]
