@@ -23,10 +23,10 @@ use crate::delivery::recovery;
 use crate::gateway::core_link::CoreLink;
 use crate::gateway::{Gateway, Policy, Wiring};
 use crate::http::{self, HttpBridge, HttpState};
-use crate::metrics;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
 use crate::xmpp::session::{self, LinkConfig, LinkState, backoff};
+use crate::{memory, metrics};
 
 /// Why Jabbridge could not start.
 #[derive(Debug, thiserror::Error)]
@@ -591,6 +591,7 @@ pub async fn run(
     let systemd = Arc::new(Notifier::from_env());
     let prometheus = metrics::install();
     let upkeep = tokio::spawn(metrics::upkeep(prometheus.clone()));
+    let trimmer = tokio::spawn(memory::trim());
     let store = Store::connect(&config.database.url, config.database.max_connections).await?;
     store.migrate().await?;
     // This process's name on the rows it holds; alive while its heartbeat is recent.
@@ -716,6 +717,7 @@ pub async fn run(
     }
     store.close().await;
     upkeep.abort();
+    trimmer.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -33,6 +33,7 @@ mod gateway_tests;
 pub mod http;
 pub mod lanes;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 #[cfg(test)]
 mod room_tests;

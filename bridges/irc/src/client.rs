@@ -238,7 +238,7 @@ pub struct Client {
     core: Core,
     up: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<tokio::sync::Notify>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::Receiver<Box<Command>>,
     /// The nick the server gave us.
     nick: String,
     caps: BTreeSet<String>,
@@ -332,8 +332,9 @@ impl Client {
         (client, handle)
     }
 
-    /// Connects, serves, reconnects, until told to quit.
-    pub async fn run(mut self) {
+    /// Connects, serves, reconnects, until told to quit. The client is boxed: an `async fn`
+    /// taking it by value would keep it twice in its future (as argument and as local).
+    pub async fn run(mut self: Box<Self>) {
         let mut failures: u32 = 0;
         loop {
             let attempt = Connection::connect(
@@ -382,7 +383,7 @@ impl Client {
                         self.forget().await;
                         return;
                     }
-                    command = self.commands.recv() => match command {
+                    command = self.commands.recv() => match command.map(|command| *command) {
                         None => {
                             self.forget().await;
                             return;
@@ -559,7 +560,7 @@ impl Client {
                 .collect()
         };
         for (commands, channel) in resyncs {
-            let _ = commands.try_send(Command::Resync { channel });
+            let _ = commands.try_send(Box::new(Command::Resync { channel }));
         }
         self.tell_rooms(&text).await;
     }
@@ -700,7 +701,7 @@ impl Client {
                         self.quit(&mut writer).await;
                         return End::Quit;
                     }
-                    Some(command) => self.on_command(command),
+                    Some(command) => self.on_command(*command),
                 },
                 () = sleep_until(next_flush) => {}
                 () = tokio::time::sleep_until(idle_until), if idle => {

@@ -167,7 +167,7 @@ impl IrcBridge {
             let down = !handle.up.load(std::sync::atomic::Ordering::Relaxed);
             if handle
                 .commands
-                .send(Command::Reconfigure(Box::new(setup)))
+                .send(Box::new(Command::Reconfigure(Box::new(setup))))
                 .await
                 .is_ok()
                 && down
@@ -212,7 +212,7 @@ impl IrcBridge {
             }
             shared.clients.insert(user.clone(), handle.clone());
         }
-        tokio::spawn(client.run());
+        tokio::spawn(Box::new(client).run());
         Some(handle)
     }
 
@@ -309,7 +309,7 @@ impl IrcBridge {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Option<T> {
         let (reply, answer) = oneshot::channel();
-        handle.commands.send(make(reply)).await.ok()?;
+        handle.commands.send(Box::new(make(reply))).await.ok()?;
         answer.await.ok()
     }
 
@@ -523,7 +523,10 @@ impl Bridge for IrcBridge {
             return;
         };
         if let Some(handle) = self.existing(user, &network) {
-            let _ = handle.commands.send(Command::Part { channel }).await;
+            let _ = handle
+                .commands
+                .send(Box::new(Command::Part { channel }))
+                .await;
         }
     }
 

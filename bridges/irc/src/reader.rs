@@ -32,6 +32,8 @@ pub struct LineReader<R> {
     start: usize,
     /// Inside a line longer than [`MAX_INCOMING`], whose start was handed out: skip to its end.
     skipping: bool,
+    /// Whether the last read was large: lines come fast, so the buffer keeps its room.
+    busy: bool,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -42,6 +44,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             buffer: Vec::new(),
             start: 0,
             skipping: false,
+            busy: false,
         }
     }
 
@@ -80,18 +83,25 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             // Read straight into the buffer (no chunk on the task's stack): room for a
             // small read at least, a larger one when lines come fast.
-            if self.buffer.is_empty() && self.buffer.capacity() > 2 * CHUNK {
-                // A burst is over: give its memory back.
+            if self.buffer.is_empty() && self.buffer.capacity() > SMALL && !self.busy {
+                // A burst is over: give its memory back (an idle connection, of which a
+                // gateway has thousands, waits with a small buffer).
                 self.buffer.shrink_to(SMALL);
             }
             if self.buffer.capacity() - self.buffer.len() < SMALL {
-                let more = if self.buffer.is_empty() { SMALL } else { CHUNK };
+                let more = if self.buffer.is_empty() && !self.busy {
+                    SMALL
+                } else {
+                    CHUNK
+                };
                 self.buffer.reserve_exact(more);
             }
+            let room = self.buffer.capacity() - self.buffer.len();
             let read = (&mut self.inner)
                 .take(CHUNK as u64)
                 .read_buf(&mut self.buffer)
                 .await?;
+            self.busy = read >= SMALL || read == room;
             if read == 0 {
                 let last = std::mem::take(&mut self.buffer);
                 if std::mem::take(&mut self.skipping) {
@@ -191,6 +201,29 @@ mod tests {
         assert_eq!(cut.text.len(), MAX_INCOMING);
         // A stream that never ends its line: one truncated start, then the end.
         assert_eq!(lines(&vec![b'y'; 3 * MAX_INCOMING]).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_calm_connection_gives_a_bursts_buffer_back() {
+        let (mut server, client) = tokio::io::duplex(64 * 1024);
+        let mut reader = LineReader::new(client);
+        let burst = ":s 353 me = #c :nick nick nick nick nick nick nick nick\r\n".repeat(200);
+        tokio::io::AsyncWriteExt::write_all(&mut server, burst.as_bytes())
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            reader.next_line().await.unwrap().unwrap();
+        }
+        assert!(reader.buffered() > SMALL, "{}", reader.buffered());
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"PING calm\r\n")
+            .await
+            .unwrap();
+        assert_eq!(reader.next_line().await.unwrap(), Some(plain("PING calm")));
+        // Waiting for the next line, the reader holds a small buffer only.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(20), reader.next_line()).await;
+        assert!(waited.is_err());
+        assert!(reader.buffered() <= SMALL, "{}", reader.buffered());
     }
 
     proptest! {

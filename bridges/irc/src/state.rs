@@ -129,8 +129,9 @@ impl Channel {
 /// A user's connection to the server, as the others see it.
 #[derive(Debug, Clone)]
 pub struct ClientHandle {
-    /// Where its commands go.
-    pub commands: mpsc::Sender<Command>,
+    /// Where its commands go, boxed: the channel's slots are allocated 32 at a time per
+    /// connection, so a small slot keeps an idle connection small.
+    pub commands: mpsc::Sender<Box<Command>>,
     /// Whether it is registered with the server now.
     pub up: Arc<AtomicBool>,
     /// Tells it to quit.

@@ -728,11 +728,9 @@ fn a_connections_task_stays_small() {
         std::sync::Arc::default(),
         core.core(),
     );
-    let future = client.run();
-    // 8,448 bytes when the reader kept a 4 KiB chunk on the task's stack.
-    assert!(
-        std::mem::size_of_val(&future) <= 6 * 1024,
-        "{} bytes",
-        std::mem::size_of_val(&future)
-    );
+    let future = Box::new(client).run();
+    let task = std::mem::size_of_val(&future) + std::mem::size_of::<Client>();
+    // 8,448 bytes when the reader kept a 4 KiB chunk on the task's stack; 4,856 when the
+    // client was kept twice in the future (as argument and as local).
+    assert!(task <= 4 * 1024, "{task} bytes");
 }
