@@ -123,6 +123,7 @@ enum IdentitiesCommand {
 }
 
 fn main() -> ExitCode {
+    jabbridge::memory::limit_arenas();
     let cli = Cli::parse();
     match &cli.command {
         Command::Man => return print_manual(),

@@ -1,13 +1,33 @@
-//! Gives the memory allocator's free pages back to the system after a burst.
+//! How the process uses glibc's allocator: few arenas, and free pages given back.
 //!
-//! glibc's malloc keeps what a burst freed (a join storm's presences, a backlog's stanzas)
-//! in its arenas, so the process's RSS stays at the burst's peak for as long as it runs.
-//! Trimming every few seconds gives those pages back: RSS follows what is held.
+//! glibc gives each thread that allocates an arena of its own, up to eight per core; memory
+//! freed in one arena serves only that arena, so a daemon whose allocations move between
+//! threads (tokio's workers, SQLite's, the blocking pool) keeps several partly empty heaps.
+//! [`limit_arenas`] keeps four (unless the admin set `MALLOC_ARENA_MAX`). And glibc keeps what
+//! a burst freed (a join storm's presences, a backlog's stanzas), so RSS would stay at the
+//! burst's peak: [`trim`] gives those pages back every few seconds, so RSS follows what is
+//! held.
 
 use std::time::Duration;
 
 /// How often the free pages are given back.
 const EVERY: Duration = Duration::from_secs(2);
+
+/// Most arenas, when the environment does not say.
+const ARENAS: i32 = 4;
+
+/// Limits glibc to [`ARENAS`] arenas, unless `MALLOC_ARENA_MAX` says otherwise. Call it
+/// first thing in `main`, before any thread starts.
+pub fn limit_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes two integers and only sets glibc's own tunables, under its lock.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+    }
+}
 
 /// Gives free pages back every [`EVERY`], for as long as the process runs.
 pub async fn trim() {
@@ -20,7 +40,7 @@ pub async fn trim() {
 }
 
 /// Gives the allocator's free pages back to the system now.
-pub fn trim_now() {
+fn trim_now() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointers and only walks glibc's own arenas, under their
     // locks; it is safe to call from any thread at any time.

@@ -1136,6 +1136,17 @@ def table(results, arguments):
                 target = ratio_text(get(results, "jabbridge", phase, "steps", str(step), "per_user_kib"), other,
                                     "<= 1/4 of Biboumi's (lower run)")
             row("  RSS KiB per user at %d" % step, (phase, "steps", str(step), "per_user_kib"), 1, target, bound)
+        steps = sorted(arguments.steps)
+        if len(steps) > 1:
+            # What each further user adds, without what the first ones paid once (caches
+            # warming, the allocator's arenas).
+            low, high = steps[-2], steps[-1]
+
+            def marginal(k):
+                a = get(results, k, phase, "steps", str(low), "rss_kib")
+                b = get(results, k, phase, "steps", str(high), "rss_kib")
+                return fmt((b - a) / (high - low), 1) if a is not None and b is not None else "-"
+            rows.append(("  RSS KiB per further user, %d to %d" % (low, high), {k: marginal(k) for k in keys}, ""))
         top = str(max(arguments.steps))
         row("  %s joins took (s)" % top, (phase, "steps", top, "join_s"), 2)
         row("  gateway CPU ms per join, last step", (phase, "steps", top, "join_cpu_ms_per_user"), 2)
