@@ -4,9 +4,15 @@
 //!
 //! User commands: `register`, `unregister`, `status`. Admin commands (for the bridge's
 //! `admins`): `stats`, `users`, `remove-user`, `reload`. A bridge adds its own
-//! ([`jabbridge_sdk::Bridge::commands`]); the catalog is [`catalog`].
+//! ([`jabbridge_sdk::Bridge::commands`]); the catalog is [`catalog`]. Those it marks
+//! [`jabbridge_sdk::Command::on_contacts`] are also offered on the addresses of the contacts
+//! it says ([`contact_catalog`], [`run_on_contact`]), as Biboumi offers an IRC server's
+//! settings on the server's address.
 
-use jabbridge_sdk::{CommandError, Field, FieldKind, Form, FormValues, UserJid, UserStatus};
+use jabbridge_sdk::{
+    CommandError, Field, FieldKind, ForeignId, Form, FormValues, UserJid, UserStatus,
+};
+use xmpp_parsers::jid::Jid;
 
 use super::Gateway;
 use super::registration::{self, Registered};
@@ -203,7 +209,7 @@ pub async fn run(
         )));
     }
     if let Source::Bridge(command) = command.source {
-        return run_bridge_command(gateway, user, &command, input).await;
+        return run_bridge_command(gateway, user, &command, input, None).await;
     }
     match (command.node.as_str(), input) {
         // A later step's form may have no fields (a wait): its submission is the step.
@@ -340,22 +346,91 @@ fn open_step(key: &[u8; 32], user: &str, sealed: &str, now: i64) -> Result<Strin
     }
 }
 
-/// A bridge command: its form first (when it has one), then the bridge runs it.
+/// The contact `to` is, when the bridge offers commands on its address.
+pub fn commanded_contact(gateway: &Gateway, to: Option<&Jid>) -> Option<ForeignId> {
+    let contact = gateway.contact_of(to?).ok().flatten()?;
+    gateway.bridge.offers_commands(&contact).then_some(contact)
+}
+
+/// The commands offered on a contact's address ([`jabbridge_sdk::Command::on_contacts`])
+/// that `role` may run.
+pub fn contact_catalog(gateway: &Gateway, role: Option<Role>) -> Vec<Listed> {
+    catalog(gateway, role)
+        .into_iter()
+        .filter(|listed| {
+            matches!(&listed.source, Source::Bridge(command) if command.contact_field.is_some())
+        })
+        .collect()
+}
+
+/// Runs one step of command `node` on `contact`'s address for `user`: its form without
+/// the field the contact's address fills, then the bridge runs it with that field set.
+pub async fn run_on_contact(
+    gateway: &Gateway,
+    user: &str,
+    role: Role,
+    contact: &ForeignId,
+    node: &str,
+    input: Option<FormValues>,
+) -> Result<Outcome, StanzaFailure> {
+    let listed = contact_catalog(gateway, None)
+        .into_iter()
+        .find(|command| command.node == node)
+        .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no command '{node}' here")))?;
+    if !listed.allowed(Some(role)) {
+        return Err(StanzaFailure::Forbidden(format!(
+            "'{node}' is for the admins of {}",
+            gateway.domain
+        )));
+    }
+    let Source::Bridge(command) = listed.source else {
+        return Err(StanzaFailure::ItemNotFound(format!(
+            "no command '{node}' here"
+        )));
+    };
+    let Some(field) = command.contact_field.clone() else {
+        return Err(StanzaFailure::ItemNotFound(format!(
+            "no command '{node}' here"
+        )));
+    };
+    let address = gateway.bridge.format_address(contact);
+    run_bridge_command(gateway, user, &command, input, Some((&field, address))).await
+}
+
+/// A bridge command: its form first (when it has one), then the bridge runs it. Run on a
+/// contact's address, `fixed` is the field that address fills: the form shown leaves it
+/// out, and the values the bridge gets hold it whatever the user sent.
 async fn run_bridge_command(
     gateway: &Gateway,
     user: &str,
     command: &jabbridge_sdk::Command,
     input: Option<FormValues>,
+    fixed: Option<(&str, String)>,
 ) -> Result<Outcome, StanzaFailure> {
     let node = command.node.as_str();
     let values = match (command.form.clone(), input) {
-        (Some(form), None) => return Ok(Outcome::Form(form, FormValues::default())),
-        (Some(form), Some(values)) => {
+        (Some(mut form), None) => {
+            if let Some((field, address)) = &fixed {
+                form.fields.retain(|shown| shown.var != *field);
+                form.title = format!("{} ({address})", form.title);
+            }
+            return Ok(Outcome::Form(form, FormValues::default()));
+        }
+        (Some(form), Some(mut values)) => {
+            if let Some((field, address)) = fixed {
+                values.0.insert(field.to_owned(), address);
+            }
             form.validate(&values)
                 .map_err(StanzaFailure::NotAcceptable)?;
             values
         }
-        (None, _) => FormValues::default(),
+        (None, _) => {
+            let mut values = FormValues::default();
+            if let Some((field, address)) = fixed {
+                values.0.insert(field.to_owned(), address);
+            }
+            values
+        }
     };
     let call = command.run(UserJid::new(user), values);
     match gateway.call("the command", call).await? {

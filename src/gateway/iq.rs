@@ -132,16 +132,71 @@ async fn answer(
         (false, _, _) if let Some(room) = to.and_then(|to| gateway.room_of(to)) => {
             room_answer(gateway, is_set, from, to, &room, payload).await
         }
+        (false, true, ("command", adhoc::NS))
+            if let Some(contact) = commands::commanded_contact(gateway, to) =>
+        {
+            let role = gateway.access.check(&user)?;
+            let request = adhoc::Request::parse(payload)?;
+            let outcome = if request.cancelled {
+                None
+            } else {
+                Some(
+                    commands::run_on_contact(
+                        gateway,
+                        &user,
+                        role,
+                        &contact,
+                        &request.node,
+                        request.values,
+                    )
+                    .await?,
+                )
+            };
+            Ok(Some(adhoc::response(
+                &request.node,
+                &request.session,
+                outcome,
+            )))
+        }
+        (false, false, ("query", ns::DISCO_ITEMS))
+            if payload.attr("node") == Some(adhoc::NS)
+                && let Some(to) = to
+                && commands::commanded_contact(gateway, Some(to)).is_some() =>
+        {
+            let commands = match gateway.access.role(&user) {
+                Some(role) => commands::contact_catalog(gateway, Some(role)),
+                None => Vec::new(),
+            };
+            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+            Ok(Some(
+                adhoc::command_list(&to.to_bare().to_string(), &entries).into(),
+            ))
+        }
+        (false, false, ("query", ns::DISCO_INFO))
+            if payload.attr("node").is_some()
+                && commands::commanded_contact(gateway, to).is_some() =>
+        {
+            let node = payload.attr("node").unwrap_or_default();
+            let commands = commands::contact_catalog(gateway, None);
+            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+            adhoc::node_info(node, &entries).map(Some)
+        }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
         (true, false, _) => service::answer_get(&gateway.info(), Target::Gateway, payload),
         (false, false, _) => {
-            let contact = to
-                .map(|to| gateway.contact_of(to))
-                .transpose()?
-                .flatten()
+            let contact = to.map(|to| gateway.contact_of(to)).transpose()?.flatten();
+            let offers = contact
+                .as_ref()
+                .is_some_and(|contact| gateway.bridge.offers_commands(contact));
+            let name = contact
                 .map(|contact| gateway.bridge.format_address(&contact))
                 .unwrap_or_default();
-            service::answer_get(&gateway.info(), Target::Contact(&contact), payload)
+            let target = if offers {
+                Target::ContactWithCommands(&name)
+            } else {
+                Target::Contact(&name)
+            };
+            service::answer_get(&gateway.info(), target, payload)
         }
     }
 }

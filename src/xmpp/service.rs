@@ -50,6 +50,8 @@ pub enum Target<'a> {
     Gateway,
     /// A contact on the foreign network (its localpart parsed by the bridge).
     Contact(&'a str),
+    /// A contact on whose address the bridge offers commands (XEP-0050).
+    ContactWithCommands(&'a str),
 }
 
 /// Answers an `<iq type='get'/>` payload.
@@ -117,7 +119,10 @@ fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
                 info.name.as_str(),
             )
         }
-        Target::Contact(name) => {
+        Target::Contact(name) | Target::ContactWithCommands(name) => {
+            if matches!(target, Target::ContactWithCommands(_)) {
+                features.push(crate::xmpp::adhoc::NS);
+            }
             let capabilities = info.capabilities;
             features.push(ns::RECEIPTS);
             if capabilities.corrections {

@@ -633,18 +633,37 @@ async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
     jabbridge.terminate().await;
 }
 
-/// Runs the `irc-settings` command with `fields`; the bridge's note.
+/// Runs the `irc-settings` command on the gateway with `fields`; the bridge's note.
 async fn irc_settings(client: &mut harness::Client, fields: &[(&str, &str)]) -> String {
+    irc_settings_at(client, DOMAIN, fields).await.1
+}
+
+/// Runs the `irc-settings` command on the JID `at` with `fields`: the fields of the form it
+/// offered, and the bridge's note.
+async fn irc_settings_at(
+    client: &mut harness::Client,
+    at: &str,
+    fields: &[(&str, &str)],
+) -> (Vec<String>, String) {
     let commands = "http://jabber.org/protocol/commands";
     let form = client
         .iq(
             "s1",
             &format!(
-                "<iq type='set' to='{DOMAIN}' id='s1'><command xmlns='{commands}' \
+                "<iq type='set' to='{at}' id='s1'><command xmlns='{commands}' \
                  node='irc-settings' action='execute'/></iq>"
             ),
         )
         .await;
+    let offered: Vec<String> = form
+        .get_child("command", commands)
+        .and_then(|command| command.get_child("x", "jabber:x:data"))
+        .map(|x| {
+            x.children()
+                .filter_map(|field| field.attr("var").map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     let session = form
         .get_child("command", commands)
         .and_then(|command| command.attr("sessionid"))
@@ -658,16 +677,18 @@ async fn irc_settings(client: &mut harness::Client, fields: &[(&str, &str)]) -> 
         .iq(
             "s2",
             &format!(
-                "<iq type='set' to='{DOMAIN}' id='s2'><command xmlns='{commands}' \
+                "<iq type='set' to='{at}' id='s2'><command xmlns='{commands}' \
                  node='irc-settings' sessionid='{session}' action='complete'>\
                  <x xmlns='jabber:x:data' type='submit'>{values}</x></command></iq>"
             ),
         )
         .await;
-    done.get_child("command", commands)
+    let note = done
+        .get_child("command", commands)
         .and_then(|command| command.get_child("note", commands))
         .map(Element::text)
-        .unwrap_or_else(|| format!("no note in {done:?}"))
+        .unwrap_or_else(|| format!("no note in {done:?}"));
+    (offered, note)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -726,8 +747,61 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     let text = refused["text"].as_str().unwrap_or_default();
     assert!(text.contains("SASL authentication failed"), "{refused}");
 
-    // The right one: the join goes through, logged in to the account.
-    let note = irc_settings(&mut alice, &[("server", NETWORK), ("password", "secretpw")]).await;
+    // The right one, set on the server's own address (as in Biboumi): its commands are
+    // listed there, and its form does not ask which server. A nick's address offers none.
+    let at_server = format!("{NETWORK}@{DOMAIN}");
+    let listed = alice
+        .iq(
+            "d1",
+            &format!(
+                "<iq type='get' to='{at_server}' id='d1'><query \
+                 xmlns='http://jabber.org/protocol/disco#items' \
+                 node='http://jabber.org/protocol/commands'/></iq>"
+            ),
+        )
+        .await;
+    let nodes: Vec<_> = listed
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .map(|query| {
+            query
+                .children()
+                .filter_map(|item| {
+                    Some((item.attr("jid")?.to_owned(), item.attr("node")?.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        nodes,
+        [(at_server.clone(), "irc-settings".to_owned())],
+        "{listed:?}"
+    );
+    let at_nick = format!("bob%{NETWORK}@{DOMAIN}");
+    let none = alice
+        .iq(
+            "d2",
+            &format!(
+                "<iq type='get' to='{at_nick}' id='d2'><query \
+                 xmlns='http://jabber.org/protocol/disco#items' \
+                 node='http://jabber.org/protocol/commands'/></iq>"
+            ),
+        )
+        .await;
+    let items = none
+        .get_child("query", "http://jabber.org/protocol/disco#items")
+        .map(|query| query.children().count());
+    assert_eq!(items, Some(0), "{none:?}");
+    // (A server sent anyway is replaced by the address's.)
+    let (offered, note) = irc_settings_at(
+        &mut alice,
+        &at_server,
+        &[("server", "elsewhere"), ("password", "secretpw")],
+    )
+    .await;
+    assert!(
+        !offered.is_empty() && !offered.iter().any(|var| var == "server"),
+        "{offered:?}"
+    );
     assert!(note.contains("SASL PLAIN as acct"), "{note}");
     let joined = alice.join(&room, "alice", serde_json::json!({})).await;
     assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());

@@ -465,8 +465,17 @@ impl Bridge for IrcBridge {
                 &self.me,
                 |bridge, user, values| async move { bridge.configure(&user, &values).await },
             )
-            .with_form(settings::form(self.servers.keys().cloned().collect())),
+            .with_form(settings::form(self.servers.keys().cloned().collect()))
+            .on_contacts("server"),
         ]
+    }
+
+    /// The settings command is also on each server's address, as in Biboumi.
+    fn offers_commands(&self, contact: &ForeignId) -> bool {
+        matches!(
+            self.addressing.parse(contact.as_str()),
+            Ok(Address::Server { .. })
+        )
     }
 
     async fn stop_session(&self, user: &UserJid, _why: SessionEnd) {

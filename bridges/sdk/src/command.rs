@@ -35,6 +35,9 @@ pub struct Command {
     pub admin: bool,
     /// The form the user fills in before it runs; `None` runs it at once.
     pub form: Option<Form>,
+    /// Set with [`Command::on_contacts`]: the form field a contact's address fills when the
+    /// command runs on that contact's JID.
+    pub contact_field: Option<String>,
     handler: Handler,
 }
 
@@ -52,6 +55,7 @@ impl Command {
             name: name.into(),
             admin: false,
             form: None,
+            contact_field: None,
             handler: Arc::new(move |user, values| Box::pin(handler(user, values))),
         }
     }
@@ -96,6 +100,15 @@ impl Command {
         self
     }
 
+    /// Also offered on the JIDs of the contacts [`crate::Bridge::offers_commands`] accepts
+    /// (as Biboumi offers an IRC server's settings on the server's address). Run there, the
+    /// form's field `field` holds the contact's address ([`crate::Bridge::format_address`])
+    /// and is not asked of the user.
+    pub fn on_contacts(mut self, field: impl Into<String>) -> Self {
+        self.contact_field = Some(field.into());
+        self
+    }
+
     /// Runs it for `user` with `values`. The core has checked that `user` may, and the
     /// values against the form.
     pub async fn run(&self, user: UserJid, values: FormValues) -> CommandResult {
@@ -110,6 +123,7 @@ impl fmt::Debug for Command {
             .field("name", &self.name)
             .field("admin", &self.admin)
             .field("form", &self.form)
+            .field("contact_field", &self.contact_field)
             .finish_non_exhaustive()
     }
 }

@@ -398,6 +398,12 @@ pub trait Bridge: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Whether the commands made with [`Command::on_contacts`] are offered on `contact`'s
+    /// JID (an IRC server's address, say, and not a nick's). No I/O. The default: on none.
+    fn offers_commands(&self, _contact: &ForeignId) -> bool {
+        false
+    }
+
     /// Joins `request.user` to a room on the network, and returns the room as they see it
     /// now. Called when a user's first resource joins (and, at start, for every user who was
     /// in a room when Jabbridge stopped); never twice for a user already in the room. Events
