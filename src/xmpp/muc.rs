@@ -458,6 +458,24 @@ pub fn join_wish(presence: &Element) -> JoinWish {
     }
 }
 
+/// The longest away text passed on from a presence's `<status/>`, in characters.
+const MAX_AWAY: usize = 200;
+
+/// Whether a presence shows its sender away: their status text (empty without one) while
+/// its `<show/>` is `away`, `xa` or `dnd`; `None` when they are available.
+pub fn away_of(presence: &Element) -> Option<String> {
+    let namespace = presence.ns();
+    let show = presence.get_child("show", namespace.as_str())?.text();
+    if !matches!(show.trim(), "away" | "xa" | "dnd") {
+        return None;
+    }
+    let status = presence
+        .get_child("status", namespace.as_str())
+        .map(Element::text)
+        .unwrap_or_default();
+    Some(status.trim().chars().take(MAX_AWAY).collect())
+}
+
 /// The `muc#user` marker that tells a client a chat message is private within a room
 /// (XEP-0045 §7.5).
 pub fn private_marker() -> Element {

@@ -564,6 +564,45 @@ async fn a_channel_is_a_room_both_ways() {
         .unwrap_or_default();
     assert!(listed.contains(&room.as_str()), "{items:?}");
 
+    // Alice shows away in the room: IRC sees her away with her status, then back.
+    alice
+        .send(&format!(
+            "<presence to='{room}/alice'><show>xa</show><status>at lunch</status></presence>"
+        ))
+        .await;
+    let mut away = None;
+    for _ in 0..50 {
+        bob.send("WHOIS alice").await;
+        let reply = bob.expect(whois_end_or_away).await;
+        if reply.contains(" 301 ") {
+            away = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let away = away.expect("alice shown away on IRC");
+    assert!(away.ends_with(":at lunch"), "{away}");
+    alice.send(&format!("<presence to='{room}/alice'/>")).await;
+    let mut back = false;
+    for _ in 0..50 {
+        bob.send("WHOIS alice").await;
+        let mut seen_away = false;
+        loop {
+            let reply = bob.expect(whois_end_or_away).await;
+            if reply.contains(" 301 ") {
+                seen_away = true;
+            } else {
+                break;
+            }
+        }
+        if !seen_away {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "alice still away on IRC");
+
     // Bob (the channel's op) kicks Alice: she is out, with 307 and 110.
     bob.send("KICK #test alice :enough").await;
     let kicked = alice
@@ -631,6 +670,14 @@ async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
         .await;
     assert_eq!(said.attr("type"), Some("groupchat"));
     jabbridge.terminate().await;
+}
+
+/// Whether a WHOIS reply line about alice is her away text (301) or the end (318).
+fn whois_end_or_away(line: &str) -> bool {
+    let mut words = line.split(' ').skip(1);
+    let numeric = words.next();
+    let about = words.nth(1);
+    matches!(numeric, Some("301" | "318")) && about == Some("alice")
 }
 
 /// Runs the `irc-settings` command on the gateway with `fields`; the bridge's note.

@@ -81,6 +81,9 @@ pub enum Command {
     /// Connect with this from the next attempt on (the user changed their settings); a
     /// connection that is down tries again at once.
     Reconfigure(Box<Setup>),
+    /// Show the user away with this text (`AWAY`), or back with `None`; kept across
+    /// reconnections.
+    Away(Option<String>),
     /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
     List {
         /// The answer, once the list ended (or the most were read).
@@ -276,6 +279,8 @@ pub struct Client {
     refilled: Instant,
     /// The last private message either way, or the last channel left.
     active: Instant,
+    /// The user's away text, while they show away (`AWAY`).
+    away: Option<String>,
 }
 
 impl Client {
@@ -328,6 +333,7 @@ impl Client {
             tokens: burst,
             refilled: Instant::now(),
             active: Instant::now(),
+            away: None,
         };
         (client, handle)
     }
@@ -429,6 +435,8 @@ impl Client {
                 let _ = reply.send(Vec::new());
             }
             Command::Reconfigure(setup) => self.reconfigure(*setup),
+            // Said once connected again.
+            Command::Away(away) => self.away = away,
             Command::Resync { .. } => {}
         }
     }
@@ -634,6 +642,9 @@ impl Client {
             if !self.channels.contains_key(&folded) {
                 self.enqueue("JOIN", &[&channel], None);
             }
+        }
+        if let Some(text) = self.away.clone() {
+            self.say_away(Some(&text));
         }
         if !self.channels.is_empty() {
             // A reconnection: the user keeps their rooms, under the nick they have now.
@@ -892,6 +903,30 @@ impl Client {
     }
 
     /// Queues one line (checked by [`wire::line`]); `done` hears when it is written.
+    /// Tells the server the user is away with `text`, or back with `None`.
+    fn say_away(&mut self, text: Option<&str>) {
+        match text {
+            // `AWAY` with an empty text means back: an away without words says so.
+            Some(text) => {
+                // One line, as IRC needs (line breaks and control characters go), of at most
+                // 300 bytes (servers cut at their AWAYLEN anyway).
+                let mut line = String::new();
+                for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+                    if line.len() + c.len_utf8() > 300 {
+                        break;
+                    }
+                    line.push(c);
+                }
+                let line = match line.trim() {
+                    "" => "Away",
+                    words => words,
+                };
+                self.enqueue("AWAY", &[line], None);
+            }
+            None => self.enqueue("AWAY", &[], None),
+        }
+    }
+
     fn enqueue(&mut self, command: &str, params: &[&str], done: Option<Done>) {
         match wire::line(&[], command, params) {
             Ok(line) => self.queue.push_back(Queued { line, done }),
@@ -1112,6 +1147,12 @@ impl Client {
                 self.enqueue("LIST", &[], None);
                 let due = self.due();
                 self.listing = Some((Vec::new(), reply, due));
+            }
+            Command::Away(away) => {
+                if away != self.away {
+                    self.say_away(away.as_deref());
+                    self.away = away;
+                }
             }
             Command::Resync { channel } => {
                 if let Some(name) = self.channels.get(&channel).cloned() {

@@ -527,6 +527,15 @@ impl Bridge for IrcBridge {
         Ok(listed)
     }
 
+    async fn room_presence(&self, user: &UserJid, room: &RoomId, away: Option<String>) {
+        let Some((network, _)) = self.channel_of(room) else {
+            return;
+        };
+        if let Some(handle) = self.existing(user, &network) {
+            let _ = handle.commands.send(Box::new(Command::Away(away))).await;
+        }
+    }
+
     async fn leave_room(&self, user: &UserJid, room: &RoomId) {
         let Some((network, channel)) = self.channel_of(room) else {
             return;

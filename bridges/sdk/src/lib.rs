@@ -422,6 +422,12 @@ pub trait Bridge: Send + Sync + 'static {
     /// made again at the next start).
     async fn leave_room(&self, _user: &UserJid, _room: &RoomId) {}
 
+    /// A user in `room` changed their presence there: `away` is their status text (empty
+    /// when they gave none) while they show away, extended away or busy, `None` once they
+    /// are available again (IRC: `AWAY`). Called for changes only, not for joins or leaves;
+    /// the latest presence of any of the user's resources counts. No answer.
+    async fn room_presence(&self, _user: &UserJid, _room: &RoomId, _away: Option<String>) {}
+
     /// Posts a user's message to a room they are in. `Ok` means the network took it; see
     /// [`Posted`] for how it is reflected. An error goes back to the user as an error
     /// message with its reason; nothing is retried (the user's client shows it unsent).

@@ -47,6 +47,14 @@ pub(in crate::gateway) async fn on_presence(
                     muc::join_wish(element),
                 )
                 .await;
+            } else {
+                // Away, busy, back: the network may show it (IRC's AWAY).
+                let away = muc::away_of(element);
+                let jid = UserJid::new(&user);
+                let hook = gateway.bridge.room_presence(&jid, &room, away);
+                if let Err(failure) = gateway.call("a presence in a room", hook).await {
+                    tracing::warn!(%user, %failure, "a room presence hook timed out");
+                }
             }
             Ok(None)
         }
