@@ -85,37 +85,9 @@ async fn answer(
                 .map_err(StanzaFailure::NotAcceptable)?;
             Ok(Some(service::prompt_answer(&jid)))
         }
-        (true, true, ("command", adhoc::NS)) => {
-            let role = gateway.access.check(&user)?;
-            let request = adhoc::Request::parse(payload)?;
-            let outcome = if request.cancelled {
-                None
-            } else {
-                Some(
-                    commands::run(
-                        gateway,
-                        &user,
-                        role,
-                        &request.node,
-                        request.values,
-                        request.step.clone(),
-                    )
-                    .await?,
-                )
-            };
-            Ok(Some(adhoc::response(
-                &request.node,
-                &request.session,
-                outcome,
-            )))
-        }
+        (true, true, ("command", adhoc::NS)) => command(gateway, &user, None, payload).await,
         (true, false, ("query", ns::DISCO_ITEMS)) if payload.attr("node") == Some(adhoc::NS) => {
-            let commands = match gateway.access.role(&user) {
-                Some(role) => commands::catalog(gateway, Some(role)),
-                None => Vec::new(),
-            };
-            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
-            Ok(Some(adhoc::command_list(&gateway.domain, &entries).into()))
+            Ok(Some(command_items(gateway, &user, &gateway.domain, false)))
         }
         (true, false, ("query", ns::DISCO_ITEMS))
             if gateway.info().capabilities.rooms && payload.attr("node").is_none() =>
@@ -124,10 +96,7 @@ async fn answer(
             rooms::list(gateway, &user, payload).await.map(Some)
         }
         (true, false, ("query", ns::DISCO_INFO)) if payload.attr("node").is_some() => {
-            let node = payload.attr("node").unwrap_or_default();
-            let commands = commands::catalog(gateway, None);
-            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
-            adhoc::node_info(node, &entries).map(Some)
+            command_node_info(gateway, payload, false)
         }
         (false, _, _) if let Some(room) = to.and_then(|to| gateway.room_of(to)) => {
             room_answer(gateway, is_set, from, to, &room, payload).await
@@ -135,51 +104,21 @@ async fn answer(
         (false, true, ("command", adhoc::NS))
             if let Some(contact) = commands::commanded_contact(gateway, to) =>
         {
-            let role = gateway.access.check(&user)?;
-            let request = adhoc::Request::parse(payload)?;
-            let outcome = if request.cancelled {
-                None
-            } else {
-                Some(
-                    commands::run_on_contact(
-                        gateway,
-                        &user,
-                        role,
-                        &contact,
-                        &request.node,
-                        request.values,
-                    )
-                    .await?,
-                )
-            };
-            Ok(Some(adhoc::response(
-                &request.node,
-                &request.session,
-                outcome,
-            )))
+            command(gateway, &user, Some(&contact), payload).await
         }
         (false, false, ("query", ns::DISCO_ITEMS))
             if payload.attr("node") == Some(adhoc::NS)
                 && let Some(to) = to
                 && commands::commanded_contact(gateway, Some(to)).is_some() =>
         {
-            let commands = match gateway.access.role(&user) {
-                Some(role) => commands::contact_catalog(gateway, Some(role)),
-                None => Vec::new(),
-            };
-            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
-            Ok(Some(
-                adhoc::command_list(&to.to_bare().to_string(), &entries).into(),
-            ))
+            let jid = to.to_bare().to_string();
+            Ok(Some(command_items(gateway, &user, &jid, true)))
         }
         (false, false, ("query", ns::DISCO_INFO))
             if payload.attr("node").is_some()
                 && commands::commanded_contact(gateway, to).is_some() =>
         {
-            let node = payload.attr("node").unwrap_or_default();
-            let commands = commands::contact_catalog(gateway, None);
-            let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
-            adhoc::node_info(node, &entries).map(Some)
+            command_node_info(gateway, payload, true)
         }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
         (true, false, _) => service::answer_get(&gateway.info(), Target::Gateway, payload),
@@ -199,6 +138,63 @@ async fn answer(
             service::answer_get(&gateway.info(), target, payload)
         }
     }
+}
+
+/// An ad-hoc command (XEP-0050) run on the gateway, or on `contact`'s address.
+async fn command(
+    gateway: &Gateway,
+    user: &str,
+    contact: Option<&jabbridge_sdk::ForeignId>,
+    payload: &Element,
+) -> service::IqAnswer {
+    let role = gateway.access.check(user)?;
+    let request = adhoc::Request::parse(payload)?;
+    let outcome = match (request.cancelled, contact) {
+        (true, _) => None,
+        (false, None) => Some(
+            commands::run(
+                gateway,
+                user,
+                role,
+                &request.node,
+                request.values,
+                request.step.clone(),
+            )
+            .await?,
+        ),
+        (false, Some(contact)) => Some(
+            commands::run_on_contact(gateway, user, role, contact, &request.node, request.values)
+                .await?,
+        ),
+    };
+    Ok(Some(adhoc::response(
+        &request.node,
+        &request.session,
+        outcome,
+    )))
+}
+
+/// The commands `user` may run at `jid`: the gateway's, or those on a contact's address.
+fn command_items(gateway: &Gateway, user: &str, jid: &str, on_contact: bool) -> Element {
+    let commands = match gateway.access.role(user) {
+        Some(role) if on_contact => commands::contact_catalog(gateway, Some(role)),
+        Some(role) => commands::catalog(gateway, Some(role)),
+        None => Vec::new(),
+    };
+    let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+    adhoc::command_list(jid, &entries).into()
+}
+
+/// The disco#info of a command's node, on the gateway or on a contact's address.
+fn command_node_info(gateway: &Gateway, payload: &Element, on_contact: bool) -> service::IqAnswer {
+    let node = payload.attr("node").unwrap_or_default();
+    let commands = if on_contact {
+        commands::contact_catalog(gateway, None)
+    } else {
+        commands::catalog(gateway, None)
+    };
+    let entries: Vec<adhoc::Entry<'_>> = commands.iter().map(|c| c.entry()).collect();
+    adhoc::node_info(node, &entries).map(Some)
 }
 
 /// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's

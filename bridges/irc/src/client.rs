@@ -455,8 +455,9 @@ impl Client {
         self.up.store(false, Ordering::Relaxed);
         let mut net = self.network.lock();
         let folded = net.fold(&self.nick);
-        // It quit: the channels it reported go to whoever reads its QUIT first.
-        for channel in self.channels.keys() {
+        // It quit: the channels it reported (those it was leaving too) go to whoever reads
+        // its QUIT first.
+        for channel in self.channels.keys().chain(&self.parting) {
             net.leave_reporting(channel, &folded, &self.user);
         }
         if net.own.get(&folded) == Some(&self.user) {
@@ -902,7 +903,6 @@ impl Client {
         ))
     }
 
-    /// Queues one line (checked by [`wire::line`]); `done` hears when it is written.
     /// Tells the server the user is away with `text`, or back with `None`.
     fn say_away(&mut self, text: Option<&str>) {
         match text {
@@ -927,6 +927,7 @@ impl Client {
         }
     }
 
+    /// Queues one line (checked by [`wire::line`]); `done` hears when it is written.
     fn enqueue(&mut self, command: &str, params: &[&str], done: Option<Done>) {
         match wire::line(&[], command, params) {
             Ok(line) => self.queue.push_back(Queued { line, done }),

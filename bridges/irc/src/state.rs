@@ -119,6 +119,13 @@ pub enum Reporter {
     Leaving(String),
 }
 
+impl Reporter {
+    /// Whether this is `user`'s connection (checked for every line read: no allocation).
+    pub fn is(&self, user: &UserJid) -> bool {
+        matches!(self, Reporter::User(reporter) if reporter == user)
+    }
+}
+
 impl Channel {
     /// The members as occupants.
     pub fn occupants(&self) -> Vec<Occupant> {
@@ -167,8 +174,7 @@ impl Shared {
     /// Whether `user`'s connection reports the lines it reads of `channel` now: it is the
     /// reporter, or the reporter's heir.
     pub fn reports(&self, channel: &Channel, user: &UserJid) -> bool {
-        let me = Reporter::User(user.clone());
-        channel.reporter == me || channel.heir == me
+        channel.reporter.is(user) || channel.heir.is(user)
     }
 
     /// `user`'s connection read, in the channel `folded`, that `nick` (folded) left it. If
