@@ -570,38 +570,28 @@ async fn a_channel_is_a_room_both_ways() {
             "<presence to='{room}/alice'><show>xa</show><status>at lunch</status></presence>"
         ))
         .await;
-    let mut away = None;
-    for _ in 0..50 {
-        bob.send("WHOIS alice").await;
-        let reply = bob.expect(whois_end_or_away).await;
-        if reply.contains(" 301 ") {
-            away = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let away = away.expect("alice shown away on IRC");
-    assert!(away.ends_with(":at lunch"), "{away}");
+    assert_eq!(
+        whois_until(&mut bob, |away| away.is_some())
+            .await
+            .as_deref(),
+        Some("at lunch")
+    );
     alice.send(&format!("<presence to='{room}/alice'/>")).await;
-    let mut back = false;
-    for _ in 0..50 {
-        bob.send("WHOIS alice").await;
-        let mut seen_away = false;
-        loop {
-            let reply = bob.expect(whois_end_or_away).await;
-            if reply.contains(" 301 ") {
-                seen_away = true;
-            } else {
-                break;
-            }
-        }
-        if !seen_away {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(back, "alice still away on IRC");
+    assert_eq!(whois_until(&mut bob, |away| away.is_none()).await, None);
+    // Joining another channel already busy sets her away too.
+    alice
+        .send(&format!(
+            "<presence to='#second%{NETWORK}@{DOMAIN}/alice'>\
+             <x xmlns='http://jabber.org/protocol/muc'/><show>dnd</show>\
+             <status>in a meeting</status></presence>"
+        ))
+        .await;
+    assert_eq!(
+        whois_until(&mut bob, |away| away.is_some())
+            .await
+            .as_deref(),
+        Some("in a meeting")
+    );
 
     // Bob (the channel's op) kicks Alice: she is out, with 307 and 110.
     bob.send("KICK #test alice :enough").await;
@@ -672,12 +662,35 @@ async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
     jabbridge.terminate().await;
 }
 
-/// Whether a WHOIS reply line about alice is her away text (301) or the end (318).
-fn whois_end_or_away(line: &str) -> bool {
-    let mut words = line.split(' ').skip(1);
-    let numeric = words.next();
-    let about = words.nth(1);
-    matches!(numeric, Some("301" | "318")) && about == Some("alice")
+/// Asks who alice is until her away text (301) satisfies `wanted`, for up to 5 s: that
+/// text (`None`: not away). Each WHOIS is read to its end (318).
+async fn whois_until(
+    user: &mut IrcUser,
+    wanted: impl Fn(&Option<String>) -> bool,
+) -> Option<String> {
+    let mut away = None;
+    for _ in 0..50 {
+        user.send("WHOIS alice").await;
+        away = None;
+        loop {
+            let line = user
+                .expect(|line| {
+                    let mut words = line.split(' ').skip(1);
+                    let numeric = words.next();
+                    matches!(numeric, Some("301" | "318")) && words.nth(1) == Some("alice")
+                })
+                .await;
+            if line.split(' ').nth(1) == Some("318") {
+                break;
+            }
+            away = line.split_once(" :").map(|(_, text)| text.to_owned());
+        }
+        if wanted(&away) {
+            return away;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("alice's away stayed {away:?}");
 }
 
 /// The ad-hoc commands listed at `at` (disco#items of the commands node): JID and node.

@@ -424,8 +424,9 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// A user in `room` changed their presence there: `away` is their status text (empty
     /// when they gave none) while they show away, extended away or busy, `None` once they
-    /// are available again (IRC: `AWAY`). Called for changes only, not for joins or leaves;
-    /// the latest presence of any of the user's resources counts. No answer.
+    /// are available again (IRC: `AWAY`). Called when it changes, and after a join that is
+    /// away already (not for leaves); the latest presence of any of the user's resources
+    /// counts. No answer.
     async fn room_presence(&self, _user: &UserJid, _room: &RoomId, _away: Option<String>) {}
 
     /// Posts a user's message to a room they are in. `Ok` means the network took it; see

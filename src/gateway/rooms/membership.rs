@@ -49,12 +49,7 @@ pub(in crate::gateway) async fn on_presence(
                 .await;
             } else {
                 // Away, busy, back: the network may show it (IRC's AWAY).
-                let away = muc::away_of(element);
-                let jid = UserJid::new(&user);
-                let hook = gateway.bridge.room_presence(&jid, &room, away);
-                if let Err(failure) = gateway.call("a presence in a room", hook).await {
-                    tracing::warn!(%user, %failure, "a room presence hook timed out");
-                }
+                show_away(gateway, &room, &user, muc::away_of(element)).await;
             }
             Ok(None)
         }
@@ -62,10 +57,28 @@ pub(in crate::gateway) async fn on_presence(
             change_nick(gateway, &room, &user, &current, &nick).await?;
             Ok(None)
         }
-        None if muc::is_join(element) => join(gateway, room, &user, &resource, nick, element).await,
+        None if muc::is_join(element) => {
+            let joined = join(gateway, room.clone(), &user, &resource, nick, element).await;
+            // A join that is away already.
+            if joined.is_ok()
+                && let Some(away) = muc::away_of(element)
+            {
+                show_away(gateway, &room, &user, Some(away)).await;
+            }
+            joined
+        }
         // A presence update for a room this resource is not in (its server still sends
         // them after a kick, say): no join without the MUC element that asks for one.
         None => Ok(None),
+    }
+}
+
+/// Tells the bridge `user` shows away in `room` with this text, or is back with `None`.
+async fn show_away(gateway: &Gateway, room: &RoomId, user: &str, away: Option<String>) {
+    let jid = UserJid::new(user);
+    let hook = gateway.bridge.room_presence(&jid, room, away);
+    if let Err(failure) = gateway.call("a presence in a room", hook).await {
+        tracing::warn!(%user, %failure, "a room presence hook timed out");
     }
 }
 
