@@ -1479,7 +1479,16 @@ impl Client {
                 }
             }
             // Errors and replies the user should see, from the server's address.
-            "442" if param(1).is_some_and(|channel| self.parting.remove(&self.fold(channel))) => {}
+            "442" if param(1).is_some_and(|channel| self.parting.contains(&self.fold(channel))) => {
+                // Not in it after all: its last line in the channel, as a PART would be.
+                if let Some(channel) = param(1) {
+                    let folded = self.fold(channel);
+                    self.parting.remove(&folded);
+                    let mut net = self.network.lock();
+                    let nick = net.fold(&self.nick);
+                    net.leave_reporting(&folded, &nick, &self.user);
+                }
+            }
             "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
             | "482" | "301" => {
                 let text = message.params.get(1..).unwrap_or_default().join(" ");
@@ -1570,25 +1579,21 @@ impl Client {
                     users: Vec::new(),
                     away: HashSet::new(),
                     synced: false,
-                    reporter: state::Reporter::Nobody,
-                    heir: state::Reporter::Nobody,
+                    hands: Vec::new(),
                 });
             let own = Member {
                 account: self.account.clone(),
                 ..Member::new(&self.nick)
             };
-            entry.members.insert(own_nick, own);
+            entry.members.insert(own_nick.clone(), own);
             if !entry.users.contains(&self.user) {
                 entry.users.push(self.user.clone());
             }
             entry.away.remove(&self.user);
-            if entry.reporter == state::Reporter::Nobody {
-                entry.reporter = state::Reporter::User(self.user.clone());
-            }
-            // The reporter left: whether it left before this join shows in the NAMES.
-            let handing = matches!(entry.reporter, state::Reporter::Leaving(_))
-                || matches!(entry.heir, state::Reporter::Leaving(_));
             let synced = entry.synced;
+            net.joined(&folded, &own_nick, &self.user);
+            // The reporter left: whether it left before this join shows in the NAMES.
+            let handing = net.handing(&folded);
             let reports = net.reports_in(&folded, &self.user);
             drop(net);
             if !synced || handing || (self.rejoining.contains_key(&folded) && reports) {
@@ -1646,7 +1651,8 @@ impl Client {
         let room = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
-            net.read_leave(&folded, &folded_nick, &self.user);
+            let own = net.fold(&self.nick);
+            net.read_leave(&folded, &folded_nick, &self.user, &own);
             if net.own.contains_key(&folded_nick) {
                 return;
             }
@@ -1708,8 +1714,9 @@ impl Client {
         let gone: Vec<(RoomId, String)> = {
             let mut net = self.network.lock();
             let folded_nick = net.fold(nick);
+            let own = net.fold(&self.nick);
             for folded in self.channels.keys() {
-                net.read_leave(folded, &folded_nick, &self.user);
+                net.read_leave(folded, &folded_nick, &self.user, &own);
             }
             if let Some(owner) = net.own.get(&folded_nick).cloned() {
                 // One of ours. Their own connection knows when it is up; a quit seen while
@@ -1759,6 +1766,7 @@ impl Client {
                 net.own.remove(&old_folded);
             }
             let new_folded = net.fold(&self.nick);
+            net.read_nick(&old_folded, &new_folded);
             net.own.insert(new_folded.clone(), self.user.clone());
             self.channels
                 .keys()
@@ -1803,6 +1811,8 @@ impl Client {
         let renames: Vec<RoomId> = {
             let mut net = self.network.lock();
             let (old_folded, new_folded) = (net.fold(old), net.fold(new));
+            // Whoever of ours reads it first moves a hand known by the old nick.
+            net.read_nick(&old_folded, &new_folded);
             if net.own.contains_key(&old_folded) || net.own.contains_key(&new_folded) {
                 return;
             }
@@ -1906,7 +1916,8 @@ impl Client {
                     .iter()
                     .map(|member| casemapping.fold(&member.nick))
                     .collect();
-                net.joined_after_leave(folded, &listed, &self.user);
+                let own = net.fold(&self.nick);
+                net.joined_after_leave(folded, &listed, &self.user, &own);
             }
             let reports = net.reports_in(folded, &self.user);
             let Some(channel) = net.channels.get_mut(folded) else {

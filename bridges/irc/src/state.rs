@@ -11,10 +11,14 @@
 //! at a line every connection reads in the same place of its stream: the reporter's own
 //! leave (its `PART`, `KICK` or `QUIT`). It reports every line before its leave; whoever of
 //! ours reads that leave line first (its *heir*) reports every line after it, even while
-//! the leaver is still reading the lines before. A line is therefore reported once, however
-//! far apart the connections are. Only a connection that drops hands over at once (no such
-//! line comes soon); its successor lists the members again, and the lines it had not read
-//! are lost to the room (Biboumi loses them as well).
+//! the leaver is still reading the lines before; and so on down a chain of hands
+//! ([`Channel::hands`]), each reporting from the leave of the one before to its own. A line
+//! is therefore reported once, however far apart the connections are. The leaver is known
+//! by the nick its hand records, which whoever of ours first reads a `NICK` line moves, at
+//! that line. Only a connection that drops hands over at once (no such line comes soon);
+//! its successor lists the members again, and the lines it had not read are lost to the
+//! room (Biboumi loses them as well). All of this needs one server's order of lines: a
+//! network name that resolves to several servers gives each connection its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,30 +103,39 @@ pub struct Channel {
     pub away: HashSet<UserJid>,
     /// Whether `members` was filled from a NAMES reply.
     pub synced: bool,
-    /// Who reports its events.
-    pub reporter: Reporter,
-    /// Who reports the lines after the reporter's leave line while the reporter still
-    /// reads those before (`Nobody` when the reporter is not leaving).
-    pub heir: Reporter,
+    /// Who reports its lines, in stream order: each hand from the leave of the one before
+    /// (the first: from where it is) up to its own leave. Empty: nobody, and the next of
+    /// our users whose join is read takes it.
+    pub hands: Vec<Hand>,
 }
 
-/// Who reports a channel's events.
+/// One hand of a channel's reporters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reporter {
-    /// Nobody: the next of our users whose join is read takes it.
-    Nobody,
-    /// This user's connection reports every line it reads.
-    User(UserJid),
-    /// The reporter (this nick, folded) left: whoever of ours reads its leave line first
-    /// reports from there, or, if none of ours was in the channel to read it, the next to
-    /// join who does not find the nick in the channel's NAMES.
+pub enum Hand {
+    /// This user's connection reports the lines it reads in its part of the stream.
+    User {
+        /// The user.
+        user: UserJid,
+        /// Their nick, folded, as of the last `NICK` line of theirs read.
+        nick: String,
+    },
+    /// The last hand (this nick, folded) read its own leave: whoever of ours reads that
+    /// leave first takes the lines after it, or, if none of ours was in the channel to
+    /// read it, the next to join who does not find the nick in the channel's NAMES.
     Leaving(String),
 }
 
-impl Reporter {
+impl Hand {
     /// Whether this is `user`'s connection (checked for every line read: no allocation).
     pub fn is(&self, user: &UserJid) -> bool {
-        matches!(self, Reporter::User(reporter) if reporter == user)
+        matches!(self, Hand::User { user: hand, .. } if hand == user)
+    }
+
+    /// Whether this hand leaves when `nick` (folded) does.
+    fn named(&self, nick: &str) -> bool {
+        match self {
+            Hand::User { nick: hand, .. } | Hand::Leaving(hand) => hand == nick,
+        }
     }
 }
 
@@ -171,79 +184,142 @@ impl Shared {
             .is_some_and(|channel| self.reports(channel, user))
     }
 
-    /// Whether `user`'s connection reports the lines it reads of `channel` now: it is the
-    /// reporter, or the reporter's heir.
+    /// Whether `user`'s connection reports the lines it reads of `channel` now: it holds
+    /// one of its hands.
     pub fn reports(&self, channel: &Channel, user: &UserJid) -> bool {
-        channel.reporter.is(user) || channel.heir.is(user)
+        channel.hands.iter().any(|hand| hand.is(user))
     }
 
-    /// `user`'s connection read, in the channel `folded`, that `nick` (folded) left it. If
-    /// `nick` was reporting the channel (or inheriting it), `user` reports the lines after
-    /// this one (when it is in the channel itself). Returns whether it took over.
-    pub fn read_leave(&mut self, folded: &str, nick: &str, user: &UserJid) -> bool {
+    /// Whether `user` (other than `except`) is in `channel` and connected: one of ours who
+    /// reads its lines now.
+    fn reads(&self, channel: &Channel, user: &UserJid, except: &UserJid) -> bool {
+        user != except
+            && !channel.away.contains(user)
+            && self
+                .clients
+                .get(user)
+                .is_some_and(|client| client.up.load(Ordering::Relaxed))
+    }
+
+    /// `user` (nick `nick`, folded) read its own join of the channel `folded`: it reports
+    /// the channel if nobody does.
+    pub fn joined(&mut self, folded: &str, nick: &str, user: &UserJid) {
+        if let Some(channel) = self.channels.get_mut(folded)
+            && channel.hands.is_empty()
+        {
+            channel.hands.push(Hand::User {
+                user: user.clone(),
+                nick: nick.to_owned(),
+            });
+        }
+    }
+
+    /// Whether the last hand of the channel `folded` left and nobody has taken over yet.
+    pub fn handing(&self, folded: &str) -> bool {
+        self.channels
+            .get(folded)
+            .is_some_and(|channel| matches!(channel.hands.last(), Some(Hand::Leaving(_))))
+    }
+
+    /// `user`'s connection (nick `own`, folded) read, in the channel `folded`, that `nick`
+    /// (folded) left it. If `nick` held the last hand, `user` takes the lines after this
+    /// one (when it is in the channel itself). Returns whether it took over.
+    pub fn read_leave(&mut self, folded: &str, nick: &str, user: &UserJid, own: &str) -> bool {
         let Some(channel) = self.channels.get_mut(folded) else {
             return false;
         };
-        if !channel.users.contains(user) || channel.away.contains(user) {
+        if !channel.users.contains(user)
+            || channel.away.contains(user)
+            || channel.hands.iter().any(|hand| hand.is(user))
+        {
             return false;
         }
-        let me = Reporter::User(user.clone());
-        if channel.heir == Reporter::Leaving(nick.to_owned()) {
-            channel.heir = me;
-            return true;
+        let me = Hand::User {
+            user: user.clone(),
+            nick: own.to_owned(),
+        };
+        match channel.hands.last() {
+            Some(Hand::Leaving(leaver)) if leaver == nick => {
+                channel.hands.pop();
+                channel.hands.push(me);
+                true
+            }
+            // The hand may still be reading the lines before this one.
+            Some(last @ Hand::User { .. }) if last.named(nick) => {
+                channel.hands.push(me);
+                true
+            }
+            _ => false,
         }
-        if let Reporter::User(reporter) = &channel.reporter
-            && channel.heir == Reporter::Nobody
-            && reporter != user
-            && self.own.get(nick) == Some(reporter)
-        {
-            // The reporter may still be reading the lines before this one.
-            channel.heir = me;
-            return true;
+    }
+
+    /// Someone's nick changed from `old` to `new` (folded), as read by one of ours: a hand
+    /// known by `old` is known by `new` from this line on (the first reader moves it).
+    pub fn read_nick(&mut self, old: &str, new: &str) {
+        for channel in self.channels.values_mut() {
+            for hand in &mut channel.hands {
+                if let Hand::User { nick, .. } = hand
+                    && nick == old
+                {
+                    new.clone_into(nick);
+                }
+            }
         }
-        if channel.reporter == Reporter::Leaving(nick.to_owned()) {
-            channel.reporter = me;
-            return true;
-        }
-        false
     }
 
     /// `user` joined the channel `folded` and the server listed `listed` (folded nicks) in
     /// it: a leaver it did not find left before this join, so none of ours may ever read
-    /// its leave; `user` reports from here instead.
-    pub fn joined_after_leave(&mut self, folded: &str, listed: &HashSet<String>, user: &UserJid) {
+    /// its leave; `user` (nick `own`) reports from here instead.
+    pub fn joined_after_leave(
+        &mut self,
+        folded: &str,
+        listed: &HashSet<String>,
+        user: &UserJid,
+        own: &str,
+    ) {
         let Some(channel) = self.channels.get_mut(folded) else {
             return;
         };
-        if !channel.users.contains(user) {
+        if !channel.users.contains(user) || channel.hands.iter().any(|hand| hand.is(user)) {
             return;
         }
-        for hand in [&mut channel.heir, &mut channel.reporter] {
-            if let Reporter::Leaving(leaver) = hand
-                && !listed.contains(leaver.as_str())
-            {
-                *hand = Reporter::User(user.clone());
-            }
-        }
-        if channel.reporter == channel.heir {
-            channel.heir = Reporter::Nobody;
+        if let Some(Hand::Leaving(leaver)) = channel.hands.last()
+            && !listed.contains(leaver.as_str())
+        {
+            channel.hands.pop();
+            channel.hands.push(Hand::User {
+                user: user.clone(),
+                nick: own.to_owned(),
+            });
         }
     }
 
-    /// `user` (now `nick`, folded) read its own leave of the channel `folded`: the lines
-    /// after it are its heir's, or, without one, those of the first of ours to read it.
+    /// `user` (now `nick`, folded) read its own leave of the channel `folded`: it reports no
+    /// more; the lines after it are its heir's, or the first of ours to read the leave. If
+    /// none of ours reads the channel now, nobody reports it, and the next to join does.
     pub fn leave_reporting(&mut self, folded: &str, nick: &str, user: &UserJid) {
+        let Some(channel) = self.channels.get(folded) else {
+            return;
+        };
+        let Some(at) = channel.hands.iter().position(|hand| hand.is(user)) else {
+            return;
+        };
+        let last = at + 1 == channel.hands.len();
+        let readers = channel
+            .users
+            .iter()
+            .any(|other| self.reads(channel, other, user));
         let Some(channel) = self.channels.get_mut(folded) else {
             return;
         };
-        let me = Reporter::User(user.clone());
-        if channel.reporter == me {
-            channel.reporter = match std::mem::replace(&mut channel.heir, Reporter::Nobody) {
-                Reporter::Nobody => Reporter::Leaving(nick.to_owned()),
-                heir => heir,
-            };
-        } else if channel.heir == me {
-            channel.heir = Reporter::Leaving(nick.to_owned());
+        match (last, readers) {
+            (false, _) => {
+                channel.hands.remove(at);
+            }
+            (true, true) => channel.hands[at] = Hand::Leaving(nick.to_owned()),
+            // Nobody of ours reads on: the hands before stop too (their last lines, if
+            // any are left, go unreported).
+            (true, false) => channel.hands.clear(),
         }
     }
 
@@ -251,35 +327,45 @@ impl Shared {
     /// users in the channel whose connection is up (no leave line comes soon to hand it over
     /// at). Returns the channels handed over, with who took each, to list members again.
     pub fn drop_reporting(&mut self, user: &UserJid) -> Vec<(String, UserJid)> {
-        let me = Reporter::User(user.clone());
         let mut handed = Vec::new();
-        for (folded, channel) in &mut self.channels {
-            if channel.reporter != me && channel.heir != me {
+        let folded: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.hands.iter().any(|hand| hand.is(user)))
+            .map(|(folded, _)| folded.clone())
+            .collect();
+        for folded in folded {
+            let Some(channel) = self.channels.get(&folded) else {
                 continue;
-            }
-            let next = channel.users.iter().find(|other| {
-                *other != user
-                    && channel.reporter != Reporter::User((*other).clone())
-                    && !channel.away.contains(*other)
-                    && self
-                        .clients
-                        .get(*other)
-                        .is_some_and(|client| client.up.load(Ordering::Relaxed))
-            });
-            let next = match next {
-                Some(next) => {
-                    handed.push((folded.clone(), next.clone()));
-                    Reporter::User(next.clone())
-                }
-                None => Reporter::Nobody,
             };
-            if channel.heir == me {
-                channel.heir = next;
-            } else {
-                channel.reporter = match std::mem::replace(&mut channel.heir, Reporter::Nobody) {
-                    Reporter::Nobody => next,
-                    heir => heir,
-                };
+            let Some(at) = channel.hands.iter().position(|hand| hand.is(user)) else {
+                continue;
+            };
+            let last = at + 1 == channel.hands.len();
+            let next = channel
+                .users
+                .iter()
+                .find(|other| {
+                    self.reads(channel, other, user)
+                        && !channel.hands.iter().any(|hand| hand.is(other))
+                })
+                .cloned();
+            let nick = next.as_ref().and_then(|next| {
+                self.own
+                    .iter()
+                    .find(|(_, owner)| *owner == next)
+                    .map(|(nick, _)| nick.clone())
+            });
+            let Some(channel) = self.channels.get_mut(&folded) else {
+                continue;
+            };
+            channel.hands.remove(at);
+            if last && let (Some(next), Some(nick)) = (next, nick) {
+                channel.hands.push(Hand::User {
+                    user: next.clone(),
+                    nick,
+                });
+                handed.push((folded, next));
             }
         }
         handed
@@ -348,6 +434,110 @@ pub fn prefix_modes(isupport: Option<&str>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A channel with our users r, h and t (nicks the same), all connected, r reporting.
+    fn three_of_ours() -> (Shared, [UserJid; 3]) {
+        let users = ["r", "h", "t"].map(|name| UserJid::new(format!("{name}@localhost")));
+        let mut shared = Shared::default();
+        for (user, nick) in users.iter().zip(["r", "h", "t"]) {
+            let (commands, _) = mpsc::channel(1);
+            shared.clients.insert(
+                user.clone(),
+                ClientHandle {
+                    commands,
+                    up: Arc::new(AtomicBool::new(true)),
+                    stop: Arc::default(),
+                },
+            );
+            shared.own.insert(nick.into(), user.clone());
+        }
+        shared.channels.insert(
+            "#c".into(),
+            Channel {
+                room: RoomId::new("#c%net"),
+                name: "#c".into(),
+                members: HashMap::new(),
+                topic: None,
+                users: users.to_vec(),
+                away: HashSet::new(),
+                synced: true,
+                hands: Vec::new(),
+            },
+        );
+        shared.joined("#c", "r", &users[0]);
+        (shared, users)
+    }
+
+    /// Who reports the lines each of r, h and t reads now.
+    fn reporting(shared: &Shared, users: &[UserJid; 3]) -> [bool; 3] {
+        users.clone().map(|user| shared.reports_in("#c", &user))
+    }
+
+    #[test]
+    fn two_leaves_in_a_row_hand_over_down_a_chain() {
+        let (mut shared, users) = three_of_ours();
+        let [r, h, t] = &users;
+        // An op kicks r, then h. h reads r's kick first: it reports what follows.
+        assert!(shared.read_leave("#c", "r", h, "h"));
+        assert_eq!(reporting(&shared, &users), [true, true, false]);
+        // t reads both kicks: not r's hand to take any more, but h's.
+        assert!(!shared.read_leave("#c", "r", t, "t"));
+        assert!(shared.read_leave("#c", "h", t, "t"));
+        assert_eq!(reporting(&shared, &users), [true, true, true]);
+        // Each reads its own kick, in any order: t is left reporting.
+        shared.leave_reporting("#c", "h", h);
+        shared.leave_reporting("#c", "r", r);
+        assert_eq!(reporting(&shared, &users), [false, false, true]);
+    }
+
+    #[test]
+    fn a_renamed_reporter_is_known_by_its_new_nick_from_the_rename_on() {
+        let (mut shared, users) = three_of_ours();
+        let [r, h, _] = &users;
+        // h reads r's NICK and PART before r read its NICK.
+        shared.read_nick("r", "r2");
+        assert!(shared.read_leave("#c", "r2", h, "h"));
+        // r reads its NICK (nothing moves twice), then its PART.
+        shared.read_nick("r", "r2");
+        shared.leave_reporting("#c", "r2", r);
+        assert_eq!(reporting(&shared, &users), [false, true, false]);
+        // A stranger who takes the old nick and leaves hands nothing over.
+        let (mut shared, users) = three_of_ours();
+        shared.read_nick("r", "r2");
+        assert!(!shared.read_leave("#c", "r", &users[1], "h"));
+    }
+
+    #[test]
+    fn a_leaver_with_nobody_of_ours_reading_leaves_the_channel_to_the_next_join() {
+        let (mut shared, users) = three_of_ours();
+        let [r, h, t] = &users;
+        for user in [h, t] {
+            if let Some(client) = shared.clients.get(user) {
+                client.up.store(false, Ordering::Relaxed);
+            }
+        }
+        shared.leave_reporting("#c", "r", r);
+        assert_eq!(reporting(&shared, &users), [false, false, false]);
+        assert!(!shared.handing("#c"));
+        // h comes back and reads its own join: it reports.
+        if let Some(client) = shared.clients.get(h) {
+            client.up.store(true, Ordering::Relaxed);
+        }
+        shared.joined("#c", "h", h);
+        assert_eq!(reporting(&shared, &users), [false, true, false]);
+    }
+
+    #[test]
+    fn a_dropped_reporter_hands_over_at_once_to_one_who_reads() {
+        let (mut shared, users) = three_of_ours();
+        let [r, h, _] = &users;
+        if let Some(client) = shared.clients.get(r) {
+            client.up.store(false, Ordering::Relaxed);
+        }
+        let handed = shared.drop_reporting(r);
+        assert_eq!(handed, [("#c".to_owned(), h.clone())]);
+        assert_eq!(reporting(&shared, &users), [false, true, false]);
+    }
 
     #[test]
     fn names_read_with_every_prefix_and_without_hosts() {

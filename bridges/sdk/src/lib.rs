@@ -422,10 +422,11 @@ pub trait Bridge: Send + Sync + 'static {
     /// made again at the next start).
     async fn leave_room(&self, _user: &UserJid, _room: &RoomId) {}
 
-    /// A user in `room` changed their presence there: `away` is their status text (empty
-    /// when they gave none) while they show away, extended away or busy, `None` once they
-    /// are available again (IRC: `AWAY`). Called when it changes, and after a join that is
-    /// away already (not for leaves); the latest presence of any of the user's resources
+    /// A user in `room` sent their presence there: `away` is their status text (empty when
+    /// they gave none) while they show away, extended away or busy, `None` while they are
+    /// available (IRC: `AWAY`). Called after each join and for each presence update of a
+    /// joined user (not for leaves), so mostly with what the bridge knew already: it
+    /// should act on changes only. The latest presence of any of the user's resources
     /// counts. No answer.
     async fn room_presence(&self, _user: &UserJid, _room: &RoomId, _away: Option<String>) {}
 

@@ -47,10 +47,9 @@ pub(in crate::gateway) async fn on_presence(
                     muc::join_wish(element),
                 )
                 .await;
-            } else {
-                // Away, busy, back: the network may show it (IRC's AWAY).
-                show_away(gateway, &room, &user, muc::away_of(element)).await;
             }
+            // Away, busy, back: the network may show it (IRC's AWAY).
+            show_away(gateway, &room, &user, muc::away_of(element)).await;
             Ok(None)
         }
         Some(current) => {
@@ -59,11 +58,9 @@ pub(in crate::gateway) async fn on_presence(
         }
         None if muc::is_join(element) => {
             let joined = join(gateway, room.clone(), &user, &resource, nick, element).await;
-            // A join that is away already.
-            if joined.is_ok()
-                && let Some(away) = muc::away_of(element)
-            {
-                show_away(gateway, &room, &user, Some(away)).await;
+            // Joined away, or available again (a client back after dropping while away).
+            if joined.is_ok() {
+                show_away(gateway, &room, &user, muc::away_of(element)).await;
             }
             joined
         }
