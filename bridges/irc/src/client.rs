@@ -706,11 +706,13 @@ impl Client {
                 }
                 () = stop.notified() => {
                     self.quit(&mut writer).await;
+                    self.read_out(&mut reader).await;
                     return End::Quit;
                 }
                 command = self.commands.recv() => match command {
                     None => {
                         self.quit(&mut writer).await;
+                        self.read_out(&mut reader).await;
                         return End::Quit;
                     }
                     Some(command) => self.on_command(*command),
@@ -755,6 +757,26 @@ impl Client {
                 .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), writer.shutdown()).await;
+    }
+
+    /// After our `QUIT`: the lines the server sent before it handled it are still this
+    /// connection's to report (it may hold a channel's hand up to its QUIT), up to the
+    /// server's `ERROR` or the end, for at most 2 s.
+    async fn read_out(
+        &mut self,
+        reader: &mut crate::reader::LineReader<crate::connection::ReadHalf>,
+    ) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, reader.next_line()).await {
+            let Ok(message) = wire::parse(&line.text) else {
+                continue;
+            };
+            match message.command.as_str() {
+                "ERROR" => break,
+                "PING" => {}
+                _ => self.on_message(message).await,
+            }
+        }
     }
 
     /// The oldest wait for the server's answer (a join, a rejoin, an echo, a LIST).

@@ -621,9 +621,15 @@ async fn a_leaving_reporter_hands_over_at_its_part_line() {
     hand_over(true).await;
 }
 
-/// Alice reports a channel and leaves it; Bob, in it too, reads the lines around her PART
-/// after her, or, with `bob_first`, before her.
-async fn hand_over(bob_first: bool) {
+/// Alice and Bob in `#room` on a scripted server, Alice reporting it (she read "one"):
+/// the core, the bridge, the room, and each one's connection as the server sees it.
+async fn alice_and_bob() -> (
+    TestCore,
+    std::sync::Arc<dyn jabbridge_sdk::Bridge>,
+    RoomId,
+    Scripted,
+    Scripted,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();
     let core = TestCore::new("irc.localhost");
@@ -664,6 +670,14 @@ async fn hand_over(bob_first: bool) {
         .expect("write");
     until_said(&core, "one").await;
 
+    (core, bridge, room, (alice_in, alice), (bob_in, bob))
+}
+
+/// Alice reports a channel and leaves it; Bob, in it too, reads the lines around her PART
+/// after her, or, with `bob_first`, before her.
+async fn hand_over(bob_first: bool) {
+    let (core, bridge, room, (mut alice_in, mut alice), (_, mut bob)) = alice_and_bob().await;
+
     // Alice leaves; her connection has not read her PART yet, and reads one more line
     // before it. Bob reads the same lines, and one after her PART.
     bridge
@@ -689,6 +703,35 @@ async fn hand_over(bob_first: bool) {
     // Give a stray repeat time to arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(said(&core), order);
+}
+
+/// The reporter's session ends: the lines the server sent it before handling its QUIT are
+/// still its to report, and those after the QUIT its heir's, each once.
+#[tokio::test]
+async fn a_quitting_reporter_reports_up_to_its_quit() {
+    let (core, bridge, _room, (mut alice_in, mut alice), (_, mut bob)) = alice_and_bob().await;
+    bridge
+        .stop_session(
+            &UserJid::new("alice@localhost"),
+            jabbridge_sdk::SessionEnd::Unregistered,
+        )
+        .await;
+    until(&mut alice_in, "QUIT").await;
+    // The server had sent Alice one more line before it read her QUIT.
+    bob.write_all(
+        b":carol!c@h PRIVMSG #room :last\r\n:alice!a@h QUIT :Quit: Leaving\r\n\
+          :carol!c@h PRIVMSG #room :after\r\n",
+    )
+    .await
+    .expect("write");
+    until_said(&core, "after").await;
+    alice
+        .write_all(b":carol!c@h PRIVMSG #room :last\r\nERROR :Closing link\r\n")
+        .await
+        .expect("write");
+    until_said(&core, "last").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(said(&core), ["one", "after", "last"]);
 }
 
 /// What an idle connection's task weighs (it is paid once per user and server): its future
