@@ -139,6 +139,17 @@ impl Listed {
             None => false,
         }
     }
+
+    /// `forbidden` unless `role` may run it on `domain`.
+    fn permit(&self, role: Role, domain: &str) -> Result<(), StanzaFailure> {
+        if self.allowed(Some(role)) {
+            return Ok(());
+        }
+        Err(StanzaFailure::Forbidden(format!(
+            "'{}' is for the admins of {domain}",
+            self.node
+        )))
+    }
 }
 
 fn remove_user_form() -> Form {
@@ -202,12 +213,7 @@ pub async fn run(
         .into_iter()
         .find(|command| command.node == node)
         .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no command '{node}'")))?;
-    if !command.allowed(Some(role)) {
-        return Err(StanzaFailure::Forbidden(format!(
-            "'{node}' is for the admins of {}",
-            gateway.domain
-        )));
-    }
+    command.permit(role, &gateway.domain)?;
     if let Source::Bridge(command) = command.source {
         return run_bridge_command(gateway, user, &command, input, None).await;
     }
@@ -373,26 +379,16 @@ pub async fn run_on_contact(
     node: &str,
     input: Option<FormValues>,
 ) -> Result<Outcome, StanzaFailure> {
+    let not_here = || StanzaFailure::ItemNotFound(format!("no command '{node}' here"));
     let listed = contact_catalog(gateway, None)
         .into_iter()
         .find(|command| command.node == node)
-        .ok_or_else(|| StanzaFailure::ItemNotFound(format!("no command '{node}' here")))?;
-    if !listed.allowed(Some(role)) {
-        return Err(StanzaFailure::Forbidden(format!(
-            "'{node}' is for the admins of {}",
-            gateway.domain
-        )));
-    }
+        .ok_or_else(not_here)?;
+    listed.permit(role, &gateway.domain)?;
     let Source::Bridge(command) = listed.source else {
-        return Err(StanzaFailure::ItemNotFound(format!(
-            "no command '{node}' here"
-        )));
+        return Err(not_here());
     };
-    let Some(field) = command.contact_field.clone() else {
-        return Err(StanzaFailure::ItemNotFound(format!(
-            "no command '{node}' here"
-        )));
-    };
+    let field = command.contact_field.clone().ok_or_else(not_here)?;
     let address = gateway.bridge.format_address(contact);
     run_bridge_command(gateway, user, &command, input, Some((&field, address))).await
 }

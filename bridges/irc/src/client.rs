@@ -1933,7 +1933,8 @@ impl Client {
             let mut net = self.network.lock();
             let own_nicks: HashSet<String> = net.own.keys().cloned().collect();
             let casemapping = net.casemapping;
-            if let Some(listed) = &listed {
+            // Only while a leaver's hand waits for a taker (NAMES can be 20,000 long).
+            if let Some(listed) = listed.as_ref().filter(|_| net.handing(folded)) {
                 let listed: HashSet<String> = listed
                     .iter()
                     .map(|member| casemapping.fold(&member.nick))
