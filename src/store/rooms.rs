@@ -66,6 +66,11 @@ pub struct ArchiveRow {
 /// Rows archived per statement (twelve bound values each).
 const ARCHIVED_PER_INSERT: usize = 64;
 
+/// How many of a room's latest messages a lookup by a poster's own id (a correction's or a
+/// retraction's, by origin-id) reads: those ids have no index, to keep each archived
+/// message's write cheap. A client names older messages by the room's stanza id.
+pub const RECENT: u32 = 1000;
+
 /// Archives `rows` (each with its index in `results`) on `connection`, several per
 /// statement, in order: `results[index]` becomes the new row's id, and stays `None` for a
 /// repeat of a foreign id the room had (or an earlier row of the same batch had).
@@ -402,40 +407,48 @@ impl RoomTables {
     }
 
     /// The archived message `find` names in `room`, if any (the latest, should a client
-    /// have reused an id).
+    /// have reused an id). A room's stanza ids are found however old; a poster's own ids
+    /// (origin-id, their stanza's id) among the room's [`RECENT`] latest messages only.
     pub async fn find(
         &self,
         bridge: &str,
         room: &str,
         find: Find<'_>,
     ) -> Result<Option<ArchivedMessage>, StoreError> {
-        const COLUMNS: &str = "SELECT id, stanza_id, nick, sender, text, origin_id, said_at, \
-                               foreign_id, poster, replaces, retracted_at FROM room_messages \
-                               WHERE bridge = $1 AND room = $2";
+        const FIELDS: &str = "id, stanza_id, nick, sender, text, origin_id, said_at, \
+                              foreign_id, poster, replaces, retracted_at";
         let query = match find {
             Find::Foreign(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLUMNS} AND foreign_id = $3"
+                "SELECT {FIELDS} FROM room_messages \
+                 WHERE bridge = $1 AND room = $2 AND foreign_id = $3"
             )))
             .bind(bridge)
             .bind(room)
             .bind(id),
-            Find::Shown { id, poster: None } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLUMNS} AND (stanza_id = $3 OR origin_id = $3) ORDER BY id DESC LIMIT 1"
-            )))
-            .bind(bridge)
-            .bind(room)
-            .bind(id),
-            Find::Shown {
-                id,
-                poster: Some(poster),
-            } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLUMNS} AND (stanza_id = $3 OR origin_id = $3 OR post_id = $3) AND poster = $4 \
-                 ORDER BY id DESC LIMIT 1"
-            )))
-            .bind(bridge)
-            .bind(room)
-            .bind(id)
-            .bind(poster),
+            Find::Shown { id, poster } => {
+                // The stanza id through its index; the poster's ids by a scan of the
+                // room's latest rows (through its (bridge, room, id) index).
+                let (own_ids, of_poster) = match poster {
+                    None => ("origin_id = $3", ""),
+                    Some(_) => ("(origin_id = $3 OR post_id = $3)", " AND poster = $4"),
+                };
+                let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {FIELDS} FROM room_messages \
+                     WHERE bridge = $1 AND room = $2 AND stanza_id = $3{of_poster} \
+                     UNION ALL \
+                     SELECT {FIELDS} FROM (SELECT {FIELDS}, post_id FROM room_messages \
+                     WHERE bridge = $1 AND room = $2 ORDER BY id DESC LIMIT {RECENT}) recent \
+                     WHERE {own_ids}{of_poster} \
+                     ORDER BY id DESC LIMIT 1"
+                )))
+                .bind(bridge)
+                .bind(room)
+                .bind(id);
+                match poster {
+                    Some(poster) => query.bind(poster),
+                    None => query,
+                }
+            }
         };
         let row = query.fetch_optional(&self.pool).await?;
         row.as_ref().map(archived).transpose()

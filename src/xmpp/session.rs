@@ -165,7 +165,7 @@ impl LinkError {
 pub struct Outgoing {
     stanza: Element,
     written: Option<oneshot::Sender<Result<(), Unwritable>>>,
-    acked: Option<oneshot::Sender<()>>,
+    acked: Option<OnAck>,
     /// Already writable ([`Writable`]): not walked again before it is written.
     writable: bool,
 }
@@ -193,18 +193,31 @@ impl Acked {
     }
 }
 
-/// A queued stanza whose acknowledgement can be awaited
-/// ([`LinkHandle::send_writable_tracked`]).
-#[derive(Debug)]
-pub struct Tracked {
-    confirmed: oneshot::Receiver<Result<(), Unwritable>>,
-    acknowledged: oneshot::Receiver<()>,
+/// Who hears that the server acknowledged a stanza: a waiter, or a callback run on the
+/// link's task (it must not block). Dropped unheard if the stanza was never written or the
+/// link stopped for good first.
+enum OnAck {
+    Tell(oneshot::Sender<()>),
+    Call(Box<dyn FnOnce() + Send>),
 }
 
-impl Tracked {
-    /// `true` once the server has the stanza; `false` if the link stopped for good first.
-    pub async fn acknowledged(self) -> bool {
-        matches!(self.confirmed.await, Ok(Ok(()))) && self.acknowledged.await.is_ok()
+impl OnAck {
+    fn fire(self) {
+        match self {
+            OnAck::Tell(waiter) => {
+                let _ = waiter.send(());
+            }
+            OnAck::Call(callback) => callback(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OnAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnAck::Tell(_) => "Tell",
+            OnAck::Call(_) => "Call",
+        })
     }
 }
 
@@ -225,7 +238,7 @@ impl Outgoing {
             let _ = written.send(Ok(()));
         }
         if let Some(acked) = self.acked {
-            let _ = acked.send(());
+            acked.fire();
         }
         self.stanza
     }
@@ -263,25 +276,24 @@ impl LinkHandle {
     }
 
     /// Queues a stanza known to be writable, in order with what was queued before it, and
-    /// returns what resolves once the server acknowledged it ([`Tracked::acknowledged`]):
-    /// the last copy of a room message, whose acknowledgement vouches for the copies
-    /// written before it.
-    pub async fn send_writable_tracked(&self, stanza: Writable) -> Result<Tracked, Element> {
-        let (written, confirmed) = oneshot::channel();
-        let (acked, acknowledged) = oneshot::channel();
+    /// calls `on_ack` on the link's task once the server acknowledged it (never, if it
+    /// could not be written or the link stopped for good first): the last copy of a room
+    /// message, whose acknowledgement vouches for the copies written before it. No task
+    /// waits for it.
+    pub async fn send_writable_then(
+        &self,
+        stanza: Writable,
+        on_ack: impl FnOnce() + Send + 'static,
+    ) -> Result<(), Element> {
         self.outgoing
             .send(Outgoing {
                 stanza: stanza.into_inner(),
-                written: Some(written),
-                acked: Some(acked),
+                written: None,
+                acked: Some(OnAck::Call(Box::new(on_ack))),
                 writable: true,
             })
             .await
-            .map_err(|error| error.0.stanza)?;
-        Ok(Tracked {
-            confirmed,
-            acknowledged,
-        })
+            .map_err(|error| error.0.stanza)
     }
 
     /// Queues a stanza and resolves once it has been written to the server's socket, with
@@ -297,7 +309,7 @@ impl LinkHandle {
             .send(Outgoing {
                 stanza,
                 written: Some(written),
-                acked: Some(acked),
+                acked: Some(OnAck::Tell(acked)),
                 writable: false,
             })
             .await
@@ -664,7 +676,7 @@ impl<'a> Acks<'a> {
             if let Some((_, outgoing)) = self.pending.pop_front()
                 && let Some(acked) = outgoing.acked
             {
-                let _ = acked.send(());
+                acked.fire();
             }
         }
     }

@@ -32,6 +32,7 @@ ports, in a temp dir, bounded in count and time, and stopped and removed on exit
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import pwd
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape, quoteattr
 
@@ -69,6 +71,7 @@ COMMANDS = "http://jabber.org/protocol/commands"
 DATA = "jabber:x:data"
 BODY = "{%s}body" % CLIENT
 NETWORK = "irc.test"  # Jabbridge's name for the IRC server (ngircd's Name too)
+FLOOR = "floor.localhost"  # the bare component that sets the fan-out's floor
 
 
 def percentile(values, fraction):
@@ -731,7 +734,7 @@ class Bench:
         os.makedirs(accounts)
         nagle = "" if self.arguments.prosody_nagle else "network_settings = { nagle = false }\n"
         components = "".join('Component "%s"\n    component_secret = "%s"\n' % (domain, self.secret)
-                             for domain in (Jabbridge.domain, Biboumi.domain))
+                             for domain in (Jabbridge.domain, Biboumi.domain, FLOOR))
         with open(os.path.join(prosody, "prosody.cfg.lua"), "w") as config:
             config.write("""pidfile = "{dir}/prosody.pid"
 data_path = "{dir}/data"
@@ -879,7 +882,10 @@ allow_unencrypted_plain_auth = true
                 joined = await self.joins(gateway, others, [room] * len(others),
                                           ["%st%d" % (code, n) for n in range(2, len(others) + 2)])
                 await self.settle(pid)
-                results["fanout"] = await self.fanout(gateway, users, room, observer, channel)
+                async def say(text):
+                    observer.send("PRIVMSG %s :%s" % (channel, text))
+
+                results["fanout"] = await self.fanout(gateway.label, pid, users, say)
                 results["fanout"]["join_s"] = joined
             finally:
                 observer.close()
@@ -941,11 +947,12 @@ allow_unencrypted_plain_auth = true
                     stanzas_to_sender_per_message=(sender.stanzas - stanzas_before) / max(1, sent),
                     reflections_end_s=(state["last"] - start) if state["last"] else None)
 
-    async def fanout(self, gateway, users, room, observer, channel):
+    async def fanout(self, label, pid, users, say):
+        """`say(text)` sends one line to the channel; each user's copy is timed from then."""
         arguments = self.arguments
         lines, interval = arguments.lines, arguments.interval_ms / 1000
         log("%s: IRC->XMPP, %d lines to %d users, one every %d ms"
-            % (gateway.label, lines, len(users), arguments.interval_ms))
+            % (label, lines, len(users), arguments.interval_ms))
         token = "lat%s " % os.urandom(3).hex()
         sent_at = {}
         latencies = []
@@ -957,8 +964,8 @@ allow_unencrypted_plain_auth = true
 
         for client in users:
             client.on_message = on_message
-        pid = gateway.process.pid
-        before = cpu_snapshot(pid)
+        before = cpu_snapshot(pid) if pid else None
+        prosody_before = cpu_snapshot(self.prosody.pid)
         ours_before = own_cpu()
         start = time.monotonic()
         for number in range(lines):
@@ -967,21 +974,65 @@ allow_unencrypted_plain_auth = true
             if delay > 0:
                 await asyncio.sleep(delay)
             sent_at[number] = time.monotonic()
-            observer.send("PRIVMSG %s :%s%d" % (channel, token, number))
+            await say("%s%d" % (token, number))
         expected = lines * len(users)
         deadline = time.monotonic() + arguments.timeout
         while len(latencies) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        cpu = cpu_seconds(before, cpu_snapshot(pid))
+        cpu = cpu_seconds(before, cpu_snapshot(pid)) if pid else None
+        prosody = cpu_seconds(prosody_before, cpu_snapshot(self.prosody.pid))
         ours = own_cpu() - ours_before
         for client in users:
             client.on_message = None
         milliseconds = [latency * 1e3 for latency in latencies]
+        received = max(1, len(latencies))
         return dict(users=len(users), lines=lines, expected=expected, received=len(latencies),
                     p50_ms=percentile(milliseconds, 0.5), p99_ms=percentile(milliseconds, 0.99),
                     max_ms=max(milliseconds) if milliseconds else None,
-                    cpu_us_per_delivery=cpu * 1e6 / max(1, len(latencies)),
-                    client_cpu_us_per_delivery=ours * 1e6 / max(1, len(latencies)))
+                    cpu_us_per_delivery=cpu * 1e6 / received if cpu is not None else None,
+                    prosody_cpu_us_per_delivery=prosody * 1e6 / received,
+                    client_cpu_us_per_delivery=ours * 1e6 / received)
+
+    async def floor(self, results):
+        """The fan-out's floor: the same lines to the same users, written by a bare XEP-0114
+        component on the same Prosody, with no IRC server, store or logic in between: each
+        line is one write of one groupchat copy per user, shaped like a gateway's (the
+        from, stanza-id and occupant-id a room message carries)."""
+        users = self.clients[:self.arguments.fanout_users]
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.component_port)
+        try:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            writer.write(("<stream:stream xmlns='jabber:component:accept' xmlns:stream='%s' to='%s'>"
+                          % (STREAM, FLOOR)).encode())
+            received = b""
+            while b"id=" not in received or b">" not in received[received.find(b"id="):]:
+                received += await asyncio.wait_for(reader.read(4096), 10)
+            header = received.decode(errors="replace")
+            stream_id = header.split("id=", 1)[1][1:].split(header.split("id=", 1)[1][0], 1)[0]
+            digest = hashlib.sha1((stream_id + self.secret).encode()).hexdigest()
+            writer.write(("<handshake>%s</handshake>" % digest).encode())
+            while b"<handshake" not in received.split(b">", 1)[1]:
+                chunk = await asyncio.wait_for(reader.read(4096), 10)
+                if not chunk:
+                    raise RuntimeError("Prosody closed the floor component's stream")
+                received += chunk
+            room = "#floor%%%s@%s" % (NETWORK, FLOOR)
+            occupant = base64.b64encode(os.urandom(32)).decode()
+
+            async def say(text):
+                copies = "".join(
+                    "<message type='groupchat' from='%s/observer' to='%s' id='%s'><body>%s</body>"
+                    "<stanza-id xmlns='urn:xmpp:sid:0' id='%s' by='%s'/>"
+                    "<occupant-id xmlns='urn:xmpp:occupant-id:0' id='%s'/></message>"
+                    % (room, client.jid, stanza_id, escape(text), stanza_id, room, occupant)
+                    for client in users for stanza_id in (str(uuid.uuid4()),))
+                writer.write(copies.encode())
+                await writer.drain()
+
+            results["fanout"] = await self.fanout("floor (bare component)", None, users, say)
+        finally:
+            writer.close()
 
     async def memory(self, gateway, results, shared):
         arguments = self.arguments
@@ -1037,6 +1088,14 @@ allow_unencrypted_plain_auth = true
         gateways = {"jabbridge": Jabbridge(self), "bib_on": Biboumi(self, True), "bib_off": Biboumi(self, False)}
         contenders = [gateways[key] for key in self.arguments.only.split(",") if key]
         results = {gateway.key: {} for gateway in contenders}
+        if not self.arguments.no_floor:
+            results["floor"] = {}
+            log("floor: a bare component's fan-out")
+            try:
+                await asyncio.wait_for(self.floor(results["floor"]), self.arguments.phase_timeout)
+            except Exception as error:  # noqa: BLE001 - report it and go on
+                log("floor: failed: %s: %s" % (type(error).__name__, error))
+                results["floor"].setdefault("errors", {})["fanout"] = "%s: %s" % (type(error).__name__, error)
         phases = [("throughput", lambda g, r: self.throughput(g, r)),
                   ("separate", lambda g, r: self.memory(g, r, False)),
                   ("shared", lambda g, r: self.memory(g, r, True))]
@@ -1082,8 +1141,9 @@ def get(results, key, *path):
 
 
 def table(results, arguments):
-    keys = [k for k in ("jabbridge", "bib_on", "bib_off") if k in results]
-    labels = {"jabbridge": "Jabbridge", "bib_on": "Biboumi hist on", "bib_off": "Biboumi hist off"}
+    keys = [k for k in ("jabbridge", "bib_on", "bib_off", "floor") if k in results]
+    labels = {"jabbridge": "Jabbridge", "bib_on": "Biboumi hist on", "bib_off": "Biboumi hist off",
+              "floor": "bare component"}
     rows = []
 
     def biboumi(*path, pick=min):
@@ -1154,7 +1214,15 @@ def table(results, arguments):
     row("IRC->XMPP p50 ms (%d users, %d lines / %d ms)" % (arguments.fanout_users, arguments.lines, arguments.interval_ms),
         ("fanout", "p50_ms"), 2, "<= 2 ms", 2.0)
     row("IRC->XMPP p99 ms", ("fanout", "p99_ms"), 2)
+    floor = get(results, "floor", "fanout", "p50_ms")
+    ours = get(results, "jabbridge", "fanout", "p50_ms")
+    if floor is not None and ours is not None:
+        rows.append(("  p50 above the bare component's (ms)",
+                     {k: fmt(get(results, k, "fanout", "p50_ms") - floor, 2)
+                      if get(results, k, "fanout", "p50_ms") is not None and k != "floor" else "-"
+                      for k in keys}, ""))
     row("  gateway CPU us per delivered stanza", ("fanout", "cpu_us_per_delivery"), 1)
+    row("  Prosody CPU us per delivered stanza", ("fanout", "prosody_cpu_us_per_delivery"), 1)
     # 4. idle
     idle = biboumi("idle", "us_per_user_per_s")
     row("idle CPU us per user per s (%d users, %d s)" % (max(arguments.steps), arguments.idle_seconds),
@@ -1241,6 +1309,8 @@ def main():
     parser.add_argument("--only", default="jabbridge,bib_on,bib_off", help="contenders to run")
     parser.add_argument("--reuse-ids", action="store_true",
                         help="give each XMPP->IRC round the same message ids (m0, m1…)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out the bare component's fan-out (the IRC->XMPP floor)")
     parser.add_argument("--prosody-nagle", action="store_true", help="leave Nagle on in Prosody")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")

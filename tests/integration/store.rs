@@ -655,6 +655,88 @@ async fn a_group_commit_archives_room_messages_in_order_each_foreign_id_once() {
 }
 
 #[tokio::test]
+async fn a_room_message_is_found_by_its_stanza_id_always_and_by_its_posters_ids_while_recent() {
+    use jabbridge::store::rooms::{ArchiveRow, Find, NewRoomMessage, RECENT};
+    each_backend(async |store: Store| {
+        let row = |n: u32, poster: Option<&str>| {
+            Write::Archive(ArchiveRow {
+                bridge: "irc.test".into(),
+                room: "#lobby".into(),
+                message: NewRoomMessage {
+                    foreign_id: format!("f{n}"),
+                    stanza_id: format!("s{n}"),
+                    nick: "alice".into(),
+                    sender: "alice".into(),
+                    text: format!("said {n}"),
+                    origin_id: poster.map(|_| format!("o{n}")),
+                    poster: poster.map(str::to_owned),
+                    said_at: now_millis(),
+                    replaces: None,
+                    post_id: poster.map(|_| format!("p{n}")),
+                },
+            })
+        };
+        store
+            .commit_batch("a", &[row(0, Some("alice@localhost"))])
+            .await
+            .unwrap();
+        let rooms = store.rooms();
+        let text = async |find: Find<'_>| {
+            rooms
+                .find("irc.test", "#lobby", find)
+                .await
+                .unwrap()
+                .map(|message| message.text)
+        };
+        let shown = |id, poster| Find::Shown { id, poster };
+        let alice = Some("alice@localhost");
+        let found = Some("said 0".to_owned());
+        assert_eq!(text(shown("s0", None)).await, found);
+        assert_eq!(text(shown("o0", None)).await, found);
+        assert_eq!(text(shown("o0", alice)).await, found);
+        assert_eq!(text(shown("p0", alice)).await, found);
+        assert_eq!(text(shown("s0", alice)).await, found);
+        assert_eq!(
+            text(shown("p0", None)).await,
+            None,
+            "a stanza's id only with its poster"
+        );
+        assert_eq!(
+            text(shown("o0", Some("bob@localhost"))).await,
+            None,
+            "someone else's"
+        );
+        assert_eq!(
+            text(shown("s0", Some("bob@localhost"))).await,
+            None,
+            "someone else's"
+        );
+        // Once RECENT more messages were said, the poster's ids no longer find it.
+        let later: Vec<Write> = (1..=RECENT).map(|n| row(n, None)).collect();
+        store.commit_batch("a", &later).await.unwrap();
+        assert_eq!(text(shown("o0", alice)).await, None);
+        assert_eq!(text(shown("p0", alice)).await, None);
+        assert_eq!(
+            text(shown("s0", alice)).await,
+            found,
+            "the room's id, however old"
+        );
+        assert_eq!(text(shown("s0", None)).await, found);
+        assert_eq!(text(Find::Foreign("f0")).await, found);
+        store
+            .commit_batch("a", &[row(RECENT + 1, Some("alice@localhost"))])
+            .await
+            .unwrap();
+        let newest = Some(format!("said {}", RECENT + 1));
+        assert_eq!(
+            text(shown(&format!("o{}", RECENT + 1), alice)).await,
+            newest
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_session_runs_in_one_instance_moves_from_dead_ones_and_takes_its_stanzas_and_rows() {
     each_backend(async |store: Store| {
         let data = RegistrationData::from_json(serde_json::json!({}));

@@ -880,18 +880,15 @@ pub(super) async fn fan_out(
     for copy in copies {
         gateway.send_writable(copy).await;
     }
-    // Queued in order with the others; its acknowledgement is awaited aside.
-    match gateway.link.send_writable_tracked(last).await {
-        Ok(tracked) => {
-            let rooms = gateway.rooms.clone();
-            let room = room.clone();
-            tokio::spawn(async move {
-                if tracked.acknowledged().await {
-                    rooms.acked(&room, id);
-                }
-            });
-        }
-        Err(_) => tracing::warn!("link stopped; a room message copy was dropped at shutdown"),
+    // Queued in order with the others; the link moves the cursor once the server has it.
+    let rooms = gateway.rooms.clone();
+    let room = room.clone();
+    let queued = gateway
+        .link
+        .send_writable_then(last, move || rooms.acked(&room, id))
+        .await;
+    if queued.is_err() {
+        tracing::warn!("link stopped; a room message copy was dropped at shutdown");
     }
 }
 
