@@ -154,7 +154,7 @@ pub fn response(node: &str, session: &str, outcome: Option<Outcome>) -> Element 
             .append(attr(Element::builder("note", NS), "type", "info").append(text))
             .build(),
         Some(Outcome::Next(form, step)) => {
-            let x: Element = register::data_form(&form, NS, None).into();
+            let x = register::data_form(&form, NS, None);
             attr(
                 attr(
                     attr(Element::builder("command", NS), "node", node),
@@ -172,7 +172,7 @@ pub fn response(node: &str, session: &str, outcome: Option<Outcome>) -> Element 
             .build()
         }
         Some(Outcome::Form(form, current)) => {
-            let x: Element = register::data_form(&form, NS, Some(&current)).into();
+            let x = register::data_form(&form, NS, Some(&current));
             attr(command, "status", "executing")
                 .append(
                     attr(Element::builder("actions", NS), "execute", "complete")

@@ -3,6 +3,7 @@
 //! read back into [`FormValues`].
 
 use jabbridge_sdk::{FieldKind, Form, FormValues};
+use xmpp_parsers::minidom::rxml::{Namespace, NcName};
 use xmpp_parsers::{
     data_forms::{DataForm, DataFormType, Field, FieldType, Option_},
     minidom::Element,
@@ -21,8 +22,23 @@ pub enum Submission {
 }
 
 /// A bridge's form as a XEP-0004 data form of `form_type`, with `current` values filled in
-/// (secrets never are: they are not sent back).
-pub fn data_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> DataForm {
+/// (secrets never are: they are not sent back). Every field says its type, `text-single`
+/// included (XEP-0004's default, which clients such as Profanity 0.13 do not assume: they
+/// leave a field without a type uneditable), and every option has a label.
+pub fn data_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> Element {
+    let mut x: Element = typed_form(form, form_type, current).into();
+    for field in x.children_mut() {
+        if field.is("field", ns::DATA_FORMS)
+            && field.attr("type").is_none()
+            && let Ok(name) = NcName::try_from("type")
+        {
+            field.set_attr(Namespace::none().clone(), name, "text-single");
+        }
+    }
+    x
+}
+
+fn typed_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> DataForm {
     let fields = form
         .fields
         .iter()
@@ -40,7 +56,7 @@ pub fn data_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> 
                 rendered.options = options
                     .iter()
                     .map(|value| Option_ {
-                        label: None,
+                        label: Some(value.clone()),
                         value: value.clone(),
                     })
                     .collect();
@@ -83,7 +99,7 @@ pub fn form_query(form: &Form, registered: bool) -> Element {
     if registered {
         query.append_child(Element::bare("registered", ns::REGISTER));
     }
-    query.append_child(data_form.into());
+    query.append_child(data_form);
     query
 }
 
@@ -138,6 +154,19 @@ mod tests {
             .unwrap();
         assert!(field.required);
         assert_eq!(field.label.as_deref(), Some("Reply prefix"));
+        // Every field names its type, text-single too.
+        let x = query.get_child("x", ns::DATA_FORMS).unwrap();
+        let untyped: Vec<_> = x
+            .children()
+            .filter(|field| field.is("field", ns::DATA_FORMS) && field.attr("type").is_none())
+            .collect();
+        assert!(untyped.is_empty(), "{untyped:?}");
+        assert_eq!(
+            x.children()
+                .find(|field| field.attr("var") == Some("prefix"))
+                .and_then(|field| field.attr("type")),
+            Some("text-single")
+        );
     }
 
     #[test]

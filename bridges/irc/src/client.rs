@@ -1511,6 +1511,17 @@ impl Client {
                     net.leave_reporting(&folded, &nick, &self.user);
                 }
             }
+            // Refused in a channel the user is in (a topic or a mode without ops): said in
+            // the room, to them, where they tried it.
+            "442" | "482" if self.joined_room(param(1)).is_some() => {
+                if let Some(room) = self.joined_room(param(1)) {
+                    let notice = RoomEvent::Notice {
+                        user: Some(self.user.clone()),
+                        text: param(2).unwrap_or("refused by the server").to_owned(),
+                    };
+                    self.report(&room, notice).await;
+                }
+            }
             "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
             | "482" | "301" => {
                 let text = message.params.get(1..).unwrap_or_default().join(" ");
@@ -1518,6 +1529,15 @@ impl Client {
             }
             _ => {}
         }
+    }
+
+    /// The room of `channel`, when this connection is in it.
+    fn joined_room(&self, channel: Option<&str>) -> Option<RoomId> {
+        let folded = self.fold(channel?);
+        if !self.channels.contains_key(&folded) {
+            return None;
+        }
+        self.room_of(&folded)
     }
 
     fn room_of(&self, folded: &str) -> Option<RoomId> {

@@ -329,6 +329,8 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
                                  :bob!b@h PRIVMSG &local :in an ampersand channel\r\n\
                                  :bob!b@h PRIVMSG @&local :to the ops\r\n\
                                  :fake.test NOTICE &local :the server speaks\r\n\
+                                 :fake.test 482 alice &local :You're not channel operator\r\n\
+                                 :fake.test 482 alice #elsewhere :You're not on it either\r\n\
                                  :bob!b@h AWAY :gone fishing\r\n\
                                  :bob!b@h PRIVMSG alice :\x01VERSION\x01\r\n")
                     .await
@@ -388,8 +390,25 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
         [
             "bob: in an ampersand channel",
             "bob: to the ops",
-            "notice: the server speaks"
+            "notice: the server speaks",
+            "notice: You're not channel operator"
         ]
+    );
+    // Only the user who was refused hears it in the room; a refusal about a channel they
+    // are not in comes from the server's address.
+    assert!(events.iter().any(|event| matches!(event,
+        RoomEvent::Notice { user: Some(user), text } if user.as_str() == "alice@localhost"
+            && text == "You're not channel operator")));
+    let mut from_server = Vec::new();
+    while let Some(message) = core.next_delivered(Duration::from_millis(200)).await {
+        from_server.push((message.contact.to_string(), message.text));
+    }
+    assert!(
+        from_server.contains(&(
+            "fake.test".to_owned(),
+            "#elsewhere You're not on it either".to_owned()
+        )),
+        "{from_server:?}"
     );
     // away-notify: Bob shows away, with his message.
     let away = events.iter().find_map(|event| match event {
