@@ -886,3 +886,63 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     );
     jabbridge.terminate().await;
 }
+
+#[tokio::test]
+async fn webirc_gives_each_user_an_address_of_their_own() {
+    let Some(ircd) = Inspircd::start().await else {
+        return;
+    };
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice", "carol"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The network's section is the config's last: its keys go at the end.
+    let config = irc_config(&server, dir.path(), ircd.port)
+        + "webirc = { password = \"jabbridge-webirc-test\", prefix = \"fd6a:6262:7269::/48\" }\n";
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let mut hosts = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["alice", "carol"] {
+        let mut client = server.client(name).await;
+        let joined = client.join(&room, name, serde_json::json!({})).await;
+        assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());
+        let join = bob
+            .expect(|line| line.starts_with(&format!(":{name}!")) && line.contains(" JOIN "))
+            .await;
+        let host = join
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once(' '))
+            .map(|(host, _)| host.to_owned())
+            .unwrap_or_default();
+        let address: std::net::Ipv6Addr = host
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} is not on an IPv6 address: {join}"));
+        assert_eq!(address.segments()[..3], [0xfd6a, 0x6262, 0x7269], "{join}");
+        hosts.push(address);
+        // WHOIS says the same.
+        bob.send(&format!("WHOIS {name}")).await;
+        let whois = bob.expect(|line| line.contains(" 311 ")).await;
+        assert!(whois.contains(&host), "{whois}");
+        bob.expect(|line| line.contains(" 318 ")).await;
+        clients.push(client);
+    }
+    assert_ne!(hosts[0], hosts[1], "one address each");
+    // Alice's comes back the same after Jabbridge restarts.
+    jabbridge.terminate().await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains(" QUIT "))
+        .await;
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let rejoin = bob
+        .expect(|line| line.starts_with(":alice!") && line.contains(" JOIN "))
+        .await;
+    assert!(rejoin.contains(&format!("@{} JOIN", hosts[0])), "{rejoin}");
+    assert!(
+        !jabbridge.log().contains("jabbridge-webirc-test"),
+        "the WEBIRC password was logged"
+    );
+    jabbridge.terminate().await;
+}

@@ -122,6 +122,57 @@ pub struct NetworkConfig {
     /// never reaches someone who took the nick on a network without services.
     #[serde(default = "nickserv")]
     pub nickserv: String,
+    /// WEBIRC: each user connects under an address of their own, so that the network's
+    /// bans and limits can aim at one XMPP user rather than at the whole gateway. The
+    /// server must trust this gateway for WEBIRC (its address and this password).
+    #[serde(default)]
+    pub webirc: Option<Webirc>,
+}
+
+/// A network's WEBIRC block: the password the server expects, and the IPv6 prefix users'
+/// addresses are made in.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webirc {
+    /// The password of the server's WEBIRC (cgiirc) block for this gateway. Never logged.
+    pub password: SecretString,
+    /// An IPv6 prefix, e.g. `fd6a:6262::/64` (at most 96 bits long): each user's address is
+    /// in it, the rest of it a hash of their bare JID, the same at every connection.
+    pub prefix: String,
+}
+
+impl Webirc {
+    /// The prefix's address and length, if it is a valid IPv6 prefix of at most 96 bits.
+    pub fn prefix(&self) -> Result<(std::net::Ipv6Addr, u32), String> {
+        let (address, length) = self
+            .prefix
+            .split_once('/')
+            .ok_or("must be an IPv6 prefix such as fd6a:6262::/64")?;
+        let address: std::net::Ipv6Addr = address
+            .parse()
+            .map_err(|_| "must be an IPv6 prefix such as fd6a:6262::/64")?;
+        let length: u32 = length
+            .parse()
+            .ok()
+            .filter(|length| (8..=96).contains(length))
+            .ok_or("the prefix length must be between 8 and 96")?;
+        Ok((address, length))
+    }
+
+    /// `jid`'s address: the prefix's first `length` bits, then the first bits of
+    /// SHA-256 of the bare JID.
+    pub fn address_of(&self, jid: &str) -> Option<std::net::Ipv6Addr> {
+        let (prefix, length) = self.prefix().ok()?;
+        let digest = aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            format!("jabbridge webirc\0{jid}").as_bytes(),
+        );
+        let mut hashed = [0u8; 16];
+        hashed.copy_from_slice(&digest.as_ref()[..16]);
+        let host_bits = u128::MAX >> length;
+        let address = (u128::from(prefix) & !host_bits) | (u128::from_be_bytes(hashed) & host_bits);
+        Some(std::net::Ipv6Addr::from(address))
+    }
 }
 
 fn nickserv() -> String {
@@ -194,6 +245,11 @@ impl IrcConfig {
             {
                 return Err(error(format!("network[{index}].name"), "is listed twice"));
             }
+            if let Some(webirc) = &network.webirc
+                && let Err(message) = webirc.prefix()
+            {
+                return Err(error(format!("network[{index}].webirc.prefix"), &message));
+            }
             if network.nick.is_empty() || network.username.is_empty() {
                 return Err(error(
                     format!("network[{index}].nick"),
@@ -220,5 +276,47 @@ impl IrcConfig {
             return Err(error("flood.burst".into(), "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webirc(prefix: &str) -> Webirc {
+        Webirc {
+            password: SecretString::from("pw"),
+            prefix: prefix.into(),
+        }
+    }
+
+    #[test]
+    fn a_users_webirc_address_is_theirs_in_the_prefix_and_the_same_every_time() {
+        let block = webirc("fd6a:6262:7269:6a00::/64");
+        let alice = block.address_of("alice@example.org").expect("an address");
+        assert_eq!(Some(alice), block.address_of("alice@example.org"));
+        assert_ne!(Some(alice), block.address_of("bob@example.org"));
+        assert_eq!(alice.segments()[..4], [0xfd6a, 0x6262, 0x7269, 0x6a00]);
+        // Bits of the prefix past its length are not kept.
+        let short = webirc("fd6a:6262:ffff:ffff::/32").address_of("alice@example.org");
+        let short = short.expect("an address");
+        assert_eq!(short.segments()[..2], [0xfd6a, 0x6262]);
+        assert_eq!(u128::from(short) >> 96, 0xfd6a_6262);
+        // The same hash under both prefixes.
+        let low = u128::MAX >> 64;
+        assert_eq!(u128::from(short) & low, u128::from(alice) & low);
+        for bad in [
+            "fd6a:6262::",
+            "fd6a:6262::/4",
+            "fd6a:6262::/120",
+            "10.0.0.0/8",
+            "x/64",
+        ] {
+            assert!(webirc(bad).prefix().is_err(), "{bad}");
+            assert!(
+                webirc(bad).address_of("alice@example.org").is_none(),
+                "{bad}"
+            );
+        }
     }
 }

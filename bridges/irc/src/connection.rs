@@ -59,6 +59,8 @@ pub struct Registration {
     pub password: Option<SecretString>,
     /// The SASL login, if the user set one up.
     pub sasl: Option<Sasl>,
+    /// WEBIRC: the server's password for this gateway, and the user's own address.
+    pub webirc: Option<(SecretString, std::net::Ipv6Addr)>,
 }
 
 /// Where to connect and how.
@@ -343,7 +345,21 @@ impl Connection {
             server_name: String::new(),
             greeting: Vec::new(),
         };
-        let mut out = wire::line(&[], "CAP", &["LS", "302"])?;
+        let mut out = String::new();
+        if let Some((password, address)) = &registration.webirc {
+            // First, before anything else; the host name is the address (a leading ':'
+            // would make it a trailing parameter).
+            let address = match address.to_string() {
+                text if text.starts_with(':') => format!("0{text}"),
+                text => text,
+            };
+            out.push_str(&wire::line(
+                &[],
+                "WEBIRC",
+                &[password.expose_secret(), "jabbridge", &address, &address],
+            )?);
+        }
+        out.push_str(&wire::line(&[], "CAP", &["LS", "302"])?);
         if let Some(password) = &registration.password {
             out.push_str(&wire::line(&[], "PASS", &[password.expose_secret()])?);
         }
@@ -541,6 +557,7 @@ mod tests {
             realname: "Jabbridge test".into(),
             password: None,
             sasl: None,
+            webirc: None,
         }
     }
 

@@ -268,6 +268,10 @@ impl IrcBridge {
                     .unwrap_or_else(|| config::fill(&config.realname, jid)),
                 password: config.password.clone(),
                 sasl,
+                webirc: config
+                    .webirc
+                    .as_ref()
+                    .and_then(|webirc| Some((webirc.password.clone(), webirc.address_of(jid)?))),
             },
             flood: self.config.flood,
             connect_timeout: self.config.connect_timeout,

@@ -440,6 +440,7 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
         realname: "Carol".into(),
         password: None,
         sasl: None,
+        webirc: None,
     };
     let mut carol = Connection::connect(&target, &registration, WAIT)
         .await
@@ -774,6 +775,7 @@ fn a_connections_task_stays_small() {
             realname: "a".into(),
             password: None,
             sasl: None,
+            webirc: None,
         },
         flood: Flood::default(),
         connect_timeout: Duration::from_secs(1),
