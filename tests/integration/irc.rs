@@ -130,6 +130,8 @@ fn as_irc(program: &str) -> tokio::process::Command {
 /// sweep: each connection takes about a second.
 pub struct Inspircd {
     pub port: u16,
+    /// The client port with TLS (a self-signed certificate; client certificates asked for).
+    pub tls_port: u16,
     dir: tempfile::TempDir,
     _inspircd: tokio::process::Child,
     _atheme: tokio::process::Child,
@@ -151,10 +153,33 @@ impl Inspircd {
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let port = harness::free_port();
+        let tls_port = harness::free_port();
         let link = harness::free_port();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=irc.test", "-keyout"])
+            .arg(dir.path().join("tls-key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("tls-cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl");
+        assert!(
+            made.success(),
+            "openssl could not make the server's certificate"
+        );
         let fill = |template: &str| {
             template
                 .replace("@PORT@", &port.to_string())
+                .replace("@TLSPORT@", &tls_port.to_string())
                 .replace("@LINKPORT@", &link.to_string())
                 .replace("@PASSWORD@", "link-secret")
                 .replace("@DIR@", &dir.path().display().to_string())
@@ -238,6 +263,7 @@ impl Inspircd {
         assert!(synced.is_ok(), "atheme did not link to inspircd");
         Some(Inspircd {
             port,
+            tls_port,
             dir,
             _inspircd: inspircd,
             _atheme: atheme,
@@ -944,5 +970,77 @@ async fn webirc_gives_each_user_an_address_of_their_own() {
         !jabbridge.log().contains("jabbridge-webirc-test"),
         "the WEBIRC password was logged"
     );
+    jabbridge.terminate().await;
+}
+
+#[tokio::test]
+async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
+    let Some(ircd) = Inspircd::start().await else {
+        return;
+    };
+    // The account, registered from IRC; its owner stays logged in to add a fingerprint.
+    let mut owner = IrcUser::connect(ircd.port, "certacct").await;
+    owner
+        .send("PRIVMSG NickServ :REGISTER secretpw certacct@example.org")
+        .await;
+    owner
+        .expect(|line| line.contains("is now registered"))
+        .await;
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("CAP REQ :extended-join").await;
+    bob.expect(|line| line.contains("ACK")).await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Over TLS (the server's certificate is self-signed), as EXTERNAL needs.
+    let config = irc_config_with(
+        &server,
+        dir.path(),
+        ircd.tls_port,
+        "secret_key = \"a test key of more than sixteen characters\"",
+    )
+    .replace("tls = \"off\"", "tls = \"self-signed\"")
+    .replace("reconnect_max = \"2s\"", "reconnect_max = \"60s\"");
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = server.client("alice").await;
+    let note = irc_settings(&mut alice, &[("server", NETWORK), ("sasl", "external")]).await;
+    let fingerprint: String = note
+        .split_once("fingerprint ")
+        .map(|(_, rest)| rest.chars().take(64).collect())
+        .unwrap_or_default();
+    assert!(
+        fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{note}"
+    );
+    assert!(note.contains(&format!("CERT ADD {fingerprint}")), "{note}");
+
+    // Before the account knows the certificate: the join fails with the server's words.
+    let room = room();
+    let refused = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(refused["event"], "join_error", "{refused}");
+    let text = refused["text"].as_str().unwrap_or_default();
+    assert!(text.contains("SASL"), "{refused}");
+
+    // Added to the account: the next join logs in with it.
+    owner
+        .send(&format!("PRIVMSG NickServ :CERT ADD {fingerprint}"))
+        .await;
+    owner
+        .expect(|line| line.contains("NOTICE") && line.contains(&fingerprint))
+        .await;
+    // The refused connection waits a minute (reconnect_max) before it tries again on its
+    // own; a join tries at once, once the last attempt is 3 s old.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());
+    let join = bob
+        .expect(|line| line.starts_with(":alice!") && line.contains(" JOIN "))
+        .await;
+    assert!(join.contains("JOIN #test certacct"), "{join}");
+    let log = jabbridge.log();
+    assert!(!log.contains("PRIVATE KEY"), "a key was logged");
     jabbridge.terminate().await;
 }

@@ -58,6 +58,14 @@ def fill(template, dest, subs):
         f.write(text)
 
 
+def make_certificate(work):
+    """The TLS port's self-signed certificate and key, in the work dir."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=irc.test",
+                    "-keyout", os.path.join(work, "tls-key.pem"), "-out", os.path.join(work, "tls-cert.pem")],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def as_irc(cmd):
     """Prefix cmd with setpriv to drop to user irc when we are root."""
     if os.geteuid() == 0:
@@ -141,7 +149,9 @@ def main():
     port, linkport = free_port(), free_port()
     while linkport == port:
         linkport = free_port()
-    subs = {"PORT": port, "LINKPORT": linkport, "DIR": work, "PASSWORD": secrets.token_hex(12)}
+    subs = {"PORT": port, "LINKPORT": linkport, "TLSPORT": free_port(), "DIR": work,
+            "PASSWORD": secrets.token_hex(12)}
+    make_certificate(work)
     fill(os.path.join(HERE, "inspircd.conf.in"), os.path.join(work, "inspircd.conf"), subs)
     fill(os.path.join(HERE, "atheme.conf.in"), os.path.join(work, "atheme.conf"), subs)
     if os.geteuid() == 0:

@@ -29,7 +29,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "irc-servers"))
-from verify import ATHEME, INSPIRCD, Client, as_irc, fill, free_port, is_cmd  # noqa: E402
+from verify import ATHEME, INSPIRCD, Client, as_irc, fill, free_port, is_cmd, make_certificate  # noqa: E402
 
 SERVERS = os.path.join(HERE, "..", "irc-servers")
 
@@ -54,7 +54,9 @@ class Run:
 
     def irc_servers(self):
         link = free_port()
-        subs = {"PORT": self.irc, "LINKPORT": link, "DIR": self.work, "PASSWORD": secrets.token_hex(12)}
+        subs = {"PORT": self.irc, "LINKPORT": link, "TLSPORT": free_port(), "DIR": self.work,
+                "PASSWORD": secrets.token_hex(12)}
+        make_certificate(self.work)
         for name in ("inspircd", "atheme"):
             fill(os.path.join(SERVERS, name + ".conf.in"), os.path.join(self.work, name + ".conf"), subs)
         if os.geteuid() == 0:

@@ -108,6 +108,10 @@ const DEAD: Duration = Duration::from_secs(180);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a join, an echo or a LIST may wait for the server.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// After the server refused the login (SASL), a join tries again at once when the last
+/// attempt is at least this old (the user may have fixed the account meanwhile); a join
+/// sooner gets the refusal. Other commands wait for the backoff.
+const RETRY_REFUSED_ON_JOIN: Duration = Duration::from_secs(3);
 
 /// Writes `bytes`, within [`WRITE_TIMEOUT`] (a server that stops reading must not wedge the
 /// connection's task).
@@ -281,6 +285,8 @@ pub struct Client {
     active: Instant,
     /// The user's away text, while they show away (`AWAY`).
     away: Option<String>,
+    /// A join that made a refused connection try again: taken once connected.
+    held: Option<Box<Command>>,
 }
 
 impl Client {
@@ -334,6 +340,7 @@ impl Client {
             refilled: Instant::now(),
             active: Instant::now(),
             away: None,
+            held: None,
         };
         (client, handle)
     }
@@ -372,6 +379,10 @@ impl Client {
                 End::Lost(reason) => reason,
             };
             self.went_down(&reason, refused, was_up).await;
+            if let Some(held) = self.held.take() {
+                self.refuse(*held, &reason);
+            }
+            let attempted = Instant::now();
             // Credentials the server refused stay refused: wait the longest.
             failures = if refused {
                 u32::MAX
@@ -396,6 +407,12 @@ impl Client {
                         }
                         Some(Command::Reconfigure(setup)) => {
                             self.reconfigure(*setup);
+                            break;
+                        }
+                        Some(command @ Command::Join { .. })
+                            if refused && attempted.elapsed() >= RETRY_REFUSED_ON_JOIN =>
+                        {
+                            self.held = Some(Box::new(command));
                             break;
                         }
                         Some(command) => self.refuse(command, &reason),
@@ -662,6 +679,9 @@ impl Client {
                 let due = self.due();
                 self.rejoining.insert(folded, due);
             }
+        }
+        if let Some(held) = self.held.take() {
+            self.on_command(*held);
         }
         let mut writer = connection.writer;
         let mut reader = connection.reader;

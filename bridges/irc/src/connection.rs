@@ -72,6 +72,22 @@ pub struct Target {
     pub host: String,
     /// How the connection is secured.
     pub tls: Tls,
+    /// The client certificate to present (SASL EXTERNAL), if any.
+    pub client: Option<Arc<ClientAuth>>,
+}
+
+/// A client certificate and its PKCS#8 key, DER; the key never printed.
+pub struct ClientAuth {
+    /// The certificate.
+    pub certificate: Vec<u8>,
+    /// Its key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientAuth { key: [redacted], .. }")
+    }
 }
 
 /// Why a connection could not be made or went down.
@@ -182,7 +198,7 @@ async fn open(target: &Target) -> Result<(ReadHalf, WriteHalf), ConnectError> {
         let (read, write) = stream.into_split();
         return Ok((Box::new(read), Box::new(write)));
     }
-    let config = tls_config(target.tls)?;
+    let config = tls_config(target.tls, target.client.as_deref())?;
     let name = rustls_pki_types::ServerName::try_from(target.host.clone())
         .map_err(|error| ConnectError::Tls(error.to_string()))?;
     let stream = tokio_rustls::TlsConnector::from(config)
@@ -192,40 +208,78 @@ async fn open(target: &Target) -> Result<(ReadHalf, WriteHalf), ConnectError> {
     Ok((Box::new(read), Box::new(write)))
 }
 
-/// The TLS client setup for `tls` (built once per policy).
-fn tls_config(tls: Tls) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, ConnectError> {
+/// The TLS client setup for `tls`: built once per policy, or for each connection that
+/// presents a client certificate.
+fn tls_config(
+    tls: Tls,
+    client: Option<&ClientAuth>,
+) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, ConnectError> {
     use std::sync::OnceLock;
     use tokio_rustls::rustls;
     static VERIFIED: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     static ANY: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    let provider = || Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let built = if tls == Tls::SelfSigned {
-        ANY.get_or_init(|| {
-            let config = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|error| error.to_string())?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
-                .with_no_client_auth();
-            Ok(Arc::new(config))
-        })
+    if let Some(client) = client {
+        let certificate = rustls_pki_types::CertificateDer::from(client.certificate.clone());
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(
+            rustls_pki_types::PrivatePkcs8KeyDer::from(client.key.clone()),
+        );
+        let config = builder(tls)
+            .map_err(ConnectError::Tls)?
+            .with_client_auth_cert(vec![certificate], key)
+            .map_err(|error| ConnectError::Tls(format!("the client certificate: {error}")))?;
+        return Ok(Arc::new(config));
+    }
+    let cache = if tls == Tls::SelfSigned {
+        &ANY
     } else {
-        VERIFIED.get_or_init(|| {
+        &VERIFIED
+    };
+    cache
+        .get_or_init(|| Ok(Arc::new(builder(tls)?.with_no_client_auth())))
+        .clone()
+        .map_err(ConnectError::Tls)
+}
+
+/// Whether a TLS client takes `client` (its key is its certificate's).
+#[cfg(test)]
+pub fn client_config_for_test(client: &ClientAuth) -> Result<(), ConnectError> {
+    tls_config(Tls::SelfSigned, Some(client)).map(|_| ())
+}
+
+/// A TLS client setup for `tls`, short of its client certificate.
+fn builder(
+    tls: Tls,
+) -> Result<
+    tokio_rustls::rustls::ConfigBuilder<
+        tokio_rustls::rustls::ClientConfig,
+        tokio_rustls::rustls::client::WantsClientCert,
+    >,
+    String,
+> {
+    use std::sync::OnceLock;
+    use tokio_rustls::rustls;
+    static ROOTS: OnceLock<Result<Arc<rustls::RootCertStore>, String>> = OnceLock::new();
+    let provider = || Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let versions = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?;
+    if tls == Tls::SelfSigned {
+        return Ok(versions
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider()))));
+    }
+    let roots = ROOTS
+        .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
                 return Err("no trusted root certificates found on this system".into());
             }
-            let config = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|error| error.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Ok(Arc::new(config))
+            Ok(Arc::new(roots))
         })
-    };
-    built.clone().map_err(ConnectError::Tls)
+        .clone()?;
+    Ok(versions.with_root_certificates(roots))
 }
 
 /// Takes any certificate (`tls = "self-signed"`), still checking the handshake's signatures.
@@ -334,6 +388,11 @@ impl Connection {
     }
 
     async fn register(target: &Target, registration: &Registration) -> Result<Self, ConnectError> {
+        if matches!(registration.sasl, Some(Sasl::External)) && target.tls == Tls::Off {
+            return Err(ConnectError::Sasl(
+                "SASL EXTERNAL needs TLS, and this server is reached without it".into(),
+            ));
+        }
         let (read, write) = open(target).await?;
         let mut connection = Self {
             reader: LineReader::new(read),
@@ -614,6 +673,7 @@ mod tests {
             address: format!("127.0.0.1:{}", server.port),
             host: "127.0.0.1".into(),
             tls: Tls::Off,
+            client: None,
         };
         let within = Duration::from_secs(10);
         let mut alice = Connection::connect(&address, &registration("alice"), within)

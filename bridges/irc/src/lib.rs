@@ -246,6 +246,19 @@ impl IrcBridge {
                         password,
                     })
             }
+            (SaslMode::External, _) => Some(Sasl::External),
+            _ => None,
+        };
+        // SASL EXTERNAL presents the user's certificate; one that cannot be opened (the
+        // secret_key changed) is logged, and the server then refuses the login.
+        let client = match (own.sasl, &own.certificate, &self.vault) {
+            (SaslMode::External, Some(certificate), Some(vault)) => match certificate.open(vault) {
+                Ok(client) => Some(Arc::new(client)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot open a user's client certificate");
+                    None
+                }
+            },
             _ => None,
         };
         let setup = Setup {
@@ -254,6 +267,7 @@ impl IrcBridge {
                 address: config.address(),
                 host: config.host().to_owned(),
                 tls: config.tls,
+                client,
             },
             registration: Registration {
                 nick,

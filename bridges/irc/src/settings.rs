@@ -23,6 +23,58 @@ pub enum SaslMode {
     None,
     /// SASL PLAIN with the account and password.
     Plain,
+    /// SASL EXTERNAL: the user's own client certificate (made by the gateway) on a TLS
+    /// connection; the account is the one the certificate's fingerprint was added to.
+    External,
+}
+
+/// A user's client certificate for one server, made by the gateway: self-signed, ECDSA
+/// P-256. Its key is sealed like a password.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientCertificate {
+    /// The certificate, DER in base64.
+    pub der: String,
+    /// Its PKCS#8 key, DER in base64, sealed.
+    pub key: Sealed,
+}
+
+impl ClientCertificate {
+    /// A new certificate and key, the key sealed in `vault`.
+    pub fn make(vault: &Vault) -> Result<Self, String> {
+        let made = (|| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Jabbridge IRC user");
+            let certificate = params.self_signed(&key)?;
+            Ok::<_, rcgen::Error>((certificate.der().to_vec(), key.serialize_der()))
+        })();
+        let (der, key) = made.map_err(|error| format!("cannot make a certificate: {error}"))?;
+        Ok(Self {
+            der: crate::connection::base64(&der),
+            key: vault.seal(&crate::connection::base64(&key))?,
+        })
+    }
+
+    /// The certificate's SHA-256 fingerprint in lowercase hex, as servers and services
+    /// show it (`CERT ADD`, `WHOIS`).
+    pub fn fingerprint(&self) -> String {
+        let der = unbase64(&self.der).unwrap_or_default();
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+
+    /// The certificate and its key, for a TLS client.
+    pub fn open(&self, vault: &Vault) -> Result<crate::connection::ClientAuth, String> {
+        let certificate = unbase64(&self.der).ok_or("a stored certificate does not read")?;
+        let key = vault.open(&self.key)?;
+        let key = unbase64(key.expose_secret()).ok_or(OPEN_FAILED)?;
+        Ok(crate::connection::ClientAuth { certificate, key })
+    }
 }
 
 /// A secret as stored: base64 of the nonce and the sealed bytes.
@@ -50,6 +102,9 @@ pub struct UserSettings {
     pub nickserv: Option<Sealed>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
+    /// The client certificate for SASL EXTERNAL, made when the user first chose it; kept
+    /// when they choose another way (so choosing EXTERNAL again keeps its fingerprint).
+    pub certificate: Option<ClientCertificate>,
 }
 
 impl UserSettings {
@@ -73,6 +128,15 @@ impl UserSettings {
         if self.sasl == SaslMode::Plain {
             let account = self.account.as_deref().unwrap_or("?");
             parts.push(format!("SASL PLAIN as {account}"));
+        }
+        if self.sasl == SaslMode::External
+            && let Some(certificate) = &self.certificate
+        {
+            let fingerprint = certificate.fingerprint();
+            parts.push(format!(
+                "SASL EXTERNAL with your client certificate, SHA-256 fingerprint {fingerprint} \
+                 (add it to your account once, logged in: /msg NickServ CERT ADD {fingerprint})"
+            ));
         }
         if self.nickserv.is_some() {
             parts.push("a NickServ password".into());
@@ -118,6 +182,7 @@ impl UserSettings {
         if let Some(mode) = given("sasl") {
             self.sasl = match mode {
                 "plain" => SaslMode::Plain,
+                "external" => SaslMode::External,
                 "none" | "-" => SaslMode::None,
                 other => return Err(format!("'{other}' is not a SASL mechanism offered here")),
             };
@@ -177,6 +242,14 @@ impl UserSettings {
         if self.sasl == SaslMode::Plain && (self.account.is_none() || self.password.is_none()) {
             return Err("SASL PLAIN needs an account and its password".into());
         }
+        if self.sasl == SaslMode::External && self.certificate.is_none() {
+            let vault = vault.ok_or_else(|| {
+                "this gateway cannot keep client certificates: its admin has not set the \
+                 bridge's secret_key"
+                    .to_owned()
+            })?;
+            self.certificate = Some(ClientCertificate::make(vault)?);
+        }
         Ok(())
     }
 }
@@ -219,7 +292,7 @@ pub fn form(networks: Vec<String>) -> Form {
             Field {
                 var: "sasl".into(),
                 label: "Log in with SASL".into(),
-                kind: FieldKind::Choice(vec!["none".into(), "plain".into()]),
+                kind: FieldKind::Choice(vec!["none".into(), "plain".into(), "external".into()]),
                 required: false,
             },
             text("account", "Account"),
@@ -355,6 +428,53 @@ mod tests {
 
     fn vault() -> Vault {
         Vault::new(&SecretString::from("a key of at least sixteen characters")).unwrap()
+    }
+
+    #[test]
+    fn sasl_external_makes_a_client_certificate_once_and_shows_its_fingerprint() {
+        let vault = vault();
+        let mut settings = UserSettings::default();
+        assert!(
+            settings
+                .apply(&values(&[("sasl", "external")]), None)
+                .is_err(),
+            "no secret_key, no certificate"
+        );
+        settings
+            .apply(&values(&[("sasl", "external")]), Some(&vault))
+            .expect("applied");
+        let certificate = settings.certificate.clone().expect("a certificate");
+        let fingerprint = certificate.fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+        let said = settings.describe();
+        assert!(said.contains(&format!("CERT ADD {fingerprint}")), "{said}");
+        // The key is sealed: not in what is stored, in any form.
+        let stored = jabbridge_sdk::serde_json::to_string(&settings).expect("serialised");
+        let auth = certificate.open(&vault).expect("opens");
+        let key = crate::connection::base64(&auth.key);
+        assert!(!stored.contains(&key[..40]), "{stored}");
+        assert!(format!("{auth:?}").contains("redacted"));
+        // A TLS client takes the pair (the key is the certificate's).
+        assert!(crate::connection::client_config_for_test(&auth).is_ok());
+        // Choosing PLAIN and then EXTERNAL again keeps the same certificate.
+        settings
+            .apply(
+                &values(&[("sasl", "plain"), ("account", "a"), ("password", "p")]),
+                Some(&vault),
+            )
+            .expect("plain");
+        assert!(!settings.describe().contains("EXTERNAL"));
+        settings
+            .apply(&values(&[("sasl", "external")]), Some(&vault))
+            .expect("external again");
+        assert_eq!(
+            settings
+                .certificate
+                .as_ref()
+                .map(ClientCertificate::fingerprint),
+            Some(fingerprint)
+        );
     }
 
     #[test]

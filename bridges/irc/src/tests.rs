@@ -433,6 +433,7 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
         address: format!("127.0.0.1:{}", server.port),
         host: "127.0.0.1".into(),
         tls: Tls::Off,
+        client: None,
     };
     let registration = Registration {
         nick: "carol".into(),
@@ -768,6 +769,7 @@ fn a_connections_task_stays_small() {
             address: "127.0.0.1:1".into(),
             host: "h".into(),
             tls: Tls::Off,
+            client: None,
         },
         registration: Registration {
             nick: "a".into(),
