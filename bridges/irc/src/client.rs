@@ -112,6 +112,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// attempt is at least this old (the user may have fixed the account meanwhile); a join
 /// sooner gets the refusal. Other commands wait for the backoff.
 const RETRY_REFUSED_ON_JOIN: Duration = Duration::from_secs(3);
+/// The most lines asked for with `CHATHISTORY LATEST` when a channel is joined.
+const HISTORY_ON_JOIN: u32 = 100;
 
 /// Writes `bytes`, within [`WRITE_TIMEOUT`] (a server that stops reading must not wedge the
 /// connection's task).
@@ -262,6 +264,10 @@ pub struct Client {
     statusmsg: String,
     /// ISUPPORT's CHANNELLEN: the longest channel name, when the server says.
     channellen: Option<usize>,
+    /// How many lines one `CHATHISTORY` may ask for (ISUPPORT), where the server has it.
+    history_max: Option<u32>,
+    /// The `chathistory` batches open now (their references): their lines are history.
+    history_batches: HashSet<String>,
     /// Channels we are in (or rejoining), folded → as spelled.
     channels: HashMap<String, String>,
     /// Channels being rejoined after a reconnection.
@@ -326,6 +332,8 @@ impl Client {
             chantypes: "#&".into(),
             statusmsg: "@+".into(),
             channellen: None,
+            history_max: None,
+            history_batches: HashSet::new(),
             channels: HashMap::new(),
             rejoining: HashMap::new(),
             parting: HashSet::new(),
@@ -616,6 +624,7 @@ impl Client {
         let previous = std::mem::replace(&mut self.nick, connection.nick.clone());
         let still_ours;
         self.caps = std::mem::take(&mut connection.caps);
+        self.history_batches.clear();
         self.account = connection.account.take();
         self.server_name = std::mem::take(&mut connection.server_name);
         self.read_isupport(&connection.isupport);
@@ -901,6 +910,17 @@ impl Client {
             .get("CHANNELLEN")
             .and_then(|value| value.parse().ok())
             .filter(|&longest: &usize| longest > 0);
+        // 0: no maximum.
+        self.history_max = isupport
+            .get("CHATHISTORY")
+            .and_then(|value| value.parse::<u32>().ok())
+            .map(|most| {
+                if most == 0 {
+                    HISTORY_ON_JOIN
+                } else {
+                    most.min(HISTORY_ON_JOIN)
+                }
+            });
         if let Some(modes) = isupport.get("CHANMODES") {
             let mut lists = modes.split(',').map(str::to_owned);
             self.chanmodes = std::array::from_fn(|_| lists.next().unwrap_or_default());
@@ -1468,6 +1488,17 @@ impl Client {
                 }
             }
             "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
+            "BATCH" => {
+                let reference = param(0).unwrap_or("");
+                if let Some(opened) = reference.strip_prefix('+') {
+                    // A hostile server opening batches without end costs a bounded set.
+                    if param(1) == Some("chathistory") && self.history_batches.len() < 16 {
+                        self.history_batches.insert(opened.to_owned());
+                    }
+                } else if let Some(closed) = reference.strip_prefix('-') {
+                    self.history_batches.remove(closed);
+                }
+            }
             // LIST: one channel, then the end.
             "322" => {
                 let (Some(channel), Some((listed, _, _))) = (param(1), self.listing.as_mut())
@@ -1965,8 +1996,31 @@ impl Client {
         }
     }
 
+    /// After our join (or rejoin) of a channel this connection reports, where the server
+    /// keeps history (`draft/chathistory`): its latest lines, which come in a `chathistory`
+    /// batch. The archive keeps each once (by its msgid); those said while none of our
+    /// users was there reach the room with their time (a delay).
+    fn ask_history(&mut self, folded: &str, joining: bool) {
+        let Some(most) = self.history_max else {
+            return;
+        };
+        if !joining || !self.caps.contains("draft/chathistory") {
+            return;
+        }
+        let reports = self.network.lock().reports_in(folded, &self.user);
+        if let (true, Some(name)) = (reports, self.channels.get(folded).cloned()) {
+            self.enqueue(
+                "CHATHISTORY",
+                &["LATEST", &name, "*", &most.to_string()],
+                None,
+            );
+        }
+    }
+
     /// The end of a NAMES reply: fill or correct the channel's members, and answer a join.
     async fn end_of_names(&mut self, folded: &str) {
+        let listed_first =
+            self.pending_joins.contains_key(folded) || self.rejoining.contains_key(folded);
         let listed = self.names.remove(folded);
         let mut events = Vec::new();
         let room = {
@@ -2037,6 +2091,7 @@ impl Client {
         for event in events {
             self.report(&room, event).await;
         }
+        self.ask_history(folded, listed_first);
         if self.rejoining.remove(folded).is_some() {
             let name = self.channels.get(folded).cloned().unwrap_or_default();
             let notice = RoomEvent::Notice {
@@ -2076,8 +2131,14 @@ impl Client {
         let id = message.tag("msgid").map(MessageId::new);
         if let Some(channel) = channel_target {
             let folded = self.fold(channel);
+            let history = message
+                .tag("batch")
+                .is_some_and(|batch| self.history_batches.contains(batch));
             if is_self {
-                self.echoed(&folded, said, id, timestamp).await;
+                // Our own earlier lines in a history batch are no echoes of posts waiting.
+                if !history {
+                    self.echoed(&folded, said, id, timestamp).await;
+                }
                 return;
             }
             let Some(shown) = text::shown(&text::said(said)) else {

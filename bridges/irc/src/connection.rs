@@ -24,6 +24,7 @@ pub const WANTED_CAPS: &[&str] = &[
     "batch",
     "cap-notify",
     "chghost",
+    "draft/chathistory",
     "echo-message",
     "extended-join",
     "message-tags",

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::testkit::TestCore;
 use jabbridge_sdk::{
-    HistoryWish, JoinRequest, MessageId, Posted, RoomEvent, RoomId, RoomPost, UserJid,
+    HistoryWish, JoinRequest, MessageId, Posted, RoomEvent, RoomId, RoomMessage, RoomPost, UserJid,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -296,6 +296,115 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
         .expect("after 1970")
         .as_millis();
     assert_eq!(since, 1_767_323_045_678);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (read, mut write) = stream.into_split();
+        let mut reader = BufReader::new(read);
+        assert_eq!(line_from(&mut reader).await, "CAP LS 302");
+        write
+            .write_all(b":fake.test CAP * LS :batch draft/chathistory message-tags server-time\r\n")
+            .await
+            .expect("write");
+        let mut requested = String::new();
+        loop {
+            let line = line_from(&mut reader).await;
+            if let Some(caps) = line.strip_prefix("CAP REQ :") {
+                requested = caps.to_owned();
+                write
+                    .write_all(format!(":fake.test CAP * ACK :{caps}\r\n").as_bytes())
+                    .await
+                    .expect("write");
+            }
+            if line == "CAP END" {
+                break;
+            }
+        }
+        assert_eq!(
+            requested,
+            "batch draft/chathistory message-tags server-time"
+        );
+        write
+            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 005 alice CHATHISTORY=50 :ok\r\n:fake.test 422 alice :no MOTD\r\n")
+            .await
+            .expect("write");
+        while !line_from(&mut reader).await.starts_with("JOIN #room") {}
+        write
+            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice bob\r\n:fake.test 366 alice #room :End\r\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            line_from(&mut reader).await,
+            "CHATHISTORY LATEST #room * 50"
+        );
+        // The history, then a live line.
+        write
+            .write_all(
+                b":fake.test BATCH +h1 chathistory #room\r\n\
+                  @batch=h1;msgid=old1;time=2026-01-02T03:04:05.000Z :bob!b@h PRIVMSG #room :said before\r\n\
+                  @batch=h1;msgid=old2;time=2026-01-02T03:04:06.000Z :alice!a@h PRIVMSG #room :my own, earlier\r\n\
+                  :fake.test BATCH -h1\r\n\
+                  @msgid=live1 :bob!b@h PRIVMSG #room :now\r\n",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(write);
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let messages = || -> Vec<RoomMessage> {
+        core.room_events()
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                RoomEvent::Message(message) => Some(message),
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while messages().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let said: Vec<(String, String, String)> = messages()
+        .into_iter()
+        .map(|message| {
+            (
+                message.nick,
+                message.text,
+                message.foreign_id.as_str().to_owned(),
+            )
+        })
+        .collect();
+    // Our own earlier line is neither a message nor the echo of a post.
+    assert_eq!(
+        said,
+        [
+            (
+                "bob".to_owned(),
+                "said before".to_owned(),
+                "old1".to_owned()
+            ),
+            ("bob".to_owned(), "now".to_owned(), "live1".to_owned())
+        ]
+    );
+    let at = messages()[0].timestamp.expect("its time");
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+    assert_eq!(since, 1_767_323_045_000);
     server.abort();
 }
 
