@@ -798,26 +798,33 @@ async fn irc_settings_at(
     (offered, note)
 }
 
+/// An account registered with NickServ from IRC, its owner still connected and logged in
+/// to it; and bob in `#test`, who sees accounts on joins (extended-join).
+async fn account_and_bob(port: u16, account: &str) -> (IrcUser, IrcUser) {
+    let mut owner = IrcUser::connect(port, account).await;
+    owner
+        .send(&format!(
+            "PRIVMSG NickServ :REGISTER secretpw {account}@example.org"
+        ))
+        .await;
+    owner
+        .expect(|line| line.contains("is now registered"))
+        .await;
+    let mut bob = IrcUser::connect(port, "bob").await;
+    bob.send("CAP REQ :extended-join").await;
+    bob.expect(|line| line.contains("ACK")).await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    (owner, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     let Some(ircd) = Inspircd::start().await else {
         return;
     };
-    // An account on the network, registered with NickServ from IRC.
-    let mut owner = IrcUser::connect(ircd.port, "acct").await;
-    owner
-        .send("PRIVMSG NickServ :REGISTER secretpw acct@example.org")
-        .await;
-    owner
-        .expect(|line| line.contains("is now registered"))
-        .await;
+    let (mut owner, mut bob) = account_and_bob(ircd.port, "acct").await;
     owner.send("QUIT").await;
-    // Bob sees accounts on joins (extended-join).
-    let mut bob = IrcUser::connect(ircd.port, "bob").await;
-    bob.send("CAP REQ :extended-join").await;
-    bob.expect(|line| line.contains("ACK")).await;
-    bob.send("JOIN #test").await;
-    bob.expect(|line| line.contains(" 366 ")).await;
 
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -978,19 +985,8 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
     let Some(ircd) = Inspircd::start().await else {
         return;
     };
-    // The account, registered from IRC; its owner stays logged in to add a fingerprint.
-    let mut owner = IrcUser::connect(ircd.port, "certacct").await;
-    owner
-        .send("PRIVMSG NickServ :REGISTER secretpw certacct@example.org")
-        .await;
-    owner
-        .expect(|line| line.contains("is now registered"))
-        .await;
-    let mut bob = IrcUser::connect(ircd.port, "bob").await;
-    bob.send("CAP REQ :extended-join").await;
-    bob.expect(|line| line.contains("ACK")).await;
-    bob.send("JOIN #test").await;
-    bob.expect(|line| line.contains(" 366 ")).await;
+    // Its owner stays logged in, to add a fingerprint.
+    let (mut owner, mut bob) = account_and_bob(ircd.port, "certacct").await;
 
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
     let dir = tempfile::tempdir().expect("temp dir");

@@ -110,6 +110,31 @@ fn join(room: &str) -> JoinRequest {
 }
 
 /// The next line the client wrote, within 10 s.
+/// A scripted server's side of CAP: reads `CAP LS 302`, answers with the `offered` lines,
+/// acknowledges every request, up to `CAP END`; what the client asked for last.
+async fn negotiate<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    offered: &[u8],
+) -> String {
+    assert_eq!(line_from(reader).await, "CAP LS 302");
+    write.write_all(offered).await.expect("write");
+    let mut requested = String::new();
+    loop {
+        let line = line_from(reader).await;
+        if let Some(caps) = line.strip_prefix("CAP REQ :") {
+            requested = caps.to_owned();
+            write
+                .write_all(format!(":fake.test CAP * ACK :{caps}\r\n").as_bytes())
+                .await
+                .expect("write");
+        }
+        if line == "CAP END" {
+            return requested;
+        }
+    }
+}
+
 async fn line_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String {
     let mut line = String::new();
     tokio::time::timeout(WAIT, reader.read_line(&mut line))
@@ -209,25 +234,12 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
         let (stream, _) = listener.accept().await.expect("accept");
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        assert_eq!(line_from(&mut reader).await, "CAP LS 302");
-        write
-            .write_all(b":fake.test CAP * LS * :multi-prefix sasl\r\n:fake.test CAP * LS :echo-message message-tags server-time\r\n")
-            .await
-            .expect("write");
-        let mut requested = String::new();
-        loop {
-            let line = line_from(&mut reader).await;
-            if let Some(caps) = line.strip_prefix("CAP REQ :") {
-                requested = caps.to_owned();
-                write
-                    .write_all(format!(":fake.test CAP * ACK :{caps}\r\n").as_bytes())
-                    .await
-                    .expect("write");
-            }
-            if line == "CAP END" {
-                break;
-            }
-        }
+        let requested = negotiate(
+            &mut reader,
+            &mut write,
+            b":fake.test CAP * LS * :multi-prefix sasl\r\n:fake.test CAP * LS :echo-message message-tags server-time\r\n",
+        )
+        .await;
         assert_eq!(
             requested,
             "echo-message message-tags multi-prefix server-time"
@@ -309,25 +321,12 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
         let (stream, _) = listener.accept().await.expect("accept");
         let (read, mut write) = stream.into_split();
         let mut reader = BufReader::new(read);
-        assert_eq!(line_from(&mut reader).await, "CAP LS 302");
-        write
-            .write_all(b":fake.test CAP * LS :batch draft/chathistory message-tags server-time\r\n")
-            .await
-            .expect("write");
-        let mut requested = String::new();
-        loop {
-            let line = line_from(&mut reader).await;
-            if let Some(caps) = line.strip_prefix("CAP REQ :") {
-                requested = caps.to_owned();
-                write
-                    .write_all(format!(":fake.test CAP * ACK :{caps}\r\n").as_bytes())
-                    .await
-                    .expect("write");
-            }
-            if line == "CAP END" {
-                break;
-            }
-        }
+        let requested = negotiate(
+            &mut reader,
+            &mut write,
+            b":fake.test CAP * LS :batch draft/chathistory message-tags server-time\r\n",
+        )
+        .await;
         assert_eq!(
             requested,
             "batch draft/chathistory message-tags server-time"
