@@ -404,6 +404,16 @@ async fn run_bridge_command(
     fixed: Option<(&str, String)>,
 ) -> Result<Outcome, StanzaFailure> {
     let node = command.node.as_str();
+    // On a contact whose address is the form's only field, there is nothing to ask.
+    let asks_nothing = |form: &jabbridge_sdk::Form| {
+        fixed
+            .as_ref()
+            .is_some_and(|(field, _)| form.fields.iter().all(|shown| shown.var == *field))
+    };
+    let input = match (&command.form, input) {
+        (Some(form), None) if asks_nothing(form) => Some(FormValues::default()),
+        (_, input) => input,
+    };
     let values = match (command.form.clone(), input) {
         (Some(mut form), None) => {
             if let Some((field, address)) = &fixed {

@@ -719,6 +719,30 @@ async fn whois_until(
     panic!("alice's away stayed {away:?}");
 }
 
+/// Runs the ad-hoc command `node` at `at`, which asks nothing there: its note.
+async fn run_command(client: &mut harness::Client, at: &str, node: &str) -> String {
+    let commands = "http://jabber.org/protocol/commands";
+    let done = client
+        .iq(
+            "r1",
+            &format!(
+                "<iq type='set' to='{at}' id='r1'><command xmlns='{commands}' \
+                 node='{node}' action='execute'/></iq>"
+            ),
+        )
+        .await;
+    let command = done.get_child("command", commands);
+    assert_eq!(
+        command.and_then(|command| command.attr("status")),
+        Some("completed"),
+        "{done:?}"
+    );
+    command
+        .and_then(|command| command.get_child("note", commands))
+        .map(Element::text)
+        .unwrap_or_default()
+}
+
 /// The ad-hoc commands listed at `at` (disco#items of the commands node): JID and node.
 async fn command_nodes(client: &mut harness::Client, at: &str) -> Vec<(String, String)> {
     let listed = client
@@ -838,6 +862,16 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     jabbridge.wait_ready(Duration::from_secs(20)).await;
     let room = room();
     let mut alice = server.client("alice").await;
+    let info = run_command(
+        &mut alice,
+        &format!("{NETWORK}@{DOMAIN}"),
+        "irc-connection-info",
+    )
+    .await;
+    assert!(
+        info.contains("You have no connection to irc.test"),
+        "{info}"
+    );
 
     // A wrong password: the join fails with the server's words, and the password is
     // nowhere in the log.
@@ -866,7 +900,10 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     let at_server = format!("{NETWORK}@{DOMAIN}");
     assert_eq!(
         command_nodes(&mut alice, &at_server).await,
-        [(at_server.clone(), "irc-settings".to_owned())]
+        [
+            (at_server.clone(), "irc-settings".to_owned()),
+            (at_server.clone(), "irc-connection-info".to_owned())
+        ]
     );
     let at_nick = format!("bob%{NETWORK}@{DOMAIN}");
     assert_eq!(command_nodes(&mut alice, &at_nick).await, []);
@@ -888,6 +925,18 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         .expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;
     assert!(join.contains("JOIN #test acct"), "{join}");
+    // How her connection stands, on the server's address (it asks nothing there).
+    let info = run_command(&mut alice, &at_server, "irc-connection-info").await;
+    for said in [
+        "Connected to irc.test",
+        "as alice",
+        "logged in as acct",
+        "without TLS",
+        "in #test",
+        "echo-message",
+    ] {
+        assert!(info.contains(said), "{said}: {info}");
+    }
     // InspIRCd echoes (echo-message): Alice's post comes back to her exactly once, with
     // her origin-id, and Bob gets each line once.
     alice

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::address::{Addressing, CHANNEL_PREFIXES};
 use crate::config::Flood;
+use crate::config::Tls;
 use crate::connection::{ConnectError, Connection, Registration, Target, WANTED_CAPS, WriteHalf};
 use crate::state::{self, Channel, Member, Network};
 use crate::text::{self, Said};
@@ -84,6 +85,11 @@ pub enum Command {
     /// Show the user away with this text (`AWAY`), or back with `None`; kept across
     /// reconnections.
     Away(Option<String>),
+    /// Say how the connection stands (the `irc-connection-info` command).
+    Info {
+        /// The answer, in words.
+        reply: oneshot::Sender<String>,
+    },
     /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
     List {
         /// The answer, once the list ended (or the most were read).
@@ -293,6 +299,8 @@ pub struct Client {
     away: Option<String>,
     /// A join that made a refused connection try again: taken once connected.
     held: Option<Box<Command>>,
+    /// When the connection in use registered.
+    connected_at: SystemTime,
 }
 
 impl Client {
@@ -349,6 +357,7 @@ impl Client {
             active: Instant::now(),
             away: None,
             held: None,
+            connected_at: SystemTime::now(),
         };
         (client, handle)
     }
@@ -462,6 +471,9 @@ impl Client {
             Command::Reconfigure(setup) => self.reconfigure(*setup),
             // Said once connected again.
             Command::Away(away) => self.away = away,
+            Command::Info { reply } => {
+                let _ = reply.send(format!("Not connected: {why}; it tries again by itself."));
+            }
             Command::Resync { .. } => {}
         }
     }
@@ -625,6 +637,7 @@ impl Client {
         let still_ours;
         self.caps = std::mem::take(&mut connection.caps);
         self.history_batches.clear();
+        self.connected_at = SystemTime::now();
         self.account = connection.account.take();
         self.server_name = std::mem::take(&mut connection.server_name);
         self.read_isupport(&connection.isupport);
@@ -1223,7 +1236,61 @@ impl Client {
                     self.enqueue("NAMES", &[&name], None);
                 }
             }
+            Command::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
         }
+    }
+
+    /// How the connection stands, in words: server, nick, account, security, since when,
+    /// channels, capabilities, away.
+    fn info(&self) -> String {
+        let network = &self.setup.network;
+        let mut parts = vec![format!(
+            "Connected to {network} ({}) as {}",
+            if self.server_name.is_empty() {
+                "?"
+            } else {
+                &self.server_name
+            },
+            self.nick
+        )];
+        if let Some(account) = &self.account {
+            parts.push(format!("logged in as {account}"));
+        }
+        parts.push(
+            match (self.setup.target.tls, self.setup.target.client.is_some()) {
+                (Tls::Off, _) => "without TLS",
+                (Tls::SelfSigned, false) => "over TLS (any certificate taken)",
+                (Tls::SelfSigned, true) => {
+                    "over TLS (any certificate taken), with your client certificate"
+                }
+                (Tls::Verify, false) => "over TLS (certificate verified)",
+                (Tls::Verify, true) => {
+                    "over TLS (certificate verified), with your client certificate"
+                }
+            }
+            .to_owned(),
+        );
+        parts.push(format!(
+            "since {}",
+            humantime::format_rfc3339_seconds(self.connected_at)
+        ));
+        let mut channels: Vec<&str> = self.channels.values().map(String::as_str).collect();
+        channels.sort_unstable();
+        parts.push(if channels.is_empty() {
+            "in no channel".to_owned()
+        } else {
+            format!("in {}", channels.join(" "))
+        });
+        let caps: Vec<&str> = self.caps.iter().map(String::as_str).collect();
+        if !caps.is_empty() {
+            parts.push(format!("IRCv3: {}", caps.join(" ")));
+        }
+        if let Some(away) = &self.away {
+            parts.push(format!("away ({away})"));
+        }
+        parts.join("; ") + "."
     }
 
     /// A user's `text` to `target` as the texts of IRC lines, or why it cannot go.

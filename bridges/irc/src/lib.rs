@@ -138,9 +138,9 @@ impl IrcBridge {
             .ok()
     }
 
-    /// The `irc-settings` command: stores what the form says, and tells what is set now.
-    async fn configure(&self, user: &UserJid, values: &FormValues) -> CommandResult {
-        let network = values
+    /// The server a command's form names.
+    fn server_in(&self, values: &FormValues) -> Result<String, CommandError> {
+        values
             .get("server")
             .and_then(|name| {
                 self.servers
@@ -148,7 +148,26 @@ impl IrcBridge {
                     .find(|known| known.eq_ignore_ascii_case(name))
             })
             .cloned()
-            .ok_or_else(|| CommandError::Rejected("choose one of the gateway's servers".into()))?;
+            .ok_or_else(|| CommandError::Rejected("choose one of the gateway's servers".into()))
+    }
+
+    /// The `irc-connection-info` command (Biboumi's "get connection information").
+    async fn connection_info(&self, user: &UserJid, values: &FormValues) -> CommandResult {
+        let network = self.server_in(values)?;
+        let Some(handle) = self.existing(user, &network) else {
+            return Ok(format!(
+                "You have no connection to {network}: joining one of its channels, or writing \
+                 to someone there, opens one."
+            ));
+        };
+        Self::ask(&handle, |reply| Command::Info { reply })
+            .await
+            .ok_or_else(|| CommandError::Failed(format!("the connection to {network} closed")))
+    }
+
+    /// The `irc-settings` command: stores what the form says, and tells what is set now.
+    async fn configure(&self, user: &UserJid, values: &FormValues) -> CommandResult {
+        let network = self.server_in(values)?;
         let key = UserSettings::key(&network, user.as_str());
         let mut settings = self.settings_of(user, &network).await;
         settings
@@ -484,6 +503,17 @@ impl Bridge for IrcBridge {
                 |bridge, user, values| async move { bridge.configure(&user, &values).await },
             )
             .with_form(settings::form(self.servers.keys().cloned().collect()))
+            .on_contacts("server"),
+            jabbridge_sdk::Command::on(
+                "irc-connection-info",
+                "How your connection to one IRC server stands",
+                &self.me,
+                |bridge, user, values| async move { bridge.connection_info(&user, &values).await },
+            )
+            .with_form(settings::server_form(
+                "IRC connection",
+                self.servers.keys().cloned().collect(),
+            ))
             .on_contacts("server"),
         ]
     }

@@ -259,6 +259,24 @@ fn cleared(value: &str) -> Option<&str> {
     (value != "-").then_some(value)
 }
 
+/// A form asking only which server (left out where the command runs on a server's address).
+pub fn server_form(title: &str, networks: Vec<String>) -> Form {
+    Form {
+        title: title.into(),
+        instructions: "Which server?".into(),
+        fields: vec![server_field(networks)],
+    }
+}
+
+fn server_field(networks: Vec<String>) -> Field {
+    Field {
+        var: "server".into(),
+        label: "Server".into(),
+        kind: FieldKind::Choice(networks),
+        required: true,
+    }
+}
+
 /// The `irc-settings` form.
 pub fn form(networks: Vec<String>) -> Form {
     let text = |var: &str, label: &str| Field {
@@ -280,12 +298,7 @@ pub fn form(networks: Vec<String>) -> Form {
                        server. Passwords are stored encrypted and never shown."
             .into(),
         fields: vec![
-            Field {
-                var: "server".into(),
-                label: "Server".into(),
-                kind: FieldKind::Choice(networks),
-                required: true,
-            },
+            server_field(networks),
             text("nick", "Nick"),
             text("username", "User name"),
             text("realname", "Real name"),
