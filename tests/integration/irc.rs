@@ -902,7 +902,8 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         command_nodes(&mut alice, &at_server).await,
         [
             (at_server.clone(), "irc-settings".to_owned()),
-            (at_server.clone(), "irc-connection-info".to_owned())
+            (at_server.clone(), "irc-connection-info".to_owned()),
+            (at_server.clone(), "irc-reconnect".to_owned())
         ]
     );
     let at_nick = format!("bob%{NETWORK}@{DOMAIN}");
@@ -1087,5 +1088,57 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
     assert!(join.contains("JOIN #test certacct"), "{join}");
     let log = jabbridge.log();
     assert!(!log.contains("PRIVATE KEY"), "a key was logged");
+    jabbridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms() {
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut jabbridge =
+        Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let at_server = format!("{NETWORK}@{DOMAIN}");
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    let mut alice = server.client("alice").await;
+    let said = run_command(&mut alice, &at_server, "irc-reconnect").await;
+    assert!(said.contains("You have no connection"), "{said}");
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    bob.expect(|line| line.starts_with(":alice!") && line.contains(" JOIN "))
+        .await;
+
+    // A new nick waits for the next connection; irc-reconnect makes that now.
+    let note = irc_settings(&mut alice, &[("server", NETWORK), ("nick", "alice2")]).await;
+    assert!(note.contains("the next time you connect"), "{note}");
+    let said = run_command(&mut alice, &at_server, "irc-reconnect").await;
+    assert!(said.contains("Reconnecting to irc.test"), "{said}");
+    bob.expect(|line| line.starts_with(":alice!") && line.contains(" QUIT "))
+        .await;
+    bob.expect(|line| line.starts_with(":alice2!") && line.contains(" JOIN "))
+        .await;
+    // Still in the room, told so, and the room says under which nick.
+    let back = alice
+        .expect(WAIT, |s| {
+            body(s).is_some_and(|text| text.contains("back in #test"))
+        })
+        .await;
+    assert_eq!(back.attr("from"), Some(room.as_str()));
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='r1'><body>after</body></message>"
+        ))
+        .await;
+    let line = bob.expect(|line| line.contains("PRIVMSG #test")).await;
+    assert!(
+        line.starts_with(":alice2!") && line.ends_with(":after"),
+        "{line}"
+    );
     jabbridge.terminate().await;
 }

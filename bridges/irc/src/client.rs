@@ -90,6 +90,12 @@ pub enum Command {
         /// The answer, in words.
         reply: oneshot::Sender<String>,
     },
+    /// Quit and connect again at once, with the settings the user has now; the rooms are
+    /// joined again (the `irc-reconnect` command).
+    Reconnect {
+        /// Told once the quit is under way.
+        reply: oneshot::Sender<()>,
+    },
     /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
     List {
         /// The answer, once the list ended (or the most were read).
@@ -426,6 +432,10 @@ impl Client {
                             self.reconfigure(*setup);
                             break;
                         }
+                        Some(Command::Reconnect { reply }) => {
+                            let _ = reply.send(());
+                            break;
+                        }
                         Some(command @ Command::Join { .. })
                             if refused && attempted.elapsed() >= RETRY_REFUSED_ON_JOIN =>
                         {
@@ -473,6 +483,9 @@ impl Client {
             Command::Away(away) => self.away = away,
             Command::Info { reply } => {
                 let _ = reply.send(format!("Not connected: {why}; it tries again by itself."));
+            }
+            Command::Reconnect { reply } => {
+                let _ = reply.send(());
             }
             Command::Resync { .. } => {}
         }
@@ -757,7 +770,15 @@ impl Client {
                         self.read_out(&mut reader).await;
                         return End::Quit;
                     }
-                    Some(command) => self.on_command(*command),
+                    Some(command) => match *command {
+                        Command::Reconnect { reply } => {
+                            let _ = reply.send(());
+                            self.quit(&mut writer).await;
+                            self.read_out(&mut reader).await;
+                            return End::Lost("reconnecting, as you asked".into());
+                        }
+                        command => self.on_command(command),
+                    },
                 },
                 () = sleep_until(next_flush) => {}
                 () = tokio::time::sleep_until(idle_until), if idle => {
@@ -1238,6 +1259,10 @@ impl Client {
             }
             Command::Info { reply } => {
                 let _ = reply.send(self.info());
+            }
+            // Taken by `serve`, which quits first.
+            Command::Reconnect { reply } => {
+                let _ = reply.send(());
             }
         }
     }

@@ -165,6 +165,30 @@ impl IrcBridge {
             .ok_or_else(|| CommandError::Failed(format!("the connection to {network} closed")))
     }
 
+    /// The `irc-reconnect` command: quits and connects again with the user's settings now,
+    /// joining their channels again.
+    async fn reconnect(&self, user: &UserJid, values: &FormValues) -> CommandResult {
+        let network = self.server_in(values)?;
+        let Some(handle) = self.existing(user, &network) else {
+            return Ok(format!(
+                "You have no connection to {network}: the next one opens with your settings."
+            ));
+        };
+        if let Some(setup) = self.setup_for(user, &network, None).await {
+            let _ = handle
+                .commands
+                .send(Box::new(Command::Reconfigure(Box::new(setup))))
+                .await;
+        }
+        Self::ask(&handle, |reply| Command::Reconnect { reply })
+            .await
+            .ok_or_else(|| CommandError::Failed(format!("the connection to {network} closed")))?;
+        Ok(format!(
+            "Reconnecting to {network} with your current settings; your channels are joined \
+             again."
+        ))
+    }
+
     /// The `irc-settings` command: stores what the form says, and tells what is set now.
     async fn configure(&self, user: &UserJid, values: &FormValues) -> CommandResult {
         let network = self.server_in(values)?;
@@ -179,7 +203,7 @@ impl IrcBridge {
             .map_err(|error| CommandError::Failed(error.to_string()))?;
         // The connection takes them for its next attempt: at once when it is down (a refused
         // login, say), keeping the user's rooms.
-        let mut when = "the next time you connect to it";
+        let mut when = "the next time you connect to it (irc-reconnect does that now)";
         if let Some(handle) = self.existing(user, &network)
             && let Some(setup) = self.setup_for(user, &network, None).await
         {
@@ -512,6 +536,17 @@ impl Bridge for IrcBridge {
             )
             .with_form(settings::server_form(
                 "IRC connection",
+                self.servers.keys().cloned().collect(),
+            ))
+            .on_contacts("server"),
+            jabbridge_sdk::Command::on(
+                "irc-reconnect",
+                "Reconnect to one IRC server now, with your current settings",
+                &self.me,
+                |bridge, user, values| async move { bridge.reconnect(&user, &values).await },
+            )
+            .with_form(settings::server_form(
+                "Reconnect",
                 self.servers.keys().cloned().collect(),
             ))
             .on_contacts("server"),
