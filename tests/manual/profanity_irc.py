@@ -13,8 +13,9 @@ on Profanity's screen or on a raw IRC client's side:
      password, filled in Profanity's form window;
   3. join #test%irc.test@irc.localhost; the IRC user bob sees the user logged in (WHOIS 330);
   4. messages both ways, /me from IRC, a private message both ways;
-  5. a topic change without ops: the refusal is said in the room;
-  6. a nick change."""
+  5. the irc-connection-info command (it asks nothing on the server's address);
+  6. a topic change without ops: the refusal is said in the room;
+  7. a nick change."""
 
 import json
 import os
@@ -227,6 +228,10 @@ tls = "off"
         self.type("a private answer")
         line, _ = bob.expect(lambda l, c: c[0] == "PRIVMSG", timeout=15, what="the private answer")
         assert line.endswith("PRIVMSG bob :a private answer"), line
+        step("irc-connection-info on the server's address: it asks nothing, it answers")
+        self.type("/win 1")
+        self.type("/cmd exec irc-connection-info irc.test@irc.localhost")
+        self.until_shown("logged in as carolreg")
         step("a topic change without ops, then a nick change")
         self.type("/win 2")
         self.type("/subject set from Profanity")
