@@ -2092,10 +2092,12 @@ impl Client {
     /// keeps history (`draft/chathistory`): its latest lines, which come in a `chathistory`
     /// batch. The archive keeps each once (by its msgid); those said while none of our
     /// users was there reach the room with their time (a delay).
-    fn ask_history(&mut self, folded: &str, joining: bool) {
+    fn ask_history(&mut self, folded: &str) {
         let Some(most) = self.history_max else {
             return;
         };
+        let joining =
+            self.pending_joins.contains_key(folded) || self.rejoining.contains_key(folded);
         if !joining || !self.caps.contains("draft/chathistory") {
             return;
         }
@@ -2111,8 +2113,6 @@ impl Client {
 
     /// The end of a NAMES reply: fill or correct the channel's members, and answer a join.
     async fn end_of_names(&mut self, folded: &str) {
-        let listed_first =
-            self.pending_joins.contains_key(folded) || self.rejoining.contains_key(folded);
         let listed = self.names.remove(folded);
         let mut events = Vec::new();
         let room = {
@@ -2183,7 +2183,7 @@ impl Client {
         for event in events {
             self.report(&room, event).await;
         }
-        self.ask_history(folded, listed_first);
+        self.ask_history(folded);
         if self.rejoining.remove(folded).is_some() {
             let name = self.channels.get(folded).cloned().unwrap_or_default();
             let notice = RoomEvent::Notice {

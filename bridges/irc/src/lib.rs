@@ -174,12 +174,7 @@ impl IrcBridge {
                 "You have no connection to {network}: the next one opens with your settings."
             ));
         };
-        if let Some(setup) = self.setup_for(user, &network, None).await {
-            let _ = handle
-                .commands
-                .send(Box::new(Command::Reconfigure(Box::new(setup))))
-                .await;
-        }
+        // The connection has the user's latest settings: `configure` hands them over.
         Self::ask(&handle, |reply| Command::Reconnect { reply })
             .await
             .ok_or_else(|| CommandError::Failed(format!("the connection to {network} closed")))?;
@@ -519,37 +514,38 @@ impl Bridge for IrcBridge {
     }
 
     fn commands(&self) -> Vec<jabbridge_sdk::Command> {
+        use jabbridge_sdk::Command as Run;
+        let networks: Vec<String> = self.servers.keys().cloned().collect();
+        // Each is also on a server's address, which fills its form's `server`.
+        let on_servers = |command: Run, form| command.with_form(form).on_contacts("server");
         vec![
-            jabbridge_sdk::Command::on(
-                "irc-settings",
-                "Your IRC settings for one server (nick, SASL, NickServ, autojoin)",
-                &self.me,
-                |bridge, user, values| async move { bridge.configure(&user, &values).await },
-            )
-            .with_form(settings::form(self.servers.keys().cloned().collect()))
-            .on_contacts("server"),
-            jabbridge_sdk::Command::on(
-                "irc-connection-info",
-                "How your connection to one IRC server stands",
-                &self.me,
-                |bridge, user, values| async move { bridge.connection_info(&user, &values).await },
-            )
-            .with_form(settings::server_form(
-                "IRC connection",
-                self.servers.keys().cloned().collect(),
-            ))
-            .on_contacts("server"),
-            jabbridge_sdk::Command::on(
-                "irc-reconnect",
-                "Reconnect to one IRC server now, with your current settings",
-                &self.me,
-                |bridge, user, values| async move { bridge.reconnect(&user, &values).await },
-            )
-            .with_form(settings::server_form(
-                "Reconnect",
-                self.servers.keys().cloned().collect(),
-            ))
-            .on_contacts("server"),
+            on_servers(
+                Run::on(
+                    "irc-settings",
+                    "Your IRC settings for one server (nick, SASL, NickServ, autojoin)",
+                    &self.me,
+                    |bridge, user, values| async move { bridge.configure(&user, &values).await },
+                ),
+                settings::form(networks.clone()),
+            ),
+            on_servers(
+                Run::on(
+                    "irc-connection-info",
+                    "How your connection to one IRC server stands",
+                    &self.me,
+                    |bridge, user, values| async move { bridge.connection_info(&user, &values).await },
+                ),
+                settings::server_form("IRC connection", networks.clone()),
+            ),
+            on_servers(
+                Run::on(
+                    "irc-reconnect",
+                    "Reconnect to one IRC server now, with your current settings",
+                    &self.me,
+                    |bridge, user, values| async move { bridge.reconnect(&user, &values).await },
+                ),
+                settings::server_form("Reconnect", networks),
+            ),
         ]
     }
 
