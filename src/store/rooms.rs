@@ -11,6 +11,7 @@ use super::{StoreError, now_millis};
 #[derive(Clone, Debug)]
 pub struct RoomTables {
     pub(super) pool: AnyPool,
+    pub(super) engine: super::Engine,
 }
 
 /// One resource of a user joined to a room.
@@ -76,14 +77,16 @@ pub const RECENT: u32 = 1000;
 /// repeat of a foreign id the room had (or an earlier row of the same batch had).
 pub(super) async fn insert_messages(
     connection: &mut sqlx::AnyConnection,
+    engine: super::Engine,
     rows: &[(usize, &ArchiveRow)],
     results: &mut [Option<i64>],
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(ARCHIVED_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
+            "{} room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
              origin_id, poster, said_at, replaces, post_id) VALUES {} \
              ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id, bridge, room, foreign_id",
+            engine.insert_into(),
             super::per_row(chunk.len(), 1, 12, "")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -305,7 +308,7 @@ impl RoomTables {
         };
         let mut results = [None];
         let mut connection = self.pool.acquire().await?;
-        insert_messages(&mut connection, &[(0, &row)], &mut results).await?;
+        insert_messages(&mut connection, self.engine, &[(0, &row)], &mut results).await?;
         Ok(results[0])
     }
 

@@ -656,7 +656,9 @@ async fn prepare(
                     .unwrap_or_else(|| corrected.shown_id().to_owned())
             }),
     };
-    let stanza_id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7): consecutive messages' ids sit side by side in the archive's
+    // stanza-id index, so a commit writes one of its pages rather than one page per message.
+    let stanza_id = uuid::Uuid::now_v7().to_string();
     let sender = message.sender.to_string();
     let room_name = room_jid.to_string();
     let occupant = occupant_id(&gateway.domain, room, &sender);
