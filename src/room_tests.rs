@@ -877,6 +877,56 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
         .and_then(|id| id.attr("id"));
     assert_eq!(stanza_id, Some("stanza-lost-1"));
     harness.nothing_for(Duration::from_millis(200)).await;
+    // The network plays them all again (a history replay after the reconnection): none is
+    // shown again, neither those sent before the crash nor the one sent after it. A new
+    // line is.
+    use jabbridge_sdk::{ForeignId, MessageId, RoomEvent, RoomId, RoomMessage};
+    let (archived, _) = harness
+        .gateway
+        .store
+        .rooms()
+        .page(
+            crate::testing::DOMAIN,
+            "#lobby",
+            &crate::store::rooms::PageQuery {
+                max: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("the archive");
+    let said = |foreign_id: &str, text: &str| {
+        RoomEvent::Message(RoomMessage {
+            foreign_id: MessageId::new(foreign_id),
+            nick: "carl".into(),
+            sender: ForeignId::new("carl"),
+            text: text.into(),
+            timestamp: None,
+            echo_of: None,
+            replaces: None,
+        })
+    };
+    // Hers, the echo bridge's answer to it, and the one the crash did not send.
+    assert_eq!(archived.len(), 3);
+    for message in &archived {
+        crate::gateway::rooms::event(
+            &harness.gateway,
+            RoomId::new("#lobby"),
+            said(&message.foreign_id, &message.text),
+        )
+        .await
+        .expect("served");
+    }
+    crate::gateway::rooms::event(
+        &harness.gateway,
+        RoomId::new("#lobby"),
+        said("new-1", "said after it"),
+    )
+    .await
+    .expect("served");
+    let new = harness.next().await;
+    assert_eq!(body(&new).as_deref(), Some("said after it"));
+    harness.nothing_for(Duration::from_millis(200)).await;
 }
 
 #[tokio::test(start_paused = true)]

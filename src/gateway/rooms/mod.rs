@@ -107,6 +107,10 @@ struct Room {
     flushed: i64,
     /// Whether `room_cursors` has a row for the room (written before its first fan-out).
     cursor_known: bool,
+    /// Through which archive id the instance that ran the users restored here had sent the
+    /// room's messages (its cursor; what followed was sent again at the restore): a message
+    /// the network reports again at or below it is not shown again. SQLite only.
+    sent_before: i64,
 }
 
 /// Who ran some of a room's users' sessions before they were claimed here: the instances,

@@ -758,7 +758,9 @@ async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
 
 /// A room message the archive already had: another user's connection reported it again, or
 /// another instance archived it first. Sent to the resources joined here unless it was
-/// shown here already, or is an old one played again (said more than [`REPLAYED`] ago).
+/// shown here already, was sent before a restart (by the cursor of the instance that ran
+/// these users' sessions, or sent again after it), or is an old one played again (said more
+/// than [`REPLAYED`] ago).
 async fn known(
     gateway: &Gateway,
     room: &RoomId,
@@ -779,7 +781,13 @@ async fn known(
     let Some(row) = row else {
         return Ok(());
     };
+    let sent_before = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .map_or(0, |state| state.sent_before);
     if row.said_at < now_millis().saturating_sub(REPLAYED)
+        || row.id <= sent_before
         || !gateway.rooms.first_showing(room, format!("m{}", row.id))
     {
         return Ok(());
@@ -947,6 +955,14 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
         let Some(cursor) = cursor else {
             continue;
         };
+        // Only where one instance runs: on PostgreSQL another instance may have archived a
+        // line below the cursor that the one before never showed (it crashed before its
+        // connection reported it), and that line would be lost here.
+        if gateway.store.is_sqlite()
+            && let Some(state) = gateway.rooms.lock().get_mut(&room)
+        {
+            state.sent_before = state.sent_before.max(cursor);
+        }
         let page = crate::store::rooms::PageQuery {
             after: Some(cursor),
             max: AT_MOST,
@@ -966,6 +982,10 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
             tracing::info!(%room, count = unsent.len(), "sending again what a room had not sent");
         }
         for message in unsent {
+            // Sent now: the network reporting it again (a history replay) shows it no more.
+            gateway
+                .rooms
+                .first_showing(&room, format!("m{}", message.id));
             let template = as_room_message(gateway, &room, &room_jid, &message, |message| {
                 Some(muc::room_message(message))
             })
