@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::address::{Addressing, CHANNEL_PREFIXES};
 use crate::config::Flood;
 use crate::config::Tls;
-use crate::connection::{ConnectError, Connection, Registration, Target, WANTED_CAPS, WriteHalf};
+use crate::connection::{
+    ConnectError, Connection, Registration, Target, WANTED_CAPS, WriteHalf, known_cap,
+};
 use crate::state::{self, Channel, Member, Network};
 use crate::text::{self, Said};
 use crate::wire::{self, Message};
@@ -262,7 +264,7 @@ pub struct Client {
     commands: mpsc::Receiver<Box<Command>>,
     /// The nick the server gave us.
     nick: String,
-    caps: BTreeSet<String>,
+    caps: BTreeSet<&'static str>,
     account: Option<String>,
     server_name: String,
     /// Whether the user got the server's greeting (MOTD) already.
@@ -653,11 +655,18 @@ impl Client {
         self.connected_at = SystemTime::now();
         self.account = connection.account.take();
         self.server_name = std::mem::take(&mut connection.server_name);
-        self.read_isupport(&connection.isupport);
+        // What ISUPPORT says is read into the client: the map itself is not kept while the
+        // connection is served (a couple of KiB per connection).
+        let isupport = std::mem::take(&mut connection.isupport);
+        self.read_isupport(&isupport);
+        let casemapping = isupport
+            .get("CASEMAPPING")
+            .map(|mapping| wire::CaseMapping::from_isupport(mapping));
+        drop(isupport);
         {
             let mut net = self.network.lock();
-            if let Some(mapping) = connection.isupport.get("CASEMAPPING") {
-                net.casemapping = wire::CaseMapping::from_isupport(mapping);
+            if let Some(casemapping) = casemapping {
+                net.casemapping = casemapping;
             }
             let old = net.fold(&previous);
             // Whether the old nick's member is still ours: not if a ghost's quit freed the
@@ -678,11 +687,17 @@ impl Client {
             .core
             .set_status(self.user.clone(), UserStatus::Connected(Some(status)))
             .await;
+        // The server's notices and MOTD, once per connection's life, from its address; not
+        // kept while the connection is served.
         let greeting = std::mem::take(&mut connection.greeting);
-        if !std::mem::replace(&mut self.greeted, true) && !greeting.is_empty() {
-            // The server's notices and MOTD, once per connection's life, from its address.
+        let first = !std::mem::replace(&mut self.greeted, true);
+        let said = (first && !greeting.is_empty()).then(|| {
             let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
-            self.server_says_plain(&text.join("\n")).await;
+            text.join("\n")
+        });
+        drop(greeting);
+        if let Some(said) = said {
+            self.server_says_plain(&said).await;
         }
         if let Some((services, password)) = self.setup.identify.clone()
             && self.account.is_none()
@@ -1308,7 +1323,7 @@ impl Client {
         } else {
             format!("in {}", channels.join(" "))
         });
-        let caps: Vec<&str> = self.caps.iter().map(String::as_str).collect();
+        let caps: Vec<&str> = self.caps.iter().copied().collect();
         if !caps.is_empty() {
             parts.push(format!("IRCv3: {}", caps.join(" ")));
         }
@@ -2471,7 +2486,7 @@ impl Client {
                 for cap in list.split_whitespace() {
                     match cap.strip_prefix('-') {
                         Some(gone) => self.caps.remove(gone),
-                        None => self.caps.insert(cap.to_owned()),
+                        None => known_cap(cap).is_some_and(|cap| self.caps.insert(cap)),
                     };
                 }
             }

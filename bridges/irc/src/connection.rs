@@ -33,6 +33,16 @@ pub const WANTED_CAPS: &[&str] = &[
     "setname",
 ];
 
+/// `name` as one of the capabilities we ask for (or `sasl`), if it is one: the sets of
+/// capabilities in force hold these, not a string of their own per connection.
+pub fn known_cap(name: &str) -> Option<&'static str> {
+    WANTED_CAPS
+        .iter()
+        .chain(&["sasl"])
+        .find(|known| **known == name)
+        .copied()
+}
+
 /// How a user logs in to their account with SASL.
 #[derive(Debug, Clone)]
 pub enum Sasl {
@@ -173,7 +183,7 @@ pub struct Connection {
     /// What the server supports (ISUPPORT, `005`): `CASEMAPPING`, `NICKLEN`, `CHANTYPES`…
     pub isupport: HashMap<String, String>,
     /// The IRCv3 capabilities in force.
-    pub caps: BTreeSet<String>,
+    pub caps: BTreeSet<&'static str>,
     /// The account SASL logged in to, if it did.
     pub account: Option<String>,
     /// The server's name, as it gives it in `001`'s source.
@@ -477,7 +487,7 @@ impl Connection {
                     for cap in param(2).unwrap_or("").split_whitespace() {
                         match cap.strip_prefix('-') {
                             Some(gone) => connection.caps.remove(gone),
-                            None => connection.caps.insert(cap.to_owned()),
+                            None => known_cap(cap).is_some_and(|cap| connection.caps.insert(cap)),
                         };
                     }
                     match &registration.sasl {
