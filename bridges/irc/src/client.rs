@@ -248,6 +248,13 @@ fn made_up_id(network: &str) -> MessageId {
     MessageId::new(format!("{network}:{now:x}:{count:x}"))
 }
 
+/// Frees an emptied map's table (a map keeps its capacity otherwise).
+fn shed_if_empty<K, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() && map.capacity() > 0 {
+        *map = HashMap::new();
+    }
+}
+
 /// The time of a line (IRCv3 `server-time`), when it has one.
 fn server_time(message: &Message) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(message.tag("time")?).ok()
@@ -2213,6 +2220,11 @@ impl Client {
                 .ok_or_else(|| JoinError::Unavailable("the channel was left meanwhile".into()));
             let _ = pending.reply.send(joined);
         }
+        // Joins are rare: the table of the last one is not kept for the connection's life
+        // (and likewise the rejoins' after a reconnection, and the NAMES being read).
+        shed_if_empty(&mut self.pending_joins);
+        shed_if_empty(&mut self.rejoining);
+        shed_if_empty(&mut self.names);
     }
 
     /// A `PRIVMSG` or `NOTICE`.
