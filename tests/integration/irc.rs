@@ -371,20 +371,26 @@ fn room() -> String {
     format!("#test%{NETWORK}@{DOMAIN}")
 }
 
+/// ngircd, a Prosody with alice, and a Jabbridge bridging them, ready; `None` (the test
+/// skipped) where ngircd is missing outside CI.
+async fn on_ngircd() -> Option<(Ngircd, XmppServer, tempfile::TempDir, Jabbridge)> {
+    let ircd = Ngircd::start().await?;
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jabbridge = Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    Some((ircd, server, dir, jabbridge))
+}
+
 fn from(stanza: &Element, jid: &str) -> bool {
     stanza.attr("from") == Some(jid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_is_a_room_both_ways() {
-    let Some(ircd) = Ngircd::start().await else {
+    let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
         return;
     };
-    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut jabbridge =
-        Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
-    jabbridge.wait_ready(Duration::from_secs(20)).await;
     let room = room();
 
     let mut bob = IrcUser::connect(ircd.port, "bob").await;
@@ -1093,14 +1099,9 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms() {
-    let Some(ircd) = Ngircd::start().await else {
+    let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
         return;
     };
-    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut jabbridge =
-        Jabbridge::start(dir.path(), &irc_config(&server, dir.path(), ircd.port)).await;
-    jabbridge.wait_ready(Duration::from_secs(20)).await;
     let room = room();
     let at_server = format!("{NETWORK}@{DOMAIN}");
     let mut bob = IrcUser::connect(ircd.port, "bob").await;

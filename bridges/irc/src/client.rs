@@ -1305,20 +1305,18 @@ impl Client {
         if let Some(account) = &self.account {
             parts.push(format!("logged in as {account}"));
         }
-        parts.push(
-            match (self.setup.target.tls, self.setup.target.client.is_some()) {
-                (Tls::Off, _) => "without TLS",
-                (Tls::SelfSigned, false) => "over TLS (any certificate taken)",
-                (Tls::SelfSigned, true) => {
-                    "over TLS (any certificate taken), with your client certificate"
-                }
-                (Tls::Verify, false) => "over TLS (certificate verified)",
-                (Tls::Verify, true) => {
-                    "over TLS (certificate verified), with your client certificate"
-                }
-            }
-            .to_owned(),
-        );
+        let tls = self.setup.target.tls;
+        let security = match tls {
+            Tls::Off => "without TLS",
+            Tls::SelfSigned => "over TLS (any certificate taken)",
+            Tls::Verify => "over TLS (certificate verified)",
+        };
+        let certificate = !matches!(tls, Tls::Off) && self.setup.target.client.is_some();
+        parts.push(if certificate {
+            format!("{security}, with your client certificate")
+        } else {
+            security.to_owned()
+        });
         parts.push(format!(
             "since {}",
             humantime::format_rfc3339_seconds(self.connected_at)

@@ -146,14 +146,11 @@ async fn line_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String
 
 #[tokio::test]
 async fn a_hostile_server_costs_bounded_memory_and_its_text_is_cleaned() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
+    let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let (mut reader, mut write) = accepted(&listener).await;
         while !line_from(&mut reader).await.starts_with("USER") {}
         let mut out: Vec<u8> = Vec::new();
         out.extend_from_slice(b":fake.test 001 alice :Welcome\r\n");
@@ -226,14 +223,11 @@ async fn a_hostile_server_costs_bounded_memory_and_its_text_is_cleaned() {
 
 #[tokio::test]
 async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
+    let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let (mut reader, mut write) = accepted(&listener).await;
         let requested = negotiate(
             &mut reader,
             &mut write,
@@ -313,14 +307,11 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
 
 #[tokio::test]
 async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
+    let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let (mut reader, mut write) = accepted(&listener).await;
         let requested = negotiate(
             &mut reader,
             &mut write,
@@ -409,15 +400,12 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
 
 #[tokio::test]
 async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
+    let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
     let server = tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.expect("accept");
-        let (read, mut write) = stream.into_split();
-        let mut reader = BufReader::new(read);
+        let (mut reader, mut write) = accepted(&listener).await;
         while !line_from(&mut reader).await.starts_with("USER") {}
         write
             .write_all(b":fake.test 001 alice :hi\r\n:fake.test 005 alice CHANTYPES=#& STATUSMSG=@+ :ok\r\n:fake.test 422 alice :no MOTD\r\n")
@@ -684,20 +672,32 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
     );
 }
 
-/// A registered connection on the scripted server: its reader, its writer and its nick.
+/// A connection on the scripted server: its reader and its writer.
 type Scripted = (
     BufReader<tokio::net::tcp::OwnedReadHalf>,
     tokio::net::tcp::OwnedWriteHalf,
 );
 
-/// Accepts the next connection and registers it, without capabilities.
-async fn register(listener: &TcpListener) -> Scripted {
+/// A scripted server's listener, on a free loopback port, and the port.
+async fn listening() -> (TcpListener, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    (listener, port)
+}
+
+/// The scripted server's next connection, as lines to read and a writer.
+async fn accepted(listener: &TcpListener) -> Scripted {
     let (stream, _) = tokio::time::timeout(WAIT, listener.accept())
         .await
         .expect("a connection in time")
         .expect("accept");
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let (read, write) = stream.into_split();
+    (BufReader::new(read), write)
+}
+
+/// Accepts the next connection and registers it, without capabilities.
+async fn register(listener: &TcpListener) -> Scripted {
+    let (mut reader, mut write) = accepted(listener).await;
     let mut nick = String::new();
     loop {
         let line = line_from(&mut reader).await;
@@ -759,8 +759,7 @@ async fn alice_and_bob() -> (
     Scripted,
     Scripted,
 ) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
+    let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let room = bridge.parse_room("#room%fake.test").expect("a room");
