@@ -81,9 +81,12 @@ async fn a_join_gets_occupants_then_itself_then_the_subject() {
     assert_eq!(bot.attr("affiliation"), Some("owner"));
     assert!(joined[0].has_child("occupant-id", "urn:xmpp:occupant-id:0"));
     assert!(codes(&joined[0]).is_empty());
-    // Then themselves, with 110.
+    // Where it connects from, as its item's bare JID.
+    assert_eq!(bot.attr("jid"), Some("echo.example"));
+    // Then themselves, with 110, and no JID (theirs is not shown, nor the network's cloak).
     assert_eq!(from(&joined[1]), "#lobby@echo.test/alice");
     assert_eq!(codes(&joined[1]), ["110"]);
+    assert_eq!(item(&joined[1]).and_then(|i| i.attr("jid")), None);
     assert_eq!(
         item(&joined[1]).and_then(|i| i.attr("role")),
         Some("participant")
@@ -113,6 +116,29 @@ async fn a_join_gets_occupants_then_itself_then_the_subject() {
     let info = String::from(&harness.next().await);
     assert!(info.contains("category='conference'"), "{info}");
     assert!(info.contains("category='gateway'"), "{info}");
+    // An occupant's vCard: their real name and nick, for a resource in the room.
+    let card = |from: &str, nick: &str| {
+        format!(
+            "<iq type='get' from='{from}' to='#lobby@echo.test/{nick}' id='v'>\
+             <vCard xmlns='vcard-temp'/></iq>"
+        )
+    };
+    harness.receive(&card("alice@test/r", "echo")).await;
+    let answer = harness.next().await;
+    let vcard = answer.get_child("vCard", "vcard-temp").expect("a vCard");
+    let text = |name: &str| vcard.get_child(name, "vcard-temp").map(Element::text);
+    assert_eq!(text("FN").as_deref(), Some("The echo bot"));
+    assert_eq!(text("NICKNAME").as_deref(), Some("echo"));
+    harness.receive(&card("alice@test/r", "nobody")).await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("item-not-found")
+    );
+    harness.receive(&card("mallory@test/r", "echo")).await;
+    assert_eq!(
+        condition(&harness.next().await).as_deref(),
+        Some("not-acceptable")
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,6 +154,11 @@ async fn two_users_talk_and_each_post_is_reflected_once_with_its_origin_id() {
     assert_eq!(to(&stanzas[0]), "alice@test/r");
     assert_eq!(from(&stanzas[0]), "#lobby@echo.test/bob");
     assert!(codes(&stanzas[0]).is_empty());
+    // Bob's cloak on the network is no domain: escaped (XEP-0106) at the bridge's.
+    assert_eq!(
+        item(&stanzas[0]).and_then(|i| i.attr("jid")),
+        Some("user\\2fbob@echo.test")
+    );
     let for_bob: Vec<&str> = stanzas[1..].iter().map(from).collect();
     assert_eq!(
         for_bob,

@@ -198,7 +198,7 @@ fn command_node_info(gateway: &Gateway, payload: &Element, on_contact: bool) -> 
 }
 
 /// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
-/// disco; its archive (XEP-0313); nothing else.
+/// disco; its archive (XEP-0313); an occupant's vCard (XEP-0054); nothing else.
 async fn room_answer(
     gateway: &Gateway,
     is_set: bool,
@@ -209,6 +209,10 @@ async fn room_answer(
 ) -> service::IqAnswer {
     let occupant = to.is_some_and(|to| to.resource().is_some());
     match (is_set, occupant, payload.name(), payload.ns().as_str()) {
+        (false, true, "vCard", muc::NS_VCARD) => {
+            let nick = to.and_then(Jid::resource).map_or("", |nick| nick.as_str());
+            rooms::card(gateway, from, room, nick).map(Some)
+        }
         (false, _, "ping", ns::PING) => {
             rooms::ping(gateway, from, room)?;
             Ok(None)

@@ -95,6 +95,8 @@ pub struct OccupantPresence<'a> {
     pub reason: Option<&'a str>,
     /// Away, with this message (`<show>away</show>`, the message as the status).
     pub away: Option<&'a str>,
+    /// The bare JID the item shows for them (`jid`): where they connect from.
+    pub jid: Option<&'a str>,
 }
 
 fn role_name(role: Role) -> &'static str {
@@ -126,6 +128,9 @@ pub fn occupant(presence: &OccupantPresence<'_>) -> Element {
                 role_name(presence.role)
             },
         );
+    if let Some(jid) = presence.jid {
+        item = item.with("jid", jid);
+    }
     if let Some(nick) = presence.new_nick {
         item = item.with("nick", nick);
     }
@@ -380,6 +385,19 @@ pub fn archive_fin(complete: bool, first: Option<&str>, last: Option<&str>) -> E
         .build()
 }
 
+/// vcard-temp (XEP-0054).
+pub const NS_VCARD: &str = "vcard-temp";
+
+/// An occupant's vCard (XEP-0054): their nick, and their full name when the network gave one.
+pub fn occupant_card(nick: &str, full_name: Option<&str>) -> Element {
+    let mut card = Element::builder("vCard", NS_VCARD);
+    if let Some(name) = full_name {
+        card = card.append(Element::builder("FN", NS_VCARD).append(name));
+    }
+    card.append(Element::builder("NICKNAME", NS_VCARD).append(nick))
+        .build()
+}
+
 /// The form a XEP-0313 query may carry (the answer to a `get`).
 pub fn archive_form() -> Element {
     let field = |var: &'static str, type_: &'static str| {
@@ -608,6 +626,7 @@ mod tests {
             actor: Some("op"),
             reason: Some("spam"),
             away: Some("lunch"),
+            jid: None,
         });
         let xml = String::from(&presence);
         assert!(xml.contains("type='unavailable'"), "{xml}");
@@ -636,10 +655,12 @@ mod tests {
             actor: None,
             reason: None,
             away: Some("at lunch"),
+            jid: Some("bob.example.net"),
         });
         let xml = String::from(&presence);
         assert!(xml.contains("<show>away</show>"), "{xml}");
         assert!(xml.contains("<status>at lunch</status>"), "{xml}");
+        assert!(xml.contains("jid='bob.example.net'"), "{xml}");
     }
 
     #[test]

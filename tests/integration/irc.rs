@@ -968,6 +968,31 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
             Some(expected)
         );
     }
+    // setname: Bob's new real name updates his occupant (which shows his host as its
+    // item's JID), and is his vCard's full name.
+    let bob_occupant = format!("{room}/bob");
+    bob.send("SETNAME :Bob Realname").await;
+    let update = alice
+        .expect(WAIT, |s| s.name() == "presence" && from(s, &bob_occupant))
+        .await;
+    let host = update
+        .get_child("x", "http://jabber.org/protocol/muc#user")
+        .and_then(|x| x.get_child("item", "http://jabber.org/protocol/muc#user"))
+        .and_then(|item| item.attr("jid"));
+    assert_eq!(host, Some("127.0.0.1"), "{update:?}");
+    alice
+        .send(&format!(
+            "<iq type='get' to='{bob_occupant}' id='card1'><vCard xmlns='vcard-temp'/></iq>"
+        ))
+        .await;
+    let card = alice
+        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("card1"))
+        .await;
+    let full_name = card
+        .get_child("vCard", "vcard-temp")
+        .and_then(|vcard| vcard.get_child("FN", "vcard-temp"))
+        .map(Element::text);
+    assert_eq!(full_name.as_deref(), Some("Bob Realname"), "{card:?}");
     let log = jabbridge.log();
     assert!(
         !log.contains("secretpw") && !log.contains("wrongpw"),

@@ -88,6 +88,8 @@ fn bot() -> Occupant {
     Occupant {
         role: Role::Moderator,
         affiliation: Affiliation::Owner,
+        host: Some("echo.example".into()),
+        realname: Some("The echo bot".into()),
         ..Occupant::new(BOT)
     }
 }
@@ -96,6 +98,8 @@ fn user_occupant(nick: &str, user: &UserJid) -> Occupant {
     Occupant {
         // The pretend network knows who its users are: their id outlives nick changes.
         id: ForeignId::new(user.as_str()),
+        // Users connect from a cloak, as on many IRC networks.
+        host: Some(format!("user/{nick}")),
         ..Occupant::new(nick)
     }
 }

@@ -90,6 +90,8 @@ pub fn occupant(wire: OccupantWire) -> Occupant {
         role,
         affiliation,
         away: wire.away,
+        host: wire.host,
+        realname: wire.realname,
     }
 }
 

@@ -849,6 +849,12 @@ pub struct OccupantWire {
     /// Set when away, with their message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub away: Option<String>,
+    /// Where they connect from (a host), shown as their item's bare JID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Their real name: their vCard's full name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realname: Option<String>,
 }
 
 /// A room's subject.

@@ -1444,6 +1444,28 @@ impl Client {
             }
             "QUIT" => self.on_quit(&message).await,
             "AWAY" => self.on_away(&message).await,
+            // `chghost`: `CHGHOST user host`; `setname`: `SETNAME :real name`.
+            "CHGHOST" => {
+                let host = param(1).filter(|host| state::valid_host(host));
+                if let Some(host) = host {
+                    let host: Box<str> = host.into();
+                    self.member_changed(&message, |member| {
+                        let changed = member.host.as_deref() != Some(&host);
+                        member.host = Some(host.clone());
+                        changed
+                    })
+                    .await;
+                }
+            }
+            "SETNAME" => {
+                let realname = param(0).and_then(state::realname_of);
+                self.member_changed(&message, |member| {
+                    let changed = member.realname != realname;
+                    member.realname.clone_from(&realname);
+                    changed
+                })
+                .await;
+            }
             "NICK" => self.on_nick(&message).await,
             "MODE" => self.on_mode(&message).await,
             "TOPIC" => {
@@ -1729,6 +1751,12 @@ impl Client {
             .filter(|account| *account != "*")
             .cloned()
             .or_else(|| message.tag("account").map(str::to_owned));
+        let host = message.source.as_deref().and_then(state::host_of);
+        // `extended-join`: `JOIN #channel account :real name`.
+        let realname = message
+            .params
+            .get(2)
+            .and_then(|text| state::realname_of(text));
         let mut net = self.network.lock();
         let folded = net.fold(channel);
         let own_nick = net.fold(&self.nick);
@@ -1788,6 +1816,8 @@ impl Client {
                 });
             let own = Member {
                 account: self.account.clone(),
+                host,
+                realname,
                 ..Member::new(&self.nick)
             };
             entry.members.insert(own_nick.clone(), own);
@@ -1815,8 +1845,12 @@ impl Client {
         if channel.members.len() >= state::MAX_MEMBERS {
             return None;
         }
-        let mut member = Member::new(nick);
-        member.account = account;
+        let member = Member {
+            account,
+            host,
+            realname,
+            ..Member::new(nick)
+        };
         let occupant = member.occupant();
         channel.members.insert(folded_nick, member);
         Some((channel.room.clone(), occupant))
@@ -1899,6 +1933,37 @@ impl Client {
                     }
                     member.away.clone_from(&away);
                     Some((channel.room.clone(), member.occupant()))
+                })
+                .collect()
+        };
+        for (room, occupant) in changed {
+            self.report(&room, RoomEvent::Occupant(occupant)).await;
+        }
+    }
+
+    /// The sender of `message` changed (`change` says whether it did): every room that
+    /// shows them hears their occupant again. Our own users' changes are reported by their
+    /// own connection, in its channels; others' by the channels' reporters.
+    async fn member_changed(&mut self, message: &Message, change: impl Fn(&mut Member) -> bool) {
+        let Some(nick) = message.nick() else {
+            return;
+        };
+        let changed: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
+            let mut net = self.network.lock();
+            let folded_nick = net.fold(nick);
+            let channels = if folded_nick == net.fold(&self.nick) {
+                self.channels.keys().cloned().collect()
+            } else if net.own.contains_key(&folded_nick) {
+                return;
+            } else {
+                self.reported_channels(&net)
+            };
+            channels
+                .iter()
+                .filter_map(|folded| {
+                    let channel = net.channels.get_mut(folded)?;
+                    let member = channel.members.get_mut(&folded_nick)?;
+                    change(member).then(|| (channel.room.clone(), member.occupant()))
                 })
                 .collect()
         };

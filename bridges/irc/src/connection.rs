@@ -31,6 +31,7 @@ pub const WANTED_CAPS: &[&str] = &[
     "multi-prefix",
     "server-time",
     "setname",
+    "userhost-in-names",
 ];
 
 /// `name` as one of the capabilities we ask for (or `sasl`), if it is one: the sets of

@@ -353,6 +353,28 @@ impl IrcBridge {
         }
     }
 
+    /// The mask that bans `nick` from `channel`: their host where it is known and nobody
+    /// else in the channel shares it (`*!*@host`, which a new nick does not evade; a shared
+    /// host is a gateway's or a bouncer's, and banning it would ban the others), else the
+    /// nick.
+    fn ban_mask(&self, network: &str, channel: &str, nick: &str) -> String {
+        let host = self.servers.get(network).and_then(|server| {
+            let shared = server.shared.lock();
+            let channel = shared.channels.get(&shared.fold(channel))?;
+            let host = channel.members.get(&shared.fold(nick))?.host.as_deref()?;
+            let sharing = channel
+                .members
+                .values()
+                .filter(|member| member.host.as_deref() == Some(host))
+                .count();
+            (sharing == 1).then(|| host.to_owned())
+        });
+        match host {
+            Some(host) => format!("*!*@{host}"),
+            None => format!("{nick}!*@*"),
+        }
+    }
+
     /// [`IrcBridge::channel_of`] for a room action, which a non-channel cannot take.
     fn room_channel(&self, room: &RoomId) -> Result<(String, String), RoomActionError> {
         self.channel_of(room)
@@ -690,7 +712,7 @@ impl Bridge for IrcBridge {
                     .await
             }
             Moderation::Ban { nick, reason: why } => {
-                let mask = format!("{nick}!*@*");
+                let mask = self.ban_mask(&network, &channel, &nick);
                 self.send_command(
                     user,
                     &network,

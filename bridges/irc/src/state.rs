@@ -50,6 +50,10 @@ pub struct Member {
     pub account: Option<String>,
     /// Their away message, while they are away (`away-notify`).
     pub away: Option<String>,
+    /// Their host, when a line said it (`JOIN`, `userhost-in-names`, `CHGHOST`).
+    pub host: Option<Box<str>>,
+    /// Their real name, when a line said it (`extended-join`, `SETNAME`).
+    pub realname: Option<Box<str>>,
 }
 
 impl Member {
@@ -60,6 +64,8 @@ impl Member {
             prefixes: String::new(),
             account: None,
             away: None,
+            host: None,
+            realname: None,
         }
     }
 
@@ -82,8 +88,36 @@ impl Member {
             role,
             affiliation,
             away: self.away.clone(),
+            host: self.host.as_deref().map(str::to_owned),
+            realname: self.realname.as_deref().map(str::to_owned),
         }
     }
+}
+
+/// The longest host kept (a hostname is at most 253; a longer one is a hostile server's).
+pub const MAX_HOST: usize = 255;
+
+/// The longest real name kept, in characters.
+pub const MAX_REALNAME: usize = 200;
+
+/// The host of a `nick!user@host` source (or NAMES entry), when it has a sane one.
+pub fn host_of(source: &str) -> Option<Box<str>> {
+    let (_, host) = source.rsplit_once('@')?;
+    valid_host(host).then(|| host.into())
+}
+
+/// Whether `host` is one to keep and show: not empty, bounded, no spaces or controls.
+pub fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_HOST
+        && !host.contains(|c: char| c.is_control() || c.is_whitespace())
+}
+
+/// A real name from IRC, cleaned of formatting and bounded; `None` when empty.
+pub fn realname_of(text: &str) -> Option<Box<str>> {
+    let text = crate::text::from_irc(text);
+    let text: String = text.trim().chars().take(MAX_REALNAME).collect();
+    (!text.is_empty()).then(|| text.into())
 }
 
 /// One channel on the server, as our users in it see it.
@@ -396,7 +430,7 @@ impl Network {
 /// Parses a NAMES entry: prefixes (all of them with `multi-prefix`), then the nick (and
 /// `!user@host` with `userhost-in-names`, dropped).
 pub fn parse_name(entry: &str, symbols: &str) -> Option<Member> {
-    if entry.len() > 2 * MAX_NICK {
+    if entry.len() > 2 * MAX_NICK + MAX_HOST {
         return None;
     }
     let nick_start = entry
@@ -409,6 +443,7 @@ pub fn parse_name(entry: &str, symbols: &str) -> Option<Member> {
     }
     let mut member = Member::new(nick);
     member.prefixes = sort_prefixes(prefixes, symbols);
+    member.host = host_of(rest);
     Some(member)
 }
 
@@ -540,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn names_read_with_every_prefix_and_without_hosts() {
+    fn names_read_with_every_prefix_and_their_hosts() {
         let symbols = "~&@%+";
         assert_eq!(
             parse_name("@+alice!a@host", symbols),
@@ -548,7 +583,9 @@ mod tests {
                 nick: "alice".into(),
                 prefixes: "@+".into(),
                 account: None,
-                away: None
+                away: None,
+                host: Some("host".into()),
+                realname: None,
             })
         );
         assert_eq!(

@@ -515,6 +515,107 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
     server.abort();
 }
 
+/// Hosts and real names: from `userhost-in-names` and `extended-join`, updated by
+/// `CHGHOST` and `SETNAME` (each an occupant update), and a ban goes by host unless the
+/// host is shared (a gateway's), where it goes by nick.
+#[tokio::test]
+async fn hosts_and_real_names_follow_chghost_and_setname_and_bans_go_by_host() {
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let server = tokio::spawn(async move {
+        let (mut reader, mut write) = register(&listener).await;
+        until(&mut reader, "JOIN #c").await;
+        write
+            .write_all(
+                b":alice!a@gw.example JOIN #c\r\n\
+                  :fake.test 353 alice = #c :@alice!a@gw.example bob!b@bob.example.net carol!c@shared.example dave!d@shared.example\r\n\
+                  :fake.test 366 alice #c :End\r\n\
+                  :erin!e@erin.example JOIN #c erin_account :Erin \x02Example\x02\r\n\
+                  :bob!b@bob.example.net CHGHOST b user/bob\r\n\
+                  :bob!b@user/bob SETNAME :Bob \x01Builder\r\n\
+                  :dave!d@shared.example CHGHOST d bad\x7fhost\r\n",
+            )
+            .await
+            .expect("write");
+        loop {
+            let _ = seen_sender.send(line_from(&mut reader).await);
+        }
+    });
+    let room = bridge.parse_room("#c%fake.test").expect("a room");
+    let joined = tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let host = |nick: &str| {
+        joined
+            .occupants
+            .iter()
+            .find(|occupant| occupant.nick == nick)
+            .and_then(|occupant| occupant.host.clone())
+    };
+    assert_eq!(host("bob").as_deref(), Some("bob.example.net"));
+    assert_eq!(host("carol").as_deref(), Some("shared.example"));
+    assert_eq!(host("alice").as_deref(), Some("gw.example"));
+    // After the join: a newcomer with extended-join, a host change and a new real name.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let occupant = |nick: &str| {
+        core.room_events()
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                RoomEvent::Occupant(occupant) if occupant.nick == nick => Some(occupant),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    while occupant("bob").len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            core.room_events()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bob = occupant("bob");
+    assert_eq!(bob[0].host.as_deref(), Some("user/bob"));
+    assert_eq!(bob[0].realname, None);
+    assert_eq!(bob[1].host.as_deref(), Some("user/bob"));
+    assert_eq!(bob[1].realname.as_deref(), Some("Bob Builder"));
+    let erin = occupant("erin");
+    assert_eq!(erin.len(), 1);
+    assert_eq!(erin[0].host.as_deref(), Some("erin.example"));
+    assert_eq!(erin[0].realname.as_deref(), Some("Erin *Example*"));
+    assert_eq!(erin[0].id.as_str(), "account:erin_account");
+    // A host with a control character is no host: Dave's stays as it was, unreported.
+    assert!(occupant("dave").is_empty(), "{:?}", occupant("dave"));
+    let alice = UserJid::new("alice@localhost");
+    for nick in ["bob", "carol"] {
+        bridge
+            .moderate(
+                &alice,
+                &room,
+                jabbridge_sdk::Moderation::Ban {
+                    nick: nick.into(),
+                    reason: None,
+                },
+            )
+            .await
+            .expect("asked");
+    }
+    let mut modes = Vec::new();
+    while modes.len() < 2 {
+        match tokio::time::timeout(WAIT, seen.recv()).await {
+            Ok(Some(line)) if line.starts_with("MODE") => modes.push(line),
+            Ok(Some(_)) => {}
+            _ => panic!("no MODE lines; saw {modes:?}"),
+        }
+    }
+    // Bob by his host; Carol shares hers with Dave, so by her nick.
+    assert_eq!(modes, ["MODE #c +b *!*@user/bob", "MODE #c +b carol!*@*"]);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
     use crate::config::Tls;

@@ -67,6 +67,13 @@ pub struct Occupant {
     /// Whether they are away, with the message they left (IRC's `AWAY`): shown as
     /// `<show>away</show>` and the message as the status. `None`: here.
     pub away: Option<String>,
+    /// Where they connect from, when the network says (IRC's host, or its cloak): shown in
+    /// their presence as the item's bare JID (XEP-0045 `jid`), as Biboumi does, so that
+    /// people can be told apart by it. It names no one to write to.
+    pub host: Option<String>,
+    /// Their real name, when the network says (IRC's realname): the full name of their
+    /// vCard (`vcard-temp` on their occupant JID).
+    pub realname: Option<String>,
 }
 
 impl Occupant {
@@ -79,6 +86,8 @@ impl Occupant {
             role: Role::default(),
             affiliation: Affiliation::default(),
             away: None,
+            host: None,
+            realname: None,
         }
     }
 }

@@ -45,7 +45,7 @@ pub(in crate::gateway) use archive::{archive_query, info, list};
 pub(in crate::gateway) use membership::{bounced, on_presence};
 pub use membership::{drop_user, forget_user, leave_if_gone, restore};
 pub use talk::{Reply, event, message_event};
-pub(in crate::gateway) use talk::{administer, on_groupchat, ping, private_allowed};
+pub(in crate::gateway) use talk::{administer, card, on_groupchat, ping, private_allowed};
 
 /// Our users in rooms, and the rooms as the bridge reported them. Shared with the timers
 /// that leave a room after the grace period.
@@ -267,6 +267,13 @@ fn presence_of(
 ) -> Option<Element> {
     let from = occupant_jid(room_jid, &occupant.nick)?;
     let id = occupant_id(&gateway.domain, room, occupant.id.as_str());
+    // Where they connect from, to everyone but themselves: their own presence's item JID
+    // would be their real one, which the room does not show.
+    let jid = occupant
+        .host
+        .as_deref()
+        .filter(|_| !shape.statuses.contains(&status::SELF))
+        .and_then(|host| host_jid(&gateway.domain, host));
     Some(muc::occupant(&OccupantPresence {
         from,
         to: to.parse().ok()?,
@@ -279,7 +286,26 @@ fn presence_of(
         actor: shape.actor,
         reason: shape.reason,
         away: occupant.away.as_deref(),
+        jid: jid.as_deref(),
     }))
+}
+
+/// The bare JID shown for an occupant who connects from `host`: the host itself where it is
+/// a domain (a name or an address, as Biboumi shows it), else (a cloak such as
+/// `user/alice`) the host escaped (XEP-0106) at the bridge's domain.
+fn host_jid(domain: &str, host: &str) -> Option<String> {
+    if host.is_empty() || host.contains(|c: char| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let plain = !host.contains(['@', '/'])
+        && host
+            .parse::<BareJid>()
+            .is_ok_and(|jid| jid.node().is_none());
+    Some(if plain {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}@{domain}", crate::xmpp::jid::escape(host))
+    })
 }
 
 /// How an occupant presence looks beyond the occupant.

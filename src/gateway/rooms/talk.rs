@@ -426,6 +426,29 @@ pub(in crate::gateway) fn private_allowed(
     Ok(())
 }
 
+/// An occupant's vCard (XEP-0054), for a resource in the room: their nick, and the real
+/// name the network gave for them.
+pub(in crate::gateway) fn card(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    nick: &str,
+) -> Result<Element, StanzaFailure> {
+    joined(gateway, from, room)?;
+    let rooms = gateway.rooms.lock();
+    let occupant = rooms
+        .get(room)
+        .and_then(|state| state.occupants.get(nick))
+        .ok_or_else(|| {
+            StanzaFailure::ItemNotFound(format!("nobody in the room is called {nick}"))
+        })?;
+    let mut realname = occupant.realname.clone();
+    if let Some(name) = &mut realname {
+        crate::xmpp::xml_safe::clean(name);
+    }
+    Ok(muc::occupant_card(&occupant.nick, realname.as_deref()))
+}
+
 /// A XEP-0410 self-ping (or any ping to an occupant): answered `Ok` (a result) only when
 /// the sending resource is in the room; `not-acceptable` otherwise, which tells the client
 /// to join again.
