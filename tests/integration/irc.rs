@@ -941,6 +941,7 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         "without TLS",
         "in #test",
         "echo-message",
+        "labeled-response",
     ] {
         assert!(info.contains(said), "{said}: {info}");
     }

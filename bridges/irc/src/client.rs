@@ -181,6 +181,9 @@ struct PendingEcho {
     id: MessageId,
     text: String,
     lines: VecDeque<String>,
+    /// Its number, when its lines went out labelled (`labeled-response`: `label=N.i` for
+    /// its line `i`): the server's answers then say which post they are about.
+    label: Option<u64>,
     /// The first line's id and time, which the reflection carries.
     first: Option<(MessageId, Option<SystemTime>)>,
     reply: oneshot::Sender<Result<Posted, SendError>>,
@@ -287,8 +290,9 @@ pub struct Client {
     channellen: Option<usize>,
     /// How many lines one `CHATHISTORY` may ask for (ISUPPORT), where the server has it.
     history_max: Option<u32>,
-    /// The `chathistory` batches open now (their references): their lines are history.
-    history_batches: HashSet<String>,
+    /// The batches we read open now, by reference: `chathistory` ones (`None`), whose lines
+    /// are history, and `labeled-response` ones, with the label their lines answer.
+    batches: HashMap<String, Option<String>>,
     /// Channels we are in (or rejoining), folded → as spelled.
     channels: HashMap<String, String>,
     /// Channels being rejoined after a reconnection.
@@ -301,8 +305,8 @@ pub struct Client {
     echoes: HashMap<String, VecDeque<PendingEcho>>,
     /// Private messages to nicks the server has not confirmed yet, oldest first.
     confirming: VecDeque<PendingSay>,
-    /// Tokens of confirmation `PING`s written so far.
-    pings: u64,
+    /// Numbers handed out so far: confirmation `PING`s' tokens, and posts' labels.
+    serial: u64,
     /// A `LIST` being read, and who waits for it.
     listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant)>,
     queue: VecDeque<Queued>,
@@ -356,7 +360,7 @@ impl Client {
             statusmsg: "@+".into(),
             channellen: None,
             history_max: None,
-            history_batches: HashSet::new(),
+            batches: HashMap::new(),
             channels: HashMap::new(),
             rejoining: HashMap::new(),
             parting: HashSet::new(),
@@ -364,7 +368,7 @@ impl Client {
             names: HashMap::new(),
             echoes: HashMap::new(),
             confirming: VecDeque::new(),
-            pings: 0,
+            serial: 0,
             listing: None,
             queue: VecDeque::new(),
             tokens: burst,
@@ -658,7 +662,7 @@ impl Client {
         let previous = std::mem::replace(&mut self.nick, connection.nick.clone());
         let still_ours;
         self.caps = std::mem::take(&mut connection.caps);
-        self.history_batches.clear();
+        self.batches.clear();
         self.connected_at = SystemTime::now();
         self.account = connection.account.take();
         self.server_name = std::mem::take(&mut connection.server_name);
@@ -1047,7 +1051,18 @@ impl Client {
 
     /// Queues one line (checked by [`wire::line`]); `done` hears when it is written.
     fn enqueue(&mut self, command: &str, params: &[&str], done: Option<Done>) {
-        match wire::line(&[], command, params) {
+        self.enqueue_tagged(&[], command, params, done);
+    }
+
+    /// [`Client::enqueue`] with tags in front.
+    fn enqueue_tagged(
+        &mut self,
+        tags: &[(&str, Option<&str>)],
+        command: &str,
+        params: &[&str],
+        done: Option<Done>,
+    ) {
+        match wire::line(tags, command, params) {
             Ok(line) => self.queue.push_back(Queued { line, done }),
             Err(error) => fail(done, &error.to_string()),
         }
@@ -1198,8 +1213,19 @@ impl Client {
                         }));
                         return;
                     }
-                    for line in &lines {
-                        self.enqueue("PRIVMSG", &[&channel, line], None);
+                    let label = self.caps.contains("labeled-response").then(|| {
+                        self.serial += 1;
+                        self.serial
+                    });
+                    for (index, line) in lines.iter().enumerate() {
+                        match label {
+                            Some(post) => {
+                                let label = format!("{post}.{index}");
+                                let tags = [("label", Some(label.as_str()))];
+                                self.enqueue_tagged(&tags, "PRIVMSG", &[&channel, line], None);
+                            }
+                            None => self.enqueue("PRIVMSG", &[&channel, line], None),
+                        }
                     }
                     // Counted from when the last line goes out.
                     let since = self.due();
@@ -1210,6 +1236,7 @@ impl Client {
                             id,
                             text,
                             lines: lines.into(),
+                            label,
                             first: None,
                             reply,
                             since,
@@ -1232,8 +1259,8 @@ impl Client {
                         for line in &lines {
                             self.enqueue("PRIVMSG", &[&target, line], None);
                         }
-                        self.pings += 1;
-                        let token = format!("jabbridge-said-{}", self.pings);
+                        self.serial += 1;
+                        let token = format!("jabbridge-said-{}", self.serial);
                         self.enqueue("PING", &[&token], None);
                         let since = self.due();
                         self.confirming.push_back(PendingSay {
@@ -1608,7 +1635,15 @@ impl Client {
                 };
                 let folded = self.fold(channel);
                 let reason = message.params.last().cloned().unwrap_or_default();
-                let echo = self.echoes.get_mut(&folded).and_then(VecDeque::pop_front);
+                // The post it refuses: the one its label names, else the oldest waiting.
+                let label = self.label_of(&message);
+                let echo = self.echoes.get_mut(&folded).and_then(|queue| match label {
+                    Some(post) => {
+                        let index = queue.iter().position(|echo| echo.label == Some(post))?;
+                        queue.remove(index)
+                    }
+                    None => queue.pop_front(),
+                });
                 match echo {
                     Some(echo) => {
                         let _ = echo.reply.send(Err(SendError::Permanent {
@@ -1625,12 +1660,22 @@ impl Client {
             "BATCH" => {
                 let reference = param(0).unwrap_or("");
                 if let Some(opened) = reference.strip_prefix('+') {
-                    // A hostile server opening batches without end costs a bounded set.
-                    if param(1) == Some("chathistory") && self.history_batches.len() < 16 {
-                        self.history_batches.insert(opened.to_owned());
+                    let kind = match param(1) {
+                        Some("chathistory") => Some(None),
+                        Some("labeled-response") => {
+                            message.tag("label").map(|label| Some(label.to_owned()))
+                        }
+                        _ => None,
+                    };
+                    // A hostile server opening batches without end costs a bounded map.
+                    if let Some(kind) = kind
+                        && self.batches.len() < 16
+                    {
+                        self.batches.insert(opened.to_owned(), kind);
                     }
                 } else if let Some(closed) = reference.strip_prefix('-') {
-                    self.history_batches.remove(closed);
+                    self.batches.remove(closed);
+                    shed_if_empty(&mut self.batches);
                 }
             }
             // LIST: one channel, then the end.
@@ -2315,11 +2360,12 @@ impl Client {
             let folded = self.fold(channel);
             let history = message
                 .tag("batch")
-                .is_some_and(|batch| self.history_batches.contains(batch));
+                .is_some_and(|batch| self.batches.get(batch).is_some_and(Option::is_none));
             if is_self {
                 // Our own earlier lines in a history batch are no echoes of posts waiting.
                 if !history {
-                    self.echoed(&folded, said, id, timestamp).await;
+                    let label = self.label_of(message);
+                    self.echoed(&folded, said, id, timestamp, label).await;
                 }
                 return;
             }
@@ -2439,23 +2485,35 @@ impl Client {
         said: &str,
         id: Option<MessageId>,
         timestamp: Option<SystemTime>,
+        label: Option<u64>,
     ) {
         let Some(queue) = self.echoes.get_mut(folded) else {
             return;
         };
-        // The post this line belongs to: the first whose next line it is (a line the
-        // server dropped leaves its post waiting until it expires).
-        let said = said.trim_end();
-        // A server that rewrites text (a word filter) echoes what matches nothing: the
-        // oldest post is the best guess.
-        let index = queue
-            .iter()
-            .position(|echo| {
-                echo.lines
-                    .front()
-                    .is_some_and(|line| line.trim_end() == said)
-            })
-            .unwrap_or(0);
+        let index = match label {
+            // Labelled: the post its label names; none is one that expired already.
+            Some(post) => {
+                let Some(index) = queue.iter().position(|echo| echo.label == Some(post)) else {
+                    return;
+                };
+                index
+            }
+            None => {
+                // The post this line belongs to: the first whose next line it is (a line
+                // the server dropped leaves its post waiting until it expires).
+                let said = said.trim_end();
+                // A server that rewrites text (a word filter) echoes what matches nothing:
+                // the oldest post is the best guess.
+                queue
+                    .iter()
+                    .position(|echo| {
+                        echo.lines
+                            .front()
+                            .is_some_and(|line| line.trim_end() == said)
+                    })
+                    .unwrap_or(0)
+            }
+        };
         let Some(echo) = queue.get_mut(index) else {
             return;
         };
@@ -2499,6 +2557,16 @@ impl Client {
         });
         self.report(&room, event).await;
         let _ = echo.reply.send(Ok(Posted::EchoFollows));
+    }
+
+    /// The post a line answers (`labeled-response`): its own label, or its batch's, when
+    /// it is one of ours (`N.i`).
+    fn label_of(&self, message: &Message) -> Option<u64> {
+        let label = message.tag("label").or_else(|| {
+            let batch = message.tag("batch")?;
+            self.batches.get(batch)?.as_deref()
+        })?;
+        label.split_once('.')?.0.parse().ok()
     }
 
     /// A notice or an error for the user, from the server's address.

@@ -27,6 +27,7 @@ pub const WANTED_CAPS: &[&str] = &[
     "draft/chathistory",
     "echo-message",
     "extended-join",
+    "labeled-response",
     "message-tags",
     "multi-prefix",
     "server-time",

@@ -305,6 +305,114 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
     server.abort();
 }
 
+/// `labeled-response`: each posted line carries a label, and the server's answers (an
+/// echo, an echo in a labelled batch, a refusal) go to the post they name, whatever their
+/// order or text. Without labels, the refusal and the rewritten echo would go to the
+/// oldest post.
+#[tokio::test]
+async fn labeled_response_ties_each_echo_and_refusal_to_its_post() {
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let (mut reader, mut write) = accepted(&listener).await;
+        let requested = negotiate(
+            &mut reader,
+            &mut write,
+            b":fake.test CAP * LS :batch echo-message labeled-response message-tags\r\n",
+        )
+        .await;
+        assert_eq!(
+            requested,
+            "batch echo-message labeled-response message-tags"
+        );
+        write
+            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 422 alice :no MOTD\r\n")
+            .await
+            .expect("write");
+        until(&mut reader, "JOIN #room").await;
+        write
+            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice bob\r\n:fake.test 366 alice #room :End\r\n")
+            .await
+            .expect("write");
+        let mut labels = Vec::new();
+        for text in ["alpha", "beta", "gamma"] {
+            let line = line_from(&mut reader).await;
+            let (tags, rest) = line.split_once(' ').expect("tags, then the line");
+            assert_eq!(rest, format!("PRIVMSG #room {text}"));
+            labels.push(tags.strip_prefix("@label=").expect("a label").to_owned());
+        }
+        let [alpha, beta, gamma] = &labels[..] else {
+            panic!("{labels:?}");
+        };
+        // Beta refused; gamma echoed as a word filter rewrote it; alpha's echo in a batch.
+        let answers = format!(
+            "@label={beta} :fake.test 404 alice #room :Cannot send to channel\r\n\
+             @label={gamma};msgid=m3 :alice!a@h PRIVMSG #room :g*mma\r\n\
+             @label={alpha} :fake.test BATCH +b1 labeled-response\r\n\
+             @batch=b1;msgid=m1 :alice!a@h PRIVMSG #room :alpha\r\n\
+             :fake.test BATCH -b1\r\n"
+        );
+        write.write_all(answers.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(write);
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let mut posts = Vec::new();
+    for (number, text) in ["alpha", "beta", "gamma"].into_iter().enumerate() {
+        let bridge = bridge.clone();
+        let post = RoomPost {
+            id: MessageId::new(format!("origin-{number}")),
+            user: UserJid::new("alice@localhost"),
+            room: room.clone(),
+            text: text.into(),
+            registration: None,
+            replaces: None,
+        };
+        posts.push(tokio::spawn(async move {
+            tokio::time::timeout(WAIT, bridge.send_room_message(post)).await
+        }));
+        // Posted in this order.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut outcomes = Vec::new();
+    for post in posts {
+        outcomes.push(post.await.expect("the post's task").expect("in time"));
+    }
+    assert_eq!(outcomes[0], Ok(Posted::EchoFollows));
+    assert!(
+        matches!(&outcomes[1], Err(jabbridge_sdk::SendError::Permanent { reason })
+            if reason.contains("Cannot send to channel")),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(outcomes[2], Ok(Posted::EchoFollows));
+    let echoes: Vec<(String, String, String)> = core
+        .room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Message(message) => Some((
+                message.echo_of?.as_str().to_owned(),
+                message.foreign_id.as_str().to_owned(),
+                message.text,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        echoes,
+        [
+            ("origin-2".into(), "m3".into(), "gamma".into()),
+            ("origin-0".into(), "m1".into(), "alpha".into())
+        ]
+    );
+    server.abort();
+}
+
 #[tokio::test]
 async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history() {
     let (listener, port) = listening().await;
