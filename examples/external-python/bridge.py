@@ -93,6 +93,14 @@ def room_send(p):                # the post shows as said by the user, then the 
     event(p["room"], repeat)
     return {"status": "echo_follows"}
 
+def room_presence(p):           # the user's away shows on the pretend network, to the room
+    for nick, user in ROOMS.get(p["room"], {}).items():
+        if user == p["user"]:
+            occupant = {"nick": nick, "id": user}
+            if "away" in p:
+                occupant["away"] = p["away"]
+            event(p["room"], {"type": "occupant", "occupant": occupant})
+
 def event(room, what):
     request("room/event", {"room": room, "event": what})
 
@@ -100,6 +108,7 @@ HANDLERS = {"initialize": initialize, "register/submit": register, "message/send
             "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
+NOTIFICATIONS = {"room/presence": room_presence}
 
 def main():
     for line in sys.stdin:       # EOF on stdin: the core is gone
@@ -116,6 +125,11 @@ def main():
         if msg["method"] == "exit":
             return
         if "id" not in msg:      # notifications we do not know are ignored
+            if msg["method"] in NOTIFICATIONS:
+                try:
+                    NOTIFICATIONS[msg["method"]](msg.get("params") or {})
+                except (KeyError, TypeError, AttributeError) as error:
+                    log("bad notification:", repr(error))
             continue
         handler = HANDLERS.get(msg["method"])
         try:

@@ -1389,6 +1389,15 @@ impl Bridge for External {
         }
     }
 
+    async fn room_presence(&self, user: &UserJid, room: &RoomId, away: Option<String>) {
+        let params = protocol::RoomPresenceParams {
+            user: user.to_string(),
+            room: room.as_str().to_owned(),
+            away,
+        };
+        self.notify(to_bridge::ROOM_PRESENCE, &params);
+    }
+
     async fn send_room_message(&self, post: RoomPost) -> Result<Posted, SendError> {
         let params = protocol::RoomSendParams {
             txn_id: post.id.to_string(),

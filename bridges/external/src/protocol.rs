@@ -46,6 +46,8 @@ pub mod to_bridge {
     pub const ROOM_JOIN: &str = "room/join";
     /// A user leaves a room.
     pub const ROOM_LEAVE: &str = "room/leave";
+    /// A joined user's presence in a room changed: away (with their text) or back (N).
+    pub const ROOM_PRESENCE: &str = "room/presence";
     /// A user posts in a room.
     pub const ROOM_SEND: &str = "room/send";
     /// The rooms the network lists for a user.
@@ -84,6 +86,7 @@ pub mod to_bridge {
         MESSAGE_SEND,
         ROOM_JOIN,
         ROOM_LEAVE,
+        ROOM_PRESENCE,
         ROOM_SEND,
         ROOMS_LIST,
         ROOM_MODERATE,
@@ -917,6 +920,19 @@ pub struct LeaveParams {
     pub user: String,
     /// The room.
     pub room: String,
+}
+
+/// `room/presence` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomPresenceParams {
+    /// The user.
+    pub user: String,
+    /// The room.
+    pub room: String,
+    /// Their status text while they show away, extended away or busy (empty when they gave
+    /// none); absent while they are available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub away: Option<String>,
 }
 
 /// `room/send` params.

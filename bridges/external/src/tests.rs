@@ -187,6 +187,33 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
         assert!(tokio::time::Instant::now() < deadline, "{events:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // Alice shows away in the room, then back: the pretend network shows her so.
+    let alice = UserJid::new("alice@localhost");
+    let lobby = RoomId::new("#lobby");
+    bridge
+        .room_presence(&alice, &lobby, Some("at lunch".into()))
+        .await;
+    bridge.room_presence(&alice, &lobby, None).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let aways: Vec<Option<String>> = running
+            .core
+            .room_events()
+            .into_iter()
+            .filter_map(|(_, event)| match event {
+                RoomEvent::Occupant(occupant) if occupant.nick == "alice" => Some(occupant.away),
+                _ => None,
+            })
+            .collect();
+        // Her join, then away, then back.
+        if aways.len() == 3 {
+            assert_eq!(aways, [None, Some("at lunch".into()), None]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{aways:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     running.stop().await;
 }
 
@@ -410,6 +437,9 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         ("session/stop", "params") => check::<SessionStopParams>(method, part, value),
         ("session/state", "params") => check::<SessionStateParams>(method, part, value),
         ("presence/user", "params") => check::<PresenceParams>(method, part, value),
+        ("room/presence", "params") => {
+            check::<crate::protocol::RoomPresenceParams>(method, part, value)
+        }
         ("contact/subscribe", "params") => check::<SubscribeParams>(method, part, value),
         ("contact/subscribe", "result") => check::<SubscribeResult>(method, part, value),
         ("chat/typing", "params") => check::<TypingParams>(method, part, value),
