@@ -6,6 +6,7 @@ import itertools, json, sys
 
 PREFIX = ""                      # settings.prefix, from initialize
 ROOMS = {}                       # room -> {nick: user}
+AWAY = {}                        # (room, user) -> their away text, while away
 BOT = {"nick": "echo", "role": "moderator", "affiliation": "owner"}
 ids = itertools.count(1)
 
@@ -72,6 +73,7 @@ def room_join(p):
     return {"nick": p["nick"], "occupants": occupants(p["room"]), "subject": {"text": ""}}
 
 def room_leave(p):
+    AWAY.pop((p["room"], p["user"]), None)
     room = ROOMS.get(p["room"], {})
     for nick, user in list(room.items()):
         if user == p["user"]:
@@ -93,7 +95,11 @@ def room_send(p):                # the post shows as said by the user, then the 
     event(p["room"], repeat)
     return {"status": "echo_follows"}
 
-def room_presence(p):           # the user's away shows on the pretend network, to the room
+def room_presence(p):           # the user's away shows on the pretend network, when it changes
+    key = (p["room"], p["user"])
+    if AWAY.get(key) == p.get("away"):
+        return
+    AWAY[key] = p.get("away")
     for nick, user in ROOMS.get(p["room"], {}).items():
         if user == p["user"]:
             occupant = {"nick": nick, "id": user}

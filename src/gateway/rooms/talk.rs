@@ -1140,7 +1140,10 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                 let known = state
                     .occupants
                     .insert(occupant.nick.clone(), occupant.clone());
-                for (_, nick, to) in &everyone {
+                // Nothing changed (a network repeating what it said): nothing to show. A
+                // client may take a second self-presence for an error and bounce it.
+                let unchanged = known.as_ref() == Some(&occupant);
+                for (_, nick, to) in everyone.iter().filter(|_| !unchanged) {
                     let own = *nick == occupant.nick;
                     if own && known.is_none() {
                         // Their own join was shown when they joined.
