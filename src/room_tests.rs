@@ -678,6 +678,99 @@ async fn the_archive_is_paged_with_mam_and_rsm() {
     );
 }
 
+/// The network's older history (the echo network keeps five lines per room): a MAM query
+/// paging back past the archive's start reads it, archives it below what the room had, in
+/// order, and answers with it; once the network has nothing older, the archive's answer
+/// stands.
+#[tokio::test(start_paused = true)]
+async fn paging_back_past_the_archive_reads_the_networks_older_history() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='n1'>\
+             <body>now</body></message>",
+        )
+        .await;
+    take(&mut harness, 2).await;
+    let query = |id: &str, set: &str| {
+        format!(
+            "<iq type='set' from='alice@test/r' to='#lobby@echo.test' id='{id}'>\
+             <query xmlns='urn:xmpp:mam:2' queryid='q-{id}'>\
+             <set xmlns='http://jabber.org/protocol/rsm'>{set}</set></query></iq>"
+        )
+    };
+    // Results until the fin: (stanza id, text), and the fin.
+    let answer = async |harness: &mut Harness| {
+        let mut results = Vec::new();
+        loop {
+            let stanza = harness.next().await;
+            if stanza.name() == "iq" {
+                let fin = stanza
+                    .get_child("fin", "urn:xmpp:mam:2")
+                    .cloned()
+                    .expect("fin");
+                return (results, fin);
+            }
+            let inner = stanza
+                .get_child("result", "urn:xmpp:mam:2")
+                .and_then(|result| result.get_child("forwarded", "urn:xmpp:forward:0"))
+                .and_then(|forwarded| forwarded.get_child("message", "jabber:client"))
+                .cloned()
+                .expect("a result");
+            results.push((stanza_id(&inner), body(&inner).unwrap_or_default()));
+        }
+    };
+    let texts = |results: &[(String, String)]| -> Vec<String> {
+        results.iter().map(|(_, text)| text.clone()).collect()
+    };
+    // The last 3: the archive has two (Alice's line, the bot's repeat); the network one
+    // more, the latest it kept.
+    harness.receive(&query("h1", "<max>3</max><before/>")).await;
+    let (page, fin) = answer(&mut harness).await;
+    assert_eq!(texts(&page), ["long ago 4", "now", "now"]);
+    assert_eq!(fin.attr("complete"), Some("false"), "{fin:?}");
+    // Further back, before the oldest shown: the rest of the network's history, in order.
+    let oldest = page[0].0.clone();
+    harness
+        .receive(&query(
+            "h2",
+            &format!("<max>10</max><before>{oldest}</before>"),
+        ))
+        .await;
+    let (page, fin) = answer(&mut harness).await;
+    assert_eq!(
+        texts(&page),
+        ["long ago 0", "long ago 1", "long ago 2", "long ago 3"]
+    );
+    assert_eq!(fin.attr("complete"), Some("true"), "{fin:?}");
+    // The archive keeps it: the whole room, oldest first, going forward.
+    harness.receive(&query("h3", "<max>20</max>")).await;
+    let (page, _) = answer(&mut harness).await;
+    assert_eq!(
+        texts(&page),
+        [
+            "long ago 0",
+            "long ago 1",
+            "long ago 2",
+            "long ago 3",
+            "long ago 4",
+            "now",
+            "now"
+        ]
+    );
+    // Nothing older: the same answer again.
+    harness
+        .receive(&query(
+            "h4",
+            &format!("<max>10</max><before>{}</before>", page[0].0),
+        ))
+        .await;
+    let (older, fin) = answer(&mut harness).await;
+    assert!(older.is_empty(), "{older:?}");
+    assert_eq!(fin.attr("complete"), Some("true"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_gateway_lists_its_rooms_page_by_page() {
     let mut harness = Harness::start(Options::default()).await;

@@ -312,6 +312,57 @@ impl RoomTables {
         Ok(results[0])
     }
 
+    /// Archives lines said before everything `room` has (a network's older history, read
+    /// for a MAM query that reached the archive's start) below every id the archive has,
+    /// the latest highest, so that the room's order stays the order said; the fan-out's
+    /// cursors, all above, never send them. Lines the room has (by foreign id) are skipped.
+    /// Returns how many were new.
+    pub async fn backfill(
+        &self,
+        bridge: &str,
+        room: &str,
+        messages: &[NewRoomMessage],
+    ) -> Result<u64, StoreError> {
+        let mut ordered: Vec<&NewRoomMessage> = messages.iter().collect();
+        ordered.sort_by_key(|message| std::cmp::Reverse(message.said_at));
+        let mut transaction = self.pool.begin().await?;
+        let lowest: i64 = sqlx::query("SELECT COALESCE(MIN(id), 1) FROM room_messages")
+            .fetch_one(&mut *transaction)
+            .await?
+            .try_get(0)?;
+        let mut next = lowest.min(1) - 1;
+        let mut inserted = 0;
+        for message in ordered {
+            let done = sqlx::query(
+                "INSERT INTO room_messages (id, bridge, room, foreign_id, stanza_id, nick, \
+                 sender, text, origin_id, poster, said_at, replaces, post_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(next)
+            .bind(bridge)
+            .bind(room)
+            .bind(message.foreign_id.as_str())
+            .bind(message.stanza_id.as_str())
+            .bind(message.nick.as_str())
+            .bind(message.sender.as_str())
+            .bind(message.text.as_str())
+            .bind(message.origin_id.as_deref())
+            .bind(message.poster.as_deref())
+            .bind(message.said_at)
+            .bind(message.replaces.as_deref())
+            .bind(message.post_id.as_deref())
+            .execute(&mut *transaction)
+            .await?;
+            if done.rows_affected() > 0 {
+                inserted += 1;
+                next -= 1;
+            }
+        }
+        transaction.commit().await?;
+        Ok(inserted)
+    }
+
     /// The last `max` messages of `room` said at or after `since` (Unix ms), oldest first.
     pub async fn history(
         &self,

@@ -583,6 +583,69 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
     .await;
 }
 
+/// A network's older history joins the archive below what the room had, in the order it
+/// was said, each foreign id once (SQLite and PostgreSQL: ids below every other).
+#[tokio::test]
+async fn older_history_is_archived_below_the_rooms_oldest_in_the_order_said() {
+    use jabbridge::store::rooms::{NewRoomMessage, PageQuery};
+    each_backend(async |store: Store| {
+        let rooms = store.rooms();
+        let message = |foreign_id: &str, at: i64| NewRoomMessage {
+            foreign_id: foreign_id.into(),
+            stanza_id: format!("s-{foreign_id}"),
+            nick: "bob".into(),
+            sender: "bob".into(),
+            text: foreign_id.into(),
+            origin_id: None,
+            poster: None,
+            said_at: at,
+            replaces: None,
+            post_id: None,
+        };
+        let now = now_millis();
+        for (id, at) in [("live1", now), ("live2", now + 1)] {
+            rooms
+                .archive("irc.test", "#c", message(id, at))
+                .await
+                .unwrap();
+        }
+        // Another room's rows do not matter.
+        rooms
+            .archive("irc.test", "#other", message("x", now))
+            .await
+            .unwrap();
+        // Given in any order; "live1" is one the room has.
+        let older = [
+            message("old2", now - 2_000),
+            message("old1", now - 3_000),
+            message("live1", now),
+            message("old3", now - 1_000),
+        ];
+        assert_eq!(rooms.backfill("irc.test", "#c", &older).await.unwrap(), 3);
+        // Further back still, later: below those.
+        let oldest = [message("old0", now - 4_000)];
+        assert_eq!(rooms.backfill("irc.test", "#c", &oldest).await.unwrap(), 1);
+        let all = PageQuery {
+            max: 10,
+            ..PageQuery::default()
+        };
+        let (page, complete) = rooms.page("irc.test", "#c", &all).await.unwrap();
+        assert!(complete);
+        let texts: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["old0", "old1", "old2", "old3", "live1", "live2"]);
+        // Paged back from the live lines, the older ones come next.
+        let back = PageQuery {
+            max: 2,
+            before: Some(page[4].id),
+            ..PageQuery::default()
+        };
+        let (page, _) = rooms.page("irc.test", "#c", &back).await.unwrap();
+        let texts: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
+        assert_eq!(texts, ["old2", "old3"]);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_group_commit_archives_room_messages_in_order_each_foreign_id_once() {
     use jabbridge::store::rooms::{ArchiveRow, NewRoomMessage};

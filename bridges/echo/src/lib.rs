@@ -20,10 +20,10 @@ use jabbridge_sdk::http::{Method, StatusCode};
 use jabbridge_sdk::secrecy::SecretString;
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
-    ForeignId, Form, FormValues, HttpRequest, HttpResponse, IncomingMessage, JoinError,
-    JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt, RegistrationData,
-    RegistrationError, RoomActionError, RoomId, RoomListing, RoomPost, SendError, SendOutcome,
-    Settings, UserJid, async_trait, auth, respond,
+    ForeignId, Form, FormValues, HistoryRequest, HttpRequest, HttpResponse, IncomingMessage,
+    JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt,
+    RegistrationData, RegistrationError, RoomActionError, RoomId, RoomListing, RoomMessage,
+    RoomPost, SendError, SendOutcome, Settings, UserJid, async_trait, auth, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -97,7 +97,7 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
             .map(|since| since.as_nanos())
             .unwrap_or_default(),
         said: AtomicU64::new(0),
-        rooms: rooms::EchoRooms::default(),
+        rooms: rooms::EchoRooms::new(),
     }))
 }
 
@@ -208,6 +208,13 @@ impl Bridge for Echo {
 
     async fn list_rooms(&self, _user: &UserJid) -> Result<Vec<RoomListing>, RoomActionError> {
         Ok(self.rooms.list().await)
+    }
+
+    async fn room_history(
+        &self,
+        request: HistoryRequest,
+    ) -> Result<Vec<RoomMessage>, RoomActionError> {
+        Ok(rooms::EchoRooms::history(&request))
     }
 
     async fn change_nick(

@@ -12,13 +12,18 @@
 //! The network carries corrections, retractions and reactions (unless the bridge's `edits`
 //! is `false`), and the bot follows: it corrects its repeat of a corrected message, retracts
 //! its repeat of a retracted one, and mirrors a user's reactions with its own.
+//!
+//! The network keeps history: in every room, the bot said `long ago 0` … `long ago 4`, a
+//! minute apart, in the five minutes before the bridge started; a MAM query that reaches
+//! the start of the core's archive reads them ([`EchoRooms::history`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::{
-    Affiliation, Core, CoreError, ForeignId, JoinError, JoinRequest, Joined, MessageId, Moderation,
-    Occupant, Posted, Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage,
-    RoomPost, SendError, Subject, UserJid, secrecy::ExposeSecret,
+    Affiliation, Core, CoreError, ForeignId, HistoryRequest, JoinError, JoinRequest, Joined,
+    MessageId, Moderation, Occupant, Posted, Reaction, Role, RoomActionError, RoomEvent, RoomId,
+    RoomListing, RoomMessage, RoomPost, SendError, Subject, UserJid, secrecy::ExposeSecret,
 };
 use tokio::sync::Mutex;
 
@@ -26,6 +31,12 @@ use tokio::sync::Mutex;
 pub const BOT: &str = "echo";
 /// The room always listed.
 pub const LOBBY: &str = "#lobby";
+
+/// When the bridge started: the pretend network's history ends there.
+static STARTED: std::sync::LazyLock<SystemTime> = std::sync::LazyLock::new(SystemTime::now);
+
+/// How many lines of history the pretend network keeps per room.
+const REMEMBERED: u32 = 5;
 
 /// Every room with someone in it.
 #[derive(Default)]
@@ -122,6 +133,38 @@ fn transient(error: CoreError) -> SendError {
 }
 
 impl EchoRooms {
+    /// Starts the clock of the pretend network's history.
+    pub fn new() -> Self {
+        let _ = *STARTED;
+        Self::default()
+    }
+
+    /// The room's history said before `request.before` (the latest `limit` of it).
+    pub fn history(request: &HistoryRequest) -> Vec<RoomMessage> {
+        let lines: Vec<RoomMessage> = (0..REMEMBERED)
+            .map(|index| {
+                let ago = Duration::from_secs(60 * u64::from(REMEMBERED - index));
+                RoomMessage {
+                    foreign_id: MessageId::new(format!("{}-past-{index}", request.room)),
+                    nick: BOT.into(),
+                    sender: bot().id,
+                    text: format!("long ago {index}"),
+                    timestamp: STARTED.checked_sub(ago),
+                    echo_of: None,
+                    replaces: None,
+                }
+            })
+            .filter(|line| {
+                request
+                    .before
+                    .as_ref()
+                    .is_none_or(|(_, at)| line.timestamp.is_some_and(|said| said < *at))
+            })
+            .collect();
+        let skip = lines.len().saturating_sub(request.limit as usize);
+        lines.into_iter().skip(skip).collect()
+    }
+
     /// Joins a user: everyone else sees them come, and they get the room.
     pub async fn join(&self, core: &Core, request: JoinRequest) -> Result<Joined, JoinError> {
         let JoinRequest {

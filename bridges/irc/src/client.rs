@@ -98,6 +98,18 @@ pub enum Command {
         /// Told once the quit is under way.
         reply: oneshot::Sender<()>,
     },
+    /// Read a channel's lines said before a time (`CHATHISTORY BEFORE`; the latest with
+    /// `None`), for a MAM query that reached the start of the core's archive.
+    History {
+        /// The channel.
+        channel: String,
+        /// Lines said before then.
+        before: Option<SystemTime>,
+        /// At most this many (and at most what the server allows).
+        limit: u32,
+        /// The lines, or why there are none to be had now.
+        reply: oneshot::Sender<Result<Vec<RoomMessage>, String>>,
+    },
     /// List the server's channels (`LIST`), at most [`MAX_LISTED`] of them.
     List {
         /// The answer, once the list ended (or the most were read).
@@ -215,6 +227,29 @@ impl PendingSay {
     }
 }
 
+/// A batch open on the connection that matters to us.
+enum Batch {
+    /// `chathistory` lines answering a join: history, reported to the room.
+    History,
+    /// `chathistory` lines answering a [`Command::History`]: collected for it.
+    Fetched,
+    /// `labeled-response`: the label its lines answer.
+    Label(String),
+}
+
+/// A [`Command::History`] waiting for its batch.
+struct Fetch {
+    /// The channel, folded.
+    channel: String,
+    /// The batch that answers it, once opened.
+    batch: Option<String>,
+    lines: Vec<RoomMessage>,
+    /// At most this many lines are kept.
+    limit: usize,
+    reply: oneshot::Sender<Result<Vec<RoomMessage>, String>>,
+    since: Instant,
+}
+
 /// Numerics that refuse a private message to a nick: no such nick or channel (401), cannot
 /// send (404), the user accepts messages only from registered users (486, 492, 531 on some
 /// servers).
@@ -290,9 +325,10 @@ pub struct Client {
     channellen: Option<usize>,
     /// How many lines one `CHATHISTORY` may ask for (ISUPPORT), where the server has it.
     history_max: Option<u32>,
-    /// The batches we read open now, by reference: `chathistory` ones (`None`), whose lines
-    /// are history, and `labeled-response` ones, with the label their lines answer.
-    batches: HashMap<String, Option<String>>,
+    /// The batches we read open now, by reference.
+    batches: HashMap<String, Batch>,
+    /// A read of a channel's older lines, waiting for the server.
+    fetching: Option<Box<Fetch>>,
     /// Channels we are in (or rejoining), folded → as spelled.
     channels: HashMap<String, String>,
     /// Channels being rejoined after a reconnection.
@@ -361,6 +397,7 @@ impl Client {
             channellen: None,
             history_max: None,
             batches: HashMap::new(),
+            fetching: None,
             channels: HashMap::new(),
             rejoining: HashMap::new(),
             parting: HashSet::new(),
@@ -491,6 +528,9 @@ impl Client {
             Command::List { reply } => {
                 let _ = reply.send(Vec::new());
             }
+            Command::History { reply, .. } => {
+                let _ = reply.send(Err(why));
+            }
             Command::Reconfigure(setup) => self.reconfigure(*setup),
             // Said once connected again.
             Command::Away(away) => self.away = away,
@@ -568,6 +608,11 @@ impl Client {
                 "the connection to {} was lost: {reason}",
                 self.setup.network
             ))));
+        }
+        if let Some(fetch) = self.fetching.take() {
+            let _ = fetch
+                .reply
+                .send(Err(format!("the connection to IRC was lost: {reason}")));
         }
         for (_, echoes) in self.echoes.drain() {
             for echo in echoes {
@@ -878,11 +923,13 @@ impl Client {
             .filter_map(|queue| queue.front().map(|echo| echo.since));
         let listing = self.listing.iter().map(|(_, _, since)| *since);
         let said = self.confirming.front().map(|pending| pending.since);
+        let fetch = self.fetching.as_ref().map(|fetch| fetch.since);
         joins
             .chain(rejoins)
             .chain(echoes)
             .chain(listing)
             .chain(said)
+            .chain(fetch)
             .min()
     }
 
@@ -928,6 +975,16 @@ impl Client {
                     retry_after: Some(Duration::from_secs(5)),
                 }));
             }
+        }
+        if self
+            .fetching
+            .as_ref()
+            .is_some_and(|fetch| late(fetch.since))
+            && let Some(fetch) = self.fetching.take()
+        {
+            let _ = fetch.reply.send(Err(
+                "the IRC server did not answer the history asked for".into()
+            ));
         }
         if self
             .listing
@@ -1285,6 +1342,12 @@ impl Client {
                 self.enqueue(&command, &params, Some(Done::Sent(reply)));
             }
             Command::Reconfigure(setup) => self.reconfigure(*setup),
+            Command::History {
+                channel,
+                before,
+                limit,
+                reply,
+            } => self.fetch(&channel, before, limit, reply),
             Command::List { reply } => {
                 if self.listing.is_some() {
                     let _ = reply.send(Vec::new());
@@ -1661,10 +1724,10 @@ impl Client {
                 let reference = param(0).unwrap_or("");
                 if let Some(opened) = reference.strip_prefix('+') {
                     let kind = match param(1) {
-                        Some("chathistory") => Some(None),
-                        Some("labeled-response") => {
-                            message.tag("label").map(|label| Some(label.to_owned()))
-                        }
+                        Some("chathistory") => Some(self.history_batch(opened, param(2))),
+                        Some("labeled-response") => message
+                            .tag("label")
+                            .map(|label| Batch::Label(label.to_owned())),
                         _ => None,
                     };
                     // A hostile server opening batches without end costs a bounded map.
@@ -1674,7 +1737,11 @@ impl Client {
                         self.batches.insert(opened.to_owned(), kind);
                     }
                 } else if let Some(closed) = reference.strip_prefix('-') {
-                    self.batches.remove(closed);
+                    if let Some(Batch::Fetched) = self.batches.remove(closed)
+                        && let Some(fetch) = self.fetching.take()
+                    {
+                        let _ = fetch.reply.send(Ok(fetch.lines));
+                    }
                     shed_if_empty(&mut self.batches);
                 }
             }
@@ -2358,9 +2425,14 @@ impl Client {
         let id = message.tag("msgid").map(MessageId::new);
         if let Some(channel) = channel_target {
             let folded = self.fold(channel);
-            let history = message
+            let batch = message
                 .tag("batch")
-                .is_some_and(|batch| self.batches.get(batch).is_some_and(Option::is_none));
+                .and_then(|batch| self.batches.get(batch));
+            let history = matches!(batch, Some(Batch::History));
+            if matches!(batch, Some(Batch::Fetched)) {
+                self.fetched(nick, said, message, id, timestamp);
+                return;
+            }
             if is_self {
                 // Our own earlier lines in a history batch are no echoes of posts waiting.
                 if !history {
@@ -2559,12 +2631,103 @@ impl Client {
         let _ = echo.reply.send(Ok(Posted::EchoFollows));
     }
 
+    /// Asks for `channel`'s lines said before `before` (the latest with `None`), once at a
+    /// time, where the server keeps history and the channel is not being joined.
+    fn fetch(
+        &mut self,
+        channel: &str,
+        before: Option<SystemTime>,
+        limit: u32,
+        reply: oneshot::Sender<Result<Vec<RoomMessage>, String>>,
+    ) {
+        let folded = self.fold(channel);
+        let (Some(most), true) = (self.history_max, self.caps.contains("draft/chathistory")) else {
+            let _ = reply.send(Ok(Vec::new()));
+            return;
+        };
+        let busy = self.fetching.is_some()
+            || self.names.contains_key(&folded)
+            || self.rejoining.contains_key(&folded)
+            || self.pending_joins.contains_key(&folded);
+        let Some(name) = self.channels.get(&folded).cloned().filter(|_| !busy) else {
+            let _ = reply.send(Err(format!("{channel} cannot be read back now")));
+            return;
+        };
+        let limit = limit.min(most).max(1);
+        let count = limit.to_string();
+        match before {
+            Some(at) => {
+                let stamp = format!("timestamp={}", humantime::format_rfc3339_millis(at));
+                self.enqueue("CHATHISTORY", &["BEFORE", &name, &stamp, &count], None);
+            }
+            None => self.enqueue("CHATHISTORY", &["LATEST", &name, "*", &count], None),
+        }
+        let since = self.due();
+        self.fetching = Some(Box::new(Fetch {
+            channel: folded,
+            batch: None,
+            lines: Vec::new(),
+            limit: limit as usize,
+            reply,
+            since,
+        }));
+    }
+
+    /// What a `chathistory` batch opening now (`reference`, about `target`) is: the answer
+    /// to the read waiting for that channel, else a join's history.
+    fn history_batch(&mut self, reference: &str, target: Option<&str>) -> Batch {
+        let folded = target.map(|target| self.fold(target));
+        match self.fetching.as_mut() {
+            Some(fetch) if fetch.batch.is_none() && folded.as_ref() == Some(&fetch.channel) => {
+                fetch.batch = Some(reference.to_owned());
+                Batch::Fetched
+            }
+            _ => Batch::History,
+        }
+    }
+
+    /// A line of a read channel's history: kept for the answer, as the room would show it.
+    fn fetched(
+        &mut self,
+        nick: &str,
+        said: &str,
+        message: &Message,
+        id: Option<MessageId>,
+        timestamp: Option<SystemTime>,
+    ) {
+        let Some(fetch) = self.fetching.as_mut() else {
+            return;
+        };
+        let Some(text) = text::shown(&text::said(said)) else {
+            return;
+        };
+        if fetch.lines.len() >= fetch.limit || message.command != "PRIVMSG" {
+            return;
+        }
+        let sender = match message.tag("account") {
+            Some(account) if !account.is_empty() => format!("account:{account}"),
+            _ => format!("nick:{nick}"),
+        };
+        fetch.lines.push(RoomMessage {
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+            nick: nick.to_owned(),
+            sender: ForeignId::new(sender),
+            text,
+            timestamp,
+            echo_of: None,
+            replaces: None,
+        });
+    }
+
     /// The post a line answers (`labeled-response`): its own label, or its batch's, when
     /// it is one of ours (`N.i`).
     fn label_of(&self, message: &Message) -> Option<u64> {
         let label = message.tag("label").or_else(|| {
             let batch = message.tag("batch")?;
-            self.batches.get(batch)?.as_deref()
+            match self.batches.get(batch)? {
+                Batch::Label(label) => Some(label.as_str()),
+                _ => None,
+            }
         })?;
         label.split_once('.')?.0.parse().ok()
     }

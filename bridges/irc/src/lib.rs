@@ -32,9 +32,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jabbridge_sdk::{
-    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, ForeignId, JoinError,
-    JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt, RoomActionError, RoomId,
-    RoomListing, RoomPost, SendError, SendOutcome, SessionEnd, Settings, UserJid, async_trait,
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, ForeignId, HistoryRequest,
+    JoinError, JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt, RoomActionError,
+    RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome, SessionEnd, Settings,
+    UserJid, async_trait,
 };
 use tokio::sync::oneshot;
 
@@ -696,6 +697,30 @@ impl Bridge for IrcBridge {
         address::check_nick(nick).map_err(RoomActionError::Forbidden)?;
         self.send_command(user, &network, "NICK", vec![nick.to_owned()])
             .await
+    }
+
+    async fn room_history(
+        &self,
+        request: HistoryRequest,
+    ) -> Result<Vec<RoomMessage>, RoomActionError> {
+        let (network, channel) = self.room_channel(&request.room)?;
+        let handle = self.existing(&request.user, &network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let answer = Self::ask(&handle, |reply| Command::History {
+            channel,
+            before: request.before.map(|(_, at)| at),
+            limit: request.limit,
+            reply,
+        })
+        .await;
+        match answer {
+            Some(Ok(lines)) => Ok(lines),
+            Some(Err(reason)) => Err(RoomActionError::Unavailable(reason)),
+            None => Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            ))),
+        }
     }
 
     async fn moderate(

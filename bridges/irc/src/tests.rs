@@ -454,6 +454,22 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
             )
             .await
             .expect("write");
+        // A MAM query reached the archive's start: the lines before its oldest, at most
+        // what the server allows.
+        assert_eq!(
+            line_from(&mut reader).await,
+            "CHATHISTORY BEFORE #room timestamp=2026-01-02T03:04:05.000Z 50"
+        );
+        write
+            .write_all(
+                b":fake.test BATCH +h2 chathistory #room\r\n\
+                  @batch=h2;msgid=older1;time=2026-01-01T00:00:00.000Z;account=carol_acct :carol!c@h PRIVMSG #room :\x01ACTION waves\x01\r\n\
+                  @batch=h2;msgid=older2;time=2026-01-01T00:00:01.000Z :alice!a@h PRIVMSG #room :mine, long ago\r\n\
+                  @batch=h2;msgid=older3;time=2026-01-01T00:00:02.000Z :dave!d@h NOTICE #room :a notice\r\n\
+                  :fake.test BATCH -h2\r\n",
+            )
+            .await
+            .expect("write");
         tokio::time::sleep(Duration::from_secs(60)).await;
         drop(write);
     });
@@ -503,6 +519,46 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
         .expect("after 1970")
         .as_millis();
     assert_eq!(since, 1_767_323_045_000);
+    // Read back further: the lines come as the answer, not as room events.
+    let request = jabbridge_sdk::HistoryRequest {
+        user: UserJid::new("alice@localhost"),
+        room: room.clone(),
+        before: Some((MessageId::new("old1"), at)),
+        limit: 200,
+    };
+    let older = tokio::time::timeout(WAIT, bridge.room_history(request))
+        .await
+        .expect("in time")
+        .expect("the lines");
+    let older: Vec<(String, String, String, String)> = older
+        .into_iter()
+        .map(|message| {
+            (
+                message.foreign_id.as_str().to_owned(),
+                message.nick,
+                message.sender.as_str().to_owned(),
+                message.text,
+            )
+        })
+        .collect();
+    assert_eq!(
+        older,
+        [
+            (
+                "older1".to_owned(),
+                "carol".to_owned(),
+                "account:carol_acct".to_owned(),
+                "/me waves".to_owned()
+            ),
+            (
+                "older2".to_owned(),
+                "alice".to_owned(),
+                "nick:alice".to_owned(),
+                "mine, long ago".to_owned()
+            )
+        ]
+    );
+    assert_eq!(messages().len(), 2);
     server.abort();
 }
 

@@ -42,8 +42,8 @@ pub use crate::message::{
     SendOutcome, UserStatus,
 };
 pub use crate::room::{
-    Affiliation, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant, Posted,
-    Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
+    Affiliation, HistoryRequest, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant,
+    Posted, Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
     Subject,
 };
 pub use crate::settings::{Settings, SettingsError};
@@ -421,6 +421,18 @@ pub trait Bridge: Send + Sync + 'static {
     /// network already put out (kicked, banned), nor at shutdown (the join is kept, and
     /// made again at the next start).
     async fn leave_room(&self, _user: &UserJid, _room: &RoomId) {}
+
+    /// Lines of a room said before the oldest the core archived, for a MAM query that
+    /// reached the start of its archive (IRC: `CHATHISTORY BEFORE`), in any order. Each
+    /// needs its time; the core archives those within its retention, below what it had,
+    /// and answers the query with them. Asked again only while the network gives some. The
+    /// default: none (a network that keeps no history).
+    async fn room_history(
+        &self,
+        _request: HistoryRequest,
+    ) -> Result<Vec<RoomMessage>, RoomActionError> {
+        Ok(Vec::new())
+    }
 
     /// A user in `room` sent their presence there: `away` is their status text (empty when
     /// they gave none) while they show away, extended away or busy, `None` while they are

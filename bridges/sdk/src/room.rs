@@ -111,6 +111,21 @@ pub struct HistoryWish {
     pub since: Option<SystemTime>,
 }
 
+/// A room's earlier lines, asked of the network for a MAM query that reached the start of
+/// the core's archive: [`crate::Bridge::room_history`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Whose link to the network asks (the user reading the archive).
+    pub user: UserJid,
+    /// Which room.
+    pub room: RoomId,
+    /// Lines said before this one (the oldest the archive has: its network id and time);
+    /// `None`: the archive has none, so the latest.
+    pub before: Option<(MessageId, SystemTime)>,
+    /// At most this many.
+    pub limit: u32,
+}
+
 /// A user's wish to join a room: [`crate::Bridge::join_room`].
 #[derive(Debug, Clone)]
 pub struct JoinRequest {

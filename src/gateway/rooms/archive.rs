@@ -1,8 +1,9 @@
 //! What a room has said, read back: history on join, MAM queries, the gateway's room list,
 //! a room's disco#info, and the upkeep (cursors written, old messages forgotten).
 
-use super::talk::flush_cursors;
+use super::talk::{self, flush_cursors};
 use super::*;
+use jabbridge_sdk::HistoryRequest;
 
 /// An archived message as history for `to`: with its delay, and the poster's origin-id.
 pub(super) fn archived(
@@ -123,10 +124,27 @@ pub(in crate::gateway) async fn archive_query(
         nick,
         max: query.max.unwrap_or(DEFAULT_PAGE).min(LARGEST_PAGE),
     };
-    let (messages, complete) = tables
+    let (mut messages, mut complete) = tables
         .page(&gateway.domain, room.as_str(), &page)
         .await
         .map_err(|error| gateway.storage_failed(error))?;
+    // Paging back through the whole archive and short of a page: the network may have
+    // older lines (IRC's CHATHISTORY), which join the archive below what it had.
+    let back_to_the_start = (page.before.is_some() || page.last)
+        && page.after.is_none()
+        && page.start.is_none()
+        && page.end.is_none()
+        && page.nick.is_none();
+    let short = page.max as usize - messages.len();
+    if back_to_the_start && complete && short > 0 && fetch_older(gateway, room, &user, short).await
+    {
+        (messages, complete) = tables
+            .page(&gateway.domain, room.as_str(), &page)
+            .await
+            .map_err(|error| gateway.storage_failed(error))?;
+        // A full page: the network may have more still, so the client may ask again.
+        complete = complete && messages.len() < page.max as usize;
+    }
     let to = from.to_string();
     let room_name = room_jid.to_string();
     for message in &messages {
@@ -147,6 +165,111 @@ pub(in crate::gateway) async fn archive_query(
         messages.first().map(|message| message.stanza_id.as_str()),
         messages.last().map(|message| message.stanza_id.as_str()),
     ))
+}
+
+/// The most lines one MAM query asks the network for.
+const FETCHED_AT_ONCE: usize = 100;
+
+/// Asks the network for up to `wanted` lines of `room` older than its archive's oldest, on
+/// `user`'s link, and archives those it gives below it (within the archive's retention,
+/// each with its time). Whether any was new; a network with none is not asked again.
+async fn fetch_older(gateway: &Gateway, room: &RoomId, user: &str, wanted: usize) -> bool {
+    let exhausted = gateway
+        .rooms
+        .lock()
+        .get(room)
+        .is_none_or(|state| state.history_exhausted);
+    let Some(room_jid) = room_jid(gateway, room).filter(|_| !exhausted) else {
+        return false;
+    };
+    let tables = gateway.store.rooms();
+    let first = crate::store::rooms::PageQuery {
+        max: 1,
+        ..Default::default()
+    };
+    let oldest = match tables.page(&gateway.domain, room.as_str(), &first).await {
+        Ok((messages, _)) => messages.into_iter().next(),
+        Err(error) => {
+            tracing::error!(%error, "cannot read a room's archive");
+            return false;
+        }
+    };
+    let before = oldest.as_ref().and_then(|oldest| {
+        let at =
+            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(oldest.said_at).ok()?);
+        Some((MessageId::new(oldest.foreign_id.clone()), at))
+    });
+    let request = HistoryRequest {
+        user: UserJid::new(user),
+        room: room.clone(),
+        before,
+        limit: u32::try_from(wanted.min(FETCHED_AT_ONCE)).unwrap_or(1),
+    };
+    let lines = match gateway
+        .call(
+            "reading a room's history",
+            gateway.bridge.room_history(request),
+        )
+        .await
+    {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(error)) => {
+            tracing::info!(%room, %error, "the network gave no older history");
+            return false;
+        }
+        Err(failure) => {
+            tracing::warn!(%room, %failure, "reading a room's older history failed");
+            return false;
+        }
+    };
+    let keep = i64::try_from(gateway.rooms_config.keep_history.as_millis()).unwrap_or(i64::MAX);
+    let kept_since = now_millis().saturating_sub(keep);
+    let newest = oldest.as_ref().map_or(i64::MAX, |oldest| oldest.said_at);
+    let rows: Vec<NewRoomMessage> = lines
+        .into_iter()
+        .filter_map(|line| {
+            let said_at = millis(line.timestamp?);
+            let ids = [
+                line.foreign_id.as_str(),
+                line.sender.as_str(),
+                line.nick.as_str(),
+            ];
+            let fits = ids
+                .iter()
+                .all(|id| id.len() <= talk::MAX_ID && !id.contains('\0'))
+                && occupant_jid(&room_jid, &line.nick).is_some();
+            if !fits || said_at > newest || said_at < kept_since {
+                return None;
+            }
+            let mut text = line.text;
+            crate::xmpp::xml_safe::clean(&mut text);
+            Some(NewRoomMessage {
+                foreign_id: line.foreign_id.to_string(),
+                stanza_id: uuid::Uuid::now_v7().to_string(),
+                nick: line.nick,
+                sender: line.sender.to_string(),
+                text,
+                origin_id: None,
+                poster: None,
+                said_at,
+                replaces: None,
+                post_id: None,
+            })
+        })
+        .collect();
+    let added = match tables.backfill(&gateway.domain, room.as_str(), &rows).await {
+        Ok(added) => added,
+        Err(error) => {
+            tracing::error!(%error, "cannot archive a room's older history");
+            return false;
+        }
+    };
+    if added == 0
+        && let Some(state) = gateway.rooms.lock().get_mut(room)
+    {
+        state.history_exhausted = true;
+    }
+    added > 0
 }
 
 /// The gateway's disco#items: the rooms the network lists for `user`, sorted by address

@@ -111,6 +111,9 @@ struct Room {
     /// room's messages (its cursor; what followed was sent again at the restore): a message
     /// the network reports again at or below it is not shown again. SQLite only.
     sent_before: i64,
+    /// Whether the network said it has nothing older than the archive's oldest
+    /// ([`jabbridge_sdk::Bridge::room_history`]): MAM queries do not ask it again.
+    history_exhausted: bool,
 }
 
 /// Who ran some of a room's users' sessions before they were claimed here: the instances,

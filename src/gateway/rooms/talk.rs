@@ -230,7 +230,7 @@ pub(in crate::gateway) async fn on_groupchat(
 /// The longest id (a message's, its sender's) or nick a room message may carry: the archive
 /// indexes them, and a database refuses over-long index rows (PostgreSQL: ~2.7 KB), which
 /// would fail every write committed with it.
-const MAX_ID: usize = 512;
+pub(super) const MAX_ID: usize = 512;
 
 /// Most reactions one user may set on one message at once.
 const MAX_REACTIONS: usize = 20;
