@@ -2,12 +2,13 @@
 """Echo bridge for Jabbridge, protocol v1: every contact repeats what you write, and in any
 room named #something a bot called "echo" repeats every post. Stdlib only. One JSON-RPC 2.0
 message per line on stdin/stdout; logs go to stderr. See docs/bridge-protocol.md."""
-import itertools, json, sys
+import itertools, json, sys, time
 
 PREFIX = ""                      # settings.prefix, from initialize
 ROOMS = {}                       # room -> {nick: user}
 AWAY = {}                        # (room, user) -> their away text, while away
 BOT = {"nick": "echo", "role": "moderator", "affiliation": "owner"}
+STARTED = int(time.time())       # the rooms' history (room/history) ends here
 ids = itertools.count(1)
 
 def send(msg):
@@ -107,11 +108,22 @@ def room_presence(p):           # the user's away shows on the pretend network, 
                 occupant["away"] = p["away"]
             event(p["room"], {"type": "occupant", "occupant": occupant})
 
+def room_history(p):             # the bot said five lines a minute apart before we started
+    lines = [{"type": "message", "event_id": p["room"] + "-past-" + str(i), "nick": "echo",
+              "text": "long ago " + str(i), "ts": stamp(STARTED - 60 * (5 - i))} for i in range(5)]
+    if p.get("before"):          # RFC 3339 stamps of one form compare as text
+        lines = [line for line in lines if line["ts"] < p["before"]["ts"]]
+    return {"messages": lines[max(0, len(lines) - p["limit"]):]}
+
+def stamp(at):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + ".000Z"
+
 def event(room, what):
     request("room/event", {"room": room, "event": what})
 
 HANDLERS = {"initialize": initialize, "register/submit": register, "message/send": message_send,
             "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
+            "room/history": room_history,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
 NOTIFICATIONS = {"room/presence": room_presence}

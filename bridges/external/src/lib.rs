@@ -24,11 +24,11 @@ use jabbridge_sdk::http::StatusCode;
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Checked, Command, CommandError,
-    Core, DeliveryReport, ForeignId, FormValues, HttpRequest, HttpResponse, IncomingMessage,
-    JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt,
-    RegistrationData, RegistrationError, RegistrationStep, RoomActionError, RoomEvent, RoomId,
-    RoomListing, RoomPost, SendError, SendOutcome, SessionEnd, Settings, SettingsError, Shutdown,
-    UserJid, UserStatus, async_trait, auth, respond,
+    Core, DeliveryReport, ForeignId, FormValues, HistoryRequest, HttpRequest, HttpResponse,
+    IncomingMessage, JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage,
+    Posted, Prompt, RegistrationData, RegistrationError, RegistrationStep, RoomActionError,
+    RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome, SessionEnd,
+    Settings, SettingsError, Shutdown, UserJid, UserStatus, async_trait, auth, respond,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -1425,6 +1425,38 @@ impl Bridge for External {
                 reason: format!("the bridge answered room/send with status '{other}'"),
             }),
         }
+    }
+
+    async fn room_history(
+        &self,
+        request: HistoryRequest,
+    ) -> Result<Vec<RoomMessage>, RoomActionError> {
+        let params = protocol::RoomHistoryParams {
+            user: request.user.to_string(),
+            room: request.room.as_str().to_owned(),
+            before: request.before.map(|(id, at)| protocol::BeforeWire {
+                event_id: id.to_string(),
+                ts: convert::timestamp(at),
+            }),
+            limit: request.limit,
+        };
+        let answer: protocol::RoomHistoryResult =
+            match self.call(to_bridge::ROOM_HISTORY, &params).await {
+                Ok(answer) => answer,
+                // A bridge without history has none, as the SDK's default says.
+                Err(CallError::Refused(error)) if error.code == codes::METHOD_NOT_FOUND => {
+                    return Ok(Vec::new());
+                }
+                Err(error) => return Err(convert::room_action_error(error)),
+            };
+        Ok(answer
+            .messages
+            .into_iter()
+            .filter_map(|wire| match convert::room_event(wire) {
+                RoomEvent::Message(message) => Some(message),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn list_rooms(&self, user: &UserJid) -> Result<Vec<RoomListing>, RoomActionError> {

@@ -48,6 +48,8 @@ pub mod to_bridge {
     pub const ROOM_LEAVE: &str = "room/leave";
     /// A joined user's presence in a room changed: away (with their text) or back (N).
     pub const ROOM_PRESENCE: &str = "room/presence";
+    /// A room's lines said before the core's oldest, for a MAM query (-32601: none).
+    pub const ROOM_HISTORY: &str = "room/history";
     /// A user posts in a room.
     pub const ROOM_SEND: &str = "room/send";
     /// The rooms the network lists for a user.
@@ -87,6 +89,7 @@ pub mod to_bridge {
         ROOM_JOIN,
         ROOM_LEAVE,
         ROOM_PRESENCE,
+        ROOM_HISTORY,
         ROOM_SEND,
         ROOMS_LIST,
         ROOM_MODERATE,
@@ -933,6 +936,36 @@ pub struct RoomPresenceParams {
     /// none); absent while they are available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub away: Option<String>,
+}
+
+/// `room/history` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomHistoryParams {
+    /// Whose link to the network asks.
+    pub user: String,
+    /// The room.
+    pub room: String,
+    /// Lines said before this one (the core's oldest); absent: the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<BeforeWire>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// The message a history read goes back from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeforeWire {
+    /// Its `event_id`.
+    pub event_id: String,
+    /// When it was said (RFC 3339).
+    pub ts: String,
+}
+
+/// `room/history` result: `message` events, each with its `ts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomHistoryResult {
+    /// The lines, in any order.
+    pub messages: Vec<RoomEventWire>,
 }
 
 /// `room/send` params.

@@ -188,6 +188,29 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // The room's history: the latest two, then those before the second of them.
+    let history = |before: Option<(MessageId, std::time::SystemTime)>, limit: u32| {
+        bridge.room_history(jabbridge_sdk::HistoryRequest {
+            user: UserJid::new("alice@localhost"),
+            room: RoomId::new("#lobby"),
+            before,
+            limit,
+        })
+    };
+    let latest = history(None, 2).await.expect("history");
+    let texts: Vec<&str> = latest.iter().map(|line| line.text.as_str()).collect();
+    assert_eq!(texts, ["long ago 3", "long ago 4"]);
+    assert!(latest.iter().all(|line| line.nick == "echo"));
+    let second = latest[1].timestamp.expect("a time");
+    let older = history(Some((latest[1].foreign_id.clone(), second)), 10)
+        .await
+        .expect("history");
+    let texts: Vec<&str> = older.iter().map(|line| line.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["long ago 0", "long ago 1", "long ago 2", "long ago 3"]
+    );
+
     // Alice shows away in the room, then back: the pretend network shows her so.
     let alice = UserJid::new("alice@localhost");
     let lobby = RoomId::new("#lobby");
@@ -437,6 +460,12 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         ("session/stop", "params") => check::<SessionStopParams>(method, part, value),
         ("session/state", "params") => check::<SessionStateParams>(method, part, value),
         ("presence/user", "params") => check::<PresenceParams>(method, part, value),
+        ("room/history", "params") => {
+            check::<crate::protocol::RoomHistoryParams>(method, part, value)
+        }
+        ("room/history", "result") => {
+            check::<crate::protocol::RoomHistoryResult>(method, part, value)
+        }
         ("room/presence", "params") => {
             check::<crate::protocol::RoomPresenceParams>(method, part, value)
         }
