@@ -91,20 +91,7 @@ pub(super) async fn insert_messages(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (_, row) in chunk {
-            let message = &row.message;
-            query = query
-                .bind(row.bridge.as_str())
-                .bind(row.room.as_str())
-                .bind(message.foreign_id.as_str())
-                .bind(message.stanza_id.as_str())
-                .bind(message.nick.as_str())
-                .bind(message.sender.as_str())
-                .bind(message.text.as_str())
-                .bind(message.origin_id.as_deref())
-                .bind(message.poster.as_deref())
-                .bind(message.said_at)
-                .bind(message.replaces.as_deref())
-                .bind(message.post_id.as_deref());
+            query = bind_message(query, &row.bridge, &row.room, &row.message);
         }
         for inserted in query.fetch_all(&mut *connection).await? {
             let (id, bridge, room, foreign_id): (i64, String, String, String) = (
@@ -125,6 +112,28 @@ pub(super) async fn insert_messages(
         }
     }
     Ok(())
+}
+
+/// Binds an archived message's twelve columns, in `insert_messages`' order.
+fn bind_message<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    bridge: &'q str,
+    room: &'q str,
+    message: &'q NewRoomMessage,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(bridge)
+        .bind(room)
+        .bind(message.foreign_id.as_str())
+        .bind(message.stanza_id.as_str())
+        .bind(message.nick.as_str())
+        .bind(message.sender.as_str())
+        .bind(message.text.as_str())
+        .bind(message.origin_id.as_deref())
+        .bind(message.poster.as_deref())
+        .bind(message.said_at)
+        .bind(message.replaces.as_deref())
+        .bind(message.post_id.as_deref())
 }
 
 /// A message read back from the archive.
@@ -333,27 +342,16 @@ impl RoomTables {
         let mut next = lowest.min(1) - 1;
         let mut inserted = 0;
         for message in ordered {
-            let done = sqlx::query(
-                "INSERT INTO room_messages (id, bridge, room, foreign_id, stanza_id, nick, \
-                 sender, text, origin_id, poster, said_at, replaces, post_id) \
+            let query = sqlx::query(
+                "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, \
+                 text, origin_id, poster, said_at, replaces, post_id, id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT DO NOTHING",
-            )
-            .bind(next)
-            .bind(bridge)
-            .bind(room)
-            .bind(message.foreign_id.as_str())
-            .bind(message.stanza_id.as_str())
-            .bind(message.nick.as_str())
-            .bind(message.sender.as_str())
-            .bind(message.text.as_str())
-            .bind(message.origin_id.as_deref())
-            .bind(message.poster.as_deref())
-            .bind(message.said_at)
-            .bind(message.replaces.as_deref())
-            .bind(message.post_id.as_deref())
-            .execute(&mut *transaction)
-            .await?;
+            );
+            let done = bind_message(query, bridge, room, message)
+                .bind(next)
+                .execute(&mut *transaction)
+                .await?;
             if done.rows_affected() > 0 {
                 inserted += 1;
                 next -= 1;

@@ -420,9 +420,25 @@ async fn id_mappings_commit_in_batches_and_the_last_of_a_key_wins() {
     .await;
 }
 
+/// A room message from Bob said at `at`: its foreign id is its stanza id and its text.
+fn message(foreign_id: &str, at: i64) -> jabbridge::store::rooms::NewRoomMessage {
+    jabbridge::store::rooms::NewRoomMessage {
+        foreign_id: foreign_id.into(),
+        stanza_id: foreign_id.into(),
+        nick: "bob".into(),
+        sender: "bob".into(),
+        text: foreign_id.into(),
+        origin_id: None,
+        poster: None,
+        said_at: at,
+        replaces: None,
+        post_id: None,
+    }
+}
+
 #[tokio::test]
 async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
-    use jabbridge::store::rooms::{JoinRow, NewRoomMessage};
+    use jabbridge::store::rooms::JoinRow;
     each_backend(async |store: Store| {
         let rooms = store.rooms();
         let row = |resource: &str, nick: &str| JoinRow {
@@ -455,18 +471,6 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
         );
         assert!(rooms.joins("other.test").await.unwrap().is_empty());
 
-        let message = |foreign_id: &'static str, at: i64| NewRoomMessage {
-            foreign_id: foreign_id.into(),
-            stanza_id: foreign_id.into(),
-            nick: "bob".into(),
-            sender: "bob".into(),
-            text: "hi".into(),
-            origin_id: None,
-            poster: None,
-            said_at: at,
-            replaces: None,
-            post_id: None,
-        };
         let now = now_millis();
         let first = rooms
             .archive("echo.test", "#lobby", message("m1", now - 10_000))
@@ -587,21 +591,9 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
 /// was said, each foreign id once (SQLite and PostgreSQL: ids below every other).
 #[tokio::test]
 async fn older_history_is_archived_below_the_rooms_oldest_in_the_order_said() {
-    use jabbridge::store::rooms::{NewRoomMessage, PageQuery};
+    use jabbridge::store::rooms::PageQuery;
     each_backend(async |store: Store| {
         let rooms = store.rooms();
-        let message = |foreign_id: &str, at: i64| NewRoomMessage {
-            foreign_id: foreign_id.into(),
-            stanza_id: format!("s-{foreign_id}"),
-            nick: "bob".into(),
-            sender: "bob".into(),
-            text: foreign_id.into(),
-            origin_id: None,
-            poster: None,
-            said_at: at,
-            replaces: None,
-            post_id: None,
-        };
         let now = now_millis();
         for (id, at) in [("live1", now), ("live2", now + 1)] {
             rooms

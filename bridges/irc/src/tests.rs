@@ -227,26 +227,16 @@ async fn echo_message_reflects_a_post_once_with_the_servers_id_and_time() {
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (mut reader, mut write) = accepted(&listener).await;
-        let requested = negotiate(
-            &mut reader,
-            &mut write,
+        let ((mut reader, mut write), requested) = in_room(
+            &listener,
             b":fake.test CAP * LS * :multi-prefix sasl\r\n:fake.test CAP * LS :echo-message message-tags server-time\r\n",
+            "",
         )
         .await;
         assert_eq!(
             requested,
             "echo-message message-tags multi-prefix server-time"
         );
-        write
-            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 422 alice :no MOTD\r\n")
-            .await
-            .expect("write");
-        while !line_from(&mut reader).await.starts_with("JOIN #room") {}
-        write
-            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice @bob\r\n:fake.test 366 alice #room :End\r\n")
-            .await
-            .expect("write");
         // Two lines posted; each is echoed, the first with its id and time.
         let first = line_from(&mut reader).await;
         let second = line_from(&mut reader).await;
@@ -315,26 +305,16 @@ async fn labeled_response_ties_each_echo_and_refusal_to_its_post() {
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (mut reader, mut write) = accepted(&listener).await;
-        let requested = negotiate(
-            &mut reader,
-            &mut write,
+        let ((mut reader, mut write), requested) = in_room(
+            &listener,
             b":fake.test CAP * LS :batch echo-message labeled-response message-tags\r\n",
+            "",
         )
         .await;
         assert_eq!(
             requested,
             "batch echo-message labeled-response message-tags"
         );
-        write
-            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 422 alice :no MOTD\r\n")
-            .await
-            .expect("write");
-        until(&mut reader, "JOIN #room").await;
-        write
-            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice bob\r\n:fake.test 366 alice #room :End\r\n")
-            .await
-            .expect("write");
         let mut labels = Vec::new();
         for text in ["alpha", "beta", "gamma"] {
             let line = line_from(&mut reader).await;
@@ -419,26 +399,16 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
     let server = tokio::spawn(async move {
-        let (mut reader, mut write) = accepted(&listener).await;
-        let requested = negotiate(
-            &mut reader,
-            &mut write,
+        let ((mut reader, mut write), requested) = in_room(
+            &listener,
             b":fake.test CAP * LS :batch draft/chathistory message-tags server-time\r\n",
+            "CHATHISTORY=50",
         )
         .await;
         assert_eq!(
             requested,
             "batch draft/chathistory message-tags server-time"
         );
-        write
-            .write_all(b":fake.test 001 alice :hi\r\n:fake.test 005 alice CHATHISTORY=50 :ok\r\n:fake.test 422 alice :no MOTD\r\n")
-            .await
-            .expect("write");
-        while !line_from(&mut reader).await.starts_with("JOIN #room") {}
-        write
-            .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice bob\r\n:fake.test 366 alice #room :End\r\n")
-            .await
-            .expect("write");
         assert_eq!(
             line_from(&mut reader).await,
             "CHATHISTORY LATEST #room * 50"
@@ -979,6 +949,31 @@ async fn register(listener: &TcpListener) -> Scripted {
     );
     write.write_all(welcome.as_bytes()).await.expect("write");
     (reader, write)
+}
+
+/// A scripted server's next connection: offers `offered` (its `CAP LS` lines), welcomes
+/// the client (with these ISUPPORT tokens, if any), and answers its `JOIN #room` with
+/// Alice and `@bob`. Returns the connection and the capabilities the client asked for.
+async fn in_room(listener: &TcpListener, offered: &[u8], isupport: &str) -> (Scripted, String) {
+    let (mut reader, mut write) = accepted(listener).await;
+    let requested = negotiate(&mut reader, &mut write, offered).await;
+    let isupport = if isupport.is_empty() {
+        String::new()
+    } else {
+        format!(":fake.test 005 alice {isupport} :ok\r\n")
+    };
+    let welcome =
+        format!(":fake.test 001 alice :hi\r\n{isupport}:fake.test 422 alice :no MOTD\r\n");
+    write.write_all(welcome.as_bytes()).await.expect("write");
+    until(&mut reader, "JOIN #room").await;
+    write
+        .write_all(
+            b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice @bob\r\n\
+              :fake.test 366 alice #room :End\r\n",
+        )
+        .await
+        .expect("write");
+    ((reader, write), requested)
 }
 
 /// Reads what the client writes until a line starting with `prefix`.
