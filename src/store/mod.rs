@@ -64,6 +64,20 @@ impl Engine {
             Engine::Postgres => "INSERT INTO",
         }
     }
+
+    /// `rows` rows of `width` placeholders, bound in order from the first: `$1, $2…` on
+    /// PostgreSQL, anonymous `?` on SQLite, where binding a numbered one searches the
+    /// statement's list of names (sqlx binds each parameter by its name), so a statement
+    /// of many rows costs the square of its parameters.
+    fn rows_of(self, rows: usize, width: usize) -> String {
+        match self {
+            Engine::Sqlite => {
+                let row = format!("({})", vec!["?"; width].join(", "));
+                vec![row; rows].join(", ")
+            }
+            Engine::Postgres => per_row(rows, 1, width, ""),
+        }
+    }
 }
 
 /// A handle on the database; cheap to clone.

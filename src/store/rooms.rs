@@ -87,7 +87,7 @@ pub(super) async fn insert_messages(
              origin_id, poster, said_at, replaces, post_id) VALUES {} \
              ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id, bridge, room, foreign_id",
             engine.insert_into(),
-            super::per_row(chunk.len(), 1, 12, "")
+            engine.rows_of(chunk.len(), 12)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (_, row) in chunk {
