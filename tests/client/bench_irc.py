@@ -19,6 +19,9 @@ Phases, each run for every contender in turn (a fresh gateway and database each 
               lines, one every I ms: the delay to each XMPP user, p50/p99 over all deliveries.
               Just before, the floor: the same lines to the same 50 users written by a bare
               XEP-0114 component on the same Prosody (no IRC, store or logic in between).
+              It runs in P passes (--passes, 2), the contenders alternating (A B C A B C),
+              as this machine's speed drifts over minutes: the msg/s is the median over
+              every pass's rounds, the CPU and the fan-out's figures the passes' mean.
   separate    K = 1, 50, 200 XMPP users each join a channel of their own: the gateway's RSS
               growth per user.
   shared      the same, all in one channel; then, 200 users joined, the gateway's CPU over
@@ -1100,10 +1103,18 @@ allow_unencrypted_plain_auth = true
         phases = [("throughput", lambda g, r: self.throughput(g, r)),
                   ("separate", lambda g, r: self.memory(g, r, False)),
                   ("shared", lambda g, r: self.memory(g, r, True))]
+        # The throughput phase runs in passes, each contender once per pass (A B C A B C): the
+        # machine's speed drifts over minutes, and one pass each would measure the drift.
+        passes = {gateway.key: [] for gateway in contenders}
         for phase, run in phases:
-            for gateway in contenders:
+            rounds = self.arguments.passes if phase == "throughput" else 1
+            for number, gateway in [(n, g) for n in range(rounds) for g in contenders]:
                 result = results[gateway.key]
-                log("%s: %s" % (gateway.label, phase))
+                if phase == "throughput":
+                    result = {}
+                    passes[gateway.key].append(result)
+                log("%s: %s%s" % (gateway.label, phase, " (pass %d of %d)" % (number + 1, rounds)
+                                  if rounds > 1 else ""))
                 started = time.monotonic()
                 machine_before, ours_before = busy_ticks(), our_ticks()
                 try:
@@ -1123,6 +1134,9 @@ allow_unencrypted_plain_auth = true
                     result.setdefault("log", {})[phase] = lines[:40]
                     result.setdefault("log_counts", {})[phase] = len(lines)
                 await asyncio.sleep(0.5)  # its IRC connections are gone before the next one
+            if phase == "throughput":
+                for gateway in contenders:
+                    merge_passes(results[gateway.key], passes[gateway.key])
         forms = {g.key: {name: sorted(fields) for name, fields in g.forms.items()}
                  for g in contenders if isinstance(g, Biboumi) and g.forms}
         if forms:
@@ -1171,7 +1185,8 @@ def table(results, arguments):
 
     # 1. XMPP -> IRC
     rate_off = get(results, "bib_off", "throughput", "rate")
-    row("XMPP->IRC msg/s, median of %d x %s (window %d)" % (arguments.rounds, fmt(arguments.messages), arguments.window),
+    row("XMPP->IRC msg/s, median of %d x %s (window %d)" % (arguments.rounds * arguments.passes, fmt(arguments.messages),
+                                                           arguments.window),
         ("throughput", "rate"), 0,
         ratio_text(get(results, "jabbridge", "throughput", "rate"), rate_off, ">= Biboumi hist off"),
         rate_off, True)
@@ -1255,7 +1270,8 @@ def notes(results, arguments):
             for run in tp.get("incomplete", []):
                 out.append("%s: XMPP->IRC round %d of %d: %d sent, %d PRIVMSGs received, %d reflections%s "
                            "(left out of the figures)"
-                           % (key, tp["rounds"], arguments.rounds, run["sent"], run["received"], run["reflected"],
+                           % (key, tp["rounds"], arguments.rounds * arguments.passes, run["sent"], run["received"],
+                              run["reflected"],
                               ", then nothing for %d s" % arguments.timeout if run["stalled"] else ""))
             if tp.get("client_cpu_share", 0) > 0.85:
                 out.append("%s: throughput: the clients' process used %.0f%% of a core: it may set the pace"
@@ -1291,6 +1307,47 @@ def versions(arguments):
     return ", ".join(out)
 
 
+def merge_passes(result, passes):
+    """Folds the throughput phase's passes into `result`: the median over every pass's
+    rounds, CPU per message and the fan-out's figures averaged over the passes, the
+    bookkeeping summed or kept at its worst; the rest as the last pass left it."""
+    def mean(values):
+        values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return sum(values) / len(values) if values else None
+
+    for one in passes:
+        for key, value in one.items():
+            if key in ("errors", "log", "log_counts"):
+                result.setdefault(key, {}).update(value)
+            elif key not in ("throughput", "fanout", "fanout_floor", "phase_s", "foreign_cpu_share"):
+                result[key] = value
+    result.setdefault("phase_s", {})["throughput"] = sum(
+        one.get("phase_s", {}).get("throughput", 0) for one in passes)
+    result.setdefault("foreign_cpu_share", {})["throughput"] = max(
+        [one.get("foreign_cpu_share", {}).get("throughput", 0) for one in passes] or [0])
+    figures = [one["throughput"] for one in passes if "throughput" in one]
+    if figures:
+        merged = dict(figures[-1])
+        rates = sorted(rate for figure in figures for rate in figure.get("rates", []) if rate)
+        merged["rates"] = rates
+        merged["rate"] = rates[len(rates) // 2] if rates else None
+        for key in ("cpu_us", "prosody_cpu_us", "client_cpu_share"):
+            merged[key] = mean(figure.get(key) for figure in figures)
+        merged["rounds"] = sum(figure.get("rounds", 0) for figure in figures)
+        merged["incomplete"] = [run for figure in figures for run in figure.get("incomplete", [])]
+        merged["passes"] = [{key: figure.get(key) for key in ("rate", "cpu_us", "prosody_cpu_us")}
+                            for figure in figures]
+        result["throughput"] = merged
+    for key in ("fanout", "fanout_floor"):
+        parts = [one[key] for one in passes if key in one]
+        if parts:
+            merged = dict(parts[-1])
+            for field in parts[-1]:
+                if mean([parts[-1][field]]) is not None:
+                    merged[field] = mean(part.get(field) for part in parts)
+            result[key] = merged
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jabbridge", required=True, help="the release binary")
@@ -1298,6 +1355,8 @@ def main():
     parser.add_argument("--jabbridge-log", default="info", help="Jabbridge's log level")
     parser.add_argument("--messages", type=int, default=5000, help="XMPP->IRC messages (N)")
     parser.add_argument("--rounds", type=int, default=3, help="XMPP->IRC rounds (the median rate is shown)")
+    parser.add_argument("--passes", type=int, default=2,
+                        help="passes of the throughput phase, the contenders alternating (A B C A B C)")
     parser.add_argument("--window", type=int, default=100, help="messages without their reflection")
     parser.add_argument("--steps", default="1,50,200", help="users joined at each RSS step")
     parser.add_argument("--fanout-users", type=int, default=50, help="XMPP users in the IRC->XMPP channel")
@@ -1316,8 +1375,8 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     arguments = parser.parse_args()
     arguments.steps = sorted({int(step) for step in arguments.steps.split(",") if step})
-    if arguments.fanout_users < 1 or not arguments.steps or min(arguments.steps) < 1:
-        parser.error("--fanout-users and --steps must be at least 1")
+    if arguments.fanout_users < 1 or not arguments.steps or min(arguments.steps) < 1 or arguments.passes < 1:
+        parser.error("--fanout-users, --steps and --passes must be at least 1")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
     started = time.monotonic()
