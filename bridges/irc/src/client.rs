@@ -1720,6 +1720,20 @@ impl Client {
                 }
             }
             "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
+            // A read of older lines refused (standard replies: `FAIL CHATHISTORY code …`).
+            "FAIL" if param(0) == Some("CHATHISTORY") => {
+                if self
+                    .fetching
+                    .as_ref()
+                    .is_some_and(|fetch| fetch.batch.is_none())
+                    && let Some(fetch) = self.fetching.take()
+                {
+                    let reason = message.params.last().cloned().unwrap_or_default();
+                    let _ = fetch
+                        .reply
+                        .send(Err(format!("the server refused: {reason}")));
+                }
+            }
             "BATCH" => {
                 let reference = param(0).unwrap_or("");
                 if let Some(opened) = reference.strip_prefix('+') {

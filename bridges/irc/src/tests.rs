@@ -440,6 +440,17 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
             )
             .await
             .expect("write");
+        // Further back, the server refuses (a standard reply): the read ends at once.
+        assert_eq!(
+            line_from(&mut reader).await,
+            "CHATHISTORY BEFORE #room timestamp=2026-01-01T00:00:00.000Z 10"
+        );
+        write
+            .write_all(
+                b":fake.test FAIL CHATHISTORY MESSAGE_ERROR #room :No history that far back\r\n",
+            )
+            .await
+            .expect("write");
         tokio::time::sleep(Duration::from_secs(60)).await;
         drop(write);
     });
@@ -529,6 +540,23 @@ async fn a_join_fetches_the_channels_latest_lines_where_the_server_keeps_history
         ]
     );
     assert_eq!(messages().len(), 2);
+    let request = jabbridge_sdk::HistoryRequest {
+        user: UserJid::new("alice@localhost"),
+        room: room.clone(),
+        before: Some((
+            MessageId::new("older1"),
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600),
+        )),
+        limit: 10,
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(2), bridge.room_history(request))
+        .await
+        .expect("at once, not at the timeout");
+    assert!(
+        matches!(&refused, Err(jabbridge_sdk::RoomActionError::Unavailable(text))
+            if text.contains("No history that far back")),
+        "{refused:?}"
+    );
     server.abort();
 }
 
