@@ -788,7 +788,19 @@ async fn serve_with(
                     // Every sender is gone: the core is stopping.
                     return Ok(());
                 };
-                write(domain, stream, again, acks, stanza).await?;
+                // What is queued already goes out in the same write (a group commit's
+                // reflections, say): the server then reads them in one go, where a write
+                // each made it wake and read once per stanza.
+                let mut burst = vec![stanza];
+                while burst.len() < BURST
+                    && let Ok(next) = outgoing.try_recv()
+                {
+                    burst.push(next);
+                }
+                for stanza in burst {
+                    feed(domain, stream, again, acks, stanza).await?;
+                }
+                flush_stream(stream).await?;
             }
             () = tokio::time::sleep_until(ping_due.unwrap_or_else(Instant::now)), if ping_due.is_some() => {
                 if let Some(ping) = acks.ping(domain) {
@@ -840,11 +852,35 @@ async fn serve_with(
     }
 }
 
-/// Writes one stanza. A stanza that cannot be written as XML is dropped (its sender is told
-/// through `written`) and the link goes on; only an I/O failure ends it, and then the stanza
-/// is kept to go out first on the next link. A stanza someone waits on is kept in `acks`
-/// until the server acknowledged it.
+/// The most stanzas written in one go.
+const BURST: usize = 64;
+
+/// Writes one stanza and flushes it to the socket ([`feed`]).
 async fn write(
+    domain: &str,
+    stream: &mut Stream,
+    again: &mut VecDeque<Outgoing>,
+    acks: &mut Acks<'_>,
+    outgoing: Outgoing,
+) -> Result<(), LinkError> {
+    feed(domain, stream, again, acks, outgoing).await?;
+    flush_stream(stream).await
+}
+
+/// Hands what the stream's buffer holds to the socket.
+async fn flush_stream(stream: &mut Stream) -> Result<(), LinkError> {
+    SinkExt::<&Element>::flush(stream)
+        .await
+        .map_err(|error| LinkError::Lost(error.to_string()))
+}
+
+/// Writes one stanza into the stream's buffer (the socket gets it at the next flush, or
+/// once the buffer fills). A stanza that cannot be written as XML is dropped (its sender
+/// is told through `written`) and the link goes on; only an I/O failure ends it, and then
+/// the stanza is kept to go out first on the next link. A stanza someone waits on is kept
+/// in `acks` until the server acknowledged it, so one lost in the buffer when the link
+/// breaks goes out again on the next.
+async fn feed(
     domain: &str,
     stream: &mut Stream,
     again: &mut VecDeque<Outgoing>,
@@ -874,7 +910,7 @@ async fn write(
             return Ok(());
         }
     }
-    match stream.send(&outgoing.stanza).await {
+    match stream.feed(&outgoing.stanza).await {
         Ok(()) => {
             metrics::stanza_out(domain);
             if let Some(written) = outgoing.written.take() {
