@@ -791,14 +791,21 @@ async fn serve_with(
                 // What is queued already goes out in the same write (a group commit's
                 // reflections, say): the server then reads them in one go, where a write
                 // each made it wake and read once per stanza.
-                let mut burst = vec![stanza];
+                let mut burst = VecDeque::from([stanza]);
                 while burst.len() < BURST
                     && let Ok(next) = outgoing.try_recv()
                 {
-                    burst.push(next);
+                    burst.push_back(next);
                 }
-                for stanza in burst {
-                    feed(domain, stream, again, acks, stanza).await?;
+                while let Some(stanza) = burst.pop_front() {
+                    if let Err(error) = feed(domain, stream, again, acks, stanza).await {
+                        // The one that failed is first in `again`; the rest follow it, in
+                        // order, on the next link.
+                        for (offset, rest) in burst.into_iter().enumerate() {
+                            again.insert((1 + offset).min(again.len()), rest);
+                        }
+                        return Err(error);
+                    }
                 }
                 flush_stream(stream).await?;
             }
