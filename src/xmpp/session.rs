@@ -791,19 +791,18 @@ async fn serve_with(
                 // What is queued already goes out in the same write (a group commit's
                 // reflections, say): the server then reads them in one go, where a write
                 // each made it wake and read once per stanza.
-                let mut burst = VecDeque::from([stanza]);
+                let mut burst = vec![stanza];
                 while burst.len() < BURST
                     && let Ok(next) = outgoing.try_recv()
                 {
-                    burst.push_back(next);
+                    burst.push(next);
                 }
-                while let Some(stanza) = burst.pop_front() {
+                let mut burst = burst.into_iter();
+                while let Some(stanza) = burst.next() {
                     if let Err(error) = feed(domain, stream, again, acks, stanza).await {
-                        // The one that failed is first in `again`; the rest follow it, in
-                        // order, on the next link.
-                        for (offset, rest) in burst.into_iter().enumerate() {
-                            again.insert((1 + offset).min(again.len()), rest);
-                        }
+                        // `again` holds the one that failed (it is empty while a link
+                        // serves); the rest follow it on the next link.
+                        again.extend(burst);
                         return Err(error);
                     }
                 }

@@ -1737,17 +1737,16 @@ impl Client {
             "BATCH" => {
                 let reference = param(0).unwrap_or("");
                 if let Some(opened) = reference.strip_prefix('+') {
+                    // A hostile server opening batches without end costs a bounded map.
+                    let room = self.batches.len() < 16;
                     let kind = match param(1) {
-                        Some("chathistory") => Some(self.history_batch(opened, param(2))),
+                        Some("chathistory") if room => Some(self.history_batch(opened, param(2))),
                         Some("labeled-response") => message
                             .tag("label")
                             .map(|label| Batch::Label(label.to_owned())),
                         _ => None,
                     };
-                    // A hostile server opening batches without end costs a bounded map.
-                    if let Some(kind) = kind
-                        && self.batches.len() < 16
-                    {
+                    if let Some(kind) = kind.filter(|_| room) {
                         self.batches.insert(opened.to_owned(), kind);
                     }
                 } else if let Some(closed) = reference.strip_prefix('-') {
