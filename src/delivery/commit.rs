@@ -114,6 +114,7 @@ impl Committer {
 
 async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    let mut writer = store.batch_writer();
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut writes = Vec::with_capacity(batch.len());
         // Per request: its callback, and how many writes it has (one or two).
@@ -130,7 +131,7 @@ async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request
             callbacks.push((request.done, count));
         }
         let started = Instant::now();
-        let committed = store.commit_batch(&owner, &writes).await;
+        let committed = writer.commit(&owner, &writes).await;
         metrics::commit(writes.len(), started.elapsed());
         match committed {
             Ok(ids) => {

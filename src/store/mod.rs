@@ -80,6 +80,102 @@ impl Engine {
     }
 }
 
+/// Commits batches of writes as [`Store::commit_batch`] does, on SQLite in a file on a
+/// connection it keeps between batches ([`Store::batch_writer`]). A batch that fails closes
+/// that connection (it may hold the write lock); the next batch opens another. On
+/// PostgreSQL, where a kept connection could be one the server has since dropped, each batch
+/// takes one from the pool, which checks it first; and so does a database in memory, which
+/// only the pool's connection sees.
+pub struct BatchWriter {
+    store: Store,
+    connection: Option<sqlx::AnyConnection>,
+}
+
+impl BatchWriter {
+    /// Commits `writes` in one transaction for instance `owner`; see
+    /// [`Store::commit_batch`].
+    pub async fn commit(
+        &mut self,
+        owner: &str,
+        writes: &[Write],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if !self.store.is_sqlite_file() {
+            return self.store.commit_batch(owner, writes).await;
+        }
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.store.pool.acquire().await?.detach(),
+        };
+        let written = Store::write_batch(&mut connection, self.store.engine, owner, writes).await;
+        if written.is_ok() {
+            self.connection = Some(connection);
+        } else {
+            let _ = connection.close().await;
+        }
+        written
+    }
+}
+
+/// One statement of a batch ([`Store::commit_batch`]), and which writes the rows it
+/// returns belong to.
+struct Statement<'q> {
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    returns: Returns<'q>,
+}
+
+/// What a batch's statement returns.
+enum Returns<'q> {
+    /// Nothing read.
+    Nothing,
+    /// The queue rows inserted (`id, bridge, dedupe_key`), of these writes.
+    Queued(&'q [(usize, &'q NewRow)]),
+    /// The archive rows inserted, of these writes ([`rooms::note_archived`]).
+    Archived(&'q [(usize, &'q rooms::ArchiveRow)]),
+}
+
+impl<'q> Statement<'q> {
+    fn plain(query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>) -> Self {
+        Statement {
+            query,
+            returns: Returns::Nothing,
+        }
+    }
+}
+
+/// Runs `statements` on `connection` in order, noting the ids they return in `results`.
+async fn run_statements<'q>(
+    connection: &mut sqlx::AnyConnection,
+    statements: impl IntoIterator<Item = Statement<'q>>,
+    results: &mut [Option<i64>],
+) -> Result<(), StoreError> {
+    for statement in statements {
+        match statement.returns {
+            Returns::Nothing => {
+                statement.query.execute(&mut *connection).await?;
+            }
+            Returns::Queued(chunk) => {
+                for row in statement.query.fetch_all(&mut *connection).await? {
+                    let (id, bridge, dedupe_key): (i64, String, String) =
+                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                    // The first of the chunk's rows with this key is the one inserted.
+                    if let Some((index, _)) = chunk.iter().find(|(index, candidate)| {
+                        results[*index].is_none()
+                            && candidate.bridge == bridge
+                            && candidate.dedupe_key == dedupe_key
+                    }) {
+                        results[*index] = Some(id);
+                    }
+                }
+            }
+            Returns::Archived(chunk) => {
+                let inserted = statement.query.fetch_all(&mut *connection).await?;
+                rooms::note_archived(chunk, &inserted, results)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -420,6 +516,13 @@ impl Store {
             url: secret_url,
             directory: Arc::default(),
         })
+    }
+
+    /// Whether this is SQLite in a file: not a database in memory, which lives in the pool's
+    /// connection, and which another connection would not see.
+    fn is_sqlite_file(&self) -> bool {
+        let url = self.url.expose_secret();
+        self.engine == Engine::Sqlite && !url.contains(":memory:") && !url.contains("mode=memory")
     }
 
     /// Whether this is SQLite, where one instance runs at a time.
@@ -972,6 +1075,17 @@ impl Store {
         written
     }
 
+    /// A writer of batches for the group commit ([`crate::delivery::commit`]): on SQLite in
+    /// a file it keeps a connection of its own, outside the pool, so that a batch costs no
+    /// trip through the pool, whose acquiring and releasing each ping the connection's
+    /// thread.
+    pub fn batch_writer(&self) -> BatchWriter {
+        BatchWriter {
+            store: self.clone(),
+            connection: None,
+        }
+    }
+
     async fn write_batch(
         connection: &mut sqlx::AnyConnection,
         engine: Engine,
@@ -980,8 +1094,7 @@ impl Store {
     ) -> Result<Vec<Option<i64>>, StoreError> {
         let now = now_millis();
         let mut results = vec![None; writes.len()];
-        let mut transaction = connection.begin().await?;
-        for queue in [Queue::Outbox, Queue::Inbox] {
+        let queued = [Queue::Outbox, Queue::Inbox].map(|queue| {
             let rows: Vec<(usize, &NewRow)> = writes
                 .iter()
                 .enumerate()
@@ -990,38 +1103,6 @@ impl Store {
                     _ => None,
                 })
                 .collect();
-            for chunk in rows.chunks(ROWS_PER_INSERT) {
-                // $1 = now, $2 = owner; then four per row.
-                let sql = format!(
-                    "{} {} (bridge, conversation, dedupe_key, payload, next_attempt_at, \
-                     created_at, lease_owner) VALUES {} \
-                     ON CONFLICT (bridge, dedupe_key) DO NOTHING RETURNING id, bridge, dedupe_key",
-                    engine.insert_into(),
-                    queue.table(),
-                    four_per_row(chunk.len(), 3, "$1, $1, $2")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner);
-                for (_, row) in chunk {
-                    query = query
-                        .bind(row.bridge.as_str())
-                        .bind(row.conversation.as_str())
-                        .bind(row.dedupe_key.as_str())
-                        .bind(row.payload.as_str());
-                }
-                let inserted = query.fetch_all(&mut *transaction).await?;
-                for row in inserted {
-                    let (id, bridge, dedupe_key): (i64, String, String) =
-                        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                    // The first of the chunk's rows with this key is the one inserted.
-                    if let Some((index, _)) = chunk.iter().find(|(index, candidate)| {
-                        results[*index].is_none()
-                            && candidate.bridge == bridge
-                            && candidate.dedupe_key == dedupe_key
-                    }) {
-                        results[*index] = Some(id);
-                    }
-                }
-            }
             let delivered: Vec<i64> = writes
                 .iter()
                 .filter_map(|write| match write {
@@ -1029,21 +1110,8 @@ impl Store {
                     _ => None,
                 })
                 .collect();
-            for chunk in delivered.chunks(ROWS_PER_INSERT) {
-                let ids: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
-                let sql = format!(
-                    "UPDATE {} SET delivered_at = $1, lease_owner = NULL \
-                     WHERE delivered_at IS NULL AND id IN ({})",
-                    queue.table(),
-                    ids.join(", ")
-                );
-                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
-                for id in chunk {
-                    query = query.bind(*id);
-                }
-                query.execute(&mut *transaction).await?;
-            }
-        }
+            (queue, rows, delivered)
+        });
         let archived: Vec<(usize, &rooms::ArchiveRow)> = writes
             .iter()
             .enumerate()
@@ -1052,58 +1120,6 @@ impl Store {
                 _ => None,
             })
             .collect();
-        rooms::insert_messages(&mut transaction, engine, &archived, &mut results).await?;
-        for write in writes {
-            match write {
-                Write::Enqueue(_) | Write::Complete { .. } | Write::Archive(_) | Write::Barrier => {
-                }
-                Write::Fail { queue, id, reason } => {
-                    sqlx::query(AssertSqlSafe(format!(
-                        "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL \
-                         WHERE id = $3 AND delivered_at IS NULL",
-                        queue.table()
-                    )))
-                    .bind(now)
-                    .bind(reason.as_str())
-                    .bind(*id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                Write::Retry { queue, id, at } => {
-                    sqlx::query(AssertSqlSafe(format!(
-                        "UPDATE {} SET next_attempt_at = $1, attempts = attempts + 1 \
-                         WHERE id = $2 AND delivered_at IS NULL",
-                        queue.table()
-                    )))
-                    .bind(*at)
-                    .bind(*id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                Write::Bounce { id, reason } => {
-                    sqlx::query(
-                        "UPDATE inbox SET failure = $1, lease_owner = NULL, \
-                         delivered_at = COALESCE(delivered_at, $2) WHERE id = $3",
-                    )
-                    .bind(reason.as_str())
-                    .bind(now)
-                    .bind(*id)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                Write::ClearReport { bridge, foreign_id } => {
-                    sqlx::query(
-                        "UPDATE message_ids SET pending_report = NULL \
-                         WHERE bridge = $1 AND foreign_id = $2 AND pending_report IS NOT NULL",
-                    )
-                    .bind(bridge.as_str())
-                    .bind(foreign_id.as_str())
-                    .execute(&mut *transaction)
-                    .await?;
-                }
-                Write::MapId { .. } => {}
-            }
-        }
         // Id mappings, several per statement. The last mapping of a key wins, as it would
         // one statement at a time (and PostgreSQL refuses one upsert touching a row twice).
         let mut mappings: HashMap<(&str, &str, &str), (&str, Option<&str>)> = HashMap::new();
@@ -1132,6 +1148,86 @@ impl Store {
             }
         }
         let mappings: Vec<_> = mappings.into_iter().collect();
+
+        let mut statements = Vec::new();
+        for (queue, rows, delivered) in &queued {
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
+                // $1 = now, $2 = owner; then four per row.
+                let sql = format!(
+                    "{} {} (bridge, conversation, dedupe_key, payload, next_attempt_at, \
+                     created_at, lease_owner) VALUES {} \
+                     ON CONFLICT (bridge, dedupe_key) DO NOTHING RETURNING id, bridge, dedupe_key",
+                    engine.insert_into(),
+                    queue.table(),
+                    four_per_row(chunk.len(), 3, "$1, $1, $2")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner);
+                for (_, row) in chunk {
+                    query = query
+                        .bind(row.bridge.as_str())
+                        .bind(row.conversation.as_str())
+                        .bind(row.dedupe_key.as_str())
+                        .bind(row.payload.as_str());
+                }
+                statements.push(Statement {
+                    query,
+                    returns: Returns::Queued(chunk),
+                });
+            }
+            for chunk in delivered.chunks(ROWS_PER_INSERT) {
+                let ids: Vec<String> = (0..chunk.len()).map(|n| format!("${}", n + 2)).collect();
+                let sql = format!(
+                    "UPDATE {} SET delivered_at = $1, lease_owner = NULL \
+                     WHERE delivered_at IS NULL AND id IN ({})",
+                    queue.table(),
+                    ids.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                statements.push(Statement::plain(query));
+            }
+        }
+        statements.extend(rooms::insert_messages(engine, &archived));
+        for write in writes {
+            let query = match write {
+                Write::Enqueue(_)
+                | Write::Complete { .. }
+                | Write::Archive(_)
+                | Write::Barrier
+                | Write::MapId { .. } => continue,
+                Write::Fail { queue, id, reason } => sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE {} SET delivered_at = $1, failure = $2, lease_owner = NULL \
+                     WHERE id = $3 AND delivered_at IS NULL",
+                    queue.table()
+                )))
+                .bind(now)
+                .bind(reason.as_str())
+                .bind(*id),
+                Write::Retry { queue, id, at } => sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE {} SET next_attempt_at = $1, attempts = attempts + 1 \
+                     WHERE id = $2 AND delivered_at IS NULL",
+                    queue.table()
+                )))
+                .bind(*at)
+                .bind(*id),
+                Write::Bounce { id, reason } => sqlx::query(
+                    "UPDATE inbox SET failure = $1, lease_owner = NULL, \
+                     delivered_at = COALESCE(delivered_at, $2) WHERE id = $3",
+                )
+                .bind(reason.as_str())
+                .bind(now)
+                .bind(*id),
+                Write::ClearReport { bridge, foreign_id } => sqlx::query(
+                    "UPDATE message_ids SET pending_report = NULL \
+                     WHERE bridge = $1 AND foreign_id = $2 AND pending_report IS NOT NULL",
+                )
+                .bind(bridge.as_str())
+                .bind(foreign_id.as_str()),
+            };
+            statements.push(Statement::plain(query));
+        }
         for chunk in mappings.chunks(ROWS_PER_INSERT) {
             // $1 = now; then five per row.
             let sql = format!(
@@ -1153,9 +1249,21 @@ impl Store {
                     .bind(*foreign_id)
                     .bind(*pending);
             }
-            query.execute(&mut *transaction).await?;
+            statements.push(Statement::plain(query));
         }
-        transaction.commit().await?;
+
+        // One statement is a transaction of its own (autocommit): no BEGIN and COMMIT, each
+        // a round trip to the connection's thread (SQLite) or to the server (PostgreSQL).
+        // The common batch under load (a room's lines, or a queue's new rows) is one.
+        match statements.len() {
+            0 => {}
+            1 => run_statements(connection, statements, &mut results).await?,
+            _ => {
+                let mut transaction = connection.begin().await?;
+                run_statements(&mut transaction, statements, &mut results).await?;
+                transaction.commit().await?;
+            }
+        }
         Ok(results)
     }
 

@@ -72,16 +72,13 @@ const ARCHIVED_PER_INSERT: usize = 64;
 /// message's write cheap. A client names older messages by the room's stanza id.
 pub const RECENT: u32 = 1000;
 
-/// Archives `rows` (each with its index in `results`) on `connection`, several per
-/// statement, in order: `results[index]` becomes the new row's id, and stays `None` for a
-/// repeat of a foreign id the room had (or an earlier row of the same batch had).
-pub(super) async fn insert_messages(
-    connection: &mut sqlx::AnyConnection,
+/// The statements that archive `rows` (each with its index in the batch's results), several
+/// rows per statement, in order; [`note_archived`] reads each one's returned rows.
+pub(super) fn insert_messages<'q>(
     engine: super::Engine,
-    rows: &[(usize, &ArchiveRow)],
-    results: &mut [Option<i64>],
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(ARCHIVED_PER_INSERT) {
+    rows: &'q [(usize, &'q ArchiveRow)],
+) -> impl Iterator<Item = super::Statement<'q>> {
+    rows.chunks(ARCHIVED_PER_INSERT).map(move |chunk| {
         let sql = format!(
             "{} room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
              origin_id, poster, said_at, replaces, post_id) VALUES {} \
@@ -93,22 +90,36 @@ pub(super) async fn insert_messages(
         for (_, row) in chunk {
             query = bind_message(query, &row.bridge, &row.room, &row.message);
         }
-        for inserted in query.fetch_all(&mut *connection).await? {
-            let (id, bridge, room, foreign_id): (i64, String, String, String) = (
-                inserted.try_get(0)?,
-                inserted.try_get(1)?,
-                inserted.try_get(2)?,
-                inserted.try_get(3)?,
-            );
-            // The first of the chunk's rows with this key is the one inserted.
-            if let Some((index, _)) = chunk.iter().find(|(index, row)| {
-                results[*index].is_none()
-                    && row.message.foreign_id == foreign_id
-                    && row.room == room
-                    && row.bridge == bridge
-            }) {
-                results[*index] = Some(id);
-            }
+        super::Statement {
+            query,
+            returns: super::Returns::Archived(chunk),
+        }
+    })
+}
+
+/// Notes what one statement of [`insert_messages`] returned: `results[index]` becomes the
+/// new row's id, and stays `None` for a repeat of a foreign id the room had (or an earlier
+/// row of the same batch had).
+pub(super) fn note_archived(
+    chunk: &[(usize, &ArchiveRow)],
+    inserted: &[sqlx::any::AnyRow],
+    results: &mut [Option<i64>],
+) -> Result<(), StoreError> {
+    for inserted in inserted {
+        let (id, bridge, room, foreign_id): (i64, String, String, String) = (
+            inserted.try_get(0)?,
+            inserted.try_get(1)?,
+            inserted.try_get(2)?,
+            inserted.try_get(3)?,
+        );
+        // The first of the chunk's rows with this key is the one inserted.
+        if let Some((index, _)) = chunk.iter().find(|(index, row)| {
+            results[*index].is_none()
+                && row.message.foreign_id == foreign_id
+                && row.room == room
+                && row.bridge == bridge
+        }) {
+            results[*index] = Some(id);
         }
     }
     Ok(())
@@ -316,8 +327,14 @@ impl RoomTables {
             message,
         };
         let mut results = [None];
+        let rows = [(0, &row)];
         let mut connection = self.pool.acquire().await?;
-        insert_messages(&mut connection, self.engine, &[(0, &row)], &mut results).await?;
+        super::run_statements(
+            &mut connection,
+            insert_messages(self.engine, &rows),
+            &mut results,
+        )
+        .await?;
         Ok(results[0])
     }
 
