@@ -19,6 +19,7 @@ pub mod registration;
 pub mod rooms;
 pub mod sessions;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -26,7 +27,8 @@ use jabbridge_sdk::{Bridge, BridgeInfo, ForeignId, RoomId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument;
-use xmpp_parsers::{jid::Jid, minidom::Element};
+use xmpp_parsers::jid::{self, BareJid, DomainPart, Jid, NodePart};
+use xmpp_parsers::minidom::Element;
 
 use crate::access::Access;
 use crate::calls::Calls;
@@ -45,6 +47,9 @@ pub use delivery::Wiring;
 pub struct Gateway {
     /// The bridge's domain.
     pub domain: String,
+    /// The domain as a JID's domain part, checked once (`None` when it is none: every JID
+    /// of the gateway then fails to build, as it would when parsed).
+    domain_part: Option<DomainPart>,
     /// The bridge.
     pub bridge: Arc<dyn Bridge>,
     /// The component link.
@@ -190,8 +195,10 @@ impl Gateway {
             delivery,
             span.clone(),
         );
+        let domain_part = DomainPart::new(&domain).ok().map(Cow::into_owned);
         Arc::new_cyclic(|myself| Self {
             domain,
+            domain_part,
             bridge,
             link,
             store,
@@ -458,9 +465,15 @@ impl Gateway {
     /// The JID a foreign contact appears under: the bridge's name for it, XEP-0106-escaped.
     pub fn contact_jid(&self, contact: &ForeignId) -> Result<Jid, String> {
         let localpart = escape(&self.bridge.format_address(contact));
-        format!("{localpart}@{}", self.domain)
-            .parse()
-            .map_err(|error| format!("'{contact}' makes no valid JID: {error}"))
+        let invalid = |error: jid::Error| format!("'{contact}' makes no valid JID: {error}");
+        // From the parts: the domain's check (IDNA) is done once, not for every message.
+        let Some(domain) = &self.domain_part else {
+            return format!("{localpart}@{}", self.domain)
+                .parse()
+                .map_err(invalid);
+        };
+        let node = NodePart::new(&localpart).map_err(invalid)?;
+        Ok(BareJid::from_parts(Some(&node), domain).into())
     }
 
     /// The gateway's own JID, its bare domain.

@@ -11,6 +11,7 @@
 //! ([`restore`]) and a client that joins again gets a resync without a second foreign join.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -243,10 +244,12 @@ fn occupant_id(domain: &str, room: &RoomId, sender: &str) -> String {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
-    hash.finalize()[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    let mut id = String::with_capacity(32);
+    for byte in &hash.finalize()[..16] {
+        // Writing to a String cannot fail.
+        let _ = write!(id, "{byte:02x}");
+    }
+    id
 }
 
 /// `room@domain` for a room.
@@ -256,7 +259,7 @@ fn room_jid(gateway: &Gateway, room: &RoomId) -> Option<BareJid> {
 
 /// `room@domain/nick`.
 fn occupant_jid(room: &BareJid, nick: &str) -> Option<Jid> {
-    format!("{room}/{nick}").parse().ok()
+    room.with_resource_str(nick).ok().map(Jid::from)
 }
 
 /// The presence of `occupant` for `to`.
