@@ -35,12 +35,12 @@ pub async fn upkeep(handle: PrometheusHandle) {
 
 /// A stanza arrived from the XMPP server for a bridge.
 pub fn stanza_in(bridge: &str) {
-    metrics::counter!("jabbridge_stanzas_in_total", "bridge" => bridge.to_owned()).increment(1);
+    per_bridge(bridge, |counters| counters.stanzas_in.increment(1));
 }
 
 /// A stanza was written to the XMPP server for a bridge.
 pub fn stanza_out(bridge: &str) {
-    metrics::counter!("jabbridge_stanzas_out_total", "bridge" => bridge.to_owned()).increment(1);
+    per_bridge(bridge, |counters| counters.stanzas_out.increment(1));
 }
 
 /// A stanza was refused with an error (or could not be read), by condition.
@@ -51,9 +51,51 @@ pub fn stanza_error(bridge: &str, condition: &'static str) {
 
 /// A room message was archived and sent to `resources` joined resources.
 pub fn room_message(bridge: &str, resources: usize) {
-    metrics::counter!("jabbridge_room_messages_total", "bridge" => bridge.to_owned()).increment(1);
-    metrics::counter!("jabbridge_room_stanzas_out_total", "bridge" => bridge.to_owned())
-        .increment(resources as u64);
+    per_bridge(bridge, |counters| {
+        counters.room_messages.increment(1);
+        counters.room_stanzas_out.increment(resources as u64);
+    });
+}
+
+/// The counters every stanza or room message moves, of one bridge.
+struct PerMessage {
+    stanzas_in: metrics::Counter,
+    stanzas_out: metrics::Counter,
+    room_messages: metrics::Counter,
+    room_stanzas_out: metrics::Counter,
+}
+
+impl PerMessage {
+    fn new(bridge: &str) -> Self {
+        let counter = |name: &'static str| metrics::counter!(name, "bridge" => bridge.to_owned());
+        PerMessage {
+            stanzas_in: counter("jabbridge_stanzas_in_total"),
+            stanzas_out: counter("jabbridge_stanzas_out_total"),
+            room_messages: counter("jabbridge_room_messages_total"),
+            room_stanzas_out: counter("jabbridge_room_stanzas_out_total"),
+        }
+    }
+}
+
+thread_local! {
+    /// [`PerMessage`] by bridge, per thread: a counter named on every stanza would build
+    /// and look up its key (labels, strings) each time, a dozen allocations per room post.
+    static PER_MESSAGE: std::cell::RefCell<Vec<(String, PerMessage)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Calls `count` with `bridge`'s [`PerMessage`] counters, registered on first use.
+fn per_bridge(bridge: &str, count: impl FnOnce(&PerMessage)) {
+    PER_MESSAGE.with_borrow_mut(|known| {
+        let index = match known.iter().position(|(name, _)| name == bridge) {
+            Some(index) => index,
+            None => {
+                known.push((bridge.to_owned(), PerMessage::new(bridge)));
+                known.len() - 1
+            }
+        };
+        count(&known[index].1);
+    });
 }
 
 /// A stanza reached this instance for a user whose session another instance runs, and was

@@ -127,7 +127,7 @@ async fn attempt(delivery: &Arc<Delivery>, item: &Item) -> Attempt {
     };
     // Only a bridge with registration asks, and only about a user without one. A store
     // error counts as a member: the bridge's own lookup will fail transiently instead.
-    if registration.is_none() && delivery.bridge.info().registration.is_some() {
+    if registration.is_none() && delivery.bridge.registers() {
         let owns_identity = store
             .identities_of(&delivery.domain, &user)
             .await

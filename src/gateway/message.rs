@@ -94,7 +94,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         .iter()
         .find_map(|payload| Replace::try_from(payload.clone()).ok())
         .map(|replace| replace.id.0);
-    if replaces.is_some() && !gateway.info().capabilities.corrections {
+    if replaces.is_some() && !gateway.bridge.capabilities().corrections {
         return Err(StanzaFailure::FeatureNotImplemented(format!(
             "{} cannot carry corrections: the correction was not sent; send a new message",
             gateway.info().name
@@ -193,7 +193,7 @@ async fn spend(gateway: &Gateway, user: &str) -> Result<(), StanzaFailure> {
 
 /// Passes a typing notification to a bridge that declared it; drops it otherwise.
 async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, contact: ForeignId) {
-    if !gateway.info().capabilities.chat_states {
+    if !gateway.bridge.capabilities().chat_states {
         return;
     }
     let Some(state) = message

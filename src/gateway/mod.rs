@@ -434,7 +434,7 @@ impl Gateway {
 
     /// The room a JID on our domain names, for bridges with rooms.
     fn room_of(&self, to: &Jid) -> Option<RoomId> {
-        if !self.info().capabilities.rooms {
+        if !self.bridge.capabilities().rooms {
             return None;
         }
         self.bridge.parse_room(&unescape(to.node()?.as_str()))
@@ -483,7 +483,7 @@ impl Gateway {
 
     /// Whether `user` is registered (always `true` for bridges without registration).
     pub async fn is_registered(&self, user: &str) -> Result<bool, StanzaFailure> {
-        if self.info().registration.is_none() {
+        if !self.bridge.registers() {
             return Ok(true);
         }
         Ok(self

@@ -32,7 +32,13 @@ impl Writable {
 
     /// A copy with these attributes set (or replaced), each value cleaned.
     pub fn with(&self, attributes: &[(&'static str, &str)]) -> Writable {
-        let mut stanza = self.0.clone();
+        Writable(self.0.clone()).into_with(attributes)
+    }
+
+    /// The stanza itself with these attributes set (or replaced), each value cleaned: for
+    /// the last copy, which needs no clone.
+    pub fn into_with(self, attributes: &[(&'static str, &str)]) -> Writable {
+        let mut stanza = self.0;
         for (name, value) in attributes {
             let mut value = String::from(*value);
             clean(&mut value);

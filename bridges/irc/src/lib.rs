@@ -425,17 +425,23 @@ impl Bridge for IrcBridge {
         BridgeInfo {
             gateway_type: "irc".into(),
             name: "IRC gateway".into(),
-            capabilities: {
-                let mut capabilities = Capabilities::default();
-                capabilities.rooms = true;
-                capabilities
-            },
+            capabilities: self.capabilities(),
             registration: None,
             prompt: Prompt {
                 description: "Enter a nick and its server, e.g. alice%irc.example.net".into(),
                 prompt: "Nick".into(),
             },
         }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        capabilities.rooms = true;
+        capabilities
+    }
+
+    fn registers(&self) -> bool {
+        false
     }
 
     async fn run(&self, shutdown: jabbridge_sdk::Shutdown) -> Result<(), BridgeError> {

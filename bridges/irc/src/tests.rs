@@ -145,6 +145,19 @@ async fn line_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String
 }
 
 #[tokio::test]
+async fn the_capabilities_asked_per_message_agree_with_the_bridges_info() {
+    // The core asks `capabilities` and `registers` on every message instead of building the
+    // whole info: they must say what `info` says (rooms, no registration).
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, 6667);
+    let info = bridge.info();
+    assert_eq!(bridge.capabilities(), info.capabilities);
+    assert!(info.capabilities.rooms);
+    assert_eq!(bridge.registers(), info.registration.is_some());
+    assert!(!bridge.registers());
+}
+
+#[tokio::test]
 async fn a_hostile_server_costs_bounded_memory_and_its_text_is_cleaned() {
     let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");

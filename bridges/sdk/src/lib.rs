@@ -256,6 +256,19 @@ pub trait Bridge: Send + Sync + 'static {
     /// return at once, with no I/O.
     fn info(&self) -> BridgeInfo;
 
+    /// [`BridgeInfo::capabilities`], which the core asks on every message. The default
+    /// builds the whole [`Bridge::info`]; a bridge may answer it directly (it must agree).
+    fn capabilities(&self) -> Capabilities {
+        self.info().capabilities
+    }
+
+    /// Whether users register ([`BridgeInfo::registration`] is `Some`), which the core asks
+    /// on every message. The default builds the whole [`Bridge::info`]; a bridge may answer
+    /// it directly (it must agree).
+    fn registers(&self) -> bool {
+        self.info().registration.is_some()
+    }
+
     /// The bridge's long-running work: connect to the foreign network, listen, push incoming
     /// messages through [`Core`]. Called once after start-up; must return soon after
     /// `shutdown` fires. Connection trouble is not an error to return: retry inside, and

@@ -29,7 +29,7 @@ pub(in crate::gateway) async fn on_groupchat(
             .iter()
             .find(|payload| payload.is(name, namespace))
     };
-    let capabilities = gateway.info().capabilities;
+    let capabilities = gateway.bridge.capabilities();
     let refused = |what: &str| {
         Err(StanzaFailure::FeatureNotImplemented(format!(
             "{} cannot carry {what} in rooms: it was not sent",
@@ -128,9 +128,9 @@ pub(in crate::gateway) async fn on_groupchat(
         .or_else(|| stanza_id.clone())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     // A bridge without registration (IRC) has no data to hand over: no read per post.
-    let registration = match gateway.info().registration {
-        None => None,
-        Some(_) => gateway
+    let registration = match gateway.bridge.registers() {
+        false => None,
+        true => gateway
             .store
             .registration(&gateway.domain, &user)
             .await
@@ -771,7 +771,7 @@ async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
             Ok(None) => known(&gateway, &room, &room_jid, &foreign_id, poster).await,
             Ok(Some(id)) => {
                 gateway.rooms.first_showing(&room, format!("m{id}"));
-                fan_out(&gateway, &room, &template, id, poster.as_ref(), None).await;
+                fan_out(&gateway, &room, template, id, poster.as_ref(), None).await;
                 Ok(())
             }
         };
@@ -820,7 +820,7 @@ async fn known(
     })
     .and_then(|stanza| Writable::new(stanza).ok());
     if let Some(template) = template {
-        fan_out(gateway, room, &template, row.id, poster.as_ref(), None).await;
+        fan_out(gateway, room, template, row.id, poster.as_ref(), None).await;
     }
     Ok(())
 }
@@ -863,7 +863,7 @@ pub(super) async fn know_cursor(gateway: &Gateway, room: &RoomId, before: i64) {
 pub(super) async fn fan_out(
     gateway: &Gateway,
     room: &RoomId,
-    template: &Writable,
+    template: Writable,
     id: i64,
     poster: Option<&Poster>,
     only: Option<&BTreeSet<String>>,
@@ -879,6 +879,8 @@ pub(super) async fn fan_out(
             return;
         };
         let mut copies = Vec::with_capacity(state.members.len());
+        // The first recipient gets the template itself, once the others have their clones.
+        let mut first: Option<(String, Option<&str>)> = None;
         let mut to = String::new();
         for (user, member) in &state.members {
             if only.is_some_and(|only| !only.contains(user)) {
@@ -897,11 +899,21 @@ pub(super) async fn fan_out(
                 if had.contains(&to) {
                     continue;
                 }
+                if first.is_none() {
+                    first = Some((to.clone(), own_id));
+                    continue;
+                }
                 copies.push(match own_id {
                     Some(id) => template.with(&[("to", &to), ("id", id)]),
                     None => template.with(&[("to", &to)]),
                 });
             }
+        }
+        if let Some((to, own_id)) = first {
+            copies.push(match own_id {
+                Some(id) => template.into_with(&[("to", &to), ("id", id)]),
+                None => template.into_with(&[("to", &to)]),
+            });
         }
         copies
     };
@@ -1014,7 +1026,7 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
             })
             .and_then(|stanza| Writable::new(stanza).ok());
             if let Some(template) = template {
-                fan_out(gateway, &room, &template, message.id, None, Some(&users)).await;
+                fan_out(gateway, &room, template, message.id, None, Some(&users)).await;
             }
         }
     }
