@@ -1516,6 +1516,76 @@ async fn posts_to_a_network_without_echoes_are_reflected_in_order_each_once() {
     assert_eq!(alices, expected);
 }
 
+#[tokio::test]
+async fn a_batch_that_breaks_a_constraint_writes_none_of_its_rows() {
+    use crate::store::rooms::{ArchiveRow, NewRoomMessage, PageQuery};
+    use crate::store::{Store, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = secrecy::SecretString::from(on_a_file(&dir));
+    let store = Store::connect(&url, 4).await.expect("SQLite");
+    store.migrate().await.expect("migrations");
+    let row = |foreign_id: &str, text: &str| {
+        Write::Archive(ArchiveRow {
+            bridge: "echo.test".into(),
+            room: "#lobby".into(),
+            message: NewRoomMessage {
+                foreign_id: foreign_id.into(),
+                stanza_id: foreign_id.into(),
+                nick: "bob".into(),
+                sender: "bob".into(),
+                text: text.into(),
+                origin_id: None,
+                poster: None,
+                said_at: crate::store::now_millis(),
+                replaces: None,
+                post_id: None,
+            },
+        })
+    };
+    // A constraint the inserts do not handle, as a full disk or a corrupt index would fail
+    // a row: the batch's first rows go in, its last breaks it.
+    sqlx::query("CREATE UNIQUE INDEX one_text ON room_messages (text)")
+        .execute(store.pool())
+        .await
+        .expect("an index");
+    store
+        .commit_batch("a", &[row("m1", "taken")])
+        .await
+        .expect("the first batch");
+    let texts = async || -> Vec<String> {
+        let page = PageQuery {
+            max: 10,
+            ..Default::default()
+        };
+        let (archived, _) = store
+            .rooms()
+            .page("echo.test", "#lobby", &page)
+            .await
+            .expect("a page");
+        archived.into_iter().map(|message| message.text).collect()
+    };
+    // One statement, run alone (SQLite would keep the rows before the failure of an
+    // `INSERT OR FAIL` that is its own transaction), through the pool and through the
+    // committer's writer on its own connection; then two statements in one transaction.
+    let mut writer = store.batch_writer();
+    let one = [row("m2", "fresh"), row("m3", "taken")];
+    assert!(store.commit_batch("a", &one).await.is_err());
+    assert!(writer.commit("a", &one).await.is_err());
+    let mut two: Vec<Write> = (0..70)
+        .map(|n| row(&format!("n{n}"), &format!("new {n}")))
+        .collect();
+    two.push(row("m4", "taken"));
+    assert!(writer.commit("a", &two).await.is_err());
+    assert_eq!(texts().await, ["taken"], "nothing of a failed batch");
+    // The writer goes on after a failure, on a new connection.
+    let ids = writer
+        .commit("a", &[row("m5", "fine")])
+        .await
+        .expect("a good batch");
+    assert!(ids[0].is_some());
+    assert_eq!(texts().await, ["taken", "fine"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_post_the_archive_refuses_gets_an_error_and_the_room_goes_on() {
     // On a file: a failed batch closes its connection, which would end a database in memory.

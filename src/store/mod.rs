@@ -53,15 +53,18 @@ enum Engine {
 }
 
 impl Engine {
-    /// How a batch's multi-row inserts begin. On SQLite `OR FAIL`: a broken constraint
-    /// (other than the conflict each insert handles) then fails the statement without
-    /// undoing its earlier rows, which the failed batch's rollback undoes anyway, so SQLite
-    /// keeps no statement journal (a copy of every page the statement changes) for it: a
-    /// quarter of an archived row's cost. PostgreSQL has no such clause and no such journal.
-    fn insert_into(self) -> &'static str {
+    /// How a batch's multi-row inserts begin. On SQLite, inside a transaction of several
+    /// statements, `OR FAIL`: a broken constraint (other than the conflict each insert
+    /// handles) then fails the statement without undoing its earlier rows, which the failed
+    /// batch's rollback undoes anyway, so SQLite keeps no statement journal (a copy of every
+    /// page the statement changes) for it: a quarter of an archived row's cost. A statement
+    /// `alone` (its own transaction) must not say `OR FAIL`: SQLite would commit the rows
+    /// before the failure; it needs no statement journal either. PostgreSQL has no such
+    /// clause and no such journal.
+    fn insert_into(self, alone: bool) -> &'static str {
         match self {
-            Engine::Sqlite => "INSERT OR FAIL INTO",
-            Engine::Postgres => "INSERT INTO",
+            Engine::Sqlite if !alone => "INSERT OR FAIL INTO",
+            Engine::Sqlite | Engine::Postgres => "INSERT INTO",
         }
     }
 
@@ -1148,6 +1151,29 @@ impl Store {
             }
         }
         let mappings: Vec<_> = mappings.into_iter().collect();
+        let updates = writes
+            .iter()
+            .filter(|write| {
+                matches!(
+                    write,
+                    Write::Fail { .. }
+                        | Write::Retry { .. }
+                        | Write::Bounce { .. }
+                        | Write::ClearReport { .. }
+                )
+            })
+            .count();
+        // Whether the batch is one statement (built below), which then runs alone.
+        let alone = queued
+            .iter()
+            .map(|(_, rows, delivered)| {
+                rows.len().div_ceil(ROWS_PER_INSERT) + delivered.len().div_ceil(ROWS_PER_INSERT)
+            })
+            .sum::<usize>()
+            + rooms::statements_for(archived.len())
+            + updates
+            + mappings.len().div_ceil(ROWS_PER_INSERT)
+            == 1;
 
         let mut statements = Vec::new();
         for (queue, rows, delivered) in &queued {
@@ -1157,7 +1183,7 @@ impl Store {
                     "{} {} (bridge, conversation, dedupe_key, payload, next_attempt_at, \
                      created_at, lease_owner) VALUES {} \
                      ON CONFLICT (bridge, dedupe_key) DO NOTHING RETURNING id, bridge, dedupe_key",
-                    engine.insert_into(),
+                    engine.insert_into(alone),
                     queue.table(),
                     four_per_row(chunk.len(), 3, "$1, $1, $2")
                 );
@@ -1189,7 +1215,7 @@ impl Store {
                 statements.push(Statement::plain(query));
             }
         }
-        statements.extend(rooms::insert_messages(engine, &archived));
+        statements.extend(rooms::insert_messages(engine, &archived, alone));
         for write in writes {
             let query = match write {
                 Write::Enqueue(_)
@@ -1237,7 +1263,7 @@ impl Store {
                  THEN COALESCE(excluded.pending_report, message_ids.pending_report) \
                  ELSE excluded.pending_report END, \
                  foreign_id = excluded.foreign_id",
-                engine.insert_into(),
+                engine.insert_into(alone),
                 per_row(chunk.len(), 2, 5, "$1")
             );
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
@@ -1255,6 +1281,7 @@ impl Store {
         // One statement is a transaction of its own (autocommit): no BEGIN and COMMIT, each
         // a round trip to the connection's thread (SQLite) or to the server (PostgreSQL).
         // The common batch under load (a room's lines, or a queue's new rows) is one.
+        debug_assert_eq!(alone, statements.len() == 1, "the count of statements");
         match statements.len() {
             0 => {}
             1 => run_statements(connection, statements, &mut results).await?,

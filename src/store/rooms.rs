@@ -72,18 +72,24 @@ const ARCHIVED_PER_INSERT: usize = 64;
 /// message's write cheap. A client names older messages by the room's stanza id.
 pub const RECENT: u32 = 1000;
 
+/// How many statements [`insert_messages`] makes of `rows` rows.
+pub(super) fn statements_for(rows: usize) -> usize {
+    rows.div_ceil(ARCHIVED_PER_INSERT)
+}
+
 /// The statements that archive `rows` (each with its index in the batch's results), several
 /// rows per statement, in order; [`note_archived`] reads each one's returned rows.
 pub(super) fn insert_messages<'q>(
     engine: super::Engine,
     rows: &'q [(usize, &'q ArchiveRow)],
+    alone: bool,
 ) -> impl Iterator<Item = super::Statement<'q>> {
     rows.chunks(ARCHIVED_PER_INSERT).map(move |chunk| {
         let sql = format!(
             "{} room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
              origin_id, poster, said_at, replaces, post_id) VALUES {} \
              ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id, bridge, room, foreign_id",
-            engine.insert_into(),
+            engine.insert_into(alone),
             engine.rows_of(chunk.len(), 12)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -329,12 +335,8 @@ impl RoomTables {
         let mut results = [None];
         let rows = [(0, &row)];
         let mut connection = self.pool.acquire().await?;
-        super::run_statements(
-            &mut connection,
-            insert_messages(self.engine, &rows),
-            &mut results,
-        )
-        .await?;
+        let statements = insert_messages(self.engine, &rows, true);
+        super::run_statements(&mut connection, statements, &mut results).await?;
         Ok(results[0])
     }
 
