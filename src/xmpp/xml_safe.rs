@@ -35,8 +35,8 @@ impl Writable {
         Writable(self.0.clone()).into_with(attributes)
     }
 
-    /// The stanza itself with these attributes set (or replaced), each value cleaned: for
-    /// the last copy, which needs no clone.
+    /// The stanza itself with these attributes set (or replaced), each value cleaned: the
+    /// one copy that may take the original, without a clone.
     pub fn into_with(self, attributes: &[(&'static str, &str)]) -> Writable {
         let mut stanza = self.0;
         for (name, value) in attributes {
