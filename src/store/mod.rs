@@ -91,6 +91,8 @@ impl Engine {
 /// only the pool's connection sees.
 pub struct BatchWriter {
     store: Store,
+    /// Whether it keeps a connection of its own (SQLite in a file), decided once.
+    keeps: bool,
     connection: Option<sqlx::AnyConnection>,
 }
 
@@ -102,7 +104,7 @@ impl BatchWriter {
         owner: &str,
         writes: &[Write],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        if !self.store.is_sqlite_file() {
+        if !self.keeps {
             return self.store.commit_batch(owner, writes).await;
         }
         let mut connection = match self.connection.take() {
@@ -1085,6 +1087,7 @@ impl Store {
     pub fn batch_writer(&self) -> BatchWriter {
         BatchWriter {
             store: self.clone(),
+            keeps: self.is_sqlite_file(),
             connection: None,
         }
     }
