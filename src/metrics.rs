@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -10,7 +10,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Fails only on an empty list of buckets, which these are not.
+            let builder = with_buckets().unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed, in which case ours stays unused
             // and /metrics shows what ours saw: nothing. Tests run one daemon per process.
@@ -18,6 +20,33 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Upper bounds of `jabbridge_commit_seconds`' buckets: a tenth of a millisecond (SQLite's
+/// group commit) to seconds (a database in trouble).
+const COMMIT_SECONDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Upper bounds of `jabbridge_commit_writes`' buckets: one write to the committer's largest
+/// batch.
+const COMMIT_WRITES: [f64; 13] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// A builder whose histograms are Prometheus histograms with fixed buckets: a few counters
+/// each, where the exporter's default (a summary: rolling sketches of up to 32,768 bins)
+/// grows by hundreds of KiB as values spread.
+fn with_buckets() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("jabbridge_commit_seconds".into()),
+            &COMMIT_SECONDS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("jabbridge_commit_writes".into()),
+            &COMMIT_WRITES,
+        )
 }
 
 /// Drains the histograms' pending samples every few seconds, for as long as the process

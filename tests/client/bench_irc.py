@@ -1059,6 +1059,7 @@ allow_unencrypted_plain_auth = true
             await self.settle(pid)
             await asyncio.sleep(0.5)
             base = status_kib(pid, "VmRSS")
+            base_anon, base_file = status_kib(pid, "RssAnon") or 0, status_kib(pid, "RssFile") or 0
             figures["rss_before_kib"] = base
             figures["steps"] = {}
             done = 0
@@ -1073,12 +1074,18 @@ allow_unencrypted_plain_auth = true
                 cpu = cpu_seconds(before, cpu_snapshot(pid))
                 await asyncio.sleep(0.5)
                 rss = status_kib(pid, "VmRSS")
+                # Where the growth is: anonymous memory (heap, stacks) or the binary's and
+                # libraries' pages touched for the first time (RssFile, shared with nobody here).
+                anon = (status_kib(pid, "RssAnon") or 0) - base_anon
+                mapped = (status_kib(pid, "RssFile") or 0) - base_file
                 done = step
                 figures["steps"][str(step)] = dict(
                     rss_kib=rss, per_user_kib=(rss - base) / step, join_s=seconds,
+                    anon_per_user_kib=anon / step, file_per_user_kib=mapped / step,
                     join_cpu_ms_per_user=cpu * 1e3 / max(1, len(batch)))
-                log("%s: %s, %d users joined: RSS %+.0f KiB (%.1f KiB/user), joins %.2f s"
-                    % (gateway.label, phase, step, rss - base, (rss - base) / step, seconds))
+                log("%s: %s, %d users joined: RSS %+.0f KiB (%.1f KiB/user: anonymous %.1f, files %.1f), joins %.2f s"
+                    % (gateway.label, phase, step, rss - base, (rss - base) / step, anon / step,
+                       mapped / step, seconds))
             if shared and arguments.idle_seconds > 0:
                 log("%s: idle, %d users joined, %d s" % (gateway.label, done, arguments.idle_seconds))
                 before = cpu_snapshot(pid)
@@ -1223,6 +1230,12 @@ def table(results, arguments):
                 return fmt((b - a) / (high - low), 1) if a is not None and b is not None else "-"
             rows.append(("  RSS KiB per further user, %d to %d" % (low, high), {k: marginal(k) for k in keys}, ""))
         top = str(max(arguments.steps))
+
+        def split(k):
+            anon = get(results, k, phase, "steps", top, "anon_per_user_kib")
+            mapped = get(results, k, phase, "steps", top, "file_per_user_kib")
+            return "%s / %s" % (fmt(anon, 1), fmt(mapped, 1)) if anon is not None and mapped is not None else "-"
+        rows.append(("  of it at %s: anonymous / files" % top, {k: split(k) for k in keys}, ""))
         row("  %s joins took (s)" % top, (phase, "steps", top, "join_s"), 2)
         row("  gateway CPU ms per join, last step", (phase, "steps", top, "join_cpu_ms_per_user"), 2)
     # 3. IRC -> XMPP

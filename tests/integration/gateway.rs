@@ -221,6 +221,15 @@ async fn malformed_stanzas_are_answered_and_the_link_stays_up(kind: ServerKind) 
         metrics.contains("jabbridge_stanza_errors_total"),
         "{metrics}"
     );
+    // The echoed messages were committed: the group commit's histograms have buckets (fixed,
+    // a few counters), not a summary's quantiles.
+    for histogram in ["jabbridge_commit_seconds", "jabbridge_commit_writes"] {
+        assert!(
+            metrics.contains(&format!("{histogram}_bucket{{le=\"+Inf\"}}"))
+                && !metrics.contains(&format!("{histogram}{{quantile=")),
+            "{metrics}"
+        );
+    }
 }
 
 async fn two_bridges_in_one_process(kind: ServerKind) {
