@@ -592,7 +592,7 @@ pub async fn run(
     let prometheus = metrics::install();
     let upkeep = tokio::spawn(metrics::upkeep(prometheus.clone()));
     let trimmer = tokio::spawn(memory::trim());
-    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    let store = Store::connect(&config.database.url, config.database.connections()).await?;
     store.migrate().await?;
     // This process's name on the rows it holds; alive while its heartbeat is recent.
     let owner = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4());

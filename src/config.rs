@@ -91,12 +91,26 @@ pub struct DatabaseConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://user@host/db`.
     #[serde(default = "defaults::database_url")]
     pub url: SecretString,
-    /// Connections in the pool.
-    #[serde(
-        default = "defaults::max_connections",
-        deserialize_with = "number_or_string"
-    )]
-    pub max_connections: u32,
+    /// Connections in the pool; by default [`DatabaseConfig::connections`] chooses.
+    #[serde(default, deserialize_with = "some_number_or_string")]
+    pub max_connections: Option<u32>,
+}
+
+impl DatabaseConfig {
+    /// The pool's size: `max_connections` when set, else 4 on SQLite and 8 on PostgreSQL.
+    /// SQLite writes one transaction at a time (the group commit's, on its own connection)
+    /// and its reads take microseconds: readers beyond the cores wait on the same CPUs, and
+    /// each costs memory (its page cache, statements and schema, and a thread: ~150 KiB).
+    /// PostgreSQL's readers run in its own processes.
+    pub fn connections(&self) -> u32 {
+        self.max_connections.unwrap_or_else(|| {
+            if self.url.expose_secret().starts_with("sqlite:") {
+                defaults::SQLITE_CONNECTIONS
+            } else {
+                defaults::POSTGRES_CONNECTIONS
+            }
+        })
+    }
 }
 
 /// `[http]`.
@@ -409,9 +423,10 @@ mod defaults {
     pub fn database_url() -> SecretString {
         SecretString::from("sqlite://jabbridge.db")
     }
-    pub fn max_connections() -> u32 {
-        8
-    }
+    /// The pool's size on SQLite, unless `max_connections` says.
+    pub const SQLITE_CONNECTIONS: u32 = 4;
+    /// The pool's size on PostgreSQL, unless `max_connections` says.
+    pub const POSTGRES_CONNECTIONS: u32 = 8;
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
@@ -451,7 +466,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: defaults::database_url(),
-            max_connections: defaults::max_connections(),
+            max_connections: None,
         }
     }
 }
@@ -497,6 +512,16 @@ where
             .map_err(|_| serde::de::Error::custom(format!("{number} is out of range"))),
         NumberOrString::String(text) => text.trim().parse().map_err(serde::de::Error::custom),
     }
+}
+
+/// [`number_or_string`] for an optional key (with `#[serde(default)]`).
+fn some_number_or_string<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<i64>,
+    T::Err: fmt::Display,
+{
+    number_or_string(deserializer).map(Some)
 }
 
 /// A config file that cannot be used, saying where and why.
@@ -635,7 +660,7 @@ impl Config {
                 "must be sqlite://PATH or postgres://USER@HOST/DB".into(),
             ));
         }
-        if self.database.max_connections == 0 {
+        if self.database.max_connections == Some(0) {
             return Err((
                 "database.max_connections".into(),
                 "must be at least 1".into(),
@@ -853,6 +878,23 @@ secret = "s3cret"
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.database.url.expose_secret(), "sqlite://jabbridge.db");
         assert_eq!(config.bridge[0].secret.expose_secret(), "s3cret");
+    }
+
+    #[test]
+    fn the_pool_is_sized_by_engine_unless_the_file_says() {
+        let pool = |extra: &str, vars: &[(&str, &str)]| {
+            let file = write(&format!("{MINIMAL}[database]\n{extra}"));
+            Config::load_with_env(file.path(), env(vars)).map(|c| c.database.connections())
+        };
+        assert_eq!(pool("", &[]).unwrap(), 4);
+        assert_eq!(pool("url = \"postgres://jb@db/jb\"\n", &[]).unwrap(), 8);
+        assert_eq!(pool("max_connections = 2\n", &[]).unwrap(), 2);
+        let postgres = "url = \"postgres://jb@db/jb\"\nmax_connections = 3\n";
+        assert_eq!(pool(postgres, &[]).unwrap(), 3);
+        let from_env = [("JABBRIDGE_DATABASE__MAX_CONNECTIONS", "6")];
+        assert_eq!(pool("", &from_env).unwrap(), 6);
+        let refused = pool("max_connections = 0\n", &[]).unwrap_err();
+        assert_eq!(refused.key.as_deref(), Some("database.max_connections"));
     }
 
     #[test]

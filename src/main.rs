@@ -315,7 +315,7 @@ async fn execute(command: Command, config: Config, config_path: PathBuf) -> anyh
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database.url, config.database.max_connections)
+    let store = Store::connect(&config.database.url, config.database.connections())
         .await
         .context("cannot open database.url")?;
     store.migrate().await?;
