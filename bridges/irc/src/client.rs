@@ -21,8 +21,9 @@ use crate::address::{Addressing, CHANNEL_PREFIXES};
 use crate::config::Flood;
 use crate::config::Tls;
 use crate::connection::{
-    ConnectError, Connection, Registration, Target, WANTED_CAPS, WriteHalf, known_cap,
+    ConnectError, Connection, ReadHalf, Registration, Target, WANTED_CAPS, WriteHalf, known_cap,
 };
+use crate::reader::LineReader;
 use crate::state::{self, Channel, Member, Network};
 use crate::text::{self, Said};
 use crate::wire::{self, Message};
@@ -267,6 +268,36 @@ enum Done {
     Sent(oneshot::Sender<Result<(), String>>),
 }
 
+/// What [`Client::serve`] tells the user first, from [`Client::adopt`].
+struct Adopted {
+    /// The user's status line: connected, and as which account.
+    status: String,
+    /// The server's notices and MOTD, on the first connection only.
+    greeting: Option<String>,
+    /// The nick before this connection (the one asked for, or the last connection's).
+    previous: String,
+    /// Whether `previous` was still ours in the shared state.
+    still_ours: bool,
+}
+
+/// What woke a served connection up.
+enum Event {
+    /// A line from the server, the end of its stream, or a read error.
+    Line(std::io::Result<Option<crate::reader::Line>>),
+    /// The bridge stops the client.
+    Stop,
+    /// A command from the bridge; `None` once every handle is gone.
+    Command(Option<Box<Command>>),
+    /// Flood control lets queued lines go.
+    Flush,
+    /// The connection sat idle past `idle_close`, with no channel.
+    Idle,
+    /// The server said nothing for a while.
+    Silent,
+    /// Waits to expire (answers that never came).
+    Housekeeping,
+}
+
 /// Why serving a connection ended.
 enum End {
     /// The user quit (or the bridge stops, or the connection sat idle).
@@ -423,11 +454,12 @@ impl Client {
     pub async fn run(mut self: Box<Self>) {
         let mut failures: u32 = 0;
         loop {
-            let attempt = Connection::connect(
+            // Boxed: registration's state is large and lives only while connecting.
+            let attempt = Box::pin(Connection::connect(
                 &self.setup.target,
                 &self.setup.registration,
                 self.setup.connect_timeout,
-            );
+            ));
             // Commands wait while connecting, except a quit.
             let stop = self.stop.clone();
             let connected = tokio::select! {
@@ -440,7 +472,8 @@ impl Client {
                 Ok(connection) => {
                     failures = 0;
                     was_up = true;
-                    self.serve(connection).await
+                    let (writer, reader, adopted) = self.adopt(connection);
+                    self.serve(writer, reader, adopted).await
                 }
                 Err(error) => {
                     refused = matches!(error, ConnectError::Sasl(_));
@@ -702,23 +735,35 @@ impl Client {
         }
     }
 
-    /// Serves one registered connection until it ends.
-    async fn serve(&mut self, mut connection: Connection) -> End {
-        let previous = std::mem::replace(&mut self.nick, connection.nick.clone());
-        let still_ours;
-        self.caps = std::mem::take(&mut connection.caps);
+    /// Takes in a registered connection: its nick, caps, ISUPPORT and greeting into the
+    /// client, and the nick's ownership in the shared state. Returns the line halves, and
+    /// what [`Client::serve`] tells the user first. Not async: what it handles is not kept in
+    /// every connection's task while the connection is served.
+    fn adopt(&mut self, connection: Connection) -> (WriteHalf, LineReader<ReadHalf>, Adopted) {
+        let Connection {
+            reader,
+            writer,
+            nick,
+            isupport,
+            caps,
+            account,
+            server_name,
+            greeting,
+        } = connection;
+        let previous = std::mem::replace(&mut self.nick, nick);
+        self.caps = caps;
         self.batches.clear();
         self.connected_at = SystemTime::now();
-        self.account = connection.account.take();
-        self.server_name = std::mem::take(&mut connection.server_name);
+        self.account = account;
+        self.server_name = server_name;
         // What ISUPPORT says is read into the client: the map itself is not kept while the
         // connection is served (a couple of KiB per connection).
-        let isupport = std::mem::take(&mut connection.isupport);
         self.read_isupport(&isupport);
         let casemapping = isupport
             .get("CASEMAPPING")
             .map(|mapping| wire::CaseMapping::from_isupport(mapping));
         drop(isupport);
+        let still_ours;
         {
             let mut net = self.network.lock();
             if let Some(casemapping) = casemapping {
@@ -739,21 +784,41 @@ impl Client {
             Some(account) => format!("Connected to {} as {account}", self.setup.network),
             None => format!("Connected to {}", self.setup.network),
         };
+        // The server's notices and MOTD, once per connection's life, from its address; not
+        // kept while the connection is served.
+        let first = !std::mem::replace(&mut self.greeted, true);
+        let greeting = (first && !greeting.is_empty()).then(|| {
+            let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
+            text.join("\n")
+        });
+        let adopted = Adopted {
+            status,
+            greeting,
+            previous,
+            still_ours,
+        };
+        (writer, reader, adopted)
+    }
+
+    /// Serves one registered connection (its halves, from [`Client::adopt`]) until it ends.
+    async fn serve(
+        &mut self,
+        mut writer: WriteHalf,
+        mut reader: LineReader<ReadHalf>,
+        adopted: Adopted,
+    ) -> End {
+        let Adopted {
+            status,
+            greeting,
+            previous,
+            still_ours,
+        } = adopted;
         let _ = self
             .core
             .set_status(self.user.clone(), UserStatus::Connected(Some(status)))
             .await;
-        // The server's notices and MOTD, once per connection's life, from its address; not
-        // kept while the connection is served.
-        let greeting = std::mem::take(&mut connection.greeting);
-        let first = !std::mem::replace(&mut self.greeted, true);
-        let said = (first && !greeting.is_empty()).then(|| {
-            let text: Vec<String> = greeting.iter().map(|line| text::from_irc(line)).collect();
-            text.join("\n")
-        });
-        drop(greeting);
-        if let Some(said) = said {
-            self.server_says_plain(&said).await;
+        if let Some(greeting) = greeting {
+            self.server_says_plain(&greeting).await;
         }
         if let Some((services, password)) = self.setup.identify.clone()
             && self.account.is_none()
@@ -789,8 +854,6 @@ impl Client {
         if let Some(held) = self.held.take() {
             self.on_command(*held);
         }
-        let mut writer = connection.writer;
-        let mut reader = connection.reader;
         let stop = self.stop.clone();
         let mut last_read = Instant::now();
         let mut pinged = false;
@@ -803,8 +866,20 @@ impl Client {
             let housekeeping = self
                 .oldest_wait()
                 .map(|since| tokio::time::Instant::from_std(since + ANSWER_TIMEOUT));
-            tokio::select! {
-                line = reader.next_line() => {
+            // The select only says what happened; it is handled after it, once its futures
+            // are dropped: handlers' awaits (reading the server out after a QUIT, say) would
+            // otherwise sit beside them in every connection's task.
+            let event = tokio::select! {
+                line = reader.next_line() => Event::Line(line),
+                () = stop.notified() => Event::Stop,
+                command = self.commands.recv() => Event::Command(command),
+                () = sleep_until(next_flush) => Event::Flush,
+                () = tokio::time::sleep_until(idle_until), if idle => Event::Idle,
+                () = tokio::time::sleep_until(silent_until) => Event::Silent,
+                () = sleep_until(housekeeping) => Event::Housekeeping,
+            };
+            match event {
+                Event::Line(line) => {
                     last_read = Instant::now();
                     pinged = false;
                     let message = match line {
@@ -828,35 +903,31 @@ impl Client {
                         let reason = message.params.last().cloned().unwrap_or_default();
                         return End::Lost(format!("the server said: {reason}"));
                     }
-                    self.on_message(message).await;
+                    // Boxed: the handlers of every kind of line together are the largest
+                    // state here, and would size every connection's task (~1.1 KiB each).
+                    Box::pin(self.on_message(message)).await;
                 }
-                () = stop.notified() => {
+                Event::Stop | Event::Command(None) => {
                     self.quit(&mut writer).await;
-                    self.read_out(&mut reader).await;
+                    // Rare and large: boxed, so that it does not size every task.
+                    Box::pin(self.read_out(&mut reader)).await;
                     return End::Quit;
                 }
-                command = self.commands.recv() => match command {
-                    None => {
+                Event::Command(Some(command)) => match *command {
+                    Command::Reconnect { reply } => {
+                        let _ = reply.send(());
                         self.quit(&mut writer).await;
-                        self.read_out(&mut reader).await;
-                        return End::Quit;
+                        Box::pin(self.read_out(&mut reader)).await;
+                        return End::Lost("reconnecting, as you asked".into());
                     }
-                    Some(command) => match *command {
-                        Command::Reconnect { reply } => {
-                            let _ = reply.send(());
-                            self.quit(&mut writer).await;
-                            self.read_out(&mut reader).await;
-                            return End::Lost("reconnecting, as you asked".into());
-                        }
-                        command => self.on_command(command),
-                    },
+                    command => self.on_command(command),
                 },
-                () = sleep_until(next_flush) => {}
-                () = tokio::time::sleep_until(idle_until), if idle => {
+                Event::Flush => {}
+                Event::Idle => {
                     self.quit(&mut writer).await;
                     return End::Quit;
                 }
-                () = tokio::time::sleep_until(silent_until) => {
+                Event::Silent => {
                     if pinged {
                         return End::Lost(format!(
                             "the server said nothing for {} s",
@@ -870,7 +941,7 @@ impl Client {
                         return End::Lost(error.to_string());
                     }
                 }
-                () = sleep_until(housekeeping) => self.expire().await,
+                Event::Housekeeping => self.expire().await,
             }
             if let Err(error) = self.flush(&mut writer).await {
                 return End::Lost(error.to_string());
@@ -896,10 +967,7 @@ impl Client {
     /// After our `QUIT`: the lines the server sent before it handled it are still this
     /// connection's to report (it may hold a channel's hand up to its QUIT), up to the
     /// server's `ERROR` or the end, for at most 2 s.
-    async fn read_out(
-        &mut self,
-        reader: &mut crate::reader::LineReader<crate::connection::ReadHalf>,
-    ) {
+    async fn read_out(&mut self, reader: &mut LineReader<ReadHalf>) {
         let until = tokio::time::Instant::now() + Duration::from_secs(2);
         while let Ok(Ok(Some(line))) = tokio::time::timeout_at(until, reader.next_line()).await {
             let Ok(message) = wire::parse(&line.text) else {

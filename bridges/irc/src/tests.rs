@@ -1206,5 +1206,7 @@ fn a_connections_task_stays_small() {
     let task = std::mem::size_of_val(&future) + std::mem::size_of::<Client>();
     // 8,448 bytes when the reader kept a 4 KiB chunk on the task's stack; 4,856 when the
     // client was kept twice in the future (as argument and as local).
-    assert!(task <= 4 * 1024, "{task} bytes");
+    // 2,664 + 1,424 while `serve` took the whole `Connection` (kept twice: as argument and
+    // as local) and every line's handlers sat in the task beside the select's futures.
+    assert!(task <= 3 * 1024, "{task} bytes");
 }
