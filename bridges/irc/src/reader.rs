@@ -10,8 +10,15 @@ use crate::wire::{MAX_INCOMING, decode};
 /// Bytes asked of the socket at once, at most.
 const CHUNK: usize = 4096;
 
-/// Bytes asked of the socket at least: an idle connection keeps a buffer this small.
+/// A read this large means lines come fast: the buffer keeps its room.
 const SMALL: usize = 512;
+
+thread_local! {
+    /// Where a calm connection's reads land first, copied out at once: a connection waiting
+    /// for its next line holds no buffer of its own (a gateway has thousands waiting).
+    static SCRATCH: std::cell::RefCell<Box<[u8; CHUNK]>> =
+        std::cell::RefCell::new(Box::new([0; CHUNK]));
+}
 
 /// One line as read, decoded ([`decode`]: UTF-8, else Latin-1), without its CR LF.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,26 +88,24 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 }
                 continue;
             }
-            // Read straight into the buffer (no chunk on the task's stack): room for a
-            // small read at least, a larger one when lines come fast.
-            if self.buffer.is_empty() && self.buffer.capacity() > SMALL && !self.busy {
-                // A burst is over: give its memory back (an idle connection, of which a
-                // gateway has thousands, waits with a small buffer).
-                self.buffer.shrink_to(SMALL);
-            }
-            if self.buffer.capacity() - self.buffer.len() < SMALL {
-                let more = if self.buffer.is_empty() && !self.busy {
-                    SMALL
-                } else {
-                    CHUNK
-                };
-                self.buffer.reserve_exact(more);
-            }
-            let room = self.buffer.capacity() - self.buffer.len();
-            let read = (&mut self.inner)
-                .take(CHUNK as u64)
-                .read_buf(&mut self.buffer)
-                .await?;
+            let (read, room) = if self.buffer.is_empty() && !self.busy {
+                // A burst is over, or the connection is calm: its memory goes back, and the
+                // next read lands in the thread's scratch, copied into a buffer just its size.
+                self.buffer = Vec::new();
+                (self.read_calm().await?, CHUNK)
+            } else {
+                // Lines come fast, or a line is unfinished: read straight into the buffer
+                // (no chunk on the task's stack), with room for a chunk.
+                if self.buffer.capacity() - self.buffer.len() < SMALL {
+                    self.buffer.reserve_exact(CHUNK);
+                }
+                let room = self.buffer.capacity() - self.buffer.len();
+                let read = (&mut self.inner)
+                    .take(CHUNK as u64)
+                    .read_buf(&mut self.buffer)
+                    .await?;
+                (read, room)
+            };
             self.busy = read >= SMALL || read == room;
             if read == 0 {
                 let last = std::mem::take(&mut self.buffer);
@@ -110,6 +115,26 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return Ok(finish(&last, false));
             }
         }
+    }
+
+    /// One read into the thread's scratch, its bytes appended to the (empty) buffer.
+    async fn read_calm(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            // Borrowed only within this poll, which calls nothing that reads lines: never
+            // borrowed twice.
+            SCRATCH.with_borrow_mut(|scratch| {
+                let mut landed = tokio::io::ReadBuf::new(&mut scratch[..]);
+                match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut landed) {
+                    std::task::Poll::Ready(Ok(())) => {
+                        self.buffer.extend_from_slice(landed.filled());
+                        std::task::Poll::Ready(Ok(landed.filled().len()))
+                    }
+                    std::task::Poll::Ready(Err(error)) => std::task::Poll::Ready(Err(error)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+        })
+        .await
     }
 
     /// How many bytes the reader holds now (for tests of its bound).
@@ -219,11 +244,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(reader.next_line().await.unwrap(), Some(plain("PING calm")));
-        // Waiting for the next line, the reader holds a small buffer only.
+        // Waiting for the next line, the reader holds no buffer.
         let waited =
             tokio::time::timeout(std::time::Duration::from_millis(20), reader.next_line()).await;
         assert!(waited.is_err());
-        assert!(reader.buffered() <= SMALL, "{}", reader.buffered());
+        assert_eq!(reader.buffered(), 0);
+        // And the next lines still come, a partial one completed by a later read.
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"PING one\r\nPING tw")
+            .await
+            .unwrap();
+        assert_eq!(reader.next_line().await.unwrap(), Some(plain("PING one")));
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"o\r\n")
+            .await
+            .unwrap();
+        assert_eq!(reader.next_line().await.unwrap(), Some(plain("PING two")));
     }
 
     proptest! {

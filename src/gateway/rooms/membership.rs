@@ -197,7 +197,7 @@ pub(super) fn admit(
     }
     let member = state.members.entry(user.to_owned()).or_insert(Member {
         nick: joined.nick.clone(),
-        resources: BTreeSet::new(),
+        resources: Resources::default(),
         generation: 0,
     });
     member.nick = joined.nick.clone();

@@ -129,9 +129,62 @@ struct Previously {
 struct Member {
     nick: String,
     /// Their joined resources; empty while the grace period after the last one left runs.
-    resources: BTreeSet<String>,
+    resources: Resources,
     /// Bumped whenever a resource joins, so that a grace timer started earlier does nothing.
     generation: u64,
+}
+
+/// A member's joined resources, in the order they joined: nearly always one, so a short
+/// list rather than a tree (a B-tree's first node alone is ~300 bytes, per member).
+#[derive(Default)]
+struct Resources(Vec<String>);
+
+impl Resources {
+    /// Adds `resource` unless it is there.
+    fn insert(&mut self, resource: String) {
+        if !self.contains(&resource) {
+            self.0.push(resource);
+        }
+    }
+
+    /// Takes `resource` out; whether it was there.
+    fn remove(&mut self, resource: &str) -> bool {
+        let found = self.0.iter().position(|joined| joined == resource);
+        if let Some(at) = found {
+            self.0.remove(at);
+        }
+        found.is_some()
+    }
+
+    fn contains(&self, resource: &str) -> bool {
+        self.0.iter().any(|joined| joined == resource)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Resources {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for Resources {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 /// Who posted a message that is being reflected.
