@@ -419,7 +419,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("[xmpp]");
     }
     if old.database.url.expose_secret() != new.database.url.expose_secret()
-        || old.database.max_connections != new.database.max_connections
+        || old.database.connections() != new.database.connections()
     {
         changed.push("[database]");
     }
