@@ -22,6 +22,11 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// The group commit's time per transaction, a histogram.
+const COMMIT_SECONDS_NAME: &str = "jabbridge_commit_seconds";
+/// The group commit's writes per transaction, a histogram.
+const COMMIT_WRITES_NAME: &str = "jabbridge_commit_writes";
+
 /// Upper bounds of `jabbridge_commit_seconds`' buckets: a tenth of a millisecond (SQLite's
 /// group commit) to seconds (a database in trouble).
 const COMMIT_SECONDS: [f64; 14] = [
@@ -39,14 +44,8 @@ const COMMIT_WRITES: [f64; 13] = [
 /// grows by hundreds of KiB as values spread.
 fn with_buckets() -> Result<PrometheusBuilder, BuildError> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("jabbridge_commit_seconds".into()),
-            &COMMIT_SECONDS,
-        )?
-        .set_buckets_for_metric(
-            Matcher::Full("jabbridge_commit_writes".into()),
-            &COMMIT_WRITES,
-        )
+        .set_buckets_for_metric(Matcher::Full(COMMIT_SECONDS_NAME.into()), &COMMIT_SECONDS)?
+        .set_buckets_for_metric(Matcher::Full(COMMIT_WRITES_NAME.into()), &COMMIT_WRITES)
 }
 
 /// Drains the histograms' pending samples every few seconds, for as long as the process
@@ -135,8 +134,8 @@ pub fn handed_off(bridge: &str) {
 
 /// A batch of writes was committed (or failed) in one transaction.
 pub fn commit(writes: usize, took: std::time::Duration) {
-    metrics::histogram!("jabbridge_commit_writes").record(writes as f64);
-    metrics::histogram!("jabbridge_commit_seconds").record(took.as_secs_f64());
+    metrics::histogram!(COMMIT_WRITES_NAME).record(writes as f64);
+    metrics::histogram!(COMMIT_SECONDS_NAME).record(took.as_secs_f64());
 }
 
 /// A call into the bridge ran past `call_timeout`.
