@@ -186,19 +186,21 @@ pub(super) fn admit(
     state.occupants = joined
         .occupants
         .into_iter()
-        .map(|occupant| (occupant.nick.clone(), occupant))
+        .map(|occupant| (occupant.nick.clone(), Box::new(occupant)))
         .collect();
     state
         .occupants
         .entry(joined.nick.clone())
-        .or_insert_with(|| Occupant::new(joined.nick.clone()));
+        .or_insert_with(|| Box::new(Occupant::new(joined.nick.clone())));
     if joined.subject.is_some() {
         state.subject = joined.subject;
     }
-    let member = state.members.entry(user.to_owned()).or_insert(Member {
-        nick: joined.nick.clone(),
-        resources: Resources::default(),
-        generation: 0,
+    let member = state.members.entry(user.to_owned()).or_insert_with(|| {
+        Box::new(Member {
+            nick: joined.nick.clone(),
+            resources: Resources::default(),
+            generation: 0,
+        })
     });
     member.nick = joined.nick.clone();
     member.resources.insert(resource.to_owned());
@@ -272,8 +274,7 @@ pub(super) async fn resync(
         let own = state
             .occupants
             .get(&member.nick)
-            .cloned()
-            .unwrap_or_else(|| Occupant::new(member.nick.clone()));
+            .map_or_else(|| Occupant::new(member.nick.clone()), |own| (**own).clone());
         let renamed = [status::SELF, status::NICK_ASSIGNED];
         let statuses: &[u16] = if asked == member.nick {
             &renamed[..1]
@@ -360,8 +361,7 @@ pub(super) async fn leave(gateway: &Gateway, room: &RoomId, user: &str, resource
         let own = state
             .occupants
             .get(&member.nick)
-            .cloned()
-            .unwrap_or_else(|| Occupant::new(member.nick.clone()));
+            .map_or_else(|| Occupant::new(member.nick.clone()), |own| (**own).clone());
         (own, member.resources.is_empty(), member.generation)
     };
     let (own, last, generation) = left;

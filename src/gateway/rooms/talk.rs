@@ -1151,10 +1151,10 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
             RoomEvent::Occupant(occupant) => {
                 let known = state
                     .occupants
-                    .insert(occupant.nick.clone(), occupant.clone());
+                    .insert(occupant.nick.clone(), Box::new(occupant.clone()));
                 // Nothing changed (a network repeating what it said): nothing to show. A
                 // client may take a second self-presence for an error and bounce it.
-                let unchanged = known.as_ref() == Some(&occupant);
+                let unchanged = known.as_deref() == Some(&occupant);
                 for (_, nick, to) in everyone.iter().filter(|_| !unchanged) {
                     let own = *nick == occupant.nick;
                     if own && known.is_none() {
@@ -1179,7 +1179,7 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                 let mut occupant = state
                     .occupants
                     .remove(&old)
-                    .unwrap_or_else(|| Occupant::new(old.clone()));
+                    .unwrap_or_else(|| Box::new(Occupant::new(old.clone())));
                 for (user, member_nick, to) in &everyone {
                     let own = *member_nick == old;
                     if own {
@@ -1325,7 +1325,7 @@ pub(super) fn remove_occupant(
     let occupant = state
         .occupants
         .remove(gone.nick)
-        .unwrap_or_else(|| Occupant::new(gone.nick));
+        .unwrap_or_else(|| Box::new(Occupant::new(gone.nick)));
     let mut removed = Vec::new();
     for (user, nick, to) in recipients(state) {
         let own = nick == gone.nick;
