@@ -15,7 +15,7 @@ use jabbridge_sdk::{
     RoomListing, RoomMessage, SendError, Subject, UserJid, UserStatus,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::address::{Addressing, CHANNEL_PREFIXES};
 use crate::config::Flood;
@@ -23,6 +23,7 @@ use crate::config::Tls;
 use crate::connection::{
     ConnectError, Connection, ReadHalf, Registration, Target, WANTED_CAPS, WriteHalf, known_cap,
 };
+use crate::mailbox;
 use crate::reader::LineReader;
 use crate::state::{self, Channel, Member, Network};
 use crate::text::{self, Said};
@@ -337,7 +338,7 @@ pub struct Client {
     core: Core,
     up: Arc<std::sync::atomic::AtomicBool>,
     stop: Arc<tokio::sync::Notify>,
-    commands: mpsc::Receiver<Box<Command>>,
+    commands: mailbox::Receiver<Box<Command>>,
     /// The nick the server gave us.
     nick: String,
     caps: BTreeSet<&'static str>,
@@ -398,7 +399,7 @@ impl Client {
         network: Arc<Network>,
         core: Core,
     ) -> (Self, state::ClientHandle) {
-        let (sender, commands) = mpsc::channel(256);
+        let (sender, commands) = mailbox::channel();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = Arc::new(tokio::sync::Notify::new());
         let handle = state::ClientHandle {

@@ -18,6 +18,7 @@ pub mod address;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod mailbox;
 pub mod reader;
 pub mod settings;
 pub mod state;

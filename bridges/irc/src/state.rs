@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use jabbridge_sdk::{Affiliation, ForeignId, Occupant, Role, RoomId, Subject, UserJid};
-use tokio::sync::mpsc;
 
 use crate::client::Command;
+use crate::mailbox;
 use crate::wire::CaseMapping;
 
 /// The most members kept per channel: a hostile server's endless NAMES costs this much.
@@ -183,9 +183,9 @@ impl Channel {
 /// A user's connection to the server, as the others see it.
 #[derive(Debug, Clone)]
 pub struct ClientHandle {
-    /// Where its commands go, boxed: the channel's slots are allocated 32 at a time per
-    /// connection, so a small slot keeps an idle connection small.
-    pub commands: mpsc::Sender<Box<Command>>,
+    /// Where its commands go, boxed: a queued command's slot stays allocated while the
+    /// connection lives, so a small slot keeps an idle connection small.
+    pub commands: mailbox::Sender<Box<Command>>,
     /// Whether it is registered with the server now.
     pub up: Arc<AtomicBool>,
     /// Tells it to quit.
@@ -475,7 +475,7 @@ mod tests {
         let users = ["r", "h", "t"].map(|name| UserJid::new(format!("{name}@localhost")));
         let mut shared = Shared::default();
         for (user, nick) in users.iter().zip(["r", "h", "t"]) {
-            let (commands, _) = mpsc::channel(1);
+            let (commands, _) = crate::mailbox::channel();
             shared.clients.insert(
                 user.clone(),
                 ClientHandle {
