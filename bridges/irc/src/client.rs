@@ -289,7 +289,7 @@ enum Event {
     Stop,
     /// A command from the bridge; `None` once every handle is gone.
     Command(Option<Box<Command>>),
-    /// Flood control lets queued lines go.
+    /// Flood control lets queued lines go (or a deadline moved later: nothing is due).
     Flush,
     /// The connection sat idle past `idle_close`, with no channel.
     Idle,
@@ -463,23 +463,30 @@ impl Client {
             ));
             // Commands wait while connecting, except a quit.
             let stop = self.stop.clone();
-            let connected = tokio::select! {
-                connected = attempt => connected,
-                () = stop.notified() => break,
-            };
             let mut refused = false;
             let mut was_up = false;
-            let end = match connected {
-                Ok(connection) => {
+            // Taken apart in a scope of its own: the registered connection (~240 bytes) is
+            // not kept in the task while it is served.
+            let adopted = {
+                let connected = tokio::select! {
+                    connected = attempt => connected,
+                    () = stop.notified() => break,
+                };
+                match connected {
+                    Ok(connection) => Ok(self.adopt(connection)),
+                    Err(error) => {
+                        refused = matches!(error, ConnectError::Sasl(_));
+                        Err(error.to_string())
+                    }
+                }
+            };
+            let end = match adopted {
+                Ok((writer, reader, adopted)) => {
                     failures = 0;
                     was_up = true;
-                    let (writer, reader, adopted) = self.adopt(connection);
                     self.serve(writer, reader, adopted).await
                 }
-                Err(error) => {
-                    refused = matches!(error, ConnectError::Sasl(_));
-                    End::Lost(error.to_string())
-                }
+                Err(reason) => End::Lost(reason),
             };
             let reason = match end {
                 End::Quit => break,
@@ -818,8 +825,9 @@ impl Client {
             .core
             .set_status(self.user.clone(), UserStatus::Connected(Some(status)))
             .await;
+        // Boxed, here and below: once per connection, and as large as the rest of `serve`.
         if let Some(greeting) = greeting {
-            self.server_says_plain(&greeting).await;
+            Box::pin(self.server_says_plain(&greeting)).await;
         }
         if let Some((services, password)) = self.setup.identify.clone()
             && self.account.is_none()
@@ -839,7 +847,7 @@ impl Client {
         if !self.channels.is_empty() {
             // A reconnection: the user keeps their rooms, under the nick they have now.
             if previous != self.nick {
-                self.renamed_self(&previous, Some(still_ours)).await;
+                Box::pin(self.renamed_self(&previous, Some(still_ours))).await;
             }
             let channels: Vec<_> = self
                 .channels
@@ -858,6 +866,14 @@ impl Client {
         let stop = self.stop.clone();
         let mut last_read = Instant::now();
         let mut pinged = false;
+        // One timer for every deadline below (flood control, idleness, silence, answers
+        // that never came), set to the earliest: a timer is ~100 bytes of every
+        // connection's task, and registering one costs a lock on the timer wheel, four per
+        // line and per command before. It is moved only to an earlier deadline or once it
+        // fired: a deadline that moved later (silence, at every line) is looked at again
+        // when the timer fires early.
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
         loop {
             let next_flush = self.next_flush();
             let idle = self.channels.is_empty() && self.pending_joins.is_empty();
@@ -867,6 +883,13 @@ impl Client {
             let housekeeping = self
                 .oldest_wait()
                 .map(|since| tokio::time::Instant::from_std(since + ANSWER_TIMEOUT));
+            let wake = [next_flush, idle.then_some(idle_until), housekeeping]
+                .into_iter()
+                .flatten()
+                .fold(silent_until, std::cmp::min);
+            if timer.is_elapsed() || wake < timer.deadline() {
+                timer.as_mut().reset(wake);
+            }
             // The select only says what happened; it is handled after it, once its futures
             // are dropped: handlers' awaits (reading the server out after a QUIT, say) would
             // otherwise sit beside them in every connection's task.
@@ -874,10 +897,19 @@ impl Client {
                 line = reader.next_line() => Event::Line(line),
                 () = stop.notified() => Event::Stop,
                 command = self.commands.recv() => Event::Command(command),
-                () = sleep_until(next_flush) => Event::Flush,
-                () = tokio::time::sleep_until(idle_until), if idle => Event::Idle,
-                () = tokio::time::sleep_until(silent_until) => Event::Silent,
-                () = sleep_until(housekeeping) => Event::Housekeeping,
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if now >= silent_until {
+                        Event::Silent
+                    } else if idle && now >= idle_until {
+                        Event::Idle
+                    } else if housekeeping.is_some_and(|at| at <= now) {
+                        Event::Housekeeping
+                    } else {
+                        // Flood control lets lines go, or a deadline moved later.
+                        Event::Flush
+                    }
+                }
             };
             match event {
                 Event::Line(line) => {
@@ -942,7 +974,8 @@ impl Client {
                         return End::Lost(error.to_string());
                     }
                 }
-                Event::Housekeeping => self.expire().await,
+                // Rare, and the largest await here: boxed.
+                Event::Housekeeping => Box::pin(self.expire()).await,
             }
             if let Err(error) = self.flush(&mut writer).await {
                 return End::Lost(error.to_string());
@@ -2901,14 +2934,6 @@ fn fail(done: Option<Done>, reason: &str) {
             let _ = reply.send(Err(reason.to_owned()));
         }
         None => {}
-    }
-}
-
-/// Sleeps until `at`, or forever when `None`.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
