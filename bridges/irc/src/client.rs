@@ -2047,7 +2047,7 @@ impl Client {
                 realname,
                 ..Member::new(&self.nick)
             };
-            entry.members.insert(own_nick.clone(), own);
+            entry.members.insert(own_nick.clone(), Box::new(own));
             if !entry.users.contains(&self.user) {
                 entry.users.push(self.user.clone());
             }
@@ -2079,7 +2079,7 @@ impl Client {
             ..Member::new(nick)
         };
         let occupant = member.occupant();
-        channel.members.insert(folded_nick, member);
+        channel.members.insert(folded_nick, Box::new(member));
         Some((channel.room.clone(), occupant))
     }
 
@@ -2274,7 +2274,7 @@ impl Client {
                     } else {
                         None
                     };
-                    let mut member = moved.unwrap_or_else(|| Member::new(old));
+                    let mut member = moved.unwrap_or_else(|| Box::new(Member::new(old)));
                     member.nick.clone_from(&self.nick);
                     channel.members.insert(new_folded.clone(), member);
                     Some(channel.room.clone())
@@ -2451,9 +2451,9 @@ impl Client {
                 return;
             };
             if let Some(listed) = listed {
-                let mut members: HashMap<String, Member> = listed
+                let mut members: HashMap<String, Box<Member>> = listed
                     .into_iter()
-                    .map(|member| (casemapping.fold(&member.nick), member))
+                    .map(|member| (casemapping.fold(&member.nick), Box::new(member)))
                     .collect();
                 // Accounts known from joins stay known.
                 for (nick, member) in &mut members {
@@ -2591,7 +2591,7 @@ impl Client {
                 let sender = channel
                     .members
                     .get(&net.fold(nick))
-                    .map(Member::occupant)
+                    .map(|member| member.occupant())
                     .map_or_else(|| ForeignId::new(format!("nick:{nick}")), |o| o.id);
                 let sender = match message.tag("account") {
                     Some(account) if !account.is_empty() => {
