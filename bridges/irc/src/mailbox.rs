@@ -66,8 +66,7 @@ pub enum Refused<T> {
 impl<T> Sender<T> {
     /// Queues `item`, waiting while the mailbox is full; hands it back if the receiver is
     /// gone.
-    pub async fn send(&self, item: T) -> Result<(), T> {
-        let mut item = item;
+    pub async fn send(&self, mut item: T) -> Result<(), T> {
         loop {
             let room = self.0.room.notified();
             tokio::pin!(room);
