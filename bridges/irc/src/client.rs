@@ -4,9 +4,9 @@
 //! another user), and turns what the server says into room events and messages for the
 //! core, for the channels it reports ([`crate::state`]) and for itself.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
@@ -21,11 +21,12 @@ use crate::address::{Addressing, CHANNEL_PREFIXES};
 use crate::config::Flood;
 use crate::config::Tls;
 use crate::connection::{
-    ConnectError, Connection, ReadHalf, Registration, Target, WANTED_CAPS, WriteHalf, known_cap,
+    Caps, ClientAuth, ConnectError, Connection, ReadHalf, Registration, Target, WANTED_CAPS,
+    WriteHalf,
 };
 use crate::mailbox;
 use crate::reader::LineReader;
-use crate::state::{self, Channel, Member, Network};
+use crate::state::{self, Channel, Member, Network, ServerTraits};
 use crate::text::{self, Said};
 use crate::wire::{self, Message};
 
@@ -153,15 +154,15 @@ async fn write(writer: &mut WriteHalf, bytes: &[u8]) -> std::io::Result<()> {
         })?
 }
 
-/// How a connection is set up and paced.
-#[derive(Debug, Clone)]
-pub struct Setup {
+/// How every connection to one network is made and paced: built once per network and
+/// shared by its users' connections (a copy per user cost ~0.4 KiB of each one's task and
+/// a handful of strings).
+#[derive(Debug)]
+pub struct Reach {
     /// The network's configured name.
     pub network: String,
-    /// Where to connect.
+    /// Where to connect (without a client certificate: those are the user's).
     pub target: Target,
-    /// Who to register as.
-    pub registration: Registration,
     /// Flood control.
     pub flood: Flood,
     /// How long registration may take.
@@ -172,6 +173,17 @@ pub struct Setup {
     pub idle_close: Duration,
     /// How addresses are written.
     pub addressing: Addressing,
+}
+
+/// How one user's connection to a network is set up.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The network's part, shared.
+    pub reach: Arc<Reach>,
+    /// The user's client certificate (SASL EXTERNAL), if any.
+    pub certificate: Option<Arc<ClientAuth>>,
+    /// Who to register as.
+    pub registration: Registration,
     /// Where the user's NickServ password goes and the password, sent after registration
     /// when SASL did not log in.
     pub identify: Option<(String, SecretString)>,
@@ -180,6 +192,135 @@ pub struct Setup {
     /// Whether the user chose the nick in their settings (else it came from a join or the
     /// network's template, and a new setup keeps the one in use).
     pub nick_chosen: bool,
+}
+
+/// Connects and registers as `setup` says: to the network's target, with the user's
+/// certificate where they have one.
+async fn connect(setup: &Setup) -> Result<Connection, ConnectError> {
+    let reach = &setup.reach;
+    let own;
+    let target = match &setup.certificate {
+        Some(certificate) => {
+            own = Target {
+                client: Some(certificate.clone()),
+                ..reach.target.clone()
+            };
+            &own
+        }
+        None => &reach.target,
+    };
+    Connection::connect(target, &setup.registration, reach.connect_timeout).await
+}
+
+/// The channels a connection is in, folded → as spelled: a short list, exactly as long as
+/// it needs (a user is in a few; a hash map's smallest table has four slots, ~220 bytes).
+#[derive(Debug, Default)]
+struct InChannels(Vec<(String, Option<String>)>);
+
+impl InChannels {
+    fn position(&self, folded: &str) -> Option<usize> {
+        self.0.iter().position(|(key, _)| key == folded)
+    }
+
+    fn contains_key(&self, folded: &str) -> bool {
+        self.position(folded).is_some()
+    }
+
+    /// The channel's name as spelled.
+    fn get(&self, folded: &str) -> Option<&String> {
+        self.position(folded).map(|at| {
+            let (key, spelled) = &self.0[at];
+            spelled.as_ref().unwrap_or(key)
+        })
+    }
+
+    fn insert(&mut self, folded: String, spelled: String) {
+        let spelled = (spelled != folded).then_some(spelled);
+        match self.position(&folded) {
+            Some(at) => self.0[at].1 = spelled,
+            None => {
+                self.0.reserve_exact(1);
+                self.0.push((folded, spelled));
+            }
+        }
+    }
+
+    /// Forgets the channel; returns its name as spelled, if it was there.
+    fn remove(&mut self, folded: &str) -> Option<String> {
+        let (key, spelled) = self.0.swap_remove(self.position(folded)?);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(spelled.unwrap_or(key))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(key, _)| key)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &String> {
+        self.0
+            .iter()
+            .map(|(key, spelled)| spelled.as_ref().unwrap_or(key))
+    }
+
+    /// Folded → as spelled.
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0
+            .iter()
+            .map(|(key, spelled)| (key, spelled.as_ref().unwrap_or(key)))
+    }
+
+    fn into_keys(self) -> impl Iterator<Item = String> {
+        self.0.into_iter().map(|(key, _)| key)
+    }
+}
+
+/// What a connection assumes of a server before one registered: one copy for all.
+static UNKNOWN_SERVER: LazyLock<Arc<ServerTraits>> = LazyLock::new(Arc::default);
+
+/// What the server named `name` says of itself in `isupport`, with the defaults where it
+/// says nothing.
+fn server_traits(name: String, isupport: &HashMap<String, String>) -> ServerTraits {
+    let defaults = ServerTraits::default();
+    ServerTraits {
+        name,
+        prefix_modes: state::prefix_modes(isupport.get("PREFIX").map(String::as_str)),
+        chanmodes: match isupport.get("CHANMODES") {
+            Some(modes) => {
+                let mut lists = modes.split(',').map(str::to_owned);
+                std::array::from_fn(|_| lists.next().unwrap_or_default())
+            }
+            None => ["beI".into(), "k".into(), "l".into(), "imnpst".into()],
+        },
+        chantypes: isupport
+            .get("CHANTYPES")
+            .cloned()
+            .unwrap_or(defaults.chantypes),
+        statusmsg: isupport
+            .get("STATUSMSG")
+            .cloned()
+            .unwrap_or(defaults.statusmsg),
+        channellen: isupport
+            .get("CHANNELLEN")
+            .and_then(|value| value.parse().ok())
+            .filter(|&longest: &usize| longest > 0),
+        // 0: no maximum.
+        history_max: isupport
+            .get("CHATHISTORY")
+            .and_then(|value| value.parse::<u32>().ok())
+            .map(|most| {
+                if most == 0 {
+                    HISTORY_ON_JOIN
+                } else {
+                    most.min(HISTORY_ON_JOIN)
+                }
+            }),
+    }
 }
 
 /// A join waiting for the server's answer.
@@ -341,28 +482,18 @@ pub struct Client {
     commands: mailbox::Receiver<Box<Command>>,
     /// The nick the server gave us.
     nick: String,
-    caps: BTreeSet<&'static str>,
+    caps: Caps,
     account: Option<String>,
-    server_name: String,
+    /// The server's name and ISUPPORT, shared with the other connections to it.
+    server: Arc<ServerTraits>,
     /// Whether the user got the server's greeting (MOTD) already.
     greeted: bool,
-    /// ISUPPORT's PREFIX: the modes and their symbols.
-    prefix_modes: (String, String),
-    /// ISUPPORT's CHANMODES: the four lists.
-    chanmodes: [String; 4],
-    chantypes: String,
-    /// ISUPPORT's STATUSMSG: the prefixes of a message to a channel's ops or voiced.
-    statusmsg: String,
-    /// ISUPPORT's CHANNELLEN: the longest channel name, when the server says.
-    channellen: Option<usize>,
-    /// How many lines one `CHATHISTORY` may ask for (ISUPPORT), where the server has it.
-    history_max: Option<u32>,
     /// The batches we read open now, by reference.
     batches: HashMap<String, Batch>,
     /// A read of a channel's older lines, waiting for the server.
     fetching: Option<Box<Fetch>>,
     /// Channels we are in (or rejoining), folded → as spelled.
-    channels: HashMap<String, String>,
+    channels: InChannels,
     /// Channels being rejoined after a reconnection.
     rejoining: HashMap<String, Instant>,
     /// Channels we asked to leave.
@@ -408,7 +539,7 @@ impl Client {
             stop: stop.clone(),
         };
         let nick = setup.registration.nick.clone();
-        let burst = f64::from(setup.flood.burst);
+        let burst = f64::from(setup.reach.flood.burst);
         let client = Self {
             user,
             setup,
@@ -418,19 +549,13 @@ impl Client {
             stop,
             commands,
             nick,
-            caps: BTreeSet::new(),
+            caps: Caps::default(),
             account: None,
-            server_name: String::new(),
+            server: UNKNOWN_SERVER.clone(),
             greeted: false,
-            prefix_modes: state::prefix_modes(None),
-            chanmodes: Default::default(),
-            chantypes: "#&".into(),
-            statusmsg: "@+".into(),
-            channellen: None,
-            history_max: None,
             batches: HashMap::new(),
             fetching: None,
-            channels: HashMap::new(),
+            channels: InChannels::default(),
             rejoining: HashMap::new(),
             parting: HashSet::new(),
             pending_joins: HashMap::new(),
@@ -456,11 +581,7 @@ impl Client {
         let mut failures: u32 = 0;
         loop {
             // Boxed: registration's state is large and lives only while connecting.
-            let attempt = Box::pin(Connection::connect(
-                &self.setup.target,
-                &self.setup.registration,
-                self.setup.connect_timeout,
-            ));
+            let attempt = Box::pin(connect(&self.setup));
             // Commands wait while connecting, except a quit.
             let stop = self.stop.clone();
             let mut refused = false;
@@ -503,8 +624,8 @@ impl Client {
             } else {
                 failures.saturating_add(1)
             };
-            let wait = backoff(failures, self.setup.reconnect_max);
-            tracing::info!(user = %self.user, network = %self.setup.network, %reason,
+            let wait = backoff(failures, self.setup.reach.reconnect_max);
+            tracing::info!(user = %self.user, network = %self.setup.reach.network, %reason,
                 wait = ?wait, "IRC connection down; reconnecting");
             let deadline = tokio::time::Instant::now() + wait;
             loop {
@@ -543,7 +664,10 @@ impl Client {
 
     /// Answers a command while the connection is down.
     fn refuse(&mut self, command: Command, reason: &str) {
-        let why = format!("{} is not reachable now ({reason})", self.setup.network);
+        let why = format!(
+            "{} is not reachable now ({reason})",
+            self.setup.reach.network
+        );
         match command {
             Command::Join { reply, .. } => {
                 let _ = reply.send(Err(JoinError::Unavailable(why)));
@@ -647,7 +771,7 @@ impl Client {
         for (_, pending) in self.pending_joins.drain() {
             let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
                 "the connection to {} was lost: {reason}",
-                self.setup.network
+                self.setup.reach.network
             ))));
         }
         if let Some(fetch) = self.fetching.take() {
@@ -664,7 +788,7 @@ impl Client {
                 }));
             }
         }
-        for queued in self.queue.drain(..) {
+        for queued in std::mem::take(&mut self.queue) {
             fail(
                 queued.done,
                 "the connection to IRC was lost before the message was sent",
@@ -685,12 +809,12 @@ impl Client {
         self.names.clear();
         let text = format!(
             "Disconnected from {} ({reason}); reconnecting.",
-            self.setup.network
+            self.setup.reach.network
         );
         let status = if refused {
             UserStatus::BadCredentials(format!(
                 "{} refused your login ({reason}): check your IRC settings",
-                self.setup.network
+                self.setup.reach.network
             ))
         } else {
             UserStatus::Unavailable(text.clone())
@@ -763,10 +887,13 @@ impl Client {
         self.batches.clear();
         self.connected_at = SystemTime::now();
         self.account = account;
-        self.server_name = server_name;
-        // What ISUPPORT says is read into the client: the map itself is not kept while the
-        // connection is served (a couple of KiB per connection).
-        self.read_isupport(&isupport);
+        // What ISUPPORT says is read, and shared with the other connections to the server:
+        // the map itself is not kept while the connection is served (a couple of KiB per
+        // connection).
+        self.server = self
+            .network
+            .lock()
+            .share_traits(server_traits(server_name, &isupport));
         let casemapping = isupport
             .get("CASEMAPPING")
             .map(|mapping| wire::CaseMapping::from_isupport(mapping));
@@ -789,8 +916,8 @@ impl Client {
         }
         self.up.store(true, Ordering::Relaxed);
         let status = match &self.account {
-            Some(account) => format!("Connected to {} as {account}", self.setup.network),
-            None => format!("Connected to {}", self.setup.network),
+            Some(account) => format!("Connected to {} as {account}", self.setup.reach.network),
+            None => format!("Connected to {}", self.setup.reach.network),
         };
         // The server's notices and MOTD, once per connection's life, from its address; not
         // kept while the connection is served.
@@ -877,7 +1004,8 @@ impl Client {
         loop {
             let next_flush = self.next_flush();
             let idle = self.channels.is_empty() && self.pending_joins.is_empty();
-            let idle_until = tokio::time::Instant::from_std(self.active + self.setup.idle_close);
+            let idle_until =
+                tokio::time::Instant::from_std(self.active + self.setup.reach.idle_close);
             let silent_until =
                 tokio::time::Instant::from_std(last_read + if pinged { DEAD } else { SILENCE });
             let housekeeping = self
@@ -985,7 +1113,7 @@ impl Client {
 
     /// Leaves the server: `QUIT` written at once (flood control aside), what waited failed.
     async fn quit(&mut self, writer: &mut WriteHalf) {
-        for queued in self.queue.drain(..) {
+        for queued in std::mem::take(&mut self.queue) {
             fail(
                 queued.done,
                 "the connection to IRC was closed before the message was sent",
@@ -1051,7 +1179,7 @@ impl Client {
             if let Some(pending) = self.pending_joins.remove(&channel) {
                 let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
                     "{} did not answer the join of {channel}",
-                    self.setup.network
+                    self.setup.reach.network
                 ))));
             }
         }
@@ -1117,37 +1245,6 @@ impl Client {
         }
     }
 
-    fn read_isupport(&mut self, isupport: &HashMap<String, String>) {
-        self.prefix_modes = state::prefix_modes(isupport.get("PREFIX").map(String::as_str));
-        if let Some(types) = isupport.get("CHANTYPES") {
-            self.chantypes = types.clone();
-        }
-        if let Some(prefixes) = isupport.get("STATUSMSG") {
-            self.statusmsg = prefixes.clone();
-        }
-        self.channellen = isupport
-            .get("CHANNELLEN")
-            .and_then(|value| value.parse().ok())
-            .filter(|&longest: &usize| longest > 0);
-        // 0: no maximum.
-        self.history_max = isupport
-            .get("CHATHISTORY")
-            .and_then(|value| value.parse::<u32>().ok())
-            .map(|most| {
-                if most == 0 {
-                    HISTORY_ON_JOIN
-                } else {
-                    most.min(HISTORY_ON_JOIN)
-                }
-            });
-        if let Some(modes) = isupport.get("CHANMODES") {
-            let mut lists = modes.split(',').map(str::to_owned);
-            self.chanmodes = std::array::from_fn(|_| lists.next().unwrap_or_default());
-        } else {
-            self.chanmodes = ["beI".into(), "k".into(), "l".into(), "imnpst".into()];
-        }
-    }
-
     /// This connection's channels whose events it reports now, folded (with those it is
     /// leaving: it reports them up to its own leave line).
     fn reported_channels(&self, net: &state::Shared) -> Vec<String> {
@@ -1167,7 +1264,7 @@ impl Client {
         target
             .chars()
             .next()
-            .is_some_and(|c| self.chantypes.contains(c) || CHANNEL_PREFIXES.contains(&c))
+            .is_some_and(|c| self.server.chantypes.contains(c) || CHANNEL_PREFIXES.contains(&c))
     }
 
     /// When the next queued line may go; `None` when nothing waits.
@@ -1175,10 +1272,10 @@ impl Client {
         if self.queue.is_empty() {
             return None;
         }
-        if self.setup.flood.per_second <= 0.0 || self.tokens >= 1.0 {
+        if self.setup.reach.flood.per_second <= 0.0 || self.tokens >= 1.0 {
             return Some(tokio::time::Instant::now());
         }
-        let wait = (1.0 - self.tokens) / self.setup.flood.per_second;
+        let wait = (1.0 - self.tokens) / self.setup.reach.flood.per_second;
         Some(tokio::time::Instant::from_std(
             self.refilled + Duration::from_secs_f64(wait),
         ))
@@ -1232,7 +1329,7 @@ impl Client {
         if self.queue.is_empty() {
             return Ok(());
         }
-        let flood = self.setup.flood;
+        let flood = self.setup.reach.flood;
         let count = if flood.per_second <= 0.0 {
             self.queue.len()
         } else {
@@ -1245,33 +1342,59 @@ impl Client {
         if count == 0 {
             return Ok(());
         }
+        if flood.per_second > 0.0 {
+            self.tokens -= count as f64;
+        }
+        if count == 1 {
+            // The usual case (a user's lines mostly go one at a time): the line as it is.
+            let Some(Queued { line, done }) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            self.forget_queue_if_empty();
+            write(writer, line.as_bytes()).await?;
+            if let Some(done) = done {
+                self.sent(done);
+            }
+            return Ok(());
+        }
         let mut out = String::new();
         let mut done = Vec::new();
         for queued in self.queue.drain(..count) {
             out.push_str(&queued.line);
             done.extend(queued.done);
         }
-        if flood.per_second > 0.0 {
-            self.tokens -= count as f64;
-        }
+        self.forget_queue_if_empty();
         write(writer, out.as_bytes()).await?;
         for done in done {
-            match done {
-                Done::Posted(reply) => {
-                    // An id of our own: a client reusing its message ids still sees each
-                    // post reflected (the core takes a repeated foreign id for a repeat).
-                    let foreign_id = Some(made_up_id(&self.setup.network));
-                    let _ = reply.send(Ok(Posted::Reflect { foreign_id }));
-                }
-                Done::Said(reply) => {
-                    let _ = reply.send(Ok(()));
-                }
-                Done::Sent(reply) => {
-                    let _ = reply.send(Ok(()));
-                }
-            }
+            self.sent(done);
         }
         Ok(())
+    }
+
+    /// A calm connection keeps no slots for lines: a user's lines mostly go one at a time,
+    /// and the slots would stay allocated for nothing.
+    fn forget_queue_if_empty(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
+    /// Tells whoever waits for a line that it was written.
+    fn sent(&self, done: Done) {
+        match done {
+            Done::Posted(reply) => {
+                // An id of our own: a client reusing its message ids still sees each post
+                // reflected (the core takes a repeated foreign id for a repeat).
+                let foreign_id = Some(made_up_id(&self.setup.reach.network));
+                let _ = reply.send(Ok(Posted::Reflect { foreign_id }));
+            }
+            Done::Said(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Done::Sent(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
     }
 
     /// The bytes of text one `PRIVMSG` to `target` carries, once the server puts our
@@ -1298,12 +1421,12 @@ impl Client {
                     return;
                 }
                 let rejoining = self.rejoining.contains_key(&folded);
-                if let Some(longest) = self.channellen
+                if let Some(longest) = self.server.channellen
                     && channel.len() > longest
                 {
                     let _ = reply.send(Err(JoinError::NoSuchRoom(format!(
                         "{channel}: {} takes channel names of at most {longest} bytes",
-                        self.setup.network
+                        self.setup.reach.network
                     ))));
                     return;
                 }
@@ -1484,26 +1607,26 @@ impl Client {
     /// How the connection stands, in words: server, nick, account, security, since when,
     /// channels, capabilities, away.
     fn info(&self) -> String {
-        let network = &self.setup.network;
+        let network = &self.setup.reach.network;
         let mut parts = vec![format!(
             "Connected to {network} ({}) as {}",
-            if self.server_name.is_empty() {
+            if self.server.name.is_empty() {
                 "?"
             } else {
-                &self.server_name
+                &self.server.name
             },
             self.nick
         )];
         if let Some(account) = &self.account {
             parts.push(format!("logged in as {account}"));
         }
-        let tls = self.setup.target.tls;
+        let tls = self.setup.reach.target.tls;
         let security = match tls {
             Tls::Off => "without TLS",
             Tls::SelfSigned => "over TLS (any certificate taken)",
             Tls::Verify => "over TLS (certificate verified)",
         };
-        let certificate = !matches!(tls, Tls::Off) && self.setup.target.client.is_some();
+        let certificate = !matches!(tls, Tls::Off) && self.setup.certificate.is_some();
         parts.push(if certificate {
             format!("{security}, with your client certificate")
         } else {
@@ -1520,7 +1643,7 @@ impl Client {
         } else {
             format!("in {}", channels.join(" "))
         });
-        let caps: Vec<&str> = self.caps.iter().copied().collect();
+        let caps: Vec<&str> = self.caps.iter().collect();
         if !caps.is_empty() {
             parts.push(format!("IRCv3: {}", caps.join(" ")));
         }
@@ -1560,7 +1683,7 @@ impl Client {
 
     /// When the last line queued now goes out, as flood control paces the queue.
     fn due(&self) -> Instant {
-        let rate = self.setup.flood.per_second;
+        let rate = self.setup.reach.flood.per_second;
         let waiting = self.queue.len() as f64 - self.tokens.max(0.0);
         if rate <= 0.0 || waiting <= 0.0 {
             return Instant::now();
@@ -1715,7 +1838,7 @@ impl Client {
                     return;
                 };
                 let folded = self.fold(channel);
-                let symbols = self.prefix_modes.1.clone();
+                let symbols = self.server.prefix_modes.1.clone();
                 if let Some(list) = self.names.get_mut(&folded) {
                     for entry in names.split_whitespace() {
                         if list.len() >= state::MAX_MEMBERS {
@@ -1783,7 +1906,7 @@ impl Client {
             {
                 let folded = param(1).map(|nick| self.fold(nick)).unwrap_or_default();
                 let text = text::from_irc(&message.params.get(1..).unwrap_or_default().join(": "));
-                let network = self.setup.network.clone();
+                let network = self.setup.reach.network.clone();
                 if let Some(pending) = self
                     .confirming
                     .iter_mut()
@@ -1871,11 +1994,10 @@ impl Client {
                         .map(text::from_irc)
                         .filter(|topic| !topic.is_empty());
                     listed.push(RoomListing {
-                        room: RoomId::new(
-                            self.setup
-                                .addressing
-                                .format(&self.setup.network, &self.network.lock().fold(channel)),
-                        ),
+                        room: RoomId::new(self.setup.reach.addressing.format(
+                            &self.setup.reach.network,
+                            &self.network.lock().fold(channel),
+                        )),
                         name: topic,
                         occupants: param(2).and_then(|count| count.parse().ok()),
                     });
@@ -2026,7 +2148,12 @@ impl Client {
             self.channels.insert(folded.clone(), channel.clone());
             let room = match self.pending_joins.get(&folded) {
                 Some(pending) => pending.room.clone(),
-                None => RoomId::new(self.setup.addressing.format(&self.setup.network, &folded)),
+                None => RoomId::new(
+                    self.setup
+                        .reach
+                        .addressing
+                        .format(&self.setup.reach.network, &folded),
+                ),
             };
             let entry = net
                 .channels
@@ -2334,7 +2461,7 @@ impl Client {
         if !self.is_channel(target) {
             return;
         }
-        let (modes, symbols) = self.prefix_modes.clone();
+        let (modes, symbols) = self.server.prefix_modes.clone();
         let changes: Vec<(RoomId, jabbridge_sdk::Occupant)> = {
             let mut net = self.network.lock();
             let folded = net.fold(target);
@@ -2360,9 +2487,9 @@ impl Client {
                             {
                                 updates.push((net.fold(nick), symbol, adding));
                             }
-                        } else if self.chanmodes[0].contains(letter)
-                            || self.chanmodes[1].contains(letter)
-                            || (adding && self.chanmodes[2].contains(letter))
+                        } else if self.server.chanmodes[0].contains(letter)
+                            || self.server.chanmodes[1].contains(letter)
+                            || (adding && self.server.chanmodes[2].contains(letter))
                         {
                             args.next();
                         }
@@ -2405,7 +2532,7 @@ impl Client {
     /// batch. The archive keeps each once (by its msgid); those said while none of our
     /// users was there reach the room with their time (a delay).
     fn ask_history(&mut self, folded: &str) {
-        let Some(most) = self.history_max else {
+        let Some(most) = self.server.history_max else {
             return;
         };
         let joining =
@@ -2500,7 +2627,10 @@ impl Client {
             let name = self.channels.get(folded).cloned().unwrap_or_default();
             let notice = RoomEvent::Notice {
                 user: Some(self.user.clone()),
-                text: format!("Reconnected to {}; back in {name}.", self.setup.network),
+                text: format!(
+                    "Reconnected to {}; back in {name}.",
+                    self.setup.reach.network
+                ),
             };
             self.report(&room, notice).await;
         }
@@ -2527,12 +2657,12 @@ impl Client {
         };
         let nick = message.nick().unwrap_or(source);
         let from_server = !source.contains('!')
-            && (source.contains('.') || source == self.server_name || nick == "*");
+            && (source.contains('.') || source == self.server.name || nick == "*");
         // STATUSMSG: `@#chan` is said to the channel's ops (ISUPPORT says which prefixes).
         let channel_target = if self.is_channel(target) {
             Some(target.as_str())
         } else {
-            let stripped = target.trim_start_matches(|c| self.statusmsg.contains(c));
+            let stripped = target.trim_start_matches(|c| self.server.statusmsg.contains(c));
             (stripped.len() < target.len() && self.is_channel(stripped)).then_some(stripped)
         };
         let is_self = self.fold(nick) == self.fold(&self.nick);
@@ -2602,7 +2732,7 @@ impl Client {
                 (channel.room.clone(), sender)
             };
             let event = RoomEvent::Message(RoomMessage {
-                foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+                foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.reach.network)),
                 nick: nick.to_owned(),
                 sender: report.1,
                 text: shown,
@@ -2634,8 +2764,13 @@ impl Client {
         };
         self.active = Instant::now();
         let incoming = IncomingMessage {
-            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
-            contact: ForeignId::new(self.setup.addressing.format(&self.setup.network, nick)),
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.reach.network)),
+            contact: ForeignId::new(
+                self.setup
+                    .reach
+                    .addressing
+                    .format(&self.setup.reach.network, nick),
+            ),
             user: self.user.clone(),
             text: shown,
             attachments: Vec::new(),
@@ -2707,7 +2842,7 @@ impl Client {
         echo.lines.pop_front();
         if echo.first.is_none() {
             echo.first = Some((
-                id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+                id.unwrap_or_else(|| made_up_id(&self.setup.reach.network)),
                 timestamp,
             ));
         }
@@ -2722,13 +2857,13 @@ impl Client {
         }
         let Some(room) = self.room_of(folded) else {
             let _ = echo.reply.send(Ok(Posted::Reflect {
-                foreign_id: Some(made_up_id(&self.setup.network)),
+                foreign_id: Some(made_up_id(&self.setup.reach.network)),
             }));
             return;
         };
         let (foreign_id, timestamp) = echo
             .first
-            .unwrap_or_else(|| (made_up_id(&self.setup.network), None));
+            .unwrap_or_else(|| (made_up_id(&self.setup.reach.network), None));
         let sender = ForeignId::new(match &self.account {
             Some(account) => format!("account:{account}"),
             None => format!("nick:{}", self.nick),
@@ -2756,7 +2891,10 @@ impl Client {
         reply: oneshot::Sender<Result<Vec<RoomMessage>, String>>,
     ) {
         let folded = self.fold(channel);
-        let (Some(most), true) = (self.history_max, self.caps.contains("draft/chathistory")) else {
+        let (Some(most), true) = (
+            self.server.history_max,
+            self.caps.contains("draft/chathistory"),
+        ) else {
             let _ = reply.send(Ok(Vec::new()));
             return;
         };
@@ -2824,7 +2962,7 @@ impl Client {
             _ => format!("nick:{nick}"),
         };
         fetch.lines.push(RoomMessage {
-            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.reach.network)),
             nick: nick.to_owned(),
             sender: ForeignId::new(sender),
             text,
@@ -2869,8 +3007,13 @@ impl Client {
             return;
         }
         let incoming = IncomingMessage {
-            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.network)),
-            contact: ForeignId::new(self.setup.addressing.format_server(&self.setup.network)),
+            foreign_id: id.unwrap_or_else(|| made_up_id(&self.setup.reach.network)),
+            contact: ForeignId::new(
+                self.setup
+                    .reach
+                    .addressing
+                    .format_server(&self.setup.reach.network),
+            ),
             user: self.user.clone(),
             text: text.to_owned(),
             attachments: Vec::new(),
@@ -2891,7 +3034,7 @@ impl Client {
                 let wanted: Vec<&str> = list
                     .split_whitespace()
                     .map(|cap| cap.split_once('=').map_or(cap, |(name, _)| name))
-                    .filter(|cap| WANTED_CAPS.contains(cap) && !self.caps.contains(*cap))
+                    .filter(|cap| WANTED_CAPS.contains(cap) && !self.caps.contains(cap))
                     .collect();
                 if !wanted.is_empty() {
                     let wanted = wanted.join(" ");
@@ -2907,7 +3050,7 @@ impl Client {
                 for cap in list.split_whitespace() {
                     match cap.strip_prefix('-') {
                         Some(gone) => self.caps.remove(gone),
-                        None => known_cap(cap).is_some_and(|cap| self.caps.insert(cap)),
+                        None => self.caps.insert(cap),
                     };
                 }
             }

@@ -35,14 +35,83 @@ pub const WANTED_CAPS: &[&str] = &[
     "userhost-in-names",
 ];
 
-/// `name` as one of the capabilities we ask for (or `sasl`), if it is one: the sets of
-/// capabilities in force hold these, not a string of their own per connection.
-pub fn known_cap(name: &str) -> Option<&'static str> {
-    WANTED_CAPS
-        .iter()
-        .chain(&["sasl"])
-        .find(|known| **known == name)
-        .copied()
+/// The capabilities in force on a connection: those we ask for ([`WANTED_CAPS`]) and
+/// `sasl`, one bit each (a B-tree set of them cost ~200 bytes of every connection).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps(u16);
+
+impl Caps {
+    /// Every capability a set can hold, in the order they are listed.
+    const KNOWN: [&'static str; 15] = [
+        "account-tag",
+        "away-notify",
+        "batch",
+        "cap-notify",
+        "chghost",
+        "draft/chathistory",
+        "echo-message",
+        "extended-join",
+        "labeled-response",
+        "message-tags",
+        "multi-prefix",
+        "sasl",
+        "server-time",
+        "setname",
+        "userhost-in-names",
+    ];
+
+    fn bit(name: &str) -> Option<u16> {
+        Self::KNOWN
+            .iter()
+            .position(|known| *known == name)
+            .map(|at| 1 << at)
+    }
+
+    /// Whether `name` is in force.
+    pub fn contains(&self, name: &str) -> bool {
+        Self::bit(name).is_some_and(|bit| self.0 & bit != 0)
+    }
+
+    /// Puts `name` in force; false when it was already or is not one we know.
+    pub fn insert(&mut self, name: &str) -> bool {
+        match Self::bit(name) {
+            Some(bit) if self.0 & bit == 0 => {
+                self.0 |= bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes `name` out of force; false when it was not.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match Self::bit(name) {
+            Some(bit) if self.0 & bit != 0 => {
+                self.0 &= !bit;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    /// Those in force, in alphabetical order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
+        Self::KNOWN
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| self.0 & (1 << at) != 0)
+            .map(|(_, name)| *name)
+    }
+}
+
+impl fmt::Debug for Caps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
 }
 
 /// How a user logs in to their account with SASL.
@@ -185,7 +254,7 @@ pub struct Connection {
     /// What the server supports (ISUPPORT, `005`): `CASEMAPPING`, `NICKLEN`, `CHANTYPES`…
     pub isupport: HashMap<String, String>,
     /// The IRCv3 capabilities in force.
-    pub caps: BTreeSet<&'static str>,
+    pub caps: Caps,
     /// The account SASL logged in to, if it did.
     pub account: Option<String>,
     /// The server's name, as it gives it in `001`'s source.
@@ -412,7 +481,7 @@ impl Connection {
             writer: write,
             nick: registration.nick.clone(),
             isupport: HashMap::new(),
-            caps: BTreeSet::new(),
+            caps: Caps::default(),
             account: None,
             server_name: String::new(),
             greeting: Vec::new(),
@@ -489,7 +558,7 @@ impl Connection {
                     for cap in param(2).unwrap_or("").split_whitespace() {
                         match cap.strip_prefix('-') {
                             Some(gone) => connection.caps.remove(gone),
-                            None => known_cap(cap).is_some_and(|cap| connection.caps.insert(cap)),
+                            None => connection.caps.insert(cap),
                         };
                     }
                     match &registration.sasl {
@@ -665,6 +734,29 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("no {command} within 10 s"))
+    }
+
+    #[test]
+    fn caps_hold_what_we_ask_for_and_sasl_and_nothing_else() {
+        let mut caps = Caps::default();
+        assert!(caps.is_empty());
+        for cap in WANTED_CAPS.iter().chain(&["sasl"]) {
+            assert!(caps.insert(cap), "{cap}");
+            assert!(!caps.insert(cap), "{cap} twice");
+        }
+        // Unknown ones are not kept, however often a server acknowledges them.
+        assert!(!caps.insert("draft/unknown"));
+        assert!(!caps.contains("draft/unknown"));
+        let all: Vec<&str> = caps.iter().collect();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(all, sorted);
+        assert_eq!(all.len(), WANTED_CAPS.len() + 1);
+        assert!(caps.remove("echo-message"));
+        assert!(!caps.remove("echo-message"));
+        assert!(!caps.contains("echo-message"));
+        assert!(caps.contains("labeled-response") && caps.contains("sasl"));
+        assert_eq!(format!("{:?}", Caps::default()), "{}");
     }
 
     #[test]

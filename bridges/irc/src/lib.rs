@@ -41,7 +41,7 @@ use jabbridge_sdk::{
 use tokio::sync::oneshot;
 
 use crate::address::{Address, Addressing};
-use crate::client::{Client, Command, Setup};
+use crate::client::{Client, Command, Reach, Setup};
 use crate::config::{IrcConfig, NetworkConfig};
 use crate::connection::{Registration, Sasl, Target};
 use crate::settings::{SaslMode, UserSettings, Vault};
@@ -74,6 +74,8 @@ pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeE
 struct Server {
     config: Arc<NetworkConfig>,
     shared: Arc<Network>,
+    /// Where and how its connections are made, shared by them.
+    reach: Arc<Reach>,
 }
 
 /// The bridge.
@@ -101,9 +103,24 @@ impl IrcBridge {
         let servers = networks
             .into_iter()
             .map(|network| {
+                let reach = Arc::new(Reach {
+                    network: network.name.clone(),
+                    target: Target {
+                        address: network.address(),
+                        host: network.host().to_owned(),
+                        tls: network.tls,
+                        client: None,
+                    },
+                    flood: config.flood,
+                    connect_timeout: config.connect_timeout,
+                    reconnect_max: config.reconnect_max,
+                    idle_close: IDLE_CLOSE,
+                    addressing: addressing.clone(),
+                });
                 let server = Server {
                     config: Arc::new(network),
                     shared: Arc::new(Network::default()),
+                    reach,
                 };
                 (server.config.name.clone(), server)
             })
@@ -302,13 +319,8 @@ impl IrcBridge {
             _ => None,
         };
         let setup = Setup {
-            network: network.to_owned(),
-            target: Target {
-                address: config.address(),
-                host: config.host().to_owned(),
-                tls: config.tls,
-                client,
-            },
+            reach: server.reach.clone(),
+            certificate: client,
             registration: Registration {
                 nick,
                 username: if username.is_empty() {
@@ -327,11 +339,6 @@ impl IrcBridge {
                     .as_ref()
                     .and_then(|webirc| Some((webirc.password.clone(), webirc.address_of(jid)?))),
             },
-            flood: self.config.flood,
-            connect_timeout: self.config.connect_timeout,
-            reconnect_max: self.config.reconnect_max,
-            idle_close: IDLE_CLOSE,
-            addressing: self.addressing.clone(),
             identify: self
                 .open(own.nickserv.as_ref())
                 .map(|password| (config.nickserv.clone(), password)),

@@ -196,11 +196,49 @@ pub struct ClientHandle {
     pub stop: Arc<tokio::sync::Notify>,
 }
 
+/// What a server says of itself at registration that its connections read: its name and
+/// the ISUPPORT values they use. The same for every connection to it, so they share one
+/// copy ([`Shared::share_traits`]) instead of a handful of strings each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTraits {
+    /// The server's name, as it gives it in `001`'s source ("" before one registered).
+    pub name: String,
+    /// PREFIX: the modes and their symbols.
+    pub prefix_modes: (String, String),
+    /// CHANMODES: the four lists.
+    pub chanmodes: [String; 4],
+    /// CHANTYPES.
+    pub chantypes: String,
+    /// STATUSMSG: the prefixes of a message to a channel's ops or voiced.
+    pub statusmsg: String,
+    /// CHANNELLEN: the longest channel name, when the server says.
+    pub channellen: Option<usize>,
+    /// How many lines one `CHATHISTORY` may ask for, where the server has it.
+    pub history_max: Option<u32>,
+}
+
+impl Default for ServerTraits {
+    /// What a connection assumes before a server said otherwise.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            prefix_modes: prefix_modes(None),
+            chanmodes: Default::default(),
+            chantypes: "#&".into(),
+            statusmsg: "@+".into(),
+            channellen: None,
+            history_max: None,
+        }
+    }
+}
+
 /// What the connections of one server share.
 #[derive(Debug, Default)]
 pub struct Shared {
     /// How the server folds names.
     pub casemapping: CaseMapping,
+    /// What the server said of itself to the last connection that registered.
+    pub traits: Option<Arc<ServerTraits>>,
     /// Channels with one of our users in them, by folded name.
     pub channels: HashMap<String, Channel>,
     /// Our users' nicks now, folded.
@@ -210,6 +248,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The shared copy of `traits`: the one kept when it says the same, else `traits`, kept
+    /// from now on.
+    pub fn share_traits(&mut self, traits: ServerTraits) -> Arc<ServerTraits> {
+        match &self.traits {
+            Some(kept) if **kept == traits => kept.clone(),
+            _ => {
+                let traits = Arc::new(traits);
+                self.traits = Some(traits.clone());
+                traits
+            }
+        }
+    }
+
     /// Folds a nick or channel name as the server does.
     pub fn fold(&self, name: &str) -> String {
         self.casemapping.fold(name)
@@ -473,6 +524,29 @@ pub fn prefix_modes(isupport: Option<&str>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_to_one_server_share_what_it_says_of_itself() {
+        let mut shared = Shared::default();
+        let said = |name: &str| ServerTraits {
+            name: name.into(),
+            statusmsg: "@".into(),
+            ..ServerTraits::default()
+        };
+        let first = shared.share_traits(said("irc.example"));
+        let second = shared.share_traits(said("irc.example"));
+        assert!(Arc::ptr_eq(&first, &second));
+        // A server that says otherwise (a name that resolves to several) gets its own, and
+        // is the one shared from then on.
+        let other = shared.share_traits(said("irc2.example"));
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.name, "irc2.example");
+        assert!(Arc::ptr_eq(
+            &other,
+            &shared.share_traits(said("irc2.example"))
+        ));
+        assert_eq!(first.name, "irc.example");
+    }
 
     /// A channel with our users r, h and t (nicks the same), all connected, r reporting.
     fn three_of_ours() -> (Shared, [UserJid; 3]) {
