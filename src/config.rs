@@ -97,11 +97,11 @@ pub struct DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    /// The pool's size: `max_connections` when set, else 4 on SQLite and 8 on PostgreSQL.
+    /// The pool's size: `max_connections` when set, else 2 on SQLite and 8 on PostgreSQL.
     /// SQLite writes one transaction at a time (the group commit's, on its own connection)
-    /// and its reads take microseconds: readers beyond the cores wait on the same CPUs, and
-    /// each costs memory (its page cache, statements and schema, and a thread: ~150 KiB).
-    /// PostgreSQL's readers run in its own processes.
+    /// and its reads take microseconds: more readers wait on the same CPUs, and each costs
+    /// memory (its page cache, statements and schema, and a thread: ~150 KiB), opened by
+    /// the first burst of users and kept. PostgreSQL's readers run in its own processes.
     pub fn connections(&self) -> u32 {
         self.max_connections.unwrap_or_else(|| {
             if self.url.expose_secret().starts_with("sqlite:") {
@@ -424,7 +424,7 @@ mod defaults {
         SecretString::from("sqlite://jabbridge.db")
     }
     /// The pool's size on SQLite, unless `max_connections` says.
-    pub const SQLITE_CONNECTIONS: u32 = 4;
+    pub const SQLITE_CONNECTIONS: u32 = 2;
     /// The pool's size on PostgreSQL, unless `max_connections` says.
     pub const POSTGRES_CONNECTIONS: u32 = 8;
     pub fn listen() -> SocketAddr {
@@ -886,9 +886,9 @@ secret = "s3cret"
             let file = write(&format!("{MINIMAL}[database]\n{extra}"));
             Config::load_with_env(file.path(), env(vars)).map(|c| c.database.connections())
         };
-        assert_eq!(pool("", &[]).unwrap(), 4);
+        assert_eq!(pool("", &[]).unwrap(), 2);
         assert_eq!(pool("url = \"postgres://jb@db/jb\"\n", &[]).unwrap(), 8);
-        assert_eq!(pool("max_connections = 2\n", &[]).unwrap(), 2);
+        assert_eq!(pool("max_connections = 5\n", &[]).unwrap(), 5);
         let postgres = "url = \"postgres://jb@db/jb\"\nmax_connections = 3\n";
         assert_eq!(pool(postgres, &[]).unwrap(), 3);
         let from_env = [("JABBRIDGE_DATABASE__MAX_CONNECTIONS", "6")];
