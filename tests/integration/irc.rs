@@ -909,7 +909,8 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         [
             (at_server.clone(), "irc-settings".to_owned()),
             (at_server.clone(), "irc-connection-info".to_owned()),
-            (at_server.clone(), "irc-reconnect".to_owned())
+            (at_server.clone(), "irc-reconnect".to_owned()),
+            (at_server.clone(), "irc-disconnect".to_owned())
         ]
     );
     let at_nick = format!("bob%{NETWORK}@{DOMAIN}");
@@ -1124,7 +1125,7 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms() {
+async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms_and_disconnect_leaves_them() {
     let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
         return;
     };
@@ -1167,5 +1168,38 @@ async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms() {
         line.starts_with(":alice2!") && line.ends_with(":after"),
         "{line}"
     );
+
+    // irc-disconnect takes her out of the room (110), then quits the server and answers;
+    // a join connects again.
+    alice
+        .send(&format!(
+            "<iq type='set' to='{at_server}' id='d1'><command \
+             xmlns='http://jabber.org/protocol/commands' node='irc-disconnect' \
+             action='execute'/></iq>"
+        ))
+        .await;
+    let gone = alice
+        .expect(WAIT, |s| {
+            s.name() == "presence"
+                && s.attr("type") == Some("unavailable")
+                && from(s, &format!("{room}/alice2"))
+        })
+        .await;
+    assert_eq!(codes(&gone), ["110"]);
+    let done = alice
+        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("d1"))
+        .await;
+    assert!(
+        format!("{done:?}").contains("Disconnected from irc.test"),
+        "{done:?}"
+    );
+    bob.expect(|line| line.starts_with(":alice2!") && line.contains(" QUIT "))
+        .await;
+    let said = run_command(&mut alice, &at_server, "irc-disconnect").await;
+    assert!(said.contains("You have no connection"), "{said}");
+    let joined = alice.join(&room, "alice2", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    bob.expect(|line| line.starts_with(":alice2!") && line.contains(" JOIN "))
+        .await;
     jabbridge.terminate().await;
 }

@@ -101,6 +101,12 @@ pub enum Command {
         /// Told once the quit is under way.
         reply: oneshot::Sender<()>,
     },
+    /// Quit the server and leave every room, until the user joins one again or writes to
+    /// someone on it (the `irc-disconnect` command).
+    Disconnect {
+        /// Told once the rooms are left and the quit written.
+        reply: oneshot::Sender<()>,
+    },
     /// Read a channel's lines said before a time (`CHATHISTORY BEFORE`; the latest with
     /// `None`), for a MAM query that reached the start of the core's archive.
     History {
@@ -648,6 +654,12 @@ impl Client {
                             let _ = reply.send(());
                             break;
                         }
+                        Some(Command::Disconnect { reply }) => {
+                            Box::pin(self.leave_every_room()).await;
+                            self.forget().await;
+                            let _ = reply.send(());
+                            return;
+                        }
                         Some(command @ Command::Join { .. })
                             if refused && attempted.elapsed() >= RETRY_REFUSED_ON_JOIN =>
                         {
@@ -702,7 +714,7 @@ impl Client {
             Command::Info { reply } => {
                 let _ = reply.send(format!("Not connected: {why}; it tries again by itself."));
             }
-            Command::Reconnect { reply } => {
+            Command::Reconnect { reply } | Command::Disconnect { reply } => {
                 let _ = reply.send(());
             }
             Command::Resync { .. } => {}
@@ -760,6 +772,27 @@ impl Client {
         };
         if empty {
             net.channels.remove(folded);
+        }
+    }
+
+    /// Tells each of the user's rooms that they left it: their connection closes at their
+    /// word. (Its state goes with [`Client::forget`], after the quit.)
+    async fn leave_every_room(&mut self) {
+        let rooms: Vec<RoomId> = self
+            .channels
+            .keys()
+            .filter_map(|folded| self.room_of(folded))
+            .collect();
+        let reason = format!(
+            "disconnected from {}, as you asked",
+            self.setup.reach.network
+        );
+        for room in rooms {
+            let event = RoomEvent::Left {
+                nick: self.nick.clone(),
+                reason: Some(reason.clone()),
+            };
+            self.report(&room, event).await;
         }
     }
 
@@ -1080,6 +1113,15 @@ impl Client {
                         self.quit(&mut writer).await;
                         Box::pin(self.read_out(&mut reader)).await;
                         return End::Lost("reconnecting, as you asked".into());
+                    }
+                    Command::Disconnect { reply } => {
+                        // The rooms first: reading our own QUIT back takes us out of the
+                        // channels.
+                        Box::pin(self.leave_every_room()).await;
+                        self.quit(&mut writer).await;
+                        Box::pin(self.read_out(&mut reader)).await;
+                        let _ = reply.send(());
+                        return End::Quit;
                     }
                     command => self.on_command(command),
                 },
@@ -1598,7 +1640,7 @@ impl Client {
                 let _ = reply.send(self.info());
             }
             // Taken by `serve`, which quits first.
-            Command::Reconnect { reply } => {
+            Command::Reconnect { reply } | Command::Disconnect { reply } => {
                 let _ = reply.send(());
             }
         }

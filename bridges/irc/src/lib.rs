@@ -203,6 +203,21 @@ impl IrcBridge {
         ))
     }
 
+    /// The `irc-disconnect` command: quits the server and leaves its rooms (as Biboumi's
+    /// "disconnect" does); the next join or private message connects again.
+    async fn disconnect(&self, user: &UserJid, values: &FormValues) -> CommandResult {
+        let network = self.server_in(values)?;
+        let Some(handle) = self.existing(user, &network) else {
+            return Ok(format!("You have no connection to {network}."));
+        };
+        Self::ask(&handle, |reply| Command::Disconnect { reply })
+            .await
+            .ok_or_else(|| CommandError::Failed(format!("the connection to {network} closed")))?;
+        Ok(format!(
+            "Disconnected from {network}; you left its rooms. Joining one connects again."
+        ))
+    }
+
     /// The `irc-settings` command: stores what the form says, and tells what is set now.
     async fn configure(&self, user: &UserJid, values: &FormValues) -> CommandResult {
         let network = self.server_in(values)?;
@@ -581,7 +596,16 @@ impl Bridge for IrcBridge {
                     &self.me,
                     |bridge, user, values| async move { bridge.reconnect(&user, &values).await },
                 ),
-                settings::server_form("Reconnect", networks),
+                settings::server_form("Reconnect", networks.clone()),
+            ),
+            on_servers(
+                Run::on(
+                    "irc-disconnect",
+                    "Disconnect from one IRC server now, leaving its rooms",
+                    &self.me,
+                    |bridge, user, values| async move { bridge.disconnect(&user, &values).await },
+                ),
+                settings::server_form("Disconnect", networks),
             ),
         ]
     }
