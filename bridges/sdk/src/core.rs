@@ -70,8 +70,10 @@ pub trait CoreSink: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Core {
     sink: Arc<dyn CoreSink>,
-    domain: String,
-    public_url: Option<String>,
+    // Shared, not copied: a bridge keeps a clone per connection or task (the IRC bridge one
+    // per user and server), and a clone allocates nothing.
+    domain: Arc<str>,
+    public_url: Option<Arc<str>>,
 }
 
 impl Core {
@@ -79,14 +81,14 @@ impl Core {
     pub(crate) fn new(domain: impl Into<String>, sink: Arc<dyn CoreSink>) -> Self {
         Self {
             sink,
-            domain: domain.into(),
+            domain: Arc::from(domain.into()),
             public_url: None,
         }
     }
 
     /// Sets the URL the outside world reaches Jabbridge's HTTP listener at (`http.public_url`).
     pub(crate) fn with_public_url(mut self, url: Option<String>) -> Self {
-        self.public_url = url.map(|url| url.trim_end_matches('/').to_owned());
+        self.public_url = url.map(|url| Arc::from(url.trim_end_matches('/')));
         self
     }
 
@@ -251,5 +253,26 @@ impl Shutdown {
     /// Whether shutdown has begun.
     pub fn is_stopping(&self) -> bool {
         *self.0.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::TestCore;
+
+    #[test]
+    fn a_clone_shares_the_domain_and_the_public_url() {
+        let core = TestCore::new("irc.test")
+            .with_public_url("https://gw.example.org/")
+            .core();
+        let clone = core.clone();
+        assert_eq!(clone.domain(), "irc.test");
+        assert_eq!(clone.public_url(), Some("https://gw.example.org"));
+        // The same bytes, not a copy of them: a clone per connection allocates nothing.
+        assert!(std::ptr::eq(core.domain(), clone.domain()));
+        assert!(std::ptr::eq(
+            core.public_url().unwrap_or_default(),
+            clone.public_url().unwrap_or_default()
+        ));
     }
 }
