@@ -1115,8 +1115,8 @@ impl Client {
                         return End::Lost("reconnecting, as you asked".into());
                     }
                     Command::Disconnect { reply } => {
-                        // The rooms first: reading our own QUIT back takes us out of the
-                        // channels.
+                        // The rooms hear it first, then the server: nothing the server
+                        // says after our QUIT is shown to the user as still in them.
                         Box::pin(self.leave_every_room()).await;
                         self.quit(&mut writer).await;
                         Box::pin(self.read_out(&mut reader)).await;
