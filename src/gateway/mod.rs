@@ -407,9 +407,9 @@ impl Gateway {
         }
     }
 
-    /// Queues a stanza known to be writable on the link (a copy of a room message).
-    pub async fn send_writable(&self, stanza: crate::xmpp::xml_safe::Writable) {
-        if self.link.send_writable(stanza).await.is_err() {
+    /// Queues a stanza encoded already on the link (a copy of a room message).
+    pub async fn send_encoded(&self, stanza: crate::xmpp::encode::Encoded) {
+        if self.link.send_encoded(stanza).await.is_err() {
             tracing::warn!("link stopped; a stanza was dropped at shutdown");
         }
     }

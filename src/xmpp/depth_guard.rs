@@ -237,6 +237,11 @@ impl<Io> DepthGuard<Io> {
             scratch: vec![0; 16 * 1024].into_boxed_slice(),
         }
     }
+
+    /// The guarded stream (the link writes to its socket through it).
+    pub fn get_ref(&self) -> &Io {
+        &self.inner
+    }
 }
 
 impl<Io: AsyncRead + Unpin> AsyncRead for DepthGuard<Io> {

@@ -5,6 +5,7 @@
 pub mod adhoc;
 pub mod bounded;
 pub mod depth_guard;
+pub mod encode;
 pub mod jid;
 pub mod muc;
 pub mod register;

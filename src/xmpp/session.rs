@@ -17,9 +17,11 @@
 //!   written again, first and in order, on the next link;
 //! - stanzas are read with bounds on their shape ([`super::bounded`]); one over a bound is
 //!   answered `policy-violation` here and goes no further;
-//! - every stanza is made XML-safe ([`super::xml_safe`]) just before it is written; one that
-//!   still cannot be written is dropped with an error, never retried, so it cannot end the
-//!   link or block the queue behind it.
+//! - every stanza is made XML-safe ([`super::xml_safe`]) just before it is written (a room
+//!   message's copy once, as its template); one that still cannot be written is dropped
+//!   with an error, never retried, so it cannot end the link or block the queue behind it;
+//! - after the handshake the link encodes stanzas itself ([`super::encode`]) into one
+//!   buffer, written to the socket in one go per burst.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -39,8 +41,9 @@ use xmpp_parsers::{component::Handshake, iq::Iq, jid::Jid, minidom::Element, ns,
 
 use super::bounded::{Inbound, MAX_DEPTH};
 use super::depth_guard::DepthGuard;
+use super::encode::{Encoded, StanzaEncoder};
 use super::stanza::{StanzaFailure, StanzaHeader, error_reply};
-use super::xml_safe::{Unwritable, Writable, make_writable};
+use super::xml_safe::{Unwritable, make_writable};
 use crate::metrics;
 
 type Stream = XmlStream<BufStream<DepthGuard<TcpStream>>, Inbound>;
@@ -163,11 +166,29 @@ impl LinkError {
 /// unwritable), and once the server acknowledged it.
 #[derive(Debug)]
 pub struct Outgoing {
-    stanza: Element,
+    stanza: Stanza,
     written: Option<oneshot::Sender<Result<(), Unwritable>>>,
     acked: Option<OnAck>,
-    /// Already writable ([`Writable`]): not walked again before it is written.
-    writable: bool,
+}
+
+/// What goes out: a stanza to make writable and encode, or one encoded already (a room
+/// message's copy; and a stanza kept for the server's acknowledgement once written).
+#[derive(Debug)]
+enum Stanza {
+    Tree(Element),
+    Encoded(Encoded),
+}
+
+impl Stanza {
+    /// The stanza as an element (an encoded one read back).
+    fn into_element(self) -> Element {
+        match self {
+            Stanza::Tree(element) => element,
+            Stanza::Encoded(encoded) => encoded
+                .to_element()
+                .unwrap_or_else(|_| Element::bare("unreadable", ns::COMPONENT)),
+        }
+    }
 }
 
 /// Why [`LinkHandle::send_and_confirm`] did not write a stanza.
@@ -224,10 +245,9 @@ impl std::fmt::Debug for OnAck {
 impl Outgoing {
     fn plain(stanza: Element) -> Self {
         Self {
-            stanza,
+            stanza: Stanza::Tree(stanza),
             written: None,
             acked: None,
-            writable: false,
         }
     }
 
@@ -240,7 +260,7 @@ impl Outgoing {
         if let Some(acked) = self.acked {
             acked.fire();
         }
-        self.stanza
+        self.stanza.into_element()
     }
 }
 
@@ -259,41 +279,40 @@ impl LinkHandle {
         self.outgoing
             .send(Outgoing::plain(stanza))
             .await
-            .map_err(|error| error.0.stanza)
+            .map_err(|error| error.0.stanza.into_element())
     }
 
-    /// Queues a stanza known to be writable (a copy of a room message), which the link
-    /// writes without checking it again.
-    pub async fn send_writable(&self, stanza: Writable) -> Result<(), Element> {
+    /// Queues a stanza encoded already (a copy of a room message), which the link writes
+    /// as it is.
+    pub async fn send_encoded(&self, stanza: Encoded) -> Result<(), NotWritten> {
         let outgoing = Outgoing {
-            writable: true,
-            ..Outgoing::plain(stanza.into_inner())
+            stanza: Stanza::Encoded(stanza),
+            written: None,
+            acked: None,
         };
         self.outgoing
             .send(outgoing)
             .await
-            .map_err(|error| error.0.stanza)
+            .map_err(|_| NotWritten::LinkStopped)
     }
 
-    /// Queues a stanza known to be writable, in order with what was queued before it, and
-    /// calls `on_ack` on the link's task once the server acknowledged it (never, if it
-    /// could not be written or the link stopped for good first): the last copy of a room
-    /// message, whose acknowledgement vouches for the copies written before it. No task
-    /// waits for it.
-    pub async fn send_writable_then(
+    /// Queues a stanza encoded already, in order with what was queued before it, and calls
+    /// `on_ack` on the link's task once the server acknowledged it (never, if the link
+    /// stopped for good first): the last copy of a room message, whose acknowledgement
+    /// vouches for the copies written before it. No task waits for it.
+    pub async fn send_encoded_then(
         &self,
-        stanza: Writable,
+        stanza: Encoded,
         on_ack: impl FnOnce() + Send + 'static,
-    ) -> Result<(), Element> {
+    ) -> Result<(), NotWritten> {
         self.outgoing
             .send(Outgoing {
-                stanza: stanza.into_inner(),
+                stanza: Stanza::Encoded(stanza),
                 written: None,
                 acked: Some(OnAck::Call(Box::new(on_ack))),
-                writable: true,
             })
             .await
-            .map_err(|error| error.0.stanza)
+            .map_err(|_| NotWritten::LinkStopped)
     }
 
     /// Queues a stanza and resolves once it has been written to the server's socket, with
@@ -307,10 +326,9 @@ impl LinkHandle {
         let (acked, acknowledged) = oneshot::channel();
         self.outgoing
             .send(Outgoing {
-                stanza,
+                stanza: Stanza::Tree(stanza),
                 written: Some(written),
                 acked: Some(OnAck::Tell(acked)),
-                writable: false,
             })
             .await
             .map_err(|_| NotWritten::LinkStopped)?;
@@ -732,8 +750,17 @@ async fn serve(
     shutdown: Shutdown,
 ) -> Result<(), LinkError> {
     let mut acks = Acks::new(token, config);
+    let mut writer = Writer::default();
     let served = serve_with(
-        config, state, stream, again, &mut acks, outgoing, incoming, shutdown,
+        config,
+        state,
+        stream,
+        &mut writer,
+        again,
+        &mut acks,
+        outgoing,
+        incoming,
+        shutdown,
     )
     .await;
     if served.is_err() {
@@ -747,6 +774,7 @@ async fn serve_with(
     config: &LinkConfig,
     state: &LinkState,
     stream: &mut Stream,
+    writer: &mut Writer,
     again: &mut VecDeque<Outgoing>,
     acks: &mut Acks<'_>,
     outgoing: &mut mpsc::Receiver<Outgoing>,
@@ -754,12 +782,14 @@ async fn serve_with(
     shutdown: Shutdown,
 ) -> Result<(), LinkError> {
     let domain = config.domain.as_str();
+    // In one write; if it fails, they are in `acks` again, which gives them back.
     while let Some(stanza) = again.pop_front() {
-        write(domain, stream, again, acks, stanza).await?;
+        writer.feed(domain, acks, stanza);
     }
     if let Some(ping) = acks.ping(domain) {
-        write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+        writer.feed(domain, acks, Outgoing::plain(ping));
     }
+    writer.flush(stream).await?;
     state.set_connected(true);
     // A stanza read but not yet taken by the gateway: while it waits, we stop reading (so
     // the server feels backpressure) but keep writing (so the gateway never deadlocks on us).
@@ -773,7 +803,7 @@ async fn serve_with(
         tokio::select! {
             biased;
             () = &mut stopping => {
-                return flush(domain, stream, again, acks, outgoing).await;
+                return flush(domain, stream, writer, acks, outgoing).await;
             }
             permit = incoming.reserve(), if received.is_some() => {
                 let Ok(permit) = permit else {
@@ -791,26 +821,19 @@ async fn serve_with(
                 // What is queued already goes out in the same write (a group commit's
                 // reflections, say): the server then reads them in one go, where a write
                 // each made it wake and read once per stanza.
-                let mut burst = vec![stanza];
-                while burst.len() < BURST
+                writer.feed(domain, acks, stanza);
+                let mut burst = 1;
+                while burst < BURST
                     && let Ok(next) = outgoing.try_recv()
                 {
-                    burst.push(next);
+                    writer.feed(domain, acks, next);
+                    burst += 1;
                 }
-                let mut burst = burst.into_iter();
-                while let Some(stanza) = burst.next() {
-                    if let Err(error) = feed(domain, stream, again, acks, stanza).await {
-                        // `again` holds the one that failed (it is empty while a link
-                        // serves); the rest follow it on the next link.
-                        again.extend(burst);
-                        return Err(error);
-                    }
-                }
-                flush_stream(stream).await?;
+                writer.flush(stream).await?;
             }
             () = tokio::time::sleep_until(ping_due.unwrap_or_else(Instant::now)), if ping_due.is_some() => {
                 if let Some(ping) = acks.ping(domain) {
-                    write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+                    write(domain, stream, writer, acks, Outgoing::plain(ping)).await?;
                 }
             }
             () = tokio::time::sleep_until(overdue.unwrap_or_else(Instant::now)), if overdue.is_some() => {
@@ -833,14 +856,14 @@ async fn serve_with(
                     tracing::debug!(bridge = domain, from = header.attr("from").unwrap_or(""), %failure, "refused an oversized stanza");
                     let answer = StanzaHeader::of(&header).and_then(|header| error_reply(&header, &failure));
                     if let Some(answer) = answer {
-                        write(domain, stream, again, acks, Outgoing::plain(answer)).await?;
+                        write(domain, stream, writer, acks, Outgoing::plain(answer)).await?;
                     }
                 }
                 Some(Err(ReadError::SoftTimeout)) => {
                     pings += 1;
                     let ping = keepalive_ping(domain, pings);
                     tracing::debug!(bridge = domain, "link idle, pinging the server");
-                    write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+                    write(domain, stream, writer, acks, Outgoing::plain(ping)).await?;
                 }
                 Some(Err(ReadError::ParseError(error))) => {
                     // Not well-formed enough to be an element at all; the stream goes on.
@@ -861,76 +884,96 @@ async fn serve_with(
 /// The most stanzas written in one go.
 const BURST: usize = 64;
 
-/// Writes one stanza and flushes it to the socket ([`feed`]).
+/// Writes one stanza and flushes it to the socket.
 async fn write(
     domain: &str,
     stream: &mut Stream,
-    again: &mut VecDeque<Outgoing>,
+    writer: &mut Writer,
     acks: &mut Acks<'_>,
     outgoing: Outgoing,
 ) -> Result<(), LinkError> {
-    feed(domain, stream, again, acks, outgoing).await?;
-    flush_stream(stream).await
+    writer.feed(domain, acks, outgoing);
+    writer.flush(stream).await
 }
 
-/// Hands what the stream's buffer holds to the socket.
-async fn flush_stream(stream: &mut Stream) -> Result<(), LinkError> {
-    SinkExt::<&Element>::flush(stream)
-        .await
-        .map_err(|error| LinkError::Lost(error.to_string()))
+/// What the link writes, encoded into one buffer that goes to the socket in one write. After
+/// the handshake tokio-xmpp writes nothing more (until the stream's footer, after the last
+/// flush), so the bytes go to the socket straight from here.
+#[derive(Default)]
+struct Writer {
+    encoder: StanzaEncoder,
+    out: Vec<u8>,
 }
 
-/// Writes one stanza into the stream's buffer (the socket gets it at the next flush, or
-/// once the buffer fills). A stanza that cannot be written as XML is dropped (its sender
-/// is told through `written`) and the link goes on; only an I/O failure ends it, and then
-/// the stanza is kept to go out first on the next link. A stanza someone waits on is kept
-/// in `acks` until the server acknowledged it, so one lost in the buffer when the link
-/// breaks goes out again on the next.
-async fn feed(
-    domain: &str,
-    stream: &mut Stream,
-    again: &mut VecDeque<Outgoing>,
-    acks: &mut Acks<'_>,
-    mut outgoing: Outgoing,
-) -> Result<(), LinkError> {
-    let checked = if outgoing.writable {
-        Ok(0)
-    } else {
-        make_writable(&mut outgoing.stanza)
-    };
-    match checked {
-        Ok(0) => {}
-        Ok(dropped) => {
-            tracing::debug!(
-                bridge = domain,
-                dropped,
-                "dropped characters XML forbids from a stanza"
-            );
-        }
-        Err(unwritable) => {
+/// What the buffer keeps of its room after a large burst.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+impl Writer {
+    /// Encodes one stanza into the buffer (the socket gets it at the next [`Writer::flush`]).
+    /// A stanza that cannot be written as XML is dropped (its sender is told through
+    /// `written`) and the link goes on. A stanza someone waits on is kept, encoded, in
+    /// `acks` until the server acknowledged it, so one lost in the buffer when the link
+    /// breaks goes out again on the next.
+    fn feed(&mut self, domain: &str, acks: &mut Acks<'_>, mut outgoing: Outgoing) {
+        let start = self.out.len();
+        let encoded = match &mut outgoing.stanza {
+            Stanza::Encoded(encoded) => {
+                self.out.extend_from_slice(encoded.bytes());
+                Ok(())
+            }
+            Stanza::Tree(stanza) => make_writable(stanza).and_then(|dropped| {
+                if dropped > 0 {
+                    tracing::debug!(
+                        bridge = domain,
+                        dropped,
+                        "dropped characters XML forbids from a stanza"
+                    );
+                }
+                self.encoder.encode(stanza, &mut self.out).inspect_err(|_| {
+                    // Its nesting is lost with the stanza it did not finish.
+                    self.encoder = StanzaEncoder::new();
+                })
+            }),
+        };
+        if let Err(unwritable) = encoded {
             tracing::error!(bridge = domain, error = %unwritable, "dropped a stanza that cannot be written");
             metrics::stanza_error(domain, "unwritable");
             if let Some(written) = outgoing.written {
                 let _ = written.send(Err(unwritable));
             }
-            return Ok(());
+            return;
+        }
+        metrics::stanza_out(domain);
+        if let Some(written) = outgoing.written.take() {
+            let _ = written.send(Ok(()));
+        }
+        if outgoing.acked.is_some() {
+            if let Stanza::Tree(_) = outgoing.stanza {
+                outgoing.stanza = Stanza::Encoded(Encoded::new(&self.out[start..]));
+            }
+            acks.written(outgoing);
         }
     }
-    match stream.feed(&outgoing.stanza).await {
-        Ok(()) => {
-            metrics::stanza_out(domain);
-            if let Some(written) = outgoing.written.take() {
-                let _ = written.send(Ok(()));
+
+    /// Hands what the buffer holds to the socket.
+    async fn flush(&mut self, stream: &Stream) -> Result<(), LinkError> {
+        let socket = stream.get_stream().get_ref().get_ref();
+        let mut sent = 0;
+        while sent < self.out.len() {
+            let lost = |error: std::io::Error| LinkError::Lost(error.to_string());
+            socket.writable().await.map_err(lost)?;
+            match socket.try_write(&self.out[sent..]) {
+                Ok(0) => return Err(LinkError::Lost("the socket took no more".into())),
+                Ok(written) => sent += written,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(lost(error)),
             }
-            if outgoing.acked.is_some() {
-                acks.written(outgoing);
-            }
-            Ok(())
         }
-        Err(error) => {
-            again.push_front(outgoing);
-            Err(LinkError::Lost(error.to_string()))
+        self.out.clear();
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out.shrink_to(KEEP_BUFFER);
         }
+        Ok(())
     }
 }
 
@@ -940,16 +983,16 @@ async fn feed(
 async fn flush(
     domain: &str,
     stream: &mut Stream,
-    again: &mut VecDeque<Outgoing>,
+    writer: &mut Writer,
     acks: &mut Acks<'_>,
     outgoing: &mut mpsc::Receiver<Outgoing>,
 ) -> Result<(), LinkError> {
     let flushing = async {
         while let Ok(stanza) = outgoing.try_recv() {
-            write(domain, stream, again, acks, stanza).await?;
+            write(domain, stream, writer, acks, stanza).await?;
         }
         if let Some(ping) = acks.ping(domain) {
-            write(domain, stream, again, acks, Outgoing::plain(ping)).await?;
+            write(domain, stream, writer, acks, Outgoing::plain(ping)).await?;
         }
         while !acks.pings.is_empty() {
             match stream.next().await {

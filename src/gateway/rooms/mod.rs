@@ -33,6 +33,7 @@ use super::{Answer, Gateway};
 use crate::lanes::Lanes;
 use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage};
 use crate::store::{millis, now_millis};
+use crate::xmpp::encode::{Encoded, Template};
 use crate::xmpp::muc::{self, OccupantPresence, status};
 use crate::xmpp::stanza::StanzaFailure;
 use crate::xmpp::xml_safe::Writable;

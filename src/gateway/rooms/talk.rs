@@ -373,7 +373,7 @@ async fn show_touch(
     let occupant = occupant_id(&gateway.domain, room, sender);
     let id = uuid::Uuid::new_v4().to_string();
     let stanza = muc::room_touch(&from, &id, target, &occupant, touch);
-    let Ok(template) = Writable::new(stanza) else {
+    let Ok(template) = Template::new(stanza) else {
         return;
     };
     // After every message archived before it (its target among them).
@@ -384,19 +384,19 @@ async fn show_touch(
 }
 
 /// A copy of `template` to every joined resource of `room`.
-async fn send_copies(gateway: &Gateway, room: &RoomId, template: &Writable) {
-    let copies: Vec<Writable> = {
+async fn send_copies(gateway: &Gateway, room: &RoomId, template: &Template) {
+    let copies: Vec<Encoded> = {
         let rooms = gateway.rooms.lock();
         let Some(state) = rooms.get(room) else {
             return;
         };
         recipients(state)
             .iter()
-            .map(|(_, _, to)| template.with(&[("to", to)]))
+            .map(|(_, _, to)| template.copy(to, None))
             .collect()
     };
     for copy in copies {
-        gateway.send_writable(copy).await;
+        gateway.send_encoded(copy).await;
     }
 }
 
@@ -550,7 +550,7 @@ pub(super) enum Show {
     /// A room message whose archive write was committed (or failed).
     Message(Box<Archived>),
     /// A retraction or reactions: the stanza every joined resource gets a copy of.
-    Touch(Writable),
+    Touch(Template),
 }
 
 /// A room message whose archive write was committed (or failed).
@@ -558,7 +558,7 @@ pub(super) struct Archived {
     room_jid: BareJid,
     foreign_id: String,
     /// The stanza every copy is made from.
-    template: Writable,
+    template: Template,
     poster: Option<Poster>,
     then: Then,
     /// Its archive id, `None` for a foreign id the room had.
@@ -625,7 +625,7 @@ async fn prepare(
     room: &RoomId,
     message: RoomMessage,
     poster: Option<Poster>,
-) -> Result<Option<(ArchiveRow, BareJid, Writable, Option<Poster>)>, CoreError> {
+) -> Result<Option<(ArchiveRow, BareJid, Template, Option<Poster>)>, CoreError> {
     let Some(room_jid) = room_jid(gateway, room) else {
         return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
     };
@@ -689,7 +689,7 @@ async fn prepare(
         let late = SystemTime::now().duration_since(at).ok()? > Duration::from_secs(5);
         late.then(|| humantime::format_rfc3339_millis(at).to_string())
     });
-    let template = Writable::new(muc::room_message(&muc::RoomMessage {
+    let template = Template::new(muc::room_message(&muc::RoomMessage {
         from,
         room: &room_name,
         stanza_id: &stanza_id,
@@ -818,7 +818,7 @@ async fn known(
     let template = as_room_message(gateway, room, room_jid, &row, |message| {
         Some(muc::room_message(message))
     })
-    .and_then(|stanza| Writable::new(stanza).ok());
+    .and_then(|stanza| Template::new(stanza).ok());
     if let Some(template) = template {
         fan_out(gateway, room, template, row.id, poster.as_ref(), None).await;
     }
@@ -863,7 +863,7 @@ pub(super) async fn know_cursor(gateway: &Gateway, room: &RoomId, before: i64) {
 pub(super) async fn fan_out(
     gateway: &Gateway,
     room: &RoomId,
-    template: Writable,
+    template: Template,
     id: i64,
     poster: Option<&Poster>,
     only: Option<&BTreeSet<String>>,
@@ -873,14 +873,12 @@ pub(super) async fn fan_out(
     let had = gateway.rooms.had_in_history(room, id);
     // The copies are made under the lock, straight from the membership (no list of
     // recipients in between), and sent after it.
-    let mut copies: Vec<Writable> = {
+    let mut copies: Vec<Encoded> = {
         let rooms = gateway.rooms.lock();
         let Some(state) = rooms.get(room) else {
             return;
         };
         let mut copies = Vec::with_capacity(state.members.len());
-        // The first recipient gets the template itself, once the others have their clones.
-        let mut first: Option<(String, Option<&str>)> = None;
         let mut to = String::new();
         for (user, member) in &state.members {
             if only.is_some_and(|only| !only.contains(user)) {
@@ -899,21 +897,8 @@ pub(super) async fn fan_out(
                 if had.contains(&to) {
                     continue;
                 }
-                if first.is_none() {
-                    first = Some((to.clone(), own_id));
-                    continue;
-                }
-                copies.push(match own_id {
-                    Some(id) => template.with(&[("to", &to), ("id", id)]),
-                    None => template.with(&[("to", &to)]),
-                });
+                copies.push(template.copy(&to, own_id));
             }
-        }
-        if let Some((to, own_id)) = first {
-            copies.push(match own_id {
-                Some(id) => template.into_with(&[("to", &to), ("id", id)]),
-                None => template.into_with(&[("to", &to)]),
-            });
         }
         copies
     };
@@ -923,14 +908,14 @@ pub(super) async fn fan_out(
         return;
     };
     for copy in copies {
-        gateway.send_writable(copy).await;
+        gateway.send_encoded(copy).await;
     }
     // Queued in order with the others; the link moves the cursor once the server has it.
     let rooms = gateway.rooms.clone();
     let room = room.clone();
     let queued = gateway
         .link
-        .send_writable_then(last, move || rooms.acked(&room, id))
+        .send_encoded_then(last, move || rooms.acked(&room, id))
         .await;
     if queued.is_err() {
         tracing::warn!("link stopped; a room message copy was dropped at shutdown");
@@ -1024,7 +1009,7 @@ pub(super) async fn resend_unsent(gateway: &Gateway, previous: BTreeMap<RoomId, 
             let template = as_room_message(gateway, &room, &room_jid, &message, |message| {
                 Some(muc::room_message(message))
             })
-            .and_then(|stanza| Writable::new(stanza).ok());
+            .and_then(|stanza| Template::new(stanza).ok());
             if let Some(template) = template {
                 fan_out(gateway, &room, template, message.id, None, Some(&users)).await;
             }
