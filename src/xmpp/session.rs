@@ -9,7 +9,7 @@
 //!   no answer within `keepalive_timeout` declares the link dead;
 //! - any disconnect reconnects with capped exponential backoff and jitter;
 //! - stanzas queued while the link is down wait in a bounded queue and go out after the
-//!   handshake; a stanza whose write failed is sent again first;
+//!   handshake;
 //! - a stanza sent with [`LinkHandle::send_and_confirm`] counts as delivered only once the
 //!   server has it: writes are followed by a XEP-0199 ping to our own domain (at most one
 //!   per 25 ms), and reading that ping back (the server handles a component's stanzas in order) acks
@@ -382,7 +382,7 @@ async fn run(
 ) {
     let domain = config.domain.as_str();
     // Stanzas to write first on the next link, in order: written but not acknowledged when
-    // the link broke, then the one whose write failed.
+    // the link broke.
     let mut again: VecDeque<Outgoing> = VecDeque::new();
     // Names this process's acknowledgement pings, so that another instance (ejabberd
     // balances a domain over several connections) never takes ours for its own.
