@@ -88,12 +88,17 @@ impl Encoded {
     }
 }
 
+thread_local! {
+    /// The templates' encoder, one per thread: back inside its root after each stanza.
+    static TEMPLATES: std::cell::RefCell<StanzaEncoder> = std::cell::RefCell::new(StanzaEncoder::new());
+}
+
 /// A stanza encoded once (made writable first), without a `to` and an `id`: each
 /// [`Template::copy`] puts in its own.
 #[derive(Debug, Clone)]
 pub struct Template {
     /// The stanza's bytes.
-    bytes: Box<[u8]>,
+    bytes: Vec<u8>,
     /// Where its start tag's name ends: the copies' attributes go there.
     name_end: usize,
     /// The `id` it had, which copies carry unless given another.
@@ -108,13 +113,18 @@ impl Template {
         let id = attributes.remove(Namespace::none(), "id");
         attributes.remove(Namespace::none(), "to");
         let mut bytes = Vec::new();
-        StanzaEncoder::new().encode(&stanza, &mut bytes)?;
-        let name_end = 1 + stanza.name().len();
-        if bytes.get(..name_end) != Some(format!("<{}", stanza.name()).as_bytes()) {
+        TEMPLATES.with_borrow_mut(|encoder| {
+            encoder.encode(&stanza, &mut bytes).inspect_err(|_| {
+                *encoder = StanzaEncoder::new();
+            })
+        })?;
+        let name = stanza.name().as_bytes();
+        let name_end = 1 + name.len();
+        if bytes.first() != Some(&b'<') || bytes.get(1..name_end) != Some(name) {
             return Err(Unwritable("the stanza did not encode as expected".into()));
         }
         Ok(Template {
-            bytes: bytes.into(),
+            bytes,
             name_end,
             id: id.map(String::into_boxed_str),
         })
