@@ -1140,18 +1140,27 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                 // Nothing changed (a network repeating what it said): nothing to show. A
                 // client may take a second self-presence for an error and bounce it.
                 let unchanged = known.as_deref() == Some(&occupant);
+                // Everyone but the occupant gets the same presence: encoded once, copied.
+                let mut others = Others::default();
                 for (_, nick, to) in everyone.iter().filter(|_| !unchanged) {
                     let own = *nick == occupant.nick;
                     if own && known.is_none() {
                         // Their own join was shown when they joined.
                         continue;
                     }
-                    let statuses: &[u16] = if own { &[status::SELF] } else { &[] };
-                    let shape = Shape {
-                        statuses,
-                        ..Shape::default()
-                    };
-                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                    if own {
+                        let shape = Shape {
+                            statuses: &[status::SELF],
+                            ..Shape::default()
+                        };
+                        let presence = presence_of(gateway, &room, &room_jid, &occupant, to, shape);
+                        stanzas.extend(presence.map(Out::Stanza));
+                    } else {
+                        let template = others.get(|| {
+                            presence_of(gateway, &room, &room_jid, &occupant, to, Shape::default())
+                        });
+                        stanzas.extend(template.map(|template| Out::Copy(template.copy(to, None))));
+                    }
                 }
             }
             RoomEvent::Left { .. } | RoomEvent::Kicked { .. } | RoomEvent::Banned { .. } => {
@@ -1181,14 +1190,16 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                         new_nick: Some(&new),
                         ..Shape::default()
                     };
-                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                    let presence = presence_of(gateway, &room, &room_jid, &occupant, to, shape);
+                    stanzas.extend(presence.map(Out::Stanza));
                     occupant.nick.clone_from(&new);
                     let back: &[u16] = if own { &[status::SELF] } else { &[] };
                     let shape = Shape {
                         statuses: back,
                         ..Shape::default()
                     };
-                    stanzas.extend(presence_of(gateway, &room, &room_jid, &occupant, to, shape));
+                    let presence = presence_of(gateway, &room, &room_jid, &occupant, to, shape);
+                    stanzas.extend(presence.map(Out::Stanza));
                     occupant.nick.clone_from(&old);
                 }
                 occupant.nick.clone_from(&new);
@@ -1209,7 +1220,7 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                     }
                     if let Ok(to) = to.parse() {
                         let from = Jid::from(room_jid.clone());
-                        stanzas.push(muc::notice(from, to, &text, &id));
+                        stanzas.push(Out::Stanza(muc::notice(from, to, &text, &id)));
                     }
                 }
             }
@@ -1222,7 +1233,12 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                 let id = uuid::Uuid::new_v4().to_string();
                 for (_, _, to) in &everyone {
                     if let Ok(to) = to.parse() {
-                        stanzas.push(muc::subject(from.clone(), to, &subject.text, &id));
+                        stanzas.push(Out::Stanza(muc::subject(
+                            from.clone(),
+                            to,
+                            &subject.text,
+                            &id,
+                        )));
                     }
                 }
                 state.subject = Some(subject);
@@ -1237,7 +1253,10 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         stanzas
     };
     for stanza in stanzas {
-        gateway.send(stanza).await;
+        match stanza {
+            Out::Stanza(stanza) => gateway.send(stanza).await,
+            Out::Copy(copy) => gateway.send_encoded(copy).await,
+        }
     }
     let tables = gateway.store.rooms();
     for user in removed_users {
@@ -1305,13 +1324,15 @@ pub(super) fn remove_occupant(
     room_jid: &BareJid,
     state: &mut Room,
     gone: &Gone<'_>,
-    stanzas: &mut Vec<Element>,
+    stanzas: &mut Vec<Out>,
 ) -> Vec<String> {
     let occupant = state
         .occupants
         .remove(gone.nick)
         .unwrap_or_else(|| Box::new(Occupant::new(gone.nick)));
     let mut removed = Vec::new();
+    // Everyone but the occupant gets the same presence: encoded once, copied.
+    let mut others = Others::default();
     for (user, nick, to) in recipients(state) {
         let own = nick == gone.nick;
         let mut statuses = Vec::with_capacity(2);
@@ -1329,7 +1350,33 @@ pub(super) fn remove_occupant(
             reason: gone.reason,
             ..Shape::default()
         };
-        stanzas.extend(presence_of(gateway, room, room_jid, &occupant, &to, shape));
+        if own {
+            let presence = presence_of(gateway, room, room_jid, &occupant, &to, shape);
+            stanzas.extend(presence.map(Out::Stanza));
+        } else {
+            let template =
+                others.get(|| presence_of(gateway, room, room_jid, &occupant, &to, shape));
+            stanzas.extend(template.map(|template| Out::Copy(template.copy(&to, None))));
+        }
     }
     removed
+}
+
+/// A stanza a room event shows: built for its one recipient, or a copy of a template.
+pub(super) enum Out {
+    Stanza(Element),
+    Copy(Encoded),
+}
+
+/// The presence every recipient but its subject gets, made on first use from the first
+/// such recipient's (its `to` is put in per copy).
+#[derive(Default)]
+struct Others(Option<Option<Template>>);
+
+impl Others {
+    fn get(&mut self, make: impl FnOnce() -> Option<Element>) -> Option<&Template> {
+        self.0
+            .get_or_insert_with(|| make().and_then(|stanza| Template::new(stanza).ok()))
+            .as_ref()
+    }
 }
