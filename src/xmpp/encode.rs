@@ -7,12 +7,10 @@
 use rxml::writer::{Encoder, SimpleNamespaces};
 use rxml::{Item, Namespace, NcNameStr};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns::COMPONENT as NS_COMPONENT;
 use xso::AsXml;
 
 use super::xml_safe::{Unwritable, is_xml_char, make_writable};
-
-/// The component stream's default namespace: stanzas in it declare none.
-const NS_COMPONENT: &str = "jabber:component:accept";
 
 /// Encodes stanzas as they are written inside the component stream (whose header,
 /// declaring [`NS_COMPONENT`], tokio-xmpp wrote): a stanza in that namespace declares none,

@@ -18,8 +18,9 @@ use xmpp_parsers::minidom::{
     rxml::{Namespace, NcName},
 };
 
-/// A stanza known to be writable: [`make_writable`] passed on it once. Its copies
-/// ([`Writable::with`]) stay writable, since the attributes they set are cleaned.
+/// A stanza known to be writable: [`make_writable`] passed on it once. It stays writable
+/// with the attributes [`Writable::into_with`] sets, since they are cleaned. (Copies for
+/// many recipients are [`super::encode::Template`]s.)
 #[derive(Debug, Clone)]
 pub struct Writable(Element);
 
@@ -30,13 +31,7 @@ impl Writable {
         Ok(Writable(stanza))
     }
 
-    /// A copy with these attributes set (or replaced), each value cleaned.
-    pub fn with(&self, attributes: &[(&'static str, &str)]) -> Writable {
-        Writable(self.0.clone()).into_with(attributes)
-    }
-
-    /// The stanza itself with these attributes set (or replaced), each value cleaned: the
-    /// one copy that may take the original, without a clone.
+    /// The stanza with these attributes set (or replaced), each value cleaned.
     pub fn into_with(self, attributes: &[(&'static str, &str)]) -> Writable {
         let mut stanza = self.0;
         for (name, value) in attributes {
@@ -123,21 +118,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_writable_template_and_its_copies_are_clean() {
+    fn a_writable_stanza_and_the_attributes_set_on_it_are_clean() {
         let namespace = "jabber:component:accept";
         let template = Element::builder("message", namespace)
             .append(Element::builder("body", namespace).append("a\u{1}b"))
             .build();
-        let template = Writable::new(template).expect("writable");
-        let copy = template
-            .with(&[("to", "x\u{1}@y/r"), ("id", "i\u{2}d")])
+        let stanza = Writable::new(template)
+            .expect("writable")
+            .into_with(&[("to", "x\u{1}@y/r"), ("id", "i\u{2}d")])
             .into_inner();
-        assert_eq!(copy.attr("to"), Some("x@y/r"));
-        assert_eq!(copy.attr("id"), Some("id"));
-        let body = copy.children().next().expect("body");
+        assert_eq!(stanza.attr("to"), Some("x@y/r"));
+        assert_eq!(stanza.attr("id"), Some("id"));
+        let body = stanza.children().next().expect("body");
         assert_eq!(body.text(), "ab");
-        // The template is not changed by its copies.
-        assert_eq!(template.into_inner().attr("to"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub(super) fn archived(
 ) -> Option<Element> {
     as_room_message(gateway, room, room_jid, message, |message| {
         let stanza = Writable::new(muc::room_message(message)).ok()?;
-        Some(stanza.with(&[("to", to)]).into_inner())
+        Some(stanza.into_with(&[("to", to)]).into_inner())
     })
 }
 
