@@ -2,9 +2,10 @@
 //! access, capabilities, registration, size, rate) or a typing notification for the bridge;
 //! to the bare gateway, a command by chat.
 
-use jabbridge_sdk::{Attachment, ChatState, ForeignId, UserJid};
+use jabbridge_sdk::{Attachment, ChatState, ForeignId, RoomId, UserJid};
 use xmpp_parsers::{
     chatstates,
+    jid::Jid,
     message::{Message, MessageType},
     message_correct::Replace,
     minidom::Element,
@@ -21,6 +22,9 @@ use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Handles a message addressed to the gateway or a contact.
 pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
+    if let Some(post) = Groupchat::of(gateway, &element)? {
+        return rooms::on_groupchat(gateway, &post).await;
+    }
     let message = Message::try_from(element).map_err(|error| {
         StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
     })?;
@@ -47,9 +51,6 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         .cloned();
     let (contact, room) = match gateway.room_of(&to) {
         Some(room) => {
-            if message.type_ == MessageType::Groupchat {
-                return rooms::on_groupchat(gateway, &message, &from, room, text).await;
-            }
             if text.is_none() {
                 // Typing notifications and markers to occupants are not carried.
                 return Ok(None);
@@ -148,6 +149,66 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
     };
     accept::outgoing(&gateway.delivery, entry).await?;
     Ok(None)
+}
+
+/// A groupchat message to a room (a post, a subject, a correction, a retraction or
+/// reactions), read off its element: a room post is the hot path, and parsing it into a
+/// [`Message`] would copy every payload.
+pub(super) struct Groupchat<'a> {
+    /// The stanza, whose children the room looks through for payloads.
+    pub element: &'a Element,
+    pub from: Jid,
+    pub room: RoomId,
+    /// The first non-blank body, in document order.
+    pub text: Option<String>,
+    /// The first subject, blank or not (a blank one clears the room's subject).
+    pub subject: Option<String>,
+}
+
+impl<'a> Groupchat<'a> {
+    /// `element` as a groupchat message to one of the bridge's rooms; `None` for any other
+    /// message (which takes the general path, with its own answers).
+    fn of(gateway: &Gateway, element: &'a Element) -> Result<Option<Self>, StanzaFailure> {
+        if element.attr("type") != Some("groupchat") {
+            return Ok(None);
+        }
+        let jid = |name: &str| element.attr(name).and_then(|jid| Jid::new(jid).ok());
+        let (Some(from), Some(room)) = (jid("from"), jid("to").and_then(|to| gateway.room_of(&to)))
+        else {
+            return Ok(None);
+        };
+        let mut text = None;
+        let mut subject = None;
+        for child in element
+            .children()
+            .filter(|child| child.ns() == ns::COMPONENT)
+        {
+            match child.name() {
+                "body" if text.is_none() => {
+                    let body = child.text();
+                    if !body.trim().is_empty() {
+                        text = Some(body);
+                    }
+                }
+                "subject" if subject.is_none() => subject = Some(child.text()),
+                _ => {}
+            }
+        }
+        Ok(Some(Self {
+            element,
+            from,
+            room,
+            text,
+            subject,
+        }))
+    }
+
+    /// The first payload named `name` in `namespace`.
+    pub fn payload(&self, name: &str, namespace: &str) -> Option<&'a Element> {
+        self.element
+            .children()
+            .find(|payload| payload.is(name, namespace))
+    }
 }
 
 /// Counts a message against the bridge's `spend_limit`, or refuses it when a cap is

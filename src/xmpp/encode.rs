@@ -142,23 +142,123 @@ impl Template {
     }
 }
 
+/// A [`Template`] written directly, for the stanza written most (a room message, to each
+/// occupant): no element tree built, made writable and encoded. Names are the caller's
+/// constants; attribute values and text are escaped, and cleaned of what XML forbids as
+/// [`make_writable`] would clean them.
+pub struct TemplateWriter {
+    bytes: Vec<u8>,
+    name_end: usize,
+    id: Option<Box<str>>,
+    /// The elements open, innermost last.
+    open: Vec<&'static str>,
+    /// Whether the innermost start tag is still open (attributes may follow).
+    in_tag: bool,
+}
+
+impl TemplateWriter {
+    /// A stanza named `name`, in the stream's namespace, whose copies carry `id` unless
+    /// given another.
+    pub fn new(name: &'static str, id: Option<&str>) -> Self {
+        let mut bytes = Vec::with_capacity(512);
+        bytes.push(b'<');
+        bytes.extend_from_slice(name.as_bytes());
+        TemplateWriter {
+            name_end: bytes.len(),
+            bytes,
+            id: id.map(Box::from),
+            open: vec![name],
+            in_tag: true,
+        }
+    }
+
+    /// An attribute of the element opened last (before any child or text of it).
+    pub fn attr(&mut self, name: &'static str, value: &str) -> &mut Self {
+        debug_assert!(self.in_tag, "an attribute after content");
+        attribute(&mut self.bytes, name, value);
+        self
+    }
+
+    /// Opens a child element, in `namespace` or else in its parent's.
+    pub fn start(&mut self, name: &'static str, namespace: Option<&str>) -> &mut Self {
+        self.close_tag();
+        self.bytes.push(b'<');
+        self.bytes.extend_from_slice(name.as_bytes());
+        if let Some(namespace) = namespace {
+            attribute(&mut self.bytes, "xmlns", namespace);
+        }
+        self.open.push(name);
+        self.in_tag = true;
+        self
+    }
+
+    /// Text inside the element opened last.
+    pub fn text(&mut self, text: &str) -> &mut Self {
+        self.close_tag();
+        escape(&mut self.bytes, text, false);
+        self
+    }
+
+    /// Closes the element opened last.
+    pub fn end(&mut self) -> &mut Self {
+        if let Some(name) = self.open.pop() {
+            if self.in_tag {
+                self.bytes.extend_from_slice(b"/>");
+            } else {
+                self.bytes.extend_from_slice(b"</");
+                self.bytes.extend_from_slice(name.as_bytes());
+                self.bytes.push(b'>');
+            }
+            self.in_tag = false;
+        }
+        self
+    }
+
+    /// The template, with every element still open closed.
+    pub fn finish(mut self) -> Template {
+        while !self.open.is_empty() {
+            self.end();
+        }
+        Template {
+            bytes: self.bytes,
+            name_end: self.name_end,
+            id: self.id,
+        }
+    }
+
+    fn close_tag(&mut self) {
+        if self.in_tag {
+            self.bytes.push(b'>');
+            self.in_tag = false;
+        }
+    }
+}
+
 /// Appends ` name='value'`, the value escaped for single quotes and without the characters
 /// XML forbids.
 fn attribute(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"='");
+    escape(out, value, true);
+    out.push(b'\'');
+}
+
+/// Appends `value` escaped for an attribute in single quotes, or for text; without the
+/// characters XML forbids. A carriage return (and in an attribute, a tab or a line feed) is
+/// written as a reference, which a parser keeps as it is instead of normalising it.
+fn escape(out: &mut Vec<u8>, value: &str, in_attribute: bool) {
     let mut plain = 0;
     for (index, character) in value.char_indices() {
         let escaped: &[u8] = match character {
             '&' => b"&amp;",
             '<' => b"&lt;",
             '>' => b"&gt;",
-            '\'' => b"&apos;",
-            '"' => b"&quot;",
-            '\t' => b"&#x9;",
-            '\n' => b"&#xa;",
             '\r' => b"&#xd;",
+            '\'' if in_attribute => b"&apos;",
+            '"' if in_attribute => b"&quot;",
+            '\t' if in_attribute => b"&#x9;",
+            '\n' if in_attribute => b"&#xa;",
             other if !is_xml_char(other) => b"",
             _ => continue,
         };
@@ -167,7 +267,6 @@ fn attribute(out: &mut Vec<u8>, name: &str, value: &str) {
         plain = index + character.len_utf8();
     }
     out.extend_from_slice(&value.as_bytes()[plain..]);
-    out.push(b'\'');
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ use jabbridge_sdk::{
 use sha2::{Digest, Sha256};
 use xmpp_parsers::{
     jid::{BareJid, Jid},
-    message::Message,
     minidom::Element,
 };
 

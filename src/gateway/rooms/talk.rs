@@ -8,27 +8,21 @@ use tracing::Instrument;
 use super::archive::as_room_message;
 use super::*;
 use crate::delivery::commit::{Committed, Done};
+use crate::gateway::message::Groupchat;
 use crate::lanes::Pushed;
 use crate::store::Write;
 use crate::store::rooms::ArchiveRow;
 use crate::xmpp::stanza::{StanzaHeader, StanzaKind};
 
 /// A groupchat message from a user: a post, or a subject change.
-pub(in crate::gateway) async fn on_groupchat(
-    gateway: &Gateway,
-    message: &Message,
-    from: &Jid,
-    room: RoomId,
-    text: Option<String>,
-) -> Answer {
+pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: &Groupchat<'_>) -> Answer {
+    let Groupchat {
+        from, room, text, ..
+    } = message;
+    let (room, text) = (room.clone(), text.clone());
     gateway.access.check(from.to_bare().as_str())?;
     let (user, posted_as) = joined(gateway, from, &room)?;
-    let payload = |name: &str, namespace: &str| {
-        message
-            .payloads
-            .iter()
-            .find(|payload| payload.is(name, namespace))
-    };
+    let payload = |name: &str, namespace: &str| message.payload(name, namespace);
     let capabilities = gateway.bridge.capabilities();
     let refused = |what: &str| {
         Err(StanzaFailure::FeatureNotImplemented(format!(
@@ -81,7 +75,7 @@ pub(in crate::gateway) async fn on_groupchat(
             ))
         }
     };
-    if let Some(subject) = message.subjects.values().next()
+    if let Some(subject) = &message.subject
         && text.is_none()
     {
         let setter = UserJid::new(user.as_str());
@@ -103,12 +97,8 @@ pub(in crate::gateway) async fn on_groupchat(
             crate::delivery::MAX_TEXT
         )));
     }
-    let stanza_id = message.id.as_ref().map(|id| id.0.clone());
-    let origin = message
-        .payloads
-        .iter()
-        .find(|payload| payload.is("origin-id", muc::NS_SID))
-        .and_then(|origin| origin.attr("id"));
+    let stanza_id = message.element.attr("id").map(str::to_owned);
+    let origin = payload("origin-id", muc::NS_SID).and_then(|origin| origin.attr("id"));
     if [stanza_id.as_deref(), origin]
         .iter()
         .flatten()
@@ -119,11 +109,7 @@ pub(in crate::gateway) async fn on_groupchat(
         )));
     }
     gateway.access.take(&user)?;
-    let origin_id = message
-        .payloads
-        .iter()
-        .find(|payload| payload.is("origin-id", muc::NS_SID))
-        .and_then(|origin| origin.attr("id"))
+    let origin_id = origin
         .map(str::to_owned)
         .or_else(|| stanza_id.clone())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -209,8 +195,8 @@ pub(in crate::gateway) async fn on_groupchat(
             let header = StanzaHeader {
                 kind: StanzaKind::Message,
                 from: Some(from.to_string()),
-                to: message.to.as_ref().map(ToString::to_string),
-                id: message.id.as_ref().map(|id| id.0.clone()),
+                to: message.element.attr("to").map(str::to_owned),
+                id: message.element.attr("id").map(str::to_owned),
                 type_: Some("groupchat".into()),
                 muc_join: false,
             };
@@ -689,7 +675,7 @@ async fn prepare(
         let late = SystemTime::now().duration_since(at).ok()? > Duration::from_secs(5);
         late.then(|| humantime::format_rfc3339_millis(at).to_string())
     });
-    let template = Template::new(muc::room_message(&muc::RoomMessage {
+    let template = muc::room_template(&muc::RoomMessage {
         from,
         room: &room_name,
         stanza_id: &stanza_id,
@@ -699,8 +685,7 @@ async fn prepare(
         delay: delay.as_deref(),
         replaces: replaces.as_deref(),
         retracted: None,
-    }))
-    .map_err(|error| CoreError::Refused(error.to_string()))?;
+    });
     let row = ArchiveRow {
         bridge: gateway.domain.clone(),
         room: room.to_string(),
