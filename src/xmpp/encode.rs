@@ -1,8 +1,9 @@
 //! Stanzas as the component stream's bytes. The link encodes every stanza it writes with one
 //! [`StanzaEncoder`] into its own buffer, and keeps what waits for the server's
-//! acknowledgement as those bytes; a room message is encoded once as a [`Template`], and each
-//! recipient's copy is its bytes with their `to` and `id` put in: no element tree to clone,
-//! encode and drop per copy.
+//! acknowledgement as those bytes; a stanza sent to many is encoded once as a [`Template`]
+//! (a room message is written as one directly, [`TemplateWriter`]), and each recipient's copy
+//! is its bytes with their `to` and `id` put in: no element tree to clone, encode and drop
+//! per copy.
 
 use rxml::writer::{Encoder, SimpleNamespaces};
 use rxml::{Item, Namespace, NcNameStr};
