@@ -7,15 +7,11 @@
 //! may carry a callback, called in submission order right after its batch committed (or
 //! failed): that is where a committed message is handed to its delivery lane, so messages
 //! reach their lanes in the order they were accepted, without reading the database again.
-//!
-//! On SQLite the committer's connection does not checkpoint: a checkpointer task copies the
-//! write-ahead log into the database half a second after commits, on another connection, so
-//! that no commit (and no message waiting for one) waits for that copy and its `fsync`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics;
@@ -25,8 +21,6 @@ use crate::store::{Store, Write};
 const MAX_BATCH: usize = 1024;
 /// Writes waiting for a commit before submitters wait for room.
 const QUEUE: usize = 8192;
-/// How long after a commit the log is checkpointed (SQLite): the commits meanwhile share it.
-const CHECKPOINT_AFTER: Duration = Duration::from_millis(500);
 
 /// Why a write was not committed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,10 +115,6 @@ impl Committer {
 async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request>) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     let mut writer = store.batch_writer();
-    let (wrote, written) = watch::channel(());
-    if store.is_sqlite_file() {
-        tokio::spawn(checkpoint_after_commits(store.clone(), written));
-    }
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut writes = Vec::with_capacity(batch.len());
         // Per request: its callback, and how many writes it has (one or two).
@@ -145,7 +135,6 @@ async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request
         metrics::commit(writes.len(), started.elapsed());
         match committed {
             Ok(ids) => {
-                wrote.send_replace(());
                 let mut ids = ids.into_iter();
                 for (done, count) in callbacks {
                     let id = ids
@@ -166,17 +155,6 @@ async fn run(store: Store, owner: Arc<str>, mut receiver: mpsc::Receiver<Request
                     }
                 }
             }
-        }
-    }
-}
-
-/// Checkpoints the log [`CHECKPOINT_AFTER`] a commit, until the committer ends.
-async fn checkpoint_after_commits(store: Store, mut written: watch::Receiver<()>) {
-    while written.changed().await.is_ok() {
-        tokio::time::sleep(CHECKPOINT_AFTER).await;
-        written.mark_unchanged();
-        if let Err(error) = store.checkpoint().await {
-            tracing::warn!(%error, "cannot copy the database's log into it (checkpoint)");
         }
     }
 }

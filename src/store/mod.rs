@@ -109,15 +109,7 @@ impl BatchWriter {
         }
         let mut connection = match self.connection.take() {
             Some(connection) => connection,
-            None => {
-                let mut connection = self.store.pool.acquire().await?.detach();
-                // The WAL is copied into the database by Store::checkpoint, off this
-                // connection: a commit never waits for a checkpoint.
-                sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                    .execute(&mut connection)
-                    .await?;
-                connection
-            }
+            None => self.store.pool.acquire().await?.detach(),
         };
         let written = Store::write_batch(&mut connection, self.store.engine, owner, writes).await;
         if written.is_ok() {
@@ -533,23 +525,9 @@ impl Store {
 
     /// Whether this is SQLite in a file: not a database in memory, which lives in the pool's
     /// connection, and which another connection would not see.
-    pub fn is_sqlite_file(&self) -> bool {
+    fn is_sqlite_file(&self) -> bool {
         let url = self.url.expose_secret();
         self.engine == Engine::Sqlite && !url.contains(":memory:") && !url.contains("mode=memory")
-    }
-
-    /// Copies what SQLite's write-ahead log holds into the database file, without waiting
-    /// for readers or writers (a passive checkpoint), so that the log stops growing. The
-    /// group commit's connection leaves this to the committer's checkpointer
-    /// ([`crate::delivery::commit`]); the pool's connections still checkpoint by themselves
-    /// past 1,000 pages. Nothing to do on PostgreSQL or in memory.
-    pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        if self.is_sqlite_file() {
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(())
     }
 
     /// Whether this is SQLite, where one instance runs at a time.
