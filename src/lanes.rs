@@ -1,26 +1,44 @@
 //! Ordered lanes: work items of one key (a user) are handled one after another, in the order
 //! they came; items of different keys are handled at the same time. A lane exists only while
-//! it has work, so idle users cost nothing.
+//! it has work (or, taken with [`Lanes::next_within`], for a moment after), so idle users
+//! cost nothing.
 //!
 //! The gateway puts every stanza in its sender's lane, so one user's slow bridge call holds up
 //! that user's later stanzas and no one else's.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// How long the gateway's lanes wait for more once empty ([`Lanes::next_within`]): longer
+/// than the gaps of a steady stream (a client's posts, a room's commits under load), short
+/// enough that an idle user's lane is gone at once.
+pub const LINGER: Duration = Duration::from_millis(20);
 
 /// Lanes of one kind of work.
 #[derive(Debug)]
 pub struct Lanes<T> {
-    queues: Mutex<HashMap<String, VecDeque<T>>>,
+    queues: Mutex<HashMap<String, Lane<T>>>,
     /// Most items waiting in one lane; past it [`Lanes::push`] refuses.
     depth: usize,
+}
+
+/// One key's items, and how its task waits for more.
+#[derive(Debug)]
+struct Lane<T> {
+    items: VecDeque<T>,
+    /// Set while the lane's task waits in [`Lanes::next_within`]: [`Lanes::push`] wakes it.
+    waiting: Option<Arc<Notify>>,
 }
 
 /// What [`Lanes::push`] did with an item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed<T> {
     /// The key had no lane: one was opened with this item, and the caller must start a task
-    /// that takes items with [`Lanes::next`] until it returns `None`.
+    /// that takes items with [`Lanes::next`] (or [`Lanes::next_within`]) until it returns
+    /// `None`.
     Opened,
     /// Queued behind the lane's earlier items; its task will take it.
     Queued,
@@ -37,7 +55,7 @@ impl<T> Lanes<T> {
         }
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<T>>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lane<T>>> {
         // Nothing here panics while holding the lock; a poisoned lock still holds good data.
         self.queues
             .lock()
@@ -48,13 +66,20 @@ impl<T> Lanes<T> {
     pub fn push(&self, key: &str, item: T) -> Pushed<T> {
         let mut queues = self.queues();
         match queues.get_mut(key) {
-            Some(queue) if queue.len() >= self.depth => Pushed::Full(item),
-            Some(queue) => {
-                queue.push_back(item);
+            Some(lane) if lane.items.len() >= self.depth => Pushed::Full(item),
+            Some(lane) => {
+                lane.items.push_back(item);
+                if let Some(waiting) = &lane.waiting {
+                    waiting.notify_one();
+                }
                 Pushed::Queued
             }
             None => {
-                queues.insert(key.to_owned(), VecDeque::from([item]));
+                let lane = Lane {
+                    items: VecDeque::from([item]),
+                    waiting: None,
+                };
+                queues.insert(key.to_owned(), lane);
                 Pushed::Opened
             }
         }
@@ -64,20 +89,52 @@ impl<T> Lanes<T> {
     /// the same lock that [`Lanes::push`] takes, so no item is ever left behind.
     pub fn next(&self, key: &str) -> Option<T> {
         let mut queues = self.queues();
-        let queue = queues.get_mut(key)?;
-        let item = queue.pop_front();
+        let lane = queues.get_mut(key)?;
+        let item = lane.items.pop_front();
         if item.is_none() {
             queues.remove(key);
         }
         item
     }
 
-    /// Whether `key`'s lane is open (it has work in hand).
-    pub fn has(&self, key: &str) -> bool {
-        self.queues().contains_key(key)
+    /// Like [`Lanes::next`], but an empty lane stays open for up to `linger`, and its task
+    /// takes what is pushed meanwhile: work that comes in a steady stream (a user's posts, a
+    /// room's messages under load) keeps one task instead of starting one per item.
+    pub async fn next_within(&self, key: &str, linger: Duration) -> Option<T> {
+        loop {
+            let waiting = {
+                let mut queues = self.queues();
+                let lane = queues.get_mut(key)?;
+                if let Some(item) = lane.items.pop_front() {
+                    lane.waiting = None;
+                    return Some(item);
+                }
+                lane.waiting.get_or_insert_with(Arc::default).clone()
+            };
+            // A push between the lock and here left a permit: this returns at once.
+            if tokio::time::timeout(linger, waiting.notified())
+                .await
+                .is_err()
+            {
+                let mut queues = self.queues();
+                let lane = queues.get_mut(key)?;
+                if lane.items.is_empty() {
+                    queues.remove(key);
+                    return None;
+                }
+            }
+        }
     }
 
-    /// How many lanes are open (users with work in hand).
+    /// Whether `key`'s lane has work in hand: items waiting, or its task busy with one (a
+    /// lane whose task waits for more in [`Lanes::next_within`] has none).
+    pub fn has(&self, key: &str) -> bool {
+        self.queues()
+            .get(key)
+            .is_some_and(|lane| !lane.items.is_empty() || lane.waiting.is_none())
+    }
+
+    /// How many lanes are open (users with work in hand, or their tasks waiting for more).
     pub fn open(&self) -> usize {
         self.queues().len()
     }
@@ -108,9 +165,48 @@ mod tests {
         assert_eq!(lanes.next("bob"), None);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_lane_takes_what_comes_meanwhile_and_closes_after() {
+        let lanes = Arc::new(Lanes::new(10));
+        assert_eq!(lanes.push("alice", 1), Pushed::Opened);
+        let linger = Duration::from_millis(20);
+        assert_eq!(lanes.next_within("alice", linger).await, Some(1));
+        assert!(lanes.has("alice"), "busy with its item");
+        let task = {
+            let lanes = lanes.clone();
+            tokio::spawn(async move {
+                let mut taken = Vec::new();
+                while let Some(item) = lanes.next_within("alice", linger).await {
+                    taken.push(item);
+                }
+                taken
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The task waits for more: the lane is open, with no work in hand.
+        assert!(!lanes.has("alice"));
+        assert_eq!(lanes.open(), 1);
+        // Pushed to the waiting task, not a new one.
+        assert_eq!(lanes.push("alice", 2), Pushed::Queued);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        assert_eq!(lanes.push("alice", 3), Pushed::Queued);
+        assert_eq!(task.await.expect("task"), vec![2, 3]);
+        // The linger passed with nothing new: closed, and the next push opens a lane again.
+        assert_eq!(lanes.open(), 0);
+        assert_eq!(lanes.push("alice", 4), Pushed::Opened);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn items_of_one_key_are_handled_in_order_and_keys_at_once() {
-        use std::sync::Arc;
+        in_order_and_at_once(None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lingering_lanes_handle_items_of_one_key_in_order_and_keys_at_once() {
+        in_order_and_at_once(Some(Duration::from_micros(50))).await;
+    }
+
+    async fn in_order_and_at_once(linger: Option<Duration>) {
         let lanes = Arc::new(Lanes::new(1000));
         let handled = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = tokio::task::JoinSet::new();
@@ -123,7 +219,12 @@ mod tests {
             if lanes.push(&key, number) == Pushed::Opened {
                 let (lanes, handled) = (lanes.clone(), handled.clone());
                 tasks.spawn(async move {
-                    while let Some(item) = lanes.next(&key) {
+                    loop {
+                        let item = match linger {
+                            None => lanes.next(&key),
+                            Some(linger) => lanes.next_within(&key, linger).await,
+                        };
+                        let Some(item) = item else { break };
                         tokio::task::yield_now().await;
                         handled.lock().unwrap().push(item);
                     }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
 use super::{Delivery, inbox, outbox};
-use crate::lanes::Pushed;
+use crate::lanes::{LINGER, Pushed};
 
 /// Counts a running lane task for as long as it lives.
 struct Running<'a>(&'a Delivery);
@@ -37,7 +37,7 @@ pub fn outgoing(delivery: &Arc<Delivery>, lane: String, item: outbox::Item) {
         tokio::spawn(
             async move {
                 let _running = Running::start(&delivery);
-                while let Some(item) = delivery.outbox.next(&lane) {
+                while let Some(item) = delivery.outbox.next_within(&lane, LINGER).await {
                     if !delivery.shutdown.is_stopping() {
                         // At shutdown the rest stays queued: the rows are released for the
                         // next start.
@@ -58,7 +58,7 @@ pub fn incoming(delivery: &Arc<Delivery>, lane: String, item: inbox::Item) {
         tokio::spawn(
             async move {
                 let _running = Running::start(&delivery);
-                while let Some(item) = delivery.inbox.next(&lane) {
+                while let Some(item) = delivery.inbox.next_within(&lane, LINGER).await {
                     if !delivery.shutdown.is_stopping() {
                         inbox::deliver(&delivery, item).await;
                     }

@@ -34,7 +34,7 @@ use crate::access::Access;
 use crate::calls::Calls;
 use crate::config::{CallLimits, DeliveryConfig, RoomsConfig, SpendLimit};
 use crate::delivery::{self, Delivery};
-use crate::lanes::{Lanes, Pushed};
+use crate::lanes::{LINGER, Lanes, Pushed};
 use crate::metrics;
 use crate::store::{Store, StoreError};
 use crate::xmpp::jid::{escape, unescape};
@@ -307,7 +307,8 @@ impl Gateway {
                 let gateway = self.clone();
                 lanes.spawn(
                     async move {
-                        while let Some((element, _permit, handed_off)) = gateway.lanes.next(&sender)
+                        while let Some((element, _permit, handed_off)) =
+                            gateway.lanes.next_within(&sender, LINGER).await
                         {
                             gateway.handle(element, handed_off).await;
                         }

@@ -9,7 +9,7 @@ use super::archive::as_room_message;
 use super::*;
 use crate::delivery::commit::{Committed, Done};
 use crate::gateway::message::Groupchat;
-use crate::lanes::Pushed;
+use crate::lanes::{LINGER, Pushed};
 use crate::store::Write;
 use crate::store::rooms::ArchiveRow;
 use crate::xmpp::stanza::{StanzaHeader, StanzaKind};
@@ -731,7 +731,7 @@ fn queue_show(gateway: Arc<Gateway>, room: RoomId, show: Show) {
 
 /// Shows what waits in `room`'s lane, one after another, until nothing waits.
 async fn show_in_order(gateway: Arc<Gateway>, room: RoomId) {
-    while let Some(show) = gateway.rooms.shows.next(room.as_str()) {
+    while let Some(show) = gateway.rooms.shows.next_within(room.as_str(), LINGER).await {
         let message = match show {
             Show::Message(message) => *message,
             Show::Touch(template) => {
