@@ -22,8 +22,8 @@ use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Handles a message addressed to the gateway or a contact.
 pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
-    if let Some(post) = Groupchat::of(gateway, &element)? {
-        return rooms::on_groupchat(gateway, &post).await;
+    if let Some(post) = Groupchat::of(gateway, &element) {
+        return rooms::on_groupchat(gateway, post).await;
     }
     let message = Message::try_from(element).map_err(|error| {
         StanzaFailure::BadRequest(format!("this message does not parse: {error}"))
@@ -155,7 +155,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
 /// reactions), read off its element: a room post is the hot path, and parsing it into a
 /// [`Message`] would copy every payload.
 pub(super) struct Groupchat<'a> {
-    /// The stanza, whose children the room looks through for payloads.
+    /// The stanza, whose children the room looks through for its payloads.
     pub element: &'a Element,
     pub from: Jid,
     pub room: RoomId,
@@ -168,14 +168,14 @@ pub(super) struct Groupchat<'a> {
 impl<'a> Groupchat<'a> {
     /// `element` as a groupchat message to one of the bridge's rooms; `None` for any other
     /// message (which takes the general path, with its own answers).
-    fn of(gateway: &Gateway, element: &'a Element) -> Result<Option<Self>, StanzaFailure> {
+    fn of(gateway: &Gateway, element: &'a Element) -> Option<Self> {
         if element.attr("type") != Some("groupchat") {
-            return Ok(None);
+            return None;
         }
         let jid = |name: &str| element.attr(name).and_then(|jid| Jid::new(jid).ok());
         let (Some(from), Some(room)) = (jid("from"), jid("to").and_then(|to| gateway.room_of(&to)))
         else {
-            return Ok(None);
+            return None;
         };
         let mut text = None;
         let mut subject = None;
@@ -194,20 +194,13 @@ impl<'a> Groupchat<'a> {
                 _ => {}
             }
         }
-        Ok(Some(Self {
+        Some(Self {
             element,
             from,
             room,
             text,
             subject,
-        }))
-    }
-
-    /// The first payload named `name` in `namespace`.
-    pub fn payload(&self, name: &str, namespace: &str) -> Option<&'a Element> {
-        self.element
-            .children()
-            .find(|payload| payload.is(name, namespace))
+        })
     }
 }
 

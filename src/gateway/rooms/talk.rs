@@ -15,14 +15,22 @@ use crate::store::rooms::ArchiveRow;
 use crate::xmpp::stanza::{StanzaHeader, StanzaKind};
 
 /// A groupchat message from a user: a post, or a subject change.
-pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: &Groupchat<'_>) -> Answer {
+pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupchat<'_>) -> Answer {
     let Groupchat {
-        from, room, text, ..
+        element,
+        from,
+        room,
+        text,
+        subject,
     } = message;
-    let (room, text) = (room.clone(), text.clone());
+    let from = &from;
     gateway.access.check(from.to_bare().as_str())?;
     let (user, posted_as) = joined(gateway, from, &room)?;
-    let payload = |name: &str, namespace: &str| message.payload(name, namespace);
+    let payload = |name: &str, namespace: &str| {
+        element
+            .children()
+            .find(|payload| payload.is(name, namespace))
+    };
     let capabilities = gateway.bridge.capabilities();
     let refused = |what: &str| {
         Err(StanzaFailure::FeatureNotImplemented(format!(
@@ -75,7 +83,7 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: &Groupc
             ))
         }
     };
-    if let Some(subject) = &message.subject
+    if let Some(subject) = &subject
         && text.is_none()
     {
         let setter = UserJid::new(user.as_str());
@@ -97,7 +105,7 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: &Groupc
             crate::delivery::MAX_TEXT
         )));
     }
-    let stanza_id = message.element.attr("id").map(str::to_owned);
+    let stanza_id = element.attr("id").map(str::to_owned);
     let origin = payload("origin-id", muc::NS_SID).and_then(|origin| origin.attr("id"));
     if [stanza_id.as_deref(), origin]
         .iter()
@@ -195,8 +203,8 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: &Groupc
             let header = StanzaHeader {
                 kind: StanzaKind::Message,
                 from: Some(from.to_string()),
-                to: message.element.attr("to").map(str::to_owned),
-                id: message.element.attr("id").map(str::to_owned),
+                to: element.attr("to").map(str::to_owned),
+                id: element.attr("id").map(str::to_owned),
                 type_: Some("groupchat".into()),
                 muc_join: false,
             };
