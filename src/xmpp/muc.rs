@@ -229,8 +229,8 @@ pub fn room_touch(
         .build()
 }
 
-/// A groupchat message with no `to` yet: made writable once and copied per recipient
-/// ([`crate::xmpp::xml_safe::Writable::with`]).
+/// A groupchat message with no `to` yet, as an element: what history, MAM and resends wrap
+/// or copy ([`room_template`] is the same stanza for the fan-out).
 pub fn room_message(message: &RoomMessage<'_>) -> Element {
     groupchat(message, NS_COMPONENT)
 }
