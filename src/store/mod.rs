@@ -369,14 +369,6 @@ pub enum Write {
     /// Archive a room message (unless the room has its foreign id): its id is the write's
     /// result.
     Archive(rooms::ArchiveRow),
-    /// A user's resource is in a room under a nick (the row the gateway rejoins from at
-    /// start); of the same user, room and resource, the last written wins.
-    Join {
-        /// The bridge's domain.
-        bridge: String,
-        /// Who, where, under which nick.
-        row: rooms::JoinRow,
-    },
     /// Writes nothing: committed once every write submitted before it is (a reader's
     /// barrier).
     Barrier,
@@ -1171,7 +1163,6 @@ impl Store {
                         | Write::Retry { .. }
                         | Write::Bounce { .. }
                         | Write::ClearReport { .. }
-                        | Write::Join { .. }
                 )
             })
             .count();
@@ -1263,18 +1254,6 @@ impl Store {
                 )
                 .bind(bridge.as_str())
                 .bind(foreign_id.as_str()),
-                // One statement each: in order, the last of a key wins.
-                Write::Join { bridge, row } => sqlx::query(
-                    "INSERT INTO room_joins (bridge, jid, room, resource, nick, joined_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (bridge, jid, room, resource) DO UPDATE SET nick = excluded.nick",
-                )
-                .bind(bridge.as_str())
-                .bind(row.jid.as_str())
-                .bind(row.room.as_str())
-                .bind(row.resource.as_str())
-                .bind(row.nick.as_str())
-                .bind(now),
             };
             statements.push(Statement::plain(query));
         }

@@ -223,6 +223,24 @@ pub struct PageQuery {
 }
 
 impl RoomTables {
+    /// Records that `resource` of `jid` is in `room` as `nick` (replacing what was there).
+    pub async fn join(&self, bridge: &str, row: &JoinRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO room_joins (bridge, jid, room, resource, nick, joined_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (bridge, jid, room, resource) DO UPDATE SET nick = excluded.nick",
+        )
+        .bind(bridge)
+        .bind(&row.jid)
+        .bind(&row.room)
+        .bind(&row.resource)
+        .bind(&row.nick)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Forgets one resource of `jid` in `room`, or all of them with `None`.
     pub async fn leave(
         &self,

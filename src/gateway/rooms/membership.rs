@@ -4,7 +4,6 @@
 use super::archive::archived;
 use super::talk::resend_unsent;
 use super::*;
-use crate::store::Write;
 
 /// A presence to a room (`to` is `room@domain/nick`): a join, a presence update, a nick
 /// change, or a leave.
@@ -159,13 +158,7 @@ pub(super) async fn join(
         resource: resource.to_owned(),
         nick: nick.clone(),
     };
-    // Through the group commit: a join storm's rows share commits (and the pool's
-    // connections stay free for reads).
-    let write = Write::Join {
-        bridge: gateway.domain.clone(),
-        row,
-    };
-    if let Err(error) = gateway.delivery.committer().commit(write).await {
+    if let Err(error) = gateway.store.rooms().join(&gateway.domain, &row).await {
         // The user is in the room; only a restart would forget it.
         tracing::error!(%error, "cannot record a room join");
     }
