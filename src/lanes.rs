@@ -1,7 +1,7 @@
 //! Ordered lanes: work items of one key (a user) are handled one after another, in the order
 //! they came; items of different keys are handled at the same time. A lane exists only while
-//! it has work (or, taken with [`Lanes::next_within`], for a moment after), so idle users
-//! cost nothing.
+//! it has work (and for a moment after, see [`Lanes::next_within`]), so idle users cost
+//! nothing.
 //!
 //! The gateway puts every stanza in its sender's lane, so one user's slow bridge call holds up
 //! that user's later stanzas and no one else's.
@@ -37,8 +37,7 @@ struct Lane<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed<T> {
     /// The key had no lane: one was opened with this item, and the caller must start a task
-    /// that takes items with [`Lanes::next`] (or [`Lanes::next_within`]) until it returns
-    /// `None`.
+    /// that takes items with [`Lanes::next_within`] until it returns `None`.
     Opened,
     /// Queued behind the lane's earlier items; its task will take it.
     Queued,
@@ -85,21 +84,11 @@ impl<T> Lanes<T> {
         }
     }
 
-    /// The next item of `key`'s lane; `None` closes the lane (its task must then end), under
-    /// the same lock that [`Lanes::push`] takes, so no item is ever left behind.
-    pub fn next(&self, key: &str) -> Option<T> {
-        let mut queues = self.queues();
-        let lane = queues.get_mut(key)?;
-        let item = lane.items.pop_front();
-        if item.is_none() {
-            queues.remove(key);
-        }
-        item
-    }
-
-    /// Like [`Lanes::next`], but an empty lane stays open for up to `linger`, and its task
-    /// takes what is pushed meanwhile: work that comes in a steady stream (a user's posts, a
-    /// room's messages under load) keeps one task instead of starting one per item.
+    /// The next item of `key`'s lane. An empty lane stays open for up to `linger`, and its
+    /// task takes what is pushed meanwhile: work that comes in a steady stream (a user's
+    /// posts, a room's messages under load) keeps one task instead of starting one per item.
+    /// `None` closes the lane (its task must then end), under the same lock that
+    /// [`Lanes::push`] takes, so no item is ever left behind; with no linger, at once.
     pub async fn next_within(&self, key: &str, linger: Duration) -> Option<T> {
         loop {
             let waiting = {
@@ -108,6 +97,10 @@ impl<T> Lanes<T> {
                 if let Some(item) = lane.items.pop_front() {
                     lane.waiting = None;
                     return Some(item);
+                }
+                if linger.is_zero() {
+                    queues.remove(key);
+                    return None;
                 }
                 lane.waiting.get_or_insert_with(Arc::default).clone()
             };
@@ -144,25 +137,27 @@ impl<T> Lanes<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_lane_opens_queues_in_order_refuses_when_full_and_closes_when_empty() {
+    #[tokio::test]
+    async fn a_lane_opens_queues_in_order_refuses_when_full_and_closes_when_empty() {
+        let next =
+            async |lanes: &Lanes<u32>, key: &str| lanes.next_within(key, Duration::ZERO).await;
         let lanes = Lanes::new(2);
         assert_eq!(lanes.push("alice", 1), Pushed::Opened);
         assert_eq!(lanes.push("bob", 10), Pushed::Opened);
         assert_eq!(lanes.push("alice", 2), Pushed::Queued);
         assert_eq!(lanes.push("alice", 3), Pushed::Full(3));
-        assert_eq!(lanes.next("alice"), Some(1));
+        assert_eq!(next(&lanes, "alice").await, Some(1));
         assert_eq!(lanes.push("alice", 3), Pushed::Queued);
-        assert_eq!(lanes.next("alice"), Some(2));
-        assert_eq!(lanes.next("alice"), Some(3));
+        assert_eq!(next(&lanes, "alice").await, Some(2));
+        assert_eq!(next(&lanes, "alice").await, Some(3));
         assert_eq!(lanes.open(), 2);
         // Empty: the lane closes, and the next push opens a new one.
-        assert_eq!(lanes.next("alice"), None);
+        assert_eq!(next(&lanes, "alice").await, None);
         assert_eq!(lanes.open(), 1);
         assert_eq!(lanes.push("alice", 4), Pushed::Opened);
-        assert_eq!(lanes.next("bob"), Some(10));
-        assert_eq!(lanes.next("bob"), None);
-        assert_eq!(lanes.next("bob"), None);
+        assert_eq!(next(&lanes, "bob").await, Some(10));
+        assert_eq!(next(&lanes, "bob").await, None);
+        assert_eq!(next(&lanes, "bob").await, None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -198,15 +193,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn items_of_one_key_are_handled_in_order_and_keys_at_once() {
-        in_order_and_at_once(None).await;
+        in_order_and_at_once(Duration::ZERO).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lingering_lanes_handle_items_of_one_key_in_order_and_keys_at_once() {
-        in_order_and_at_once(Some(Duration::from_micros(50))).await;
+        in_order_and_at_once(Duration::from_micros(50)).await;
     }
 
-    async fn in_order_and_at_once(linger: Option<Duration>) {
+    async fn in_order_and_at_once(linger: Duration) {
         let lanes = Arc::new(Lanes::new(1000));
         let handled = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = tokio::task::JoinSet::new();
@@ -219,12 +214,7 @@ mod tests {
             if lanes.push(&key, number) == Pushed::Opened {
                 let (lanes, handled) = (lanes.clone(), handled.clone());
                 tasks.spawn(async move {
-                    loop {
-                        let item = match linger {
-                            None => lanes.next(&key),
-                            Some(linger) => lanes.next_within(&key, linger).await,
-                        };
-                        let Some(item) = item else { break };
+                    while let Some(item) = lanes.next_within(&key, linger).await {
                         tokio::task::yield_now().await;
                         handled.lock().unwrap().push(item);
                     }

@@ -160,14 +160,14 @@ pub struct TemplateWriter {
 impl TemplateWriter {
     /// A stanza named `name`, in the stream's namespace, whose copies carry `id` unless
     /// given another.
-    pub fn new(name: &'static str, id: Option<&str>) -> Self {
+    pub fn new(name: &'static str, id: &str) -> Self {
         let mut bytes = Vec::with_capacity(512);
         bytes.push(b'<');
         bytes.extend_from_slice(name.as_bytes());
         TemplateWriter {
             name_end: bytes.len(),
             bytes,
-            id: id.map(Box::from),
+            id: Some(id.into()),
             open: vec![name],
             in_tag: true,
         }

@@ -239,10 +239,7 @@ pub fn room_message(message: &RoomMessage<'_>) -> Element {
 /// back), at a fraction of the cost, for the fan-out of every message said in a room.
 pub fn room_template(message: &RoomMessage<'_>) -> Template {
     let from = message.from.to_string();
-    let mut stanza = TemplateWriter::new(
-        "message",
-        Some(message.origin_id.unwrap_or(message.stanza_id)),
-    );
+    let mut stanza = TemplateWriter::new("message", message.origin_id.unwrap_or(message.stanza_id));
     stanza.attr("type", "groupchat").attr("from", &from);
     match message.retracted {
         Some(stamp) => stanza
