@@ -150,7 +150,7 @@ impl Template {
 pub struct TemplateWriter {
     bytes: Vec<u8>,
     name_end: usize,
-    id: Option<Box<str>>,
+    id: Box<str>,
     /// The elements open, innermost last.
     open: Vec<&'static str>,
     /// Whether the innermost start tag is still open (attributes may follow).
@@ -167,7 +167,7 @@ impl TemplateWriter {
         TemplateWriter {
             name_end: bytes.len(),
             bytes,
-            id: Some(id.into()),
+            id: id.into(),
             open: vec![name],
             in_tag: true,
         }
@@ -223,7 +223,7 @@ impl TemplateWriter {
         Template {
             bytes: self.bytes,
             name_end: self.name_end,
-            id: self.id,
+            id: Some(self.id),
         }
     }
 
