@@ -144,6 +144,18 @@ def own_cpu():
     return usage.user + usage.system
 
 
+def dump_smaps(pid, name):
+    """With BENCH_SMAPS_DIR set, keeps a copy of the gateway's /proc/PID/smaps (a diagnostic)."""
+    directory = os.environ.get("BENCH_SMAPS_DIR")
+    if not directory:
+        return
+    try:
+        with open("/proc/%d/smaps" % pid) as source, open(os.path.join(directory, name), "w") as copy:
+            copy.write(source.read())
+    except OSError:
+        pass
+
+
 # --- a minimal XMPP client ----------------------------------------------------------------------
 
 # Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; Python's socket module does not name it): each
@@ -1062,6 +1074,7 @@ allow_unencrypted_plain_auth = true
             base_anon, base_file = status_kib(pid, "RssAnon") or 0, status_kib(pid, "RssFile") or 0
             figures["rss_before_kib"] = base
             figures["steps"] = {}
+            dump_smaps(pid, "%s-%s-0" % (gateway.code, phase))
             done = 0
             for step in sorted(arguments.steps):
                 batch = clients[done:step]
@@ -1074,6 +1087,7 @@ allow_unencrypted_plain_auth = true
                 cpu = cpu_seconds(before, cpu_snapshot(pid))
                 await asyncio.sleep(0.5)
                 rss = status_kib(pid, "VmRSS")
+                dump_smaps(pid, "%s-%s-%d" % (gateway.code, phase, step))
                 # Where the growth is: anonymous memory (heap, stacks) or the binary's and
                 # libraries' pages touched for the first time (RssFile, shared with nobody here).
                 anon = (status_kib(pid, "RssAnon") or 0) - base_anon

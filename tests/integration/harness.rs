@@ -517,6 +517,17 @@ impl Client {
         nick: &str,
         extra: serde_json::Value,
     ) -> serde_json::Value {
+        self.join_seeing(room, nick, extra).await.0
+    }
+
+    /// [`Client::join`], with the stanzas the client received meanwhile (the occupants'
+    /// presences among them).
+    pub async fn join_seeing(
+        &mut self,
+        room: &str,
+        nick: &str,
+        extra: serde_json::Value,
+    ) -> (serde_json::Value, Vec<Element>) {
         let mut command = serde_json::json!({ "join": room, "nick": nick });
         if let (Some(command), Some(extra)) = (command.as_object_mut(), extra.as_object()) {
             command.extend(extra.clone());
@@ -527,10 +538,14 @@ impl Client {
             .await
             .expect("write to client");
         self.input.flush().await.expect("flush client");
+        let mut seen = Vec::new();
         loop {
             let event = self.next_event(Duration::from_secs(30)).await;
             if event["event"] != "stanza" {
-                return event;
+                return (event, seen);
+            }
+            if let Some(stanza) = event["xml"].as_str().and_then(|xml| xml.parse().ok()) {
+                seen.push(stanza);
             }
         }
     }

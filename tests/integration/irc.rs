@@ -285,6 +285,11 @@ pub struct IrcUser {
 impl IrcUser {
     /// Connects and registers as `nick`.
     pub async fn connect(port: u16, nick: &str) -> IrcUser {
+        Self::connect_named(port, nick, nick).await
+    }
+
+    /// [`IrcUser::connect`] with a real name.
+    pub async fn connect_named(port: u16, nick: &str, realname: &str) -> IrcUser {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to ngircd");
@@ -295,7 +300,7 @@ impl IrcUser {
             writer: write,
         };
         user.send(&format!("NICK {nick}")).await;
-        user.send(&format!("USER {nick} 0 * :{nick}")).await;
+        user.send(&format!("USER {nick} 0 * :{realname}")).await;
         user.expect(|line| line.contains(" 001 ")).await;
         user
     }
@@ -393,16 +398,47 @@ async fn a_channel_is_a_room_both_ways() {
     };
     let room = room();
 
-    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    let mut bob = IrcUser::connect_named(ircd.port, "bob", "Bob Builder").await;
     bob.send("JOIN #test").await;
     bob.expect(|line| line.contains(" 366 ")).await;
+    bob.send("AWAY :lunch").await;
+    bob.expect(|line| line.contains(" 306 ")).await;
 
-    // Alice joins from XMPP: she sees Bob (the channel's op, a moderator) and herself.
+    // Alice joins from XMPP: she sees Bob (the channel's op, a moderator) and herself. Bob
+    // was there first, and away: WHO says so, and his real name, before she is in.
     let mut alice = server.client("alice").await;
-    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    let bob_occupant = format!("{room}/bob");
+    let (joined, seen) = alice
+        .join_seeing(&room, "alice", serde_json::json!({}))
+        .await;
     assert_eq!(joined["event"], "joined", "{joined}");
     assert_eq!(joined["nick"], "alice");
     assert_eq!(joined["occupants"], serde_json::json!(["alice", "bob"]));
+    let shown = seen
+        .iter()
+        .find(|s| s.name() == "presence" && from(s, &bob_occupant))
+        .expect("Bob's presence");
+    assert_eq!(
+        shown
+            .get_child("show", "jabber:client")
+            .map(Element::text)
+            .as_deref(),
+        Some("away"),
+        "{shown:?}"
+    );
+    alice
+        .send(&format!(
+            "<iq type='get' to='{bob_occupant}' id='card0'><vCard xmlns='vcard-temp'/></iq>"
+        ))
+        .await;
+    let card = alice
+        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("card0"))
+        .await;
+    let full_name = card
+        .get_child("vCard", "vcard-temp")
+        .and_then(|vcard| vcard.get_child("FN", "vcard-temp"))
+        .map(Element::text);
+    assert_eq!(full_name.as_deref(), Some("Bob Builder"), "{card:?}");
     bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;
 
@@ -927,12 +963,49 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         "{offered:?}"
     );
     assert!(note.contains("SASL PLAIN as acct"), "{note}");
-    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    // Bob, in the channel before her, logs in to an account of his own: WHOX tells her
+    // join so, and his occupant's id is his account's from the start, in his presence and
+    // in what he says.
+    bob.send("PRIVMSG NickServ :REGISTER bobspw bob@example.org")
+        .await;
+    bob.expect(|line| line.contains("is now registered")).await;
+    let bob_occupant = format!("{room}/bob");
+    let (joined, seen) = alice
+        .join_seeing(&room, "alice", serde_json::json!({}))
+        .await;
     assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());
+    let occupant_id = |stanza: &Element| {
+        stanza
+            .get_child("occupant-id", "urn:xmpp:occupant-id:0")
+            .and_then(|id| id.attr("id"))
+            .map(str::to_owned)
+    };
+    let bob_id = seen
+        .iter()
+        .find(|s| s.name() == "presence" && from(s, &bob_occupant))
+        .and_then(occupant_id)
+        .expect("Bob's presence, with an occupant id");
     let join = bob
         .expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;
     assert!(join.contains("JOIN #test acct"), "{join}");
+    bob.send("PRIVMSG #test :logged in").await;
+    let said = alice
+        .expect(WAIT, |s| from(s, &bob_occupant) && body(s).is_some())
+        .await;
+    assert_eq!(occupant_id(&said), Some(bob_id.clone()), "{said:?}");
+    // Logged out (`account-notify`): another id, shown in a presence first.
+    bob.send("PRIVMSG NickServ :LOGOUT").await;
+    let update = alice
+        .expect(WAIT, |s| s.name() == "presence" && from(s, &bob_occupant))
+        .await;
+    let logged_out = occupant_id(&update).expect("an occupant id");
+    assert_ne!(logged_out, bob_id);
+    bob.send("PRIVMSG #test :logged out").await;
+    let said = alice
+        .expect(WAIT, |s| from(s, &bob_occupant) && body(s).is_some())
+        .await;
+    assert_eq!(occupant_id(&said), Some(logged_out), "{said:?}");
     // How her connection stands, on the server's address (it asks nothing there).
     let info = run_command(&mut alice, &at_server, "irc-connection-info").await;
     for said in [
@@ -972,7 +1045,6 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     }
     // setname: Bob's new real name updates his occupant (which shows his host as its
     // item's JID), and is his vCard's full name.
-    let bob_occupant = format!("{room}/bob");
     bob.send("SETNAME :Bob Realname").await;
     let update = alice
         .expect(WAIT, |s| s.name() == "presence" && from(s, &bob_occupant))

@@ -326,7 +326,17 @@ fn server_traits(name: String, isupport: &HashMap<String, String>) -> ServerTrai
                     most.min(HISTORY_ON_JOIN)
                 }
             }),
+        whox: isupport.contains_key("WHOX"),
     }
+}
+
+/// A channel's members being read after our join: its NAMES, then its WHO.
+enum Reading {
+    /// `353` lines, up to the `366`.
+    Names(Vec<Member>),
+    /// `352`/`354` lines, up to the `315`, and whether what they change is reported (the
+    /// room showed the members already: a rejoin).
+    Who(Vec<state::Who>, bool),
 }
 
 /// A join waiting for the server's answer.
@@ -505,8 +515,8 @@ pub struct Client {
     /// Channels we asked to leave.
     parting: HashSet<String>,
     pending_joins: HashMap<String, PendingJoin>,
-    /// NAMES being read, per folded channel.
-    names: HashMap<String, Vec<Member>>,
+    /// NAMES or WHO being read, per folded channel.
+    names: HashMap<String, Reading>,
     echoes: HashMap<String, VecDeque<PendingEcho>>,
     /// Private messages to nicks the server has not confirmed yet, oldest first.
     confirming: VecDeque<PendingSay>,
@@ -1211,6 +1221,21 @@ impl Client {
     async fn expire(&mut self) {
         let now = Instant::now();
         let late = |since: Instant| now.saturating_duration_since(since) >= ANSWER_TIMEOUT;
+        // The server joined us but never ended its WHO: the join is done without it.
+        let unended: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(folded, reading)| {
+                matches!(reading, Reading::Who(..))
+                    && (self.pending_joins.get(*folded).map(|join| join.since))
+                        .or_else(|| self.rejoining.get(*folded).copied())
+                        .is_some_and(late)
+            })
+            .map(|(folded, _)| folded.clone())
+            .collect();
+        for folded in unended {
+            self.end_of_who(&folded).await;
+        }
         let joins: Vec<String> = self
             .pending_joins
             .iter()
@@ -1632,7 +1657,7 @@ impl Client {
             }
             Command::Resync { channel } => {
                 if let Some(name) = self.channels.get(&channel).cloned() {
-                    self.names.insert(channel, Vec::new());
+                    self.names.insert(channel, Reading::Names(Vec::new()));
                     self.enqueue("NAMES", &[&name], None);
                 }
             }
@@ -1814,6 +1839,19 @@ impl Client {
                     .await;
                 }
             }
+            // `account-notify`: `ACCOUNT name` on login, `ACCOUNT *` on logout. The
+            // occupant's id follows (it is the account's while they have one).
+            "ACCOUNT" => {
+                let account = param(0)
+                    .filter(|account| *account != "*" && state::valid_account(account))
+                    .map(str::to_owned);
+                self.member_changed(&message, |member| {
+                    let changed = member.account != account;
+                    member.account.clone_from(&account);
+                    changed
+                })
+                .await;
+            }
             "SETNAME" => {
                 let realname = param(0).and_then(state::realname_of);
                 self.member_changed(&message, |member| {
@@ -1881,7 +1919,7 @@ impl Client {
                 };
                 let folded = self.fold(channel);
                 let symbols = self.server.prefix_modes.1.clone();
-                if let Some(list) = self.names.get_mut(&folded) {
+                if let Some(Reading::Names(list)) = self.names.get_mut(&folded) {
                     for entry in names.split_whitespace() {
                         if list.len() >= state::MAX_MEMBERS {
                             break;
@@ -1896,6 +1934,36 @@ impl Client {
                 };
                 let folded = self.fold(channel);
                 self.end_of_names(&folded).await;
+            }
+            "352" | "354" => {
+                let Some(who) = state::Who::parse(&message.command, &message.params) else {
+                    return;
+                };
+                let folded = self.fold(&who.channel);
+                if let Some(Reading::Who(said, _)) = self.names.get_mut(&folded)
+                    && said.len() < state::MAX_MEMBERS
+                {
+                    said.push(who);
+                }
+            }
+            "315" => {
+                let Some(channel) = param(1) else {
+                    return;
+                };
+                let folded = self.fold(channel);
+                self.end_of_who(&folded).await;
+            }
+            // WHO refused (for now, or not known): our joins waiting on one go on without.
+            "263" | "421" if param(1) == Some("WHO") => {
+                let waiting: Vec<String> = self
+                    .names
+                    .iter()
+                    .filter(|(_, reading)| matches!(reading, Reading::Who(..)))
+                    .map(|(folded, _)| folded.clone())
+                    .collect();
+                for folded in waiting {
+                    self.end_of_who(&folded).await;
+                }
             }
             // Join refused: no such channel, too many channels, full, invite only, banned,
             // bad key, bad name, registered nicks only, a nick or channel held, secure only.
@@ -2228,7 +2296,7 @@ impl Client {
             let reports = net.reports_in(&folded, &self.user);
             drop(net);
             if !synced || handing || (self.rejoining.contains_key(&folded) && reports) {
-                self.names.insert(folded, Vec::new());
+                self.names.insert(folded, Reading::Names(Vec::new()));
             }
             return None;
         }
@@ -2592,9 +2660,20 @@ impl Client {
         }
     }
 
-    /// The end of a NAMES reply: fill or correct the channel's members, and answer a join.
+    /// The end of a NAMES reply: fill or correct the channel's members, and answer a join
+    /// (after its WHO, where we ask one: [`Client::end_of_who`]).
     async fn end_of_names(&mut self, folded: &str) {
-        let listed = self.names.remove(folded);
+        let listed = match self.names.remove(folded) {
+            Some(Reading::Names(listed)) => Some(listed),
+            Some(who @ Reading::Who(..)) => {
+                // Not ours to end (a server's stray 366).
+                self.names.insert(folded.to_owned(), who);
+                return;
+            }
+            None => None,
+        };
+        let asked = listed.is_some();
+        let mut told = false;
         let mut events = Vec::new();
         let room = {
             let mut net = self.network.lock();
@@ -2624,15 +2703,21 @@ impl Client {
                     .into_iter()
                     .map(|member| (casemapping.fold(&member.nick), Box::new(member)))
                     .collect();
-                // Accounts known from joins stay known.
+                // What NAMES does not say (accounts, absence, real names: from joins and
+                // notices) stays known, and a host it does not give.
                 for (nick, member) in &mut members {
                     if let Some(old) = channel.members.get(nick) {
                         member.account.clone_from(&old.account);
                         member.away.clone_from(&old.away);
+                        member.realname.clone_from(&old.realname);
+                        if member.host.is_none() {
+                            member.host.clone_from(&old.host);
+                        }
                     }
                 }
                 // Only the channel's reporter tells the difference, once.
-                if channel.synced && reports {
+                told = channel.synced && reports;
+                if told {
                     for (nick, old) in &channel.members {
                         if !members.contains_key(nick) && !own_nicks.contains(nick) {
                             events.push(RoomEvent::Left {
@@ -2664,8 +2749,62 @@ impl Client {
         for event in events {
             self.report(&room, event).await;
         }
+        // Our join's list says no accounts, real names or absence: WHO does, before the
+        // room shows its occupants (ahead of the history asked next, answered in order).
+        let joining =
+            self.pending_joins.contains_key(folded) || self.rejoining.contains_key(folded);
+        let who = asked && joining;
+        if who {
+            let name = self.channels.get(folded).cloned().unwrap_or_default();
+            if self.server.whox {
+                self.enqueue("WHO", &[&name, state::WHOX_QUERY], None);
+            } else {
+                self.enqueue("WHO", &[&name], None);
+            }
+            self.names
+                .insert(folded.to_owned(), Reading::Who(Vec::new(), told));
+        }
         self.ask_history(folded);
-        if self.rejoining.remove(folded).is_some() {
+        if !who {
+            self.joined_fully(folded).await;
+        }
+    }
+
+    /// The end of our join's WHO (or its refusal, or the wait's end): the members are
+    /// brought up to date with what it said, and the join answered.
+    async fn end_of_who(&mut self, folded: &str) {
+        let Some(Reading::Who(said, told)) = self.names.remove(folded) else {
+            return;
+        };
+        let changed = {
+            let mut net = self.network.lock();
+            let casemapping = net.casemapping;
+            net.channels.get_mut(folded).map(|channel| {
+                let mut events = Vec::new();
+                for who in &said {
+                    if let Some(member) = channel.members.get_mut(&casemapping.fold(&who.nick))
+                        && who.update(member)
+                        && told
+                    {
+                        events.push(RoomEvent::Occupant(member.occupant()));
+                    }
+                }
+                (channel.room.clone(), events)
+            })
+        };
+        if let Some((room, events)) = changed {
+            for event in events {
+                self.report(&room, event).await;
+            }
+        }
+        self.joined_fully(folded).await;
+    }
+
+    /// Our join (or rejoin) of a channel is done: the user is told, the join answered.
+    async fn joined_fully(&mut self, folded: &str) {
+        if self.rejoining.remove(folded).is_some()
+            && let Some(room) = self.room_of(folded)
+        {
             let name = self.channels.get(folded).cloned().unwrap_or_default();
             let notice = RoomEvent::Notice {
                 user: Some(self.user.clone()),
@@ -2760,16 +2899,15 @@ impl Client {
                 if !net.reports(channel, &self.user) {
                     return;
                 }
-                let sender = channel
-                    .members
-                    .get(&net.fold(nick))
-                    .map(|member| member.occupant())
-                    .map_or_else(|| ForeignId::new(format!("nick:{nick}")), |o| o.id);
-                let sender = match message.tag("account") {
-                    Some(account) if !account.is_empty() => {
+                // A member's id is the one their occupant shows (WHO, joins and
+                // `account-notify` keep its account); the account tag names a sender who
+                // is not a member.
+                let sender = match (channel.members.get(&net.fold(nick)), message.tag("account")) {
+                    (Some(member), _) => member.occupant_id(),
+                    (None, Some(account)) if !account.is_empty() => {
                         ForeignId::new(format!("account:{account}"))
                     }
-                    _ => sender,
+                    (None, _) => ForeignId::new(format!("nick:{nick}")),
                 };
                 (channel.room.clone(), sender)
             };

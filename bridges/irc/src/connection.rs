@@ -19,6 +19,7 @@ use crate::wire::{self, LineError, Message};
 
 /// The IRCv3 capabilities asked for when the server offers them.
 pub const WANTED_CAPS: &[&str] = &[
+    "account-notify",
     "account-tag",
     "away-notify",
     "batch",

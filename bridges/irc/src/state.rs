@@ -69,6 +69,14 @@ impl Member {
         }
     }
 
+    /// Their stable id: their account's while they have one, else their nick's.
+    pub fn occupant_id(&self) -> ForeignId {
+        ForeignId::new(match &self.account {
+            Some(account) => format!("account:{account}"),
+            None => format!("nick:{}", self.nick),
+        })
+    }
+
     /// The member as an occupant: ops moderate, voice participates (as Biboumi maps them).
     pub fn occupant(&self) -> Occupant {
         let (role, affiliation) = match self.prefixes.chars().next() {
@@ -78,13 +86,9 @@ impl Member {
             Some('+') => (Role::Participant, Affiliation::Member),
             _ => (Role::Participant, Affiliation::None),
         };
-        let id = match &self.account {
-            Some(account) => format!("account:{account}"),
-            None => format!("nick:{}", self.nick),
-        };
         Occupant {
             nick: self.nick.clone(),
-            id: ForeignId::new(id),
+            id: self.occupant_id(),
             role,
             affiliation,
             away: self.away.clone(),
@@ -215,6 +219,8 @@ pub struct ServerTraits {
     pub channellen: Option<usize>,
     /// How many lines one `CHATHISTORY` may ask for, where the server has it.
     pub history_max: Option<u32>,
+    /// WHOX: a `WHO` can ask for accounts.
+    pub whox: bool,
 }
 
 impl Default for ServerTraits {
@@ -228,6 +234,7 @@ impl Default for ServerTraits {
             statusmsg: "@+".into(),
             channellen: None,
             history_max: None,
+            whox: false,
         }
     }
 }
@@ -502,6 +509,100 @@ pub fn parse_name(entry: &str, symbols: &str) -> Option<Member> {
     Some(member)
 }
 
+/// The fields our WHOX queries ask for (token, channel, user, host, nick, flags, account,
+/// real name) and the token that tells their replies (`354`) from others'.
+pub const WHOX_QUERY: &str = "%tcuhnfar,152";
+
+/// The token of [`WHOX_QUERY`].
+const WHOX_TOKEN: &str = "152";
+
+/// What a `WHO` reply line says of a channel's member: `352` (RFC 1459), or `354` (WHOX)
+/// with its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    /// The channel, as the line spells it.
+    pub channel: String,
+    /// The nick.
+    pub nick: String,
+    /// Their account: only WHOX says (`Some(None)`: not logged in).
+    pub account: Option<Option<String>>,
+    /// Their host, when sane.
+    pub host: Option<Box<str>>,
+    /// Their real name, cleaned.
+    pub realname: Option<Box<str>>,
+    /// Whether they are away (the flags' `G`, "gone").
+    pub away: bool,
+}
+
+impl Who {
+    /// Reads a `352` (`me channel user host server nick flags :hops realname`) or a `354`
+    /// of ours (`me token channel user host nick flags account :realname`); `None` for
+    /// anything else, or a nick no server would give.
+    pub fn parse(command: &str, params: &[String]) -> Option<Self> {
+        let param = |index: usize| params.get(index).map(String::as_str);
+        let (channel, host, nick, flags, account, realname) = match command {
+            "352" => {
+                // The real name follows the hop count.
+                let realname = param(7)?.split_once(' ').map_or("", |(_, name)| name);
+                (param(1)?, param(3)?, param(5)?, param(6)?, None, realname)
+            }
+            "354" if param(1) == Some(WHOX_TOKEN) => {
+                let account = param(7)?;
+                let account = (account != "0" && account != "*" && valid_account(account))
+                    .then(|| account.to_owned());
+                (
+                    param(2)?,
+                    param(4)?,
+                    param(5)?,
+                    param(6)?,
+                    Some(account),
+                    param(8)?,
+                )
+            }
+            _ => return None,
+        };
+        if nick.is_empty() || nick.len() > MAX_NICK || nick.contains(['!', '@', ' ']) {
+            return None;
+        }
+        Some(Self {
+            channel: channel.to_owned(),
+            nick: nick.to_owned(),
+            account,
+            host: valid_host(host).then(|| host.into()),
+            realname: realname_of(realname),
+            away: flags.starts_with('G'),
+        })
+    }
+
+    /// Brings `member` up to what this line says; whether anything changed. An away
+    /// message known (`away-notify`) is kept while they stay away.
+    pub fn update(&self, member: &mut Member) -> bool {
+        let before = member.clone();
+        if let Some(account) = &self.account {
+            member.account.clone_from(account);
+        }
+        if self.host.is_some() {
+            member.host.clone_from(&self.host);
+        }
+        if self.realname.is_some() {
+            member.realname.clone_from(&self.realname);
+        }
+        if !self.away {
+            member.away = None;
+        } else if member.away.is_none() {
+            member.away = Some(String::new());
+        }
+        *member != before
+    }
+}
+
+/// Whether an account name from the server is one to keep: bounded, no spaces or controls.
+pub fn valid_account(account: &str) -> bool {
+    !account.is_empty()
+        && account.len() <= MAX_NICK
+        && !account.contains(|c: char| c.is_control() || c.is_whitespace())
+}
+
 /// `prefixes` in the server's order (highest first), each once.
 pub fn sort_prefixes(prefixes: &str, symbols: &str) -> String {
     symbols.chars().filter(|c| prefixes.contains(*c)).collect()
@@ -680,6 +781,58 @@ mod tests {
             ("qaohv".into(), "~&@%+".into())
         );
         assert_eq!(prefix_modes(Some("(ov")), ("ov".into(), "@+".into()));
+    }
+
+    #[test]
+    fn who_lines_say_accounts_real_names_hosts_and_absence() {
+        let params = |line: &str| -> Vec<String> {
+            let (head, last) = line.split_once(" :").unwrap_or((line, ""));
+            head.split(' ').chain([last]).map(str::to_owned).collect()
+        };
+        // WHOX: the account (`0`: none), and `G`: away.
+        let bob = Who::parse(
+            "354",
+            &params("me 152 #c b 10.0.0.2 bob G@ bob_acct :Bob \x02B\x02"),
+        )
+        .expect("a WHOX line");
+        assert_eq!(
+            (bob.channel.as_str(), bob.nick.as_str(), bob.away),
+            ("#c", "bob", true)
+        );
+        assert_eq!(bob.account, Some(Some("bob_acct".into())));
+        assert_eq!(bob.host.as_deref(), Some("10.0.0.2"));
+        assert_eq!(bob.realname.as_deref(), Some("Bob *B*"));
+        let carol = Who::parse("354", &params("me 152 #c c h carol H 0 :")).expect("a WHOX line");
+        assert_eq!(
+            (carol.account, carol.realname, carol.away),
+            (Some(None), None, false)
+        );
+        // Another client's WHOX (another token), a hostile nick, a short line: nothing.
+        assert_eq!(Who::parse("354", &params("me 7 #c c h carol H 0 :C")), None);
+        assert_eq!(Who::parse("354", &params("me 152 #c c h a!b H 0 :C")), None);
+        assert_eq!(Who::parse("354", &params("me 152 #c c h")), None);
+        // RFC 1459's: no account, the real name after the hops.
+        let dave = Who::parse("352", &params("me #c d host.example s dave H+ :0 Dave D"))
+            .expect("a WHO line");
+        assert_eq!(
+            (dave.account.clone(), dave.realname.as_deref()),
+            (None, Some("Dave D"))
+        );
+
+        // Bringing members up to date: a known away message stays while they are away;
+        // what a plain WHO cannot say (the account) is kept.
+        let mut member = Member::new("bob");
+        member.away = Some("lunch".into());
+        assert!(bob.update(&mut member));
+        assert_eq!(member.away.as_deref(), Some("lunch"));
+        assert_eq!(member.occupant().id.as_str(), "account:bob_acct");
+        assert!(!bob.update(&mut member), "nothing new");
+        let mut member = Member::new("dave");
+        member.account = Some("dave_acct".into());
+        member.away = Some("gone".into());
+        assert!(dave.update(&mut member));
+        assert_eq!(member.account.as_deref(), Some("dave_acct"));
+        assert_eq!(member.away, None);
     }
 
     #[test]

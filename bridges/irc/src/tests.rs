@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::testkit::TestCore;
 use jabbridge_sdk::{
-    HistoryWish, JoinRequest, MessageId, Posted, RoomEvent, RoomId, RoomMessage, RoomPost, UserJid,
+    HistoryWish, JoinRequest, MessageId, Posted, Role, RoomEvent, RoomId, RoomMessage, RoomPost,
+    UserJid,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -135,13 +136,19 @@ async fn negotiate<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
+/// The bridge's next line, but for its `WHO`s: the scripts answer those ahead, with a
+/// `315` after each `366` of a join.
 async fn line_from<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> String {
-    let mut line = String::new();
-    tokio::time::timeout(WAIT, reader.read_line(&mut line))
-        .await
-        .expect("a line from the bridge in time")
-        .expect("read");
-    line.trim_end().to_owned()
+    loop {
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, reader.read_line(&mut line))
+            .await
+            .expect("a line from the bridge in time")
+            .expect("read");
+        if !line.starts_with("WHO ") {
+            return line.trim_end().to_owned();
+        }
+    }
 }
 
 #[tokio::test]
@@ -155,6 +162,91 @@ async fn the_capabilities_asked_per_message_agree_with_the_bridges_info() {
     assert!(info.capabilities.rooms);
     assert_eq!(bridge.registers(), info.registration.is_some());
     assert!(!bridge.registers());
+}
+
+#[tokio::test]
+async fn a_joins_occupants_carry_what_who_says_and_a_refused_who_delays_nothing() {
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let (mut reader, mut write) = accepted(&listener).await;
+        until(&mut reader, "USER").await;
+        write
+            .write_all(
+                b":fake.test 001 alice :hi\r\n:fake.test 005 alice WHOX :ok\r\n\
+                  :fake.test 422 alice :no MOTD\r\n",
+            )
+            .await
+            .expect("write");
+        until(&mut reader, "JOIN #room").await;
+        write
+            .write_all(
+                b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice @bob carol\r\n\
+                  :fake.test 366 alice #room :End\r\n",
+            )
+            .await
+            .expect("write");
+        // The WHOX query: read without `line_from`, which skips it.
+        let mut query = String::new();
+        reader.read_line(&mut query).await.expect("read");
+        assert_eq!(query.trim_end(), "WHO #room %tcuhnfar,152");
+        write
+            .write_all(
+                b":fake.test 354 alice 152 #room b bob.example bob G@ bob_acct :Bob B\r\n\
+                  :fake.test 354 alice 152 #room c carol.example carol H 0 :Carol\r\n\
+                  :fake.test 354 alice 7 #room m evil.example carol G evil :Not ours\r\n\
+                  :fake.test 315 alice #room :End of WHO\r\n",
+            )
+            .await
+            .expect("write");
+        // The next join's WHO is refused: the join goes on without it.
+        until(&mut reader, "JOIN #other").await;
+        write
+            .write_all(
+                b":alice!a@h JOIN #other\r\n:fake.test 353 alice = #other :alice dave\r\n\
+                  :fake.test 366 alice #other :End\r\n:fake.test 263 alice WHO :Try again\r\n",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(write);
+    });
+
+    let joined = tokio::time::timeout(WAIT, bridge.join_room(join("#room%fake.test")))
+        .await
+        .expect("joined in time")
+        .expect("joined");
+    let occupant = |nick: &str| {
+        joined
+            .occupants
+            .iter()
+            .find(|occupant| occupant.nick == nick)
+            .cloned()
+            .unwrap_or_else(|| panic!("{nick} in {:?}", joined.occupants))
+    };
+    let bob = occupant("bob");
+    assert_eq!(bob.id.as_str(), "account:bob_acct");
+    assert_eq!(bob.away.as_deref(), Some(""));
+    assert_eq!(bob.host.as_deref(), Some("bob.example"));
+    assert_eq!(bob.realname.as_deref(), Some("Bob B"));
+    assert_eq!(bob.role, Role::Moderator);
+    let carol = occupant("carol");
+    assert_eq!(
+        (carol.id.as_str(), carol.away, carol.realname.as_deref()),
+        ("nick:carol", None, Some("Carol"))
+    );
+    let other = tokio::time::timeout(WAIT, bridge.join_room(join("#other%fake.test")))
+        .await
+        .expect("joined in time")
+        .expect("joined");
+    assert!(
+        other
+            .occupants
+            .iter()
+            .any(|occupant| occupant.nick == "dave")
+    );
+    server.abort();
 }
 
 #[tokio::test]
@@ -190,7 +282,9 @@ async fn a_hostile_server_costs_bounded_memory_and_its_text_is_cleaned() {
             }
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b":fake.test 366 alice #Big :End of NAMES\r\n");
+        out.extend_from_slice(
+            b":fake.test 366 alice #Big :End of NAMES\r\n:fake.test 315 alice #Big :End of WHO\r\n",
+        );
         out.extend_from_slice(b":mallory!m@h PRIVMSG #big :bell\x07 esc\x1b nul-free \xff\r\n");
         write.write_all(&out).await.expect("write");
         // Hold the connection until the test ends.
@@ -596,7 +690,7 @@ async fn forwards_status_messages_server_notices_and_ctcp_are_handled() {
                     .expect("write");
             } else if line == "JOIN &local" {
                 write
-                    .write_all(b":alice!a@h JOIN &local\r\n:fake.test 353 alice = &local :alice bob\r\n:fake.test 366 alice &local :End\r\n\
+                    .write_all(b":alice!a@h JOIN &local\r\n:fake.test 353 alice = &local :alice bob\r\n:fake.test 366 alice &local :End\r\n:fake.test 315 alice &local :End of WHO\r\n\
                                  :bob!b@h PRIVMSG &local :in an ampersand channel\r\n\
                                  :bob!b@h PRIVMSG @&local :to the ops\r\n\
                                  :fake.test NOTICE &local :the server speaks\r\n\
@@ -706,7 +800,7 @@ async fn hosts_and_real_names_follow_chghost_and_setname_and_bans_go_by_host() {
             .write_all(
                 b":alice!a@gw.example JOIN #c\r\n\
                   :fake.test 353 alice = #c :@alice!a@gw.example bob!b@bob.example.net carol!c@shared.example dave!d@shared.example\r\n\
-                  :fake.test 366 alice #c :End\r\n\
+                  :fake.test 366 alice #c :End\r\n:fake.test 315 alice #c :End of WHO\r\n\
                   :erin!e@erin.example JOIN #c erin_account :Erin \x02Example\x02\r\n\
                   :bob!b@bob.example.net CHGHOST b user/bob\r\n\
                   :bob!b@user/bob SETNAME :Bob \x01Builder\r\n\
@@ -1010,7 +1104,7 @@ async fn in_room(listener: &TcpListener, offered: &[u8], isupport: &str) -> (Scr
     write
         .write_all(
             b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice @bob\r\n\
-              :fake.test 366 alice #room :End\r\n",
+              :fake.test 366 alice #room :End\r\n:fake.test 315 alice #room :End of WHO\r\n",
         )
         .await
         .expect("write");
@@ -1074,7 +1168,7 @@ async fn alice_and_bob() -> (
     let (mut alice_in, mut alice) = register(&listener).await;
     until(&mut alice_in, "JOIN #room").await;
     alice
-        .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice carol\r\n:fake.test 366 alice #room :End\r\n")
+        .write_all(b":alice!a@h JOIN #room\r\n:fake.test 353 alice = #room :alice carol\r\n:fake.test 366 alice #room :End\r\n:fake.test 315 alice #room :End of WHO\r\n")
         .await
         .expect("write");
     joining.await.expect("task").expect("alice joined");
@@ -1089,7 +1183,7 @@ async fn alice_and_bob() -> (
     });
     let (mut bob_in, mut bob) = register(&listener).await;
     until(&mut bob_in, "JOIN #room").await;
-    bob.write_all(b":bob!b@h JOIN #room\r\n:fake.test 353 bob = #room :alice bob carol\r\n:fake.test 366 bob #room :End\r\n")
+    bob.write_all(b":bob!b@h JOIN #room\r\n:fake.test 353 bob = #room :alice bob carol\r\n:fake.test 366 bob #room :End\r\n:fake.test 315 bob #room :End of WHO\r\n")
         .await
         .expect("write");
     joining.await.expect("task").expect("bob joined");
