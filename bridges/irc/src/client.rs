@@ -2773,6 +2773,10 @@ impl Client {
     /// The end of our join's WHO (or its refusal, or the wait's end): the members are
     /// brought up to date with what it said, and the join answered.
     async fn end_of_who(&mut self, folded: &str) {
+        // (A stray 315 leaves a NAMES being read alone.)
+        if !matches!(self.names.get(folded), Some(Reading::Who(..))) {
+            return;
+        }
         let Some(Reading::Who(said, told)) = self.names.remove(folded) else {
             return;
         };
