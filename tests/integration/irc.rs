@@ -1197,6 +1197,60 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_to_autojoin_are_joined_on_connecting_with_who_is_there() {
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config_with(
+        &server,
+        dir.path(),
+        ircd.port,
+        "secret_key = \"a test key of more than sixteen characters\"",
+    );
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut bob = IrcUser::connect_named(ircd.port, "bob", "Bob Builder").await;
+    bob.send("JOIN #auto").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    bob.send("AWAY :out").await;
+    bob.expect(|line| line.contains(" 306 ")).await;
+
+    let mut alice = server.client("alice").await;
+    let note = irc_settings(&mut alice, &[("server", NETWORK), ("autojoin", "#auto")]).await;
+    assert!(note.contains("autojoin #auto"), "{note}");
+    // Her first join connects her, and #auto is joined on connecting, unasked.
+    let joined = alice.join(&room(), "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let join = bob
+        .expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+    assert!(join.contains("#auto"), "{join}");
+    // Its room, joined from XMPP afterwards, shows Bob as the autojoin's WHO said: away.
+    let auto = format!("#auto%{NETWORK}@{DOMAIN}");
+    let (joined, seen) = alice
+        .join_seeing(&auto, "alice", serde_json::json!({}))
+        .await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    assert_eq!(joined["occupants"], serde_json::json!(["alice", "bob"]));
+    let bob_occupant = format!("{auto}/bob");
+    let shown = seen
+        .iter()
+        .find(|s| s.name() == "presence" && from(s, &bob_occupant))
+        .expect("Bob's presence");
+    assert_eq!(
+        shown
+            .get_child("show", "jabber:client")
+            .map(Element::text)
+            .as_deref(),
+        Some("away"),
+        "{shown:?}"
+    );
+    jabbridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms_and_disconnect_leaves_them() {
     let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
         return;

@@ -2751,8 +2751,9 @@ impl Client {
         }
         // Our join's list says no accounts, real names or absence: WHO does, before the
         // room shows its occupants (ahead of the history asked next, answered in order).
-        let joining =
-            self.pending_joins.contains_key(folded) || self.rejoining.contains_key(folded);
+        let joining = self.pending_joins.contains_key(folded)
+            || self.rejoining.contains_key(folded)
+            || (self.setup.autojoin.iter()).any(|wanted| self.fold(wanted) == folded);
         let who = asked && joining;
         if who {
             let name = self.channels.get(folded).cloned().unwrap_or_default();
