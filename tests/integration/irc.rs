@@ -372,6 +372,19 @@ tls = "off"
     )
 }
 
+/// The bridge's key for the secrets of users' settings.
+const SECRET_KEY: &str = "secret_key = \"a test key of more than sixteen characters\"";
+
+/// A Jabbridge bridging `server` to the IRC server on `port`, with a [`SECRET_KEY`] (users
+/// can keep settings), ready; and its directory.
+async fn keyed_jabbridge(server: &XmppServer, port: u16) -> (tempfile::TempDir, Jabbridge) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config_with(server, dir.path(), port, SECRET_KEY);
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    (dir, jabbridge)
+}
+
 fn room() -> String {
     format!("#test%{NETWORK}@{DOMAIN}")
 }
@@ -389,6 +402,28 @@ async fn on_ngircd() -> Option<(Ngircd, XmppServer, tempfile::TempDir, Jabbridge
 
 fn from(stanza: &Element, jid: &str) -> bool {
     stanza.attr("from") == Some(jid)
+}
+
+/// A presence's `<show/>`.
+fn show_of(presence: &Element) -> Option<String> {
+    presence
+        .get_child("show", "jabber:client")
+        .map(Element::text)
+}
+
+/// The full name of `occupant`'s vCard (`vcard-temp`), as `client` reads it.
+async fn vcard_name(client: &mut harness::Client, occupant: &str) -> Option<String> {
+    client
+        .send(&format!(
+            "<iq type='get' to='{occupant}' id='card'><vCard xmlns='vcard-temp'/></iq>"
+        ))
+        .await;
+    let card = client
+        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("card"))
+        .await;
+    card.get_child("vCard", "vcard-temp")
+        .and_then(|vcard| vcard.get_child("FN", "vcard-temp"))
+        .map(Element::text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,27 +453,11 @@ async fn a_channel_is_a_room_both_ways() {
         .iter()
         .find(|s| s.name() == "presence" && from(s, &bob_occupant))
         .expect("Bob's presence");
+    assert_eq!(show_of(shown).as_deref(), Some("away"), "{shown:?}");
     assert_eq!(
-        shown
-            .get_child("show", "jabber:client")
-            .map(Element::text)
-            .as_deref(),
-        Some("away"),
-        "{shown:?}"
+        vcard_name(&mut alice, &bob_occupant).await.as_deref(),
+        Some("Bob Builder")
     );
-    alice
-        .send(&format!(
-            "<iq type='get' to='{bob_occupant}' id='card0'><vCard xmlns='vcard-temp'/></iq>"
-        ))
-        .await;
-    let card = alice
-        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("card0"))
-        .await;
-    let full_name = card
-        .get_child("vCard", "vcard-temp")
-        .and_then(|vcard| vcard.get_child("FN", "vcard-temp"))
-        .map(Element::text);
-    assert_eq!(full_name.as_deref(), Some("Bob Builder"), "{card:?}");
     bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;
 
@@ -893,15 +912,7 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     owner.send("QUIT").await;
 
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = irc_config_with(
-        &server,
-        dir.path(),
-        ircd.port,
-        "secret_key = \"a test key of more than sixteen characters\"",
-    );
-    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
-    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let (_dir, mut jabbridge) = keyed_jabbridge(&server, ircd.port).await;
     let room = room();
     let mut alice = server.client("alice").await;
     let info = run_command(
@@ -1054,19 +1065,10 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
         .and_then(|x| x.get_child("item", "http://jabber.org/protocol/muc#user"))
         .and_then(|item| item.attr("jid"));
     assert_eq!(host, Some("127.0.0.1"), "{update:?}");
-    alice
-        .send(&format!(
-            "<iq type='get' to='{bob_occupant}' id='card1'><vCard xmlns='vcard-temp'/></iq>"
-        ))
-        .await;
-    let card = alice
-        .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some("card1"))
-        .await;
-    let full_name = card
-        .get_child("vCard", "vcard-temp")
-        .and_then(|vcard| vcard.get_child("FN", "vcard-temp"))
-        .map(Element::text);
-    assert_eq!(full_name.as_deref(), Some("Bob Realname"), "{card:?}");
+    assert_eq!(
+        vcard_name(&mut alice, &bob_occupant).await.as_deref(),
+        Some("Bob Realname")
+    );
     let log = jabbridge.log();
     assert!(
         !log.contains("secretpw") && !log.contains("wrongpw"),
@@ -1146,14 +1148,9 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     // Over TLS (the server's certificate is self-signed), as EXTERNAL needs.
-    let config = irc_config_with(
-        &server,
-        dir.path(),
-        ircd.tls_port,
-        "secret_key = \"a test key of more than sixteen characters\"",
-    )
-    .replace("tls = \"off\"", "tls = \"self-signed\"")
-    .replace("reconnect_max = \"2s\"", "reconnect_max = \"60s\"");
+    let config = irc_config_with(&server, dir.path(), ircd.tls_port, SECRET_KEY)
+        .replace("tls = \"off\"", "tls = \"self-signed\"")
+        .replace("reconnect_max = \"2s\"", "reconnect_max = \"60s\"");
     let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
     jabbridge.wait_ready(Duration::from_secs(20)).await;
     let mut alice = server.client("alice").await;
@@ -1202,15 +1199,7 @@ async fn channels_to_autojoin_are_joined_on_connecting_with_who_is_there() {
         return;
     };
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = irc_config_with(
-        &server,
-        dir.path(),
-        ircd.port,
-        "secret_key = \"a test key of more than sixteen characters\"",
-    );
-    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
-    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let (_dir, mut jabbridge) = keyed_jabbridge(&server, ircd.port).await;
     let mut bob = IrcUser::connect_named(ircd.port, "bob", "Bob Builder").await;
     bob.send("JOIN #auto").await;
     bob.expect(|line| line.contains(" 366 ")).await;
@@ -1239,14 +1228,7 @@ async fn channels_to_autojoin_are_joined_on_connecting_with_who_is_there() {
         .iter()
         .find(|s| s.name() == "presence" && from(s, &bob_occupant))
         .expect("Bob's presence");
-    assert_eq!(
-        shown
-            .get_child("show", "jabber:client")
-            .map(Element::text)
-            .as_deref(),
-        Some("away"),
-        "{shown:?}"
-    );
+    assert_eq!(show_of(shown).as_deref(), Some("away"), "{shown:?}");
     jabbridge.terminate().await;
 }
 
