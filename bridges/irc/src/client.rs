@@ -334,10 +334,19 @@ fn server_traits(name: String, isupport: &HashMap<String, String>) -> ServerTrai
 enum Reading {
     /// `353` lines, up to the `366`.
     Names(Vec<Member>),
-    /// `352`/`354` lines, up to the `315`, and whether what they change is reported (the
-    /// room showed the members already: a rejoin).
-    Who(Vec<state::Who>, bool),
+    /// `352`/`354` lines, up to the `315` or [`WHO_TIMEOUT`] after `since`.
+    Who {
+        said: Vec<state::Who>,
+        /// Whether what they change is reported (the room showed the members already: a
+        /// rejoin).
+        told: bool,
+        since: Instant,
+    },
 }
+
+/// How long a join waits for the end of its WHO before it goes on without it (a server
+/// that does not answer WHO, or answers it slowly under load).
+pub(crate) const WHO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A join waiting for the server's answer.
 struct PendingJoin {
@@ -1051,9 +1060,7 @@ impl Client {
                 tokio::time::Instant::from_std(self.active + self.setup.reach.idle_close);
             let silent_until =
                 tokio::time::Instant::from_std(last_read + if pinged { DEAD } else { SILENCE });
-            let housekeeping = self
-                .oldest_wait()
-                .map(|since| tokio::time::Instant::from_std(since + ANSWER_TIMEOUT));
+            let housekeeping = self.next_expiry().map(tokio::time::Instant::from_std);
             let wake = [next_flush, idle.then_some(idle_until), housekeeping]
                 .into_iter()
                 .flatten()
@@ -1195,6 +1202,21 @@ impl Client {
         }
     }
 
+    /// When the next wait for the server's answer expires: a join's WHO after
+    /// [`WHO_TIMEOUT`], the rest (a join, a rejoin, an echo, a LIST…) after
+    /// [`ANSWER_TIMEOUT`].
+    fn next_expiry(&self) -> Option<Instant> {
+        let who = self.names.values().filter_map(|reading| match reading {
+            Reading::Who { since, .. } => Some(*since + WHO_TIMEOUT),
+            Reading::Names(_) => None,
+        });
+        self.oldest_wait()
+            .map(|since| since + ANSWER_TIMEOUT)
+            .into_iter()
+            .chain(who)
+            .min()
+    }
+
     /// The oldest wait for the server's answer (a join, a rejoin, an echo, a LIST).
     fn oldest_wait(&self) -> Option<Instant> {
         let joins = self.pending_joins.values().map(|pending| pending.since);
@@ -1221,15 +1243,13 @@ impl Client {
     async fn expire(&mut self) {
         let now = Instant::now();
         let late = |since: Instant| now.saturating_duration_since(since) >= ANSWER_TIMEOUT;
-        // The server joined us but never ended its WHO: the join is done without it.
+        // The server joined us but did not end its WHO in time: the join is done without it.
         let unended: Vec<String> = self
             .names
             .iter()
-            .filter(|(folded, reading)| {
-                matches!(reading, Reading::Who(..))
-                    && (self.pending_joins.get(*folded).map(|join| join.since))
-                        .or_else(|| self.rejoining.get(*folded).copied())
-                        .is_some_and(late)
+            .filter(|(_, reading)| {
+                matches!(reading, Reading::Who { since, .. }
+                    if now.saturating_duration_since(*since) >= WHO_TIMEOUT)
             })
             .map(|(folded, _)| folded.clone())
             .collect();
@@ -1940,7 +1960,7 @@ impl Client {
                     return;
                 };
                 let folded = self.fold(&who.channel);
-                if let Some(Reading::Who(said, _)) = self.names.get_mut(&folded)
+                if let Some(Reading::Who { said, .. }) = self.names.get_mut(&folded)
                     && said.len() < state::MAX_MEMBERS
                 {
                     said.push(who);
@@ -1958,7 +1978,7 @@ impl Client {
                 let waiting: Vec<String> = self
                     .names
                     .iter()
-                    .filter(|(_, reading)| matches!(reading, Reading::Who(..)))
+                    .filter(|(_, reading)| matches!(reading, Reading::Who { .. }))
                     .map(|(folded, _)| folded.clone())
                     .collect();
                 for folded in waiting {
@@ -2665,7 +2685,7 @@ impl Client {
     async fn end_of_names(&mut self, folded: &str) {
         let listed = match self.names.remove(folded) {
             Some(Reading::Names(listed)) => Some(listed),
-            Some(who @ Reading::Who(..)) => {
+            Some(who @ Reading::Who { .. }) => {
                 // Not ours to end (a server's stray 366).
                 self.names.insert(folded.to_owned(), who);
                 return;
@@ -2762,8 +2782,9 @@ impl Client {
             } else {
                 self.enqueue("WHO", &[&name], None);
             }
-            self.names
-                .insert(folded.to_owned(), Reading::Who(Vec::new(), told));
+            let since = self.due();
+            let said = Vec::new();
+            (self.names).insert(folded.to_owned(), Reading::Who { said, told, since });
         }
         self.ask_history(folded);
         if !who {
@@ -2775,10 +2796,10 @@ impl Client {
     /// brought up to date with what it said, and the join answered.
     async fn end_of_who(&mut self, folded: &str) {
         // (A stray 315 leaves a NAMES being read alone.)
-        if !matches!(self.names.get(folded), Some(Reading::Who(..))) {
+        if !matches!(self.names.get(folded), Some(Reading::Who { .. })) {
             return;
         }
-        let Some(Reading::Who(said, told)) = self.names.remove(folded) else {
+        let Some(Reading::Who { said, told, .. }) = self.names.remove(folded) else {
             return;
         };
         let changed = {

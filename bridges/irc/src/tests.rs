@@ -165,7 +165,7 @@ async fn the_capabilities_asked_per_message_agree_with_the_bridges_info() {
 }
 
 #[tokio::test]
-async fn a_joins_occupants_carry_what_who_says_and_a_refused_who_delays_nothing() {
+async fn a_joins_occupants_carry_what_who_says_and_a_who_refused_or_unanswered_stops_no_join() {
     let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
@@ -209,7 +209,16 @@ async fn a_joins_occupants_carry_what_who_says_and_a_refused_who_delays_nothing(
             )
             .await
             .expect("write");
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // The last join's WHO is never answered: the join goes on after its wait.
+        until(&mut reader, "JOIN #silent").await;
+        write
+            .write_all(
+                b":alice!a@h JOIN #silent\r\n:fake.test 353 alice = #silent :alice erin\r\n\
+                  :fake.test 366 alice #silent :End\r\n",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
         drop(write);
     });
 
@@ -245,6 +254,19 @@ async fn a_joins_occupants_carry_what_who_says_and_a_refused_who_delays_nothing(
             .occupants
             .iter()
             .any(|occupant| occupant.nick == "dave")
+    );
+    let silent = tokio::time::timeout(
+        crate::client::WHO_TIMEOUT + WAIT,
+        bridge.join_room(join("#silent%fake.test")),
+    )
+    .await
+    .expect("joined once the WHO's wait is over")
+    .expect("joined");
+    assert!(
+        silent
+            .occupants
+            .iter()
+            .any(|occupant| occupant.nick == "erin")
     );
     server.abort();
 }
