@@ -977,11 +977,13 @@ allow_unencrypted_plain_auth = true
         token = "lat%s " % os.urandom(3).hex()
         sent_at = {}
         latencies = []
+        by_line = []
 
         def on_message(element, body, read_at):
             if body.startswith(token):
                 number = int(body[len(token):])
                 latencies.append(read_at - sent_at[number])
+                by_line.append((number, latencies[-1]))
 
         for client in users:
             client.on_message = on_message
@@ -1007,6 +1009,12 @@ allow_unencrypted_plain_auth = true
             client.on_message = None
         milliseconds = [latency * 1e3 for latency in latencies]
         received = max(1, len(latencies))
+        if os.environ.get("BENCH_LATENCIES_DIR"):
+            # A diagnostic: every copy's line number and latency, to tell a late line (all
+            # its copies late) from late copies.
+            name = "%s-%d.json" % (label.replace(" ", "_"), int(time.time()))
+            with open(os.path.join(os.environ["BENCH_LATENCIES_DIR"], name), "w") as out:
+                json.dump(dict(interval_ms=arguments.interval_ms, copies=by_line), out)
         return dict(users=len(users), lines=lines, expected=expected, received=len(latencies),
                     p50_ms=percentile(milliseconds, 0.5), p99_ms=percentile(milliseconds, 0.99),
                     max_ms=max(milliseconds) if milliseconds else None,
