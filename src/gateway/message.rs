@@ -18,6 +18,7 @@ use super::{Answer, Gateway, commands, rooms};
 use crate::delivery::{MAX_TEXT, OutboxEntry, accept, inbox};
 use crate::metrics;
 use crate::store::Spent;
+use crate::xmpp::muc;
 use crate::xmpp::stanza::{self, StanzaFailure};
 
 /// Handles a message addressed to the gateway or a contact.
@@ -51,6 +52,14 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         .cloned();
     let (contact, room) = match gateway.room_of(&to) {
         Some(room) => {
+            // A mediated invitation, to the room itself.
+            if to.resource().is_none()
+                && let Some(invitee) = message.payloads.iter().find_map(muc::invitee)
+            {
+                gateway.access.check(&user)?;
+                let invitee = invitee.map_err(StanzaFailure::JidMalformed)?;
+                return rooms::invite(gateway, &from, &room, &invitee).await;
+            }
             if text.is_none() {
                 // Typing notifications and markers to occupants are not carried.
                 return Ok(None);

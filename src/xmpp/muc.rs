@@ -58,6 +58,9 @@ const NS_DELAY: &str = "urn:xmpp:delay";
 /// The namespace stanzas carry on a component link.
 const NS_COMPONENT: &str = "jabber:component:accept";
 
+/// XEP-0249: direct MUC invitations.
+const NS_CONFERENCE: &str = "jabber:x:conference";
+
 /// XEP-0045 status codes the core sends.
 pub mod status {
     /// The presence is about the recipient themselves.
@@ -485,6 +488,37 @@ pub fn notice(from: Jid, to: Jid, text: &str, id: &str) -> Element {
         .append(Element::builder("body", NS_COMPONENT).append(text))
         .append(Element::builder("no-store", "urn:xmpp:hints").build())
         .build()
+}
+
+/// An invitation to the room `room` for `to`, from `by` (XEP-0045 §7.8.2, mediated, with
+/// XEP-0249's direct form beside it, which some clients show instead), with a body for
+/// clients that show neither.
+pub fn invitation(room: &Jid, to: &Jid, by: &Jid, id: &str) -> Element {
+    let invite = Element::builder("invite", NS_MUC_USER).with("from", by.to_string());
+    Element::builder("message", NS_COMPONENT)
+        .with("from", room.to_string())
+        .with("to", to.to_string())
+        .with("id", id)
+        .append(Element::builder("x", NS_MUC_USER).append(invite))
+        .append(Element::builder("x", NS_CONFERENCE).with("jid", room.to_string()))
+        .append(
+            Element::builder("body", NS_COMPONENT)
+                .append(format!("{by} invites you to the room {room}")),
+        )
+        .build()
+}
+
+/// The JID a user's mediated invitation names (`<x xmlns='…muc#user'><invite to='…'/></x>`
+/// in a message to the room), when `payload` is one; `Err` when its `to` is no JID.
+pub fn invitee(payload: &Element) -> Option<Result<Jid, String>> {
+    let invite = payload
+        .get_child("invite", NS_MUC_USER)
+        .filter(|_| payload.is("x", NS_MUC_USER))?;
+    let to = invite.attr("to").unwrap_or_default();
+    Some(
+        to.parse()
+            .map_err(|error| format!("'{to}' is no JID: {error}")),
+    )
 }
 
 /// Whether a presence is a join (carries `<x xmlns='http://jabber.org/protocol/muc'/>`).

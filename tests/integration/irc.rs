@@ -461,6 +461,55 @@ async fn a_channel_is_a_room_both_ways() {
     bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;
 
+    // Bob invites her to another channel: an invitation to its room, from his address.
+    bob.send("JOIN #inv").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    bob.send("INVITE alice #inv").await;
+    let invited_to = format!("#inv%{NETWORK}@{DOMAIN}");
+    let invitation = alice
+        .expect(WAIT, |s| s.name() == "message" && from(s, &invited_to))
+        .await;
+    let inviter = invitation
+        .get_child("x", "http://jabber.org/protocol/muc#user")
+        .and_then(|x| x.get_child("invite", "http://jabber.org/protocol/muc#user"))
+        .and_then(|invite| invite.attr("from"));
+    assert_eq!(
+        inviter,
+        Some(format!("bob%{NETWORK}@{DOMAIN}").as_str()),
+        "{invitation:?}"
+    );
+    let direct = invitation
+        .get_child("x", "jabber:x:conference")
+        .and_then(|x| x.attr("jid"));
+    assert_eq!(direct, Some(invited_to.as_str()), "{invitation:?}");
+    // And she invites Carol, on IRC, to the room she is in: an INVITE reaches Carol. A JID
+    // that is no one on the network is refused.
+    let mut carol = IrcUser::connect(ircd.port, "carol").await;
+    alice
+        .send(&format!(
+            "<message to='{room}' id='inv1'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <invite to='carol%{NETWORK}@{DOMAIN}'/></x></message>"
+        ))
+        .await;
+    let invite = carol.expect(|line| line.contains(" INVITE ")).await;
+    assert!(
+        invite.starts_with(":alice!") && invite.ends_with("INVITE carol #test"),
+        "{invite}"
+    );
+    alice
+        .send(&format!(
+            "<message to='{room}' id='inv2'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <invite to='dave@elsewhere.example'/></x></message>"
+        ))
+        .await;
+    let refused = alice
+        .expect(WAIT, |s| {
+            s.name() == "message" && s.attr("id") == Some("inv2")
+        })
+        .await;
+    assert_eq!(refused.attr("type"), Some("error"), "{refused:?}");
+    carol.send("QUIT").await;
+
     // Bob talks; Alice reads it from his occupant JID.
     bob.send("PRIVMSG #test :hello alice").await;
     let said = alice

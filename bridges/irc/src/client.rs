@@ -1872,6 +1872,22 @@ impl Client {
                 })
                 .await;
             }
+            // `INVITE us #channel`: the user gets an invitation to its room.
+            "INVITE" => {
+                let (Some(invited), Some(channel), Some(by)) = (param(0), param(1), message.nick())
+                else {
+                    return;
+                };
+                if self.fold(invited) != self.fold(&self.nick) || !self.is_channel(channel) {
+                    return;
+                }
+                let reach = &self.setup.reach;
+                let room =
+                    RoomId::new(reach.addressing.format(&reach.network, &self.fold(channel)));
+                let by = ForeignId::new(reach.addressing.format(&reach.network, by));
+                let user = self.user.clone();
+                self.report(&room, RoomEvent::Invited { user, by }).await;
+            }
             "SETNAME" => {
                 let realname = param(0).and_then(state::realname_of);
                 self.member_changed(&message, |member| {

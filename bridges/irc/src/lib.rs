@@ -797,6 +797,27 @@ impl Bridge for IrcBridge {
             }
         }
     }
+
+    async fn invite(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        contact: &ForeignId,
+    ) -> Result<(), RoomActionError> {
+        let (network, channel) = self.room_channel(room)?;
+        match self.addressing.parse(contact.as_str()) {
+            Ok(Address::Nick {
+                network: theirs,
+                nick,
+            }) if theirs == network => {
+                self.send_command(user, &network, "INVITE", vec![nick, channel])
+                    .await
+            }
+            _ => Err(RoomActionError::NotSupported(format!(
+                "only someone on {network} can be invited to {channel}"
+            ))),
+        }
+    }
 }
 
 impl IrcBridge {

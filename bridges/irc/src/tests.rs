@@ -165,7 +165,7 @@ async fn the_capabilities_asked_per_message_agree_with_the_bridges_info() {
 }
 
 #[tokio::test]
-async fn a_joins_occupants_carry_what_who_says_and_a_who_refused_or_unanswered_stops_no_join() {
+async fn a_joins_occupants_carry_what_who_says_a_who_unanswered_stops_no_join_and_invites_come() {
     let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
@@ -218,6 +218,14 @@ async fn a_joins_occupants_carry_what_who_says_and_a_who_refused_or_unanswered_s
             )
             .await
             .expect("write");
+        // Invitations: to us (one), to someone else, to no channel (none).
+        write
+            .write_all(
+                b":bob!b@h INVITE alice :#Secret\r\n:bob!b@h INVITE mallory #secret\r\n\
+                  :bob!b@h INVITE alice nochannel\r\n",
+            )
+            .await
+            .expect("write");
         tokio::time::sleep(Duration::from_secs(60)).await;
         drop(write);
     });
@@ -267,6 +275,30 @@ async fn a_joins_occupants_carry_what_who_says_and_a_who_refused_or_unanswered_s
             .occupants
             .iter()
             .any(|occupant| occupant.nick == "erin")
+    );
+    let invited = |core: &TestCore| -> Vec<(String, String, String)> {
+        core.room_events()
+            .into_iter()
+            .filter_map(|(room, event)| match event {
+                RoomEvent::Invited { user, by } => {
+                    Some((room.to_string(), user.to_string(), by.to_string()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while invited(&core).is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        invited(&core),
+        [(
+            "#secret%fake.test".to_owned(),
+            "alice@localhost".to_owned(),
+            "bob%fake.test".to_owned()
+        )]
     );
     server.abort();
 }

@@ -487,6 +487,20 @@ pub trait Bridge: Send + Sync + 'static {
         ))
     }
 
+    /// Invites `contact` (a person on the network, by their address) to `room` for `user`,
+    /// who is in it (a XEP-0045 mediated invitation to `contact`'s JID: IRC `INVITE`). The
+    /// default refuses (`feature-not-implemented`); `Forbidden` becomes `forbidden`.
+    async fn invite(
+        &self,
+        _user: &UserJid,
+        _room: &RoomId,
+        _contact: &ForeignId,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot invite to rooms".into(),
+        ))
+    }
+
     /// Changes a user's nick in a room (they sent presence to `room/new-nick`). Report the
     /// change with [`RoomEvent::Renamed`] when the network confirms it; the core shows it
     /// then. The default refuses (`feature-not-implemented`); `Forbidden` becomes `conflict`.

@@ -310,6 +310,15 @@ pub enum RoomEvent {
         /// What it says.
         text: String,
     },
+    /// Someone on the network invites `user` to this room (IRC `INVITE`), whether or not
+    /// they are in it: the user gets a XEP-0045 invitation (and a XEP-0249 one) from the
+    /// room's address, naming `by`'s address as the inviter.
+    Invited {
+        /// Whom.
+        user: UserJid,
+        /// Who invites them (their address on the gateway, as for a private message).
+        by: ForeignId,
+    },
 }
 
 /// What a moderator asks of the network through [`crate::Bridge::moderate`] (XEP-0045 §8-9).

@@ -46,7 +46,7 @@ pub(in crate::gateway) use archive::{archive_query, info, list};
 pub(in crate::gateway) use membership::{bounced, on_presence};
 pub use membership::{drop_user, forget_user, leave_if_gone, restore};
 pub use talk::{Reply, event, message_event};
-pub(in crate::gateway) use talk::{administer, card, on_groupchat, ping, private_allowed};
+pub(in crate::gateway) use talk::{administer, card, invite, on_groupchat, ping, private_allowed};
 
 /// Our users in rooms, and the rooms as the bridge reported them. Shared with the timers
 /// that leave a room after the grace period.

@@ -401,6 +401,34 @@ pub(super) fn forget_echo(gateway: &Gateway, room: &RoomId, origin_id: &str) {
 }
 
 /// Whether `from` may write privately to `nick` in `room`: they are in it, and so is `nick`.
+/// A user's mediated invitation (XEP-0045 §7.8.2) of `invitee`, someone on the network by
+/// their address on this gateway: the bridge carries it (IRC `INVITE`). Only an occupant
+/// invites; anyone else's JID is no one the network can invite.
+pub(in crate::gateway) async fn invite(
+    gateway: &Gateway,
+    from: &Jid,
+    room: &RoomId,
+    invitee: &Jid,
+) -> Answer {
+    let (user, _) = joined(gateway, from, room)?;
+    let contact = match gateway.contact_of(invitee)? {
+        Some(contact) if invitee.domain().as_str() == gateway.domain => contact,
+        _ => {
+            return Err(StanzaFailure::FeatureNotImplemented(format!(
+                "only people on the network can be invited here, at addresses of {}",
+                gateway.domain
+            )));
+        }
+    };
+    let user = UserJid::new(user);
+    let call = gateway.bridge.invite(&user, room, &contact);
+    gateway
+        .call("the invitation", call)
+        .await?
+        .map_err(action_failure)?;
+    Ok(None)
+}
+
 pub(in crate::gateway) fn private_allowed(
     gateway: &Gateway,
     from: &Jid,
@@ -1114,6 +1142,16 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
     let Some(room_jid) = room_jid(gateway, &room) else {
         return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
     };
+    if let RoomEvent::Invited { user, by } = &event {
+        // For a user in the room or not: no room state is needed.
+        let by = gateway.contact_jid(by).map_err(CoreError::Refused)?;
+        let to: Jid = (user.as_str().parse())
+            .map_err(|_| CoreError::Refused(format!("'{user}' is no JID")))?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let invitation = muc::invitation(&Jid::from(room_jid), &to, &by, &id);
+        gateway.send(invitation).await;
+        return Ok(());
+    }
     let mut removed_users = Vec::new();
     let mut renamed_user = None;
     let stanzas = {
@@ -1125,7 +1163,10 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         let everyone = recipients(state);
         match event {
             // Served above.
-            RoomEvent::Message(_) | RoomEvent::Retracted { .. } | RoomEvent::Reacted(_) => {}
+            RoomEvent::Message(_)
+            | RoomEvent::Retracted { .. }
+            | RoomEvent::Reacted(_)
+            | RoomEvent::Invited { .. } => {}
             RoomEvent::Occupant(occupant) => {
                 let known = state
                     .occupants
