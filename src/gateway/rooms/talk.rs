@@ -400,7 +400,6 @@ pub(super) fn forget_echo(gateway: &Gateway, room: &RoomId, origin_id: &str) {
     }
 }
 
-/// Whether `from` may write privately to `nick` in `room`: they are in it, and so is `nick`.
 /// A user's mediated invitation (XEP-0045 §7.8.2) of `invitee`, someone on the network by
 /// their address on this gateway: the bridge carries it (IRC `INVITE`). Only an occupant
 /// invites; anyone else's JID is no one the network can invite.
@@ -429,6 +428,7 @@ pub(in crate::gateway) async fn invite(
     Ok(None)
 }
 
+/// Whether `from` may write privately to `nick` in `room`: they are in it, and so is `nick`.
 pub(in crate::gateway) fn private_allowed(
     gateway: &Gateway,
     from: &Jid,
