@@ -156,6 +156,10 @@ pub fn room_event(wire: RoomEventWire) -> RoomEvent {
             user: user.map(UserJid::new),
             text,
         },
+        RoomEventWire::Invited { user, by } => RoomEvent::Invited {
+            user: UserJid::new(user),
+            by: ForeignId::new(by),
+        },
     }
 }
 

@@ -1199,6 +1199,13 @@ pub enum RoomEventWire {
         /// The text.
         text: String,
     },
+    /// Someone on the network invites `user` to this room, whether or not they are in it.
+    Invited {
+        /// Whom: a user's bare JID.
+        user: String,
+        /// Who invites them: their id on the network, as a contact.
+        by: String,
+    },
 }
 
 // ----- commands, HTTP, setup ---------------------------------------------------------------
