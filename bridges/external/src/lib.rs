@@ -1509,6 +1509,20 @@ impl Bridge for External {
         self.room_call(to_bridge::ROOM_MODERATE, &params).await
     }
 
+    async fn invite(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        contact: &ForeignId,
+    ) -> Result<(), RoomActionError> {
+        let params = protocol::InviteParams {
+            user: user.to_string(),
+            room: room.as_str().to_owned(),
+            contact: contact.to_string(),
+        };
+        self.room_call(to_bridge::ROOM_INVITE, &params).await
+    }
+
     async fn change_nick(
         &self,
         user: &UserJid,

@@ -56,6 +56,8 @@ pub mod to_bridge {
     pub const ROOMS_LIST: &str = "rooms/list";
     /// Kick, ban, or change an occupant's role.
     pub const ROOM_MODERATE: &str = "room/moderate";
+    /// A user in a room invites someone on the network to it (-32601: the bridge cannot).
+    pub const ROOM_INVITE: &str = "room/invite";
     /// Change the user's nick in a room.
     pub const ROOM_NICK: &str = "room/nick";
     /// Change a room's subject.
@@ -93,6 +95,7 @@ pub mod to_bridge {
         ROOM_SEND,
         ROOMS_LIST,
         ROOM_MODERATE,
+        ROOM_INVITE,
         ROOM_NICK,
         ROOM_SUBJECT,
         ROOM_RETRACT,
@@ -1042,6 +1045,17 @@ pub struct ModerateParams {
     /// With `role`: the new role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+}
+
+/// `room/invite` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteParams {
+    /// The user who invites, in the room.
+    pub user: String,
+    /// The room.
+    pub room: String,
+    /// Whom: their id on the network, as a contact.
+    pub contact: String,
 }
 
 /// `room/nick` params.

@@ -484,6 +484,7 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         ("rooms/list", "params") => check::<UserParams>(method, part, value),
         ("rooms/list", "result") => check::<RoomsResult>(method, part, value),
         ("room/moderate", "params") => check::<ModerateParams>(method, part, value),
+        ("room/invite", "params") => check::<InviteParams>(method, part, value),
         ("room/nick", "params") => check::<NickParams>(method, part, value),
         ("room/subject", "params") => check::<SubjectParams>(method, part, value),
         ("room/retract", "params") => check::<RetractParams>(method, part, value),
