@@ -142,6 +142,42 @@ async fn a_join_gets_occupants_then_itself_then_the_subject() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_invitation_from_the_network_goes_only_to_a_user_of_the_bridge() {
+    use jabbridge_sdk::{CoreError, ForeignId, RoomEvent, RoomId, UserJid};
+    let mut harness = Harness::start(Options::default()).await;
+    let gateway = harness.gateway.clone();
+    let invited = |user: &str| RoomEvent::Invited {
+        user: UserJid::new(user),
+        by: ForeignId::new("bob"),
+    };
+    // To a user of the bridge, in the room or not: both invitations, from the room.
+    crate::gateway::rooms::event(&gateway, RoomId::new("#lobby"), invited("alice@test"))
+        .await
+        .expect("sent");
+    let invitation = harness.next().await;
+    assert_eq!(from(&invitation), "#lobby@echo.test");
+    assert_eq!(to(&invitation), "alice@test");
+    let inviter = invitation
+        .get_child("x", MUC_USER)
+        .and_then(|x| x.get_child("invite", MUC_USER))
+        .and_then(|invite| invite.attr("from"));
+    assert_eq!(inviter, Some("bob@echo.test"));
+    let direct = invitation
+        .get_child("x", "jabber:x:conference")
+        .and_then(|x| x.attr("jid"));
+    assert_eq!(direct, Some("#lobby@echo.test"));
+    // To anyone else: refused, and nothing is sent.
+    let refused = crate::gateway::rooms::event(
+        &gateway,
+        RoomId::new("#lobby"),
+        invited("mallory@elsewhere.example"),
+    )
+    .await;
+    assert!(matches!(refused, Err(CoreError::Refused(_))), "{refused:?}");
+    harness.nothing_for(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn two_users_talk_and_each_post_is_reflected_once_with_its_origin_id() {
     let mut harness = Harness::start(Options::default()).await;
     enter(&mut harness, "alice@test", "alice", 1).await;

@@ -1143,7 +1143,13 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         return Err(CoreError::Refused(format!("'{room}' makes no room JID")));
     };
     if let RoomEvent::Invited { user, by } = &event {
-        // For a user in the room or not: no room state is needed.
+        // For a user in the room or not: no room state is needed. Only to a user of this
+        // bridge: it names no one else to write to.
+        if gateway.access.role(user.as_str()).is_none() {
+            return Err(CoreError::Refused(format!(
+                "{user} is no user of this bridge"
+            )));
+        }
         let by = gateway.contact_jid(by).map_err(CoreError::Refused)?;
         let to: Jid = (user.as_str().parse())
             .map_err(|_| CoreError::Refused(format!("'{user}' is no JID")))?;
