@@ -511,9 +511,10 @@ pub fn invitation(room: &Jid, to: &Jid, by: &Jid, id: &str) -> Element {
 /// The JID a user's mediated invitation names (`<x xmlns='…muc#user'><invite to='…'/></x>`
 /// in a message to the room), when `payload` is one; `Err` when its `to` is no JID.
 pub fn invitee(payload: &Element) -> Option<Result<Jid, String>> {
-    let invite = payload
-        .get_child("invite", NS_MUC_USER)
-        .filter(|_| payload.is("x", NS_MUC_USER))?;
+    if !payload.is("x", NS_MUC_USER) {
+        return None;
+    }
+    let invite = payload.get_child("invite", NS_MUC_USER)?;
     let to = invite.attr("to").unwrap_or_default();
     Some(
         to.parse()

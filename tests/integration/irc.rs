@@ -508,6 +508,11 @@ async fn a_channel_is_a_room_both_ways() {
         })
         .await;
     assert_eq!(refused.attr("type"), Some("error"), "{refused:?}");
+    assert_eq!(
+        harness::error_condition(&refused).as_deref(),
+        Some("feature-not-implemented"),
+        "{refused:?}"
+    );
     carol.send("QUIT").await;
 
     // Bob talks; Alice reads it from his occupant JID.

@@ -410,14 +410,17 @@ pub(in crate::gateway) async fn invite(
     invitee: &Jid,
 ) -> Answer {
     let (user, _) = joined(gateway, from, room)?;
-    let contact = match gateway.contact_of(invitee)? {
-        Some(contact) if invitee.domain().as_str() == gateway.domain => contact,
-        _ => {
-            return Err(StanzaFailure::FeatureNotImplemented(format!(
-                "only people on the network can be invited here, at addresses of {}",
-                gateway.domain
-            )));
-        }
+    // Another domain's JID is no one the bridge could parse as a contact.
+    let ours = invitee.domain().as_str() == gateway.domain;
+    let Some(contact) = ours
+        .then(|| gateway.contact_of(invitee))
+        .transpose()?
+        .flatten()
+    else {
+        return Err(StanzaFailure::FeatureNotImplemented(format!(
+            "only people on the network can be invited here, at addresses of {}",
+            gateway.domain
+        )));
     };
     let user = UserJid::new(user);
     let call = gateway.bridge.invite(&user, room, &contact);
