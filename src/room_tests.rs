@@ -1,7 +1,7 @@
 //! Group chats as the gateway runs them, asserted as the exact stanzas that come back
 //! ([`crate::testing::Harness`], with the echo bridge's rooms): the join's order and status
 //! codes, talking, reflection, private messages, nick changes, kicks, subjects, self-pings,
-//! history, join errors, a bounced resource, and a restart.
+//! history, join errors, a bounced resource, staying in a room, and a restart.
 
 use std::time::Duration;
 
@@ -1755,4 +1755,195 @@ async fn ids_an_archive_cannot_index_are_refused_before_anything_is_sent() {
         .expect("shown");
     let shown = harness.next().await;
     assert_eq!(body(&shown).as_deref(), Some("hello"));
+}
+
+/// Runs the command on `#lobby`'s address for `user/r`: its form without `persistent`, the
+/// change with it. Returns the `<command/>` that came back.
+async fn room_settings(harness: &mut Harness, user: &str, persistent: Option<&str>) -> Element {
+    let form = persistent.map_or_else(String::new, |value| {
+        format!(
+            "<x xmlns='jabber:x:data' type='submit'>\
+             <field var='persistent'><value>{value}</value></field></x>"
+        )
+    });
+    harness
+        .receive(&format!(
+            "<iq type='set' from='{user}/r' to='#lobby@echo.test' id='cfg'>\
+             <command xmlns='http://jabber.org/protocol/commands' node='configure' \
+             action='execute'>{form}</command></iq>"
+        ))
+        .await;
+    let answer = harness.next().await;
+    assert_eq!(answer.attr("id"), Some("cfg"));
+    match answer.get_child("command", "http://jabber.org/protocol/commands") {
+        Some(command) => command.clone(),
+        None => answer,
+    }
+}
+
+/// The value of a form field in a command's answer.
+fn field_value(command: &Element, var: &str) -> Option<String> {
+    let x = command.get_child("x", "jabber:x:data")?;
+    let field = x.children().find(|field| field.attr("var") == Some(var))?;
+    Some(field.get_child("value", "jabber:x:data")?.text())
+}
+
+/// The note a finished command says.
+fn note(command: &Element) -> String {
+    command
+        .get_child("note", "http://jabber.org/protocol/commands")
+        .map(Element::text)
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_who_stays_is_kept_in_the_room_while_away_and_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = on_a_file(&dir);
+    let options = || Options {
+        database: Some(url.clone()),
+        ..Options::default()
+    };
+    {
+        let mut harness = Harness::start(options()).await;
+        harness.register("alice@test").await;
+        // Not in the room: nothing to set.
+        let refused = room_settings(&mut harness, "alice@test", None).await;
+        assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+        harness
+            .receive(&join("alice@test", "#lobby", "alice", ""))
+            .await;
+        take(&mut harness, 3).await;
+        harness.register("bob@test").await;
+        harness
+            .receive(&join("bob@test", "#lobby", "bob", ""))
+            .await;
+        take(&mut harness, 5).await;
+        // The room offers the command, and says so.
+        harness
+            .receive(
+                "<iq type='get' from='alice@test/r' to='#lobby@echo.test' id='i'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            )
+            .await;
+        let info = harness.next().await;
+        let query = info
+            .get_child("query", "http://jabber.org/protocol/disco#info")
+            .expect("disco#info");
+        assert!(
+            query.children().any(|feature| {
+                feature.attr("var") == Some("http://jabber.org/protocol/commands")
+            })
+        );
+        harness
+            .receive(
+                "<iq type='get' from='alice@test/r' to='#lobby@echo.test' id='l'>\
+                 <query xmlns='http://jabber.org/protocol/disco#items' \
+                 node='http://jabber.org/protocol/commands'/></iq>",
+            )
+            .await;
+        let items = harness.next().await;
+        let listed: Vec<_> = items
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .expect("disco#items")
+            .children()
+            .map(|item| (item.attr("jid"), item.attr("node")))
+            .collect();
+        assert_eq!(listed, [(Some("#lobby@echo.test"), Some("configure"))]);
+        // Her form says she does not stay; she says she does.
+        let form = room_settings(&mut harness, "alice@test", None).await;
+        assert_eq!(form.attr("status"), Some("executing"));
+        assert_eq!(field_value(&form, "persistent").as_deref(), Some("0"));
+        let done = room_settings(&mut harness, "alice@test", Some("maybe")).await;
+        assert_eq!(condition(&done).as_deref(), Some("not-acceptable"));
+        let done = room_settings(&mut harness, "alice@test", Some("1")).await;
+        assert_eq!(done.attr("status"), Some("completed"));
+        assert!(note(&done).contains("You stay in"), "{done:?}");
+        // Her client leaves: it is told so; the network is not, long after the grace period.
+        harness
+            .receive(
+                "<presence type='unavailable' from='alice@test/r' to='#lobby@echo.test/alice'/>",
+            )
+            .await;
+        assert_eq!(codes(&harness.next().await), ["110"]);
+        harness.advance(Duration::from_secs(600)).await;
+        harness.nothing_for(Duration::from_millis(100)).await;
+        // Bob talks meanwhile: into the archive (his reflection and the bot's repeat to him;
+        // nothing to her).
+        harness
+            .receive(
+                "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='b1'>\
+                 <body>while you were out</body></message>",
+            )
+            .await;
+        let said = take(&mut harness, 2).await;
+        assert!(said.iter().all(|stanza| to(stanza) == "bob@test/r"));
+        harness.nothing_for(Duration::from_millis(100)).await;
+        harness.advance(Duration::from_secs(2)).await;
+        crate::testing::real_sleep(Duration::from_millis(200)).await;
+    }
+    // After a restart she is still in (her setting too), and her client joining again finds
+    // what Bob said, without a second join on the network.
+    let mut harness = Harness::start(options()).await;
+    let form = room_settings(&mut harness, "alice@test", None).await;
+    assert_eq!(field_value(&form, "persistent").as_deref(), Some("1"));
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    let back = take(&mut harness, 6).await;
+    assert!(back.iter().all(|stanza| to(stanza) == "alice@test/r"));
+    let bodies: Vec<_> = back.iter().filter_map(body).collect();
+    assert_eq!(bodies, ["while you were out", "while you were out"]);
+    assert!(back[5].children().any(|c| c.name() == "subject"));
+    // She stays no more, and her client leaves: after the grace period she is out (Bob,
+    // restored too, sees her go), and has nothing to set.
+    let done = room_settings(&mut harness, "alice@test", Some("false")).await;
+    assert!(note(&done).contains("You leave"), "{done:?}");
+    harness
+        .receive("<presence type='unavailable' from='alice@test/r' to='#lobby@echo.test/alice'/>")
+        .await;
+    assert_eq!(codes(&harness.next().await), ["110"]);
+    harness.nothing_for(Duration::from_secs(50)).await;
+    harness.advance(Duration::from_secs(11)).await;
+    let gone = harness.next().await;
+    assert_eq!(to(&gone), "bob@test/r");
+    assert_eq!(from(&gone), "#lobby@echo.test/alice");
+    assert_eq!(gone.attr("type"), Some("unavailable"));
+    let refused = room_settings(&mut harness, "alice@test", None).await;
+    assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_user_staying_without_a_client_is_out_when_the_network_kicks_them() {
+    let mut harness = Harness::start(Options::default()).await;
+    enter(&mut harness, "alice@test", "alice", 1).await;
+    harness.register("bob@test").await;
+    harness
+        .receive(&join("bob@test", "#lobby", "bob", ""))
+        .await;
+    take(&mut harness, 5).await;
+    room_settings(&mut harness, "alice@test", Some("1")).await;
+    harness
+        .receive("<presence type='unavailable' from='alice@test/r' to='#lobby@echo.test/alice'/>")
+        .await;
+    assert_eq!(codes(&harness.next().await), ["110"]);
+    harness.advance(Duration::from_secs(120)).await;
+    // Bob kicks her through the network while none of her clients is in: Bob sees it (his
+    // post's reflection, the kick), and she is out of the room: nothing to set any more.
+    harness
+        .receive(
+            "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='k1'>\
+             <body>!kick alice away too long</body></message>",
+        )
+        .await;
+    let stanzas = take(&mut harness, 2).await;
+    assert!(stanzas.iter().all(|stanza| to(stanza) == "bob@test/r"));
+    let kick = stanzas
+        .iter()
+        .find(|stanza| stanza.name() == "presence")
+        .expect("the kick");
+    assert_eq!(codes(kick), ["307"]);
+    let refused = room_settings(&mut harness, "alice@test", None).await;
+    assert_eq!(condition(&refused).as_deref(), Some("not-acceptable"));
+    harness.nothing_for(Duration::from_millis(100)).await;
 }

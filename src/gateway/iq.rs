@@ -197,8 +197,15 @@ fn command_node_info(gateway: &Gateway, payload: &Element, on_contact: bool) -> 
     adhoc::node_info(node, &entries).map(Some)
 }
 
+/// The commands on a room's address (XEP-0050).
+const ROOM_COMMANDS: [adhoc::Entry<'static>; 1] = [adhoc::Entry {
+    node: rooms::CONFIGURE,
+    name: rooms::CONFIGURE_NAME,
+}];
+
 /// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
-/// disco; its archive (XEP-0313); an occupant's vCard (XEP-0054); nothing else.
+/// disco; its archive (XEP-0313); the user's settings of the room (XEP-0050); an
+/// occupant's vCard (XEP-0054); nothing else.
 async fn room_answer(
     gateway: &Gateway,
     is_set: bool,
@@ -220,8 +227,41 @@ async fn room_answer(
         (false, false, "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
             Ok(Some(rooms::info(gateway, room)))
         }
+        (false, false, "query", ns::DISCO_INFO) => {
+            adhoc::node_info(payload.attr("node").unwrap_or_default(), &ROOM_COMMANDS).map(Some)
+        }
+        (false, false, "query", ns::DISCO_ITEMS) if payload.attr("node") == Some(adhoc::NS) => {
+            let listed: &[adhoc::Entry<'_>] = match gateway.access.role(&from.to_bare().to_string())
+            {
+                Some(_) => &ROOM_COMMANDS,
+                None => &[],
+            };
+            let jid = to.map(|to| to.to_bare().to_string()).unwrap_or_default();
+            Ok(Some(adhoc::command_list(&jid, listed).into()))
+        }
         (false, false, "query", ns::DISCO_ITEMS) => {
             service::answer_get(&gateway.info(), Target::Contact(""), payload)
+        }
+        (true, false, "command", adhoc::NS) => {
+            let user = from.to_bare().to_string();
+            gateway.access.check(&user)?;
+            let request = adhoc::Request::parse(payload)?;
+            if request.node != rooms::CONFIGURE {
+                let node = &request.node;
+                return Err(StanzaFailure::ItemNotFound(format!(
+                    "no command '{node}' here"
+                )));
+            }
+            let outcome = if request.cancelled {
+                None
+            } else {
+                Some(rooms::configure(gateway, &user, room, request.values).await?)
+            };
+            Ok(Some(adhoc::response(
+                &request.node,
+                &request.session,
+                outcome,
+            )))
         }
         (true, false, "query", muc::NS_MAM) => rooms::archive_query(gateway, from, room, payload)
             .await

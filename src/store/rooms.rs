@@ -1,5 +1,5 @@
-//! The group-chat tables: who of our users is joined to which room from which resource
-//! (`room_joins`), the room archive (`room_messages`), kept once per room message however
+//! The group-chat tables: who of our users is joined to which room from which resource, or
+//! stays in it with none (`room_joins`), the room archive (`room_messages`), kept once per room message however
 //! many users see it, and how far each instance's fan-out of a room reached the server
 //! (`room_cursors`).
 
@@ -14,14 +14,18 @@ pub struct RoomTables {
     pub(super) engine: super::Engine,
 }
 
-/// One resource of a user joined to a room.
+/// The resource of the row that says a user stays in a room when their clients leave it
+/// (the room is persistent for them): no XMPP resource is empty (RFC 7622, §3.4).
+pub const STAYING: &str = "";
+
+/// One resource of a user joined to a room, or [`STAYING`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinRow {
     /// The user's bare JID.
     pub jid: String,
     /// The room's foreign id.
     pub room: String,
-    /// The user's resource.
+    /// The user's resource, or [`STAYING`].
     pub resource: String,
     /// The user's nick in the room.
     pub nick: String,
@@ -241,7 +245,8 @@ impl RoomTables {
         Ok(())
     }
 
-    /// Forgets one resource of `jid` in `room`, or all of them with `None`.
+    /// Forgets one resource of `jid` in `room` (or that they stay: [`STAYING`]), or all of
+    /// them and the stay with `None`.
     pub async fn leave(
         &self,
         bridge: &str,
@@ -297,7 +302,7 @@ impl RoomTables {
         Ok(())
     }
 
-    /// Every joined resource of a bridge, by user, room and resource.
+    /// Every joined resource of a bridge (and every stay), by user, room and resource.
     pub async fn joins(&self, bridge: &str) -> Result<Vec<JoinRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT jid, room, resource, nick FROM room_joins WHERE bridge = $1 \

@@ -803,6 +803,80 @@ async fn rooms_come_back_after_the_irc_server_and_jabbridge_restart() {
     jabbridge.terminate().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_alice_stays_in_keeps_her_while_away_and_after_a_crash() {
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let grace = "rooms = { leave_grace = \"1s\" }";
+    let config = irc_config_with(&server, dir.path(), ircd.port, grace);
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let mut alice = server.client("alice").await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    assert_eq!(
+        command_nodes(&mut alice, &room).await,
+        [(room.clone(), "configure".to_owned())]
+    );
+    let (offered, note) = command_at(&mut alice, &room, "configure", &[("persistent", "1")]).await;
+    assert_eq!(offered, ["FORM_TYPE", "persistent"]);
+    assert!(note.contains("You stay in"), "{note}");
+
+    // Her client leaves: past the grace period she is still in the channel, and what is
+    // said there goes on into the room's archive.
+    let gone = |s: &Element| {
+        s.name() == "presence"
+            && s.attr("type") == Some("unavailable")
+            && from(s, &format!("{room}/alice"))
+    };
+    alice
+        .send(&format!("<presence type='unavailable' to='{room}/alice'/>"))
+        .await;
+    alice.expect(WAIT, gone).await;
+    bob.send("PRIVMSG #test :are you there?").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bob.send("NAMES #test").await;
+    let names = bob.expect(|line| line.contains(" 353 ")).await;
+    assert!(names.contains("alice"), "{names}");
+
+    // Jabbridge is killed: at its next start she is in the channel again, with no client in
+    // the room; her client joining finds what Bob said, with its time.
+    jabbridge.kill().await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("QUIT"))
+        .await;
+    jabbridge.restart().await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
+        .await;
+    let (joined, seen) = alice
+        .join_seeing(&room, "alice", serde_json::json!({}))
+        .await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let said = seen
+        .iter()
+        .find(|s| from(s, &format!("{room}/bob")) && body(s).as_deref() == Some("are you there?"))
+        .unwrap_or_else(|| panic!("no history in {seen:?}"));
+    assert!(said.has_child("delay", "urn:xmpp:delay"), "{said:?}");
+
+    // She stays no more: her client leaving parts the channel after the grace period.
+    let (_, note) = command_at(&mut alice, &room, "configure", &[("persistent", "0")]).await;
+    assert!(note.contains("You leave"), "{note}");
+    alice
+        .send(&format!("<presence type='unavailable' to='{room}/alice'/>"))
+        .await;
+    alice.expect(WAIT, gone).await;
+    bob.expect(|line| line.starts_with(":alice!") && line.contains(" PART "))
+        .await;
+    jabbridge.terminate().await;
+}
+
 /// Asks who alice is until her away text (301) satisfies `wanted`, for up to 5 s: that
 /// text (`None`: not away). Each WHOIS is read to its end (318).
 async fn whois_until(
@@ -881,14 +955,15 @@ async fn command_nodes(client: &mut harness::Client, at: &str) -> Vec<(String, S
 
 /// Runs the `irc-settings` command on the gateway with `fields`; the bridge's note.
 async fn irc_settings(client: &mut harness::Client, fields: &[(&str, &str)]) -> String {
-    irc_settings_at(client, DOMAIN, fields).await.1
+    command_at(client, DOMAIN, "irc-settings", fields).await.1
 }
 
-/// Runs the `irc-settings` command on the JID `at` with `fields`: the fields of the form it
-/// offered, and the bridge's note.
-async fn irc_settings_at(
+/// Runs the command `node` on the JID `at` with `fields`: the fields of the form it
+/// offered, and the note it ends with.
+async fn command_at(
     client: &mut harness::Client,
     at: &str,
+    node: &str,
     fields: &[(&str, &str)],
 ) -> (Vec<String>, String) {
     let commands = "http://jabber.org/protocol/commands";
@@ -897,7 +972,7 @@ async fn irc_settings_at(
             "s1",
             &format!(
                 "<iq type='set' to='{at}' id='s1'><command xmlns='{commands}' \
-                 node='irc-settings' action='execute'/></iq>"
+                 node='{node}' action='execute'/></iq>"
             ),
         )
         .await;
@@ -924,7 +999,7 @@ async fn irc_settings_at(
             "s2",
             &format!(
                 "<iq type='set' to='{at}' id='s2'><command xmlns='{commands}' \
-                 node='irc-settings' sessionid='{session}' action='complete'>\
+                 node='{node}' sessionid='{session}' action='complete'>\
                  <x xmlns='jabber:x:data' type='submit'>{values}</x></command></iq>"
             ),
         )
@@ -1017,9 +1092,10 @@ async fn sasl_logs_in_on_inspircd_and_a_wrong_password_is_a_clear_error() {
     let at_nick = format!("bob%{NETWORK}@{DOMAIN}");
     assert_eq!(command_nodes(&mut alice, &at_nick).await, []);
     // (A server sent anyway is replaced by the address's.)
-    let (offered, note) = irc_settings_at(
+    let (offered, note) = command_at(
         &mut alice,
         &at_server,
+        "irc-settings",
         &[("server", "elsewhere"), ("password", "secretpw")],
     )
     .await;

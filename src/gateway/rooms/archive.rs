@@ -352,6 +352,7 @@ pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
         muc::NS_SID,
         muc::NS_MAM,
         "urn:xmpp:ping",
+        crate::xmpp::adhoc::NS,
     ];
     for (carried, feature) in [
         (capabilities.corrections, muc::NS_CORRECT),

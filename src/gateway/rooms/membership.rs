@@ -1,9 +1,13 @@
 //! Who is in a room: joins (the bridge's one per user, the resyncs), leaves and the grace
-//! period, nick changes, restoring the joins at start, unregistered users, stale resources.
+//! period, staying when the clients leave (the command on a room's address), nick changes,
+//! restoring the joins at start, unregistered users, stale resources.
+
+use jabbridge_sdk::{Field, FieldKind, Form, FormValues};
 
 use super::archive::archived;
 use super::talk::resend_unsent;
 use super::*;
+use crate::xmpp::adhoc::Outcome;
 
 /// A presence to a room (`to` is `room@domain/nick`): a join, a presence update, a nick
 /// change, or a leave.
@@ -173,7 +177,8 @@ pub(super) async fn join(
 }
 
 /// Records what the bridge said of a join: the room's occupants and subject, and the user as
-/// a member with one resource. Returns the user's nick.
+/// a member with one more resource (or, for [`STAYING`], as staying). Returns the user's
+/// nick.
 pub(super) fn admit(
     gateway: &Gateway,
     room: &RoomId,
@@ -200,10 +205,15 @@ pub(super) fn admit(
             nick: joined.nick.clone(),
             resources: Resources::default(),
             generation: 0,
+            stays: false,
         })
     });
     member.nick = joined.nick.clone();
-    member.resources.insert(resource.to_owned());
+    if resource == STAYING {
+        member.stays = true;
+    } else {
+        member.resources.insert(resource.to_owned());
+    }
     member.generation += 1;
     joined.nick
 }
@@ -398,10 +408,9 @@ pub async fn leave_if_gone(gateway: Arc<Gateway>, room: RoomId, user: String, ge
         let Some(state) = rooms.get_mut(&room) else {
             return;
         };
-        let still_gone = state
-            .members
-            .get(&user)
-            .is_some_and(|member| member.resources.is_empty() && member.generation == generation);
+        let still_gone = state.members.get(&user).is_some_and(|member| {
+            member.resources.is_empty() && member.generation == generation && !member.stays
+        });
         if still_gone {
             state.members.remove(&user);
             if state.members.is_empty() {
@@ -441,10 +450,10 @@ pub(super) async fn change_nick(
 }
 
 /// For the sessions just claimed here (at start, or taken over from another instance):
-/// rejoins, for each of their users who was in a room, the foreign room, and records their
-/// resources as joined. Their clients still believe they are in the room; what they missed
-/// meanwhile is in the archive, and what the previous instance archived but may not have
-/// sent goes again.
+/// rejoins, for each of their users who was in a room (or stays in it), the foreign room,
+/// and records their resources as joined. Their clients still believe they are in the
+/// room; what they missed meanwhile is in the archive, and what the previous instance
+/// archived but may not have sent goes again.
 pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claimed]) {
     let previous: HashMap<&str, Option<&str>> = claimed
         .iter()
@@ -499,7 +508,8 @@ pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claim
                 for row in &rows {
                     nick = admit(gateway, &room, &user, &row.resource, joined.clone());
                 }
-                tracing::info!(user, %room, nick, resources = rows.len(), "rejoined a room");
+                let resources = rows.iter().filter(|row| row.resource != STAYING).count();
+                tracing::info!(user, %room, nick, resources, "rejoined a room");
             }
             Ok(Err(error)) => {
                 tracing::warn!(user, %room, %error, "could not rejoin a room; forgetting it");
@@ -577,4 +587,114 @@ pub(in crate::gateway) async fn bounced(gateway: &Gateway, from: &Jid, room: &Ro
         tracing::info!(user, resource, %room, "a joined resource bounced a room stanza; it leaves");
         leave(gateway, room, &user, &resource).await;
     }
+}
+
+/// The node of the command on a room's address (XEP-0050), as Biboumi names its own on a
+/// channel.
+pub const CONFIGURE: &str = "configure";
+
+/// What clients list [`CONFIGURE`] as.
+pub const CONFIGURE_NAME: &str = "Room settings";
+
+/// The field of [`CONFIGURE`]'s form that says whether the user stays in the room.
+const PERSISTENT: &str = "persistent";
+
+/// One step of the command on a room's address: `user`'s own settings of a room they are in
+/// (for now, whether they stay in it when their clients leave: [`Member::stays`]). Without
+/// `input`, the form with what is set; with it, the change.
+pub(in crate::gateway) async fn configure(
+    gateway: &Gateway,
+    user: &str,
+    room: &RoomId,
+    input: Option<FormValues>,
+) -> Result<Outcome, StanzaFailure> {
+    let name = gateway.bridge.format_address(room);
+    let form = Form {
+        title: format!("Your settings of {name}"),
+        instructions: "Staying in the room: when your last client leaves it, you stay in it \
+                       on the network, what is said goes on into its archive, and your \
+                       clients find it there when they join again (after a restart too)."
+            .into(),
+        fields: vec![Field {
+            var: PERSISTENT.into(),
+            label: "Stay in the room when your clients leave it".into(),
+            kind: FieldKind::Boolean,
+            required: false,
+        }],
+    };
+    let member = {
+        let rooms = gateway.rooms.lock();
+        (rooms.get(room))
+            .and_then(|state| state.members.get(user))
+            .map(|member| (member.stays, member.nick.clone()))
+    };
+    let Some((stays, nick)) = member else {
+        return Err(StanzaFailure::NotAcceptable(format!(
+            "join {name} first: these settings are those of your place in it"
+        )));
+    };
+    let Some(values) = input else {
+        let mut current = FormValues::default();
+        current
+            .0
+            .insert(PERSISTENT.into(), u8::from(stays).to_string());
+        return Ok(Outcome::Form(form, current));
+    };
+    form.validate(&values)
+        .map_err(StanzaFailure::NotAcceptable)?;
+    let wanted = values
+        .get(PERSISTENT)
+        .map_or(stays, |value| matches!(value, "1" | "true"));
+    let tables = gateway.store.rooms();
+    let stored = if wanted {
+        let row = JoinRow {
+            jid: user.to_owned(),
+            room: room.to_string(),
+            resource: STAYING.to_owned(),
+            nick,
+        };
+        tables.join(&gateway.domain, &row).await
+    } else {
+        (tables.leave(&gateway.domain, user, room.as_str(), Some(STAYING))).await
+    };
+    stored.map_err(|error| gateway.storage_failed(error))?;
+    // Staying no more with no client in the room: out of it now.
+    let out = {
+        let mut rooms = gateway.rooms.lock();
+        let Some(state) = rooms.get_mut(room) else {
+            return Err(StanzaFailure::NotAcceptable(format!(
+                "you left {name} meanwhile"
+            )));
+        };
+        let out = match state.members.get_mut(user) {
+            Some(member) => {
+                member.stays = wanted;
+                !wanted && member.resources.is_empty()
+            }
+            None => false,
+        };
+        if out {
+            state.members.remove(user);
+            if state.members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+        out
+    };
+    tracing::info!(user, %room, stays = wanted, "changed their room settings");
+    if out {
+        let leaver = UserJid::new(user);
+        let call = gateway.bridge.leave_room(&leaver, room);
+        if let Err(failure) = gateway.call("leaving a room", call).await {
+            tracing::warn!(%failure, "leaving a room timed out");
+        }
+        return Ok(Outcome::Done(format!(
+            "You no longer stay in {name}, and with none of your clients in it, you left it."
+        )));
+    }
+    Ok(Outcome::Done(if wanted {
+        format!("You stay in {name} when your clients leave it.")
+    } else {
+        format!("You leave {name} when your last client leaves it.")
+    }))
 }

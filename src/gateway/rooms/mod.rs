@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 use super::{Answer, Gateway};
 use crate::lanes::Lanes;
-use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage};
+use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage, STAYING};
 use crate::store::{millis, now_millis};
 use crate::xmpp::encode::{Encoded, Template};
 use crate::xmpp::muc::{self, OccupantPresence, status};
@@ -43,7 +43,9 @@ mod talk;
 
 pub use archive::maintain;
 pub(in crate::gateway) use archive::{archive_query, info, list};
-pub(in crate::gateway) use membership::{bounced, on_presence};
+pub(in crate::gateway) use membership::{
+    CONFIGURE, CONFIGURE_NAME, bounced, configure, on_presence,
+};
 pub use membership::{drop_user, forget_user, leave_if_gone, restore};
 pub use talk::{Reply, event, message_event};
 pub(in crate::gateway) use talk::{administer, card, invite, on_groupchat, ping, private_allowed};
@@ -130,10 +132,15 @@ struct Previously {
 /// One of our users in a room.
 struct Member {
     nick: String,
-    /// Their joined resources; empty while the grace period after the last one left runs.
+    /// Their joined resources; empty while the grace period after the last one left runs,
+    /// and for as long as they stay.
     resources: Resources,
     /// Bumped whenever a resource joins, so that a grace timer started earlier does nothing.
     generation: u64,
+    /// Whether they stay in the room when their last resource leaves (they made it
+    /// persistent: [`crate::store::rooms::STAYING`]): the network keeps them in it, the
+    /// archive keeps what is said, and their clients find it when they join again.
+    stays: bool,
 }
 
 /// A member's joined resources, in the order they joined: nearly always one, so a short

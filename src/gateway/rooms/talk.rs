@@ -1217,11 +1217,12 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                     .occupants
                     .remove(&old)
                     .unwrap_or_else(|| Box::new(Occupant::new(old.clone())));
-                for (user, member_nick, to) in &everyone {
+                // Our user under that nick, joined from a client or not.
+                renamed_user = (state.members.iter())
+                    .find(|(_, member)| member.nick == old)
+                    .map(|(user, _)| user.clone());
+                for (_, member_nick, to) in &everyone {
                     let own = *member_nick == old;
-                    if own {
-                        renamed_user = Some(user.clone());
-                    }
                     let gone: &[u16] = if own {
                         &[status::NICK_CHANGED, status::SELF]
                     } else {
@@ -1373,18 +1374,20 @@ pub(super) fn remove_occupant(
         .occupants
         .remove(gone.nick)
         .unwrap_or_else(|| Box::new(Occupant::new(gone.nick)));
-    let mut removed = Vec::new();
+    // Our users under that nick, joined from a client or not (staying, or within the grace
+    // period): out of the room.
+    let removed = (state.members.iter())
+        .filter(|(_, member)| member.nick == gone.nick)
+        .map(|(user, _)| user.clone())
+        .collect();
     // Everyone but the occupant gets the same presence: encoded once, copied.
     let mut others = Others::default();
-    for (user, nick, to) in recipients(state) {
+    for (_, nick, to) in recipients(state) {
         let own = nick == gone.nick;
         let mut statuses = Vec::with_capacity(2);
         statuses.extend(gone.code);
         if own {
             statuses.push(status::SELF);
-            if !removed.contains(&user) {
-                removed.push(user);
-            }
         }
         let shape = Shape {
             unavailable: true,
