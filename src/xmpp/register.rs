@@ -46,6 +46,7 @@ fn typed_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> Dat
             let type_ = match field.kind {
                 FieldKind::Text => FieldType::TextSingle,
                 FieldKind::Secret => FieldType::TextPrivate,
+                FieldKind::Lines => FieldType::TextMulti,
                 FieldKind::Boolean => FieldType::Boolean,
                 FieldKind::Choice(_) => FieldType::ListSingle,
             };
@@ -64,7 +65,10 @@ fn typed_form(form: &Form, form_type: &str, current: Option<&FormValues>) -> Dat
             if field.kind != FieldKind::Secret
                 && let Some(value) = current.and_then(|values| values.get(&field.var))
             {
-                rendered.values = vec![value.to_owned()];
+                rendered.values = match field.kind {
+                    FieldKind::Lines => value.lines().map(str::to_owned).collect(),
+                    _ => vec![value.to_owned()],
+                };
             }
             rendered
         })

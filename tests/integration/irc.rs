@@ -990,9 +990,16 @@ async fn command_at(
         .and_then(|command| command.attr("sessionid"))
         .unwrap_or_default()
         .to_owned();
+    // A value of several lines is several values (a `text-multi` field).
     let values: String = fields
         .iter()
-        .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
+        .map(|(var, value)| {
+            let values: String = value
+                .split('\n')
+                .map(|line| format!("<value>{line}</value>"))
+                .collect();
+            format!("<field var='{var}'>{values}</field>")
+        })
         .collect();
     let done = client
         .iq(
@@ -1324,12 +1331,16 @@ async fn sasl_external_logs_in_with_a_certificate_the_gateway_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn channels_to_autojoin_are_joined_on_connecting_with_who_is_there() {
+async fn commands_then_channels_to_autojoin_go_on_connecting_with_who_is_there() {
     let Some(ircd) = Ngircd::start().await else {
         return;
     };
     let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
-    let (_dir, mut jabbridge) = keyed_jabbridge(&server, ircd.port).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extra = format!("{SECRET_KEY}\nraw_commands = true");
+    let config = irc_config_with(&server, dir.path(), ircd.port, &extra);
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
     let mut bob = IrcUser::connect_named(ircd.port, "bob", "Bob Builder").await;
     bob.send("JOIN #auto").await;
     bob.expect(|line| line.contains(" 366 ")).await;
@@ -1337,11 +1348,21 @@ async fn channels_to_autojoin_are_joined_on_connecting_with_who_is_there() {
     bob.expect(|line| line.contains(" 306 ")).await;
 
     let mut alice = server.client("alice").await;
-    let note = irc_settings(&mut alice, &[("server", NETWORK), ("autojoin", "#auto")]).await;
+    let settings = [
+        ("server", NETWORK),
+        ("after_connect", "PRIVMSG bob :first\nnotice bob :then this"),
+        ("autojoin", "#auto"),
+    ];
+    let note = irc_settings(&mut alice, &settings).await;
     assert!(note.contains("autojoin #auto"), "{note}");
-    // Her first join connects her, and #auto is joined on connecting, unasked.
+    assert!(note.contains("after connecting PRIVMSG, NOTICE"), "{note}");
+    // Her first join connects her: her commands go, in order, then #auto is joined, unasked.
     let joined = alice.join(&room(), "alice", serde_json::json!({})).await;
     assert_eq!(joined["event"], "joined", "{joined}");
+    bob.expect(|line| line.starts_with(":alice!") && line.ends_with("PRIVMSG bob :first"))
+        .await;
+    bob.expect(|line| line.starts_with(":alice!") && line.ends_with("NOTICE bob :then this"))
+        .await;
     let join = bob
         .expect(|line| line.starts_with(":alice!") && line.contains("JOIN"))
         .await;

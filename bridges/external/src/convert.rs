@@ -41,6 +41,7 @@ fn field(wire: &FieldWire) -> Field {
         label: wire.label.clone(),
         kind: match wire.kind.as_str() {
             "text-private" => FieldKind::Secret,
+            "text-multi" => FieldKind::Lines,
             "boolean" => FieldKind::Boolean,
             "list-single" => FieldKind::Choice(wire.options.clone()),
             _ => FieldKind::Text,

@@ -559,7 +559,8 @@ pub struct FieldWire {
     pub var: String,
     /// Its label.
     pub label: String,
-    /// `text-single` (the default), `text-private`, `boolean` or `list-single`.
+    /// `text-single` (the default), `text-private`, `text-multi` (lines; the value holds
+    /// them separated by `\n`), `boolean` or `list-single`.
     #[serde(default = "text_single", rename = "type")]
     pub kind: String,
     /// Refused without it.

@@ -193,6 +193,8 @@ pub struct Setup {
     /// Where the user's NickServ password goes and the password, sent after registration
     /// when SASL did not log in.
     pub identify: Option<(String, SecretString)>,
+    /// Raw commands to send on connecting, after logging in and before joining.
+    pub after_connect: Vec<String>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// Whether the user chose the nick in their settings (else it came from a join or the
@@ -1013,6 +1015,11 @@ impl Client {
         {
             let identify = format!("IDENTIFY {}", password.expose_secret());
             self.enqueue("PRIVMSG", &[&services, &identify], None);
+        }
+        for text in self.setup.after_connect.clone() {
+            let (command, params) = wire::parse_command(&text);
+            let params: Vec<&str> = params.iter().map(String::as_str).collect();
+            self.enqueue(&command, &params, None);
         }
         for channel in self.setup.autojoin.clone() {
             let folded = self.fold(&channel);

@@ -121,7 +121,7 @@ pub struct Registration {
     pub username: String,
     /// The real name (`USER`'s last parameter).
     pub realname: String,
-    /// The server password (`PASS`), if the network has one.
+    /// The server password (`PASS`): the user's own, else the network's, if any.
     pub password: Option<SecretString>,
     /// The SASL login, if the user set one up.
     pub sasl: Option<Sasl>,

@@ -224,7 +224,7 @@ impl IrcBridge {
         let key = UserSettings::key(&network, user.as_str());
         let mut settings = self.settings_of(user, &network).await;
         settings
-            .apply(values, self.vault.as_ref())
+            .apply(values, self.vault.as_ref(), self.config.raw_commands)
             .map_err(CommandError::Rejected)?;
         self.core
             .save_as(&key, Some(&settings))
@@ -347,7 +347,10 @@ impl IrcBridge {
                     .realname
                     .clone()
                     .unwrap_or_else(|| config::fill(&config.realname, jid)),
-                password: config.password.clone(),
+                // The user's own (a bouncer login) in place of the network's.
+                password: self
+                    .open(own.server_password.as_ref())
+                    .or_else(|| config.password.clone()),
                 sasl,
                 webirc: config
                     .webirc
@@ -357,6 +360,11 @@ impl IrcBridge {
             identify: self
                 .open(own.nickserv.as_ref())
                 .map(|password| (config.nickserv.clone(), password)),
+            after_connect: if self.config.raw_commands {
+                own.after_connect.clone()
+            } else {
+                Vec::new()
+            },
             autojoin: own.autojoin.clone(),
             nick_chosen: own.nick.is_some(),
         };
@@ -578,7 +586,7 @@ impl Bridge for IrcBridge {
                     &self.me,
                     |bridge, user, values| async move { bridge.configure(&user, &values).await },
                 ),
-                settings::form(networks.clone()),
+                settings::form(networks.clone(), self.config.raw_commands),
             ),
             on_servers(
                 Run::on(
@@ -833,19 +841,7 @@ impl IrcBridge {
                 reason: "raw IRC commands are turned off on this gateway".into(),
             });
         }
-        let line = text.trim();
-        let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let mut params: Vec<String> = Vec::new();
-        let mut rest = rest.trim_start();
-        while !rest.is_empty() {
-            if let Some(trailing) = rest.strip_prefix(':') {
-                params.push(trailing.to_owned());
-                break;
-            }
-            let (param, more) = rest.split_once(' ').unwrap_or((rest, ""));
-            params.push(param.to_owned());
-            rest = more.trim_start();
-        }
+        let (command, params) = wire::parse_command(text);
         let handle =
             self.client(user, network, None)
                 .await
@@ -853,7 +849,7 @@ impl IrcBridge {
                     reason: format!("'{network}' is not an IRC server this gateway reaches"),
                 })?;
         let sent = Self::ask(&handle, |reply| Command::Send {
-            command: command.to_ascii_uppercase(),
+            command,
             params,
             reply,
         })

@@ -1,5 +1,5 @@
-//! Each user's own settings per server: nick, user name, real name, a SASL login or a
-//! NickServ password, and channels to join on connecting. Set with the `irc-settings`
+//! Each user's own settings per server: nick, user name, real name, a server password, a
+//! SASL login or a NickServ password, commands to send and channels to join on connecting. Set with the `irc-settings`
 //! command, kept in the core's store (shared by every instance), their secrets sealed with
 //! AES-256-GCM under a key derived from the bridge's `secret_key`: a copy of the database
 //! alone reveals no password, the logs never see one, and no form shows one back.
@@ -13,6 +13,9 @@ use crate::address;
 
 /// The most channels joined on connecting.
 pub const MAX_AUTOJOIN: usize = 20;
+
+/// The most commands sent on connecting.
+pub const MAX_AFTER_CONNECT: usize = 10;
 
 /// How a user logs in to their account.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -100,6 +103,12 @@ pub struct UserSettings {
     pub password: Option<Sealed>,
     /// A password for `PRIVMSG NickServ :IDENTIFY`, sealed, where SASL is not used.
     pub nickserv: Option<Sealed>,
+    /// The server password (`PASS`: a private server's, or a bouncer's login), sealed; in
+    /// place of the network's.
+    pub server_password: Option<Sealed>,
+    /// Raw IRC commands to send on connecting, after logging in and before joining (where
+    /// the admin allows raw commands), as the user wrote them.
+    pub after_connect: Vec<String>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// The client certificate for SASL EXTERNAL, made when the user first chose it; kept
@@ -141,6 +150,15 @@ impl UserSettings {
         if self.nickserv.is_some() {
             parts.push("a NickServ password".into());
         }
+        if self.server_password.is_some() {
+            parts.push("a server password".into());
+        }
+        if !self.after_connect.is_empty() {
+            let commands: Vec<String> = (self.after_connect.iter())
+                .map(|line| crate::wire::parse_command(line).0)
+                .collect();
+            parts.push(format!("after connecting {}", commands.join(", ")));
+        }
         if !self.autojoin.is_empty() {
             parts.push(format!("autojoin {}", self.autojoin.join(" ")));
         }
@@ -152,7 +170,14 @@ impl UserSettings {
     }
 
     /// Applies a submitted form: an empty field keeps what was stored, `-` clears it.
-    pub fn apply(&mut self, values: &FormValues, vault: Option<&Vault>) -> Result<(), String> {
+    /// Commands to send on connecting are refused unless `raw` (the admin's
+    /// `raw_commands`).
+    pub fn apply(
+        &mut self,
+        values: &FormValues,
+        vault: Option<&Vault>,
+        raw: bool,
+    ) -> Result<(), String> {
         let given = |var: &str| values.get(var).map(str::trim).filter(|v| !v.is_empty());
         if let Some(nick) = given("nick") {
             self.nick = cleared(nick)
@@ -199,6 +224,7 @@ impl UserSettings {
         for (var, slot) in [
             ("password", &mut self.password),
             ("nickserv", &mut self.nickserv),
+            ("server_password", &mut self.server_password),
         ] {
             if let Some(secret) = given(var) {
                 *slot = match cleared(secret) {
@@ -216,6 +242,41 @@ impl UserSettings {
                     }
                 };
             }
+        }
+        if let Some(lines) = given("after_connect") {
+            self.after_connect = match cleared(lines) {
+                None => Vec::new(),
+                Some(_) if !raw => {
+                    return Err(
+                        "raw IRC commands are turned off on this gateway: no commands \
+                                can be sent on connecting"
+                            .into(),
+                    );
+                }
+                Some(lines) => {
+                    let list: Vec<String> = lines
+                        .lines()
+                        .map(str::trim)
+                        .filter(|line| !line.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    for line in &list {
+                        let (command, params) = crate::wire::parse_command(line);
+                        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+                        crate::wire::line(&[], &command, &params)
+                            .map_err(|error| format!("'{line}': {error}"))?;
+                        if line.chars().any(char::is_control) {
+                            return Err(format!("'{line}' holds a control character"));
+                        }
+                    }
+                    if list.len() > MAX_AFTER_CONNECT {
+                        return Err(format!(
+                            "at most {MAX_AFTER_CONNECT} commands to send on connecting"
+                        ));
+                    }
+                    list
+                }
+            };
         }
         if let Some(channels) = given("autojoin") {
             self.autojoin = match cleared(channels) {
@@ -277,8 +338,9 @@ fn server_field(networks: Vec<String>) -> Field {
     }
 }
 
-/// The `irc-settings` form.
-pub fn form(networks: Vec<String>) -> Form {
+/// The `irc-settings` form; with `raw` (the admin's `raw_commands`), commands to send on
+/// connecting too.
+pub fn form(networks: Vec<String>, raw: bool) -> Form {
     let text = |var: &str, label: &str| Field {
         var: var.into(),
         label: label.into(),
@@ -291,28 +353,42 @@ pub fn form(networks: Vec<String>) -> Form {
         kind: FieldKind::Secret,
         required: false,
     };
+    let mut fields = vec![
+        server_field(networks),
+        text("nick", "Nick"),
+        text("username", "User name"),
+        text("realname", "Real name"),
+        secret(
+            "server_password",
+            "Server password (PASS: a private server's, or your bouncer login)",
+        ),
+        Field {
+            var: "sasl".into(),
+            label: "Log in with SASL".into(),
+            kind: FieldKind::Choice(vec!["none".into(), "plain".into(), "external".into()]),
+            required: false,
+        },
+        text("account", "Account"),
+        secret("password", "Account password"),
+        secret("nickserv", "NickServ password (without SASL)"),
+    ];
+    if raw {
+        fields.push(Field {
+            var: "after_connect".into(),
+            label: "IRC commands to send on connecting, one per line (e.g. MODE yournick +R)"
+                .into(),
+            kind: FieldKind::Lines,
+            required: false,
+        });
+    }
+    fields.push(text("autojoin", "Channels to join on connecting"));
     Form {
         title: "IRC settings".into(),
         instructions: "Your settings for one server. An empty field keeps what you set \
                        before; '-' clears it. They apply the next time you connect to the \
                        server. Passwords are stored encrypted and never shown."
             .into(),
-        fields: vec![
-            server_field(networks),
-            text("nick", "Nick"),
-            text("username", "User name"),
-            text("realname", "Real name"),
-            Field {
-                var: "sasl".into(),
-                label: "Log in with SASL".into(),
-                kind: FieldKind::Choice(vec!["none".into(), "plain".into(), "external".into()]),
-                required: false,
-            },
-            text("account", "Account"),
-            secret("password", "Account password"),
-            secret("nickserv", "NickServ password (without SASL)"),
-            text("autojoin", "Channels to join on connecting"),
-        ],
+        fields,
     }
 }
 
@@ -449,12 +525,12 @@ mod tests {
         let mut settings = UserSettings::default();
         assert!(
             settings
-                .apply(&values(&[("sasl", "external")]), None)
+                .apply(&values(&[("sasl", "external")]), None, false)
                 .is_err(),
             "no secret_key, no certificate"
         );
         settings
-            .apply(&values(&[("sasl", "external")]), Some(&vault))
+            .apply(&values(&[("sasl", "external")]), Some(&vault), false)
             .expect("applied");
         let certificate = settings.certificate.clone().expect("a certificate");
         let fingerprint = certificate.fingerprint();
@@ -475,11 +551,12 @@ mod tests {
             .apply(
                 &values(&[("sasl", "plain"), ("account", "a"), ("password", "p")]),
                 Some(&vault),
+                false,
             )
             .expect("plain");
         assert!(!settings.describe().contains("EXTERNAL"));
         settings
-            .apply(&values(&[("sasl", "external")]), Some(&vault))
+            .apply(&values(&[("sasl", "external")]), Some(&vault), false)
             .expect("external again");
         assert_eq!(
             settings
@@ -524,6 +601,7 @@ mod tests {
                     ("autojoin", "#a, #b"),
                 ]),
                 Some(&vault),
+                false,
             )
             .unwrap();
         assert_eq!(settings.nick.as_deref(), Some("alice"));
@@ -533,27 +611,84 @@ mod tests {
         assert!(!description.contains("hunter2"), "{description}");
         // A later form with only the real name keeps the rest.
         settings
-            .apply(&values(&[("realname", "Alice A.")]), Some(&vault))
+            .apply(&values(&[("realname", "Alice A.")]), Some(&vault), false)
             .unwrap();
         assert_eq!(settings.nick.as_deref(), Some("alice"));
         assert!(settings.password.is_some());
         // '-' clears; SASL then needs a password again.
         assert!(
             settings
-                .apply(&values(&[("password", "-")]), Some(&vault))
+                .apply(&values(&[("password", "-")]), Some(&vault), false)
                 .is_err()
         );
         let mut fresh = UserSettings::default();
-        assert!(fresh.apply(&values(&[("nick", "bad nick")]), None).is_err());
         assert!(
             fresh
-                .apply(&values(&[("autojoin", "nochan")]), None)
+                .apply(&values(&[("nick", "bad nick")]), None, false)
+                .is_err()
+        );
+        assert!(
+            fresh
+                .apply(&values(&[("autojoin", "nochan")]), None, false)
                 .is_err()
         );
         // Without a secret_key no password is kept.
         let refused = fresh
-            .apply(&values(&[("nickserv", "pw")]), None)
+            .apply(&values(&[("nickserv", "pw")]), None, false)
             .unwrap_err();
         assert!(refused.contains("secret_key"), "{refused}");
+    }
+
+    #[test]
+    fn commands_on_connecting_are_checked_lines_and_only_where_raw_commands_are_on() {
+        let vault = Vault::new(&SecretString::from("a key of more than sixteen chars")).unwrap();
+        let mut settings = UserSettings::default();
+        let lines = values(&[(
+            "after_connect",
+            "MODE alice +R\r\n\n  PRIVMSG bob :two words ",
+        )]);
+        let refused = settings.apply(&lines, None, false).unwrap_err();
+        assert!(refused.contains("turned off"), "{refused}");
+        assert!(settings.after_connect.is_empty());
+        settings.apply(&lines, None, true).unwrap();
+        assert_eq!(
+            settings.after_connect,
+            ["MODE alice +R", "PRIVMSG bob :two words"]
+        );
+        // Each line must make an IRC line; a bad one changes nothing.
+        for bad in [
+            "MO!DE x",
+            "PRIVMSG bob :a\u{1}b",
+            &"PRIVMSG bob :x".repeat(60),
+        ] {
+            let refused = settings
+                .apply(&values(&[("after_connect", bad)]), None, true)
+                .unwrap_err();
+            assert!(refused.starts_with('\''), "{bad}: {refused}");
+        }
+        let eleven = ["PING x"; 11].join("\n");
+        assert!(
+            settings
+                .apply(&values(&[("after_connect", &eleven)]), None, true)
+                .is_err()
+        );
+        assert_eq!(settings.after_connect.len(), 2);
+        // The server password is sealed and never described; '-' clears both.
+        (settings.apply(
+            &values(&[("server_password", "znc:hunter2")]),
+            Some(&vault),
+            true,
+        ))
+        .unwrap();
+        let description = settings.describe();
+        assert!(description.contains("a server password"), "{description}");
+        assert!(
+            description.contains("after connecting MODE, PRIVMSG"),
+            "{description}"
+        );
+        assert!(!description.contains("hunter2"), "{description}");
+        let cleared = values(&[("server_password", "-"), ("after_connect", "-")]);
+        settings.apply(&cleared, None, false).unwrap();
+        assert!(settings.server_password.is_none() && settings.after_connect.is_empty());
     }
 }

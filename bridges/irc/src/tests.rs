@@ -1408,6 +1408,7 @@ fn a_connections_task_stays_small() {
             webirc: None,
         },
         identify: None,
+        after_connect: vec![],
         autojoin: vec![],
         nick_chosen: false,
     };
@@ -1428,4 +1429,80 @@ fn a_connections_task_stays_small() {
     // network's setup (target, pacing, addressing) and the server's ISUPPORT copied into
     // every connection rather than shared.
     assert!(task <= 2_300, "{task} bytes");
+}
+
+#[tokio::test]
+async fn a_users_server_password_replaces_the_networks_and_their_commands_go_before_the_joins() {
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = core
+        .build(
+            crate::build,
+            jabbridge_sdk::serde_json::json!({
+                "flood": {"burst": 10, "per_second": 0},
+                "raw_commands": true,
+                "secret_key": "a test key of more than sixteen characters",
+                "network": [{"name": "fake.test", "host": "127.0.0.1", "port": port,
+                             "tls": "off", "password": "the-networks"}],
+            }),
+        )
+        .expect("the bridge builds");
+    let alice = UserJid::new("alice@localhost");
+    let values = jabbridge_sdk::FormValues(
+        [
+            ("server", "fake.test"),
+            ("server_password", "alice/libera:hunter2"),
+            ("after_connect", "mode alice +R\nPRIVMSG bob :two words"),
+            ("autojoin", "#auto"),
+        ]
+        .into_iter()
+        .map(|(var, value)| (var.to_owned(), value.to_owned()))
+        .collect(),
+    );
+    let said = jabbridge_sdk::testkit::run_command(&*bridge, &alice, "irc-settings", &values)
+        .await
+        .expect("the settings are kept");
+    assert!(said.contains("a server password"), "{said}");
+    assert!(!said.contains("hunter2"), "{said}");
+
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    let joining = tokio::spawn({
+        let bridge = bridge.clone();
+        let request = join(room.as_str());
+        async move { bridge.join_room(request).await }
+    });
+    let (mut reader, mut write) = accepted(&listener).await;
+    let mut registration = Vec::new();
+    loop {
+        let line = line_from(&mut reader).await;
+        let last = line.starts_with("USER ");
+        registration.push(line);
+        if last {
+            break;
+        }
+    }
+    let passes: Vec<&String> = registration
+        .iter()
+        .filter(|line| line.starts_with("PASS "))
+        .collect();
+    assert_eq!(passes, ["PASS alice/libera:hunter2"], "{registration:?}");
+    write
+        .write_all(b":fake.test 001 alice :hi\r\n:fake.test 422 alice :no MOTD\r\n")
+        .await
+        .expect("write");
+    // After the welcome: her commands, in order, then the joins.
+    let mut after = Vec::new();
+    while after.len() < 4 {
+        after.push(line_from(&mut reader).await);
+    }
+    assert_eq!(
+        after,
+        [
+            "MODE alice +R",
+            "PRIVMSG bob :two words",
+            "JOIN #auto",
+            "JOIN #room"
+        ]
+    );
+    joining.abort();
 }

@@ -199,6 +199,26 @@ impl fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
+/// Reads a raw command as a user writes it (`MODE alice +R`, `PRIVMSG bob :two words`):
+/// the command, upper-cased, and its parameters, the one after a `:` running to the end.
+/// [`line`] checks them.
+pub fn parse_command(text: &str) -> (String, Vec<String>) {
+    let text = text.trim();
+    let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim_start();
+    while !rest.is_empty() {
+        if let Some(trailing) = rest.strip_prefix(':') {
+            params.push(trailing.to_owned());
+            break;
+        }
+        let (param, more) = rest.split_once(' ').unwrap_or((rest, ""));
+        params.push(param.to_owned());
+        rest = more.trim_start();
+    }
+    (command.to_ascii_uppercase(), params)
+}
+
 /// Writes `COMMAND p1 p2 … :last` and CR LF, with `tags` in front when there are any. The
 /// last parameter goes as a trailing one when it must (empty, with a space, or starting
 /// with `:`); every other must be a plain word.

@@ -34,6 +34,9 @@ pub enum FieldKind {
     Text,
     /// One line of text that clients hide as it is typed (passwords, tokens).
     Secret,
+    /// Several lines of text (XEP-0004 `text-multi`); the value holds them separated by
+    /// `\n`.
+    Lines,
     /// A yes/no choice.
     Boolean,
     /// One of a fixed list of values.
