@@ -195,6 +195,9 @@ pub struct Setup {
     pub identify: Option<(String, SecretString)>,
     /// Raw commands to send on connecting, after logging in and before joining.
     pub after_connect: Vec<String>,
+    /// The encoding of what is written, and of what is read when it is not UTF-8 (`None`:
+    /// UTF-8, reading Latin-1).
+    pub encoding: Option<&'static encoding_rs::Encoding>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// Whether the user chose the nick in their settings (else it came from a join or the
@@ -427,7 +430,8 @@ const REFUSING_NUMERICS: &[&str] = &["401", "404", "486", "492", "531"];
 
 /// A line waiting for its turn (flood control), and who to tell when it is written.
 struct Queued {
-    line: String,
+    /// The line as written: in the user's encoding for the server, if not UTF-8.
+    line: Vec<u8>,
     done: Option<Done>,
 }
 
@@ -927,7 +931,7 @@ impl Client {
     /// every connection's task while the connection is served.
     fn adopt(&mut self, connection: Connection) -> (WriteHalf, LineReader<ReadHalf>, Adopted) {
         let Connection {
-            reader,
+            mut reader,
             writer,
             nick,
             isupport,
@@ -936,6 +940,7 @@ impl Client {
             server_name,
             greeting,
         } = connection;
+        reader.set_fallback(self.setup.encoding);
         let previous = std::mem::replace(&mut self.nick, nick);
         self.caps = caps;
         self.batches.clear();
@@ -1413,8 +1418,19 @@ impl Client {
         done: Option<Done>,
     ) {
         match wire::line(tags, command, params) {
-            Ok(line) => self.queue.push_back(Queued { line, done }),
+            Ok(line) => {
+                let line = self.encoded(line);
+                self.queue.push_back(Queued { line, done });
+            }
             Err(error) => fail(done, &error.to_string()),
+        }
+    }
+
+    /// `line`'s bytes as written: in the user's encoding for the server, if not UTF-8.
+    fn encoded(&self, line: String) -> Vec<u8> {
+        match wire::encode(&line, self.setup.encoding) {
+            std::borrow::Cow::Borrowed(_) => line.into_bytes(),
+            std::borrow::Cow::Owned(bytes) => bytes,
         }
     }
 
@@ -1445,20 +1461,20 @@ impl Client {
                 return Ok(());
             };
             self.forget_queue_if_empty();
-            write(writer, line.as_bytes()).await?;
+            write(writer, &line).await?;
             if let Some(done) = done {
                 self.sent(done);
             }
             return Ok(());
         }
-        let mut out = String::new();
+        let mut out = Vec::new();
         let mut done = Vec::new();
         for queued in self.queue.drain(..count) {
-            out.push_str(&queued.line);
+            out.extend_from_slice(&queued.line);
             done.extend(queued.done);
         }
         self.forget_queue_if_empty();
-        write(writer, out.as_bytes()).await?;
+        write(writer, &out).await?;
         for done in done {
             self.sent(done);
         }
@@ -1544,7 +1560,10 @@ impl Client {
                     None => wire::line(&[], "JOIN", &[&channel]),
                 };
                 match line {
-                    Ok(line) => self.queue.push_back(Queued { line, done: None }),
+                    Ok(line) => {
+                        let line = self.encoded(line);
+                        self.queue.push_back(Queued { line, done: None });
+                    }
                     Err(error) => {
                         if let Some(pending) = self.pending_joins.remove(&self.fold(&channel)) {
                             let _ = pending

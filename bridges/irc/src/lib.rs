@@ -360,6 +360,8 @@ impl IrcBridge {
             identify: self
                 .open(own.nickserv.as_ref())
                 .map(|password| (config.nickserv.clone(), password)),
+            encoding: (own.encoding.as_deref())
+                .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes())),
             after_connect: if self.config.raw_commands {
                 own.after_connect.clone()
             } else {

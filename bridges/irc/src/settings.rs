@@ -1,5 +1,6 @@
 //! Each user's own settings per server: nick, user name, real name, a server password, a
-//! SASL login or a NickServ password, commands to send and channels to join on connecting. Set with the `irc-settings`
+//! SASL login or a NickServ password, commands to send and channels to join on connecting,
+//! and the server's text encoding where it is not UTF-8. Set with the `irc-settings`
 //! command, kept in the core's store (shared by every instance), their secrets sealed with
 //! AES-256-GCM under a key derived from the bridge's `secret_key`: a copy of the database
 //! alone reveals no password, the logs never see one, and no form shows one back.
@@ -109,6 +110,9 @@ pub struct UserSettings {
     /// Raw IRC commands to send on connecting, after logging in and before joining (where
     /// the admin allows raw commands), as the user wrote them.
     pub after_connect: Vec<String>,
+    /// The encoding of the server's text, when it is not UTF-8 (Latin-1 without one), and
+    /// of what the user writes there: its WHATWG name (`windows-1251`).
+    pub encoding: Option<String>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// The client certificate for SASL EXTERNAL, made when the user first chose it; kept
@@ -158,6 +162,9 @@ impl UserSettings {
                 .map(|line| crate::wire::parse_command(line).0)
                 .collect();
             parts.push(format!("after connecting {}", commands.join(", ")));
+        }
+        if let Some(encoding) = &self.encoding {
+            parts.push(format!("encoding {encoding}"));
         }
         if !self.autojoin.is_empty() {
             parts.push(format!("autojoin {}", self.autojoin.join(" ")));
@@ -242,6 +249,25 @@ impl UserSettings {
                     }
                 };
             }
+        }
+        if let Some(label) = given("encoding") {
+            self.encoding = cleared(label)
+                .map(|label| {
+                    // UTF-16 cannot carry IRC's lines; `replacement` reads nothing.
+                    encoding_rs::Encoding::for_label(label.as_bytes())
+                        .filter(|encoding| {
+                            *encoding == encoding_rs::UTF_8
+                                || encoding.output_encoding() == *encoding
+                        })
+                        .map(|encoding| encoding.name().to_ascii_lowercase())
+                        .ok_or_else(|| {
+                            format!(
+                                "'{label}' is not an encoding IRC can carry (e.g. utf-8, \
+                                 windows-1251, koi8-r, iso-8859-15, shift_jis, iso-2022-jp)"
+                            )
+                        })
+                })
+                .transpose()?;
         }
         if let Some(lines) = given("after_connect") {
             self.after_connect = match cleared(lines) {
@@ -381,6 +407,10 @@ pub fn form(networks: Vec<String>, raw: bool) -> Form {
             required: false,
         });
     }
+    fields.push(text(
+        "encoding",
+        "Encoding of the server's text when not UTF-8, and of yours (e.g. windows-1251)",
+    ));
     fields.push(text("autojoin", "Channels to join on connecting"));
     Form {
         title: "IRC settings".into(),
@@ -640,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn commands_on_connecting_are_checked_lines_and_only_where_raw_commands_are_on() {
+    fn commands_on_connecting_encodings_and_server_passwords_are_checked() {
         let vault = Vault::new(&SecretString::from("a key of more than sixteen chars")).unwrap();
         let mut settings = UserSettings::default();
         let lines = values(&[(
@@ -687,8 +717,25 @@ mod tests {
             "{description}"
         );
         assert!(!description.contains("hunter2"), "{description}");
-        let cleared = values(&[("server_password", "-"), ("after_connect", "-")]);
+        // An encoding by any of its labels, kept by name; none IRC cannot carry.
+        settings
+            .apply(&values(&[("encoding", " KOI8-R ")]), None, false)
+            .unwrap();
+        assert_eq!(settings.encoding.as_deref(), Some("koi8-r"));
+        for bad in ["utf-16le", "replacement", "klingon"] {
+            let refused = settings
+                .apply(&values(&[("encoding", bad)]), None, false)
+                .unwrap_err();
+            assert!(refused.contains("not an encoding"), "{bad}: {refused}");
+        }
+        assert_eq!(settings.encoding.as_deref(), Some("koi8-r"));
+        let cleared = values(&[
+            ("server_password", "-"),
+            ("after_connect", "-"),
+            ("encoding", "-"),
+        ]);
         settings.apply(&cleared, None, false).unwrap();
         assert!(settings.server_password.is_none() && settings.after_connect.is_empty());
+        assert!(settings.encoding.is_none());
     }
 }

@@ -3,9 +3,12 @@
 //! panicking; writing builds only lines that cannot smuggle a second command (no CR, LF or
 //! NUL anywhere, parameters that cannot shift) and fit in 512 bytes. A user's text is cut
 //! into such lines at line breaks, then at word boundaries, never inside a UTF-8 character.
+//! Text is UTF-8 both ways unless a user chose another encoding for a server.
 
 use std::borrow::Cow;
 use std::fmt;
+
+use encoding_rs::Encoding;
 
 /// The longest line a client may send, CR LF included, tags aside (RFC 2812 §2.3).
 pub const MAX_LINE: usize = 512;
@@ -67,12 +70,46 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// The text of a line from a server: UTF-8, or Latin-1 when it is not valid UTF-8 (which
-/// maps every byte to a character, so nothing is lost or refused).
-pub fn decode(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => Cow::Owned(bytes.iter().map(|&byte| char::from(byte)).collect()),
+/// The text of a line from a server: UTF-8, or, when it is not valid UTF-8, the user's
+/// `fallback` encoding for that server (`windows-1251`…; bytes it cannot read become
+/// U+FFFD), else Latin-1 (which maps every byte to a character, so nothing is lost or
+/// refused). A 7-bit encoding whose text is also valid UTF-8 (`iso-2022-jp`) reads every
+/// line.
+pub fn decode<'a>(bytes: &'a [u8], fallback: Option<&'static Encoding>) -> Cow<'a, str> {
+    if let Some(encoding) = fallback.filter(|encoding| !encoding.is_ascii_compatible()) {
+        return encoding.decode_without_bom_handling(bytes).0;
+    }
+    match (std::str::from_utf8(bytes), fallback) {
+        (Ok(text), _) => Cow::Borrowed(text),
+        (Err(_), Some(encoding)) => encoding.decode_without_bom_handling(bytes).0,
+        (Err(_), None) => Cow::Owned(bytes.iter().map(|&byte| char::from(byte)).collect()),
+    }
+}
+
+/// The bytes of a line to write: UTF-8, or the user's `encoding` for that server, where a
+/// character it cannot carry becomes `?` (never a longer escape: the line was cut to fit
+/// the limit as UTF-8, which no single-byte encoding exceeds; a stateful one's escapes,
+/// ISO-2022-JP's, may add a few bytes to a line that mixes scripts).
+pub fn encode<'a>(line: &'a str, encoding: Option<&'static Encoding>) -> Cow<'a, [u8]> {
+    let Some(encoding) = encoding.filter(|encoding| *encoding != encoding_rs::UTF_8) else {
+        return Cow::Borrowed(line.as_bytes());
+    };
+    let mut encoder = encoding.new_encoder();
+    let mut out = Vec::with_capacity(line.len() + 8);
+    let mut rest = line;
+    loop {
+        let room = encoder
+            .max_buffer_length_from_utf8_without_replacement(rest.len())
+            .unwrap_or(rest.len() * 4 + 16);
+        out.reserve(room);
+        let (result, read) =
+            encoder.encode_from_utf8_to_vec_without_replacement(rest, &mut out, true);
+        rest = &rest[read..];
+        match result {
+            encoding_rs::EncoderResult::InputEmpty => return Cow::Owned(out),
+            encoding_rs::EncoderResult::Unmappable(_) => out.push(b'?'),
+            encoding_rs::EncoderResult::OutputFull => {}
+        }
     }
 }
 
@@ -409,9 +446,35 @@ mod tests {
     }
 
     #[test]
-    fn text_that_is_not_utf8_is_read_as_latin1() {
-        assert_eq!(decode(b"caf\xe9"), "café");
-        assert_eq!(decode("café".as_bytes()), "café");
+    fn text_that_is_not_utf8_is_read_as_latin1_or_the_users_encoding() {
+        assert_eq!(decode(b"caf\xe9", None), "café");
+        assert_eq!(decode("café".as_bytes(), None), "café");
+        let cp1251 = Some(encoding_rs::WINDOWS_1251);
+        assert_eq!(decode(b"\xcf\xf0\xe8\xe2\xe5\xf2", cp1251), "Привет");
+        // UTF-8 stays UTF-8 whatever the user chose.
+        assert_eq!(decode("Привет".as_bytes(), cp1251), "Привет");
+        let jis = Some(encoding_rs::ISO_2022_JP);
+        assert_eq!(decode(b"\x1b$B$3$s$K$A$O\x1b(B!", jis), "こんにちは!");
+    }
+
+    #[test]
+    fn written_lines_go_in_the_users_encoding_unmappable_characters_as_question_marks() {
+        assert_eq!(
+            &*encode("PRIVMSG #a :hé\r\n", None),
+            "PRIVMSG #a :hé\r\n".as_bytes()
+        );
+        let cp1251 = Some(encoding_rs::WINDOWS_1251);
+        assert_eq!(
+            &*encode("Привет 🙂!\r\n", cp1251),
+            b"\xcf\xf0\xe8\xe2\xe5\xf2 ?!\r\n"
+        );
+        let jis = Some(encoding_rs::ISO_2022_JP);
+        assert_eq!(&*encode("こんにちは!", jis), b"\x1b$B$3$s$K$A$O\x1b(B!");
+        // Lines of many unmappable characters: every one a '?', nothing lost around them.
+        let long = format!("a{}b", "🙂".repeat(300));
+        let written = encode(&long, cp1251);
+        assert_eq!(written.len(), 302);
+        assert!(written.starts_with(b"a?") && written.ends_with(b"?b"));
     }
 
     #[test]
@@ -545,7 +608,7 @@ mod tests {
             middle in "[a-z#&]{1,10}",
             last in "[^\\r\\n\\x00]{0,100}",
         ) {
-            let _ = parse(&decode(&bytes));
+            let _ = parse(&decode(&bytes, None));
             let written = line(&[], "PRIVMSG", &[&middle, &last]).unwrap();
             let read = parse(&written).unwrap();
             prop_assert_eq!(read.command, "PRIVMSG");
