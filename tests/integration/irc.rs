@@ -24,11 +24,18 @@ pub struct Ngircd {
     pub port: u16,
     dir: tempfile::TempDir,
     process: Option<tokio::process::Child>,
+    /// Whether it asks each client's ident (port 113 of 127.0.0.1).
+    ident: bool,
 }
 
 impl Ngircd {
     /// Starts one, or `None` (outside CI) when ngircd is not installed.
     pub async fn start() -> Option<Ngircd> {
+        Self::start_asking(false).await
+    }
+
+    /// [`Ngircd::start`], asking each client's ident with `ident`.
+    pub async fn start_asking(ident: bool) -> Option<Ngircd> {
         if std::process::Command::new("ngircd")
             .arg("--version")
             .output()
@@ -51,6 +58,7 @@ impl Ngircd {
             port: harness::free_port(),
             dir,
             process: None,
+            ident,
         };
         server.run().await;
         Some(server)
@@ -58,13 +66,15 @@ impl Ngircd {
 
     async fn run(&mut self) {
         let config = self.dir.path().join("ngircd.conf");
+        // ngircd asks ident in its resolver, which runs only with DNS on.
+        let ident = if self.ident { "yes" } else { "no" };
         std::fs::write(
             &config,
             format!(
                 "[Global]\nName = {NETWORK}\nInfo = test\nListen = 127.0.0.1\nPorts = {}\n\
                  [Limits]\nMaxPenaltyTime = 0\nMaxNickLength = 30\n\
-                 [Options]\nPAM = no\nIdent = no\nDNS = no\n",
-                self.port
+                 [Options]\nPAM = no\nIdent = {ident}\nDNS = {ident}\n",
+                self.port,
             ),
         )
         .expect("write the config");
@@ -874,6 +884,50 @@ async fn a_channel_alice_stays_in_keeps_her_while_away_and_after_a_crash() {
     alice.expect(WAIT, gone).await;
     bob.expect(|line| line.starts_with(":alice!") && line.contains(" PART "))
         .await;
+    jabbridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ident_service_tells_the_server_each_users_user_name() {
+    if !root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "port 113 needs root under CI"
+        );
+        eprintln!("skipped: port 113 needs root");
+        return;
+    }
+    let Some(ircd) = Ngircd::start_asking(true).await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config_with(&server, dir.path(), ircd.port, "identd = \"127.0.0.1:113\"");
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    assert!(
+        harness::port_opens(113, Duration::from_secs(10)).await,
+        "the ident service did not listen"
+    );
+    let mut alice = server.client("alice").await;
+    let note = irc_settings(&mut alice, &[("server", NETWORK), ("username", "alice7")]).await;
+    assert!(note.contains("user name alice7"), "{note}");
+    let joined = alice.join(&room(), "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    // Bob has no ident: the server marks his user name with '~'. Alice's the gateway told.
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    for (nick, user) in [("bob", "~bob"), ("alice", "alice7")] {
+        bob.send(&format!("WHOIS {nick}")).await;
+        let whois = bob
+            .expect(|line| line.split(' ').nth(1) == Some("311"))
+            .await;
+        assert_eq!(
+            whois.split(' ').nth(4),
+            Some(user),
+            "{whois} {}",
+            jabbridge.log()
+        );
+    }
     jabbridge.terminate().await;
 }
 

@@ -31,6 +31,10 @@ pub struct IrcConfig {
     /// Whether users may send raw IRC commands by writing to a server's address.
     #[serde(default)]
     pub raw_commands: bool,
+    /// Where to answer the servers' ident (RFC 1413) questions about the users'
+    /// connections: servers ask on port 113 of the gateway's address.
+    #[serde(default)]
+    pub identd: Option<std::net::SocketAddr>,
     /// The key users' passwords (SASL, NickServ) are sealed with in the database. Without it,
     /// users cannot store passwords. Changing it makes the stored ones unreadable.
     #[serde(default)]

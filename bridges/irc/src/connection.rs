@@ -140,6 +140,8 @@ pub struct Target {
     pub tls: Tls,
     /// The client certificate to present (SASL EXTERNAL), if any.
     pub client: Option<Arc<ClientAuth>>,
+    /// The ident service to tell of the connection while it registers, if any.
+    pub idents: Option<Arc<crate::identd::Idents>>,
 }
 
 /// A client certificate and its PKCS#8 key, DER; the key never printed.
@@ -257,12 +259,17 @@ impl fmt::Debug for Connection {
 }
 
 /// Opens the socket: TCP, then TLS as `target` says.
-async fn open(target: &Target) -> Result<(ReadHalf, WriteHalf), ConnectError> {
+async fn open(target: &Target, username: &str) -> Result<Opened, ConnectError> {
     let stream = TcpStream::connect(&target.address).await?;
     stream.set_nodelay(true)?;
+    // Known to the ident service from now on: a server asks as soon as it accepts.
+    let known = match &target.idents {
+        Some(idents) => Some(idents.register(stream.local_addr()?, stream.peer_addr()?, username)),
+        None => None,
+    };
     if target.tls == Tls::Off {
         let (read, write) = stream.into_split();
-        return Ok((Box::new(read), Box::new(write)));
+        return Ok((Box::new(read), Box::new(write), known));
     }
     let config = tls_config(target.tls, target.client.as_deref())?;
     let name = rustls_pki_types::ServerName::try_from(target.host.clone())
@@ -271,8 +278,11 @@ async fn open(target: &Target) -> Result<(ReadHalf, WriteHalf), ConnectError> {
         .connect(name, stream)
         .await?;
     let (read, write) = tokio::io::split(stream);
-    Ok((Box::new(read), Box::new(write)))
+    Ok((Box::new(read), Box::new(write), known))
 }
+
+/// An open connection's halves, and its place in the ident service while it registers.
+type Opened = (ReadHalf, WriteHalf, Option<crate::identd::Known>);
 
 /// The TLS client setup for `tls`: built once per policy, or for each connection that
 /// presents a client certificate.
@@ -459,7 +469,8 @@ impl Connection {
                 "SASL EXTERNAL needs TLS, and this server is reached without it".into(),
             ));
         }
-        let (read, write) = open(target).await?;
+        // Known to the ident service until registered: servers ask before they welcome.
+        let (read, write, _known) = open(target, &registration.username).await?;
         let mut connection = Self {
             reader: LineReader::new(read),
             writer: write,
@@ -761,6 +772,7 @@ mod tests {
             host: "127.0.0.1".into(),
             tls: Tls::Off,
             client: None,
+            idents: None,
         };
         let within = Duration::from_secs(10);
         let mut alice = Connection::connect(&address, &registration("alice"), within)

@@ -18,6 +18,7 @@ pub mod address;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod identd;
 pub mod mailbox;
 pub mod reader;
 pub mod settings;
@@ -86,6 +87,8 @@ pub struct IrcBridge {
     servers: BTreeMap<String, Server>,
     /// Seals users' passwords; none without `secret_key`.
     vault: Option<Vault>,
+    /// The connections being registered, for the ident service; none without `identd`.
+    idents: Option<Arc<identd::Idents>>,
     /// The bridge itself, for its commands.
     me: Weak<IrcBridge>,
 }
@@ -100,6 +103,7 @@ impl IrcBridge {
                 .collect(),
             config.fixed_server.clone(),
         );
+        let idents = config.identd.map(|_| Arc::new(identd::Idents::default()));
         let servers = networks
             .into_iter()
             .map(|network| {
@@ -110,6 +114,7 @@ impl IrcBridge {
                         host: network.host().to_owned(),
                         tls: network.tls,
                         client: None,
+                        idents: idents.clone(),
                     },
                     flood: config.flood,
                     connect_timeout: config.connect_timeout,
@@ -131,6 +136,7 @@ impl IrcBridge {
             addressing,
             servers,
             vault,
+            idents,
             me,
         }
     }
@@ -478,6 +484,21 @@ impl Bridge for IrcBridge {
     }
 
     async fn run(&self, shutdown: jabbridge_sdk::Shutdown) -> Result<(), BridgeError> {
+        if let (Some(address), Some(idents)) = (self.config.identd, &self.idents) {
+            match tokio::net::TcpListener::bind(address).await {
+                Ok(listener) => {
+                    tracing::info!(%address, "identd: answering the servers' ident questions");
+                    tokio::spawn(identd::serve(listener, idents.clone(), shutdown.clone()));
+                }
+                // The users still connect, shown with a `~` where the server wanted ident.
+                Err(error) => tracing::error!(
+                    %address,
+                    %error,
+                    "identd: cannot listen (port 113 needs CAP_NET_BIND_SERVICE); servers \
+                     will see no ident"
+                ),
+            }
+        }
         shutdown.wait().await;
         for server in self.servers.values() {
             let clients: Vec<ClientHandle> =

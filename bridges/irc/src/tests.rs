@@ -956,6 +956,7 @@ async fn fifty_users_share_one_channel_and_each_line_is_reported_once() {
         host: "127.0.0.1".into(),
         tls: Tls::Off,
         client: None,
+        idents: None,
     };
     let registration = Registration {
         nick: "carol".into(),
@@ -1389,6 +1390,7 @@ fn a_connections_task_stays_small() {
             host: "h".into(),
             tls: Tls::Off,
             client: None,
+            idents: None,
         },
         flood: Flood::default(),
         connect_timeout: Duration::from_secs(1),
