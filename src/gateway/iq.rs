@@ -122,6 +122,12 @@ async fn answer(
         }
         (_, true, _) => Err(StanzaFailure::ServiceUnavailable),
         (true, false, _) => service::answer_get(&gateway.info(), Target::Gateway, payload),
+        (false, false, ("query", ns::VERSION))
+            if let Some(contact) = to.map(|to| gateway.contact_of(to)).transpose()?.flatten() =>
+        {
+            gateway.access.check(&user)?;
+            software_version(gateway, &user, &contact, None).await
+        }
         (false, false, _) => {
             let contact = to.map(|to| gateway.contact_of(to)).transpose()?.flatten();
             let offers = contact
@@ -197,6 +203,30 @@ fn command_node_info(gateway: &Gateway, payload: &Element, on_contact: bool) -> 
     adhoc::node_info(node, &entries).map(Some)
 }
 
+/// XEP-0092 to a contact, or to an occupant in `room` (`contact` is then their nick): what
+/// the bridge learns of their software, all of it as the name (IRC's CTCP replies are free
+/// text). A bridge that cannot ask: `service-unavailable`, as before it was asked.
+async fn software_version(
+    gateway: &Gateway,
+    user: &str,
+    contact: &jabbridge_sdk::ForeignId,
+    room: Option<&jabbridge_sdk::RoomId>,
+) -> service::IqAnswer {
+    use jabbridge_sdk::RoomActionError;
+    let asker = jabbridge_sdk::UserJid::new(user);
+    let call = gateway.bridge.contact_version(&asker, contact, room);
+    let name = gateway
+        .call("asking their software", call)
+        .await?
+        .map_err(|error| match error {
+            RoomActionError::NotSupported(_) => StanzaFailure::ServiceUnavailable,
+            RoomActionError::NoSuchOccupant(text) => StanzaFailure::ItemNotFound(text),
+            RoomActionError::Forbidden(text) => StanzaFailure::Forbidden(text),
+            RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
+        })?;
+    Ok(Some(service::version_result(&name)))
+}
+
 /// The commands on a room's address (XEP-0050).
 const ROOM_COMMANDS: [adhoc::Entry<'static>; 1] = [adhoc::Entry {
     node: rooms::CONFIGURE,
@@ -205,7 +235,7 @@ const ROOM_COMMANDS: [adhoc::Entry<'static>; 1] = [adhoc::Entry {
 
 /// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
 /// disco; its archive (XEP-0313); the user's settings of the room (XEP-0050); an
-/// occupant's vCard (XEP-0054); nothing else.
+/// occupant's vCard (XEP-0054) and software (XEP-0092); nothing else.
 async fn room_answer(
     gateway: &Gateway,
     is_set: bool,
@@ -223,6 +253,13 @@ async fn room_answer(
         (false, _, "ping", ns::PING) => {
             rooms::ping(gateway, from, room)?;
             Ok(None)
+        }
+        (false, true, "query", ns::VERSION) => {
+            let nick = to.and_then(Jid::resource).map_or("", |nick| nick.as_str());
+            rooms::private_allowed(gateway, from, room, nick)?;
+            let user = from.to_bare().to_string();
+            let contact = jabbridge_sdk::ForeignId::new(nick);
+            software_version(gateway, &user, &contact, Some(room)).await
         }
         (false, false, "query", ns::DISCO_INFO) if payload.attr("node").is_none() => {
             Ok(Some(rooms::info(gateway, room)))

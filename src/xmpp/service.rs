@@ -93,6 +93,17 @@ pub fn answer_get(info: &BridgeInfo, target: Target<'_>, payload: &Element) -> I
     Err(StanzaFailure::ServiceUnavailable)
 }
 
+/// A XEP-0092 answer for someone on the network: what their software said of itself, all
+/// of it as the name (`version` is required, and left empty).
+pub fn version_result(name: &str) -> Element {
+    VersionResult {
+        name: name.to_owned(),
+        version: String::new(),
+        os: None,
+    }
+    .into()
+}
+
 fn disco_info(info: &BridgeInfo, target: &Target<'_>) -> DiscoInfoResult {
     let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
     let mut identities = Vec::with_capacity(2);

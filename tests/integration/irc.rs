@@ -888,6 +888,60 @@ async fn a_channel_alice_stays_in_keeps_her_while_away_and_after_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_an_occupant_or_a_contact_their_software_asks_them_by_ctcp() {
+    let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
+        return;
+    };
+    let room = room();
+    let mut alice = server.client("alice").await;
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    let joined = alice.join(&room, "alice", serde_json::json!({})).await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let version = |id: &str, to: &str| {
+        format!("<iq type='get' id='{id}' to='{to}'><query xmlns='jabber:iq:version'/></iq>")
+    };
+    let name = |answer: &Element| {
+        answer
+            .get_child("query", "jabber:iq:version")
+            .and_then(|query| query.get_child("name", "jabber:iq:version"))
+            .map(Element::text)
+    };
+    // Bob's occupant, then his address: each time a CTCP VERSION, his reply the answer.
+    for (id, to) in [
+        ("v1", format!("{room}/bob")),
+        ("v2", format!("bob%{NETWORK}@{DOMAIN}")),
+    ] {
+        alice.send(&version(id, &to)).await;
+        bob.expect(|line| {
+            line.starts_with(":alice!") && line.ends_with("PRIVMSG bob :\u{1}VERSION\u{1}")
+        })
+        .await;
+        bob.send("NOTICE alice :\u{1}VERSION irssi v1.4.5 - running on Linux\u{1}")
+            .await;
+        let answer = alice
+            .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some(id))
+            .await;
+        assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+        assert_eq!(
+            name(&answer).as_deref(),
+            Some("irssi v1.4.5 - running on Linux")
+        );
+    }
+    // Nobody of that nick in the room: asked nothing.
+    let answer = alice
+        .iq("v3", &version("v3", &format!("{room}/nobody")))
+        .await;
+    assert_eq!(
+        harness::error_condition(&answer).as_deref(),
+        Some("item-not-found"),
+        "{answer:?}"
+    );
+    jabbridge.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ident_service_tells_the_server_each_users_user_name() {
     if !root() {
         assert!(

@@ -124,7 +124,26 @@ pub enum Command {
         /// The answer, once the list ended (or the most were read).
         reply: oneshot::Sender<Vec<RoomListing>>,
     },
+    /// Ask a nick what software they use (CTCP `VERSION`).
+    Version {
+        /// The nick.
+        nick: String,
+        /// Their reply's text, once it comes (dropped unanswered after [`ASKED`] more
+        /// questions).
+        reply: oneshot::Sender<String>,
+    },
 }
+
+/// The most CTCP questions of a connection waiting for their answer: a newer one drops the
+/// oldest.
+const ASKED: usize = 8;
+
+/// A `LIST` being read: the channels so far, who waits for them, and since when. Boxed in
+/// the connection: rarely one.
+type Listing = (Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant);
+
+/// A CTCP question waiting for its answer: the nick asked (folded), and who waits.
+type Asked = (String, oneshot::Sender<String>);
 
 /// The most channels a `LIST` answer keeps.
 pub const MAX_LISTED: usize = 1000;
@@ -538,7 +557,9 @@ pub struct Client {
     /// Numbers handed out so far: confirmation `PING`s' tokens, and posts' labels.
     serial: u64,
     /// A `LIST` being read, and who waits for it.
-    listing: Option<(Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant)>,
+    listing: Option<Box<Listing>>,
+    /// CTCP questions waiting for their answer (rarely any).
+    asked: Vec<Asked>,
     queue: VecDeque<Queued>,
     tokens: f64,
     refilled: Instant,
@@ -595,6 +616,7 @@ impl Client {
             confirming: VecDeque::new(),
             serial: 0,
             listing: None,
+            asked: Vec::new(),
             queue: VecDeque::new(),
             tokens: burst,
             refilled: Instant::now(),
@@ -730,6 +752,8 @@ impl Client {
             Command::List { reply } => {
                 let _ = reply.send(Vec::new());
             }
+            // Dropped: the asker is told the connection is down.
+            Command::Version { .. } => {}
             Command::History { reply, .. } => {
                 let _ = reply.send(Err(why));
             }
@@ -861,7 +885,7 @@ impl Client {
                 retry_after: Some(Duration::from_secs(5)),
             }));
         }
-        if let Some((listed, reply, _)) = self.listing.take() {
+        if let Some((listed, reply, _)) = self.listing.take().map(|listing| *listing) {
             let _ = reply.send(listed);
         }
         self.names.clear();
@@ -1237,7 +1261,7 @@ impl Client {
             .echoes
             .values()
             .filter_map(|queue| queue.front().map(|echo| echo.since));
-        let listing = self.listing.iter().map(|(_, _, since)| *since);
+        let listing = self.listing.as_deref().map(|(_, _, since)| *since);
         let said = self.confirming.front().map(|pending| pending.since);
         let fetch = self.fetching.as_ref().map(|fetch| fetch.since);
         joins
@@ -1317,9 +1341,9 @@ impl Client {
         }
         if self
             .listing
-            .as_ref()
+            .as_deref()
             .is_some_and(|(_, _, since)| late(*since))
-            && let Some((listed, reply, _)) = self.listing.take()
+            && let Some((listed, reply, _)) = self.listing.take().map(|listing| *listing)
         {
             let _ = reply.send(listed);
         }
@@ -1686,6 +1710,16 @@ impl Client {
                 limit,
                 reply,
             } => self.fetch(&channel, before, limit, reply),
+            Command::Version { nick, reply } => {
+                let question = format!("{}VERSION{}", text::CTCP, text::CTCP);
+                self.enqueue("PRIVMSG", &[&nick, &question], None);
+                let folded = self.fold(&nick);
+                self.asked.retain(|(_, waiting)| !waiting.is_closed());
+                if self.asked.len() >= ASKED {
+                    self.asked.remove(0);
+                }
+                self.asked.push((folded, reply));
+            }
             Command::List { reply } => {
                 if self.listing.is_some() {
                     let _ = reply.send(Vec::new());
@@ -1693,7 +1727,7 @@ impl Client {
                 }
                 self.enqueue("LIST", &[], None);
                 let due = self.due();
-                self.listing = Some((Vec::new(), reply, due));
+                self.listing = Some(Box::new((Vec::new(), reply, due)));
             }
             Command::Away(away) => {
                 if away != self.away {
@@ -2157,7 +2191,7 @@ impl Client {
             }
             // LIST: one channel, then the end.
             "322" => {
-                let (Some(channel), Some((listed, _, _))) = (param(1), self.listing.as_mut())
+                let (Some(channel), Some((listed, _, _))) = (param(1), self.listing.as_deref_mut())
                 else {
                     return;
                 };
@@ -2176,19 +2210,19 @@ impl Client {
                 }
                 // Enough: the answer goes now, and the rest of the list is dropped.
                 if listed.len() >= MAX_LISTED
-                    && let Some((listed, reply, _)) = self.listing.take()
+                    && let Some((listed, reply, _)) = self.listing.take().map(|listing| *listing)
                 {
                     let _ = reply.send(listed);
                 }
             }
             // LIST refused for now: what came is the answer.
             "263" if param(1) == Some("LIST") => {
-                if let Some((listed, reply, _)) = self.listing.take() {
+                if let Some((listed, reply, _)) = self.listing.take().map(|listing| *listing) {
                     let _ = reply.send(listed);
                 }
             }
             "323" => {
-                if let Some((listed, reply, _)) = self.listing.take() {
+                if let Some((listed, reply, _)) = self.listing.take().map(|listing| *listing) {
                     let _ = reply.send(listed);
                 }
             }
@@ -3004,6 +3038,18 @@ impl Client {
             // Answers wait behind nothing else: a flood of requests gets only a few.
             if message.command == "PRIVMSG" && self.queue.len() < 5 {
                 self.answer_ctcp(nick, command, argument);
+            }
+            // The answer to a question of ours: to the first who asked that nick.
+            if message.command == "NOTICE" && command.eq_ignore_ascii_case("VERSION") {
+                let folded = self.fold(nick);
+                if let Some(at) = self.asked.iter().position(|(asked, _)| *asked == folded) {
+                    let (_, reply) = self.asked.remove(at);
+                    let _ = reply.send(text::from_irc(argument));
+                    if self.asked.is_empty() {
+                        // A calm connection keeps no room for questions.
+                        self.asked = Vec::new();
+                    }
+                }
             }
             return;
         }

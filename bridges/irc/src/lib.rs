@@ -53,6 +53,10 @@ use jabbridge_sdk::{CommandError, CommandResult, FormValues};
 /// How long a connection with no channel stays open after the last private message.
 const IDLE_CLOSE: Duration = Duration::from_secs(600);
 
+/// How long a CTCP `VERSION` question waits for its answer (the core's call times out
+/// later).
+const VERSION_WAIT: Duration = Duration::from_secs(8);
+
 /// Builds the bridge from its `[[bridge]]` section.
 pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
     let config: IrcConfig = settings.parse()?;
@@ -754,6 +758,48 @@ impl Bridge for IrcBridge {
         let topic: String = subject.replace(['\r', '\n'], " ");
         self.send_command(user, &network, "TOPIC", vec![channel, topic])
             .await
+    }
+
+    async fn contact_version(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+    ) -> Result<String, RoomActionError> {
+        let (network, nick) = match room {
+            Some(room) => {
+                let (network, _) = self.channel_of(room).ok_or_else(|| {
+                    RoomActionError::NotSupported(format!("'{room}' is not a channel"))
+                })?;
+                (network, contact.as_str().to_owned())
+            }
+            None => match self.addressing.parse(contact.as_str()) {
+                Ok(Address::Nick { network, nick }) => (network, nick),
+                _ => {
+                    return Err(RoomActionError::NotSupported(format!(
+                        "only someone on IRC can be asked ('{contact}' is not)"
+                    )));
+                }
+            },
+        };
+        address::check_nick(&nick).map_err(RoomActionError::NoSuchOccupant)?;
+        let handle = self.existing(user, &network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let asked = Self::ask(&handle, |reply| Command::Version {
+            nick: nick.clone(),
+            reply,
+        });
+        match tokio::time::timeout(VERSION_WAIT, asked).await {
+            Ok(Some(text)) => Ok(text),
+            Ok(None) => Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            ))),
+            Err(_) => Err(RoomActionError::Unavailable(format!(
+                "{nick} did not say within {} s",
+                VERSION_WAIT.as_secs()
+            ))),
+        }
     }
 
     async fn change_nick(

@@ -501,6 +501,23 @@ pub trait Bridge: Send + Sync + 'static {
         ))
     }
 
+    /// What software `contact` uses, in words, asked for `user` (XEP-0092 to the contact's
+    /// address; with `room`, to their occupant's address there, `contact` then being their
+    /// nick): IRC asks with CTCP `VERSION` and answers with the reply. The default refuses
+    /// (`NotSupported`: the asker gets `service-unavailable`); `NoSuchOccupant` becomes
+    /// `item-not-found`, `Unavailable` (no answer, not connected) `service-unavailable`
+    /// with its text.
+    async fn contact_version(
+        &self,
+        _user: &UserJid,
+        _contact: &ForeignId,
+        _room: Option<&RoomId>,
+    ) -> Result<String, RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot ask what software someone uses".into(),
+        ))
+    }
+
     /// Changes a user's nick in a room (they sent presence to `room/new-nick`). Report the
     /// change with [`RoomEvent::Renamed`] when the network confirms it; the core shows it
     /// then. The default refuses (`feature-not-implemented`); `Forbidden` becomes `conflict`.
