@@ -213,6 +213,8 @@ async fn software_version(
     room: Option<&jabbridge_sdk::RoomId>,
 ) -> service::IqAnswer {
     use jabbridge_sdk::RoomActionError;
+    // A question costs the network a message: it counts against the rate limit.
+    gateway.access.take(user)?;
     let asker = jabbridge_sdk::UserJid::new(user);
     let call = gateway.bridge.contact_version(&asker, contact, room);
     let name = gateway
