@@ -2881,12 +2881,18 @@ impl Client {
         let changed = {
             let mut net = self.network.lock();
             let casemapping = net.casemapping;
-            net.channels.get_mut(folded).map(|channel| {
+            let shared = &mut *net;
+            let own = &shared.own;
+            shared.channels.get_mut(folded).map(|channel| {
                 let mut events = Vec::new();
                 for who in &said {
-                    if let Some(member) = channel.members.get_mut(&casemapping.fold(&who.nick))
+                    let nick = casemapping.fold(&who.nick);
+                    // Our users' occupants are their own connections' to show, not a
+                    // change the reporter tells.
+                    if let Some(member) = channel.members.get_mut(&nick)
                         && who.update(member)
                         && told
+                        && !own.contains_key(&nick)
                     {
                         events.push(RoomEvent::Occupant(member.occupant()));
                     }
