@@ -96,6 +96,18 @@ def room_send(p):                # the post shows as said by the user, then the 
     event(p["room"], repeat)
     return {"status": "echo_follows"}
 
+def room_invite(p):              # whoever is invited comes at once
+    if p["contact"] in ROOMS.get(p["room"], {}) or p["contact"] == BOT["nick"]:
+        raise Refused(409, "conflict", "cancel", p["contact"] + " is in " + p["room"] + " already")
+    ROOMS.setdefault(p["room"], {})[p["contact"]] = p["contact"]
+    event(p["room"], {"type": "occupant", "occupant": {"nick": p["contact"], "id": p["contact"]}})
+    return {}
+
+def contact_version(p):          # a contact, the bot or someone in the room says what runs it
+    if p.get("room") and p["contact"] != BOT["nick"] and p["contact"] not in ROOMS.get(p["room"], {}):
+        raise Refused(404, "item-not-found", "cancel", "nobody in " + p["room"] + " is called " + p["contact"])
+    return {"software": "Python echo " + ("bot" if p["contact"] == BOT["nick"] else "contact") + " 1.0"}
+
 def room_presence(p):           # the user's away shows on the pretend network, when it changes
     key = (p["room"], p["user"])
     if AWAY.get(key) == p.get("away"):
@@ -123,7 +135,8 @@ def event(room, what):
 
 HANDLERS = {"initialize": initialize, "register/submit": register, "message/send": message_send,
             "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
-            "room/history": room_history,
+            "room/history": room_history, "room/invite": room_invite,
+            "contact/version": contact_version,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
 NOTIFICATIONS = {"room/presence": room_presence}

@@ -1523,6 +1523,23 @@ impl Bridge for External {
         self.room_call(to_bridge::ROOM_INVITE, &params).await
     }
 
+    async fn contact_version(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+    ) -> Result<String, RoomActionError> {
+        let params = protocol::VersionParams {
+            user: user.to_string(),
+            contact: contact.as_str().to_owned(),
+            room: room.map(|room| room.as_str().to_owned()),
+        };
+        self.call::<_, protocol::VersionResult>(to_bridge::CONTACT_VERSION, &params)
+            .await
+            .map(|answer| answer.software)
+            .map_err(convert::room_action_error)
+    }
+
     async fn change_nick(
         &self,
         user: &UserJid,

@@ -38,6 +38,8 @@ pub mod to_bridge {
     pub const PRESENCE_USER: &str = "presence/user";
     /// A user wants to add a contact.
     pub const CONTACT_SUBSCRIBE: &str = "contact/subscribe";
+    /// What software a contact (or a room's occupant) uses (-32601: the bridge cannot ask).
+    pub const CONTACT_VERSION: &str = "contact/version";
     /// N: a user's typing notification.
     pub const CHAT_TYPING: &str = "chat/typing";
     /// A user's message to a contact (or privately to a room occupant).
@@ -86,6 +88,7 @@ pub mod to_bridge {
         SESSION_STOP,
         PRESENCE_USER,
         CONTACT_SUBSCRIBE,
+        CONTACT_VERSION,
         CHAT_TYPING,
         MESSAGE_SEND,
         ROOM_JOIN,
@@ -715,6 +718,25 @@ pub struct SubscribeParams {
 pub struct SubscribeResult {
     /// Whether the contact accepts.
     pub approved: bool,
+}
+
+/// `contact/version` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionParams {
+    /// The user who asks.
+    pub user: String,
+    /// Whom: a contact, or, with `room`, an occupant's nick there.
+    pub contact: String,
+    /// The room the occupant is in, when asked of an occupant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+}
+
+/// `contact/version` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionResult {
+    /// What their software says of itself, in words.
+    pub software: String,
 }
 
 /// `chat/typing` params.

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use jabbridge_sdk::testkit::TestCore;
 use jabbridge_sdk::{
-    Bridge, ForeignId, FormValues, JoinRequest, MessageId, OutgoingMessage, RoomEvent, RoomId,
-    RoomPost, SendError, SendOutcome, Shutdown, UserJid,
+    Bridge, ForeignId, FormValues, JoinRequest, MessageId, OutgoingMessage, RoomActionError,
+    RoomEvent, RoomId, RoomPost, SendError, SendOutcome, Shutdown, UserJid,
 };
 use serde_json::json;
 
@@ -237,6 +237,42 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
         assert!(tokio::time::Instant::now() < deadline, "{aways:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // Alice invites carol, who comes at once; twice is a conflict.
+    let carol = ForeignId::new("carol");
+    bridge
+        .invite(&alice, &lobby, &carol)
+        .await
+        .expect("invited");
+    assert!(matches!(
+        bridge.invite(&alice, &lobby, &carol).await,
+        Err(RoomActionError::Forbidden(_))
+    ));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !running.core.room_events().iter().any(
+        |(_, event)| matches!(event, RoomEvent::Occupant(occupant) if occupant.nick == "carol"),
+    ) {
+        assert!(tokio::time::Instant::now() < deadline, "carol did not come");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What software a contact, the room's bot, or nobody uses.
+    let (bob, echo, nobody) = (
+        ForeignId::new("bob"),
+        ForeignId::new("echo"),
+        ForeignId::new("nobody"),
+    );
+    assert_eq!(
+        bridge.contact_version(&alice, &bob, None).await.as_deref(),
+        Ok("Python echo contact 1.0")
+    );
+    assert_eq!(
+        (bridge.contact_version(&alice, &echo, Some(&lobby)).await).as_deref(),
+        Ok("Python echo bot 1.0")
+    );
+    assert!(matches!(
+        bridge.contact_version(&alice, &nobody, Some(&lobby)).await,
+        Err(RoomActionError::NoSuchOccupant(_))
+    ));
     running.stop().await;
 }
 
@@ -471,6 +507,12 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         }
         ("contact/subscribe", "params") => check::<SubscribeParams>(method, part, value),
         ("contact/subscribe", "result") => check::<SubscribeResult>(method, part, value),
+        ("contact/version", "params") => {
+            check::<crate::protocol::VersionParams>(method, part, value)
+        }
+        ("contact/version", "result") => {
+            check::<crate::protocol::VersionResult>(method, part, value)
+        }
         ("chat/typing", "params") => check::<TypingParams>(method, part, value),
         ("message/send", "params") => check::<SendParams>(method, part, value),
         ("message/send", "result") => check::<SendResult>(method, part, value),
