@@ -975,13 +975,21 @@ async fn the_ident_service_tells_the_server_each_users_user_name() {
         let whois = bob
             .expect(|line| line.split(' ').nth(1) == Some("311"))
             .await;
-        assert_eq!(
-            whois.split(' ').nth(4),
-            Some(user),
-            "{whois} {}",
-            jabbridge.log()
-        );
+        assert_eq!(whois.split(' ').nth(4), Some(user), "{whois}");
     }
+    // What /metrics counts: Alice's answer, her one connection, the lines both ways.
+    let answers = r#"jabbridge_irc_ident_answers_total{bridge="irc.localhost"}"#;
+    assert_eq!(jabbridge.metric(answers).await, 1.0);
+    let server = format!(r#"{{bridge="{DOMAIN}",network="{NETWORK}"}}"#);
+    let metric = |name: &str| format!("jabbridge_irc_{name}{server}");
+    assert_eq!(jabbridge.metric(&metric("connections")).await, 1.0);
+    assert!(jabbridge.metric(&metric("lines_in_total")).await >= 5.0);
+    // Once registered: her JOIN and WHO at least.
+    assert!(jabbridge.metric(&metric("lines_out_total")).await >= 2.0);
+    assert_eq!(
+        jabbridge.metric(&metric("connections_lost_total")).await,
+        0.0
+    );
     jabbridge.terminate().await;
 }
 

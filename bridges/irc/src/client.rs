@@ -198,6 +198,8 @@ pub struct Reach {
     pub idle_close: Duration,
     /// How addresses are written.
     pub addressing: Addressing,
+    /// What `/metrics` counts of the server.
+    pub meters: crate::meters::Meters,
 }
 
 /// How one user's connection to a network is set up.
@@ -658,7 +660,10 @@ impl Client {
                 Ok((writer, reader, adopted)) => {
                     failures = 0;
                     was_up = true;
-                    self.serve(writer, reader, adopted).await
+                    self.setup.reach.meters.connections.increment(1.0);
+                    let end = self.serve(writer, reader, adopted).await;
+                    self.setup.reach.meters.connections.decrement(1.0);
+                    end
                 }
                 Err(reason) => End::Lost(reason),
             };
@@ -849,6 +854,7 @@ impl Client {
     /// reported to another, and tell the user.
     async fn went_down(&mut self, reason: &str, refused: bool, was_up: bool) {
         self.up.store(false, Ordering::Relaxed);
+        self.setup.reach.meters.lost.increment(1);
         self.parting.clear();
         for (_, pending) in self.pending_joins.drain() {
             let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
@@ -1129,6 +1135,7 @@ impl Client {
                 Event::Line(line) => {
                     last_read = Instant::now();
                     pinged = false;
+                    self.setup.reach.meters.lines_in.increment(1);
                     let message = match line {
                         Ok(Some(line)) => match wire::parse(&line.text) {
                             Ok(message) => message,
@@ -1479,6 +1486,7 @@ impl Client {
         if flood.per_second > 0.0 {
             self.tokens -= count as f64;
         }
+        self.setup.reach.meters.lines_out.increment(count as u64);
         if count == 1 {
             // The usual case (a user's lines mostly go one at a time): the line as it is.
             let Some(Queued { line, done }) = self.queue.pop_front() else {

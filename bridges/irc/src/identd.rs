@@ -90,8 +90,14 @@ impl Idents {
     }
 }
 
-/// Answers ident questions on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, idents: Arc<Idents>, shutdown: jabbridge_sdk::Shutdown) {
+/// Answers ident questions on `listener` until `shutdown`, counting in `answers` those that
+/// named a user.
+pub async fn serve(
+    listener: TcpListener,
+    idents: Arc<Idents>,
+    answers: metrics::Counter,
+    shutdown: jabbridge_sdk::Shutdown,
+) {
     let asking = Arc::new(tokio::sync::Semaphore::new(MAX_ASKING));
     let stopping = shutdown.wait();
     tokio::pin!(stopping);
@@ -113,11 +119,15 @@ pub async fn serve(listener: TcpListener, idents: Arc<Idents>, shutdown: jabbrid
             continue;
         };
         let idents = idents.clone();
+        let answers = answers.clone();
         tokio::spawn(async move {
             let _permit = permit;
             if let Ok(Ok(answer)) =
                 tokio::time::timeout(QUESTION_WAIT, answer_one(stream, asker.ip(), &idents)).await
             {
+                if answer.contains(" : USERID : ") {
+                    answers.increment(1);
+                }
                 tracing::debug!(%asker, answer = answer.trim_end(), "identd: answered");
             }
         });

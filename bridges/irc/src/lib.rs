@@ -20,6 +20,7 @@ pub mod config;
 pub mod connection;
 pub mod identd;
 pub mod mailbox;
+pub mod meters;
 pub mod reader;
 pub mod settings;
 pub mod state;
@@ -125,6 +126,7 @@ impl IrcBridge {
                     reconnect_max: config.reconnect_max,
                     idle_close: IDLE_CLOSE,
                     addressing: addressing.clone(),
+                    meters: meters::Meters::new(core.domain(), &network.name),
                 });
                 let server = Server {
                     config: Arc::new(network),
@@ -492,7 +494,10 @@ impl Bridge for IrcBridge {
             match tokio::net::TcpListener::bind(address).await {
                 Ok(listener) => {
                     tracing::info!(%address, "identd: answering the servers' ident questions");
-                    tokio::spawn(identd::serve(listener, idents.clone(), shutdown.clone()));
+                    let answers = meters::ident_answers(self.core.domain());
+                    let serving =
+                        identd::serve(listener, idents.clone(), answers, shutdown.clone());
+                    tokio::spawn(serving);
                 }
                 // The users still connect, shown with a `~` where the server wanted ident.
                 Err(error) => tracing::error!(

@@ -1397,6 +1397,7 @@ fn a_connections_task_stays_small() {
         reconnect_max: Duration::from_secs(1),
         idle_close: Duration::from_secs(1),
         addressing: crate::address::Addressing::new(vec![], None),
+        meters: crate::meters::Meters::new("b", "n"),
     };
     let setup = Setup {
         reach: std::sync::Arc::new(reach),
