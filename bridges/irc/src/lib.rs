@@ -13,6 +13,9 @@
 //! - [`state`]: what the connections of one server share (channels, members, who reports).
 //! - [`settings`]: each user's own settings per server (`irc-settings`), secrets sealed.
 //! - [`text`]: formatting codes, CTCP and `/me`.
+//! - [`mailbox`]: a connection's commands, in order, bounded.
+//! - [`identd`]: the ident service (RFC 1413) for connections being registered.
+//! - [`meters`]: what `/metrics` counts per server.
 
 pub mod address;
 pub mod client;
