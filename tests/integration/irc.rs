@@ -942,6 +942,43 @@ async fn asking_an_occupant_or_a_contact_their_software_asks_them_by_ctcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reaches_each_irc_server_as_configured() {
+    let Some(ircd) = Ngircd::start().await else {
+        return;
+    };
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config(&server, dir.path(), ircd.port)
+        .replace("{http}", &harness::free_port().to_string());
+    let doctor = |config: &str| crate::cli::doctor(dir.path(), config);
+    let (ok, output) = doctor(&config);
+    assert!(ok, "{output}");
+    let seen = format!(
+        "ok    bridge[0] {DOMAIN}: IRC server {NETWORK}: reachable at 127.0.0.1:{}, without TLS",
+        ircd.port
+    );
+    assert!(output.contains(&seen), "{output}");
+    // TLS wanted of a server that speaks none, and a port with nothing on it: each fails,
+    // naming the network to fix.
+    let tls = config.replace("tls = \"off\"", "tls = \"verify\"");
+    let gone = config.replace(
+        &format!("port = {}", ircd.port),
+        &format!("port = {}", harness::free_port()),
+    );
+    for broken in [tls, gone] {
+        assert_ne!(broken, config);
+        let (ok, output) = doctor(&broken);
+        assert!(!ok, "{output}");
+        let fix = format!("FAIL  bridge[0] {DOMAIN}: IRC server {NETWORK}: ");
+        assert!(output.contains(&fix), "{output}");
+        assert!(
+            output.contains("check [[bridge.network]] 'irc.test'"),
+            "{output}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ident_service_tells_the_server_each_users_user_name() {
     if !root() {
         assert!(

@@ -281,6 +281,22 @@ async fn open(target: &Target, username: &str) -> Result<Opened, ConnectError> {
     Ok((Box::new(read), Box::new(write), known))
 }
 
+/// Whether `target` can be reached as configured, for `jabbridge doctor`: TCP, then TLS
+/// as the network's policy says (its certificate verified unless it is `self-signed`),
+/// nothing sent; what was seen.
+pub async fn probe(target: &Target) -> Result<String, ConnectError> {
+    let _open = open(target, "").await?;
+    let address = &target.address;
+    Ok(match target.tls {
+        Tls::Verify => format!(
+            "reachable at {address}, over TLS with a certificate valid for {}",
+            target.host
+        ),
+        Tls::SelfSigned => format!("reachable at {address}, over TLS (any certificate taken)"),
+        Tls::Off => format!("reachable at {address}, without TLS"),
+    })
+}
+
 /// An open connection's halves, and its place in the ident service while it registers.
 type Opened = (ReadHalf, WriteHalf, Option<crate::identd::Known>);
 

@@ -167,7 +167,21 @@ async fn answer_one(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any question gets one line back, in the RFC's shape, and names nobody unknown.
+        #[test]
+        fn any_question_gets_one_well_formed_line(question in any::<String>()) {
+            let idents = Idents::default();
+            let answer = idents.answer("192.0.2.7".parse().unwrap(), &question);
+            prop_assert!(answer.ends_with("\r\n"));
+            prop_assert_eq!(answer.matches('\n').count(), 1);
+            prop_assert!(answer.contains(" : ERROR : "), "{}", answer);
+        }
+    }
 
     #[test]
     fn only_the_server_a_registering_connection_goes_to_learns_its_user() {

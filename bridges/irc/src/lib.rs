@@ -57,6 +57,10 @@ use jabbridge_sdk::{CommandError, CommandResult, FormValues};
 /// How long a connection with no channel stays open after the last private message.
 const IDLE_CLOSE: Duration = Duration::from_secs(600);
 
+/// How long `jabbridge doctor` waits for a server to be reached (its checks of a bridge
+/// get 10 s in all; the servers are tried at once).
+const PROBE_WAIT: Duration = Duration::from_secs(8);
+
 /// How long a CTCP `VERSION` question waits for its answer (the core's call times out
 /// later).
 const VERSION_WAIT: Duration = Duration::from_secs(8);
@@ -520,6 +524,55 @@ impl Bridge for IrcBridge {
             }
         }
         Ok(())
+    }
+
+    /// Each server reachable as configured (TCP, then TLS by its policy; nothing sent), and
+    /// the ident service's address free to listen on.
+    async fn check_setup(&self) -> Vec<jabbridge_sdk::Checked> {
+        // All servers at once: the doctor gives a bridge's checks 10 s in all.
+        let probes: Vec<_> = (self.servers.iter())
+            .map(|(name, server)| {
+                let (name, target) = (name.clone(), server.reach.target.clone());
+                tokio::spawn(async move {
+                    let probe = connection::probe(&target);
+                    let outcome = match tokio::time::timeout(PROBE_WAIT, probe).await {
+                        Ok(Ok(seen)) => Ok(seen),
+                        Ok(Err(error)) => Err(format!(
+                            "{error} (check [[bridge.network]] '{name}': host, port, tls)"
+                        )),
+                        Err(_) => Err(format!(
+                            "no answer within {} s (check [[bridge.network]] '{name}': host, \
+                             port)",
+                            PROBE_WAIT.as_secs()
+                        )),
+                    };
+                    jabbridge_sdk::Checked {
+                        what: format!("IRC server {name}"),
+                        outcome,
+                    }
+                })
+            })
+            .collect();
+        let mut checks = Vec::new();
+        for probe in probes {
+            if let Ok(checked) = probe.await {
+                checks.push(checked);
+            }
+        }
+        if let Some(address) = self.config.identd {
+            let outcome = match tokio::net::TcpListener::bind(address).await {
+                Ok(_) => Ok(format!("{address} is free to listen on")),
+                Err(error) => Err(format!(
+                    "cannot listen on {address}: {error} (identd: port 113 needs \
+                     CAP_NET_BIND_SERVICE; in use if a Jabbridge already runs)"
+                )),
+            };
+            checks.push(jabbridge_sdk::Checked {
+                what: "ident service".into(),
+                outcome,
+            });
+        }
+        checks
     }
 
     fn parse_address(&self, localpart: &str) -> Result<ForeignId, AddressError> {

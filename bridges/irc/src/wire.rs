@@ -94,9 +94,15 @@ pub fn encode<'a>(line: &'a str, encoding: Option<&'static Encoding>) -> Cow<'a,
     let Some(encoding) = encoding.filter(|encoding| *encoding != encoding_rs::UTF_8) else {
         return Cow::Borrowed(line.as_bytes());
     };
+    // The line end goes after the encoder's last escape (ISO-2022-JP returns to ASCII at
+    // the end): an escape after it would start the next line.
+    let (body, end) = match line.strip_suffix("\r\n") {
+        Some(body) => (body, &b"\r\n"[..]),
+        None => (line, &b""[..]),
+    };
     let mut encoder = encoding.new_encoder();
     let mut out = Vec::with_capacity(line.len() + 8);
-    let mut rest = line;
+    let mut rest = body;
     loop {
         let room = encoder
             .max_buffer_length_from_utf8_without_replacement(rest.len())
@@ -106,7 +112,10 @@ pub fn encode<'a>(line: &'a str, encoding: Option<&'static Encoding>) -> Cow<'a,
             encoder.encode_from_utf8_to_vec_without_replacement(rest, &mut out, true);
         rest = &rest[read..];
         match result {
-            encoding_rs::EncoderResult::InputEmpty => return Cow::Owned(out),
+            encoding_rs::EncoderResult::InputEmpty => {
+                out.extend_from_slice(end);
+                return Cow::Owned(out);
+            }
             encoding_rs::EncoderResult::Unmappable(_) => out.push(b'?'),
             encoding_rs::EncoderResult::OutputFull => {}
         }
@@ -470,6 +479,8 @@ mod tests {
         );
         let jis = Some(encoding_rs::ISO_2022_JP);
         assert_eq!(&*encode("こんにちは!", jis), b"\x1b$B$3$s$K$A$O\x1b(B!");
+        // Back to ASCII before the line ends, not after (the next line would start with it).
+        assert_eq!(&*encode("¥\r\n", jis), b"\x1b(J\\\x1b(B\r\n");
         // Lines of many unmappable characters: every one a '?', nothing lost around them.
         let long = format!("a{}b", "🙂".repeat(300));
         let written = encode(&long, cp1251);
@@ -579,6 +590,26 @@ mod tests {
     }
 
     proptest! {
+        /// In whatever encoding a user chose, a written line's bytes end it once: the
+        /// encoding adds no CR, LF or NUL (unmappable characters become '?').
+        #[test]
+        fn any_line_in_any_encoding_stays_one_line(
+            text in "\\PC{0,300}",
+            label in prop::sample::select(vec![
+                "utf-8", "windows-1251", "koi8-r", "iso-8859-15", "shift_jis", "gbk",
+                "big5", "euc-kr", "iso-2022-jp", "euc-jp",
+            ]),
+        ) {
+            let encoding = Encoding::for_label(label.as_bytes());
+            prop_assert!(encoding.is_some());
+            if let Ok(written) = line(&[], "PRIVMSG", &["#rust", &text]) {
+                let bytes = encode(&written, encoding);
+                prop_assert!(bytes.ends_with(b"\r\n"));
+                let breaks = bytes.iter().filter(|b| matches!(b, b'\r' | b'\n' | 0)).count();
+                prop_assert_eq!(breaks, 2);
+            }
+        }
+
         /// Whatever a user writes, every line sent carries one command, fits in 512
         /// bytes, and together the lines say the text (less the spaces cut at).
         #[test]
