@@ -416,11 +416,19 @@ async fn run_bridge_command(
     };
     let values = match (command.form.clone(), input) {
         (Some(mut form), None) => {
+            let mut known = FormValues::default();
             if let Some((field, address)) = &fixed {
                 form.fields.retain(|shown| shown.var != *field);
                 form.title = format!("{} ({address})", form.title);
+                known.0.insert((*field).to_owned(), address.clone());
             }
-            return Ok(Outcome::Form(form, FormValues::default()));
+            // Shown filled in as they stand (secrets never: the form leaves them out).
+            let reading = command.current(UserJid::new(user), known);
+            let mut current = gateway.call("reading your settings", reading).await?;
+            current
+                .0
+                .retain(|var, _| form.fields.iter().any(|field| field.var == *var));
+            return Ok(Outcome::Form(form, current));
         }
         (Some(form), Some(mut values)) => {
             if let Some((field, address)) = fixed {

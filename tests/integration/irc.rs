@@ -1509,6 +1509,30 @@ async fn commands_then_channels_to_autojoin_go_on_connecting_with_who_is_there()
     let note = irc_settings(&mut alice, &settings).await;
     assert!(note.contains("autojoin #auto"), "{note}");
     assert!(note.contains("after connecting PRIVMSG, NOTICE"), "{note}");
+    // The form shows them as they stand now (a multi-line field as several values).
+    let commands = "http://jabber.org/protocol/commands";
+    let at_server = format!("{NETWORK}@{DOMAIN}");
+    let form = alice
+        .iq(
+            "f1",
+            &format!(
+                "<iq type='set' to='{at_server}' id='f1'><command xmlns='{commands}' \
+                 node='irc-settings' action='execute'/></iq>"
+            ),
+        )
+        .await;
+    let shown = |var: &str| -> Vec<String> {
+        form.get_child("command", commands)
+            .and_then(|command| command.get_child("x", "jabber:x:data"))
+            .and_then(|x| x.children().find(|field| field.attr("var") == Some(var)))
+            .map(|field| field.children().map(Element::text).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(shown("autojoin"), ["#auto"]);
+    assert_eq!(
+        shown("after_connect"),
+        ["PRIVMSG bob :first", "notice bob :then this"]
+    );
     // Her first join connects her: her commands go, in order, then #auto is joined, unasked.
     let joined = alice.join(&room(), "alice", serde_json::json!({})).await;
     assert_eq!(joined["event"], "joined", "{joined}");

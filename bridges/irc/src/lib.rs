@@ -189,6 +189,22 @@ impl IrcBridge {
             .ok_or_else(|| CommandError::Rejected("choose one of the gateway's servers".into()))
     }
 
+    /// What the `irc-settings` form shows filled in: the user's settings for the server
+    /// `known` names (on its address), or for the only server; nothing when it could be any.
+    async fn current_settings(&self, user: &UserJid, known: &FormValues) -> FormValues {
+        let network = match self.server_in(known) {
+            Ok(network) => network,
+            Err(_) if self.servers.len() == 1 => match self.servers.keys().next() {
+                Some(only) => only.clone(),
+                None => return FormValues::default(),
+            },
+            Err(_) => return FormValues::default(),
+        };
+        let mut shown = self.settings_of(user, &network).await.shown();
+        shown.0.insert("server".into(), network);
+        shown
+    }
+
     /// The `irc-connection-info` command (Biboumi's "get connection information").
     async fn connection_info(&self, user: &UserJid, values: &FormValues) -> CommandResult {
         let network = self.server_in(values)?;
@@ -673,7 +689,19 @@ impl Bridge for IrcBridge {
                     "Your IRC settings for one server (nick, SASL, NickServ, autojoin)",
                     &self.me,
                     |bridge, user, values| async move { bridge.configure(&user, &values).await },
-                ),
+                )
+                .with_current({
+                    let me = self.me.clone();
+                    move |user, known| {
+                        let bridge = me.upgrade();
+                        async move {
+                            match bridge {
+                                Some(bridge) => bridge.current_settings(&user, &known).await,
+                                None => FormValues::default(),
+                            }
+                        }
+                    }
+                }),
                 settings::form(networks.clone(), self.config.raw_commands),
             ),
             on_servers(

@@ -176,6 +176,30 @@ impl UserSettings {
         }
     }
 
+    /// The settings as the form shows them filled in: every one set, secrets left out.
+    pub fn shown(&self) -> FormValues {
+        let mut shown = FormValues::default();
+        let mut show = |var: &str, value: Option<String>| {
+            if let Some(value) = value.filter(|value| !value.is_empty()) {
+                shown.0.insert(var.to_owned(), value);
+            }
+        };
+        show("nick", self.nick.clone());
+        show("username", self.username.clone());
+        show("realname", self.realname.clone());
+        let sasl = match self.sasl {
+            SaslMode::None => "none",
+            SaslMode::Plain => "plain",
+            SaslMode::External => "external",
+        };
+        show("sasl", Some(sasl.to_owned()));
+        show("account", self.account.clone());
+        show("after_connect", Some(self.after_connect.join("\n")));
+        show("encoding", self.encoding.clone());
+        show("autojoin", Some(self.autojoin.join(" ")));
+        shown
+    }
+
     /// Applies a submitted form: an empty field keeps what was stored, `-` clears it.
     /// Commands to send on connecting are refused unless `raw` (the admin's
     /// `raw_commands`).
@@ -667,6 +691,37 @@ mod tests {
             .apply(&values(&[("nickserv", "pw")]), None, false)
             .unwrap_err();
         assert!(refused.contains("secret_key"), "{refused}");
+    }
+
+    #[test]
+    fn the_form_shows_the_settings_as_they_stand_and_sending_it_back_changes_nothing() {
+        let vault = Vault::new(&SecretString::from("a key of more than sixteen chars")).unwrap();
+        let mut settings = UserSettings::default();
+        let form = values(&[
+            ("nick", "alice"),
+            ("realname", "Alice A."),
+            ("sasl", "plain"),
+            ("account", "acct"),
+            ("password", "hunter2"),
+            ("after_connect", "MODE alice +R\nPRIVMSG bob :hi"),
+            ("encoding", "koi8-r"),
+            ("autojoin", "#a #b"),
+        ]);
+        settings.apply(&form, Some(&vault), true).unwrap();
+        let shown = settings.shown();
+        assert_eq!(shown.get("nick"), Some("alice"));
+        assert_eq!(
+            shown.get("after_connect"),
+            Some("MODE alice +R\nPRIVMSG bob :hi")
+        );
+        assert_eq!(shown.get("autojoin"), Some("#a #b"));
+        assert_eq!(shown.get("username"), None);
+        // No secret is ever shown.
+        assert!(shown.0.values().all(|value| !value.contains("hunter2")));
+        assert!(shown.get("password").is_none());
+        let before = settings.clone();
+        settings.apply(&shown, Some(&vault), true).unwrap();
+        assert_eq!(settings, before);
     }
 
     #[test]

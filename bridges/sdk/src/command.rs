@@ -14,6 +14,8 @@ pub type CommandResult = Result<String, CommandError>;
 
 type Running = Pin<Box<dyn Future<Output = CommandResult> + Send>>;
 type Handler = Arc<dyn Fn(UserJid, FormValues) -> Running + Send + Sync>;
+type Reading = Pin<Box<dyn Future<Output = FormValues> + Send>>;
+type Current = Arc<dyn Fn(UserJid, FormValues) -> Reading + Send + Sync>;
 
 /// One command a bridge offers, from [`crate::Bridge::commands`].
 ///
@@ -39,6 +41,8 @@ pub struct Command {
     /// command runs on that contact's JID.
     pub contact_field: Option<String>,
     handler: Handler,
+    /// Set with [`Command::with_current`]: what the form shows filled in.
+    current: Option<Current>,
 }
 
 impl Command {
@@ -57,6 +61,7 @@ impl Command {
             form: None,
             contact_field: None,
             handler: Arc::new(move |user, values| Box::pin(handler(user, values))),
+            current: None,
         }
     }
 
@@ -107,6 +112,27 @@ impl Command {
     pub fn on_contacts(mut self, field: impl Into<String>) -> Self {
         self.contact_field = Some(field.into());
         self
+    }
+
+    /// The form shows what `current` reads filled in: the user's settings as they stand,
+    /// given the caller and the values already known (on a contact's address, its field).
+    /// The core never shows a [`crate::FieldKind::Secret`] field's value back.
+    pub fn with_current<F, Fut>(mut self, current: F) -> Self
+    where
+        F: Fn(UserJid, FormValues) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = FormValues> + Send + 'static,
+    {
+        self.current = Some(Arc::new(move |user, known| Box::pin(current(user, known))));
+        self
+    }
+
+    /// What the form shows filled in for `user`, with `known` values (empty without
+    /// [`Command::with_current`]).
+    pub async fn current(&self, user: UserJid, known: FormValues) -> FormValues {
+        match &self.current {
+            Some(current) => current(user, known).await,
+            None => FormValues::default(),
+        }
     }
 
     /// Runs it for `user` with `values`. The core has checked that `user` may, and the
