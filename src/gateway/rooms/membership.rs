@@ -661,25 +661,28 @@ pub(in crate::gateway) async fn configure(
     // Staying no more with no client in the room: out of it now.
     let out = {
         let mut rooms = gateway.rooms.lock();
-        let Some(state) = rooms.get_mut(room) else {
-            return Err(StanzaFailure::NotAcceptable(format!(
-                "you left {name} meanwhile"
-            )));
-        };
-        let out = match state.members.get_mut(user) {
+        let member = (rooms.get_mut(room)).and_then(|state| state.members.get_mut(user));
+        match member {
             Some(member) => {
                 member.stays = wanted;
-                !wanted && member.resources.is_empty()
+                let out = !wanted && member.resources.is_empty();
+                if out && let Some(state) = rooms.get_mut(room) {
+                    state.members.remove(user);
+                    if state.members.is_empty() {
+                        rooms.remove(room);
+                    }
+                }
+                Some(out)
             }
-            None => false,
-        };
-        if out {
-            state.members.remove(user);
-            if state.members.is_empty() {
-                rooms.remove(room);
-            }
+            None => None,
         }
-        out
+    };
+    let Some(out) = out else {
+        // Gone meanwhile (the grace period ended, a kick): no stay is left behind either.
+        let _ = (tables.leave(&gateway.domain, user, room.as_str(), Some(STAYING))).await;
+        return Err(StanzaFailure::NotAcceptable(format!(
+            "you left {name} meanwhile"
+        )));
     };
     tracing::info!(user, %room, stays = wanted, "changed their room settings");
     if out {
