@@ -219,6 +219,8 @@ pub struct Setup {
     /// The encoding of what is written, and of what is read when it is not UTF-8 (`None`:
     /// UTF-8, reading Latin-1).
     pub encoding: Option<&'static encoding_rs::Encoding>,
+    /// Channels of an encoding of their own (lower-cased), in place of `encoding` there.
+    pub channel_encodings: Vec<(String, &'static encoding_rs::Encoding)>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// Whether the user chose the nick in their settings (else it came from a join or the
@@ -970,7 +972,13 @@ impl Client {
             server_name,
             greeting,
         } = connection;
-        reader.set_fallback(self.setup.encoding);
+        // With channels of their own encoding, lines that are not UTF-8 are kept as Latin-1
+        // (their bytes) until their channel is known ([`Client::read_again`]).
+        if self.setup.channel_encodings.is_empty() {
+            reader.set_fallback(self.setup.encoding);
+        } else {
+            reader.set_fallback(None);
+        }
         let previous = std::mem::replace(&mut self.nick, nick);
         self.caps = caps;
         self.batches.clear();
@@ -1138,7 +1146,13 @@ impl Client {
                     self.setup.reach.meters.lines_in.increment(1);
                     let message = match line {
                         Ok(Some(line)) => match wire::parse(&line.text) {
-                            Ok(message) => message,
+                            Ok(message) => match self.read_again(&line, &message) {
+                                Some(text) => match wire::parse(&text) {
+                                    Ok(message) => message,
+                                    Err(_) => continue,
+                                },
+                                None => message,
+                            },
                             Err(_) => continue,
                         },
                         Ok(None) => return End::Lost("the server closed the connection".into()),
@@ -1450,16 +1464,56 @@ impl Client {
     ) {
         match wire::line(tags, command, params) {
             Ok(line) => {
-                let line = self.encoded(line);
+                let line = self.encoded(line, params.first().copied());
                 self.queue.push_back(Queued { line, done });
             }
             Err(error) => fail(done, &error.to_string()),
         }
     }
 
-    /// `line`'s bytes as written: in the user's encoding for the server, if not UTF-8.
-    fn encoded(&self, line: String) -> Vec<u8> {
-        match wire::encode(&line, self.setup.encoding) {
+    /// The encoding of `target`'s text: its own, if the user gave it one, else the server's.
+    fn encoding_of(&self, target: Option<&str>) -> Option<&'static encoding_rs::Encoding> {
+        let own = target
+            .filter(|_| !self.setup.channel_encodings.is_empty())
+            .and_then(|target| {
+                let folded = self.fold(target);
+                (self.setup.channel_encodings.iter())
+                    .find(|(channel, _)| self.fold(channel) == folded)
+                    .map(|(_, encoding)| *encoding)
+            });
+        own.or(self.setup.encoding)
+    }
+
+    /// A line of a channel with an encoding of its own, read again in it (or, for another
+    /// target, in the server's): `None` when the line stands as read.
+    fn read_again(&self, line: &crate::reader::Line, message: &Message) -> Option<String> {
+        if self.setup.channel_encodings.is_empty() {
+            return None;
+        }
+        let target = match message.command.as_str() {
+            "PRIVMSG" | "NOTICE" | "TOPIC" | "PART" | "KICK" => message.params.first(),
+            "332" => message.params.get(1),
+            _ => None,
+        };
+        let encoding = self.encoding_of(target.map(String::as_str))?;
+        let bytes: Vec<u8> = if line.latin1 {
+            // Latin-1 read each byte as the character of its value.
+            line.text
+                .chars()
+                .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
+                .collect()
+        } else if !encoding.is_ascii_compatible() {
+            // A 7-bit encoding's text reads as UTF-8 too.
+            line.text.clone().into_bytes()
+        } else {
+            return None;
+        };
+        Some(wire::decode(&bytes, Some(encoding)).into_owned())
+    }
+
+    /// `line`'s bytes as written to `target`: in the encoding of its text, if not UTF-8.
+    fn encoded(&self, line: String, target: Option<&str>) -> Vec<u8> {
+        match wire::encode(&line, self.encoding_of(target)) {
             std::borrow::Cow::Borrowed(_) => line.into_bytes(),
             std::borrow::Cow::Owned(bytes) => bytes,
         }
@@ -1593,7 +1647,7 @@ impl Client {
                 };
                 match line {
                     Ok(line) => {
-                        let line = self.encoded(line);
+                        let line = self.encoded(line, Some(&channel));
                         self.queue.push_back(Queued { line, done: None });
                     }
                     Err(error) => {

@@ -397,6 +397,12 @@ impl IrcBridge {
                 .map(|password| (config.nickserv.clone(), password)),
             encoding: (own.encoding.as_deref())
                 .and_then(|label| encoding_rs::Encoding::for_label(label.as_bytes())),
+            channel_encodings: (own.channel_encodings.iter())
+                .filter_map(|(channel, label)| {
+                    let encoding = encoding_rs::Encoding::for_label(label.as_bytes())?;
+                    Some((channel.to_ascii_lowercase(), encoding))
+                })
+                .collect(),
             after_connect: if self.config.raw_commands {
                 own.after_connect.clone()
             } else {

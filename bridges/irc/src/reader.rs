@@ -29,6 +29,9 @@ pub struct Line {
     pub text: String,
     /// Whether it was longer than [`MAX_INCOMING`] bytes, and only its start is here.
     pub truncated: bool,
+    /// Whether it was read as Latin-1 (not UTF-8, and no encoding given): its characters
+    /// are its bytes, and can be read again in a channel's own encoding.
+    pub latin1: bool,
 }
 
 /// Lines from a byte stream (a server's socket).
@@ -167,9 +170,12 @@ fn finish(bytes: &[u8], truncated: bool, fallback: Option<&'static Encoding>) ->
     if bytes.is_empty() {
         return None;
     }
+    let text = decode(bytes, fallback);
+    let latin1 = fallback.is_none() && matches!(text, std::borrow::Cow::Owned(_));
     Some(Line {
-        text: decode(bytes, fallback).into_owned(),
+        text: text.into_owned(),
         truncated,
+        latin1,
     })
 }
 
@@ -192,6 +198,7 @@ mod tests {
         Line {
             text: text.into(),
             truncated: false,
+            latin1: false,
         }
     }
 
@@ -201,9 +208,13 @@ mod tests {
             lines(b"PING a\r\n\r\nPING b\nPING c").await,
             [plain("PING a"), plain("PING b"), plain("PING c")]
         );
+        // Not UTF-8: read as Latin-1, and marked so (a channel may read it again).
         assert_eq!(
             lines(b":x PRIVMSG #c :caf\xe9\r\n").await,
-            [plain(":x PRIVMSG #c :café")]
+            [Line {
+                latin1: true,
+                ..plain(":x PRIVMSG #c :café")
+            }]
         );
     }
 

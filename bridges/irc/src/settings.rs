@@ -113,6 +113,8 @@ pub struct UserSettings {
     /// The encoding of the server's text, when it is not UTF-8 (Latin-1 without one), and
     /// of what the user writes there: its WHATWG name (`windows-1251`).
     pub encoding: Option<String>,
+    /// Channels whose text is in an encoding of its own, and its WHATWG name.
+    pub channel_encodings: Vec<(String, String)>,
     /// Channels to join on connecting.
     pub autojoin: Vec<String>,
     /// The client certificate for SASL EXTERNAL, made when the user first chose it; kept
@@ -166,6 +168,12 @@ impl UserSettings {
         if let Some(encoding) = &self.encoding {
             parts.push(format!("encoding {encoding}"));
         }
+        if !self.channel_encodings.is_empty() {
+            parts.push(format!(
+                "channel encodings {}",
+                self.channel_encodings_text()
+            ));
+        }
         if !self.autojoin.is_empty() {
             parts.push(format!("autojoin {}", self.autojoin.join(" ")));
         }
@@ -174,6 +182,14 @@ impl UserSettings {
         } else {
             parts.join(", ")
         }
+    }
+
+    /// The channels of their own encoding as the form takes them: `#a=koi8-r #b=cp1251`.
+    fn channel_encodings_text(&self) -> String {
+        (self.channel_encodings.iter())
+            .map(|(channel, encoding)| format!("{channel}={encoding}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The settings as the form shows them filled in: every one set, secrets left out.
@@ -196,6 +212,7 @@ impl UserSettings {
         show("account", self.account.clone());
         show("after_connect", Some(self.after_connect.join("\n")));
         show("encoding", self.encoding.clone());
+        show("channel_encodings", Some(self.channel_encodings_text()));
         show("autojoin", Some(self.autojoin.join(" ")));
         shown
     }
@@ -275,23 +292,31 @@ impl UserSettings {
             }
         }
         if let Some(label) = given("encoding") {
-            self.encoding = cleared(label)
-                .map(|label| {
-                    // UTF-16 cannot carry IRC's lines; `replacement` reads nothing.
-                    encoding_rs::Encoding::for_label(label.as_bytes())
-                        .filter(|encoding| {
-                            *encoding == encoding_rs::UTF_8
-                                || encoding.output_encoding() == *encoding
-                        })
-                        .map(|encoding| encoding.name().to_ascii_lowercase())
-                        .ok_or_else(|| {
-                            format!(
-                                "'{label}' is not an encoding IRC can carry (e.g. utf-8, \
-                                 windows-1251, koi8-r, iso-8859-15, shift_jis, iso-2022-jp)"
-                            )
-                        })
-                })
-                .transpose()?;
+            self.encoding = cleared(label).map(encoding_name).transpose()?;
+        }
+        if let Some(pairs) = given("channel_encodings") {
+            self.channel_encodings = match cleared(pairs) {
+                None => Vec::new(),
+                Some(pairs) => {
+                    let mut list = Vec::new();
+                    for pair in pairs.split([' ', ',']).filter(|pair| !pair.is_empty()) {
+                        let Some((channel, label)) = pair.split_once('=') else {
+                            return Err(format!("'{pair}': write #channel=encoding"));
+                        };
+                        if !channel.starts_with(address::CHANNEL_PREFIXES) {
+                            return Err(format!("'{channel}' is not a channel (#name)"));
+                        }
+                        address::check_channel(channel)?;
+                        list.push((channel.to_owned(), encoding_name(label)?));
+                    }
+                    if list.len() > MAX_AUTOJOIN {
+                        return Err(format!(
+                            "at most {MAX_AUTOJOIN} channels of their own encoding"
+                        ));
+                    }
+                    list
+                }
+            };
         }
         if let Some(lines) = given("after_connect") {
             self.after_connect = match cleared(lines) {
@@ -365,6 +390,22 @@ impl UserSettings {
     }
 }
 
+/// The WHATWG name of the encoding `label` names, if IRC can carry it (UTF-16 cannot carry
+/// its lines; `replacement` reads nothing).
+fn encoding_name(label: &str) -> Result<String, String> {
+    encoding_rs::Encoding::for_label(label.as_bytes())
+        .filter(|encoding| {
+            *encoding == encoding_rs::UTF_8 || encoding.output_encoding() == *encoding
+        })
+        .map(|encoding| encoding.name().to_ascii_lowercase())
+        .ok_or_else(|| {
+            format!(
+                "'{label}' is not an encoding IRC can carry (e.g. utf-8, windows-1251, koi8-r, \
+                 iso-8859-15, shift_jis, iso-2022-jp)"
+            )
+        })
+}
+
 /// `None` for the value `-` (clear the setting).
 fn cleared(value: &str) -> Option<&str> {
     (value != "-").then_some(value)
@@ -434,6 +475,10 @@ pub fn form(networks: Vec<String>, raw: bool) -> Form {
     fields.push(text(
         "encoding",
         "Encoding of the server's text when not UTF-8, and of yours (e.g. windows-1251)",
+    ));
+    fields.push(text(
+        "channel_encodings",
+        "Channels of another encoding (e.g. #rus=koi8-r #jp=iso-2022-jp)",
     ));
     fields.push(text("autojoin", "Channels to join on connecting"));
     Form {
@@ -784,13 +829,35 @@ mod tests {
             assert!(refused.contains("not an encoding"), "{bad}: {refused}");
         }
         assert_eq!(settings.encoding.as_deref(), Some("koi8-r"));
+        // Channels of their own encoding: #name=label pairs, each checked.
+        settings
+            .apply(
+                &values(&[("channel_encodings", "#ru=KOI8-R, #jp=sjis")]),
+                None,
+                false,
+            )
+            .unwrap();
+        let pairs = [("#ru", "koi8-r"), ("#jp", "shift_jis")].map(|(c, e)| (c.into(), e.into()));
+        assert_eq!(settings.channel_encodings, pairs);
+        assert_eq!(
+            settings.shown().get("channel_encodings"),
+            Some("#ru=koi8-r #jp=shift_jis")
+        );
+        for bad in ["#ru", "ru=koi8-r", "#ru=klingon", "#r u=koi8-r"] {
+            assert!(
+                (settings.apply(&values(&[("channel_encodings", bad)]), None, false)).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(settings.channel_encodings, pairs);
         let cleared = values(&[
             ("server_password", "-"),
             ("after_connect", "-"),
             ("encoding", "-"),
+            ("channel_encodings", "-"),
         ]);
         settings.apply(&cleared, None, false).unwrap();
         assert!(settings.server_password.is_none() && settings.after_connect.is_empty());
-        assert!(settings.encoding.is_none());
+        assert!(settings.encoding.is_none() && settings.channel_encodings.is_empty());
     }
 }

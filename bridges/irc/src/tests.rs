@@ -1413,6 +1413,7 @@ fn a_connections_task_stays_small() {
         identify: None,
         after_connect: vec![],
         encoding: None,
+        channel_encodings: vec![],
         autojoin: vec![],
         nick_chosen: false,
     };
@@ -1460,6 +1461,7 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
             ("server_password", "alice/libera:hunter2"),
             ("after_connect", "mode alice +R\nPRIVMSG bob :two words"),
             ("encoding", "cp1251"),
+            ("channel_encodings", "#AUTO=koi8-r"),
             ("autojoin", "#auto"),
         ]
         .into_iter()
@@ -1471,6 +1473,7 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
         .expect("the settings are kept");
     assert!(said.contains("a server password"), "{said}");
     assert!(said.contains("encoding windows-1251"), "{said}");
+    assert!(said.contains("channel encodings #AUTO=koi8-r"), "{said}");
     assert!(!said.contains("hunter2"), "{said}");
 
     let room = bridge.parse_room("#room%fake.test").expect("a room");
@@ -1555,4 +1558,39 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
         }
     }
     assert_eq!(line, b"PRIVMSG #room :\xcf\xf0\xe8\xe2\xe5\xf2 ?\r\n");
+
+    // #auto has an encoding of its own (named in any case): KOI8-R both ways there, where
+    // the same bytes would read "НЙТ" in the server's windows-1251.
+    write
+        .write_all(
+            b":alice!a@h JOIN #auto\r\n:fake.test 353 alice = #auto :alice bob\r\n\
+              :fake.test 366 alice #auto :End\r\n:fake.test 315 alice #auto :End of WHO\r\n\
+              :bob!b@h PRIVMSG #auto :\xcd\xc9\xd2\r\n",
+        )
+        .await
+        .expect("write");
+    until_said(&core, "мир").await;
+    let post = RoomPost {
+        id: MessageId::new("origin-2"),
+        user: UserJid::new("alice@localhost"),
+        room: bridge.parse_room("#auto%fake.test").expect("a room"),
+        text: "мир".into(),
+        registration: None,
+        replaces: None,
+    };
+    tokio::time::timeout(WAIT, bridge.send_room_message(post))
+        .await
+        .expect("in time")
+        .expect("posted");
+    loop {
+        line.clear();
+        tokio::time::timeout(WAIT, reader.read_until(b'\n', &mut line))
+            .await
+            .expect("a line in time")
+            .expect("read");
+        if line.starts_with(b"PRIVMSG #auto") {
+            break;
+        }
+    }
+    assert_eq!(line, b"PRIVMSG #auto \xcd\xc9\xd2\r\n");
 }
