@@ -1168,6 +1168,22 @@ async fn in_room(listener: &TcpListener, offered: &[u8], isupport: &str) -> (Scr
     ((reader, write), requested)
 }
 
+/// The bytes of the next line the client writes that starts with `prefix` (read as bytes:
+/// it may be in another encoding than UTF-8), with its CR LF.
+async fn bytes_until<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, prefix: &[u8]) -> Vec<u8> {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        tokio::time::timeout(WAIT, reader.read_until(b'\n', &mut line))
+            .await
+            .expect("a line in time")
+            .expect("read");
+        if line.starts_with(prefix) {
+            return line;
+        }
+    }
+}
+
 /// Reads what the client writes until a line starting with `prefix`.
 async fn until<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, prefix: &str) {
     while !line_from(reader).await.starts_with(prefix) {}
@@ -1546,17 +1562,7 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
         .await
         .expect("in time")
         .expect("posted");
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        tokio::time::timeout(WAIT, reader.read_until(b'\n', &mut line))
-            .await
-            .expect("a line in time")
-            .expect("read");
-        if line.starts_with(b"PRIVMSG #room") {
-            break;
-        }
-    }
+    let line = bytes_until(&mut reader, b"PRIVMSG #room").await;
     assert_eq!(line, b"PRIVMSG #room :\xcf\xf0\xe8\xe2\xe5\xf2 ?\r\n");
 
     // #auto has an encoding of its own (named in any case): KOI8-R both ways there, where
@@ -1582,15 +1588,6 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
         .await
         .expect("in time")
         .expect("posted");
-    loop {
-        line.clear();
-        tokio::time::timeout(WAIT, reader.read_until(b'\n', &mut line))
-            .await
-            .expect("a line in time")
-            .expect("read");
-        if line.starts_with(b"PRIVMSG #auto") {
-            break;
-        }
-    }
+    let line = bytes_until(&mut reader, b"PRIVMSG #auto").await;
     assert_eq!(line, b"PRIVMSG #auto \xcd\xc9\xd2\r\n");
 }
