@@ -424,10 +424,7 @@ async fn run_bridge_command(
             }
             // Shown filled in as they stand (secrets never: the form leaves them out).
             let reading = command.current(UserJid::new(user), known);
-            let mut current = gateway.call("reading your settings", reading).await?;
-            current
-                .0
-                .retain(|var, _| form.fields.iter().any(|field| field.var == *var));
+            let current = gateway.call("reading your settings", reading).await?;
             return Ok(Outcome::Form(form, current));
         }
         (Some(form), Some(mut values)) => {

@@ -1,7 +1,7 @@
 //! The group-chat tables: who of our users is joined to which room from which resource, or
-//! stays in it with none (`room_joins`), the room archive (`room_messages`), kept once per room message however
-//! many users see it, and how far each instance's fan-out of a room reached the server
-//! (`room_cursors`).
+//! stays in it with none (`room_joins`), the room archive (`room_messages`), kept once per
+//! room message however many users see it, and how far each instance's fan-out of a room
+//! reached the server (`room_cursors`).
 
 use sqlx::{AnyPool, Row};
 

@@ -963,7 +963,7 @@ impl Client {
     /// every connection's task while the connection is served.
     fn adopt(&mut self, connection: Connection) -> (WriteHalf, LineReader<ReadHalf>, Adopted) {
         let Connection {
-            mut reader,
+            reader,
             writer,
             nick,
             isupport,
@@ -972,13 +972,6 @@ impl Client {
             server_name,
             greeting,
         } = connection;
-        // With channels of their own encoding, lines that are not UTF-8 are kept as Latin-1
-        // (their bytes) until their channel is known ([`Client::read_again`]).
-        if self.setup.channel_encodings.is_empty() {
-            reader.set_fallback(self.setup.encoding);
-        } else {
-            reader.set_fallback(None);
-        }
         let previous = std::mem::replace(&mut self.nick, nick);
         self.caps = caps;
         self.batches.clear();
@@ -1484,10 +1477,11 @@ impl Client {
         own.or(self.setup.encoding)
     }
 
-    /// A line of a channel with an encoding of its own, read again in it (or, for another
-    /// target, in the server's): `None` when the line stands as read.
+    /// A line read again in the encoding the user chose for its target (a channel's own,
+    /// else the server's), once parsed: `None` when it stands as read (UTF-8, or Latin-1
+    /// where they chose none).
     fn read_again(&self, line: &crate::reader::Line, message: &Message) -> Option<String> {
-        if self.setup.channel_encodings.is_empty() {
+        if self.setup.encoding.is_none() && self.setup.channel_encodings.is_empty() {
             return None;
         }
         let target = match message.command.as_str() {
@@ -1496,19 +1490,19 @@ impl Client {
             _ => None,
         };
         let encoding = self.encoding_of(target.map(String::as_str))?;
-        let bytes: Vec<u8> = if line.latin1 {
+        if line.latin1 {
             // Latin-1 read each byte as the character of its value.
-            line.text
-                .chars()
+            let bytes: Vec<u8> = (line.text.chars())
                 .map(|c| u8::try_from(u32::from(c)).unwrap_or(b'?'))
-                .collect()
-        } else if !encoding.is_ascii_compatible() {
-            // A 7-bit encoding's text reads as UTF-8 too.
-            line.text.clone().into_bytes()
-        } else {
-            return None;
-        };
-        Some(wire::decode(&bytes, Some(encoding)).into_owned())
+                .collect();
+            return Some(wire::decode(&bytes, Some(encoding)).into_owned());
+        }
+        // Valid UTF-8 stays so (borrowed), but for a 7-bit encoding's text, which reads as
+        // UTF-8 too and is read in it.
+        match wire::decode(line.text.as_bytes(), Some(encoding)) {
+            std::borrow::Cow::Owned(text) => Some(text),
+            std::borrow::Cow::Borrowed(_) => None,
+        }
     }
 
     /// `line`'s bytes as written to `target`: in the encoding of its text, if not UTF-8.

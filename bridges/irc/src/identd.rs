@@ -159,7 +159,6 @@ async fn answer_one(
         .min(MAX_QUESTION);
     let question = String::from_utf8_lossy(&question[..end]);
     let answer = idents.answer(asker, &question);
-    tracing::debug!(?question, "identd: asked");
     stream.write_all(answer.as_bytes()).await?;
     stream.shutdown().await?;
     Ok(answer)

@@ -3,7 +3,6 @@
 //! (marked truncated) and the rest skipped up to its line end, so a server that sends
 //! endless lines, or never ends one, costs a fixed buffer and never a crash.
 
-use encoding_rs::Encoding;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::wire::{MAX_INCOMING, decode};
@@ -21,16 +20,16 @@ thread_local! {
         std::cell::RefCell::new(Box::new([0; CHUNK]));
 }
 
-/// One line as read, decoded ([`decode`]: UTF-8, else the user's encoding for the server,
-/// else Latin-1), without its CR LF.
+/// One line as read, decoded ([`decode`]: UTF-8, else Latin-1, which the connection reads
+/// again in the user's encoding where they chose one), without its CR LF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
     /// Its text.
     pub text: String,
     /// Whether it was longer than [`MAX_INCOMING`] bytes, and only its start is here.
     pub truncated: bool,
-    /// Whether it was read as Latin-1 (not UTF-8, and no encoding given): its characters
-    /// are its bytes, and can be read again in a channel's own encoding.
+    /// Whether it was read as Latin-1 (it is not UTF-8): its characters are its bytes, and
+    /// can be read again in another encoding.
     pub latin1: bool,
 }
 
@@ -46,8 +45,6 @@ pub struct LineReader<R> {
     skipping: bool,
     /// Whether the last read was large: lines come fast, so the buffer keeps its room.
     busy: bool,
-    /// How to read a line that is not UTF-8, when not as Latin-1.
-    fallback: Option<&'static Encoding>,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -59,13 +56,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             start: 0,
             skipping: false,
             busy: false,
-            fallback: None,
         }
-    }
-
-    /// Reads lines that are not UTF-8 in `encoding` from now on (`None`: as Latin-1).
-    pub fn set_fallback(&mut self, encoding: Option<&'static Encoding>) {
-        self.fallback = encoding;
     }
 
     /// The next line; `None` once the stream ended (a last line without its line end is
@@ -82,7 +73,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 // A line longer than the bound whose end came in the same read.
                 let truncated = end > MAX_INCOMING;
                 let line_end = line_start + end.min(MAX_INCOMING);
-                match finish(&self.buffer[line_start..line_end], truncated, self.fallback) {
+                match finish(&self.buffer[line_start..line_end], truncated) {
                     Some(line) => return Ok(Some(line)),
                     None => continue,
                 }
@@ -93,7 +84,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             if self.skipping {
                 self.buffer.clear();
             } else if self.buffer.len() >= MAX_INCOMING {
-                let line = finish(&self.buffer[..MAX_INCOMING], true, self.fallback);
+                let line = finish(&self.buffer[..MAX_INCOMING], true);
                 self.buffer.clear();
                 self.skipping = true;
                 if let Some(line) = line {
@@ -125,7 +116,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 if std::mem::take(&mut self.skipping) {
                     return Ok(None);
                 }
-                return Ok(finish(&last, false, self.fallback));
+                return Ok(finish(&last, false));
             }
         }
     }
@@ -159,7 +150,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 /// A line from its bytes without the LF: the CR goes, empty lines are none. A truncated
 /// line loses the start of a UTF-8 character its cut fell in, so that the rest still reads
 /// as UTF-8.
-fn finish(bytes: &[u8], truncated: bool, fallback: Option<&'static Encoding>) -> Option<Line> {
+fn finish(bytes: &[u8], truncated: bool) -> Option<Line> {
     let mut bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     if truncated
         && let Err(error) = std::str::from_utf8(bytes)
@@ -170,8 +161,8 @@ fn finish(bytes: &[u8], truncated: bool, fallback: Option<&'static Encoding>) ->
     if bytes.is_empty() {
         return None;
     }
-    let text = decode(bytes, fallback);
-    let latin1 = fallback.is_none() && matches!(text, std::borrow::Cow::Owned(_));
+    let text = decode(bytes, None);
+    let latin1 = matches!(text, std::borrow::Cow::Owned(_));
     Some(Line {
         text: text.into_owned(),
         truncated,

@@ -421,11 +421,16 @@ pub async fn leave_if_gone(gateway: Arc<Gateway>, room: RoomId, user: String, ge
     };
     if gone {
         tracing::info!(user, %room, "left a room");
-        let leaver = UserJid::new(user.as_str());
-        let call = gateway.bridge.leave_room(&leaver, &room);
-        if let Err(failure) = gateway.call("leaving a room", call).await {
-            tracing::warn!(%failure, "leaving a room timed out");
-        }
+        leave_foreign(&gateway, &room, &user).await;
+    }
+}
+
+/// Has the bridge leave the foreign room for `user`, who is no longer a member.
+async fn leave_foreign(gateway: &Gateway, room: &RoomId, user: &str) {
+    let leaver = UserJid::new(user);
+    let call = gateway.bridge.leave_room(&leaver, room);
+    if let Err(failure) = gateway.call("leaving a room", call).await {
+        tracing::warn!(%failure, "leaving a room timed out");
     }
 }
 
@@ -659,24 +664,20 @@ pub(in crate::gateway) async fn configure(
     };
     stored.map_err(|error| gateway.storage_failed(error))?;
     // Staying no more with no client in the room: out of it now.
-    let out = {
+    let out = (|| {
         let mut rooms = gateway.rooms.lock();
-        let member = (rooms.get_mut(room)).and_then(|state| state.members.get_mut(user));
-        match member {
-            Some(member) => {
-                member.stays = wanted;
-                let out = !wanted && member.resources.is_empty();
-                if out && let Some(state) = rooms.get_mut(room) {
-                    state.members.remove(user);
-                    if state.members.is_empty() {
-                        rooms.remove(room);
-                    }
-                }
-                Some(out)
+        let state = rooms.get_mut(room)?;
+        let member = state.members.get_mut(user)?;
+        member.stays = wanted;
+        let out = !wanted && member.resources.is_empty();
+        if out {
+            state.members.remove(user);
+            if state.members.is_empty() {
+                rooms.remove(room);
             }
-            None => None,
         }
-    };
+        Some(out)
+    })();
     let Some(out) = out else {
         // Gone meanwhile (the grace period ended, a kick): no stay is left behind either.
         let _ = (tables.leave(&gateway.domain, user, room.as_str(), Some(STAYING))).await;
@@ -686,11 +687,7 @@ pub(in crate::gateway) async fn configure(
     };
     tracing::info!(user, %room, stays = wanted, "changed their room settings");
     if out {
-        let leaver = UserJid::new(user);
-        let call = gateway.bridge.leave_room(&leaver, room);
-        if let Err(failure) = gateway.call("leaving a room", call).await {
-            tracing::warn!(%failure, "leaving a room timed out");
-        }
+        leave_foreign(gateway, room, user).await;
         return Ok(Outcome::Done(format!(
             "You no longer stay in {name}, and with none of your clients in it, you left it."
         )));
