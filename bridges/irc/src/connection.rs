@@ -260,13 +260,14 @@ impl fmt::Debug for Connection {
 
 /// Opens the socket: TCP, then TLS as `target` says.
 async fn open(target: &Target, username: &str) -> Result<Opened, ConnectError> {
-    let stream = TcpStream::connect(&target.address).await?;
-    stream.set_nodelay(true)?;
-    // Known to the ident service from now on: a server asks as soon as it accepts.
-    let known = match &target.idents {
-        Some(idents) => Some(idents.register(stream.local_addr()?, stream.peer_addr()?, username)),
-        None => None,
+    let (stream, known) = match &target.idents {
+        Some(idents) => {
+            let (stream, known) = connect_known(&target.address, idents, username).await?;
+            (stream, Some(known))
+        }
+        None => (TcpStream::connect(&target.address).await?, None),
     };
+    stream.set_nodelay(true)?;
     if target.tls == Tls::Off {
         let (read, write) = stream.into_split();
         return Ok((Box::new(read), Box::new(write), known));
@@ -279,6 +280,39 @@ async fn open(target: &Target, username: &str) -> Result<Opened, ConnectError> {
         .await?;
     let (read, write) = tokio::io::split(stream);
     Ok((Box::new(read), Box::new(write), known))
+}
+
+/// Connects to `address` (each of its addresses in turn, as [`TcpStream::connect`] does),
+/// known to the ident service as `username`'s *before* connecting: a server asks as soon as
+/// it accepts, which may be before our side of the connect has returned.
+async fn connect_known(
+    address: &str,
+    idents: &Arc<crate::identd::Idents>,
+    username: &str,
+) -> std::io::Result<(TcpStream, crate::identd::Known)> {
+    let mut failed = None;
+    for server in tokio::net::lookup_host(address).await? {
+        let (socket, any) = if server.is_ipv4() {
+            let any = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+            (tokio::net::TcpSocket::new_v4()?, any)
+        } else {
+            let any = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+            (tokio::net::TcpSocket::new_v6()?, any)
+        };
+        // Bound first, so that its port is known before the server sees it.
+        socket.bind(any)?;
+        let known = idents.register(socket.local_addr()?, server, username);
+        match socket.connect(server).await {
+            Ok(stream) => return Ok((stream, known)),
+            Err(error) => failed = Some(error),
+        }
+    }
+    Err(failed.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{address} names no address"),
+        )
+    }))
 }
 
 /// Whether `target` can be reached as configured, for `jabbridge doctor`: TCP, then TLS
