@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use jabbridge_sdk::plumbing::{self, CoreSink};
 use jabbridge_sdk::{
-    Bridge, BridgeError, Core, CoreError, DeliveryReport, ForeignId, IncomingMessage, MessageId,
-    RegistrationData, RoomEvent, RoomId, Shutdown, UserJid, UserStatus, async_trait,
+    Bridge, BridgeError, ChatState, Core, CoreError, DeliveryReport, ForeignId, IncomingMessage,
+    MessageId, RegistrationData, RoomEvent, RoomId, Shutdown, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -97,6 +97,15 @@ impl CoreSink for Unwired {
     }
 
     async fn set_status(&self, _user: UserJid, _status: UserStatus) -> Result<(), CoreError> {
+        Err(CoreError::ShuttingDown)
+    }
+
+    async fn chat_state(
+        &self,
+        _user: UserJid,
+        _contact: ForeignId,
+        _state: ChatState,
+    ) -> Result<(), CoreError> {
         Err(CoreError::ShuttingDown)
     }
 

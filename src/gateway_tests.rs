@@ -97,6 +97,37 @@ async fn a_registered_user_gets_the_echo_and_a_receipt() {
     harness.nothing_for(Duration::from_millis(300)).await;
 }
 
+/// Typing both ways (XEP-0085): the echo contact types back while the user types to it. A
+/// stranger's typing goes nowhere.
+#[tokio::test(start_paused = true)]
+async fn typing_reaches_the_bridge_and_a_contacts_typing_reaches_the_user() {
+    const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    let mut harness = Harness::start(Options::default()).await;
+    harness.register("alice@test").await;
+    for state in ["composing", "paused"] {
+        harness
+            .receive(&format!(
+                "<message type='chat' from='alice@test/r' to='bob@echo.test'>\
+                 <{state} xmlns='{CHATSTATES}'/></message>"
+            ))
+            .await;
+        let typing = harness.next().await;
+        assert_eq!(typing.attr("type"), Some("chat"));
+        assert_eq!(typing.attr("from"), Some("bob@echo.test"));
+        assert_eq!(typing.attr("to"), Some("alice@test"));
+        assert!(typing.has_child(state, CHATSTATES), "{typing:?}");
+        assert!(typing.has_child("no-store", "urn:xmpp:hints"));
+        assert_eq!(body(&typing), None);
+    }
+    harness
+        .receive(&format!(
+            "<message type='chat' from='eve@elsewhere/x' to='bob@echo.test'>\
+             <composing xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn oversized_texts_groupchat_and_corrections_are_refused_precisely() {
     // A network that carries no corrections.

@@ -1335,6 +1335,55 @@ async fn corrections_retractions_and_reactions_reach_the_network_and_everyone() 
     harness.nothing_for(Duration::from_millis(100)).await;
 }
 
+/// A user's typing in a room reaches the room's other members at once and the network (the
+/// echo bot types along), and an occupant's typing reaches every member but the one of that
+/// nick: a chat state from the occupant, without a body, not to be stored.
+#[tokio::test(start_paused = true)]
+async fn typing_in_a_room_goes_to_the_network_and_an_occupants_to_the_others() {
+    const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    let mut harness = Harness::start(Options::default()).await;
+    alice_and_bob(&mut harness).await;
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test'>\
+             <composing xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    let typing = take_sorted(&mut harness, 3).await;
+    let shown: Vec<(&str, &str)> = typing.iter().map(|s| (from(s), to(s))).collect();
+    assert_eq!(
+        shown,
+        [
+            ("#lobby@echo.test/alice", "bob@test/r"),
+            ("#lobby@echo.test/echo", "alice@test/r"),
+            ("#lobby@echo.test/echo", "bob@test/r"),
+        ]
+    );
+    for stanza in &typing {
+        assert_eq!(stanza.attr("type"), Some("groupchat"));
+        assert!(stanza.has_child("composing", CHATSTATES), "{stanza:?}");
+        assert!(stanza.has_child("no-store", "urn:xmpp:hints"));
+        assert_eq!(body(stanza), None);
+    }
+    // Bob's typing, as the network reports it under his nick: to Alice, not back to him.
+    let typing = jabbridge_sdk::RoomEvent::Typing {
+        nick: "bob".into(),
+        state: jabbridge_sdk::ChatState::Paused,
+    };
+    crate::gateway::rooms::event(
+        &harness.gateway,
+        jabbridge_sdk::RoomId::new("#lobby"),
+        typing,
+    )
+    .await
+    .expect("taken");
+    let paused = harness.next().await;
+    assert_eq!(to(&paused), "alice@test/r");
+    assert_eq!(from(&paused), "#lobby@echo.test/bob");
+    assert!(paused.has_child("paused", CHATSTATES), "{paused:?}");
+    harness.nothing_for(Duration::from_millis(100)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_network_without_edits_refuses_them_and_changes_nothing() {
     let mut harness = Harness::start(Options {

@@ -6,8 +6,8 @@
 
 use jabbridge_sdk::plumbing::CoreSink;
 use jabbridge_sdk::{
-    CoreError, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, RoomEvent,
-    RoomId, UserJid, UserStatus, async_trait,
+    ChatState, CoreError, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData,
+    RoomEvent, RoomId, UserJid, UserStatus, async_trait,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -16,6 +16,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use super::{Gateway, presence, rooms};
 use crate::delivery::{accept, outbox};
 use crate::store::{Store, StoreError};
+use crate::xmpp::stanza;
 
 /// Requests waiting for the gateway before a bridge waits for room.
 const QUEUE: usize = 1024;
@@ -31,6 +32,8 @@ pub enum Request {
     SetStatus(UserJid, UserStatus, Reply),
     /// Something happened in a room ([`jabbridge_sdk::Core::room_event`]).
     RoomEvent(RoomId, RoomEvent, Reply),
+    /// Show the user that a contact is typing ([`jabbridge_sdk::Core::chat_state`]).
+    ChatState(UserJid, ForeignId, ChatState, Reply),
     /// The network reported on a message ([`jabbridge_sdk::Core::report`]), for any sender
     /// or only for this one ([`jabbridge_sdk::Core::report_for`]).
     Report(MessageId, Option<UserJid>, DeliveryReport, Reply),
@@ -87,6 +90,16 @@ impl CoreSink for CoreLink {
 
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
         self.ask(|reply| Request::SetStatus(user, status, reply))
+            .await
+    }
+
+    async fn chat_state(
+        &self,
+        user: UserJid,
+        contact: ForeignId,
+        state: ChatState,
+    ) -> Result<(), CoreError> {
+        self.ask(|reply| Request::ChatState(user, contact, state, reply))
             .await
     }
 
@@ -205,6 +218,19 @@ pub(super) async fn serve(gateway: &Gateway, request: Request) {
             };
             let _ = reply.send(shown);
         }
+        Request::ChatState(user, contact, state, reply) => {
+            let shown = addresses(gateway, &user, &contact)
+                .map(|(to, from)| stanza::chat_state(from, Jid::from(to), state, false));
+            match shown {
+                Ok(typing) => {
+                    let _ = reply.send(Ok(()));
+                    gateway.send(typing).await;
+                }
+                Err(refused) => {
+                    let _ = reply.send(Err(refused));
+                }
+            }
+        }
         Request::Report(message, sender, report, reply) => {
             let delivery = gateway.delivery.clone();
             tokio::spawn(
@@ -220,22 +246,30 @@ pub(super) async fn serve(gateway: &Gateway, request: Request) {
     }
 }
 
-/// Whether a bridge's message may be delivered: its user is a JID allowed to use the bridge,
-/// and its contact makes a JID. Returns both JIDs.
-fn check(gateway: &Gateway, message: &IncomingMessage) -> Result<(BareJid, Jid), CoreError> {
-    let user: BareJid =
-        message.user.as_str().parse().map_err(|error| {
-            CoreError::Refused(format!("'{}' is not a JID: {error}", message.user))
-        })?;
+/// The JIDs of a bridge's user, allowed to use the bridge, and of their contact.
+fn addresses(
+    gateway: &Gateway,
+    user: &UserJid,
+    contact: &ForeignId,
+) -> Result<(BareJid, Jid), CoreError> {
+    let user: BareJid = user
+        .as_str()
+        .parse()
+        .map_err(|error| CoreError::Refused(format!("'{user}' is not a JID: {error}")))?;
     if gateway.access.role(user.as_str()).is_none() {
         return Err(CoreError::Refused(format!(
             "{user} may not use {}: not in its allow list",
             gateway.domain
         )));
     }
-    let contact = gateway
-        .contact_jid(&message.contact)
-        .map_err(CoreError::Refused)?;
+    let contact = gateway.contact_jid(contact).map_err(CoreError::Refused)?;
+    Ok((user, contact))
+}
+
+/// Whether a bridge's message may be delivered: its user is a JID allowed to use the bridge,
+/// and its contact makes a JID. Returns both JIDs.
+fn check(gateway: &Gateway, message: &IncomingMessage) -> Result<(BareJid, Jid), CoreError> {
+    let (user, contact) = addresses(gateway, &message.user, &message.contact)?;
     let from = match &message.room {
         // A private message from an occupant comes from room/nick.
         Some(room) => {

@@ -2,9 +2,8 @@
 //! access, capabilities, registration, size, rate) or a typing notification for the bridge;
 //! to the bare gateway, a command by chat.
 
-use jabbridge_sdk::{Attachment, ChatState, ForeignId, RoomId, UserJid};
+use jabbridge_sdk::{Attachment, ForeignId, RoomId, UserJid};
 use xmpp_parsers::{
-    chatstates,
     jid::Jid,
     message::{Message, MessageType},
     message_correct::Replace,
@@ -259,19 +258,8 @@ async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, conta
     if !gateway.bridge.capabilities().chat_states {
         return;
     }
-    let Some(state) = message
-        .payloads
-        .iter()
-        .find_map(|payload| chatstates::ChatState::try_from(payload.clone()).ok())
-    else {
+    let Some(state) = stanza::chat_state_of(message.payloads.iter()) else {
         return;
-    };
-    let state = match state {
-        chatstates::ChatState::Active => ChatState::Active,
-        chatstates::ChatState::Composing => ChatState::Composing,
-        chatstates::ChatState::Gone => ChatState::Gone,
-        chatstates::ChatState::Inactive => ChatState::Inactive,
-        chatstates::ChatState::Paused => ChatState::Paused,
     };
     if matches!(gateway.is_member(user).await, Ok(true)) {
         let user = UserJid::new(user);

@@ -4,7 +4,7 @@
 //! Payloads that belong to one protocol (data forms, disco, ad-hoc steps) are rendered by
 //! that protocol's module and wrapped here or in [`crate::xmpp::service::reply`].
 
-use jabbridge_sdk::{Attachment, UserStatus};
+use jabbridge_sdk::{Attachment, ChatState, UserStatus};
 use xmpp_parsers::{
     date::DateTime,
     delay::Delay,
@@ -321,6 +321,49 @@ pub fn chat(from: Jid, to: Jid, text: String) -> Element {
     let mut message = Message::chat(Some(to)).with_body(Lang::default(), text);
     message.from = Some(from);
     message.into()
+}
+
+/// XEP-0334's namespace (processing hints).
+const NS_HINTS: &str = "urn:xmpp:hints";
+/// XEP-0085's namespace.
+const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+
+/// Each chat state and its element's name.
+const CHAT_STATES: [(ChatState, &str); 5] = [
+    (ChatState::Active, "active"),
+    (ChatState::Composing, "composing"),
+    (ChatState::Paused, "paused"),
+    (ChatState::Inactive, "inactive"),
+    (ChatState::Gone, "gone"),
+];
+
+/// A typing notification (XEP-0085) from `from` to `to`: a message of one chat state and no
+/// body, which servers neither archive nor keep for later (XEP-0334 `no-store`); of type
+/// `groupchat` from an occupant (`room/nick`), `chat` from a contact.
+pub fn chat_state(from: Jid, to: Jid, state: ChatState, groupchat: bool) -> Element {
+    let mut message = match groupchat {
+        true => Message::groupchat(Some(to)),
+        false => Message::chat(Some(to)),
+    };
+    message.from = Some(from);
+    if let Some((_, name)) = CHAT_STATES.iter().find(|(known, _)| *known == state) {
+        message
+            .payloads
+            .push(Element::builder(*name, NS_CHATSTATES).build());
+    }
+    message
+        .payloads
+        .push(Element::builder("no-store", NS_HINTS).build());
+    message.into()
+}
+
+/// The typing notification (XEP-0085) among a message's `payloads`, if it has one.
+pub fn chat_state_of<'a>(mut payloads: impl Iterator<Item = &'a Element>) -> Option<ChatState> {
+    let payload = payloads.find(|payload| payload.ns() == NS_CHATSTATES)?;
+    CHAT_STATES
+        .iter()
+        .find(|(_, name)| payload.name() == *name)
+        .map(|(state, _)| *state)
 }
 
 /// A XEP-0184 receipt from the contact `from` to the sender `to`, for their message `id`.

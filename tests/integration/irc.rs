@@ -1639,3 +1639,93 @@ async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms_and_disconne
         .await;
     jabbridge.terminate().await;
 }
+
+/// Typing both ways (XEP-0085 against IRCv3 `+typing` on `TAGMSG`, which InspIRCd carries
+/// to clients with `message-tags`): in a channel, a user's typing reaches IRC and the room's
+/// other user but not herself; an IRC user's reaches both, and its end; privately, both
+/// ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_goes_both_ways_in_a_channel_and_privately() {
+    const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    let Some(ircd) = Inspircd::start().await else {
+        return;
+    };
+    let mut bob = IrcUser::connect(ircd.port, "bob").await;
+    bob.send("CAP REQ :message-tags").await;
+    bob.expect(|line| line.contains("ACK")).await;
+    bob.send("JOIN #test").await;
+    bob.expect(|line| line.contains(" 366 ")).await;
+    let server = XmppServer::start(ServerKind::Prosody, &[DOMAIN], &["alice", "carol"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = irc_config(&server, dir.path(), ircd.port);
+    let mut jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let room = room();
+    let mut alice = server.client("alice").await;
+    let mut carol = server.client("carol").await;
+    for (client, name) in [(&mut alice, "alice"), (&mut carol, "carol")] {
+        let joined = client.join(&room, name, serde_json::json!({})).await;
+        assert_eq!(joined["event"], "joined", "{joined} {}", ircd.log());
+        bob.expect(|line| line.starts_with(&format!(":{name}!")) && line.contains(" JOIN "))
+            .await;
+    }
+    // InspIRCd writes the target as a trailing parameter, after the tags of its own.
+    let tagmsg = |line: &str, target: &str| {
+        let (tags, rest) = line.split_once(' ').unwrap_or_default();
+        tags.split(';')
+            .any(|tag| tag.trim_start_matches('@') == "+typing=active")
+            && rest.starts_with(":alice!")
+            && (rest.ends_with(&format!(" TAGMSG {target}"))
+                || rest.ends_with(&format!(" TAGMSG :{target}")))
+    };
+    let typing = |stanza: &Element, who: &str, state: &str| {
+        stanza.name() == "message"
+            && from(stanza, who)
+            && stanza.has_child(state, CHATSTATES)
+            && body(stanza).is_none()
+    };
+
+    // Alice types in the room: IRC and Carol see it.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}'><composing xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    bob.expect(|line| tagmsg(line, "#test")).await;
+    let alices = format!("{room}/alice");
+    carol
+        .expect(WAIT, |s| typing(s, &alices, "composing"))
+        .await;
+
+    // Bob types, then stops: both see each.
+    let bobs = format!("{room}/bob");
+    bob.send("@+typing=active TAGMSG #test").await;
+    for client in [&mut alice, &mut carol] {
+        client.expect(WAIT, |s| typing(s, &bobs, "composing")).await;
+    }
+    bob.send("@+typing=done TAGMSG #test").await;
+    for client in [&mut alice, &mut carol] {
+        client.expect(WAIT, |s| typing(s, &bobs, "active")).await;
+    }
+
+    // Privately, both ways.
+    bob.send("@+typing=active TAGMSG alice").await;
+    let contact = format!("bob%{NETWORK}@{DOMAIN}");
+    let private = alice
+        .expect(WAIT, |s| typing(s, &contact, "composing"))
+        .await;
+    assert_eq!(private.attr("type"), Some("chat"), "{private:?}");
+    alice
+        .send(&format!(
+            "<message type='chat' to='{contact}'><composing xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    bob.expect(|line| tagmsg(line, "bob")).await;
+    // Alice never saw her own typing come back.
+    alice
+        .expect_none(Duration::from_millis(300), |s| {
+            from(s, &alices) && s.has_child("composing", CHATSTATES)
+        })
+        .await;
+    jabbridge.terminate().await;
+}

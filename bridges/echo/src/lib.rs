@@ -6,6 +6,8 @@
 //! foreign network.
 //!
 //! Rooms: `#NAME@{domain}` is a room where the bot `echo` repeats what is said ([`rooms`]).
+//! Typing is mirrored too: a contact types back while the user types to it, and the bot
+//! types in a room while a user does.
 //!
 //! Its webhook, `POST /bridges/{domain}/say` with `Authorization: Bearer {say_token}` and
 //! `{"user": JID, "contact": NAME, "text": TEXT, "id": OPTIONAL}`, makes a contact speak
@@ -19,11 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use jabbridge_sdk::http::{Method, StatusCode};
 use jabbridge_sdk::secrecy::SecretString;
 use jabbridge_sdk::{
-    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, CoreError, Field, FieldKind,
-    ForeignId, Form, FormValues, HistoryRequest, HttpRequest, HttpResponse, IncomingMessage,
-    JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted, Prompt,
-    RegistrationData, RegistrationError, RoomActionError, RoomId, RoomListing, RoomMessage,
-    RoomPost, SendError, SendOutcome, Settings, UserJid, async_trait, auth, respond,
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, ChatState, Core, CoreError, Field,
+    FieldKind, ForeignId, Form, FormValues, HistoryRequest, HttpRequest, HttpResponse,
+    IncomingMessage, JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage,
+    Posted, Prompt, RegistrationData, RegistrationError, RoomActionError, RoomId, RoomListing,
+    RoomMessage, RoomPost, SendError, SendOutcome, Settings, UserJid, async_trait, auth, respond,
 };
 
 /// The bridge's own keys in its `[[bridge]]` section.
@@ -109,6 +111,7 @@ impl Bridge for Echo {
         capabilities.corrections = self.config.edits;
         capabilities.retractions = self.config.edits;
         capabilities.reactions = self.config.edits;
+        capabilities.chat_states = true;
         BridgeInfo {
             gateway_type: "echo".into(),
             name: "Echo gateway".into(),
@@ -235,6 +238,16 @@ impl Bridge for Echo {
         self.rooms
             .set_subject(&self.core, user, room, subject)
             .await
+    }
+
+    async fn send_chat_state(&self, user: &UserJid, contact: &ForeignId, state: ChatState) {
+        let _ = self.core.chat_state(user, contact, state).await;
+    }
+
+    async fn room_chat_state(&self, _user: &UserJid, room: &RoomId, state: ChatState) {
+        let nick = rooms::BOT.to_owned();
+        let typing = jabbridge_sdk::RoomEvent::Typing { nick, state };
+        let _ = self.core.room_event(room, typing).await;
     }
 
     async fn send_message(&self, message: OutgoingMessage) -> Result<SendOutcome, SendError> {

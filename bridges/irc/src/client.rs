@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
-    Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted, RoomEvent, RoomId,
-    RoomListing, RoomMessage, SendError, Subject, UserJid, UserStatus,
+    ChatState, Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted, RoomEvent,
+    RoomId, RoomListing, RoomMessage, SendError, Subject, UserJid, UserStatus,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -28,6 +28,7 @@ use crate::mailbox;
 use crate::reader::LineReader;
 use crate::state::{self, Channel, Member, Network, ServerTraits};
 use crate::text::{self, Said};
+use crate::typing::{self, Typing};
 use crate::wire::{self, Message};
 
 /// What the bridge asks of a user's connection.
@@ -123,6 +124,14 @@ pub enum Command {
     List {
         /// The answer, once the list ended (or the most were read).
         reply: oneshot::Sender<Vec<RoomListing>>,
+    },
+    /// Tell a channel or a nick that the user types, or stopped (`+typing`, where the
+    /// server carries client tags); dropped when it would wait behind other lines.
+    Typing {
+        /// The channel or nick.
+        target: String,
+        /// What the user does.
+        state: ChatState,
     },
     /// Ask a nick what software they use (CTCP `VERSION`).
     Version {
@@ -575,6 +584,8 @@ pub struct Client {
     held: Option<Box<Command>>,
     /// When the connection in use registered.
     connected_at: SystemTime,
+    /// Typing either way, while anyone types (rarely): boxed.
+    typing: Option<Box<Typing>>,
 }
 
 impl Client {
@@ -628,6 +639,7 @@ impl Client {
             away: None,
             held: None,
             connected_at: SystemTime::now(),
+            typing: None,
         };
         (client, handle)
     }
@@ -761,6 +773,7 @@ impl Client {
             }
             // Dropped: the asker is told the connection is down.
             Command::Version { .. } => {}
+            Command::Typing { .. } => {}
             Command::History { reply, .. } => {
                 let _ = reply.send(Err(why));
             }
@@ -858,6 +871,8 @@ impl Client {
         self.up.store(false, Ordering::Relaxed);
         self.setup.reach.meters.lost.increment(1);
         self.parting.clear();
+        // Who typed is news of a connection that is gone.
+        self.typing = None;
         for (_, pending) in self.pending_joins.drain() {
             let _ = pending.reply.send(Err(JoinError::Unavailable(format!(
                 "the connection to {} was lost: {reason}",
@@ -1260,10 +1275,12 @@ impl Client {
             Reading::Who { since, .. } => Some(*since + WHO_TIMEOUT),
             Reading::Names(_) => None,
         });
+        let typing = self.typing.as_deref().and_then(Typing::next);
         self.oldest_wait()
             .map(|since| since + ANSWER_TIMEOUT)
             .into_iter()
             .chain(who)
+            .chain(typing)
             .min()
     }
 
@@ -1292,6 +1309,9 @@ impl Client {
     /// answers with what came.
     async fn expire(&mut self) {
         let now = Instant::now();
+        if self.typing.is_some() {
+            self.typing_due(now).await;
+        }
         let late = |since: Instant| now.saturating_duration_since(since) >= ANSWER_TIMEOUT;
         // The server joined us but did not end its WHO in time: the join is done without it.
         let unended: Vec<String> = self
@@ -1671,6 +1691,7 @@ impl Client {
                 id,
                 reply,
             } => {
+                self.typing_ended(&channel);
                 let lines = match self.lines(&channel, &text) {
                     Ok(lines) => lines,
                     Err(error) => {
@@ -1726,6 +1747,7 @@ impl Client {
                 reply,
             } => {
                 self.active = Instant::now();
+                self.typing_ended(&target);
                 match self.lines(&target, &text) {
                     Ok(lines) if self.is_channel(&target) => {
                         self.say_lines(&target, &lines, Done::Said(reply));
@@ -1751,6 +1773,7 @@ impl Client {
                     }
                 }
             }
+            Command::Typing { target, state } => self.type_to(&target, state),
             Command::Send {
                 command,
                 params,
@@ -2207,6 +2230,7 @@ impl Client {
                 }
             }
             "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
+            "TAGMSG" => self.on_tagmsg(&message).await,
             // A read of older lines refused (standard replies: `FAIL CHATHISTORY code …`).
             "FAIL" if param(0) == Some("CHATHISTORY") => {
                 if self
@@ -2480,6 +2504,7 @@ impl Client {
         event: impl FnOnce(String) -> RoomEvent,
     ) {
         let folded = self.fold(channel);
+        self.typing_stopped(Some(&folded), nick);
         let own = self.fold(nick) == self.fold(&self.nick);
         if own {
             let room = self.room_of(&folded);
@@ -2592,6 +2617,7 @@ impl Client {
         let Some(nick) = message.nick() else {
             return;
         };
+        self.typing_stopped(None, nick);
         let reason = message
             .params
             .first()
@@ -2689,6 +2715,7 @@ impl Client {
         let (Some(old), Some(new)) = (message.nick(), message.params.first()) else {
             return;
         };
+        self.typing_stopped(None, old);
         if self.fold(old) == self.fold(&self.nick) {
             self.nick.clone_from(new);
             self.renamed_self(old, None).await;
@@ -3015,6 +3042,7 @@ impl Client {
         let id = message.tag("msgid").map(MessageId::new);
         if let Some(channel) = channel_target {
             let folded = self.fold(channel);
+            self.typing_stopped(Some(&folded), nick);
             let batch = message
                 .tag("batch")
                 .and_then(|batch| self.batches.get(batch));
@@ -3091,6 +3119,7 @@ impl Client {
             // The echo of a private message of ours.
             return;
         }
+        self.typing_stopped(Some(""), nick);
         if from_server {
             self.server_says(&text::from_irc(said), message).await;
             return;
@@ -3135,6 +3164,135 @@ impl Client {
         };
         if let Err(error) = self.core.deliver(incoming).await {
             tracing::warn!(%error, "the core did not take a private message from IRC");
+        }
+    }
+
+    /// The user types to `target`, or stopped: said with `+typing` where the server carries
+    /// client tags, to a channel only once joined.
+    fn type_to(&mut self, target: &str, state: ChatState) {
+        if !self.caps.contains("message-tags") {
+            return;
+        }
+        let folded = self.fold(target);
+        if self.is_channel(target) && !self.channels.contains_key(&folded) {
+            return;
+        }
+        let typing = self.typing.get_or_insert_default();
+        if let Some(value) = typing.ours(&folded, target, state, Instant::now()) {
+            self.say_typing(target, value);
+        }
+        self.shed_typing();
+    }
+
+    /// Writes a `+typing` tag to `target`, unless it would wait: typing never holds up a
+    /// message, nor spends flood control's tokens that a message is waiting for.
+    fn say_typing(&mut self, target: &str, value: &str) {
+        let flood = self.setup.reach.flood;
+        let tokens =
+            self.tokens + self.refilled.elapsed().as_secs_f64() * flood.per_second.max(0.0);
+        if self.queue.is_empty() && (flood.per_second <= 0.0 || tokens >= 1.0) {
+            self.enqueue_tagged(&[(typing::TAG, Some(value))], "TAGMSG", &[target], None);
+        }
+    }
+
+    /// The user said something to `target`: their typing there ended with it.
+    fn typing_ended(&mut self, target: &str) {
+        if self.typing.is_some() {
+            let folded = self.fold(target);
+            if let Some(typing) = self.typing.as_deref_mut() {
+                typing.said(&folded);
+            }
+            self.shed_typing();
+        }
+    }
+
+    /// A connection nobody types on keeps no room for typists.
+    fn shed_typing(&mut self) {
+        if self.typing.as_deref().is_some_and(Typing::is_empty) {
+            self.typing = None;
+        }
+    }
+
+    /// Typing due at `now`: the user's said again (or paused), others' run out reported
+    /// paused.
+    async fn typing_due(&mut self, now: Instant) {
+        let Some(typing) = self.typing.as_deref_mut() else {
+            return;
+        };
+        let ours = typing.due_ours(now);
+        let theirs = typing.run_out(now);
+        for (target, value) in ours {
+            self.say_typing(&target, value);
+        }
+        for (target, nick) in theirs {
+            self.report_typing(&target, &nick, ChatState::Paused).await;
+        }
+        self.shed_typing();
+    }
+
+    /// A `TAGMSG`: someone's typing (`+typing`) in a channel this connection reports, or to
+    /// the user, reported once per change. Other client tags are not carried.
+    async fn on_tagmsg(&mut self, message: &Message) {
+        let Some(state) = (message.tag(typing::TAG))
+            .or_else(|| message.tag(typing::DRAFT_TAG))
+            .and_then(typing::of_tag)
+        else {
+            return;
+        };
+        let (Some(target), Some(nick)) = (message.params.first(), message.nick()) else {
+            return;
+        };
+        let folded_nick = self.fold(nick);
+        // Our own, echoed; or replayed history.
+        if folded_nick == self.fold(&self.nick) || message.tag("batch").is_some() {
+            return;
+        }
+        let target = match self.is_channel(target) {
+            // The core shows its own users' typing in a room itself.
+            true if self.network.lock().is_own(nick) => return,
+            true => self.fold(target),
+            false => String::new(),
+        };
+        let typing = self.typing.get_or_insert_default();
+        let changed = typing.theirs(&target, nick, &folded_nick, state, Instant::now());
+        if let Some(state) = changed {
+            self.report_typing(&target, nick, state).await;
+        }
+        self.shed_typing();
+    }
+
+    /// Reports `nick`'s typing in `target` (a folded channel, or empty: to the user): a room
+    /// event where this connection reports the channel.
+    async fn report_typing(&self, target: &str, nick: &str, state: ChatState) {
+        if target.is_empty() {
+            let reach = &self.setup.reach;
+            let contact = ForeignId::new(reach.addressing.format(&reach.network, nick));
+            if let Err(error) = self.core.chat_state(&self.user, &contact, state).await {
+                tracing::debug!(%error, "the core did not take a typing notification");
+            }
+            return;
+        }
+        let room = {
+            let net = self.network.lock();
+            (net.channels.get(target))
+                .filter(|channel| net.reports(channel, &self.user))
+                .map(|channel| channel.room.clone())
+        };
+        if let Some(room) = room {
+            let nick = nick.to_owned();
+            self.report(&room, RoomEvent::Typing { nick, state }).await;
+        }
+    }
+
+    /// Someone spoke in or left `target` (a folded channel; `None`: they quit or changed
+    /// nick): their typing there ended without a word to report.
+    fn typing_stopped(&mut self, target: Option<&str>, nick: &str) {
+        if self.typing.is_some() {
+            let folded = self.fold(nick);
+            if let Some(typing) = self.typing.as_deref_mut() {
+                typing.forget(target, &folded);
+            }
+            self.shed_typing();
         }
     }
 

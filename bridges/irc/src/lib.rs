@@ -28,6 +28,7 @@ pub mod reader;
 pub mod settings;
 pub mod state;
 pub mod text;
+pub mod typing;
 pub mod wire;
 
 #[cfg(test)]
@@ -38,10 +39,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use jabbridge_sdk::{
-    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, Core, ForeignId, HistoryRequest,
-    JoinError, JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt, RoomActionError,
-    RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome, SessionEnd, Settings,
-    UserJid, async_trait,
+    AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, ChatState, Core, ForeignId,
+    HistoryRequest, JoinError, JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt,
+    RoomActionError, RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome,
+    SessionEnd, Settings, UserJid, async_trait,
 };
 use tokio::sync::oneshot;
 
@@ -466,6 +467,14 @@ impl IrcBridge {
         answer.await.ok()
     }
 
+    /// Tells `user`'s connection to `network`, if they have one, that they type to `target`:
+    /// never waiting, a full mailbox drops it.
+    fn type_to(&self, user: &UserJid, network: &str, target: String, state: ChatState) {
+        if let Some(handle) = self.existing(user, network) {
+            let _ = (handle.commands).try_send(Box::new(Command::Typing { target, state }));
+        }
+    }
+
     /// Sends a raw command for `user` on `network`, when they are connected there.
     async fn send_command(
         &self,
@@ -511,6 +520,7 @@ impl Bridge for IrcBridge {
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = Capabilities::default();
         capabilities.rooms = true;
+        capabilities.chat_states = true;
         capabilities
     }
 
@@ -803,6 +813,19 @@ impl Bridge for IrcBridge {
         };
         if let Some(handle) = self.existing(user, &network) {
             let _ = handle.commands.send(Box::new(Command::Away(away))).await;
+        }
+    }
+
+    async fn send_chat_state(&self, user: &UserJid, contact: &ForeignId, state: ChatState) {
+        // Only on a connection the user has: typing opens none.
+        if let Ok(Address::Nick { network, nick }) = self.addressing.parse(contact.as_str()) {
+            self.type_to(user, &network, nick, state);
+        }
+    }
+
+    async fn room_chat_state(&self, user: &UserJid, room: &RoomId, state: ChatState) {
+        if let Some((network, channel)) = self.channel_of(room) {
+            self.type_to(user, &network, channel, state);
         }
     }
 

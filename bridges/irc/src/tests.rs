@@ -1591,3 +1591,121 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
     let line = bytes_until(&mut reader, b"PRIVMSG #auto").await;
     assert_eq!(line, b"PRIVMSG #auto \xcd\xc9\xd2\r\n");
 }
+
+/// Typing both ways on `TAGMSG` (IRCv3 `+typing`, where the server carries client tags):
+/// the user's typing is said once per change, and their message ends it; someone's is
+/// reported once per change, in the room and privately, the draft's tag too; our own echo
+/// and the ends of typing nobody was told of are not reported.
+#[tokio::test]
+async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
+    use jabbridge_sdk::{ChatState, ForeignId};
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let (lines, written) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let ((mut reader, mut write), requested) = in_room(
+            &listener,
+            b":fake.test CAP * LS :message-tags server-time\r\n",
+            "",
+        )
+        .await;
+        assert_eq!(requested, "message-tags server-time");
+        let mut written = Vec::new();
+        for _ in 0..6 {
+            written.push(line_from(&mut reader).await);
+        }
+        let _ = lines.send(written);
+        write
+            .write_all(
+                b"@+typing=active :bob!b@h TAGMSG #room\r\n\
+                  @+typing=active :bob!b@h TAGMSG #room\r\n\
+                  @+typing=active :alice!a@h TAGMSG #room\r\n\
+                  @+typing=done :dave!d@h TAGMSG #room\r\n\
+                  @+typing=paused :bob!b@h TAGMSG #room\r\n\
+                  @+draft/typing=active :carol!c@h TAGMSG #room\r\n\
+                  @+typing=active :bob!b@h TAGMSG alice\r\n\
+                  @+typing=done :bob!b@h TAGMSG alice\r\n\
+                  :bob!b@h PRIVMSG #room :done typing\r\n",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let alice = UserJid::new("alice@localhost");
+    for state in [
+        ChatState::Composing,
+        ChatState::Composing,
+        ChatState::Active,
+    ] {
+        bridge.room_chat_state(&alice, &room, state).await;
+    }
+    // Typing, then the message: the typing after it is news again.
+    bridge
+        .room_chat_state(&alice, &room, ChatState::Composing)
+        .await;
+    let post = RoomPost {
+        id: MessageId::new("origin-1"),
+        user: alice.clone(),
+        room: room.clone(),
+        text: "hello".into(),
+        registration: None,
+        replaces: None,
+    };
+    tokio::time::timeout(WAIT, bridge.send_room_message(post))
+        .await
+        .expect("in time")
+        .expect("posted");
+    bridge
+        .room_chat_state(&alice, &room, ChatState::Composing)
+        .await;
+    let bob = ForeignId::new("bob%fake.test");
+    bridge
+        .send_chat_state(&alice, &bob, ChatState::Composing)
+        .await;
+    let written = tokio::time::timeout(WAIT, written)
+        .await
+        .expect("in time")
+        .expect("the server read six lines");
+    assert_eq!(
+        written,
+        [
+            "@+typing=active TAGMSG #room",
+            "@+typing=done TAGMSG #room",
+            "@+typing=active TAGMSG #room",
+            "PRIVMSG #room hello",
+            "@+typing=active TAGMSG #room",
+            "@+typing=active TAGMSG bob",
+        ]
+    );
+    until_said(&core, "done typing").await;
+    let typing: Vec<(String, ChatState)> = core
+        .room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Typing { nick, state } => Some((nick, state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        typing,
+        [
+            ("bob".to_owned(), ChatState::Composing),
+            ("bob".to_owned(), ChatState::Paused),
+            ("carol".to_owned(), ChatState::Composing),
+        ]
+    );
+    assert_eq!(
+        core.chat_states(),
+        [
+            (alice.clone(), bob.clone(), ChatState::Composing),
+            (alice, bob, ChatState::Active),
+        ]
+    );
+    server.abort();
+}

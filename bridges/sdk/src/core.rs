@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use crate::{
-    DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId,
-    UserJid, UserStatus,
+    ChatState, DeliveryReport, ForeignId, IncomingMessage, MessageId, RegistrationData, RoomEvent,
+    RoomId, UserJid, UserStatus,
 };
 
 /// Why the core did not accept an event.
@@ -37,6 +37,14 @@ pub trait CoreSink: Send + Sync + 'static {
 
     /// See [`Core::set_status`].
     async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError>;
+
+    /// See [`Core::chat_state`].
+    async fn chat_state(
+        &self,
+        user: UserJid,
+        contact: ForeignId,
+        state: ChatState,
+    ) -> Result<(), CoreError>;
 
     /// See [`Core::load`].
     async fn load(&self, key: &str) -> Result<Option<serde_json::Value>, CoreError>;
@@ -134,6 +142,21 @@ impl Core {
     /// down, credentials refused). The core shows it to the user as the gateway's presence.
     pub async fn set_status(&self, user: UserJid, status: UserStatus) -> Result<(), CoreError> {
         self.sink.set_status(user, status).await
+    }
+
+    /// Shows `user` that `contact` is typing, or stopped ([`ChatState`], XEP-0085), in their
+    /// one-to-one chat: sent at once, never stored, lost if the user is offline. Report
+    /// changes only; see [`RoomEvent::Typing`] for rooms. A user who may not use the bridge
+    /// is refused.
+    pub async fn chat_state(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        state: ChatState,
+    ) -> Result<(), CoreError> {
+        self.sink
+            .chat_state(user.clone(), contact.clone(), state)
+            .await
     }
 
     /// Reads a value the bridge saved under `key` with [`Core::save`]: the bridge's own

@@ -121,7 +121,9 @@ pub struct Capabilities {
     /// With `rooms`: users may react to room messages (XEP-0444): [`Bridge::react_in_room`],
     /// and the network's [`RoomEvent::Reacted`].
     pub reactions: bool,
-    /// The bridge can carry typing notifications (XEP-0085).
+    /// The bridge carries users' typing notifications (XEP-0085) to the network:
+    /// [`Bridge::send_chat_state`], and with `rooms` [`Bridge::room_chat_state`]. (Contacts'
+    /// and occupants' typing needs no flag: [`Core::chat_state`], [`RoomEvent::Typing`].)
     pub chat_states: bool,
     /// The bridge has group chats ([`crate::room`]): it implements
     /// [`Bridge::parse_room`], [`Bridge::join_room`], [`Bridge::send_room_message`] and
@@ -454,6 +456,11 @@ pub trait Bridge: Send + Sync + 'static {
     /// should act on changes only. The latest presence of any of the user's resources
     /// counts. No answer.
     async fn room_presence(&self, _user: &UserJid, _room: &RoomId, _away: Option<String>) {}
+
+    /// Passes on that a user in `room` is typing, or stopped. Called only when the bridge
+    /// declares [`Capabilities::chat_states`] and the user is in the room; never retried,
+    /// no answer. The default drops it.
+    async fn room_chat_state(&self, _user: &UserJid, _room: &RoomId, _state: ChatState) {}
 
     /// Posts a user's message to a room they are in. `Ok` means the network took it; see
     /// [`Posted`] for how it is reflected. An error goes back to the user as an error

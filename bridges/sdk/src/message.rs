@@ -63,8 +63,10 @@ pub enum DeliveryReport {
     Failed(String),
 }
 
-/// A typing notification (XEP-0085), passed only to bridges that declare
-/// [`crate::Capabilities::chat_states`]; dropped quietly for the others.
+/// A typing notification (XEP-0085), either way: a user's, passed only to bridges that
+/// declare [`crate::Capabilities::chat_states`] ([`crate::Bridge::send_chat_state`],
+/// [`crate::Bridge::room_chat_state`]) and dropped quietly for the others; a contact's or an
+/// occupant's, reported with [`crate::Core::chat_state`] or [`crate::RoomEvent::Typing`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatState {
     /// The user is typing.

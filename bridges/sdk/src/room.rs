@@ -20,7 +20,7 @@
 
 use std::time::SystemTime;
 
-use crate::{ForeignId, MessageId, RegistrationData, UserJid};
+use crate::{ChatState, ForeignId, MessageId, RegistrationData, UserJid};
 
 /// A room on the foreign network, as the bridge names it (an IRC channel, a group SMS
 /// thread). Appears as the localpart of the room's JID, e.g. `#rust@irc.example.org`.
@@ -309,6 +309,18 @@ pub enum RoomEvent {
         user: Option<UserJid>,
         /// What it says.
         text: String,
+    },
+    /// Someone on the network is typing, or stopped ([`ChatState`], XEP-0085). Shown to
+    /// everyone in the room but the member of that nick; never archived. A bridge reports
+    /// changes only (a network's repeated "still typing" is one [`ChatState::Composing`]),
+    /// and [`ChatState::Paused`] when it stopped hearing of it: clients show "typing" until
+    /// told otherwise or a message comes. Not for the core's own users: the core shows their
+    /// typing to the room itself.
+    Typing {
+        /// Their nick.
+        nick: String,
+        /// What they are doing.
+        state: ChatState,
     },
     /// Someone on the network invites `user` to this room (IRC `INVITE`), whether or not
     /// they are in it: the user gets a XEP-0045 invitation (and a XEP-0249 one) from the

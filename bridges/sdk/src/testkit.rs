@@ -16,9 +16,9 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::plumbing::CoreSink;
 use crate::{
-    Bridge, BridgeError, BuildFn, CommandError, CommandResult, Core, CoreError, DeliveryReport,
-    ForeignId, FormValues, IncomingMessage, MessageId, RegistrationData, RoomEvent, RoomId,
-    Settings, SettingsError, UserJid, UserStatus,
+    Bridge, BridgeError, BuildFn, ChatState, CommandError, CommandResult, Core, CoreError,
+    DeliveryReport, ForeignId, FormValues, IncomingMessage, MessageId, RegistrationData, RoomEvent,
+    RoomId, Settings, SettingsError, UserJid, UserStatus,
 };
 
 /// Runs `bridge`'s command `node` for `user` with `values`, as the core does once it has
@@ -67,6 +67,7 @@ struct Memory {
     /// Room messages' (room, foreign id), likewise.
     said: std::collections::BTreeSet<(RoomId, MessageId)>,
     room_events: Vec<(RoomId, RoomEvent)>,
+    chat_states: Vec<(UserJid, ForeignId, ChatState)>,
 }
 
 type State = Arc<std::sync::Mutex<Memory>>;
@@ -109,6 +110,18 @@ impl CoreSink for RecordingSink {
         if let Ok(mut statuses) = self.statuses.lock() {
             statuses.push((user, status));
         }
+        Ok(())
+    }
+
+    async fn chat_state(
+        &self,
+        user: UserJid,
+        contact: ForeignId,
+        state: ChatState,
+    ) -> Result<(), CoreError> {
+        memory(&self.state)?
+            .chat_states
+            .push((user, contact, state));
         Ok(())
     }
 
@@ -258,6 +271,14 @@ impl TestCore {
         self.state
             .lock()
             .map(|state| state.room_events.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every typing notification the bridge passed with [`Core::chat_state`], oldest first.
+    pub fn chat_states(&self) -> Vec<(UserJid, ForeignId, ChatState)> {
+        self.state
+            .lock()
+            .map(|state| state.chat_states.clone())
             .unwrap_or_default()
     }
 

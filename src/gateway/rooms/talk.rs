@@ -2,6 +2,7 @@
 //! moderation, self-pings, the archive-then-fan-out of room messages with their cursors,
 //! and the bridge's room events.
 
+use jabbridge_sdk::ChatState;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
@@ -12,7 +13,51 @@ use crate::gateway::message::Groupchat;
 use crate::lanes::{LINGER, Pushed};
 use crate::store::Write;
 use crate::store::rooms::ArchiveRow;
-use crate::xmpp::stanza::{StanzaHeader, StanzaKind};
+use crate::xmpp::stanza::{self, StanzaHeader, StanzaKind};
+
+/// A user typing in a room, or stopped: shown to the room's other members at once, as a
+/// MUC does, and passed to a bridge that carries typing. (Bridges do not report the typing
+/// of the core's own users: the core shows it.)
+async fn typed(gateway: &Gateway, user: &str, nick: &str, room: &RoomId, state: ChatState) {
+    let shown = {
+        let rooms = gateway.rooms.lock();
+        match (rooms.get(room), room_jid(gateway, room)) {
+            (Some(members), Some(room_jid)) => {
+                typing_to_others(&room_jid, &recipients(members), nick, state)
+            }
+            _ => Vec::new(),
+        }
+    };
+    for stanza in shown {
+        gateway.send(stanza).await;
+    }
+    if gateway.bridge.capabilities().chat_states {
+        let typist = UserJid::new(user);
+        let call = gateway.bridge.room_chat_state(&typist, room, state);
+        if let Err(failure) = gateway.call("a chat state", call).await {
+            tracing::debug!(%user, %failure, "a chat state was not passed on");
+        }
+    }
+}
+
+/// `nick`'s typing for every recipient but the member of that nick and those away from the
+/// room (staying in it without a resource: their bare JID).
+fn typing_to_others(
+    room_jid: &BareJid,
+    everyone: &[(String, String, String)],
+    nick: &str,
+    state: ChatState,
+) -> Vec<Element> {
+    let Some(from) = occupant_jid(room_jid, nick) else {
+        return Vec::new();
+    };
+    everyone
+        .iter()
+        .filter(|(member, member_nick, to)| member_nick != nick && to != member)
+        .filter_map(|(_, _, to)| to.parse().ok())
+        .map(|to| stanza::chat_state(from.clone(), to, state, true))
+        .collect()
+}
 
 /// A groupchat message from a user: a post, or a subject change.
 pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupchat<'_>) -> Answer {
@@ -95,7 +140,10 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
         return Ok(None);
     }
     let Some(text) = text else {
-        // Chat states and markers in rooms are not carried.
+        // A typing notification (markers are not carried).
+        if let Some(state) = stanza::chat_state_of(element.children()) {
+            typed(gateway, &user, &posted_as, &room, state).await;
+        }
         return Ok(None);
     };
     if text.len() > crate::delivery::MAX_TEXT {
@@ -1267,6 +1315,13 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
                         stanzas.push(Out::Stanza(muc::notice(from, to, &text, &id)));
                     }
                 }
+            }
+            RoomEvent::Typing {
+                nick,
+                state: typing,
+            } => {
+                let shown = typing_to_others(&room_jid, &everyone, &nick, typing);
+                stanzas.extend(shown.into_iter().map(Out::Stanza));
             }
             RoomEvent::Subject(subject) => {
                 let from = subject
