@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Echo bridge for Jabbridge, protocol v1: every contact repeats what you write, and in any
-room named #something a bot called "echo" repeats every post. Stdlib only. One JSON-RPC 2.0
+"""Echo bridge for Jabbridge, protocol v1: every contact repeats what you write (and types
+while you type), and in any room named #something a bot called "echo" repeats every post. Stdlib only. One JSON-RPC 2.0
 message per line on stdin/stdout; logs go to stderr. See docs/bridge-protocol.md."""
 import itertools, json, sys, time
 
@@ -17,6 +17,9 @@ def send(msg):
 
 def request(method, params):     # to the core; it answers once it has committed the event
     send({"jsonrpc": "2.0", "id": next(ids), "method": method, "params": params})
+
+def notify(method, params):      # ephemeral news (typing): no answer
+    send({"jsonrpc": "2.0", "method": method, "params": params})
 
 def log(*args):                  # stdout is for the protocol only
     print(*args, file=sys.stderr, flush=True)
@@ -38,7 +41,7 @@ def initialize(p):
             "bridge": {"name": "Python echo", "version": "1.0", "gateway_type": "echo",
                        "prompt": {"description": "Enter any name: that contact will echo "
                                   "what you write", "prompt": "Name"}},
-            "capabilities": {"rooms": True, "corrections": True},
+            "capabilities": {"rooms": True, "corrections": True, "chat_states": True},
             "addressing": {"room_pattern": "#.+"},
             "registration": {"title": "Register with the echo gateway",
                              "instructions": "Choose the prefix of your contacts' replies.",
@@ -139,7 +142,10 @@ HANDLERS = {"initialize": initialize, "register/submit": register, "message/send
             "contact/version": contact_version,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
-NOTIFICATIONS = {"room/presence": room_presence}
+NOTIFICATIONS = {"room/presence": room_presence,
+                 "chat/typing": lambda p: notify("chat/typing", p),   # the contact types back
+                 "room/typing": lambda p: notify("room/event", {"room": p["room"], "event": {
+                     "type": "typing", "nick": BOT["nick"], "state": p["state"]}})}
 
 def main():
     for line in sys.stdin:       # EOF on stdin: the core is gone

@@ -550,13 +550,21 @@ async fn receipts_corrections_and_chat_states(kind: ServerKind) {
         })
         .await;
 
-    // Typing notifications are dropped quietly.
+    // Typing reaches the network: the echo contact types back (a chat state alone, not to
+    // be stored), and is never answered with an error.
     alice
         .send(
             "<message type='chat' to='bob@echo.localhost' id='rc3'>\
              <composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
         )
         .await;
+    let typing = alice
+        .expect(WAIT, |stanza| child(stanza, "composing").is_some())
+        .await;
+    assert_eq!(typing.attr("from"), Some("bob@echo.localhost"));
+    assert_eq!(typing.attr("type"), Some("chat"));
+    assert_eq!(body(&typing), None);
+    assert!(typing.has_child("no-store", "urn:xmpp:hints"));
     alice
         .expect_none(Duration::from_secs(1), |stanza| {
             stanza.attr("id") == Some("rc3")

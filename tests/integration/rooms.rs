@@ -130,8 +130,8 @@ async fn talk_and_correct(alice: &mut crate::harness::Client, bob: &mut crate::h
 }
 
 /// What every echo bridge does with a room, in-process or external: joins with the bot,
-/// arrivals, a post reflected once and repeated by the bot, a correction of both, a private
-/// message to the bot, a taken nick refused.
+/// arrivals, a post reflected once and repeated by the bot, a correction of both, typing (the
+/// bot types along), a private message to the bot, a taken nick refused.
 async fn a_room_basics(kind: ServerKind, echo: Echo) {
     let server = XmppServer::start(kind, &["echo.localhost"], &["alice", "bob"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -164,6 +164,32 @@ async fn a_room_basics(kind: ServerKind, echo: Echo) {
         .await;
 
     talk_and_correct(&mut alice, &mut bob).await;
+
+    // Alice types: Bob sees it from her at once, and both see the bot type along; nobody
+    // gets it twice, and she never sees her own.
+    const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{ROOM}'><composing xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    let typing = |who: &'static str| {
+        move |s: &Element| {
+            s.name() == "message"
+                && is_from(s, &format!("{ROOM}/{who}"))
+                && s.has_child("composing", CHATSTATES)
+                && body(s).is_none()
+        }
+    };
+    bob.expect(WAIT, typing("alice")).await;
+    for client in [&mut alice, &mut bob] {
+        client.expect(WAIT, typing("echo")).await;
+    }
+    alice
+        .expect_none(Duration::from_millis(500), |s| {
+            typing("alice")(s) || typing("echo")(s)
+        })
+        .await;
 
     bob.send(&format!(
         "<message type='chat' to='{ROOM}/echo' id='q1'><body>just us</body></message>"

@@ -4,14 +4,15 @@
 use std::time::SystemTime;
 
 use jabbridge_sdk::{
-    Affiliation, Attachment, CommandError, CoreError, Field, FieldKind, ForeignId, Form, JoinError,
-    MessageId, Occupant, RegistrationError, Role, RoomActionError, RoomEvent, RoomMessage,
-    SendError, Subject, UserJid,
+    Affiliation, Attachment, ChatState, CommandError, CoreError, Field, FieldKind, ForeignId, Form,
+    JoinError, MessageId, Occupant, RegistrationError, Role, RoomActionError, RoomEvent,
+    RoomMessage, SendError, Subject, UserJid,
 };
 
 use crate::child::CallError;
 use crate::protocol::{
     AttachmentWire, FieldWire, FormWire, OccupantWire, RoomEventWire, RpcError, SubjectWire,
+    TypingState,
 };
 
 /// RFC 3339 with `Z` and milliseconds.
@@ -161,6 +162,32 @@ pub fn room_event(wire: RoomEventWire) -> RoomEvent {
             user: UserJid::new(user),
             by: ForeignId::new(by),
         },
+        RoomEventWire::Typing { nick, state } => RoomEvent::Typing {
+            nick,
+            state: chat_state(state),
+        },
+    }
+}
+
+/// A typing state as the SDK's.
+pub fn chat_state(state: TypingState) -> ChatState {
+    match state {
+        TypingState::Composing => ChatState::Composing,
+        TypingState::Paused => ChatState::Paused,
+        TypingState::Active => ChatState::Active,
+        TypingState::Inactive => ChatState::Inactive,
+        TypingState::Gone => ChatState::Gone,
+    }
+}
+
+/// The SDK's chat state on the wire.
+pub fn typing_state(state: ChatState) -> TypingState {
+    match state {
+        ChatState::Composing => TypingState::Composing,
+        ChatState::Paused => TypingState::Paused,
+        ChatState::Active => TypingState::Active,
+        ChatState::Inactive => TypingState::Inactive,
+        ChatState::Gone => TypingState::Gone,
     }
 }
 

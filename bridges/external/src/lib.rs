@@ -783,6 +783,15 @@ impl External {
                     .map_err(convert::core_error)?;
                 ok()
             }
+            to_core::CHAT_TYPING => {
+                let p: protocol::TypingParams = parse(params)?;
+                check_id(&p.contact, "contact")?;
+                let state = convert::chat_state(p.state);
+                core.chat_state(&UserJid::new(p.user), &ForeignId::new(p.contact), state)
+                    .await
+                    .map_err(convert::core_error)?;
+                ok()
+            }
             to_core::SESSION_STATE => {
                 let p: protocol::SessionStateParams = parse(params)?;
                 let text = p.text.unwrap_or_default();
@@ -1285,20 +1294,26 @@ impl Bridge for External {
         contact: &ForeignId,
         state: jabbridge_sdk::ChatState,
     ) {
-        use jabbridge_sdk::ChatState;
-        let state = match state {
-            ChatState::Composing => "composing",
-            ChatState::Paused => "paused",
-            ChatState::Active => "active",
-            ChatState::Inactive => "inactive",
-            ChatState::Gone => "gone",
-        };
         let params = protocol::TypingParams {
             user: user.to_string(),
             contact: contact.as_str().to_owned(),
-            state: state.into(),
+            state: convert::typing_state(state),
         };
         self.notify(to_bridge::CHAT_TYPING, &params);
+    }
+
+    async fn room_chat_state(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        state: jabbridge_sdk::ChatState,
+    ) {
+        let params = protocol::RoomTypingParams {
+            user: user.to_string(),
+            room: room.as_str().to_owned(),
+            state: convert::typing_state(state),
+        };
+        self.notify(to_bridge::ROOM_TYPING, &params);
     }
 
     fn describe(&self, _user: &UserJid) -> Option<String> {

@@ -40,7 +40,7 @@ pub mod to_bridge {
     pub const CONTACT_SUBSCRIBE: &str = "contact/subscribe";
     /// What software a contact (or a room's occupant) uses (-32601: the bridge cannot ask).
     pub const CONTACT_VERSION: &str = "contact/version";
-    /// N: a user's typing notification.
+    /// N: a user's typing to a contact (and, to the core, a contact's typing to a user).
     pub const CHAT_TYPING: &str = "chat/typing";
     /// A user's message to a contact (or privately to a room occupant).
     pub const MESSAGE_SEND: &str = "message/send";
@@ -50,6 +50,8 @@ pub mod to_bridge {
     pub const ROOM_LEAVE: &str = "room/leave";
     /// A joined user's presence in a room changed: away (with their text) or back (N).
     pub const ROOM_PRESENCE: &str = "room/presence";
+    /// N: a joined user's typing in a room.
+    pub const ROOM_TYPING: &str = "room/typing";
     /// A room's lines said before the core's oldest, for a MAM query (-32601: none).
     pub const ROOM_HISTORY: &str = "room/history";
     /// A user posts in a room.
@@ -94,6 +96,7 @@ pub mod to_bridge {
         ROOM_JOIN,
         ROOM_LEAVE,
         ROOM_PRESENCE,
+        ROOM_TYPING,
         ROOM_HISTORY,
         ROOM_SEND,
         ROOMS_LIST,
@@ -133,6 +136,8 @@ pub mod to_core {
     pub const REGISTRATION_GET: &str = "registration/get";
     /// N: a log line.
     pub const LOG: &str = "log";
+    /// N: a contact's typing to a user (the same method as the core's to the bridge).
+    pub const CHAT_TYPING: &str = super::to_bridge::CHAT_TYPING;
 
     /// Every method above (and `ping`, which goes both ways).
     pub const ALL: &[&str] = &[
@@ -147,6 +152,7 @@ pub mod to_core {
         IDENTITIES_LIST,
         REGISTRATION_GET,
         LOG,
+        CHAT_TYPING,
     ];
 }
 
@@ -739,15 +745,43 @@ pub struct VersionResult {
     pub software: String,
 }
 
-/// `chat/typing` params.
+/// A typing notification's state (XEP-0085).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypingState {
+    /// Typing.
+    Composing,
+    /// Stopped typing.
+    Paused,
+    /// Paying attention to the conversation.
+    Active,
+    /// Not paying attention.
+    Inactive,
+    /// Closed the conversation.
+    Gone,
+}
+
+/// `chat/typing` params, either way: the user's typing to the contact, or the contact's to
+/// the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypingParams {
     /// The user.
     pub user: String,
     /// The contact.
     pub contact: String,
-    /// `composing`, `paused`, `active`, `inactive` or `gone`.
-    pub state: String,
+    /// What they do.
+    pub state: TypingState,
+}
+
+/// `room/typing` params: a joined user's typing in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomTypingParams {
+    /// The user.
+    pub user: String,
+    /// The room.
+    pub room: String,
+    /// What they do.
+    pub state: TypingState,
 }
 
 /// `session/state` params.
@@ -1242,6 +1276,13 @@ pub enum RoomEventWire {
         user: String,
         /// Who invites them: their id on the network, as a contact.
         by: String,
+    },
+    /// Someone on the network types, or stopped (changes only; not the core's own users).
+    Typing {
+        /// Who.
+        nick: String,
+        /// What they do.
+        state: TypingState,
     },
 }
 
