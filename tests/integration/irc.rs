@@ -534,6 +534,28 @@ async fn a_channel_is_a_room_both_ways() {
         .await;
     assert_eq!(body(&said).as_deref(), Some("hello alice"));
     assert_eq!(said.attr("type"), Some("groupchat"));
+    // ngircd carries no client tags: a reaction to it is refused, saying why.
+    let said_id = said
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .and_then(|id| id.attr("id"))
+        .expect("a stanza id");
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='r1'>\
+             <reactions xmlns='urn:xmpp:reactions:0' id='{said_id}'><reaction>👍</reaction>\
+             </reactions></message>"
+        ))
+        .await;
+    let refused = alice.expect(WAIT, |s| s.attr("id") == Some("r1")).await;
+    assert_eq!(
+        harness::error_condition(&refused).as_deref(),
+        Some("feature-not-implemented"),
+        "{refused:?}"
+    );
+    assert!(
+        harness::error_text(&refused).contains("message-tags"),
+        "{refused:?}"
+    );
 
     // Alice talks: Bob gets each line, she gets her reflection once.
     alice
@@ -1640,12 +1662,14 @@ async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms_and_disconne
     jabbridge.terminate().await;
 }
 
-/// Typing both ways (XEP-0085 against IRCv3 `+typing` on `TAGMSG`, which InspIRCd carries
-/// to clients with `message-tags`): in a channel, a user's typing reaches IRC and the room's
-/// other user but not herself; an IRC user's reaches both, and its end; privately, both
-/// ways.
+/// Typing and reactions both ways, as client tags on `TAGMSG` (which InspIRCd carries to
+/// clients with `message-tags`). Typing (XEP-0085, `+typing`): in a channel, a user's
+/// reaches IRC and the room's other user but not herself; an IRC user's reaches both, and
+/// its end; privately, both ways. Reactions (XEP-0444, `+draft/react` naming the message's
+/// `msgid` in `+draft/reply`): a user's reach IRC and the other user; an IRC user's reach
+/// both, on the message they name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typing_goes_both_ways_in_a_channel_and_privately() {
+async fn typing_and_reactions_go_both_ways_as_client_tags() {
     const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     let Some(ircd) = Inspircd::start().await else {
         return;
@@ -1727,5 +1751,82 @@ async fn typing_goes_both_ways_in_a_channel_and_privately() {
             from(s, &alices) && s.has_child("composing", CHATSTATES)
         })
         .await;
+
+    // Alice reacts to what Bob says: IRC gets it naming his line's msgid, Carol sees it.
+    const REACTIONS: &str = "urn:xmpp:reactions:0";
+    let stanza_id = |stanza: &Element| {
+        (stanza.get_child("stanza-id", "urn:xmpp:sid:0"))
+            .and_then(|id| id.attr("id"))
+            .map(str::to_owned)
+            .expect("a stanza id")
+    };
+    let reactions = |stanza: &Element| {
+        (stanza.get_child("reactions", REACTIONS)).map(|reactions| {
+            let emojis: Vec<String> = reactions.children().map(Element::text).collect();
+            (reactions.attr("id").unwrap_or_default().to_owned(), emojis)
+        })
+    };
+    bob.send("PRIVMSG #test :react to this").await;
+    let said = alice
+        .expect(WAIT, |s| from(s, &bobs) && body(s).is_some())
+        .await;
+    let said_for_carol = carol
+        .expect(WAIT, |s| from(s, &bobs) && body(s).is_some())
+        .await;
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}'><reactions xmlns='{REACTIONS}' id='{}'>\
+             <reaction>👍</reaction></reactions></message>",
+            stanza_id(&said)
+        ))
+        .await;
+    let tagged = bob.expect(|line| line.contains(" TAGMSG ")).await;
+    assert!(
+        tagged.contains("+draft/react=👍") && tagged.contains("+draft/reply="),
+        "{tagged}"
+    );
+    let seen = carol
+        .expect(WAIT, |s| from(s, &alices) && reactions(s).is_some())
+        .await;
+    assert_eq!(
+        reactions(&seen),
+        Some((stanza_id(&said_for_carol), vec!["👍".to_owned()]))
+    );
+
+    // Bob reacts to what Alice says, naming its msgid: both see it on her message.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}'><body>react to me</body></message>"
+        ))
+        .await;
+    let line = bob
+        .expect(|line| line.contains("PRIVMSG #test :react to me"))
+        .await;
+    let msgid = (line.split_once(' ').map(|(tags, _)| tags))
+        .and_then(|tags| {
+            tags.trim_start_matches('@')
+                .split(';')
+                .find_map(|tag| tag.strip_prefix("msgid="))
+        })
+        .expect("InspIRCd's msgid")
+        .to_owned();
+    bob.send(&format!(
+        "@+draft/reply={msgid};+draft/react=🎉 TAGMSG #test"
+    ))
+    .await;
+    for client in [&mut alice, &mut carol] {
+        let hers = client
+            .expect(WAIT, |s| {
+                from(s, &alices) && body(s).as_deref() == Some("react to me")
+            })
+            .await;
+        let seen = client
+            .expect(WAIT, |s| from(s, &bobs) && reactions(s).is_some())
+            .await;
+        assert_eq!(
+            reactions(&seen),
+            Some((stanza_id(&hers), vec!["🎉".to_owned()]))
+        );
+    }
     jabbridge.terminate().await;
 }

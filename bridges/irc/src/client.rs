@@ -25,6 +25,7 @@ use crate::connection::{
     WriteHalf,
 };
 use crate::mailbox;
+use crate::reactions;
 use crate::reader::LineReader;
 use crate::state::{self, Channel, Member, Network, ServerTraits};
 use crate::text::{self, Said};
@@ -132,6 +133,19 @@ pub enum Command {
         target: String,
         /// What the user does.
         state: ChatState,
+    },
+    /// Set the user's reactions to a channel's message (`+draft/react` and `+draft/unreact`,
+    /// where the server carries client tags).
+    React {
+        /// The channel.
+        channel: String,
+        /// The message's `msgid`.
+        message: String,
+        /// The user's reactions to it now, in full (boxed: a `Vec` would make every command,
+        /// and so every connection's task, 8 bytes larger).
+        emojis: Box<[String]>,
+        /// The answer, once the last of its lines is written.
+        reply: oneshot::Sender<Result<(), String>>,
     },
     /// Ask a nick what software they use (CTCP `VERSION`).
     Version {
@@ -759,7 +773,7 @@ impl Client {
                     retry_after: Some(Duration::from_secs(5)),
                 }));
             }
-            Command::Send { reply, .. } => {
+            Command::Send { reply, .. } | Command::React { reply, .. } => {
                 let _ = reply.send(Err(why));
             }
             Command::Part { channel } => {
@@ -1774,6 +1788,12 @@ impl Client {
                 }
             }
             Command::Typing { target, state } => self.type_to(&target, state),
+            Command::React {
+                channel,
+                message,
+                emojis,
+                reply,
+            } => self.react(&channel, &message, &emojis, reply),
             Command::Send {
                 command,
                 params,
@@ -2453,6 +2473,7 @@ impl Client {
                     away: HashSet::new(),
                     synced: false,
                     hands: Vec::new(),
+                    reactions: None,
                 });
             let own = Member {
                 account: self.account.clone(),
@@ -3167,6 +3188,57 @@ impl Client {
         }
     }
 
+    /// Sets the user's reactions to `message` in `channel`: what the set adds and takes back,
+    /// said with `+draft/react` and `+draft/unreact` where the server carries client tags.
+    fn react(
+        &mut self,
+        channel: &str,
+        message: &str,
+        emojis: &[String],
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        if !self.caps.contains("message-tags") {
+            let network = &self.setup.reach.network;
+            let why = format!("{network} does not carry reactions (IRCv3 message-tags)");
+            let _ = reply.send(Err(why));
+            return;
+        }
+        let folded = self.fold(channel);
+        if !self.channels.contains_key(&folded) {
+            let _ = reply.send(Err(format!("you are not in {channel}")));
+            return;
+        }
+        if self.queue.len() >= MAX_QUEUED {
+            let _ = reply.send(Err("too many lines wait for the IRC server".into()));
+            return;
+        }
+        let lines = {
+            let mut net = self.network.lock();
+            let mine = net.fold(&self.nick);
+            match net.channels.get_mut(&folded) {
+                Some(known) => {
+                    (known.reactions.get_or_insert_default()).set(message, &mine, emojis)
+                }
+                None => Vec::new(),
+            }
+        };
+        let mut reply = Some(reply);
+        let count = lines.len();
+        for (at, (tag, emoji)) in lines.into_iter().enumerate() {
+            let tags = [
+                (reactions::REPLY, Some(message)),
+                (tag, Some(emoji.as_str())),
+            ];
+            let done = (at + 1 == count)
+                .then(|| reply.take().map(Done::Sent))
+                .flatten();
+            self.enqueue_tagged(&tags, "TAGMSG", &[channel], done);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
     /// The user types to `target`, or stopped: said with `+typing` where the server carries
     /// client tags, to a channel only once joined.
     fn type_to(&mut self, target: &str, state: ChatState) {
@@ -3233,6 +3305,11 @@ impl Client {
     /// A `TAGMSG`: someone's typing (`+typing`) in a channel this connection reports, or to
     /// the user, reported once per change. Other client tags are not carried.
     async fn on_tagmsg(&mut self, message: &Message) {
+        let reaction = (message.tag(reactions::REACT).map(|emoji| (emoji, true)))
+            .or_else(|| message.tag(reactions::UNREACT).map(|emoji| (emoji, false)));
+        if let (Some((emoji, added)), Some(to)) = (reaction, message.tag(reactions::REPLY)) {
+            self.on_reaction(message, to, emoji, added).await;
+        }
         let Some(state) = (message.tag(typing::TAG))
             .or_else(|| message.tag(typing::DRAFT_TAG))
             .and_then(typing::of_tag)
@@ -3259,6 +3336,46 @@ impl Client {
             self.report_typing(&target, nick, state).await;
         }
         self.shed_typing();
+    }
+
+    /// Someone's reaction to the message `to` in a channel this connection reports (not one of
+    /// our users': the core shows theirs), reported as their whole set of reactions to it.
+    async fn on_reaction(&mut self, message: &Message, to: &str, emoji: &str, added: bool) {
+        let (Some(target), Some(nick)) = (message.params.first(), message.nick()) else {
+            return;
+        };
+        if !self.is_channel(target) || message.tag("batch").is_some() {
+            return;
+        }
+        let folded = self.fold(target);
+        let reacted = {
+            let mut net = self.network.lock();
+            let folded_nick = net.fold(nick);
+            if net.is_own(nick) {
+                return;
+            }
+            let reports =
+                (net.channels.get(&folded)).is_some_and(|known| net.reports(known, &self.user));
+            let Some(known) = net.channels.get_mut(&folded).filter(|_| reports) else {
+                return;
+            };
+            let sender = match known.members.get(&folded_nick) {
+                Some(member) => member.occupant_id(),
+                None => ForeignId::new(format!("nick:{nick}")),
+            };
+            let reactions = known.reactions.get_or_insert_default();
+            let Some(emojis) = reactions.heard(to, &folded_nick, emoji, added) else {
+                return;
+            };
+            let reaction = jabbridge_sdk::Reaction {
+                to: MessageId::new(to),
+                nick: nick.to_owned(),
+                sender,
+                emojis,
+            };
+            (known.room.clone(), reaction)
+        };
+        self.report(&reacted.0, RoomEvent::Reacted(reacted.1)).await;
     }
 
     /// Reports `nick`'s typing in `target` (a folded channel, or empty: to the user): a room

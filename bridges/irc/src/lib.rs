@@ -13,6 +13,7 @@
 //! - [`state`]: what the connections of one server share (channels, members, who reports).
 //! - [`settings`]: each user's own settings per server (`irc-settings`), secrets sealed.
 //! - [`text`]: formatting codes, CTCP and `/me`.
+//! - [`typing`], [`reactions`]: typing and reactions as client tags on `TAGMSG`.
 //! - [`mailbox`]: a connection's commands, in order, bounded.
 //! - [`identd`]: the ident service (RFC 1413) for connections being registered.
 //! - [`meters`]: what `/metrics` counts per server.
@@ -24,6 +25,7 @@ pub mod connection;
 pub mod identd;
 pub mod mailbox;
 pub mod meters;
+pub mod reactions;
 pub mod reader;
 pub mod settings;
 pub mod state;
@@ -40,8 +42,8 @@ use std::time::Duration;
 
 use jabbridge_sdk::{
     AddressError, Bridge, BridgeError, BridgeInfo, Capabilities, ChatState, Core, ForeignId,
-    HistoryRequest, JoinError, JoinRequest, Joined, Moderation, OutgoingMessage, Posted, Prompt,
-    RoomActionError, RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome,
+    HistoryRequest, JoinError, JoinRequest, Joined, MessageId, Moderation, OutgoingMessage, Posted,
+    Prompt, RoomActionError, RoomId, RoomListing, RoomMessage, RoomPost, SendError, SendOutcome,
     SessionEnd, Settings, UserJid, async_trait,
 };
 use tokio::sync::oneshot;
@@ -521,6 +523,7 @@ impl Bridge for IrcBridge {
         let mut capabilities = Capabilities::default();
         capabilities.rooms = true;
         capabilities.chat_states = true;
+        capabilities.reactions = true;
         capabilities
     }
 
@@ -826,6 +829,33 @@ impl Bridge for IrcBridge {
     async fn room_chat_state(&self, user: &UserJid, room: &RoomId, state: ChatState) {
         if let Some((network, channel)) = self.channel_of(room) {
             self.type_to(user, &network, channel, state);
+        }
+    }
+
+    async fn react_in_room(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+        emojis: &[String],
+    ) -> Result<(), RoomActionError> {
+        let (network, channel) = self.room_channel(room)?;
+        let handle = self.existing(user, &network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let reacted = Self::ask(&handle, |reply| Command::React {
+            channel,
+            message: message.as_str().to_owned(),
+            emojis: emojis.into(),
+            reply,
+        })
+        .await;
+        match reacted {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(RoomActionError::NotSupported(reason)),
+            None => Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            ))),
         }
     }
 

@@ -146,6 +146,8 @@ pub struct Channel {
     /// (the first: from where it is) up to its own leave. Empty: nobody, and the next of
     /// our users whose join is read takes it.
     pub hands: Vec<Hand>,
+    /// Reactions to its recent messages, once there are any.
+    pub reactions: Option<Box<crate::reactions::Reactions>>,
 }
 
 /// One hand of a channel's reporters.
@@ -676,6 +678,7 @@ mod tests {
                 away: HashSet::new(),
                 synced: true,
                 hands: Vec::new(),
+                reactions: None,
             },
         );
         shared.joined("#c", "r", &users[0]);

@@ -1450,7 +1450,7 @@ fn a_connections_task_stays_small() {
     // network's setup (target, pacing, addressing) and the server's ISUPPORT copied into
     // every connection rather than shared. 2,296 before a user's encodings (the server's and
     // the channels'), commands on connecting and CTCP questions waiting; 2,312 with them, the
-    // rare `LIST` being read boxed.
+    // rare `LIST` being read boxed; 2,320 with typing's state (boxed, while anyone types).
     assert!(task <= 2_320, "{task} bytes");
 }
 
@@ -1707,5 +1707,86 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
             (alice, bob, ChatState::Active),
         ]
     );
+    server.abort();
+}
+
+/// Reactions on `TAGMSG` (`+draft/react`, `+draft/unreact`, `+draft/reply`): the user's new
+/// set goes out as what it adds and takes back; someone's reactions are reported as their
+/// whole set, once per change.
+#[tokio::test]
+async fn reactions_go_out_as_changes_and_come_in_as_whole_sets() {
+    use jabbridge_sdk::{ForeignId, Reaction};
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let (lines, written) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let ((mut reader, mut write), _) = in_room(
+            &listener,
+            b":fake.test CAP * LS :message-tags server-time\r\n",
+            "",
+        )
+        .await;
+        let mut read = Vec::new();
+        for _ in 0..3 {
+            read.push(line_from(&mut reader).await);
+        }
+        let _ = lines.send(read);
+        write
+            .write_all(
+                "@+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
+                 @+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
+                 @+draft/reply=m1;+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
+                 @+draft/reply=m1;+draft/unreact=👀 :bob!b@h TAGMSG #room\r\n\
+                 @+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
+                 :bob!b@h PRIVMSG #room :end\r\n"
+                    .as_bytes(),
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let alice = UserJid::new("alice@localhost");
+    let m1 = MessageId::new("m1");
+    for set in [&["👍", "🎉"][..], &["🎉"][..]] {
+        let set: Vec<String> = set.iter().map(|emoji| (*emoji).to_owned()).collect();
+        tokio::time::timeout(WAIT, bridge.react_in_room(&alice, &room, &m1, &set))
+            .await
+            .expect("in time")
+            .expect("taken");
+    }
+    let written = tokio::time::timeout(WAIT, written)
+        .await
+        .expect("in time")
+        .expect("the server read three lines");
+    assert_eq!(
+        written,
+        [
+            "@+draft/reply=m1;+draft/react=👍 TAGMSG #room",
+            "@+draft/reply=m1;+draft/react=🎉 TAGMSG #room",
+            "@+draft/reply=m1;+draft/unreact=👍 TAGMSG #room",
+        ]
+    );
+    until_said(&core, "end").await;
+    let reacted: Vec<Reaction> = core
+        .room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Reacted(reaction) => Some(reaction),
+            _ => None,
+        })
+        .collect();
+    let bobs = |emojis: &[&str]| Reaction {
+        to: m1.clone(),
+        nick: "bob".into(),
+        sender: ForeignId::new("nick:bob"),
+        emojis: emojis.iter().map(|emoji| (*emoji).to_owned()).collect(),
+    };
+    assert_eq!(reacted, [bobs(&["👀"]), bobs(&["👀", "🎉"]), bobs(&["🎉"])]);
     server.abort();
 }
