@@ -3302,8 +3302,9 @@ impl Client {
         self.shed_typing();
     }
 
-    /// A `TAGMSG`: someone's typing (`+typing`) in a channel this connection reports, or to
-    /// the user, reported once per change. Other client tags are not carried.
+    /// A `TAGMSG`: someone's reaction (`+draft/react`, `+draft/unreact`), or their typing
+    /// (`+typing`) in a channel this connection reports or to the user, each reported once
+    /// per change. Other client tags are not carried.
     async fn on_tagmsg(&mut self, message: &Message) {
         let reaction = (message.tag(reactions::REACT).map(|emoji| (emoji, true)))
             .or_else(|| message.tag(reactions::UNREACT).map(|emoji| (emoji, false)));
