@@ -7,6 +7,7 @@ import itertools, json, sys, time
 PREFIX = ""                      # settings.prefix, from initialize
 ROOMS = {}                       # room -> {nick: user}
 AWAY = {}                        # (room, user) -> their away text, while away
+PREFIXES = {}                    # user -> the reply prefix set with the `prefix` command
 BOT = {"nick": "echo", "role": "moderator", "affiliation": "owner"}
 STARTED = int(time.time())       # the rooms' history (room/history) ends here
 ids = itertools.count(1)
@@ -43,6 +44,9 @@ def initialize(p):
                                   "what you write", "prompt": "Name"}},
             "capabilities": {"rooms": True, "corrections": True, "chat_states": True},
             "addressing": {"room_pattern": "#.+"},
+            "commands": [{"node": "prefix", "name": "Set the reply prefix", "current": True,
+                          "form": {"title": "Reply prefix", "fields": [
+                              {"var": "prefix", "label": "Reply prefix"}]}}],
             "registration": {"title": "Register with the echo gateway",
                              "instructions": "Choose the prefix of your contacts' replies.",
                              "fields": [{"var": "prefix", "label": "Reply prefix"}]}}
@@ -53,8 +57,20 @@ def register(p):
         raise Refused(406, "not-acceptable", "modify", "the reply prefix may be at most 32 characters")
     return {"step": {"type": "done", "data": {"prefix": prefix}}}
 
+def command_current(p):          # the form shows the prefix in force
+    return {"values": {"prefix": PREFIXES.get(p["user"], PREFIX)}}
+
+def command_run(p):              # the only command: `prefix`
+    user, prefix = p["user"], p.get("values", {}).get("prefix", "")
+    if not isinstance(user, str) or not isinstance(prefix, str):
+        raise TypeError("user and prefix are strings")
+    if len(prefix) > 32:
+        raise Refused(406, "not-acceptable", "modify", "the reply prefix may be at most 32 characters")
+    PREFIXES[user] = prefix
+    return {"text": "Your contacts now reply after " + repr(prefix)}
+
 def message_send(p):             # the contact answers with the text, after the prefix
-    prefix = (p.get("registration") or {}).get("prefix") or PREFIX
+    prefix = PREFIXES.get(p["user"]) or (p.get("registration") or {}).get("prefix") or PREFIX
     reply = {"event_id": "echo-" + p["txn_id"], "user": p["user"], "contact": p["contact"],
              "text": prefix + p["text"], "attachments": p.get("attachments", [])}
     if p.get("room"):
@@ -140,6 +156,7 @@ HANDLERS = {"initialize": initialize, "register/submit": register, "message/send
             "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
             "room/history": room_history, "room/invite": room_invite,
             "contact/version": contact_version,
+            "command/current": command_current, "command/run": command_run,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
 NOTIFICATIONS = {"room/presence": room_presence,

@@ -1,7 +1,8 @@
 //! External bridges through a real Prosody: the Python reference bridge killed with a user
 //! in a room (the message sent meanwhile arrives, the room is joined again), and a bridge
-//! whose process never starts, next to an in-process one that keeps working; and the
-//! conformance kit, `jabbridge bridge-test`, against the reference bridge and worse.
+//! whose process never starts, next to an in-process one that keeps working; a command's
+//! form filled in by the bridge; and the conformance kit, `jabbridge bridge-test`, against
+//! the reference bridge and worse.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -460,4 +461,75 @@ ns["main"]()
         )
         .await;
     assert!(format!("{again:?}").contains("(asked 2)"), "{again:?}");
+}
+
+/// A command the bridge declared with `current`: its form shows what the bridge says is set
+/// (`command/current`), and run it changes what the contacts reply. The Python reference
+/// bridge's `prefix`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_form_shows_what_the_bridge_says_is_set() {
+    const COMMANDS: &str = "http://jabber.org/protocol/commands";
+    let server = XmppServer::start(ServerKind::Prosody, &["echo.localhost"], &["alice"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = crate::config_for_echo(
+        &server,
+        dir.path(),
+        &["echo.localhost"],
+        crate::Echo::External,
+    );
+    let jabbridge = Jabbridge::start(dir.path(), &config).await;
+    jabbridge.wait_ready(Duration::from_secs(20)).await;
+    let mut alice = crate::registered(&server, "alice", &["echo.localhost"]).await;
+    let mut shown = Vec::new();
+    for (round, prefix) in [(1, "bot: "), (2, "again: ")] {
+        let form = alice
+            .iq(
+                &format!("p{round}"),
+                &format!(
+                    "<iq type='set' to='echo.localhost' id='p{round}'><command \
+                     xmlns='{COMMANDS}' node='prefix' action='execute'/></iq>"
+                ),
+            )
+            .await;
+        let command = form.get_child("command", COMMANDS).expect("a command");
+        let value = command
+            .get_child("x", "jabber:x:data")
+            .and_then(|x| {
+                x.children()
+                    .find(|field| field.attr("var") == Some("prefix"))
+            })
+            .and_then(|field| field.get_child("value", "jabber:x:data"))
+            .map(|value| value.text());
+        shown.push(value);
+        let session = command.attr("sessionid").unwrap_or_default();
+        let done = alice
+            .iq(
+                &format!("q{round}"),
+                &format!(
+                    "<iq type='set' to='echo.localhost' id='q{round}'><command \
+                     xmlns='{COMMANDS}' node='prefix' sessionid='{session}' \
+                     action='complete'><x xmlns='jabber:x:data' type='submit'>\
+                     <field var='prefix'><value>{prefix}</value></field></x></command></iq>"
+                ),
+            )
+            .await;
+        assert_eq!(done.attr("type"), Some("result"), "{done:?}");
+    }
+    // The configured prefix first, then the one set.
+    assert_eq!(
+        shown,
+        [
+            Some("echo.localhost says: ".to_owned()),
+            Some("bot: ".to_owned())
+        ]
+    );
+    alice
+        .send("<message type='chat' to='bob@echo.localhost' id='m1'><body>hi</body></message>")
+        .await;
+    let reply = alice
+        .expect(WAIT, |stanza| {
+            body(stanza).is_some_and(|text| text.ends_with("hi"))
+        })
+        .await;
+    assert_eq!(body(&reply).as_deref(), Some("again: hi"));
 }

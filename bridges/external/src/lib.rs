@@ -985,6 +985,23 @@ impl External {
             .map_err(convert::command_error)
     }
 
+    /// What a command's form shows filled in, as the process says (nothing when it cannot).
+    async fn current_values(&self, node: String, user: UserJid, known: FormValues) -> FormValues {
+        let params = protocol::CommandParams {
+            node,
+            user: user.to_string(),
+            values: known.0,
+        };
+        let current = self.call::<_, protocol::CurrentResult>(to_bridge::COMMAND_CURRENT, &params);
+        match current.await {
+            Ok(current) => FormValues(current.values),
+            Err(error) => {
+                tracing::debug!(%error, "the bridge did not say what a command's form holds");
+                FormValues::default()
+            }
+        }
+    }
+
     fn registration_json(registration: Option<&RegistrationData>) -> Option<Value> {
         registration.map(|data| data.as_json().clone())
     }
@@ -1344,6 +1361,19 @@ impl Bridge for External {
                 }
                 if let Some(form) = &declared.form {
                     command = command.with_form(convert::form(form));
+                }
+                if declared.current {
+                    let node = declared.node.clone();
+                    let myself = self.myself.clone();
+                    command = command.with_current(move |user, known| {
+                        let (node, myself) = (node.clone(), myself.clone());
+                        async move {
+                            match myself.upgrade() {
+                                Some(bridge) => bridge.current_values(node, user, known).await,
+                                None => FormValues::default(),
+                            }
+                        }
+                    });
                 }
                 command
             })

@@ -72,6 +72,8 @@ pub mod to_bridge {
     pub const ROOM_REACT: &str = "room/react";
     /// Run one of the commands the bridge declared.
     pub const COMMAND_RUN: &str = "command/run";
+    /// What a declared command's form shows filled in (commands declared with `current`).
+    pub const COMMAND_CURRENT: &str = "command/current";
     /// An HTTP request to `/bridges/{domain}/…`, forwarded.
     pub const HTTP_REQUEST: &str = "http/request";
     /// Check the bridge's own setup (`jabbridge doctor`).
@@ -107,6 +109,7 @@ pub mod to_bridge {
         ROOM_RETRACT,
         ROOM_REACT,
         COMMAND_RUN,
+        COMMAND_CURRENT,
         HTTP_REQUEST,
         SETUP_CHECK,
     ];
@@ -613,6 +616,9 @@ pub struct CommandWire {
     /// Its form, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<FormWire>,
+    /// Whether the core asks `command/current` what the form shows filled in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub current: bool,
 }
 
 /// `shutdown` params.
@@ -1296,6 +1302,14 @@ pub struct CommandParams {
     /// Who runs it.
     pub user: String,
     /// Its form's values.
+    #[serde(default)]
+    pub values: BTreeMap<String, String>,
+}
+
+/// `command/current` result: the form's values as they stand, by field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentResult {
+    /// The values.
     #[serde(default)]
     pub values: BTreeMap<String, String>,
 }

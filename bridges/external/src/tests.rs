@@ -535,6 +535,8 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         ("room/event", "params") => check::<RoomEventParams>(method, part, value),
         ("command/run", "params") => check::<CommandParams>(method, part, value),
         ("command/run", "result") => check::<CommandResultWire>(method, part, value),
+        ("command/current", "params") => check::<CommandParams>(method, part, value),
+        ("command/current", "result") => check::<CurrentResult>(method, part, value),
         ("http/request", "params") => check::<HttpRequestParams>(method, part, value),
         ("http/request", "result") => check::<HttpResponseWire>(method, part, value),
         ("setup/check", "result") => check::<SetupResult>(method, part, value),
