@@ -20,6 +20,7 @@ on Profanity's screen or on a raw IRC client's side:
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -191,7 +192,13 @@ tls = "off"
         self.until_shown("irc-settings")
         self.type("/cmd exec irc-settings irc.test@irc.localhost")
         self.until_shown("[field1] Nick")
-        for field in ("/field1 carol", "/field4 plain", "/field5 carolreg", "/field6 carolpw"):
+        # Fields by their labels: Profanity numbers them in the form's order.
+        numbers = {label: number for number, label in
+                   re.findall(r"\[field(\d+)\] ([^:\n]+):", self.screen())}
+        for label, value in (("Nick", "carol"), ("Log in with SASL", "plain"),
+                             ("Account", "carolreg"), ("Account password", "carolpw")):
+            assert label in numbers, "no field %r in the form:\n%s" % (label, self.screen())
+            field = "/field%s %s" % (numbers[label], value)
             before = self.screen().count("Field updated")
             self.type(field)
             deadline = time.monotonic() + 10
