@@ -494,9 +494,19 @@ impl IrcBridge {
             reply,
         })
         .await;
-        match sent {
+        Self::acted(sent, network, RoomActionError::Forbidden)
+    }
+
+    /// A connection's answer to an action on `network`: its refusal as `refused` says, or
+    /// the connection closed before answering.
+    fn acted(
+        answer: Option<Result<(), String>>,
+        network: &str,
+        refused: fn(String) -> RoomActionError,
+    ) -> Result<(), RoomActionError> {
+        match answer {
             Some(Ok(())) => Ok(()),
-            Some(Err(reason)) => Err(RoomActionError::Forbidden(reason)),
+            Some(Err(reason)) => Err(refused(reason)),
             None => Err(RoomActionError::Unavailable(format!(
                 "the connection to {network} closed"
             ))),
@@ -850,13 +860,7 @@ impl Bridge for IrcBridge {
             reply,
         })
         .await;
-        match reacted {
-            Some(Ok(())) => Ok(()),
-            Some(Err(reason)) => Err(RoomActionError::NotSupported(reason)),
-            None => Err(RoomActionError::Unavailable(format!(
-                "the connection to {network} closed"
-            ))),
-        }
+        Self::acted(reacted, &network, RoomActionError::NotSupported)
     }
 
     async fn leave_room(&self, user: &UserJid, room: &RoomId) {

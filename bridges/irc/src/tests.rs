@@ -1592,6 +1592,32 @@ async fn a_users_server_password_commands_and_encoding_apply_to_their_connection
     assert_eq!(line, b"PRIVMSG #auto \xcd\xc9\xd2\r\n");
 }
 
+/// A scripted server, `alice` in `#room` on it with `message-tags`: it reads the bridge's
+/// next `count` lines (handed over), then says `script`.
+fn reads_then_says(
+    listener: TcpListener,
+    count: usize,
+    script: &'static str,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::oneshot::Receiver<Vec<String>>,
+) {
+    let (lines, written) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let offered = b":fake.test CAP * LS :message-tags server-time\r\n";
+        let ((mut reader, mut write), requested) = in_room(&listener, offered, "").await;
+        assert_eq!(requested, "message-tags server-time");
+        let mut read = Vec::new();
+        for _ in 0..count {
+            read.push(line_from(&mut reader).await);
+        }
+        let _ = lines.send(read);
+        write.write_all(script.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    (server, written)
+}
+
 /// Typing both ways on `TAGMSG` (IRCv3 `+typing`, where the server carries client tags):
 /// the user's typing is said once per change, and their message ends it; someone's is
 /// reported once per change, in the room and privately, the draft's tag too; our own echo
@@ -1602,36 +1628,19 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
     let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
-    let (lines, written) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(async move {
-        let ((mut reader, mut write), requested) = in_room(
-            &listener,
-            b":fake.test CAP * LS :message-tags server-time\r\n",
-            "",
-        )
-        .await;
-        assert_eq!(requested, "message-tags server-time");
-        let mut written = Vec::new();
-        for _ in 0..6 {
-            written.push(line_from(&mut reader).await);
-        }
-        let _ = lines.send(written);
-        write
-            .write_all(
-                b"@+typing=active :bob!b@h TAGMSG #room\r\n\
-                  @+typing=active :bob!b@h TAGMSG #room\r\n\
-                  @+typing=active :alice!a@h TAGMSG #room\r\n\
-                  @+typing=done :dave!d@h TAGMSG #room\r\n\
-                  @+typing=paused :bob!b@h TAGMSG #room\r\n\
-                  @+draft/typing=active :carol!c@h TAGMSG #room\r\n\
-                  @+typing=active :bob!b@h TAGMSG alice\r\n\
-                  @+typing=done :bob!b@h TAGMSG alice\r\n\
-                  :bob!b@h PRIVMSG #room :done typing\r\n",
-            )
-            .await
-            .expect("write");
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    });
+    let (server, written) = reads_then_says(
+        listener,
+        6,
+        "@+typing=active :bob!b@h TAGMSG #room\r\n\
+         @+typing=active :bob!b@h TAGMSG #room\r\n\
+         @+typing=active :alice!a@h TAGMSG #room\r\n\
+         @+typing=done :dave!d@h TAGMSG #room\r\n\
+         @+typing=paused :bob!b@h TAGMSG #room\r\n\
+         @+draft/typing=active :carol!c@h TAGMSG #room\r\n\
+         @+typing=active :bob!b@h TAGMSG alice\r\n\
+         @+typing=done :bob!b@h TAGMSG alice\r\n\
+         :bob!b@h PRIVMSG #room :done typing\r\n",
+    );
     let room = bridge.parse_room("#room%fake.test").expect("a room");
     tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
         .await
@@ -1719,33 +1728,16 @@ async fn reactions_go_out_as_changes_and_come_in_as_whole_sets() {
     let (listener, port) = listening().await;
     let core = TestCore::new("irc.localhost");
     let bridge = bridge(&core, port);
-    let (lines, written) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(async move {
-        let ((mut reader, mut write), _) = in_room(
-            &listener,
-            b":fake.test CAP * LS :message-tags server-time\r\n",
-            "",
-        )
-        .await;
-        let mut read = Vec::new();
-        for _ in 0..3 {
-            read.push(line_from(&mut reader).await);
-        }
-        let _ = lines.send(read);
-        write
-            .write_all(
-                "@+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
-                 @+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
-                 @+draft/reply=m1;+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
-                 @+draft/reply=m1;+draft/unreact=👀 :bob!b@h TAGMSG #room\r\n\
-                 @+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
-                 :bob!b@h PRIVMSG #room :end\r\n"
-                    .as_bytes(),
-            )
-            .await
-            .expect("write");
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    });
+    let (server, written) = reads_then_says(
+        listener,
+        3,
+        "@+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
+         @+draft/reply=m1;+draft/react=👀 :bob!b@h TAGMSG #room\r\n\
+         @+draft/reply=m1;+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
+         @+draft/reply=m1;+draft/unreact=👀 :bob!b@h TAGMSG #room\r\n\
+         @+draft/react=🎉 :bob!b@h TAGMSG #room\r\n\
+         :bob!b@h PRIVMSG #room :end\r\n",
+    );
     let room = bridge.parse_room("#room%fake.test").expect("a room");
     tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
         .await
