@@ -573,6 +573,23 @@ async fn a_channel_is_a_room_both_ways() {
     let reflection = alice.expect(WAIT, mine).await;
     assert_eq!(body(&reflection).as_deref(), Some("hi bob\nsecond line"));
     alice.expect_none(Duration::from_millis(500), mine).await;
+    // ngircd cannot take a retraction back (no message-redaction): refused, saying why.
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}' id='x1'>\
+             <retract xmlns='urn:xmpp:message-retract:1' id='origin-a1'/></message>"
+        ))
+        .await;
+    let refused = alice.expect(WAIT, |s| s.attr("id") == Some("x1")).await;
+    assert_eq!(
+        harness::error_condition(&refused).as_deref(),
+        Some("feature-not-implemented"),
+        "{refused:?}"
+    );
+    assert!(
+        harness::error_text(&refused).contains("message-redaction"),
+        "{refused:?}"
+    );
 
     // An injection attempt stays text: a line break makes a second PRIVMSG, never a command.
     alice

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
-    ChatState, Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted, RoomEvent,
-    RoomId, RoomListing, RoomMessage, SendError, Subject, UserJid, UserStatus,
+    ChatState, Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted,
+    RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, SendError, Subject, UserJid,
+    UserStatus,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -146,6 +147,16 @@ pub enum Command {
         emojis: Box<[String]>,
         /// The answer, once the last of its lines is written.
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Retract one of the user's messages in a channel (`REDACT`, where the server offers
+    /// `draft/message-redaction`).
+    Redact {
+        /// The channel.
+        channel: String,
+        /// The message's `msgid`.
+        message: String,
+        /// The answer, once the server took it (or refused it).
+        reply: oneshot::Sender<Result<(), RoomActionError>>,
     },
     /// Ask a nick what software they use (CTCP `VERSION`).
     Version {
@@ -427,22 +438,40 @@ struct PendingEcho {
 struct PendingSay {
     /// The `PING`'s token.
     token: String,
-    /// The nick, folded.
+    /// The nick (or, for a `REDACT`, the channel), folded.
     target: String,
-    reply: oneshot::Sender<Result<(), SendError>>,
+    reply: Waiting,
     since: Instant,
     /// The server's refusal, once one came: the answer at the PONG.
     refused: Option<String>,
 }
 
+/// Who waits for a confirmation: a private message's sender, or a retraction's.
+enum Waiting {
+    Said(oneshot::Sender<Result<(), SendError>>),
+    Redacted(oneshot::Sender<Result<(), RoomActionError>>),
+}
+
 impl PendingSay {
     /// Tells its sender: the server's refusal if one came, else `otherwise`.
     fn answer(self, otherwise: Result<(), SendError>) {
-        let answer = match self.refused {
-            Some(reason) => Err(SendError::Permanent { reason }),
-            None => otherwise,
-        };
-        let _ = self.reply.send(answer);
+        match self.reply {
+            Waiting::Said(reply) => {
+                let answer = match self.refused {
+                    Some(reason) => Err(SendError::Permanent { reason }),
+                    None => otherwise,
+                };
+                let _ = reply.send(answer);
+            }
+            Waiting::Redacted(reply) => {
+                let answer = match (self.refused, otherwise) {
+                    (Some(reason), _) => Err(RoomActionError::Forbidden(reason)),
+                    (None, Ok(())) => Ok(()),
+                    (None, Err(error)) => Err(RoomActionError::Unavailable(error.to_string())),
+                };
+                let _ = reply.send(answer);
+            }
+        }
     }
 }
 
@@ -775,6 +804,9 @@ impl Client {
             }
             Command::Send { reply, .. } | Command::React { reply, .. } => {
                 let _ = reply.send(Err(why));
+            }
+            Command::Redact { reply, .. } => {
+                let _ = reply.send(Err(RoomActionError::Unavailable(why)));
             }
             Command::Part { channel } => {
                 let folded = self.fold(&channel);
@@ -1777,7 +1809,7 @@ impl Client {
                         self.confirming.push_back(PendingSay {
                             token,
                             target: self.fold(&target),
-                            reply,
+                            reply: Waiting::Said(reply),
                             since,
                             refused: None,
                         });
@@ -1794,6 +1826,11 @@ impl Client {
                 emojis,
                 reply,
             } => self.react(&channel, &message, &emojis, reply),
+            Command::Redact {
+                channel,
+                message,
+                reply,
+            } => self.redact(&channel, &message, reply),
             Command::Send {
                 command,
                 params,
@@ -2250,6 +2287,18 @@ impl Client {
                 }
             }
             "PRIVMSG" | "NOTICE" => self.on_said(&message).await,
+            "REDACT" => self.on_redact(&message).await,
+            // A retraction of ours the server refused: answered at its PONG.
+            "FAIL" if param(0) == Some("REDACT") => {
+                let folded = param(2).map(|target| self.fold(target)).unwrap_or_default();
+                let text = text::from_irc(message.params.last().map_or("", String::as_str));
+                let network = self.setup.reach.network.clone();
+                if let Some(pending) = (self.confirming.iter_mut())
+                    .find(|pending| pending.target == folded && pending.refused.is_none())
+                {
+                    pending.refused = Some(format!("{network} refused it: {text}"));
+                }
+            }
             "TAGMSG" => self.on_tagmsg(&message).await,
             // A read of older lines refused (standard replies: `FAIL CHATHISTORY code …`).
             "FAIL" if param(0) == Some("CHATHISTORY") => {
@@ -3239,6 +3288,41 @@ impl Client {
         }
     }
 
+    /// Retracts the user's message `message` in `channel` with `REDACT`, where the server
+    /// offers `draft/message-redaction`; answered once the server took it (the `PONG` of a
+    /// `PING` after it) or refused it (`FAIL REDACT`).
+    fn redact(
+        &mut self,
+        channel: &str,
+        message: &str,
+        reply: oneshot::Sender<Result<(), RoomActionError>>,
+    ) {
+        if !self.caps.contains("draft/message-redaction") {
+            let network = &self.setup.reach.network;
+            let why = format!("{network} does not carry retractions (IRCv3 message-redaction)");
+            let _ = reply.send(Err(RoomActionError::NotSupported(why)));
+            return;
+        }
+        let folded = self.fold(channel);
+        if !self.channels.contains_key(&folded) || self.queue.len() >= MAX_QUEUED {
+            let why = format!("you are not in {channel}, or too much waits for the server");
+            let _ = reply.send(Err(RoomActionError::Unavailable(why)));
+            return;
+        }
+        self.enqueue("REDACT", &[channel, message], None);
+        self.serial += 1;
+        let token = format!("jabbridge-redact-{}", self.serial);
+        self.enqueue("PING", &[&token], None);
+        let since = self.due();
+        self.confirming.push_back(PendingSay {
+            token,
+            target: folded,
+            reply: Waiting::Redacted(reply),
+            since,
+            refused: None,
+        });
+    }
+
     /// The user types to `target`, or stopped: said with `+typing` where the server carries
     /// client tags, to a channel only once joined.
     fn type_to(&mut self, target: &str, state: ChatState) {
@@ -3337,6 +3421,36 @@ impl Client {
             self.report_typing(&target, nick, state).await;
         }
         self.shed_typing();
+    }
+
+    /// A `REDACT` in a channel this connection reports, by someone not of ours (the core shows
+    /// our users' own retractions): the message is retracted in the room.
+    async fn on_redact(&mut self, message: &Message) {
+        let (Some(channel), Some(target), Some(nick)) = (
+            message.params.first(),
+            message.params.get(1),
+            message.nick(),
+        ) else {
+            return;
+        };
+        if !self.is_channel(channel) || message.tag("batch").is_some() {
+            return;
+        }
+        let folded = self.fold(channel);
+        let room = {
+            let net = self.network.lock();
+            if net.is_own(nick) {
+                return;
+            }
+            (net.channels.get(&folded))
+                .filter(|known| net.reports(known, &self.user))
+                .map(|known| known.room.clone())
+        };
+        if let Some(room) = room {
+            let foreign_id = MessageId::new(target.as_str());
+            self.report(&room, RoomEvent::Retracted { foreign_id })
+                .await;
+        }
     }
 
     /// Someone's reaction to the message `to` in a channel this connection reports (not one of

@@ -26,6 +26,7 @@ pub const WANTED_CAPS: &[&str] = &[
     "cap-notify",
     "chghost",
     "draft/chathistory",
+    "draft/message-redaction",
     "echo-message",
     "extended-join",
     "labeled-response",

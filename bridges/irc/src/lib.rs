@@ -534,6 +534,7 @@ impl Bridge for IrcBridge {
         capabilities.rooms = true;
         capabilities.chat_states = true;
         capabilities.reactions = true;
+        capabilities.retractions = true;
         capabilities
     }
 
@@ -840,6 +841,29 @@ impl Bridge for IrcBridge {
         if let Some((network, channel)) = self.channel_of(room) {
             self.type_to(user, &network, channel, state);
         }
+    }
+
+    async fn retract_room_message(
+        &self,
+        user: &UserJid,
+        room: &RoomId,
+        message: &MessageId,
+    ) -> Result<(), RoomActionError> {
+        let (network, channel) = self.room_channel(room)?;
+        let handle = self.existing(user, &network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let redacted = Self::ask(&handle, |reply| Command::Redact {
+            channel,
+            message: message.as_str().to_owned(),
+            reply,
+        })
+        .await;
+        redacted.unwrap_or_else(|| {
+            Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            )))
+        })
     }
 
     async fn react_in_room(

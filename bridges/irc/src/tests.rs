@@ -1782,3 +1782,74 @@ async fn reactions_go_out_as_changes_and_come_in_as_whole_sets() {
     assert_eq!(reacted, [bobs(&["👀"]), bobs(&["👀", "🎉"]), bobs(&["🎉"])]);
     server.abort();
 }
+
+/// Retractions as `REDACT` (IRCv3 `draft/message-redaction`): the user's is answered once the
+/// server took it (the `PONG` after it) or with the server's `FAIL`; someone's retracts their
+/// message in the room; our own echo is not reported again.
+#[tokio::test]
+async fn retractions_go_out_as_redact_and_come_in_from_others() {
+    let (listener, port) = listening().await;
+    let core = TestCore::new("irc.localhost");
+    let bridge = bridge(&core, port);
+    let server = tokio::spawn(async move {
+        let offered = b":fake.test CAP * LS :draft/message-redaction message-tags\r\n";
+        let ((mut reader, mut write), requested) = in_room(&listener, offered, "").await;
+        assert_eq!(requested, "draft/message-redaction message-tags");
+        for (message, answer) in [
+            ("m1", String::new()),
+            (
+                "m2",
+                ":fake.test FAIL REDACT REDACT_FORBIDDEN #room m2 :You are not authorised\r\n"
+                    .to_owned(),
+            ),
+        ] {
+            assert_eq!(
+                line_from(&mut reader).await,
+                format!("REDACT #room {message}")
+            );
+            let ping = line_from(&mut reader).await;
+            let token = ping.strip_prefix("PING ").expect("a PING after it");
+            let answer = format!("{answer}:fake.test PONG fake.test {token}\r\n");
+            write.write_all(answer.as_bytes()).await.expect("write");
+        }
+        write
+            .write_all(
+                b"@msgid=r1 :alice!a@h REDACT #room m1\r\n\
+                  @msgid=r2 :bob!b@h REDACT #room m9 :spam\r\n\
+                  :bob!b@h PRIVMSG #room :end\r\n",
+            )
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let room = bridge.parse_room("#room%fake.test").expect("a room");
+    tokio::time::timeout(WAIT, bridge.join_room(join(room.as_str())))
+        .await
+        .expect("in time")
+        .expect("joined");
+    let alice = UserJid::new("alice@localhost");
+    let retract = |id: &'static str| {
+        let (bridge, alice, room) = (bridge.clone(), alice.clone(), room.clone());
+        async move {
+            let message = MessageId::new(id);
+            let retracted = bridge.retract_room_message(&alice, &room, &message);
+            tokio::time::timeout(WAIT, retracted)
+                .await
+                .expect("in time")
+        }
+    };
+    assert_eq!(retract("m1").await, Ok(()));
+    assert!(matches!(retract("m2").await,
+            Err(jabbridge_sdk::RoomActionError::Forbidden(reason)) if reason.contains("not authorised")),);
+    until_said(&core, "end").await;
+    let retracted: Vec<String> = core
+        .room_events()
+        .into_iter()
+        .filter_map(|(_, event)| match event {
+            RoomEvent::Retracted { foreign_id } => Some(foreign_id.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retracted, ["m9"]);
+    server.abort();
+}
