@@ -128,6 +128,12 @@ async fn answer(
             gateway.access.check(&user)?;
             software_version(gateway, &user, &contact, None).await
         }
+        (false, false, ("ping", ns::PING))
+            if let Some(contact) = to.map(|to| gateway.contact_of(to)).transpose()?.flatten() =>
+        {
+            gateway.access.check(&user)?;
+            ping(gateway, &user, &contact, None).await
+        }
         (false, false, _) => {
             let contact = to.map(|to| gateway.contact_of(to)).transpose()?.flatten();
             let offers = contact
@@ -229,15 +235,37 @@ async fn software_version(
     Ok(Some(service::version_result(&name)))
 }
 
+/// A ping (XEP-0199) to a contact, or to an occupant (`room`), asked of the network where
+/// the bridge can (IRC: CTCP `PING`); answered for it where it cannot.
+async fn ping(
+    gateway: &Gateway,
+    user: &str,
+    contact: &jabbridge_sdk::ForeignId,
+    room: Option<&jabbridge_sdk::RoomId>,
+) -> service::IqAnswer {
+    use jabbridge_sdk::RoomActionError;
+    // A question costs the network a message: it counts against the rate limit.
+    gateway.access.take(user)?;
+    let asker = jabbridge_sdk::UserJid::new(user);
+    let call = gateway.bridge.ping_contact(&asker, contact, room);
+    match gateway.call("asking whether they answer", call).await? {
+        Ok(()) | Err(RoomActionError::NotSupported(_)) => Ok(None),
+        Err(RoomActionError::NoSuchOccupant(text)) => Err(StanzaFailure::ItemNotFound(text)),
+        Err(RoomActionError::Forbidden(text)) => Err(StanzaFailure::Forbidden(text)),
+        Err(RoomActionError::Unavailable(text)) => Err(StanzaFailure::Unavailable(text)),
+    }
+}
+
 /// The commands on a room's address (XEP-0050).
 const ROOM_COMMANDS: [adhoc::Entry<'static>; 1] = [adhoc::Entry {
     node: rooms::CONFIGURE,
     name: rooms::CONFIGURE_NAME,
 }];
 
-/// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; the room's
-/// disco; its archive (XEP-0313); the user's settings of the room (XEP-0050); an
-/// occupant's vCard (XEP-0054) and software (XEP-0092); nothing else.
+/// An iq to a room or an occupant: a self-ping (XEP-0410), answered truthfully; a ping to
+/// another occupant, asked of the network; the room's disco; its archive (XEP-0313); the
+/// user's settings of the room (XEP-0050); an occupant's vCard (XEP-0054) and software
+/// (XEP-0092); nothing else.
 async fn room_answer(
     gateway: &Gateway,
     is_set: bool,
@@ -253,8 +281,17 @@ async fn room_answer(
             rooms::card(gateway, from, room, nick).map(Some)
         }
         (false, _, "ping", ns::PING) => {
-            rooms::ping(gateway, from, room)?;
-            Ok(None)
+            let own = rooms::ping(gateway, from, room)?;
+            match to.and_then(Jid::resource) {
+                Some(nick) if nick.as_str() != own => {
+                    rooms::private_allowed(gateway, from, room, nick.as_str())?;
+                    let user = from.to_bare().to_string();
+                    let contact = jabbridge_sdk::ForeignId::new(nick.as_str());
+                    ping(gateway, &user, &contact, Some(room)).await
+                }
+                // A self-ping, or one to the room: the sender is in it.
+                _ => Ok(None),
+            }
         }
         (false, true, "query", ns::VERSION) => {
             let nick = to.and_then(Jid::resource).map_or("", |nick| nick.as_str());

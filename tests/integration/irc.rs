@@ -927,7 +927,7 @@ async fn a_channel_alice_stays_in_keeps_her_while_away_and_after_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn asking_an_occupant_or_a_contact_their_software_asks_them_by_ctcp() {
+async fn asking_an_occupant_or_a_contact_their_software_or_a_ping_asks_them_by_ctcp() {
     let Some((ircd, server, _dir, mut jabbridge)) = on_ngircd().await else {
         return;
     };
@@ -977,6 +977,41 @@ async fn asking_an_occupant_or_a_contact_their_software_asks_them_by_ctcp() {
         Some("item-not-found"),
         "{answer:?}"
     );
+
+    // A ping (XEP-0199) to his occupant, then to his address: each a CTCP PING, answered once
+    // he answers it. Her self-ping is answered at once.
+    for (id, to) in [
+        ("p1", format!("{room}/bob")),
+        ("p2", format!("bob%{NETWORK}@{DOMAIN}")),
+    ] {
+        alice
+            .send(&format!(
+                "<iq type='get' id='{id}' to='{to}'><ping xmlns='urn:xmpp:ping'/></iq>"
+            ))
+            .await;
+        let asked = bob
+            .expect(|line| line.starts_with(":alice!") && line.contains("PRIVMSG bob :\u{1}PING "))
+            .await;
+        alice
+            .expect_none(Duration::from_millis(300), |s| s.attr("id") == Some(id))
+            .await;
+        let token = asked
+            .rsplit_once("PING ")
+            .map(|(_, token)| token)
+            .unwrap_or_default();
+        bob.send(&format!("NOTICE alice :\u{1}PING {token}")).await;
+        let answer = alice
+            .expect(WAIT, |s| s.name() == "iq" && s.attr("id") == Some(id))
+            .await;
+        assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    }
+    let answer = alice
+        .iq(
+            "p3",
+            &format!("<iq type='get' id='p3' to='{room}/alice'><ping xmlns='urn:xmpp:ping'/></iq>"),
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
     jabbridge.terminate().await;
 }
 

@@ -158,10 +158,13 @@ pub enum Command {
         /// The answer, once the server took it (or refused it).
         reply: oneshot::Sender<Result<(), RoomActionError>>,
     },
-    /// Ask a nick what software they use (CTCP `VERSION`).
-    Version {
+    /// Ask a nick a CTCP question: what software they use (`VERSION`), or whether they are
+    /// there (`PING`).
+    Ask {
         /// The nick.
         nick: String,
+        /// `VERSION` or `PING`.
+        question: &'static str,
         /// Their reply's text, once it comes (dropped unanswered after [`ASKED`] more
         /// questions).
         reply: oneshot::Sender<String>,
@@ -176,8 +179,9 @@ const ASKED: usize = 8;
 /// the connection: rarely one.
 type Listing = (Vec<RoomListing>, oneshot::Sender<Vec<RoomListing>>, Instant);
 
-/// A CTCP question waiting for its answer: the nick asked (folded), and who waits.
-type Asked = (String, oneshot::Sender<String>);
+/// A CTCP question waiting for its answer: the nick asked (folded), the question, and who
+/// waits.
+type Asked = (String, &'static str, oneshot::Sender<String>);
 
 /// The most channels a `LIST` answer keeps.
 pub const MAX_LISTED: usize = 1000;
@@ -818,7 +822,7 @@ impl Client {
                 let _ = reply.send(Vec::new());
             }
             // Dropped: the asker is told the connection is down.
-            Command::Version { .. } => {}
+            Command::Ask { .. } => {}
             Command::Typing { .. } => {}
             Command::History { reply, .. } => {
                 let _ = reply.send(Err(why));
@@ -1846,15 +1850,27 @@ impl Client {
                 limit,
                 reply,
             } => self.fetch(&channel, before, limit, reply),
-            Command::Version { nick, reply } => {
-                let question = format!("{}VERSION{}", text::CTCP, text::CTCP);
-                self.enqueue("PRIVMSG", &[&nick, &question], None);
+            Command::Ask {
+                nick,
+                question,
+                reply,
+            } => {
+                // A PING carries a token that its answer repeats.
+                let asked = match question {
+                    "PING" => format!(
+                        "PING {}",
+                        self.connected_at.elapsed().unwrap_or_default().as_millis()
+                    ),
+                    other => other.to_owned(),
+                };
+                let asked = format!("{}{asked}{}", text::CTCP, text::CTCP);
+                self.enqueue("PRIVMSG", &[&nick, &asked], None);
                 let folded = self.fold(&nick);
-                self.asked.retain(|(_, waiting)| !waiting.is_closed());
+                self.asked.retain(|(_, _, waiting)| !waiting.is_closed());
                 if self.asked.len() >= ASKED {
                     self.asked.remove(0);
                 }
-                self.asked.push((folded, reply));
+                self.asked.push((folded, question, reply));
             }
             Command::List { reply } => {
                 if self.listing.is_some() {
@@ -3201,10 +3217,13 @@ impl Client {
                 self.answer_ctcp(nick, command, argument);
             }
             // The answer to a question of ours: to the first who asked that nick.
-            if message.command == "NOTICE" && command.eq_ignore_ascii_case("VERSION") {
+            if message.command == "NOTICE" {
                 let folded = self.fold(nick);
-                if let Some(at) = self.asked.iter().position(|(asked, _)| *asked == folded) {
-                    let (_, reply) = self.asked.remove(at);
+                let answers = |(asked, question, _): &Asked| {
+                    *asked == folded && command.eq_ignore_ascii_case(question)
+                };
+                if let Some(at) = self.asked.iter().position(answers) {
+                    let (_, _, reply) = self.asked.remove(at);
                     let _ = reply.send(text::from_irc(argument));
                     if self.asked.is_empty() {
                         // A calm connection keeps no room for questions.

@@ -64,9 +64,9 @@ const IDLE_CLOSE: Duration = Duration::from_secs(600);
 /// get 10 s in all; the servers are tried at once).
 const PROBE_WAIT: Duration = Duration::from_secs(8);
 
-/// How long a CTCP `VERSION` question waits for its answer (the core's call times out
-/// later).
-const VERSION_WAIT: Duration = Duration::from_secs(8);
+/// How long a CTCP question (`VERSION`, `PING`) waits for its answer (the core's call
+/// times out later).
+const CTCP_WAIT: Duration = Duration::from_secs(8);
 
 /// Builds the bridge from its `[[bridge]]` section.
 pub fn build(settings: &Settings, core: Core) -> Result<Arc<dyn Bridge>, BridgeError> {
@@ -474,6 +474,52 @@ impl IrcBridge {
     fn type_to(&self, user: &UserJid, network: &str, target: String, state: ChatState) {
         if let Some(handle) = self.existing(user, network) {
             let _ = (handle.commands).try_send(Box::new(Command::Typing { target, state }));
+        }
+    }
+
+    /// Asks `contact` (with `room`: the occupant of that nick) a CTCP `question` for `user`,
+    /// on the user's connection: their answer's text, within [`CTCP_WAIT`].
+    async fn ask_ctcp(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+        question: &'static str,
+    ) -> Result<String, RoomActionError> {
+        let (network, nick) = match room {
+            Some(room) => {
+                let (network, _) = self.channel_of(room).ok_or_else(|| {
+                    RoomActionError::NotSupported(format!("'{room}' is not a channel"))
+                })?;
+                (network, contact.as_str().to_owned())
+            }
+            None => match self.addressing.parse(contact.as_str()) {
+                Ok(Address::Nick { network, nick }) => (network, nick),
+                _ => {
+                    return Err(RoomActionError::NotSupported(format!(
+                        "only someone on IRC can be asked ('{contact}' is not)"
+                    )));
+                }
+            },
+        };
+        address::check_nick(&nick).map_err(RoomActionError::NoSuchOccupant)?;
+        let handle = self.existing(user, &network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })?;
+        let asked = Self::ask(&handle, |reply| Command::Ask {
+            nick: nick.clone(),
+            question,
+            reply,
+        });
+        match tokio::time::timeout(CTCP_WAIT, asked).await {
+            Ok(Some(text)) => Ok(text),
+            Ok(None) => Err(RoomActionError::Unavailable(format!(
+                "the connection to {network} closed"
+            ))),
+            Err(_) => Err(RoomActionError::Unavailable(format!(
+                "{nick} did not say within {} s",
+                CTCP_WAIT.as_secs()
+            ))),
         }
     }
 
@@ -942,40 +988,16 @@ impl Bridge for IrcBridge {
         contact: &ForeignId,
         room: Option<&RoomId>,
     ) -> Result<String, RoomActionError> {
-        let (network, nick) = match room {
-            Some(room) => {
-                let (network, _) = self.channel_of(room).ok_or_else(|| {
-                    RoomActionError::NotSupported(format!("'{room}' is not a channel"))
-                })?;
-                (network, contact.as_str().to_owned())
-            }
-            None => match self.addressing.parse(contact.as_str()) {
-                Ok(Address::Nick { network, nick }) => (network, nick),
-                _ => {
-                    return Err(RoomActionError::NotSupported(format!(
-                        "only someone on IRC can be asked ('{contact}' is not)"
-                    )));
-                }
-            },
-        };
-        address::check_nick(&nick).map_err(RoomActionError::NoSuchOccupant)?;
-        let handle = self.existing(user, &network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
-        let asked = Self::ask(&handle, |reply| Command::Version {
-            nick: nick.clone(),
-            reply,
-        });
-        match tokio::time::timeout(VERSION_WAIT, asked).await {
-            Ok(Some(text)) => Ok(text),
-            Ok(None) => Err(RoomActionError::Unavailable(format!(
-                "the connection to {network} closed"
-            ))),
-            Err(_) => Err(RoomActionError::Unavailable(format!(
-                "{nick} did not say within {} s",
-                VERSION_WAIT.as_secs()
-            ))),
-        }
+        self.ask_ctcp(user, contact, room, "VERSION").await
+    }
+
+    async fn ping_contact(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+    ) -> Result<(), RoomActionError> {
+        self.ask_ctcp(user, contact, room, "PING").await.map(drop)
     }
 
     async fn change_nick(

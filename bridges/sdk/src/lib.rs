@@ -525,6 +525,23 @@ pub trait Bridge: Send + Sync + 'static {
         ))
     }
 
+    /// Whether `contact` answers now, asked for `user` (XEP-0199 ping to the contact's
+    /// address; with `room`, to their occupant's address there, `contact` then being their
+    /// nick): IRC asks with CTCP `PING`. `Ok` once they answered. The default says
+    /// `NotSupported`, and the core then answers for the network, as it always did;
+    /// `NoSuchOccupant` becomes `item-not-found`, `Unavailable` (no answer, not connected)
+    /// `service-unavailable` with its text.
+    async fn ping_contact(
+        &self,
+        _user: &UserJid,
+        _contact: &ForeignId,
+        _room: Option<&RoomId>,
+    ) -> Result<(), RoomActionError> {
+        Err(RoomActionError::NotSupported(
+            "this bridge cannot ask whether someone answers".into(),
+        ))
+    }
+
     /// Changes a user's nick in a room (they sent presence to `room/new-nick`). Report the
     /// change with [`RoomEvent::Renamed`] when the network confirms it; the core shows it
     /// then. The default refuses (`feature-not-implemented`); `Forbidden` becomes `conflict`.

@@ -522,15 +522,15 @@ pub(in crate::gateway) fn card(
     Ok(muc::occupant_card(&occupant.nick, realname.as_deref()))
 }
 
-/// A XEP-0410 self-ping (or any ping to an occupant): answered `Ok` (a result) only when
-/// the sending resource is in the room; `not-acceptable` otherwise, which tells the client
-/// to join again.
+/// A XEP-0410 self-ping (and the first check of any ping to an occupant): the sender's nick
+/// only when the sending resource is in the room; `not-acceptable` otherwise, which tells
+/// the client to join again.
 pub(in crate::gateway) fn ping(
     gateway: &Gateway,
     from: &Jid,
     room: &RoomId,
-) -> Result<(), StanzaFailure> {
-    joined(gateway, from, room).map(|_| ())
+) -> Result<String, StanzaFailure> {
+    joined(gateway, from, room).map(|(_, nick)| nick)
 }
 
 /// A moderator's `muc#admin` set (XEP-0045 §8-9) from a joined resource: each item
