@@ -127,6 +127,10 @@ def contact_version(p):          # a contact, the bot or someone in the room say
         raise Refused(404, "item-not-found", "cancel", "nobody in " + p["room"] + " is called " + p["contact"])
     return {"software": "Python echo " + ("bot" if p["contact"] == BOT["nick"] else "contact") + " 1.0"}
 
+def contact_ping(p):             # whoever contact_version knows answers
+    contact_version(p)
+    return {}
+
 def room_presence(p):           # the user's away shows on the pretend network, when it changes
     key = (p["room"], p["user"])
     if AWAY.get(key) == p.get("away"):
@@ -155,7 +159,7 @@ def event(room, what):
 HANDLERS = {"initialize": initialize, "register/submit": register, "message/send": message_send,
             "room/join": room_join, "room/leave": room_leave, "room/send": room_send,
             "room/history": room_history, "room/invite": room_invite,
-            "contact/version": contact_version,
+            "contact/version": contact_version, "contact/ping": contact_ping,
             "command/current": command_current, "command/run": command_run,
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}

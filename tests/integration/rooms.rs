@@ -191,6 +191,16 @@ async fn a_room_basics(kind: ServerKind, echo: Echo) {
         })
         .await;
 
+    // A ping to the bot is asked of the network (the external bridge's `contact/ping`; the
+    // in-process one lets the core answer); one to nobody in the room is refused.
+    let ping = |id: &str, nick: &str| {
+        format!("<iq type='get' id='{id}' to='{ROOM}/{nick}'><ping xmlns='urn:xmpp:ping'/></iq>")
+    };
+    let answer = bob.iq("g1", &ping("g1", "echo")).await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    let answer = bob.iq("g2", &ping("g2", "nobody")).await;
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+
     bob.send(&format!(
         "<message type='chat' to='{ROOM}/echo' id='q1'><body>just us</body></message>"
     ))

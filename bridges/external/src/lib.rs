@@ -1585,6 +1585,20 @@ impl Bridge for External {
             .map_err(convert::room_action_error)
     }
 
+    async fn ping_contact(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+    ) -> Result<(), RoomActionError> {
+        let params = protocol::VersionParams {
+            user: user.to_string(),
+            contact: contact.as_str().to_owned(),
+            room: room.map(|room| room.as_str().to_owned()),
+        };
+        self.room_call(to_bridge::CONTACT_PING, &params).await
+    }
+
     async fn change_nick(
         &self,
         user: &UserJid,

@@ -40,6 +40,9 @@ pub mod to_bridge {
     pub const CONTACT_SUBSCRIBE: &str = "contact/subscribe";
     /// What software a contact (or a room's occupant) uses (-32601: the bridge cannot ask).
     pub const CONTACT_VERSION: &str = "contact/version";
+    /// Whether a contact (or a room's occupant) answers now (-32601: the core answers for
+    /// the network).
+    pub const CONTACT_PING: &str = "contact/ping";
     /// N: a user's typing to a contact (and, to the core, a contact's typing to a user).
     pub const CHAT_TYPING: &str = "chat/typing";
     /// A user's message to a contact (or privately to a room occupant).
@@ -93,6 +96,7 @@ pub mod to_bridge {
         PRESENCE_USER,
         CONTACT_SUBSCRIBE,
         CONTACT_VERSION,
+        CONTACT_PING,
         CHAT_TYPING,
         MESSAGE_SEND,
         ROOM_JOIN,

@@ -158,6 +158,19 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
         .expect("joins");
     let nicks: Vec<_> = joined.occupants.iter().map(|o| o.nick.as_str()).collect();
     assert_eq!(nicks, ["echo", "alice"]);
+    // A ping to the bot is answered (`contact/ping`); to nobody, with the bridge's refusal.
+    let alice = UserJid::new("alice@localhost");
+    let lobby = RoomId::new("#lobby");
+    let bot = ForeignId::new("echo");
+    assert_eq!(
+        bridge.ping_contact(&alice, &bot, Some(&lobby)).await,
+        Ok(())
+    );
+    let nobody = ForeignId::new("nobody");
+    assert!(matches!(
+        bridge.ping_contact(&alice, &nobody, Some(&lobby)).await,
+        Err(RoomActionError::NoSuchOccupant(_))
+    ));
     let posted = bridge
         .send_room_message(RoomPost {
             id: MessageId::new("p1"),
@@ -513,6 +526,7 @@ fn round_trip(method: &str, part: &str, value: &serde_json::Value) {
         ("contact/version", "result") => {
             check::<crate::protocol::VersionResult>(method, part, value)
         }
+        ("contact/ping", "params") => check::<VersionParams>(method, part, value),
         ("chat/typing", "params") => check::<TypingParams>(method, part, value),
         ("room/typing", "params") => check::<RoomTypingParams>(method, part, value),
         ("message/send", "params") => check::<SendParams>(method, part, value),
