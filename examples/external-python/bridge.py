@@ -164,7 +164,7 @@ HANDLERS = {"initialize": initialize, "register/submit": register, "message/send
             "session/start": lambda p: {}, "session/stop": lambda p: {},
             "ping": lambda p: {}, "shutdown": lambda p: None}
 NOTIFICATIONS = {"room/presence": room_presence,
-                 "chat/typing": lambda p: notify("chat/typing", p),   # the contact types back
+                 "chat/typing": lambda p: None if p.get("room") else notify("chat/typing", p),
                  "room/typing": lambda p: notify("room/event", {"room": p["room"], "event": {
                      "type": "typing", "nick": BOT["nick"], "state": p["state"]}})}
 

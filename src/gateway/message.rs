@@ -60,7 +60,14 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
                 return rooms::invite(gateway, &from, &room, &invitee).await;
             }
             if text.is_none() {
-                // Typing notifications and markers to occupants are not carried.
+                // Typing to an occupant privately goes as typing in a chat; markers are not
+                // carried.
+                if let Some(nick) = to.resource()
+                    && rooms::private_allowed(gateway, &from, &room, nick.as_str()).is_ok()
+                {
+                    let nick = ForeignId::new(nick.as_str());
+                    pass_chat_state(gateway, &message, &user, nick, Some(&room)).await;
+                }
                 return Ok(None);
             }
             gateway.access.check(&user)?;
@@ -95,7 +102,7 @@ pub(super) async fn on_message(gateway: &Gateway, element: Element) -> Answer {
         ));
     }
     let Some(text) = text else {
-        pass_chat_state(gateway, &message, &user, contact).await;
+        pass_chat_state(gateway, &message, &user, contact, None).await;
         return Ok(None);
     };
     let replaces = message
@@ -254,7 +261,13 @@ async fn spend(gateway: &Gateway, user: &str) -> Result<(), StanzaFailure> {
 }
 
 /// Passes a typing notification to a bridge that declared it; drops it otherwise.
-async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, contact: ForeignId) {
+async fn pass_chat_state(
+    gateway: &Gateway,
+    message: &Message,
+    user: &str,
+    contact: ForeignId,
+    room: Option<&RoomId>,
+) {
     if !gateway.bridge.capabilities().chat_states {
         return;
     }
@@ -263,7 +276,7 @@ async fn pass_chat_state(gateway: &Gateway, message: &Message, user: &str, conta
     };
     if matches!(gateway.is_member(user).await, Ok(true)) {
         let user = UserJid::new(user);
-        let call = gateway.bridge.send_chat_state(&user, &contact, state);
+        let call = gateway.bridge.send_chat_state(&user, &contact, room, state);
         if let Err(failure) = gateway.call("a chat state", call).await {
             tracing::debug!(%user, %failure, "a chat state was not passed on");
         }

@@ -1797,6 +1797,17 @@ async fn typing_and_reactions_go_both_ways_as_client_tags() {
         ))
         .await;
     bob.expect(|line| tagmsg(line, "bob")).await;
+    // Her pause, written to Bob's occupant privately, goes to the same nick.
+    alice
+        .send(&format!(
+            "<message type='chat' to='{bobs}'><paused xmlns='{CHATSTATES}'/></message>"
+        ))
+        .await;
+    let paused = bob.expect(|line| line.contains(" TAGMSG ")).await;
+    assert!(
+        paused.contains("+typing=paused") && paused.contains(":alice!"),
+        "{paused}"
+    );
     // Alice never saw her own typing come back.
     alice
         .expect_none(Duration::from_millis(300), |s| {

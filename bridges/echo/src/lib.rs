@@ -240,8 +240,18 @@ impl Bridge for Echo {
             .await
     }
 
-    async fn send_chat_state(&self, user: &UserJid, contact: &ForeignId, state: ChatState) {
-        let _ = self.core.chat_state(user, contact, state).await;
+    async fn send_chat_state(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+        state: ChatState,
+    ) {
+        // A contact types back (an occupant, privately, does not: the SDK has no way to say
+        // so from room/nick).
+        if room.is_none() {
+            let _ = self.core.chat_state(user, contact, state).await;
+        }
     }
 
     async fn room_chat_state(&self, _user: &UserJid, room: &RoomId, state: ChatState) {

@@ -1309,11 +1309,13 @@ impl Bridge for External {
         &self,
         user: &UserJid,
         contact: &ForeignId,
+        room: Option<&RoomId>,
         state: jabbridge_sdk::ChatState,
     ) {
         let params = protocol::TypingParams {
             user: user.to_string(),
             contact: contact.as_str().to_owned(),
+            room: room.map(|room| room.as_str().to_owned()),
             state: convert::typing_state(state),
         };
         self.notify(to_bridge::CHAT_TYPING, &params);

@@ -777,8 +777,11 @@ pub enum TypingState {
 pub struct TypingParams {
     /// The user.
     pub user: String,
-    /// The contact.
+    /// The contact (with `room`, an occupant's nick there).
     pub contact: String,
+    /// Core to bridge: the room whose occupant the user types to privately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
     /// What they do.
     pub state: TypingState,
 }

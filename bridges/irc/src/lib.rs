@@ -876,9 +876,23 @@ impl Bridge for IrcBridge {
         }
     }
 
-    async fn send_chat_state(&self, user: &UserJid, contact: &ForeignId, state: ChatState) {
-        // Only on a connection the user has: typing opens none.
-        if let Ok(Address::Nick { network, nick }) = self.addressing.parse(contact.as_str()) {
+    async fn send_chat_state(
+        &self,
+        user: &UserJid,
+        contact: &ForeignId,
+        room: Option<&RoomId>,
+        state: ChatState,
+    ) {
+        // To an occupant privately, a query to their nick, as their messages are. Only on a
+        // connection the user has: typing opens none.
+        let address = match room.and_then(|room| self.channel_of(room)) {
+            Some((network, _)) => Ok(Address::Nick {
+                network,
+                nick: contact.as_str().to_owned(),
+            }),
+            None => self.addressing.parse(contact.as_str()),
+        };
+        if let Ok(Address::Nick { network, nick }) = address {
             self.type_to(user, &network, nick, state);
         }
     }

@@ -1630,7 +1630,7 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
     let bridge = bridge(&core, port);
     let (server, written) = reads_then_says(
         listener,
-        6,
+        7,
         "@+typing=active :bob!b@h TAGMSG #room\r\n\
          @+typing=active :bob!b@h TAGMSG #room\r\n\
          @+typing=active :alice!a@h TAGMSG #room\r\n\
@@ -1675,12 +1675,17 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
         .await;
     let bob = ForeignId::new("bob%fake.test");
     bridge
-        .send_chat_state(&alice, &bob, ChatState::Composing)
+        .send_chat_state(&alice, &bob, None, ChatState::Composing)
+        .await;
+    // To an occupant privately: a query's typing, to their nick.
+    let carol = ForeignId::new("carol");
+    bridge
+        .send_chat_state(&alice, &carol, Some(&room), ChatState::Composing)
         .await;
     let written = tokio::time::timeout(WAIT, written)
         .await
         .expect("in time")
-        .expect("the server read six lines");
+        .expect("the server read seven lines");
     assert_eq!(
         written,
         [
@@ -1690,6 +1695,7 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
             "PRIVMSG #room hello",
             "@+typing=active TAGMSG #room",
             "@+typing=active TAGMSG bob",
+            "@+typing=active TAGMSG carol",
         ]
     );
     until_said(&core, "done typing").await;

@@ -395,9 +395,17 @@ pub trait Bridge: Send + Sync + 'static {
     /// (last resource), e.g. to connect or disconnect them. The default ignores it.
     async fn user_presence(&self, _user: &UserJid, _online: bool) {}
 
-    /// Passes a typing notification on. Called only when the bridge declares
-    /// [`Capabilities::chat_states`]; never retried. The default drops it.
-    async fn send_chat_state(&self, _user: &UserJid, _contact: &ForeignId, _state: ChatState) {}
+    /// Passes on a user's typing to a contact, or (with `room`) privately to an occupant there,
+    /// `contact` then being their nick (XEP-0045 §7.5's private messages). Called only when
+    /// the bridge declares [`Capabilities::chat_states`]; never retried. The default drops it.
+    async fn send_chat_state(
+        &self,
+        _user: &UserJid,
+        _contact: &ForeignId,
+        _room: Option<&RoomId>,
+        _state: ChatState,
+    ) {
+    }
 
     /// What the bridge tells a user who writes to the gateway itself, shown above the
     /// commands in the `help` reply: e.g. the contacts they may write to. No I/O.
