@@ -2279,6 +2279,9 @@ impl Client {
                 let Some(channel) = param(1) else {
                     return;
                 };
+                // A moderated channel refuses typing too: it is not said there again (the
+                // refusal itself is shown once, below, as for a post).
+                self.typing_ended(channel);
                 let folded = self.fold(channel);
                 let reason = message.params.last().cloned().unwrap_or_default();
                 // The post it refuses: the one its label names, else the oldest waiting.
@@ -2427,6 +2430,9 @@ impl Client {
                     self.report(&room, notice).await;
                 }
             }
+            // No such nick for the user's typing alone (a private message's is taken above):
+            // they stop being told, and the user is not shown a refusal every 3 s.
+            "401" if param(1).is_some_and(|nick| self.typing_ended(nick)) => {}
             "401" | "406" | "412" | "421" | "432" | "433" | "442" | "443" | "461" | "481"
             | "482" | "301" => {
                 let text = message.params.get(1..).unwrap_or_default().join(" ");
@@ -3370,15 +3376,16 @@ impl Client {
         }
     }
 
-    /// The user said something to `target`: their typing there ended with it.
-    fn typing_ended(&mut self, target: &str) {
-        if self.typing.is_some() {
-            let folded = self.fold(target);
-            if let Some(typing) = self.typing.as_deref_mut() {
-                typing.said(&folded);
-            }
-            self.shed_typing();
+    /// The user said something to `target` (or the server refused their typing there): their
+    /// typing there ended with it. Whether they were typing there.
+    fn typing_ended(&mut self, target: &str) -> bool {
+        if self.typing.is_none() {
+            return false;
         }
+        let folded = self.fold(target);
+        let ended = (self.typing.as_deref_mut()).is_some_and(|typing| typing.said(&folded));
+        self.shed_typing();
+        ended
     }
 
     /// A connection nobody types on keeps no room for typists.

@@ -1639,6 +1639,7 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
          @+draft/typing=active :carol!c@h TAGMSG #room\r\n\
          @+typing=active :bob!b@h TAGMSG alice\r\n\
          @+typing=done :bob!b@h TAGMSG alice\r\n\
+         :fake.test 401 alice carol :No such nick/channel\r\n\
          :bob!b@h PRIVMSG #room :done typing\r\n",
     );
     let room = bridge.parse_room("#room%fake.test").expect("a room");
@@ -1699,6 +1700,12 @@ async fn typing_goes_both_ways_on_tagmsg_once_per_change() {
         ]
     );
     until_said(&core, "done typing").await;
+    // Carol is gone: the server's refusal of the typing to her is not shown to the user.
+    assert!(
+        core.next_delivered(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
     let typing: Vec<(String, ChatState)> = core
         .room_events()
         .into_iter()

@@ -114,9 +114,12 @@ impl Typing {
         }
     }
 
-    /// The user said something to `folded`: their typing there ended with it.
-    pub fn said(&mut self, folded: &str) {
+    /// The user said something to `folded`, or the server refused their typing there: it
+    /// ended. Whether they were typing there.
+    pub fn said(&mut self, folded: &str) -> bool {
+        let before = self.ours.len();
         self.ours.retain(|ours| ours.folded != folded);
+        self.ours.len() < before
     }
 
     /// The user's typing due to be said again at `now`: each target as written and the tag
@@ -265,7 +268,8 @@ mod tests {
             Some("paused")
         );
         typing.ours("bob", "Bob", ChatState::Composing, now);
-        typing.said("bob");
+        assert!(typing.said("bob"));
+        assert!(!typing.said("bob"));
         assert!(typing.is_empty());
         assert_eq!(typing.next(), None);
     }
