@@ -218,20 +218,11 @@ async fn software_version(
     contact: &jabbridge_sdk::ForeignId,
     room: Option<&jabbridge_sdk::RoomId>,
 ) -> service::IqAnswer {
-    use jabbridge_sdk::RoomActionError;
-    // A question costs the network a message: it counts against the rate limit.
-    gateway.access.take(user)?;
     let asker = jabbridge_sdk::UserJid::new(user);
     let call = gateway.bridge.contact_version(&asker, contact, room);
-    let name = gateway
-        .call("asking their software", call)
+    let name = ask_network(gateway, user, "asking their software", call)
         .await?
-        .map_err(|error| match error {
-            RoomActionError::NotSupported(_) => StanzaFailure::ServiceUnavailable,
-            RoomActionError::NoSuchOccupant(text) => StanzaFailure::ItemNotFound(text),
-            RoomActionError::Forbidden(text) => StanzaFailure::Forbidden(text),
-            RoomActionError::Unavailable(text) => StanzaFailure::Unavailable(text),
-        })?;
+        .ok_or(StanzaFailure::ServiceUnavailable)?;
     Ok(Some(service::version_result(&name)))
 }
 
@@ -243,13 +234,27 @@ async fn ping(
     contact: &jabbridge_sdk::ForeignId,
     room: Option<&jabbridge_sdk::RoomId>,
 ) -> service::IqAnswer {
-    use jabbridge_sdk::RoomActionError;
-    // A question costs the network a message: it counts against the rate limit.
-    gateway.access.take(user)?;
     let asker = jabbridge_sdk::UserJid::new(user);
     let call = gateway.bridge.ping_contact(&asker, contact, room);
-    match gateway.call("asking whether they answer", call).await? {
-        Ok(()) | Err(RoomActionError::NotSupported(_)) => Ok(None),
+    ask_network(gateway, user, "asking whether they answer", call).await?;
+    Ok(None)
+}
+
+/// Asks someone on the network a question for `user` (`call`, within the call timeout),
+/// which costs the network a message and so counts against the user's rate: the answer, or
+/// `None` where the bridge cannot ask; its other refusals as stanza errors (nobody of that
+/// name: `item-not-found`; no answer, not connected: `service-unavailable` with its text).
+async fn ask_network<T>(
+    gateway: &Gateway,
+    user: &str,
+    what: &str,
+    call: impl Future<Output = Result<T, jabbridge_sdk::RoomActionError>>,
+) -> Result<Option<T>, StanzaFailure> {
+    use jabbridge_sdk::RoomActionError;
+    gateway.access.take(user)?;
+    match gateway.call(what, call).await? {
+        Ok(answer) => Ok(Some(answer)),
+        Err(RoomActionError::NotSupported(_)) => Ok(None),
         Err(RoomActionError::NoSuchOccupant(text)) => Err(StanzaFailure::ItemNotFound(text)),
         Err(RoomActionError::Forbidden(text)) => Err(StanzaFailure::Forbidden(text)),
         Err(RoomActionError::Unavailable(text)) => Err(StanzaFailure::Unavailable(text)),

@@ -191,8 +191,9 @@ async fn a_room_basics(kind: ServerKind, echo: Echo) {
         })
         .await;
 
-    // A ping to the bot is asked of the network (the external bridge's `contact/ping`; the
-    // in-process one lets the core answer); one to nobody in the room is refused.
+    // A ping to the bot is answered (the external bridge is asked with `contact/ping`, which
+    // bridges/external's own test tells apart; the in-process one lets the core answer); one
+    // to nobody in the room is refused.
     let ping = |id: &str, nick: &str| {
         format!("<iq type='get' id='{id}' to='{ROOM}/{nick}'><ping xmlns='urn:xmpp:ping'/></iq>")
     };

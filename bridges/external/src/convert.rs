@@ -5,14 +5,14 @@ use std::time::SystemTime;
 
 use jabbridge_sdk::{
     Affiliation, Attachment, ChatState, CommandError, CoreError, Field, FieldKind, ForeignId, Form,
-    JoinError, MessageId, Occupant, RegistrationError, Role, RoomActionError, RoomEvent,
+    JoinError, MessageId, Occupant, RegistrationError, Role, RoomActionError, RoomEvent, RoomId,
     RoomMessage, SendError, Subject, UserJid,
 };
 
 use crate::child::CallError;
 use crate::protocol::{
     AttachmentWire, FieldWire, FormWire, OccupantWire, RoomEventWire, RpcError, SubjectWire,
-    TypingState,
+    TypingState, VersionParams,
 };
 
 /// RFC 3339 with `Z` and milliseconds.
@@ -166,6 +166,16 @@ pub fn room_event(wire: RoomEventWire) -> RoomEvent {
             nick,
             state: chat_state(state),
         },
+    }
+}
+
+/// The params of a question for `contact` (with `room`: the occupant of that nick) asked
+/// for `user` (`contact/version`, `contact/ping`).
+pub fn asked(user: &UserJid, contact: &ForeignId, room: Option<&RoomId>) -> VersionParams {
+    VersionParams {
+        user: user.to_string(),
+        contact: contact.as_str().to_owned(),
+        room: room.map(|room| room.as_str().to_owned()),
     }
 }
 

@@ -1576,11 +1576,7 @@ impl Bridge for External {
         contact: &ForeignId,
         room: Option<&RoomId>,
     ) -> Result<String, RoomActionError> {
-        let params = protocol::VersionParams {
-            user: user.to_string(),
-            contact: contact.as_str().to_owned(),
-            room: room.map(|room| room.as_str().to_owned()),
-        };
+        let params = convert::asked(user, contact, room);
         self.call::<_, protocol::VersionResult>(to_bridge::CONTACT_VERSION, &params)
             .await
             .map(|answer| answer.software)
@@ -1593,11 +1589,7 @@ impl Bridge for External {
         contact: &ForeignId,
         room: Option<&RoomId>,
     ) -> Result<(), RoomActionError> {
-        let params = protocol::VersionParams {
-            user: user.to_string(),
-            contact: contact.as_str().to_owned(),
-            room: room.map(|room| room.as_str().to_owned()),
-        };
+        let params = convert::asked(user, contact, room);
         self.room_call(to_bridge::CONTACT_PING, &params).await
     }
 

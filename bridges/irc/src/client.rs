@@ -1593,8 +1593,7 @@ impl Client {
             self.queue.len()
         } else {
             let now = Instant::now();
-            let gained = now.duration_since(self.refilled).as_secs_f64() * flood.per_second;
-            self.tokens = (self.tokens + gained).min(f64::from(flood.burst));
+            self.tokens = self.tokens_at(now);
             self.refilled = now;
             (self.tokens.floor() as usize).min(self.queue.len())
         };
@@ -1629,6 +1628,13 @@ impl Client {
             self.sent(done);
         }
         Ok(())
+    }
+
+    /// Flood control's tokens at `now`: those left, refilled since, at most a burst's.
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let flood = self.setup.reach.flood;
+        let gained = now.duration_since(self.refilled).as_secs_f64() * flood.per_second;
+        (self.tokens + gained).min(f64::from(flood.burst))
     }
 
     /// A calm connection keeps no slots for lines: a user's lines mostly go one at a time,
@@ -3368,10 +3374,8 @@ impl Client {
     /// Writes a `+typing` tag to `target`, unless it would wait: typing never holds up a
     /// message, nor spends flood control's tokens that a message is waiting for.
     fn say_typing(&mut self, target: &str, value: &str) {
-        let flood = self.setup.reach.flood;
-        let tokens =
-            self.tokens + self.refilled.elapsed().as_secs_f64() * flood.per_second.max(0.0);
-        if self.queue.is_empty() && (flood.per_second <= 0.0 || tokens >= 1.0) {
+        let unpaced = self.setup.reach.flood.per_second <= 0.0;
+        if self.queue.is_empty() && (unpaced || self.tokens_at(Instant::now()) >= 1.0) {
             self.enqueue_tagged(&[(typing::TAG, Some(value))], "TAGMSG", &[target], None);
         }
     }

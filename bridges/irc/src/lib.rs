@@ -423,6 +423,13 @@ impl IrcBridge {
         server.shared.lock().clients.get(user).cloned()
     }
 
+    /// `user`'s connection to `network`, for an action that needs one (it opens none).
+    fn connected(&self, user: &UserJid, network: &str) -> Result<ClientHandle, RoomActionError> {
+        self.existing(user, network).ok_or_else(|| {
+            RoomActionError::Unavailable(format!("you are not connected to {network}"))
+        })
+    }
+
     /// `room`'s network and channel.
     fn channel_of(&self, room: &RoomId) -> Option<(String, String)> {
         match self.addressing.parse(room.as_str()) {
@@ -503,9 +510,7 @@ impl IrcBridge {
             },
         };
         address::check_nick(&nick).map_err(RoomActionError::NoSuchOccupant)?;
-        let handle = self.existing(user, &network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
+        let handle = self.connected(user, &network)?;
         let asked = Self::ask(&handle, |reply| Command::Ask {
             nick: nick.clone(),
             question,
@@ -531,9 +536,7 @@ impl IrcBridge {
         command: &str,
         params: Vec<String>,
     ) -> Result<(), RoomActionError> {
-        let handle = self.existing(user, network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
+        let handle = self.connected(user, network)?;
         let sent = Self::ask(&handle, |reply| Command::Send {
             command: command.to_owned(),
             params,
@@ -910,9 +913,7 @@ impl Bridge for IrcBridge {
         message: &MessageId,
     ) -> Result<(), RoomActionError> {
         let (network, channel) = self.room_channel(room)?;
-        let handle = self.existing(user, &network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
+        let handle = self.connected(user, &network)?;
         let redacted = Self::ask(&handle, |reply| Command::Redact {
             channel,
             message: message.as_str().to_owned(),
@@ -934,9 +935,7 @@ impl Bridge for IrcBridge {
         emojis: &[String],
     ) -> Result<(), RoomActionError> {
         let (network, channel) = self.room_channel(room)?;
-        let handle = self.existing(user, &network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
+        let handle = self.connected(user, &network)?;
         let reacted = Self::ask(&handle, |reply| Command::React {
             channel,
             message: message.as_str().to_owned(),
@@ -1031,9 +1030,7 @@ impl Bridge for IrcBridge {
         request: HistoryRequest,
     ) -> Result<Vec<RoomMessage>, RoomActionError> {
         let (network, channel) = self.room_channel(&request.room)?;
-        let handle = self.existing(&request.user, &network).ok_or_else(|| {
-            RoomActionError::Unavailable(format!("you are not connected to {network}"))
-        })?;
+        let handle = self.connected(&request.user, &network)?;
         let answer = Self::ask(&handle, |reply| Command::History {
             channel,
             before: request.before.map(|(_, at)| at),
