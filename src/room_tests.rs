@@ -1016,6 +1016,7 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
         origin_id: None,
         poster: None,
         replaces: None,
+        reply_to: None,
         post_id: None,
         said_at: crate::store::now_millis(),
     };
@@ -1064,6 +1065,7 @@ async fn what_a_room_archived_but_had_not_sent_before_a_crash_is_sent_after_it()
             timestamp: None,
             echo_of: None,
             replaces: None,
+            reply_to: None,
         })
     };
     // Hers, the echo bridge's answer to it, and the one the crash did not send.
@@ -1180,6 +1182,74 @@ async fn take_sorted(harness: &mut Harness, count: usize) -> Vec<Element> {
     let mut stanzas = take(harness, count).await;
     stanzas.sort_by(|a, b| (from(a), to(a)).cmp(&(from(b), to(b))));
     stanzas
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_goes_without_its_quote_and_everyone_sees_what_it_answers_in_history_too() {
+    const REPLY: &str = "urn:xmpp:reply:0";
+    let mut harness = Harness::start(Options::default()).await;
+    alice_and_bob(&mut harness).await;
+    harness
+        .receive(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='a1'>\
+             <body>helo</body></message>",
+        )
+        .await;
+    let posted = take_sorted(&mut harness, 4).await;
+    let alices = stanza_id(&posted[1]);
+    // Bob replies, his client quoting her message (XEP-0428's fallback marks the quote).
+    let reply = |id: &str, to: &str| {
+        format!(
+            "<message type='groupchat' from='bob@test/r' to='#lobby@echo.test' id='{id}'>\
+             <body>&gt; alice: helo\nhi alice</body>\
+             <reply xmlns='urn:xmpp:reply:0' to='#lobby@echo.test/alice' id='{to}'/>\
+             <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+             <body start='0' end='14'/></fallback></message>"
+        )
+    };
+    harness.receive(&reply("b1", &alices)).await;
+    // Sorted: bob's reply to alice, to bob; the bot's repeat (a reply to the same) to both.
+    let replied = take_sorted(&mut harness, 4).await;
+    for stanza in &replied {
+        assert_eq!(body(stanza).as_deref(), Some("hi alice"), "{stanza:?}");
+        let reply = stanza.get_child("reply", REPLY).expect("a reply");
+        assert_eq!(reply.attr("id"), Some(alices.as_str()));
+        assert_eq!(reply.attr("to"), Some("#lobby@echo.test/alice"));
+    }
+    assert_eq!(from(&replied[0]), "#lobby@echo.test/bob");
+    assert_eq!(from(&replied[2]), "#lobby@echo.test/echo");
+
+    // A reply to a message the room never had goes as it was written, quote and all.
+    harness.receive(&reply("b2", "nope")).await;
+    for stanza in take(&mut harness, 4).await {
+        assert_eq!(body(&stanza).as_deref(), Some("> alice: helo\nhi alice"));
+        assert!(!stanza.has_child("reply", REPLY), "{stanza:?}");
+    }
+
+    // The archive keeps what each replied to.
+    harness
+        .receive(
+            "<iq type='set' from='alice@test/r' to='#lobby@echo.test' id='q1'>\
+             <query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>",
+        )
+        .await;
+    let results = take(&mut harness, 7).await;
+    let replies: Vec<Option<String>> = results[..6]
+        .iter()
+        .map(|result| {
+            let message = result
+                .get_child("result", "urn:xmpp:mam:2")
+                .and_then(|result| result.get_child("forwarded", "urn:xmpp:forward:0"))
+                .and_then(|forwarded| forwarded.get_child("message", "jabber:client"))
+                .expect("a forwarded message");
+            names(message, "reply", REPLY)
+        })
+        .collect();
+    let to_alices = Some(alices.clone());
+    assert_eq!(
+        replies,
+        [None, None, to_alices.clone(), to_alices, None, None]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1484,6 +1554,7 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
         poster: None,
         said_at,
         replaces: None,
+        reply_to: None,
         post_id: None,
     };
     let said = |foreign_id: &str| {
@@ -1495,6 +1566,7 @@ async fn what_another_instance_archived_first_is_still_shown_here_once() {
             timestamp: None,
             echo_of: None,
             replaces: None,
+            reply_to: None,
         })
     };
     let tables = harness.gateway.store.rooms();
@@ -1623,6 +1695,7 @@ async fn a_batch_that_breaks_a_constraint_writes_none_of_its_rows() {
                 poster: None,
                 said_at: crate::store::now_millis(),
                 replaces: None,
+                reply_to: None,
                 post_id: None,
             },
         })
@@ -1790,6 +1863,7 @@ async fn ids_an_archive_cannot_index_are_refused_before_anything_is_sent() {
             timestamp: None,
             echo_of: None,
             replaces: None,
+            reply_to: None,
         })
     };
     let room = RoomId::new("#lobby");

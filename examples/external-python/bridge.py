@@ -42,7 +42,8 @@ def initialize(p):
             "bridge": {"name": "Python echo", "version": "1.0", "gateway_type": "echo",
                        "prompt": {"description": "Enter any name: that contact will echo "
                                   "what you write", "prompt": "Name"}},
-            "capabilities": {"rooms": True, "corrections": True, "chat_states": True},
+            "capabilities": {"rooms": True, "corrections": True, "replies": True,
+                             "chat_states": True},
             "addressing": {"room_pattern": "#.+"},
             "commands": [{"node": "prefix", "name": "Set the reply prefix", "current": True,
                           "form": {"title": "Reply prefix", "fields": [
@@ -111,6 +112,8 @@ def room_send(p):                # the post shows as said by the user, then the 
               "text": p["text"]}
     if p.get("replaces"):
         said["replaces"], repeat["replaces"] = p["replaces"], p["replaces"] + "-echo"
+    if p.get("reply_to"):          # the repeat replies to the same message
+        said["reply_to"] = repeat["reply_to"] = p["reply_to"]["event_id"]
     event(p["room"], said)
     event(p["room"], repeat)
     return {"status": "echo_follows"}

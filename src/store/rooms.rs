@@ -54,6 +54,17 @@ pub struct NewRoomMessage {
     pub replaces: Option<String>,
     /// The id of the poster's own stanza, when one of our users posted it.
     pub post_id: Option<String>,
+    /// When it replies to an earlier message: that one's stanza id, and who said it.
+    pub reply_to: Option<RepliedTo>,
+}
+
+/// The message a room message replies to (XEP-0461), as archived with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepliedTo {
+    /// The stanza id the room gave it.
+    pub stanza_id: String,
+    /// The nick of who said it.
+    pub nick: String,
 }
 
 /// A room message to archive in a bridge's room: what a group commit carries
@@ -68,7 +79,7 @@ pub struct ArchiveRow {
     pub message: NewRoomMessage,
 }
 
-/// Rows archived per statement (twelve bound values each).
+/// Rows archived per statement (fourteen bound values each).
 const ARCHIVED_PER_INSERT: usize = 64;
 
 /// How many of a room's latest messages a lookup by a poster's own id (a correction's or a
@@ -91,10 +102,10 @@ pub(super) fn insert_messages<'q>(
     rows.chunks(ARCHIVED_PER_INSERT).map(move |chunk| {
         let sql = format!(
             "{} room_messages (bridge, room, foreign_id, stanza_id, nick, sender, text, \
-             origin_id, poster, said_at, replaces, post_id) VALUES {} \
+             origin_id, poster, said_at, replaces, post_id, reply_to, reply_nick) VALUES {} \
              ON CONFLICT (bridge, room, foreign_id) DO NOTHING RETURNING id, bridge, room, foreign_id",
             engine.insert_into(alone),
-            engine.rows_of(chunk.len(), 12)
+            engine.rows_of(chunk.len(), 14)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (_, row) in chunk {
@@ -135,7 +146,7 @@ pub(super) fn note_archived(
     Ok(())
 }
 
-/// Binds an archived message's twelve columns, in `insert_messages`' order.
+/// Binds an archived message's fourteen columns, in `insert_messages`' order.
 fn bind_message<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     bridge: &'q str,
@@ -155,6 +166,8 @@ fn bind_message<'q>(
         .bind(message.said_at)
         .bind(message.replaces.as_deref())
         .bind(message.post_id.as_deref())
+        .bind(message.reply_to.as_ref().map(|to| to.stanza_id.as_str()))
+        .bind(message.reply_to.as_ref().map(|to| to.nick.as_str()))
 }
 
 /// A message read back from the archive.
@@ -182,6 +195,8 @@ pub struct ArchivedMessage {
     pub replaces: Option<String>,
     /// When it was retracted, Unix ms (its text is then empty).
     pub retracted_at: Option<i64>,
+    /// When it replies to an earlier message: that one's stanza id, and who said it.
+    pub reply_to: Option<RepliedTo>,
 }
 
 impl ArchivedMessage {
@@ -368,8 +383,8 @@ impl RoomTables {
         for message in ordered {
             let query = sqlx::query(
                 "INSERT INTO room_messages (bridge, room, foreign_id, stanza_id, nick, sender, \
-                 text, origin_id, poster, said_at, replaces, post_id, id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 text, origin_id, poster, said_at, replaces, post_id, reply_to, reply_nick, id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT DO NOTHING",
             );
             let done = bind_message(query, bridge, room, message)
@@ -431,7 +446,8 @@ impl RoomTables {
         // Only fixed fragments go into the SQL; every value is bound.
         let mut sql = String::from(
             "SELECT id, stanza_id, nick, sender, text, origin_id, said_at, foreign_id, poster, \
-             replaces, retracted_at FROM room_messages WHERE bridge = $1 AND room = $2",
+             replaces, retracted_at, reply_to, reply_nick FROM room_messages \
+             WHERE bridge = $1 AND room = $2",
         );
         let mut numbers = Vec::new();
         for (fragment, value) in [
@@ -492,7 +508,7 @@ impl RoomTables {
         find: Find<'_>,
     ) -> Result<Option<ArchivedMessage>, StoreError> {
         const FIELDS: &str = "id, stanza_id, nick, sender, text, origin_id, said_at, \
-                              foreign_id, poster, replaces, retracted_at";
+                              foreign_id, poster, replaces, retracted_at, reply_to, reply_nick";
         let query = match find {
             Find::Foreign(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {FIELDS} FROM room_messages \
@@ -632,7 +648,7 @@ impl RoomTables {
 }
 
 /// An archived message from a row of `SELECT id, stanza_id, nick, sender, text, origin_id,
-/// said_at, foreign_id, poster, replaces, retracted_at`.
+/// said_at, foreign_id, poster, replaces, retracted_at, reply_to, reply_nick`.
 fn archived(row: &sqlx::any::AnyRow) -> Result<ArchivedMessage, StoreError> {
     Ok(ArchivedMessage {
         id: row.try_get(0)?,
@@ -646,5 +662,9 @@ fn archived(row: &sqlx::any::AnyRow) -> Result<ArchivedMessage, StoreError> {
         poster: row.try_get(8)?,
         replaces: row.try_get(9)?,
         retracted_at: row.try_get(10)?,
+        reply_to: match (row.try_get(11)?, row.try_get(12)?) {
+            (Some(stanza_id), Some(nick)) => Some(RepliedTo { stanza_id, nick }),
+            _ => None,
+        },
     })
 }

@@ -39,8 +39,10 @@ pub const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
 pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
 /// XEP-0444 message reactions.
 pub const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
+/// XEP-0461 message replies.
+pub const NS_REPLY: &str = "urn:xmpp:reply:0";
 /// XEP-0428 fallback indication.
-const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
+pub const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
 /// XEP-0334 message processing hints.
 const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0313 message archive management.
@@ -187,6 +189,17 @@ pub struct RoomMessage<'a> {
     pub replaces: Option<&'a str>,
     /// When it was retracted (XEP-0424): the stamp; it is then a tombstone, with no body.
     pub retracted: Option<&'a str>,
+    /// When it replies to an earlier message (XEP-0461).
+    pub reply_to: Option<Replied<'a>>,
+}
+
+/// The message a room message replies to (XEP-0461's `<reply/>`).
+#[derive(Clone, Copy)]
+pub struct Replied<'a> {
+    /// The stanza id the room gave it.
+    pub id: &'a str,
+    /// The occupant JID of who said it, when their nick makes one.
+    pub to: Option<&'a str>,
 }
 
 /// What someone did to an earlier room message, shown from their occupant JID.
@@ -271,6 +284,13 @@ pub fn room_template(message: &RoomMessage<'_>) -> Template {
             .attr("id", replaces)
             .end();
     }
+    if let Some(replied) = &message.reply_to {
+        stanza.start("reply", Some(NS_REPLY));
+        if let Some(to) = replied.to {
+            stanza.attr("to", to);
+        }
+        stanza.attr("id", replied.id).end();
+    }
     if let Some(stamp) = message.delay {
         stanza
             .start("delay", Some(NS_DELAY))
@@ -304,6 +324,13 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
     if let Some(replaces) = message.replaces {
         stanza = stanza.append(Element::builder("replace", NS_CORRECT).with("id", replaces));
     }
+    if let Some(replied) = &message.reply_to {
+        let mut reply = Element::builder("reply", NS_REPLY);
+        if let Some(to) = replied.to {
+            reply = reply.with("to", to);
+        }
+        stanza = stanza.append(reply.with("id", replied.id));
+    }
     if let Some(stamp) = message.delay {
         stanza = stanza.append(
             Element::builder("delay", NS_DELAY)
@@ -312,6 +339,51 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
         );
     }
     stanza.build()
+}
+
+/// A user's reply (XEP-0461) in `message`: the id of the message it replies to, and `body`
+/// without the client's quote of that message (the ranges its XEP-0428 fallback for
+/// replies marks, counted in characters). The body stays whole when the fallback's ranges
+/// do not fit it, or would leave nothing.
+pub fn reply_of<'a>(message: &'a Element, body: &str) -> Option<(&'a str, String)> {
+    let reply = message
+        .children()
+        .find(|child| child.is("reply", NS_REPLY))?;
+    let id = reply.attr("id").filter(|id| !id.is_empty())?;
+    let mut ranges = Vec::new();
+    for fallback in message
+        .children()
+        .filter(|child| child.is("fallback", NS_FALLBACK) && child.attr("for") == Some(NS_REPLY))
+    {
+        for range in fallback.children().filter(|child| child.name() == "body") {
+            let bound = |name| {
+                range
+                    .attr(name)
+                    .and_then(|at: &str| at.parse::<usize>().ok())
+            };
+            match (bound("start"), bound("end")) {
+                (Some(start), Some(end)) if start <= end => ranges.push((start, end)),
+                _ => return Some((id, body.to_owned())),
+            }
+        }
+    }
+    ranges.sort_unstable();
+    let length = body.chars().count();
+    let fits = ranges.iter().all(|&(_, end)| end <= length)
+        && ranges.windows(2).all(|pair| pair[0].1 <= pair[1].0);
+    if !fits {
+        return Some((id, body.to_owned()));
+    }
+    let kept: String = body
+        .chars()
+        .enumerate()
+        .filter(|(at, _)| !ranges.iter().any(|&(start, end)| (start..end).contains(at)))
+        .map(|(_, kept)| kept)
+        .collect();
+    match kept.trim() {
+        "" => Some((id, body.to_owned())),
+        _ => Some((id, kept)),
+    }
 }
 
 /// A XEP-0313 query of a room's archive, as the user sent it.
@@ -705,6 +777,7 @@ mod tests {
             delay: None,
             replaces: None,
             retracted: None,
+            reply_to: None,
         };
         let variants = [
             plain.clone(),
@@ -713,6 +786,14 @@ mod tests {
                 origin_id: Some("o&<'1"),
                 delay: Some("2026-12-04T01:02:03.004Z"),
                 replaces: Some("r\u{2}'1"),
+                reply_to: Some(Replied {
+                    id: "p<'1",
+                    to: Some("#r%irc.test@gw/b&b"),
+                }),
+                ..plain.clone()
+            },
+            RoomMessage {
+                reply_to: Some(Replied { id: "p2", to: None }),
                 ..plain.clone()
             },
             RoomMessage {
@@ -800,5 +881,47 @@ mod tests {
         assert_eq!(wish.max_stanzas, Some(5));
         assert_eq!(wish.seconds, Some(60));
         assert!(is_join(&presence));
+    }
+
+    #[test]
+    fn a_reply_loses_the_clients_quote_and_keeps_the_rest() {
+        let message = |fallback: &str| -> Element {
+            format!(
+                "<message xmlns='jabber:client' type='groupchat'>\
+                 <reply xmlns='urn:xmpp:reply:0' to='r@gw/bob' id='s-1'/>{fallback}</message>"
+            )
+            .parse()
+            .unwrap()
+        };
+        let quoted = "> bob: héllo\nyes, and you?";
+        let range = |start: usize, end: usize| {
+            format!(
+                "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+                 <body start='{start}' end='{end}'/></fallback>"
+            )
+        };
+        // Counted in characters: 'é' is two bytes.
+        let plain = message(&range(0, 13));
+        assert_eq!(
+            reply_of(&plain, quoted),
+            Some(("s-1", "yes, and you?".to_owned()))
+        );
+        // No fallback, or one that does not fit the body, or that would leave nothing.
+        for fallback in ["", &range(0, 99), &range(5, 2), &range(0, 26)] {
+            let whole = message(fallback);
+            assert_eq!(reply_of(&whole, quoted), Some(("s-1", quoted.to_owned())));
+        }
+        let other = message(
+            "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:message-retract:1'>\
+             <body start='0' end='13'/></fallback>",
+        );
+        assert_eq!(
+            reply_of(&other, quoted).map(|(_, text)| text),
+            Some(quoted.to_owned())
+        );
+        let none: Element = "<message xmlns='jabber:client'><body>x</body></message>"
+            .parse()
+            .unwrap();
+        assert_eq!(reply_of(&none, "x"), None);
     }
 }

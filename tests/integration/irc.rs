@@ -1714,14 +1714,15 @@ async fn irc_reconnect_applies_new_settings_now_and_keeps_the_rooms_and_disconne
     jabbridge.terminate().await;
 }
 
-/// Typing and reactions both ways, as client tags on `TAGMSG` (which InspIRCd carries to
+/// Typing, reactions and replies both ways, as client tags (which InspIRCd carries to
 /// clients with `message-tags`). Typing (XEP-0085, `+typing`): in a channel, a user's
 /// reaches IRC and the room's other user but not herself; an IRC user's reaches both, and
 /// its end; privately, both ways. Reactions (XEP-0444, `+draft/react` naming the message's
 /// `msgid` in `+draft/reply`): a user's reach IRC and the other user; an IRC user's reach
-/// both, on the message they name.
+/// both, on the message they name. Replies (XEP-0461, `+draft/reply` on `PRIVMSG`): both
+/// ways, naming the message replied to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typing_and_reactions_go_both_ways_as_client_tags() {
+async fn typing_reactions_and_replies_go_both_ways_as_client_tags() {
     const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
     let Some(ircd) = Inspircd::start().await else {
         return;
@@ -1877,8 +1878,9 @@ async fn typing_and_reactions_go_both_ways_as_client_tags() {
         "@+draft/reply={msgid};+draft/react=🎉 TAGMSG #test"
     ))
     .await;
+    let mut hers = Vec::new();
     for client in [&mut alice, &mut carol] {
-        let hers = client
+        let her = client
             .expect(WAIT, |s| {
                 from(s, &alices) && body(s).as_deref() == Some("react to me")
             })
@@ -1888,8 +1890,52 @@ async fn typing_and_reactions_go_both_ways_as_client_tags() {
             .await;
         assert_eq!(
             reactions(&seen),
-            Some((stanza_id(&hers), vec!["🎉".to_owned()]))
+            Some((stanza_id(&her), vec!["🎉".to_owned()]))
         );
+        hers.push(stanza_id(&her));
+    }
+
+    // Replies (XEP-0461, `+draft/reply` on the line). Alice replies to Bob, her client
+    // quoting him: IRC gets the reply alone, addressed to him and naming his line; Carol
+    // sees it as a reply to his message, as IRC said it.
+    const REPLY: &str = "urn:xmpp:reply:0";
+    let replied = |stanza: &Element| {
+        (stanza.get_child("reply", REPLY)).map(|reply| {
+            let attr = |name| reply.attr(name).unwrap_or_default().to_owned();
+            (attr("id"), attr("to"))
+        })
+    };
+    alice
+        .send(&format!(
+            "<message type='groupchat' to='{room}'><body>&gt; bob: react to this\nthanks</body>\
+             <reply xmlns='{REPLY}' to='{bobs}' id='{}'/>\
+             <fallback xmlns='urn:xmpp:fallback:0' for='{REPLY}'><body start='0' end='21'/>\
+             </fallback></message>",
+            stanza_id(&said)
+        ))
+        .await;
+    let line = bob.expect(|line| line.contains(" PRIVMSG #test :")).await;
+    assert!(
+        line.contains("+draft/reply=") && line.ends_with(" PRIVMSG #test :bob: thanks"),
+        "{line}"
+    );
+    let seen = carol
+        .expect(WAIT, |s| from(s, &alices) && replied(s).is_some())
+        .await;
+    assert_eq!(body(&seen).as_deref(), Some("bob: thanks"));
+    assert_eq!(
+        replied(&seen),
+        Some((stanza_id(&said_for_carol), bobs.clone()))
+    );
+    // Bob replies to Alice's message by its msgid: both see whose message it answers.
+    bob.send(&format!("@+draft/reply={msgid} PRIVMSG #test :alice: sure"))
+        .await;
+    for (client, hers) in [&mut alice, &mut carol].into_iter().zip(hers) {
+        let seen = client
+            .expect(WAIT, |s| from(s, &bobs) && replied(s).is_some())
+            .await;
+        assert_eq!(body(&seen).as_deref(), Some("alice: sure"));
+        assert_eq!(replied(&seen), Some((hers, alices.clone())));
     }
     jabbridge.terminate().await;
 }

@@ -72,7 +72,7 @@ fn ping(id: &str, to: &str) -> String {
 /// Alice talks in the room: her post comes back to her once, with her origin-id and stanza
 /// id, and reaches Bob from her occupant JID; the bot repeats it to both. Then she corrects
 /// it: Bob's client gets the correction naming the message it replaces, and the bot corrects
-/// its repeat for both.
+/// its repeat for both. Then Bob replies to it.
 async fn talk_and_correct(alice: &mut crate::harness::Client, bob: &mut crate::harness::Client) {
     alice
         .send(&format!(
@@ -126,6 +126,34 @@ async fn talk_and_correct(alice: &mut crate::harness::Client, bob: &mut crate::h
             })
             .await;
         assert!(repeat.has_child("replace", "urn:xmpp:message-correct:0"));
+    }
+
+    // Bob replies to it, his client quoting it: both get the reply alone, naming her message
+    // by the room's stanza id, and the bot's repeat replies to it too.
+    const REPLY: &str = "urn:xmpp:reply:0";
+    let hers = copy
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .and_then(|id| id.attr("id"))
+        .expect("a stanza id")
+        .to_owned();
+    bob.send(&format!(
+        "<message type='groupchat' to='{ROOM}' id='b1'><body>&gt; hello room\nhi</body>\
+         <reply xmlns='{REPLY}' to='{ROOM}/alice' id='{hers}'/>\
+         <fallback xmlns='urn:xmpp:fallback:0' for='{REPLY}'><body start='0' end='13'/>\
+         </fallback></message>"
+    ))
+    .await;
+    for client in [&mut *alice, &mut *bob] {
+        for who in ["bob", "echo"] {
+            let reply = client
+                .expect(WAIT, |s| {
+                    is_from(s, &format!("{ROOM}/{who}")) && body(s).as_deref() == Some("hi")
+                })
+                .await;
+            let replied = reply.get_child("reply", REPLY).expect("a reply");
+            assert_eq!(replied.attr("id"), Some(hers.as_str()), "{reply:?}");
+            assert_eq!(replied.attr("to"), Some(format!("{ROOM}/alice").as_str()));
+        }
     }
 }
 

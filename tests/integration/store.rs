@@ -432,6 +432,7 @@ fn message(foreign_id: &str, at: i64) -> jabbridge::store::rooms::NewRoomMessage
         poster: None,
         said_at: at,
         replaces: None,
+        reply_to: None,
         post_id: None,
     }
 }
@@ -496,13 +497,31 @@ async fn room_joins_and_the_archive_keep_each_message_once_per_room() {
             .archive("echo.test", "#lobby", message("m2", now))
             .await
             .unwrap();
-        rooms
-            .archive("echo.test", "#lobby", message("m3", now))
-            .await
-            .unwrap();
+        // m3 replies to m2: what it answers comes back with it, however it is read.
+        let answers_m2 = Some(jabbridge::store::rooms::RepliedTo {
+            stanza_id: "m2".into(),
+            nick: "bob".into(),
+        });
+        let reply = jabbridge::store::rooms::NewRoomMessage {
+            reply_to: answers_m2.clone(),
+            ..message("m3", now)
+        };
+        rooms.archive("echo.test", "#lobby", reply).await.unwrap();
         let last_two = rooms.history("echo.test", "#lobby", 2, 0).await.unwrap();
         let ids: Vec<&str> = last_two.iter().map(|m| m.stanza_id.as_str()).collect();
         assert_eq!(ids, ["m2", "m3"]);
+        let replies: Vec<_> = last_two.iter().map(|m| m.reply_to.clone()).collect();
+        assert_eq!(replies, [None, answers_m2.clone()]);
+        let found = rooms
+            .find(
+                "echo.test",
+                "#lobby",
+                jabbridge::store::rooms::Find::Foreign("m3"),
+            )
+            .await
+            .unwrap()
+            .expect("m3");
+        assert_eq!(found.reply_to, answers_m2);
         let recent = rooms
             .history("echo.test", "#lobby", 10, now - 1000)
             .await
@@ -657,6 +676,7 @@ async fn a_group_commit_archives_room_messages_in_order_each_foreign_id_once() {
                     poster: None,
                     said_at: now,
                     replaces: None,
+                    reply_to: None,
                     post_id: None,
                 },
             })
@@ -727,6 +747,7 @@ async fn a_room_message_is_found_by_its_stanza_id_always_and_by_its_posters_ids_
                     poster: poster.map(str::to_owned),
                     said_at: now_millis(),
                     replaces: None,
+                    reply_to: None,
                     post_id: poster.map(|_| format!("p{n}")),
                 },
             })

@@ -41,7 +41,7 @@ struct EchoConfig {
     /// Milliseconds each reply takes, to play a slow network (demos, crash tests).
     #[serde(default)]
     delay_ms: u64,
-    /// Whether the pretend network carries corrections, retractions and reactions (in rooms;
+    /// Whether the pretend network carries corrections, retractions, reactions and replies (in rooms;
     /// a corrected chat message is echoed as a new one). `false` plays a network without them.
     #[serde(default = "yes")]
     edits: bool,
@@ -111,6 +111,7 @@ impl Bridge for Echo {
         capabilities.corrections = self.config.edits;
         capabilities.retractions = self.config.edits;
         capabilities.reactions = self.config.edits;
+        capabilities.replies = self.config.edits;
         capabilities.chat_states = true;
         BridgeInfo {
             gateway_type: "echo".into(),
@@ -517,6 +518,7 @@ mod tests {
                 text: "hello".into(),
                 registration: None,
                 replaces: None,
+                reply_to: None,
             })
             .await
             .unwrap();

@@ -152,6 +152,7 @@ impl EchoRooms {
                     timestamp: STARTED.checked_sub(ago),
                     echo_of: None,
                     replaces: None,
+                    reply_to: None,
                 }
             })
             .filter(|line| {
@@ -266,6 +267,7 @@ impl EchoRooms {
             timestamp: None,
             echo_of: Some(post.id.clone()),
             replaces: post.replaces.clone(),
+            reply_to: post.reply_to.as_ref().map(|to| to.id.clone()),
         };
         if echoes {
             core.room_event(&post.room, RoomEvent::Message(echo))
@@ -287,6 +289,8 @@ impl EchoRooms {
                 timestamp: None,
                 echo_of: None,
                 replaces: post.replaces.map(|original| repeat_of(&original)),
+                // The bot's repeat of a reply replies to the same message.
+                reply_to: post.reply_to.map(|to| to.id),
             }),
         };
         // The post went through; the bot's answer is lost only when the core is stopping.
@@ -553,6 +557,7 @@ impl EchoRooms {
             timestamp: None,
             echo_of: None,
             replaces: None,
+            reply_to: None,
         };
         core.room_event(room_id, RoomEvent::Message(said)).await
     }

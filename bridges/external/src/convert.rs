@@ -125,6 +125,7 @@ pub fn room_event(wire: RoomEventWire) -> RoomEvent {
             ts,
             echo_of,
             replaces,
+            reply_to,
         } => RoomEvent::Message(RoomMessage {
             foreign_id: MessageId::new(event_id),
             sender: ForeignId::new(sender.unwrap_or_else(|| nick.clone())),
@@ -133,6 +134,7 @@ pub fn room_event(wire: RoomEventWire) -> RoomEvent {
             timestamp: ts.as_deref().and_then(parse_timestamp),
             echo_of: echo_of.map(MessageId::new),
             replaces: replaces.map(MessageId::new),
+            reply_to: reply_to.map(MessageId::new),
         }),
         RoomEventWire::Occupant { occupant: wire } => RoomEvent::Occupant(occupant(wire)),
         RoomEventWire::Left { nick, reason } => RoomEvent::Left { nick, reason },

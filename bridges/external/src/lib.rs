@@ -239,6 +239,7 @@ pub fn accept_handshake(answer: protocol::InitializeResult) -> Result<Handshake,
     capabilities.corrections = wire.corrections;
     capabilities.retractions = wire.retractions;
     capabilities.reactions = wire.reactions;
+    capabilities.replies = wire.replies;
     capabilities.chat_states = wire.chat_states;
     capabilities.registration_steps = wire.registration_steps;
     let info = BridgeInfo {
@@ -309,11 +310,13 @@ fn event_ids(event: &protocol::RoomEventWire) -> Vec<(&'static str, &str)> {
             event_id,
             echo_of,
             replaces,
+            reply_to,
             ..
         } => {
             let mut ids = vec![("event_id", event_id.as_str())];
             ids.extend(echo_of.as_deref().map(|id| ("echo_of", id)));
             ids.extend(replaces.as_deref().map(|id| ("replaces", id)));
+            ids.extend(reply_to.as_deref().map(|id| ("reply_to", id)));
             ids
         }
         Event::Retracted { target } | Event::Reacted { target, .. } => vec![("target", target)],
@@ -1453,6 +1456,10 @@ impl Bridge for External {
             text: post.text,
             registration: Self::registration_json(post.registration.as_ref()),
             replaces: post.replaces.map(|id| id.to_string()),
+            reply_to: post.reply_to.map(|to| protocol::ReplyToWire {
+                event_id: to.id.to_string(),
+                nick: to.nick,
+            }),
         };
         let answer: protocol::RoomSendResult = self
             .call(to_bridge::ROOM_SEND, &params)

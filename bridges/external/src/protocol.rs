@@ -539,6 +539,9 @@ pub struct CapabilitiesWire {
     /// `room/react`.
     #[serde(default)]
     pub reactions: bool,
+    /// Replies in rooms (`reply_to` of `room/send` and of a room message).
+    #[serde(default)]
+    pub replies: bool,
     /// `chat/typing`.
     #[serde(default)]
     pub chat_states: bool,
@@ -1058,6 +1061,18 @@ pub struct RoomSendParams {
     /// The network's id of the post this corrects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// The message this replies to (with `replies`; `text` is then the reply alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyToWire>,
+}
+
+/// The message a post replies to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyToWire {
+    /// Its `event_id`.
+    pub event_id: String,
+    /// The nick of who said it.
+    pub nick: String,
 }
 
 /// `room/send` result.
@@ -1207,6 +1222,9 @@ pub enum RoomEventWire {
         /// The `event_id` of the message this corrects.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replaces: Option<String>,
+        /// The `event_id` of the message this replies to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
     },
     /// Someone arrived, or changed (away, role).
     Occupant {

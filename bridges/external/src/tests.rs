@@ -179,6 +179,7 @@ async fn the_reference_bridge_echoes_registers_and_hosts_a_room() {
             text: "hi room".into(),
             registration: None,
             replaces: None,
+            reply_to: None,
         })
         .await;
     assert_eq!(posted, Ok(jabbridge_sdk::Posted::EchoFollows));

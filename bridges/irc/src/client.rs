@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use jabbridge_sdk::secrecy::{ExposeSecret, SecretString};
 use jabbridge_sdk::{
-    ChatState, Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted,
+    ChatState, Core, ForeignId, IncomingMessage, JoinError, Joined, MessageId, Posted, ReplyTo,
     RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, SendError, Subject, UserJid,
     UserStatus,
 };
@@ -60,6 +60,9 @@ pub enum Command {
         text: String,
         /// The post's id, for the echo.
         id: MessageId,
+        /// The message it replies to, and who said it (boxed: rare, and every command would
+        /// be as large).
+        reply_to: Option<Box<ReplyTo>>,
         /// The answer: once the lines are written, or echoed with `echo-message`.
         reply: oneshot::Sender<Result<Posted, SendError>>,
     },
@@ -432,6 +435,8 @@ struct PendingEcho {
     label: Option<u64>,
     /// The first line's id and time, which the reflection carries.
     first: Option<(MessageId, Option<SystemTime>)>,
+    /// The network's id of the message it replies to.
+    reply_to: Option<MessageId>,
     reply: oneshot::Sender<Result<Posted, SendError>>,
     since: Instant,
 }
@@ -567,6 +572,14 @@ fn made_up_id(network: &str) -> MessageId {
         .map_or(0, |elapsed| elapsed.as_nanos());
     let count = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     MessageId::new(format!("{network}:{now:x}:{count:x}"))
+}
+
+/// The `msgid` a channel line replies to (its `+draft/reply` tag), when it names one.
+fn replied_to(message: &Message) -> Option<MessageId> {
+    message
+        .tag(reactions::REPLY)
+        .filter(|id| !id.is_empty())
+        .map(MessageId::new)
 }
 
 /// Frees an emptied map's table (a map keeps its capacity otherwise).
@@ -754,33 +767,41 @@ impl Client {
                         self.forget().await;
                         return;
                     }
-                    command = self.commands.recv() => match command.map(|command| *command) {
-                        None => {
+                    command = self.commands.recv() => {
+                        let Some(command) = command else {
                             self.forget().await;
                             return;
-                        }
-                        Some(Command::Reconfigure(setup)) => {
-                            self.reconfigure(*setup);
-                            break;
-                        }
-                        Some(Command::Reconnect { reply }) => {
-                            let _ = reply.send(());
-                            break;
-                        }
-                        Some(Command::Disconnect { reply }) => {
+                        };
+                        // Taken apart before any await: a command kept across one would
+                        // size every connection's task as its largest kind.
+                        let disconnect = match *command {
+                            Command::Reconfigure(setup) => {
+                                self.reconfigure(*setup);
+                                break;
+                            }
+                            Command::Reconnect { reply } => {
+                                let _ = reply.send(());
+                                break;
+                            }
+                            Command::Disconnect { reply } => Some(reply),
+                            command @ Command::Join { .. }
+                                if refused && attempted.elapsed() >= RETRY_REFUSED_ON_JOIN =>
+                            {
+                                self.held = Some(Box::new(command));
+                                break;
+                            }
+                            command => {
+                                self.refuse(command, &reason);
+                                None
+                            }
+                        };
+                        if let Some(reply) = disconnect {
                             Box::pin(self.leave_every_room()).await;
                             self.forget().await;
                             let _ = reply.send(());
                             return;
                         }
-                        Some(command @ Command::Join { .. })
-                            if refused && attempted.elapsed() >= RETRY_REFUSED_ON_JOIN =>
-                        {
-                            self.held = Some(Box::new(command));
-                            break;
-                        }
-                        Some(command) => self.refuse(command, &reason),
-                    },
+                    }
                 }
             }
         }
@@ -1745,9 +1766,14 @@ impl Client {
                 channel,
                 text,
                 id,
+                reply_to,
                 reply,
             } => {
                 self.typing_ended(&channel);
+                let text = match &reply_to {
+                    Some(to) => self.addressed(&to.nick, text),
+                    None => text,
+                };
                 let lines = match self.lines(&channel, &text) {
                     Ok(lines) => lines,
                     Err(error) => {
@@ -1769,14 +1795,22 @@ impl Client {
                         self.serial += 1;
                         self.serial
                     });
+                    let replied = self.reply_tag(reply_to.as_deref());
                     for (index, line) in lines.iter().enumerate() {
-                        match label {
-                            Some(post) => {
-                                let label = format!("{post}.{index}");
-                                let tags = [("label", Some(label.as_str()))];
-                                self.enqueue_tagged(&tags, "PRIVMSG", &[&channel, line], None);
+                        let label = label.map(|post| format!("{post}.{index}"));
+                        let label = label.as_deref().map(|label| ("label", Some(label)));
+                        let replied = replied.filter(|_| index == 0);
+                        match [label, replied] {
+                            [Some(one), Some(other)] => self.enqueue_tagged(
+                                &[one, other],
+                                "PRIVMSG",
+                                &[&channel, line],
+                                None,
+                            ),
+                            [Some(tag), None] | [None, Some(tag)] => {
+                                self.enqueue_tagged(&[tag], "PRIVMSG", &[&channel, line], None)
                             }
-                            None => self.enqueue("PRIVMSG", &[&channel, line], None),
+                            [None, None] => self.enqueue("PRIVMSG", &[&channel, line], None),
                         }
                     }
                     // Counted from when the last line goes out.
@@ -1790,11 +1824,13 @@ impl Client {
                             lines: lines.into(),
                             label,
                             first: None,
+                            reply_to: reply_to.map(|to| to.id),
                             reply,
                             since,
                         });
                 } else {
-                    self.say_lines(&channel, &lines, Done::Posted(reply));
+                    let replied = self.reply_tag(reply_to.as_deref());
+                    self.say_lines(&channel, &lines, replied, Done::Posted(reply));
                 }
             }
             Command::Say {
@@ -1806,7 +1842,7 @@ impl Client {
                 self.typing_ended(&target);
                 match self.lines(&target, &text) {
                     Ok(lines) if self.is_channel(&target) => {
-                        self.say_lines(&target, &lines, Done::Said(reply));
+                        self.say_lines(&target, &lines, None, Done::Said(reply));
                     }
                     Ok(lines) => {
                         for line in &lines {
@@ -1976,13 +2012,49 @@ impl Client {
         Ok(lines)
     }
 
-    /// Queues `PRIVMSG target :line` for each line; `done` hears when the last is written.
-    fn say_lines(&mut self, target: &str, lines: &[String], done: Done) {
+    /// A reply's text as IRC people address someone, `nick: text`, unless it names them
+    /// first already.
+    fn addressed(&self, nick: &str, text: String) -> String {
+        let named = text
+            .get(..nick.len())
+            .is_some_and(|start| self.fold(start) == self.fold(nick));
+        if named || self.fold(nick) == self.fold(&self.nick) {
+            return text;
+        }
+        format!("{nick}: {text}")
+    }
+
+    /// The `+draft/reply` tag naming the message a post replies to, where the server carries
+    /// client tags and the message has the server's `msgid` (not one made up here).
+    fn reply_tag<'a>(
+        &self,
+        reply_to: Option<&'a ReplyTo>,
+    ) -> Option<(&'static str, Option<&'a str>)> {
+        let id = reply_to?.id.as_str();
+        let network = &self.setup.reach.network;
+        let made_up = id
+            .strip_prefix(network.as_str())
+            .is_some_and(|rest| rest.starts_with(':'));
+        (self.caps.contains("message-tags") && !made_up).then_some((reactions::REPLY, Some(id)))
+    }
+
+    /// Queues `PRIVMSG target :line` for each line, the first with tag `first` if any;
+    /// `done` hears when the last is written.
+    fn say_lines(
+        &mut self,
+        target: &str,
+        lines: &[String],
+        first: Option<(&str, Option<&str>)>,
+        done: Done,
+    ) {
         let mut done = Some(done);
         let last = lines.len().saturating_sub(1);
         for (index, line) in lines.iter().enumerate() {
             let this = if index == last { done.take() } else { None };
-            self.enqueue("PRIVMSG", &[target, line], this);
+            match first.filter(|_| index == 0) {
+                Some(tag) => self.enqueue_tagged(&[tag], "PRIVMSG", &[target, line], this),
+                None => self.enqueue("PRIVMSG", &[target, line], this),
+            }
         }
     }
 
@@ -3209,6 +3281,7 @@ impl Client {
                 timestamp,
                 echo_of: None,
                 replaces: None,
+                reply_to: replied_to(message),
             });
             self.report(&report.0, event).await;
             return;
@@ -3652,6 +3725,7 @@ impl Client {
             timestamp,
             echo_of: Some(echo.id),
             replaces: None,
+            reply_to: echo.reply_to,
         });
         self.report(&room, event).await;
         let _ = echo.reply.send(Ok(Posted::EchoFollows));
@@ -3745,6 +3819,7 @@ impl Client {
             timestamp,
             echo_of: None,
             replaces: None,
+            reply_to: replied_to(message),
         });
     }
 

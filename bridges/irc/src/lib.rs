@@ -583,6 +583,7 @@ impl Bridge for IrcBridge {
         capabilities.rooms = true;
         capabilities.chat_states = true;
         capabilities.reactions = true;
+        capabilities.replies = true;
         capabilities.retractions = true;
         capabilities
     }
@@ -973,6 +974,7 @@ impl Bridge for IrcBridge {
             channel,
             text: post.text,
             id: post.id,
+            reply_to: post.reply_to.map(Box::new),
             reply,
         })
         .await;

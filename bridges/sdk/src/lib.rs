@@ -43,8 +43,8 @@ pub use crate::message::{
 };
 pub use crate::room::{
     Affiliation, HistoryRequest, HistoryWish, JoinError, JoinRequest, Joined, Moderation, Occupant,
-    Posted, Reaction, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage, RoomPost,
-    Subject,
+    Posted, Reaction, ReplyTo, Role, RoomActionError, RoomEvent, RoomId, RoomListing, RoomMessage,
+    RoomPost, Subject,
 };
 pub use crate::settings::{Settings, SettingsError};
 pub use async_trait::async_trait;
@@ -121,6 +121,11 @@ pub struct Capabilities {
     /// With `rooms`: users may react to room messages (XEP-0444): [`Bridge::react_in_room`],
     /// and the network's [`RoomEvent::Reacted`].
     pub reactions: bool,
+    /// With `rooms`: users' replies to room messages (XEP-0461) reach the bridge as such
+    /// ([`RoomPost::reply_to`], without the client's quote), and the network's replies are
+    /// shown as replies ([`RoomMessage::reply_to`]). Without it, a reply is a plain post
+    /// whose text keeps the client's quote.
+    pub replies: bool,
     /// The bridge carries users' typing notifications (XEP-0085) to the network:
     /// [`Bridge::send_chat_state`], and with `rooms` [`Bridge::room_chat_state`]. (Contacts'
     /// and occupants' typing needs no flag: [`Core::chat_state`], [`RoomEvent::Typing`].)

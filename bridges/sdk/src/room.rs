@@ -197,6 +197,19 @@ pub struct RoomPost {
     /// Report the network's echo (or, with [`Posted::Reflect`], nothing: the core reflects
     /// it) like any post.
     pub replaces: Option<MessageId>,
+    /// When this replies to an earlier message (XEP-0461): which, and who said it. Only for
+    /// bridges that declare [`crate::Capabilities::replies`]; `text` is then the reply
+    /// alone (the client's quote of the message, its XEP-0428 fallback, is taken out).
+    pub reply_to: Option<ReplyTo>,
+}
+
+/// The message a post replies to: [`RoomPost::reply_to`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// The network's id for it.
+    pub id: MessageId,
+    /// The nick of who said it (as the archive has it: they may have changed nick since).
+    pub nick: String,
 }
 
 /// What a successful [`crate::Bridge::send_room_message`] returns: how the user's own
@@ -235,6 +248,10 @@ pub struct RoomMessage {
     /// When this corrects an earlier message (XEP-0308): that message's network id. A
     /// correction of a message the core never saw is shown as a new message.
     pub replaces: Option<MessageId>,
+    /// When this replies to an earlier message (XEP-0461): that message's network id. The
+    /// core shows it as a reply to the message it archived under that id; a reply to a
+    /// message it never saw is shown as a plain message.
+    pub reply_to: Option<MessageId>,
 }
 
 /// Someone's reactions to a room message (XEP-0444), reported with [`RoomEvent::Reacted`].

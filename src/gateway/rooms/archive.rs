@@ -41,6 +41,11 @@ pub(super) fn as_room_message(
         ),
         None => None,
     };
+    let replied_by = message
+        .reply_to
+        .as_ref()
+        .and_then(|to| occupant_jid(room_jid, &to.nick))
+        .map(|jid| jid.to_string());
     build(&muc::RoomMessage {
         from: occupant_jid(room_jid, &message.nick)?,
         room: &room_name,
@@ -51,6 +56,10 @@ pub(super) fn as_room_message(
         delay: Some(&stamp),
         replaces: message.replaces.as_deref(),
         retracted: retracted.as_deref(),
+        reply_to: message.reply_to.as_ref().map(|to| muc::Replied {
+            id: &to.stanza_id,
+            to: replied_by.as_deref(),
+        }),
     })
 }
 
@@ -254,6 +263,9 @@ async fn fetch_older(gateway: &Gateway, room: &RoomId, user: &str, wanted: usize
                 said_at,
                 replaces: None,
                 post_id: None,
+                // A network's older lines are archived as they come, parents maybe after
+                // their replies: shown as plain messages.
+                reply_to: None,
             })
         })
         .collect();

@@ -2,7 +2,7 @@
 //! moderation, self-pings, the archive-then-fan-out of room messages with their cursors,
 //! and the bridge's room events.
 
-use jabbridge_sdk::ChatState;
+use jabbridge_sdk::{ChatState, ReplyTo};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tracing::Instrument;
 
@@ -12,7 +12,7 @@ use crate::delivery::commit::{Committed, Done};
 use crate::gateway::message::Groupchat;
 use crate::lanes::{LINGER, Pushed};
 use crate::store::Write;
-use crate::store::rooms::ArchiveRow;
+use crate::store::rooms::{ArchiveRow, RepliedTo};
 use crate::xmpp::stanza::{self, StanzaHeader, StanzaKind};
 
 /// A user typing in a room, or stopped: shown to the room's other members at once, as a
@@ -139,7 +139,7 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
             .map_err(action_failure)?;
         return Ok(None);
     }
-    let Some(text) = text else {
+    let Some(mut text) = text else {
         // A typing notification (markers are not carried).
         if let Some(state) = stanza::chat_state_of(element.children()) {
             typed(gateway, &user, &posted_as, &room, state).await;
@@ -165,6 +165,22 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
         )));
     }
     gateway.access.take(&user)?;
+    // A reply names what it replies to by the id the room showed for it; one the archive
+    // does not know goes as a plain post, its quote kept.
+    let reply_to = match muc::reply_of(element, &text) {
+        Some((id, without_quote)) if capabilities.replies && id.len() <= MAX_ID => {
+            find_settled(gateway, &room, Find::Shown { id, poster: None })
+                .await?
+                .map(|parent| {
+                    text = without_quote;
+                    ReplyTo {
+                        id: MessageId::new(parent.foreign_id),
+                        nick: parent.nick,
+                    }
+                })
+        }
+        _ => None,
+    };
     let origin_id = origin
         .map(str::to_owned)
         .or_else(|| stanza_id.clone())
@@ -198,6 +214,7 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
         text: text.clone(),
         registration,
         replaces: replaces.clone(),
+        reply_to: reply_to.clone(),
     };
     let poster = Poster {
         user: user.clone(),
@@ -245,6 +262,7 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
                 timestamp: None,
                 echo_of: None,
                 replaces,
+                reply_to: reply_to.map(|to| to.id),
             };
             // Archived and shown after this returns: the user's next post goes to the
             // network meanwhile, and a failure comes back as an error to this one.
@@ -731,19 +749,8 @@ async fn prepare(
     // message never seen here is shown as a new message.
     let replaces = match &message.replaces {
         None => None,
-        Some(foreign) => gateway
-            .store
-            .rooms()
-            .find(
-                &gateway.domain,
-                room.as_str(),
-                Find::Foreign(foreign.as_str()),
-            )
-            .await
-            .map_err(|error| {
-                tracing::error!(%error, "cannot read a room's archive");
-                CoreError::Unavailable("the gateway cannot read messages right now".into())
-            })?
+        Some(foreign) => archived_as(gateway, room, foreign.as_str())
+            .await?
             // A correction of a correction names the first message, as XEP-0308 wants.
             .map(|corrected| {
                 corrected
@@ -752,6 +759,23 @@ async fn prepare(
                     .unwrap_or_else(|| corrected.shown_id().to_owned())
             }),
     };
+    // A reply names its parent by the stanza id the room gave it; one to a message never
+    // seen here is shown as a plain message.
+    let reply_to = match &message.reply_to {
+        // Never found: no lookup (PostgreSQL refuses a NUL in a value).
+        Some(foreign) if foreign.as_str().len() > MAX_ID || foreign.as_str().contains('\0') => None,
+        None => None,
+        Some(foreign) => archived_as(gateway, room, foreign.as_str())
+            .await?
+            .map(|parent| RepliedTo {
+                stanza_id: parent.stanza_id,
+                nick: parent.nick,
+            }),
+    };
+    let replied_by = reply_to
+        .as_ref()
+        .and_then(|to| occupant_jid(&room_jid, &to.nick))
+        .map(|jid| jid.to_string());
     // Time-ordered (UUIDv7): consecutive messages' ids sit side by side in the archive's
     // stanza-id index, so a commit writes one of its pages rather than one page per message.
     let stanza_id = uuid::Uuid::now_v7().to_string();
@@ -772,6 +796,10 @@ async fn prepare(
         delay: delay.as_deref(),
         replaces: replaces.as_deref(),
         retracted: None,
+        reply_to: reply_to.as_ref().map(|to| muc::Replied {
+            id: &to.stanza_id,
+            to: replied_by.as_deref(),
+        }),
     });
     let row = ArchiveRow {
         bridge: gateway.domain.clone(),
@@ -787,9 +815,28 @@ async fn prepare(
             said_at: message.timestamp.map_or_else(now_millis, millis),
             replaces,
             post_id: poster.as_ref().and_then(|poster| poster.stanza_id.clone()),
+            reply_to,
         },
     };
     Ok(Some((row, room_jid, template, poster)))
+}
+
+/// The message `room`'s archive has under the network's id `foreign`, if any.
+async fn archived_as(
+    gateway: &Gateway,
+    room: &RoomId,
+    foreign: &str,
+) -> Result<Option<ArchivedMessage>, CoreError> {
+    let find = Find::Foreign(foreign);
+    gateway
+        .store
+        .rooms()
+        .find(&gateway.domain, room.as_str(), find)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "cannot read a room's archive");
+            CoreError::Unavailable("the gateway cannot read messages right now".into())
+        })
 }
 
 /// Files `show` in its room's lane, starting the lane's task if it had none.
@@ -864,16 +911,7 @@ async fn known(
     poster: Option<Poster>,
 ) -> Result<(), CoreError> {
     const REPLAYED: i64 = 10 * 60 * 1000;
-    let row = gateway
-        .store
-        .rooms()
-        .find(&gateway.domain, room.as_str(), Find::Foreign(foreign_id))
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "cannot read a room's archive");
-            CoreError::Unavailable("the gateway cannot read messages right now".into())
-        })?;
-    let Some(row) = row else {
+    let Some(row) = archived_as(gateway, room, foreign_id).await? else {
         return Ok(());
     };
     let sent_before = gateway
