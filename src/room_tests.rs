@@ -107,6 +107,14 @@ async fn a_join_gets_occupants_then_itself_then_the_subject() {
     assert!(info.contains("category='conference'"), "{info}");
     assert!(info.contains("http://jabber.org/protocol/muc"), "{info}");
     assert!(info.contains("muc#roominfo_occupants"), "{info}");
+    // What the echo network carries (edits, replies) is listed.
+    for feature in [
+        "urn:xmpp:message-correct:0",
+        "urn:xmpp:reactions:0",
+        "urn:xmpp:reply:0",
+    ] {
+        assert!(info.contains(feature), "{feature}: {info}");
+    }
     harness
         .receive(
             "<iq type='get' from='alice@test/r' to='echo.test' id='d2'>\
@@ -1489,6 +1497,19 @@ async fn a_network_without_edits_refuses_them_and_changes_nothing() {
     ] {
         let condition = refused_groupchat(&mut harness, "alice@test", id, &payload).await;
         assert_eq!(condition, "feature-not-implemented");
+    }
+    // A reply goes as a plain post, with the quote her client wrote.
+    harness
+        .receive(&format!(
+            "<message type='groupchat' from='alice@test/r' to='#lobby@echo.test' id='p'>\
+             <body>&gt; hi\nyes</body><reply xmlns='urn:xmpp:reply:0' id='{alices}'/>\
+             <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+             <body start='0' end='5'/></fallback></message>"
+        ))
+        .await;
+    for stanza in take(&mut harness, 4).await {
+        assert_eq!(body(&stanza).as_deref(), Some("> hi\nyes"));
+        assert!(!stanza.has_child("reply", "urn:xmpp:reply:0"), "{stanza:?}");
     }
     harness.nothing_for(Duration::from_millis(100)).await;
 }

@@ -2013,11 +2013,15 @@ impl Client {
     }
 
     /// A reply's text as IRC people address someone, `nick: text`, unless it names them
-    /// first already.
+    /// first already (`nick`, then the end, a space or punctuation).
     fn addressed(&self, nick: &str, text: String) -> String {
-        let named = text
-            .get(..nick.len())
-            .is_some_and(|start| self.fold(start) == self.fold(nick));
+        let named = text.get(..nick.len()).is_some_and(|start| {
+            self.fold(start) == self.fold(nick)
+                && text[nick.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|next| next.is_whitespace() || next.is_ascii_punctuation())
+        });
         if named || self.fold(nick) == self.fold(&self.nick) {
             return text;
         }

@@ -1817,7 +1817,7 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
     let bridge = bridge(&core, port);
     let (server, written) = reads_then_says(
         listener,
-        4,
+        5,
         "@msgid=m3;+draft/reply=m1 :bob!b@h PRIVMSG #room :yes\r\n\
          @msgid=m4;+draft/reply :bob!b@h PRIVMSG #room :no\r\n\
          :bob!b@h PRIVMSG #room :end\r\n",
@@ -1830,6 +1830,7 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
     let replies = [
         ("m1", "bob", "hi"),
         ("m1", "bob", "Bob, hi"),
+        ("m1", "bob", "bobcats!"),
         ("m2", "alice", "me again"),
         ("fake.test:1a:2", "carol", "hey"),
     ];
@@ -1854,12 +1855,13 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
     let written = tokio::time::timeout(WAIT, written)
         .await
         .expect("in time")
-        .expect("the server read four lines");
+        .expect("the server read five lines");
     assert_eq!(
         written,
         [
             "@+draft/reply=m1 PRIVMSG #room :bob: hi",
             "@+draft/reply=m1 PRIVMSG #room :Bob, hi",
+            "@+draft/reply=m1 PRIVMSG #room :bob: bobcats!",
             "@+draft/reply=m2 PRIVMSG #room :me again",
             "PRIVMSG #room :carol: hey",
         ]

@@ -370,6 +370,7 @@ pub(in crate::gateway) fn info(gateway: &Gateway, room: &RoomId) -> Element {
         (capabilities.corrections, muc::NS_CORRECT),
         (capabilities.retractions, muc::NS_RETRACT),
         (capabilities.reactions, muc::NS_REACTIONS),
+        (capabilities.replies, muc::NS_REPLY),
     ] {
         if carried {
             features.push(feature);
