@@ -343,13 +343,17 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
 
 /// A user's reply (XEP-0461) in `message`: the id of the message it replies to, and `body`
 /// without the client's quote of that message (the ranges its XEP-0428 fallback for
-/// replies marks, counted in characters). The body stays whole when the fallback's ranges
-/// do not fit it, or would leave nothing.
+/// replies marks, counted in characters), and without the blank space after it. The body
+/// stays whole when the fallback's ranges do not fit it, are more than [`MAX_RANGES`], or
+/// would leave nothing.
 pub fn reply_of<'a>(message: &'a Element, body: &str) -> Option<(&'a str, String)> {
+    /// Clients mark one quote; a few more are tolerated, not thousands.
+    const MAX_RANGES: usize = 8;
     let reply = message
         .children()
         .find(|child| child.is("reply", NS_REPLY))?;
     let id = reply.attr("id").filter(|id| !id.is_empty())?;
+    let whole = Some((id, body.to_owned()));
     let mut ranges = Vec::new();
     for fallback in message
         .children()
@@ -362,27 +366,32 @@ pub fn reply_of<'a>(message: &'a Element, body: &str) -> Option<(&'a str, String
                     .and_then(|at: &str| at.parse::<usize>().ok())
             };
             match (bound("start"), bound("end")) {
-                (Some(start), Some(end)) if start <= end => ranges.push((start, end)),
-                _ => return Some((id, body.to_owned())),
+                (Some(start), Some(end)) if start <= end && ranges.len() < MAX_RANGES => {
+                    ranges.push((start, end));
+                }
+                _ => return whole,
             }
         }
     }
     ranges.sort_unstable();
-    let length = body.chars().count();
-    let fits = ranges.iter().all(|&(_, end)| end <= length)
-        && ranges.windows(2).all(|pair| pair[0].1 <= pair[1].0);
-    if !fits {
-        return Some((id, body.to_owned()));
+    let fits = ranges.windows(2).all(|pair| pair[0].1 <= pair[1].0);
+    // One pass: each character is kept unless it falls in the next range not yet passed.
+    let mut kept = String::with_capacity(body.len());
+    let mut next = ranges.iter().peekable();
+    let mut length = 0;
+    for (at, character) in body.chars().enumerate() {
+        while next.next_if(|&&(_, end)| end <= at).is_some() {}
+        if next.peek().is_none_or(|&&(start, _)| at < start) {
+            kept.push(character);
+        }
+        length = at + 1;
     }
-    let kept: String = body
-        .chars()
-        .enumerate()
-        .filter(|(at, _)| !ranges.iter().any(|&(start, end)| (start..end).contains(at)))
-        .map(|(_, kept)| kept)
-        .collect();
-    match kept.trim() {
-        "" => Some((id, body.to_owned())),
-        _ => Some((id, kept)),
+    if !fits || ranges.iter().any(|&(_, end)| end > length) {
+        return whole;
+    }
+    match kept.trim_start() {
+        "" => whole,
+        rest => Some((id, rest.to_owned())),
     }
 }
 
@@ -906,7 +915,30 @@ mod tests {
             reply_of(&plain, quoted),
             Some(("s-1", "yes, and you?".to_owned()))
         );
-        // No fallback, or one that does not fit the body, or that would leave nothing.
+        // The blank space between the quote and the reply goes with the quote.
+        assert_eq!(
+            reply_of(&plain, "> bob: héllo\n\n  yes"),
+            Some(("s-1", "yes".to_owned()))
+        );
+        // Two ranges, each taken out.
+        let two = message(
+            "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+             <body start='3' end='5'/><body start='0' end='1'/></fallback>",
+        );
+        assert_eq!(reply_of(&two, "abcdefg"), Some(("s-1", "bcfg".to_owned())));
+        // No fallback, or one that does not fit the body, overlaps, has too many ranges, or
+        // would leave nothing.
+        let overlapping = message(
+            "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>\
+             <body start='0' end='5'/><body start='3' end='8'/></fallback>",
+        );
+        let many = message(&format!(
+            "<fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>{}</fallback>",
+            "<body start='0' end='0'/>".repeat(9)
+        ));
+        for whole in [&overlapping, &many] {
+            assert_eq!(reply_of(whole, quoted), Some(("s-1", quoted.to_owned())));
+        }
         for fallback in ["", &range(0, 99), &range(5, 2), &range(0, 26)] {
             let whole = message(fallback);
             assert_eq!(reply_of(&whole, quoted), Some(("s-1", quoted.to_owned())));

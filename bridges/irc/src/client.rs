@@ -2013,16 +2013,16 @@ impl Client {
     }
 
     /// A reply's text as IRC people address someone, `nick: text`, unless it names them
-    /// first already (`nick`, then the end, a space or punctuation).
+    /// first already (`nick`, then the end, a space or punctuation no nick has), is an
+    /// action (`/me`), or the message was the user's own.
     fn addressed(&self, nick: &str, text: String) -> String {
         let named = text.get(..nick.len()).is_some_and(|start| {
             self.fold(start) == self.fold(nick)
-                && text[nick.len()..]
-                    .chars()
-                    .next()
-                    .is_none_or(|next| next.is_whitespace() || next.is_ascii_punctuation())
+                && text[nick.len()..].chars().next().is_none_or(|next| {
+                    next.is_whitespace() || matches!(next, ':' | ',' | '.' | '!' | '?' | ';' | '\'')
+                })
         });
-        if named || self.fold(nick) == self.fold(&self.nick) {
+        if named || text.starts_with("/me ") || self.fold(nick) == self.fold(&self.nick) {
             return text;
         }
         format!("{nick}: {text}")

@@ -1817,7 +1817,7 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
     let bridge = bridge(&core, port);
     let (server, written) = reads_then_says(
         listener,
-        5,
+        7,
         "@msgid=m3;+draft/reply=m1 :bob!b@h PRIVMSG #room :yes\r\n\
          @msgid=m4;+draft/reply :bob!b@h PRIVMSG #room :no\r\n\
          :bob!b@h PRIVMSG #room :end\r\n",
@@ -1831,6 +1831,8 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
         ("m1", "bob", "hi"),
         ("m1", "bob", "Bob, hi"),
         ("m1", "bob", "bobcats!"),
+        ("m1", "bob", "bob_ is here"),
+        ("m1", "bob", "/me waves"),
         ("m2", "alice", "me again"),
         ("fake.test:1a:2", "carol", "hey"),
     ];
@@ -1855,13 +1857,15 @@ async fn replies_go_out_tagged_and_addressed_and_come_in_with_what_they_answer()
     let written = tokio::time::timeout(WAIT, written)
         .await
         .expect("in time")
-        .expect("the server read five lines");
+        .expect("the server read seven lines");
     assert_eq!(
         written,
         [
             "@+draft/reply=m1 PRIVMSG #room :bob: hi",
             "@+draft/reply=m1 PRIVMSG #room :Bob, hi",
             "@+draft/reply=m1 PRIVMSG #room :bob: bobcats!",
+            "@+draft/reply=m1 PRIVMSG #room :bob: bob_ is here",
+            "@+draft/reply=m1 PRIVMSG #room :\u{1}ACTION waves\u{1}",
             "@+draft/reply=m2 PRIVMSG #room :me again",
             "PRIVMSG #room :carol: hey",
         ]

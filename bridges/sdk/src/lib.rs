@@ -122,9 +122,9 @@ pub struct Capabilities {
     /// and the network's [`RoomEvent::Reacted`].
     pub reactions: bool,
     /// With `rooms`: users' replies to room messages (XEP-0461) reach the bridge as such
-    /// ([`RoomPost::reply_to`], without the client's quote), and the network's replies are
-    /// shown as replies ([`RoomMessage::reply_to`]). Without it, a reply is a plain post
-    /// whose text keeps the client's quote.
+    /// ([`RoomPost::reply_to`], without the client's quote), and rooms list the feature.
+    /// Without it, a user's reply is a plain post whose text keeps the client's quote. (The
+    /// network's replies need no flag: [`RoomMessage::reply_to`].)
     pub replies: bool,
     /// The bridge carries users' typing notifications (XEP-0085) to the network:
     /// [`Bridge::send_chat_state`], and with `rooms` [`Bridge::room_chat_state`]. (Contacts'

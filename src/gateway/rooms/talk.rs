@@ -167,8 +167,9 @@ pub(in crate::gateway) async fn on_groupchat(gateway: &Gateway, message: Groupch
     gateway.access.take(&user)?;
     // A reply names what it replies to by the id the room showed for it; one the archive
     // does not know goes as a plain post, its quote kept.
-    let reply_to = match muc::reply_of(element, &text) {
-        Some((id, without_quote)) if capabilities.replies && id.len() <= MAX_ID => {
+    let reply = capabilities.replies.then(|| muc::reply_of(element, &text));
+    let reply_to = match reply.flatten() {
+        Some((id, without_quote)) if id.len() <= MAX_ID => {
             find_settled(gateway, &room, Find::Shown { id, poster: None })
                 .await?
                 .map(|parent| {
@@ -749,7 +750,7 @@ async fn prepare(
     // message never seen here is shown as a new message.
     let replaces = match &message.replaces {
         None => None,
-        Some(foreign) => archived_as(gateway, room, foreign.as_str())
+        Some(foreign) => archived_settled(gateway, room, foreign.as_str())
             .await?
             // A correction of a correction names the first message, as XEP-0308 wants.
             .map(|corrected| {
@@ -765,7 +766,7 @@ async fn prepare(
         // Never found: no lookup (PostgreSQL refuses a NUL in a value).
         Some(foreign) if foreign.as_str().len() > MAX_ID || foreign.as_str().contains('\0') => None,
         None => None,
-        Some(foreign) => archived_as(gateway, room, foreign.as_str())
+        Some(foreign) => archived_settled(gateway, room, foreign.as_str())
             .await?
             .map(|parent| RepliedTo {
                 stanza_id: parent.stanza_id,
@@ -837,6 +838,26 @@ async fn archived_as(
             tracing::error!(%error, "cannot read a room's archive");
             CoreError::Unavailable("the gateway cannot read messages right now".into())
         })
+}
+
+/// [`archived_as`], once more after every archive write submitted before now is committed
+/// when the first look finds nothing: what a correction or a reply names may have been
+/// said just before it, its write still waiting for the group commit.
+async fn archived_settled(
+    gateway: &Gateway,
+    room: &RoomId,
+    foreign: &str,
+) -> Result<Option<ArchivedMessage>, CoreError> {
+    if let Some(found) = archived_as(gateway, room, foreign).await? {
+        return Ok(Some(found));
+    }
+    let committer = gateway.delivery.committer();
+    if committer.commit(Write::Barrier).await.is_err() {
+        return Err(CoreError::Unavailable(
+            "the gateway cannot read messages right now".into(),
+        ));
+    }
+    archived_as(gateway, room, foreign).await
 }
 
 /// Files `show` in its room's lane, starting the lane's task if it had none.
