@@ -1192,6 +1192,51 @@ async fn take_sorted(harness: &mut Harness, count: usize) -> Vec<Element> {
     stanzas
 }
 
+/// A line said in the room while the network still answers a user's first join (an IRC
+/// server between our JOIN and the end of its WHO) reaches them once, in the join's history:
+/// the room is open while the join runs.
+#[tokio::test(start_paused = true)]
+async fn what_is_said_while_the_network_answers_a_join_reaches_the_joiner() {
+    use jabbridge_sdk::{ForeignId, MessageId, RoomEvent, RoomId, RoomMessage};
+    let mut harness = Harness::start(Options {
+        echo: vec![("delay_ms", 200.into())],
+        ..Options::default()
+    })
+    .await;
+    harness.register("alice@test").await;
+    harness
+        .receive(&join("alice@test", "#lobby", "alice", ""))
+        .await;
+    // The gateway reaches the network's join, which waits for the clock.
+    crate::testing::real_sleep(Duration::from_millis(100)).await;
+    let said = RoomEvent::Message(RoomMessage {
+        foreign_id: MessageId::new("during"),
+        nick: "carl".into(),
+        sender: ForeignId::new("carl"),
+        text: "said during your join".into(),
+        timestamp: None,
+        echo_of: None,
+        replaces: None,
+        reply_to: None,
+    });
+    crate::gateway::rooms::event(&harness.gateway, RoomId::new("#lobby"), said)
+        .await
+        .expect("taken");
+    harness.advance(Duration::from_millis(200)).await;
+    // The bot's presence, hers, carl's line, the subject.
+    let joined = take(&mut harness, 4).await;
+    let line = joined
+        .iter()
+        .find(|stanza| body(stanza).as_deref() == Some("said during your join"))
+        .unwrap_or_else(|| panic!("not shown: {joined:?}"));
+    assert_eq!(from(line), "#lobby@echo.test/carl");
+    assert!(
+        joined[3].children().any(|child| child.name() == "subject"),
+        "{joined:?}"
+    );
+    harness.nothing_for(Duration::from_millis(300)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reply_goes_without_its_quote_and_everyone_sees_what_it_answers_in_history_too() {
     const REPLY: &str = "urn:xmpp:reply:0";

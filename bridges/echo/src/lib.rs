@@ -38,7 +38,8 @@ struct EchoConfig {
     /// The bearer token of the `/say` webhook; without it there is no webhook.
     #[serde(default)]
     say_token: Option<SecretString>,
-    /// Milliseconds each reply takes, to play a slow network (demos, crash tests).
+    /// Milliseconds each reply and each room join take, to play a slow network (demos, crash
+    /// tests).
     #[serde(default)]
     delay_ms: u64,
     /// Whether the pretend network carries corrections, retractions, reactions and replies (in rooms;
@@ -166,6 +167,10 @@ impl Bridge for Echo {
     }
 
     async fn join_room(&self, request: JoinRequest) -> Result<Joined, JoinError> {
+        // A slow network's join: what is said in the room meanwhile must not be lost.
+        if self.config.delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(self.config.delay_ms)).await;
+        }
         self.rooms.join(&self.core, request).await
     }
 

@@ -149,6 +149,7 @@ pub(super) async fn join(
                 history: history_wish(&wish),
                 registration,
             };
+            let _joining = gateway.rooms.joining(&room);
             let joined = gateway
                 .call("joining the room", gateway.bridge.join_room(request))
                 .await?
@@ -413,7 +414,7 @@ pub async fn leave_if_gone(gateway: Arc<Gateway>, room: RoomId, user: String, ge
         });
         if still_gone {
             state.members.remove(&user);
-            if state.members.is_empty() {
+            if state.unused() {
                 rooms.remove(&room);
             }
         }
@@ -504,6 +505,7 @@ pub async fn restore(gateway: &Gateway, claimed: &[crate::store::sessions::Claim
             history: HistoryWish::default(),
             registration,
         };
+        let _joining = gateway.rooms.joining(&room);
         match gateway
             .call("rejoining a room", gateway.bridge.join_room(request))
             .await
@@ -545,7 +547,7 @@ pub async fn forget_user(gateway: &Gateway, user: &str) {
                 ));
             }
         }
-        rooms.retain(|_, state| !state.members.is_empty());
+        rooms.retain(|_, state| !state.unused());
         left
     };
     if let Err(error) = gateway.store.rooms().leave_all(&gateway.domain, user).await {
@@ -580,7 +582,7 @@ pub fn drop_user(gateway: &Gateway, user: &str) {
     for state in rooms.values_mut() {
         state.members.remove(user);
     }
-    rooms.retain(|_, state| !state.members.is_empty());
+    rooms.retain(|_, state| !state.unused());
 }
 
 /// A room message or presence that `from`'s server bounced: the resource is gone (XEP-0045
@@ -672,7 +674,7 @@ pub(in crate::gateway) async fn configure(
         let out = !wanted && member.resources.is_empty();
         if out {
             state.members.remove(user);
-            if state.members.is_empty() {
+            if state.unused() {
                 rooms.remove(room);
             }
         }

@@ -119,6 +119,36 @@ struct Room {
     /// Whether the network said it has nothing older than the archive's oldest
     /// ([`jabbridge_sdk::Bridge::room_history`]): MAM queries do not ask it again.
     history_exhausted: bool,
+    /// How many of our users' joins the network is answering now ([`Rooms::joining`]):
+    /// the room is open for them, so that what is said meanwhile is archived and reaches
+    /// them (in their join's history, or after it), and it is not closed while any runs.
+    joining: u16,
+}
+
+impl Room {
+    /// Whether nothing keeps the room open: none of our users is in it or joining it.
+    fn unused(&self) -> bool {
+        self.members.is_empty() && self.joining == 0
+    }
+}
+
+/// A join the network is answering: the room stays open until this is dropped (after the
+/// user was admitted, or the join failed).
+pub(super) struct Joining<'a> {
+    rooms: &'a Rooms,
+    room: RoomId,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let mut rooms = self.rooms.lock();
+        if let Some(state) = rooms.get_mut(&self.room) {
+            state.joining = state.joining.saturating_sub(1);
+            if state.unused() {
+                rooms.remove(&self.room);
+            }
+        }
+    }
 }
 
 /// Who ran some of a room's users' sessions before they were claimed here: the instances,
@@ -213,6 +243,17 @@ struct Poster {
 const ECHO_WAIT: Duration = Duration::from_secs(600);
 
 impl Rooms {
+    /// Opens `room` for a join of one of our users, until the guard is dropped.
+    pub(super) fn joining(&self, room: &RoomId) -> Joining<'_> {
+        let mut rooms = self.lock();
+        let state = rooms.entry(room.clone()).or_default();
+        state.joining = state.joining.saturating_add(1);
+        Joining {
+            rooms: self,
+            room: room.clone(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<RoomId, Room>> {
         // A panic while holding the lock is a bug; the map is still consistent enough to
         // serve (every change is one insert or remove).

@@ -1405,7 +1405,7 @@ pub async fn event(gateway: &Gateway, room: RoomId, event: RoomEvent) -> Result<
         for user in &removed_users {
             state.members.remove(user);
         }
-        if state.members.is_empty() {
+        if state.unused() {
             rooms.remove(&room);
         }
         stanzas
