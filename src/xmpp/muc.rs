@@ -344,7 +344,7 @@ fn groupchat(message: &RoomMessage<'_>, namespace: &str) -> Element {
 /// A user's reply (XEP-0461) in `message`: the id of the message it replies to, and `body`
 /// without the client's quote of that message (the ranges its XEP-0428 fallback for
 /// replies marks, counted in characters), and without the blank space after it. The body
-/// stays whole when the fallback's ranges do not fit it, are more than [`MAX_RANGES`], or
+/// stays whole when the fallback's ranges do not fit it, are more than eight, or
 /// would leave nothing.
 pub fn reply_of<'a>(message: &'a Element, body: &str) -> Option<(&'a str, String)> {
     /// Clients mark one quote; a few more are tolerated, not thousands.
@@ -890,6 +890,46 @@ mod tests {
         assert_eq!(wish.max_stanzas, Some(5));
         assert_eq!(wish.seconds, Some(60));
         assert!(is_join(&presence));
+    }
+
+    proptest::proptest! {
+        /// Any body and any ranges: no panic, and where the ranges are good the text is
+        /// what a plain filter of the characters outside them gives.
+        #[test]
+        fn a_replys_quote_is_taken_out_as_its_ranges_say(
+            body in "[a-zé😀 \n>]{0,30}",
+            ranges in proptest::collection::vec((0usize..34, 0usize..34), 0..10),
+        ) {
+            let marks: String = ranges
+                .iter()
+                .map(|(start, end)| format!("<body start='{start}' end='{end}'/>"))
+                .collect();
+            let message: Element = format!(
+                "<message xmlns='jabber:client'><reply xmlns='urn:xmpp:reply:0' id='p'/>\
+                 <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'>{marks}\
+                 </fallback></message>"
+            )
+            .parse()
+            .expect("well-formed");
+            let (_, text) = reply_of(&message, &body).expect("a reply");
+            let mut sorted = ranges.clone();
+            sorted.sort_unstable();
+            let length = body.chars().count();
+            let good = sorted.len() <= 8
+                && sorted.iter().all(|&(start, end)| start <= end && end <= length)
+                && sorted.windows(2).all(|pair| pair[0].1 <= pair[1].0);
+            let filtered: String = body
+                .chars()
+                .enumerate()
+                .filter(|(at, _)| !sorted.iter().any(|&(start, end)| (start..end).contains(at)))
+                .map(|(_, kept)| kept)
+                .collect();
+            let expected = match filtered.trim_start() {
+                kept if good && !kept.is_empty() => kept.to_owned(),
+                _ => body.clone(),
+            };
+            proptest::prop_assert_eq!(text, expected);
+        }
     }
 
     #[test]
