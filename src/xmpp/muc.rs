@@ -10,6 +10,7 @@ use xmpp_parsers::{
 };
 
 use super::encode::{Template, TemplateWriter};
+use super::stanza::NS_HINTS;
 
 /// Sets attributes on a builder by `&'static str` name (ours, always valid names).
 trait With {
@@ -43,8 +44,6 @@ pub const NS_REACTIONS: &str = "urn:xmpp:reactions:0";
 pub const NS_REPLY: &str = "urn:xmpp:reply:0";
 /// XEP-0428 fallback indication.
 pub const NS_FALLBACK: &str = "urn:xmpp:fallback:0";
-/// XEP-0334 message processing hints.
-const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0313 message archive management.
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 /// XEP-0059 result set management.
@@ -567,7 +566,7 @@ pub fn notice(from: Jid, to: Jid, text: &str, id: &str) -> Element {
         .with("to", to.to_string())
         .with("id", id)
         .append(Element::builder("body", NS_COMPONENT).append(text))
-        .append(Element::builder("no-store", "urn:xmpp:hints").build())
+        .append(Element::builder("no-store", NS_HINTS).build())
         .build()
 }
 

@@ -324,7 +324,7 @@ pub fn chat(from: Jid, to: Jid, text: String) -> Element {
 }
 
 /// XEP-0334's namespace (processing hints).
-const NS_HINTS: &str = "urn:xmpp:hints";
+pub const NS_HINTS: &str = "urn:xmpp:hints";
 /// XEP-0085's namespace.
 const NS_CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 

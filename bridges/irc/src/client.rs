@@ -1848,17 +1848,8 @@ impl Client {
                         for line in &lines {
                             self.enqueue("PRIVMSG", &[&target, line], None);
                         }
-                        self.serial += 1;
-                        let token = format!("jabbridge-said-{}", self.serial);
-                        self.enqueue("PING", &[&token], None);
-                        let since = self.due();
-                        self.confirming.push_back(PendingSay {
-                            token,
-                            target: self.fold(&target),
-                            reply: Waiting::Said(reply),
-                            since,
-                            refused: None,
-                        });
+                        let folded = self.fold(&target);
+                        self.confirm("said", folded, Waiting::Said(reply));
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error));
@@ -3418,14 +3409,21 @@ impl Client {
             return;
         }
         self.enqueue("REDACT", &[channel, message], None);
+        self.confirm("redact", folded, Waiting::Redacted(reply));
+    }
+
+    /// Queues a `PING` behind what was just queued for `target` (folded): the server handles
+    /// a connection's lines in order, so its `PONG` says it took them, and `reply` is then
+    /// answered (or with the refusal about `target` that came before it).
+    fn confirm(&mut self, what: &str, target: String, reply: Waiting) {
         self.serial += 1;
-        let token = format!("jabbridge-redact-{}", self.serial);
+        let token = format!("jabbridge-{what}-{}", self.serial);
         self.enqueue("PING", &[&token], None);
         let since = self.due();
         self.confirming.push_back(PendingSay {
             token,
-            target: folded,
-            reply: Waiting::Redacted(reply),
+            target,
+            reply,
             since,
             refused: None,
         });

@@ -41,11 +41,7 @@ pub(super) fn as_room_message(
         ),
         None => None,
     };
-    let replied_by = message
-        .reply_to
-        .as_ref()
-        .and_then(|to| occupant_jid(room_jid, &to.nick))
-        .map(|jid| jid.to_string());
+    let replied_by = replied_by(room_jid, message.reply_to.as_ref());
     build(&muc::RoomMessage {
         from: occupant_jid(room_jid, &message.nick)?,
         room: &room_name,

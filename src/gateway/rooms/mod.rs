@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 
 use super::{Answer, Gateway};
 use crate::lanes::Lanes;
-use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage, STAYING};
+use crate::store::rooms::{ArchivedMessage, Find, JoinRow, NewRoomMessage, RepliedTo, STAYING};
 use crate::store::{millis, now_millis};
 use crate::xmpp::encode::{Encoded, Template};
 use crate::xmpp::muc::{self, OccupantPresence, status};
@@ -363,6 +363,14 @@ fn room_jid(gateway: &Gateway, room: &RoomId) -> Option<BareJid> {
 /// `room@domain/nick`.
 fn occupant_jid(room: &BareJid, nick: &str) -> Option<Jid> {
     room.with_resource_str(nick).ok().map(Jid::from)
+}
+
+/// The occupant JID of who said the message `reply` names, when their nick makes one: the
+/// `to` of a reply's `<reply/>`.
+fn replied_by(room: &BareJid, reply: Option<&RepliedTo>) -> Option<String> {
+    reply
+        .and_then(|to| occupant_jid(room, &to.nick))
+        .map(|jid| jid.to_string())
 }
 
 /// The presence of `occupant` for `to`.

@@ -12,7 +12,7 @@ use crate::delivery::commit::{Committed, Done};
 use crate::gateway::message::Groupchat;
 use crate::lanes::{LINGER, Pushed};
 use crate::store::Write;
-use crate::store::rooms::{ArchiveRow, RepliedTo};
+use crate::store::rooms::ArchiveRow;
 use crate::xmpp::stanza::{self, StanzaHeader, StanzaKind};
 
 /// A user typing in a room, or stopped: shown to the room's other members at once, as a
@@ -773,10 +773,7 @@ async fn prepare(
                 nick: parent.nick,
             }),
     };
-    let replied_by = reply_to
-        .as_ref()
-        .and_then(|to| occupant_jid(&room_jid, &to.nick))
-        .map(|jid| jid.to_string());
+    let replied_by = replied_by(&room_jid, reply_to.as_ref());
     // Time-ordered (UUIDv7): consecutive messages' ids sit side by side in the archive's
     // stanza-id index, so a commit writes one of its pages rather than one page per message.
     let stanza_id = uuid::Uuid::now_v7().to_string();
